@@ -1,0 +1,52 @@
+# llmgw - build, run and test.
+#   make            build ./llmgw (C99, warnings are errors)
+#   make run        build and start on the example llmgw.ini
+#   make test       unit + integration suites, then both again under ASan+UBSan
+#   make symbols    check that llmgw.o exports only llmgw_* symbols
+# Fresh Debian machine: `sh .ci/deps.sh` installs what these need.
+
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+WARN    := -std=c99 -Wall -Wextra -Wshadow -Wconversion -Wno-sign-conversion -Wstrict-prototypes \
+           -Wmissing-prototypes -Werror
+LDLIBS  := -lpthread
+SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+BUILD   := build
+
+all: llmgw
+
+llmgw: llmgw.c llmgw.h
+	$(CC) $(WARN) $(CFLAGS) -o $@ llmgw.c $(LDFLAGS) $(LDLIBS)
+
+run: llmgw
+	./llmgw -c llmgw.ini
+
+$(BUILD)/llmgw-asan: llmgw.c llmgw.h
+	@mkdir -p $(BUILD)
+	$(CC) $(WARN) -O1 -g $(SAN) -o $@ llmgw.c $(LDLIBS)
+
+$(BUILD)/unit: tests/unit.c llmgw.c llmgw.h
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 -Wall -Wextra -Werror -O1 -g -o $@ tests/unit.c $(LDLIBS)
+
+$(BUILD)/unit-asan: tests/unit.c llmgw.c llmgw.h
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 -Wall -Wextra -Werror -O1 -g $(SAN) -o $@ tests/unit.c $(LDLIBS)
+
+unit: $(BUILD)/unit
+	$(BUILD)/unit
+
+test: llmgw $(BUILD)/unit $(BUILD)/unit-asan $(BUILD)/llmgw-asan
+	sh tests/run.sh
+
+symbols: llmgw.c llmgw.h
+	@mkdir -p $(BUILD)
+	$(CC) $(WARN) -O2 -DLLMGW_NO_MAIN -c -o $(BUILD)/llmgw.o llmgw.c
+	@bad=$$(nm -g --defined-only $(BUILD)/llmgw.o | awk '{print $$3}' | grep -v '^llmgw_' || true); \
+	if [ -n "$$bad" ]; then echo "exported symbols without the llmgw_ prefix: $$bad"; exit 1; fi; \
+	echo "symbols: only llmgw_* exported"
+
+clean:
+	rm -rf llmgw $(BUILD)/llmgw-asan $(BUILD)/unit $(BUILD)/unit-asan $(BUILD)/llmgw.o
+
+.PHONY: all run unit test symbols clean

@@ -1,0 +1,5416 @@
+/*
+ * llmgw.c - an LLM gateway in one C file.
+ *
+ * One OpenAI-compatible entry point in front of many model providers, with
+ * a routing table loaded from an INI file, fallback, usage accounting and an
+ * access log; a poll()-based HTTP/1.1 server and client, a JSON tokenizer
+ * that does not allocate, and provider adapters, in one portable C99 file.
+ *
+ * Build:   cc -std=c99 -O2 -o llmgw llmgw.c -lpthread
+ * Embed:   cc -std=c99 -DLLMGW_NO_MAIN -c llmgw.c   (API in llmgw.h)
+ *
+ * Compile-time options (each has a default in section 0):
+ *   LLMGW_NO_MAIN        leave out main()
+ *   LLMGW_TLS            1 = HTTPS through BearSSL (not in this version: 0)
+ *   LLMGW_IO_BUF         initial size of a connection buffer
+ *   LLMGW_MAX_HEADERS    header lines per HTTP message
+ *   LLMGW_JSON_DEPTH     JSON nesting limit
+ *   LLMGW_JSON_TOKENS    JSON token limit per document
+ *   LLMGW_MAX_RESPONSE   largest upstream response body kept in memory
+ *   LLMGW_MAX_PLAN       most candidate targets considered per request
+ *   LLMGW_POOL_IDLE_MS   how long an idle upstream connection is kept
+ *   LLMGW_POOL_MAX_IDLE  idle upstream connections kept per origin
+ *   LLMGW_DNS_TTL_MS     how long a resolved host name is cached
+ *
+ * Contents (section number, title, prefix: what it owns)
+ *   0. Configuration macros and includes
+ *   1. Platform and utilities      lg_      : lg_str views, time, SHA-256, ids
+ *   2. Buffers                     lg_buf_  : struct lg_buf, struct lg_arena
+ *   3. Log                         lg_log_  : diagnostics to stderr
+ *   4. JSON                        lg_json_ : tokenizer, unescape, writer
+ *   5. INI and config              lg_ini_, lg_cfg_ : struct lg_cfg snapshot
+ *   6. HTTP parsing                lg_http_ : heads, chunked decoder, SSE
+ *   7. TLS                         lg_tls_  : the seam (no TLS in this build)
+ *   8. Event loop and connections  lg_loop_, lg_conn_ : poll set, timers
+ *   9. DNS                         lg_dns_  : resolver thread and cache
+ *  10. HTTP client and pool        lg_up_   : upstream connections
+ *  11. Provider adapters           lg_prov_ : openai, mock
+ *  12. Router                      lg_route_: the plan of a request
+ *  13. Accounting                  lg_acct_ : usage, cost, access log
+ *  14. Server handlers             lg_srv_  : endpoints, errors, streaming
+ *  15. Public API                  llmgw_   : what llmgw.h declares
+ *  16. main
+ *
+ * State: everything hangs off struct llmgw (section 8). The only
+ * file-scope variable is main()'s signal target (section 16).
+ */
+
+/* ===== 0. Configuration macros and includes ============================ */
+
+#if !defined(_POSIX_C_SOURCE) || _POSIX_C_SOURCE < 200809L
+#undef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+#ifndef _DEFAULT_SOURCE
+#define _DEFAULT_SOURCE 1 /* SO_REUSEPORT, strcasecmp on glibc and musl */
+#endif
+
+#include "llmgw.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef LLMGW_TLS
+#define LLMGW_TLS 0 /* HTTPS upstreams and listeners need BearSSL */
+#endif
+#ifndef LLMGW_IO_BUF
+#define LLMGW_IO_BUF 4096 /* first allocation of a connection buffer */
+#endif
+#ifndef LLMGW_MAX_HEADERS
+#define LLMGW_MAX_HEADERS 64 /* more header lines than this is a 431 */
+#endif
+#ifndef LLMGW_JSON_DEPTH
+#define LLMGW_JSON_DEPTH 128 /* deeper nesting is rejected as malformed */
+#endif
+#ifndef LLMGW_JSON_TOKENS
+#define LLMGW_JSON_TOKENS 1048576 /* tokens per JSON document */
+#endif
+#ifndef LLMGW_MAX_RESPONSE
+#define LLMGW_MAX_RESPONSE (64u << 20) /* buffered upstream response body */
+#endif
+#ifndef LLMGW_MAX_EVENT
+#define LLMGW_MAX_EVENT (8u << 20) /* one SSE event from an upstream */
+#endif
+#ifndef LLMGW_MAX_PLAN
+#define LLMGW_MAX_PLAN 32 /* candidate targets per request */
+#endif
+#ifndef LLMGW_MAX_ATTEMPTS
+#define LLMGW_MAX_ATTEMPTS 16 /* hard cap on max_attempts */
+#endif
+#ifndef LLMGW_POOL_IDLE_MS
+#define LLMGW_POOL_IDLE_MS 30000 /* idle upstream connection lifetime */
+#endif
+#ifndef LLMGW_POOL_MAX_IDLE
+#define LLMGW_POOL_MAX_IDLE 32 /* idle upstream connections per origin */
+#endif
+#ifndef LLMGW_DNS_TTL_MS
+#define LLMGW_DNS_TTL_MS 60000 /* resolved names are cached this long */
+#endif
+#ifndef LLMGW_STREAM_HIGHWATER
+#define LLMGW_STREAM_HIGHWATER (256u << 10) /* stop reading upstream above */
+#endif
+#ifndef LLMGW_MAX_CONFIG
+#define LLMGW_MAX_CONFIG (1u << 20) /* largest INI file */
+#endif
+#ifndef LLMGW_ACCEPT_BURST
+#define LLMGW_ACCEPT_BURST 64 /* accepts per listener per iteration */
+#endif
+
+#define LG_UNUSED(x) ((void)(x))
+#define LG_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define LG_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define LG_COUNTOF(a) (sizeof(a) / sizeof((a)[0]))
+#if defined(__GNUC__) || defined(__clang__)
+#define LG_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define LG_PRINTF(f, a)
+#endif
+
+/* ===== 1. Platform and utilities ======================================= */
+
+/* A string view: never assumed NUL-terminated. Whoever returns one says
+ * how long the bytes it points at stay valid. */
+typedef struct {
+	const char *p;
+	size_t n;
+} lg_str;
+
+static lg_str lg_str_of(const char *p, size_t n)
+{
+	lg_str s;
+	s.p = p;
+	s.n = n;
+	return s;
+}
+
+static lg_str lg_strz(const char *z) { return lg_str_of(z, z ? strlen(z) : 0); }
+
+static int lg_lower(int c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
+
+static int lg_str_eq(lg_str a, const char *z)
+{
+	size_t n = strlen(z);
+	return a.n == n && memcmp(a.p, z, n) == 0;
+}
+
+static int lg_str_ieq(lg_str a, const char *z)
+{
+	size_t i, n = strlen(z);
+	if (a.n != n) return 0;
+	for (i = 0; i < n; i++)
+		if (lg_lower((unsigned char)a.p[i]) != lg_lower((unsigned char)z[i])) return 0;
+	return 1;
+}
+
+static lg_str lg_str_trim(lg_str s)
+{
+	while (s.n && (s.p[0] == ' ' || s.p[0] == '\t')) s.p++, s.n--;
+	while (s.n && (s.p[s.n - 1] == ' ' || s.p[s.n - 1] == '\t' || s.p[s.n - 1] == '\r'))
+		s.n--;
+	return s;
+}
+
+/* Does the comma-separated token list s contain tok (case-insensitive)? */
+static int lg_str_has_token(lg_str s, const char *tok)
+{
+	size_t i = 0, st;
+	while (i <= s.n) {
+		st = i;
+		while (i < s.n && s.p[i] != ',') i++;
+		if (lg_str_ieq(lg_str_trim(lg_str_of(s.p + st, i - st)), tok)) return 1;
+		i++;
+	}
+	return 0;
+}
+
+static int64_t lg_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t lg_wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Does p[0..n) contain the string z? (memmem is not POSIX) */
+static int lg_memmem(const char *p, size_t n, const char *z)
+{
+	size_t i, zl = strlen(z);
+	for (i = 0; zl <= n && i <= n - zl; i++)
+		if (p[i] == z[0] && memcmp(p + i, z, zl) == 0) return 1;
+	return 0;
+}
+
+/* Glob match with * and ?, used for key model allow-lists. */
+static int lg_glob(const char *pat, lg_str s)
+{
+	size_t i = 0, star_i = 0;
+	const char *star = NULL;
+	while (i < s.n) {
+		if (*pat == '*') {
+			star = ++pat;
+			star_i = i;
+		} else if (*pat && (*pat == '?' || *pat == s.p[i])) {
+			pat++;
+			i++;
+		} else if (star) {
+			pat = star;
+			i = ++star_i;
+		} else {
+			return 0;
+		}
+	}
+	while (*pat == '*') pat++;
+	return *pat == 0;
+}
+
+/* SHA-256 (FIPS 180-4). Used for sha256: key secrets and request ids;
+ * works on bytes, so byte order of the host does not matter. */
+struct lg_sha256 {
+	uint32_t h[8];
+	uint64_t len;
+	unsigned char buf[64];
+	size_t n;
+};
+
+static const uint32_t lg_sha256_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2};
+
+#define LG_ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void lg_sha256_block(struct lg_sha256 *s, const unsigned char *p)
+{
+	uint32_t w[64], a, b, c, d, e, f, g, h, t1, t2;
+	int i;
+	for (i = 0; i < 16; i++)
+		w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+		       (uint32_t)p[4 * i + 2] << 8 | (uint32_t)p[4 * i + 3];
+	for (i = 16; i < 64; i++) {
+		uint32_t s0 = LG_ROR(w[i - 15], 7) ^ LG_ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+		uint32_t s1 = LG_ROR(w[i - 2], 17) ^ LG_ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+		w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+	}
+	a = s->h[0], b = s->h[1], c = s->h[2], d = s->h[3];
+	e = s->h[4], f = s->h[5], g = s->h[6], h = s->h[7];
+	for (i = 0; i < 64; i++) {
+		t1 = h + (LG_ROR(e, 6) ^ LG_ROR(e, 11) ^ LG_ROR(e, 25)) + ((e & f) ^ (~e & g)) +
+		     lg_sha256_k[i] + w[i];
+		t2 = (LG_ROR(a, 2) ^ LG_ROR(a, 13) ^ LG_ROR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+		h = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
+	}
+	s->h[0] += a, s->h[1] += b, s->h[2] += c, s->h[3] += d;
+	s->h[4] += e, s->h[5] += f, s->h[6] += g, s->h[7] += h;
+}
+
+static void lg_sha256_init(struct lg_sha256 *s)
+{
+	static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+	                               0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+	memcpy(s->h, iv, sizeof iv);
+	s->len = 0;
+	s->n = 0;
+}
+
+static void lg_sha256_update(struct lg_sha256 *s, const void *data, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)data;
+	s->len += len;
+	while (len) {
+		size_t k = LG_MIN(64 - s->n, len);
+		memcpy(s->buf + s->n, p, k);
+		s->n += k, p += k, len -= k;
+		if (s->n == 64) {
+			lg_sha256_block(s, s->buf);
+			s->n = 0;
+		}
+	}
+}
+
+static void lg_sha256_final(struct lg_sha256 *s, unsigned char out[32])
+{
+	uint64_t bits = s->len * 8;
+	unsigned char pad = 0x80, len8[8];
+	int i;
+	lg_sha256_update(s, &pad, 1);
+	pad = 0;
+	while (s->n != 56) lg_sha256_update(s, &pad, 1);
+	for (i = 0; i < 8; i++) len8[i] = (unsigned char)(bits >> (56 - 8 * i));
+	lg_sha256_update(s, len8, 8);
+	for (i = 0; i < 32; i++) out[i] = (unsigned char)(s->h[i / 4] >> (24 - 8 * (i % 4)));
+}
+
+static void lg_sha256(const void *data, size_t len, unsigned char out[32])
+{
+	struct lg_sha256 s;
+	lg_sha256_init(&s);
+	lg_sha256_update(&s, data, len);
+	lg_sha256_final(&s, out);
+}
+
+/* Constant-time comparison: the time taken does not depend on where the
+ * inputs differ, so a key cannot be guessed byte by byte. */
+static int lg_ct_eq(const unsigned char *a, const unsigned char *b, size_t n)
+{
+	unsigned char d = 0;
+	size_t i;
+	for (i = 0; i < n; i++) d |= (unsigned char)(a[i] ^ b[i]);
+	return d == 0;
+}
+
+static int lg_hexval(int c)
+{
+	if (c >= '0' && c <= '9') return c - '0';
+	c = lg_lower(c);
+	if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+	return -1;
+}
+
+/* xorshift64* : request ids and jitter, not secrets. */
+static uint64_t lg_rand(uint64_t *st)
+{
+	uint64_t x = *st;
+	x ^= x >> 12, x ^= x << 25, x ^= x >> 27;
+	*st = x;
+	return x * 0x2545F4914F6CDD1DULL;
+}
+
+static int lg_set_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL, 0);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return -1;
+	return fcntl(fd, F_SETFD, FD_CLOEXEC);
+}
+
+/* Reads a whole file into a fresh NUL-terminated buffer (caller frees). */
+static char *lg_read_file(const char *path, size_t max, size_t *len, int *err)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf;
+	size_t n;
+	if (!f) {
+		*err = errno;
+		return NULL;
+	}
+	buf = (char *)malloc(max + 1);
+	if (!buf) {
+		fclose(f);
+		*err = ENOMEM;
+		return NULL;
+	}
+	n = fread(buf, 1, max + 1, f);
+	fclose(f);
+	if (n > max) {
+		free(buf);
+		*err = EFBIG;
+		return NULL;
+	}
+	buf[n] = 0;
+	*len = n;
+	return buf;
+}
+
+/* ===== 2. Buffers ====================================================== */
+
+/* One growable byte buffer with a hard maximum. Data lives in p[off..len);
+ * writing past max fails (and sets the sticky err flag) instead of
+ * truncating silently. */
+struct lg_buf {
+	char *p;
+	size_t off, len, cap, max;
+	int err;
+};
+
+static void lg_buf_init(struct lg_buf *b, size_t max)
+{
+	memset(b, 0, sizeof *b);
+	b->max = max;
+}
+
+static size_t lg_buf_used(const struct lg_buf *b) { return b->len - b->off; }
+static char *lg_buf_data(const struct lg_buf *b) { return b->p + b->off; }
+
+static void lg_buf_free(struct lg_buf *b)
+{
+	free(b->p);
+	b->p = NULL;
+	b->off = b->len = b->cap = 0;
+	b->err = 0;
+}
+
+/* Makes room for extra more bytes after len. -1 if that would pass max. */
+static int lg_buf_reserve(struct lg_buf *b, size_t extra)
+{
+	size_t need, ncap;
+	char *np;
+	if (b->err) return -1;
+	if (b->off && b->off == b->len) b->off = b->len = 0;
+	if (b->len + extra <= b->cap) return 0;
+	if (b->off && lg_buf_used(b) + extra <= b->cap) {
+		memmove(b->p, b->p + b->off, lg_buf_used(b));
+		b->len -= b->off;
+		b->off = 0;
+		return 0;
+	}
+	need = lg_buf_used(b) + extra;
+	if (b->max && need > b->max) {
+		b->err = 1;
+		return -1;
+	}
+	ncap = b->cap ? b->cap : LLMGW_IO_BUF;
+	while (ncap < need) ncap *= 2;
+	if (b->max && ncap > b->max) ncap = b->max;
+	if (b->off) {
+		memmove(b->p, b->p + b->off, lg_buf_used(b));
+		b->len -= b->off;
+		b->off = 0;
+	}
+	np = (char *)realloc(b->p, ncap);
+	if (!np) {
+		b->err = 1;
+		return -1;
+	}
+	b->p = np;
+	b->cap = ncap;
+	return 0;
+}
+
+static int lg_buf_add(struct lg_buf *b, const void *d, size_t n)
+{
+	if (lg_buf_reserve(b, n)) return -1;
+	if (n) memcpy(b->p + b->len, d, n);
+	b->len += n;
+	return 0;
+}
+
+static int lg_buf_adds(struct lg_buf *b, lg_str s) { return lg_buf_add(b, s.p, s.n); }
+static int lg_buf_addz(struct lg_buf *b, const char *z) { return lg_buf_add(b, z, strlen(z)); }
+static int lg_buf_addc(struct lg_buf *b, char c) { return lg_buf_add(b, &c, 1); }
+
+static int lg_buf_vprintf(struct lg_buf *b, const char *fmt, va_list ap)
+{
+	va_list cp;
+	int n;
+	va_copy(cp, ap);
+	n = vsnprintf(NULL, 0, fmt, cp);
+	va_end(cp);
+	if (n < 0 || lg_buf_reserve(b, (size_t)n + 1)) return -1;
+	vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+	b->len += (size_t)n;
+	return 0;
+}
+
+static int lg_buf_printf(struct lg_buf *b, const char *fmt, ...) LG_PRINTF(2, 3);
+static int lg_buf_printf(struct lg_buf *b, const char *fmt, ...)
+{
+	va_list ap;
+	int r;
+	va_start(ap, fmt);
+	r = lg_buf_vprintf(b, fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+static void lg_buf_consume(struct lg_buf *b, size_t n)
+{
+	b->off += n;
+	if (b->off >= b->len) b->off = b->len = 0;
+}
+
+/* Gives memory back when a connection goes idle with an empty buffer. */
+static void lg_buf_shrink(struct lg_buf *b)
+{
+	if (lg_buf_used(b) == 0 && b->cap > LLMGW_IO_BUF) lg_buf_free(b);
+}
+
+/* A bump allocator for a configuration snapshot: everything parsed from one
+ * INI file is freed together when the last request using it ends. */
+struct lg_arena_blk {
+	struct lg_arena_blk *next;
+	size_t used, cap;
+	/* data follows, aligned as max_align_t would be */
+};
+
+struct lg_arena {
+	struct lg_arena_blk *head;
+};
+
+static void *lg_arena_alloc(struct lg_arena *a, size_t n)
+{
+	struct lg_arena_blk *b = a->head;
+	size_t hdr = (sizeof(struct lg_arena_blk) + 15) & ~(size_t)15;
+	n = (n + 15) & ~(size_t)15;
+	if (!b || b->used + n > b->cap) {
+		size_t cap = n > 8192 ? n : 8192;
+		b = (struct lg_arena_blk *)malloc(hdr + cap);
+		if (!b) return NULL;
+		b->cap = cap;
+		b->used = 0;
+		b->next = a->head;
+		a->head = b;
+	}
+	b->used += n;
+	return memset((char *)b + hdr + b->used - n, 0, n);
+}
+
+static char *lg_arena_strn(struct lg_arena *a, const char *p, size_t n)
+{
+	char *s = (char *)lg_arena_alloc(a, n + 1);
+	if (s) {
+		memcpy(s, p, n);
+		s[n] = 0;
+	}
+	return s;
+}
+
+static void lg_arena_free(struct lg_arena *a)
+{
+	while (a->head) {
+		struct lg_arena_blk *n = a->head->next;
+		free(a->head);
+		a->head = n;
+	}
+}
+
+/* ===== 3. Log ========================================================== */
+
+enum { LG_LOG_ERROR, LG_LOG_WARN, LG_LOG_INFO, LG_LOG_DEBUG };
+static const char *const lg_log_names[] = {"error", "warn", "info", "debug"};
+
+/* Diagnostics go to stderr, one line each, with a UTC timestamp. The level
+ * lives on the gateway so two instances can log differently. */
+static void lg_log_v(int level, int max, const char *fmt, va_list ap)
+{
+	char line[1024];
+	time_t t;
+	struct tm tm;
+	int n;
+	if (level > max) return;
+	t = time(NULL);
+	gmtime_r(&t, &tm);
+	n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02dZ llmgw %s: ",
+	             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+	             tm.tm_sec, lg_log_names[level]);
+	if (n < 0) return;
+	vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+	n = (int)strlen(line);
+	line[n++] = '\n';
+	if (write(2, line, (size_t)n) < 0) { /* nowhere left to report it */
+	}
+}
+
+static void lg_log_at(int max, int level, const char *fmt, ...) LG_PRINTF(3, 4);
+static void lg_log_at(int max, int level, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	lg_log_v(level, max, fmt, ap);
+	va_end(ap);
+}
+
+/* Logs through a gateway's level; expands where struct llmgw is complete. */
+#define LG_LOG(gw, level, ...) lg_log_at((gw)->log_level, (level), __VA_ARGS__)
+
+/* ===== 4. JSON ========================================================= */
+
+/* A tokenizer in the manner of jsmn, but strict (RFC 8259) and with the
+ * byte offset of the first error. It never allocates: the caller gives the
+ * token array. Each token records where its subtree ends (next), so
+ * siblings are skipped in O(1). String tokens span the content between the
+ * quotes, still escaped; other tokens span their whole text. */
+enum { LG_J_NONE, LG_J_OBJ, LG_J_ARR, LG_J_STR, LG_J_NUM, LG_J_TRUE, LG_J_FALSE, LG_J_NULL };
+
+struct lg_jtok {
+	uint32_t start, end; /* byte offsets [start, end) */
+	uint32_t next;       /* index of the first token after this subtree */
+	uint32_t size;       /* object: members; array: elements */
+	uint8_t type;
+};
+
+#define LG_JSON_ERR -1     /* malformed: err and err_off say what and where */
+#define LG_JSON_NOMEM -2   /* more tokens than the array holds */
+#define LG_JSON_PARTIAL -3 /* input ended inside a value: need more */
+
+struct lg_json {
+	struct lg_jtok *t; /* NULL: only count tokens */
+	uint32_t cap, n;
+	const char *err;
+	size_t err_off;
+};
+
+static size_t lg_json_ws(const char *s, size_t n, size_t i)
+{
+	while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) i++;
+	return i;
+}
+
+static int lg_json_err(struct lg_json *j, const char *what, size_t off)
+{
+	j->err = what;
+	j->err_off = off;
+	return LG_JSON_ERR;
+}
+
+static int lg_json_fail(struct lg_json *j, const char *what, size_t off, size_t n)
+{
+	j->err = off >= n ? "unexpected end of input" : what;
+	j->err_off = off;
+	return off >= n ? LG_JSON_PARTIAL : LG_JSON_ERR;
+}
+
+/* Scans a string starting after its opening quote; returns the offset of
+ * the closing quote, or a negative code. */
+static long lg_json_scan_str(struct lg_json *j, const char *s, size_t n, size_t i)
+{
+	for (; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '"') return (long)i;
+		if (c < 0x20) return lg_json_fail(j, "control character in string", i, n);
+		if (c == '\\') {
+			if (++i >= n) break;
+			c = (unsigned char)s[i];
+			if (c == 'u') {
+				int k;
+				for (k = 0; k < 4; k++) {
+					if (++i >= n) return lg_json_fail(j, "", i, n);
+					if (lg_hexval(s[i]) < 0)
+						return lg_json_fail(j, "bad \\u escape", i, n);
+				}
+			} else if (!strchr("\"\\/bfnrt", c) || c == 0) {
+				return lg_json_fail(j, "bad escape in string", i, n);
+			}
+		}
+	}
+	return lg_json_fail(j, "", n, n);
+}
+
+static long lg_json_scan_num(struct lg_json *j, const char *s, size_t n, size_t i)
+{
+	size_t st;
+	if (i < n && s[i] == '-') i++;
+	if (i >= n) return lg_json_fail(j, "", i, n);
+	if (s[i] == '0') {
+		i++;
+	} else if (s[i] >= '1' && s[i] <= '9') {
+		while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+	} else {
+		return lg_json_fail(j, "bad number", i, n);
+	}
+	if (i < n && s[i] == '.') {
+		st = ++i;
+		while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+		if (i == st) return lg_json_fail(j, "bad number: digit expected after '.'", i, n);
+	}
+	if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+		i++;
+		if (i < n && (s[i] == '+' || s[i] == '-')) i++;
+		st = i;
+		while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+		if (i == st) return lg_json_fail(j, "bad number: digit expected in exponent", i, n);
+	}
+	return (long)i;
+}
+
+/* Tokenizes s[0..n). Returns the token count, or LG_JSON_ERR,
+ * LG_JSON_NOMEM, LG_JSON_PARTIAL. A document is exactly one value with
+ * optional surrounding whitespace. */
+static int lg_json_parse(struct lg_json *j, const char *s, size_t n)
+{
+	uint32_t stk[LLMGW_JSON_DEPTH];
+	unsigned char stype[LLMGW_JSON_DEPTH];
+	int depth = 0, want_value = 1, want_key = 0;
+	size_t i = 0;
+	uint32_t ntok = 0, me;
+	long e;
+
+	j->err = NULL;
+	j->err_off = 0;
+	j->n = 0;
+	for (;;) {
+		i = lg_json_ws(s, n, i);
+		if (want_key) {
+			if (i >= n || s[i] != '"') return lg_json_fail(j, "object key (a string) expected", i, n);
+			me = ntok++;
+			if (ntok > LLMGW_JSON_TOKENS) return lg_json_err(j, "too many JSON tokens", i);
+			if ((e = lg_json_scan_str(j, s, n, i + 1)) < 0) return (int)e;
+			if (j->t) {
+				if (me >= j->cap) return LG_JSON_NOMEM;
+				j->t[me].type = LG_J_STR;
+				j->t[me].start = (uint32_t)(i + 1);
+				j->t[me].end = (uint32_t)e;
+				j->t[me].next = me + 1;
+				j->t[me].size = 0;
+				j->t[stk[depth - 1]].size++;
+			}
+			i = lg_json_ws(s, n, (size_t)e + 1);
+			if (i >= n || s[i] != ':') return lg_json_fail(j, "':' expected after object key", i, n);
+			i = lg_json_ws(s, n, i + 1);
+			want_key = 0;
+			want_value = 1;
+		}
+		if (want_value) {
+			if (i >= n) return lg_json_fail(j, "", i, n);
+			me = ntok++;
+			if (ntok > LLMGW_JSON_TOKENS) return lg_json_err(j, "too many JSON tokens", i);
+			if (j->t && me >= j->cap) return LG_JSON_NOMEM;
+			if (j->t && depth && stype[depth - 1] == LG_J_ARR) j->t[stk[depth - 1]].size++;
+			if (j->t) {
+				j->t[me].start = (uint32_t)i;
+				j->t[me].size = 0;
+				j->t[me].next = me + 1;
+			}
+			switch (s[i]) {
+			case '{':
+			case '[': {
+				unsigned char ty = s[i] == '{' ? LG_J_OBJ : LG_J_ARR;
+				if (depth >= LLMGW_JSON_DEPTH) return lg_json_err(j, "nesting too deep", i);
+				if (j->t) j->t[me].type = ty;
+				stk[depth] = me;
+				stype[depth++] = ty;
+				i = lg_json_ws(s, n, i + 1);
+				if (i < n && s[i] == (ty == LG_J_OBJ ? '}' : ']')) {
+					depth--;
+					if (j->t) j->t[me].end = (uint32_t)(i + 1), j->t[me].next = ntok;
+					i++;
+					want_value = 0;
+				} else if (ty == LG_J_OBJ) {
+					want_value = 0;
+					want_key = 1;
+					continue;
+				}
+				if (want_value) continue; /* first array element */
+				break;
+			}
+			case '"':
+				if ((e = lg_json_scan_str(j, s, n, i + 1)) < 0) return (int)e;
+				if (j->t) j->t[me].type = LG_J_STR, j->t[me].start = (uint32_t)(i + 1),
+				          j->t[me].end = (uint32_t)e;
+				i = (size_t)e + 1;
+				break;
+			case 't':
+			case 'f':
+			case 'n': {
+				const char *lit = s[i] == 't' ? "true" : s[i] == 'f' ? "false" : "null";
+				size_t k, ln = strlen(lit);
+				for (k = 0; k < ln; k++)
+					if (i + k >= n || s[i + k] != lit[k])
+						return lg_json_fail(j, "invalid literal", i + k, n);
+				if (j->t) j->t[me].type = s[i] == 't' ? LG_J_TRUE : s[i] == 'f' ? LG_J_FALSE : LG_J_NULL,
+				          j->t[me].end = (uint32_t)(i + ln);
+				i += ln;
+				break;
+			}
+			default:
+				if (s[i] == '-' || (s[i] >= '0' && s[i] <= '9')) {
+					if ((e = lg_json_scan_num(j, s, n, i)) < 0) return (int)e;
+					/* a number running into the end may continue: need more */
+					if ((size_t)e >= n && depth) return lg_json_fail(j, "", n, n);
+					if (j->t) j->t[me].type = LG_J_NUM, j->t[me].end = (uint32_t)e;
+					i = (size_t)e;
+					break;
+				}
+				return lg_json_fail(j, "unexpected character", i, n);
+			}
+			want_value = 0;
+		}
+		/* after a value */
+		i = lg_json_ws(s, n, i);
+		if (depth == 0) {
+			if (i < n) return lg_json_fail(j, "trailing characters after the JSON value", i, n);
+			j->n = ntok;
+			return (int)ntok;
+		}
+		if (i >= n) return lg_json_fail(j, "", i, n);
+		if (s[i] == ',') {
+			i++;
+			if (stype[depth - 1] == LG_J_OBJ)
+				want_key = 1;
+			else
+				want_value = 1;
+		} else if (s[i] == (stype[depth - 1] == LG_J_OBJ ? '}' : ']')) {
+			me = stk[--depth];
+			if (j->t) j->t[me].end = (uint32_t)(i + 1), j->t[me].next = ntok;
+			i++;
+		} else {
+			return lg_json_fail(j, stype[depth - 1] == LG_J_OBJ ? "',' or '}' expected"
+			                                                    : "',' or ']' expected", i, n);
+		}
+	}
+}
+
+/* The value of key in the object at token obj, or -1. */
+static int lg_json_get(const struct lg_json *j, const char *s, int obj, const char *key)
+{
+	uint32_t k, m;
+	size_t kl = strlen(key);
+	if (obj < 0 || j->t[obj].type != LG_J_OBJ) return -1;
+	k = (uint32_t)obj + 1;
+	for (m = 0; m < j->t[obj].size; m++) {
+		const struct lg_jtok *kt = &j->t[k];
+		if (kt->end - kt->start == kl && memcmp(s + kt->start, key, kl) == 0) return (int)k + 1;
+		k = j->t[k + 1].next;
+	}
+	return -1;
+}
+
+/* The i-th element of an array token, or -1. */
+static int lg_json_at(const struct lg_json *j, int arr, uint32_t i)
+{
+	uint32_t k;
+	if (arr < 0 || j->t[arr].type != LG_J_ARR || i >= j->t[arr].size) return -1;
+	k = (uint32_t)arr + 1;
+	while (i--) k = j->t[k].next;
+	return (int)k;
+}
+
+/* The raw text of a token: a string's escaped content, or a value's text.
+ * Valid as long as s is. */
+static lg_str lg_json_raw(const struct lg_json *j, const char *s, int t)
+{
+	return lg_str_of(s + j->t[t].start, j->t[t].end - j->t[t].start);
+}
+
+/* The whole text of a token, quotes included for strings. */
+static lg_str lg_json_span(const struct lg_json *j, const char *s, int t)
+{
+	lg_str r = lg_json_raw(j, s, t);
+	if (j->t[t].type == LG_J_STR) r.p--, r.n += 2;
+	return r;
+}
+
+static int lg_json_type(const struct lg_json *j, int t) { return t < 0 ? LG_J_NONE : j->t[t].type; }
+
+static int lg_json_truthy(const struct lg_json *j, int t) { return lg_json_type(j, t) == LG_J_TRUE; }
+
+static double lg_json_num(const struct lg_json *j, const char *s, int t, double dflt)
+{
+	char tmp[64];
+	lg_str r;
+	if (lg_json_type(j, t) != LG_J_NUM) return dflt;
+	r = lg_json_raw(j, s, t);
+	if (r.n >= sizeof tmp) return dflt;
+	memcpy(tmp, r.p, r.n);
+	tmp[r.n] = 0;
+	return strtod(tmp, NULL);
+}
+
+static void lg_utf8_put(char **o, uint32_t cp)
+{
+	unsigned char *p = (unsigned char *)*o;
+	if (cp < 0x80) {
+		*p++ = (unsigned char)cp;
+	} else if (cp < 0x800) {
+		*p++ = (unsigned char)(0xC0 | (cp >> 6));
+		*p++ = (unsigned char)(0x80 | (cp & 0x3F));
+	} else if (cp < 0x10000) {
+		*p++ = (unsigned char)(0xE0 | (cp >> 12));
+		*p++ = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+		*p++ = (unsigned char)(0x80 | (cp & 0x3F));
+	} else {
+		*p++ = (unsigned char)(0xF0 | (cp >> 18));
+		*p++ = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
+		*p++ = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+		*p++ = (unsigned char)(0x80 | (cp & 0x3F));
+	}
+	*o = (char *)p;
+}
+
+static uint32_t lg_hex4(const char *p)
+{
+	return (uint32_t)(lg_hexval(p[0]) << 12 | lg_hexval(p[1]) << 8 | lg_hexval(p[2]) << 4 |
+	                  lg_hexval(p[3]));
+}
+
+/* Unescapes the content of a JSON string (as the tokenizer validated it)
+ * into out, which needs n bytes: the result is never longer. \uXXXX pairs
+ * become UTF-8; a lone surrogate becomes U+FFFD. Returns the length, or -1
+ * on a malformed escape. */
+static long lg_json_unescape(const char *p, size_t n, char *out)
+{
+	char *o = out;
+	size_t i;
+	for (i = 0; i < n; i++) {
+		uint32_t cp;
+		if (p[i] != '\\') {
+			*o++ = p[i];
+			continue;
+		}
+		if (++i >= n) return -1;
+		switch (p[i]) {
+		case '"': *o++ = '"'; break;
+		case '\\': *o++ = '\\'; break;
+		case '/': *o++ = '/'; break;
+		case 'b': *o++ = '\b'; break;
+		case 'f': *o++ = '\f'; break;
+		case 'n': *o++ = '\n'; break;
+		case 'r': *o++ = '\r'; break;
+		case 't': *o++ = '\t'; break;
+		case 'u':
+			if (n - i < 5) return -1; /* need 4 hex digits */
+			{
+				int k;
+				for (k = 1; k <= 4; k++)
+					if (lg_hexval(p[i + (size_t)k]) < 0) return -1;
+			}
+			cp = lg_hex4(p + i + 1);
+			i += 4;
+			if (cp >= 0xD800 && cp <= 0xDBFF) {
+				if (n - i >= 7 && p[i + 1] == '\\' && p[i + 2] == 'u' &&
+				    lg_hexval(p[i + 3]) >= 0 && lg_hexval(p[i + 4]) >= 0 &&
+				    lg_hexval(p[i + 5]) >= 0 && lg_hexval(p[i + 6]) >= 0) {
+					uint32_t lo = lg_hex4(p + i + 3);
+					if (lo >= 0xDC00 && lo <= 0xDFFF) {
+						cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+						i += 6;
+					} else {
+						cp = 0xFFFD;
+					}
+				} else {
+					cp = 0xFFFD;
+				}
+			} else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+				cp = 0xFFFD;
+			}
+			lg_utf8_put(&o, cp);
+			break;
+		default: return -1;
+		}
+	}
+	return o - out;
+}
+
+/* Writes s as a JSON string, quotes included. */
+static int lg_json_wstr(struct lg_buf *b, const char *s, size_t n)
+{
+	static const char hx[] = "0123456789abcdef";
+	size_t i, run = 0;
+	if (lg_buf_reserve(b, n + 2)) return -1;
+	lg_buf_addc(b, '"');
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		const char *esc = NULL;
+		char u[7];
+		if (c >= 0x20 && c != '"' && c != '\\') continue;
+		lg_buf_add(b, s + run, i - run);
+		switch (c) {
+		case '"': esc = "\\\""; break;
+		case '\\': esc = "\\\\"; break;
+		case '\n': esc = "\\n"; break;
+		case '\r': esc = "\\r"; break;
+		case '\t': esc = "\\t"; break;
+		case '\b': esc = "\\b"; break;
+		case '\f': esc = "\\f"; break;
+		default:
+			u[0] = '\\', u[1] = 'u', u[2] = '0', u[3] = '0', u[4] = hx[c >> 4], u[5] = hx[c & 15];
+			u[6] = 0;
+			esc = u;
+		}
+		lg_buf_addz(b, esc);
+		run = i + 1;
+	}
+	lg_buf_add(b, s + run, n - run);
+	return lg_buf_addc(b, '"');
+}
+
+static int lg_json_wz(struct lg_buf *b, const char *z) { return lg_json_wstr(b, z, z ? strlen(z) : 0); }
+
+/* Numbers: integers print as integers, the rest with enough digits to
+ * round-trip a cost in USD. */
+static int lg_json_wnum(struct lg_buf *b, double v)
+{
+	if (!isfinite(v)) return lg_buf_addz(b, "0");
+	if (v > -1e15 && v < 1e15 && v == (double)(int64_t)v) return lg_buf_printf(b, "%.0f", v);
+	return lg_buf_printf(b, "%.12g", v);
+}
+
+/* ===== 5. INI and config =============================================== */
+
+/* The INI reader: one item per call, never allocating. Comments start with
+ * ';' or '#' at the start of a line or after whitespace. */
+enum { LG_INI_END, LG_INI_SECTION, LG_INI_KEY, LG_INI_ERROR };
+
+struct lg_ini {
+	const char *s;
+	size_t n, pos;
+	int line;
+	lg_str section, key, value; /* views into s */
+	const char *err;
+};
+
+static int lg_ini_next(struct lg_ini *in)
+{
+	while (in->pos < in->n) {
+		size_t st = in->pos, e, i;
+		lg_str l;
+		while (in->pos < in->n && in->s[in->pos] != '\n') in->pos++;
+		e = in->pos;
+		if (in->pos < in->n) in->pos++;
+		in->line++;
+		/* strip comments: ';' or '#' at the start or after a blank */
+		for (i = st; i < e; i++)
+			if ((in->s[i] == ';' || in->s[i] == '#') &&
+			    (i == st || in->s[i - 1] == ' ' || in->s[i - 1] == '\t'))
+				break;
+		l = lg_str_trim(lg_str_of(in->s + st, i - st));
+		if (l.n == 0) continue;
+		if (l.p[0] == '[') {
+			if (l.p[l.n - 1] != ']') {
+				in->err = "section header without closing ']'";
+				return LG_INI_ERROR;
+			}
+			in->section = lg_str_trim(lg_str_of(l.p + 1, l.n - 2));
+			return LG_INI_SECTION;
+		}
+		for (i = 0; i < l.n && l.p[i] != '='; i++) {
+		}
+		if (i == l.n) {
+			in->err = "expected 'key = value'";
+			return LG_INI_ERROR;
+		}
+		in->key = lg_str_trim(lg_str_of(l.p, i));
+		in->value = lg_str_trim(lg_str_of(l.p + i + 1, l.n - i - 1));
+		if (in->key.n == 0) {
+			in->err = "empty key before '='";
+			return LG_INI_ERROR;
+		}
+		return LG_INI_KEY;
+	}
+	return LG_INI_END;
+}
+
+enum { LG_PT_OPENAI, LG_PT_ANTHROPIC, LG_PT_GEMINI, LG_PT_AZURE, LG_PT_BEDROCK, LG_PT_MOCK };
+static const char *const lg_pt_names[] = {"openai", "anthropic", "gemini", "azure", "bedrock", "mock"};
+
+enum { LG_STRAT_ORDER, LG_STRAT_PRICE, LG_STRAT_LATENCY, LG_STRAT_THROUGHPUT, LG_STRAT_WEIGHTED };
+static const char *const lg_strat_names[] = {"order", "price", "latency", "throughput", "weighted"};
+
+enum { LG_PERIOD_DAY, LG_PERIOD_WEEK, LG_PERIOD_MONTH, LG_PERIOD_TOTAL };
+static const char *const lg_period_names[] = {"day", "week", "month", "total"};
+
+enum { LG_METRICS_ADMIN, LG_METRICS_PUBLIC, LG_METRICS_OFF };
+
+struct lg_provider {
+	const char *name;
+	int type, line;
+	const char *base_url, *host, *base_path, *region, *api_key;
+	int port, tls, zdr, collects_data, direct, max_concurrency;
+	char origin[300]; /* "host:port" (+ "+tls"): the key of the upstream pool */
+	const char **headers; /* "Name: value" lines, validated */
+	int nheaders;
+};
+
+struct lg_target {
+	struct lg_provider *prov;
+	const char *prov_name, *upstream, *quant;
+	double in, out, cache_read, cache_write, weight; /* USD per million tokens */
+	long context, max_output;
+	int line;
+};
+
+struct lg_model {
+	const char *name;
+	struct lg_target *t;
+	int nt, line, strategy;
+	const char **fallbacks, **aliases;
+	int nfallbacks, naliases;
+	int64_t affinity_ms;
+};
+
+struct lg_key {
+	const char *name;
+	unsigned char hash[32]; /* SHA-256 of the secret: compared in constant time */
+	const char **models, **regions;
+	int nmodels, nregions, line, period, max_concurrency, zdr, data_deny;
+	double budget;
+	long rpm, tpm;
+};
+
+struct lg_cfg {
+	int refs; /* the gateway holds one; each request using it one more */
+	struct lg_arena a;
+	const char *path;
+	const char **listen;
+	int nlisten, workers, max_attempts, metrics, auth_none, zdr, log_level;
+	long max_connections;
+	size_t max_body, max_header;
+	int64_t header_timeout, idle_timeout, connect_timeout, first_byte_timeout,
+	    stream_idle_timeout, shutdown_timeout;
+	const char *ca_file, *tls_cert, *tls_key, *proxy, *admin_key, *access_log, *state_dir;
+	struct lg_provider **prov;
+	struct lg_model **models;
+	struct lg_key **keys;
+	int nprov, nmodels, nkeys;
+	char warn[512]; /* things accepted but not enforced yet, for the start-up log */
+};
+
+/* Parse context: the file name and line for error messages. */
+struct lg_cfgp {
+	struct lg_cfg *c;
+	const char *file;
+	int line;
+	char *err;
+	size_t errlen;
+};
+
+static int lg_cfg_err(struct lg_cfgp *p, const char *fmt, ...) LG_PRINTF(2, 3);
+static int lg_cfg_err(struct lg_cfgp *p, const char *fmt, ...)
+{
+	va_list ap;
+	int n = snprintf(p->err, p->errlen, "%s:%d: ", p->file, p->line);
+	va_start(ap, fmt);
+	if (n >= 0 && (size_t)n < p->errlen) vsnprintf(p->err + n, p->errlen - (size_t)n, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/* Grows an arena-held array by one zeroed element; returns it. */
+static void *lg_cfg_push(struct lg_cfg *c, void *arrp, int *n, size_t el)
+{
+	void **arr = (void **)arrp;
+	if (*n == 0 || (*n >= 4 && (*n & (*n - 1)) == 0)) { /* capacity 4, 8, 16, ... */
+		size_t cap = *n ? (size_t)*n * 2 : 4;
+		char *na = (char *)lg_arena_alloc(&c->a, cap * el);
+		if (!na) return NULL;
+		if (*n) memcpy(na, *arr, (size_t)*n * el);
+		*arr = na;
+	}
+	return memset((char *)*arr + (size_t)(*n)++ * el, 0, el);
+}
+
+static char *lg_cfg_str(struct lg_cfg *c, lg_str s) { return lg_arena_strn(&c->a, s.p, s.n); }
+
+/* Splits a comma-separated list into arena strings. */
+static int lg_cfg_list(struct lg_cfgp *p, lg_str v, const char ***out, int *n)
+{
+	size_t i = 0, st;
+	while (i < v.n) {
+		lg_str item;
+		const char **slot;
+		st = i;
+		while (i < v.n && v.p[i] != ',') i++;
+		item = lg_str_trim(lg_str_of(v.p + st, i - st));
+		i++;
+		if (!item.n) continue;
+		slot = (const char **)lg_cfg_push(p->c, out, n, sizeof *slot);
+		if (!slot || !(*slot = lg_cfg_str(p->c, item))) return lg_cfg_err(p, "out of memory");
+	}
+	return 0;
+}
+
+static int lg_cfg_bool(struct lg_cfgp *p, lg_str v, int *out)
+{
+	if (lg_str_ieq(v, "yes") || lg_str_ieq(v, "true") || lg_str_ieq(v, "on") || lg_str_eq(v, "1"))
+		*out = 1;
+	else if (lg_str_ieq(v, "no") || lg_str_ieq(v, "false") || lg_str_ieq(v, "off") ||
+	         lg_str_eq(v, "0"))
+		*out = 0;
+	else
+		return lg_cfg_err(p, "expected yes or no, got '%.*s'", (int)v.n, v.p);
+	return 0;
+}
+
+/* Parses a decimal number into *out; unit gets the rest of the text. */
+static int lg_cfg_number(lg_str v, double *out, lg_str *unit)
+{
+	char tmp[64], *end;
+	if (v.n == 0 || v.n >= sizeof tmp) return -1;
+	memcpy(tmp, v.p, v.n);
+	tmp[v.n] = 0;
+	if (!(tmp[0] >= '0' && tmp[0] <= '9') && tmp[0] != '.') return -1;
+	*out = strtod(tmp, &end);
+	if (end == tmp || !isfinite(*out)) return -1;
+	*unit = lg_str_trim(lg_str_of(v.p + (end - tmp), v.n - (size_t)(end - tmp)));
+	return 0;
+}
+
+static int lg_cfg_long(struct lg_cfgp *p, lg_str v, long *out)
+{
+	double d;
+	lg_str u;
+	if (lg_cfg_number(v, &d, &u) || u.n || d > 2e9 || d != (double)(long)d)
+		return lg_cfg_err(p, "expected a whole number, got '%.*s'", (int)v.n, v.p);
+	*out = (long)d;
+	return 0;
+}
+
+/* "16m", "32k", "512" -> bytes */
+static int lg_cfg_size(struct lg_cfgp *p, lg_str v, size_t *out)
+{
+	double d, mul = 1;
+	lg_str u;
+	if (lg_cfg_number(v, &d, &u)) goto bad;
+	if (u.n == 0 || lg_str_ieq(u, "b"))
+		mul = 1;
+	else if (lg_str_ieq(u, "k") || lg_str_ieq(u, "kb"))
+		mul = 1024;
+	else if (lg_str_ieq(u, "m") || lg_str_ieq(u, "mb"))
+		mul = 1048576;
+	else if (lg_str_ieq(u, "g") || lg_str_ieq(u, "gb"))
+		mul = 1073741824.0;
+	else
+		goto bad;
+	if (d * mul > 4294967295.0) goto bad;
+	*out = (size_t)(d * mul);
+	return 0;
+bad:
+	return lg_cfg_err(p, "expected a size like 512, 32k or 16m, got '%.*s'", (int)v.n, v.p);
+}
+
+/* "10s", "500ms", "2m", "1h"; a bare number is seconds -> milliseconds */
+static int lg_cfg_duration_of(lg_str v, int64_t *out)
+{
+	double d, mul;
+	lg_str u;
+	if (lg_cfg_number(v, &d, &u)) return -1;
+	if (u.n == 0 || lg_str_eq(u, "s"))
+		mul = 1000;
+	else if (lg_str_eq(u, "ms"))
+		mul = 1;
+	else if (lg_str_eq(u, "m"))
+		mul = 60000;
+	else if (lg_str_eq(u, "h"))
+		mul = 3600000;
+	else if (lg_str_eq(u, "d"))
+		mul = 86400000;
+	else
+		return -1;
+	if (d * mul > 9e15) return -1;
+	*out = (int64_t)(d * mul);
+	return 0;
+}
+
+static int lg_cfg_duration(struct lg_cfgp *p, lg_str v, int64_t *out)
+{
+	if (lg_cfg_duration_of(v, out))
+		return lg_cfg_err(p, "expected a duration like 500ms, 10s or 2m, got '%.*s'", (int)v.n, v.p);
+	return 0;
+}
+
+static int lg_cfg_enum(struct lg_cfgp *p, lg_str v, const char *const *names, int n, int *out,
+                       const char *what)
+{
+	int i;
+	for (i = 0; i < n; i++)
+		if (lg_str_eq(v, names[i])) {
+			*out = i;
+			return 0;
+		}
+	return lg_cfg_err(p, "unknown %s '%.*s'", what, (int)v.n, v.p);
+}
+
+/* A secret: literal, env:NAME or file:/path (first line). The value is
+ * never echoed into an error message. */
+static int lg_cfg_secret(struct lg_cfgp *p, lg_str v, const char **out)
+{
+	if (v.n > 4 && memcmp(v.p, "env:", 4) == 0) {
+		char name[256];
+		const char *val;
+		if (v.n - 4 >= sizeof name) return lg_cfg_err(p, "environment variable name too long");
+		memcpy(name, v.p + 4, v.n - 4);
+		name[v.n - 4] = 0;
+		val = getenv(name);
+		if (!val || !*val) return lg_cfg_err(p, "environment variable %s is not set", name);
+		*out = lg_cfg_str(p->c, lg_strz(val));
+	} else if (v.n > 5 && memcmp(v.p, "file:", 5) == 0) {
+		char path[1024], *buf;
+		size_t len = 0, i = 0;
+		int e = 0;
+		if (v.n - 5 >= sizeof path) return lg_cfg_err(p, "file path too long");
+		memcpy(path, v.p + 5, v.n - 5);
+		path[v.n - 5] = 0;
+		buf = lg_read_file(path, 65536, &len, &e);
+		if (!buf) return lg_cfg_err(p, "cannot read secret file %s: %s", path, strerror(e));
+		while (i < len && buf[i] != '\n' && buf[i] != '\r') i++;
+		*out = lg_cfg_str(p->c, lg_str_trim(lg_str_of(buf, i)));
+		free(buf);
+		if (!**out) return lg_cfg_err(p, "secret file %s is empty", path);
+	} else {
+		*out = lg_cfg_str(p->c, v);
+	}
+	return *out ? 0 : lg_cfg_err(p, "out of memory");
+}
+
+/* Splits "scheme://host[:port][/path]" for a provider. */
+static int lg_cfg_url(struct lg_cfgp *p, struct lg_provider *pv, lg_str v)
+{
+	size_t i, hs, he, ps;
+	long port;
+	lg_str host;
+	if (v.n > 7 && memcmp(v.p, "http://", 7) == 0)
+		pv->tls = 0, hs = 7, port = 80;
+	else if (v.n > 8 && memcmp(v.p, "https://", 8) == 0)
+		pv->tls = 1, hs = 8, port = 443;
+	else
+		return lg_cfg_err(p, "base_url must start with http:// or https://");
+	i = hs;
+	if (i < v.n && v.p[i] == '[') { /* [v6]:port */
+		while (i < v.n && v.p[i] != ']') i++;
+		if (i == v.n) return lg_cfg_err(p, "base_url: missing ']' after IPv6 address");
+		host = lg_str_of(v.p + hs + 1, i - hs - 1);
+		he = ++i;
+	} else {
+		while (i < v.n && v.p[i] != ':' && v.p[i] != '/') i++;
+		host = lg_str_of(v.p + hs, i - hs);
+		he = i;
+	}
+	if (host.n == 0 || host.n > 253) return lg_cfg_err(p, "base_url: bad host name");
+	if (he < v.n && v.p[he] == ':') {
+		ps = ++he;
+		port = 0;
+		while (he < v.n && v.p[he] >= '0' && v.p[he] <= '9' && port < 65536)
+			port = port * 10 + (v.p[he++] - '0');
+		if (he == ps || port < 1 || port > 65535 || (he < v.n && v.p[he] != '/'))
+			return lg_cfg_err(p, "base_url: bad port");
+	}
+	for (i = 0; i < v.n; i++)
+		if ((unsigned char)v.p[i] <= ' ' || v.p[i] == '?' || v.p[i] == '#')
+			return lg_cfg_err(p, "base_url: unexpected character '%c'", v.p[i]);
+	pv->host = lg_cfg_str(p->c, host);
+	pv->port = (int)port;
+	/* base path without its trailing '/'; "" when none */
+	{
+		lg_str path = lg_str_of(v.p + he, v.n - he);
+		while (path.n && path.p[path.n - 1] == '/') path.n--;
+		pv->base_path = lg_cfg_str(p->c, path);
+	}
+	pv->base_url = lg_cfg_str(p->c, v);
+	snprintf(pv->origin, sizeof pv->origin, "%s:%d%s", pv->host, pv->port, pv->tls ? "+tls" : "");
+	return 0;
+}
+
+/* "PROVIDER MODEL [in=USD] [out=USD] [cache_read=USD] [cache_write=USD]
+ *  [weight=N] [context=TOKENS] [max_output=TOKENS] [quant=NAME]" */
+static int lg_cfg_target(struct lg_cfgp *p, struct lg_model *m, lg_str v)
+{
+	struct lg_target *t = (struct lg_target *)lg_cfg_push(p->c, &m->t, &m->nt, sizeof *t);
+	size_t i = 0;
+	int field = 0;
+	if (!t) return lg_cfg_err(p, "out of memory");
+	t->line = p->line;
+	t->weight = 1;
+	t->cache_read = t->cache_write = -1; /* unset: priced like input */
+	while (i < v.n) {
+		size_t st;
+		lg_str w, k, val;
+		double d;
+		lg_str unit;
+		while (i < v.n && (v.p[i] == ' ' || v.p[i] == '\t')) i++;
+		st = i;
+		while (i < v.n && v.p[i] != ' ' && v.p[i] != '\t') i++;
+		w = lg_str_of(v.p + st, i - st);
+		if (!w.n) break;
+		if (field == 0) {
+			t->prov_name = lg_cfg_str(p->c, w);
+			field++;
+			continue;
+		}
+		if (field == 1) {
+			t->upstream = lg_cfg_str(p->c, w);
+			field++;
+			continue;
+		}
+		for (st = 0; st < w.n && w.p[st] != '='; st++) {
+		}
+		if (st == w.n) return lg_cfg_err(p, "target option '%.*s' is not name=value", (int)w.n, w.p);
+		k = lg_str_of(w.p, st);
+		val = lg_str_of(w.p + st + 1, w.n - st - 1);
+		if (lg_str_eq(k, "quant")) {
+			t->quant = lg_cfg_str(p->c, val);
+			continue;
+		}
+		if (lg_cfg_number(val, &d, &unit) || unit.n || d < 0)
+			return lg_cfg_err(p, "target option %.*s: expected a non-negative number, got '%.*s'",
+			                  (int)k.n, k.p, (int)val.n, val.p);
+		if (lg_str_eq(k, "in"))
+			t->in = d;
+		else if (lg_str_eq(k, "out"))
+			t->out = d;
+		else if (lg_str_eq(k, "cache_read"))
+			t->cache_read = d;
+		else if (lg_str_eq(k, "cache_write"))
+			t->cache_write = d;
+		else if (lg_str_eq(k, "weight"))
+			t->weight = d;
+		else if (lg_str_eq(k, "context"))
+			t->context = (long)d;
+		else if (lg_str_eq(k, "max_output"))
+			t->max_output = (long)d;
+		else
+			return lg_cfg_err(p, "unknown target option '%.*s' (in, out, cache_read, cache_write, "
+			                     "weight, context, max_output, quant)", (int)k.n, k.p);
+	}
+	if (field < 2) return lg_cfg_err(p, "target needs a provider name and an upstream model");
+	if (t->cache_read < 0) t->cache_read = t->in;
+	if (t->cache_write < 0) t->cache_write = t->in;
+	return 0;
+}
+
+static int lg_cfg_gateway_key(struct lg_cfgp *p, lg_str k, lg_str v)
+{
+	struct lg_cfg *c = p->c;
+	long l;
+	if (lg_str_eq(k, "listen")) {
+		const char **slot = (const char **)lg_cfg_push(c, &c->listen, &c->nlisten, sizeof *slot);
+		if (!slot || !(*slot = lg_cfg_str(c, v))) return lg_cfg_err(p, "out of memory");
+		return 0;
+	}
+	if (lg_str_eq(k, "workers")) {
+		if (lg_cfg_long(p, v, &l)) return -1;
+		c->workers = (int)l;
+		return 0;
+	}
+	if (lg_str_eq(k, "max_connections")) {
+		if (lg_cfg_long(p, v, &c->max_connections)) return -1;
+		if (c->max_connections < 1) return lg_cfg_err(p, "max_connections must be at least 1");
+		return 0;
+	}
+	if (lg_str_eq(k, "max_attempts")) {
+		if (lg_cfg_long(p, v, &l)) return -1;
+		if (l < 1 || l > LLMGW_MAX_ATTEMPTS)
+			return lg_cfg_err(p, "max_attempts must be between 1 and %d", LLMGW_MAX_ATTEMPTS);
+		c->max_attempts = (int)l;
+		return 0;
+	}
+	if (lg_str_eq(k, "max_body")) return lg_cfg_size(p, v, &c->max_body);
+	if (lg_str_eq(k, "max_header")) {
+		if (lg_cfg_size(p, v, &c->max_header)) return -1;
+		if (c->max_header < 256) return lg_cfg_err(p, "max_header must be at least 256 bytes");
+		return 0;
+	}
+	if (lg_str_eq(k, "header_timeout")) return lg_cfg_duration(p, v, &c->header_timeout);
+	if (lg_str_eq(k, "idle_timeout")) return lg_cfg_duration(p, v, &c->idle_timeout);
+	if (lg_str_eq(k, "connect_timeout")) return lg_cfg_duration(p, v, &c->connect_timeout);
+	if (lg_str_eq(k, "first_byte_timeout")) return lg_cfg_duration(p, v, &c->first_byte_timeout);
+	if (lg_str_eq(k, "stream_idle_timeout")) return lg_cfg_duration(p, v, &c->stream_idle_timeout);
+	if (lg_str_eq(k, "shutdown_timeout")) return lg_cfg_duration(p, v, &c->shutdown_timeout);
+	if (lg_str_eq(k, "ca_file")) return (c->ca_file = lg_cfg_str(c, v)) ? 0 : -1;
+	if (lg_str_eq(k, "tls_cert")) return (c->tls_cert = lg_cfg_str(c, v)) ? 0 : -1;
+	if (lg_str_eq(k, "tls_key")) return (c->tls_key = lg_cfg_str(c, v)) ? 0 : -1;
+	if (lg_str_eq(k, "proxy")) return (c->proxy = lg_cfg_str(c, v)) ? 0 : -1;
+	if (lg_str_eq(k, "admin_key")) return lg_cfg_secret(p, v, &c->admin_key);
+	if (lg_str_eq(k, "metrics")) {
+		static const char *const names[] = {"admin", "public", "off"};
+		return lg_cfg_enum(p, v, names, 3, &c->metrics, "metrics mode (admin, public, off)");
+	}
+	if (lg_str_eq(k, "auth")) {
+		static const char *const names[] = {"keys", "none"};
+		return lg_cfg_enum(p, v, names, 2, &c->auth_none, "auth mode (keys, none)");
+	}
+	if (lg_str_eq(k, "zdr")) return lg_cfg_bool(p, v, &c->zdr);
+	if (lg_str_eq(k, "access_log")) return (c->access_log = lg_cfg_str(c, v)) ? 0 : -1;
+	if (lg_str_eq(k, "log_level"))
+		return lg_cfg_enum(p, v, lg_log_names, 4, &c->log_level, "log_level (error, warn, info, debug)");
+	if (lg_str_eq(k, "state_dir")) return (c->state_dir = lg_cfg_str(c, v)) ? 0 : -1;
+	return lg_cfg_err(p, "unknown key '%.*s' in [gateway]", (int)k.n, k.p);
+}
+
+static int lg_cfg_provider_key(struct lg_cfgp *p, struct lg_provider *pv, lg_str k, lg_str v)
+{
+	long l;
+	if (lg_str_eq(k, "type"))
+		return lg_cfg_enum(p, v, lg_pt_names, (int)LG_COUNTOF(lg_pt_names), &pv->type,
+		                   "provider type (openai, anthropic, gemini, azure, bedrock, mock)");
+	if (lg_str_eq(k, "base_url")) return lg_cfg_url(p, pv, v);
+	if (lg_str_eq(k, "api_key")) return lg_cfg_secret(p, v, &pv->api_key);
+	if (lg_str_eq(k, "header")) {
+		size_t i;
+		const char **slot;
+		for (i = 0; i < v.n && v.p[i] != ':'; i++)
+			if (!(isalnum((unsigned char)v.p[i]) || strchr("!#$%&'*+-.^_`|~", v.p[i])))
+				break;
+		if (i == 0 || i == v.n || v.p[i] != ':')
+			return lg_cfg_err(p, "header must be 'Name: value'");
+		for (i = 0; i < v.n; i++)
+			if (v.p[i] == '\r' || v.p[i] == '\n' || v.p[i] == 0)
+				return lg_cfg_err(p, "header contains a line break");
+		slot = (const char **)lg_cfg_push(p->c, &pv->headers, &pv->nheaders, sizeof *slot);
+		if (!slot || !(*slot = lg_cfg_str(p->c, v))) return lg_cfg_err(p, "out of memory");
+		return 0;
+	}
+	if (lg_str_eq(k, "zdr")) return lg_cfg_bool(p, v, &pv->zdr);
+	if (lg_str_eq(k, "collects_data")) return lg_cfg_bool(p, v, &pv->collects_data);
+	if (lg_str_eq(k, "direct")) return lg_cfg_bool(p, v, &pv->direct);
+	if (lg_str_eq(k, "region")) return (pv->region = lg_cfg_str(p->c, v)) ? 0 : -1;
+	if (lg_str_eq(k, "max_concurrency")) {
+		if (lg_cfg_long(p, v, &l)) return -1;
+		pv->max_concurrency = (int)l;
+		return 0;
+	}
+	return lg_cfg_err(p, "unknown key '%.*s' in [provider.%s]", (int)k.n, k.p, pv->name);
+}
+
+static int lg_cfg_model_key(struct lg_cfgp *p, struct lg_model *m, lg_str k, lg_str v)
+{
+	if (lg_str_eq(k, "target")) return lg_cfg_target(p, m, v);
+	if (lg_str_eq(k, "strategy"))
+		return lg_cfg_enum(p, v, lg_strat_names, (int)LG_COUNTOF(lg_strat_names), &m->strategy,
+		                   "strategy (order, price, latency, throughput, weighted)");
+	if (lg_str_eq(k, "fallbacks")) return lg_cfg_list(p, v, &m->fallbacks, &m->nfallbacks);
+	if (lg_str_eq(k, "aliases")) return lg_cfg_list(p, v, &m->aliases, &m->naliases);
+	if (lg_str_eq(k, "affinity")) return lg_cfg_duration(p, v, &m->affinity_ms);
+	return lg_cfg_err(p, "unknown key '%.*s' in [model.%s]", (int)k.n, k.p, m->name);
+}
+
+static int lg_cfg_key_key(struct lg_cfgp *p, struct lg_key *ky, lg_str k, lg_str v)
+{
+	if (lg_str_eq(k, "secret")) {
+		const char *sec;
+		if (v.n > 7 && memcmp(v.p, "sha256:", 7) == 0) {
+			size_t i;
+			if (v.n != 7 + 64) return lg_cfg_err(p, "sha256: secret needs 64 hex digits");
+			for (i = 0; i < 32; i++) {
+				int hi = lg_hexval(v.p[7 + 2 * i]), lo = lg_hexval(v.p[8 + 2 * i]);
+				if (hi < 0 || lo < 0) return lg_cfg_err(p, "sha256: secret is not hex");
+				ky->hash[i] = (unsigned char)(hi << 4 | lo);
+			}
+			return 0;
+		}
+		if (lg_cfg_secret(p, v, &sec)) return -1;
+		lg_sha256(sec, strlen(sec), ky->hash);
+		return 0;
+	}
+	if (lg_str_eq(k, "models")) return lg_cfg_list(p, v, &ky->models, &ky->nmodels);
+	if (lg_str_eq(k, "regions")) return lg_cfg_list(p, v, &ky->regions, &ky->nregions);
+	if (lg_str_eq(k, "budget")) {
+		double d;
+		lg_str u;
+		if (lg_cfg_number(v, &d, &u) || u.n < 2 || u.p[0] != '/')
+			return lg_cfg_err(p, "budget must be USD/period, like 50/month");
+		ky->budget = d;
+		return lg_cfg_enum(p, lg_str_of(u.p + 1, u.n - 1), lg_period_names, 4, &ky->period,
+		                   "budget period (day, week, month, total)");
+	}
+	if (lg_str_eq(k, "rpm")) return lg_cfg_long(p, v, &ky->rpm);
+	if (lg_str_eq(k, "tpm")) return lg_cfg_long(p, v, &ky->tpm);
+	if (lg_str_eq(k, "max_concurrency")) {
+		long l;
+		if (lg_cfg_long(p, v, &l)) return -1;
+		ky->max_concurrency = (int)l;
+		return 0;
+	}
+	if (lg_str_eq(k, "zdr")) return lg_cfg_bool(p, v, &ky->zdr);
+	if (lg_str_eq(k, "data_collection")) {
+		static const char *const names[] = {"allow", "deny"};
+		return lg_cfg_enum(p, v, names, 2, &ky->data_deny, "data_collection (allow, deny)");
+	}
+	return lg_cfg_err(p, "unknown key '%.*s' in [key.%s]", (int)k.n, k.p, ky->name);
+}
+
+static struct lg_provider *lg_cfg_find_provider(const struct lg_cfg *c, const char *name, size_t n)
+{
+	int i;
+	for (i = 0; i < c->nprov; i++)
+		if (strlen(c->prov[i]->name) == n && memcmp(c->prov[i]->name, name, n) == 0)
+			return c->prov[i];
+	return NULL;
+}
+
+/* A model by public name or alias. */
+static struct lg_model *lg_cfg_find_model(const struct lg_cfg *c, lg_str name)
+{
+	int i, k;
+	for (i = 0; i < c->nmodels; i++) {
+		struct lg_model *m = c->models[i];
+		if (lg_str_eq(name, m->name)) return m;
+		for (k = 0; k < m->naliases; k++)
+			if (lg_str_eq(name, m->aliases[k])) return m;
+	}
+	return NULL;
+}
+
+static int lg_cfg_is_loopback(const char *addr)
+{
+	return strncmp(addr, "127.", 4) == 0 || strncmp(addr, "[::1]", 5) == 0 ||
+	       strncmp(addr, "localhost:", 10) == 0;
+}
+
+static void lg_cfg_free(struct lg_cfg *c)
+{
+	if (c) {
+		struct lg_arena a = c->a;
+		lg_arena_free(&a);
+	}
+}
+
+/* Cross-section checks once the whole file is read. */
+static int lg_cfg_validate(struct lg_cfgp *p)
+{
+	struct lg_cfg *c = p->c;
+	int i, k;
+	size_t wl = 0;
+	for (i = 0; i < c->nprov; i++) {
+		struct lg_provider *pv = c->prov[i];
+		p->line = pv->line;
+		if (pv->type != LG_PT_OPENAI && pv->type != LG_PT_MOCK)
+			return lg_cfg_err(p, "provider %s: type %s is not supported by this build yet "
+			                     "(supported: openai, mock)", pv->name, lg_pt_names[pv->type]);
+		if (pv->type != LG_PT_MOCK && !pv->host)
+			return lg_cfg_err(p, "provider %s needs a base_url", pv->name);
+		if (pv->tls && !LLMGW_TLS)
+			return lg_cfg_err(p, "provider %s: base_url is https but this build has no TLS",
+			                  pv->name);
+	}
+	for (i = 0; i < c->nmodels; i++) {
+		struct lg_model *m = c->models[i];
+		p->line = m->line;
+		if (m->nt == 0) return lg_cfg_err(p, "model %s has no target", m->name);
+		for (k = 0; k < m->nt; k++) {
+			struct lg_target *t = &m->t[k];
+			t->prov = lg_cfg_find_provider(c, t->prov_name, strlen(t->prov_name));
+			p->line = t->line;
+			if (!t->prov)
+				return lg_cfg_err(p, "target names unknown provider '%s'", t->prov_name);
+		}
+		for (k = 0; k < m->nfallbacks; k++) {
+			struct lg_model *fb = lg_cfg_find_model(c, lg_strz(m->fallbacks[k]));
+			p->line = m->line;
+			if (!fb && !strchr(m->fallbacks[k], '/'))
+				return lg_cfg_err(p, "model %s: fallback '%s' is not a configured model",
+				                  m->name, m->fallbacks[k]);
+		}
+		/* names and aliases must be unique across models */
+		{
+			struct lg_model *o = lg_cfg_find_model(c, lg_strz(m->name));
+			int a;
+			if (o != m) return lg_cfg_err(p, "model name %s is already used by model %s", m->name, o->name);
+			for (a = 0; a < m->naliases; a++)
+				if ((o = lg_cfg_find_model(c, lg_strz(m->aliases[a]))) != m)
+					return lg_cfg_err(p, "alias %s of model %s is already used by model %s",
+					                  m->aliases[a], m->name, o->name);
+		}
+		if (m->strategy != LG_STRAT_ORDER && !strstr(c->warn, "strategy"))
+			wl += (size_t)snprintf(c->warn + wl, sizeof c->warn - wl,
+			                       "%sstrategy other than order (treated as order)", wl ? "; " : "");
+		if (m->affinity_ms && !strstr(c->warn, "affinity") && wl < sizeof c->warn)
+			wl += (size_t)snprintf(c->warn + wl, sizeof c->warn - wl, "%saffinity", wl ? "; " : "");
+	}
+	for (i = 0; i < c->nkeys && wl < sizeof c->warn; i++) {
+		struct lg_key *ky = c->keys[i];
+		if ((ky->budget > 0 || ky->rpm || ky->tpm || ky->max_concurrency) && !strstr(c->warn, "budget"))
+			wl += (size_t)snprintf(c->warn + wl, sizeof c->warn - wl,
+			                       "%skey budget/rpm/tpm/max_concurrency", wl ? "; " : "");
+	}
+	if ((c->tls_cert || c->tls_key || c->proxy) && wl < sizeof c->warn)
+		wl += (size_t)snprintf(c->warn + wl, sizeof c->warn - wl, "%stls_cert/tls_key/proxy",
+		                       wl ? "; " : "");
+	if (c->state_dir && *c->state_dir && wl < sizeof c->warn)
+		wl += (size_t)snprintf(c->warn + wl, sizeof c->warn - wl, "%sstate_dir", wl ? "; " : "");
+	if (c->nlisten == 0) {
+		const char **slot = (const char **)lg_cfg_push(c, &c->listen, &c->nlisten, sizeof *slot);
+		if (!slot) return lg_cfg_err(p, "out of memory");
+		*slot = "127.0.0.1:8080";
+	}
+	if (c->auth_none)
+		for (i = 0; i < c->nlisten; i++)
+			if (!lg_cfg_is_loopback(c->listen[i])) {
+				p->line = 0;
+				snprintf(p->err, p->errlen,
+				         "%s: auth = none is refused on the non-loopback listener %s "
+				         "(add [key.*] sections and auth = keys)", p->file, c->listen[i]);
+				return -1;
+			}
+	return 0;
+}
+
+static int lg_cfg_name_ok(lg_str n)
+{
+	size_t i;
+	if (!n.n) return 0;
+	for (i = 0; i < n.n; i++)
+		if ((unsigned char)n.p[i] <= ' ' || n.p[i] == '"' || n.p[i] == '\\') return 0;
+	return 1;
+}
+
+/* Builds a config snapshot from INI text. On error returns NULL and writes
+ * "file:line: message" to err. */
+static struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const char *file, char *err,
+                                   size_t errlen)
+{
+	struct lg_arena a = {NULL};
+	struct lg_cfg *c = (struct lg_cfg *)lg_arena_alloc(&a, sizeof *c);
+	struct lg_cfgp p;
+	struct lg_ini in;
+	int kind, sec = 0, r = 0; /* sec: 0 none, 1 gateway, 2 provider, 3 model, 4 key */
+	void *cur = NULL;
+	if (!c) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	c->a = a;
+	c->refs = 1;
+	c->workers = 1;
+	c->max_connections = 1024;
+	c->max_body = 16u << 20;
+	c->max_header = 32u << 10;
+	c->header_timeout = 10000;
+	c->idle_timeout = 60000;
+	c->connect_timeout = 5000;
+	c->first_byte_timeout = 120000;
+	c->stream_idle_timeout = 120000;
+	c->shutdown_timeout = 30000;
+	c->max_attempts = 3;
+	c->log_level = LG_LOG_INFO;
+	c->access_log = "";
+	c->path = lg_cfg_str(c, lg_strz(file));
+	memset(&p, 0, sizeof p);
+	p.c = c;
+	p.file = file;
+	p.err = err;
+	p.errlen = errlen;
+	memset(&in, 0, sizeof in);
+	in.s = text;
+	in.n = len;
+	while (r == 0 && (kind = lg_ini_next(&in)) != LG_INI_END) {
+		p.line = in.line;
+		if (kind == LG_INI_ERROR) {
+			r = lg_cfg_err(&p, "%s", in.err);
+			break;
+		}
+		if (kind == LG_INI_SECTION) {
+			lg_str s = in.section, name;
+			size_t dot;
+			for (dot = 0; dot < s.n && s.p[dot] != '.'; dot++) {
+			}
+			name = lg_str_of(s.p + dot + 1, dot < s.n ? s.n - dot - 1 : 0);
+			if (lg_str_eq(s, "gateway")) {
+				sec = 1;
+				continue;
+			}
+			if (dot == s.n || !lg_cfg_name_ok(name)) {
+				r = lg_cfg_err(&p, "unknown section [%.*s] (gateway, provider.NAME, model.NAME, "
+				                   "key.NAME)", (int)s.n, s.p);
+				break;
+			}
+			if (lg_str_eq(lg_str_of(s.p, dot), "provider")) {
+				struct lg_provider **slot;
+				if (lg_cfg_find_provider(c, name.p, name.n)) {
+					r = lg_cfg_err(&p, "provider %.*s is defined twice", (int)name.n, name.p);
+					break;
+				}
+				slot = (struct lg_provider **)lg_cfg_push(c, &c->prov, &c->nprov, sizeof *slot);
+				if (!slot || !(*slot = (struct lg_provider *)lg_arena_alloc(&c->a, sizeof **slot)))
+					return NULL;
+				(*slot)->name = lg_cfg_str(c, name);
+				(*slot)->line = in.line;
+				(*slot)->collects_data = 1;
+				(*slot)->type = -1;
+				cur = *slot;
+				sec = 2;
+			} else if (lg_str_eq(lg_str_of(s.p, dot), "model")) {
+				struct lg_model **slot = (struct lg_model **)lg_cfg_push(c, &c->models, &c->nmodels, sizeof *slot);
+				if (!slot || !(*slot = (struct lg_model *)lg_arena_alloc(&c->a, sizeof **slot)))
+					return NULL;
+				(*slot)->name = lg_cfg_str(c, name);
+				(*slot)->line = in.line;
+				cur = *slot;
+				sec = 3;
+			} else if (lg_str_eq(lg_str_of(s.p, dot), "key")) {
+				struct lg_key **slot = (struct lg_key **)lg_cfg_push(c, &c->keys, &c->nkeys, sizeof *slot);
+				int i;
+				for (i = 0; i < c->nkeys - 1; i++)
+					if (lg_str_eq(name, c->keys[i]->name)) break;
+				if (i < c->nkeys - 1) {
+					r = lg_cfg_err(&p, "key %.*s is defined twice", (int)name.n, name.p);
+					break;
+				}
+				if (!slot || !(*slot = (struct lg_key *)lg_arena_alloc(&c->a, sizeof **slot)))
+					return NULL;
+				(*slot)->name = lg_cfg_str(c, name);
+				(*slot)->line = in.line;
+				(*slot)->hash[0] = 1; /* no secret yet: checked below */
+				cur = *slot;
+				sec = 4;
+			} else {
+				r = lg_cfg_err(&p, "unknown section [%.*s] (gateway, provider.NAME, model.NAME, "
+				                   "key.NAME)", (int)s.n, s.p);
+			}
+			continue;
+		}
+		switch (sec) {
+		case 0: r = lg_cfg_err(&p, "key '%.*s' outside of any section", (int)in.key.n, in.key.p); break;
+		case 1: r = lg_cfg_gateway_key(&p, in.key, in.value); break;
+		case 2: r = lg_cfg_provider_key(&p, (struct lg_provider *)cur, in.key, in.value); break;
+		case 3: r = lg_cfg_model_key(&p, (struct lg_model *)cur, in.key, in.value); break;
+		default: r = lg_cfg_key_key(&p, (struct lg_key *)cur, in.key, in.value); break;
+		}
+	}
+	if (r == 0) {
+		int i;
+		for (i = 0; i < c->nprov && r == 0; i++)
+			if (c->prov[i]->type < 0) {
+				p.line = c->prov[i]->line;
+				r = lg_cfg_err(&p, "provider %s has no type", c->prov[i]->name);
+			}
+		for (i = 0; i < c->nkeys && r == 0; i++) {
+			static const unsigned char none[32] = {1};
+			if (memcmp(c->keys[i]->hash, none, 32) == 0) {
+				p.line = c->keys[i]->line;
+				r = lg_cfg_err(&p, "key %s has no secret", c->keys[i]->name);
+			}
+		}
+	}
+	if (r == 0) r = lg_cfg_validate(&p);
+	if (r) {
+		lg_cfg_free(c);
+		return NULL;
+	}
+	return c;
+}
+
+static struct lg_cfg *lg_cfg_load(const char *path, char *err, size_t errlen)
+{
+	size_t len = 0;
+	int e = 0;
+	char *text = lg_read_file(path, LLMGW_MAX_CONFIG, &len, &e);
+	struct lg_cfg *c;
+	if (!text) {
+		snprintf(err, errlen, "%s: cannot read: %s", path, strerror(e));
+		return NULL;
+	}
+	c = lg_cfg_parse(text, len, path, err, errlen);
+	free(text);
+	return c;
+}
+
+/* ===== 6. HTTP parsing ================================================= */
+
+/* Parsers over (buf, len) with caller-owned output, in the manner of
+ * picohttpparser: they return the bytes consumed, LG_HTTP_PARTIAL (need
+ * more) or LG_HTTP_ERR. Views point into buf and stay valid while it does. */
+#define LG_HTTP_ERR -1
+#define LG_HTTP_PARTIAL -2
+#define LG_HTTP_TOOMANY -3 /* more header lines than LLMGW_MAX_HEADERS */
+
+struct lg_http_hdr {
+	lg_str name, value;
+};
+
+struct lg_http {
+	lg_str method, target, reason;
+	int minor, status, nh;
+	struct lg_http_hdr h[LLMGW_MAX_HEADERS];
+	/* framing, filled by lg_http_framing() */
+	int64_t clen; /* -1: none */
+	int chunked, close, expect100;
+	const char *err; /* what was wrong, for the 400 message */
+};
+
+static int lg_http_tchar(int c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+/* Where the head ends (just past the blank line), or 0 while incomplete.
+ * from: where the previous call stopped looking, to stay linear when bytes
+ * arrive one at a time. */
+static size_t lg_http_head_end(const char *b, size_t n, size_t from)
+{
+	size_t i = from > 3 ? from - 3 : 0;
+	for (; i < n; i++) {
+		if (b[i] != '\n') continue;
+		if (i + 1 < n && b[i + 1] == '\n') return i + 2;
+		if (i + 2 < n && b[i + 1] == '\r' && b[i + 2] == '\n') return i + 3;
+	}
+	return 0;
+}
+
+/* Reads one line [*i, eol) and moves *i past its LF; -1 if none. */
+static int lg_http_line(const char *b, size_t n, size_t *i, lg_str *line)
+{
+	size_t st = *i, e;
+	while (*i < n && b[*i] != '\n') (*i)++;
+	if (*i >= n) return -1;
+	e = *i;
+	(*i)++;
+	if (e > st && b[e - 1] == '\r') e--;
+	*line = lg_str_of(b + st, e - st);
+	return 0;
+}
+
+static int lg_http_headers(const char *b, size_t n, size_t *i, struct lg_http *m)
+{
+	lg_str l;
+	m->nh = 0;
+	for (;;) {
+		size_t k = 0;
+		if (lg_http_line(b, n, i, &l)) return LG_HTTP_PARTIAL;
+		if (l.n == 0) return 0;
+		if (l.p[0] == ' ' || l.p[0] == '\t') {
+			m->err = "obsolete header line folding";
+			return LG_HTTP_ERR;
+		}
+		while (k < l.n && lg_http_tchar((unsigned char)l.p[k])) k++;
+		if (k == 0 || k == l.n || l.p[k] != ':') {
+			m->err = "malformed header line";
+			return LG_HTTP_ERR;
+		}
+		if (m->nh == LLMGW_MAX_HEADERS) return LG_HTTP_TOOMANY;
+		m->h[m->nh].name = lg_str_of(l.p, k);
+		m->h[m->nh].value = lg_str_trim(lg_str_of(l.p + k + 1, l.n - k - 1));
+		{
+			size_t v;
+			for (v = 0; v < m->h[m->nh].value.n; v++) {
+				unsigned char c = (unsigned char)m->h[m->nh].value.p[v];
+				if ((c < 0x20 && c != '\t') || c == 0x7f) {
+					m->err = "control character in a header value";
+					return LG_HTTP_ERR;
+				}
+			}
+		}
+		m->nh++;
+	}
+}
+
+static int lg_http_version(lg_str v, int *minor)
+{
+	if (v.n != 8 || memcmp(v.p, "HTTP/1.", 7) != 0 || v.p[7] < '0' || v.p[7] > '9') return -1;
+	*minor = v.p[7] - '0';
+	return 0;
+}
+
+/* A request head. Returns the head length, LG_HTTP_PARTIAL, LG_HTTP_ERR
+ * (m->err says why) or LG_HTTP_TOOMANY. Leading blank lines are skipped
+ * (and counted in the length). */
+static int lg_http_parse_req(const char *b, size_t n, struct lg_http *m)
+{
+	size_t i = 0, k, sp1, sp2;
+	lg_str l;
+	int r;
+	m->err = "malformed request line";
+	while (i < n && (b[i] == '\r' || b[i] == '\n')) i++;
+	if (lg_http_line(b, n, &i, &l)) {
+		/* reject what can never become a request line without waiting */
+		for (k = i; k < n; k++)
+			if (!(lg_http_tchar((unsigned char)b[k]) || b[k] == ' ' || b[k] == '/' ||
+			      ((unsigned char)b[k] > 0x20 && (unsigned char)b[k] < 0x7f) || b[k] == '\r'))
+				return LG_HTTP_ERR;
+		return LG_HTTP_PARTIAL;
+	}
+	for (k = 0; k < l.n && lg_http_tchar((unsigned char)l.p[k]); k++) {
+	}
+	if (k == 0 || k >= l.n || l.p[k] != ' ') return LG_HTTP_ERR;
+	sp1 = k;
+	for (k = sp1 + 1; k < l.n && (unsigned char)l.p[k] > 0x20 && (unsigned char)l.p[k] < 0x7f; k++) {
+	}
+	if (k == sp1 + 1 || k >= l.n || l.p[k] != ' ') return LG_HTTP_ERR;
+	sp2 = k;
+	if (lg_http_version(lg_str_of(l.p + sp2 + 1, l.n - sp2 - 1), &m->minor)) {
+		m->err = "unsupported HTTP version";
+		return LG_HTTP_ERR;
+	}
+	m->method = lg_str_of(l.p, sp1);
+	m->target = lg_str_of(l.p + sp1 + 1, sp2 - sp1 - 1);
+	m->status = 0;
+	if ((r = lg_http_headers(b, n, &i, m)) != 0) return r;
+	return (int)i;
+}
+
+/* A response head, same conventions. */
+static int lg_http_parse_resp(const char *b, size_t n, struct lg_http *m)
+{
+	size_t i = 0;
+	lg_str l;
+	int r;
+	m->err = "malformed status line";
+	if (lg_http_line(b, n, &i, &l)) {
+		if (n >= 5 && memcmp(b, "HTTP/", 5) != 0) return LG_HTTP_ERR;
+		return LG_HTTP_PARTIAL;
+	}
+	if (l.n < 12 || lg_http_version(lg_str_of(l.p, 8), &m->minor) || l.p[8] != ' ' ||
+	    !isdigit((unsigned char)l.p[9]) || !isdigit((unsigned char)l.p[10]) ||
+	    !isdigit((unsigned char)l.p[11]) || (l.n > 12 && l.p[12] != ' '))
+		return LG_HTTP_ERR;
+	m->status = (l.p[9] - '0') * 100 + (l.p[10] - '0') * 10 + (l.p[11] - '0');
+	m->reason = l.n > 13 ? lg_str_of(l.p + 13, l.n - 13) : lg_str_of("", 0);
+	if ((r = lg_http_headers(b, n, &i, m)) != 0) return r;
+	return (int)i;
+}
+
+static lg_str lg_http_get(const struct lg_http *m, const char *name)
+{
+	int i;
+	for (i = 0; i < m->nh; i++)
+		if (lg_str_ieq(m->h[i].name, name)) return m->h[i].value;
+	return lg_str_of(NULL, 0);
+}
+
+/* Works out how the body is framed. Requests: both Content-Length and
+ * Transfer-Encoding, or disagreeing Content-Lengths, are errors (request
+ * smuggling). Returns 0, or -1 with m->err, or -2 for an unsupported
+ * transfer coding (501). */
+static int lg_http_framing(struct lg_http *m, int is_request)
+{
+	int i, has_te = 0;
+	m->clen = -1;
+	m->chunked = 0;
+	m->expect100 = 0;
+	m->close = m->minor == 0;
+	for (i = 0; i < m->nh; i++) {
+		lg_str n = m->h[i].name, v = m->h[i].value;
+		if (lg_str_ieq(n, "content-length")) {
+			/* a list "5, 5" is allowed when every element is the same */
+			size_t k = 0;
+			while (k < v.n) {
+				int64_t x = 0;
+				size_t st = k;
+				while (k < v.n && v.p[k] == ' ') k++;
+				st = k;
+				while (k < v.n && v.p[k] >= '0' && v.p[k] <= '9' && x < ((int64_t)1 << 53))
+					x = x * 10 + (v.p[k++] - '0');
+				while (k < v.n && v.p[k] == ' ') k++;
+				if (k == st || (k < v.n && v.p[k] != ',')) {
+					m->err = "invalid Content-Length";
+					return -1;
+				}
+				k++;
+				if (m->clen >= 0 && m->clen != x) {
+					m->err = "conflicting Content-Length headers";
+					return -1;
+				}
+				m->clen = x;
+			}
+		} else if (lg_str_ieq(n, "transfer-encoding")) {
+			has_te = 1;
+			if (!lg_str_ieq(v, "chunked")) {
+				/* only "chunked" as the one coding is supported */
+				m->err = "unsupported Transfer-Encoding (only chunked)";
+				return -2;
+			}
+			m->chunked = 1;
+		} else if (lg_str_ieq(n, "connection")) {
+			if (lg_str_has_token(v, "close")) m->close = 1;
+			if (lg_str_has_token(v, "keep-alive") && m->minor == 0) m->close = 0;
+		} else if (is_request && lg_str_ieq(n, "expect")) {
+			if (!lg_str_ieq(v, "100-continue")) {
+				m->err = "unsupported Expect";
+				return -3;
+			}
+			m->expect100 = m->minor >= 1;
+		}
+	}
+	if (has_te && m->clen >= 0) {
+		if (is_request) {
+			m->err = "both Content-Length and Transfer-Encoding";
+			return -1;
+		}
+		m->clen = -1; /* a response: chunked wins, and the connection is not reused */
+		m->close = 1;
+	}
+	if (has_te && m->minor == 0 && is_request) {
+		m->err = "Transfer-Encoding in an HTTP/1.0 request";
+		return -1;
+	}
+	return 0;
+}
+
+/* Incremental in-place chunked decoder (state in a zeroed struct). */
+struct lg_chunked {
+	int st, nhex;
+	uint64_t rem;
+};
+
+enum { LG_CK_SIZE, LG_CK_EXT, LG_CK_SIZE_LF, LG_CK_DATA, LG_CK_DATA_CR, LG_CK_DATA_LF,
+       LG_CK_TRAILER_START, LG_CK_TRAILER, LG_CK_END_LF, LG_CK_DONE };
+
+/* Decodes buf[0..*n): decoded bytes move to the front and *n becomes
+ * their count. Returns LG_HTTP_PARTIAL while the body goes on, LG_HTTP_ERR
+ * on bad framing, or, once the last chunk and trailers are read, the count
+ * of bytes that followed the body, which are moved right after the
+ * decoded data. */
+static long lg_chunked_decode(struct lg_chunked *d, char *buf, size_t *n)
+{
+	size_t src = 0, dst = 0, len = *n;
+	while (src < len && d->st != LG_CK_DONE) {
+		char c = buf[src];
+		int v;
+		switch (d->st) {
+		case LG_CK_SIZE:
+			if ((v = lg_hexval((unsigned char)c)) >= 0) {
+				if (++d->nhex > 15) return LG_HTTP_ERR;
+				d->rem = d->rem * 16 + (uint64_t)v;
+				src++;
+				continue;
+			}
+			if (d->nhex == 0) return LG_HTTP_ERR;
+			if (c == ';' || c == ' ' || c == '\t')
+				d->st = LG_CK_EXT;
+			else if (c == '\r')
+				d->st = LG_CK_SIZE_LF;
+			else if (c == '\n')
+				goto size_done;
+			else
+				return LG_HTTP_ERR;
+			src++;
+			continue;
+		case LG_CK_EXT:
+			src++;
+			if (c == '\n') goto size_done_consumed;
+			if ((unsigned char)c < 0x20 && c != '\t' && c != '\r') return LG_HTTP_ERR;
+			continue;
+		case LG_CK_SIZE_LF:
+			if (c != '\n') return LG_HTTP_ERR;
+		size_done:
+			src++;
+		size_done_consumed:
+			d->nhex = 0;
+			d->st = d->rem ? LG_CK_DATA : LG_CK_TRAILER_START;
+			continue;
+		case LG_CK_DATA: {
+			size_t k = (size_t)LG_MIN(d->rem, (uint64_t)(len - src));
+			memmove(buf + dst, buf + src, k);
+			dst += k, src += k;
+			d->rem -= k;
+			if (!d->rem) d->st = LG_CK_DATA_CR;
+			continue;
+		}
+		case LG_CK_DATA_CR:
+			if (c == '\r')
+				d->st = LG_CK_DATA_LF;
+			else if (c == '\n')
+				d->st = LG_CK_SIZE;
+			else
+				return LG_HTTP_ERR;
+			src++;
+			continue;
+		case LG_CK_DATA_LF:
+			if (c != '\n') return LG_HTTP_ERR;
+			d->st = LG_CK_SIZE;
+			src++;
+			continue;
+		case LG_CK_TRAILER_START:
+			d->st = c == '\r' ? LG_CK_END_LF : c == '\n' ? LG_CK_DONE : LG_CK_TRAILER;
+			src++;
+			continue;
+		case LG_CK_TRAILER:
+			if (c == '\n') d->st = LG_CK_TRAILER_START;
+			src++;
+			continue;
+		case LG_CK_END_LF:
+			if (c != '\n') return LG_HTTP_ERR;
+			d->st = LG_CK_DONE;
+			src++;
+			continue;
+		}
+	}
+	if (d->st == LG_CK_DONE) {
+		size_t left = len - src;
+		memmove(buf + dst, buf + src, left);
+		*n = dst;
+		return (long)left;
+	}
+	*n = dst;
+	return LG_HTTP_PARTIAL;
+}
+
+/* Server-sent events: finds the next complete event in b[0..n). Returns
+ * the bytes it takes (> 0) or 0 when no complete event is there yet. Lines
+ * end in CRLF, LF or CR. Several data lines are joined with '\n' in
+ * scratch, which must hold n bytes; otherwise ev->data points into b. An
+ * event with no field (comments, stray blank lines) comes back with
+ * ev->fields == 0 and is to be skipped. */
+struct lg_sse_ev {
+	lg_str event, data, id;
+	int fields, ndata;
+};
+
+static size_t lg_sse_next(const char *b, size_t n, struct lg_sse_ev *ev, char *scratch)
+{
+	size_t i = 0, sl = 0;
+	memset(ev, 0, sizeof *ev);
+	while (i < n) {
+		size_t st = i, e, k;
+		lg_str name, val;
+		while (i < n && b[i] != '\n' && b[i] != '\r') i++;
+		if (i >= n) return 0;
+		e = i;
+		if (b[i] == '\r') {
+			if (i + 1 >= n) return 0; /* a CRLF may be split across reads */
+			if (b[i + 1] == '\n') i++;
+		}
+		i++;
+		if (e == st) { /* blank line: the event ends */
+			if (ev->fields) return i;
+			continue;
+		}
+		if (b[st] == ':') continue; /* comment / keep-alive */
+		for (k = st; k < e && b[k] != ':'; k++) {
+		}
+		name = lg_str_of(b + st, k - st);
+		if (k < e) k++;
+		if (k < e && b[k] == ' ') k++;
+		val = lg_str_of(b + k, e - k);
+		ev->fields++;
+		if (lg_str_eq(name, "data")) {
+			if (ev->ndata == 0) {
+				ev->data = val;
+			} else {
+				if (ev->ndata == 1) {
+					memcpy(scratch, ev->data.p, ev->data.n);
+					sl = ev->data.n;
+				}
+				scratch[sl++] = '\n';
+				memcpy(scratch + sl, val.p, val.n);
+				sl += val.n;
+				ev->data = lg_str_of(scratch, sl);
+			}
+			ev->ndata++;
+		} else if (lg_str_eq(name, "event")) {
+			ev->event = val;
+		} else if (lg_str_eq(name, "id")) {
+			ev->id = val;
+		}
+	}
+	return 0;
+}
+
+/* ===== 7. TLS ========================================================== */
+
+/* The seam for BearSSL: connections carry a TLS pointer that is NULL in
+ * this build, and all socket I/O goes through lg_io_read / lg_io_write
+ * (section 8), where the TLS engine will sit. */
+struct lg_tls;
+
+/* ===== 8. Event loop and connections =================================== */
+
+/* Timers come from one binary min-heap on the gateway; the nearest
+ * deadline sets the poll timeout. */
+struct lg_timer {
+	int64_t at;
+	int hidx; /* position in the heap, -1 when not armed */
+	void (*fn)(struct llmgw *gw, struct lg_timer *t);
+};
+
+enum { LG_ROLE_CLIENT, LG_ROLE_UPSTREAM };
+
+/* connection flags */
+#define LG_F_CLOSE_AFTER 0x01 /* close once the output is flushed */
+#define LG_F_DEAD 0x02        /* reaped at the end of the iteration */
+#define LG_F_CONNECTING 0x04  /* non-blocking connect in progress */
+#define LG_F_EOF 0x08         /* the peer closed its side */
+#define LG_F_POOLED 0x10      /* idle in the upstream pool */
+#define LG_F_REUSED 0x20      /* upstream connection taken from the pool */
+#define LG_F_NOREAD 0x40      /* not polled for input (back-pressure) */
+#define LG_F_KEEP 0x80        /* upstream: reusable once the response ends */
+
+struct lg_req;
+
+/* One socket: a client of ours or an upstream of ours. Memory: the struct
+ * (~400 bytes) plus its two buffers, which start empty, grow on demand up
+ * to their limits and are given back when the connection goes idle. */
+struct lg_conn {
+	struct llmgw *gw;
+	int fd, idx, role;
+	unsigned flags;
+	struct lg_buf in, out;
+	struct lg_timer tm;
+	struct lg_tls *tls;
+	void (*on_io)(struct lg_conn *c, int revents);
+	struct lg_req *req; /* the request this connection serves, if any */
+	/* client side */
+	int cstate, advancing;
+	size_t scan; /* where head scanning stopped */
+	int64_t head_start;
+	char peer[48];
+	/* upstream side */
+	char origin[300];
+	struct lg_conn *pool_next;
+	int64_t idle_since;
+	unsigned uses;
+};
+
+struct lg_dns;
+
+struct llmgw {
+	int log_level;
+	struct lg_cfg *cfg; /* current snapshot; requests hold their own reference */
+	char *cfg_path;
+	int wake[2]; /* self-pipe: signals, other threads, DNS answers */
+	volatile sig_atomic_t stop_req, reload_req;
+	int running, started, stopping;
+	int64_t now, stop_deadline;
+	/* poll set: [0] wake pipe, [1..nfixed) listeners, then connections */
+	struct pollfd *pfd;
+	struct lg_conn **conns;
+	int npfd, cappfd, nfixed, nclients;
+	char listen_names[16][64];
+	struct lg_timer **heap;
+	int nheap, capheap;
+	struct lg_conn *pool; /* idle upstream connections */
+	int npool;
+	struct lg_req *reqs; /* requests in flight */
+	struct lg_req *dead; /* finished, freed at the end of the iteration */
+	int nreqs;
+	struct lg_dns *dns;
+	int logfd; /* access log, -1 when off */
+	char *log_path;
+	struct lg_buf logbuf; /* access log lines waiting for the end of the iteration */
+	uint64_t rng, seq;
+	unsigned long long served;
+};
+
+static void lg_timer_swap(struct llmgw *gw, int a, int b)
+{
+	struct lg_timer *t = gw->heap[a];
+	gw->heap[a] = gw->heap[b];
+	gw->heap[b] = t;
+	gw->heap[a]->hidx = a;
+	gw->heap[b]->hidx = b;
+}
+
+static void lg_timer_up(struct llmgw *gw, int i)
+{
+	while (i > 0 && gw->heap[(i - 1) / 2]->at > gw->heap[i]->at) {
+		lg_timer_swap(gw, i, (i - 1) / 2);
+		i = (i - 1) / 2;
+	}
+}
+
+static void lg_timer_down(struct llmgw *gw, int i)
+{
+	for (;;) {
+		int l = 2 * i + 1, r = l + 1, m = i;
+		if (l < gw->nheap && gw->heap[l]->at < gw->heap[m]->at) m = l;
+		if (r < gw->nheap && gw->heap[r]->at < gw->heap[m]->at) m = r;
+		if (m == i) return;
+		lg_timer_swap(gw, i, m);
+		i = m;
+	}
+}
+
+static void lg_timer_clear(struct llmgw *gw, struct lg_timer *t)
+{
+	int i = t->hidx;
+	if (i < 0) return;
+	t->hidx = -1;
+	if (i != --gw->nheap) {
+		gw->heap[i] = gw->heap[gw->nheap];
+		gw->heap[i]->hidx = i;
+		lg_timer_down(gw, i);
+		lg_timer_up(gw, i);
+	}
+}
+
+/* Arms t to fire at now + ms (replacing an earlier deadline). */
+static int lg_timer_set(struct llmgw *gw, struct lg_timer *t, int64_t ms)
+{
+	int64_t at = gw->now + ms;
+	if (t->hidx >= 0) {
+		t->at = at;
+		lg_timer_down(gw, t->hidx);
+		lg_timer_up(gw, t->hidx);
+		return 0;
+	}
+	if (gw->nheap == gw->capheap) {
+		int cap = gw->capheap ? gw->capheap * 2 : 64;
+		struct lg_timer **nh = (struct lg_timer **)realloc(gw->heap, (size_t)cap * sizeof *nh);
+		if (!nh) return -1;
+		gw->heap = nh;
+		gw->capheap = cap;
+	}
+	t->at = at;
+	t->hidx = gw->nheap;
+	gw->heap[gw->nheap++] = t;
+	lg_timer_up(gw, t->hidx);
+	return 0;
+}
+
+static void lg_conn_events(struct lg_conn *c);
+
+/* Adds a socket to the poll set. The connection starts with no buffers. */
+static struct lg_conn *lg_conn_new(struct llmgw *gw, int fd, int role,
+                                   void (*on_io)(struct lg_conn *, int))
+{
+	struct lg_conn *c;
+	if (gw->npfd == gw->cappfd) {
+		int cap = gw->cappfd * 2;
+		struct pollfd *np = (struct pollfd *)realloc(gw->pfd, (size_t)cap * sizeof *np);
+		struct lg_conn **nc;
+		if (!np) return NULL;
+		gw->pfd = np;
+		nc = (struct lg_conn **)realloc(gw->conns, (size_t)cap * sizeof *nc);
+		if (!nc) return NULL;
+		gw->conns = nc;
+		gw->cappfd = cap;
+	}
+	c = (struct lg_conn *)calloc(1, sizeof *c);
+	if (!c) return NULL;
+	c->gw = gw;
+	c->fd = fd;
+	c->role = role;
+	c->on_io = on_io;
+	c->tm.hidx = -1;
+	c->idx = gw->npfd++;
+	gw->conns[c->idx] = c;
+	gw->pfd[c->idx].fd = fd;
+	gw->pfd[c->idx].events = POLLIN;
+	gw->pfd[c->idx].revents = 0;
+	if (role == LG_ROLE_CLIENT) gw->nclients++;
+	return c;
+}
+
+/* Marks a connection for reaping at the end of the iteration; it stops
+ * being polled at once. Errors never unwind through the loop. */
+static void lg_conn_close(struct lg_conn *c)
+{
+	if (c->flags & LG_F_DEAD) return;
+	c->flags |= LG_F_DEAD;
+	c->gw->pfd[c->idx].events = 0;
+	lg_timer_clear(c->gw, &c->tm);
+}
+
+static void lg_conn_free(struct llmgw *gw, struct lg_conn *c)
+{
+	int last = gw->npfd - 1;
+	lg_timer_clear(gw, &c->tm);
+	if (c->fd >= 0) close(c->fd);
+	lg_buf_free(&c->in);
+	lg_buf_free(&c->out);
+	if (c->role == LG_ROLE_CLIENT) gw->nclients--;
+	if (c->idx != last) { /* swap-remove: the poll set stays dense */
+		gw->pfd[c->idx] = gw->pfd[last];
+		gw->conns[c->idx] = gw->conns[last];
+		gw->conns[c->idx]->idx = c->idx;
+	}
+	gw->npfd--;
+	free(c);
+}
+
+/* What to poll for: input while there is room and nobody asked us to stop
+ * reading; output only while there is something to send or a connect is
+ * pending. */
+static void lg_conn_events(struct lg_conn *c)
+{
+	short ev = 0;
+	if (c->flags & LG_F_DEAD) return;
+	if (!(c->flags & (LG_F_NOREAD | LG_F_EOF | LG_F_CONNECTING))) ev |= POLLIN;
+	if (lg_buf_used(&c->out) || (c->flags & LG_F_CONNECTING)) ev |= POLLOUT;
+	c->gw->pfd[c->idx].events = ev;
+}
+
+/* Reads what the socket has into c->in, at most max bytes of buffer in
+ * all (0 = no growth beyond the current capacity). Returns bytes read, 0 on
+ * EOF, -1 on error (errno), -2 when nothing is there yet or no room. */
+static long lg_io_read(struct lg_conn *c, size_t max)
+{
+	size_t room;
+	ssize_t n;
+	if (max) {
+		size_t want = LG_MIN((size_t)16384, max > lg_buf_used(&c->in) ? max - lg_buf_used(&c->in) : 0);
+		if (want == 0) return -2;
+		if (c->in.cap - c->in.len < want && lg_buf_reserve(&c->in, want)) {
+			c->in.err = 0;
+			if (c->in.cap == c->in.len) return -2;
+		}
+	}
+	room = c->in.cap - c->in.len;
+	if (room == 0) return -2;
+	n = recv(c->fd, c->in.p + c->in.len, room, 0);
+	if (n > 0) {
+		c->in.len += (size_t)n;
+		return (long)n;
+	}
+	if (n == 0) {
+		c->flags |= LG_F_EOF;
+		return 0;
+	}
+	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return -2;
+	return -1;
+}
+
+/* Sends as much of c->out as the socket takes. 0 when all or part went
+ * (POLLOUT set for the rest), -1 on error. */
+static int lg_conn_flush(struct lg_conn *c)
+{
+	while (lg_buf_used(&c->out)) {
+		ssize_t n = send(c->fd, lg_buf_data(&c->out), lg_buf_used(&c->out), MSG_NOSIGNAL);
+		if (n > 0) {
+			lg_buf_consume(&c->out, (size_t)n);
+			continue;
+		}
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+		if (n < 0 && errno == EINTR) continue;
+		return -1;
+	}
+	lg_conn_events(c);
+	return 0;
+}
+
+static void lg_loop_wake(struct llmgw *gw)
+{
+	char b = 1;
+	if (gw->wake[1] >= 0 && write(gw->wake[1], &b, 1) < 0) { /* full pipe: already awake */
+	}
+}
+
+/* ===== 9. DNS ========================================================== */
+
+/* Host names are resolved by one helper thread per gateway so getaddrinfo
+ * never stalls the loop; answers are cached for LLMGW_DNS_TTL_MS and the
+ * thread wakes the loop through the self-pipe. Numeric addresses never
+ * reach the thread. */
+enum { LG_DNS_PENDING, LG_DNS_BUSY, LG_DNS_OK, LG_DNS_FAIL };
+
+struct lg_dns_ent {
+	struct lg_dns_ent *next;
+	char host[256];
+	int port, state, gai_err;
+	struct sockaddr_storage addr;
+	socklen_t alen;
+	int64_t expires; /* monotonic ms */
+};
+
+struct lg_dns {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	pthread_t th;
+	int started, quit, wakefd;
+	struct lg_dns_ent *ents; /* guarded by mu */
+};
+
+static void *lg_dns_thread(void *arg)
+{
+	struct lg_dns *d = (struct lg_dns *)arg;
+	pthread_mutex_lock(&d->mu);
+	while (!d->quit) {
+		struct lg_dns_ent *e;
+		char host[256], port[8];
+		struct addrinfo hints, *res = NULL;
+		int r;
+		for (e = d->ents; e && e->state != LG_DNS_PENDING; e = e->next) {
+		}
+		if (!e) {
+			pthread_cond_wait(&d->cv, &d->mu);
+			continue;
+		}
+		e->state = LG_DNS_BUSY;
+		memcpy(host, e->host, sizeof host);
+		snprintf(port, sizeof port, "%d", e->port);
+		pthread_mutex_unlock(&d->mu);
+		memset(&hints, 0, sizeof hints);
+		hints.ai_family = AF_UNSPEC;
+		hints.ai_socktype = SOCK_STREAM;
+		r = getaddrinfo(host, port, &hints, &res);
+		pthread_mutex_lock(&d->mu);
+		if (r == 0 && res) {
+			memcpy(&e->addr, res->ai_addr, res->ai_addrlen);
+			e->alen = (socklen_t)res->ai_addrlen;
+			e->state = LG_DNS_OK;
+			e->expires = lg_now_ms() + LLMGW_DNS_TTL_MS;
+		} else {
+			e->gai_err = r ? r : EAI_NONAME;
+			e->state = LG_DNS_FAIL;
+			e->expires = lg_now_ms() + 5000; /* negative answers are kept briefly */
+		}
+		if (res) freeaddrinfo(res);
+		{
+			char b = 1;
+			if (write(d->wakefd, &b, 1) < 0) { /* the loop is awake anyway */
+			}
+		}
+	}
+	pthread_mutex_unlock(&d->mu);
+	return NULL;
+}
+
+static void lg_dns_free(struct lg_dns *d)
+{
+	if (!d) return;
+	if (d->started) {
+		pthread_mutex_lock(&d->mu);
+		d->quit = 1;
+		pthread_cond_signal(&d->cv);
+		pthread_mutex_unlock(&d->mu);
+		pthread_join(d->th, NULL);
+	}
+	while (d->ents) {
+		struct lg_dns_ent *n = d->ents->next;
+		free(d->ents);
+		d->ents = n;
+	}
+	pthread_mutex_destroy(&d->mu);
+	pthread_cond_destroy(&d->cv);
+	free(d);
+}
+
+/* Resolves host:port. 1: *addr is set; 0: pending (the loop is woken when
+ * the answer comes; ask again); -1: failed, *why says why. */
+static int lg_dns_lookup(struct llmgw *gw, const char *host, int port,
+                         struct sockaddr_storage *addr, socklen_t *alen, const char **why)
+{
+	struct lg_dns *d;
+	struct lg_dns_ent *e;
+	int r = 0;
+	memset(addr, 0, sizeof *addr);
+	{
+		struct sockaddr_in *a4 = (struct sockaddr_in *)addr;
+		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)addr;
+		if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+			a4->sin_family = AF_INET;
+			a4->sin_port = htons((uint16_t)port);
+			*alen = sizeof *a4;
+			return 1;
+		}
+		if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+			a6->sin6_family = AF_INET6;
+			a6->sin6_port = htons((uint16_t)port);
+			*alen = sizeof *a6;
+			return 1;
+		}
+	}
+	if (!gw->dns) {
+		d = (struct lg_dns *)calloc(1, sizeof *d);
+		if (!d) {
+			*why = "out of memory";
+			return -1;
+		}
+		pthread_mutex_init(&d->mu, NULL);
+		pthread_cond_init(&d->cv, NULL);
+		d->wakefd = gw->wake[1];
+		gw->dns = d;
+	}
+	d = gw->dns;
+	if (!d->started) {
+		if (pthread_create(&d->th, NULL, lg_dns_thread, d) != 0) {
+			*why = "cannot start the resolver thread";
+			return -1;
+		}
+		d->started = 1;
+	}
+	pthread_mutex_lock(&d->mu);
+	for (e = d->ents; e; e = e->next)
+		if (e->port == port && strcmp(e->host, host) == 0) break;
+	if (!e) {
+		e = (struct lg_dns_ent *)calloc(1, sizeof *e);
+		if (!e) {
+			pthread_mutex_unlock(&d->mu);
+			*why = "out of memory";
+			return -1;
+		}
+		snprintf(e->host, sizeof e->host, "%s", host);
+		e->port = port;
+		e->state = LG_DNS_PENDING;
+		e->next = d->ents;
+		d->ents = e;
+		pthread_cond_signal(&d->cv);
+	} else if ((e->state == LG_DNS_OK || e->state == LG_DNS_FAIL) && lg_now_ms() > e->expires) {
+		e->state = LG_DNS_PENDING;
+		pthread_cond_signal(&d->cv);
+	}
+	if (e->state == LG_DNS_OK) {
+		memcpy(addr, &e->addr, sizeof *addr);
+		*alen = e->alen;
+		r = 1;
+	} else if (e->state == LG_DNS_FAIL) {
+		*why = gai_strerror(e->gai_err);
+		r = -1;
+	}
+	pthread_mutex_unlock(&d->mu);
+	return r;
+}
+
+/* ===== 10. HTTP client and pool ======================================== */
+
+/* One upstream HTTP exchange. It owns the request bytes (kept so a stale
+ * pooled connection can be replaced and the request sent again), a
+ * connection while it runs, and the framing state of the response; it
+ * reports to its owner through callbacks. Callbacks may release the
+ * exchange; every path returns right after calling one. */
+enum { LG_U_IDLE, LG_U_DNS, LG_U_CONNECT, LG_U_SEND, LG_U_HEAD, LG_U_BODY, LG_U_DONE };
+enum { LG_B_NONE, LG_B_CLEN, LG_B_CHUNKED, LG_B_CLOSE };
+enum { LG_UF_CONNECT, LG_UF_TIMEOUT, LG_UF_RESET, LG_UF_PROTO, LG_UF_DNS };
+
+struct lg_upreq {
+	struct llmgw *gw;
+	struct lg_conn *c;
+	int state, port, tls, mode, keep, status, stale_retry;
+	const char *host;      /* owned by the config snapshot the owner holds */
+	const char *origin;
+	struct lg_buf req;     /* request bytes */
+	size_t sent;
+	int64_t connect_ms, first_byte_ms, idle_ms;
+	int64_t left;          /* Content-Length bytes still to come */
+	struct lg_chunked ck;
+	struct lg_timer tm;
+	int got_bytes;         /* a response byte arrived */
+	void *owner;
+	void (*on_head)(void *owner, const struct lg_http *h);
+	void (*on_data)(void *owner, const char *p, size_t n);
+	void (*on_end)(void *owner);
+	void (*on_fail)(void *owner, int kind, const char *reason);
+};
+
+static void lg_up_io(struct lg_conn *c, int revents);
+
+static void lg_up_pool_remove(struct llmgw *gw, struct lg_conn *c)
+{
+	struct lg_conn **pp;
+	for (pp = &gw->pool; *pp; pp = &(*pp)->pool_next)
+		if (*pp == c) {
+			*pp = c->pool_next;
+			gw->npool--;
+			break;
+		}
+	c->pool_next = NULL;
+	c->flags &= ~(unsigned)LG_F_POOLED;
+}
+
+static void lg_up_pooled_io(struct lg_conn *c, int revents)
+{
+	/* an idle upstream connection that becomes readable was closed by the
+	 * server (or sent something unasked): either way it is done */
+	LG_UNUSED(revents);
+	lg_up_pool_remove(c->gw, c);
+	lg_conn_close(c);
+}
+
+static void lg_up_pool_expire(struct llmgw *gw, struct lg_timer *t)
+{
+	struct lg_conn *c = (struct lg_conn *)(void *)((char *)t - offsetof(struct lg_conn, tm));
+	lg_up_pool_remove(gw, c);
+	lg_conn_close(c);
+}
+
+static void lg_up_pool_put(struct llmgw *gw, struct lg_conn *c)
+{
+	struct lg_conn *p;
+	int same = 0;
+	for (p = gw->pool; p; p = p->pool_next)
+		if (strcmp(p->origin, c->origin) == 0) same++;
+	if (same >= LLMGW_POOL_MAX_IDLE || gw->stopping) {
+		lg_conn_close(c);
+		return;
+	}
+	c->req = NULL;
+	c->flags = (c->flags & ~(unsigned)(LG_F_NOREAD | LG_F_REUSED)) | LG_F_POOLED;
+	c->on_io = lg_up_pooled_io;
+	c->idle_since = gw->now;
+	lg_buf_free(&c->in);
+	c->pool_next = gw->pool;
+	gw->pool = c;
+	gw->npool++;
+	c->tm.fn = lg_up_pool_expire;
+	lg_timer_set(gw, &c->tm, LLMGW_POOL_IDLE_MS);
+	gw->pfd[c->idx].events = POLLIN;
+}
+
+static struct lg_conn *lg_up_pool_take(struct llmgw *gw, const char *origin)
+{
+	struct lg_conn *c;
+	for (c = gw->pool; c; c = c->pool_next)
+		if (strcmp(c->origin, origin) == 0) {
+			lg_up_pool_remove(gw, c);
+			lg_timer_clear(gw, &c->tm);
+			c->flags |= LG_F_REUSED;
+			c->on_io = lg_up_io;
+			return c;
+		}
+	return NULL;
+}
+
+static void lg_up_timeout(struct llmgw *gw, struct lg_timer *t);
+
+static void lg_up_events(struct lg_upreq *u)
+{
+	struct lg_conn *c = u->c;
+	short ev = 0;
+	if (!c || (c->flags & LG_F_DEAD)) return;
+	if (u->state == LG_U_CONNECT || (u->state == LG_U_SEND && u->sent < lg_buf_used(&u->req)))
+		ev |= POLLOUT;
+	if (u->state != LG_U_CONNECT && !(c->flags & (LG_F_NOREAD | LG_F_EOF))) ev |= POLLIN;
+	u->gw->pfd[c->idx].events = ev;
+}
+
+/* Lets go of the connection: back to the pool when the response was read
+ * to its end and both sides allow reuse, closed otherwise. */
+static void lg_up_release(struct lg_upreq *u)
+{
+	struct lg_conn *c = u->c;
+	lg_timer_clear(u->gw, &u->tm);
+	if (c) {
+		c->req = NULL;
+		if (u->state == LG_U_DONE && u->keep && !(c->flags & (LG_F_EOF | LG_F_DEAD)) &&
+		    lg_buf_used(&c->in) == 0)
+			lg_up_pool_put(u->gw, c);
+		else
+			lg_conn_close(c);
+	}
+	u->c = NULL;
+	u->state = LG_U_IDLE;
+}
+
+static void lg_up_fail(struct lg_upreq *u, int kind, const char *reason)
+{
+	if (u->c) u->c->flags &= ~(unsigned)LG_F_KEEP;
+	u->keep = 0;
+	lg_up_release(u);
+	u->on_fail(u->owner, kind, reason);
+}
+
+static void lg_up_connect(struct lg_upreq *u);
+
+/* The socket is connected (or came from the pool): send the request. */
+static void lg_up_send(struct lg_upreq *u)
+{
+	struct lg_conn *c = u->c;
+	while (u->sent < lg_buf_used(&u->req)) {
+		ssize_t n = send(c->fd, lg_buf_data(&u->req) + u->sent, lg_buf_used(&u->req) - u->sent,
+		                 MSG_NOSIGNAL);
+		if (n > 0) {
+			u->sent += (size_t)n;
+			continue;
+		}
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+		if (n < 0 && errno == EINTR) continue;
+		if ((c->flags & LG_F_REUSED) && !u->stale_retry) { /* stale pooled connection */
+			u->stale_retry = 1;
+			lg_conn_close(c);
+			u->c = NULL;
+			lg_up_connect(u);
+			return;
+		}
+		lg_up_fail(u, LG_UF_RESET, strerror(errno));
+		return;
+	}
+	if (u->sent == lg_buf_used(&u->req)) {
+		u->state = LG_U_HEAD;
+		lg_timer_set(u->gw, &u->tm, u->first_byte_ms);
+	}
+	lg_up_events(u);
+}
+
+static void lg_up_connected(struct lg_upreq *u)
+{
+	u->state = LG_U_SEND;
+	u->sent = 0;
+	lg_up_send(u);
+}
+
+/* Opens a new connection (DNS first when the host is a name). */
+static void lg_up_connect(struct lg_upreq *u)
+{
+	struct sockaddr_storage sa;
+	socklen_t alen = 0;
+	const char *why = "";
+	int r, fd, one = 1;
+	struct lg_conn *c;
+	r = lg_dns_lookup(u->gw, u->host, u->port, &sa, &alen, &why);
+	if (r == 0) {
+		if (u->state != LG_U_DNS) {
+			u->state = LG_U_DNS;
+			lg_timer_set(u->gw, &u->tm, u->connect_ms);
+		}
+		return;
+	}
+	if (r < 0) {
+		char msg[300];
+		snprintf(msg, sizeof msg, "cannot resolve %s: %s", u->host, why);
+		lg_up_fail(u, LG_UF_DNS, msg);
+		return;
+	}
+	fd = socket(sa.ss_family, SOCK_STREAM, 0);
+	if (fd < 0 || lg_set_nonblock(fd) < 0) {
+		if (fd >= 0) close(fd);
+		lg_up_fail(u, LG_UF_CONNECT, strerror(errno));
+		return;
+	}
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	c = lg_conn_new(u->gw, fd, LG_ROLE_UPSTREAM, lg_up_io);
+	if (!c) {
+		close(fd);
+		lg_up_fail(u, LG_UF_CONNECT, "out of memory");
+		return;
+	}
+	snprintf(c->origin, sizeof c->origin, "%s", u->origin);
+	c->req = (struct lg_req *)u->owner;
+	u->c = c;
+	u->state = LG_U_CONNECT;
+	lg_timer_set(u->gw, &u->tm, u->connect_ms);
+	if (connect(fd, (struct sockaddr *)&sa, alen) == 0) {
+		lg_up_connected(u);
+		return;
+	}
+	if (errno != EINPROGRESS) {
+		char msg[160];
+		snprintf(msg, sizeof msg, "connect to %s:%d failed: %s", u->host, u->port, strerror(errno));
+		lg_up_fail(u, LG_UF_CONNECT, msg);
+		return;
+	}
+	c->flags |= LG_F_CONNECTING;
+	lg_up_events(u);
+}
+
+/* Starts the exchange: a pooled connection to the same origin if there is
+ * one, a new one otherwise. The request bytes must be in u->req. */
+static void lg_up_start(struct lg_upreq *u)
+{
+	struct lg_conn *c = lg_up_pool_take(u->gw, u->origin);
+	u->tm.fn = lg_up_timeout;
+	u->stale_retry = 0;
+	u->got_bytes = 0;
+	u->keep = 1;
+	u->status = 0;
+	memset(&u->ck, 0, sizeof u->ck);
+	if (c) {
+		c->req = (struct lg_req *)u->owner;
+		c->uses++;
+		u->c = c;
+		lg_timer_set(u->gw, &u->tm, u->first_byte_ms);
+		lg_up_connected(u);
+		return;
+	}
+	lg_up_connect(u);
+}
+
+/* The resolver answered something: exchanges waiting on DNS ask again. */
+static void lg_up_dns_ready(struct lg_upreq *u)
+{
+	if (u->state == LG_U_DNS) lg_up_connect(u);
+}
+
+static void lg_up_timeout(struct llmgw *gw, struct lg_timer *t)
+{
+	struct lg_upreq *u = (struct lg_upreq *)(void *)((char *)t - offsetof(struct lg_upreq, tm));
+	char msg[160];
+	LG_UNUSED(gw);
+	switch (u->state) {
+	case LG_U_DNS: snprintf(msg, sizeof msg, "timed out resolving %s", u->host); break;
+	case LG_U_CONNECT:
+		snprintf(msg, sizeof msg, "connect to %s:%d timed out after %lld ms", u->host, u->port,
+		         (long long)u->connect_ms);
+		break;
+	case LG_U_SEND:
+	case LG_U_HEAD:
+		snprintf(msg, sizeof msg, "no response within %lld ms (first_byte_timeout)",
+		         (long long)u->first_byte_ms);
+		break;
+	default:
+		snprintf(msg, sizeof msg, "no data for %lld ms (stream_idle_timeout)",
+		         (long long)u->idle_ms);
+	}
+	lg_up_fail(u, LG_UF_TIMEOUT, msg);
+}
+
+/* Body bytes in c->in: hands the decoded ones to the owner. */
+static void lg_up_body(struct lg_upreq *u)
+{
+	struct lg_conn *c = u->c;
+	char *p = lg_buf_data(&c->in);
+	size_t n = lg_buf_used(&c->in);
+	long left;
+	int end = 0;
+	if (n == 0 && !(c->flags & LG_F_EOF) && u->mode != LG_B_NONE) return;
+	switch (u->mode) {
+	case LG_B_CLEN:
+		if ((int64_t)n > u->left) {
+			n = (size_t)u->left;
+			u->keep = 0; /* bytes past the body: do not trust this connection */
+		}
+		u->left -= (int64_t)n;
+		end = u->left == 0;
+		lg_buf_consume(&c->in, lg_buf_used(&c->in));
+		break;
+	case LG_B_CHUNKED:
+		left = lg_chunked_decode(&u->ck, p, &n);
+		if (left == LG_HTTP_ERR) {
+			lg_up_fail(u, LG_UF_PROTO, "malformed chunked encoding in the response");
+			return;
+		}
+		if (left > 0) u->keep = 0;
+		end = left >= 0;
+		lg_buf_consume(&c->in, lg_buf_used(&c->in));
+		break;
+	case LG_B_CLOSE:
+		lg_buf_consume(&c->in, n);
+		end = (c->flags & LG_F_EOF) != 0;
+		u->keep = 0;
+		break;
+	default:
+		n = 0;
+		end = 1;
+	}
+	if (!end && (c->flags & LG_F_EOF)) {
+		lg_up_fail(u, LG_UF_RESET, "the upstream closed the connection in the middle of the response");
+		return;
+	}
+	if (n) {
+		lg_timer_set(u->gw, &u->tm, u->idle_ms);
+		u->on_data(u->owner, p, n);
+		if (u->state != LG_U_BODY) return; /* the owner let go */
+	}
+	if (end) {
+		u->state = LG_U_DONE;
+		lg_timer_clear(u->gw, &u->tm);
+		u->on_end(u->owner);
+	}
+}
+
+static void lg_up_head(struct lg_upreq *u)
+{
+	struct lg_conn *c = u->c;
+	struct lg_http h;
+	int r;
+	for (;;) {
+		r = lg_http_parse_resp(lg_buf_data(&c->in), lg_buf_used(&c->in), &h);
+		if (r == LG_HTTP_PARTIAL) {
+			if (lg_buf_used(&c->in) > 65536) {
+				lg_up_fail(u, LG_UF_PROTO, "response head larger than 64 KB");
+				return;
+			}
+			if (c->flags & LG_F_EOF) {
+				lg_up_fail(u, LG_UF_RESET, lg_buf_used(&c->in)
+				                               ? "the upstream closed the connection inside the response head"
+				                               : "the upstream closed the connection without answering");
+			}
+			return;
+		}
+		if (r < 0 || lg_http_framing(&h, 0) != 0) {
+			lg_up_fail(u, LG_UF_PROTO, r == LG_HTTP_TOOMANY ? "too many response headers"
+			                                                  : "malformed response head");
+			return;
+		}
+		if (h.status >= 100 && h.status < 200) { /* 100 Continue and friends */
+			lg_buf_consume(&c->in, (size_t)r);
+			continue;
+		}
+		break;
+	}
+	u->status = h.status;
+	u->keep = u->keep && !h.close;
+	if (h.status == 204 || h.status == 304)
+		u->mode = LG_B_NONE;
+	else if (h.chunked)
+		u->mode = LG_B_CHUNKED;
+	else if (h.clen >= 0)
+		u->mode = LG_B_CLEN, u->left = h.clen;
+	else
+		u->mode = LG_B_CLOSE;
+	if (u->mode == LG_B_CLEN && u->left == 0) u->mode = LG_B_NONE;
+	u->state = LG_U_BODY;
+	lg_timer_set(u->gw, &u->tm, u->idle_ms);
+	u->on_head(u->owner, &h); /* h views c->in: consumed only after this */
+	if (u->state != LG_U_BODY) return;
+	lg_buf_consume(&c->in, (size_t)r);
+	lg_up_body(u);
+}
+
+static void lg_up_io(struct lg_conn *c, int revents)
+{
+	struct lg_upreq *u;
+	long n;
+	if (!c->req) {
+		lg_conn_close(c);
+		return;
+	}
+	u = (struct lg_upreq *)(void *)c->req; /* struct lg_req starts with its lg_upreq */
+	if (u->state == LG_U_CONNECT) {
+		int err = 0;
+		socklen_t el = sizeof err;
+		if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0) err = errno;
+		if (err) {
+			char msg[160];
+			snprintf(msg, sizeof msg, "connect to %s:%d failed: %s", u->host, u->port, strerror(err));
+			lg_up_fail(u, LG_UF_CONNECT, msg);
+			return;
+		}
+		if (!(revents & POLLOUT)) return;
+		c->flags &= ~(unsigned)LG_F_CONNECTING;
+		lg_up_connected(u);
+		return;
+	}
+	if ((revents & POLLOUT) && u->state == LG_U_SEND) {
+		lg_up_send(u);
+		if (u->state == LG_U_IDLE || u->c != c) return;
+	}
+	if (!(revents & (POLLIN | POLLHUP | POLLERR))) return;
+	if (c->flags & LG_F_NOREAD) return;
+	n = lg_io_read(c, u->state == LG_U_HEAD ? 65536 + 1 : 65536);
+	if (n == -1) {
+		if ((c->flags & LG_F_REUSED) && !u->got_bytes && !u->stale_retry) {
+			u->stale_retry = 1;
+			lg_conn_close(c);
+			u->c = NULL;
+			lg_up_connect(u);
+			return;
+		}
+		lg_up_fail(u, LG_UF_RESET, strerror(errno));
+		return;
+	}
+	if (n == -2 && !(revents & (POLLHUP | POLLERR))) return;
+	if (n == 0 && !u->got_bytes && (c->flags & LG_F_REUSED) && !u->stale_retry) {
+		/* the server closed the pooled connection as we reused it */
+		u->stale_retry = 1;
+		lg_conn_close(c);
+		u->c = NULL;
+		lg_up_connect(u);
+		return;
+	}
+	if (n > 0) u->got_bytes = 1;
+	if (u->state == LG_U_SEND) return; /* early answer: read on once sent */
+	if (u->state == LG_U_HEAD)
+		lg_up_head(u);
+	else if (u->state == LG_U_BODY)
+		lg_up_body(u);
+}
+
+/* ===== 11. Provider adapters =========================================== */
+
+/* The request: from a parsed head to the last byte of its response. All its
+ * memory is its own buffers and its arena, released in lg_req_free. */
+enum { LG_EP_NONE, LG_EP_CHAT, LG_EP_EMBED, LG_EP_MODELS, LG_EP_HEALTH };
+
+/* Usage normalized to OpenAI's meaning: prompt includes cached and
+ * cache-write tokens, completion includes reasoning tokens. */
+struct lg_usage {
+	int64_t prompt, completion, cached, cache_write, reasoning;
+	double cost; /* USD */
+	int seen;
+};
+
+/* One candidate of the plan: a provider, the model it is asked for, and
+ * the prices that apply (zero for direct requests). */
+struct lg_cand {
+	struct lg_provider *prov;
+	const struct lg_target *t;
+	const char *upstream; /* model name sent upstream */
+	const char *model;    /* public model name served */
+};
+
+struct lg_att_log {
+	const char *prov;
+	int status; /* HTTP status, or 0 when none came */
+	int64_t ms;
+	char err[200];
+};
+
+struct lg_req {
+	struct lg_upreq up; /* first member: lg_up_io finds it from c->req */
+	struct llmgw *gw;
+	struct lg_conn *cc; /* the client; NULL once it went away */
+	struct lg_cfg *cfg; /* the snapshot this request keeps for its whole life */
+	const struct lg_key *key;
+	struct lg_req *next, *prev; /* gw->reqs */
+	struct lg_arena a;
+	char id[40];
+	int ep, head_only, minor, close, stream, want_usage;
+	int status;      /* sent to the client */
+	int sent_head;   /* first byte went to the client: no more fallback */
+	int finished, freed;
+	/* body as received */
+	size_t head_len, body_len;
+	int64_t clen;
+	int chunked;
+	struct lg_chunked ck;
+	const char *body; /* in the client's input buffer, stable while in flight */
+	struct lg_json j;
+	const char *model_req, *user;
+	const char *deny; /* admin requests: why they are refused, once the body is in */
+	/* routing */
+	struct lg_cand plan[LLMGW_MAX_PLAN];
+	int nplan, cur;
+	struct lg_att_log att[LLMGW_MAX_ATTEMPTS];
+	int natt;
+	const struct lg_cand *served;
+	/* the current attempt's response */
+	int ustatus, is_sse, stream_done, saw_finish, up_error, timed_out;
+	struct lg_buf ubody;   /* buffered body, or stream bytes short of an event */
+	struct lg_buf scratch; /* SSE joins */
+	struct lg_jtok *rtok;  /* tokens of upstream JSON */
+	uint32_t rcap;
+	/* accounting */
+	int64_t t0, t_att, t_first;
+	int64_t wall0;
+	size_t bytes_in, bytes_out;
+	struct lg_usage usage;
+	char errmsg[1024];
+};
+
+static void lg_req_finish(struct lg_req *r); /* section 14: ends a request */
+
+/* Cost in USD from the target's prices (USD per million tokens). */
+static double lg_acct_cost(const struct lg_target *t, const struct lg_usage *u)
+{
+	int64_t uncached;
+	if (!t) return 0;
+	uncached = u->prompt - u->cached - u->cache_write;
+	if (uncached < 0) uncached = 0;
+	return ((double)uncached * t->in + (double)u->cached * t->cache_read +
+	        (double)u->cache_write * t->cache_write + (double)u->completion * t->out) /
+	       1e6;
+}
+
+/* Tokenizes upstream JSON into r->rtok (grown on demand). */
+static int lg_req_json(struct lg_req *r, struct lg_json *j, const char *s, size_t n)
+{
+	int k;
+	j->t = r->rtok;
+	j->cap = r->rcap;
+	k = r->rtok ? lg_json_parse(j, s, n) : LG_JSON_NOMEM;
+	if (k == LG_JSON_NOMEM) {
+		struct lg_json cnt;
+		struct lg_jtok *nt;
+		memset(&cnt, 0, sizeof cnt);
+		k = lg_json_parse(&cnt, s, n);
+		if (k < 0) {
+			*j = cnt;
+			return k;
+		}
+		nt = (struct lg_jtok *)realloc(r->rtok, (size_t)k * sizeof *nt);
+		if (!nt) return LG_JSON_NOMEM;
+		r->rtok = nt;
+		r->rcap = (uint32_t)k;
+		j->t = nt;
+		j->cap = r->rcap;
+		k = lg_json_parse(j, s, n);
+	}
+	return k;
+}
+
+/* --- responses to the client (the OpenAI dialect writer) --------------- */
+
+static const char *lg_status_text(int s)
+{
+	switch (s) {
+	case 100: return "Continue";
+	case 200: return "OK";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 402: return "Payment Required";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 408: return "Request Timeout";
+	case 413: return "Payload Too Large";
+	case 417: return "Expectation Failed";
+	case 422: return "Unprocessable Entity";
+	case 429: return "Too Many Requests";
+	case 431: return "Request Header Fields Too Large";
+	case 499: return "Client Closed Request";
+	case 500: return "Internal Server Error";
+	case 501: return "Not Implemented";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
+	case 529: return "Overloaded";
+	default: return s < 300 ? "OK" : s < 500 ? "Client Error" : "Server Error";
+	}
+}
+
+static const char *lg_err_type(int s)
+{
+	switch (s) {
+	case 400: case 405: case 413: case 431: return "invalid_request_error";
+	case 401: return "authentication_error";
+	case 402: return "insufficient_quota";
+	case 403: return "permission_error";
+	case 404: return "not_found_error";
+	case 408: return "timeout_error";
+	case 429: return "rate_limit_error";
+	case 502: return "upstream_error";
+	case 503: return "no_provider_available";
+	case 504: return "upstream_timeout";
+	default: return s < 500 ? "invalid_request_error" : "api_error";
+	}
+}
+
+/* Writes the response head to the client: the common headers, llmgw's
+ * own, then extra (already formatted lines). clen < 0: a chunked stream. */
+static void lg_resp_head(struct lg_req *r, int status, const char *ctype, int64_t clen,
+                         const char *extra)
+{
+	struct lg_buf *o = &r->cc->out;
+	r->status = status;
+	r->sent_head = 1;
+	if (r->close || r->gw->stopping) r->close = 1;
+	lg_buf_printf(o, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nx-request-id: %s\r\n", status,
+	              lg_status_text(status), ctype, r->id);
+	if (r->served)
+		lg_buf_printf(o, "x-llmgw-provider: %s\r\nx-llmgw-attempts: %d\r\n", r->served->prov->name,
+		              r->natt);
+	else if (r->natt)
+		lg_buf_printf(o, "x-llmgw-attempts: %d\r\n", r->natt);
+	if (extra) lg_buf_addz(o, extra);
+	if (clen >= 0)
+		lg_buf_printf(o, "Content-Length: %lld\r\n", (long long)clen);
+	else if (r->minor >= 1)
+		lg_buf_addz(o, "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
+	else
+		r->close = 1; /* HTTP/1.0 stream: delimited by close */
+	lg_buf_addz(o, r->close ? "Connection: close\r\n\r\n" : "\r\n");
+}
+
+/* A whole response with a body (HEAD requests get the head only). */
+static void lg_resp_send(struct lg_req *r, int status, const char *ctype, const char *body,
+                         size_t n, const char *extra)
+{
+	if (!r->cc) return;
+	lg_resp_head(r, status, ctype, (int64_t)n, extra);
+	if (!r->head_only) lg_buf_add(&r->cc->out, body, n);
+	r->bytes_out += n;
+}
+
+/* An error in the OpenAI dialect: {"error":{"message","type","code"}}. */
+static void lg_resp_error(struct lg_req *r, int status, const char *extra, const char *fmt, ...)
+    LG_PRINTF(4, 5);
+static void lg_resp_error(struct lg_req *r, int status, const char *extra, const char *fmt, ...)
+{
+	struct lg_buf b;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(r->errmsg, sizeof r->errmsg, fmt, ap);
+	va_end(ap);
+	lg_buf_init(&b, 0);
+	lg_buf_addz(&b, "{\"error\":{\"message\":");
+	lg_json_wz(&b, r->errmsg);
+	lg_buf_printf(&b, ",\"type\":\"%s\",\"param\":null,\"code\":%d}}\n", lg_err_type(status), status);
+	if (b.err)
+		lg_resp_send(r, 500, "application/json", "{}", 2, NULL);
+	else
+		lg_resp_send(r, status, "application/json", b.p, b.len, extra);
+	lg_buf_free(&b);
+}
+
+/* One server-sent event to a streaming client, framed as an HTTP chunk,
+ * and flushed at once: events are never held back. */
+static void lg_resp_event(struct lg_req *r, const char *data, size_t n)
+{
+	struct lg_buf *o;
+	size_t len = n + 8; /* "data: " + "\n\n" */
+	if (!r->cc) return;
+	o = &r->cc->out;
+	if (!r->sent_head) lg_resp_head(r, 200, "text/event-stream", -1, NULL);
+	if (r->t_first == 0) r->t_first = r->gw->now;
+	if (r->minor >= 1) lg_buf_printf(o, "%zx\r\n", len);
+	lg_buf_addz(o, "data: ");
+	lg_buf_add(o, data, n);
+	lg_buf_addz(o, r->minor >= 1 ? "\n\n\r\n" : "\n\n");
+	r->bytes_out += len;
+}
+
+/* Ends a client stream: the last chunk. */
+static void lg_resp_stream_end(struct lg_req *r)
+{
+	if (r->cc && r->minor >= 1) lg_buf_addz(&r->cc->out, "0\r\n\r\n");
+}
+
+/* --- OpenAI: request body ------------------------------------------------ */
+
+/* The client's body with the model rewritten and llmgw's own fields
+ * (models, provider, usage) removed; streams always ask for usage. */
+static void lg_prov_openai_body(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
+{
+	const struct lg_json *j = &r->j;
+	const char *s = r->body;
+	uint32_t k = 1, m;
+	int first = 1, have_so = 0;
+	lg_buf_addc(o, '{');
+	for (m = 0; m < j->t[0].size; m++) {
+		int v = (int)k + 1;
+		lg_str key = lg_json_raw(j, s, (int)k);
+		uint32_t nk = j->t[v].next;
+		if (lg_str_eq(key, "models") || lg_str_eq(key, "provider") || lg_str_eq(key, "usage")) {
+			k = nk;
+			continue;
+		}
+		if (!first) lg_buf_addc(o, ',');
+		first = 0;
+		lg_buf_adds(o, lg_json_span(j, s, (int)k));
+		lg_buf_addc(o, ':');
+		if (lg_str_eq(key, "model")) {
+			lg_json_wz(o, cd->upstream);
+		} else if (lg_str_eq(key, "stream_options") && r->stream && lg_json_type(j, v) == LG_J_OBJ) {
+			/* keep the client's options, force include_usage */
+			uint32_t kk = (uint32_t)v + 1, mm;
+			have_so = 1;
+			lg_buf_addc(o, '{');
+			for (mm = 0; mm < j->t[v].size; mm++) {
+				if (!lg_str_eq(lg_json_raw(j, s, (int)kk), "include_usage")) {
+					lg_buf_adds(o, lg_json_span(j, s, (int)kk));
+					lg_buf_addc(o, ':');
+					lg_buf_adds(o, lg_json_span(j, s, (int)kk + 1));
+					lg_buf_addc(o, ',');
+				}
+				kk = j->t[kk + 1].next;
+			}
+			lg_buf_addz(o, "\"include_usage\":true}");
+		} else {
+			lg_buf_adds(o, lg_json_span(j, s, v));
+		}
+		k = nk;
+	}
+	if (r->stream && !have_so) lg_buf_addz(o, ",\"stream_options\":{\"include_usage\":true}");
+	lg_buf_addc(o, '}');
+}
+
+/* Builds the whole upstream request in u->req: the body is written first,
+ * after room left for the head, so it is copied once. */
+static int lg_prov_openai_build(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
+{
+	const struct lg_provider *p = cd->prov;
+	char head[8192];
+	int hn, i;
+	size_t room = 1024 + strlen(p->base_path) + strlen(p->host) +
+	              (p->api_key ? strlen(p->api_key) : 0), body_len;
+	for (i = 0; i < p->nheaders; i++) room += strlen(p->headers[i]) + 2;
+	if (room > sizeof head) return -1;
+	o->off = o->len = 0;
+	if (lg_buf_reserve(o, room + r->body_len + 256)) return -1;
+	o->len = o->off = room;
+	lg_prov_openai_body(r, cd, o);
+	if (o->err) return -1;
+	body_len = o->len - room;
+	hn = snprintf(head, sizeof head,
+	              "POST %s/%s HTTP/1.1\r\nHost: %s%s%s%s%.0d\r\nContent-Type: application/json\r\n"
+	              "Accept: %s\r\nUser-Agent: llmgw/" LLMGW_VERSION "\r\n",
+	              p->base_path, r->ep == LG_EP_EMBED ? "embeddings" : "chat/completions",
+	              strchr(p->host, ':') ? "[" : "", p->host, strchr(p->host, ':') ? "]" : "",
+	              (p->port != (p->tls ? 443 : 80)) ? ":" : "",
+	              (p->port != (p->tls ? 443 : 80)) ? p->port : 0,
+	              r->stream ? "text/event-stream" : "application/json");
+	if (p->api_key && hn > 0)
+		hn += snprintf(head + hn, sizeof head - (size_t)hn, "Authorization: Bearer %s\r\n", p->api_key);
+	for (i = 0; i < p->nheaders && hn > 0; i++)
+		hn += snprintf(head + hn, sizeof head - (size_t)hn, "%s\r\n", p->headers[i]);
+	if (hn > 0)
+		hn += snprintf(head + hn, sizeof head - (size_t)hn, "Content-Length: %zu\r\n\r\n", body_len);
+	if (hn <= 0 || (size_t)hn > room) return -1;
+	o->off = room - (size_t)hn;
+	memcpy(o->p + o->off, head, (size_t)hn);
+	return 0;
+}
+
+/* --- OpenAI: responses and stream chunks ------------------------------- */
+
+static int64_t lg_json_i64(const struct lg_json *j, const char *s, int t)
+{
+	double d = lg_json_num(j, s, t, 0);
+	return d > 0 && d < 9e15 ? (int64_t)d : 0;
+}
+
+/* Reads an OpenAI usage object into r->usage and prices it. */
+static void lg_prov_openai_usage(struct lg_req *r, const struct lg_json *j, const char *s, int u)
+{
+	int d;
+	struct lg_usage *us = &r->usage;
+	us->prompt = lg_json_i64(j, s, lg_json_get(j, s, u, "prompt_tokens"));
+	us->completion = lg_json_i64(j, s, lg_json_get(j, s, u, "completion_tokens"));
+	us->cached = us->cache_write = us->reasoning = 0;
+	if ((d = lg_json_get(j, s, u, "prompt_tokens_details")) >= 0) {
+		us->cached = lg_json_i64(j, s, lg_json_get(j, s, d, "cached_tokens"));
+		us->cache_write = lg_json_i64(j, s, lg_json_get(j, s, d, "cache_write_tokens"));
+	}
+	if ((d = lg_json_get(j, s, u, "completion_tokens_details")) >= 0)
+		us->reasoning = lg_json_i64(j, s, lg_json_get(j, s, d, "reasoning_tokens"));
+	us->seen = 1;
+	us->cost = lg_acct_cost(r->served ? r->served->t : NULL, us);
+}
+
+/* Rewrites one OpenAI JSON object (a completion or a stream chunk) for the
+ * client: "provider" first, the public model name, usage with its cost.
+ * In a stream the usage goes out only if the client asked for it; a chunk
+ * that carried nothing else is dropped (returns 0). Returns 1 when o holds
+ * the object, -1 when it is not an object we understand. */
+static int lg_prov_openai_rewrite(struct lg_req *r, const char *s, size_t n, struct lg_buf *o,
+                                  int chunk)
+{
+	struct lg_json j;
+	uint32_t k = 1, m;
+	int u, ch, drop_usage = 0;
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, s, n) <= 0 || j.t[0].type != LG_J_OBJ) return -1;
+	u = lg_json_get(&j, s, 0, "usage");
+	if (lg_json_type(&j, u) == LG_J_OBJ) {
+		lg_prov_openai_usage(r, &j, s, u);
+		if (chunk && !r->want_usage) {
+			ch = lg_json_get(&j, s, 0, "choices");
+			if (lg_json_type(&j, ch) != LG_J_ARR || j.t[ch].size == 0) return 0;
+			drop_usage = 1;
+		}
+	}
+	if (chunk && (ch = lg_json_get(&j, s, 0, "choices")) >= 0) {
+		uint32_t i;
+		for (i = 0; i < j.t[ch].size; i++) {
+			int fr = lg_json_get(&j, s, lg_json_at(&j, ch, i), "finish_reason");
+			if (lg_json_type(&j, fr) == LG_J_STR) r->saw_finish = 1;
+		}
+	}
+	lg_buf_addz(o, "{\"provider\":");
+	lg_json_wz(o, r->served->prov->name);
+	for (m = 0; m < j.t[0].size; m++) {
+		int v = (int)k + 1;
+		lg_str key = lg_json_raw(&j, s, (int)k);
+		uint32_t nk = j.t[v].next;
+		if (lg_str_eq(key, "provider") || (drop_usage && lg_str_eq(key, "usage"))) {
+			k = nk;
+			continue;
+		}
+		lg_buf_addc(o, ',');
+		lg_buf_adds(o, lg_json_span(&j, s, (int)k));
+		lg_buf_addc(o, ':');
+		if (lg_str_eq(key, "model")) {
+			lg_json_wz(o, r->served->model);
+		} else if (v == u && lg_json_type(&j, u) == LG_J_OBJ) {
+			lg_str body = lg_json_span(&j, s, u);
+			uint32_t kk = (uint32_t)u + 1, mm;
+			int firstm = 1;
+			LG_UNUSED(body);
+			lg_buf_addc(o, '{');
+			for (mm = 0; mm < j.t[u].size; mm++) {
+				if (!lg_str_eq(lg_json_raw(&j, s, (int)kk), "cost")) {
+					if (!firstm) lg_buf_addc(o, ',');
+					firstm = 0;
+					lg_buf_adds(o, lg_json_span(&j, s, (int)kk));
+					lg_buf_addc(o, ':');
+					lg_buf_adds(o, lg_json_span(&j, s, (int)kk + 1));
+				}
+				kk = j.t[kk + 1].next;
+			}
+			lg_buf_addz(o, firstm ? "\"cost\":" : ",\"cost\":");
+			lg_json_wnum(o, r->usage.cost);
+			lg_buf_addc(o, '}');
+		} else {
+			lg_buf_adds(o, lg_json_span(&j, s, v));
+		}
+		k = nk;
+	}
+	lg_buf_addc(o, '}');
+	return o->err ? -1 : 1;
+}
+
+/* One event of an OpenAI stream: forwarded as it came, rewritten. */
+static void lg_prov_openai_event(struct lg_req *r, lg_str data)
+{
+	struct lg_buf o;
+	int k;
+	if (lg_str_eq(data, "[DONE]")) {
+		r->stream_done = 1;
+		lg_resp_event(r, "[DONE]", 6);
+		return;
+	}
+	if (r->stream_done) return;
+	lg_buf_init(&o, 0);
+	k = lg_prov_openai_rewrite(r, data.p, data.n, &o, 1);
+	if (k < 0) {
+		/* not JSON we understand: pass it on untouched */
+		lg_resp_event(r, data.p, data.n);
+	} else if (k > 0) {
+		struct lg_json j;
+		memset(&j, 0, sizeof j);
+		if (lg_req_json(r, &j, data.p, data.n) > 0 && lg_json_get(&j, data.p, 0, "error") >= 0) {
+			r->up_error = 1; /* an error inside the stream ends it */
+			snprintf(r->errmsg, sizeof r->errmsg, "%s: error event in the stream",
+			         r->served->prov->name);
+		}
+		lg_resp_event(r, o.p, o.len);
+	}
+	lg_buf_free(&o);
+}
+
+/* --- mock: a provider built in, answering without a network ----------- */
+
+/* The reply text: deterministic, built from the last user message. */
+static void lg_prov_mock_reply(struct lg_req *r, struct lg_buf *text, int64_t *prompt_tokens)
+{
+	const struct lg_json *j = &r->j;
+	int msgs = lg_json_get(j, r->body, 0, "messages");
+	uint32_t i;
+	int64_t pt = 3;
+	lg_str last = lg_str_of("", 0);
+	for (i = 0; msgs >= 0 && i < j->t[msgs].size; i++) {
+		int m = lg_json_at(j, msgs, i), c = lg_json_get(j, r->body, m, "content");
+		lg_str role = lg_json_raw(j, r->body, lg_json_get(j, r->body, m, "role"));
+		lg_str txt = lg_str_of("", 0);
+		if (lg_json_type(j, c) == LG_J_STR) {
+			txt = lg_json_raw(j, r->body, c);
+		} else if (lg_json_type(j, c) == LG_J_ARR) {
+			uint32_t q;
+			for (q = 0; q < j->t[c].size; q++) {
+				int t = lg_json_get(j, r->body, lg_json_at(j, c, q), "text");
+				if (lg_json_type(j, t) == LG_J_STR) txt = lg_json_raw(j, r->body, t);
+			}
+		}
+		pt += 4 + (int64_t)(txt.n + 3) / 4;
+		if (lg_str_eq(role, "user")) last = txt;
+	}
+	lg_buf_addz(text, "This is a mock reply from llmgw. You said: ");
+	{
+		char tmp[200];
+		long un = lg_json_unescape(last.p, LG_MIN(last.n, sizeof tmp), tmp);
+		/* the cut may land inside an escape: unescape what parses */
+		while (un < 0 && last.n && LG_MIN(last.n, sizeof tmp) > 0) {
+			last.n = LG_MIN(last.n, sizeof tmp) - 1;
+			un = lg_json_unescape(last.p, last.n, tmp);
+		}
+		/* do not end inside a UTF-8 sequence */
+		while (un > 0 && ((unsigned char)tmp[un - 1] & 0xC0) == 0x80) un--;
+		if (un > 0 && (unsigned char)tmp[un - 1] >= 0xC0) un--;
+		if (un > 0) lg_buf_add(text, tmp, (size_t)un);
+	}
+	*prompt_tokens = pt;
+}
+
+static void lg_prov_mock_chat(struct lg_req *r, struct lg_buf *o)
+{
+	struct lg_buf text;
+	int64_t pt = 0, ct, maxt;
+	const char *finish = "stop";
+	char idb[64];
+	long long created = (long long)(lg_wall_ms() / 1000);
+	lg_buf_init(&text, 0);
+	lg_prov_mock_reply(r, &text, &pt);
+	maxt = lg_json_i64(&r->j, r->body, lg_json_get(&r->j, r->body, 0, "max_completion_tokens"));
+	if (!maxt) maxt = lg_json_i64(&r->j, r->body, lg_json_get(&r->j, r->body, 0, "max_tokens"));
+	if (maxt && (int64_t)text.len > maxt * 4) {
+		text.len = (size_t)maxt * 4;
+		while (text.len && ((unsigned char)text.p[text.len] & 0xC0) == 0x80) text.len--;
+		finish = "length";
+	}
+	ct = ((int64_t)text.len + 3) / 4;
+	snprintf(idb, sizeof idb, "chatcmpl-mock-%s", r->id);
+	if (!r->stream) {
+		lg_buf_printf(o, "{\"id\":\"%s\",\"object\":\"chat.completion\",\"created\":%lld,\"model\":",
+		              idb, created);
+		lg_json_wz(o, r->served->upstream);
+		lg_buf_addz(o, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+		lg_json_wstr(o, text.p, text.len);
+		lg_buf_printf(o, "},\"finish_reason\":\"%s\"}],\"usage\":{\"prompt_tokens\":%lld,"
+		                 "\"completion_tokens\":%lld,\"total_tokens\":%lld,\"prompt_tokens_details\":"
+		                 "{\"cached_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}",
+		              finish, (long long)pt, (long long)ct, (long long)(pt + ct));
+	} else {
+		size_t i = 0;
+		struct lg_buf pre;
+		lg_buf_init(&pre, 0);
+		lg_buf_printf(&pre, "{\"id\":\"%s\",\"object\":\"chat.completion.chunk\",\"created\":%lld,\"model\":",
+		              idb, created);
+		lg_json_wz(&pre, r->served->upstream);
+		lg_buf_addz(&pre, ",\"choices\":[{\"index\":0,\"delta\":");
+		lg_buf_printf(o, "data: %.*s{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+		              (int)pre.len, pre.p);
+		while (i < text.len) { /* one event per word */
+			size_t e = i + 1;
+			while (e < text.len && text.p[e] != ' ') e++;
+			lg_buf_printf(o, "data: %.*s{\"content\":", (int)pre.len, pre.p);
+			lg_json_wstr(o, text.p + i, e - i);
+			lg_buf_addz(o, "},\"finish_reason\":null}]}\n\n");
+			i = e;
+		}
+		lg_buf_printf(o, "data: %.*s{},\"finish_reason\":\"%s\"}]}\n\n", (int)pre.len, pre.p, finish);
+		pre.len -= strlen(",\"choices\":[{\"index\":0,\"delta\":");
+		lg_buf_printf(o, "data: %.*s,\"choices\":[],\"usage\":{\"prompt_tokens\":%lld,"
+		                 "\"completion_tokens\":%lld,\"total_tokens\":%lld,\"prompt_tokens_details\":"
+		                 "{\"cached_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}\n\n"
+		                 "data: [DONE]\n\n",
+		              (int)pre.len, pre.p, (long long)pt, (long long)ct, (long long)(pt + ct));
+		lg_buf_free(&pre);
+	}
+	lg_buf_free(&text);
+}
+
+/* Embeddings: 8 numbers per input, derived from its SHA-256. */
+static void lg_prov_mock_embed(struct lg_req *r, struct lg_buf *o)
+{
+	const struct lg_json *j = &r->j;
+	int in = lg_json_get(j, r->body, 0, "input");
+	uint32_t i, n = lg_json_type(j, in) == LG_J_ARR ? j->t[in].size : 1;
+	int64_t pt = 0;
+	lg_buf_addz(o, "{\"object\":\"list\",\"data\":[");
+	for (i = 0; i < n; i++) {
+		int t = lg_json_type(j, in) == LG_J_ARR ? lg_json_at(j, in, i) : in;
+		lg_str txt = t >= 0 ? lg_json_raw(j, r->body, t) : lg_str_of("", 0);
+		unsigned char h[32];
+		int d;
+		lg_sha256(txt.p, txt.n, h);
+		pt += (int64_t)(txt.n + 3) / 4 + 1;
+		lg_buf_printf(o, "%s{\"object\":\"embedding\",\"index\":%u,\"embedding\":[", i ? "," : "", i);
+		for (d = 0; d < 8; d++)
+			lg_buf_printf(o, "%s%.6f", d ? "," : "", ((int)h[d] - 128) / 128.0);
+		lg_buf_addz(o, "]}");
+	}
+	lg_buf_addz(o, "],\"model\":");
+	lg_json_wz(o, r->served->upstream);
+	lg_buf_printf(o, ",\"usage\":{\"prompt_tokens\":%lld,\"total_tokens\":%lld}}", (long long)pt,
+	              (long long)pt);
+}
+
+/* Providers are data: one row per type. build makes the upstream HTTP
+ * request; a type without a network (mock) has run instead, which writes
+ * what the upstream would have sent. */
+struct lg_prov_ops {
+	int type;
+	int (*build)(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o);
+	void (*run)(struct lg_req *r, struct lg_buf *o);
+	void (*event)(struct lg_req *r, lg_str data);
+	int (*rewrite)(struct lg_req *r, const char *s, size_t n, struct lg_buf *o, int chunk);
+};
+
+static void lg_prov_mock_run(struct lg_req *r, struct lg_buf *o)
+{
+	if (r->ep == LG_EP_EMBED)
+		lg_prov_mock_embed(r, o);
+	else
+		lg_prov_mock_chat(r, o);
+}
+
+static const struct lg_prov_ops lg_prov_table[] = {
+    {LG_PT_OPENAI, lg_prov_openai_build, NULL, lg_prov_openai_event, lg_prov_openai_rewrite},
+    {LG_PT_MOCK, NULL, lg_prov_mock_run, lg_prov_openai_event, lg_prov_openai_rewrite},
+};
+
+static const struct lg_prov_ops *lg_prov_ops_of(int type)
+{
+	size_t i;
+	for (i = 0; i < LG_COUNTOF(lg_prov_table); i++)
+		if (lg_prov_table[i].type == type) return &lg_prov_table[i];
+	return NULL;
+}
+
+/* ===== 12. Router ====================================================== */
+
+/* The plan of a request: the ordered candidates left after the key's and
+ * the request's policies. Attempts walk it until one succeeds, max_attempts
+ * is spent, or the first byte went to the client. */
+
+static int lg_route_in_list(const struct lg_json *j, const char *s, int arr, const char *name)
+{
+	uint32_t i;
+	for (i = 0; lg_json_type(j, arr) == LG_J_ARR && i < j->t[arr].size; i++)
+		if (lg_str_eq(lg_json_raw(j, s, lg_json_at(j, arr, i)), name)) return 1;
+	return 0;
+}
+
+static int lg_route_key_allows(const struct lg_key *k, const char *model)
+{
+	int i;
+	if (!k || k->nmodels == 0) return 1;
+	for (i = 0; i < k->nmodels; i++)
+		if (lg_glob(k->models[i], lg_strz(model))) return 1;
+	return 0;
+}
+
+/* Why a provider is excluded for this request, or NULL. */
+static const char *lg_route_excluded(struct lg_req *r, const struct lg_provider *p, int prefs)
+{
+	const struct lg_key *k = r->key;
+	const char *s = r->body;
+	const struct lg_json *j = &r->j;
+	int i, ok;
+	if (r->cfg->zdr && !p->zdr) return "gateway zdr = yes and the provider is not zdr";
+	if (k && k->zdr && !p->zdr) return "the key requires zdr providers";
+	if (k && k->data_deny && p->collects_data) return "the key denies data collection";
+	if (k && k->nregions) {
+		for (i = 0, ok = 0; i < k->nregions; i++)
+			if (p->region && strcmp(p->region, k->regions[i]) == 0) ok = 1;
+		if (!ok) return "the provider's region is not among the key's regions";
+	}
+	if (r->ep == LG_EP_EMBED && p->type != LG_PT_OPENAI && p->type != LG_PT_MOCK &&
+	    p->type != LG_PT_AZURE && p->type != LG_PT_GEMINI)
+		return "the provider type has no embeddings";
+	if (prefs >= 0) {
+		int only = lg_json_get(j, s, prefs, "only"), ign = lg_json_get(j, s, prefs, "ignore");
+		int dc = lg_json_get(j, s, prefs, "data_collection");
+		if (only >= 0 && !lg_route_in_list(j, s, only, p->name)) return "provider.only of the request";
+		if (ign >= 0 && lg_route_in_list(j, s, ign, p->name)) return "provider.ignore of the request";
+		if (lg_json_truthy(j, lg_json_get(j, s, prefs, "zdr")) && !p->zdr)
+			return "provider.zdr of the request";
+		if (dc >= 0 && lg_str_eq(lg_json_raw(j, s, dc), "deny") && p->collects_data)
+			return "provider.data_collection = deny of the request";
+	}
+	return NULL;
+}
+
+/* Unescaped copy of a JSON string token in the request's arena. */
+static const char *lg_route_strdup(struct lg_req *r, int t)
+{
+	lg_str raw = lg_json_raw(&r->j, r->body, t);
+	char *o = (char *)lg_arena_alloc(&r->a, raw.n + 1);
+	long n;
+	if (!o) return NULL;
+	n = lg_json_unescape(raw.p, raw.n, o);
+	if (n < 0) return NULL;
+	o[n] = 0;
+	return o;
+}
+
+static void lg_route_add(struct lg_req *r, struct lg_provider *p, const struct lg_target *t,
+                         const char *upstream, const char *model, int prefs, struct lg_buf *why)
+{
+	const char *ex = lg_route_excluded(r, p, prefs);
+	struct lg_cand *cd;
+	int i;
+	if (ex) {
+		lg_buf_printf(why, "%s%s %s excluded: %s", why->len ? "; " : "", p->name, upstream, ex);
+		return;
+	}
+	for (i = 0; i < r->nplan; i++) /* the same target twice adds nothing */
+		if (r->plan[i].prov == p && strcmp(r->plan[i].upstream, upstream) == 0) return;
+	if (r->nplan == LLMGW_MAX_PLAN) return;
+	cd = &r->plan[r->nplan++];
+	cd->prov = p;
+	cd->t = t;
+	cd->upstream = upstream;
+	cd->model = model;
+}
+
+/* Adds the candidates of one model name. 0, or an HTTP status with msg. */
+static int lg_route_model(struct lg_req *r, const char *name, int primary, int prefs,
+                          struct lg_buf *why, char *msg, size_t mlen)
+{
+	struct lg_model *m = lg_cfg_find_model(r->cfg, lg_strz(name));
+	int i, before = r->nplan;
+	if (!lg_route_key_allows(r->key, m ? m->name : name)) {
+		if (primary) {
+			snprintf(msg, mlen, "key '%s' is not allowed to use model '%s'", r->key->name, name);
+			return 403;
+		}
+		lg_buf_printf(why, "%smodel %s excluded: not allowed for the key", why->len ? "; " : "", name);
+		return 0;
+	}
+	if (m) {
+		for (i = 0; i < m->nt; i++)
+			lg_route_add(r, m->t[i].prov, &m->t[i], m->t[i].upstream, m->name, prefs, why);
+	} else {
+		const char *slash = strchr(name, '/');
+		struct lg_provider *p = slash ? lg_cfg_find_provider(r->cfg, name, (size_t)(slash - name)) : NULL;
+		if (!p || !p->direct || !slash[1]) {
+			if (primary) {
+				snprintf(msg, mlen, "model '%s' is not configured%s", name,
+				         p ? " (its provider does not allow direct requests: direct = yes)"
+				           : " (GET /v1/models lists the models)");
+				return 404;
+			}
+			lg_buf_printf(why, "%smodel %s is not configured", why->len ? "; " : "", name);
+			return 0;
+		}
+		lg_route_add(r, p, NULL, slash + 1, name, prefs, why);
+	}
+	LG_UNUSED(before);
+	return 0;
+}
+
+/* Orders the plan by provider.order of the request (listed providers
+ * first, in that order; the rest keep their place after them). */
+static void lg_route_order(struct lg_req *r, int order)
+{
+	struct lg_cand tmp[LLMGW_MAX_PLAN];
+	int n = 0, i;
+	uint32_t k;
+	char used[LLMGW_MAX_PLAN];
+	memset(used, 0, sizeof used);
+	for (k = 0; k < r->j.t[order].size; k++) {
+		lg_str want = lg_json_raw(&r->j, r->body, lg_json_at(&r->j, order, k));
+		for (i = 0; i < r->nplan; i++)
+			if (!used[i] && lg_str_eq(want, r->plan[i].prov->name)) tmp[n++] = r->plan[i], used[i] = 1;
+	}
+	for (i = 0; i < r->nplan; i++)
+		if (!used[i]) tmp[n++] = r->plan[i];
+	memcpy(r->plan, tmp, (size_t)n * sizeof tmp[0]);
+}
+
+static int lg_route_plan(struct lg_req *r, char *msg, size_t mlen)
+{
+	const struct lg_json *j = &r->j;
+	int prefs = lg_json_get(j, r->body, 0, "provider"), models, st, i;
+	uint32_t k;
+	struct lg_buf why;
+	struct lg_model *m;
+	if (lg_json_type(j, prefs) != LG_J_OBJ) prefs = -1;
+	lg_buf_init(&why, 4096);
+	if ((st = lg_route_model(r, r->model_req, 1, prefs, &why, msg, mlen))) goto out;
+	models = lg_json_get(j, r->body, 0, "models");
+	for (k = 0; lg_json_type(j, models) == LG_J_ARR && k < j->t[models].size; k++) {
+		const char *name = lg_route_strdup(r, lg_json_at(j, models, k));
+		if (name && (st = lg_route_model(r, name, 0, prefs, &why, msg, mlen))) goto out;
+	}
+	if ((m = lg_cfg_find_model(r->cfg, lg_strz(r->model_req))))
+		for (i = 0; i < m->nfallbacks; i++)
+			if ((st = lg_route_model(r, m->fallbacks[i], 0, prefs, &why, msg, mlen))) goto out;
+	if (prefs >= 0) {
+		int order = lg_json_get(j, r->body, prefs, "order");
+		if (lg_json_type(j, order) == LG_J_ARR) lg_route_order(r, order);
+		if (lg_json_type(j, lg_json_get(j, r->body, prefs, "allow_fallbacks")) == LG_J_FALSE &&
+		    r->nplan > 1)
+			r->nplan = 1;
+	}
+	if (r->nplan == 0) {
+		snprintf(msg, mlen, "no provider satisfies the policy for model '%s': %.*s", r->model_req,
+		         (int)why.len, why.p ? why.p : "");
+		st = 503;
+	}
+out:
+	lg_buf_free(&why);
+	return st;
+}
+
+static int lg_route_retryable(int status, const char *body, size_t n)
+{
+	if (status == 429) /* a quota that ran out will not come back on retry */
+		return !(body && n && lg_memmem(body, n, "insufficient_quota"));
+	return status == 408 || status >= 500;
+}
+
+static void lg_route_next(struct lg_req *r);
+
+/* Why the upstream said no, from its error body, for messages and logs. */
+static void lg_route_upstream_msg(struct lg_req *r, char *out, size_t n)
+{
+	struct lg_json j;
+	const char *s = lg_buf_data(&r->ubody);
+	size_t len = lg_buf_used(&r->ubody);
+	int e, m;
+	memset(&j, 0, sizeof j);
+	out[0] = 0;
+	if (len && lg_req_json(r, &j, s, len) > 0) {
+		e = lg_json_get(&j, s, 0, "error");
+		m = lg_json_get(&j, s, lg_json_type(&j, e) == LG_J_OBJ ? e : 0, "message");
+		if (lg_json_type(&j, m) == LG_J_STR) {
+			char tmp[256];
+			lg_str raw = lg_json_raw(&j, s, m);
+			long k = lg_json_unescape(raw.p, LG_MIN(raw.n, sizeof tmp), tmp);
+			if (k > 0) snprintf(out, n, "%.*s", (int)k, tmp);
+			return;
+		}
+		if (lg_json_type(&j, e) == LG_J_STR) {
+			lg_str raw = lg_json_raw(&j, s, e);
+			snprintf(out, n, "%.*s", (int)LG_MIN(raw.n, 200), raw.p);
+			return;
+		}
+	}
+	if (len) {
+		size_t i, k = LG_MIN(len, 120);
+		for (i = 0; i < k && i + 1 < n; i++) out[i] = (s[i] >= 32 && s[i] < 127) ? s[i] : ' ';
+		out[i] = 0;
+	}
+}
+
+/* The attempt failed. Before the first byte to the client a retryable
+ * failure moves on to the next candidate; after it the stream ends with
+ * an error event, never a clean end. */
+static void lg_route_failed(struct lg_req *r, int status, const char *reason, int retryable, int timeout)
+{
+	struct lg_att_log *a = &r->att[r->natt - 1];
+	lg_up_release(&r->up);
+	a->status = status;
+	a->ms = r->gw->now - r->t_att;
+	snprintf(a->err, sizeof a->err, "%s", reason);
+	r->timed_out += timeout;
+	LG_LOG(r->gw, LG_LOG_WARN, "request %s: provider %s model %s failed: %s%s%d%s", r->id,
+	       r->served->prov->name, r->served->upstream, reason, status ? " (status " : "",
+	       status, status ? ")" : "");
+	if (!r->cc) {
+		lg_req_finish(r);
+		return;
+	}
+	if (r->sent_head) {
+		struct lg_buf b;
+		lg_buf_init(&b, 0);
+		snprintf(r->errmsg, sizeof r->errmsg, "provider %s failed in the middle of the stream: %s",
+		         r->served->prov->name, reason);
+		lg_buf_addz(&b, "{\"error\":{\"message\":");
+		lg_json_wz(&b, r->errmsg);
+		lg_buf_addz(&b, ",\"type\":\"upstream_error\",\"code\":502}}");
+		lg_resp_event(r, b.p, b.len);
+		lg_buf_free(&b);
+		lg_resp_stream_end(r);
+		lg_req_finish(r);
+		return;
+	}
+	if (retryable) {
+		lg_route_next(r);
+		return;
+	}
+	/* the upstream refused this request: its 4xx is the client's answer,
+	 * except credentials, which are the gateway's problem */
+	if (status == 401 || status == 403)
+		lg_resp_error(r, 502, NULL, "provider %s rejected the gateway's credentials (%d): %s",
+		              r->served->prov->name, status, reason);
+	else
+		lg_resp_error(r, status >= 400 && status < 500 ? status : 502, NULL, "provider %s: %s",
+		              r->served->prov->name, reason);
+	lg_req_finish(r);
+}
+
+/* Every candidate failed or max_attempts is spent. */
+static void lg_route_exhausted(struct lg_req *r)
+{
+	struct lg_buf b;
+	int i, st = r->natt && r->timed_out == r->natt ? 504 : 502;
+	lg_buf_init(&b, 0);
+	for (i = 0; i < r->natt; i++) {
+		const struct lg_att_log *a = &r->att[i];
+		lg_buf_printf(&b, "%s%s", i ? "; " : "", a->prov);
+		if (a->status) lg_buf_printf(&b, " status %d", a->status);
+		lg_buf_printf(&b, ": %s", a->err);
+	}
+	r->served = NULL;
+	lg_resp_error(r, st, NULL, "all %d attempt%s failed for model '%s': %.*s", r->natt,
+	              r->natt == 1 ? "" : "s", r->model_req, (int)b.len, b.p ? b.p : "");
+	lg_buf_free(&b);
+	lg_req_finish(r);
+}
+
+/* --- the attempt's response, as the HTTP client hands it over --------- */
+
+static void lg_att_head(void *owner, const struct lg_http *h)
+{
+	struct lg_req *r = (struct lg_req *)owner;
+	lg_str ct = lg_http_get(h, "content-type");
+	r->ustatus = h->status;
+	r->is_sse = ct.n >= 17 && lg_str_ieq(lg_str_of(ct.p, 17), "text/event-stream");
+	if (!r->t_first && h->status >= 200 && h->status < 300 && !r->stream) r->t_first = 0;
+}
+
+/* Stream bytes: every complete event goes out as soon as it is here. */
+static void lg_att_events(struct lg_req *r)
+{
+	const struct lg_prov_ops *ops = lg_prov_ops_of(r->served->prov->type);
+	for (;;) {
+		struct lg_sse_ev ev;
+		size_t n = lg_buf_used(&r->ubody), k;
+		if (n == 0) return;
+		if (lg_buf_reserve(&r->scratch, n)) return;
+		k = lg_sse_next(lg_buf_data(&r->ubody), n, &ev, r->scratch.p);
+		if (k == 0) {
+			if (n > LLMGW_MAX_EVENT) {
+				lg_up_fail(&r->up, LG_UF_PROTO, "a stream event larger than the limit");
+			}
+			return;
+		}
+		if (ev.ndata) ops->event(r, ev.data);
+		lg_buf_consume(&r->ubody, k);
+		if (r->finished || r->up_error) return;
+	}
+}
+
+static void lg_att_data(void *owner, const char *p, size_t n)
+{
+	struct lg_req *r = (struct lg_req *)owner;
+	int ok2xx = r->ustatus >= 200 && r->ustatus < 300;
+	size_t max = ok2xx ? LLMGW_MAX_RESPONSE : (1u << 20);
+	if (!r->cc) { /* the client went away */
+		lg_up_fail(&r->up, LG_UF_RESET, "client closed the connection");
+		return;
+	}
+	if (lg_buf_used(&r->ubody) + n > max) {
+		lg_up_fail(&r->up, LG_UF_PROTO, "upstream response larger than the limit");
+		return;
+	}
+	lg_buf_add(&r->ubody, p, n);
+	if (ok2xx && r->stream && r->is_sse) {
+		lg_att_events(r);
+		if (r->finished) return;
+		if (r->up_error) {
+			/* the error event went out: the stream ends here, not cleanly */
+			lg_up_release(&r->up);
+			lg_resp_stream_end(r);
+			r->att[r->natt - 1].status = r->ustatus;
+			snprintf(r->att[r->natt - 1].err, sizeof r->att[0].err, "error event in the stream");
+			lg_req_finish(r);
+			return;
+		}
+		if (r->cc) {
+			lg_conn_flush(r->cc);
+			/* back-pressure: a slow client slows the upstream read */
+			if (r->up.c && lg_buf_used(&r->cc->out) > LLMGW_STREAM_HIGHWATER) {
+				r->up.c->flags |= LG_F_NOREAD;
+				lg_up_events(&r->up);
+			}
+		}
+	}
+}
+
+static void lg_att_end(void *owner)
+{
+	struct lg_req *r = (struct lg_req *)owner;
+	const struct lg_prov_ops *ops = lg_prov_ops_of(r->served->prov->type);
+	struct lg_att_log *a = &r->att[r->natt - 1];
+	a->status = r->ustatus;
+	a->ms = r->gw->now - r->t_att;
+	if (r->ustatus < 200 || r->ustatus >= 300) {
+		char why[256];
+		lg_route_upstream_msg(r, why, sizeof why);
+		lg_route_failed(r, r->ustatus, why[0] ? why : lg_status_text(r->ustatus),
+		                lg_route_retryable(r->ustatus, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody)),
+		                r->ustatus == 504 || r->ustatus == 408);
+		return;
+	}
+	if (r->stream) {
+		if (!r->is_sse) {
+			lg_route_failed(r, r->ustatus, "a stream was asked for but the upstream did not stream", 1, 0);
+			return;
+		}
+		if (lg_buf_used(&r->ubody)) { /* a last event without its blank line */
+			lg_buf_addz(&r->ubody, "\n\n");
+			lg_att_events(r);
+			if (r->finished) return;
+		}
+		if (!r->stream_done && !r->saw_finish) {
+			lg_route_failed(r, r->ustatus, "the stream ended before it was complete", 1, 0);
+			return;
+		}
+		if (!r->stream_done) lg_resp_event(r, "[DONE]", 6);
+		lg_up_release(&r->up);
+		lg_resp_stream_end(r);
+		lg_req_finish(r);
+		return;
+	}
+	{
+		struct lg_buf o;
+		lg_buf_init(&o, 0);
+		if (ops->rewrite(r, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody), &o, 0) < 0) {
+			lg_buf_free(&o);
+			lg_route_failed(r, r->ustatus, "the upstream answered with malformed JSON", 1, 0);
+			return;
+		}
+		lg_up_release(&r->up);
+		r->t_first = r->gw->now;
+		lg_resp_send(r, 200, "application/json", o.p, o.len, NULL);
+		lg_buf_free(&o);
+		lg_req_finish(r);
+	}
+}
+
+static void lg_att_fail(void *owner, int kind, const char *reason)
+{
+	struct lg_req *r = (struct lg_req *)owner;
+	lg_route_failed(r, 0, reason, 1, kind == LG_UF_TIMEOUT);
+}
+
+/* Starts the next attempt, or ends the request when none is left. */
+static void lg_route_next(struct lg_req *r)
+{
+	while (r->cur < r->nplan && r->natt < r->cfg->max_attempts) {
+		const struct lg_cand *cd = &r->plan[r->cur++];
+		const struct lg_prov_ops *ops = lg_prov_ops_of(cd->prov->type);
+		struct lg_att_log *a = &r->att[r->natt++];
+		struct lg_upreq *u = &r->up;
+		memset(a, 0, sizeof *a);
+		a->prov = cd->prov->name;
+		r->served = cd;
+		r->t_att = r->gw->now;
+		r->ustatus = r->is_sse = r->stream_done = r->saw_finish = r->up_error = 0;
+		memset(&r->usage, 0, sizeof r->usage);
+		r->ubody.off = r->ubody.len = 0;
+		r->ubody.err = 0;
+		if (ops->run) { /* no network: the provider answers at once */
+			struct lg_buf o;
+			lg_buf_init(&o, 0);
+			ops->run(r, &o);
+			r->ustatus = 200;
+			r->is_sse = r->stream;
+			u->state = LG_U_BODY;
+			lg_att_data(r, o.p, o.len);
+			lg_buf_free(&o);
+			if (!r->finished) {
+				u->state = LG_U_DONE;
+				lg_att_end(r);
+			}
+			return;
+		}
+		if (ops->build(r, cd, &u->req) < 0) {
+			snprintf(a->err, sizeof a->err, "cannot build the upstream request");
+			continue;
+		}
+		u->host = cd->prov->host;
+		u->port = cd->prov->port;
+		u->tls = cd->prov->tls;
+		u->origin = cd->prov->origin;
+		u->connect_ms = r->cfg->connect_timeout;
+		u->first_byte_ms = r->cfg->first_byte_timeout;
+		u->idle_ms = r->cfg->stream_idle_timeout;
+		lg_up_start(u);
+		return;
+	}
+	lg_route_exhausted(r);
+}
+
+/* ===== 13. Accounting ================================================== */
+
+/* One JSON line per request in the access log; written in batches at the
+ * end of each loop iteration. Prompts and completions are never logged. */
+static void lg_acct_log(struct lg_req *r)
+{
+	struct llmgw *gw = r->gw;
+	struct lg_buf *b = &gw->logbuf;
+	char ts[96];
+	time_t t = (time_t)(r->wall0 / 1000);
+	struct tm tm;
+	int i;
+	if (gw->logfd < 0) return;
+	gmtime_r(&t, &tm);
+	snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+	         tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(r->wall0 % 1000));
+	lg_buf_printf(b, "{\"ts\":\"%s\",\"id\":\"%s\",\"key\":", ts, r->id);
+	if (r->key)
+		lg_json_wz(b, r->key->name);
+	else
+		lg_buf_addz(b, "null");
+	lg_buf_addz(b, ",\"user\":");
+	if (r->user)
+		lg_json_wz(b, r->user);
+	else
+		lg_buf_addz(b, "null");
+	lg_buf_addz(b, ",\"model\":");
+	if (r->served)
+		lg_json_wz(b, r->served->model);
+	else if (r->model_req)
+		lg_json_wz(b, r->model_req);
+	else
+		lg_buf_addz(b, "null");
+	lg_buf_addz(b, ",\"provider\":");
+	if (r->served)
+		lg_json_wz(b, r->served->prov->name);
+	else
+		lg_buf_addz(b, "null");
+	lg_buf_addz(b, ",\"upstream_model\":");
+	if (r->served)
+		lg_json_wz(b, r->served->upstream);
+	else
+		lg_buf_addz(b, "null");
+	lg_buf_printf(b, ",\"status\":%d,\"attempts\":[", r->status);
+	for (i = 0; i < r->natt; i++) {
+		lg_buf_printf(b, "%s{\"provider\":", i ? "," : "");
+		lg_json_wz(b, r->att[i].prov);
+		lg_buf_printf(b, ",\"status\":%d,\"ms\":%lld,\"error\":", r->att[i].status,
+		              (long long)r->att[i].ms);
+		if (r->att[i].err[0])
+			lg_json_wz(b, r->att[i].err);
+		else
+			lg_buf_addz(b, "null");
+		lg_buf_addc(b, '}');
+	}
+	lg_buf_printf(b, "],\"stream\":%s,\"ms\":%lld,\"ttft_ms\":", r->stream ? "true" : "false",
+	              (long long)(gw->now - r->t0));
+	if (r->t_first)
+		lg_buf_printf(b, "%lld", (long long)(r->t_first - r->t0));
+	else
+		lg_buf_addz(b, "null");
+	lg_buf_printf(b, ",\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"cached_tokens\":%lld,\"cost\":",
+	              (long long)r->usage.prompt, (long long)r->usage.completion, (long long)r->usage.cached);
+	lg_json_wnum(b, r->usage.cost);
+	lg_buf_printf(b, ",\"bytes_in\":%zu,\"bytes_out\":%zu", r->bytes_in, r->bytes_out);
+	if (r->status >= 400 && r->errmsg[0]) {
+		lg_buf_addz(b, ",\"error\":");
+		lg_json_wz(b, r->errmsg);
+	}
+	lg_buf_addz(b, "}\n");
+}
+
+static void lg_acct_flush(struct llmgw *gw)
+{
+	size_t n = lg_buf_used(&gw->logbuf);
+	if (gw->logfd >= 0 && n) {
+		const char *p = lg_buf_data(&gw->logbuf);
+		while (n) {
+			ssize_t w = write(gw->logfd, p, n);
+			if (w <= 0) {
+				if (w < 0 && errno == EINTR) continue;
+				break; /* a full disk must not stop the gateway */
+			}
+			p += w, n -= (size_t)w;
+		}
+	}
+	gw->logbuf.off = gw->logbuf.len = 0;
+	lg_buf_shrink(&gw->logbuf);
+}
+
+/* ===== 14. Server handlers ============================================= */
+
+enum { LG_CS_HEAD, LG_CS_BODY, LG_CS_BUSY };
+
+static void lg_srv_advance(struct lg_conn *c);
+static void lg_srv_timeout(struct llmgw *gw, struct lg_timer *t);
+
+static void lg_cfg_unref(struct lg_cfg *c)
+{
+	if (c && --c->refs == 0) lg_cfg_free(c);
+}
+
+/* Requests are freed at the end of the loop iteration, so callbacks still
+ * on the stack never see freed memory. */
+static void lg_req_free(struct lg_req *r)
+{
+	lg_buf_free(&r->up.req);
+	lg_buf_free(&r->ubody);
+	lg_buf_free(&r->scratch);
+	free(r->rtok);
+	free(r->j.t);
+	lg_arena_free(&r->a);
+	free(r);
+}
+
+/* Ends a request: the upstream connection goes back to the pool or is
+ * closed, the access log gets its line, and the client connection moves
+ * on to its next (possibly pipelined) request. */
+static void lg_req_finish(struct lg_req *r)
+{
+	struct llmgw *gw = r->gw;
+	struct lg_conn *c = r->cc;
+	if (r->finished) return;
+	r->finished = 1;
+	lg_up_release(&r->up);
+	if (!r->status) r->status = c ? 500 : 499;
+	if (r->ep == LG_EP_CHAT || r->ep == LG_EP_EMBED || r->status >= 400) lg_acct_log(r);
+	gw->served++;
+	/* out of the in-flight list, onto the list freed after this iteration */
+	if (r->prev)
+		r->prev->next = r->next;
+	else
+		gw->reqs = r->next;
+	if (r->next) r->next->prev = r->prev;
+	gw->nreqs--;
+	r->prev = NULL;
+	r->next = gw->dead;
+	gw->dead = r;
+	lg_cfg_unref(r->cfg);
+	r->cfg = NULL;
+	if (!c) return;
+	c->req = NULL;
+	/* head and body leave the input buffer; for a chunked body the decoder
+	 * already moved what followed right after the decoded body */
+	lg_buf_consume(&c->in, LG_MIN(r->head_len + r->body_len, lg_buf_used(&c->in)));
+	c->cstate = LG_CS_HEAD;
+	c->scan = 0;
+	c->head_start = gw->now;
+	if (r->close) c->flags |= LG_F_CLOSE_AFTER;
+	c->flags &= ~(unsigned)LG_F_NOREAD;
+	if (lg_conn_flush(c) < 0 || ((c->flags & LG_F_CLOSE_AFTER) && !lg_buf_used(&c->out))) {
+		lg_conn_close(c);
+		return;
+	}
+	c->tm.fn = lg_srv_timeout;
+	lg_timer_set(gw, &c->tm, lg_buf_used(&c->in) ? gw->cfg->header_timeout : gw->cfg->idle_timeout);
+	if (!c->advancing && lg_buf_used(&c->in) && !(c->flags & LG_F_CLOSE_AFTER)) lg_srv_advance(c);
+}
+
+/* Opens the access log named by the config ("-" = stderr, "" = off). */
+static int lg_srv_open_log(struct llmgw *gw, const struct lg_cfg *c, char *err, size_t errlen)
+{
+	int fd = -1;
+	if (c->access_log && strcmp(c->access_log, "-") == 0) {
+		fd = dup(2);
+	} else if (c->access_log && *c->access_log) {
+		fd = open(c->access_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+		if (fd < 0) {
+			snprintf(err, errlen, "%s: cannot open access_log %s: %s", c->path, c->access_log,
+			         strerror(errno));
+			return -1;
+		}
+	}
+	lg_acct_flush(gw);
+	if (gw->logfd >= 0) close(gw->logfd);
+	gw->logfd = fd;
+	return 0;
+}
+
+/* Installs a new snapshot; requests in flight keep the one they hold. */
+static int lg_srv_install(struct llmgw *gw, struct lg_cfg *c, char *err, size_t errlen)
+{
+	if (gw->started && lg_srv_open_log(gw, c, err, errlen)) {
+		lg_cfg_free(c);
+		return -1;
+	}
+	if (gw->cfg) {
+		int i, same = gw->cfg->nlisten == c->nlisten;
+		for (i = 0; same && i < c->nlisten; i++) same = strcmp(gw->cfg->listen[i], c->listen[i]) == 0;
+		if (!same && gw->started)
+			LG_LOG(gw, LG_LOG_WARN, "listen addresses changed: they take effect on restart");
+	}
+	lg_cfg_unref(gw->cfg);
+	gw->cfg = c;
+	gw->log_level = c->log_level;
+	if (c->warn[0])
+		LG_LOG(gw, LG_LOG_WARN, "accepted but not enforced by this version: %s", c->warn);
+	if (!c->auth_none && c->nkeys == 0)
+		LG_LOG(gw, LG_LOG_WARN, "auth = keys and no [key.*] section: every request will get 401 "
+		                        "(add a [key.NAME] section, or auth = none on loopback)");
+	if (c->workers > 1)
+		LG_LOG(gw, LG_LOG_WARN, "workers = %d: this version runs one event loop", c->workers);
+	return 0;
+}
+
+static int lg_srv_reload(struct llmgw *gw, char *err, size_t errlen)
+{
+	struct lg_cfg *c;
+	if (!gw->cfg_path) {
+		snprintf(err, errlen, "the configuration was not loaded from a file");
+		return -1;
+	}
+	c = lg_cfg_load(gw->cfg_path, err, errlen);
+	if (!c || lg_srv_install(gw, c, err, errlen)) {
+		LG_LOG(gw, LG_LOG_ERROR, "reload failed, keeping the running configuration: %s", err);
+		return -1;
+	}
+	LG_LOG(gw, LG_LOG_INFO, "configuration reloaded from %s: %d providers, %d models, %d keys",
+	       gw->cfg_path, c->nprov, c->nmodels, c->nkeys);
+	return 0;
+}
+
+static struct lg_req *lg_srv_new_req(struct lg_conn *c, int minor)
+{
+	struct llmgw *gw = c->gw;
+	struct lg_req *r = (struct lg_req *)calloc(1, sizeof *r);
+	uint64_t x;
+	if (!r) return NULL;
+	r->gw = gw;
+	r->cc = c;
+	r->cfg = gw->cfg;
+	r->cfg->refs++;
+	r->minor = minor;
+	r->t0 = gw->now;
+	r->wall0 = lg_wall_ms();
+	r->up.gw = gw;
+	r->up.owner = r;
+	r->up.tm.hidx = -1;
+	r->up.on_head = lg_att_head;
+	r->up.on_data = lg_att_data;
+	r->up.on_end = lg_att_end;
+	r->up.on_fail = lg_att_fail;
+	lg_buf_init(&r->up.req, 0);
+	lg_buf_init(&r->ubody, 0);
+	lg_buf_init(&r->scratch, LLMGW_MAX_EVENT + 16);
+	x = lg_rand(&gw->rng);
+	snprintf(r->id, sizeof r->id, "gen-%llx-%08llx", (unsigned long long)++gw->seq,
+	         (unsigned long long)(x & 0xffffffffull));
+	r->next = gw->reqs;
+	if (gw->reqs) gw->reqs->prev = r;
+	gw->reqs = r;
+	gw->nreqs++;
+	c->req = r;
+	return r;
+}
+
+/* Authenticates the request: Bearer or x-api-key against every key, in
+ * constant time (all keys are compared, hashes of equal length). */
+static int lg_srv_auth(struct lg_req *r, const struct lg_http *h, char *msg, size_t mlen)
+{
+	const struct lg_cfg *c = r->cfg;
+	lg_str a = lg_http_get(h, "authorization"), x = lg_http_get(h, "x-api-key"), sec;
+	unsigned char hash[32];
+	int i;
+	if (c->auth_none) return 0;
+	if (a.n > 7 && lg_str_ieq(lg_str_of(a.p, 7), "bearer "))
+		sec = lg_str_trim(lg_str_of(a.p + 7, a.n - 7));
+	else if (x.n)
+		sec = x;
+	else {
+		snprintf(msg, mlen, "missing API key: send Authorization: Bearer <key> or x-api-key: <key>");
+		return 401;
+	}
+	if (c->nkeys == 0) {
+		snprintf(msg, mlen, "no API keys are configured on this gateway ([key.*] sections)");
+		return 401;
+	}
+	lg_sha256(sec.p, sec.n, hash);
+	for (i = 0; i < c->nkeys; i++)
+		if (lg_ct_eq(hash, c->keys[i]->hash, 32) && !r->key) r->key = c->keys[i];
+	if (!r->key) {
+		snprintf(msg, mlen, "invalid API key");
+		return 401;
+	}
+	return 0;
+}
+
+/* --- endpoints --------------------------------------------------------- */
+
+static void lg_srv_health(struct lg_req *r)
+{
+	if (r->gw->stopping)
+		lg_resp_send(r, 503, "application/json", "{\"status\":\"draining\"}\n", 22, NULL);
+	else
+		lg_resp_send(r, 200, "application/json", "{\"status\":\"ok\"}\n", 16, NULL);
+}
+
+/* USD per token as a plain decimal string, OpenRouter-style: "0.000003". */
+static void lg_srv_price(struct lg_buf *b, const char *name, double usd_per_m, int comma)
+{
+	char num[64];
+	size_t n = (size_t)snprintf(num, sizeof num, "%.15f", usd_per_m / 1e6);
+	while (n > 1 && num[n - 1] == '0') num[--n] = 0;
+	if (n && num[n - 1] == '.') num[--n] = 0;
+	lg_buf_printf(b, "%s\"%s\":\"%s\"", comma ? "," : "", name, num);
+}
+
+static void lg_srv_models(struct lg_req *r)
+{
+	const struct lg_cfg *c = r->cfg;
+	struct lg_buf b;
+	int i, k, n = 0;
+	lg_buf_init(&b, 0);
+	lg_buf_addz(&b, "{\"object\":\"list\",\"data\":[");
+	for (i = 0; i < c->nmodels; i++) {
+		const struct lg_model *m = c->models[i];
+		const struct lg_target *t0 = &m->t[0];
+		long ctx = 0;
+		if (!lg_route_key_allows(r->key, m->name)) continue;
+		for (k = 0; k < m->nt; k++) ctx = LG_MAX(ctx, m->t[k].context);
+		lg_buf_addz(&b, n++ ? ",{\"id\":" : "{\"id\":");
+		lg_json_wz(&b, m->name);
+		lg_buf_printf(&b, ",\"object\":\"model\",\"created\":0,\"owned_by\":\"llmgw\",\"context_length\":%ld,"
+		                  "\"pricing\":{", ctx);
+		lg_srv_price(&b, "prompt", t0->in, 0);
+		lg_srv_price(&b, "completion", t0->out, 1);
+		lg_srv_price(&b, "input_cache_read", t0->cache_read, 1);
+		lg_srv_price(&b, "input_cache_write", t0->cache_write, 1);
+		lg_buf_addz(&b, "},\"providers\":[");
+		for (k = 0; k < m->nt; k++) {
+			int d, dup = 0;
+			for (d = 0; d < k; d++) dup |= m->t[d].prov == m->t[k].prov;
+			if (dup) continue;
+			if (k) lg_buf_addc(&b, ',');
+			lg_json_wz(&b, m->t[k].prov->name);
+		}
+		lg_buf_addz(&b, "],\"aliases\":[");
+		for (k = 0; k < m->naliases; k++) {
+			if (k) lg_buf_addc(&b, ',');
+			lg_json_wz(&b, m->aliases[k]);
+		}
+		lg_buf_addz(&b, "]}");
+	}
+	lg_buf_addz(&b, "]}\n");
+	lg_resp_send(r, 200, "application/json", b.p, b.len, NULL);
+	lg_buf_free(&b);
+}
+
+static void lg_srv_admin_reload(struct lg_req *r, const char *auth_err)
+{
+	char err[1024];
+	if (auth_err) {
+		lg_resp_error(r, 401, NULL, "%s", auth_err);
+		return;
+	}
+	if (lg_srv_reload(r->gw, err, sizeof err) == 0)
+		lg_resp_send(r, 200, "application/json", "{\"status\":\"reloaded\"}\n", 22, NULL);
+	else
+		lg_resp_error(r, 500, NULL, "reload failed, the running configuration stays: %s", err);
+}
+
+/* POST /v1/chat/completions and /v1/embeddings. */
+static void lg_srv_completion(struct lg_req *r)
+{
+	struct lg_json *j = &r->j;
+	const char *s = r->body;
+	int k, t;
+	char msg[1024];
+	memset(j, 0, sizeof *j);
+	k = lg_json_parse(j, s, r->body_len); /* count first: the exact array */
+	if (k > 0) {
+		j->t = (struct lg_jtok *)malloc((size_t)k * sizeof *j->t);
+		j->cap = (uint32_t)k;
+		if (!j->t) {
+			lg_resp_error(r, 500, NULL, "out of memory");
+			return;
+		}
+		k = lg_json_parse(j, s, r->body_len);
+	}
+	if (k <= 0) {
+		if (r->body_len == 0)
+			lg_resp_error(r, 400, NULL, "request body is empty: a JSON object is expected");
+		else
+			lg_resp_error(r, 400, NULL, "malformed JSON in the request body at byte offset %zu: %s",
+			              j->err_off, j->err ? j->err : "invalid");
+		return;
+	}
+	if (j->t[0].type != LG_J_OBJ) {
+		lg_resp_error(r, 400, NULL, "the request body must be a JSON object");
+		return;
+	}
+	t = lg_json_get(j, s, 0, "model");
+	if (lg_json_type(j, t) != LG_J_STR || j->t[t].end == j->t[t].start) {
+		lg_resp_error(r, 400, NULL, t < 0 ? "field 'model' is missing" : "field 'model' must be a non-empty string");
+		return;
+	}
+	if (!(r->model_req = lg_route_strdup(r, t)) || strlen(r->model_req) > 256) {
+		lg_resp_error(r, 400, NULL, "field 'model' is not a valid model name");
+		return;
+	}
+	if (r->ep == LG_EP_CHAT) {
+		t = lg_json_get(j, s, 0, "messages");
+		if (lg_json_type(j, t) != LG_J_ARR || j->t[t].size == 0) {
+			lg_resp_error(r, 400, NULL, t < 0 ? "field 'messages' is missing"
+			                                  : "field 'messages' must be a non-empty array");
+			return;
+		}
+	} else if (lg_json_get(j, s, 0, "input") < 0) {
+		lg_resp_error(r, 400, NULL, "field 'input' is missing");
+		return;
+	}
+	t = lg_json_get(j, s, 0, "stream");
+	if (t >= 0 && lg_json_type(j, t) != LG_J_TRUE && lg_json_type(j, t) != LG_J_FALSE &&
+	    lg_json_type(j, t) != LG_J_NULL) {
+		lg_resp_error(r, 400, NULL, "field 'stream' must be a boolean");
+		return;
+	}
+	r->stream = r->ep == LG_EP_CHAT && lg_json_truthy(j, t);
+	r->want_usage = lg_json_truthy(j, lg_json_get(j, s, lg_json_get(j, s, 0, "stream_options"), "include_usage")) ||
+	                lg_json_truthy(j, lg_json_get(j, s, lg_json_get(j, s, 0, "usage"), "include"));
+	t = lg_json_get(j, s, 0, "models");
+	if (t >= 0) {
+		uint32_t i;
+		if (lg_json_type(j, t) != LG_J_ARR) {
+			lg_resp_error(r, 400, NULL, "field 'models' must be an array of model names");
+			return;
+		}
+		for (i = 0; i < j->t[t].size; i++)
+			if (lg_json_type(j, lg_json_at(j, t, i)) != LG_J_STR) {
+				lg_resp_error(r, 400, NULL, "field 'models' element %u is not a string", i);
+				return;
+			}
+	}
+	t = lg_json_get(j, s, 0, "provider");
+	if (t >= 0 && lg_json_type(j, t) != LG_J_OBJ) {
+		lg_resp_error(r, 400, NULL, "field 'provider' must be an object");
+		return;
+	}
+	t = lg_json_get(j, s, 0, "user");
+	if (lg_json_type(j, t) == LG_J_STR && j->t[t].end - j->t[t].start <= 256) r->user = lg_route_strdup(r, t);
+	if ((k = lg_route_plan(r, msg, sizeof msg))) {
+		lg_resp_error(r, k, NULL, "%s", msg);
+		return;
+	}
+	lg_route_next(r);
+}
+
+/* The body is complete: run the endpoint. */
+static void lg_srv_dispatch(struct lg_req *r, const char *auth_err)
+{
+	struct lg_conn *c = r->cc;
+	r->body = lg_buf_data(&c->in) + r->head_len;
+	r->bytes_in = r->head_len + (size_t)(r->chunked ? r->body_len : (size_t)r->clen);
+	c->cstate = LG_CS_BUSY;
+	lg_timer_clear(c->gw, &c->tm);
+	switch (r->ep) {
+	case LG_EP_HEALTH: lg_srv_health(r); break;
+	case LG_EP_MODELS: lg_srv_models(r); break;
+	case LG_EP_NONE: lg_srv_admin_reload(r, auth_err); break;
+	default: lg_srv_completion(r);
+	}
+	if (!r->finished && (r->status || !r->cc)) lg_req_finish(r);
+}
+
+/* Answers from the head alone and, when a body may follow unread, closes
+ * the connection afterwards. */
+static void lg_srv_head_error(struct lg_req *r, int status, const char *extra, const char *msg)
+{
+	r->close = r->close || r->clen > 0 || r->chunked;
+	r->cc->cstate = LG_CS_BUSY;
+	lg_resp_error(r, status, extra, "%s", msg);
+	lg_req_finish(r);
+}
+
+struct lg_route_ent {
+	const char *path;
+	int ep;
+	const char *allow;
+};
+
+static const struct lg_route_ent lg_srv_paths[] = {
+    {"/v1/chat/completions", LG_EP_CHAT, "POST"},
+    {"/v1/embeddings", LG_EP_EMBED, "POST"},
+    {"/v1/models", LG_EP_MODELS, "GET, HEAD"},
+    {"/health", LG_EP_HEALTH, "GET, HEAD"},
+    {"/admin/reload", LG_EP_NONE, "POST"},
+    {"/v1/messages", -1, "POST"},
+    {"/v1/key", -1, "GET"},
+    {"/v1/generation", -1, "GET"},
+    {"/metrics", -1, "GET"},
+};
+
+/* A complete head: route, authenticate, size the body. */
+static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
+{
+	struct llmgw *gw = c->gw;
+	struct lg_req *r = lg_srv_new_req(c, h->minor);
+	lg_str path = h->target;
+	const struct lg_route_ent *re = NULL;
+	size_t i;
+	int fr, st, is_get, is_post;
+	char msg[512], allow[64];
+	if (!r) {
+		lg_conn_close(c);
+		return;
+	}
+	r->head_len = (size_t)hl;
+	r->head_only = lg_str_eq(h->method, "HEAD");
+	fr = lg_http_framing(h, 1);
+	r->close = h->close;
+	r->clen = h->clen;
+	r->chunked = h->chunked;
+	if (fr) {
+		r->close = 1;
+		snprintf(msg, sizeof msg, "malformed request: %s", h->err);
+		lg_srv_head_error(r, fr == -2 ? 501 : fr == -3 ? 417 : 400, NULL, msg);
+		return;
+	}
+	for (i = 0; i < path.n && path.p[i] != '?'; i++) {
+	}
+	path.n = i;
+	for (i = 0; i < LG_COUNTOF(lg_srv_paths); i++)
+		if (lg_str_eq(path, lg_srv_paths[i].path)) re = &lg_srv_paths[i];
+	is_get = lg_str_eq(h->method, "GET") || r->head_only;
+	is_post = lg_str_eq(h->method, "POST");
+	if (!re) {
+		snprintf(msg, sizeof msg, "no such endpoint: %.*s %.*s", (int)h->method.n, h->method.p,
+		         (int)LG_MIN(path.n, 200), path.p);
+		lg_srv_head_error(r, 404, NULL, msg);
+		return;
+	}
+	if (!(is_get && strstr(re->allow, "GET")) && !(is_post && strstr(re->allow, "POST"))) {
+		static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS",
+		                                    "PATCH", "TRACE", "CONNECT"};
+		int k, std = 0;
+		for (k = 0; k < (int)LG_COUNTOF(known); k++) std |= lg_str_eq(h->method, known[k]);
+		snprintf(allow, sizeof allow, "Allow: %s\r\n", re->allow);
+		snprintf(msg, sizeof msg, "method %.*s is not %s for %s (allowed: %s)", (int)LG_MIN(h->method.n, 32),
+		         h->method.p, std ? "allowed" : "implemented", re->path, re->allow);
+		lg_srv_head_error(r, std ? 405 : 501, allow, msg);
+		return;
+	}
+	if (re->ep < 0) {
+		snprintf(msg, sizeof msg, "%s is not implemented by this version of llmgw", re->path);
+		lg_srv_head_error(r, 501, NULL, msg);
+		return;
+	}
+	r->ep = re->ep;
+	msg[0] = 0;
+	if (r->ep == LG_EP_NONE) { /* admin: the admin key, not a client key */
+		lg_str a = lg_http_get(h, "authorization"), x = lg_http_get(h, "x-api-key"), sec = x;
+		const char *ak = gw->cfg->admin_key;
+		unsigned char h1[32], h2[32];
+		if (a.n > 7 && lg_str_ieq(lg_str_of(a.p, 7), "bearer ")) sec = lg_str_trim(lg_str_of(a.p + 7, a.n - 7));
+		lg_sha256(sec.p, sec.n, h1);
+		lg_sha256(ak ? ak : "", ak ? strlen(ak) : 0, h2);
+		if (!ak || !*ak)
+			snprintf(msg, sizeof msg, "admin endpoints are off: set admin_key in [gateway]");
+		else if (!sec.n || !lg_ct_eq(h1, h2, 32))
+			snprintf(msg, sizeof msg, "missing or wrong admin key");
+	} else if (r->ep != LG_EP_HEALTH && (st = lg_srv_auth(r, h, msg, sizeof msg))) {
+		lg_srv_head_error(r, st, NULL, msg);
+		return;
+	}
+	if (r->clen > (int64_t)gw->cfg->max_body) {
+		snprintf(msg, sizeof msg, "request body of %lld bytes is larger than max_body (%zu bytes)",
+		         (long long)r->clen, gw->cfg->max_body);
+		r->close = 1;
+		lg_srv_head_error(r, 413, NULL, msg);
+		return;
+	}
+	if (msg[0]) r->deny = lg_arena_strn(&r->a, msg, strlen(msg)); /* answered after the body */
+	if (h->expect100 && (r->clen > 0 || r->chunked)) {
+		lg_buf_addz(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
+		if (lg_conn_flush(c) < 0) {
+			lg_conn_close(c);
+			return;
+		}
+	}
+	c->cstate = LG_CS_BODY;
+	lg_timer_set(gw, &c->tm, gw->cfg->idle_timeout);
+}
+
+/* Checks whether the body is complete (decoding chunks in place). 1: yes,
+ * 0: need more, -1: answered with an error. */
+static int lg_srv_body(struct lg_conn *c, struct lg_req *r)
+{
+	size_t have = lg_buf_used(&c->in) - r->head_len;
+	if (!r->chunked) {
+		if (r->clen <= 0) return 1;
+		return have >= (size_t)r->clen ? (r->body_len = (size_t)r->clen, 1) : 0;
+	}
+	{
+		char *p = lg_buf_data(&c->in) + r->head_len + r->body_len;
+		size_t raw = have - r->body_len, n = raw;
+		long left = lg_chunked_decode(&r->ck, p, &n);
+		if (left == LG_HTTP_ERR) {
+			r->close = 1;
+			lg_srv_head_error(r, 400, NULL, "malformed chunked request body");
+			return -1;
+		}
+		r->body_len += n;
+		c->in.len -= raw - n - (left > 0 ? (size_t)left : 0);
+		if (r->body_len > r->cfg->max_body) {
+			char msg[160];
+			snprintf(msg, sizeof msg, "request body is larger than max_body (%zu bytes)", r->cfg->max_body);
+			r->close = 1;
+			lg_srv_head_error(r, 413, NULL, msg);
+			return -1;
+		}
+		return left >= 0;
+	}
+}
+
+/* Parses and runs whatever complete requests the input buffer holds. */
+static void lg_srv_advance(struct lg_conn *c)
+{
+	struct llmgw *gw = c->gw;
+	c->advancing = 1;
+	while (!(c->flags & (LG_F_DEAD | LG_F_CLOSE_AFTER))) {
+		if (c->cstate == LG_CS_HEAD) {
+			struct lg_http h;
+			size_t used = lg_buf_used(&c->in);
+			int hl;
+			if (!used) break;
+			if (lg_buf_used(&c->out) > LLMGW_STREAM_HIGHWATER) break; /* let the client read first */
+			if (!lg_http_head_end(lg_buf_data(&c->in), used, c->scan)) {
+				/* still incomplete: reject a hopeless request line early */
+				hl = lg_http_parse_req(lg_buf_data(&c->in), used, &h);
+				c->scan = used;
+				if (hl == LG_HTTP_ERR) {
+					struct lg_req *r = lg_srv_new_req(c, 1);
+					if (!r) break;
+					r->close = 1;
+					lg_srv_head_error(r, 400, NULL, "malformed request line");
+					continue;
+				}
+				if (used >= gw->cfg->max_header) {
+					struct lg_req *r = lg_srv_new_req(c, 1);
+					if (!r) break;
+					r->close = 1;
+					lg_srv_head_error(r, 431, NULL, "request head is larger than max_header");
+					continue;
+				}
+				break;
+			}
+			hl = lg_http_parse_req(lg_buf_data(&c->in), used, &h);
+			if (hl == LG_HTTP_TOOMANY || (hl > 0 && (size_t)hl > gw->cfg->max_header)) {
+				struct lg_req *r = lg_srv_new_req(c, 1);
+				if (!r) break;
+				r->close = 1;
+				lg_srv_head_error(r, 431, NULL, hl == LG_HTTP_TOOMANY ? "too many header lines"
+				                                                       : "request head is larger than max_header");
+				continue;
+			}
+			if (hl < 0) {
+				struct lg_req *r = lg_srv_new_req(c, 1);
+				char msg[160];
+				if (!r) break;
+				r->close = 1;
+				snprintf(msg, sizeof msg, "malformed request: %s", h.err ? h.err : "bad head");
+				lg_srv_head_error(r, 400, NULL, msg);
+				continue;
+			}
+			lg_srv_head(c, &h, hl);
+			continue;
+		}
+		if (c->cstate == LG_CS_BODY) {
+			struct lg_req *r = c->req;
+			int k = lg_srv_body(c, r);
+			if (k == 0) break;
+			if (k < 0) continue;
+			lg_srv_dispatch(r, r->deny);
+			continue;
+		}
+		break; /* busy: the request is in flight */
+	}
+	c->advancing = 0;
+	if (!(c->flags & LG_F_DEAD)) lg_conn_events(c);
+}
+
+/* The client went away or broke the protocol: its request ends (499). */
+static void lg_srv_drop(struct lg_conn *c)
+{
+	struct lg_req *r = c->req;
+	if (r) {
+		r->cc = NULL;
+		c->req = NULL;
+		if (!r->status) r->status = 499;
+		lg_req_finish(r);
+	}
+	lg_conn_close(c);
+}
+
+static void lg_srv_io(struct lg_conn *c, int revents)
+{
+	struct llmgw *gw = c->gw;
+	if (revents & POLLOUT) {
+		if (lg_conn_flush(c) < 0) {
+			lg_srv_drop(c);
+			return;
+		}
+		if (!lg_buf_used(&c->out) && (c->flags & LG_F_CLOSE_AFTER) && !c->req) {
+			lg_conn_close(c);
+			return;
+		}
+		if (c->req && c->req->up.c && lg_buf_used(&c->out) < LLMGW_STREAM_HIGHWATER / 2) {
+			c->req->up.c->flags &= ~(unsigned)LG_F_NOREAD;
+			lg_up_events(&c->req->up);
+		}
+		if (!c->req && lg_buf_used(&c->in) && c->cstate == LG_CS_HEAD) lg_srv_advance(c);
+	}
+	if (revents & (POLLIN | POLLHUP | POLLERR)) {
+		size_t max;
+		long n;
+		int had = lg_buf_used(&c->in) > 0;
+		if (c->cstate == LG_CS_HEAD)
+			max = gw->cfg->max_header + 1;
+		else if (c->cstate == LG_CS_BODY)
+			max = c->req->head_len + (c->req->chunked ? gw->cfg->max_body + 65536 : (size_t)c->req->clen);
+		else
+			max = 0; /* in flight: the body must not move; read only into spare room */
+		n = lg_io_read(c, max);
+		if (n == 0 || n == -1) {
+			lg_srv_drop(c);
+			return;
+		}
+		if (n == -2) {
+			if (revents & (POLLHUP | POLLERR)) lg_srv_drop(c);
+			else if (c->cstate == LG_CS_BUSY) { /* no room: stop polling until done */
+				c->flags |= LG_F_NOREAD;
+				lg_conn_events(c);
+			}
+			return;
+		}
+		if (c->cstate == LG_CS_HEAD && !had) { /* a new request starts: header_timeout */
+			c->head_start = gw->now;
+			lg_timer_set(gw, &c->tm, gw->cfg->header_timeout);
+		} else if (c->cstate == LG_CS_BODY) {
+			lg_timer_set(gw, &c->tm, gw->cfg->idle_timeout);
+		}
+		if (c->cstate != LG_CS_BUSY) lg_srv_advance(c);
+	}
+}
+
+static void lg_srv_timeout(struct llmgw *gw, struct lg_timer *t)
+{
+	struct lg_conn *c = (struct lg_conn *)(void *)((char *)t - offsetof(struct lg_conn, tm));
+	struct lg_req *r;
+	if (c->cstate == LG_CS_BUSY || (c->req && c->cstate != LG_CS_BODY)) {
+		if (lg_buf_used(&c->out)) lg_srv_drop(c); /* a client that stopped reading */
+		return;
+	}
+	if ((c->cstate == LG_CS_HEAD && !lg_buf_used(&c->in)) || gw->stopping) {
+		lg_srv_drop(c); /* idle keep-alive connection */
+		return;
+	}
+	r = c->req ? c->req : lg_srv_new_req(c, 1);
+	if (!r) {
+		lg_conn_close(c);
+		return;
+	}
+	r->close = 1;
+	lg_srv_head_error(r, 408, NULL, c->cstate == LG_CS_HEAD
+	                                    ? "request head not received within header_timeout"
+	                                    : "request body stalled longer than idle_timeout");
+}
+
+static void lg_srv_accept(struct llmgw *gw, int lfd)
+{
+	int k;
+	for (k = 0; k < LLMGW_ACCEPT_BURST; k++) {
+		struct sockaddr_storage sa;
+		socklen_t sl = sizeof sa;
+		int fd = accept(lfd, (struct sockaddr *)&sa, &sl), one = 1;
+		struct lg_conn *c;
+		if (fd < 0) return;
+		if (lg_set_nonblock(fd) < 0) {
+			close(fd);
+			continue;
+		}
+		if (gw->nclients >= gw->cfg->max_connections || gw->stopping) {
+			static const char body[] =
+			    "{\"error\":{\"message\":\"too many connections (max_connections)\",\"type\":"
+			    "\"no_provider_available\",\"code\":503}}\n";
+			char busy[512];
+			int bn = snprintf(busy, sizeof busy,
+			                  "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+			                  "Connection: close\r\nContent-Length: %u\r\n\r\n%s",
+			                  (unsigned)(sizeof body - 1), body);
+			ssize_t w = send(fd, busy, (size_t)bn, MSG_NOSIGNAL);
+			LG_UNUSED(w);
+			close(fd);
+			LG_LOG(gw, LG_LOG_WARN, "connection refused: max_connections (%ld) reached",
+			       gw->cfg->max_connections);
+			continue;
+		}
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+		c = lg_conn_new(gw, fd, LG_ROLE_CLIENT, lg_srv_io);
+		if (!c) {
+			close(fd);
+			continue;
+		}
+		c->tm.fn = lg_srv_timeout;
+		c->cstate = LG_CS_HEAD;
+		lg_buf_init(&c->in, 0);
+		lg_buf_init(&c->out, 0);
+		lg_timer_set(gw, &c->tm, gw->cfg->header_timeout);
+	}
+}
+
+/* ===== 15. Public API ================================================== */
+
+struct llmgw *llmgw_new(void)
+{
+	struct llmgw *gw = (struct llmgw *)calloc(1, sizeof *gw);
+	if (!gw) return NULL;
+	gw->log_level = LG_LOG_INFO;
+	gw->logfd = -1;
+	gw->wake[0] = gw->wake[1] = -1;
+	if (pipe(gw->wake) < 0 || lg_set_nonblock(gw->wake[0]) || lg_set_nonblock(gw->wake[1])) {
+		llmgw_free(gw);
+		return NULL;
+	}
+	gw->cappfd = 64;
+	gw->pfd = (struct pollfd *)calloc((size_t)gw->cappfd, sizeof *gw->pfd);
+	gw->conns = (struct lg_conn **)calloc((size_t)gw->cappfd, sizeof *gw->conns);
+	if (!gw->pfd || !gw->conns) {
+		llmgw_free(gw);
+		return NULL;
+	}
+	gw->pfd[0].fd = gw->wake[0];
+	gw->pfd[0].events = POLLIN;
+	gw->npfd = gw->nfixed = 1;
+	gw->rng = (uint64_t)lg_wall_ms() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)gw;
+	if (!gw->rng) gw->rng = 0x9E3779B97F4A7C15ULL;
+	lg_buf_init(&gw->logbuf, 0);
+	gw->now = lg_now_ms();
+	return gw;
+}
+
+const char *llmgw_version(void) { return LLMGW_VERSION; }
+
+int llmgw_load_string(struct llmgw *gw, const char *text, const char *name, char *err, size_t errlen)
+{
+	struct lg_cfg *c = lg_cfg_parse(text, strlen(text), name ? name : "(string)", err, errlen);
+	if (!c) return -1;
+	return lg_srv_install(gw, c, err, errlen);
+}
+
+int llmgw_load_file(struct llmgw *gw, const char *path, char *err, size_t errlen)
+{
+	struct lg_cfg *c = lg_cfg_load(path, err, errlen);
+	char *p;
+	if (!c) return -1;
+	if (lg_srv_install(gw, c, err, errlen)) return -1;
+	if (!gw->cfg_path || strcmp(gw->cfg_path, path) != 0) {
+		p = (char *)malloc(strlen(path) + 1);
+		if (p) {
+			strcpy(p, path);
+			free(gw->cfg_path);
+			gw->cfg_path = p;
+		}
+	}
+	return 0;
+}
+
+/* "127.0.0.1:8080", "[::]:8080", ":8080" (all IPv4 addresses). */
+static int lg_listen_open(const char *spec, int reuseport, char *err, size_t errlen)
+{
+	char host[128];
+	const char *colon = strrchr(spec, ':');
+	struct sockaddr_storage sa;
+	socklen_t sl;
+	long port;
+	char *end;
+	int fd, one = 1;
+	if (!colon || colon - spec >= (long)sizeof host) goto bad;
+	port = strtol(colon + 1, &end, 10);
+	if (*end || port < 0 || port > 65535) goto bad;
+	memcpy(host, spec, (size_t)(colon - spec));
+	host[colon - spec] = 0;
+	if (host[0] == '[') {
+		size_t hl = strlen(host);
+		if (hl < 2 || host[hl - 1] != ']') goto bad;
+		memmove(host, host + 1, hl - 2);
+		host[hl - 2] = 0;
+	}
+	if (!host[0] || strcmp(host, "*") == 0) strcpy(host, "0.0.0.0");
+	if (strcmp(host, "localhost") == 0) strcpy(host, "127.0.0.1");
+	memset(&sa, 0, sizeof sa);
+	if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&sa)->sin_addr) == 1) {
+		((struct sockaddr_in *)&sa)->sin_family = AF_INET;
+		((struct sockaddr_in *)&sa)->sin_port = htons((uint16_t)port);
+		sl = sizeof(struct sockaddr_in);
+	} else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&sa)->sin6_addr) == 1) {
+		((struct sockaddr_in6 *)&sa)->sin6_family = AF_INET6;
+		((struct sockaddr_in6 *)&sa)->sin6_port = htons((uint16_t)port);
+		sl = sizeof(struct sockaddr_in6);
+	} else {
+		goto bad;
+	}
+	fd = socket(sa.ss_family, SOCK_STREAM, 0);
+	if (fd < 0) {
+		snprintf(err, errlen, "listen %s: %s", spec, strerror(errno));
+		return -1;
+	}
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+#ifdef SO_REUSEPORT
+	if (reuseport) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+#else
+	LG_UNUSED(reuseport);
+#endif
+	if (bind(fd, (struct sockaddr *)&sa, sl) < 0 || listen(fd, 511) < 0 || lg_set_nonblock(fd) < 0) {
+		snprintf(err, errlen, "listen %s: %s", spec, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
+bad:
+	snprintf(err, errlen, "listen %s: expected HOST:PORT, like 127.0.0.1:8080 or [::]:8080", spec);
+	return -1;
+}
+
+int llmgw_start(struct llmgw *gw, char *err, size_t errlen)
+{
+	int i;
+	if (gw->started) return 0;
+	if (!gw->cfg) {
+		snprintf(err, errlen, "no configuration loaded");
+		return -1;
+	}
+	if (lg_srv_open_log(gw, gw->cfg, err, errlen)) return -1;
+	if (gw->cfg->nlisten > (int)LG_COUNTOF(gw->listen_names) || gw->cfg->nlisten + 1 > gw->cappfd) {
+		snprintf(err, errlen, "too many listen addresses");
+		return -1;
+	}
+	for (i = 0; i < gw->cfg->nlisten; i++) {
+		int fd = lg_listen_open(gw->cfg->listen[i], gw->cfg->workers > 1, err, errlen);
+		if (fd < 0) {
+			while (gw->nfixed > 1) close(gw->pfd[--gw->nfixed].fd);
+			gw->npfd = gw->nfixed;
+			return -1;
+		}
+		snprintf(gw->listen_names[i], sizeof gw->listen_names[i], "%s", gw->cfg->listen[i]);
+		gw->pfd[gw->nfixed].fd = fd;
+		gw->pfd[gw->nfixed].events = POLLIN;
+		gw->conns[gw->nfixed] = NULL;
+		gw->nfixed++;
+		LG_LOG(gw, LG_LOG_INFO, "listening on http://%s", gw->cfg->listen[i]);
+	}
+	gw->npfd = gw->nfixed;
+	gw->started = gw->running = 1;
+	gw->now = lg_now_ms();
+	LG_LOG(gw, LG_LOG_INFO, "llmgw %s ready: %d providers, %d models, %d keys", LLMGW_VERSION,
+	       gw->cfg->nprov, gw->cfg->nmodels, gw->cfg->nkeys);
+	return 0;
+}
+
+void llmgw_stop(struct llmgw *gw)
+{
+	gw->stop_req = 1;
+	lg_loop_wake(gw);
+}
+
+void llmgw_reload(struct llmgw *gw)
+{
+	gw->reload_req = 1;
+	lg_loop_wake(gw);
+}
+
+/* Stop accepting, close what is idle, let in-flight requests finish. */
+static void lg_loop_begin_stop(struct llmgw *gw)
+{
+	int i;
+	if (gw->stopping) return;
+	gw->stopping = 1;
+	gw->stop_deadline = gw->now + gw->cfg->shutdown_timeout;
+	LG_LOG(gw, LG_LOG_INFO, "stopping: %d requests in flight (shutdown_timeout %lld ms)", gw->nreqs,
+	       (long long)gw->cfg->shutdown_timeout);
+	for (i = 1; i < gw->nfixed; i++)
+		if (gw->pfd[i].fd >= 0) {
+			close(gw->pfd[i].fd);
+			gw->pfd[i].fd = -1;
+		}
+	while (gw->pool) {
+		struct lg_conn *c = gw->pool;
+		lg_up_pool_remove(gw, c);
+		lg_conn_close(c);
+	}
+	for (i = gw->nfixed; i < gw->npfd; i++) {
+		struct lg_conn *c = gw->conns[i];
+		if (c->role != LG_ROLE_CLIENT || (c->flags & LG_F_DEAD)) continue;
+		if (c->req)
+			c->req->close = 1;
+		else if (!lg_buf_used(&c->out))
+			lg_srv_drop(c);
+		else
+			c->flags |= LG_F_CLOSE_AFTER;
+	}
+}
+
+int llmgw_poll(struct llmgw *gw, int timeout_ms)
+{
+	int i, n, wait = timeout_ms, count;
+	if (!gw->running) return 0;
+	gw->now = lg_now_ms();
+	if (gw->nheap) {
+		int64_t d = gw->heap[0]->at - gw->now;
+		if (d < 0) d = 0;
+		if (wait < 0 || d < wait) wait = (int)LG_MIN(d, (int64_t)INT_MAX);
+	}
+	if (gw->stopping && (wait < 0 || wait > 100)) wait = 100;
+	n = poll(gw->pfd, (nfds_t)gw->npfd, wait);
+	gw->now = lg_now_ms();
+	if (n > 0) {
+		if (gw->pfd[0].revents) {
+			char buf[256];
+			struct lg_req *r, *nx;
+			while (read(gw->wake[0], buf, sizeof buf) > 0) {
+			}
+			for (r = gw->reqs; r; r = nx) { /* DNS answers may have come */
+				nx = r->next;
+				if (r->up.state == LG_U_DNS) lg_up_dns_ready(&r->up);
+			}
+		}
+		for (i = 1; i < gw->nfixed; i++)
+			if (gw->pfd[i].fd >= 0 && (gw->pfd[i].revents & POLLIN)) lg_srv_accept(gw, gw->pfd[i].fd);
+		count = gw->npfd;
+		for (i = gw->nfixed; i < count; i++) {
+			struct lg_conn *c = gw->conns[i];
+			int re = gw->pfd[i].revents;
+			gw->pfd[i].revents = 0;
+			if (!re || (c->flags & LG_F_DEAD)) continue;
+			c->on_io(c, re);
+		}
+	}
+	if (gw->stop_req && !gw->stopping) lg_loop_begin_stop(gw);
+	if (gw->reload_req) {
+		char err[1024];
+		gw->reload_req = 0;
+		lg_srv_reload(gw, err, sizeof err);
+	}
+	while (gw->nheap && gw->heap[0]->at <= gw->now) {
+		struct lg_timer *t = gw->heap[0];
+		lg_timer_clear(gw, t);
+		t->fn(gw, t);
+	}
+	if (gw->stopping && gw->now >= gw->stop_deadline) {
+		for (i = gw->nfixed; i < gw->npfd; i++) /* bounded drain: what is left is cut */
+			if (gw->conns[i]->role == LG_ROLE_CLIENT && !(gw->conns[i]->flags & LG_F_DEAD))
+				lg_srv_drop(gw->conns[i]);
+	}
+	for (i = gw->nfixed; i < gw->npfd;) {
+		if (gw->conns[i]->flags & LG_F_DEAD)
+			lg_conn_free(gw, gw->conns[i]); /* swaps the last one into i */
+		else
+			i++;
+	}
+	while (gw->dead) {
+		struct lg_req *r = gw->dead;
+		gw->dead = r->next;
+		lg_req_free(r);
+	}
+	lg_acct_flush(gw);
+	if (gw->stopping && gw->nclients == 0 && gw->nreqs == 0) {
+		gw->running = 0;
+		LG_LOG(gw, LG_LOG_INFO, "stopped after %llu requests", gw->served);
+	}
+	return gw->running;
+}
+
+int llmgw_run(struct llmgw *gw)
+{
+	char err[512];
+	if (!gw->started && llmgw_start(gw, err, sizeof err)) {
+		LG_LOG(gw, LG_LOG_ERROR, "%s", err);
+		return -1;
+	}
+	while (llmgw_poll(gw, -1)) {
+	}
+	return 0;
+}
+
+void llmgw_free(struct llmgw *gw)
+{
+	int i;
+	if (!gw) return;
+	while (gw->reqs) { /* only after a forced stop */
+		struct lg_req *r = gw->reqs;
+		r->cc = NULL;
+		lg_req_finish(r);
+	}
+	for (i = gw->npfd - 1; i >= gw->nfixed; i--) lg_conn_free(gw, gw->conns[i]);
+	for (i = 1; i < gw->nfixed; i++)
+		if (gw->pfd[i].fd >= 0) close(gw->pfd[i].fd);
+	while (gw->dead) {
+		struct lg_req *r = gw->dead;
+		gw->dead = r->next;
+		lg_req_free(r);
+	}
+	lg_acct_flush(gw);
+	lg_buf_free(&gw->logbuf);
+	if (gw->logfd >= 0) close(gw->logfd);
+	lg_dns_free(gw->dns);
+	if (gw->wake[0] >= 0) close(gw->wake[0]);
+	if (gw->wake[1] >= 0) close(gw->wake[1]);
+	lg_cfg_unref(gw->cfg);
+	free(gw->heap);
+	free(gw->pfd);
+	free(gw->conns);
+	free(gw->cfg_path);
+	free(gw);
+}
+
+/* ===== 16. main ======================================================== */
+
+#ifndef LLMGW_NO_MAIN
+
+static struct llmgw *lg_main_gw; /* the one file-scope variable: signal target */
+
+static void lg_main_signal(int sig)
+{
+	if (!lg_main_gw) return;
+	if (sig == SIGHUP)
+		llmgw_reload(lg_main_gw);
+	else
+		llmgw_stop(lg_main_gw);
+}
+
+static void lg_main_usage(FILE *f)
+{
+	fprintf(f, "usage: llmgw [-c FILE] [-t] [--help] [--version]\n"
+	           "  -c FILE    configuration file (default: llmgw.ini)\n"
+	           "  -t         check the configuration and exit (0 = good, 1 = errors)\n"
+	           "  --version  print the version\n"
+	           "Signals: SIGHUP reloads the configuration, SIGTERM and SIGINT drain and stop.\n"
+	           "Configuration format: see README.md.\n");
+}
+
+int main(int argc, char **argv)
+{
+	const char *path = "llmgw.ini";
+	int check = 0, i, rc;
+	char err[1024];
+	struct sigaction sa;
+	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
+			path = argv[++i];
+		else if (strcmp(argv[i], "-t") == 0)
+			check = 1;
+		else if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-v") == 0) {
+			printf("llmgw %s\n", LLMGW_VERSION);
+			return 0;
+		} else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			lg_main_usage(stdout);
+			return 0;
+		} else {
+			fprintf(stderr, "llmgw: unknown argument '%s'\n", argv[i]);
+			lg_main_usage(stderr);
+			return 2;
+		}
+	}
+	if (check) {
+		struct lg_cfg *c = lg_cfg_load(path, err, sizeof err);
+		if (!c) {
+			fprintf(stderr, "llmgw: %s\n", err);
+			return 1;
+		}
+		printf("llmgw: %s is valid: %d providers, %d models, %d keys\n", path, c->nprov, c->nmodels,
+		       c->nkeys);
+		if (c->warn[0]) printf("llmgw: accepted but not enforced by this version: %s\n", c->warn);
+		lg_cfg_free(c);
+		return 0;
+	}
+	lg_main_gw = llmgw_new();
+	if (!lg_main_gw) {
+		fprintf(stderr, "llmgw: out of memory\n");
+		return 1;
+	}
+	if (llmgw_load_file(lg_main_gw, path, err, sizeof err)) {
+		fprintf(stderr, "llmgw: %s\n", err);
+		llmgw_free(lg_main_gw);
+		return 1;
+	}
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = SIG_IGN;
+	sigaction(SIGPIPE, &sa, NULL);
+	sa.sa_handler = lg_main_signal;
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	if (llmgw_start(lg_main_gw, err, sizeof err)) {
+		fprintf(stderr, "llmgw: %s\n", err);
+		llmgw_free(lg_main_gw);
+		return 1;
+	}
+	rc = llmgw_run(lg_main_gw);
+	llmgw_free(lg_main_gw);
+	lg_main_gw = NULL;
+	return rc ? 1 : 0;
+}
+
+#endif /* LLMGW_NO_MAIN */

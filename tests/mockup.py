@@ -1,0 +1,674 @@
+#!/usr/bin/env python3
+"""Scripted mock OpenAI-compatible upstream for llmgw's tests.
+
+    python3 tests/mockup.py --port 0      # prints "PORT <n>", serves until killed
+
+Raw sockets (not http.server) so every byte on the wire is ours to choose; one thread
+per connection; HTTP/1.1 keep-alive with Content-Length and chunked request bodies.
+
+The behaviour of POST .../chat/completions and .../embeddings is chosen by the `model`
+field of the request body (llmgw rewrites the public model name to the target's upstream
+model, so a test config maps public models to scenario names).  Anything after a `#` is
+ignored: `ok#2` behaves as `ok`, and a test can tell targets apart by the model they got.
+See SCENARIOS below and tests/README.md.
+
+Control paths (never forwarded by the gateway; tests call them directly):
+    GET  /_requests    every recorded request as a JSON list:
+                       {serial, seq, method, path, version, headers{lowercase: value},
+                        header_list[[name, value]], body, t}
+                       `serial` numbers the TCP connection (same serial = reused connection),
+                       `seq` counts requests on that connection from 1.
+    POST /_reset       forget the recorded requests
+    POST /_close_idle  close every connection that is waiting for its next request
+                       (simulates an upstream idle timeout, to make pooled connections stale)
+"""
+import argparse
+import base64
+import json
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+
+TEXT_PIECES = ["Hello", " from", " mock", " up", "stream"]
+TEXT = "".join(TEXT_PIECES)                      # "Hello from mock upstream"
+SLOW_PIECES = ["tick%d " % i for i in range(10)]
+SLOW_TEXT = "".join(SLOW_PIECES)
+SLOW_GAP = 0.2                                   # seconds between slow-stream events
+HOLD = 30.0                                      # how long stall scenarios hold a connection
+IDLE = 60.0                                      # keep-alive idle limit of the mock
+MAX_HEAD = 256 * 1024
+USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
+         "prompt_tokens_details": {"cached_tokens": 0},
+         "completion_tokens_details": {"reasoning_tokens": 0}}
+
+REASONS = {100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized",
+           403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+           408: "Request Timeout", 413: "Payload Too Large", 422: "Unprocessable Entity",
+           429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
+           503: "Service Unavailable", 504: "Gateway Timeout", 529: "Site Overloaded"}
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+               403: "permission_error", 404: "not_found_error", 408: "timeout_error",
+               429: "rate_limit_error", 529: "overloaded_error"}
+
+VERBOSE = False
+
+
+def log(*a):
+    if VERBOSE:
+        print("mockup:", *a, file=sys.stderr, flush=True)
+
+
+class ClientGone(Exception):
+    pass
+
+
+class BadRequest(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------
+# shared state
+
+class State:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests = []
+        self.serial = 0
+        self.conns = {}            # serial -> Conn
+
+    def next_serial(self):
+        with self.lock:
+            self.serial += 1
+            return self.serial
+
+    def record(self, entry):
+        with self.lock:
+            self.requests.append(entry)
+
+    def snapshot(self):
+        with self.lock:
+            return list(self.requests)
+
+    def reset(self):
+        with self.lock:
+            self.requests = []
+
+    def close_idle(self, except_serial):
+        with self.lock:
+            victims = [c for s, c in self.conns.items() if c.idle and s != except_serial]
+        for c in victims:
+            c.kill()
+        return len(victims)
+
+
+STATE = State()
+
+
+# ---------------------------------------------------------------------------------------
+# one connection
+
+class Request:
+    def __init__(self, method, target, version, header_list, body):
+        self.method = method
+        self.target = target
+        self.path = target.split("?", 1)[0]
+        self.version = version
+        self.header_list = header_list
+        self.headers = {}
+        for k, v in header_list:
+            k = k.lower()
+            self.headers[k] = self.headers[k] + ", " + v if k in self.headers else v
+        self.body = body
+
+    def wants_close(self):
+        conn = self.headers.get("connection", "").lower()
+        if self.version == "HTTP/1.0":
+            return "keep-alive" not in conn
+        return "close" in conn
+
+
+class Conn:
+    def __init__(self, sock, serial):
+        self.sock = sock
+        self.serial = serial
+        self.buf = b""
+        self.idle = False
+        self.dead = False
+        self.seq = 0
+
+    # -- reading
+    def _more(self):
+        try:
+            d = self.sock.recv(65536)
+        except (socket.timeout, OSError) as e:
+            raise ClientGone(str(e))
+        if not d:
+            raise ClientGone("eof")
+        self.buf += d
+
+    def read_line(self, limit=MAX_HEAD):
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                line, self.buf = self.buf[:i + 1], self.buf[i + 1:]
+                return line.rstrip(b"\r\n")
+            if len(self.buf) > limit:
+                raise BadRequest("line too long")
+            self._more()
+
+    def read_exact(self, n):
+        while len(self.buf) < n:
+            self._more()
+        d, self.buf = self.buf[:n], self.buf[n:]
+        return d
+
+    def read_request(self):
+        """Next request, or None on a clean EOF between requests."""
+        self.idle = True
+        self.sock.settimeout(IDLE)
+        try:
+            if not self.buf:
+                try:
+                    self._more()
+                except ClientGone:
+                    return None
+        finally:
+            self.idle = False
+        self.sock.settimeout(HOLD)
+        line = self.read_line()
+        while line == b"":                     # tolerate stray CRLF between requests
+            line = self.read_line()
+        parts = line.decode("latin-1").split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            raise BadRequest("bad request line %r" % line[:80])
+        method, target, version = parts
+        headers = []
+        total = 0
+        while True:
+            h = self.read_line()
+            total += len(h)
+            if total > MAX_HEAD:
+                raise BadRequest("headers too large")
+            if h == b"":
+                break
+            if b":" not in h:
+                raise BadRequest("bad header line %r" % h[:80])
+            k, v = h.split(b":", 1)
+            headers.append((k.decode("latin-1").strip(), v.decode("latin-1").strip()))
+        req = Request(method, target, version, headers, b"")
+        if "100-continue" in req.headers.get("expect", "").lower():
+            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        te = req.headers.get("transfer-encoding", "").lower()
+        if "chunked" in te:
+            body = []
+            while True:
+                size_line = self.read_line().split(b";", 1)[0].strip()
+                try:
+                    size = int(size_line, 16)
+                except ValueError:
+                    raise BadRequest("bad chunk size %r" % size_line[:40])
+                if size == 0:
+                    while self.read_line() != b"":     # trailers
+                        pass
+                    break
+                body.append(self.read_exact(size))
+                if self.read_exact(2) != b"\r\n":
+                    raise BadRequest("chunk not followed by CRLF")
+            req.body = b"".join(body)
+        elif "content-length" in req.headers:
+            try:
+                n = int(req.headers["content-length"].split(",")[0])
+            except ValueError:
+                raise BadRequest("bad content-length")
+            req.body = self.read_exact(n)
+        self.seq += 1
+        return req
+
+    # -- writing
+    def send(self, data):
+        try:
+            self.sock.sendall(data)
+        except OSError as e:
+            raise ClientGone(str(e))
+
+    def send_bytewise(self, data, delay=0.001):
+        for i in range(len(data)):
+            self.send(data[i:i + 1])
+            time.sleep(delay)
+
+    def hold(self, seconds=HOLD):
+        """Wait until the peer closes or `seconds` pass, discarding what it sends."""
+        end = time.monotonic() + seconds
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self.sock.settimeout(min(left, 1.0))
+            try:
+                if not self.sock.recv(65536):
+                    return
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    def reset(self):
+        """Abort with a TCP RST."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self.close()
+
+    def kill(self):
+        """From another thread: make the serving thread see EOF and close."""
+        self.dead = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self):
+        self.dead = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------
+# response building
+
+def head(status, headers):
+    lines = ["HTTP/1.1 %d %s" % (status, REASONS.get(status, "Status"))]
+    lines += ["%s: %s" % kv for kv in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def json_response(status, obj, extra=(), close=False):
+    body = json.dumps(obj).encode()
+    h = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    h += list(extra)
+    if close:
+        h.append(("Connection", "close"))
+    return head(status, h) + body
+
+
+def error_obj(status, message=None, etype=None, code=None):
+    if etype is None:
+        etype = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message or "mock %d" % status, "type": etype,
+                      "param": None, "code": code}}
+
+
+def chunk(data):
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+def sse(obj):
+    if isinstance(obj, str):
+        return ("data: %s\n\n" % obj).encode()
+    return ("data: %s\n\n" % json.dumps(obj)).encode()
+
+
+class Ctx:
+    """One chat/embeddings request being answered."""
+    _ids = 0
+    _lock = threading.Lock()
+
+    def __init__(self, conn, req, body):
+        self.conn = conn
+        self.req = req
+        self.body = body if isinstance(body, dict) else {}
+        self.model = str(self.body.get("model", ""))
+        self.scenario = self.model.split("#", 1)[0]
+        self.stream = self.body.get("stream") is True
+        so = self.body.get("stream_options")
+        self.include_usage = isinstance(so, dict) and so.get("include_usage") is True
+        with Ctx._lock:
+            Ctx._ids += 1
+            self.id = "chatcmpl-mock-%d" % Ctx._ids
+        self.created = int(time.time())
+
+    def completion(self, text, usage=None):
+        return {"id": self.id, "object": "chat.completion", "created": self.created,
+                "model": self.model, "system_fingerprint": None,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text,
+                                                     "refusal": None},
+                             "logprobs": None, "finish_reason": "stop"}],
+                "usage": usage or USAGE}
+
+    def _chunk(self, delta, finish=None):
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "system_fingerprint": None,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                             "finish_reason": finish}]}
+
+    def events(self, pieces, usage=None):
+        """The SSE events of a complete stream, as a list of bytes."""
+        ev = [sse(self._chunk({"role": "assistant", "content": ""}))]
+        ev += [sse(self._chunk({"content": p})) for p in pieces]
+        ev.append(sse(self._chunk({}, "stop")))
+        if self.include_usage:
+            u = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                 "model": self.model, "system_fingerprint": None, "choices": [],
+                 "usage": usage or USAGE}
+            ev.append(sse(u))
+        ev.append(sse("[DONE]"))
+        return ev
+
+
+SSE_HEAD = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
+
+
+def send_chunked_stream(c, events):
+    c.conn.send(head(200, SSE_HEAD + [("Transfer-Encoding", "chunked")]))
+    for e in events:
+        c.conn.send(chunk(e))
+    c.conn.send(b"0\r\n\r\n")
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# scenarios: each takes a Ctx, writes the answer, returns True to keep the connection
+
+def sc_ok(c):
+    if c.stream:
+        return send_chunked_stream(c, c.events(TEXT_PIECES))
+    c.conn.send(json_response(200, c.completion(TEXT)))
+    return True
+
+
+def sc_ok_cl(c):
+    if not c.stream:
+        return sc_ok(c)
+    c.conn.send(head(200, SSE_HEAD + [("Connection", "close")]))
+    for e in c.events(TEXT_PIECES):
+        c.conn.send(e)
+    return False
+
+
+def sc_ok_chunked(c):
+    if c.stream:
+        data = b"".join(c.events(TEXT_PIECES))
+        h = head(200, SSE_HEAD + [("Transfer-Encoding", "chunked")])
+    else:
+        data = json.dumps(c.completion(TEXT)).encode()
+        h = head(200, [("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")])
+    c.conn.send(h)
+    sizes = [1, 7, 2, 13, 3, 31, 5, 64]
+    i = k = 0
+    while i < len(data):
+        n = sizes[k % len(sizes)]
+        piece = data[i:i + n]
+        if k % 3 == 1:       # uppercase hex and a chunk extension, both legal
+            c.conn.send(b"%X;mock=ext\r\n" % len(piece) + piece + b"\r\n")
+        else:
+            c.conn.send(chunk(piece))
+        i += n
+        k += 1
+        if k % 4 == 0:
+            time.sleep(0.002)    # let some chunks travel in separate segments
+    c.conn.send(b"0\r\n\r\n")
+    return True
+
+
+def sc_ok_close(c):
+    if c.stream:
+        return sc_ok_cl(c)
+    body = json.dumps(c.completion(TEXT)).encode()
+    c.conn.send(head(200, [("Content-Type", "application/json"), ("Connection", "close")]))
+    c.conn.send(body)
+    return False
+
+
+def sc_onebyte(c):
+    if c.stream:
+        data = head(200, SSE_HEAD + [("Transfer-Encoding", "chunked")])
+        data += b"".join(chunk(e) for e in c.events(TEXT_PIECES)) + b"0\r\n\r\n"
+    else:
+        data = json_response(200, c.completion(TEXT))
+    c.conn.send_bytewise(data)
+    return True
+
+
+def sc_slow_stream(c):
+    if not c.stream:
+        time.sleep(1.0)
+        c.conn.send(json_response(200, c.completion(SLOW_TEXT)))
+        return True
+    ev = c.events(SLOW_PIECES)
+    c.conn.send(head(200, SSE_HEAD + [("Transfer-Encoding", "chunked")]))
+    c.conn.send(chunk(ev[0]))
+    for i, e in enumerate(ev[1:1 + len(SLOW_PIECES)]):
+        if i:
+            time.sleep(SLOW_GAP)
+        c.conn.send(chunk(e))
+    for e in ev[1 + len(SLOW_PIECES):]:
+        c.conn.send(chunk(e))
+    c.conn.send(b"0\r\n\r\n")
+    return True
+
+
+def sc_stall(c):
+    c.conn.hold()
+    return False
+
+
+def _partial(c):
+    """Head and the first two events (stream) or half the body (non-stream)."""
+    if c.stream:
+        ev = c.events(TEXT_PIECES)
+        c.conn.send(head(200, SSE_HEAD + [("Transfer-Encoding", "chunked")]))
+        c.conn.send(chunk(ev[0]))
+        c.conn.send(chunk(ev[1]))
+    else:
+        body = json.dumps(c.completion(TEXT)).encode()
+        c.conn.send(head(200, [("Content-Type", "application/json"),
+                               ("Content-Length", str(len(body)))]))
+        c.conn.send(body[:len(body) // 2])
+
+
+def sc_stall_mid(c):
+    _partial(c)
+    c.conn.hold()
+    return False
+
+
+def sc_reset_mid(c):
+    _partial(c)
+    time.sleep(0.2)
+    c.conn.reset()
+    return False
+
+
+def sc_close_before_head(c):
+    c.conn.close()
+    return False
+
+
+def sc_quota(c):
+    c.conn.send(json_response(429, error_obj(
+        429, "You exceeded your current quota (mock)", "insufficient_quota",
+        "insufficient_quota")))
+    return True
+
+
+def sc_echo(c):
+    text = c.req.body.decode("utf-8", "replace")
+    if c.stream:
+        n = max(1, len(text) // 3)
+        return send_chunked_stream(c, c.events([text[i:i + n] for i in range(0, len(text), n)]))
+    c.conn.send(json_response(200, c.completion(text)))
+    return True
+
+
+def sc_status(c, status):
+    extra = [("Retry-After", "0")] if status == 429 else []
+    c.conn.send(json_response(status, error_obj(status), extra))
+    return True
+
+
+SCENARIOS = {
+    "ok": sc_ok,
+    "ok-cl": sc_ok_cl,
+    "ok-chunked": sc_ok_chunked,
+    "ok-close": sc_ok_close,
+    "onebyte": sc_onebyte,
+    "slow-stream": sc_slow_stream,
+    "stall": sc_stall,
+    "stall-mid": sc_stall_mid,
+    "reset-mid": sc_reset_mid,
+    "close-before-head": sc_close_before_head,
+    "quota": sc_quota,
+    "echo": sc_echo,
+}
+for _s in (400, 401, 403, 404, 408, 413, 422, 429, 500, 502, 503, 504, 529):
+    SCENARIOS["status-%d" % _s] = (lambda s: lambda c: sc_status(c, s))(_s)
+
+
+def status_scenario(name):
+    m = re.fullmatch(r"status-(\d{3})", name)
+    return int(m.group(1)) if m else None
+
+
+def do_chat(conn, req, body):
+    c = Ctx(conn, req, body)
+    fn = SCENARIOS.get(c.scenario)
+    if fn is None:
+        st = status_scenario(c.scenario)
+        if st is not None:
+            return sc_status(c, st)
+        conn.send(json_response(404, error_obj(
+            404, "mock: unknown scenario model %r (known: %s)" % (c.model, ", ".join(SCENARIOS)),
+            "invalid_request_error", "model_not_found")))
+        return True
+    return fn(c)
+
+
+def do_embeddings(conn, req, body):
+    c = Ctx(conn, req, body)
+    st = status_scenario(c.scenario)
+    if st is not None:
+        return sc_status(c, st)
+    if c.scenario in ("stall", "close-before-head", "quota"):
+        return SCENARIOS[c.scenario](c)
+    inp = c.body.get("input")
+    if isinstance(inp, str):
+        inputs = [inp]
+    elif isinstance(inp, list) and inp and all(isinstance(x, int) for x in inp):
+        inputs = [inp]
+    elif isinstance(inp, list) and inp:
+        inputs = inp
+    else:
+        conn.send(json_response(400, error_obj(400, "mock: 'input' must be a string or a list")))
+        return True
+    b64 = c.body.get("encoding_format") == "base64"
+    data, tokens = [], 0
+    for i, x in enumerate(inputs):
+        vec = [round(0.1 + 0.01 * i, 4), -0.2, 0.3, 0.4]
+        emb = base64.b64encode(struct.pack("<4f", *vec)).decode() if b64 else vec
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+        tokens += max(1, len(x.split())) if isinstance(x, str) else max(1, len(x))
+    conn.send(json_response(200, {"object": "list", "data": data, "model": c.model,
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+    return True
+
+
+def handle(conn, req):
+    """Answer one request; True to keep the connection open."""
+    path = req.path
+    if path == "/_requests" and req.method == "GET":
+        conn.send(json_response(200, STATE.snapshot()))
+        return True
+    if path == "/_reset" and req.method == "POST":
+        STATE.reset()
+        conn.send(json_response(200, {"ok": True}))
+        return True
+    if path == "/_close_idle" and req.method == "POST":
+        n = STATE.close_idle(conn.serial)
+        conn.send(json_response(200, {"ok": True, "closed": n}))
+        return True
+    text = req.body.decode("utf-8", "replace")
+    STATE.record({"serial": conn.serial, "seq": conn.seq, "method": req.method,
+                  "path": req.target, "version": req.version, "headers": req.headers,
+                  "header_list": req.header_list, "body": text, "t": time.time()})
+    log(conn.serial, req.method, req.target, text[:120])
+    if req.method == "POST" and (path.endswith("/chat/completions") or path.endswith("/embeddings")):
+        try:
+            body = json.loads(text)
+        except ValueError as e:
+            conn.send(json_response(400, error_obj(400, "mock: body is not JSON: %s" % e)))
+            return True
+        if path.endswith("/embeddings"):
+            return do_embeddings(conn, req, body)
+        return do_chat(conn, req, body)
+    if req.method == "GET" and path.endswith("/models"):
+        conn.send(json_response(200, {"object": "list", "data": [
+            {"id": s, "object": "model", "created": 0, "owned_by": "mock"} for s in SCENARIOS]}))
+        return True
+    conn.send(json_response(404, error_obj(404, "mock: no route for %s %s" % (req.method, path))))
+    return True
+
+
+def serve_conn(sock, serial):
+    conn = Conn(sock, serial)
+    with STATE.lock:
+        STATE.conns[serial] = conn
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while not conn.dead:
+            try:
+                req = conn.read_request()
+            except BadRequest as e:
+                conn.send(json_response(400, error_obj(400, "mock: %s" % e), close=True))
+                break
+            if req is None or conn.dead:
+                break
+            keep = handle(conn, req)
+            if not keep or req.wants_close():
+                break
+    except ClientGone:
+        pass
+    except Exception as e:          # a broken client must never kill the mock
+        print("mockup: connection %d: %r" % (serial, e), file=sys.stderr, flush=True)
+    finally:
+        with STATE.lock:
+            STATE.conns.pop(serial, None)
+        conn.close()
+
+
+def main():
+    global VERBOSE
+    ap = argparse.ArgumentParser(description="scripted mock OpenAI upstream")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args()
+    VERBOSE = a.verbose
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((a.host, a.port))
+    ls.listen(256)
+    print("PORT %d" % ls.getsockname()[1], flush=True)
+    while True:
+        try:
+            s, _ = ls.accept()
+        except InterruptedError:
+            continue
+        except OSError as e:
+            print("mockup: accept: %r" % e, file=sys.stderr, flush=True)
+            time.sleep(0.05)
+            continue
+        t = threading.Thread(target=serve_conn, args=(s, STATE.next_serial()), daemon=True)
+        t.start()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        pass
