@@ -3439,7 +3439,7 @@ static int lg_prov_openai_build(struct lg_req *r, const struct lg_cand *cd, stru
 	if (room > sizeof head) return -1;
 	o->off = o->len = 0;
 	if (lg_buf_reserve(o, room + r->body_len + 256)) return -1;
-	o->len = o->off = room;
+	o->len = room; /* the gap before the body is filled by the head below */
 	lg_prov_openai_body(r, cd, o);
 	if (o->err) return -1;
 	body_len = o->len - room;

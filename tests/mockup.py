@@ -641,19 +641,99 @@ def serve_conn(sock, serial):
         conn.close()
 
 
+def selftest(port):
+    """Exercise every scenario against this mock; exit status 0 when all behave."""
+    import http.client
+    fails = []
+
+    def req(model, stream=False, usage=False, path="/v1/chat/completions", timeout=5):
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        if stream:
+            body["stream"] = True
+        if usage:
+            body["stream_options"] = {"include_usage": True}
+        if path.endswith("embeddings"):
+            body = {"model": model, "input": ["a", "b"]}
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        c.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        r = c.getresponse()
+        return r, r.read()
+
+    def expect(name, cond):
+        print("%s %s" % ("ok  " if cond else "FAIL", name))
+        if not cond:
+            fails.append(name)
+
+    def content(data):
+        text = ""
+        for line in data.decode().split("\n"):
+            if line.startswith("data: {"):
+                for ch in json.loads(line[6:])["choices"]:
+                    text += ch["delta"].get("content") or ""
+        return text
+
+    for sc in ("ok", "ok-cl", "ok-chunked", "ok-close", "onebyte", "slow-stream"):
+        want = SLOW_TEXT if sc == "slow-stream" else TEXT
+        r, data = req(sc + "#t")
+        j = json.loads(data)
+        expect("%s non-stream" % sc, r.status == 200 and j["choices"][0]["message"]["content"] == want
+               and j["model"] == sc + "#t")
+        r, data = req(sc, stream=True)
+        expect("%s stream" % sc, r.status == 200 and content(data) == want and
+               data.rstrip().endswith(b"data: [DONE]") and b'"usage"' not in data)
+        r, data = req(sc, stream=True, usage=True)
+        expect("%s stream with usage" % sc, content(data) == want and data.count(b'"usage"') == 1)
+    for st in (400, 401, 404, 408, 429, 500, 502, 503, 504, 529):
+        r, data = req("status-%d#x" % st)
+        expect("status-%d" % st, r.status == st and json.loads(data)["error"]["message"] == "mock %d" % st
+               and (st != 429 or r.getheader("Retry-After") == "0"))
+    r, data = req("quota")
+    expect("quota", r.status == 429 and json.loads(data)["error"]["code"] == "insufficient_quota")
+    r, data = req("echo")
+    expect("echo", json.loads(json.loads(data)["choices"][0]["message"]["content"])["model"] == "echo")
+    r, data = req("anything", path="/v1/embeddings")
+    expect("embeddings", r.status == 200 and len(json.loads(data)["data"]) == 2)
+    for sc, stream in (("stall", False), ("stall-mid", True), ("reset-mid", True), ("close-before-head", False)):
+        t = time.monotonic()
+        try:
+            r, data = req(sc, stream=stream, timeout=1)
+            ok = b"[DONE]" not in data
+        except (OSError, http.client.HTTPException):
+            ok = True
+        expect("%s fails (%.1fs)" % (sc, time.monotonic() - t), ok)
+    reqs = json.loads(urlopen_get(port, "/_requests"))
+    expect("requests recorded", len(reqs) > 30 and all("serial" in x and "headers" in x for x in reqs))
+    return 1 if fails else 0
+
+
+def urlopen_get(port, path):
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("GET", path)
+    return c.getresponse().read()
+
+
 def main():
     global VERBOSE
     ap = argparse.ArgumentParser(description="scripted mock OpenAI upstream")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--selftest", action="store_true", help="check every scenario and exit")
     a = ap.parse_args()
     VERBOSE = a.verbose
     ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((a.host, a.port))
     ls.listen(256)
+    if a.selftest:
+        threading.Thread(target=accept_loop, args=(ls,), daemon=True).start()
+        sys.exit(selftest(ls.getsockname()[1]))
     print("PORT %d" % ls.getsockname()[1], flush=True)
+    accept_loop(ls)
+
+
+def accept_loop(ls):
     while True:
         try:
             s, _ = ls.accept()
