@@ -1951,6 +1951,7 @@ def test_shared_gateway_clean_exit():
     check(g.alive(), "shared gateway not running")
     try:
         g.stop(10)
+        shutil.rmtree(g.dir, ignore_errors=True)
     finally:
         SHARED = None
 
@@ -2062,6 +2063,7 @@ def main():
             SHARED.kill()
         if MOCK is not None:
             MOCK.stop()
+            shutil.rmtree(MOCK.dir, ignore_errors=True)
     if VERBOSE:
         print("(%.1fs)" % (time.monotonic() - t0))
     print("%d passed, %d failed" % (passed, failed), flush=True)
