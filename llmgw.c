@@ -84,6 +84,9 @@
 #ifndef LLMGW_TLS
 #define LLMGW_TLS 0 /* HTTPS upstreams and listeners need BearSSL */
 #endif
+#if LLMGW_TLS
+#include <bearssl.h>
+#endif
 #ifndef LLMGW_IO_BUF
 #define LLMGW_IO_BUF 4096 /* first allocation of a connection buffer */
 #endif
@@ -170,6 +173,15 @@ static int lg_str_ieq(lg_str a, const char *z)
 	if (a.n != n) return 0;
 	for (i = 0; i < n; i++)
 		if (lg_lower((unsigned char)a.p[i]) != lg_lower((unsigned char)z[i])) return 0;
+	return 1;
+}
+
+static int lg_str_ieqs(lg_str a, lg_str b)
+{
+	size_t i;
+	if (a.n != b.n) return 0;
+	for (i = 0; i < a.n; i++)
+		if (lg_lower((unsigned char)a.p[i]) != lg_lower((unsigned char)b.p[i])) return 0;
 	return 1;
 }
 
@@ -340,6 +352,31 @@ static int lg_ct_eq(const unsigned char *a, const unsigned char *b, size_t n)
 	size_t i;
 	for (i = 0; i < n; i++) d |= (unsigned char)(a[i] ^ b[i]);
 	return d == 0;
+}
+
+/* Standard base64, for Proxy-Authorization. out needs 4*ceil(n/3)+1. */
+static void lg_base64(const unsigned char *p, size_t n, char *out)
+{
+	static const char tb[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t i;
+	for (i = 0; i + 2 < n; i += 3) {
+		*out++ = tb[p[i] >> 2];
+		*out++ = tb[((p[i] & 3) << 4) | (p[i + 1] >> 4)];
+		*out++ = tb[((p[i + 1] & 15) << 2) | (p[i + 2] >> 6)];
+		*out++ = tb[p[i + 2] & 63];
+	}
+	if (i < n) {
+		*out++ = tb[p[i] >> 2];
+		if (i + 1 < n) {
+			*out++ = tb[((p[i] & 3) << 4) | (p[i + 1] >> 4)];
+			*out++ = tb[(p[i + 1] & 15) << 2];
+		} else {
+			*out++ = tb[(p[i] & 3) << 4];
+			*out++ = '=';
+		}
+		*out++ = '=';
+	}
+	*out = 0;
 }
 
 static int lg_hexval(int c)
@@ -1125,6 +1162,19 @@ struct lg_cfg {
 	struct lg_key **keys;
 	int nprov, nmodels, nkeys;
 	char warn[512]; /* things accepted but not enforced yet, for the start-up log */
+	/* upstream CONNECT proxy (proxy = or HTTPS_PROXY), for https upstreams */
+	const char *proxy_host, *proxy_auth, *no_proxy;
+	int proxy_port;
+#if LLMGW_TLS
+	br_x509_trust_anchor *ta; /* from ca_file or the system bundle */
+	size_t nta;
+	const char *ca_path;
+	br_x509_certificate *chain; /* tls_cert: the listener's chain */
+	size_t nchain;
+	int skey_type; /* BR_KEYTYPE_RSA or BR_KEYTYPE_EC */
+	br_rsa_private_key rsa;
+	br_ec_private_key ec;
+#endif
 };
 
 /* Parse context: the file name and line for error messages. */
@@ -1631,8 +1681,8 @@ static int lg_cfg_validate(struct lg_cfgp *p)
 		if (pv->type != LG_PT_MOCK && !pv->host)
 			return lg_cfg_err(p, "provider %s needs a base_url", pv->name);
 		if (pv->tls && !LLMGW_TLS)
-			return lg_cfg_err(p, "provider %s: base_url is https but this build has no TLS",
-			                  pv->name);
+			return lg_cfg_err(p, "provider %s: base_url is https but this build has no TLS "
+			                     "(build with make TLS=1)", pv->name);
 	}
 	for (i = 0; i < c->nmodels; i++) {
 		struct lg_model *m = c->models[i];
@@ -1674,11 +1724,54 @@ static int lg_cfg_validate(struct lg_cfgp *p)
 			wl += (size_t)snprintf(c->warn + wl, sizeof c->warn - wl,
 			                       "%skey budget/rpm/tpm/max_concurrency", wl ? "; " : "");
 	}
-	if ((c->tls_cert || c->tls_key || c->proxy) && wl < sizeof c->warn)
-		wl += (size_t)snprintf(c->warn + wl, sizeof c->warn - wl, "%stls_cert/tls_key/proxy",
-		                       wl ? "; " : "");
+	if ((c->tls_cert || c->tls_key) && !LLMGW_TLS) {
+		p->line = 0;
+		snprintf(p->err, p->errlen, "%s: tls_cert/tls_key need a build with TLS (make TLS=1)", p->file);
+		return -1;
+	}
+	if (!c->tls_cert != !c->tls_key) {
+		snprintf(p->err, p->errlen, "%s: tls_cert and tls_key go together", p->file);
+		return -1;
+	}
 	if (c->state_dir && *c->state_dir && wl < sizeof c->warn)
 		wl += (size_t)snprintf(c->warn + wl, sizeof c->warn - wl, "%sstate_dir", wl ? "; " : "");
+	{
+		/* proxy = http://[user:pass@]host:port, or HTTPS_PROXY from the
+		 * environment; NO_PROXY lists hosts reached directly */
+		const char *px = c->proxy && *c->proxy ? c->proxy : getenv("HTTPS_PROXY");
+		const char *np = getenv("NO_PROXY");
+		if (!px || !*px) px = getenv("https_proxy");
+		if (!np) np = getenv("no_proxy");
+		if (np) c->no_proxy = lg_cfg_str(c, lg_strz(np));
+		if (px && *px) {
+			lg_str v = lg_strz(px), host, cred = lg_str_of("", 0);
+			size_t q, at = 0;
+			long port = 0;
+			if (v.n > 7 && memcmp(v.p, "http://", 7) == 0) v.p += 7, v.n -= 7;
+			while (v.n && v.p[v.n - 1] == '/') v.n--;
+			for (q = 0; q < v.n; q++)
+				if (v.p[q] == '@') at = q + 1;
+			if (at) cred = lg_str_of(v.p, at - 1), v.p += at, v.n -= at;
+			for (q = v.n; q > 0 && v.p[q - 1] != ':'; q--) {
+			}
+			host = lg_str_of(v.p, q ? q - 1 : 0);
+			for (; q && q < v.n && v.p[q] >= '0' && v.p[q] <= '9'; q++) port = port * 10 + (v.p[q] - '0');
+			if (!host.n || q != v.n || port < 1 || port > 65535) {
+				p->line = 0;
+				snprintf(p->err, p->errlen, "%s: proxy must be http://[user:pass@]host:port", p->file);
+				return -1;
+			}
+			if (host.n > 2 && host.p[0] == '[') host.p++, host.n -= 2;
+			c->proxy_host = lg_cfg_str(c, host);
+			c->proxy_port = (int)port;
+			if (cred.n) {
+				char *b64 = (char *)lg_arena_alloc(&c->a, cred.n * 2 + 8);
+				if (!b64) return lg_cfg_err(p, "out of memory");
+				lg_base64((const unsigned char *)cred.p, cred.n, b64);
+				c->proxy_auth = b64;
+			}
+		}
+	}
 	if (c->nlisten == 0) {
 		const char **slot = (const char **)lg_cfg_push(c, &c->listen, &c->nlisten, sizeof *slot);
 		if (!slot) return lg_cfg_err(p, "out of memory");
@@ -1838,21 +1931,6 @@ static struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const char *fil
 		lg_cfg_free(c);
 		return NULL;
 	}
-	return c;
-}
-
-static struct lg_cfg *lg_cfg_load(const char *path, char *err, size_t errlen)
-{
-	size_t len = 0;
-	int e = 0;
-	char *text = lg_read_file(path, LLMGW_MAX_CONFIG, &len, &e);
-	struct lg_cfg *c;
-	if (!text) {
-		snprintf(err, errlen, "%s: cannot read: %s", path, strerror(e));
-		return NULL;
-	}
-	c = lg_cfg_parse(text, len, path, err, errlen);
-	free(text);
 	return c;
 }
 
@@ -2250,10 +2328,544 @@ static size_t lg_sse_next(const char *b, size_t n, struct lg_sse_ev *ev, char *s
 
 /* ===== 7. TLS ========================================================== */
 
-/* The seam for BearSSL: connections carry a TLS pointer that is NULL in
- * this build, and all socket I/O goes through lg_io_read / lg_io_write
- * (section 8), where the TLS engine will sit. */
-struct lg_tls;
+/* BearSSL behind a handful of functions: new (client or server), recv,
+ * send, events, pending, why, free. The engine is driven by the poll loop
+ * and never blocks: records go out while it wants to send (POLLOUT), come
+ * in while it wants to receive (POLLIN). Memory per connection: the engine
+ * and X.509 contexts (~7 KB) plus the record buffer: 16.7 KB half duplex
+ * for upstreams (a request, then its response: never both at once),
+ * 33.2 KB full duplex for clients of an HTTPS listener (they may
+ * pipeline). Without LLMGW_TLS only the configuration check remains. */
+
+#if LLMGW_TLS
+
+struct lg_tls {
+	br_ssl_engine_context *eng;
+	union {
+		br_ssl_client_context cc;
+		br_ssl_server_context sc;
+	} u;
+	br_x509_minimal_context xc;
+	int server, hs_done, eof;
+	unsigned char buf[]; /* the record buffer */
+};
+
+struct lg_tls_acc { /* accumulates decoder output */
+	unsigned char *p;
+	size_t n, cap;
+	int err;
+};
+
+static void lg_tls_acc_add(void *ctx, const void *data, size_t len)
+{
+	struct lg_tls_acc *a = (struct lg_tls_acc *)ctx;
+	if (a->err) return;
+	if (a->n + len > a->cap) {
+		size_t cap = a->cap ? a->cap * 2 : 4096;
+		unsigned char *np;
+		while (cap < a->n + len) cap *= 2;
+		np = (unsigned char *)realloc(a->p, cap);
+		if (!np) {
+			a->err = 1;
+			return;
+		}
+		a->p = np;
+		a->cap = cap;
+	}
+	memcpy(a->p + a->n, data, len);
+	a->n += len;
+}
+
+/* Calls fn for each PEM object of the text. -1 on a PEM syntax error. */
+static int lg_tls_pem(const char *text, size_t len,
+                      int (*fn)(void *ctx, const char *name, const unsigned char *der, size_t n),
+                      void *ctx)
+{
+	br_pem_decoder_context pc;
+	struct lg_tls_acc der;
+	char name[128];
+	int in = 0, r = 0, pass;
+	memset(&der, 0, sizeof der);
+	br_pem_decoder_init(&pc);
+	for (pass = 0; pass < 2 && r == 0; pass++) {
+		/* a last "-----END" line without its newline still ends the object */
+		const char *p = pass ? "\n" : text;
+		size_t n = pass ? 1 : len;
+		while (n > 0 && r == 0) {
+			size_t k = br_pem_decoder_push(&pc, p, n);
+			p += k, n -= k;
+			switch (br_pem_decoder_event(&pc)) {
+			case BR_PEM_BEGIN_OBJ:
+				snprintf(name, sizeof name, "%s", br_pem_decoder_name(&pc));
+				der.n = 0;
+				in = 1;
+				br_pem_decoder_setdest(&pc, lg_tls_acc_add, &der);
+				break;
+			case BR_PEM_END_OBJ:
+				if (in && !der.err) r = fn(ctx, name, der.p, der.n);
+				if (der.err) r = -1;
+				in = 0;
+				break;
+			case BR_PEM_ERROR: r = -1; break;
+			default: break;
+			}
+		}
+	}
+	free(der.p);
+	return r;
+}
+
+static void *lg_tls_dup(struct lg_cfg *c, const void *p, size_t n)
+{
+	void *d = lg_arena_alloc(&c->a, n ? n : 1);
+	if (d && n) memcpy(d, p, n);
+	return d;
+}
+
+struct lg_tls_ta_load {
+	struct lg_cfg *c;
+	br_x509_trust_anchor *ta;
+	size_t n, cap;
+};
+
+static int lg_tls_ta_one(void *ctx, const char *name, const unsigned char *der, size_t n)
+{
+	struct lg_tls_ta_load *L = (struct lg_tls_ta_load *)ctx;
+	br_x509_decoder_context dc;
+	struct lg_tls_acc dn;
+	br_x509_pkey *pk;
+	br_x509_trust_anchor *ta;
+	if (strcmp(name, "CERTIFICATE") != 0 && strcmp(name, "TRUSTED CERTIFICATE") != 0) return 0;
+	memset(&dn, 0, sizeof dn);
+	br_x509_decoder_init(&dc, lg_tls_acc_add, &dn);
+	br_x509_decoder_push(&dc, der, n);
+	pk = br_x509_decoder_get_pkey(&dc);
+	if (!pk || dn.err) { /* a certificate BearSSL cannot use: skip it */
+		free(dn.p);
+		return 0;
+	}
+	if (L->n == L->cap) {
+		size_t cap = L->cap ? L->cap * 2 : 64;
+		br_x509_trust_anchor *nt = (br_x509_trust_anchor *)realloc(L->ta, cap * sizeof *nt);
+		if (!nt) {
+			free(dn.p);
+			return -1;
+		}
+		L->ta = nt;
+		L->cap = cap;
+	}
+	ta = &L->ta[L->n++];
+	memset(ta, 0, sizeof *ta);
+	ta->dn.data = (unsigned char *)lg_tls_dup(L->c, dn.p, dn.n);
+	ta->dn.len = dn.n;
+	free(dn.p);
+	ta->flags = br_x509_decoder_isCA(&dc) ? BR_X509_TA_CA : 0;
+	ta->pkey.key_type = pk->key_type;
+	if (pk->key_type == BR_KEYTYPE_RSA) {
+		ta->pkey.key.rsa.n = (unsigned char *)lg_tls_dup(L->c, pk->key.rsa.n, pk->key.rsa.nlen);
+		ta->pkey.key.rsa.nlen = pk->key.rsa.nlen;
+		ta->pkey.key.rsa.e = (unsigned char *)lg_tls_dup(L->c, pk->key.rsa.e, pk->key.rsa.elen);
+		ta->pkey.key.rsa.elen = pk->key.rsa.elen;
+	} else {
+		ta->pkey.key.ec.curve = pk->key.ec.curve;
+		ta->pkey.key.ec.q = (unsigned char *)lg_tls_dup(L->c, pk->key.ec.q, pk->key.ec.qlen);
+		ta->pkey.key.ec.qlen = pk->key.ec.qlen;
+	}
+	return 0;
+}
+
+static const char *const lg_tls_ca_paths[] = {
+    "/etc/ssl/certs/ca-certificates.crt", /* Debian, Ubuntu, Alpine, OpenWrt */
+    "/etc/pki/tls/certs/ca-bundle.crt",   /* Fedora, RHEL */
+    "/etc/ssl/ca-bundle.pem",             /* openSUSE */
+    "/etc/ssl/cert.pem",                  /* macOS, BSDs, some Alpine */
+    "/etc/pki/tls/cacert.pem",
+};
+
+/* Trust anchors from ca_file, or from the first system bundle found. */
+static int lg_tls_load_ca(struct lg_cfg *c, char *err, size_t errlen)
+{
+	struct lg_tls_ta_load L;
+	size_t len = 0, i;
+	int e = 0;
+	char *text = NULL;
+	const char *path = c->ca_file;
+	if (path && *path) {
+		text = lg_read_file(path, 16u << 20, &len, &e);
+		if (!text) {
+			snprintf(err, errlen, "%s: cannot read ca_file %s: %s", c->path, path, strerror(e));
+			return -1;
+		}
+	} else {
+		for (i = 0; i < LG_COUNTOF(lg_tls_ca_paths) && !text; i++)
+			if ((text = lg_read_file(lg_tls_ca_paths[i], 16u << 20, &len, &e))) path = lg_tls_ca_paths[i];
+		if (!text) return 0; /* no bundle: https upstreams fail with a clear reason */
+	}
+	memset(&L, 0, sizeof L);
+	L.c = c;
+	if (lg_tls_pem(text, len, lg_tls_ta_one, &L) < 0 || L.n == 0) {
+		snprintf(err, errlen, "%s: ca_file %s holds no usable PEM certificate", c->path, path);
+		free(text);
+		free(L.ta);
+		return -1;
+	}
+	free(text);
+	c->ta = (br_x509_trust_anchor *)lg_tls_dup(c, L.ta, L.n * sizeof *L.ta);
+	c->nta = L.n;
+	c->ca_path = lg_cfg_str(c, lg_strz(path));
+	free(L.ta);
+	return 0;
+}
+
+struct lg_tls_cred_load {
+	struct lg_cfg *c;
+	br_x509_certificate chain[16];
+	size_t n;
+	int keys;
+};
+
+static int lg_tls_cert_one(void *ctx, const char *name, const unsigned char *der, size_t n)
+{
+	struct lg_tls_cred_load *L = (struct lg_tls_cred_load *)ctx;
+	if (strcmp(name, "CERTIFICATE") != 0) return 0;
+	if (L->n == LG_COUNTOF(L->chain)) return -1;
+	L->chain[L->n].data = (unsigned char *)lg_tls_dup(L->c, der, n);
+	L->chain[L->n++].data_len = n;
+	return 0;
+}
+
+static int lg_tls_key_one(void *ctx, const char *name, const unsigned char *der, size_t n)
+{
+	struct lg_tls_cred_load *L = (struct lg_tls_cred_load *)ctx;
+	struct lg_cfg *c = L->c;
+	br_skey_decoder_context kc;
+	if (!strstr(name, "PRIVATE KEY")) return 0;
+	br_skey_decoder_init(&kc);
+	br_skey_decoder_push(&kc, der, n);
+	if (br_skey_decoder_last_error(&kc)) return -1;
+	c->skey_type = br_skey_decoder_key_type(&kc);
+	if (c->skey_type == BR_KEYTYPE_RSA) {
+		const br_rsa_private_key *k = br_skey_decoder_get_rsa(&kc);
+		c->rsa = *k;
+		c->rsa.p = (unsigned char *)lg_tls_dup(c, k->p, k->plen);
+		c->rsa.q = (unsigned char *)lg_tls_dup(c, k->q, k->qlen);
+		c->rsa.dp = (unsigned char *)lg_tls_dup(c, k->dp, k->dplen);
+		c->rsa.dq = (unsigned char *)lg_tls_dup(c, k->dq, k->dqlen);
+		c->rsa.iq = (unsigned char *)lg_tls_dup(c, k->iq, k->iqlen);
+	} else if (c->skey_type == BR_KEYTYPE_EC) {
+		const br_ec_private_key *k = br_skey_decoder_get_ec(&kc);
+		c->ec = *k;
+		c->ec.x = (unsigned char *)lg_tls_dup(c, k->x, k->xlen);
+	} else {
+		return -1;
+	}
+	L->keys++;
+	return 0;
+}
+
+/* The listener's certificate chain and private key (RSA or EC). */
+static int lg_tls_load_cred(struct lg_cfg *c, char *err, size_t errlen)
+{
+	struct lg_tls_cred_load L;
+	size_t len = 0;
+	int e = 0;
+	char *text;
+	memset(&L, 0, sizeof L);
+	L.c = c;
+	if (!(text = lg_read_file(c->tls_cert, 4u << 20, &len, &e))) {
+		snprintf(err, errlen, "%s: cannot read tls_cert %s: %s", c->path, c->tls_cert, strerror(e));
+		return -1;
+	}
+	if (lg_tls_pem(text, len, lg_tls_cert_one, &L) < 0 || L.n == 0) {
+		free(text);
+		snprintf(err, errlen, "%s: tls_cert %s holds no PEM certificate (or more than 16)", c->path, c->tls_cert);
+		return -1;
+	}
+	free(text);
+	if (!(text = lg_read_file(c->tls_key, 1u << 20, &len, &e))) {
+		snprintf(err, errlen, "%s: cannot read tls_key %s: %s", c->path, c->tls_key, strerror(e));
+		return -1;
+	}
+	if (lg_tls_pem(text, len, lg_tls_key_one, &L) < 0 || L.keys != 1) {
+		free(text);
+		snprintf(err, errlen, "%s: tls_key %s must hold one RSA or EC private key in PEM", c->path, c->tls_key);
+		return -1;
+	}
+	free(text);
+	c->chain = (br_x509_certificate *)lg_tls_dup(c, L.chain, L.n * sizeof L.chain[0]);
+	c->nchain = L.n;
+	return 0;
+}
+
+/* A TLS client for host (SNI and name check), resuming sess if given. */
+static struct lg_tls *lg_tls_client_new(const struct lg_cfg *c, const char *host,
+                                        const br_ssl_session_parameters *sess)
+{
+	struct lg_tls *t = (struct lg_tls *)calloc(1, sizeof *t + BR_SSL_BUFSIZE_MONO);
+	if (!t) return NULL;
+	br_ssl_client_init_full(&t->u.cc, &t->xc, c->ta, c->nta);
+	t->eng = &t->u.cc.eng;
+	br_ssl_engine_set_versions(t->eng, BR_TLS12, BR_TLS12);
+	br_ssl_engine_set_buffer(t->eng, t->buf, BR_SSL_BUFSIZE_MONO, 0);
+	if (sess) br_ssl_engine_set_session_parameters(t->eng, sess);
+	if (!br_ssl_client_reset(&t->u.cc, host, sess != NULL)) {
+		free(t);
+		return NULL;
+	}
+	return t;
+}
+
+static struct lg_tls *lg_tls_server_new(const struct lg_cfg *c)
+{
+	struct lg_tls *t = (struct lg_tls *)calloc(1, sizeof *t + BR_SSL_BUFSIZE_BIDI);
+	if (!t) return NULL;
+	if (c->skey_type == BR_KEYTYPE_RSA) {
+		br_ssl_server_init_full_rsa(&t->u.sc, c->chain, c->nchain, &c->rsa);
+	} else {
+		br_x509_decoder_context dc;
+		br_x509_decoder_init(&dc, NULL, NULL);
+		br_x509_decoder_push(&dc, c->chain[0].data, c->chain[0].data_len);
+		br_ssl_server_init_full_ec(&t->u.sc, c->chain, c->nchain,
+		                           (unsigned)br_x509_decoder_get_signer_key_type(&dc), &c->ec);
+	}
+	t->server = 1;
+	t->eng = &t->u.sc.eng;
+	br_ssl_engine_set_buffer(t->eng, t->buf, BR_SSL_BUFSIZE_BIDI, 1);
+	if (!br_ssl_server_reset(&t->u.sc)) {
+		free(t);
+		return NULL;
+	}
+	return t;
+}
+
+static void lg_tls_free(struct lg_tls *t) { free(t); }
+
+/* Sends the records the engine has. 1: some went, 0: would block or none,
+ * -1: socket error. */
+static int lg_tls_flushrec(struct lg_tls *t, int fd)
+{
+	int any = 0;
+	while (br_ssl_engine_current_state(t->eng) & BR_SSL_SENDREC) {
+		size_t len;
+		unsigned char *b = br_ssl_engine_sendrec_buf(t->eng, &len);
+		ssize_t n = send(fd, b, len, MSG_NOSIGNAL);
+		if (n > 0) {
+			br_ssl_engine_sendrec_ack(t->eng, (size_t)n);
+			any = 1;
+			continue;
+		}
+		if (n < 0 && errno == EINTR) continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return any;
+		return -1;
+	}
+	return any;
+}
+
+/* Feeds the engine what the socket has. 1: some came, 0: would block,
+ * -1: error, -2: EOF. */
+static int lg_tls_readrec(struct lg_tls *t, int fd)
+{
+	size_t len;
+	unsigned char *b;
+	ssize_t n;
+	if (!(br_ssl_engine_current_state(t->eng) & BR_SSL_RECVREC)) return 0;
+	b = br_ssl_engine_recvrec_buf(t->eng, &len);
+	do
+		n = recv(fd, b, len, 0);
+	while (n < 0 && errno == EINTR);
+	if (n > 0) {
+		br_ssl_engine_recvrec_ack(t->eng, (size_t)n);
+		return 1;
+	}
+	if (n == 0) {
+		t->eof = 1;
+		return -2;
+	}
+	return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+}
+
+/* Like recv(): decrypted bytes, 0 at the end, -1 on error (lg_tls_why
+ * says which), -2 when nothing is there yet. Drives the handshake. */
+static long lg_tls_recv(struct lg_tls *t, int fd, char *dst, size_t cap)
+{
+	for (;;) {
+		unsigned st = br_ssl_engine_current_state(t->eng);
+		int r;
+		if (st & BR_SSL_CLOSED) return br_ssl_engine_last_error(t->eng) == BR_ERR_OK ? 0 : -1;
+		if (st & BR_SSL_SENDAPP) t->hs_done = 1;
+		if (st & BR_SSL_RECVAPP) {
+			size_t len;
+			unsigned char *b = br_ssl_engine_recvapp_buf(t->eng, &len);
+			if (len > cap) len = cap;
+			memcpy(dst, b, len);
+			br_ssl_engine_recvapp_ack(t->eng, len);
+			return (long)len;
+		}
+		if (st & BR_SSL_SENDREC) {
+			if ((r = lg_tls_flushrec(t, fd)) < 0) return -1;
+			if (r > 0) continue;
+		}
+		if (st & BR_SSL_RECVREC) {
+			r = lg_tls_readrec(t, fd);
+			if (r == 1) continue;
+			if (r == -2) return t->hs_done ? 0 : -1; /* a close without close_notify is an EOF */
+			return r == 0 ? -2 : -1;
+		}
+		return -2;
+	}
+}
+
+/* Like send(): bytes taken (and pushed towards the socket), -1 on error,
+ * -2 when the engine cannot take any now (handshake, or records queued). */
+static long lg_tls_send(struct lg_tls *t, int fd, const char *src, size_t n)
+{
+	for (;;) {
+		unsigned st = br_ssl_engine_current_state(t->eng);
+		int r;
+		if (st & BR_SSL_CLOSED) return -1;
+		if (st & BR_SSL_SENDAPP) {
+			size_t len;
+			unsigned char *b = br_ssl_engine_sendapp_buf(t->eng, &len);
+			t->hs_done = 1;
+			if (len > n) len = n;
+			memcpy(b, src, len);
+			br_ssl_engine_sendapp_ack(t->eng, len);
+			br_ssl_engine_flush(t->eng, 0);
+			if (lg_tls_flushrec(t, fd) < 0) return -1;
+			return (long)len;
+		}
+		if (st & BR_SSL_SENDREC) {
+			if ((r = lg_tls_flushrec(t, fd)) < 0) return -1;
+			if (r > 0) continue;
+			return -2;
+		}
+		if (!t->hs_done && (st & BR_SSL_RECVREC)) {
+			r = lg_tls_readrec(t, fd);
+			if (r == 1) continue;
+			return r == 0 ? -2 : -1;
+		}
+		return -2;
+	}
+}
+
+/* What the engine waits for: POLLOUT while it has records to send, POLLIN
+ * while it wants records. */
+static short lg_tls_events(const struct lg_tls *t)
+{
+	unsigned st = br_ssl_engine_current_state(t->eng);
+	short ev = 0;
+	if (st & BR_SSL_SENDREC) ev |= POLLOUT;
+	if (st & BR_SSL_RECVREC) ev |= POLLIN;
+	return ev;
+}
+
+static int lg_tls_pending(const struct lg_tls *t)
+{
+	return (br_ssl_engine_current_state(t->eng) & BR_SSL_RECVAPP) != 0;
+}
+
+static int lg_tls_handshaking(const struct lg_tls *t) { return !t->hs_done; }
+
+/* Why the engine failed, in words a user can act on. */
+static void lg_tls_why(const struct lg_tls *t, const char *host, char *out, size_t n)
+{
+	int e = br_ssl_engine_last_error(t->eng);
+	switch (e) {
+	case BR_ERR_X509_NOT_TRUSTED:
+		snprintf(out, n, "TLS: the certificate of %s is not trusted (unknown CA: see ca_file)", host);
+		break;
+	case BR_ERR_X509_BAD_SERVER_NAME:
+		snprintf(out, n, "TLS: the certificate does not match the host name %s", host);
+		break;
+	case BR_ERR_X509_EXPIRED:
+		snprintf(out, n, "TLS: the certificate of %s is expired or not yet valid; if it should be "
+		                 "valid, check the system clock (routers often boot without one)", host);
+		break;
+	case BR_ERR_X509_TIME_UNKNOWN:
+		snprintf(out, n, "TLS: cannot check the certificate of %s: the time is unknown", host);
+		break;
+	case BR_ERR_OK:
+		snprintf(out, n, "TLS: the connection to %s closed during the handshake", host);
+		break;
+	default:
+		if (e >= BR_ERR_SEND_FATAL_ALERT)
+			snprintf(out, n, "TLS: handshake with %s failed: we sent alert %d", host, e - BR_ERR_SEND_FATAL_ALERT);
+		else if (e >= BR_ERR_RECV_FATAL_ALERT)
+			snprintf(out, n, "TLS: handshake with %s failed: the server sent alert %d", host,
+			         e - BR_ERR_RECV_FATAL_ALERT);
+		else if (e >= 32 && e < 64)
+			snprintf(out, n, "TLS: the certificate of %s was rejected (X.509 error %d)", host, e);
+		else
+			snprintf(out, n, "TLS: handshake with %s failed (BearSSL error %d)", host, e);
+	}
+}
+
+static int lg_tls_setup(struct lg_cfg *c, char *err, size_t errlen)
+{
+	int i, need_ca = 0;
+	for (i = 0; i < c->nprov; i++) need_ca |= c->prov[i]->tls;
+	if ((need_ca || (c->ca_file && *c->ca_file)) && lg_tls_load_ca(c, err, errlen)) return -1;
+	if (c->tls_cert && lg_tls_load_cred(c, err, errlen)) return -1;
+	return 0;
+}
+
+#else /* no TLS: the seam stays, every function says no */
+
+struct lg_tls {
+	int unused;
+};
+static void lg_tls_free(struct lg_tls *t) { free(t); }
+static long lg_tls_recv(struct lg_tls *t, int fd, char *dst, size_t cap)
+{
+	LG_UNUSED(t), LG_UNUSED(fd), LG_UNUSED(dst), LG_UNUSED(cap);
+	return -1;
+}
+static long lg_tls_send(struct lg_tls *t, int fd, const char *src, size_t n)
+{
+	LG_UNUSED(t), LG_UNUSED(fd), LG_UNUSED(src), LG_UNUSED(n);
+	return -1;
+}
+static short lg_tls_events(const struct lg_tls *t)
+{
+	LG_UNUSED(t);
+	return 0;
+}
+static int lg_tls_pending(const struct lg_tls *t)
+{
+	LG_UNUSED(t);
+	return 0;
+}
+static int lg_tls_handshaking(const struct lg_tls *t)
+{
+	LG_UNUSED(t);
+	return 0;
+}
+static int lg_tls_setup(struct lg_cfg *c, char *err, size_t errlen)
+{
+	LG_UNUSED(c), LG_UNUSED(err), LG_UNUSED(errlen);
+	return 0;
+}
+
+#endif /* LLMGW_TLS */
+
+static struct lg_cfg *lg_cfg_load(const char *path, char *err, size_t errlen)
+{
+	size_t len = 0;
+	int e = 0;
+	char *text = lg_read_file(path, LLMGW_MAX_CONFIG, &len, &e);
+	struct lg_cfg *c;
+	if (!text) {
+		snprintf(err, errlen, "%s: cannot read: %s", path, strerror(e));
+		return NULL;
+	}
+	c = lg_cfg_parse(text, len, path, err, errlen);
+	free(text);
+	if (c && lg_tls_setup(c, err, errlen)) {
+		lg_cfg_free(c);
+		return NULL;
+	}
+	return c;
+}
 
 /* ===== 8. Event loop and connections =================================== */
 
@@ -2276,6 +2888,7 @@ enum { LG_ROLE_CLIENT, LG_ROLE_UPSTREAM };
 #define LG_F_REUSED 0x20      /* upstream connection taken from the pool */
 #define LG_F_NOREAD 0x40      /* not polled for input (back-pressure) */
 #define LG_F_KEEP 0x80        /* upstream: reusable once the response ends */
+#define LG_F_PENDING 0x100    /* TLS: decrypted bytes wait in the engine */
 
 struct lg_req;
 
@@ -2318,6 +2931,7 @@ struct llmgw {
 	struct lg_conn **conns;
 	int npfd, cappfd, nfixed, nclients;
 	char listen_names[16][64];
+	char listen_tls[16]; /* which listeners speak HTTPS */
 	struct lg_timer **heap;
 	int nheap, capheap;
 	struct lg_conn *pool; /* idle upstream connections */
@@ -2331,6 +2945,14 @@ struct llmgw {
 	struct lg_buf logbuf; /* access log lines waiting for the end of the iteration */
 	uint64_t rng, seq;
 	unsigned long long served;
+	int npending; /* connections with LG_F_PENDING: poll without waiting */
+#if LLMGW_TLS
+	struct { /* TLS sessions to resume, per upstream origin */
+		char origin[300];
+		br_ssl_session_parameters p;
+		int64_t used;
+	} sess[32];
+#endif
 };
 
 static void lg_timer_swap(struct llmgw *gw, int a, int b)
@@ -2448,6 +3070,8 @@ static void lg_conn_free(struct llmgw *gw, struct lg_conn *c)
 	int last = gw->npfd - 1;
 	lg_timer_clear(gw, &c->tm);
 	if (c->fd >= 0) close(c->fd);
+	if (c->flags & LG_F_PENDING) gw->npending--;
+	if (c->tls) lg_tls_free(c->tls);
 	lg_buf_free(&c->in);
 	lg_buf_free(&c->out);
 	if (c->role == LG_ROLE_CLIENT) gw->nclients--;
@@ -2467,8 +3091,15 @@ static void lg_conn_events(struct lg_conn *c)
 {
 	short ev = 0;
 	if (c->flags & LG_F_DEAD) return;
-	if (!(c->flags & (LG_F_NOREAD | LG_F_EOF | LG_F_CONNECTING))) ev |= POLLIN;
-	if (lg_buf_used(&c->out) || (c->flags & LG_F_CONNECTING)) ev |= POLLOUT;
+	if (c->tls) { /* the engine says what it waits for; input only when wanted */
+		short te = lg_tls_events(c->tls);
+		if ((te & POLLIN) && (!(c->flags & (LG_F_NOREAD | LG_F_EOF)) || lg_tls_handshaking(c->tls)))
+			ev |= POLLIN;
+		ev |= (short)(te & POLLOUT);
+	} else {
+		if (!(c->flags & (LG_F_NOREAD | LG_F_EOF | LG_F_CONNECTING))) ev |= POLLIN;
+		if (lg_buf_used(&c->out) || (c->flags & LG_F_CONNECTING)) ev |= POLLOUT;
+	}
 	c->gw->pfd[c->idx].events = ev;
 }
 
@@ -2489,6 +3120,22 @@ static long lg_io_read(struct lg_conn *c, size_t max)
 	}
 	room = c->in.cap - c->in.len;
 	if (room == 0) return -2;
+	if (c->tls) { /* decrypt as much as fits; what does not stays pending */
+		long got = 0, k = -2;
+		while (room && (k = lg_tls_recv(c->tls, c->fd, c->in.p + c->in.len, room)) > 0) {
+			c->in.len += (size_t)k;
+			room -= (size_t)k;
+			got += k;
+		}
+		if (!(c->flags & LG_F_PENDING) != !lg_tls_pending(c->tls)) {
+			c->flags ^= LG_F_PENDING;
+			c->gw->npending += (c->flags & LG_F_PENDING) ? 1 : -1;
+		}
+		if (got) return got;
+		if (k == 0) c->flags |= LG_F_EOF;
+		if (k == -1) errno = EPROTO;
+		return k;
+	}
 	n = recv(c->fd, c->in.p + c->in.len, room, 0);
 	if (n > 0) {
 		c->in.len += (size_t)n;
@@ -2504,8 +3151,32 @@ static long lg_io_read(struct lg_conn *c, size_t max)
 
 /* Sends as much of c->out as the socket takes. 0 when all or part went
  * (POLLOUT set for the rest), -1 on error. */
+/* Like send() through TLS when there is TLS: bytes taken, -2 for later,
+ * -1 on error. */
+static long lg_io_write(struct lg_conn *c, const char *p, size_t n)
+{
+	ssize_t k;
+	if (c->tls) return lg_tls_send(c->tls, c->fd, p, n);
+	do
+		k = send(c->fd, p, n, MSG_NOSIGNAL);
+	while (k < 0 && errno == EINTR);
+	if (k >= 0) return (long)k;
+	return errno == EAGAIN || errno == EWOULDBLOCK ? -2 : -1;
+}
+
 static int lg_conn_flush(struct lg_conn *c)
 {
+	if (c->tls) {
+		while (lg_buf_used(&c->out)) {
+			long k = lg_tls_send(c->tls, c->fd, lg_buf_data(&c->out), lg_buf_used(&c->out));
+			if (k == -1) return -1;
+			if (k == -2) break;
+			lg_buf_consume(&c->out, (size_t)k);
+		}
+		if (!lg_buf_used(&c->out) && lg_tls_send(c->tls, c->fd, "", 0) == -1) return -1;
+		lg_conn_events(c);
+		return 0;
+	}
 	while (lg_buf_used(&c->out)) {
 		ssize_t n = send(c->fd, lg_buf_data(&c->out), lg_buf_used(&c->out), MSG_NOSIGNAL);
 		if (n > 0) {
@@ -2700,14 +3371,15 @@ static int lg_dns_lookup(struct llmgw *gw, const char *host, int port,
  * connection while it runs, and the framing state of the response; it
  * reports to its owner through callbacks. Callbacks may release the
  * exchange; every path returns right after calling one. */
-enum { LG_U_IDLE, LG_U_DNS, LG_U_CONNECT, LG_U_SEND, LG_U_HEAD, LG_U_BODY, LG_U_DONE };
+enum { LG_U_IDLE, LG_U_DNS, LG_U_CONNECT, LG_U_PROXY, LG_U_SEND, LG_U_HEAD, LG_U_BODY, LG_U_DONE };
 enum { LG_B_NONE, LG_B_CLEN, LG_B_CHUNKED, LG_B_CLOSE };
-enum { LG_UF_CONNECT, LG_UF_TIMEOUT, LG_UF_RESET, LG_UF_PROTO, LG_UF_DNS };
+enum { LG_UF_CONNECT, LG_UF_TIMEOUT, LG_UF_RESET, LG_UF_PROTO, LG_UF_DNS, LG_UF_TLS };
 
 struct lg_upreq {
 	struct llmgw *gw;
+	const struct lg_cfg *cfg; /* trust anchors, proxy */
 	struct lg_conn *c;
-	int state, port, tls, mode, keep, status, stale_retry;
+	int state, port, tls, mode, keep, status, stale_retry, use_proxy;
 	const char *host;      /* owned by the config snapshot the owner holds */
 	const char *origin;
 	struct lg_buf req;     /* request bytes */
@@ -2799,9 +3471,20 @@ static void lg_up_events(struct lg_upreq *u)
 	struct lg_conn *c = u->c;
 	short ev = 0;
 	if (!c || (c->flags & LG_F_DEAD)) return;
-	if (u->state == LG_U_CONNECT || (u->state == LG_U_SEND && u->sent < lg_buf_used(&u->req)))
-		ev |= POLLOUT;
-	if (u->state != LG_U_CONNECT && !(c->flags & (LG_F_NOREAD | LG_F_EOF))) ev |= POLLIN;
+	if (c->tls && u->state >= LG_U_SEND) {
+		short te = lg_tls_events(c->tls);
+		if ((te & POLLIN) && (lg_tls_handshaking(c->tls) ||
+		                      (u->state >= LG_U_HEAD && !(c->flags & (LG_F_NOREAD | LG_F_EOF)))))
+			ev |= POLLIN;
+		ev |= (short)(te & POLLOUT);
+		if (u->state == LG_U_SEND && u->sent < lg_buf_used(&u->req) && !lg_tls_handshaking(c->tls))
+			ev |= POLLOUT;
+	} else {
+		if (u->state == LG_U_CONNECT || (u->state == LG_U_SEND && u->sent < lg_buf_used(&u->req)) ||
+		    (u->state == LG_U_PROXY && lg_buf_used(&c->out)))
+			ev |= POLLOUT;
+		if (u->state != LG_U_CONNECT && !(c->flags & (LG_F_NOREAD | LG_F_EOF))) ev |= POLLIN;
+	}
 	u->gw->pfd[c->idx].events = ev;
 }
 
@@ -2831,6 +3514,36 @@ static void lg_up_fail(struct lg_upreq *u, int kind, const char *reason)
 	u->on_fail(u->owner, kind, reason);
 }
 
+#if LLMGW_TLS
+/* TLS session resumption: one saved session per upstream origin. */
+static br_ssl_session_parameters *lg_up_sess_find(struct lg_upreq *u)
+{
+	size_t i;
+	for (i = 0; i < LG_COUNTOF(u->gw->sess); i++)
+		if (u->gw->sess[i].origin[0] && strcmp(u->gw->sess[i].origin, u->origin) == 0) {
+			u->gw->sess[i].used = u->gw->now;
+			return &u->gw->sess[i].p;
+		}
+	return NULL;
+}
+
+static void lg_up_sess_save(struct lg_upreq *u)
+{
+	size_t i, slot = 0;
+	struct llmgw *gw = u->gw;
+	for (i = 0; i < LG_COUNTOF(gw->sess); i++) {
+		if (strcmp(gw->sess[i].origin, u->origin) == 0) {
+			slot = i;
+			break;
+		}
+		if (gw->sess[i].used < gw->sess[slot].used) slot = i;
+	}
+	snprintf(gw->sess[slot].origin, sizeof gw->sess[slot].origin, "%s", u->origin);
+	br_ssl_engine_get_session_parameters(u->c->tls->eng, &gw->sess[slot].p);
+	gw->sess[slot].used = gw->now;
+}
+#endif
+
 static void lg_up_connect(struct lg_upreq *u);
 
 /* The socket is connected (or came from the pool): send the request. */
@@ -2838,14 +3551,12 @@ static void lg_up_send(struct lg_upreq *u)
 {
 	struct lg_conn *c = u->c;
 	while (u->sent < lg_buf_used(&u->req)) {
-		ssize_t n = send(c->fd, lg_buf_data(&u->req) + u->sent, lg_buf_used(&u->req) - u->sent,
-		                 MSG_NOSIGNAL);
+		long n = lg_io_write(c, lg_buf_data(&u->req) + u->sent, lg_buf_used(&u->req) - u->sent);
 		if (n > 0) {
 			u->sent += (size_t)n;
 			continue;
 		}
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-		if (n < 0 && errno == EINTR) continue;
+		if (n == -2 || n == 0) break;
 		if ((c->flags & LG_F_REUSED) && !u->stale_retry) { /* stale pooled connection */
 			u->stale_retry = 1;
 			lg_conn_close(c);
@@ -2853,10 +3564,23 @@ static void lg_up_send(struct lg_upreq *u)
 			lg_up_connect(u);
 			return;
 		}
+		if (c->tls) {
+			char why[300];
+#if LLMGW_TLS
+			lg_tls_why(c->tls, u->host, why, sizeof why);
+#else
+			snprintf(why, sizeof why, "TLS is not compiled in");
+#endif
+			lg_up_fail(u, LG_UF_TLS, why);
+			return;
+		}
 		lg_up_fail(u, LG_UF_RESET, strerror(errno));
 		return;
 	}
 	if (u->sent == lg_buf_used(&u->req)) {
+#if LLMGW_TLS
+		if (c->tls) lg_up_sess_save(u);
+#endif
 		u->state = LG_U_HEAD;
 		lg_timer_set(u->gw, &u->tm, u->first_byte_ms);
 	}
@@ -2865,9 +3589,54 @@ static void lg_up_send(struct lg_upreq *u)
 
 static void lg_up_connected(struct lg_upreq *u)
 {
+	struct lg_conn *c = u->c;
+	if (u->tls && !c->tls) {
+#if LLMGW_TLS
+		if (u->use_proxy && u->state != LG_U_PROXY) { /* open the tunnel first */
+			lg_buf_printf(&c->out, "CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n", u->host, u->port, u->host,
+			              u->port);
+			if (u->cfg->proxy_auth) lg_buf_printf(&c->out, "Proxy-Authorization: Basic %s\r\n", u->cfg->proxy_auth);
+			lg_buf_addz(&c->out, "\r\n");
+			u->state = LG_U_PROXY;
+			if (lg_conn_flush(c) < 0) {
+				lg_up_fail(u, LG_UF_CONNECT, "cannot write to the proxy");
+				return;
+			}
+			lg_up_events(u);
+			return;
+		}
+		c->tls = lg_tls_client_new(u->cfg, u->host, lg_up_sess_find(u));
+#endif
+		if (!c->tls) {
+			lg_up_fail(u, LG_UF_TLS, "cannot set up TLS");
+			return;
+		}
+	}
 	u->state = LG_U_SEND;
 	u->sent = 0;
 	lg_up_send(u);
+}
+
+/* The proxy's answer to CONNECT: 200 opens the tunnel. */
+static void lg_up_proxy_reply(struct lg_upreq *u)
+{
+	struct lg_conn *c = u->c;
+	struct lg_http h;
+	int r = lg_http_parse_resp(lg_buf_data(&c->in), lg_buf_used(&c->in), &h);
+	char msg[200];
+	if (r == LG_HTTP_PARTIAL && !(c->flags & LG_F_EOF) && lg_buf_used(&c->in) < 16384) return;
+	if (r < 0 || h.status != 200) {
+		if (r < 0)
+			snprintf(msg, sizeof msg, "proxy %s:%d did not answer CONNECT properly", u->cfg->proxy_host,
+			         u->cfg->proxy_port);
+		else
+			snprintf(msg, sizeof msg, "proxy %s:%d refused CONNECT to %s:%d (status %d)",
+			         u->cfg->proxy_host, u->cfg->proxy_port, u->host, u->port, h.status);
+		lg_up_fail(u, LG_UF_CONNECT, msg);
+		return;
+	}
+	lg_buf_consume(&c->in, (size_t)r);
+	lg_up_connected(u); /* state is LG_U_PROXY: TLS starts now */
 }
 
 /* Opens a new connection (DNS first when the host is a name). */
@@ -2878,7 +3647,9 @@ static void lg_up_connect(struct lg_upreq *u)
 	const char *why = "";
 	int r, fd, one = 1;
 	struct lg_conn *c;
-	r = lg_dns_lookup(u->gw, u->host, u->port, &sa, &alen, &why);
+	const char *host = u->use_proxy ? u->cfg->proxy_host : u->host;
+	int port = u->use_proxy ? u->cfg->proxy_port : u->port;
+	r = lg_dns_lookup(u->gw, host, port, &sa, &alen, &why);
 	if (r == 0) {
 		if (u->state != LG_U_DNS) {
 			u->state = LG_U_DNS;
@@ -2888,7 +3659,7 @@ static void lg_up_connect(struct lg_upreq *u)
 	}
 	if (r < 0) {
 		char msg[300];
-		snprintf(msg, sizeof msg, "cannot resolve %s: %s", u->host, why);
+		snprintf(msg, sizeof msg, "cannot resolve %s%s: %s", u->use_proxy ? "the proxy " : "", host, why);
 		lg_up_fail(u, LG_UF_DNS, msg);
 		return;
 	}
@@ -2916,12 +3687,32 @@ static void lg_up_connect(struct lg_upreq *u)
 	}
 	if (errno != EINPROGRESS) {
 		char msg[160];
-		snprintf(msg, sizeof msg, "connect to %s:%d failed: %s", u->host, u->port, strerror(errno));
+		snprintf(msg, sizeof msg, "connect to %s%s:%d failed: %s", u->use_proxy ? "proxy " : "", host, port,
+		         strerror(errno));
 		lg_up_fail(u, LG_UF_CONNECT, msg);
 		return;
 	}
 	c->flags |= LG_F_CONNECTING;
 	lg_up_events(u);
+}
+
+/* NO_PROXY: "*", or comma-separated host names and domain suffixes. */
+static int lg_up_no_proxy(const char *list, const char *host)
+{
+	lg_str l = lg_strz(list), h = lg_strz(host);
+	size_t i = 0;
+	while (list && i < l.n) {
+		size_t st = i;
+		lg_str e;
+		while (i < l.n && l.p[i] != ',') i++;
+		e = lg_str_trim(lg_str_of(l.p + st, i - st));
+		i++;
+		if (e.n && e.p[0] == '.') e.p++, e.n--;
+		if (lg_str_eq(e, "*") || lg_str_ieqs(e, h)) return 1;
+		if (e.n && h.n > e.n && h.p[h.n - e.n - 1] == '.' && lg_str_ieqs(lg_str_of(h.p + h.n - e.n, e.n), e))
+			return 1;
+	}
+	return 0;
 }
 
 /* Starts the exchange: a pooled connection to the same origin if there is
@@ -2930,6 +3721,7 @@ static void lg_up_start(struct lg_upreq *u)
 {
 	struct lg_conn *c = lg_up_pool_take(u->gw, u->origin);
 	u->tm.fn = lg_up_timeout;
+	u->use_proxy = u->tls && u->cfg->proxy_host && !lg_up_no_proxy(u->cfg->no_proxy, u->host);
 	u->stale_retry = 0;
 	u->got_bytes = 0;
 	u->keep = 1;
@@ -3102,14 +3894,31 @@ static void lg_up_io(struct lg_conn *c, int revents)
 		lg_up_connected(u);
 		return;
 	}
-	if ((revents & POLLOUT) && u->state == LG_U_SEND) {
+	if (u->state == LG_U_PROXY) {
+		if ((revents & POLLOUT) && lg_conn_flush(c) < 0) {
+			lg_up_fail(u, LG_UF_CONNECT, "the proxy closed the connection");
+			return;
+		}
+		if (revents & (POLLIN | POLLHUP | POLLERR)) {
+			n = lg_io_read(c, 16384);
+			if (n == -1 || (n == 0 && !lg_buf_used(&c->in))) {
+				lg_up_fail(u, LG_UF_CONNECT, "the proxy closed the connection during CONNECT");
+				return;
+			}
+			if (n != -2 || (c->flags & LG_F_EOF)) lg_up_proxy_reply(u);
+		}
+		return;
+	}
+	if (u->state == LG_U_SEND && (revents & POLLOUT || c->tls)) {
+		/* TLS: the handshake moves on whichever way the socket is ready */
 		lg_up_send(u);
-		if (u->state == LG_U_IDLE || u->c != c) return;
+		if (u->state == LG_U_IDLE || u->c != c || u->state == LG_U_SEND) return;
 	}
 	if (!(revents & (POLLIN | POLLHUP | POLLERR))) return;
 	if (c->flags & LG_F_NOREAD) return;
 	n = lg_io_read(c, u->state == LG_U_HEAD ? 65536 + 1 : 65536);
 	if (n == -1) {
+		char why[300];
 		if ((c->flags & LG_F_REUSED) && !u->got_bytes && !u->stale_retry) {
 			u->stale_retry = 1;
 			lg_conn_close(c);
@@ -3117,7 +3926,15 @@ static void lg_up_io(struct lg_conn *c, int revents)
 			lg_up_connect(u);
 			return;
 		}
-		lg_up_fail(u, LG_UF_RESET, strerror(errno));
+#if LLMGW_TLS
+		if (c->tls) {
+			lg_tls_why(c->tls, u->host, why, sizeof why);
+			lg_up_fail(u, LG_UF_TLS, why);
+			return;
+		}
+#endif
+		snprintf(why, sizeof why, "%s", strerror(errno));
+		lg_up_fail(u, LG_UF_RESET, why);
 		return;
 	}
 	if (n == -2 && !(revents & (POLLHUP | POLLERR))) return;
@@ -4195,6 +5012,7 @@ static void lg_route_next(struct lg_req *r)
 			snprintf(a->err, sizeof a->err, "cannot build the upstream request");
 			continue;
 		}
+		u->cfg = r->cfg;
 		u->host = cd->prov->host;
 		u->port = cd->prov->port;
 		u->tls = cd->prov->tls;
@@ -4936,11 +5754,17 @@ static void lg_srv_io(struct lg_conn *c, int revents)
 			return;
 		}
 		if (n == -2) {
-			if (revents & (POLLHUP | POLLERR)) lg_srv_drop(c);
-			else if (c->cstate == LG_CS_BUSY) { /* no room: stop polling until done */
-				c->flags |= LG_F_NOREAD;
-				lg_conn_events(c);
+			if (revents & (POLLHUP | POLLERR)) {
+				lg_srv_drop(c);
+				return;
 			}
+			if (c->cstate == LG_CS_BUSY && !(c->tls && lg_tls_handshaking(c->tls)))
+				c->flags |= LG_F_NOREAD; /* no room: stop polling until done */
+			if (c->tls && lg_conn_flush(c) < 0) { /* handshake records to send */
+				lg_srv_drop(c);
+				return;
+			}
+			lg_conn_events(c);
 			return;
 		}
 		if (c->cstate == LG_CS_HEAD && !had) { /* a new request starts: header_timeout */
@@ -4976,7 +5800,7 @@ static void lg_srv_timeout(struct llmgw *gw, struct lg_timer *t)
 	                                    : "request body stalled longer than idle_timeout");
 }
 
-static void lg_srv_accept(struct llmgw *gw, int lfd)
+static void lg_srv_accept(struct llmgw *gw, int lfd, int tls)
 {
 	int k;
 	for (k = 0; k < LLMGW_ACCEPT_BURST; k++) {
@@ -5015,7 +5839,16 @@ static void lg_srv_accept(struct llmgw *gw, int lfd)
 		c->cstate = LG_CS_HEAD;
 		lg_buf_init(&c->in, 0);
 		lg_buf_init(&c->out, 0);
-		lg_timer_set(gw, &c->tm, gw->cfg->header_timeout);
+		lg_timer_set(gw, &c->tm, gw->cfg->header_timeout); /* covers the TLS handshake too */
+#if LLMGW_TLS
+		if (tls && (!gw->cfg->nchain || !(c->tls = lg_tls_server_new(gw->cfg)))) {
+			lg_conn_close(c);
+			continue;
+		}
+#else
+		LG_UNUSED(tls);
+#endif
+		lg_conn_events(c);
 	}
 }
 
@@ -5055,6 +5888,10 @@ int llmgw_load_string(struct llmgw *gw, const char *text, const char *name, char
 {
 	struct lg_cfg *c = lg_cfg_parse(text, strlen(text), name ? name : "(string)", err, errlen);
 	if (!c) return -1;
+	if (lg_tls_setup(c, err, errlen)) {
+		lg_cfg_free(c);
+		return -1;
+	}
 	return lg_srv_install(gw, c, err, errlen);
 }
 
@@ -5146,18 +5983,45 @@ int llmgw_start(struct llmgw *gw, char *err, size_t errlen)
 		return -1;
 	}
 	for (i = 0; i < gw->cfg->nlisten; i++) {
-		int fd = lg_listen_open(gw->cfg->listen[i], gw->cfg->workers > 1, err, errlen);
+		/* "ADDR", "ADDR tls" or "ADDR plain"; bare addresses are HTTPS when
+		 * tls_cert is set */
+		char spec[64];
+		const char *sp;
+		int fd, tls = gw->cfg->tls_cert != NULL;
+		snprintf(spec, sizeof spec, "%s", gw->cfg->listen[i]);
+		if ((sp = strchr(gw->cfg->listen[i], ' ')) != NULL) {
+			lg_str mode = lg_str_trim(lg_strz(sp));
+			spec[sp - gw->cfg->listen[i]] = 0;
+			if (lg_str_eq(mode, "tls") || lg_str_eq(mode, "https"))
+				tls = 1;
+			else if (lg_str_eq(mode, "plain") || lg_str_eq(mode, "http"))
+				tls = 0;
+			else {
+				snprintf(err, errlen, "listen %s: expected ADDR, ADDR tls or ADDR plain", gw->cfg->listen[i]);
+				fd = -1;
+				goto fail;
+			}
+		}
+		if (tls && (!LLMGW_TLS || !gw->cfg->tls_cert)) {
+			snprintf(err, errlen, "listen %s: a TLS listener needs tls_cert and tls_key%s", spec,
+			         LLMGW_TLS ? "" : " and a build with TLS");
+			fd = -1;
+			goto fail;
+		}
+		fd = lg_listen_open(spec, gw->cfg->workers > 1, err, errlen);
+	fail:
 		if (fd < 0) {
 			while (gw->nfixed > 1) close(gw->pfd[--gw->nfixed].fd);
 			gw->npfd = gw->nfixed;
 			return -1;
 		}
-		snprintf(gw->listen_names[i], sizeof gw->listen_names[i], "%s", gw->cfg->listen[i]);
+		snprintf(gw->listen_names[i], sizeof gw->listen_names[i], "%s", spec);
+		gw->listen_tls[i] = (char)tls;
 		gw->pfd[gw->nfixed].fd = fd;
 		gw->pfd[gw->nfixed].events = POLLIN;
 		gw->conns[gw->nfixed] = NULL;
 		gw->nfixed++;
-		LG_LOG(gw, LG_LOG_INFO, "listening on http://%s", gw->cfg->listen[i]);
+		LG_LOG(gw, LG_LOG_INFO, "listening on %s://%s", tls ? "https" : "http", spec);
 	}
 	gw->npfd = gw->nfixed;
 	gw->started = gw->running = 1;
@@ -5221,8 +6085,16 @@ int llmgw_poll(struct llmgw *gw, int timeout_ms)
 		if (wait < 0 || d < wait) wait = (int)LG_MIN(d, (int64_t)INT_MAX);
 	}
 	if (gw->stopping && (wait < 0 || wait > 100)) wait = 100;
+	if (gw->npending) wait = 0; /* decrypted bytes wait: no sleeping */
 	n = poll(gw->pfd, (nfds_t)gw->npfd, wait);
 	gw->now = lg_now_ms();
+	if (gw->npending) {
+		for (i = gw->nfixed; i < gw->npfd; i++)
+			if ((gw->conns[i]->flags & (LG_F_PENDING | LG_F_NOREAD)) == LG_F_PENDING) {
+				gw->pfd[i].revents |= POLLIN;
+				n = n > 0 ? n : 1;
+			}
+	}
 	if (n > 0) {
 		if (gw->pfd[0].revents) {
 			char buf[256];
@@ -5235,7 +6107,8 @@ int llmgw_poll(struct llmgw *gw, int timeout_ms)
 			}
 		}
 		for (i = 1; i < gw->nfixed; i++)
-			if (gw->pfd[i].fd >= 0 && (gw->pfd[i].revents & POLLIN)) lg_srv_accept(gw, gw->pfd[i].fd);
+			if (gw->pfd[i].fd >= 0 && (gw->pfd[i].revents & POLLIN))
+				lg_srv_accept(gw, gw->pfd[i].fd, gw->listen_tls[i - 1]);
 		count = gw->npfd;
 		for (i = gw->nfixed; i < count; i++) {
 			struct lg_conn *c = gw->conns[i];
