@@ -344,6 +344,52 @@ static void lg_sha256(const void *data, size_t len, unsigned char out[32])
 	lg_sha256_final(&s, out);
 }
 
+/* CRC-32 (IEEE, reflected, poly 0xEDB88320) with a 16-entry table: the
+ * ledger's record check. Byte-oriented, so byte order does not matter. */
+static uint32_t lg_crc32(uint32_t crc, const void *data, size_t n)
+{
+	static const uint32_t t[16] = {0x00000000, 0x1DB71064, 0x3B6E20C8, 0x26D930AC,
+	                               0x76DC4190, 0x6B6B51F4, 0x4DB26158, 0x5005713C,
+	                               0xEDB88320, 0xF00F9344, 0xD6D6A3E8, 0xCB61B38C,
+	                               0x9B64C2B0, 0x86D3D2D4, 0xA00AE278, 0xBDBDF21C};
+	const unsigned char *b = (const unsigned char *)data;
+	crc = ~crc;
+	while (n--) {
+		crc ^= *b++;
+		crc = (crc >> 4) ^ t[crc & 15];
+		crc = (crc >> 4) ^ t[crc & 15];
+	}
+	return ~crc;
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date, and back
+ * (H. Hinnant's algorithms): budget periods are computed in UTC without
+ * depending on timegm, which is not POSIX. */
+static int64_t lg_days_from_civil(int64_t y, int m, int d)
+{
+	int64_t era, yoe, doy, doe;
+	y -= m <= 2;
+	era = (y >= 0 ? y : y - 399) / 400;
+	yoe = y - era * 400;
+	doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+	doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+	return era * 146097 + doe - 719468;
+}
+
+static void lg_civil_from_days(int64_t z, int64_t *y, int *m, int *d)
+{
+	int64_t era, doe, yoe, doy, mp;
+	z += 719468;
+	era = (z >= 0 ? z : z - 146096) / 146097;
+	doe = z - era * 146097;
+	yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	mp = (5 * doy + 2) / 153;
+	*d = (int)(doy - (153 * mp + 2) / 5 + 1);
+	*m = (int)(mp < 10 ? mp + 3 : mp - 9);
+	*y = yoe + era * 400 + (*m <= 2);
+}
+
 /* Constant-time comparison: the time taken does not depend on where the
  * inputs differ, so a key cannot be guessed byte by byte. */
 static int lg_ct_eq(const unsigned char *a, const unsigned char *b, size_t n)
@@ -1718,12 +1764,6 @@ static int lg_cfg_validate(struct lg_cfgp *p)
 		if (m->affinity_ms && !strstr(c->warn, "affinity") && wl < sizeof c->warn)
 			wl += (size_t)snprintf(c->warn + wl, sizeof c->warn - wl, "%saffinity", wl ? "; " : "");
 	}
-	for (i = 0; i < c->nkeys && wl < sizeof c->warn; i++) {
-		struct lg_key *ky = c->keys[i];
-		if ((ky->budget > 0 || ky->rpm || ky->tpm || ky->max_concurrency) && !strstr(c->warn, "budget"))
-			wl += (size_t)snprintf(c->warn + wl, sizeof c->warn - wl,
-			                       "%skey budget/rpm/tpm/max_concurrency", wl ? "; " : "");
-	}
 	if ((c->tls_cert || c->tls_key) && !LLMGW_TLS) {
 		p->line = 0;
 		snprintf(p->err, p->errlen, "%s: tls_cert/tls_key need a build with TLS (make TLS=1)", p->file);
@@ -1733,8 +1773,6 @@ static int lg_cfg_validate(struct lg_cfgp *p)
 		snprintf(p->err, p->errlen, "%s: tls_cert and tls_key go together", p->file);
 		return -1;
 	}
-	if (c->state_dir && *c->state_dir && wl < sizeof c->warn)
-		wl += (size_t)snprintf(c->warn + wl, sizeof c->warn - wl, "%sstate_dir", wl ? "; " : "");
 	{
 		/* proxy = http://[user:pass@]host:port, or HTTPS_PROXY from the
 		 * environment; NO_PROXY lists hosts reached directly */
@@ -2917,6 +2955,7 @@ struct lg_conn {
 };
 
 struct lg_dns;
+struct lg_acct;
 
 struct llmgw {
 	int log_level;
@@ -2946,6 +2985,7 @@ struct llmgw {
 	uint64_t rng, seq;
 	unsigned long long served;
 	int npending; /* connections with LG_F_PENDING: poll without waiting */
+	struct lg_acct *acct; /* key spend and limits, ledger, metrics, recent requests */
 #if LLMGW_TLS
 	struct { /* TLS sessions to resume, per upstream origin */
 		char origin[300];
@@ -3326,7 +3366,15 @@ static int lg_dns_lookup(struct llmgw *gw, const char *host, int port,
 	}
 	d = gw->dns;
 	if (!d->started) {
-		if (pthread_create(&d->th, NULL, lg_dns_thread, d) != 0) {
+		pthread_attr_t at;
+		int ok;
+		/* getaddrinfo needs little stack; the default (8 MB of address
+		 * space) would not fit a small router's memory limit */
+		pthread_attr_init(&at);
+		pthread_attr_setstacksize(&at, 256u << 10);
+		ok = pthread_create(&d->th, &at, lg_dns_thread, d) == 0;
+		pthread_attr_destroy(&at);
+		if (!ok) {
 			*why = "cannot start the resolver thread";
 			return -1;
 		}
@@ -3958,7 +4006,7 @@ static void lg_up_io(struct lg_conn *c, int revents)
 
 /* The request: from a parsed head to the last byte of its response. All its
  * memory is its own buffers and its arena, released in lg_req_free. */
-enum { LG_EP_NONE, LG_EP_CHAT, LG_EP_EMBED, LG_EP_MODELS, LG_EP_HEALTH };
+enum { LG_EP_RELOAD, LG_EP_CHAT, LG_EP_EMBED, LG_EP_MODELS, LG_EP_HEALTH, LG_EP_KEY, LG_EP_GEN, LG_EP_METRICS };
 
 /* Usage normalized to OpenAI's meaning: prompt includes cached and
  * cache-write tokens, completion includes reasoning tokens. */
@@ -3992,6 +4040,7 @@ struct lg_req {
 	const struct lg_key *key;
 	struct lg_req *next, *prev; /* gw->reqs */
 	struct lg_arena a;
+	uint64_t seq; /* also in the id: indexes the ring of recent requests */
 	char id[40];
 	int ep, head_only, minor, close, stream, want_usage;
 	int status;      /* sent to the client */
@@ -4005,7 +4054,7 @@ struct lg_req {
 	const char *body; /* in the client's input buffer, stable while in flight */
 	struct lg_json j;
 	const char *model_req, *user;
-	const char *deny; /* admin requests: why they are refused, once the body is in */
+	const char *query; /* GET /v1/generation: the query string */
 	/* routing */
 	struct lg_cand plan[LLMGW_MAX_PLAN];
 	int nplan, cur;
@@ -4019,6 +4068,9 @@ struct lg_req {
 	struct lg_jtok *rtok;  /* tokens of upstream JSON */
 	uint32_t rcap;
 	/* accounting */
+	struct lg_kstate *ks; /* the key's spend and limits, when admitted */
+	double reserved;      /* USD held against the budget until settled */
+	int64_t prompt_est, max_out;
 	int64_t t0, t_att, t_first;
 	int64_t wall0;
 	size_t bytes_in, bytes_out;
@@ -4026,6 +4078,7 @@ struct lg_req {
 	char errmsg[1024];
 };
 
+struct lg_kstate;
 static void lg_req_finish(struct lg_req *r); /* section 14: ends a request */
 
 /* Cost in USD from the target's prices (USD per million tokens). */
@@ -5028,6 +5081,521 @@ static void lg_route_next(struct lg_req *r)
 
 /* ===== 13. Accounting ================================================== */
 
+/* --- key state: spend, reservations, rate limits ------------------------ */
+
+/* Per key name, kept across reloads (a key renamed starts afresh). */
+struct lg_kstate {
+	struct lg_kstate *next;
+	char name[64];
+	int period;         /* the budget period of the key when last seen */
+	int64_t period_id;  /* which day/week/month the spend belongs to */
+	double spend;       /* USD settled in the current period */
+	double reserved;    /* USD held by requests in flight */
+	double total;       /* USD settled ever (since the ledger began) */
+	double rpm_tok, tpm_tok; /* token buckets */
+	int64_t rl_t;            /* when the buckets were last refilled (ms) */
+	int inflight;
+};
+
+/* One recent request, for GET /v1/generation. */
+struct lg_gen {
+	uint64_t seq;
+	char id[40], key[64], model[96], provider[64], upstream[96];
+	int status, natt, stream;
+	struct {
+		char prov[48];
+		int status;
+		int64_t ms;
+	} att[4];
+	int64_t ms, ttft, prompt, completion, cached, created;
+	double cost;
+};
+
+#define LG_HBUCKETS 14
+static const double lg_hist_le[LG_HBUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                               1,     2.5,  5,     10,   30,  60,   120};
+
+enum { LG_M_REQUESTS, LG_M_DURATION, LG_M_TTFT, LG_M_TOKENS, LG_M_COST, LG_M_ATTEMPTS };
+static const char *const lg_metric_names[] = {"llmgw_requests_total", "llmgw_request_duration_seconds",
+                                              "llmgw_time_to_first_token_seconds", "llmgw_tokens_total",
+                                              "llmgw_cost_usd_total", "llmgw_upstream_attempts_total"};
+static const char *const lg_metric_help[] = {
+    "Requests answered, by public model, provider and status.",
+    "Time from request head to last response byte.",
+    "Time from request head to the first byte of the answer.",
+    "Tokens by key, model and kind (prompt, completion, cached).",
+    "Cost in USD by key and model.",
+    "Upstream attempts by provider and outcome status (0: no HTTP status)."};
+
+struct lg_series {
+	uint32_t hash;
+	int metric, used;
+	char labels[224];
+	double v, sum;
+	uint64_t count, b[LG_HBUCKETS];
+};
+
+#define LG_RING 1024 /* recent requests kept for /v1/generation */
+
+struct lg_acct {
+	struct lg_kstate *keys;
+	struct lg_gen ring[LG_RING];
+	struct lg_series *ser; /* open addressing, capser a power of two */
+	unsigned nser, capser;
+	/* the ledger (state_dir) */
+	int lfd;
+	char *lpath;
+	struct lg_buf lbuf; /* records waiting for the end of the iteration */
+	size_t lsize;
+	int unsynced;
+	struct lg_timer sync_tm;
+};
+
+static struct lg_acct *lg_acct_of(struct llmgw *gw)
+{
+	if (!gw->acct) {
+		gw->acct = (struct lg_acct *)calloc(1, sizeof *gw->acct);
+		if (!gw->acct) return NULL;
+		gw->acct->lfd = -1;
+		gw->acct->sync_tm.hidx = -1;
+		lg_buf_init(&gw->acct->lbuf, 0);
+	}
+	return gw->acct;
+}
+
+static int64_t lg_floordiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+/* The budget period holding time wall (ms, UTC) and when it ends. */
+static int64_t lg_acct_period(int period, int64_t wall, int64_t *reset)
+{
+	int64_t day = lg_floordiv(wall, 86400000), w, y;
+	int m, d;
+	switch (period) {
+	case LG_PERIOD_DAY:
+		*reset = (day + 1) * 86400000;
+		return day;
+	case LG_PERIOD_WEEK: /* weeks start on Monday; 1970-01-01 was a Thursday */
+		w = lg_floordiv(day + 3, 7);
+		*reset = (7 * (w + 1) - 3) * 86400000;
+		return w;
+	case LG_PERIOD_MONTH:
+		lg_civil_from_days(day, &y, &m, &d);
+		*reset = lg_days_from_civil(m == 12 ? y + 1 : y, m == 12 ? 1 : m + 1, 1) * 86400000;
+		return y * 12 + m - 1;
+	default:
+		*reset = 0;
+		return 0;
+	}
+}
+
+static struct lg_kstate *lg_acct_kstate(struct llmgw *gw, const char *name)
+{
+	struct lg_acct *a = lg_acct_of(gw);
+	struct lg_kstate *k;
+	if (!a) return NULL;
+	for (k = a->keys; k; k = k->next)
+		if (strcmp(k->name, name) == 0) return k;
+	k = (struct lg_kstate *)calloc(1, sizeof *k);
+	if (!k) return NULL;
+	snprintf(k->name, sizeof k->name, "%s", name);
+	k->period = -1;
+	k->rl_t = gw->now;
+	k->rpm_tok = k->tpm_tok = -1; /* full on first use */
+	k->next = a->keys;
+	a->keys = k;
+	return k;
+}
+
+/* Brings the spend to the key's current period (a new period starts at 0). */
+static void lg_acct_roll(struct lg_kstate *ks, const struct lg_key *key, int64_t wall)
+{
+	int64_t reset, id = lg_acct_period(key->period, wall, &reset);
+	if (ks->period != key->period || ks->period_id != id) {
+		if (ks->period != -1 || ks->period_id != id) ks->spend = 0;
+		ks->period = key->period;
+		ks->period_id = id;
+	}
+}
+
+static void lg_acct_refill(struct lg_kstate *ks, const struct lg_key *key, int64_t now)
+{
+	double dt = (double)(now - ks->rl_t) / 60000.0;
+	if (ks->rpm_tok < 0 || ks->rpm_tok > (double)key->rpm) ks->rpm_tok = (double)key->rpm;
+	if (ks->tpm_tok < 0 && ks->rl_t == now) ks->tpm_tok = (double)key->tpm;
+	if (ks->tpm_tok > (double)key->tpm) ks->tpm_tok = (double)key->tpm;
+	ks->rpm_tok = LG_MIN((double)key->rpm, ks->rpm_tok + dt * (double)key->rpm);
+	ks->tpm_tok = LG_MIN((double)key->tpm, ks->tpm_tok + dt * (double)key->tpm);
+	ks->rl_t = now;
+}
+
+/* Cheap prompt estimate: a token per 4 bytes of the request body (JSON
+ * syntax included, so it errs high), and the most output the request may
+ * produce. */
+static void lg_acct_estimate(struct lg_req *r)
+{
+	int64_t mo = lg_json_i64(&r->j, r->body, lg_json_get(&r->j, r->body, 0, "max_completion_tokens"));
+	int i;
+	if (!mo) mo = lg_json_i64(&r->j, r->body, lg_json_get(&r->j, r->body, 0, "max_tokens"));
+	if (!mo)
+		for (i = 0; i < r->nplan; i++)
+			if (r->plan[i].t && r->plan[i].t->max_output > mo) mo = r->plan[i].t->max_output;
+	if (!mo) mo = 4096;
+	r->prompt_est = (int64_t)(r->body_len + 3) / 4;
+	r->max_out = r->ep == LG_EP_EMBED ? 0 : mo;
+}
+
+/* Before the first attempt: concurrency, rpm, tpm, then the budget with a
+ * worst-case reservation at the priciest candidate. 0 admits (and holds
+ * what it took); otherwise the HTTP status, with msg and *retry (s). */
+static int lg_acct_admit(struct lg_req *r, char *msg, size_t mlen, int *retry)
+{
+	const struct lg_key *key = r->key;
+	struct lg_kstate *ks;
+	double in = 0, out = 0, res;
+	int64_t wall = r->wall0, reset;
+	int i;
+	lg_acct_estimate(r);
+	if (!key) return 0;
+	if (!(ks = lg_acct_kstate(r->gw, key->name))) return 0;
+	lg_acct_roll(ks, key, wall);
+	lg_acct_refill(ks, key, r->gw->now);
+	if (key->max_concurrency && ks->inflight >= key->max_concurrency) {
+		snprintf(msg, mlen, "key '%s' has %d requests in flight, its max_concurrency", key->name, ks->inflight);
+		*retry = 1;
+		return 429;
+	}
+	if (key->rpm && ks->rpm_tok < 1) {
+		*retry = (int)((1 - ks->rpm_tok) * 60.0 / (double)key->rpm) + 1;
+		snprintf(msg, mlen, "key '%s' is over its rate limit of %ld requests per minute", key->name, key->rpm);
+		return 429;
+	}
+	if (key->tpm && ks->tpm_tok <= 0) {
+		*retry = (int)(-ks->tpm_tok * 60.0 / (double)key->tpm) + 1;
+		snprintf(msg, mlen, "key '%s' is over its rate limit of %ld tokens per minute", key->name, key->tpm);
+		return 429;
+	}
+	for (i = 0; i < r->nplan; i++)
+		if (r->plan[i].t) {
+			in = LG_MAX(in, r->plan[i].t->in);
+			out = LG_MAX(out, r->plan[i].t->out);
+		}
+	res = ((double)r->prompt_est * in + (double)r->max_out * out) / 1e6;
+	if (key->budget > 0 && ks->spend + ks->reserved + res > key->budget) {
+		char when[64] = "never (a total budget)";
+		lg_acct_period(key->period, wall, &reset);
+		if (reset) {
+			time_t t = (time_t)(reset / 1000);
+			struct tm tm;
+			gmtime_r(&t, &tm);
+			strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+		}
+		snprintf(msg, mlen,
+		         "key '%s' has exhausted its budget of %.4f USD/%s: %.6f USD spent this period, %.6f USD "
+		         "held by requests in flight, this request may cost up to %.6f USD; the budget resets at %s",
+		         key->name, key->budget, lg_period_names[key->period], ks->spend, ks->reserved, res, when);
+		return 402;
+	}
+	ks->inflight++;
+	if (key->rpm) ks->rpm_tok -= 1;
+	ks->reserved += res;
+	r->reserved = res;
+	r->ks = ks;
+	return 0;
+}
+
+/* --- the ledger: spend that survives restarts and crashes --------------- */
+
+/* Records are text lines ending in their CRC-32:
+ *   c1 <wall ms> <key> <usd> <request id> <crc>     a settled charge
+ *   s1 <key> <period> <period id> <usd in period> <usd total> <crc>
+ * appended with write() at the end of every loop iteration (so a crash of
+ * the process loses nothing written) and fdatasync'ed at most once a second
+ * (a power cut loses at most the last second). A torn last line fails its
+ * CRC and is dropped on replay. Compaction rewrites the file as one s1 line
+ * per key into a temporary file, fsyncs it and renames it over the ledger,
+ * so a charge is either in a snapshot or in a record, never both. */
+static void lg_acct_line(struct lg_buf *b, const char *fmt, ...) LG_PRINTF(2, 3);
+static void lg_acct_line(struct lg_buf *b, const char *fmt, ...)
+{
+	va_list ap;
+	size_t st = b->len;
+	va_start(ap, fmt);
+	lg_buf_vprintf(b, fmt, ap);
+	va_end(ap);
+	if (!b->err) lg_buf_printf(b, " %08x\n", (unsigned)lg_crc32(0, b->p + st, b->len - st));
+}
+
+static void lg_acct_snapshot(struct lg_acct *a, struct lg_buf *b)
+{
+	struct lg_kstate *k;
+	for (k = a->keys; k; k = k->next)
+		lg_acct_line(b, "s1 %s %d %lld %.10g %.10g", k->name, k->period, (long long)k->period_id, k->spend,
+		             k->total);
+}
+
+/* Rewrites the ledger as a snapshot (temporary file, fsync, rename). */
+static int lg_acct_compact(struct llmgw *gw)
+{
+	struct lg_acct *a = gw->acct;
+	char tmp[1100];
+	struct lg_buf b;
+	int fd, ok;
+	snprintf(tmp, sizeof tmp, "%s.tmp", a->lpath);
+	lg_buf_init(&b, 0);
+	lg_acct_snapshot(a, &b);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	ok = fd >= 0 && !b.err && (b.len == 0 || write(fd, b.p, b.len) == (ssize_t)b.len) && fsync(fd) == 0;
+	if (fd >= 0) close(fd);
+	ok = ok && rename(tmp, a->lpath) == 0;
+	if (ok) {
+		char dir[1100], *sl;
+		int dfd;
+		snprintf(dir, sizeof dir, "%s", a->lpath);
+		if ((sl = strrchr(dir, '/')) != NULL) *sl = 0;
+		if ((dfd = open(dir, O_RDONLY | O_CLOEXEC)) >= 0) { /* the rename itself must survive */
+			fsync(dfd);
+			close(dfd);
+		}
+		if (a->lfd >= 0) close(a->lfd);
+		a->lfd = open(a->lpath, O_WRONLY | O_APPEND | O_CLOEXEC);
+		a->lsize = b.len;
+	} else {
+		LG_LOG(gw, LG_LOG_ERROR, "ledger %s: compaction failed: %s", a->lpath, strerror(errno));
+		unlink(tmp);
+	}
+	lg_buf_free(&b);
+	return ok ? 0 : -1;
+}
+
+/* Replays the ledger into the key states, then compacts it. */
+static int lg_acct_ledger_open(struct llmgw *gw, const char *dir, char *err, size_t errlen)
+{
+	struct lg_acct *a = lg_acct_of(gw);
+	char path[1024], *text;
+	size_t len = 0, pos = 0;
+	int e = 0, i, lines = 0, bad = 0;
+	if (!a) return -1;
+	snprintf(path, sizeof path, "%s/ledger", dir);
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+		snprintf(err, errlen, "state_dir %s: %s", dir, strerror(errno));
+		return -1;
+	}
+	free(a->lpath);
+	a->lpath = (char *)malloc(strlen(path) + 1);
+	if (!a->lpath) return -1;
+	strcpy(a->lpath, path);
+	/* the keys of the configuration first, so records land in the right period */
+	for (i = 0; i < gw->cfg->nkeys; i++) {
+		struct lg_kstate *ks = lg_acct_kstate(gw, gw->cfg->keys[i]->name);
+		if (ks) lg_acct_roll(ks, gw->cfg->keys[i], lg_wall_ms());
+	}
+	text = lg_read_file(path, 1u << 30, &len, &e);
+	if (!text && e != ENOENT) {
+		snprintf(err, errlen, "state_dir: cannot read %s: %s", path, strerror(e));
+		return -1;
+	}
+	while (text && pos < len) {
+		char *nl = memchr(text + pos, '\n', len - pos), *line = text + pos, name[64], id[64];
+		unsigned crc = 0;
+		long long t, pid;
+		double usd, tot;
+		int per, n = 0;
+		size_t ll;
+		struct lg_kstate *ks;
+		if (!nl) { /* torn last record */
+			bad++;
+			break;
+		}
+		*nl = 0;
+		ll = (size_t)(nl - line);
+		pos += ll + 1;
+		if (ll < 10 || sscanf(line + ll - 8, "%8x", &crc) != 1 || lg_crc32(0, line, ll - 9) != crc) {
+			bad++;
+			continue;
+		}
+		line[ll - 9] = 0;
+		if (sscanf(line, "c1 %lld %63s %lf %63s%n", &t, name, &usd, id, &n) == 4 && n) {
+			if (!(ks = lg_acct_kstate(gw, name))) continue;
+			ks->total += usd;
+			if (ks->period >= 0) {
+				int64_t reset;
+				if (lg_acct_period(ks->period, t, &reset) == ks->period_id) ks->spend += usd;
+			}
+			lines++;
+		} else if (sscanf(line, "s1 %63s %d %lld %lf %lf%n", name, &per, &pid, &usd, &tot, &n) == 5 && n) {
+			if (!(ks = lg_acct_kstate(gw, name))) continue;
+			ks->total = tot;
+			if (per == ks->period && pid == ks->period_id) ks->spend = usd;
+			lines++;
+		} else {
+			bad++;
+		}
+	}
+	free(text);
+	if (bad) LG_LOG(gw, LG_LOG_WARN, "ledger %s: %d damaged or torn record(s) ignored", path, bad);
+	if (lines) LG_LOG(gw, LG_LOG_INFO, "ledger %s: replayed %d records", path, lines);
+	if (lg_acct_compact(gw) < 0 || a->lfd < 0) {
+		snprintf(err, errlen, "state_dir: cannot write %s: %s", path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static void lg_acct_sync(struct llmgw *gw, struct lg_timer *t)
+{
+	struct lg_acct *a = gw->acct;
+	LG_UNUSED(t);
+	if (a && a->lfd >= 0 && a->unsynced) {
+		fdatasync(a->lfd);
+		a->unsynced = 0;
+	}
+}
+
+/* --- settling, metrics, recent requests --------------------------------- */
+
+static struct lg_series *lg_acct_series(struct llmgw *gw, int metric, const char *labels)
+{
+	struct lg_acct *a = lg_acct_of(gw);
+	uint32_t h = lg_crc32((uint32_t)metric, labels, strlen(labels));
+	unsigned i;
+	if (!a) return NULL;
+	if (a->nser * 2 >= a->capser) { /* grow and rehash */
+		unsigned cap = a->capser ? a->capser * 2 : 64, k;
+		struct lg_series *ns = (struct lg_series *)calloc(cap, sizeof *ns);
+		if (!ns) return NULL;
+		for (k = 0; k < a->capser; k++)
+			if (a->ser[k].used) {
+				unsigned j = a->ser[k].hash & (cap - 1);
+				while (ns[j].used) j = (j + 1) & (cap - 1);
+				ns[j] = a->ser[k];
+			}
+		free(a->ser);
+		a->ser = ns;
+		a->capser = cap;
+	}
+	for (i = h & (a->capser - 1); a->ser[i].used; i = (i + 1) & (a->capser - 1))
+		if (a->ser[i].hash == h && a->ser[i].metric == metric && strcmp(a->ser[i].labels, labels) == 0)
+			return &a->ser[i];
+	a->ser[i].used = 1;
+	a->ser[i].hash = h;
+	a->ser[i].metric = metric;
+	snprintf(a->ser[i].labels, sizeof a->ser[i].labels, "%s", labels);
+	a->nser++;
+	return &a->ser[i];
+}
+
+static void lg_acct_observe(struct lg_series *s, double secs)
+{
+	int i;
+	if (!s) return;
+	for (i = 0; i < LG_HBUCKETS; i++)
+		if (secs <= lg_hist_le[i]) s->b[i]++;
+	s->sum += secs;
+	s->count++;
+}
+
+/* A label value as Prometheus wants it: backslash, quote and newline escaped. */
+static void lg_acct_label(char *out, size_t n, const char *v)
+{
+	size_t o = 0;
+	for (; v && *v && o + 3 < n; v++) {
+		if (*v == '\\' || *v == '"') out[o++] = '\\';
+		if (*v == '\n') {
+			out[o++] = '\\';
+			out[o++] = 'n';
+			continue;
+		}
+		out[o++] = *v;
+	}
+	out[o] = 0;
+}
+
+/* The request ended: settle its reservation, charge the ledger, count it. */
+static void lg_acct_settle(struct lg_req *r)
+{
+	struct llmgw *gw = r->gw;
+	struct lg_acct *a = lg_acct_of(gw);
+	char model[96], prov[64], key[64], lb[224];
+	const char *pm = r->served ? r->served->model : r->model_req;
+	double secs = (double)(gw->now - r->t0) / 1000.0;
+	int i;
+	if (!a) return;
+	if (r->ks) {
+		struct lg_kstate *ks = r->ks;
+		ks->inflight--;
+		ks->reserved -= r->reserved;
+		if (ks->reserved < 1e-12) ks->reserved = 0;
+		if (r->key) {
+			lg_acct_roll(ks, r->key, lg_wall_ms());
+			if (r->key->tpm) ks->tpm_tok -= (double)(r->usage.prompt + r->usage.completion);
+		}
+		if (r->usage.cost > 0) {
+			ks->spend += r->usage.cost;
+			ks->total += r->usage.cost;
+			if (a->lfd >= 0) {
+				lg_acct_line(&a->lbuf, "c1 %lld %s %.10g %s", (long long)lg_wall_ms(), ks->name, r->usage.cost, r->id);
+			}
+		}
+		r->ks = NULL;
+	}
+	if (r->ep != LG_EP_CHAT && r->ep != LG_EP_EMBED) return; /* metrics count model requests */
+	lg_acct_label(model, sizeof model, pm ? pm : "");
+	lg_acct_label(prov, sizeof prov, r->served ? r->served->prov->name : "");
+	lg_acct_label(key, sizeof key, r->key ? r->key->name : "");
+	snprintf(lb, sizeof lb, "model=\"%s\",provider=\"%s\",status=\"%d\"", model, prov, r->status);
+	if (lg_acct_series(gw, LG_M_REQUESTS, lb)) lg_acct_series(gw, LG_M_REQUESTS, lb)->v += 1;
+	snprintf(lb, sizeof lb, "model=\"%s\"", model);
+	lg_acct_observe(lg_acct_series(gw, LG_M_DURATION, lb), secs);
+	if (r->t_first) lg_acct_observe(lg_acct_series(gw, LG_M_TTFT, lb), (double)(r->t_first - r->t0) / 1000.0);
+	if (r->usage.seen) {
+		struct lg_series *sp, *sc, *sk, *co;
+		snprintf(lb, sizeof lb, "key=\"%s\",model=\"%s\",type=\"prompt\"", key, model);
+		sp = lg_acct_series(gw, LG_M_TOKENS, lb);
+		if (sp) sp->v += (double)r->usage.prompt;
+		snprintf(lb, sizeof lb, "key=\"%s\",model=\"%s\",type=\"completion\"", key, model);
+		sc = lg_acct_series(gw, LG_M_TOKENS, lb);
+		if (sc) sc->v += (double)r->usage.completion;
+		snprintf(lb, sizeof lb, "key=\"%s\",model=\"%s\",type=\"cached\"", key, model);
+		sk = lg_acct_series(gw, LG_M_TOKENS, lb);
+		if (sk) sk->v += (double)r->usage.cached;
+		snprintf(lb, sizeof lb, "key=\"%s\",model=\"%s\"", key, model);
+		co = lg_acct_series(gw, LG_M_COST, lb);
+		if (co) co->v += r->usage.cost;
+	}
+	for (i = 0; i < r->natt; i++) {
+		struct lg_series *at;
+		lg_acct_label(prov, sizeof prov, r->att[i].prov);
+		snprintf(lb, sizeof lb, "provider=\"%s\",status=\"%d\"", prov, r->att[i].status);
+		if ((at = lg_acct_series(gw, LG_M_ATTEMPTS, lb))) at->v += 1;
+	}
+	/* the ring of recent requests */
+	if (r->ep == LG_EP_CHAT || r->ep == LG_EP_EMBED) {
+		struct lg_gen *g = &a->ring[r->seq % LG_RING];
+		memset(g, 0, sizeof *g);
+		g->seq = r->seq;
+		snprintf(g->id, sizeof g->id, "%s", r->id);
+		snprintf(g->key, sizeof g->key, "%s", r->key ? r->key->name : "");
+		snprintf(g->model, sizeof g->model, "%s", pm ? pm : "");
+		snprintf(g->provider, sizeof g->provider, "%s", r->served ? r->served->prov->name : "");
+		snprintf(g->upstream, sizeof g->upstream, "%s", r->served ? r->served->upstream : "");
+		g->status = r->status;
+		g->natt = r->natt;
+		g->stream = r->stream;
+		for (i = 0; i < r->natt && i < 4; i++) {
+			snprintf(g->att[i].prov, sizeof g->att[i].prov, "%s", r->att[i].prov);
+			g->att[i].status = r->att[i].status;
+			g->att[i].ms = r->att[i].ms;
+		}
+		g->ms = gw->now - r->t0;
+		g->ttft = r->t_first ? r->t_first - r->t0 : -1;
+		g->prompt = r->usage.prompt;
+		g->completion = r->usage.completion;
+		g->cached = r->usage.cached;
+		g->cost = r->usage.cost;
+		g->created = r->wall0;
+	}
+}
+
 /* One JSON line per request in the access log; written in batches at the
  * end of each loop iteration. Prompts and completions are never logged. */
 static void lg_acct_log(struct lg_req *r)
@@ -5114,6 +5682,22 @@ static void lg_acct_flush(struct llmgw *gw)
 	}
 	gw->logbuf.off = gw->logbuf.len = 0;
 	lg_buf_shrink(&gw->logbuf);
+	if (gw->acct && lg_buf_used(&gw->acct->lbuf)) {
+		struct lg_acct *a = gw->acct;
+		ssize_t w = a->lfd >= 0 ? write(a->lfd, lg_buf_data(&a->lbuf), lg_buf_used(&a->lbuf)) : -1;
+		if (w != (ssize_t)lg_buf_used(&a->lbuf))
+			LG_LOG(gw, LG_LOG_ERROR, "ledger %s: write failed: %s (spend is kept in memory)",
+			       a->lpath ? a->lpath : "", strerror(errno));
+		else
+			a->lsize += (size_t)w;
+		a->lbuf.off = a->lbuf.len = 0;
+		if (!a->unsynced) { /* fdatasync at most once a second */
+			a->unsynced = 1;
+			a->sync_tm.fn = lg_acct_sync;
+			lg_timer_set(gw, &a->sync_tm, 1000);
+		}
+		if (a->lsize > (8u << 20)) lg_acct_compact(gw);
+	}
 }
 
 /* ===== 14. Server handlers ============================================= */
@@ -5153,6 +5737,7 @@ static void lg_req_finish(struct lg_req *r)
 	lg_up_release(&r->up);
 	if (!r->status) r->status = c ? 500 : 499;
 	if (r->ep == LG_EP_CHAT || r->ep == LG_EP_EMBED || r->status >= 400) lg_acct_log(r);
+	lg_acct_settle(r);
 	gw->served++;
 	/* out of the in-flight list, onto the list freed after this iteration */
 	if (r->prev)
@@ -5272,7 +5857,8 @@ static struct lg_req *lg_srv_new_req(struct lg_conn *c, int minor)
 	lg_buf_init(&r->ubody, 0);
 	lg_buf_init(&r->scratch, LLMGW_MAX_EVENT + 16);
 	x = lg_rand(&gw->rng);
-	snprintf(r->id, sizeof r->id, "gen-%llx-%08llx", (unsigned long long)++gw->seq,
+	r->seq = ++gw->seq;
+	snprintf(r->id, sizeof r->id, "gen-%llx-%08llx", (unsigned long long)r->seq,
 	         (unsigned long long)(x & 0xffffffffull));
 	r->next = gw->reqs;
 	if (gw->reqs) gw->reqs->prev = r;
@@ -5374,17 +5960,186 @@ static void lg_srv_models(struct lg_req *r)
 	lg_buf_free(&b);
 }
 
-static void lg_srv_admin_reload(struct lg_req *r, const char *auth_err)
+static void lg_srv_admin_reload(struct lg_req *r)
 {
 	char err[1024];
-	if (auth_err) {
-		lg_resp_error(r, 401, NULL, "%s", auth_err);
-		return;
-	}
 	if (lg_srv_reload(r->gw, err, sizeof err) == 0)
 		lg_resp_send(r, 200, "application/json", "{\"status\":\"reloaded\"}\n", 22, NULL);
 	else
 		lg_resp_error(r, 500, NULL, "reload failed, the running configuration stays: %s", err);
+}
+
+static void lg_srv_usd(struct lg_buf *b, const char *name, double v)
+{
+	lg_buf_printf(b, ",\"%s\":", name);
+	lg_json_wnum(b, v);
+}
+
+/* GET /v1/key: the calling key's budget, spend, limits and what remains. */
+static void lg_srv_key(struct lg_req *r)
+{
+	const struct lg_key *k = r->key;
+	struct lg_kstate *ks;
+	struct lg_buf b;
+	int64_t reset = 0;
+	if (!k) {
+		lg_resp_error(r, 400, NULL, "auth = none: requests carry no key, so there is nothing to report");
+		return;
+	}
+	ks = lg_acct_kstate(r->gw, k->name);
+	if (!ks) {
+		lg_resp_error(r, 500, NULL, "out of memory");
+		return;
+	}
+	lg_acct_roll(ks, k, r->wall0);
+	lg_acct_refill(ks, k, r->gw->now);
+	lg_acct_period(k->period, r->wall0, &reset);
+	lg_buf_init(&b, 0);
+	lg_buf_addz(&b, "{\"data\":{\"label\":");
+	lg_json_wz(&b, k->name);
+	lg_buf_addz(&b, ",\"name\":");
+	lg_json_wz(&b, k->name);
+	lg_srv_usd(&b, "usage", ks->spend);
+	if (k->budget > 0) {
+		lg_srv_usd(&b, "limit", k->budget);
+		lg_srv_usd(&b, "limit_remaining", LG_MAX(0.0, k->budget - ks->spend - ks->reserved));
+	} else {
+		lg_buf_addz(&b, ",\"limit\":null,\"limit_remaining\":null");
+	}
+	lg_buf_printf(&b, ",\"budget\":{\"period\":\"%s\"", k->budget > 0 ? lg_period_names[k->period] : "none");
+	lg_srv_usd(&b, "spend", ks->spend);
+	lg_srv_usd(&b, "reserved", ks->reserved);
+	if (reset) {
+		time_t t = (time_t)(reset / 1000);
+		struct tm tm;
+		char when[40];
+		gmtime_r(&t, &tm);
+		strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+		lg_buf_printf(&b, ",\"resets_at\":\"%s\"}", when);
+	} else {
+		lg_buf_addz(&b, ",\"resets_at\":null}");
+	}
+	lg_srv_usd(&b, "total_spend", ks->total);
+	lg_buf_printf(&b, ",\"limits\":{\"rpm\":%ld,\"tpm\":%ld,\"max_concurrency\":%d},\"remaining\":{", k->rpm,
+	              k->tpm, k->max_concurrency);
+	if (k->rpm)
+		lg_buf_printf(&b, "\"requests\":%ld,", (long)ks->rpm_tok);
+	if (k->tpm)
+		lg_buf_printf(&b, "\"tokens\":%ld,", (long)LG_MAX(0.0, ks->tpm_tok));
+	lg_buf_printf(&b, "\"in_flight\":%d}}}\n", ks->inflight);
+	lg_resp_send(r, 200, "application/json", b.p, b.len, NULL);
+	lg_buf_free(&b);
+}
+
+/* GET /v1/generation?id=ID: one of the recent requests of the same key. */
+static void lg_srv_generation(struct lg_req *r)
+{
+	const char *q = r->query ? strstr(r->query, "id=") : NULL;
+	struct lg_acct *a = lg_acct_of(r->gw);
+	char id[48];
+	size_t n = 0;
+	unsigned long long seq = 0;
+	const struct lg_gen *g;
+	struct lg_buf b;
+	int i;
+	if (q) {
+		q += 3;
+		while (q[n] && q[n] != '&' && n + 1 < sizeof id) id[n] = q[n], n++;
+	}
+	id[n] = 0;
+	if (!n || sscanf(id, "gen-%llx-", &seq) != 1 || !a) {
+		lg_resp_error(r, 400, NULL, "GET /v1/generation needs ?id=<the x-request-id of a request>");
+		return;
+	}
+	g = &a->ring[seq % LG_RING];
+	if (g->seq != seq || strcmp(g->id, id) != 0 || (r->key && strcmp(g->key, r->key->name) != 0)) {
+		lg_resp_error(r, 404, NULL, "generation %s is unknown (only the last %d requests of your key are kept)", id,
+		              LG_RING);
+		return;
+	}
+	lg_buf_init(&b, 0);
+	lg_buf_addz(&b, "{\"data\":{\"id\":");
+	lg_json_wz(&b, g->id);
+	lg_buf_addz(&b, ",\"model\":");
+	lg_json_wz(&b, g->model);
+	lg_buf_addz(&b, ",\"provider\":");
+	lg_json_wz(&b, g->provider);
+	lg_buf_addz(&b, ",\"upstream_model\":");
+	lg_json_wz(&b, g->upstream);
+	lg_buf_printf(&b, ",\"status\":%d,\"stream\":%s,\"attempts\":[", g->status, g->stream ? "true" : "false");
+	for (i = 0; i < g->natt && i < 4; i++) {
+		lg_buf_addz(&b, i ? ",{\"provider\":" : "{\"provider\":");
+		lg_json_wz(&b, g->att[i].prov);
+		lg_buf_printf(&b, ",\"status\":%d,\"ms\":%lld}", g->att[i].status, (long long)g->att[i].ms);
+	}
+	lg_buf_printf(&b, "],\"num_attempts\":%d,\"latency_ms\":%lld,\"ttft_ms\":", g->natt, (long long)g->ms);
+	if (g->ttft >= 0)
+		lg_buf_printf(&b, "%lld", (long long)g->ttft);
+	else
+		lg_buf_addz(&b, "null");
+	lg_buf_printf(&b, ",\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"cached_tokens\":%lld",
+	              (long long)g->prompt, (long long)g->completion, (long long)g->cached);
+	lg_srv_usd(&b, "cost", g->cost);
+	lg_srv_usd(&b, "total_cost", g->cost);
+	lg_buf_printf(&b, ",\"created_at\":%lld}}\n", (long long)(g->created / 1000));
+	lg_resp_send(r, 200, "application/json", b.p, b.len, NULL);
+	lg_buf_free(&b);
+}
+
+/* GET /metrics: Prometheus text format 0.0.4. */
+static void lg_srv_metrics(struct lg_req *r)
+{
+	struct llmgw *gw = r->gw;
+	struct lg_acct *a = lg_acct_of(gw);
+	struct lg_buf b;
+	int m, i, nup = 0, ncl = 0;
+	unsigned k;
+	struct lg_kstate *ks;
+	lg_buf_init(&b, 0);
+	for (m = LG_M_REQUESTS; a && m <= LG_M_ATTEMPTS; m++) {
+		int hist = m == LG_M_DURATION || m == LG_M_TTFT;
+		lg_buf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", lg_metric_names[m], lg_metric_help[m],
+		              lg_metric_names[m], hist ? "histogram" : "counter");
+		for (k = 0; k < a->capser; k++) {
+			const struct lg_series *se = &a->ser[k];
+			if (!se->used || se->metric != m) continue;
+			if (!hist) {
+				lg_buf_printf(&b, "%s{%s} %.10g\n", lg_metric_names[m], se->labels, se->v);
+				continue;
+			}
+			for (i = 0; i < LG_HBUCKETS; i++)
+				lg_buf_printf(&b, "%s_bucket{%s,le=\"%g\"} %llu\n", lg_metric_names[m], se->labels, lg_hist_le[i],
+				              (unsigned long long)se->b[i]);
+			lg_buf_printf(&b, "%s_bucket{%s,le=\"+Inf\"} %llu\n%s_sum{%s} %.6f\n%s_count{%s} %llu\n",
+			              lg_metric_names[m], se->labels, (unsigned long long)se->count, lg_metric_names[m],
+			              se->labels, se->sum, lg_metric_names[m], se->labels, (unsigned long long)se->count);
+		}
+	}
+	for (i = gw->nfixed; i < gw->npfd; i++) {
+		if (gw->conns[i]->flags & LG_F_DEAD) continue;
+		if (gw->conns[i]->role == LG_ROLE_CLIENT)
+			ncl++;
+		else
+			nup++;
+	}
+	lg_buf_printf(&b, "# HELP llmgw_requests_in_flight Requests being answered.\n"
+	                  "# TYPE llmgw_requests_in_flight gauge\nllmgw_requests_in_flight %d\n"
+	                  "# HELP llmgw_connections Open connections by role.\n# TYPE llmgw_connections gauge\n"
+	                  "llmgw_connections{role=\"client\"} %d\nllmgw_connections{role=\"upstream\"} %d\n"
+	                  "# HELP llmgw_upstream_pool_idle Idle keep-alive upstream connections.\n"
+	                  "# TYPE llmgw_upstream_pool_idle gauge\nllmgw_upstream_pool_idle %d\n",
+	              gw->nreqs - 1, ncl, nup, gw->npool);
+	lg_buf_addz(&b, "# HELP llmgw_key_spend_usd Spend of each key in its current budget period.\n"
+	                "# TYPE llmgw_key_spend_usd gauge\n");
+	for (ks = a ? a->keys : NULL; ks; ks = ks->next) {
+		char kl[96];
+		lg_acct_label(kl, sizeof kl, ks->name);
+		lg_buf_printf(&b, "llmgw_key_spend_usd{key=\"%s\"} %.10g\n", kl, ks->spend);
+	}
+	lg_buf_printf(&b, "# HELP llmgw_info Version of the running gateway.\n# TYPE llmgw_info gauge\n"
+	                  "llmgw_info{version=\"%s\"} 1\n", LLMGW_VERSION);
+	lg_resp_send(r, 200, "text/plain; version=0.0.4", b.p, b.len, NULL);
+	lg_buf_free(&b);
 }
 
 /* POST /v1/chat/completions and /v1/embeddings. */
@@ -5470,11 +6225,20 @@ static void lg_srv_completion(struct lg_req *r)
 		lg_resp_error(r, k, NULL, "%s", msg);
 		return;
 	}
+	{
+		int retry = 0;
+		if ((k = lg_acct_admit(r, msg, sizeof msg, &retry))) {
+			char ra[40];
+			snprintf(ra, sizeof ra, "Retry-After: %d\r\n", retry);
+			lg_resp_error(r, k, retry ? ra : NULL, "%s", msg);
+			return;
+		}
+	}
 	lg_route_next(r);
 }
 
 /* The body is complete: run the endpoint. */
-static void lg_srv_dispatch(struct lg_req *r, const char *auth_err)
+static void lg_srv_dispatch(struct lg_req *r)
 {
 	struct lg_conn *c = r->cc;
 	r->body = lg_buf_data(&c->in) + r->head_len;
@@ -5484,7 +6248,10 @@ static void lg_srv_dispatch(struct lg_req *r, const char *auth_err)
 	switch (r->ep) {
 	case LG_EP_HEALTH: lg_srv_health(r); break;
 	case LG_EP_MODELS: lg_srv_models(r); break;
-	case LG_EP_NONE: lg_srv_admin_reload(r, auth_err); break;
+	case LG_EP_RELOAD: lg_srv_admin_reload(r); break;
+	case LG_EP_KEY: lg_srv_key(r); break;
+	case LG_EP_GEN: lg_srv_generation(r); break;
+	case LG_EP_METRICS: lg_srv_metrics(r); break;
 	default: lg_srv_completion(r);
 	}
 	if (!r->finished && (r->status || !r->cc)) lg_req_finish(r);
@@ -5511,11 +6278,11 @@ static const struct lg_route_ent lg_srv_paths[] = {
     {"/v1/embeddings", LG_EP_EMBED, "POST"},
     {"/v1/models", LG_EP_MODELS, "GET, HEAD"},
     {"/health", LG_EP_HEALTH, "GET, HEAD"},
-    {"/admin/reload", LG_EP_NONE, "POST"},
+    {"/admin/reload", LG_EP_RELOAD, "POST"},
     {"/v1/messages", -1, "POST"},
-    {"/v1/key", -1, "GET"},
-    {"/v1/generation", -1, "GET"},
-    {"/metrics", -1, "GET"},
+    {"/v1/key", LG_EP_KEY, "GET, HEAD"},
+    {"/v1/generation", LG_EP_GEN, "GET, HEAD"},
+    {"/metrics", LG_EP_METRICS, "GET, HEAD"},
 };
 
 /* A complete head: route, authenticate, size the body. */
@@ -5575,7 +6342,12 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 	}
 	r->ep = re->ep;
 	msg[0] = 0;
-	if (r->ep == LG_EP_NONE) { /* admin: the admin key, not a client key */
+	if (r->ep == LG_EP_METRICS && gw->cfg->metrics == LG_METRICS_OFF) {
+		lg_srv_head_error(r, 404, NULL, "metrics are off (metrics = off)");
+		return;
+	}
+	if (r->ep == LG_EP_RELOAD || (r->ep == LG_EP_METRICS && gw->cfg->metrics == LG_METRICS_ADMIN)) {
+		/* the admin key, not a client key */
 		lg_str a = lg_http_get(h, "authorization"), x = lg_http_get(h, "x-api-key"), sec = x;
 		const char *ak = gw->cfg->admin_key;
 		unsigned char h1[32], h2[32];
@@ -5583,12 +6355,24 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 		lg_sha256(sec.p, sec.n, h1);
 		lg_sha256(ak ? ak : "", ak ? strlen(ak) : 0, h2);
 		if (!ak || !*ak)
-			snprintf(msg, sizeof msg, "admin endpoints are off: set admin_key in [gateway]");
+			snprintf(msg, sizeof msg, "%s needs admin_key in [gateway]%s", re->path,
+			         r->ep == LG_EP_METRICS ? " (or metrics = public)" : "");
 		else if (!sec.n || !lg_ct_eq(h1, h2, 32))
-			snprintf(msg, sizeof msg, "missing or wrong admin key");
-	} else if (r->ep != LG_EP_HEALTH && (st = lg_srv_auth(r, h, msg, sizeof msg))) {
+			snprintf(msg, sizeof msg, "%s: missing or wrong admin key", re->path);
+		if (msg[0]) {
+			lg_srv_head_error(r, 401, NULL, msg);
+			return;
+		}
+	} else if (r->ep != LG_EP_HEALTH && r->ep != LG_EP_METRICS && (st = lg_srv_auth(r, h, msg, sizeof msg))) {
 		lg_srv_head_error(r, st, NULL, msg);
 		return;
+	}
+	if (r->ep == LG_EP_GEN) { /* keep the query string */
+		lg_str q = h->target;
+		size_t qi;
+		for (qi = 0; qi < q.n && q.p[qi] != '?'; qi++) {
+		}
+		r->query = lg_arena_strn(&r->a, q.p + qi, q.n - qi);
 	}
 	if (r->clen > (int64_t)gw->cfg->max_body) {
 		snprintf(msg, sizeof msg, "request body of %lld bytes is larger than max_body (%zu bytes)",
@@ -5597,7 +6381,6 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 		lg_srv_head_error(r, 413, NULL, msg);
 		return;
 	}
-	if (msg[0]) r->deny = lg_arena_strn(&r->a, msg, strlen(msg)); /* answered after the body */
 	if (h->expect100 && (r->clen > 0 || r->chunked)) {
 		lg_buf_addz(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
 		if (lg_conn_flush(c) < 0) {
@@ -5698,7 +6481,7 @@ static void lg_srv_advance(struct lg_conn *c)
 			int k = lg_srv_body(c, r);
 			if (k == 0) break;
 			if (k < 0) continue;
-			lg_srv_dispatch(r, r->deny);
+			lg_srv_dispatch(r);
 			continue;
 		}
 		break; /* busy: the request is in flight */
@@ -6024,6 +6807,12 @@ int llmgw_start(struct llmgw *gw, char *err, size_t errlen)
 		LG_LOG(gw, LG_LOG_INFO, "listening on %s://%s", tls ? "https" : "http", spec);
 	}
 	gw->npfd = gw->nfixed;
+	if (gw->cfg->state_dir && *gw->cfg->state_dir &&
+	    lg_acct_ledger_open(gw, gw->cfg->state_dir, err, errlen)) {
+		while (gw->nfixed > 1) close(gw->pfd[--gw->nfixed].fd);
+		gw->npfd = gw->nfixed;
+		return -1;
+	}
 	gw->started = gw->running = 1;
 	gw->now = lg_now_ms();
 	LG_LOG(gw, LG_LOG_INFO, "llmgw %s ready: %d providers, %d models, %d keys", LLMGW_VERSION,
@@ -6184,6 +6973,22 @@ void llmgw_free(struct llmgw *gw)
 	}
 	lg_acct_flush(gw);
 	lg_buf_free(&gw->logbuf);
+	if (gw->acct) {
+		struct lg_acct *a = gw->acct;
+		if (a->lfd >= 0) {
+			fdatasync(a->lfd);
+			close(a->lfd);
+		}
+		while (a->keys) {
+			struct lg_kstate *k = a->keys->next;
+			free(a->keys);
+			a->keys = k;
+		}
+		lg_buf_free(&a->lbuf);
+		free(a->ser);
+		free(a->lpath);
+		free(a);
+	}
 	if (gw->logfd >= 0) close(gw->logfd);
 	lg_dns_free(gw->dns);
 	if (gw->wake[0] >= 0) close(gw->wake[0]);

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what building and testing llmgw need on a fresh Debian machine:
 # a C compiler and make (the gateway), curl and python3 (integration tests),
-# valgrind and clang (memory checks, fuzzing). Does nothing when all are
+# valgrind and clang (memory checks, fuzzing), xz (the BearSSL recipe),
+# openssl (test certificates). Does nothing when all are
 # there already.
 set -eu
 need=""
@@ -12,6 +13,8 @@ command -v python3 >/dev/null 2>&1 || need="$need python3"
 command -v valgrind >/dev/null 2>&1 || need="$need valgrind"
 command -v clang >/dev/null 2>&1 || need="$need clang"
 command -v xz >/dev/null 2>&1 || need="$need xz-utils"
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
+command -v apt-get >/dev/null 2>&1 && [ ! -d /usr/share/doc/ca-certificates ] && need="$need ca-certificates"
 # the sanitizer runtimes come with gcc; check they link
 if command -v cc >/dev/null 2>&1; then
 	t=$(mktemp -d)

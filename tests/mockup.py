@@ -2,6 +2,8 @@
 """Scripted mock OpenAI-compatible upstream for llmgw's tests.
 
     python3 tests/mockup.py --port 0      # prints "PORT <n>", serves until killed
+    python3 tests/mockup.py --port 0 --tls CERT KEY   # the same over HTTPS
+    python3 tests/mockup.py --port 0 --close          # Connection: close on every response
 
 Raw sockets (not http.server) so every byte on the wire is ours to choose; one thread
 per connection; HTTP/1.1 keep-alive with Content-Length and chunked request bodies.
@@ -18,6 +20,9 @@ Control paths (never forwarded by the gateway; tests call them directly):
                         header_list[[name, value]], body, t}
                        `serial` numbers the TCP connection (same serial = reused connection),
                        `seq` counts requests on that connection from 1.
+                       With --tls each entry also has `tls`: {version, cipher, sni,
+                       session_reused} of its connection (session_reused: the handshake
+                       resumed an earlier TLS session).
     POST /_reset       forget the recorded requests
     POST /_close_idle  close every connection that is waiting for its next request
                        (simulates an upstream idle timeout, to make pooled connections stale)
@@ -27,6 +32,7 @@ import base64
 import json
 import re
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -54,6 +60,8 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                429: "rate_limit_error", 529: "overloaded_error"}
 
 VERBOSE = False
+TLS_CTX = None                                   # --tls: the server's ssl.SSLContext
+CLOSE_ALL = False                                # --close: one response per connection
 
 
 def log(*a):
@@ -138,6 +146,7 @@ class Conn:
         self.idle = False
         self.dead = False
         self.seq = 0
+        self.tls = None            # --tls: {version, cipher, sni, session_reused}
 
     # -- reading
     def _more(self):
@@ -285,6 +294,8 @@ class Conn:
 def head(status, headers):
     lines = ["HTTP/1.1 %d %s" % (status, REASONS.get(status, "Status"))]
     lines += ["%s: %s" % kv for kv in headers]
+    if CLOSE_ALL and not any(k.lower() == "connection" for k, _ in headers):
+        lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
@@ -593,9 +604,12 @@ def handle(conn, req):
         conn.send(json_response(200, {"ok": True, "closed": n}))
         return True
     text = req.body.decode("utf-8", "replace")
-    STATE.record({"serial": conn.serial, "seq": conn.seq, "method": req.method,
-                  "path": req.target, "version": req.version, "headers": req.headers,
-                  "header_list": req.header_list, "body": text, "t": time.time()})
+    entry = {"serial": conn.serial, "seq": conn.seq, "method": req.method,
+             "path": req.target, "version": req.version, "headers": req.headers,
+             "header_list": req.header_list, "body": text, "t": time.time()}
+    if conn.tls is not None:
+        entry["tls"] = conn.tls
+    STATE.record(entry)
     log(conn.serial, req.method, req.target, text[:120])
     if req.method == "POST" and (path.endswith("/chat/completions") or path.endswith("/embeddings")):
         try:
@@ -614,8 +628,55 @@ def handle(conn, req):
     return True
 
 
+SNI = threading.local()          # the server name of the handshake running in this thread
+
+
+def _sni_callback(sslobj, server_name, ctx):
+    SNI.name = server_name
+    return None
+
+
+def make_tls_context(cert, key):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ctx.sni_callback = _sni_callback
+    return ctx
+
+
+def tls_handshake(sock, serial):
+    """Wrap an accepted socket in TLS (in the connection's own thread, so a slow or
+    broken client delays nobody). None when the handshake fails."""
+    SNI.name = None
+    try:
+        sock.settimeout(HOLD)
+        ts = TLS_CTX.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        ts.do_handshake()
+    except (OSError, ValueError) as e:
+        log(serial, "TLS handshake failed:", repr(e))
+        try:
+            sock.close()
+        except OSError:
+            pass
+        return None, None
+    cipher = ts.cipher()
+    info = {"version": ts.version(), "cipher": cipher[0] if cipher else None,
+            "sni": SNI.name, "session_reused": bool(ts.session_reused)}
+    log(serial, "TLS", info)
+    return ts, info
+
+
 def serve_conn(sock, serial):
+    tls = None
+    if TLS_CTX is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        sock, tls = tls_handshake(sock, serial)
+        if sock is None:
+            return
     conn = Conn(sock, serial)
+    conn.tls = tls
     with STATE.lock:
         STATE.conns[serial] = conn
     try:
@@ -629,7 +690,7 @@ def serve_conn(sock, serial):
             if req is None or conn.dead:
                 break
             keep = handle(conn, req)
-            if not keep or req.wants_close():
+            if not keep or req.wants_close() or CLOSE_ALL:
                 break
     except ClientGone:
         pass
@@ -654,7 +715,7 @@ def selftest(port):
             body["stream_options"] = {"include_usage": True}
         if path.endswith("embeddings"):
             body = {"model": model, "input": ["a", "b"]}
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        c = connection(port, timeout)
         c.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
         r = c.getresponse()
         return r, r.read()
@@ -703,25 +764,60 @@ def selftest(port):
         expect("%s fails (%.1fs)" % (sc, time.monotonic() - t), ok)
     reqs = json.loads(urlopen_get(port, "/_requests"))
     expect("requests recorded", len(reqs) > 30 and all("serial" in x and "headers" in x for x in reqs))
+    if TLS_CTX is not None:
+        expect("TLS details recorded", all(isinstance(x.get("tls"), dict) and x["tls"]["version"]
+                                           for x in reqs))
+    if CLOSE_ALL:
+        expect("one request per connection (--close)",
+               len({x["serial"] for x in reqs}) == len(reqs))
+    else:
+        c = connection(port, 5)
+        serials = []
+        for i in range(3):
+            c.request("POST", "/v1/chat/completions",
+                      json.dumps({"model": "ok#ka%d" % i, "messages": []}),
+                      {"Content-Type": "application/json"})
+            c.getresponse().read()
+        for x in json.loads(urlopen_get(port, "/_requests")):
+            if x["body"].find('"ok#ka') >= 0:
+                serials.append(x["serial"])
+        expect("keep-alive (3 requests, one connection)", len(serials) == 3 and len(set(serials)) == 1)
     return 1 if fails else 0
 
 
-def urlopen_get(port, path):
+def connection(port, timeout):
+    """An http.client connection to this mock (TLS without verification under --tls)."""
     import http.client
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    if TLS_CTX is not None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=ctx)
+    return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+
+def urlopen_get(port, path):
+    c = connection(port, 5)
     c.request("GET", path)
     return c.getresponse().read()
 
 
 def main():
-    global VERBOSE
+    global VERBOSE, TLS_CTX, CLOSE_ALL
     ap = argparse.ArgumentParser(description="scripted mock OpenAI upstream")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("--selftest", action="store_true", help="check every scenario and exit")
+    ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"),
+                    help="serve HTTPS with this PEM certificate (chain) and key")
+    ap.add_argument("--close", action="store_true",
+                    help="answer with Connection: close and close after every response")
     a = ap.parse_args()
     VERBOSE = a.verbose
+    CLOSE_ALL = a.close
+    if a.tls:
+        TLS_CTX = make_tls_context(*a.tls)
     ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((a.host, a.port))
