@@ -1,12 +1,19 @@
 # llmgw - build, run and test.
 #   make            build ./llmgw (C99, warnings are errors)
 #   make run        build and start on the example llmgw.ini
-#   make test       unit + integration suites, then both again under ASan+UBSan
+#   make test       every suite of tests/run.sh (unit, integration, ASan+UBSan,
+#                   the cross builds under qemu-user, embedding, rootfs, memory limit)
 #   make symbols    check that llmgw.o exports only llmgw_* symbols
 #   make TLS=0      build without TLS (no BearSSL needed; https upstreams refused)
+#   make cross      static, stripped, TLS-enabled binaries for every CROSS_TARGETS
+#                   entry: build/<target>/llmgw (make cross-aarch64, cross-mips, ...)
+#   make rootfs     the FROM-scratch image's file tree in build/rootfs (see Dockerfile)
+#   make embed-test tests/embed.c: two embedded gateways in one host program (+ ASan)
+#   make measure    size and memory table of every built target (tests/measure.py)
 # Fresh Debian machine: `sh .ci/deps.sh` installs what these need. With TLS=1
 # (the default) vendor/bearssl.sh fetches BearSSL 0.6 (checksum-pinned) and
-# builds it for $(CC) under build/bearssl/$(TARGET).
+# builds it for $(CC) under build/bearssl/$(TARGET), and for each cross
+# target with that target's compiler under build/bearssl/<target>.
 
 CC      ?= cc
 CFLAGS  ?= -O2 -g
@@ -23,13 +30,67 @@ TLSDEF  := -DLLMGW_TLS=1 -isystem $(BEARSSL)/inc
 TLSLIB  := $(BEARSSL)/libbearssl.a
 endif
 
+# ---- cross targets ---------------------------------------------------------
+# Each target: its compiler, its strip, the qemu-user name that runs it (none
+# for x86_64-musl, which runs natively). Always static, always with TLS.
+CROSS_TARGETS := aarch64 armhf mipsel mips x86_64-musl
+XCC_aarch64       := aarch64-linux-gnu-gcc
+XCC_armhf         := arm-linux-gnueabihf-gcc
+XCC_mipsel        := mipsel-linux-gnu-gcc
+XCC_mips          := mips-linux-gnu-gcc
+XCC_x86_64-musl   := musl-gcc
+XSTRIP_aarch64     := aarch64-linux-gnu-strip
+XSTRIP_armhf       := arm-linux-gnueabihf-strip
+XSTRIP_mipsel      := mipsel-linux-gnu-strip
+XSTRIP_mips        := mips-linux-gnu-strip
+XSTRIP_x86_64-musl := strip
+XCFLAGS  := -Os -ffunction-sections -fdata-sections
+XLDFLAGS := -static -Wl,--gc-sections
+# Static glibc warns at link time that getaddrinfo "requires at runtime the
+# shared libraries from the glibc version used for linking". Since glibc 2.34
+# the files and dns NSS sources are built into libc, so upstream host names
+# (localhost via /etc/hosts, DNS via /etc/resolv.conf) resolve in these static
+# binaries all the same; only other nsswitch.conf sources (mdns, myhostname,
+# ...) would be skipped. The warning is expected.
+# The unit tests of each target (tests/unit.c includes llmgw.c) are built the
+# way build/unit is, plus -static.
+CROSS_BINS  := $(CROSS_TARGETS:%=$(BUILD)/%/llmgw)
+CROSS_UNITS := $(CROSS_TARGETS:%=$(BUILD)/%/unit)
+# what `make test` builds for tests/run.sh: unit-<target> runs for every
+# target, integration-<target> for EMU_TARGETS (`make test EMU_TARGETS=` and
+# CROSS_TEST= leave them all out, e.g. without cross compilers)
+CROSS_TEST  ?= $(CROSS_TARGETS)
+# a compiler for every BearSSL output dir: the target's own, else $(CC)
+bearssl_cc     = $(if $(XCC_$(1)),$(XCC_$(1)),$(CC))
+bearssl_cflags = $(if $(XCC_$(1)),CFLAGS="$(XCFLAGS)")
+
 all: llmgw
 
 llmgw: llmgw.c llmgw.h $(TLSLIB)
 	$(CC) $(WARN) $(CFLAGS) $(TLSDEF) -o $@ llmgw.c $(TLSLIB) $(LDFLAGS) $(LDLIBS)
 
+# Always ask the recipe: it returns at once and leaves libbearssl.a untouched
+# when it is up to date, so what links it is only rebuilt when it changed.
 $(BUILD)/bearssl/%/libbearssl.a: FORCE
-	@sh vendor/bearssl.sh CC="$(CC)" OUT=$(BUILD)/bearssl/$* >/dev/null
+	@command -v $(firstword $(call bearssl_cc,$*)) >/dev/null 2>&1 || \
+	  { echo "$(firstword $(call bearssl_cc,$*)) not found: sh .ci/deps.sh installs it"; exit 1; }
+	@sh vendor/bearssl.sh CC="$(call bearssl_cc,$*)" $(call bearssl_cflags,$*) OUT=$(BUILD)/bearssl/$* >/dev/null
+
+cross: $(CROSS_BINS)
+	@for t in $(CROSS_TARGETS); do ls -l $(BUILD)/$$t/llmgw; done
+
+$(CROSS_TARGETS:%=cross-%): cross-%: $(BUILD)/%/llmgw
+
+$(CROSS_BINS): $(BUILD)/%/llmgw: llmgw.c llmgw.h $(BUILD)/bearssl/%/libbearssl.a
+	@mkdir -p $(@D)
+	$(XCC_$*) $(WARN) $(XCFLAGS) -DLLMGW_TLS=1 -isystem $(BUILD)/bearssl/$*/inc $(XLDFLAGS) \
+	  -o $@ llmgw.c $(BUILD)/bearssl/$*/libbearssl.a $(LDLIBS)
+	$(XSTRIP_$*) $@
+
+$(CROSS_UNITS): $(BUILD)/%/unit: tests/unit.c llmgw.c llmgw.h $(BUILD)/bearssl/%/libbearssl.a
+	@mkdir -p $(@D)
+	$(XCC_$*) -std=c99 -Wall -Wextra -Werror -O1 -g -DLLMGW_TLS=1 -isystem $(BUILD)/bearssl/$*/inc \
+	  -static -o $@ tests/unit.c $(BUILD)/bearssl/$*/libbearssl.a $(LDLIBS)
 
 run: llmgw
 	./llmgw -c llmgw.ini
@@ -53,8 +114,49 @@ $(BUILD)/unit-asan: tests/unit.c llmgw.c llmgw.h $(TLSLIB)
 unit: $(BUILD)/unit
 	$(BUILD)/unit
 
-test: llmgw $(BUILD)/unit $(BUILD)/unit-notls $(BUILD)/unit-asan $(BUILD)/llmgw-asan
+# ---- embedding: tests/embed.c drives two gateways through llmgw.h ----------
+$(BUILD)/embed: tests/embed.c llmgw.c llmgw.h $(TLSLIB)
+	@mkdir -p $(BUILD)
+	$(CC) $(WARN) -O2 -g -DLLMGW_NO_MAIN $(TLSDEF) -c -o $(BUILD)/embed-llmgw.o llmgw.c
+	$(CC) $(WARN) -O2 -g -c -o $(BUILD)/embed.o tests/embed.c
+	$(CC) -o $@ $(BUILD)/embed.o $(BUILD)/embed-llmgw.o $(TLSLIB) $(LDLIBS)
+
+$(BUILD)/embed-asan: tests/embed.c llmgw.c llmgw.h $(TLSLIB)
+	@mkdir -p $(BUILD)
+	$(CC) $(WARN) -O1 -g $(SAN) -DLLMGW_NO_MAIN $(TLSDEF) -c -o $(BUILD)/embed-asan-llmgw.o llmgw.c
+	$(CC) $(WARN) -O1 -g $(SAN) -c -o $(BUILD)/embed-asan.o tests/embed.c
+	$(CC) $(SAN) -o $@ $(BUILD)/embed-asan.o $(BUILD)/embed-asan-llmgw.o $(TLSLIB) $(LDLIBS)
+
+embed-test: $(BUILD)/embed $(BUILD)/embed-asan
+	$(BUILD)/embed
+	$(BUILD)/embed-asan
+
+# ---- the FROM-scratch image as a folder ------------------------------------
+# build/rootfs: /llmgw (x86_64 musl, static), /etc/ssl/certs/ca-certificates.crt,
+# /etc/llmgw/llmgw.ini (dist/llmgw.ini with its listen line set to
+# ROOTFS_LISTEN). The Dockerfile runs `make rootfs ROOTFS_LISTEN=0.0.0.0:8080`
+# and copies the folder into a scratch image.
+ROOTFS        ?= $(BUILD)/rootfs
+ROOTFS_LISTEN ?= 127.0.0.1:8080
+CA_BUNDLE     ?= /etc/ssl/certs/ca-certificates.crt
+rootfs: $(BUILD)/x86_64-musl/llmgw dist/llmgw.ini
+	@test -s $(CA_BUNDLE) || { echo "rootfs: no CA bundle at $(CA_BUNDLE) (package ca-certificates, or CA_BUNDLE=...)"; exit 1; }
+	rm -rf $(ROOTFS)
+	mkdir -p $(ROOTFS)/etc/ssl/certs $(ROOTFS)/etc/llmgw
+	cp $(BUILD)/x86_64-musl/llmgw $(ROOTFS)/llmgw
+	cp $(CA_BUNDLE) $(ROOTFS)/etc/ssl/certs/ca-certificates.crt
+	sed 's/^listen *=.*/listen = $(ROOTFS_LISTEN)/' dist/llmgw.ini >$(ROOTFS)/etc/llmgw/llmgw.ini
+	chmod 755 $(ROOTFS)/llmgw
+	chmod 644 $(ROOTFS)/etc/ssl/certs/ca-certificates.crt $(ROOTFS)/etc/llmgw/llmgw.ini
+	@find $(ROOTFS) -type f -exec ls -l {} +
+
+# ---- tests -----------------------------------------------------------------
+test: llmgw $(BUILD)/unit $(BUILD)/unit-notls $(BUILD)/unit-asan $(BUILD)/llmgw-asan \
+      $(BUILD)/embed $(BUILD)/embed-asan $(CROSS_TEST:%=$(BUILD)/%/llmgw) $(CROSS_TEST:%=$(BUILD)/%/unit)
 	sh tests/run.sh
+
+measure: $(CROSS_BINS) llmgw
+	python3 tests/measure.py
 
 symbols: llmgw.c llmgw.h $(TLSLIB)
 	@mkdir -p $(BUILD)
@@ -64,7 +166,9 @@ symbols: llmgw.c llmgw.h $(TLSLIB)
 	echo "symbols: only llmgw_* exported"
 
 clean:
-	rm -rf llmgw $(BUILD)/llmgw-asan $(BUILD)/unit $(BUILD)/unit-asan $(BUILD)/llmgw.o
+	rm -rf llmgw $(BUILD)/llmgw-asan $(BUILD)/unit $(BUILD)/unit-notls $(BUILD)/unit-asan $(BUILD)/llmgw.o \
+	  $(BUILD)/embed $(BUILD)/embed-asan $(BUILD)/embed*.o $(CROSS_TARGETS:%=$(BUILD)/%) \
+	  $(BUILD)/rootfs $(BUILD)/rootfs-test $(BUILD)/test-*
 
-.PHONY: all run unit test symbols clean FORCE
+.PHONY: all run unit test symbols clean cross $(CROSS_TARGETS:%=cross-%) rootfs embed-test measure FORCE
 FORCE:

@@ -1717,7 +1717,6 @@ static int lg_cfg_validate(struct lg_cfgp *p)
 {
 	struct lg_cfg *c = p->c;
 	int i, k;
-	size_t wl = 0;
 	for (i = 0; i < c->nprov; i++) {
 		struct lg_provider *pv = c->prov[i];
 		p->line = pv->line;
@@ -1758,11 +1757,6 @@ static int lg_cfg_validate(struct lg_cfgp *p)
 					return lg_cfg_err(p, "alias %s of model %s is already used by model %s",
 					                  m->aliases[a], m->name, o->name);
 		}
-		if (m->strategy != LG_STRAT_ORDER && !strstr(c->warn, "strategy"))
-			wl += (size_t)snprintf(c->warn + wl, sizeof c->warn - wl,
-			                       "%sstrategy other than order (treated as order)", wl ? "; " : "");
-		if (m->affinity_ms && !strstr(c->warn, "affinity") && wl < sizeof c->warn)
-			wl += (size_t)snprintf(c->warn + wl, sizeof c->warn - wl, "%saffinity", wl ? "; " : "");
 	}
 	if ((c->tls_cert || c->tls_key) && !LLMGW_TLS) {
 		p->line = 0;
@@ -2956,6 +2950,7 @@ struct lg_conn {
 
 struct lg_dns;
 struct lg_acct;
+struct lg_rstate;
 
 struct llmgw {
 	int log_level;
@@ -2986,6 +2981,7 @@ struct llmgw {
 	unsigned long long served;
 	int npending; /* connections with LG_F_PENDING: poll without waiting */
 	struct lg_acct *acct; /* key spend and limits, ledger, metrics, recent requests */
+	struct lg_rstate *rs; /* target health, breakers, affinity: survives reloads */
 #if LLMGW_TLS
 	struct { /* TLS sessions to resume, per upstream origin */
 		char origin[300];
@@ -4018,11 +4014,15 @@ struct lg_usage {
 
 /* One candidate of the plan: a provider, the model it is asked for, and
  * the prices that apply (zero for direct requests). */
+struct lg_health;
 struct lg_cand {
 	struct lg_provider *prov;
 	const struct lg_target *t;
 	const char *upstream; /* model name sent upstream */
 	const char *model;    /* public model name served */
+	struct lg_health *h;  /* this target's health (router state, lives on) */
+	struct lg_health *ph; /* its provider's in-flight count */
+	int group;            /* which model of the request it serves (0 = the first) */
 };
 
 struct lg_att_log {
@@ -4061,6 +4061,10 @@ struct lg_req {
 	struct lg_att_log att[LLMGW_MAX_ATTEMPTS];
 	int natt;
 	const struct lg_cand *served;
+	struct lg_timer rtm;  /* retry backoff */
+	int rounds, retry_seen, att_open, aff_hit;
+	int64_t retry_after_ms, t_att_first;
+	uint32_t aff_hash;
 	/* the current attempt's response */
 	int ustatus, is_sse, stream_done, saw_finish, up_error, timed_out;
 	struct lg_buf ubody;   /* buffered body, or stream bytes short of an event */
@@ -4642,8 +4646,104 @@ static int lg_route_key_allows(const struct lg_key *k, const char *model)
 	return 0;
 }
 
+/* --- health: what real traffic says about each target ------------------- */
+
+/* Per target ("provider/upstream model") and per provider (in-flight
+ * count), keyed by name so it survives reloads for targets that remain. */
+struct lg_health {
+	struct lg_health *next;
+	char id[200];
+	double ttft, tps;     /* smoothed time to first token (ms) and tokens/s; 0: no data */
+	int fails, state, probing, inflight;
+	int64_t open_until, cooldown;
+	uint64_t ok, bad;
+};
+
+enum { LG_BRK_CLOSED, LG_BRK_OPEN, LG_BRK_HALF };
+#define LG_BREAKER_FAILS 5       /* consecutive failures that open a breaker */
+#define LG_BREAKER_COOL 30000    /* first cool-down, doubled up to 5 minutes */
+#define LG_AFF_SLOTS 4096        /* prompt-cache affinity entries */
+
+struct lg_rstate {
+	struct lg_health *tab[256];
+	struct {
+		uint32_t h;
+		char target[200];
+		int64_t until;
+	} aff[LG_AFF_SLOTS];
+	unsigned long long aff_hits;
+};
+
+static struct lg_health *lg_route_health(struct llmgw *gw, const char *prov, const char *model)
+{
+	char id[200];
+	uint32_t h;
+	struct lg_health *e;
+	if (!gw->rs && !(gw->rs = (struct lg_rstate *)calloc(1, sizeof *gw->rs))) return NULL;
+	snprintf(id, sizeof id, "%s%s%s", prov, model ? "/" : "", model ? model : "");
+	h = lg_crc32(0, id, strlen(id)) & 255;
+	for (e = gw->rs->tab[h]; e; e = e->next)
+		if (strcmp(e->id, id) == 0) return e;
+	if (!(e = (struct lg_health *)calloc(1, sizeof *e))) return NULL;
+	memcpy(e->id, id, sizeof id);
+	e->next = gw->rs->tab[h];
+	gw->rs->tab[h] = e;
+	return e;
+}
+
+/* Why the breaker keeps a target out now, or NULL. */
+static const char *lg_route_breaker(const struct lg_health *h, int64_t now, char *buf, size_t n)
+{
+	if (!h || h->state == LG_BRK_CLOSED) return NULL;
+	if (h->state == LG_BRK_HALF && h->probing) return "its circuit breaker is half-open and a probe request is testing it";
+	if (h->state == LG_BRK_OPEN && now < h->open_until) {
+		snprintf(buf, n, "its circuit breaker is open after %d consecutive failures (%lld s of cool-down left)",
+		         h->fails, (long long)((h->open_until - now + 999) / 1000));
+		return buf;
+	}
+	return NULL;
+}
+
+/* An attempt ended: feed the health of its target. ok: 1 success, 0 a
+ * failure that counts (connect, timeout, 5xx, 429), -1 neutral. */
+static void lg_route_done(struct lg_req *r, int ok)
+{
+	const struct lg_cand *cd = r->served;
+	struct lg_health *h;
+	if (!r->att_open || !cd) return;
+	r->att_open = 0;
+	if (cd->ph && cd->ph->inflight > 0) cd->ph->inflight--;
+	if (!(h = cd->h)) return;
+	h->probing = 0;
+	if (ok > 0) {
+		int64_t now = r->gw->now, first = r->t_att_first ? r->t_att_first : now;
+		double ttft = (double)(first - r->t_att), gen = (double)(now - first) / 1000.0;
+		h->ok++;
+		h->fails = 0;
+		h->state = LG_BRK_CLOSED;
+		h->cooldown = 0;
+		h->ttft = h->ttft > 0 ? 0.7 * h->ttft + 0.3 * ttft : (ttft > 0 ? ttft : 0.1);
+		if (r->usage.completion > 0) {
+			double tps = (double)r->usage.completion / (gen > 0.001 ? gen : (ttft > 0 ? ttft / 1000.0 : 0.001));
+			h->tps = h->tps > 0 ? 0.7 * h->tps + 0.3 * tps : tps;
+		}
+	} else if (ok == 0) {
+		h->bad++;
+		h->fails++;
+		if (h->state == LG_BRK_HALF || h->fails >= LG_BREAKER_FAILS) {
+			h->cooldown = h->cooldown ? LG_MIN(h->cooldown * 2, (int64_t)300000) : LG_BREAKER_COOL;
+			if (h->state != LG_BRK_OPEN)
+				LG_LOG(r->gw, LG_LOG_WARN, "target %s: circuit breaker open for %lld s after %d failures", h->id,
+				       (long long)(h->cooldown / 1000), h->fails);
+			h->state = LG_BRK_OPEN;
+			h->open_until = r->gw->now + h->cooldown;
+		}
+	}
+}
+
 /* Why a provider is excluded for this request, or NULL. */
-static const char *lg_route_excluded(struct lg_req *r, const struct lg_provider *p, int prefs)
+static const char *lg_route_excluded(struct lg_req *r, const struct lg_provider *p, const struct lg_target *t,
+                                     int prefs, char *buf, size_t n)
 {
 	const struct lg_key *k = r->key;
 	const char *s = r->body;
@@ -4660,15 +4760,29 @@ static const char *lg_route_excluded(struct lg_req *r, const struct lg_provider 
 	if (r->ep == LG_EP_EMBED && p->type != LG_PT_OPENAI && p->type != LG_PT_MOCK &&
 	    p->type != LG_PT_AZURE && p->type != LG_PT_GEMINI)
 		return "the provider type has no embeddings";
+	if (t && t->context && (int64_t)r->body_len / 5 > (int64_t)t->context) {
+		snprintf(buf, n, "the prompt (about %lld tokens or more) exceeds its context of %ld tokens",
+		         (long long)(r->body_len / 5), t->context);
+		return buf;
+	}
 	if (prefs >= 0) {
 		int only = lg_json_get(j, s, prefs, "only"), ign = lg_json_get(j, s, prefs, "ignore");
-		int dc = lg_json_get(j, s, prefs, "data_collection");
+		int dc = lg_json_get(j, s, prefs, "data_collection"), mp = lg_json_get(j, s, prefs, "max_price");
 		if (only >= 0 && !lg_route_in_list(j, s, only, p->name)) return "provider.only of the request";
 		if (ign >= 0 && lg_route_in_list(j, s, ign, p->name)) return "provider.ignore of the request";
 		if (lg_json_truthy(j, lg_json_get(j, s, prefs, "zdr")) && !p->zdr)
 			return "provider.zdr of the request";
 		if (dc >= 0 && lg_str_eq(lg_json_raw(j, s, dc), "deny") && p->collects_data)
 			return "provider.data_collection = deny of the request";
+		if (lg_json_type(j, mp) == LG_J_OBJ && t) {
+			double pin = lg_json_num(j, s, lg_json_get(j, s, mp, "prompt"), -1);
+			double pout = lg_json_num(j, s, lg_json_get(j, s, mp, "completion"), -1);
+			if ((pin >= 0 && t->in > pin) || (pout >= 0 && t->out > pout)) {
+				snprintf(buf, n, "provider.max_price of the request (target costs %g/%g USD per M tokens)",
+				         t->in, t->out);
+				return buf;
+			}
+		}
 	}
 	return NULL;
 }
@@ -4687,9 +4801,10 @@ static const char *lg_route_strdup(struct lg_req *r, int t)
 }
 
 static void lg_route_add(struct lg_req *r, struct lg_provider *p, const struct lg_target *t,
-                         const char *upstream, const char *model, int prefs, struct lg_buf *why)
+                         const char *upstream, const char *model, int prefs, int group, struct lg_buf *why)
 {
-	const char *ex = lg_route_excluded(r, p, prefs);
+	char buf[200];
+	const char *ex = lg_route_excluded(r, p, t, prefs, buf, sizeof buf);
 	struct lg_cand *cd;
 	int i;
 	if (ex) {
@@ -4704,41 +4819,97 @@ static void lg_route_add(struct lg_req *r, struct lg_provider *p, const struct l
 	cd->t = t;
 	cd->upstream = upstream;
 	cd->model = model;
+	cd->group = group;
+	cd->h = lg_route_health(r->gw, p->name, upstream);
+	cd->ph = lg_route_health(r->gw, p->name, NULL);
+}
+
+/* Sort keys of the strategies: lower first. */
+static double lg_route_key(struct lg_req *r, const struct lg_cand *cd, int strat)
+{
+	const struct lg_target *t = cd->t;
+	switch (strat) {
+	case LG_STRAT_PRICE: /* the estimated cost of this request */
+		return t ? ((double)r->prompt_est * t->in + (double)(r->max_out ? r->max_out : 1000) * t->out) : 0;
+	case LG_STRAT_LATENCY: return cd->h ? cd->h->ttft : 0; /* no data yet: try it first */
+	case LG_STRAT_THROUGHPUT: return cd->h && cd->h->tps > 0 ? -cd->h->tps : -1e18;
+	default: return 0;
+	}
+}
+
+/* Orders the candidates plan[from, to) by a strategy (stable). */
+static void lg_route_sort(struct lg_req *r, int from, int to, int strat)
+{
+	int i, k;
+	if (to - from < 2 || strat == LG_STRAT_ORDER) return;
+	if (strat == LG_STRAT_WEIGHTED) { /* a random order, drawn by weight */
+		for (i = from; i < to - 1; i++) {
+			double tot = 0, x;
+			for (k = i; k < to; k++) tot += r->plan[k].t ? r->plan[k].t->weight : 1;
+			x = (double)(lg_rand(&r->gw->rng) >> 11) / 9007199254740992.0 * tot;
+			for (k = i; k < to - 1; k++) {
+				x -= r->plan[k].t ? r->plan[k].t->weight : 1;
+				if (x < 0) break;
+			}
+			if (k != i) {
+				struct lg_cand c = r->plan[k];
+				memmove(&r->plan[i + 1], &r->plan[i], (size_t)(k - i) * sizeof c);
+				r->plan[i] = c;
+			}
+		}
+		return;
+	}
+	for (i = from + 1; i < to; i++) { /* insertion sort: few candidates, stable */
+		struct lg_cand c = r->plan[i];
+		double key = lg_route_key(r, &c, strat);
+		for (k = i; k > from && lg_route_key(r, &r->plan[k - 1], strat) > key; k--) r->plan[k] = r->plan[k - 1];
+		r->plan[k] = c;
+	}
 }
 
 /* Adds the candidates of one model name. 0, or an HTTP status with msg. */
-static int lg_route_model(struct lg_req *r, const char *name, int primary, int prefs,
+static int lg_route_model(struct lg_req *r, const char *name, int primary, int prefs, int sort,
                           struct lg_buf *why, char *msg, size_t mlen)
 {
-	struct lg_model *m = lg_cfg_find_model(r->cfg, lg_strz(name));
-	int i, before = r->nplan;
-	if (!lg_route_key_allows(r->key, m ? m->name : name)) {
+	char base[300];
+	size_t bl = strlen(name);
+	struct lg_model *m;
+	int i, from = r->nplan, strat;
+	/* ":floor" sorts by price, ":nitro" by throughput */
+	snprintf(base, sizeof base, "%s", name);
+	if (bl > 6 && strcmp(name + bl - 6, ":floor") == 0) base[bl - 6] = 0, sort = LG_STRAT_PRICE;
+	if (bl > 6 && strcmp(name + bl - 6, ":nitro") == 0) base[bl - 6] = 0, sort = LG_STRAT_THROUGHPUT;
+	m = lg_cfg_find_model(r->cfg, lg_strz(base));
+	if (!lg_route_key_allows(r->key, m ? m->name : base)) {
 		if (primary) {
-			snprintf(msg, mlen, "key '%s' is not allowed to use model '%s'", r->key->name, name);
+			snprintf(msg, mlen, "key '%s' is not allowed to use model '%s'", r->key->name, base);
 			return 403;
 		}
-		lg_buf_printf(why, "%smodel %s excluded: not allowed for the key", why->len ? "; " : "", name);
+		lg_buf_printf(why, "%smodel %s excluded: not allowed for the key", why->len ? "; " : "", base);
 		return 0;
 	}
 	if (m) {
 		for (i = 0; i < m->nt; i++)
-			lg_route_add(r, m->t[i].prov, &m->t[i], m->t[i].upstream, m->name, prefs, why);
+			lg_route_add(r, m->t[i].prov, &m->t[i], m->t[i].upstream, m->name, prefs, primary ? 0 : 1, why);
+		strat = sort >= 0 ? sort : m->strategy;
 	} else {
-		const char *slash = strchr(name, '/');
-		struct lg_provider *p = slash ? lg_cfg_find_provider(r->cfg, name, (size_t)(slash - name)) : NULL;
+		const char *slash = strchr(base, '/');
+		struct lg_provider *p = slash ? lg_cfg_find_provider(r->cfg, base, (size_t)(slash - base)) : NULL;
 		if (!p || !p->direct || !slash[1]) {
 			if (primary) {
-				snprintf(msg, mlen, "model '%s' is not configured%s", name,
+				snprintf(msg, mlen, "model '%s' is not configured%s", base,
 				         p ? " (its provider does not allow direct requests: direct = yes)"
 				           : " (GET /v1/models lists the models)");
 				return 404;
 			}
-			lg_buf_printf(why, "%smodel %s is not configured", why->len ? "; " : "", name);
+			lg_buf_printf(why, "%smodel %s is not configured", why->len ? "; " : "", base);
 			return 0;
 		}
-		lg_route_add(r, p, NULL, slash + 1, name, prefs, why);
+		lg_route_add(r, p, NULL, lg_arena_strn(&r->a, slash + 1, strlen(slash + 1)),
+		             lg_arena_strn(&r->a, base, strlen(base)), prefs, primary ? 0 : 1, why);
+		strat = sort >= 0 ? sort : LG_STRAT_ORDER;
 	}
-	LG_UNUSED(before);
+	lg_route_sort(r, from, r->nplan, strat);
 	return 0;
 }
 
@@ -4761,31 +4932,95 @@ static void lg_route_order(struct lg_req *r, int order)
 	memcpy(r->plan, tmp, (size_t)n * sizeof tmp[0]);
 }
 
+/* Prompt-cache affinity: the key, model and prompt prefix (the first two
+ * messages: usually the system prompt and the first user turn). */
+static void lg_route_affinity(struct lg_req *r, const struct lg_model *m)
+{
+	struct lg_rstate *rs = r->gw->rs;
+	int msgs = lg_json_get(&r->j, r->body, 0, "messages"), i, k;
+	uint32_t h = 0;
+	unsigned slot;
+	if (!m || !m->affinity_ms || !rs || lg_json_type(&r->j, msgs) != LG_J_ARR) return;
+	if (r->key) h = lg_crc32(h, r->key->name, strlen(r->key->name) + 1);
+	h = lg_crc32(h, m->name, strlen(m->name) + 1);
+	for (k = 0; k < 2 && (uint32_t)k < r->j.t[msgs].size; k++) {
+		lg_str sp = lg_json_span(&r->j, r->body, lg_json_at(&r->j, msgs, (uint32_t)k));
+		h = lg_crc32(h, sp.p, sp.n);
+	}
+	r->aff_hash = h | 1; /* 0 means none */
+	slot = r->aff_hash % LG_AFF_SLOTS;
+	if (rs->aff[slot].h != r->aff_hash || rs->aff[slot].until < r->gw->now) return;
+	for (i = 0; i < r->nplan && r->plan[i].group == 0; i++)
+		if (r->plan[i].h && strcmp(r->plan[i].h->id, rs->aff[slot].target) == 0) {
+			struct lg_cand c = r->plan[i];
+			memmove(&r->plan[1], &r->plan[0], (size_t)i * sizeof c);
+			r->plan[0] = c;
+			r->aff_hit = 1;
+			rs->aff_hits++;
+			return;
+		}
+}
+
+/* Drops what the breakers and provider max_concurrency keep out now. */
+static void lg_route_health_filter(struct lg_req *r, struct lg_buf *why)
+{
+	int i, n = 0;
+	char buf[160];
+	for (i = 0; i < r->nplan; i++) {
+		const struct lg_cand *cd = &r->plan[i];
+		const char *ex = lg_route_breaker(cd->h, r->gw->now, buf, sizeof buf);
+		if (!ex && cd->prov->max_concurrency && cd->ph && cd->ph->inflight >= cd->prov->max_concurrency)
+			ex = "the provider is at its max_concurrency";
+		if (ex) {
+			lg_buf_printf(why, "%s%s %s excluded: %s", why->len ? "; " : "", cd->prov->name, cd->upstream, ex);
+			continue;
+		}
+		r->plan[n++] = *cd;
+	}
+	r->nplan = n;
+}
+
 static int lg_route_plan(struct lg_req *r, char *msg, size_t mlen)
 {
 	const struct lg_json *j = &r->j;
-	int prefs = lg_json_get(j, r->body, 0, "provider"), models, st, i;
+	int prefs = lg_json_get(j, r->body, 0, "provider"), models, st, i, sort = -1;
 	uint32_t k;
 	struct lg_buf why;
 	struct lg_model *m;
+	char base[300];
+	size_t bl;
 	if (lg_json_type(j, prefs) != LG_J_OBJ) prefs = -1;
+	if (prefs >= 0) {
+		lg_str so = lg_json_raw(j, r->body, lg_json_get(j, r->body, prefs, "sort"));
+		if (lg_str_eq(so, "price")) sort = LG_STRAT_PRICE;
+		if (lg_str_eq(so, "latency")) sort = LG_STRAT_LATENCY;
+		if (lg_str_eq(so, "throughput")) sort = LG_STRAT_THROUGHPUT;
+	}
+	r->prompt_est = (int64_t)(r->body_len + 3) / 4;
+	r->max_out = lg_json_i64(j, r->body, lg_json_get(j, r->body, 0, "max_completion_tokens"));
+	if (!r->max_out) r->max_out = lg_json_i64(j, r->body, lg_json_get(j, r->body, 0, "max_tokens"));
 	lg_buf_init(&why, 4096);
-	if ((st = lg_route_model(r, r->model_req, 1, prefs, &why, msg, mlen))) goto out;
+	if ((st = lg_route_model(r, r->model_req, 1, prefs, sort, &why, msg, mlen))) goto out;
 	models = lg_json_get(j, r->body, 0, "models");
 	for (k = 0; lg_json_type(j, models) == LG_J_ARR && k < j->t[models].size; k++) {
 		const char *name = lg_route_strdup(r, lg_json_at(j, models, k));
-		if (name && (st = lg_route_model(r, name, 0, prefs, &why, msg, mlen))) goto out;
+		if (name && (st = lg_route_model(r, name, 0, prefs, sort, &why, msg, mlen))) goto out;
 	}
-	if ((m = lg_cfg_find_model(r->cfg, lg_strz(r->model_req))))
+	snprintf(base, sizeof base, "%s", r->model_req);
+	bl = strlen(base);
+	if (bl > 6 && (strcmp(base + bl - 6, ":floor") == 0 || strcmp(base + bl - 6, ":nitro") == 0)) base[bl - 6] = 0;
+	if ((m = lg_cfg_find_model(r->cfg, lg_strz(base))))
 		for (i = 0; i < m->nfallbacks; i++)
-			if ((st = lg_route_model(r, m->fallbacks[i], 0, prefs, &why, msg, mlen))) goto out;
+			if ((st = lg_route_model(r, m->fallbacks[i], 0, prefs, sort, &why, msg, mlen))) goto out;
 	if (prefs >= 0) {
 		int order = lg_json_get(j, r->body, prefs, "order");
 		if (lg_json_type(j, order) == LG_J_ARR) lg_route_order(r, order);
-		if (lg_json_type(j, lg_json_get(j, r->body, prefs, "allow_fallbacks")) == LG_J_FALSE &&
-		    r->nplan > 1)
-			r->nplan = 1;
 	}
+	lg_route_affinity(r, m);
+	if (prefs >= 0 && lg_json_type(j, lg_json_get(j, r->body, prefs, "allow_fallbacks")) == LG_J_FALSE &&
+	    r->nplan > 1)
+		r->nplan = 1;
+	lg_route_health_filter(r, &why);
 	if (r->nplan == 0) {
 		snprintf(msg, mlen, "no provider satisfies the policy for model '%s': %.*s", r->model_req,
 		         (int)why.len, why.p ? why.p : "");
@@ -4848,6 +5083,8 @@ static void lg_route_failed(struct lg_req *r, int status, const char *reason, in
 	a->ms = r->gw->now - r->t_att;
 	snprintf(a->err, sizeof a->err, "%s", reason);
 	r->timed_out += timeout;
+	lg_route_done(r, retryable && r->cc ? 0 : -1);
+	if (retryable) r->retry_seen = 1;
 	LG_LOG(r->gw, LG_LOG_WARN, "request %s: provider %s model %s failed: %s%s%d%s", r->id,
 	       r->served->prov->name, r->served->upstream, reason, status ? " (status " : "",
 	       status, status ? ")" : "");
@@ -4909,9 +5146,15 @@ static void lg_att_head(void *owner, const struct lg_http *h)
 {
 	struct lg_req *r = (struct lg_req *)owner;
 	lg_str ct = lg_http_get(h, "content-type");
+	lg_str ra = lg_http_get(h, "retry-after");
 	r->ustatus = h->status;
 	r->is_sse = ct.n >= 17 && lg_str_ieq(lg_str_of(ct.p, 17), "text/event-stream");
-	if (!r->t_first && h->status >= 200 && h->status < 300 && !r->stream) r->t_first = 0;
+	if (ra.n && ra.n < 8 && ra.p[0] >= '0' && ra.p[0] <= '9') { /* seconds; an HTTP date is ignored */
+		size_t i;
+		int64_t v = 0;
+		for (i = 0; i < ra.n && ra.p[i] >= '0' && ra.p[i] <= '9'; i++) v = v * 10 + (ra.p[i] - '0');
+		r->retry_after_ms = v * 1000;
+	}
 }
 
 /* Stream bytes: every complete event goes out as soon as it is here. */
@@ -4950,12 +5193,14 @@ static void lg_att_data(void *owner, const char *p, size_t n)
 		return;
 	}
 	lg_buf_add(&r->ubody, p, n);
+	if (ok2xx && !r->t_att_first) r->t_att_first = r->gw->now;
 	if (ok2xx && r->stream && r->is_sse) {
 		lg_att_events(r);
 		if (r->finished) return;
 		if (r->up_error) {
 			/* the error event went out: the stream ends here, not cleanly */
 			lg_up_release(&r->up);
+			lg_route_done(r, 0);
 			lg_resp_stream_end(r);
 			r->att[r->natt - 1].status = r->ustatus;
 			snprintf(r->att[r->natt - 1].err, sizeof r->att[0].err, "error event in the stream");
@@ -4970,6 +5215,21 @@ static void lg_att_data(void *owner, const char *p, size_t n)
 				lg_up_events(&r->up);
 			}
 		}
+	}
+}
+
+/* The attempt succeeded: health learns from it, affinity remembers it. */
+static void lg_route_success(struct lg_req *r)
+{
+	struct lg_rstate *rs = r->gw->rs;
+	const struct lg_model *m = r->served && r->served->group == 0 && r->served->t ?
+	                               lg_cfg_find_model(r->cfg, lg_strz(r->served->model)) : NULL;
+	lg_route_done(r, 1);
+	if (rs && r->aff_hash && m && m->affinity_ms && r->served->h) {
+		unsigned slot = r->aff_hash % LG_AFF_SLOTS;
+		rs->aff[slot].h = r->aff_hash;
+		snprintf(rs->aff[slot].target, sizeof rs->aff[slot].target, "%s", r->served->h->id);
+		rs->aff[slot].until = r->gw->now + m->affinity_ms;
 	}
 }
 
@@ -5004,6 +5264,7 @@ static void lg_att_end(void *owner)
 		}
 		if (!r->stream_done) lg_resp_event(r, "[DONE]", 6);
 		lg_up_release(&r->up);
+		lg_route_success(r);
 		lg_resp_stream_end(r);
 		lg_req_finish(r);
 		return;
@@ -5017,6 +5278,7 @@ static void lg_att_end(void *owner)
 			return;
 		}
 		lg_up_release(&r->up);
+		lg_route_success(r);
 		r->t_first = r->gw->now;
 		lg_resp_send(r, 200, "application/json", o.p, o.len, NULL);
 		lg_buf_free(&o);
@@ -5030,18 +5292,57 @@ static void lg_att_fail(void *owner, int kind, const char *reason)
 	lg_route_failed(r, 0, reason, 1, kind == LG_UF_TIMEOUT);
 }
 
-/* Starts the next attempt, or ends the request when none is left. */
+static void lg_route_resume(struct llmgw *gw, struct lg_timer *t)
+{
+	struct lg_req *r = (struct lg_req *)(void *)((char *)t - offsetof(struct lg_req, rtm));
+	LG_UNUSED(gw);
+	lg_route_next(r);
+}
+
+/* Starts the next attempt, or ends the request when none is left. When
+ * every candidate was tried and a failure was retryable, the plan is
+ * walked again after a jittered exponential backoff (at least the
+ * upstream's Retry-After), if that still fits in first_byte_timeout. */
 static void lg_route_next(struct lg_req *r)
 {
-	while (r->cur < r->nplan && r->natt < r->cfg->max_attempts) {
-		const struct lg_cand *cd = &r->plan[r->cur++];
-		const struct lg_prov_ops *ops = lg_prov_ops_of(cd->prov->type);
-		struct lg_att_log *a = &r->att[r->natt++];
+	char buf[160];
+	for (;;) {
+		const struct lg_cand *cd;
+		const struct lg_prov_ops *ops;
+		struct lg_att_log *a;
 		struct lg_upreq *u = &r->up;
+		if (r->natt >= r->cfg->max_attempts) break;
+		if (r->cur >= r->nplan) {
+			int64_t delay = (int64_t)250 << LG_MIN(r->rounds, 6);
+			if (!r->retry_seen || !r->nplan) break;
+			delay = LG_MAX(delay, r->retry_after_ms);
+			delay = delay * 3 / 4 + (int64_t)(lg_rand(&r->gw->rng) % (uint64_t)(delay / 2 + 1));
+			if (r->gw->now + delay > r->t0 + r->cfg->first_byte_timeout) break;
+			r->cur = 0;
+			r->rounds++;
+			r->retry_seen = 0;
+			r->retry_after_ms = 0;
+			r->rtm.fn = lg_route_resume;
+			lg_timer_set(r->gw, &r->rtm, delay);
+			return;
+		}
+		cd = &r->plan[r->cur++];
+		if (lg_route_breaker(cd->h, r->gw->now, buf, sizeof buf) ||
+		    (cd->prov->max_concurrency && cd->ph && cd->ph->inflight >= cd->prov->max_concurrency))
+			continue; /* changed since the plan was made */
+		ops = lg_prov_ops_of(cd->prov->type);
+		a = &r->att[r->natt++];
 		memset(a, 0, sizeof *a);
 		a->prov = cd->prov->name;
 		r->served = cd;
 		r->t_att = r->gw->now;
+		r->t_att_first = 0;
+		r->att_open = 1;
+		if (cd->ph) cd->ph->inflight++;
+		if (cd->h && cd->h->state != LG_BRK_CLOSED) { /* this attempt is the probe */
+			cd->h->state = LG_BRK_HALF;
+			cd->h->probing = 1;
+		}
 		r->ustatus = r->is_sse = r->stream_done = r->saw_finish = r->up_error = 0;
 		memset(&r->usage, 0, sizeof r->usage);
 		r->ubody.off = r->ubody.len = 0;
@@ -5063,6 +5364,7 @@ static void lg_route_next(struct lg_req *r)
 		}
 		if (ops->build(r, cd, &u->req) < 0) {
 			snprintf(a->err, sizeof a->err, "cannot build the upstream request");
+			lg_route_done(r, -1);
 			continue;
 		}
 		u->cfg = r->cfg;
@@ -5233,9 +5535,8 @@ static void lg_acct_refill(struct lg_kstate *ks, const struct lg_key *key, int64
  * produce. */
 static void lg_acct_estimate(struct lg_req *r)
 {
-	int64_t mo = lg_json_i64(&r->j, r->body, lg_json_get(&r->j, r->body, 0, "max_completion_tokens"));
+	int64_t mo = r->max_out; /* the request's own limit, read by the router */
 	int i;
-	if (!mo) mo = lg_json_i64(&r->j, r->body, lg_json_get(&r->j, r->body, 0, "max_tokens"));
 	if (!mo)
 		for (i = 0; i < r->nplan; i++)
 			if (r->plan[i].t && r->plan[i].t->max_output > mo) mo = r->plan[i].t->max_output;
@@ -5735,6 +6036,8 @@ static void lg_req_finish(struct lg_req *r)
 	if (r->finished) return;
 	r->finished = 1;
 	lg_up_release(&r->up);
+	lg_timer_clear(gw, &r->rtm);
+	lg_route_done(r, -1); /* an attempt still open: the client went away */
 	if (!r->status) r->status = c ? 500 : 499;
 	if (r->ep == LG_EP_CHAT || r->ep == LG_EP_EMBED || r->status >= 400) lg_acct_log(r);
 	lg_acct_settle(r);
@@ -5849,6 +6152,7 @@ static struct lg_req *lg_srv_new_req(struct lg_conn *c, int minor)
 	r->up.gw = gw;
 	r->up.owner = r;
 	r->up.tm.hidx = -1;
+	r->rtm.hidx = -1;
 	r->up.on_head = lg_att_head;
 	r->up.on_data = lg_att_data;
 	r->up.on_end = lg_att_end;
@@ -6135,6 +6439,32 @@ static void lg_srv_metrics(struct lg_req *r)
 		char kl[96];
 		lg_acct_label(kl, sizeof kl, ks->name);
 		lg_buf_printf(&b, "llmgw_key_spend_usd{key=\"%s\"} %.10g\n", kl, ks->spend);
+	}
+	if (gw->rs) { /* router health: per target and per provider */
+		static const char *const g[] = {"llmgw_target_ttft_seconds", "Smoothed time to first token.",
+		                                "llmgw_target_tokens_per_second", "Smoothed output tokens per second.",
+		                                "llmgw_target_breaker_state", "Circuit breaker: 0 closed, 1 open, 2 half-open.",
+		                                "llmgw_target_consecutive_failures", "Failures since the last success.",
+		                                "llmgw_provider_in_flight", "Attempts in flight per provider."};
+		int q;
+		for (q = 0; q < 5; q++) {
+			lg_buf_printf(&b, "# HELP %s %s\n# TYPE %s gauge\n", g[2 * q], g[2 * q + 1], g[2 * q]);
+			for (i = 0; i < 256; i++) {
+				const struct lg_health *h;
+				for (h = gw->rs->tab[i]; h; h = h->next) {
+					char tl[256];
+					int is_prov = strchr(h->id, '/') == NULL;
+					if ((q == 4) != is_prov) continue;
+					lg_acct_label(tl, sizeof tl, h->id);
+					lg_buf_printf(&b, "%s{%s=\"%s\"} %.6g\n", g[2 * q], is_prov ? "provider" : "target", tl,
+					              q == 0 ? h->ttft / 1000.0 : q == 1 ? h->tps : q == 2 ? (double)h->state
+					              : q == 3 ? (double)h->fails : (double)h->inflight);
+				}
+			}
+		}
+		lg_buf_printf(&b, "# HELP llmgw_affinity_hits_total Requests kept on their prompt-cache target.\n"
+		                  "# TYPE llmgw_affinity_hits_total counter\nllmgw_affinity_hits_total %llu\n",
+		              gw->rs->aff_hits);
 	}
 	lg_buf_printf(&b, "# HELP llmgw_info Version of the running gateway.\n# TYPE llmgw_info gauge\n"
 	                  "llmgw_info{version=\"%s\"} 1\n", LLMGW_VERSION);
@@ -6973,6 +7303,15 @@ void llmgw_free(struct llmgw *gw)
 	}
 	lg_acct_flush(gw);
 	lg_buf_free(&gw->logbuf);
+	if (gw->rs) {
+		for (i = 0; i < 256; i++)
+			while (gw->rs->tab[i]) {
+				struct lg_health *h = gw->rs->tab[i]->next;
+				free(gw->rs->tab[i]);
+				gw->rs->tab[i] = h;
+			}
+		free(gw->rs);
+	}
 	if (gw->acct) {
 		struct lg_acct *a = gw->acct;
 		if (a->lfd >= 0) {

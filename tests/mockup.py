@@ -270,7 +270,7 @@ class Conn:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:
             pass
-        self.close()
+        self.close(graceful=False)
 
     def kill(self):
         """From another thread: make the serving thread see EOF and close."""
@@ -280,8 +280,16 @@ class Conn:
         except OSError:
             pass
 
-    def close(self):
+    def close(self, graceful=True):
         self.dead = True
+        if graceful and self.tls is not None:
+            # TLS: send close_notify first. OpenSSL forgets the session of a connection
+            # closed without it, and the client could not resume it.
+            try:
+                self.sock.settimeout(2.0)
+                self.sock.unwrap()
+            except (OSError, ValueError):
+                pass
         try:
             self.sock.close()
         except OSError:
@@ -517,6 +525,44 @@ def sc_echo(c):
     return True
 
 
+# Usage shapes for the accounting tests: the `ok` reply with these usage objects.
+USAGE_SHAPES = {
+    # no prompt_tokens_details / completion_tokens_details at all
+    "usage-plain": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+    # OpenAI prompt caching: 60 of the 100 prompt tokens were read from the cache
+    "usage-cached": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+                     "prompt_tokens_details": {"cached_tokens": 60}},
+    # 30 of the 100 prompt tokens were written to the cache
+    "usage-cache-write": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+                          "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 30}},
+    # both: 50 read from the cache, 30 written, 20 plain
+    "usage-cache-both": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+                         "prompt_tokens_details": {"cached_tokens": 50, "cache_write_tokens": 30},
+                         "completion_tokens_details": {"reasoning_tokens": 5}},
+}
+
+
+def sc_usage_shape(c, usage):
+    if c.stream:
+        return send_chunked_stream(c, c.events(TEXT_PIECES, usage))
+    c.conn.send(json_response(200, c.completion(TEXT, usage)))
+    return True
+
+
+def sc_usage_in_finish(c):
+    """Stream whose usage rides on the finish chunk (choices not empty), sent whether or not
+    the request asked for it, and no separate usage chunk (some providers do this)."""
+    if not c.stream:
+        return sc_ok(c)
+    ev = [sse(c._chunk({"role": "assistant", "content": ""}))]
+    ev += [sse(c._chunk({"content": p})) for p in TEXT_PIECES]
+    fin = c._chunk({}, "stop")
+    fin["usage"] = USAGE
+    ev.append(sse(fin))
+    ev.append(sse("[DONE]"))
+    return send_chunked_stream(c, ev)
+
+
 def sc_status(c, status):
     extra = [("Retry-After", "0")] if status == 429 else []
     c.conn.send(json_response(status, error_obj(status), extra))
@@ -536,7 +582,10 @@ SCENARIOS = {
     "close-before-head": sc_close_before_head,
     "quota": sc_quota,
     "echo": sc_echo,
+    "usage-in-finish": sc_usage_in_finish,
 }
+for _s, _u in USAGE_SHAPES.items():
+    SCENARIOS[_s] = (lambda u: lambda c: sc_usage_shape(c, u))(_u)
 for _s in (400, 401, 403, 404, 408, 413, 422, 429, 500, 502, 503, 504, 529):
     SCENARIOS["status-%d" % _s] = (lambda s: lambda c: sc_status(c, s))(_s)
 
@@ -748,6 +797,19 @@ def selftest(port):
         r, data = req("status-%d#x" % st)
         expect("status-%d" % st, r.status == st and json.loads(data)["error"]["message"] == "mock %d" % st
                and (st != 429 or r.getheader("Retry-After") == "0"))
+    for sc, u in USAGE_SHAPES.items():
+        r, data = req(sc)
+        expect("%s non-stream" % sc, r.status == 200 and json.loads(data)["usage"] == u)
+        r, data = req(sc, stream=True, usage=True)
+        us = [json.loads(l[6:])["usage"] for l in data.decode().split("\n")
+              if l.startswith("data: {") and '"usage"' in l]
+        expect("%s stream" % sc, content(data) == TEXT and us == [u])
+    for usage in (False, True):
+        r, data = req("usage-in-finish", stream=True, usage=usage)
+        fin = [json.loads(l[6:]) for l in data.decode().split("\n")
+               if l.startswith("data: {") and '"usage"' in l]
+        expect("usage-in-finish stream (include_usage %s)" % usage, content(data) == TEXT and
+               len(fin) == 1 and fin[0]["choices"][0]["finish_reason"] == "stop")
     r, data = req("quota")
     expect("quota", r.status == 429 and json.loads(data)["error"]["code"] == "insufficient_quota")
     r, data = req("echo")

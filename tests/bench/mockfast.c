@@ -57,6 +57,7 @@ struct conn {
 	long long spacing_ns;
 	long long deadline; /* CLOCK_MONOTONIC ns of the next event */
 	int heapidx;        /* -1 when not in the timer heap */
+	struct conn *next_dead;
 };
 
 static int ep, lfd, tfd;
@@ -268,13 +269,30 @@ static void rearm(void)
 
 /* --- connections -------------------------------------------------------- */
 
+/* Closed connections are freed at the end of the loop iteration: one may
+ * still appear later in the same batch of epoll events (fd is then -1). */
+static struct conn *dead;
+
 static void conn_close(struct conn *c)
 {
+	if (c->fd < 0) return;
 	heap_remove(c);
 	close(c->fd);
-	free(c->in);
-	free(c->out);
-	free(c);
+	c->fd = -1;
+	c->streaming = 0;
+	c->next_dead = dead;
+	dead = c;
+}
+
+static void reap(void)
+{
+	while (dead) {
+		struct conn *c = dead;
+		dead = c->next_dead;
+		free(c->in);
+		free(c->out);
+		free(c);
+	}
 }
 
 static void set_pollout(struct conn *c, int on)
@@ -615,10 +633,10 @@ int main(int argc, char **argv)
 				}
 			} else {
 				struct conn *c = p;
+				if (c->fd < 0) continue;
 				if (evs[i].events & EPOLLOUT) {
 					if (conn_flush(c) < 0) {
 						conn_close(c);
-						/* the same connection cannot appear twice in one batch */
 						continue;
 					}
 					if (c->close_after && !c->streaming && c->outlen == 0) {
@@ -629,6 +647,7 @@ int main(int argc, char **argv)
 				if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) conn_read(c);
 			}
 		}
+		reap();
 		rearm();
 	}
 }

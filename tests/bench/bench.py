@@ -1,0 +1,726 @@
+#!/usr/bin/env python3
+"""bench.py - the llmgw benchmark driver (run it through run.sh).
+
+Compares, in one run and on 127.0.0.1 only:
+  direct  wrk -> mockfast
+  nginx   wrk -> nginx (1 worker, upstream keepalive, no buffering, no log) -> mockfast
+  llmgw   wrk -> llmgw (openai provider, no access log) -> mockfast
+  llmgw+log  the same with the access log written to a file (non-streamed only)
+with the proxy pinned to one CPU and wrk + mockfast + benchcli to the other.
+The configurations alternate within each round (A/B, order rotated every
+round) and each figure is the median over the rounds. Every response is
+checked: status 200 and the body length the first (validated) probe of
+the same target gave.
+
+Prints one markdown table, PASS/MISS per target, and exits 0 when every
+response was correct (a missed performance target does not fail the run).
+`--profile` instead runs llmgw under callgrind for a fixed number of
+requests and prints the top functions and instructions per request.
+"""
+
+import argparse
+import glob
+import http.client
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
+PATH = "/v1/chat/completions"
+KEY = "sk-bench-0123456789"
+AUTH = "Bearer " + KEY
+MB = 1024.0
+
+# ---------------------------------------------------------------- helpers
+
+
+def log(*a):
+    print("bench:", *a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, proc=None, timeout=10.0):
+    t = time.time() + timeout
+    while time.time() < t:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("process exited with %s before listening on %d" % (proc.returncode, port))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("nothing listens on 127.0.0.1:%d after %.0f s" % (port, timeout))
+
+
+def rss_kb(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_ns(pid):
+    """CPU time of every thread of pid, in ns (schedstat, else utime+stime)."""
+    total = 0
+    try:
+        tasks = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return 0
+    for t in tasks:
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, t)) as f:
+                total += int(f.read().split()[0])
+                continue
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, t)) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) * 1000000000 // os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            out.append(int(d))
+    return out
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+class Proc:
+    """A process this run started (and is the only one to stop)."""
+
+    def __init__(self, name, cmd, cpu=None, logfile=None, **kw):
+        self.name = name
+        if cpu is not None and shutil.which("taskset"):
+            cmd = ["taskset", "-c", str(cpu)] + cmd
+        self.logf = open(logfile, "ab") if logfile else subprocess.DEVNULL
+        self.p = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, **kw)
+        self.pid = self.p.pid  # taskset execs the command: same pid
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=5.0):
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        if self.logf is not subprocess.DEVNULL:
+            self.logf.close()
+
+
+# ---------------------------------------------------------------- the run
+
+
+class Bench:
+    def __init__(self, a):
+        self.a = a
+        self.tmp = a.tmp
+        self.procs = []
+        self.bad = []  # descriptions of wrong responses
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) >= 2:
+            self.cpu_load, self.cpu_proxy = cpus[0], cpus[1]
+        else:
+            self.cpu_load = self.cpu_proxy = None
+            log("fewer than 2 CPUs: no pinning")
+        self.bin = {n: os.path.join(self.tmp, n) for n in ("mockfast", "benchcli", "llmgw")}
+        self.lua = os.path.join(HERE, "chat.lua")
+        self.write_bodies()
+
+    # -- inputs
+
+    def write_bodies(self):
+        base = {
+            "model": "bench",
+            "messages": [
+                {"role": "system", "content": "You are a concise assistant. Answer in one sentence."},
+                {"role": "user", "content": "Why should a gateway in front of language model providers "
+                                            "add as little latency and memory as it possibly can?"},
+            ],
+            "max_tokens": 64,
+            "temperature": 0.2,
+        }
+        st = dict(base, stream=True, stream_options={"include_usage": True})
+        self.body = {
+            "json": base,
+            "stream": st,
+            "timed": dict(st, bench_spacing_us=self.a.spacing_ms * 1000),
+            "slow": dict(st, bench_spacing_us=1000000),
+        }
+        self.bodyfile = {}
+        for k, v in self.body.items():
+            fn = os.path.join(self.tmp, "body-%s.json" % k)
+            with open(fn, "w") as f:
+                f.write(json.dumps(v, separators=(",", ":")))
+            self.bodyfile[k] = fn
+        self.req_bytes = os.path.getsize(self.bodyfile["json"])
+
+    # -- processes
+
+    def start(self, name, cmd, cpu, **kw):
+        p = Proc(name, cmd, cpu, os.path.join(self.tmp, name + ".log"), **kw)
+        self.procs.append(p)
+        return p
+
+    def start_mock(self):
+        self.mock_port = free_port()
+        self.mock = self.start("mockfast", [self.bin["mockfast"], "-p", str(self.mock_port)], self.cpu_load)
+        wait_port(self.mock_port, self.mock.p)
+
+    def start_nginx(self, tag="nginx"):
+        prefix = os.path.join(self.tmp, tag)
+        os.makedirs(os.path.join(prefix, "tmp"), exist_ok=True)
+        port = free_port()
+        conf = os.path.join(prefix, "nginx.conf")
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        with open(conf, "w") as f:
+            f.write("""# written by tests/bench/bench.py: nginx as a zero-logic reverse proxy
+{user}worker_processes 1;
+worker_rlimit_nofile 16384;
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {p}/tmp/body;
+    proxy_temp_path {p}/tmp/proxy;
+    keepalive_timeout 120s;
+    keepalive_requests 1000000;
+    upstream mock {{
+        server 127.0.0.1:{mock};
+        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 120s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 120s;
+        }}
+    }}
+}}
+""".format(user=user, p=prefix, mock=self.mock_port, port=port))
+        p = self.start(tag, ["nginx", "-e", os.path.join(prefix, "error.log"), "-p", prefix, "-c", conf,
+                             "-g", "daemon off; master_process on;"], self.cpu_proxy)
+        wait_port(port, p.p)
+        t = time.time() + 5
+        workers = []
+        while time.time() < t and not workers:
+            workers = children(p.pid)
+            time.sleep(0.02)
+        if len(workers) != 1:
+            raise RuntimeError("nginx: expected 1 worker, found %r" % workers)
+        return {"name": tag, "port": port, "proc": p, "pid": workers[0]}
+
+    def start_llmgw(self, tag="llmgw", access_log="", wrap=None):
+        port = free_port()
+        ini = os.path.join(self.tmp, tag + ".ini")
+        with open(ini, "w") as f:
+            f.write("""; written by tests/bench/bench.py
+[gateway]
+listen = 127.0.0.1:{port}
+max_connections = {maxc}
+access_log = {log}
+log_level = warn
+idle_timeout = 120s
+first_byte_timeout = 120s
+stream_idle_timeout = 120s
+
+[provider.up]
+type = openai
+base_url = http://127.0.0.1:{mock}/v1
+api_key = sk-upstream-bench
+
+[model.bench]
+target = up mock-model in=0.15 out=0.60
+
+[key.bench]
+secret = {key}
+""".format(port=port, maxc=max(4096, 2 * max(self.a.idle_conns, self.a.streams) + 100),
+                  log=access_log, mock=self.mock_port, key=KEY))
+        cmd = [self.bin["llmgw"], "-c", ini]
+        if wrap:
+            cmd = wrap + cmd
+        p = self.start(tag, cmd, self.cpu_proxy)
+        wait_port(port, p.p, timeout=30 if wrap else 10)
+        return {"name": tag, "port": port, "proc": p, "pid": p.pid}
+
+    def stop_all(self):
+        for p in reversed(self.procs):
+            p.stop()
+        self.procs = []
+
+    # -- checks
+
+    def probe(self, t):
+        """One request of each kind, validated; returns expected body lengths."""
+        out = {}
+        for kind in ("json", "stream"):
+            c = http.client.HTTPConnection("127.0.0.1", t["port"], timeout=10)
+            c.request("POST", PATH, body=json.dumps(self.body[kind]),
+                      headers={"Content-Type": "application/json", "Authorization": AUTH})
+            r = c.getresponse()
+            data = r.read()
+            c.close()
+            where = "%s %s probe" % (t["name"], kind)
+            if r.status != 200:
+                raise RuntimeError("%s: status %d: %s" % (where, r.status, data[:300]))
+            if kind == "json":
+                j = json.loads(data)
+                text = j["choices"][0]["message"]["content"]
+                if not text or not j.get("usage", {}).get("total_tokens"):
+                    raise RuntimeError("%s: no content or usage: %s" % (where, data[:300]))
+            else:
+                evs = [e for e in data.decode().split("\n\n") if e.strip()]
+                if evs[-1] != "data: [DONE]" or not all(e.startswith("data: ") for e in evs):
+                    raise RuntimeError("%s: not an SSE stream ending with [DONE]" % where)
+                chunks = [json.loads(e[6:]) for e in evs[:-1]]
+                text = "".join(ch["choices"][0]["delta"].get("content") or ""
+                               for ch in chunks if ch.get("choices"))
+                if not any(ch.get("usage") for ch in chunks):
+                    raise RuntimeError("%s: no usage chunk" % where)
+                out["events"] = len(evs)
+            if getattr(self, "text", None) is None:
+                self.text = text
+            elif text != self.text:
+                raise RuntimeError("%s: content %r differs from %r" % (where, text, self.text))
+            out[kind] = len(data)
+        return out
+
+    # -- load
+
+    def wrk(self, t, kind, conns, secs):
+        env = dict(os.environ, BENCH_BODY=self.bodyfile[kind], BENCH_AUTH=AUTH,
+                   BENCH_EXPECT=str(t["expect"][kind]))
+        cmd = ["wrk", "-t1", "-c%d" % conns, "-d%ds" % secs, "-s", self.lua,
+               "http://127.0.0.1:%d%s" % (t["port"], PATH)]
+        if self.cpu_load is not None:
+            cmd = ["taskset", "-c", str(self.cpu_load)] + cmd
+        st0 = self.mock_stats()
+        c0, w0 = cpu_ns(t["pid"]), time.time()
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        rss = 0
+        while p.poll() is None:
+            rss = max(rss, rss_kb(t["pid"]))
+            time.sleep(0.2)
+        out = p.stdout.read()
+        c1, w1 = cpu_ns(t["pid"]), time.time()
+        st1 = self.mock_stats()
+        m = re.search(r"^BENCH (.*)$", out, re.M)
+        if not m:
+            raise RuntimeError("wrk gave no result line:\n" + out)
+        r = {k: v for k, v in (kv.split("=", 1) for kv in m.group(1).split())}
+        n = int(r["requests"])
+        errs = sum(int(r[k]) for k in ("err_connect", "err_read", "err_write", "err_timeout", "err_status"))
+        nbad = int(r["bad_status"]) + int(r["bad_len"])
+        if nbad or errs or n == 0 or int(r["responses"]) != n:
+            self.bad.append("%s %s c%d: %d requests, %d responses, %d bad status, %d bad length "
+                            "(first: %s), %d socket/status errors" % (
+                                t["name"], kind, conns, n, int(r["responses"]), int(r["bad_status"]),
+                                int(r["bad_len"]), r["first_bad"], errs))
+        secs_run = int(r["duration_us"]) / 1e6
+        res = {
+            "rps": n / secs_run if secs_run else 0,
+            "p50": int(r["p50_us"]), "p99": int(r["p99_us"]),
+            "cpu_us": (c1 - c0) / 1000.0 / n if n else None,
+            "cpu_util": (c1 - c0) / 1e9 / (w1 - w0),
+            "rss": rss,
+            "up_conns_per_k": (1000.0 * (st1["accepted"] - st0["accepted"]) / n) if n and st0 and st1 else None,
+        }
+        return res
+
+    def mock_stats(self):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", self.mock_port, timeout=5)
+            c.request("GET", "/stats")
+            j = json.loads(c.getresponse().read())
+            c.close()
+            j["accepted"] -= 1  # this connection
+            return j
+        except (OSError, ValueError):
+            return None
+
+    def benchcli(self, mode, t, body, n, extra=(), sample_pid=None, hold=0):
+        cmd = [self.bin["benchcli"], mode, "-p", str(t["port"]), "-b", self.bodyfile[body], "-a", AUTH,
+               "-n", str(n)] + list(extra)
+        if self.cpu_load is not None:
+            cmd = ["taskset", "-c", str(self.cpu_load)] + cmd
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        rss = 0
+        if sample_pid:
+            line = p.stdout.readline()
+            if line.startswith("ready"):
+                end = time.time() + max(0.5, hold - 0.5)
+                while time.time() < end:
+                    rss = max(rss, rss_kb(sample_pid))
+                    time.sleep(0.1)
+        try:
+            out, err = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        kv = {}
+        for line in out.splitlines():
+            for tok in line.replace("result ", "").split():
+                if "=" in tok:
+                    k, v = tok.split("=", 1)
+                    kv[k] = int(v)
+        if p.returncode != 0:
+            self.bad.append("%s %s on %s: exit %d: %s %s" % (mode, body, t["name"], p.returncode,
+                                                             out.strip().replace("\n", "; "), err.strip()[:300]))
+        kv["rss"] = rss
+        return kv
+
+    # -- phases
+
+    def run(self):
+        a = self.a
+        t_start = time.time()
+        self.start_mock()
+        nginx = self.start_nginx()
+        llmgw = self.start_llmgw()
+        logpath = os.path.join(self.tmp, "access.log")
+        llmgw_log = self.start_llmgw("llmgw+log", access_log=logpath)
+        direct = {"name": "direct", "port": self.mock_port, "pid": self.mock.pid, "proc": self.mock}
+        targets = [direct, nginx, llmgw, llmgw_log]
+        self.idle_first = {"nginx": rss_kb(nginx["pid"]), "llmgw": rss_kb(llmgw["pid"])}
+        for t in targets:
+            t["expect"] = self.probe(t)
+        self.nevents = llmgw["expect"]["events"]
+        log("expected body bytes: " + ", ".join("%s json %d / stream %d (%d events)" % (
+            t["name"], t["expect"]["json"], t["expect"]["stream"], t["expect"]["events"]) for t in targets))
+
+        log("warm-up")
+        for t in targets:
+            for kind in ("json", "stream"):
+                self.wrk(t, kind, a.conns, 1)
+
+        res = {}  # (target, kind, conns) -> [per-round dict]
+        for rnd in range(a.rounds):
+            k = rnd % len(targets)
+            order = targets[k:] + targets[:k]
+            for kind in ("json", "stream"):
+                for t in order:
+                    if kind == "stream" and t is llmgw_log:
+                        continue
+                    r = self.wrk(t, kind, a.conns, a.duration)
+                    res.setdefault((t["name"], kind, a.conns), []).append(r)
+                    log("round %d %-9s %-6s c%d: %8.0f req/s p50 %5d us p99 %6d us cpu %5.1f us/req (%3.0f%%) rss %5d kB" % (
+                        rnd + 1, t["name"], kind, a.conns, r["rps"], r["p50"], r["p99"], r["cpu_us"] or 0,
+                        100 * r["cpu_util"], r["rss"]))
+            for t in order:
+                if t is llmgw_log:
+                    continue
+                r = self.wrk(t, "json", 1, a.c1_duration)
+                res.setdefault((t["name"], "json", 1), []).append(r)
+                log("round %d %-9s json   c1 : %8.0f req/s p50 %5d us p99 %6d us" % (
+                    rnd + 1, t["name"], r["rps"], r["p50"], r["p99"]))
+            for t in targets:
+                if not t["proc"].alive():
+                    raise RuntimeError("%s died (see %s.log in %s)" % (t["name"], t["name"], self.tmp))
+        try:
+            self.log_bytes = os.path.getsize(logpath)
+            with open(logpath) as f:
+                self.log_lines = sum(1 for _ in f)
+        except OSError:
+            self.log_bytes = self.log_lines = 0
+
+        log("stream timing (%d streams of %d events %d ms apart per target)" % (
+            a.timed_streams, llmgw["expect"]["events"], a.spacing_ms))
+        timing = {}
+        for t in (direct, nginx, llmgw):
+            timing[t["name"]] = self.benchcli("timing", t, "timed", a.timed_streams,
+                                              ["-L", str(t["expect"]["stream"])])
+            log("%-6s %s" % (t["name"], timing[t["name"]]))
+
+        # memory on fresh processes
+        log("memory: fresh nginx and llmgw, %d idle keep-alive connections, %d slow streams" % (
+            a.idle_conns, a.streams))
+        for t in (nginx, llmgw, llmgw_log):
+            t["proc"].stop()
+        mem = {}
+        nginx2 = self.start_nginx("nginx-mem")
+        llmgw2 = self.start_llmgw("llmgw-mem")
+        time.sleep(0.5)
+        for t in (nginx2, llmgw2):
+            name = "nginx" if t is nginx2 else "llmgw"
+            m = mem[name] = {"idle": rss_kb(t["pid"])}
+            t["expect"] = self.probe(t)
+            h = self.benchcli("hold", t, "json", a.idle_conns, ["-t", str(a.hold), "-L", str(t["expect"]["json"])],
+                              sample_pid=t["pid"], hold=a.hold)
+            m["hold"], m["hold_ok"] = h["rss"], h.get("ok", 0)
+            s = self.benchcli("streams", t, "slow", a.streams, ["-t", str(a.hold)], sample_pid=t["pid"], hold=a.hold)
+            m["streams"], m["streams_open"] = s["rss"], s.get("open", 0)
+            m["after"] = rss_kb(t["pid"])
+            log("%-6s %s" % (name, m))
+            if not t["proc"].alive():
+                raise RuntimeError("%s died during the memory phase" % name)
+        self.stop_all()
+
+        self.report(res, timing, mem, time.time() - t_start)
+        return 1 if self.bad else 0
+
+    # -- the table
+
+    def report(self, res, timing, mem, elapsed):
+        a = self.a
+        C = a.conns
+
+        def m(name, kind, field, conns=C):
+            rs = res.get((name, kind, conns))
+            return med([r[field] for r in rs]) if rs else None
+
+        def added_c1(name):
+            d = [p["p50"] - q["p50"] for p, q in zip(res[(name, "json", 1)], res[("direct", "json", 1)])]
+            return med(d)
+
+        def ratio(x, y):
+            return (x / y) if x is not None and y else None
+
+        rows = []
+        verdicts = []
+
+        def fmt(v, f="%.0f"):
+            return "—" if v is None else f % v
+
+        def row(label, d, n, g, r=None, target="", ok=None, f="%.0f"):
+            res_s = "" if ok is None else ("PASS" if ok else "**MISS**")
+            rows.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+                label, d if isinstance(d, str) else fmt(d, f), n if isinstance(n, str) else fmt(n, f),
+                g if isinstance(g, str) else fmt(g, f), "" if r is None else "%.2f" % r, target, res_s))
+            if ok is not None:
+                verdicts.append((label, ok))
+
+        for kind, title in (("json", "non-streamed"), ("stream", "streamed")):
+            d, n, g = (m(x, kind, "rps") for x in ("direct", "nginx", "llmgw"))
+            r = ratio(g, n)
+            row("%s: requests/s (c%d)" % (title, C), d, n, g, r, "≥ 1.00", r is not None and r >= 1.0)
+            row("%s: latency p50 / p99 (µs)" % title,
+                *("%s / %s" % (fmt(m(x, kind, "p50")), fmt(m(x, kind, "p99"))) for x in ("direct", "nginx", "llmgw")),
+                r=ratio(m("llmgw", kind, "p50"), m("nginx", kind, "p50")))
+            d, n, g = (m(x, kind, "cpu_us") for x in ("direct", "nginx", "llmgw"))
+            r = ratio(g, n)
+            row("%s: CPU µs/request (proxy; direct = mock)" % title, d, n, g, r, "≤ 1.00",
+                r is not None and r <= 1.0, f="%.1f")
+            row("%s: proxy CPU use during the run (%%)" % title,
+                *(fmt(None if x is None else 100 * x) for x in (m(y, kind, "cpu_util") for y in ("direct", "nginx", "llmgw"))))
+            d, n, g = (m(x, kind, "rss") for x in ("direct", "nginx", "llmgw"))
+            row("%s: RSS under load (MB; direct = mock)" % title, d / MB if d else None, n / MB if n else None,
+                g / MB if g else None, ratio(g, n), "llmgw < 8 MB", g is not None and g < 8 * 1024, f="%.2f")
+            row("%s: upstream connections opened per 1000 requests" % title,
+                *(fmt(m(x, kind, "up_conns_per_k"), "%.1f") for x in ("direct", "nginx", "llmgw")))
+        an, ag = added_c1("nginx"), added_c1("llmgw")
+        row("added latency at 1 connection, p50 vs direct (µs)", "%s (p50 itself)" % fmt(m("direct", "json", "p50", 1)),
+            an, ag, ratio(ag, an), "≤ nginx", an is not None and ag is not None and ag <= an)
+        row("requests/s at 1 connection", m("direct", "json", "rps", 1), m("nginx", "json", "rps", 1),
+            m("llmgw", "json", "rps", 1), ratio(m("llmgw", "json", "rps", 1), m("nginx", "json", "rps", 1)))
+        # stream timing
+        td, tn, tg = timing["direct"], timing["nginx"], timing["llmgw"]
+        row("time to first streamed byte, p50 (µs)", td.get("ttfb_us_p50"), tn.get("ttfb_us_p50"),
+            tg.get("ttfb_us_p50"), ratio(tg.get("ttfb_us_p50"), tn.get("ttfb_us_p50")))
+        row("time to first event, p50 (µs)", td.get("first_event_us_p50"), tn.get("first_event_us_p50"),
+            tg.get("first_event_us_p50"), ratio(tg.get("first_event_us_p50"), tn.get("first_event_us_p50")))
+        row("per-event delay, mock write → client read, p50 / max (µs)",
+            *("%s / %s" % (fmt(x.get("delay_us_p50")), fmt(x.get("delay_us_max"))) for x in (td, tn, tg)))
+        ok_fwd = (tg.get("timed_events", 0) > 0 and tg.get("batched", 1) == 0 and tg.get("bad", 1) == 0
+                  and tg.get("delay_us_max", 10 ** 9) < a.spacing_ms * 1000 / 4)
+        row("events batched with an earlier one (of %s timed)" % fmt(tg.get("timed_events")),
+            *(fmt(x.get("batched")) for x in (td, tn, tg)),
+            target="0 batched, max delay < %d ms" % (a.spacing_ms // 4 or 1), ok=ok_fwd)
+        # memory
+        mn, mg = mem["nginx"], mem["llmgw"]
+        row("RSS idle, fresh process (MB)", "—", mn["idle"] / MB, mg["idle"] / MB, ratio(mg["idle"], mn["idle"]),
+            "llmgw < 2 MB", mg["idle"] < 2 * 1024, f="%.2f")
+        row("RSS with %d idle keep-alive connections (MB)" % a.idle_conns, "—", mn["hold"] / MB, mg["hold"] / MB,
+            ratio(mg["hold"], mn["hold"]), f="%.2f")
+        row("RSS with %d concurrent slow streams (MB)" % a.streams, "—", mn["streams"] / MB, mg["streams"] / MB,
+            ratio(mg["streams"], mn["streams"]), "llmgw < 32 MB",
+            mg["streams"] < 32 * 1024 and mg["streams_open"] == a.streams, f="%.2f")
+        row("RSS after those closed (MB)", "—", mn["after"] / MB, mg["after"] / MB, ratio(mg["after"], mn["after"]),
+            f="%.2f")
+        # access log
+        gl, g = m("llmgw+log", "json", "rps"), m("llmgw", "json", "rps")
+        row("llmgw with access log to a file: requests/s, CPU µs/req (non-streamed)", "—", "—",
+            "%s, %s" % (fmt(gl), fmt(m("llmgw+log", "json", "cpu_us"), "%.1f")), ratio(gl, g))
+        # binary
+        size = os.path.getsize(self.a.llmgw_src)
+        stripped = os.path.join(self.tmp, "llmgw.stripped")
+        shutil.copy(self.a.llmgw_src, stripped)
+        subprocess.run(["strip", stripped], check=False)
+        ngx = shutil.which("nginx")
+        row("binary size, as built / stripped (bytes)", "—", "%d (nginx-light)" % os.path.getsize(ngx) if ngx else "—",
+            "%d / %d" % (size, os.path.getsize(stripped)))
+
+        title = ("llmgw benchmark: %d rounds of %d s, c%d, 1 wrk thread, %d-byte request; "
+                 "proxy on CPU %s, wrk + mock on CPU %s; medians; ratio = llmgw / nginx" % (
+                     a.rounds, a.duration, C, self.req_bytes, self.cpu_proxy, self.cpu_load))
+        print()
+        print("**" + title + "**")
+        print()
+        print("| measure | direct | nginx | llmgw | llmgw/nginx | target | result |")
+        print("|---|---:|---:|---:|---:|---|---|")
+        for r in rows:
+            print(r)
+        print()
+        print("Notes: nginx figures are its one worker process (the master is idle). Streams: %d SSE events "
+              "each, written by the mock in one go; timing streams: events %d ms apart, the mock writes its "
+              "CLOCK_MONOTONIC time into each event's id. Access log: %d lines, %d bytes. Run time %.0f s." % (
+                  self.nevents, a.spacing_ms, self.log_lines, self.log_bytes, elapsed))
+        print()
+        npass = sum(1 for _, ok in verdicts if ok)
+        for label, ok in verdicts:
+            if not ok:
+                print("MISS: " + label)
+        if self.bad:
+            print("RESPONSE CHECK FAILED:")
+            for b in self.bad:
+                print("  " + b)
+        else:
+            print("checks: every response was a 200 with the expected body length")
+        print("targets: %d passed, %d missed" % (npass, len(verdicts) - npass))
+
+
+# ---------------------------------------------------------------- profile
+
+
+def profile(a):
+    b = Bench(a)
+    if not shutil.which("valgrind"):
+        print("valgrind is not installed")
+        return 1
+    out = os.path.join(b.tmp, "callgrind.out")
+    try:
+        b.start_mock()
+        g = b.start_llmgw("llmgw-callgrind", wrap=["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out])
+        g["expect"] = b.probe(g)
+        b.benchcli("count", g, "json", 20, ["-L", str(g["expect"]["json"])])
+        b.benchcli("count", g, "stream", 5, ["-L", str(g["expect"]["stream"])])
+        parts = []
+        for kind, n in (("json", a.profile_json), ("stream", a.profile_stream)):
+            subprocess.run(["callgrind_control", "-z", str(g["pid"])], stdout=subprocess.DEVNULL, check=False)
+            t0 = time.time()
+            r = b.benchcli("count", g, kind, n, ["-L", str(g["expect"][kind])])
+            dt = time.time() - t0
+            before = set(glob.glob(out + ".*"))
+            subprocess.run(["callgrind_control", "-d", kind, str(g["pid"])], stdout=subprocess.DEVNULL, check=False)
+            t = time.time() + 30
+            new = []
+            while time.time() < t and not new:
+                time.sleep(0.2)
+                new = sorted(set(glob.glob(out + ".*")) - before)
+            if not new:
+                raise RuntimeError("callgrind wrote no dump")
+            parts.append((kind, n, r, dt, new[-1]))
+        g["proc"].stop(timeout=30)
+    finally:
+        b.stop_all()
+    for kind, n, r, dt, fn in parts:
+        ann = subprocess.run(["callgrind_annotate", "--inclusive=no", fn], stdout=subprocess.PIPE,
+                             text=True).stdout
+        m = re.search(r"^\s*([\d,]+)\s.*PROGRAM TOTALS", ann, re.M)
+        total = int(m.group(1).replace(",", "")) if m else 0
+        print()
+        print("== %s: %d requests (%d ok, %d bad) in %.1f s under callgrind: %s instructions, %.0f per request" % (
+            kind, n, r.get("ok", 0), r.get("bad", 0), dt, "{:,}".format(total), total / n if n else 0))
+        print("== top functions by instructions (self), from %s" % fn)
+        lines = ann.splitlines()
+        try:
+            i = next(k for k, line in enumerate(lines) if "file:function" in line)
+        except StopIteration:
+            i = 0
+        for line in lines[i:i + 1 + a.top]:
+            print(line)
+    print()
+    print("callgrind files are in %s (open them with kcachegrind or callgrind_annotate)" % b.tmp)
+    return 1 if b.bad else 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tmp", required=True, help="work directory holding mockfast, benchcli and llmgw")
+    ap.add_argument("--llmgw-src", default=os.path.join(ROOT, "llmgw"), help="binary whose size is reported")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per c50 run")
+    ap.add_argument("--c1-duration", type=int, default=2, help="seconds per 1-connection run")
+    ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--spacing-ms", type=int, default=20, help="event spacing of the timing streams")
+    ap.add_argument("--timed-streams", type=int, default=10)
+    ap.add_argument("--idle-conns", type=int, default=1000)
+    ap.add_argument("--streams", type=int, default=1000)
+    ap.add_argument("--hold", type=int, default=3, help="seconds the memory phases hold their connections")
+    ap.add_argument("--quick", action="store_true", help="1 round of 2 s (a smoke test)")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile-json", type=int, default=2000)
+    ap.add_argument("--profile-stream", type=int, default=200)
+    ap.add_argument("--top", type=int, default=25)
+    a = ap.parse_args()
+    if a.quick:
+        a.rounds, a.duration, a.c1_duration, a.timed_streams, a.hold = 1, 2, 1, 3, 2
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * max(a.idle_conns, a.streams) + 1000
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(want, soft), hard) if hard != resource.RLIM_INFINITY else want, hard))
+        except (ValueError, OSError):
+            pass
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < want:
+        log("open-file limit %d is below %d: the 1000-connection phases may fail" % (
+            resource.getrlimit(resource.RLIMIT_NOFILE)[0], want))
+    if a.profile:
+        return profile(a)
+    b = Bench(a)
+    try:
+        return b.run()
+    except Exception as e:  # noqa: BLE001 - report and clean up
+        log("FAILED: %s" % e)
+        return 2
+    finally:
+        b.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
