@@ -21,6 +21,7 @@
  *   LLMGW_POOL_IDLE_MS   how long an idle upstream connection is kept
  *   LLMGW_POOL_MAX_IDLE  idle upstream connections kept per origin
  *   LLMGW_DNS_TTL_MS     how long a resolved host name is cached
+ *   LLMGW_BREAKER_FAILS, LLMGW_BREAKER_COOL_MS   circuit breaker tuning
  *
  * Contents (section number, title, prefix: what it owns)
  *   0. Configuration macros and includes
@@ -125,6 +126,12 @@
 #endif
 #ifndef LLMGW_MAX_CONFIG
 #define LLMGW_MAX_CONFIG (1u << 20) /* largest INI file */
+#endif
+#ifndef LLMGW_BREAKER_FAILS
+#define LLMGW_BREAKER_FAILS 5 /* consecutive failures that open a target's breaker */
+#endif
+#ifndef LLMGW_BREAKER_COOL_MS
+#define LLMGW_BREAKER_COOL_MS 30000 /* first cool-down, doubled up to 5 minutes */
 #endif
 #ifndef LLMGW_ACCEPT_BURST
 #define LLMGW_ACCEPT_BURST 64 /* accepts per listener per iteration */
@@ -4660,9 +4667,9 @@ struct lg_health {
 };
 
 enum { LG_BRK_CLOSED, LG_BRK_OPEN, LG_BRK_HALF };
-#define LG_BREAKER_FAILS 5       /* consecutive failures that open a breaker */
-#define LG_BREAKER_COOL 30000    /* first cool-down, doubled up to 5 minutes */
-#define LG_AFF_SLOTS 4096        /* prompt-cache affinity entries */
+#define LG_BREAKER_FAILS LLMGW_BREAKER_FAILS
+#define LG_BREAKER_COOL LLMGW_BREAKER_COOL_MS
+#define LG_AFF_SLOTS 4096 /* prompt-cache affinity entries */
 
 struct lg_rstate {
 	struct lg_health *tab[256];
