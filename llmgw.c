@@ -351,6 +351,51 @@ static void lg_sha256(const void *data, size_t len, unsigned char out[32])
 	lg_sha256_final(&s, out);
 }
 
+/* HMAC-SHA-256 (RFC 2104): Bedrock's SigV4. */
+static void lg_hmac_sha256(const void *key, size_t kl, const void *msg, size_t ml, unsigned char out[32])
+{
+	unsigned char k[64], pad[64], ih[32];
+	struct lg_sha256 s;
+	size_t i;
+	memset(k, 0, sizeof k);
+	if (kl > 64)
+		lg_sha256(key, kl, k);
+	else
+		memcpy(k, key, kl);
+	for (i = 0; i < 64; i++) pad[i] = (unsigned char)(k[i] ^ 0x36);
+	lg_sha256_init(&s);
+	lg_sha256_update(&s, pad, 64);
+	lg_sha256_update(&s, msg, ml);
+	lg_sha256_final(&s, ih);
+	for (i = 0; i < 64; i++) pad[i] = (unsigned char)(k[i] ^ 0x5c);
+	lg_sha256_init(&s);
+	lg_sha256_update(&s, pad, 64);
+	lg_sha256_update(&s, ih, 32);
+	lg_sha256_final(&s, out);
+}
+
+/* The SigV4 signing key: HMAC chain "AWS4"+secret -> day -> region ->
+ * service -> "aws4_request". */
+static void lg_sigv4_key(const char *secret, const char *day, const char *region, const char *service,
+                         unsigned char out[32])
+{
+	char k0[300];
+	unsigned char a[32], b[32];
+	int n = snprintf(k0, sizeof k0, "AWS4%s", secret);
+	lg_hmac_sha256(k0, (size_t)(n > 0 ? n : 0), day, strlen(day), a);
+	lg_hmac_sha256(a, 32, region, strlen(region), b);
+	lg_hmac_sha256(b, 32, service, strlen(service), a);
+	lg_hmac_sha256(a, 32, "aws4_request", 12, out);
+}
+
+static void lg_hex32(const unsigned char h[32], char out[65])
+{
+	static const char hx[] = "0123456789abcdef";
+	int i;
+	for (i = 0; i < 32; i++) out[2 * i] = hx[h[i] >> 4], out[2 * i + 1] = hx[h[i] & 15];
+	out[64] = 0;
+}
+
 /* CRC-32 (IEEE, reflected, poly 0xEDB88320) with a 16-entry table: the
  * ledger's record check. Byte-oriented, so byte order does not matter. */
 static uint32_t lg_crc32(uint32_t crc, const void *data, size_t n)
@@ -1167,6 +1212,8 @@ struct lg_provider {
 	const char *name;
 	int type, line;
 	const char *base_url, *host, *base_path, *region, *api_key;
+	const char *api_version; /* azure */
+	const char *aws_region, *aws_access_key_id, *aws_secret_access_key, *aws_session_token; /* bedrock */
 	int port, tls, zdr, collects_data, direct, max_concurrency;
 	char origin[300]; /* "host:port" (+ "+tls"): the key of the upstream pool */
 	const char **headers; /* "Name: value" lines, validated */
@@ -1614,6 +1661,11 @@ static int lg_cfg_provider_key(struct lg_cfgp *p, struct lg_provider *pv, lg_str
 		if (!slot || !(*slot = lg_cfg_str(p->c, v))) return lg_cfg_err(p, "out of memory");
 		return 0;
 	}
+	if (lg_str_eq(k, "api_version")) return (pv->api_version = lg_cfg_str(p->c, v)) ? 0 : -1;
+	if (lg_str_eq(k, "aws_region")) return (pv->aws_region = lg_cfg_str(p->c, v)) ? 0 : -1;
+	if (lg_str_eq(k, "aws_access_key_id")) return lg_cfg_secret(p, v, &pv->aws_access_key_id);
+	if (lg_str_eq(k, "aws_secret_access_key")) return lg_cfg_secret(p, v, &pv->aws_secret_access_key);
+	if (lg_str_eq(k, "aws_session_token")) return lg_cfg_secret(p, v, &pv->aws_session_token);
 	if (lg_str_eq(k, "zdr")) return lg_cfg_bool(p, v, &pv->zdr);
 	if (lg_str_eq(k, "collects_data")) return lg_cfg_bool(p, v, &pv->collects_data);
 	if (lg_str_eq(k, "direct")) return lg_cfg_bool(p, v, &pv->direct);
@@ -1727,11 +1779,22 @@ static int lg_cfg_validate(struct lg_cfgp *p)
 	for (i = 0; i < c->nprov; i++) {
 		struct lg_provider *pv = c->prov[i];
 		p->line = pv->line;
-		if (pv->type != LG_PT_OPENAI && pv->type != LG_PT_MOCK)
-			return lg_cfg_err(p, "provider %s: type %s is not supported by this build yet "
-			                     "(supported: openai, mock)", pv->name, lg_pt_names[pv->type]);
-		if (pv->type != LG_PT_MOCK && !pv->host)
-			return lg_cfg_err(p, "provider %s needs a base_url", pv->name);
+		if (pv->type != LG_PT_MOCK && !pv->host) { /* the provider's own address by default */
+			char url[300];
+			url[0] = 0;
+			if (pv->type == LG_PT_OPENAI) snprintf(url, sizeof url, "https://api.openai.com/v1");
+			if (pv->type == LG_PT_ANTHROPIC) snprintf(url, sizeof url, "https://api.anthropic.com");
+			if (pv->type == LG_PT_GEMINI) snprintf(url, sizeof url, "https://generativelanguage.googleapis.com/v1beta");
+			if (pv->type == LG_PT_BEDROCK && pv->aws_region)
+				snprintf(url, sizeof url, "https://bedrock-runtime.%s.amazonaws.com", pv->aws_region);
+			if (!url[0])
+				return lg_cfg_err(p, "provider %s needs a base_url%s", pv->name,
+				                  pv->type == LG_PT_BEDROCK ? " or aws_region" : "");
+			if (lg_cfg_url(p, pv, lg_strz(url))) return -1;
+		}
+		if (pv->type == LG_PT_BEDROCK && !pv->api_key && !(pv->aws_access_key_id && pv->aws_secret_access_key))
+			return lg_cfg_err(p, "provider %s (bedrock) needs api_key, or aws_access_key_id and "
+			                     "aws_secret_access_key", pv->name);
 		if (pv->tls && !LLMGW_TLS)
 			return lg_cfg_err(p, "provider %s: base_url is https but this build has no TLS "
 			                     "(build with make TLS=1)", pv->name);
@@ -4009,7 +4072,11 @@ static void lg_up_io(struct lg_conn *c, int revents)
 
 /* The request: from a parsed head to the last byte of its response. All its
  * memory is its own buffers and its arena, released in lg_req_free. */
-enum { LG_EP_RELOAD, LG_EP_CHAT, LG_EP_EMBED, LG_EP_MODELS, LG_EP_HEALTH, LG_EP_KEY, LG_EP_GEN, LG_EP_METRICS };
+enum { LG_EP_RELOAD, LG_EP_CHAT, LG_EP_EMBED, LG_EP_MODELS, LG_EP_HEALTH, LG_EP_KEY, LG_EP_GEN, LG_EP_METRICS,
+       LG_EP_MESSAGES };
+enum { LG_D_OPENAI, LG_D_ANTHROPIC }; /* client dialects */
+struct lg_creq;
+struct lg_wst;
 
 /* Usage normalized to OpenAI's meaning: prompt includes cached and
  * cache-write tokens, completion includes reasoning tokens. */
@@ -4049,7 +4116,7 @@ struct lg_req {
 	struct lg_arena a;
 	uint64_t seq; /* also in the id: indexes the ring of recent requests */
 	char id[40];
-	int ep, head_only, minor, close, stream, want_usage;
+	int ep, dialect, head_only, minor, close, stream, want_usage;
 	int status;      /* sent to the client */
 	int sent_head;   /* first byte went to the client: no more fallback */
 	int finished, freed;
@@ -4062,6 +4129,11 @@ struct lg_req {
 	struct lg_json j;
 	const char *model_req, *user;
 	const char *query; /* GET /v1/generation: the query string */
+	struct lg_creq *creq;  /* the canonical request, built on first need */
+	struct lg_wst *w;      /* translation state of the current attempt, when not native */
+	int rf_tool;           /* response_format rides on a forced Anthropic tool */
+	unsigned gen;          /* attempts started: callbacks notice a newer one */
+	char canon_err[200];
 	/* routing */
 	struct lg_cand plan[LLMGW_MAX_PLAN];
 	int nplan, cur;
@@ -4225,9 +4297,18 @@ static void lg_resp_error(struct lg_req *r, int status, const char *extra, const
 	vsnprintf(r->errmsg, sizeof r->errmsg, fmt, ap);
 	va_end(ap);
 	lg_buf_init(&b, 0);
-	lg_buf_addz(&b, "{\"error\":{\"message\":");
-	lg_json_wz(&b, r->errmsg);
-	lg_buf_printf(&b, ",\"type\":\"%s\",\"param\":null,\"code\":%d}}\n", lg_err_type(status), status);
+	if (r->dialect == LG_D_ANTHROPIC) { /* {"type":"error","error":{"type","message"}} */
+		const char *t = status == 529 ? "overloaded_error" : status == 413 ? "request_too_large"
+		                : status == 402 ? "billing_error" : status == 404 ? "not_found_error"
+		                : status >= 500 ? "api_error" : lg_err_type(status);
+		lg_buf_printf(&b, "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":", t);
+		lg_json_wz(&b, r->errmsg);
+		lg_buf_addz(&b, "}}\n");
+	} else {
+		lg_buf_addz(&b, "{\"error\":{\"message\":");
+		lg_json_wz(&b, r->errmsg);
+		lg_buf_printf(&b, ",\"type\":\"%s\",\"param\":null,\"code\":%d}}\n", lg_err_type(status), status);
+	}
 	if (b.err)
 		lg_resp_send(r, 500, "application/json", "{}", 2, NULL);
 	else
@@ -4283,7 +4364,8 @@ static void lg_prov_openai_body(struct lg_req *r, const struct lg_cand *cd, stru
 		lg_buf_addc(o, ':');
 		if (lg_str_eq(key, "model")) {
 			lg_json_wz(o, cd->upstream);
-		} else if (lg_str_eq(key, "stream_options") && r->stream && lg_json_type(j, v) == LG_J_OBJ) {
+		} else if (lg_str_eq(key, "stream_options") && r->stream && lg_json_type(j, v) == LG_J_OBJ &&
+		           cd->prov->type != LG_PT_ANTHROPIC) {
 			/* keep the client's options, force include_usage */
 			uint32_t kk = (uint32_t)v + 1, mm;
 			have_so = 1;
@@ -4303,45 +4385,9 @@ static void lg_prov_openai_body(struct lg_req *r, const struct lg_cand *cd, stru
 		}
 		k = nk;
 	}
-	if (r->stream && !have_so) lg_buf_addz(o, ",\"stream_options\":{\"include_usage\":true}");
+	if (r->stream && !have_so && cd->prov->type != LG_PT_ANTHROPIC)
+		lg_buf_addz(o, ",\"stream_options\":{\"include_usage\":true}");
 	lg_buf_addc(o, '}');
-}
-
-/* Builds the whole upstream request in u->req: the body is written first,
- * after room left for the head, so it is copied once. */
-static int lg_prov_openai_build(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
-{
-	const struct lg_provider *p = cd->prov;
-	char head[8192];
-	int hn, i;
-	size_t room = 1024 + strlen(p->base_path) + strlen(p->host) +
-	              (p->api_key ? strlen(p->api_key) : 0), body_len;
-	for (i = 0; i < p->nheaders; i++) room += strlen(p->headers[i]) + 2;
-	if (room > sizeof head) return -1;
-	o->off = o->len = 0;
-	if (lg_buf_reserve(o, room + r->body_len + 256)) return -1;
-	o->len = room; /* the gap before the body is filled by the head below */
-	lg_prov_openai_body(r, cd, o);
-	if (o->err) return -1;
-	body_len = o->len - room;
-	hn = snprintf(head, sizeof head,
-	              "POST %s/%s HTTP/1.1\r\nHost: %s%s%s%s%.0d\r\nContent-Type: application/json\r\n"
-	              "Accept: %s\r\nUser-Agent: llmgw/" LLMGW_VERSION "\r\n",
-	              p->base_path, r->ep == LG_EP_EMBED ? "embeddings" : "chat/completions",
-	              strchr(p->host, ':') ? "[" : "", p->host, strchr(p->host, ':') ? "]" : "",
-	              (p->port != (p->tls ? 443 : 80)) ? ":" : "",
-	              (p->port != (p->tls ? 443 : 80)) ? p->port : 0,
-	              r->stream ? "text/event-stream" : "application/json");
-	if (p->api_key && hn > 0)
-		hn += snprintf(head + hn, sizeof head - (size_t)hn, "Authorization: Bearer %s\r\n", p->api_key);
-	for (i = 0; i < p->nheaders && hn > 0; i++)
-		hn += snprintf(head + hn, sizeof head - (size_t)hn, "%s\r\n", p->headers[i]);
-	if (hn > 0)
-		hn += snprintf(head + hn, sizeof head - (size_t)hn, "Content-Length: %zu\r\n\r\n", body_len);
-	if (hn <= 0 || (size_t)hn > room) return -1;
-	o->off = room - (size_t)hn;
-	memcpy(o->p + o->off, head, (size_t)hn);
-	return 0;
 }
 
 /* --- OpenAI: responses and stream chunks ------------------------------- */
@@ -4598,15 +4644,2294 @@ static void lg_prov_mock_embed(struct lg_req *r, struct lg_buf *o)
 	              (long long)pt);
 }
 
-/* Providers are data: one row per type. build makes the upstream HTTP
- * request; a type without a network (mock) has run instead, which writes
- * what the upstream would have sent. */
+/* --- the canonical request: what every inbound dialect is parsed into ----- */
+
+/* Strings are views into the request body (or its arena), still JSON-escaped
+ * ("esc"): writers put them between quotes as they are. args and schemas
+ * are raw JSON text. Lives as long as the request. */
+enum { LG_P_TEXT, LG_P_IMAGE, LG_P_TOOL_CALL, LG_P_TOOL_RESULT, LG_P_THINKING };
+enum { LG_R_USER, LG_R_ASSISTANT };
+enum { LG_TC_UNSET, LG_TC_AUTO, LG_TC_NONE, LG_TC_REQUIRED, LG_TC_FUNC };
+
+struct lg_cpart {
+	int type, is_error;
+	lg_str text;        /* esc: TEXT, THINKING, TOOL_RESULT content */
+	lg_str media, data; /* esc: IMAGE media type and base64 bytes */
+	lg_str url;         /* esc: IMAGE by URL */
+	lg_str id, name;    /* esc: TOOL_CALL, TOOL_RESULT */
+	lg_str args;        /* raw JSON: TOOL_CALL arguments (an object) */
+	lg_str sig;         /* esc: THINKING signature */
+};
+
+struct lg_cmsg {
+	int role;
+	struct lg_cpart *p;
+	int np;
+};
+
+struct lg_ctool {
+	lg_str name, desc; /* esc */
+	lg_str schema;     /* raw JSON */
+};
+
+struct lg_creq {
+	struct lg_cpart *sys;
+	int nsys;
+	struct lg_cmsg *m;
+	int nm;
+	struct lg_ctool *tools;
+	int ntools, tool_choice, parallel; /* parallel: -1 unset */
+	lg_str tool_name;                 /* esc, LG_TC_FUNC */
+	int64_t max_tokens, thinking;     /* 0: unset */
+	lg_str temperature, top_p, top_k, seed; /* raw numbers; n = 0 when unset */
+	lg_str *stop;                     /* esc */
+	int nstop, rf;                    /* response_format: 0 none, 1 json_object, 2 json_schema */
+	lg_str rf_schema, user;           /* raw JSON, esc */
+};
+
+static lg_str lg_jesc(const struct lg_json *j, const char *s, int t)
+{
+	return lg_json_type(j, t) == LG_J_STR ? lg_json_raw(j, s, t) : lg_str_of("", 0);
+}
+
+static lg_str lg_jnum(const struct lg_json *j, const char *s, int t)
+{
+	return lg_json_type(j, t) == LG_J_NUM ? lg_json_raw(j, s, t) : lg_str_of("", 0);
+}
+
+/* A JSON-encoded string (esc) unescaped into the arena: raw JSON text. */
+static lg_str lg_canon_unesc(struct lg_req *r, lg_str esc)
+{
+	char *o = (char *)lg_arena_alloc(&r->a, esc.n + 1);
+	long n;
+	if (!o || (n = lg_json_unescape(esc.p, esc.n, o)) < 0) return lg_str_of("{}", 2);
+	return lg_str_of(o, (size_t)n);
+}
+
+/* Raw JSON text as esc (JSON-string content) in the arena. */
+static lg_str lg_canon_esc(struct lg_req *r, lg_str raw)
+{
+	struct lg_buf b;
+	char *o;
+	lg_buf_init(&b, 0);
+	lg_json_wstr(&b, raw.p, raw.n);
+	o = lg_arena_strn(&r->a, b.p ? b.p + 1 : "", b.len >= 2 ? b.len - 2 : 0);
+	lg_buf_free(&b);
+	return lg_str_of(o ? o : "", o && b.len >= 2 ? b.len - 2 : 0);
+}
+
+static struct lg_cpart *lg_canon_part(struct lg_req *r, struct lg_cmsg *m, int cap, int type)
+{
+	struct lg_cpart *p;
+	if (!m->p) m->p = (struct lg_cpart *)lg_arena_alloc(&r->a, (size_t)(cap > 0 ? cap : 1) * sizeof *p);
+	if (!m->p || m->np >= cap) return NULL;
+	p = &m->p[m->np++];
+	p->type = type;
+	return p;
+}
+
+/* An image given as a URL: data: URLs become media type + base64. */
+static void lg_canon_image(struct lg_cpart *p, lg_str url)
+{
+	size_t i;
+	if (url.n > 5 && memcmp(url.p, "data:", 5) == 0) {
+		for (i = 5; i < url.n && url.p[i] != ';' && url.p[i] != ','; i++) {
+		}
+		if (i + 8 <= url.n && memcmp(url.p + i, ";base64,", 8) == 0) {
+			p->media = lg_str_of(url.p + 5, i - 5);
+			p->data = lg_str_of(url.p + i + 8, url.n - i - 8);
+			return;
+		}
+	}
+	p->url = url;
+}
+
+/* Text of an OpenAI content (a string, or parts of type text). Each text
+ * part becomes a part of m; images too when allowed. */
+static int lg_canon_oa_content(struct lg_req *r, struct lg_cmsg *m, int cap, int c, int images, char *msg,
+                               size_t mlen)
+{
+	const struct lg_json *j = &r->j;
+	const char *s = r->body;
+	uint32_t i;
+	if (lg_json_type(j, c) == LG_J_STR) {
+		struct lg_cpart *p;
+		if (j->t[c].end == j->t[c].start) return 0;
+		if (!(p = lg_canon_part(r, m, cap, LG_P_TEXT))) return -1;
+		p->text = lg_json_raw(j, s, c);
+		return 0;
+	}
+	if (lg_json_type(j, c) != LG_J_ARR) return 0;
+	for (i = 0; i < j->t[c].size; i++) {
+		int e = lg_json_at(j, c, i);
+		lg_str ty = lg_jesc(j, s, lg_json_get(j, s, e, "type"));
+		struct lg_cpart *p;
+		if (lg_str_eq(ty, "text") || lg_json_get(j, s, e, "text") >= 0) {
+			lg_str t = lg_jesc(j, s, lg_json_get(j, s, e, "text"));
+			if (!t.n) continue;
+			if (!(p = lg_canon_part(r, m, cap, LG_P_TEXT))) return -1;
+			p->text = t;
+		} else if (lg_str_eq(ty, "image_url")) {
+			int iu = lg_json_get(j, s, e, "image_url");
+			lg_str url = lg_jesc(j, s, lg_json_type(j, iu) == LG_J_OBJ ? lg_json_get(j, s, iu, "url") : iu);
+			if (!images) {
+				snprintf(msg, mlen, "messages: images are only allowed in user messages");
+				return -2;
+			}
+			if (!(p = lg_canon_part(r, m, cap, LG_P_IMAGE))) return -1;
+			lg_canon_image(p, url);
+		}
+	}
+	return 0;
+}
+
+/* OpenAI Chat Completions body -> canonical. 0, or -2 with msg (a 400). */
+static int lg_canon_openai(struct lg_req *r, struct lg_creq *q, char *msg, size_t mlen)
+{
+	const struct lg_json *j = &r->j;
+	const char *s = r->body;
+	int msgs = lg_json_get(j, s, 0, "messages"), t, k;
+	uint32_t i, n = j->t[msgs].size;
+	q->m = (struct lg_cmsg *)lg_arena_alloc(&r->a, (n + 1) * sizeof *q->m);
+	q->sys = (struct lg_cpart *)lg_arena_alloc(&r->a, (size_t)j->t[msgs].next * sizeof *q->sys);
+	if (!q->m || !q->sys) return -1;
+	for (i = 0; i < n; i++) {
+		int e = lg_json_at(j, msgs, i), c = lg_json_get(j, s, e, "content");
+		lg_str role = lg_jesc(j, s, lg_json_get(j, s, e, "role"));
+		int cap = (int)(j->t[e].next - (uint32_t)e) + 1;
+		struct lg_cmsg *m = &q->m[q->nm];
+		memset(m, 0, sizeof *m);
+		if (lg_str_eq(role, "system") || lg_str_eq(role, "developer")) {
+			struct lg_cmsg tmp;
+			memset(&tmp, 0, sizeof tmp);
+			tmp.p = q->sys + q->nsys;
+			if (lg_canon_oa_content(r, &tmp, cap, c, 0, msg, mlen) < 0) return -2;
+			q->nsys += tmp.np;
+			continue;
+		}
+		if (lg_str_eq(role, "user")) {
+			m->role = LG_R_USER;
+			if ((k = lg_canon_oa_content(r, m, cap, c, 1, msg, mlen)) < 0) return k;
+		} else if (lg_str_eq(role, "assistant")) {
+			int tc = lg_json_get(j, s, e, "tool_calls"), rc = lg_json_get(j, s, e, "reasoning_content");
+			uint32_t x;
+			m->role = LG_R_ASSISTANT;
+			if (lg_json_type(j, rc) == LG_J_STR && j->t[rc].end > j->t[rc].start) {
+				struct lg_cpart *p = lg_canon_part(r, m, cap, LG_P_THINKING);
+				if (!p) return -1;
+				p->text = lg_json_raw(j, s, rc);
+			}
+			if ((k = lg_canon_oa_content(r, m, cap, c, 0, msg, mlen)) < 0) return k;
+			for (x = 0; lg_json_type(j, tc) == LG_J_ARR && x < j->t[tc].size; x++) {
+				int call = lg_json_at(j, tc, x), fn = lg_json_get(j, s, call, "function");
+				struct lg_cpart *p = lg_canon_part(r, m, cap, LG_P_TOOL_CALL);
+				lg_str a = lg_jesc(j, s, lg_json_get(j, s, fn, "arguments"));
+				if (!p) return -1;
+				p->id = lg_jesc(j, s, lg_json_get(j, s, call, "id"));
+				p->name = lg_jesc(j, s, lg_json_get(j, s, fn, "name"));
+				p->args = a.n ? lg_canon_unesc(r, a) : lg_str_of("{}", 2);
+				{ /* arguments must be a JSON object to become input/args */
+					struct lg_json aj;
+					lg_str tr = lg_str_trim(p->args);
+					memset(&aj, 0, sizeof aj);
+					if (!tr.n || tr.p[0] != '{' || lg_json_parse(&aj, p->args.p, p->args.n) <= 0)
+						p->args = lg_str_of("{}", 2);
+				}
+			}
+		} else if (lg_str_eq(role, "tool")) {
+			struct lg_cpart *p;
+			m->role = LG_R_USER;
+			if (!(p = lg_canon_part(r, m, cap + 1, LG_P_TOOL_RESULT))) return -1;
+			p->id = lg_jesc(j, s, lg_json_get(j, s, e, "tool_call_id"));
+			if (lg_json_type(j, c) == LG_J_STR) {
+				p->text = lg_json_raw(j, s, c);
+			} else if (lg_json_type(j, c) == LG_J_ARR) { /* text parts, joined */
+				struct lg_buf b;
+				uint32_t x;
+				lg_buf_init(&b, 0);
+				for (x = 0; x < j->t[c].size; x++) {
+					lg_str tx = lg_jesc(j, s, lg_json_get(j, s, lg_json_at(j, c, x), "text"));
+					lg_buf_adds(&b, tx);
+				}
+				p->text = lg_str_of(lg_arena_strn(&r->a, b.p ? b.p : "", b.len), b.len);
+				lg_buf_free(&b);
+			}
+		} else {
+			snprintf(msg, mlen, "messages[%u].role must be system, developer, user, assistant or tool", i);
+			return -2;
+		}
+		q->nm++;
+	}
+	t = lg_json_get(j, s, 0, "tools");
+	if (lg_json_type(j, t) == LG_J_ARR && j->t[t].size) {
+		q->tools = (struct lg_ctool *)lg_arena_alloc(&r->a, j->t[t].size * sizeof *q->tools);
+		if (!q->tools) return -1;
+		for (i = 0; i < j->t[t].size; i++) {
+			int fn = lg_json_get(j, s, lg_json_at(j, t, i), "function"), pa;
+			struct lg_ctool *tl = &q->tools[q->ntools];
+			if (fn < 0) continue;
+			tl->name = lg_jesc(j, s, lg_json_get(j, s, fn, "name"));
+			tl->desc = lg_jesc(j, s, lg_json_get(j, s, fn, "description"));
+			pa = lg_json_get(j, s, fn, "parameters");
+			tl->schema = pa >= 0 ? lg_json_span(j, s, pa) : lg_str_of("{\"type\":\"object\"}", 17);
+			if (tl->name.n) q->ntools++;
+		}
+	}
+	t = lg_json_get(j, s, 0, "tool_choice");
+	if (lg_json_type(j, t) == LG_J_STR) {
+		lg_str v = lg_json_raw(j, s, t);
+		q->tool_choice = lg_str_eq(v, "none") ? LG_TC_NONE : lg_str_eq(v, "required") ? LG_TC_REQUIRED : LG_TC_AUTO;
+	} else if (lg_json_type(j, t) == LG_J_OBJ) {
+		q->tool_choice = LG_TC_FUNC;
+		q->tool_name = lg_jesc(j, s, lg_json_get(j, s, lg_json_get(j, s, t, "function"), "name"));
+	}
+	t = lg_json_get(j, s, 0, "parallel_tool_calls");
+	q->parallel = lg_json_type(j, t) == LG_J_TRUE ? 1 : lg_json_type(j, t) == LG_J_FALSE ? 0 : -1;
+	q->max_tokens = r->max_out;
+	q->temperature = lg_jnum(j, s, lg_json_get(j, s, 0, "temperature"));
+	q->top_p = lg_jnum(j, s, lg_json_get(j, s, 0, "top_p"));
+	q->top_k = lg_jnum(j, s, lg_json_get(j, s, 0, "top_k"));
+	q->seed = lg_jnum(j, s, lg_json_get(j, s, 0, "seed"));
+	q->user = lg_jesc(j, s, lg_json_get(j, s, 0, "user"));
+	t = lg_json_get(j, s, 0, "stop");
+	if (lg_json_type(j, t) == LG_J_STR) {
+		q->stop = (lg_str *)lg_arena_alloc(&r->a, sizeof *q->stop);
+		if (q->stop) q->stop[q->nstop++] = lg_json_raw(j, s, t);
+	} else if (lg_json_type(j, t) == LG_J_ARR && j->t[t].size) {
+		q->stop = (lg_str *)lg_arena_alloc(&r->a, j->t[t].size * sizeof *q->stop);
+		for (i = 0; q->stop && i < j->t[t].size; i++) q->stop[q->nstop++] = lg_jesc(j, s, lg_json_at(j, t, i));
+	}
+	t = lg_json_get(j, s, 0, "response_format");
+	if (lg_json_type(j, t) == LG_J_OBJ) {
+		lg_str ty = lg_jesc(j, s, lg_json_get(j, s, t, "type"));
+		if (lg_str_eq(ty, "json_object")) q->rf = 1;
+		if (lg_str_eq(ty, "json_schema")) {
+			int sc = lg_json_get(j, s, lg_json_get(j, s, t, "json_schema"), "schema");
+			q->rf = 2;
+			if (sc >= 0) q->rf_schema = lg_json_span(j, s, sc);
+		}
+	}
+	t = lg_json_get(j, s, 0, "reasoning_effort");
+	if (lg_json_type(j, t) == LG_J_STR) {
+		lg_str v = lg_json_raw(j, s, t);
+		q->thinking = lg_str_eq(v, "low") ? 1024 : lg_str_eq(v, "medium") ? 4096 : lg_str_eq(v, "high") ? 16384 : 0;
+	}
+	return 0;
+}
+
+/* Anthropic Messages body -> canonical. */
+static int lg_canon_anthropic(struct lg_req *r, struct lg_creq *q, char *msg, size_t mlen)
+{
+	const struct lg_json *j = &r->j;
+	const char *s = r->body;
+	int msgs = lg_json_get(j, s, 0, "messages"), t;
+	uint32_t i, n = j->t[msgs].size;
+	t = lg_json_get(j, s, 0, "system");
+	q->m = (struct lg_cmsg *)lg_arena_alloc(&r->a, (n + 1) * sizeof *q->m);
+	q->sys = (struct lg_cpart *)lg_arena_alloc(&r->a, (size_t)(t >= 0 ? j->t[t].next - (uint32_t)t + 1 : 1) * sizeof *q->sys);
+	if (!q->m || !q->sys) return -1;
+	if (lg_json_type(j, t) == LG_J_STR && j->t[t].end > j->t[t].start) {
+		q->sys[q->nsys].type = LG_P_TEXT;
+		q->sys[q->nsys++].text = lg_json_raw(j, s, t);
+	} else if (lg_json_type(j, t) == LG_J_ARR) {
+		for (i = 0; i < j->t[t].size; i++) {
+			lg_str tx = lg_jesc(j, s, lg_json_get(j, s, lg_json_at(j, t, i), "text"));
+			if (!tx.n) continue;
+			q->sys[q->nsys].type = LG_P_TEXT;
+			q->sys[q->nsys++].text = tx;
+		}
+	}
+	for (i = 0; i < n; i++) {
+		int e = lg_json_at(j, msgs, i), c = lg_json_get(j, s, e, "content");
+		lg_str role = lg_jesc(j, s, lg_json_get(j, s, e, "role"));
+		int cap = (int)(j->t[e].next - (uint32_t)e) + 1;
+		struct lg_cmsg *m = &q->m[q->nm];
+		uint32_t x;
+		memset(m, 0, sizeof *m);
+		if (lg_str_eq(role, "user"))
+			m->role = LG_R_USER;
+		else if (lg_str_eq(role, "assistant"))
+			m->role = LG_R_ASSISTANT;
+		else {
+			snprintf(msg, mlen, "messages[%u].role must be user or assistant", i);
+			return -2;
+		}
+		if (lg_json_type(j, c) == LG_J_STR) {
+			struct lg_cpart *p = lg_canon_part(r, m, cap, LG_P_TEXT);
+			if (!p) return -1;
+			p->text = lg_json_raw(j, s, c);
+		}
+		for (x = 0; lg_json_type(j, c) == LG_J_ARR && x < j->t[c].size; x++) {
+			int b = lg_json_at(j, c, x);
+			lg_str ty = lg_jesc(j, s, lg_json_get(j, s, b, "type"));
+			struct lg_cpart *p;
+			if (lg_str_eq(ty, "text")) {
+				lg_str tx = lg_jesc(j, s, lg_json_get(j, s, b, "text"));
+				if (!tx.n) continue;
+				if (!(p = lg_canon_part(r, m, cap, LG_P_TEXT))) return -1;
+				p->text = tx;
+			} else if (lg_str_eq(ty, "image")) {
+				int src = lg_json_get(j, s, b, "source");
+				if (!(p = lg_canon_part(r, m, cap, LG_P_IMAGE))) return -1;
+				if (lg_str_eq(lg_jesc(j, s, lg_json_get(j, s, src, "type")), "url")) {
+					p->url = lg_jesc(j, s, lg_json_get(j, s, src, "url"));
+				} else {
+					p->media = lg_jesc(j, s, lg_json_get(j, s, src, "media_type"));
+					p->data = lg_jesc(j, s, lg_json_get(j, s, src, "data"));
+				}
+			} else if (lg_str_eq(ty, "tool_use")) {
+				int in = lg_json_get(j, s, b, "input");
+				if (!(p = lg_canon_part(r, m, cap, LG_P_TOOL_CALL))) return -1;
+				p->id = lg_jesc(j, s, lg_json_get(j, s, b, "id"));
+				p->name = lg_jesc(j, s, lg_json_get(j, s, b, "name"));
+				p->args = lg_json_type(j, in) == LG_J_OBJ ? lg_json_span(j, s, in) : lg_str_of("{}", 2);
+			} else if (lg_str_eq(ty, "tool_result")) {
+				int ct = lg_json_get(j, s, b, "content");
+				if (!(p = lg_canon_part(r, m, cap, LG_P_TOOL_RESULT))) return -1;
+				p->id = lg_jesc(j, s, lg_json_get(j, s, b, "tool_use_id"));
+				p->is_error = lg_json_truthy(j, lg_json_get(j, s, b, "is_error"));
+				if (lg_json_type(j, ct) == LG_J_STR) {
+					p->text = lg_json_raw(j, s, ct);
+				} else if (lg_json_type(j, ct) == LG_J_ARR) {
+					struct lg_buf tb;
+					uint32_t y;
+					lg_buf_init(&tb, 0);
+					for (y = 0; y < j->t[ct].size; y++) {
+						lg_str tx = lg_jesc(j, s, lg_json_get(j, s, lg_json_at(j, ct, y), "text"));
+						if (tb.len && tx.n) lg_buf_addz(&tb, "\\n");
+						lg_buf_adds(&tb, tx);
+					}
+					p->text = lg_str_of(lg_arena_strn(&r->a, tb.p ? tb.p : "", tb.len), tb.len);
+					lg_buf_free(&tb);
+				}
+			} else if (lg_str_eq(ty, "thinking")) {
+				if (!(p = lg_canon_part(r, m, cap, LG_P_THINKING))) return -1;
+				p->text = lg_jesc(j, s, lg_json_get(j, s, b, "thinking"));
+				p->sig = lg_jesc(j, s, lg_json_get(j, s, b, "signature"));
+			}
+		}
+		q->nm++;
+	}
+	t = lg_json_get(j, s, 0, "tools");
+	if (lg_json_type(j, t) == LG_J_ARR && j->t[t].size) {
+		q->tools = (struct lg_ctool *)lg_arena_alloc(&r->a, j->t[t].size * sizeof *q->tools);
+		if (!q->tools) return -1;
+		for (i = 0; i < j->t[t].size; i++) {
+			int e = lg_json_at(j, t, i), sc = lg_json_get(j, s, e, "input_schema");
+			struct lg_ctool *tl = &q->tools[q->ntools];
+			tl->name = lg_jesc(j, s, lg_json_get(j, s, e, "name"));
+			tl->desc = lg_jesc(j, s, lg_json_get(j, s, e, "description"));
+			tl->schema = sc >= 0 ? lg_json_span(j, s, sc) : lg_str_of("{\"type\":\"object\"}", 17);
+			if (tl->name.n) q->ntools++;
+		}
+	}
+	t = lg_json_get(j, s, 0, "tool_choice");
+	q->parallel = -1;
+	if (lg_json_type(j, t) == LG_J_OBJ) {
+		lg_str ty = lg_jesc(j, s, lg_json_get(j, s, t, "type"));
+		q->tool_choice = lg_str_eq(ty, "any") ? LG_TC_REQUIRED : lg_str_eq(ty, "none") ? LG_TC_NONE
+		                 : lg_str_eq(ty, "tool") ? LG_TC_FUNC : LG_TC_AUTO;
+		q->tool_name = lg_jesc(j, s, lg_json_get(j, s, t, "name"));
+		if (lg_json_truthy(j, lg_json_get(j, s, t, "disable_parallel_tool_use"))) q->parallel = 0;
+	}
+	q->max_tokens = r->max_out;
+	q->temperature = lg_jnum(j, s, lg_json_get(j, s, 0, "temperature"));
+	q->top_p = lg_jnum(j, s, lg_json_get(j, s, 0, "top_p"));
+	q->top_k = lg_jnum(j, s, lg_json_get(j, s, 0, "top_k"));
+	q->user = lg_jesc(j, s, lg_json_get(j, s, lg_json_get(j, s, 0, "metadata"), "user_id"));
+	t = lg_json_get(j, s, 0, "stop_sequences");
+	if (lg_json_type(j, t) == LG_J_ARR && j->t[t].size) {
+		q->stop = (lg_str *)lg_arena_alloc(&r->a, j->t[t].size * sizeof *q->stop);
+		for (i = 0; q->stop && i < j->t[t].size; i++) q->stop[q->nstop++] = lg_jesc(j, s, lg_json_at(j, t, i));
+	}
+	t = lg_json_get(j, s, 0, "thinking");
+	if (lg_str_eq(lg_jesc(j, s, lg_json_get(j, s, t, "type")), "enabled"))
+		q->thinking = lg_json_i64(j, s, lg_json_get(j, s, t, "budget_tokens"));
+	return 0;
+}
+
+/* The canonical request, built once on first need. NULL: answered (400). */
+static struct lg_creq *lg_canon(struct lg_req *r)
+{
+	char msg[300];
+	int k;
+	if (r->creq) return r->creq;
+	if (!(r->creq = (struct lg_creq *)lg_arena_alloc(&r->a, sizeof *r->creq))) return NULL;
+	msg[0] = 0;
+	k = r->dialect == LG_D_ANTHROPIC ? lg_canon_anthropic(r, r->creq, msg, sizeof msg)
+	                                 : lg_canon_openai(r, r->creq, msg, sizeof msg);
+	if (k < 0) {
+		snprintf(r->canon_err, sizeof r->canon_err, "%s", msg[0] ? msg : "out of memory");
+		r->creq = NULL;
+		return NULL;
+	}
+	return r->creq;
+}
+
+/* --- provider request bodies, written from the canonical request --------- */
+
+static void lg_w_str(struct lg_buf *o, lg_str esc)
+{
+	lg_buf_addc(o, '"');
+	lg_buf_adds(o, esc);
+	lg_buf_addc(o, '"');
+}
+
+/* Is this esc text only whitespace (Anthropic rejects such stop sequences)? */
+static int lg_w_blank(lg_str esc)
+{
+	size_t i;
+	for (i = 0; i < esc.n; i++) {
+		if (esc.p[i] == ' ') continue;
+		if (esc.p[i] == '\\' && i + 1 < esc.n && strchr("ntr", esc.p[i + 1])) {
+			i++;
+			continue;
+		}
+		return 0;
+	}
+	return 1;
+}
+
+static const char *lg_w_num_or(lg_str v, char *buf, size_t n, double maxv)
+{
+	double d;
+	if (!v.n || v.n >= n) return NULL;
+	memcpy(buf, v.p, v.n);
+	buf[v.n] = 0;
+	d = strtod(buf, NULL);
+	if (maxv > 0 && d > maxv) snprintf(buf, n, "%g", maxv); /* e.g. Anthropic's 0..1 temperature */
+	return buf;
+}
+
+static int64_t lg_w_max_tokens(const struct lg_cand *cd, const struct lg_creq *q)
+{
+	if (q->max_tokens) return q->max_tokens;
+	if (cd->t && cd->t->max_output) return cd->t->max_output;
+	return 4096;
+}
+
+/* OpenAI Chat Completions from canonical (an Anthropic client on an
+ * OpenAI-type provider). */
+static int lg_w_openai(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
+{
+	const struct lg_creq *q = r->creq;
+	int i, k, first = 1;
+	char num[64];
+	lg_buf_addz(o, "{\"model\":");
+	lg_json_wz(o, cd->upstream);
+	lg_buf_addz(o, ",\"messages\":[");
+	for (i = 0; i < q->nsys; i++) {
+		lg_buf_addz(o, first ? "{\"role\":\"system\",\"content\":" : ",{\"role\":\"system\",\"content\":");
+		lg_w_str(o, q->sys[i].text);
+		lg_buf_addc(o, '}');
+		first = 0;
+	}
+	for (i = 0; i < q->nm; i++) {
+		const struct lg_cmsg *m = &q->m[i];
+		int ncontent = 0, ntc = 0;
+		for (k = 0; k < m->np; k++) { /* tool results become tool messages, first */
+			if (m->p[k].type != LG_P_TOOL_RESULT) continue;
+			lg_buf_addz(o, first ? "{\"role\":\"tool\",\"tool_call_id\":" : ",{\"role\":\"tool\",\"tool_call_id\":");
+			lg_w_str(o, m->p[k].id);
+			lg_buf_addz(o, ",\"content\":");
+			lg_w_str(o, m->p[k].text);
+			lg_buf_addc(o, '}');
+			first = 0;
+		}
+		for (k = 0; k < m->np; k++) {
+			ncontent += m->p[k].type == LG_P_TEXT || m->p[k].type == LG_P_IMAGE;
+			ntc += m->p[k].type == LG_P_TOOL_CALL;
+		}
+		if (!ncontent && !ntc) continue;
+		lg_buf_addz(o, first ? "{\"role\":" : ",{\"role\":");
+		first = 0;
+		lg_buf_addz(o, m->role == LG_R_USER ? "\"user\",\"content\":" : "\"assistant\",\"content\":");
+		if (!ncontent) {
+			lg_buf_addz(o, "null");
+		} else if (m->role == LG_R_ASSISTANT) { /* assistant text joined */
+			lg_buf_addc(o, '"');
+			for (k = 0; k < m->np; k++)
+				if (m->p[k].type == LG_P_TEXT) lg_buf_adds(o, m->p[k].text);
+			lg_buf_addc(o, '"');
+		} else {
+			int c = 0;
+			lg_buf_addc(o, '[');
+			for (k = 0; k < m->np; k++) {
+				const struct lg_cpart *p = &m->p[k];
+				if (p->type == LG_P_TEXT) {
+					lg_buf_addz(o, c++ ? ",{\"type\":\"text\",\"text\":" : "{\"type\":\"text\",\"text\":");
+					lg_w_str(o, p->text);
+					lg_buf_addc(o, '}');
+				} else if (p->type == LG_P_IMAGE) {
+					lg_buf_addz(o, c++ ? ",{\"type\":\"image_url\",\"image_url\":{\"url\":\"" : "{\"type\":\"image_url\",\"image_url\":{\"url\":\"");
+					if (p->data.n) {
+						lg_buf_addz(o, "data:");
+						lg_buf_adds(o, p->media);
+						lg_buf_addz(o, ";base64,");
+						lg_buf_adds(o, p->data);
+					} else {
+						lg_buf_adds(o, p->url);
+					}
+					lg_buf_addz(o, "\"}}");
+				}
+			}
+			lg_buf_addc(o, ']');
+		}
+		if (ntc) {
+			int c = 0;
+			lg_buf_addz(o, ",\"tool_calls\":[");
+			for (k = 0; k < m->np; k++) {
+				const struct lg_cpart *p = &m->p[k];
+				if (p->type != LG_P_TOOL_CALL) continue;
+				lg_buf_addz(o, c++ ? ",{\"id\":" : "{\"id\":");
+				lg_w_str(o, p->id);
+				lg_buf_addz(o, ",\"type\":\"function\",\"function\":{\"name\":");
+				lg_w_str(o, p->name);
+				lg_buf_addz(o, ",\"arguments\":");
+				lg_json_wstr(o, p->args.p, p->args.n);
+				lg_buf_addz(o, "}}");
+			}
+			lg_buf_addc(o, ']');
+		}
+		lg_buf_addc(o, '}');
+	}
+	lg_buf_addc(o, ']');
+	if (q->ntools) {
+		lg_buf_addz(o, ",\"tools\":[");
+		for (i = 0; i < q->ntools; i++) {
+			lg_buf_addz(o, i ? ",{\"type\":\"function\",\"function\":{\"name\":" : "{\"type\":\"function\",\"function\":{\"name\":");
+			lg_w_str(o, q->tools[i].name);
+			if (q->tools[i].desc.n) {
+				lg_buf_addz(o, ",\"description\":");
+				lg_w_str(o, q->tools[i].desc);
+			}
+			lg_buf_addz(o, ",\"parameters\":");
+			lg_buf_adds(o, q->tools[i].schema);
+			lg_buf_addz(o, "}}");
+		}
+		lg_buf_addc(o, ']');
+		if (q->tool_choice == LG_TC_FUNC) {
+			lg_buf_addz(o, ",\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":");
+			lg_w_str(o, q->tool_name);
+			lg_buf_addz(o, "}}");
+		} else if (q->tool_choice) {
+			lg_buf_printf(o, ",\"tool_choice\":\"%s\"", q->tool_choice == LG_TC_NONE ? "none"
+			                                            : q->tool_choice == LG_TC_REQUIRED ? "required" : "auto");
+		}
+		if (q->parallel == 0) lg_buf_addz(o, ",\"parallel_tool_calls\":false");
+	}
+	if (q->max_tokens) lg_buf_printf(o, ",\"max_tokens\":%lld", (long long)q->max_tokens);
+	if (lg_w_num_or(q->temperature, num, sizeof num, 0)) lg_buf_printf(o, ",\"temperature\":%s", num);
+	if (lg_w_num_or(q->top_p, num, sizeof num, 0)) lg_buf_printf(o, ",\"top_p\":%s", num);
+	if (q->nstop) {
+		lg_buf_addz(o, ",\"stop\":[");
+		for (i = 0; i < q->nstop; i++) {
+			if (i) lg_buf_addc(o, ',');
+			lg_w_str(o, q->stop[i]);
+		}
+		lg_buf_addc(o, ']');
+	}
+	if (q->user.n) {
+		lg_buf_addz(o, ",\"user\":");
+		lg_w_str(o, q->user);
+	}
+	if (r->stream) lg_buf_addz(o, ",\"stream\":true,\"stream_options\":{\"include_usage\":true}");
+	lg_buf_addc(o, '}');
+	return 0;
+}
+
+/* Does the history use tools when none are declared? (Anthropic refuses.) */
+static int lg_w_has_calls(const struct lg_creq *q)
+{
+	int i, k;
+	for (i = 0; i < q->nm; i++)
+		for (k = 0; k < q->m[i].np; k++)
+			if (q->m[i].p[k].type == LG_P_TOOL_CALL) return 1;
+	return 0;
+}
+
+/* Anthropic Messages from canonical. */
+static int lg_w_anthropic(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
+{
+	const struct lg_creq *q = r->creq;
+	int i, k, first = 1, pass;
+	int64_t mt = lg_w_max_tokens(cd, q);
+	char num[64];
+	if (q->thinking && mt <= q->thinking) mt = q->thinking + 4096;
+	lg_buf_addz(o, "{\"model\":");
+	lg_json_wz(o, cd->upstream);
+	lg_buf_printf(o, ",\"max_tokens\":%lld", (long long)mt);
+	if (q->nsys) {
+		lg_buf_addz(o, ",\"system\":[");
+		for (i = 0; i < q->nsys; i++) {
+			lg_buf_addz(o, i ? ",{\"type\":\"text\",\"text\":" : "{\"type\":\"text\",\"text\":");
+			lg_w_str(o, q->sys[i].text);
+			lg_buf_addc(o, '}');
+		}
+		lg_buf_addc(o, ']');
+	}
+	lg_buf_addz(o, ",\"messages\":[");
+	for (i = 0; i < q->nm;) {
+		int role = q->m[i].role, end = i, c = 0;
+		while (end < q->nm && q->m[end].role == role) end++; /* consecutive turns merge */
+		for (k = i; k < end; k++) c += q->m[k].np;
+		if (!c) {
+			i = end;
+			continue;
+		}
+		lg_buf_addz(o, first ? "{\"role\":" : ",{\"role\":");
+		first = 0;
+		lg_buf_addz(o, role == LG_R_USER ? "\"user\",\"content\":[" : "\"assistant\",\"content\":[");
+		c = 0;
+		for (pass = 0; pass < 2; pass++) /* tool results before anything else */
+			for (k = i; k < end; k++) {
+				int x;
+				for (x = 0; x < q->m[k].np; x++) {
+					const struct lg_cpart *p = &q->m[k].p[x];
+					if ((p->type == LG_P_TOOL_RESULT) != (pass == 0)) continue;
+					if (p->type == LG_P_THINKING && !p->sig.n) continue; /* unsigned thinking cannot go back */
+					if (c++) lg_buf_addc(o, ',');
+					switch (p->type) {
+					case LG_P_TEXT:
+						lg_buf_addz(o, "{\"type\":\"text\",\"text\":");
+						lg_w_str(o, p->text);
+						lg_buf_addc(o, '}');
+						break;
+					case LG_P_IMAGE:
+						if (p->data.n) {
+							lg_buf_addz(o, "{\"type\":\"image\",\"source\":{\"type\":\"base64\",\"media_type\":");
+							lg_w_str(o, p->media);
+							lg_buf_addz(o, ",\"data\":");
+							lg_w_str(o, p->data);
+						} else {
+							lg_buf_addz(o, "{\"type\":\"image\",\"source\":{\"type\":\"url\",\"url\":");
+							lg_w_str(o, p->url);
+						}
+						lg_buf_addz(o, "}}");
+						break;
+					case LG_P_TOOL_CALL:
+						lg_buf_addz(o, "{\"type\":\"tool_use\",\"id\":");
+						lg_w_str(o, p->id);
+						lg_buf_addz(o, ",\"name\":");
+						lg_w_str(o, p->name);
+						lg_buf_addz(o, ",\"input\":");
+						lg_buf_adds(o, p->args);
+						lg_buf_addc(o, '}');
+						break;
+					case LG_P_TOOL_RESULT:
+						lg_buf_addz(o, "{\"type\":\"tool_result\",\"tool_use_id\":");
+						lg_w_str(o, p->id);
+						lg_buf_addz(o, ",\"content\":");
+						lg_w_str(o, p->text);
+						if (p->is_error) lg_buf_addz(o, ",\"is_error\":true");
+						lg_buf_addc(o, '}');
+						break;
+					default:
+						lg_buf_addz(o, "{\"type\":\"thinking\",\"thinking\":");
+						lg_w_str(o, p->text);
+						lg_buf_addz(o, ",\"signature\":");
+						lg_w_str(o, p->sig);
+						lg_buf_addc(o, '}');
+					}
+				}
+			}
+		lg_buf_addz(o, "]}");
+		i = end;
+	}
+	lg_buf_addc(o, ']');
+	r->rf_tool = q->rf && !q->ntools;
+	if (q->ntools || r->rf_tool || lg_w_has_calls(q)) {
+		lg_buf_addz(o, ",\"tools\":[");
+		for (i = 0; i < q->ntools; i++) {
+			lg_buf_addz(o, i ? ",{\"name\":" : "{\"name\":");
+			lg_w_str(o, q->tools[i].name);
+			if (q->tools[i].desc.n) {
+				lg_buf_addz(o, ",\"description\":");
+				lg_w_str(o, q->tools[i].desc);
+			}
+			lg_buf_addz(o, ",\"input_schema\":");
+			lg_buf_adds(o, q->tools[i].schema);
+			lg_buf_addc(o, '}');
+		}
+		if (r->rf_tool) { /* response_format: a forced tool whose input is the answer */
+			lg_buf_addz(o, q->ntools ? ",{\"name\":\"json_response\",\"description\":\"Answer with JSON\","
+			                           "\"input_schema\":" : "{\"name\":\"json_response\",\"description\":"
+			                           "\"Answer with JSON\",\"input_schema\":");
+			if (q->rf_schema.n)
+				lg_buf_adds(o, q->rf_schema);
+			else
+				lg_buf_addz(o, "{\"type\":\"object\"}");
+			lg_buf_addc(o, '}');
+		} else if (!q->ntools) { /* history with tool calls needs the tools declared */
+			int n = 0;
+			for (i = 0; i < q->nm; i++)
+				for (k = 0; k < q->m[i].np; k++)
+					if (q->m[i].p[k].type == LG_P_TOOL_CALL) {
+						lg_buf_addz(o, n++ ? ",{\"name\":" : "{\"name\":");
+						lg_w_str(o, q->m[i].p[k].name);
+						lg_buf_addz(o, ",\"input_schema\":{\"type\":\"object\"}}");
+					}
+		}
+		lg_buf_addc(o, ']');
+		if (r->rf_tool) {
+			lg_buf_addz(o, ",\"tool_choice\":{\"type\":\"tool\",\"name\":\"json_response\"}");
+		} else if (q->tool_choice || q->parallel == 0) {
+			lg_buf_printf(o, ",\"tool_choice\":{\"type\":\"%s\"",
+			              q->tool_choice == LG_TC_NONE ? "none" : q->tool_choice == LG_TC_REQUIRED ? "any"
+			              : q->tool_choice == LG_TC_FUNC ? "tool" : "auto");
+			if (q->tool_choice == LG_TC_FUNC) {
+				lg_buf_addz(o, ",\"name\":");
+				lg_w_str(o, q->tool_name);
+			}
+			if (q->parallel == 0 && q->tool_choice != LG_TC_NONE) lg_buf_addz(o, ",\"disable_parallel_tool_use\":true");
+			lg_buf_addc(o, '}');
+		}
+	}
+	if (q->thinking)
+		lg_buf_printf(o, ",\"thinking\":{\"type\":\"enabled\",\"budget_tokens\":%lld}",
+		              (long long)LG_MAX(q->thinking, (int64_t)1024));
+	else if (lg_w_num_or(q->temperature, num, sizeof num, 1))
+		lg_buf_printf(o, ",\"temperature\":%s", num);
+	if (lg_w_num_or(q->top_p, num, sizeof num, 0) && !q->thinking) lg_buf_printf(o, ",\"top_p\":%s", num);
+	if (lg_w_num_or(q->top_k, num, sizeof num, 0)) lg_buf_printf(o, ",\"top_k\":%s", num);
+	if (q->nstop) {
+		int c = 0;
+		lg_buf_addz(o, ",\"stop_sequences\":[");
+		for (i = 0; i < q->nstop; i++) {
+			if (lg_w_blank(q->stop[i])) continue;
+			if (c++) lg_buf_addc(o, ',');
+			lg_w_str(o, q->stop[i]);
+		}
+		lg_buf_addc(o, ']');
+	}
+	if (q->user.n) {
+		lg_buf_addz(o, ",\"metadata\":{\"user_id\":");
+		lg_w_str(o, q->user);
+		lg_buf_addc(o, '}');
+	}
+	if (r->stream) lg_buf_addz(o, ",\"stream\":true");
+	lg_buf_addc(o, '}');
+	return 0;
+}
+
+/* A JSON Schema as Gemini takes it: without additionalProperties, $schema,
+ * $ref, $defs (an OpenAPI subset). */
+static void lg_w_schema_at(struct lg_buf *o, const struct lg_json *j, const char *s, int t)
+{
+	uint32_t i, k;
+	if (j->t[t].type == LG_J_OBJ) {
+		int c = 0;
+		lg_buf_addc(o, '{');
+		for (i = 0, k = (uint32_t)t + 1; i < j->t[t].size; i++, k = j->t[k + 1].next) {
+			lg_str key = lg_json_raw(j, s, (int)k);
+			if (lg_str_eq(key, "additionalProperties") || lg_str_eq(key, "$schema") || lg_str_eq(key, "$ref") ||
+			    lg_str_eq(key, "$defs") || lg_str_eq(key, "definitions") || lg_str_eq(key, "strict"))
+				continue;
+			if (c++) lg_buf_addc(o, ',');
+			lg_buf_adds(o, lg_json_span(j, s, (int)k));
+			lg_buf_addc(o, ':');
+			lg_w_schema_at(o, j, s, (int)k + 1);
+		}
+		lg_buf_addc(o, '}');
+	} else if (j->t[t].type == LG_J_ARR) {
+		lg_buf_addc(o, '[');
+		for (i = 0, k = (uint32_t)t + 1; i < j->t[t].size; i++, k = j->t[k].next) {
+			if (i) lg_buf_addc(o, ',');
+			lg_w_schema_at(o, j, s, (int)k);
+		}
+		lg_buf_addc(o, ']');
+	} else {
+		lg_buf_adds(o, lg_json_span(j, s, t));
+	}
+}
+
+static void lg_w_schema(struct lg_req *r, struct lg_buf *o, lg_str raw)
+{
+	struct lg_json j;
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, raw.p, raw.n) > 0)
+		lg_w_schema_at(o, &j, raw.p, 0);
+	else
+		lg_buf_addz(o, "{\"type\":\"object\"}");
+}
+
+/* Gemini makes no tool-call ids; ours carry the thought signature (base64
+ * as base64url) so it survives the round trip: call_<8 hex>[_<sig>]. */
+static void lg_w_gemini_sig(struct lg_buf *o, lg_str id)
+{
+	size_t i;
+	if (id.n < 15 || memcmp(id.p, "call_", 5) != 0 || id.p[13] != '_') return;
+	lg_buf_addz(o, ",\"thoughtSignature\":\"");
+	for (i = 14; i < id.n; i++) lg_buf_addc(o, id.p[i] == '-' ? '+' : id.p[i] == '_' ? '/' : id.p[i]);
+	for (i = (id.n - 14) % 4; i && i < 4; i++) lg_buf_addc(o, '=');
+	lg_buf_addc(o, '"');
+}
+
+static lg_str lg_w_call_name(const struct lg_creq *q, lg_str id)
+{
+	int i, k;
+	for (i = 0; i < q->nm; i++)
+		for (k = 0; k < q->m[i].np; k++)
+			if (q->m[i].p[k].type == LG_P_TOOL_CALL && q->m[i].p[k].id.n == id.n &&
+			    memcmp(q->m[i].p[k].id.p, id.p, id.n) == 0)
+				return q->m[i].p[k].name;
+	return lg_str_of("unknown_function", 16);
+}
+
+static const char *lg_w_mime_of(lg_str url)
+{
+	if (url.n > 4 && lg_str_ieqs(lg_str_of(url.p + url.n - 4, 4), lg_str_of(".png", 4))) return "image/png";
+	if (url.n > 4 && lg_str_ieqs(lg_str_of(url.p + url.n - 4, 4), lg_str_of(".gif", 4))) return "image/gif";
+	if (url.n > 5 && lg_str_ieqs(lg_str_of(url.p + url.n - 5, 5), lg_str_of(".webp", 5))) return "image/webp";
+	return "image/jpeg";
+}
+
+/* Gemini generateContent from canonical. */
+static int lg_w_gemini(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
+{
+	const struct lg_creq *q = r->creq;
+	int i, k, first = 1;
+	char num[64];
+	LG_UNUSED(cd);
+	lg_buf_addc(o, '{');
+	if (q->nsys) {
+		lg_buf_addz(o, "\"systemInstruction\":{\"parts\":[");
+		for (i = 0; i < q->nsys; i++) {
+			lg_buf_addz(o, i ? ",{\"text\":" : "{\"text\":");
+			lg_w_str(o, q->sys[i].text);
+			lg_buf_addc(o, '}');
+		}
+		lg_buf_addz(o, "]},");
+	}
+	lg_buf_addz(o, "\"contents\":[");
+	for (i = 0; i < q->nm;) {
+		int role = q->m[i].role, end = i, c = 0, texts = 0, imgs = 0;
+		while (end < q->nm && q->m[end].role == role) end++; /* roles must alternate */
+		lg_buf_addz(o, first ? "{\"role\":" : ",{\"role\":");
+		first = 0;
+		lg_buf_addz(o, role == LG_R_USER ? "\"user\",\"parts\":[" : "\"model\",\"parts\":[");
+		for (k = i; k < end; k++) {
+			int x;
+			for (x = 0; x < q->m[k].np; x++) {
+				const struct lg_cpart *p = &q->m[k].p[x];
+				if (p->type == LG_P_THINKING) continue;
+				if (c++) lg_buf_addc(o, ',');
+				switch (p->type) {
+				case LG_P_TEXT:
+					texts++;
+					lg_buf_addz(o, "{\"text\":");
+					lg_w_str(o, p->text);
+					lg_buf_addc(o, '}');
+					break;
+				case LG_P_IMAGE:
+					imgs++;
+					if (p->data.n) {
+						lg_buf_addz(o, "{\"inlineData\":{\"mimeType\":");
+						lg_w_str(o, p->media);
+						lg_buf_addz(o, ",\"data\":");
+						lg_w_str(o, p->data);
+					} else {
+						lg_buf_printf(o, "{\"fileData\":{\"mimeType\":\"%s\",\"fileUri\":", lg_w_mime_of(p->url));
+						lg_w_str(o, p->url);
+					}
+					lg_buf_addz(o, "}}");
+					break;
+				case LG_P_TOOL_CALL:
+					lg_buf_addz(o, "{\"functionCall\":{\"name\":");
+					lg_w_str(o, p->name);
+					lg_buf_addz(o, ",\"args\":");
+					lg_buf_adds(o, p->args);
+					lg_buf_addc(o, '}');
+					lg_w_gemini_sig(o, p->id);
+					lg_buf_addc(o, '}');
+					break;
+				default: /* a tool result: the function's name from the call */
+					texts++;
+					lg_buf_addz(o, "{\"functionResponse\":{\"name\":");
+					lg_w_str(o, lg_w_call_name(q, p->id));
+					lg_buf_addz(o, ",\"response\":{\"content\":");
+					lg_w_str(o, p->text);
+					lg_buf_addz(o, "}}}");
+				}
+			}
+		}
+		if (role == LG_R_USER && imgs && !texts) lg_buf_addz(o, c++ ? ",{\"text\":\" \"}" : "{\"text\":\" \"}");
+		if (!c) lg_buf_addz(o, "{\"text\":\" \"}");
+		lg_buf_addz(o, "]}");
+		i = end;
+	}
+	lg_buf_addc(o, ']');
+	if (q->ntools && q->tool_choice != LG_TC_NONE) {
+		lg_buf_addz(o, ",\"tools\":[{\"functionDeclarations\":[");
+		for (i = 0; i < q->ntools; i++) {
+			lg_buf_addz(o, i ? ",{\"name\":" : "{\"name\":");
+			lg_w_str(o, q->tools[i].name);
+			if (q->tools[i].desc.n) {
+				lg_buf_addz(o, ",\"description\":");
+				lg_w_str(o, q->tools[i].desc);
+			}
+			lg_buf_addz(o, ",\"parameters\":");
+			lg_w_schema(r, o, q->tools[i].schema);
+			lg_buf_addc(o, '}');
+		}
+		lg_buf_addz(o, "]}]");
+		if (q->tool_choice) {
+			lg_buf_printf(o, ",\"toolConfig\":{\"functionCallingConfig\":{\"mode\":\"%s\"",
+			              q->tool_choice == LG_TC_AUTO ? "AUTO" : "ANY");
+			if (q->tool_choice == LG_TC_FUNC) {
+				lg_buf_addz(o, ",\"allowedFunctionNames\":[");
+				lg_w_str(o, q->tool_name);
+				lg_buf_addc(o, ']');
+			}
+			lg_buf_addz(o, "}}");
+		}
+	}
+	lg_buf_addz(o, ",\"generationConfig\":{");
+	lg_buf_printf(o, "\"maxOutputTokens\":%lld", (long long)lg_w_max_tokens(cd, q));
+	if (lg_w_num_or(q->temperature, num, sizeof num, 0)) lg_buf_printf(o, ",\"temperature\":%s", num);
+	if (lg_w_num_or(q->top_p, num, sizeof num, 0)) lg_buf_printf(o, ",\"topP\":%s", num);
+	if (lg_w_num_or(q->top_k, num, sizeof num, 0)) lg_buf_printf(o, ",\"topK\":%s", num);
+	if (lg_w_num_or(q->seed, num, sizeof num, 0)) lg_buf_printf(o, ",\"seed\":%s", num);
+	if (q->nstop) {
+		lg_buf_addz(o, ",\"stopSequences\":[");
+		for (i = 0; i < q->nstop && i < 5; i++) {
+			if (i) lg_buf_addc(o, ',');
+			lg_w_str(o, q->stop[i]);
+		}
+		lg_buf_addc(o, ']');
+	}
+	if (q->rf) {
+		lg_buf_addz(o, ",\"responseMimeType\":\"application/json\"");
+		if (q->rf_schema.n) {
+			lg_buf_addz(o, ",\"responseSchema\":");
+			lg_w_schema(r, o, q->rf_schema);
+		}
+	}
+	if (q->thinking)
+		lg_buf_printf(o, ",\"thinkingConfig\":{\"thinkingBudget\":%lld,\"includeThoughts\":true}",
+		              (long long)q->thinking);
+	lg_buf_addz(o, "}}");
+	return 0;
+}
+
+/* Bedrock Converse from canonical. -2 (a 400) for what it cannot take. */
+static int lg_w_bedrock(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
+{
+	const struct lg_creq *q = r->creq;
+	int i, k, first = 1;
+	char num[64];
+	lg_buf_addc(o, '{');
+	if (q->nsys) {
+		lg_buf_addz(o, "\"system\":[");
+		for (i = 0; i < q->nsys; i++) {
+			lg_buf_addz(o, i ? ",{\"text\":" : "{\"text\":");
+			lg_w_str(o, q->sys[i].text);
+			lg_buf_addc(o, '}');
+		}
+		lg_buf_addz(o, "],");
+	}
+	lg_buf_addz(o, "\"messages\":[");
+	for (i = 0; i < q->nm;) {
+		int role = q->m[i].role, end = i, c = 0;
+		while (end < q->nm && q->m[end].role == role) end++;
+		lg_buf_addz(o, first ? "{\"role\":" : ",{\"role\":");
+		first = 0;
+		lg_buf_addz(o, role == LG_R_USER ? "\"user\",\"content\":[" : "\"assistant\",\"content\":[");
+		for (k = i; k < end; k++) {
+			int x;
+			for (x = 0; x < q->m[k].np; x++) {
+				const struct lg_cpart *p = &q->m[k].p[x];
+				if (p->type == LG_P_THINKING) continue;
+				if (p->type == LG_P_IMAGE && !p->data.n) {
+					snprintf(r->canon_err, sizeof r->canon_err,
+					         "provider %s (bedrock) does not take image URLs: send the image as a data: URL",
+					         cd->prov->name);
+					return -2;
+				}
+				if (c++) lg_buf_addc(o, ',');
+				switch (p->type) {
+				case LG_P_TEXT:
+					lg_buf_addz(o, "{\"text\":");
+					lg_w_str(o, p->text);
+					lg_buf_addc(o, '}');
+					break;
+				case LG_P_IMAGE: {
+					lg_str fmt = p->media;
+					if (fmt.n > 6 && memcmp(fmt.p, "image/", 6) == 0) fmt.p += 6, fmt.n -= 6;
+					lg_buf_addz(o, "{\"image\":{\"format\":");
+					lg_w_str(o, lg_str_eq(fmt, "jpg") ? lg_str_of("jpeg", 4) : fmt);
+					lg_buf_addz(o, ",\"source\":{\"bytes\":");
+					lg_w_str(o, p->data);
+					lg_buf_addz(o, "}}}");
+					break;
+				}
+				case LG_P_TOOL_CALL:
+					lg_buf_addz(o, "{\"toolUse\":{\"toolUseId\":");
+					lg_w_str(o, p->id);
+					lg_buf_addz(o, ",\"name\":");
+					lg_w_str(o, p->name);
+					lg_buf_addz(o, ",\"input\":");
+					lg_buf_adds(o, p->args);
+					lg_buf_addz(o, "}}");
+					break;
+				default:
+					lg_buf_addz(o, "{\"toolResult\":{\"toolUseId\":");
+					lg_w_str(o, p->id);
+					lg_buf_addz(o, ",\"content\":[{\"text\":");
+					lg_w_str(o, p->text);
+					lg_buf_printf(o, "}],\"status\":\"%s\"}}", p->is_error ? "error" : "success");
+				}
+			}
+		}
+		if (!c) lg_buf_addz(o, "{\"text\":\" \"}");
+		lg_buf_addz(o, "]}");
+		i = end;
+	}
+	lg_buf_addc(o, ']');
+	lg_buf_printf(o, ",\"inferenceConfig\":{\"maxTokens\":%lld", (long long)lg_w_max_tokens(cd, q));
+	if (lg_w_num_or(q->temperature, num, sizeof num, 1)) lg_buf_printf(o, ",\"temperature\":%s", num);
+	if (lg_w_num_or(q->top_p, num, sizeof num, 0)) lg_buf_printf(o, ",\"topP\":%s", num);
+	if (q->nstop) {
+		lg_buf_addz(o, ",\"stopSequences\":[");
+		for (i = 0; i < q->nstop; i++) {
+			if (i) lg_buf_addc(o, ',');
+			lg_w_str(o, q->stop[i]);
+		}
+		lg_buf_addc(o, ']');
+	}
+	lg_buf_addc(o, '}');
+	if ((q->ntools && q->tool_choice != LG_TC_NONE) || lg_w_has_calls(q)) {
+		int n = 0;
+		lg_buf_addz(o, ",\"toolConfig\":{\"tools\":[");
+		for (i = 0; i < q->ntools; i++) {
+			lg_buf_addz(o, n++ ? ",{\"toolSpec\":{\"name\":" : "{\"toolSpec\":{\"name\":");
+			lg_w_str(o, q->tools[i].name);
+			if (q->tools[i].desc.n) {
+				lg_buf_addz(o, ",\"description\":");
+				lg_w_str(o, q->tools[i].desc);
+			}
+			lg_buf_addz(o, ",\"inputSchema\":{\"json\":");
+			lg_buf_adds(o, q->tools[i].schema);
+			lg_buf_addz(o, "}}}");
+		}
+		if (!q->ntools) /* the history's tools, declared */
+			for (i = 0; i < q->nm; i++)
+				for (k = 0; k < q->m[i].np; k++)
+					if (q->m[i].p[k].type == LG_P_TOOL_CALL) {
+						lg_buf_addz(o, n++ ? ",{\"toolSpec\":{\"name\":" : "{\"toolSpec\":{\"name\":");
+						lg_w_str(o, q->m[i].p[k].name);
+						lg_buf_addz(o, ",\"inputSchema\":{\"json\":{\"type\":\"object\"}}}}");
+					}
+		lg_buf_addc(o, ']');
+		if (q->tool_choice == LG_TC_REQUIRED)
+			lg_buf_addz(o, ",\"toolChoice\":{\"any\":{}}");
+		else if (q->tool_choice == LG_TC_FUNC) {
+			lg_buf_addz(o, ",\"toolChoice\":{\"tool\":{\"name\":");
+			lg_w_str(o, q->tool_name);
+			lg_buf_addz(o, "}}");
+		} else if (q->ntools)
+			lg_buf_addz(o, ",\"toolChoice\":{\"auto\":{}}");
+		lg_buf_addc(o, '}');
+	}
+	lg_buf_addc(o, '}');
+	return 0;
+}
+
+/* --- canonical events: provider responses in, client dialects out -------- */
+
+/* Adapters turn a provider's response or stream into these events; the
+ * client's dialect writer turns them into OpenAI chunks or Anthropic
+ * events (or collects them into one response when not streaming), so N
+ * providers and M dialects need N + M pieces, not N x M. Payloads are
+ * JSON-escaped string content ("esc"), except ARGS with raw set. */
+enum { LG_EV_TEXT, LG_EV_REASONING, LG_EV_SIG, LG_EV_TOOL, LG_EV_ARGS, LG_EV_FINISH, LG_EV_USAGE, LG_EV_ERROR,
+       LG_EV_END };
+enum { LG_FIN_STOP, LG_FIN_LENGTH, LG_FIN_TOOLS, LG_FIN_FILTER };
+static const char *const lg_fin_openai[] = {"stop", "length", "tool_calls", "content_filter"};
+static const char *const lg_fin_anthropic[] = {"end_turn", "max_tokens", "tool_use", "refusal"};
+
+#define LG_MAX_TOOLS 64
+
+struct lg_acc_tool {
+	lg_str id, name; /* esc, in the request's arena */
+	struct lg_buf args; /* esc */
+	int pidx;        /* the provider's index for it */
+};
+
+/* Writer state: the client side of a translated response. */
+struct lg_wst {
+	int started, ended, finish, has_finish, block, block_type, nblocks, ntools;
+	struct lg_acc_tool tools[LG_MAX_TOOLS];
+	struct lg_buf text, reasoning, sig; /* non-stream: collected, esc */
+	/* provider parser state */
+	int pblk[LG_MAX_TOOLS], pargs[LG_MAX_TOOLS], calls;
+};
+
+static void lg_w_free(struct lg_wst *w)
+{
+	int i;
+	for (i = 0; i < w->ntools; i++) lg_buf_free(&w->tools[i].args);
+	lg_buf_free(&w->text);
+	lg_buf_free(&w->reasoning);
+	lg_buf_free(&w->sig);
+}
+
+/* One SSE event to the client, with an event name for the Anthropic
+ * dialect. */
+static void lg_resp_sse(struct lg_req *r, const char *name, const char *data, size_t n)
+{
+	struct lg_buf *o;
+	size_t len = n + 8 + (name ? strlen(name) + 8 : 0);
+	if (!r->cc) return;
+	o = &r->cc->out;
+	if (!r->sent_head) lg_resp_head(r, 200, "text/event-stream", -1, NULL);
+	if (r->t_first == 0) r->t_first = r->gw->now;
+	if (r->minor >= 1) lg_buf_printf(o, "%zx\r\n", len);
+	if (name) lg_buf_printf(o, "event: %s\n", name);
+	lg_buf_addz(o, "data: ");
+	lg_buf_add(o, data, n);
+	lg_buf_addz(o, r->minor >= 1 ? "\n\n\r\n" : "\n\n");
+	r->bytes_out += len;
+}
+
+/* Ends a client stream with an error event in its dialect: never as if
+ * it had finished cleanly. */
+static void lg_resp_stream_error(struct lg_req *r, const char *msg)
+{
+	struct lg_buf b;
+	lg_buf_init(&b, 0);
+	if (r->dialect == LG_D_ANTHROPIC) {
+		lg_buf_addz(&b, "{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":");
+		lg_json_wz(&b, msg);
+		lg_buf_addz(&b, "}}");
+		lg_resp_sse(r, "error", b.p, b.len);
+	} else {
+		lg_buf_addz(&b, "{\"error\":{\"message\":");
+		lg_json_wz(&b, msg);
+		lg_buf_addz(&b, ",\"type\":\"upstream_error\",\"code\":502}}");
+		lg_resp_sse(r, NULL, b.p, b.len);
+	}
+	lg_buf_free(&b);
+	lg_resp_stream_end(r);
+}
+
+static int lg_w_tool_of(struct lg_wst *w, int pidx)
+{
+	int i;
+	for (i = 0; i < w->ntools; i++)
+		if (w->tools[i].pidx == pidx) return i;
+	return -1;
+}
+
+/* Usage in the Anthropic dialect from the normalized one. */
+static void lg_w_anth_usage(struct lg_buf *b, const struct lg_usage *u, int cost)
+{
+	int64_t in = u->prompt - u->cached - u->cache_write;
+	lg_buf_printf(b, "{\"input_tokens\":%lld,\"output_tokens\":%lld,\"cache_read_input_tokens\":%lld,"
+	                 "\"cache_creation_input_tokens\":%lld",
+	              (long long)(in > 0 ? in : 0), (long long)u->completion, (long long)u->cached,
+	              (long long)u->cache_write);
+	if (cost) {
+		lg_buf_addz(b, ",\"cost\":");
+		lg_json_wnum(b, u->cost);
+	}
+	lg_buf_addc(b, '}');
+}
+
+static void lg_w_oa_usage(struct lg_buf *b, const struct lg_usage *u)
+{
+	lg_buf_printf(b, "{\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"total_tokens\":%lld,"
+	                 "\"prompt_tokens_details\":{\"cached_tokens\":%lld,\"cache_write_tokens\":%lld},"
+	                 "\"completion_tokens_details\":{\"reasoning_tokens\":%lld},\"cost\":",
+	              (long long)u->prompt, (long long)u->completion, (long long)(u->prompt + u->completion),
+	              (long long)u->cached, (long long)u->cache_write, (long long)u->reasoning);
+	lg_json_wnum(b, u->cost);
+	lg_buf_addc(b, '}');
+}
+
+/* --- OpenAI dialect, streaming ---------------------------------------- */
+
+static void lg_w_oa_chunk(struct lg_req *r, const char *delta, const char *finish)
+{
+	struct lg_buf b;
+	lg_buf_init(&b, 0);
+	lg_buf_printf(&b, "{\"id\":\"chatcmpl-%s\",\"object\":\"chat.completion.chunk\",\"created\":%lld,\"model\":",
+	              r->id, (long long)(r->wall0 / 1000));
+	lg_json_wz(&b, r->served->model);
+	lg_buf_addz(&b, ",\"provider\":");
+	lg_json_wz(&b, r->served->prov->name);
+	lg_buf_printf(&b, ",\"choices\":[{\"index\":0,\"delta\":%s,\"finish_reason\":", delta);
+	if (finish)
+		lg_buf_printf(&b, "\"%s\"}]}", finish);
+	else
+		lg_buf_addz(&b, "null}]}");
+	lg_resp_sse(r, NULL, b.p, b.len);
+	lg_buf_free(&b);
+}
+
+static void lg_w_oa_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
+{
+	struct lg_wst *w = r->w;
+	struct lg_buf d;
+	int k;
+	if (!w->started && type != LG_EV_END && type != LG_EV_USAGE) {
+		w->started = 1;
+		lg_w_oa_chunk(r, "{\"role\":\"assistant\",\"content\":\"\"}", NULL);
+	}
+	lg_buf_init(&d, 0);
+	switch (type) {
+	case LG_EV_TEXT:
+	case LG_EV_REASONING:
+		lg_buf_addz(&d, type == LG_EV_TEXT ? "{\"content\":\"" : "{\"reasoning_content\":\"");
+		lg_buf_adds(&d, a);
+		lg_buf_addz(&d, "\"}");
+		lg_w_oa_chunk(r, d.p, NULL);
+		break;
+	case LG_EV_TOOL:
+		if (w->ntools == LG_MAX_TOOLS) break;
+		k = w->ntools++;
+		w->tools[k].pidx = idx;
+		lg_buf_printf(&d, "{\"tool_calls\":[{\"index\":%d,\"id\":\"", k);
+		lg_buf_adds(&d, a);
+		lg_buf_addz(&d, "\",\"type\":\"function\",\"function\":{\"name\":\"");
+		lg_buf_adds(&d, b);
+		lg_buf_addz(&d, "\",\"arguments\":\"\"}}]}");
+		lg_w_oa_chunk(r, d.p, NULL);
+		break;
+	case LG_EV_ARGS:
+		if ((k = lg_w_tool_of(w, idx)) < 0 || !a.n) break;
+		lg_buf_printf(&d, "{\"tool_calls\":[{\"index\":%d,\"function\":{\"arguments\":", k);
+		if (raw)
+			lg_json_wstr(&d, a.p, a.n);
+		else
+			lg_w_str(&d, a);
+		lg_buf_addz(&d, "}}]}");
+		lg_w_oa_chunk(r, d.p, NULL);
+		break;
+	case LG_EV_FINISH:
+		lg_w_oa_chunk(r, "{}", lg_fin_openai[idx]);
+		break;
+	case LG_EV_END:
+		if (r->want_usage) {
+			lg_buf_printf(&d, "{\"id\":\"chatcmpl-%s\",\"object\":\"chat.completion.chunk\",\"created\":%lld,"
+			                  "\"model\":", r->id, (long long)(r->wall0 / 1000));
+			lg_json_wz(&d, r->served->model);
+			lg_buf_addz(&d, ",\"provider\":");
+			lg_json_wz(&d, r->served->prov->name);
+			lg_buf_addz(&d, ",\"choices\":[],\"usage\":");
+			lg_w_oa_usage(&d, &r->usage);
+			lg_buf_addc(&d, '}');
+			lg_resp_sse(r, NULL, d.p, d.len);
+		}
+		lg_resp_sse(r, NULL, "[DONE]", 6);
+		break;
+	default: break;
+	}
+	lg_buf_free(&d);
+}
+
+/* --- Anthropic dialect, streaming ------------------------------------- */
+
+static void lg_w_an_event(struct lg_req *r, const char *name, struct lg_buf *d)
+{
+	lg_resp_sse(r, name, d->p, d->len);
+	d->len = d->off = 0;
+}
+
+static void lg_w_an_close(struct lg_req *r, struct lg_buf *d)
+{
+	struct lg_wst *w = r->w;
+	if (w->block_type < 0) return;
+	lg_buf_printf(d, "{\"type\":\"content_block_stop\",\"index\":%d}", w->block);
+	lg_w_an_event(r, "content_block_stop", d);
+	w->block_type = -1;
+	w->block++;
+}
+
+static void lg_w_an_open(struct lg_req *r, struct lg_buf *d, int type, lg_str id, lg_str name)
+{
+	struct lg_wst *w = r->w;
+	if (w->block_type == type && type != LG_EV_TOOL) return;
+	lg_w_an_close(r, d);
+	w->block_type = type;
+	lg_buf_printf(d, "{\"type\":\"content_block_start\",\"index\":%d,\"content_block\":", w->block);
+	if (type == LG_EV_TEXT)
+		lg_buf_addz(d, "{\"type\":\"text\",\"text\":\"\"}}");
+	else if (type == LG_EV_REASONING)
+		lg_buf_addz(d, "{\"type\":\"thinking\",\"thinking\":\"\"}}");
+	else {
+		lg_buf_addz(d, "{\"type\":\"tool_use\",\"id\":\"");
+		lg_buf_adds(d, id);
+		lg_buf_addz(d, "\",\"name\":\"");
+		lg_buf_adds(d, name);
+		lg_buf_addz(d, "\",\"input\":{}}}");
+	}
+	lg_w_an_event(r, "content_block_start", d);
+}
+
+static void lg_w_an_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
+{
+	struct lg_wst *w = r->w;
+	struct lg_buf d;
+	int k;
+	lg_buf_init(&d, 0);
+	if (!w->started && type != LG_EV_END) {
+		w->started = 1;
+		w->block_type = -1;
+		lg_buf_printf(&d, "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_%s\",\"type\":\"message\","
+		                  "\"role\":\"assistant\",\"model\":", r->id);
+		lg_json_wz(&d, r->served->model);
+		lg_buf_addz(&d, ",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":");
+		lg_w_anth_usage(&d, &r->usage, 0);
+		lg_buf_addz(&d, "}}");
+		lg_w_an_event(r, "message_start", &d);
+	}
+	switch (type) {
+	case LG_EV_TEXT:
+	case LG_EV_REASONING:
+		lg_w_an_open(r, &d, type, a, b);
+		lg_buf_printf(&d, "{\"type\":\"content_block_delta\",\"index\":%d,\"delta\":{\"type\":\"%s\",\"%s\":\"",
+		              w->block, type == LG_EV_TEXT ? "text_delta" : "thinking_delta",
+		              type == LG_EV_TEXT ? "text" : "thinking");
+		lg_buf_adds(&d, a);
+		lg_buf_addz(&d, "\"}}");
+		lg_w_an_event(r, "content_block_delta", &d);
+		break;
+	case LG_EV_SIG:
+		if (w->block_type != LG_EV_REASONING) break;
+		lg_buf_printf(&d, "{\"type\":\"content_block_delta\",\"index\":%d,\"delta\":{\"type\":\"signature_delta\","
+		                  "\"signature\":\"", w->block);
+		lg_buf_adds(&d, a);
+		lg_buf_addz(&d, "\"}}");
+		lg_w_an_event(r, "content_block_delta", &d);
+		break;
+	case LG_EV_TOOL:
+		if (w->ntools == LG_MAX_TOOLS) break;
+		k = w->ntools++;
+		w->tools[k].pidx = idx;
+		lg_w_an_open(r, &d, LG_EV_TOOL, a, b);
+		break;
+	case LG_EV_ARGS:
+		if ((k = lg_w_tool_of(w, idx)) < 0 || !a.n) break;
+		if (w->block_type != LG_EV_TOOL || k != w->ntools - 1) break; /* arguments of an earlier call: Anthropic cannot interleave */
+		lg_buf_printf(&d, "{\"type\":\"content_block_delta\",\"index\":%d,\"delta\":{\"type\":\"input_json_delta\","
+		                  "\"partial_json\":", w->block);
+		if (raw)
+			lg_json_wstr(&d, a.p, a.n);
+		else
+			lg_w_str(&d, a);
+		lg_buf_addz(&d, "}}");
+		lg_w_an_event(r, "content_block_delta", &d);
+		break;
+	case LG_EV_FINISH: /* held until the usage is known */
+		lg_w_an_close(r, &d);
+		break;
+	case LG_EV_END:
+		lg_w_an_close(r, &d);
+		lg_buf_printf(&d, "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"%s\",\"stop_sequence\":null},"
+		                  "\"usage\":", lg_fin_anthropic[w->has_finish ? w->finish : 0]);
+		lg_w_anth_usage(&d, &r->usage, 1);
+		lg_buf_addc(&d, '}');
+		lg_w_an_event(r, "message_delta", &d);
+		lg_buf_addz(&d, "{\"type\":\"message_stop\"}");
+		lg_w_an_event(r, "message_stop", &d);
+		break;
+	default: break;
+	}
+	lg_buf_free(&d);
+}
+
+/* --- not streaming: collect, then one response in the client's dialect -- */
+
+static void lg_w_collect(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
+{
+	struct lg_wst *w = r->w;
+	int k;
+	switch (type) {
+	case LG_EV_TEXT: lg_buf_adds(&w->text, a); break;
+	case LG_EV_REASONING: lg_buf_adds(&w->reasoning, a); break;
+	case LG_EV_SIG: lg_buf_adds(&w->sig, a); break;
+	case LG_EV_TOOL:
+		if (w->ntools == LG_MAX_TOOLS) break;
+		k = w->ntools++;
+		w->tools[k].pidx = idx;
+		w->tools[k].id = lg_str_of(lg_arena_strn(&r->a, a.p, a.n), a.n);
+		w->tools[k].name = lg_str_of(lg_arena_strn(&r->a, b.p, b.n), b.n);
+		lg_buf_init(&w->tools[k].args, LLMGW_MAX_RESPONSE);
+		break;
+	case LG_EV_ARGS:
+		if ((k = lg_w_tool_of(w, idx)) < 0) break;
+		if (raw) {
+			struct lg_buf e;
+			lg_buf_init(&e, 0);
+			lg_json_wstr(&e, a.p, a.n);
+			if (e.len >= 2) lg_buf_add(&w->tools[k].args, e.p + 1, e.len - 2);
+			lg_buf_free(&e);
+		} else {
+			lg_buf_adds(&w->tools[k].args, a);
+		}
+		break;
+	default: break;
+	}
+}
+
+/* The collected answer in the OpenAI dialect. */
+static void lg_w_oa_final(struct lg_req *r, struct lg_buf *o)
+{
+	struct lg_wst *w = r->w;
+	int i;
+	lg_buf_printf(o, "{\"id\":\"chatcmpl-%s\",\"object\":\"chat.completion\",\"created\":%lld,\"model\":", r->id,
+	              (long long)(r->wall0 / 1000));
+	lg_json_wz(o, r->served->model);
+	lg_buf_addz(o, ",\"provider\":");
+	lg_json_wz(o, r->served->prov->name);
+	lg_buf_addz(o, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+	if (w->text.len || !w->ntools) {
+		lg_buf_addc(o, '"');
+		lg_buf_add(o, w->text.p, w->text.len);
+		lg_buf_addc(o, '"');
+	} else {
+		lg_buf_addz(o, "null");
+	}
+	if (w->reasoning.len) {
+		lg_buf_addz(o, ",\"reasoning_content\":\"");
+		lg_buf_add(o, w->reasoning.p, w->reasoning.len);
+		lg_buf_addc(o, '"');
+	}
+	if (w->ntools) {
+		lg_buf_addz(o, ",\"tool_calls\":[");
+		for (i = 0; i < w->ntools; i++) {
+			lg_buf_addz(o, i ? ",{\"id\":" : "{\"id\":");
+			lg_w_str(o, w->tools[i].id);
+			lg_buf_addz(o, ",\"type\":\"function\",\"function\":{\"name\":");
+			lg_w_str(o, w->tools[i].name);
+			lg_buf_addz(o, ",\"arguments\":\"");
+			if (w->tools[i].args.len)
+				lg_buf_add(o, w->tools[i].args.p, w->tools[i].args.len);
+			else
+				lg_buf_addz(o, "{}");
+			lg_buf_addz(o, "\"}}");
+		}
+		lg_buf_addc(o, ']');
+	}
+	lg_buf_printf(o, "},\"finish_reason\":\"%s\"}],\"usage\":", lg_fin_openai[w->has_finish ? w->finish : 0]);
+	lg_w_oa_usage(o, &r->usage);
+	lg_buf_addc(o, '}');
+}
+
+/* The collected answer in the Anthropic dialect. */
+static void lg_w_an_final(struct lg_req *r, struct lg_buf *o)
+{
+	struct lg_wst *w = r->w;
+	int i, c = 0;
+	lg_buf_printf(o, "{\"id\":\"msg_%s\",\"type\":\"message\",\"role\":\"assistant\",\"model\":", r->id);
+	lg_json_wz(o, r->served->model);
+	lg_buf_addz(o, ",\"provider\":");
+	lg_json_wz(o, r->served->prov->name);
+	lg_buf_addz(o, ",\"content\":[");
+	if (w->reasoning.len) {
+		lg_buf_addz(o, "{\"type\":\"thinking\",\"thinking\":\"");
+		lg_buf_add(o, w->reasoning.p, w->reasoning.len);
+		lg_buf_addz(o, "\",\"signature\":\"");
+		lg_buf_add(o, w->sig.p, w->sig.len);
+		lg_buf_addz(o, "\"}");
+		c++;
+	}
+	if (w->text.len) {
+		lg_buf_addz(o, c++ ? ",{\"type\":\"text\",\"text\":\"" : "{\"type\":\"text\",\"text\":\"");
+		lg_buf_add(o, w->text.p, w->text.len);
+		lg_buf_addz(o, "\"}");
+	}
+	for (i = 0; i < w->ntools; i++) {
+		lg_str args = lg_canon_unesc(r, lg_str_of(w->tools[i].args.p ? w->tools[i].args.p : "",
+		                                          w->tools[i].args.len));
+		struct lg_json aj;
+		memset(&aj, 0, sizeof aj);
+		if (!args.n || lg_json_parse(&aj, args.p, args.n) <= 0) args = lg_str_of("{}", 2);
+		lg_buf_addz(o, c++ ? ",{\"type\":\"tool_use\",\"id\":" : "{\"type\":\"tool_use\",\"id\":");
+		lg_w_str(o, w->tools[i].id);
+		lg_buf_addz(o, ",\"name\":");
+		lg_w_str(o, w->tools[i].name);
+		lg_buf_addz(o, ",\"input\":");
+		lg_buf_adds(o, args);
+		lg_buf_addc(o, '}');
+	}
+	lg_buf_printf(o, "],\"stop_reason\":\"%s\",\"stop_sequence\":null,\"usage\":",
+	              lg_fin_anthropic[w->has_finish ? w->finish : 0]);
+	lg_w_anth_usage(o, &r->usage, 1);
+	lg_buf_addc(o, '}');
+}
+
+static void lg_route_failed(struct lg_req *r, int status, const char *reason, int retryable, int timeout);
+
+/* One canonical event from an adapter. */
+static void lg_ev(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
+{
+	struct lg_wst *w = r->w;
+	if (type == LG_EV_USAGE) {
+		r->usage.seen = 1;
+		r->usage.cost = lg_acct_cost(r->served ? r->served->t : NULL, &r->usage);
+		return;
+	}
+	if (!w || r->finished || w->ended) return;
+	if (type == LG_EV_FINISH) {
+		w->finish = idx;
+		w->has_finish = 1;
+		r->saw_finish = 1;
+	}
+	if (type == LG_EV_ERROR) { /* before the first byte: the attempt failed; after: an error event */
+		char msg[300];
+		snprintf(msg, sizeof msg, "%.*s", (int)LG_MIN(a.n, 280), a.p);
+		r->up_error = 1;
+		if (!r->sent_head) {
+			lg_route_failed(r, idx, msg, idx == 429 || idx >= 500, 0);
+			return;
+		}
+		snprintf(r->errmsg, sizeof r->errmsg, "provider %s: %s", r->served->prov->name, msg);
+		return;
+	}
+	if (type == LG_EV_END) {
+		w->ended = 1;
+		r->stream_done = 1;
+	}
+	if (!r->stream)
+		lg_w_collect(r, type, idx, a, b, raw);
+	else if (r->dialect == LG_D_ANTHROPIC)
+		lg_w_an_stream(r, type, idx, a, b, raw);
+	else
+		lg_w_oa_stream(r, type, idx, a, b, raw);
+}
+
+static int lg_fin_code(lg_str v)
+{
+	static const char *const len[] = {"length", "max_tokens", "MAX_TOKENS", "model_context_window_exceeded",
+	                                  "model_length"};
+	static const char *const tools[] = {"tool_calls", "tool_use", "function_call"};
+	static const char *const filt[] = {"content_filter", "refusal", "SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST",
+	                                   "SPII", "IMAGE_SAFETY", "RECITATION", "guardrail_intervened",
+	                                   "content_filtered"};
+	size_t i;
+	for (i = 0; i < LG_COUNTOF(len); i++)
+		if (lg_str_eq(v, len[i])) return LG_FIN_LENGTH;
+	for (i = 0; i < LG_COUNTOF(tools); i++)
+		if (lg_str_eq(v, tools[i])) return LG_FIN_TOOLS;
+	for (i = 0; i < LG_COUNTOF(filt); i++)
+		if (lg_str_eq(v, filt[i])) return LG_FIN_FILTER;
+	return LG_FIN_STOP;
+}
+
+#define LG_NOSTR lg_str_of("", 0)
+
+/* --- OpenAI responses and chunks -> events ------------------------------ */
+
+static void lg_p_openai_usage(struct lg_req *r, const struct lg_json *j, const char *s, int u)
+{
+	if (lg_json_type(j, u) != LG_J_OBJ) return;
+	lg_prov_openai_usage(r, j, s, u);
+	lg_ev(r, LG_EV_USAGE, 0, LG_NOSTR, LG_NOSTR, 0);
+}
+
+/* One completion (message) or one chunk (delta). */
+static void lg_p_openai_obj(struct lg_req *r, const struct lg_json *j, const char *s, int chunk)
+{
+	int ch = lg_json_get(j, s, 0, "choices"), c0 = lg_json_at(j, ch, 0), e = lg_json_get(j, s, 0, "error");
+	int m = lg_json_get(j, s, c0, chunk ? "delta" : "message"), t, fr;
+	uint32_t i;
+	if (e >= 0) {
+		int msg = lg_json_get(j, s, e, "message");
+		lg_ev(r, LG_EV_ERROR, 502, lg_jesc(j, s, msg >= 0 ? msg : e), LG_NOSTR, 0);
+		return;
+	}
+	if (m >= 0) {
+		if ((t = lg_json_get(j, s, m, "reasoning_content")) < 0) t = lg_json_get(j, s, m, "reasoning");
+		if (lg_json_type(j, t) == LG_J_STR && j->t[t].end > j->t[t].start)
+			lg_ev(r, LG_EV_REASONING, 0, lg_json_raw(j, s, t), LG_NOSTR, 0);
+		t = lg_json_get(j, s, m, "content");
+		if (lg_json_type(j, t) == LG_J_STR && j->t[t].end > j->t[t].start)
+			lg_ev(r, LG_EV_TEXT, 0, lg_json_raw(j, s, t), LG_NOSTR, 0);
+		t = lg_json_get(j, s, m, "tool_calls");
+		for (i = 0; lg_json_type(j, t) == LG_J_ARR && i < j->t[t].size; i++) {
+			int tc = lg_json_at(j, t, i), fn = lg_json_get(j, s, tc, "function");
+			int idx = chunk ? (int)lg_json_i64(j, s, lg_json_get(j, s, tc, "index")) : (int)i;
+			int id = lg_json_get(j, s, tc, "id");
+			if (lg_json_type(j, id) == LG_J_STR || lg_json_get(j, s, fn, "name") >= 0)
+				lg_ev(r, LG_EV_TOOL, idx, lg_jesc(j, s, id), lg_jesc(j, s, lg_json_get(j, s, fn, "name")), 0);
+			lg_ev(r, LG_EV_ARGS, idx, lg_jesc(j, s, lg_json_get(j, s, fn, "arguments")), LG_NOSTR, 0);
+		}
+	}
+	fr = lg_json_get(j, s, c0, "finish_reason");
+	if (lg_json_type(j, fr) == LG_J_STR) lg_ev(r, LG_EV_FINISH, lg_fin_code(lg_json_raw(j, s, fr)), LG_NOSTR, LG_NOSTR, 0);
+	lg_p_openai_usage(r, j, s, lg_json_get(j, s, 0, "usage"));
+}
+
+static void lg_p_openai_event(struct lg_req *r, lg_str ev, lg_str data)
+{
+	struct lg_json j;
+	LG_UNUSED(ev);
+	if (lg_str_eq(data, "[DONE]")) {
+		lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
+		return;
+	}
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, data.p, data.n) > 0 && j.t[0].type == LG_J_OBJ) lg_p_openai_obj(r, &j, data.p, 1);
+}
+
+static int lg_p_openai_full(struct lg_req *r, const char *s, size_t n)
+{
+	struct lg_json j;
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, s, n) <= 0 || j.t[0].type != LG_J_OBJ) return -1;
+	lg_p_openai_obj(r, &j, s, 0);
+	lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
+	return 0;
+}
+
+/* --- Anthropic responses and events -> events --------------------------- */
+
+static void lg_p_anth_usage(struct lg_req *r, const struct lg_json *j, const char *s, int u, int delta)
+{
+	int t;
+	if (lg_json_type(j, u) != LG_J_OBJ) return;
+	/* message_delta usage is cumulative and may repeat the input fields */
+	if ((t = lg_json_get(j, s, u, "input_tokens")) >= 0 || !delta) {
+		int64_t in = lg_json_i64(j, s, t), cr = lg_json_i64(j, s, lg_json_get(j, s, u, "cache_read_input_tokens")),
+		        cw = lg_json_i64(j, s, lg_json_get(j, s, u, "cache_creation_input_tokens"));
+		r->usage.prompt = in + cr + cw;
+		r->usage.cached = cr;
+		r->usage.cache_write = cw;
+	}
+	if ((t = lg_json_get(j, s, u, "output_tokens")) >= 0) r->usage.completion = lg_json_i64(j, s, t);
+	lg_ev(r, LG_EV_USAGE, 0, LG_NOSTR, LG_NOSTR, 0);
+}
+
+static void lg_p_anth_block(struct lg_req *r, const struct lg_json *j, const char *s, int b, int idx)
+{
+	lg_str ty = lg_jesc(j, s, lg_json_get(j, s, b, "type"));
+	int t;
+	if (lg_str_eq(ty, "text")) {
+		if ((t = lg_json_get(j, s, b, "text")) >= 0 && j->t[t].end > j->t[t].start)
+			lg_ev(r, LG_EV_TEXT, 0, lg_json_raw(j, s, t), LG_NOSTR, 0);
+	} else if (lg_str_eq(ty, "thinking")) {
+		if ((t = lg_json_get(j, s, b, "thinking")) >= 0 && j->t[t].end > j->t[t].start)
+			lg_ev(r, LG_EV_REASONING, 0, lg_json_raw(j, s, t), LG_NOSTR, 0);
+		if ((t = lg_json_get(j, s, b, "signature")) >= 0) lg_ev(r, LG_EV_SIG, 0, lg_jesc(j, s, t), LG_NOSTR, 0);
+	} else if (lg_str_eq(ty, "tool_use")) {
+		lg_str name = lg_jesc(j, s, lg_json_get(j, s, b, "name"));
+		int in = lg_json_get(j, s, b, "input");
+		if (r->rf_tool && lg_str_eq(name, "json_response")) { /* response_format: the input is the answer */
+			if (in >= 0) {
+				lg_str raw = lg_json_span(j, s, in);
+				lg_ev(r, LG_EV_TEXT, 0, lg_canon_esc(r, raw), LG_NOSTR, 0);
+			}
+			r->w->pblk[idx % LG_MAX_TOOLS] = 3;
+			return;
+		}
+		lg_ev(r, LG_EV_TOOL, idx, lg_jesc(j, s, lg_json_get(j, s, b, "id")), name, 0);
+		if (lg_json_type(j, in) == LG_J_OBJ && j->t[in].size) {
+			lg_ev(r, LG_EV_ARGS, idx, lg_json_span(j, s, in), LG_NOSTR, 1);
+			r->w->pargs[idx % LG_MAX_TOOLS] = 1;
+		}
+	}
+}
+
+static void lg_p_anth_event(struct lg_req *r, lg_str evname, lg_str data)
+{
+	struct lg_json j;
+	const char *s = data.p;
+	lg_str ty;
+	int idx, t;
+	struct lg_wst *w = r->w;
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, data.p, data.n) <= 0 || j.t[0].type != LG_J_OBJ) return;
+	ty = lg_jesc(&j, s, lg_json_get(&j, s, 0, "type"));
+	if (!ty.n) ty = evname;
+	idx = (int)lg_json_i64(&j, s, lg_json_get(&j, s, 0, "index"));
+	if (lg_str_eq(ty, "message_start")) {
+		lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, lg_json_get(&j, s, 0, "message"), "usage"), 0);
+	} else if (lg_str_eq(ty, "content_block_start")) {
+		int b = lg_json_get(&j, s, 0, "content_block");
+		lg_str bt = lg_jesc(&j, s, lg_json_get(&j, s, b, "type"));
+		w->pblk[idx % LG_MAX_TOOLS] = lg_str_eq(bt, "tool_use") ? 1 : 0;
+		w->pargs[idx % LG_MAX_TOOLS] = 0;
+		if (lg_str_eq(bt, "tool_use")) lg_p_anth_block(r, &j, s, b, idx);
+	} else if (lg_str_eq(ty, "content_block_delta")) {
+		int d = lg_json_get(&j, s, 0, "delta");
+		lg_str dt = lg_jesc(&j, s, lg_json_get(&j, s, d, "type"));
+		if (lg_str_eq(dt, "text_delta")) {
+			lg_ev(r, LG_EV_TEXT, 0, lg_jesc(&j, s, lg_json_get(&j, s, d, "text")), LG_NOSTR, 0);
+		} else if (lg_str_eq(dt, "thinking_delta")) {
+			lg_ev(r, LG_EV_REASONING, 0, lg_jesc(&j, s, lg_json_get(&j, s, d, "thinking")), LG_NOSTR, 0);
+		} else if (lg_str_eq(dt, "signature_delta")) {
+			lg_ev(r, LG_EV_SIG, 0, lg_jesc(&j, s, lg_json_get(&j, s, d, "signature")), LG_NOSTR, 0);
+		} else if (lg_str_eq(dt, "input_json_delta")) {
+			lg_str pj = lg_jesc(&j, s, lg_json_get(&j, s, d, "partial_json"));
+			if (w->pblk[idx % LG_MAX_TOOLS] == 3) { /* the forced response_format tool: text */
+				lg_ev(r, LG_EV_TEXT, 0, pj, LG_NOSTR, 0);
+			} else if (pj.n) {
+				lg_ev(r, LG_EV_ARGS, idx, pj, LG_NOSTR, 0);
+				w->pargs[idx % LG_MAX_TOOLS] = 1;
+			}
+		}
+	} else if (lg_str_eq(ty, "content_block_stop")) {
+		if (w->pblk[idx % LG_MAX_TOOLS] == 1 && !w->pargs[idx % LG_MAX_TOOLS]) /* a tool block that got no JSON */
+			lg_ev(r, LG_EV_ARGS, idx, lg_str_of("{}", 2), LG_NOSTR, 1);
+	} else if (lg_str_eq(ty, "message_delta")) {
+		lg_str sr = lg_jesc(&j, s, lg_json_get(&j, s, lg_json_get(&j, s, 0, "delta"), "stop_reason"));
+		lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, 0, "usage"), 1);
+		if (sr.n) lg_ev(r, LG_EV_FINISH, r->rf_tool && lg_str_eq(sr, "tool_use") ? LG_FIN_STOP : lg_fin_code(sr),
+		                LG_NOSTR, LG_NOSTR, 0);
+	} else if (lg_str_eq(ty, "message_stop")) {
+		lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
+	} else if (lg_str_eq(ty, "error")) {
+		int e = lg_json_get(&j, s, 0, "error");
+		lg_str et = lg_jesc(&j, s, lg_json_get(&j, s, e, "type"));
+		lg_ev(r, LG_EV_ERROR, lg_str_eq(et, "overloaded_error") ? 529 : lg_str_eq(et, "rate_limit_error") ? 429 : 502,
+		      lg_jesc(&j, s, lg_json_get(&j, s, e, "message")), LG_NOSTR, 0);
+	}
+	(void)t;
+}
+
+static int lg_p_anth_full(struct lg_req *r, const char *s, size_t n)
+{
+	struct lg_json j;
+	int c, sr;
+	uint32_t i;
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, s, n) <= 0 || j.t[0].type != LG_J_OBJ) return -1;
+	c = lg_json_get(&j, s, 0, "content");
+	for (i = 0; lg_json_type(&j, c) == LG_J_ARR && i < j.t[c].size; i++)
+		lg_p_anth_block(r, &j, s, lg_json_at(&j, c, i), (int)i);
+	lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, 0, "usage"), 0);
+	sr = lg_json_get(&j, s, 0, "stop_reason");
+	if (lg_json_type(&j, sr) == LG_J_STR) {
+		lg_str v = lg_json_raw(&j, s, sr);
+		lg_ev(r, LG_EV_FINISH, r->rf_tool && lg_str_eq(v, "tool_use") ? LG_FIN_STOP : lg_fin_code(v), LG_NOSTR,
+		      LG_NOSTR, 0);
+	}
+	lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
+	return 0;
+}
+
+/* --- Gemini responses and chunks -> events ------------------------------ */
+
+static void lg_p_gemini_obj(struct lg_req *r, const struct lg_json *j, const char *s)
+{
+	int cand = lg_json_at(j, lg_json_get(j, s, 0, "candidates"), 0), e = lg_json_get(j, s, 0, "error");
+	int parts = lg_json_get(j, s, lg_json_get(j, s, cand, "content"), "parts"), um, fr, pf;
+	struct lg_wst *w = r->w;
+	uint32_t i;
+	if (e >= 0) {
+		int code = (int)lg_json_i64(j, s, lg_json_get(j, s, e, "code"));
+		lg_ev(r, LG_EV_ERROR, code ? code : 502, lg_jesc(j, s, lg_json_get(j, s, e, "message")), LG_NOSTR, 0);
+		return;
+	}
+	for (i = 0; lg_json_type(j, parts) == LG_J_ARR && i < j->t[parts].size; i++) {
+		int p = lg_json_at(j, parts, i), t = lg_json_get(j, s, p, "text"), fc = lg_json_get(j, s, p, "functionCall");
+		if (lg_json_type(j, t) == LG_J_STR && j->t[t].end > j->t[t].start)
+			lg_ev(r, lg_json_truthy(j, lg_json_get(j, s, p, "thought")) ? LG_EV_REASONING : LG_EV_TEXT, 0,
+			      lg_json_raw(j, s, t), LG_NOSTR, 0);
+		if (fc >= 0) { /* a whole call in one part: a made-up id carries its signature */
+			int args = lg_json_get(j, s, fc, "args");
+			lg_str sig = lg_jesc(j, s, lg_json_get(j, s, p, "thoughtSignature"));
+			char *id = (char *)lg_arena_alloc(&r->a, 16 + sig.n);
+			size_t k, n;
+			if (!id) return;
+			n = (size_t)snprintf(id, 16, "call_%08x", (unsigned)(lg_rand(&r->gw->rng) & 0xffffffffu));
+			if (sig.n) {
+				id[n++] = '_';
+				for (k = 0; k < sig.n; k++)
+					if (sig.p[k] != '=') id[n++] = sig.p[k] == '+' ? '-' : sig.p[k] == '/' ? '_' : sig.p[k];
+			}
+			w->calls++;
+			lg_ev(r, LG_EV_TOOL, 1000 + w->calls, lg_str_of(id, n), lg_jesc(j, s, lg_json_get(j, s, fc, "name")), 0);
+			lg_ev(r, LG_EV_ARGS, 1000 + w->calls, args >= 0 ? lg_json_span(j, s, args) : lg_str_of("{}", 2),
+			      LG_NOSTR, 1);
+		}
+	}
+	if ((um = lg_json_get(j, s, 0, "usageMetadata")) >= 0) { /* a running total: the last one counts */
+		int64_t th = lg_json_i64(j, s, lg_json_get(j, s, um, "thoughtsTokenCount"));
+		r->usage.prompt = lg_json_i64(j, s, lg_json_get(j, s, um, "promptTokenCount"));
+		r->usage.completion = lg_json_i64(j, s, lg_json_get(j, s, um, "candidatesTokenCount")) + th;
+		r->usage.reasoning = th;
+		r->usage.cached = lg_json_i64(j, s, lg_json_get(j, s, um, "cachedContentTokenCount"));
+		r->usage.cache_write = 0;
+		lg_ev(r, LG_EV_USAGE, 0, LG_NOSTR, LG_NOSTR, 0);
+	}
+	fr = lg_json_get(j, s, cand, "finishReason");
+	pf = lg_json_get(j, s, lg_json_get(j, s, 0, "promptFeedback"), "blockReason");
+	if (lg_json_type(j, fr) == LG_J_STR) {
+		int code = lg_fin_code(lg_json_raw(j, s, fr));
+		lg_ev(r, LG_EV_FINISH, code == LG_FIN_STOP && w->calls ? LG_FIN_TOOLS : code, LG_NOSTR, LG_NOSTR, 0);
+	} else if (pf >= 0) {
+		lg_ev(r, LG_EV_FINISH, LG_FIN_FILTER, LG_NOSTR, LG_NOSTR, 0);
+	}
+}
+
+static void lg_p_gemini_event(struct lg_req *r, lg_str ev, lg_str data)
+{
+	struct lg_json j;
+	LG_UNUSED(ev);
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, data.p, data.n) > 0 && j.t[0].type == LG_J_OBJ) lg_p_gemini_obj(r, &j, data.p);
+}
+
+static int lg_p_gemini_full(struct lg_req *r, const char *s, size_t n)
+{
+	struct lg_json j;
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, s, n) <= 0 || j.t[0].type != LG_J_OBJ) return -1;
+	lg_p_gemini_obj(r, &j, s);
+	lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
+	return 0;
+}
+
+/* --- Bedrock Converse -> events ------------------------------------------ */
+
+static void lg_p_bedrock_usage(struct lg_req *r, const struct lg_json *j, const char *s, int u)
+{
+	int64_t cr = lg_json_i64(j, s, lg_json_get(j, s, u, "cacheReadInputTokens")),
+	        cw = lg_json_i64(j, s, lg_json_get(j, s, u, "cacheWriteInputTokens"));
+	if (u < 0) return;
+	r->usage.prompt = lg_json_i64(j, s, lg_json_get(j, s, u, "inputTokens")) + cr + cw;
+	r->usage.completion = lg_json_i64(j, s, lg_json_get(j, s, u, "outputTokens"));
+	r->usage.cached = cr;
+	r->usage.cache_write = cw;
+	lg_ev(r, LG_EV_USAGE, 0, LG_NOSTR, LG_NOSTR, 0);
+}
+
+static int lg_p_bedrock_full(struct lg_req *r, const char *s, size_t n)
+{
+	struct lg_json j;
+	int c, sr;
+	uint32_t i;
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, s, n) <= 0 || j.t[0].type != LG_J_OBJ) return -1;
+	c = lg_json_get(&j, s, lg_json_get(&j, s, lg_json_get(&j, s, 0, "output"), "message"), "content");
+	for (i = 0; lg_json_type(&j, c) == LG_J_ARR && i < j.t[c].size; i++) {
+		int b = lg_json_at(&j, c, i), t = lg_json_get(&j, s, b, "text"), tu = lg_json_get(&j, s, b, "toolUse");
+		int rc = lg_json_get(&j, s, lg_json_get(&j, s, b, "reasoningContent"), "reasoningText");
+		if (lg_json_type(&j, t) == LG_J_STR) lg_ev(r, LG_EV_TEXT, 0, lg_json_raw(&j, s, t), LG_NOSTR, 0);
+		if (rc >= 0) lg_ev(r, LG_EV_REASONING, 0, lg_jesc(&j, s, lg_json_get(&j, s, rc, "text")), LG_NOSTR, 0);
+		if (tu >= 0) {
+			int in = lg_json_get(&j, s, tu, "input");
+			lg_ev(r, LG_EV_TOOL, (int)i, lg_jesc(&j, s, lg_json_get(&j, s, tu, "toolUseId")),
+			      lg_jesc(&j, s, lg_json_get(&j, s, tu, "name")), 0);
+			lg_ev(r, LG_EV_ARGS, (int)i, in >= 0 ? lg_json_span(&j, s, in) : lg_str_of("{}", 2), LG_NOSTR, 1);
+		}
+	}
+	lg_p_bedrock_usage(r, &j, s, lg_json_get(&j, s, 0, "usage"));
+	sr = lg_json_get(&j, s, 0, "stopReason");
+	if (lg_json_type(&j, sr) == LG_J_STR) {
+		lg_str v = lg_json_raw(&j, s, sr);
+		lg_ev(r, LG_EV_FINISH, lg_str_eq(v, "end_turn") ? LG_FIN_STOP : lg_fin_code(v), LG_NOSTR, LG_NOSTR, 0);
+	}
+	lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
+	return 0;
+}
+
+/* One ConverseStream event (its :event-type and JSON payload). */
+static void lg_p_bedrock_event(struct lg_req *r, lg_str type, lg_str data)
+{
+	struct lg_json j;
+	const char *s = data.p;
+	int idx, d;
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, data.p, data.n) <= 0 || j.t[0].type != LG_J_OBJ) return;
+	idx = (int)lg_json_i64(&j, s, lg_json_get(&j, s, 0, "contentBlockIndex"));
+	if (lg_str_eq(type, "contentBlockStart")) {
+		int tu = lg_json_get(&j, s, lg_json_get(&j, s, 0, "start"), "toolUse");
+		if (tu >= 0)
+			lg_ev(r, LG_EV_TOOL, idx, lg_jesc(&j, s, lg_json_get(&j, s, tu, "toolUseId")),
+			      lg_jesc(&j, s, lg_json_get(&j, s, tu, "name")), 0);
+	} else if (lg_str_eq(type, "contentBlockDelta")) {
+		d = lg_json_get(&j, s, 0, "delta");
+		if (lg_json_get(&j, s, d, "text") >= 0)
+			lg_ev(r, LG_EV_TEXT, 0, lg_jesc(&j, s, lg_json_get(&j, s, d, "text")), LG_NOSTR, 0);
+		else if (lg_json_get(&j, s, d, "toolUse") >= 0)
+			lg_ev(r, LG_EV_ARGS, idx, lg_jesc(&j, s, lg_json_get(&j, s, lg_json_get(&j, s, d, "toolUse"), "input")),
+			      LG_NOSTR, 0);
+		else if (lg_json_get(&j, s, d, "reasoningContent") >= 0)
+			lg_ev(r, LG_EV_REASONING, 0,
+			      lg_jesc(&j, s, lg_json_get(&j, s, lg_json_get(&j, s, d, "reasoningContent"), "text")), LG_NOSTR, 0);
+	} else if (lg_str_eq(type, "messageStop")) {
+		lg_str v = lg_jesc(&j, s, lg_json_get(&j, s, 0, "stopReason"));
+		lg_ev(r, LG_EV_FINISH, lg_str_eq(v, "end_turn") ? LG_FIN_STOP : lg_fin_code(v), LG_NOSTR, LG_NOSTR, 0);
+	} else if (lg_str_eq(type, "metadata")) {
+		lg_p_bedrock_usage(r, &j, s, lg_json_get(&j, s, 0, "usage"));
+	}
+}
+
+/* AWS event-stream frames: total_len u32 | headers_len u32 | prelude CRC |
+ * headers | payload | message CRC, all big-endian, read byte by byte so
+ * host byte order and alignment never matter. Returns the frame length,
+ * 0 while incomplete, -1 when a CRC or a length is wrong. */
+static uint32_t lg_be32(const unsigned char *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+struct lg_evframe {
+	lg_str event_type, message_type, exception_type, payload;
+};
+
+static long lg_evstream_frame(const unsigned char *b, size_t n, struct lg_evframe *f)
+{
+	uint32_t total, hl;
+	size_t i;
+	memset(f, 0, sizeof *f);
+	if (n < 12) return 0;
+	total = lg_be32(b);
+	hl = lg_be32(b + 4);
+	if (total < 16 || hl > total - 16 || total > (16u << 20)) return -1;
+	if (lg_crc32(0, b, 8) != lg_be32(b + 8)) return -1;
+	if (n < total) return 0;
+	if (lg_crc32(0, b, total - 4) != lg_be32(b + total - 4)) return -1;
+	for (i = 12; i < 12 + (size_t)hl;) { /* headers: name, type, value */
+		size_t nl = b[i], vl;
+		lg_str name;
+		int ty;
+		if (i + 1 + nl + 1 > 12 + (size_t)hl) return -1;
+		name = lg_str_of((const char *)b + i + 1, nl);
+		i += 1 + nl;
+		ty = b[i++];
+		switch (ty) {
+		case 0: case 1: vl = 0; break;
+		case 2: vl = 1; break;
+		case 3: vl = 2; break;
+		case 4: vl = 4; break;
+		case 5: case 8: vl = 8; break;
+		case 9: vl = 16; break;
+		case 6: case 7:
+			if (i + 2 > 12 + (size_t)hl) return -1;
+			vl = (size_t)b[i] << 8 | b[i + 1];
+			i += 2;
+			if (ty == 7) {
+				lg_str v = lg_str_of((const char *)b + i, vl);
+				if (lg_str_eq(name, ":event-type")) f->event_type = v;
+				if (lg_str_eq(name, ":message-type")) f->message_type = v;
+				if (lg_str_eq(name, ":exception-type")) f->exception_type = v;
+			}
+			break;
+		default: return -1;
+		}
+		i += vl;
+		if (i > 12 + (size_t)hl) return -1;
+	}
+	f->payload = lg_str_of((const char *)b + 12 + hl, total - 16 - hl);
+	return (long)total;
+}
+
+/* --- the HTTP request to each provider type -------------------------------- */
+
+/* RFC 3986 encoding of everything but unreserved characters. */
+static void lg_uri_enc(struct lg_buf *o, const char *p, size_t n)
+{
+	static const char hx[] = "0123456789ABCDEF";
+	size_t i;
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)p[i];
+		if (isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~')
+			lg_buf_addc(o, (char)c);
+		else {
+			lg_buf_addc(o, '%');
+			lg_buf_addc(o, hx[c >> 4]);
+			lg_buf_addc(o, hx[c & 15]);
+		}
+	}
+}
+
+/* SigV4 for Bedrock: the signature over the canonical request of a POST
+ * with host, x-amz-date and (with a session) x-amz-security-token signed. */
+static void lg_sigv4(const struct lg_provider *p, const char *host, const char *path, const char *body, size_t bn,
+                     int64_t wall, char *hdr, size_t hn)
+{
+	char amzdate[20], day[9], hex[65], sig[65];
+	unsigned char h[32], k1[32], k2[32];
+	struct lg_buf cr, sts;
+	time_t t = (time_t)(wall / 1000);
+	struct tm tm;
+	const char *region = p->aws_region ? p->aws_region : "us-east-1", *sl;
+	gmtime_r(&t, &tm);
+	strftime(amzdate, sizeof amzdate, "%Y%m%dT%H%M%SZ", &tm);
+	memcpy(day, amzdate, 8);
+	day[8] = 0;
+	lg_buf_init(&cr, 0);
+	lg_buf_addz(&cr, "POST\n");
+	for (sl = path; *sl;) { /* each segment encoded again */
+		const char *e = strchr(sl + 1, '/');
+		size_t n = e ? (size_t)(e - sl) : strlen(sl);
+		lg_buf_addc(&cr, '/');
+		lg_uri_enc(&cr, sl + 1, n - 1);
+		sl += n;
+	}
+	lg_buf_printf(&cr, "\n\nhost:%s\nx-amz-date:%s\n", host, amzdate);
+	if (p->aws_session_token) lg_buf_printf(&cr, "x-amz-security-token:%s\n", p->aws_session_token);
+	lg_buf_printf(&cr, "\nhost;x-amz-date%s\n", p->aws_session_token ? ";x-amz-security-token" : "");
+	lg_sha256(body, bn, h);
+	lg_hex32(h, hex);
+	lg_buf_addz(&cr, hex);
+	lg_sha256(cr.p, cr.len, h);
+	lg_hex32(h, hex);
+	lg_buf_init(&sts, 0);
+	lg_buf_printf(&sts, "AWS4-HMAC-SHA256\n%s\n%s/%s/bedrock/aws4_request\n%s", amzdate, day, region, hex);
+	lg_sigv4_key(p->aws_secret_access_key, day, region, "bedrock", k1);
+	lg_hmac_sha256(k1, 32, sts.p, sts.len, k2);
+	lg_hex32(k2, sig);
+	snprintf(hdr, hn,
+	         "X-Amz-Date: %s\r\n%s%s%sAuthorization: AWS4-HMAC-SHA256 Credential=%s/%s/%s/bedrock/aws4_request, "
+	         "SignedHeaders=host;x-amz-date%s, Signature=%s\r\n",
+	         amzdate, p->aws_session_token ? "X-Amz-Security-Token: " : "",
+	         p->aws_session_token ? p->aws_session_token : "", p->aws_session_token ? "\r\n" : "",
+	         p->aws_access_key_id, day, region, p->aws_session_token ? ";x-amz-security-token" : "", sig);
+	lg_buf_free(&cr);
+	lg_buf_free(&sts);
+}
+
+static int lg_native(const struct lg_req *r, const struct lg_provider *p)
+{
+	if (r->dialect == LG_D_ANTHROPIC) return p->type == LG_PT_ANTHROPIC;
+	return p->type == LG_PT_OPENAI || p->type == LG_PT_AZURE || p->type == LG_PT_MOCK;
+}
+
+/* Builds the whole upstream request in o: the body is written first, after
+ * room left for the head, so it is copied once. -2: the request cannot go
+ * to this provider (r->canon_err says why: a 400). */
+static int lg_prov_build(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
+{
+	const struct lg_provider *p = cd->prov;
+	char head[8192], path[2048], auth[2048], host[300];
+	int hn, i, k = 0;
+	size_t room, body_len;
+	struct lg_buf pb;
+	lg_buf_init(&pb, sizeof path - 1);
+	lg_buf_addz(&pb, p->base_path);
+	switch (p->type) {
+	case LG_PT_AZURE:
+		if (strstr(p->base_path, "/openai/v1"))
+			lg_buf_addz(&pb, r->ep == LG_EP_EMBED ? "/embeddings" : "/chat/completions");
+		else {
+			lg_buf_addz(&pb, "/openai/deployments/");
+			lg_uri_enc(&pb, cd->upstream, strlen(cd->upstream));
+			lg_buf_printf(&pb, "/%s?api-version=%s", r->ep == LG_EP_EMBED ? "embeddings" : "chat/completions",
+			              p->api_version ? p->api_version : "2024-10-21");
+		}
+		break;
+	case LG_PT_ANTHROPIC:
+		lg_buf_addz(&pb, strlen(p->base_path) >= 3 && strcmp(p->base_path + strlen(p->base_path) - 3, "/v1") == 0
+		                     ? "/messages" : "/v1/messages");
+		break;
+	case LG_PT_GEMINI:
+		lg_buf_addz(&pb, "/models/");
+		lg_uri_enc(&pb, cd->upstream, strlen(cd->upstream));
+		lg_buf_addz(&pb, r->ep == LG_EP_EMBED ? ":batchEmbedContents" : r->stream ? ":streamGenerateContent?alt=sse"
+		                                                                         : ":generateContent");
+		break;
+	case LG_PT_BEDROCK:
+		lg_buf_addz(&pb, "/model/");
+		lg_uri_enc(&pb, cd->upstream, strlen(cd->upstream));
+		lg_buf_addz(&pb, r->stream ? "/converse-stream" : "/converse");
+		break;
+	default: lg_buf_addz(&pb, r->ep == LG_EP_EMBED ? "/embeddings" : "/chat/completions");
+	}
+	if (pb.err) {
+		lg_buf_free(&pb);
+		return -1;
+	}
+	snprintf(path, sizeof path, "%.*s", (int)pb.len, pb.p);
+	lg_buf_free(&pb);
+	snprintf(host, sizeof host, "%s%s%s", strchr(p->host, ':') ? "[" : "", p->host, strchr(p->host, ':') ? "]" : "");
+	if (p->port != (p->tls ? 443 : 80)) snprintf(host + strlen(host), sizeof host - strlen(host), ":%d", p->port);
+	room = 1024 + strlen(path) + strlen(host) + 2048;
+	for (i = 0; i < p->nheaders; i++) room += strlen(p->headers[i]) + 2;
+	if (room > sizeof head) return -1;
+	o->off = o->len = 0;
+	if (lg_buf_reserve(o, room + r->body_len * 2 + 1024)) return -1;
+	o->len = room; /* the gap before the body is filled by the head below */
+	if (r->ep == LG_EP_EMBED && p->type == LG_PT_GEMINI) {
+		int in = lg_json_get(&r->j, r->body, 0, "input");
+		uint32_t n = lg_json_type(&r->j, in) == LG_J_ARR ? r->j.t[in].size : 1, x;
+		lg_buf_addz(o, "{\"requests\":[");
+		for (x = 0; x < n; x++) {
+			int t = lg_json_type(&r->j, in) == LG_J_ARR ? lg_json_at(&r->j, in, x) : in;
+			lg_buf_addz(o, x ? ",{\"model\":\"models/" : "{\"model\":\"models/");
+			lg_buf_addz(o, cd->upstream);
+			lg_buf_addz(o, "\",\"content\":{\"parts\":[{\"text\":");
+			lg_w_str(o, lg_jesc(&r->j, r->body, t));
+			lg_buf_addz(o, "}]}}");
+		}
+		lg_buf_addz(o, "]}");
+	} else if (lg_native(r, p) || r->ep == LG_EP_EMBED) {
+		lg_prov_openai_body(r, cd, o);
+	} else {
+		if (!lg_canon(r)) return -2;
+		switch (p->type) {
+		case LG_PT_ANTHROPIC: k = lg_w_anthropic(r, cd, o); break;
+		case LG_PT_GEMINI: k = lg_w_gemini(r, cd, o); break;
+		case LG_PT_BEDROCK: k = lg_w_bedrock(r, cd, o); break;
+		default: k = lg_w_openai(r, cd, o);
+		}
+		if (k < 0) return k;
+	}
+	if (o->err) return -1;
+	body_len = o->len - room;
+	auth[0] = 0;
+	switch (p->type) {
+	case LG_PT_AZURE:
+		if (p->api_key) snprintf(auth, sizeof auth, "api-key: %s\r\n", p->api_key);
+		break;
+	case LG_PT_ANTHROPIC:
+		snprintf(auth, sizeof auth, "%s%s%santhropic-version: 2023-06-01\r\n", p->api_key ? "x-api-key: " : "",
+		         p->api_key ? p->api_key : "", p->api_key ? "\r\n" : "");
+		break;
+	case LG_PT_GEMINI:
+		if (p->api_key) snprintf(auth, sizeof auth, "x-goog-api-key: %s\r\n", p->api_key);
+		break;
+	case LG_PT_BEDROCK:
+		if (p->aws_access_key_id && p->aws_secret_access_key)
+			lg_sigv4(p, host, path, o->p + room, body_len, lg_wall_ms(), auth, sizeof auth);
+		else if (p->api_key)
+			snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", p->api_key);
+		break;
+	default:
+		if (p->api_key) snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", p->api_key);
+	}
+	hn = snprintf(head, sizeof head,
+	              "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nAccept: %s\r\n"
+	              "User-Agent: llmgw/" LLMGW_VERSION "\r\n%s",
+	              path, host,
+	              r->stream ? (p->type == LG_PT_BEDROCK ? "application/vnd.amazon.eventstream" : "text/event-stream")
+	                        : "application/json",
+	              auth);
+	for (i = 0; i < p->nheaders && hn > 0; i++)
+		hn += snprintf(head + hn, sizeof head - (size_t)hn, "%s\r\n", p->headers[i]);
+	if (hn > 0) hn += snprintf(head + hn, sizeof head - (size_t)hn, "Content-Length: %zu\r\n\r\n", body_len);
+	if (hn <= 0 || (size_t)hn > room) return -1;
+	o->off = room - (size_t)hn;
+	memcpy(o->p + o->off, head, (size_t)hn);
+	return 0;
+}
+
+/* --- Anthropic to Anthropic: natively, reading usage on the way ----------- */
+
+/* Copies the JSON object at token t of s, with "model" replaced by the
+ * public name, "provider" first, and extra text added at its end. */
+static void lg_native_obj(struct lg_req *r, const struct lg_json *j, const char *s, int t, struct lg_buf *o,
+                          int top, const char *extra)
+{
+	uint32_t i, k;
+	lg_buf_addc(o, '{');
+	if (top) {
+		lg_buf_addz(o, "\"provider\":");
+		lg_json_wz(o, r->served->prov->name);
+	}
+	for (i = 0, k = (uint32_t)t + 1; i < j->t[t].size; i++, k = j->t[k + 1].next) {
+		lg_str key = lg_json_raw(j, s, (int)k);
+		if (top && lg_str_eq(key, "provider")) continue;
+		if (top || i) lg_buf_addc(o, ',');
+		lg_buf_adds(o, lg_json_span(j, s, (int)k));
+		lg_buf_addc(o, ':');
+		if (lg_str_eq(key, "model")) {
+			lg_json_wz(o, r->served->model);
+		} else if (lg_str_eq(key, "usage") && j->t[k + 1].type == LG_J_OBJ) {
+			char c[64];
+			snprintf(c, sizeof c, ",\"cost\":%.12g", r->usage.cost);
+			lg_native_obj(r, j, s, (int)k + 1, o, 0, j->t[k + 1].size ? c : c + 1);
+		} else if (lg_str_eq(key, "message") && j->t[k + 1].type == LG_J_OBJ) {
+			lg_native_obj(r, j, s, (int)k + 1, o, 0, NULL);
+		} else {
+			lg_buf_adds(o, lg_json_span(j, s, (int)k + 1));
+		}
+	}
+	if (extra) lg_buf_addz(o, extra);
+	lg_buf_addc(o, '}');
+}
+
+static void lg_p_anth_native_event(struct lg_req *r, lg_str evname, lg_str data)
+{
+	struct lg_json j;
+	const char *s = data.p;
+	struct lg_buf o;
+	lg_str ty;
+	char name[64];
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, data.p, data.n) <= 0 || j.t[0].type != LG_J_OBJ) {
+		lg_resp_sse(r, evname.n ? "message" : NULL, data.p, data.n);
+		return;
+	}
+	ty = lg_jesc(&j, s, lg_json_get(&j, s, 0, "type"));
+	if (!ty.n) ty = evname;
+	snprintf(name, sizeof name, "%.*s", (int)LG_MIN(ty.n, 60), ty.p);
+	if (lg_str_eq(ty, "message_start"))
+		lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, lg_json_get(&j, s, 0, "message"), "usage"), 0);
+	if (lg_str_eq(ty, "message_delta")) {
+		lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, 0, "usage"), 1);
+		if (lg_jesc(&j, s, lg_json_get(&j, s, lg_json_get(&j, s, 0, "delta"), "stop_reason")).n) r->saw_finish = 1;
+	}
+	if (lg_str_eq(ty, "message_stop")) r->stream_done = 1;
+	if (lg_str_eq(ty, "error")) {
+		r->up_error = 1;
+		snprintf(r->errmsg, sizeof r->errmsg, "%s: error event in the stream", r->served->prov->name);
+	}
+	if (lg_str_eq(ty, "ping")) return;
+	lg_buf_init(&o, 0);
+	if (lg_str_eq(ty, "message_start") || lg_str_eq(ty, "message_delta"))
+		lg_native_obj(r, &j, s, 0, &o, 0, NULL);
+	else
+		lg_buf_adds(&o, data);
+	lg_resp_sse(r, name, o.p, o.len);
+	lg_buf_free(&o);
+}
+
+static int lg_p_anth_native_full(struct lg_req *r, const char *s, size_t n, struct lg_buf *o)
+{
+	struct lg_json j;
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, s, n) <= 0 || j.t[0].type != LG_J_OBJ) return -1;
+	lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, 0, "usage"), 0);
+	lg_native_obj(r, &j, s, 0, o, 1, NULL);
+	return o->err ? -1 : 1;
+}
+
+/* Gemini batchEmbedContents -> OpenAI embeddings. */
+static int lg_p_gemini_embed(struct lg_req *r, const char *s, size_t n, struct lg_buf *o)
+{
+	struct lg_json j;
+	int e;
+	uint32_t i;
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, s, n) <= 0 || (e = lg_json_get(&j, s, 0, "embeddings")) < 0 ||
+	    j.t[e].type != LG_J_ARR)
+		return -1;
+	lg_buf_addz(o, "{\"object\":\"list\",\"provider\":");
+	lg_json_wz(o, r->served->prov->name);
+	lg_buf_addz(o, ",\"data\":[");
+	for (i = 0; i < j.t[e].size; i++) {
+		int v = lg_json_get(&j, s, lg_json_at(&j, e, i), "values");
+		lg_buf_printf(o, "%s{\"object\":\"embedding\",\"index\":%u,\"embedding\":", i ? "," : "", i);
+		lg_buf_adds(o, v >= 0 ? lg_json_span(&j, s, v) : lg_str_of("[]", 2));
+		lg_buf_addc(o, '}');
+	}
+	lg_buf_addz(o, "],\"model\":");
+	lg_json_wz(o, r->served->model);
+	r->usage.prompt = r->prompt_est; /* Gemini does not count embedding tokens back */
+	r->usage.seen = 1;
+	r->usage.cost = lg_acct_cost(r->served->t, &r->usage);
+	lg_buf_printf(o, ",\"usage\":{\"prompt_tokens\":%lld,\"total_tokens\":%lld,\"cost\":", (long long)r->usage.prompt,
+	              (long long)r->usage.prompt);
+	lg_json_wnum(o, r->usage.cost);
+	lg_buf_addz(o, "}}");
+	return o->err ? -1 : 1;
+}
+
+/* Providers are data: one row per type. The translation side: an SSE event
+ * (or a Bedrock frame) or a whole response in, canonical events out. A
+ * type without a network (mock) has run instead, which writes what an
+ * OpenAI upstream would have sent. */
 struct lg_prov_ops {
 	int type;
-	int (*build)(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o);
 	void (*run)(struct lg_req *r, struct lg_buf *o);
-	void (*event)(struct lg_req *r, lg_str data);
-	int (*rewrite)(struct lg_req *r, const char *s, size_t n, struct lg_buf *o, int chunk);
+	void (*event)(struct lg_req *r, lg_str ev, lg_str data);
+	int (*full)(struct lg_req *r, const char *s, size_t n);
 };
 
 static void lg_prov_mock_run(struct lg_req *r, struct lg_buf *o)
@@ -4618,8 +6943,12 @@ static void lg_prov_mock_run(struct lg_req *r, struct lg_buf *o)
 }
 
 static const struct lg_prov_ops lg_prov_table[] = {
-    {LG_PT_OPENAI, lg_prov_openai_build, NULL, lg_prov_openai_event, lg_prov_openai_rewrite},
-    {LG_PT_MOCK, NULL, lg_prov_mock_run, lg_prov_openai_event, lg_prov_openai_rewrite},
+    {LG_PT_OPENAI, NULL, lg_p_openai_event, lg_p_openai_full},
+    {LG_PT_AZURE, NULL, lg_p_openai_event, lg_p_openai_full},
+    {LG_PT_ANTHROPIC, NULL, lg_p_anth_event, lg_p_anth_full},
+    {LG_PT_GEMINI, NULL, lg_p_gemini_event, lg_p_gemini_full},
+    {LG_PT_BEDROCK, NULL, lg_p_bedrock_event, lg_p_bedrock_full},
+    {LG_PT_MOCK, lg_prov_mock_run, lg_p_openai_event, lg_p_openai_full},
 };
 
 static const struct lg_prov_ops *lg_prov_ops_of(int type)
@@ -5100,16 +7429,9 @@ static void lg_route_failed(struct lg_req *r, int status, const char *reason, in
 		return;
 	}
 	if (r->sent_head) {
-		struct lg_buf b;
-		lg_buf_init(&b, 0);
 		snprintf(r->errmsg, sizeof r->errmsg, "provider %s failed in the middle of the stream: %s",
 		         r->served->prov->name, reason);
-		lg_buf_addz(&b, "{\"error\":{\"message\":");
-		lg_json_wz(&b, r->errmsg);
-		lg_buf_addz(&b, ",\"type\":\"upstream_error\",\"code\":502}}");
-		lg_resp_event(r, b.p, b.len);
-		lg_buf_free(&b);
-		lg_resp_stream_end(r);
+		lg_resp_stream_error(r, r->errmsg);
 		lg_req_finish(r);
 		return;
 	}
@@ -5167,22 +7489,51 @@ static void lg_att_head(void *owner, const struct lg_http *h)
 /* Stream bytes: every complete event goes out as soon as it is here. */
 static void lg_att_events(struct lg_req *r)
 {
-	const struct lg_prov_ops *ops = lg_prov_ops_of(r->served->prov->type);
+	const struct lg_provider *pv = r->served->prov;
+	const struct lg_prov_ops *ops = lg_prov_ops_of(pv->type);
+	int native = lg_native(r, pv);
+	unsigned gen = r->gen;
 	for (;;) {
 		struct lg_sse_ev ev;
 		size_t n = lg_buf_used(&r->ubody), k;
 		if (n == 0) return;
-		if (lg_buf_reserve(&r->scratch, n)) return;
-		k = lg_sse_next(lg_buf_data(&r->ubody), n, &ev, r->scratch.p);
-		if (k == 0) {
-			if (n > LLMGW_MAX_EVENT) {
-				lg_up_fail(&r->up, LG_UF_PROTO, "a stream event larger than the limit");
+		if (pv->type == LG_PT_BEDROCK) { /* binary event-stream frames */
+			struct lg_evframe f;
+			long fl = lg_evstream_frame((const unsigned char *)lg_buf_data(&r->ubody), n, &f);
+			if (fl < 0) {
+				lg_up_fail(&r->up, LG_UF_PROTO, "a damaged event-stream frame (CRC or length)");
+				return;
 			}
-			return;
+			if (fl == 0) return;
+			if (lg_str_eq(f.message_type, "exception") || lg_str_eq(f.message_type, "error")) {
+				char m[300];
+				snprintf(m, sizeof m, "%.*s: %.*s", (int)LG_MIN(f.exception_type.n, 80), f.exception_type.p,
+				         (int)LG_MIN(f.payload.n, 200), f.payload.p);
+				lg_ev(r, LG_EV_ERROR, lg_memmem(f.exception_type.p, f.exception_type.n, "hrottl") ? 429 : 502,
+				      lg_canon_esc(r, lg_strz(m)), LG_NOSTR, 0);
+			} else {
+				ops->event(r, f.event_type, f.payload);
+			}
+			k = (size_t)fl;
+		} else {
+			if (lg_buf_reserve(&r->scratch, n)) return;
+			k = lg_sse_next(lg_buf_data(&r->ubody), n, &ev, r->scratch.p);
+			if (k == 0) {
+				if (n > LLMGW_MAX_EVENT) lg_up_fail(&r->up, LG_UF_PROTO, "a stream event larger than the limit");
+				return;
+			}
+			if (ev.ndata) {
+				if (!native)
+					ops->event(r, ev.event, ev.data);
+				else if (r->dialect == LG_D_ANTHROPIC)
+					lg_p_anth_native_event(r, ev.event, ev.data);
+				else
+					lg_prov_openai_event(r, ev.data);
+			}
 		}
-		if (ev.ndata) ops->event(r, ev.data);
+		if (r->gen != gen || r->finished) return; /* the attempt ended inside */
 		lg_buf_consume(&r->ubody, k);
-		if (r->finished || r->up_error) return;
+		if (r->up_error) return;
 	}
 }
 
@@ -5191,6 +7542,7 @@ static void lg_att_data(void *owner, const char *p, size_t n)
 	struct lg_req *r = (struct lg_req *)owner;
 	int ok2xx = r->ustatus >= 200 && r->ustatus < 300;
 	size_t max = ok2xx ? LLMGW_MAX_RESPONSE : (1u << 20);
+	unsigned gen = r->gen;
 	if (!r->cc) { /* the client went away */
 		lg_up_fail(&r->up, LG_UF_RESET, "client closed the connection");
 		return;
@@ -5201,16 +7553,17 @@ static void lg_att_data(void *owner, const char *p, size_t n)
 	}
 	lg_buf_add(&r->ubody, p, n);
 	if (ok2xx && !r->t_att_first) r->t_att_first = r->gw->now;
-	if (ok2xx && r->stream && r->is_sse) {
+	if (ok2xx && r->stream && (r->is_sse || r->served->prov->type == LG_PT_BEDROCK)) {
 		lg_att_events(r);
-		if (r->finished) return;
-		if (r->up_error) {
-			/* the error event went out: the stream ends here, not cleanly */
+		if (r->finished || r->gen != gen) return;
+		if (r->up_error && r->sent_head) {
+			/* an error inside the stream: it ends here, not cleanly */
 			lg_up_release(&r->up);
 			lg_route_done(r, 0);
-			lg_resp_stream_end(r);
 			r->att[r->natt - 1].status = r->ustatus;
 			snprintf(r->att[r->natt - 1].err, sizeof r->att[0].err, "error event in the stream");
+			if (!lg_native(r, r->served->prov)) lg_resp_stream_error(r, r->errmsg);
+			else lg_resp_stream_end(r);
 			lg_req_finish(r);
 			return;
 		}
@@ -5243,8 +7596,11 @@ static void lg_route_success(struct lg_req *r)
 static void lg_att_end(void *owner)
 {
 	struct lg_req *r = (struct lg_req *)owner;
-	const struct lg_prov_ops *ops = lg_prov_ops_of(r->served->prov->type);
+	const struct lg_provider *pv = r->served->prov;
+	const struct lg_prov_ops *ops = lg_prov_ops_of(pv->type);
 	struct lg_att_log *a = &r->att[r->natt - 1];
+	int native = lg_native(r, pv);
+	unsigned gen = r->gen;
 	a->status = r->ustatus;
 	a->ms = r->gw->now - r->t_att;
 	if (r->ustatus < 200 || r->ustatus >= 300) {
@@ -5256,20 +7612,27 @@ static void lg_att_end(void *owner)
 		return;
 	}
 	if (r->stream) {
-		if (!r->is_sse) {
+		if (!r->is_sse && pv->type != LG_PT_BEDROCK) {
 			lg_route_failed(r, r->ustatus, "a stream was asked for but the upstream did not stream", 1, 0);
 			return;
 		}
-		if (lg_buf_used(&r->ubody)) { /* a last event without its blank line */
+		if (lg_buf_used(&r->ubody) && pv->type != LG_PT_BEDROCK) { /* a last event without its blank line */
 			lg_buf_addz(&r->ubody, "\n\n");
 			lg_att_events(r);
-			if (r->finished) return;
+			if (r->finished || r->gen != gen) return;
 		}
 		if (!r->stream_done && !r->saw_finish) {
 			lg_route_failed(r, r->ustatus, "the stream ended before it was complete", 1, 0);
 			return;
 		}
-		if (!r->stream_done) lg_resp_event(r, "[DONE]", 6);
+		if (!native) {
+			if (!r->stream_done) lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
+		} else if (!r->stream_done) {
+			if (r->dialect == LG_D_ANTHROPIC)
+				lg_resp_sse(r, "message_stop", "{\"type\":\"message_stop\"}", 22);
+			else
+				lg_resp_event(r, "[DONE]", 6);
+		}
 		lg_up_release(&r->up);
 		lg_route_success(r);
 		lg_resp_stream_end(r);
@@ -5278,8 +7641,29 @@ static void lg_att_end(void *owner)
 	}
 	{
 		struct lg_buf o;
+		int k;
 		lg_buf_init(&o, 0);
-		if (ops->rewrite(r, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody), &o, 0) < 0) {
+		if (native)
+			k = r->dialect == LG_D_ANTHROPIC
+			        ? lg_p_anth_native_full(r, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody), &o)
+			        : lg_prov_openai_rewrite(r, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody), &o, 0);
+		else if (r->ep == LG_EP_EMBED && pv->type == LG_PT_GEMINI)
+			k = lg_p_gemini_embed(r, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody), &o);
+		else {
+			k = ops->full(r, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody));
+			if (r->gen != gen || r->finished) {
+				lg_buf_free(&o);
+				return; /* an error in the body failed the attempt */
+			}
+			if (k == 0 && r->w) {
+				if (r->dialect == LG_D_ANTHROPIC)
+					lg_w_an_final(r, &o);
+				else
+					lg_w_oa_final(r, &o);
+				k = o.err ? -1 : 1;
+			}
+		}
+		if (k < 0) {
 			lg_buf_free(&o);
 			lg_route_failed(r, r->ustatus, "the upstream answered with malformed JSON", 1, 0);
 			return;
@@ -5313,6 +7697,7 @@ static void lg_route_resume(struct llmgw *gw, struct lg_timer *t)
 static void lg_route_next(struct lg_req *r)
 {
 	char buf[160];
+	int k;
 	for (;;) {
 		const struct lg_cand *cd;
 		const struct lg_prov_ops *ops;
@@ -5338,6 +7723,15 @@ static void lg_route_next(struct lg_req *r)
 		    (cd->prov->max_concurrency && cd->ph && cd->ph->inflight >= cd->prov->max_concurrency))
 			continue; /* changed since the plan was made */
 		ops = lg_prov_ops_of(cd->prov->type);
+		r->gen++;
+		if (r->w) {
+			lg_w_free(r->w);
+			memset(r->w, 0, sizeof *r->w);
+		}
+		if (!lg_native(r, cd->prov) && r->ep != LG_EP_EMBED && !r->w &&
+		    !(r->w = (struct lg_wst *)calloc(1, sizeof *r->w)))
+			break;
+		if (r->w) r->w->block_type = -1;
 		a = &r->att[r->natt++];
 		memset(a, 0, sizeof *a);
 		a->prov = cd->prov->name;
@@ -5369,9 +7763,15 @@ static void lg_route_next(struct lg_req *r)
 			}
 			return;
 		}
-		if (ops->build(r, cd, &u->req) < 0) {
-			snprintf(a->err, sizeof a->err, "cannot build the upstream request");
+		if ((k = lg_prov_build(r, cd, &u->req)) < 0) {
 			lg_route_done(r, -1);
+			if (k == -2) { /* the request itself cannot be sent there: the client's error */
+				snprintf(a->err, sizeof a->err, "%s", r->canon_err);
+				lg_resp_error(r, 400, NULL, "%s", r->canon_err);
+				lg_req_finish(r);
+				return;
+			}
+			snprintf(a->err, sizeof a->err, "cannot build the upstream request");
 			continue;
 		}
 		u->cfg = r->cfg;
@@ -6029,6 +8429,10 @@ static void lg_req_free(struct lg_req *r)
 	lg_buf_free(&r->scratch);
 	free(r->rtok);
 	free(r->j.t);
+	if (r->w) {
+		lg_w_free(r->w);
+		free(r->w);
+	}
 	lg_arena_free(&r->a);
 	free(r);
 }
@@ -6518,7 +8922,7 @@ static void lg_srv_completion(struct lg_req *r)
 		lg_resp_error(r, 400, NULL, "field 'model' is not a valid model name");
 		return;
 	}
-	if (r->ep == LG_EP_CHAT) {
+	if (r->ep == LG_EP_CHAT || r->ep == LG_EP_MESSAGES) {
 		t = lg_json_get(j, s, 0, "messages");
 		if (lg_json_type(j, t) != LG_J_ARR || j->t[t].size == 0) {
 			lg_resp_error(r, 400, NULL, t < 0 ? "field 'messages' is missing"
@@ -6535,7 +8939,7 @@ static void lg_srv_completion(struct lg_req *r)
 		lg_resp_error(r, 400, NULL, "field 'stream' must be a boolean");
 		return;
 	}
-	r->stream = r->ep == LG_EP_CHAT && lg_json_truthy(j, t);
+	r->stream = r->ep != LG_EP_EMBED && lg_json_truthy(j, t);
 	r->want_usage = lg_json_truthy(j, lg_json_get(j, s, lg_json_get(j, s, 0, "stream_options"), "include_usage")) ||
 	                lg_json_truthy(j, lg_json_get(j, s, lg_json_get(j, s, 0, "usage"), "include"));
 	t = lg_json_get(j, s, 0, "models");
@@ -6589,6 +8993,7 @@ static void lg_srv_dispatch(struct lg_req *r)
 	case LG_EP_KEY: lg_srv_key(r); break;
 	case LG_EP_GEN: lg_srv_generation(r); break;
 	case LG_EP_METRICS: lg_srv_metrics(r); break;
+	case LG_EP_MESSAGES: lg_srv_completion(r); break;
 	default: lg_srv_completion(r);
 	}
 	if (!r->finished && (r->status || !r->cc)) lg_req_finish(r);
@@ -6616,7 +9021,7 @@ static const struct lg_route_ent lg_srv_paths[] = {
     {"/v1/models", LG_EP_MODELS, "GET, HEAD"},
     {"/health", LG_EP_HEALTH, "GET, HEAD"},
     {"/admin/reload", LG_EP_RELOAD, "POST"},
-    {"/v1/messages", -1, "POST"},
+    {"/v1/messages", LG_EP_MESSAGES, "POST"},
     {"/v1/key", LG_EP_KEY, "GET, HEAD"},
     {"/v1/generation", LG_EP_GEN, "GET, HEAD"},
     {"/metrics", LG_EP_METRICS, "GET, HEAD"},
@@ -6678,6 +9083,7 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 		return;
 	}
 	r->ep = re->ep;
+	r->dialect = r->ep == LG_EP_MESSAGES ? LG_D_ANTHROPIC : LG_D_OPENAI;
 	msg[0] = 0;
 	if (r->ep == LG_EP_METRICS && gw->cfg->metrics == LG_METRICS_OFF) {
 		lg_srv_head_error(r, 404, NULL, "metrics are off (metrics = off)");

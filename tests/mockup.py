@@ -595,9 +595,157 @@ def status_scenario(name):
     return int(m.group(1)) if m else None
 
 
+# =======================================================================================
+# ---- routing scenarios (tests/route_test.py) ---------------------------------- BEGIN
+# Parameterized and switchable behaviours for the routing-engine tests:
+#   slow-first-byte-MS  waits MS ms before the response head, then answers as `ok`
+#                       (stream or not): a target with a long time to first token
+#   drip-MS             a stream whose 5 content events come MS ms apart (non-stream: the
+#                       `ok` reply after 5*MS ms); usage as `ok`: a slow-streaming target
+#   ra429-S             429 rate_limit_error with `Retry-After: S` (seconds)
+#   switch              behaves as the scenario set for its tag (the part after `#`) with
+#                       POST /_switch; `ok` until set. `switch#a` and `switch#b` are
+#                       independent, so a test can make one target fail, then recover.
+# Control paths:
+#   POST /_switch   JSON object {"TAG": "scenario name", ...}, merged into the table
+#                   (a value null removes the tag); answers the whole table
+#   GET  /_switch   the table
+
+SWITCH = {}
+SWITCH_LOCK = threading.Lock()
+
+
+def sc_slow_first_byte(c, ms):
+    time.sleep(ms / 1000.0)
+    return sc_ok(c)
+
+
+def sc_drip(c, ms):
+    if not c.stream:
+        time.sleep(5 * ms / 1000.0)
+        return sc_ok(c)
+    ev = c.events(TEXT_PIECES)
+    c.conn.send(head(200, SSE_HEAD + [("Transfer-Encoding", "chunked")]))
+    c.conn.send(chunk(ev[0]))
+    for e in ev[1:1 + len(TEXT_PIECES)]:
+        time.sleep(ms / 1000.0)
+        c.conn.send(chunk(e))
+    for e in ev[1 + len(TEXT_PIECES):]:
+        c.conn.send(chunk(e))
+    c.conn.send(b"0\r\n\r\n")
+    return True
+
+
+def sc_ra429(c, secs):
+    c.conn.send(json_response(429, error_obj(429, "mock 429 (retry after %d s)" % secs),
+                              [("Retry-After", str(secs))]))
+    return True
+
+
+PARAM_SCENARIOS = [
+    (re.compile(r"slow-first-byte-(\d{1,6})"), lambda m: lambda c: sc_slow_first_byte(c, int(m.group(1)))),
+    (re.compile(r"drip-(\d{1,5})"), lambda m: lambda c: sc_drip(c, int(m.group(1)))),
+    (re.compile(r"ra429-(\d{1,6})"), lambda m: lambda c: sc_ra429(c, int(m.group(1)))),
+]
+
+
+def param_scenario(name):
+    """The function of a parameterized scenario name, or None."""
+    for rx, make in PARAM_SCENARIOS:
+        m = rx.fullmatch(name)
+        if m:
+            return make(m)
+    return None
+
+
+def find_scenario(name):
+    fn = SCENARIOS.get(name) or param_scenario(name)
+    if fn is None and status_scenario(name) is not None:
+        st = status_scenario(name)
+        fn = lambda c: sc_status(c, st)
+    return fn
+
+
+def sc_switch(c):
+    tag = c.model.split("#", 1)[1] if "#" in c.model else ""
+    with SWITCH_LOCK:
+        mode = SWITCH.get(tag, "ok")
+    fn = find_scenario(mode.split("#", 1)[0]) if not mode.startswith("switch") else None
+    if fn is None:
+        c.conn.send(json_response(404, error_obj(
+            404, "mock: switch tag %r is set to unknown scenario %r" % (tag, mode),
+            "invalid_request_error", "model_not_found")))
+        return True
+    return fn(c)
+
+
+SCENARIOS["switch"] = sc_switch
+
+
+def ctl_switch(conn, req):
+    if req.method == "POST":
+        try:
+            upd = json.loads(req.body.decode("utf-8", "replace") or "{}")
+            if not isinstance(upd, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            conn.send(json_response(400, error_obj(400, "mock: /_switch wants a JSON object: %s" % e)))
+            return True
+        with SWITCH_LOCK:
+            for k, v in upd.items():
+                if v is None:
+                    SWITCH.pop(str(k), None)
+                else:
+                    SWITCH[str(k)] = str(v)
+    with SWITCH_LOCK:
+        table = dict(SWITCH)
+    conn.send(json_response(200, table))
+    return True
+
+
+CONTROL = {("POST", "/_switch"): ctl_switch, ("GET", "/_switch"): ctl_switch}
+
+
+def route_selftest(port, req, expect):
+    """--selftest checks of the routing scenarios (called by selftest())."""
+    t = time.monotonic()
+    r, data = req("slow-first-byte-300#s")
+    el = time.monotonic() - t
+    expect("slow-first-byte-300 (%.2fs)" % el, r.status == 200 and el >= 0.29 and
+           json.loads(data)["choices"][0]["message"]["content"] == TEXT)
+    t = time.monotonic()
+    r, data = req("drip-60#s", stream=True, usage=True)
+    el = time.monotonic() - t
+    text = "".join((ch["delta"].get("content") or "") for l in data.decode().split("\n")
+                   if l.startswith("data: {") for ch in json.loads(l[6:])["choices"])
+    expect("drip-60 stream (%.2fs)" % el, r.status == 200 and text == TEXT and el >= 0.29 and
+           data.count(b'"usage"') == 1 and data.rstrip().endswith(b"data: [DONE]"))
+    r, data = req("ra429-7#s")
+    expect("ra429-7", r.status == 429 and r.getheader("Retry-After") == "7")
+
+    def switch(upd):
+        c = connection(port, 5)
+        c.request("POST", "/_switch", json.dumps(upd), {"Content-Type": "application/json"})
+        rr = c.getresponse()
+        return json.loads(rr.read())
+    r, data = req("switch#st1")
+    expect("switch default ok", r.status == 200)
+    tab = switch({"st1": "status-503", "st2": "slow-first-byte-10"})
+    r, data = req("switch#st1")
+    r2, _ = req("switch#st2")
+    expect("switch set", tab.get("st1") == "status-503" and r.status == 503 and r2.status == 200)
+    switch({"st1": "ok"})
+    r, data = req("switch#st1")
+    expect("switch back to ok", r.status == 200)
+    tab = switch({"st1": None, "st2": None})
+    expect("switch table cleared", "st1" not in tab and "st2" not in tab and
+           json.loads(urlopen_get(port, "/_switch")) == tab)
+# ---- routing scenarios (tests/route_test.py) ------------------------------------ END
+
+
 def do_chat(conn, req, body):
     c = Ctx(conn, req, body)
-    fn = SCENARIOS.get(c.scenario)
+    fn = SCENARIOS.get(c.scenario) or param_scenario(c.scenario)
     if fn is None:
         st = status_scenario(c.scenario)
         if st is not None:
@@ -652,6 +800,9 @@ def handle(conn, req):
         n = STATE.close_idle(conn.serial)
         conn.send(json_response(200, {"ok": True, "closed": n}))
         return True
+    ctl = CONTROL.get((req.method, path))          # routing scenarios' control paths
+    if ctl is not None:
+        return ctl(conn, req)
     text = req.body.decode("utf-8", "replace")
     entry = {"serial": conn.serial, "seq": conn.seq, "method": req.method,
              "path": req.target, "version": req.version, "headers": req.headers,
@@ -844,6 +995,7 @@ def selftest(port):
             if x["body"].find('"ok#ka') >= 0:
                 serials.append(x["serial"])
         expect("keep-alive (3 requests, one connection)", len(serials) == 3 and len(set(serials)) == 1)
+    route_selftest(port, req, expect)
     return 1 if fails else 0
 
 

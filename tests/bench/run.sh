@@ -33,11 +33,14 @@ PATH=$PATH:/usr/sbin
 export PATH
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/llmgw-bench.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT INT TERM
+trap 'rm -rf "$tmp"; exit 130' INT TERM
 
 cc -O2 -Wall -Wextra -o "$tmp/mockfast" "$here/mockfast.c"
 cc -O2 -Wall -Wextra -o "$tmp/benchcli" "$here/benchcli.c"
-make -s -C "$root" llmgw >&2
+if ! make -s -C "$root" llmgw >&2; then
+	[ -x "$root/llmgw" ] || { echo "bench: make llmgw failed" >&2; exit 1; }
+	echo "bench: make llmgw failed: benchmarking the existing $root/llmgw" >&2
+fi
 # a private copy, so that a rebuild during the run does not change the binary under test
 cp "$root/llmgw" "$tmp/llmgw"
 
@@ -45,5 +48,10 @@ cp "$root/llmgw" "$tmp/llmgw"
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 rc=0
-python3 "$here/bench.py" --tmp "$tmp" --llmgw-src "$root/llmgw" "$@" || rc=$?
+python3 "$here/bench.py" --tmp "$tmp" --llmgw-src "$tmp/llmgw" "$@" || rc=$?
+if [ "$rc" -eq 0 ]; then
+	rm -rf "$tmp"
+else
+	echo "bench: exit status $rc; configs and logs kept in $tmp" >&2
+fi
 exit $rc
