@@ -5851,7 +5851,7 @@ static void lg_w_oa_usage(struct lg_buf *b, const struct lg_usage *u)
 
 /* --- OpenAI dialect, streaming ---------------------------------------- */
 
-static void lg_w_oa_chunk(struct lg_req *r, const char *delta, const char *finish)
+static void lg_w_oa_chunk(struct lg_req *r, const char *delta, size_t dn, const char *finish)
 {
 	struct lg_buf b;
 	lg_buf_init(&b, 0);
@@ -5860,7 +5860,7 @@ static void lg_w_oa_chunk(struct lg_req *r, const char *delta, const char *finis
 	lg_json_wz(&b, r->served->model);
 	lg_buf_addz(&b, ",\"provider\":");
 	lg_json_wz(&b, r->served->prov->name);
-	lg_buf_printf(&b, ",\"choices\":[{\"index\":0,\"delta\":%s,\"finish_reason\":", delta);
+	lg_buf_printf(&b, ",\"choices\":[{\"index\":0,\"delta\":%.*s,\"finish_reason\":", (int)dn, delta);
 	if (finish)
 		lg_buf_printf(&b, "\"%s\"}]}", finish);
 	else
@@ -5874,9 +5874,9 @@ static void lg_w_oa_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str
 	struct lg_wst *w = r->w;
 	struct lg_buf d;
 	int k;
-	if (!w->started && type != LG_EV_END && type != LG_EV_USAGE) {
+	if (!w->started) {
 		w->started = 1;
-		lg_w_oa_chunk(r, "{\"role\":\"assistant\",\"content\":\"\"}", NULL);
+		lg_w_oa_chunk(r, "{\"role\":\"assistant\",\"content\":\"\"}", 33, NULL);
 	}
 	lg_buf_init(&d, 0);
 	switch (type) {
@@ -5885,7 +5885,7 @@ static void lg_w_oa_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str
 		lg_buf_addz(&d, type == LG_EV_TEXT ? "{\"content\":\"" : "{\"reasoning_content\":\"");
 		lg_buf_adds(&d, a);
 		lg_buf_addz(&d, "\"}");
-		lg_w_oa_chunk(r, d.p, NULL);
+		lg_w_oa_chunk(r, d.p, d.len, NULL);
 		break;
 	case LG_EV_TOOL:
 		if (w->ntools == LG_MAX_TOOLS) break;
@@ -5896,7 +5896,7 @@ static void lg_w_oa_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str
 		lg_buf_addz(&d, "\",\"type\":\"function\",\"function\":{\"name\":\"");
 		lg_buf_adds(&d, b);
 		lg_buf_addz(&d, "\",\"arguments\":\"\"}}]}");
-		lg_w_oa_chunk(r, d.p, NULL);
+		lg_w_oa_chunk(r, d.p, d.len, NULL);
 		break;
 	case LG_EV_ARGS:
 		if ((k = lg_w_tool_of(w, idx)) < 0 || !a.n) break;
@@ -5906,10 +5906,10 @@ static void lg_w_oa_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str
 		else
 			lg_w_str(&d, a);
 		lg_buf_addz(&d, "}}]}");
-		lg_w_oa_chunk(r, d.p, NULL);
+		lg_w_oa_chunk(r, d.p, d.len, NULL);
 		break;
 	case LG_EV_FINISH:
-		lg_w_oa_chunk(r, "{}", lg_fin_openai[idx]);
+		lg_w_oa_chunk(r, "{}", 2, lg_fin_openai[idx]);
 		break;
 	case LG_EV_END:
 		if (r->want_usage) {
@@ -5975,7 +5975,7 @@ static void lg_w_an_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str
 	struct lg_buf d;
 	int k;
 	lg_buf_init(&d, 0);
-	if (!w->started && type != LG_EV_END) {
+	if (!w->started) {
 		w->started = 1;
 		w->block_type = -1;
 		lg_buf_printf(&d, "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_%s\",\"type\":\"message\","

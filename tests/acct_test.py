@@ -60,6 +60,8 @@ KNOWN_BUGS = {
         "a long non-ASCII label value is cut inside a UTF-8 sequence",
     "test_bug_tpm_negative_bucket_refilled_in_same_ms":
         "a negative tpm bucket is reset to full when two refills fall in the same millisecond",
+    "test_bug_provider_object_without_sort":
+        "lg_route_plan reads token -1 for a provider object without \"sort\" (ASan: heap-buffer-overflow)",
     "test_bug_long_key_name_limits_not_enforced":
         "a key name of 64+ characters gets a fresh key state on every request",
 }
@@ -749,7 +751,6 @@ budget = 0.0001/day
         ("r-b", {}, (1000, 2000, 4096)),
         ("r-c", {}, (7000, 9000, 50)),
         ("r-b", {"models": ["r-exp"], "max_tokens": 10}, (7000, 9000, 10)),
-        ("r-a", {"provider": {"allow_fallbacks": False}}, (1000, 2000, 300)),
         ("r-b", {"messages": [{"role": "user", "content": "y" * 4001}]}, (1000, 2000, 4096)),
     ]
     for model, extra, (pin, pout, mo) in cases:
@@ -778,6 +779,27 @@ budget = 0.0001/day
     log = g.access()
     eq(sorted({ln.get("status") for ln in log.values() if ln.get("key") == "tiny"}), [402],
        "access log statuses of the refused requests")
+
+
+def test_bug_provider_object_without_sort():
+    """`provider: {allow_fallbacks: false}` keeps only the first candidate, whose prices
+    make the reservation (a provider object without "sort" must not read token -1)."""
+    g = gateway(body="""
+[model.r-a]
+target = mk mock-1 in=1000 out=2000 max_output=300
+target = mk mock-2 in=500 out=4000 max_output=100
+
+[key.tiny]
+secret = sk-tiny
+budget = 0.0001/day
+""")
+    body = chat_body("r-a", "estimate", provider={"allow_fallbacks": False})
+    raw = json.dumps(body).encode()
+    r = g.post("/v1/chat/completions", raw, key="sk-tiny")
+    msg = expect_error(r, 402, "allow_fallbacks false")
+    m = re.search(r"may cost up to ([0-9.]+) USD", msg)
+    check(m, "402 message does not say what the request may cost: %r" % msg)
+    near(float(m.group(1)), round(reservation(raw, 1000, 2000, 300), 6), "reservation", abs_=1.5e-6)
 
 
 def test_budget_exhaustion_and_key_info():

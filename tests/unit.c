@@ -1485,6 +1485,28 @@ static void t_ini_proxy_port_overflow(void)
 	}
 }
 
+/* context= and max_output= are parsed as doubles then cast to long: a
+ * value past LONG_MAX is undefined (UBSan aborts; x86 gives LONG_MIN, a
+ * negative context window). Found by the ini fuzz target:
+ * tests/corpus/ini/crash-target-context-overflow. */
+static void t_ini_target_long_overflow(void)
+{
+	static const char *const opts[] = {"context=1e30", "max_output=1e30", "context=9223372036854775808"};
+	size_t i;
+	for (i = 0; i < LG_COUNTOF(opts); i++) {
+		char text[256], err[256];
+		struct lg_cfg *c;
+		snprintf(text, sizeof text, "[provider.p]\ntype = mock\n[model.m]\ntarget = p x %s\n", opts[i]);
+		c = ut_cfg(text, strlen(text), err, sizeof err);
+		ut_case("target option %s: %s context %ld max_output %ld", opts[i], c ? "accepted" : err,
+		        c ? c->models[0]->t[0].context : 0, c ? c->models[0]->t[0].max_output : 0);
+		/* an error, or a value that is not negative */
+		ASSERT(c == NULL ? strncmp(err, "ut.ini:4: ", 10) == 0
+		                 : c->models[0]->t[0].context >= 0 && c->models[0]->t[0].max_output >= 0);
+		lg_cfg_free(c);
+	}
+}
+
 /* Only an http:// proxy is supported (CONFIG.md: "HTTP CONNECT proxy");
  * "https://p:3128" is taken as a host named "https://p", "http:p:1" as the
  * host "http:p", found only when the first upstream request fails. */
@@ -2783,6 +2805,7 @@ static const struct {
     {"ini", "secret_not_echoed", t_ini_secret_not_echoed},
     {"ini", "proxy_port_overflow", t_ini_proxy_port_overflow},
     {"ini", "proxy_scheme", t_ini_proxy_scheme},
+    {"ini", "target_number_overflow", t_ini_target_long_overflow},
     {"ini", "load", t_ini_load},
     {"ini", "mutations", t_ini_mutations},
     {"url", "base_url", t_url},
