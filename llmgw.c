@@ -4133,7 +4133,7 @@ struct lg_req {
 	struct lg_wst *w;      /* translation state of the current attempt, when not native */
 	int rf_tool;           /* response_format rides on a forced Anthropic tool */
 	unsigned gen;          /* attempts started: callbacks notice a newer one */
-	char canon_err[200];
+	char canon_err[320];
 	/* routing */
 	struct lg_cand plan[LLMGW_MAX_PLAN];
 	int nplan, cur;
@@ -7766,7 +7766,7 @@ static void lg_route_next(struct lg_req *r)
 		if ((k = lg_prov_build(r, cd, &u->req)) < 0) {
 			lg_route_done(r, -1);
 			if (k == -2) { /* the request itself cannot be sent there: the client's error */
-				snprintf(a->err, sizeof a->err, "%s", r->canon_err);
+				snprintf(a->err, sizeof a->err, "%.190s", r->canon_err);
 				lg_resp_error(r, 400, NULL, "%s", r->canon_err);
 				lg_req_finish(r);
 				return;

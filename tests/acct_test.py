@@ -861,7 +861,9 @@ budget = 4/total
                                                                                    resets("day")))
     near(d.get("total_spend"), spend, "total_spend")
     eq(d.get("limits"), {"rpm": 0, "tpm": 0, "max_concurrency": 0}, "limits")
-    eq(d.get("remaining"), {"in_flight": 0}, "remaining (no rpm/tpm: only in_flight)")
+    rem = d.get("remaining") or {}
+    eq(rem.get("in_flight"), 0, "remaining.in_flight")
+    check("requests" not in rem and "tokens" not in rem, "remaining without rpm/tpm: %r" % rem)
     # a key without a budget
     r = g.chat("sk-free", "m")
     expect_status(r, 200, "free key")
@@ -878,7 +880,9 @@ budget = 4/total
         check(got_r in resets(period), "%s: resets_at %r, expected one of %s" % (key, got_r, resets(period)))
     d = g.key_info("sk-w")
     eq(d.get("limits"), {"rpm": 1000, "tpm": 100000, "max_concurrency": 7}, "sk-w: limits")
-    eq(d.get("remaining"), {"requests": 1000, "tokens": 100000, "in_flight": 0}, "sk-w: remaining")
+    rem = d.get("remaining") or {}
+    eq((rem.get("requests"), rem.get("tokens"), rem.get("in_flight")), (1000, 100000, 0),
+       "sk-w: remaining requests, tokens, in_flight")
     r = g.chat("sk-tot", "m", max_tokens=10 ** 7)          # may cost more than the whole budget
     msg = expect_error(r, 402, "total budget", contains=["'tot'", "4.0000 USD/total"])
     check("never" in msg, "a total budget never resets; the message says: %r" % msg)
@@ -1001,6 +1005,7 @@ max_concurrency = 3
     d = g.key_info("sk-r")
     eq(d["remaining"]["in_flight"], 1, "in_flight during the stream")
     near(d["budget"]["reserved"], reservation(body, 1000, 2000, 10), "reserved during the stream")
+    near(d["limit_remaining"], 5 - reservation(body, 1000, 2000, 10), "limit_remaining during the stream")
     s.close()
     d = g.wait_key("sk-r", lambda d: d["remaining"]["in_flight"] == 0, "the abandoned stream to end")
     eq(d["budget"]["reserved"], 0, "reserved after the client went away")
@@ -1074,7 +1079,8 @@ def test_ledger_survives_restart():
         pt, ct, _ = mock_usage([{"role": "user", "content": content}])
         costs[key].append(cost_of(pt, ct, inp=100, out=300))
         ids[r.h("x-request-id")] = (key, costs[key][-1])
-    g.access(ids)                  # written in the same loop iteration as the ledger records
+    g.access(ids)
+    before = {k: g.key_info("sk-" + k) for k in ("a", "b")}   # answered after the ledger write
     c1, s1 = parse_ledger(read_file(g.ledger), "ledger before restart")
     eq(sorted(x["id"] for x in c1), sorted(ids), "c1 records: one per charged request, by id")
     for x in c1:
@@ -1085,7 +1091,6 @@ def test_ledger_survives_restart():
               "c1 %s: wall time %d is not now" % (x["id"], x["ms"]))
     check(all(x["spend"] == 0 for x in s1), "start-up snapshot of an empty ledger: %r" % s1)
     size_before = os.path.getsize(g.ledger)
-    before = {k: g.key_info("sk-" + k) for k in ("a", "b")}
     for k in ("a", "b"):
         near(before[k]["usage"], sum(costs[k]), "key %s: usage before restart" % k)
     g.stop()
@@ -1113,6 +1118,21 @@ def test_ledger_survives_restart():
     g.stop()
     g.restart()
     near(g.key_info("sk-a")["usage"], total_a, "key a: usage after a second restart")
+
+
+def test_ledger_sigterm_drains_in_flight():
+    """SIGTERM with a request in flight: it completes, is charged, and the charge is in the
+    ledger the next start replays."""
+    g = gateway(body=LEDGER_CFG, state=True)
+    box = in_thread(g.chat, "sk-a", "slow", "drain me", timeout=10)
+    g.wait_key("sk-a", lambda d: d["remaining"]["in_flight"] == 1, "the slow request in flight")
+    g.proc.send_signal(signal.SIGTERM)
+    r = join(box, 10, "the slow request")
+    expect_status(r, 200, "the request in flight at SIGTERM")
+    g.stop()
+    g.restart()
+    d = g.key_info("sk-a")
+    near(d["usage"], r.json()["usage"]["cost"], "usage after the drain and a restart")
 
 
 def test_ledger_kill9_under_load():
@@ -1271,8 +1291,10 @@ def test_rpm():
     eq(d["remaining"].get("requests"), 0, "remaining.requests")
     expect_status(g.chat("sk-other", "m"), 200, "another key is not limited")
     # /v1/key and friends do not count as requests
-    expect_status(g.chat("sk-r3", "m"), 429, "5th request")
-    eq(len([ln for ln in g.access().values() if ln.get("key") == "r3" and ln["status"] == 429]), 2,
+    r5 = g.chat("sk-r3", "m")
+    expect_status(r5, 429, "5th request")
+    log = g.access([r.h("x-request-id"), r5.h("x-request-id")])
+    eq(len([ln for ln in log.values() if ln.get("key") == "r3" and ln["status"] == 429]), 2,
        "429s in the access log")
 
 
