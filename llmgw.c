@@ -507,8 +507,14 @@ static char *lg_read_file(const char *path, size_t max, size_t *len, int *err)
 	FILE *f = fopen(path, "rb");
 	char *buf;
 	size_t n;
+	struct stat st;
 	if (!f) {
 		*err = errno;
+		return NULL;
+	}
+	if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+		fclose(f);
+		*err = EISDIR;
 		return NULL;
 	}
 	buf = (char *)malloc(max + 1);
@@ -2696,6 +2702,35 @@ static int lg_tls_load_cred(struct lg_cfg *c, char *err, size_t errlen)
 	free(text);
 	c->chain = (br_x509_certificate *)lg_tls_dup(c, L.chain, L.n * sizeof L.chain[0]);
 	c->nchain = L.n;
+	{ /* the key must be the one of the first certificate */
+		br_x509_decoder_context dc;
+		const br_x509_pkey *pk;
+		int ok = 0;
+		br_x509_decoder_init(&dc, NULL, NULL);
+		br_x509_decoder_push(&dc, c->chain[0].data, c->chain[0].data_len);
+		pk = br_x509_decoder_get_pkey(&dc);
+		if (pk && pk->key_type == c->skey_type && c->skey_type == BR_KEYTYPE_RSA) {
+			unsigned char n[512];
+			size_t nl = br_rsa_compute_modulus_get_default()(NULL, &c->rsa);
+			if (nl <= sizeof n && br_rsa_compute_modulus_get_default()(n, &c->rsa) == nl) {
+				const unsigned char *cn = pk->key.rsa.n;
+				size_t cl = pk->key.rsa.nlen;
+				while (cl && !*cn) cn++, cl--; /* leading zeros do not count */
+				ok = cl == nl && memcmp(cn, n, nl) == 0;
+			}
+		} else if (pk && pk->key_type == c->skey_type && c->skey_type == BR_KEYTYPE_EC) {
+			unsigned char q[BR_EC_KBUF_PUB_MAX_SIZE];
+			br_ec_public_key pub;
+			size_t ql = br_ec_compute_pub(br_ec_get_default(), &pub, q, &c->ec);
+			ok = ql && pk->key.ec.curve == c->ec.curve && ql == pk->key.ec.qlen &&
+			     memcmp(q, pk->key.ec.q, ql) == 0;
+		}
+		if (!ok) {
+			snprintf(err, errlen, "%s: tls_key %s does not belong to the certificate in tls_cert %s", c->path,
+			         c->tls_key, c->tls_cert);
+			return -1;
+		}
+	}
 	return 0;
 }
 
@@ -3011,6 +3046,7 @@ struct lg_conn {
 	size_t scan; /* where head scanning stopped */
 	int64_t head_start;
 	char peer[48];
+	struct lg_cfg *tlscfg; /* HTTPS client: BearSSL points into its certificate and key */
 	/* upstream side */
 	char origin[300];
 	struct lg_conn *pool_next;
@@ -3178,6 +3214,7 @@ static void lg_conn_free(struct llmgw *gw, struct lg_conn *c)
 	if (c->fd >= 0) close(c->fd);
 	if (c->flags & LG_F_PENDING) gw->npending--;
 	if (c->tls) lg_tls_free(c->tls);
+	if (c->tlscfg && --c->tlscfg->refs == 0) lg_cfg_free(c->tlscfg);
 	lg_buf_free(&c->in);
 	lg_buf_free(&c->out);
 	if (c->role == LG_ROLE_CLIENT) gw->nclients--;
@@ -3488,6 +3525,7 @@ static int lg_dns_lookup(struct llmgw *gw, const char *host, int port,
 enum { LG_U_IDLE, LG_U_DNS, LG_U_CONNECT, LG_U_PROXY, LG_U_SEND, LG_U_HEAD, LG_U_BODY, LG_U_DONE };
 enum { LG_B_NONE, LG_B_CLEN, LG_B_CHUNKED, LG_B_CLOSE };
 enum { LG_UF_CONNECT, LG_UF_TIMEOUT, LG_UF_RESET, LG_UF_PROTO, LG_UF_DNS, LG_UF_TLS };
+enum { LG_TK_CONNECT, LG_TK_FIRST, LG_TK_IDLE };
 
 struct lg_upreq {
 	struct llmgw *gw;
@@ -3500,6 +3538,7 @@ struct lg_upreq {
 	size_t sent;
 	int64_t connect_ms, first_byte_ms, idle_ms;
 	int64_t left;          /* Content-Length bytes still to come */
+	int tmk;               /* which deadline tm holds: LG_TK_* */
 	struct lg_chunked ck;
 	struct lg_timer tm;
 	int got_bytes;         /* a response byte arrived */
@@ -3696,6 +3735,7 @@ static void lg_up_send(struct lg_upreq *u)
 		if (c->tls) lg_up_sess_save(u);
 #endif
 		u->state = LG_U_HEAD;
+		u->tmk = LG_TK_FIRST;
 		lg_timer_set(u->gw, &u->tm, u->first_byte_ms);
 	}
 	lg_up_events(u);
@@ -3767,6 +3807,7 @@ static void lg_up_connect(struct lg_upreq *u)
 	if (r == 0) {
 		if (u->state != LG_U_DNS) {
 			u->state = LG_U_DNS;
+			u->tmk = LG_TK_CONNECT;
 			lg_timer_set(u->gw, &u->tm, u->connect_ms);
 		}
 		return;
@@ -3794,6 +3835,7 @@ static void lg_up_connect(struct lg_upreq *u)
 	c->req = (struct lg_req *)u->owner;
 	u->c = c;
 	u->state = LG_U_CONNECT;
+	u->tmk = LG_TK_CONNECT;
 	lg_timer_set(u->gw, &u->tm, u->connect_ms);
 	if (connect(fd, (struct sockaddr *)&sa, alen) == 0) {
 		lg_up_connected(u);
@@ -3845,6 +3887,7 @@ static void lg_up_start(struct lg_upreq *u)
 		c->req = (struct lg_req *)u->owner;
 		c->uses++;
 		u->c = c;
+		u->tmk = LG_TK_FIRST;
 		lg_timer_set(u->gw, &u->tm, u->first_byte_ms);
 		lg_up_connected(u);
 		return;
@@ -3863,21 +3906,19 @@ static void lg_up_timeout(struct llmgw *gw, struct lg_timer *t)
 	struct lg_upreq *u = (struct lg_upreq *)(void *)((char *)t - offsetof(struct lg_upreq, tm));
 	char msg[160];
 	LG_UNUSED(gw);
-	switch (u->state) {
-	case LG_U_DNS: snprintf(msg, sizeof msg, "timed out resolving %s", u->host); break;
-	case LG_U_CONNECT:
-		snprintf(msg, sizeof msg, "connect to %s:%d timed out after %lld ms", u->host, u->port,
+	if (u->state == LG_U_DNS)
+		snprintf(msg, sizeof msg, "timed out resolving %s", u->use_proxy ? u->cfg->proxy_host : u->host);
+	else if (u->state == LG_U_PROXY)
+		snprintf(msg, sizeof msg, "proxy %s:%d did not answer CONNECT within %lld ms (connect_timeout)",
+		         u->cfg->proxy_host, u->cfg->proxy_port, (long long)u->connect_ms);
+	else if (u->tmk == LG_TK_CONNECT)
+		snprintf(msg, sizeof msg, "%s to %s:%d timed out after %lld ms (connect_timeout)",
+		         u->state == LG_U_SEND && u->c && u->c->tls ? "TLS handshake" : "connect", u->host, u->port,
 		         (long long)u->connect_ms);
-		break;
-	case LG_U_SEND:
-	case LG_U_HEAD:
-		snprintf(msg, sizeof msg, "no response within %lld ms (first_byte_timeout)",
-		         (long long)u->first_byte_ms);
-		break;
-	default:
-		snprintf(msg, sizeof msg, "no data for %lld ms (stream_idle_timeout)",
-		         (long long)u->idle_ms);
-	}
+	else if (u->tmk == LG_TK_FIRST)
+		snprintf(msg, sizeof msg, "no response within %lld ms (first_byte_timeout)", (long long)u->first_byte_ms);
+	else
+		snprintf(msg, sizeof msg, "no data for %lld ms (stream_idle_timeout)", (long long)u->idle_ms);
 	lg_up_fail(u, LG_UF_TIMEOUT, msg);
 }
 
@@ -3924,6 +3965,7 @@ static void lg_up_body(struct lg_upreq *u)
 		return;
 	}
 	if (n) {
+		u->tmk = LG_TK_IDLE;
 		lg_timer_set(u->gw, &u->tm, u->idle_ms);
 		u->on_data(u->owner, p, n);
 		if (u->state != LG_U_BODY) return; /* the owner let go */
@@ -3977,6 +4019,7 @@ static void lg_up_head(struct lg_upreq *u)
 		u->mode = LG_B_CLOSE;
 	if (u->mode == LG_B_CLEN && u->left == 0) u->mode = LG_B_NONE;
 	u->state = LG_U_BODY;
+	u->tmk = LG_TK_IDLE;
 	lg_timer_set(u->gw, &u->tm, u->idle_ms);
 	u->on_head(u->owner, &h); /* h views c->in: consumed only after this */
 	if (u->state != LG_U_BODY) return;
@@ -7421,9 +7464,12 @@ static void lg_route_failed(struct lg_req *r, int status, const char *reason, in
 	r->timed_out += timeout;
 	lg_route_done(r, retryable && r->cc ? 0 : -1);
 	if (retryable) r->retry_seen = 1;
-	LG_LOG(r->gw, LG_LOG_WARN, "request %s: provider %s model %s failed: %s%s%d%s", r->id,
-	       r->served->prov->name, r->served->upstream, reason, status ? " (status " : "",
-	       status, status ? ")" : "");
+	if (status)
+		LG_LOG(r->gw, LG_LOG_WARN, "request %s: provider %s model %s failed: %s (status %d)", r->id,
+		       r->served->prov->name, r->served->upstream, reason, status);
+	else
+		LG_LOG(r->gw, LG_LOG_WARN, "request %s: provider %s model %s failed: %s", r->id, r->served->prov->name,
+		       r->served->upstream, reason);
 	if (!r->cc) {
 		lg_req_finish(r);
 		return;
@@ -9370,6 +9416,10 @@ static void lg_srv_accept(struct llmgw *gw, int lfd, int tls)
 		if (tls && (!gw->cfg->nchain || !(c->tls = lg_tls_server_new(gw->cfg)))) {
 			lg_conn_close(c);
 			continue;
+		}
+		if (c->tls) { /* the engine keeps pointers into this snapshot */
+			c->tlscfg = gw->cfg;
+			gw->cfg->refs++;
 		}
 #else
 		LG_UNUSED(tls);
