@@ -1721,6 +1721,7 @@ static int lg_cfg_key_key(struct lg_cfgp *p, struct lg_key *ky, lg_str k, lg_str
 		lg_str u;
 		if (lg_cfg_number(v, &d, &u) || u.n < 2 || u.p[0] != '/')
 			return lg_cfg_err(p, "budget must be USD/period, like 50/month");
+		if (d <= 0) return lg_cfg_err(p, "budget must be more than 0 USD (remove the line for no budget)");
 		ky->budget = d;
 		return lg_cfg_enum(p, lg_str_of(u.p + 1, u.n - 1), lg_period_names, 4, &ky->period,
 		                   "budget period (day, week, month, total)");
@@ -1990,8 +1991,13 @@ static struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const char *fil
 				cur = *slot;
 				sec = 3;
 			} else if (lg_str_eq(lg_str_of(s.p, dot), "key")) {
-				struct lg_key **slot = (struct lg_key **)lg_cfg_push(c, &c->keys, &c->nkeys, sizeof *slot);
+				struct lg_key **slot;
 				int i;
+				if (name.n > 63) {
+					r = lg_cfg_err(&p, "key name %.*s... is longer than 63 characters", 20, name.p);
+					break;
+				}
+				slot = (struct lg_key **)lg_cfg_push(c, &c->keys, &c->nkeys, sizeof *slot);
 				for (i = 0; i < c->nkeys - 1; i++)
 					if (lg_str_eq(name, c->keys[i]->name)) break;
 				if (i < c->nkeys - 1) {
@@ -7284,6 +7290,15 @@ static int lg_route_model(struct lg_req *r, const char *name, int primary, int p
 			lg_buf_printf(why, "%smodel %s is not configured", why->len ? "; " : "", base);
 			return 0;
 		}
+		if (r->key && r->key->budget > 0) {
+			if (primary) {
+				snprintf(msg, mlen, "key '%s' has a budget, and direct requests (%s) have no prices to "
+				                    "charge: use a configured model", r->key->name, base);
+				return 403;
+			}
+			lg_buf_printf(why, "%smodel %s excluded: no prices for a key with a budget", why->len ? "; " : "", base);
+			return 0;
+		}
 		lg_route_add(r, p, NULL, lg_arena_strn(&r->a, slash + 1, strlen(slash + 1)),
 		             lg_arena_strn(&r->a, base, strlen(base)), prefs, primary ? 0 : 1, why);
 		strat = sort >= 0 ? sort : LG_STRAT_ORDER;
@@ -7370,7 +7385,7 @@ static int lg_route_plan(struct lg_req *r, char *msg, size_t mlen)
 	size_t bl;
 	if (lg_json_type(j, prefs) != LG_J_OBJ) prefs = -1;
 	if (prefs >= 0) {
-		lg_str so = lg_json_raw(j, r->body, lg_json_get(j, r->body, prefs, "sort"));
+		lg_str so = lg_jesc(j, r->body, lg_json_get(j, r->body, prefs, "sort"));
 		if (lg_str_eq(so, "price")) sort = LG_STRAT_PRICE;
 		if (lg_str_eq(so, "latency")) sort = LG_STRAT_LATENCY;
 		if (lg_str_eq(so, "throughput")) sort = LG_STRAT_THROUGHPUT;
@@ -7849,6 +7864,7 @@ struct lg_kstate {
 	double total;       /* USD settled ever (since the ledger began) */
 	double rpm_tok, tpm_tok; /* token buckets */
 	int64_t rl_t;            /* when the buckets were last refilled (ms) */
+	int rl_init;             /* buckets filled once */
 	int inflight;
 };
 
@@ -7898,7 +7914,7 @@ struct lg_acct {
 	struct lg_series *ser; /* open addressing, capser a power of two */
 	unsigned nser, capser;
 	/* the ledger (state_dir) */
-	int lfd;
+	int lfd, lockfd;
 	char *lpath;
 	struct lg_buf lbuf; /* records waiting for the end of the iteration */
 	size_t lsize;
@@ -7911,7 +7927,7 @@ static struct lg_acct *lg_acct_of(struct llmgw *gw)
 	if (!gw->acct) {
 		gw->acct = (struct lg_acct *)calloc(1, sizeof *gw->acct);
 		if (!gw->acct) return NULL;
-		gw->acct->lfd = -1;
+		gw->acct->lfd = gw->acct->lockfd = -1;
 		gw->acct->sync_tm.hidx = -1;
 		lg_buf_init(&gw->acct->lbuf, 0);
 	}
@@ -7955,7 +7971,6 @@ static struct lg_kstate *lg_acct_kstate(struct llmgw *gw, const char *name)
 	snprintf(k->name, sizeof k->name, "%s", name);
 	k->period = -1;
 	k->rl_t = gw->now;
-	k->rpm_tok = k->tpm_tok = -1; /* full on first use */
 	k->next = a->keys;
 	a->keys = k;
 	return k;
@@ -7975,8 +7990,12 @@ static void lg_acct_roll(struct lg_kstate *ks, const struct lg_key *key, int64_t
 static void lg_acct_refill(struct lg_kstate *ks, const struct lg_key *key, int64_t now)
 {
 	double dt = (double)(now - ks->rl_t) / 60000.0;
-	if (ks->rpm_tok < 0 || ks->rpm_tok > (double)key->rpm) ks->rpm_tok = (double)key->rpm;
-	if (ks->tpm_tok < 0 && ks->rl_t == now) ks->tpm_tok = (double)key->tpm;
+	if (!ks->rl_init) { /* full on first use */
+		ks->rl_init = 1;
+		ks->rpm_tok = (double)key->rpm;
+		ks->tpm_tok = (double)key->tpm;
+	}
+	if (ks->rpm_tok > (double)key->rpm) ks->rpm_tok = (double)key->rpm; /* a lowered limit */
 	if (ks->tpm_tok > (double)key->tpm) ks->tpm_tok = (double)key->tpm;
 	ks->rpm_tok = LG_MIN((double)key->rpm, ks->rpm_tok + dt * (double)key->rpm);
 	ks->tpm_tok = LG_MIN((double)key->tpm, ks->tpm_tok + dt * (double)key->tpm);
@@ -8044,7 +8063,7 @@ static int lg_acct_admit(struct lg_req *r, char *msg, size_t mlen, int *retry)
 			strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
 		}
 		snprintf(msg, mlen,
-		         "key '%s' has exhausted its budget of %.4f USD/%s: %.6f USD spent this period, %.6f USD "
+		         "key '%s' has exhausted its budget of %g USD/%s: %.6f USD spent this period, %.6f USD "
 		         "held by requests in flight, this request may cost up to %.6f USD; the budget resets at %s",
 		         key->name, key->budget, lg_period_names[key->period], ks->spend, ks->reserved, res, when);
 		return 402;
@@ -8142,6 +8161,30 @@ static int lg_acct_ledger_open(struct llmgw *gw, const char *dir, char *err, siz
 	for (i = 0; i < gw->cfg->nkeys; i++) {
 		struct lg_kstate *ks = lg_acct_kstate(gw, gw->cfg->keys[i]->name);
 		if (ks) lg_acct_roll(ks, gw->cfg->keys[i], lg_wall_ms());
+	}
+	{ /* one gateway per state_dir: a restart waits for the old one to drain */
+		char lpath[1100];
+		struct flock fl;
+		int lfd, tries;
+		snprintf(lpath, sizeof lpath, "%s/lock", dir);
+		lfd = open(lpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		memset(&fl, 0, sizeof fl);
+		fl.l_type = F_WRLCK;
+		fl.l_whence = SEEK_SET;
+		for (tries = 0; lfd >= 0 && fcntl(lfd, F_SETLK, &fl) < 0; tries++) {
+			if (tries == 0) LG_LOG(gw, LG_LOG_WARN, "state_dir %s is locked by another llmgw: waiting", dir);
+			if (tries >= 600) {
+				snprintf(err, errlen, "state_dir %s is in use by another llmgw (waited 60 s)", dir);
+				close(lfd);
+				return -1;
+			}
+			poll(NULL, 0, 100);
+		}
+		if (lfd < 0) {
+			snprintf(err, errlen, "state_dir %s: cannot create the lock file: %s", dir, strerror(errno));
+			return -1;
+		}
+		a->lockfd = lfd;
 	}
 	text = lg_read_file(path, 1u << 30, &len, &e);
 	if (!text && e != ENOENT) {
@@ -8252,6 +8295,21 @@ static void lg_acct_observe(struct lg_series *s, double secs)
 static void lg_acct_label(char *out, size_t n, const char *v)
 {
 	size_t o = 0;
+	if (v && strlen(v) * 2 + 1 >= n) { /* cut on a character boundary: labels stay UTF-8 */
+		size_t cut = n / 2 - 1;
+		while (cut && ((unsigned char)v[cut] & 0xC0) == 0x80) cut--;
+		for (; *v && o + 3 < n && cut; v++, cut--) {
+			if (*v == '\\' || *v == '"') out[o++] = '\\';
+			if (*v == '\n') {
+				out[o++] = '\\';
+				out[o++] = 'n';
+				continue;
+			}
+			out[o++] = *v;
+		}
+		out[o] = 0;
+		return;
+	}
 	for (; v && *v && o + 3 < n; v++) {
 		if (*v == '\\' || *v == '"') out[o++] = '\\';
 		if (*v == '\n') {
@@ -8292,8 +8350,9 @@ static void lg_acct_settle(struct lg_req *r)
 		}
 		r->ks = NULL;
 	}
-	if (r->ep != LG_EP_CHAT && r->ep != LG_EP_EMBED) return; /* metrics count model requests */
-	lg_acct_label(model, sizeof model, pm ? pm : "");
+	if (r->ep != LG_EP_CHAT && r->ep != LG_EP_EMBED && r->ep != LG_EP_MESSAGES) return; /* model requests only */
+	/* a name no model claims is not a label: clients could mint series without end */
+	lg_acct_label(model, sizeof model, r->served ? pm : "(none)");
 	lg_acct_label(prov, sizeof prov, r->served ? r->served->prov->name : "");
 	lg_acct_label(key, sizeof key, r->key ? r->key->name : "");
 	snprintf(lb, sizeof lb, "model=\"%s\",provider=\"%s\",status=\"%d\"", model, prov, r->status);
@@ -8323,7 +8382,7 @@ static void lg_acct_settle(struct lg_req *r)
 		if ((at = lg_acct_series(gw, LG_M_ATTEMPTS, lb))) at->v += 1;
 	}
 	/* the ring of recent requests */
-	if (r->ep == LG_EP_CHAT || r->ep == LG_EP_EMBED) {
+	if (r->ep == LG_EP_CHAT || r->ep == LG_EP_EMBED || r->ep == LG_EP_MESSAGES) {
 		struct lg_gen *g = &a->ring[r->seq % LG_RING];
 		memset(g, 0, sizeof *g);
 		g->seq = r->seq;
@@ -8496,7 +8555,7 @@ static void lg_req_finish(struct lg_req *r)
 	lg_timer_clear(gw, &r->rtm);
 	lg_route_done(r, -1); /* an attempt still open: the client went away */
 	if (!r->status) r->status = c ? 500 : 499;
-	if (r->ep == LG_EP_CHAT || r->ep == LG_EP_EMBED || r->status >= 400) lg_acct_log(r);
+	if (r->ep == LG_EP_CHAT || r->ep == LG_EP_EMBED || r->ep == LG_EP_MESSAGES || r->status >= 400) lg_acct_log(r);
 	lg_acct_settle(r);
 	gw->served++;
 	/* out of the in-flight list, onto the list freed after this iteration */
@@ -8754,7 +8813,7 @@ static void lg_srv_key(struct lg_req *r)
 	}
 	lg_acct_roll(ks, k, r->wall0);
 	lg_acct_refill(ks, k, r->gw->now);
-	lg_acct_period(k->period, r->wall0, &reset);
+	if (k->budget > 0) lg_acct_period(k->period, r->wall0, &reset);
 	lg_buf_init(&b, 0);
 	lg_buf_addz(&b, "{\"data\":{\"label\":");
 	lg_json_wz(&b, k->name);
@@ -9781,6 +9840,7 @@ void llmgw_free(struct llmgw *gw)
 			fdatasync(a->lfd);
 			close(a->lfd);
 		}
+		if (a->lockfd >= 0) close(a->lockfd); /* releases the state_dir lock */
 		while (a->keys) {
 			struct lg_kstate *k = a->keys->next;
 			free(a->keys);

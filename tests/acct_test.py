@@ -53,18 +53,7 @@ ADMIN = "adm-secret-1"
 
 # Tests of gateway bugs found while writing this suite: skipped unless --known-bugs (or a -k
 # containing "bug"). Remove a name once the bug is fixed.
-KNOWN_BUGS = {
-    "test_bug_tpm_bucket_empty_after_ledger_start":
-        "with state_dir set, a tpm key's bucket starts at -1 instead of full",
-    "test_bug_metrics_label_cut_inside_utf8":
-        "a long non-ASCII label value is cut inside a UTF-8 sequence",
-    "test_bug_tpm_negative_bucket_refilled_in_same_ms":
-        "a negative tpm bucket is reset to full when two refills fall in the same millisecond",
-    "test_bug_provider_object_without_sort":
-        "lg_route_plan reads token -1 for a provider object without \"sort\" (ASan: heap-buffer-overflow)",
-    "test_bug_long_key_name_limits_not_enforced":
-        "a key name of 64+ characters gets a fresh key state on every request",
-}
+KNOWN_BUGS = {}  # every bug found while writing this suite was fixed; their tests run by default
 
 
 # =======================================================================================
@@ -350,10 +339,9 @@ class Gateway:
             out += "state_dir = %s\n" % self.state_dir
         out += gateway.strip() + "\n\n"
         out += "[provider.mk]\ntype = mock\n\n"
-        if True:
-            out += ("[provider.up]\ntype = openai\nbase_url = http://127.0.0.1:%d/v1\napi_key = up-secret\n"
-                    "direct = yes\n\n[provider.up2]\ntype = openai\nbase_url = http://127.0.0.1:%d/v1\n\n"
-                    % (mp, mp))
+        out += ("[provider.up]\ntype = openai\nbase_url = http://127.0.0.1:%d/v1\napi_key = up-secret\n"
+                "direct = yes\n\n[provider.up2]\ntype = openai\nbase_url = http://127.0.0.1:%d/v1\n\n"
+                % (mp, mp))
         return out + body.strip() + "\n"
 
     def write(self, text=None):
@@ -443,9 +431,6 @@ class Gateway:
                 return lines
             time.sleep(0.03)
 
-    def ledger_lines(self):
-        return read_file(self.ledger).split("\n")
-
     # -- convenience
     def get(self, path, key=None, **kw):
         return request(self.port, "GET", path, key=key, **kw)
@@ -510,12 +495,6 @@ def mock_usage(messages, max_tokens=0):
     pt, last = 3, ""
     for m in messages:
         c = m.get("content", "")
-        if isinstance(c, list):
-            t = ""
-            for part in c:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    t = part["text"]
-            c = t
         pt += 4 + (len(c) + 3) // 4
         if m.get("role") == "user":
             last = c
@@ -565,8 +544,6 @@ secret = sk-k
         ([{"role": "user", "content": "Hello"}], 0),
         ([{"role": "system", "content": "You are terse, be brief"},
           {"role": "user", "content": "What is the capital of France?"}], 0),
-        ([{"role": "user", "content": [{"type": "text", "text": "part one"},
-                                       {"type": "text", "text": "second part here"}]}], 0),
         ([{"role": "user", "content": "x" * 260}], 0),                 # reply cut at 200 bytes
         ([{"role": "user", "content": "make it short please"}], 5),   # max_tokens cuts the reply
         ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "bbbbbbbbb"},
@@ -717,6 +694,46 @@ secret = sk-k
         near(log[rr.h("x-request-id")].get("cost"), want, "access log cost")
 
 
+def test_cost_embeddings():
+    """Embeddings: prompt tokens x `in`; the reservation has no output part."""
+    g = gateway(body="""
+[model.e-mock]
+target = mk mock-embed in=2
+
+[model.e-up]
+target = up emb-1 in=5 out=100
+
+[key.k]
+secret = sk-k
+
+[key.tiny]
+secret = sk-tiny
+budget = 0.0001/day
+""")
+    inp = ["hello world", "abc", "x" * 41]
+    r = g.post("/v1/embeddings", {"model": "e-mock", "input": inp}, key="sk-k")
+    expect_status(r, 200, "mock embeddings")
+    pt = sum((len(x) + 3) // 4 + 1 for x in inp)           # the built-in mock's count
+    u = r.json().get("usage") or {}
+    eq(u.get("prompt_tokens"), pt, "mock embeddings: prompt_tokens")
+    near(u.get("cost"), pt * 2 / 1e6, "mock embeddings: usage.cost")
+    r2 = g.post("/v1/embeddings", {"model": "e-up", "input": ["a b c", "d"]}, key="sk-k")
+    expect_status(r2, 200, "openai embeddings")
+    u = r2.json().get("usage") or {}
+    eq(u.get("prompt_tokens"), 4, "openai embeddings: prompt_tokens (mockup: words)")
+    near(u.get("cost"), 4 * 5 / 1e6, "openai embeddings: usage.cost")
+    log = g.access([r.h("x-request-id"), r2.h("x-request-id")])
+    near(log[r.h("x-request-id")].get("cost"), pt * 2 / 1e6, "access log cost (mock)")
+    near(log[r2.h("x-request-id")].get("cost"), 20 / 1e6, "access log cost (openai)")
+    near(g.key_info("sk-k")["usage"], (pt * 2 + 20) / 1e6, "/v1/key usage")
+    raw = json.dumps({"model": "e-up", "input": "y" * 400}).encode()
+    msg = expect_error(g.post("/v1/embeddings", raw, key="sk-tiny"), 402, "embeddings over budget")
+    m = re.search(r"may cost up to ([0-9.]+) USD", msg)
+    check(m, "402 message does not say what the request may cost: %r" % msg)
+    near(float(m.group(1)), round(reservation(raw, 5, 100, 0), 6), "embeddings reservation (no output)",
+         abs_=1.5e-6)
+
+
 # =======================================================================================
 # tests: budgets and reservations
 
@@ -845,7 +862,7 @@ budget = 4/total
         if fits:
             spend += c
         if r.status == 402:
-            expect_error(r, 402, "request %d" % i, contains=["'b'", "0.0010 USD/day"])
+            expect_error(r, 402, "request %d" % i, contains=["'b'", "0.001 USD/day"])
     eq(got, want_st, "statuses of 6 requests against budget 0.001/day (admission simulated)")
     check(200 in got and 402 in got, "the budget should admit some and refuse some: %r" % got)
     d = g.key_info("sk-b")
@@ -884,7 +901,7 @@ budget = 4/total
     eq((rem.get("requests"), rem.get("tokens"), rem.get("in_flight")), (1000, 100000, 0),
        "sk-w: remaining requests, tokens, in_flight")
     r = g.chat("sk-tot", "m", max_tokens=10 ** 7)          # may cost more than the whole budget
-    msg = expect_error(r, 402, "total budget", contains=["'tot'", "4.0000 USD/total"])
+    msg = expect_error(r, 402, "total budget", contains=["'tot'", "4 USD/total"])
     check("never" in msg, "a total budget never resets; the message says: %r" % msg)
     # /v1/key without a key
     r = g.get("/v1/key")
@@ -957,10 +974,10 @@ budget = 0.2/day
     # the budget was used up as far as reservations allow
     check(spent + res > budget, "clients stopped while the budget still had room: spent %g" % spent)
     r = g.post("/v1/chat/completions", body, key="sk-cc")
-    msg = expect_error(r, 402, "after exhaustion", contains=["'cc'", "0.2000 USD/day"])
+    msg = expect_error(r, 402, "after exhaustion", contains=["'cc'", "0.2 USD/day"])
     m = re.search(r"resets at (\S+)", msg)
     check(m and m.group(1).rstrip(".;,") in resets("day"), "402 message names the reset time: %r" % msg)
-    check(all("'cc'" in m and "0.2000 USD/day" in m and "resets at" in m for m in refusals),
+    check(all("'cc'" in m and "0.2 USD/day" in m and "resets at" in m for m in refusals),
           "every 402 names key, budget and reset time: %r" % [m for m in refusals
                                                              if "resets at" not in m][:2])
 
@@ -1133,6 +1150,100 @@ def test_ledger_sigterm_drains_in_flight():
     g.restart()
     d = g.key_info("sk-a")
     near(d["usage"], r.json()["usage"]["cost"], "usage after the drain and a restart")
+
+
+def test_bug_ledger_overlapping_restart_loses_charge():
+    """A new gateway started on the same state_dir while the old one drains (it closed its
+    listener at SIGTERM, so the port is free): the charge of the request the old one
+    finishes must not be lost."""
+    g = gateway(body=LEDGER_CFG, state=True)
+    box = in_thread(g.chat, "sk-a", "slow", "drain me", timeout=10)
+    g.wait_key("sk-a", lambda d: d["remaining"]["in_flight"] == 1, "the slow request in flight")
+    g.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    g2 = Gateway(body=LEDGER_CFG)
+    g2.state_dir, g2.ledger, g2.port = g.state_dir, g.ledger, g.port
+    g2.write()
+    g2.start()
+    r = join(box, 10, "the slow request")
+    expect_status(r, 200, "the request drained by the old gateway")
+    g.stop()
+    g2.stop()
+    g2.start()
+    near(g2.key_info("sk-a")["usage"], r.json()["usage"]["cost"], "usage after both restarts")
+
+
+def period_ids(ms):
+    """(day, week, month) period ids of a wall time in ms, as the ledger writes them."""
+    day = ms // 86400000
+    d = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
+    return day, (day + 3) // 7, d.year * 12 + d.month - 1
+
+
+def s1_line(key, period, pid, spend, total):
+    ln = "s1 %s %d %d %.10g %.10g" % (key, period, pid, spend, total)
+    return ln + " " + crc_hex(ln) + "\n"
+
+
+def test_ledger_snapshot_periods():
+    """Snapshots count in the current period only (day, week from Monday, month; total
+    always); records on top of them add up; the start-up compaction keeps it all."""
+    g = Gateway(body="""
+[model.m]
+target = mk mock-1 in=100 out=300
+
+[key.a]
+secret = sk-a
+budget = 10/day
+
+[key.b]
+secret = sk-b
+
+[key.w]
+secret = sk-w
+budget = 10/week
+
+[key.mo]
+secret = sk-mo
+budget = 10/month
+
+[key.t]
+secret = sk-t
+budget = 10/total
+""", state=True)
+    now = int(time.time() * 1000)
+    if now % 86400000 > 86400000 - 5000:
+        time.sleep(6)                                  # not across midnight UTC
+        now = int(time.time() * 1000)
+    day, week, month = period_ids(now)
+    os.makedirs(g.state_dir)
+    with open(g.ledger, "w") as f:
+        f.write(s1_line("a", 0, day, 0.3, 1.3))
+        f.write(s1_line("b", 0, day - 1, 0.7, 0.7))        # yesterday: only in the total
+        f.write(c1_line("b", 0.05, "gen-hand-1", now))
+        f.write(s1_line("w", 1, week, 0.4, 2.4))
+        f.write(s1_line("mo", 2, month, 0.2, 0.25))
+        f.write(s1_line("t", 3, 0, 5.5, 5.5))
+        f.write(c1_line("t", 0.5, "gen-hand-2", now - 400 * 86400000))   # long ago: total counts
+        f.write(c1_line("w", 0.1, "gen-hand-3", now - 8 * 86400000))     # an earlier week
+    g.start()
+    want = {"a": (0.3, 1.3), "b": (0.05, 0.75), "w": (0.4, 2.5), "mo": (0.2, 0.25), "t": (6.0, 6.0)}
+    for k, (spend, total) in want.items():
+        d = g.key_info("sk-" + k)
+        near(d["usage"], spend, "key %s: usage" % k)
+        near(d["total_spend"], total, "key %s: total_spend" % k)
+    c1, s1 = parse_ledger(read_file(g.ledger), "compacted ledger")
+    eq(c1, [], "c1 records after compaction")
+    got = {x["key"]: x for x in s1}
+    eq(sorted(got), sorted(want), "keys in the compacted ledger")
+    for k, (p, pid) in {"a": (0, day), "b": (0, day), "w": (1, week), "mo": (2, month)}.items():
+        eq((got[k]["period"], got[k]["period_id"]), (p, pid), "key %s: period and period id" % k)
+    for k, (spend, total) in want.items():
+        near(got[k]["spend"], spend, "key %s: s1 spend" % k)
+        near(got[k]["total"], total, "key %s: s1 total" % k)
+    r = g.chat("sk-t", "m")
+    expect_status(r, 200, "request of the total key")
+    near(g.key_info("sk-t")["usage"], 6.0 + r.json()["usage"]["cost"], "key t: usage after a request")
 
 
 def test_ledger_kill9_under_load():
@@ -1364,21 +1475,16 @@ def test_bug_tpm_bucket_empty_after_ledger_start():
 
 
 def test_bug_long_key_name_limits_not_enforced():
-    """Budget, rpm and spend of a key whose name is longer than 63 characters."""
-    name = "k" * 70
-    g = gateway(gateway="metrics = public", body="""
-[model.m]
-target = mk mock-1 in=1 out=2
-
-[key.%s]
-secret = sk-long
-rpm = 1
-""" % name)
-    r = g.chat("sk-long", "m")
-    expect_status(r, 200, "first request")
-    near(g.key_info("sk-long")["usage"], r.json()["usage"]["cost"], "usage after one request")
-    expect_status(g.chat("sk-long", "m"), 429, "second request with rpm = 1")
-    scrape(g, key=None)
+    """A key name longer than 63 characters is a config error naming the line (it used to get
+    a fresh key state on every request, so its limits were never enforced)."""
+    import subprocess as sp
+    d = tempfile.mkdtemp()
+    path = os.path.join(d, "long.ini")
+    with open(path, "w") as f:
+        f.write("[gateway]\nlisten = 127.0.0.1:1\n[provider.mk]\ntype = mock\n[key.%s]\nsecret = x\nrpm = 1\n" % ("k" * 70))
+    p = sp.run([GW, "-t", "-c", path], capture_output=True, text=True, timeout=10)
+    eq(p.returncode, 1, "llmgw -t exit status for a 70-character key name")
+    check("long.ini:5" in p.stderr and "63" in p.stderr, "error names file:line and the limit: %r" % p.stderr)
 
 
 def test_max_concurrency():
@@ -1619,9 +1725,10 @@ secret = sk-j
     eq(metric(s, "llmgw_requests_total", model="m", provider="mk", status="200"), 3, "requests m/mk/200")
     eq(metric(s, "llmgw_requests_total", model="fb", provider="up2", status="200"), 1, "requests fb/up2/200")
     eq(metric(s, "llmgw_requests_total", model="slow", provider="up", status="200"), 1, "requests slow/up/200")
-    eq(metric(s, "llmgw_requests_total", model="nope", provider="", status="404"), 1, "requests nope/404")
-    eq(metric(s, "llmgw_requests_total", model=weird, provider="", status="404"), 1,
-       "requests of the model with quote, backslash and newline (label escaping)")
+    check((metric(s, "llmgw_requests_total", model="(none)", provider="", status="404") or 0) >= 1,
+          "requests for an unconfigured model count under model=\"(none)\" (no unbounded series)")
+    check(metric(s, "llmgw_requests_total", model="nope", provider="", status="404") is None,
+          "no series labelled with the unknown model name")
     eq(metric(s, "llmgw_tokens_total", key="k", model="m", type="prompt"), pt_k, "prompt tokens k/m")
     eq(metric(s, "llmgw_tokens_total", key="k", model="m", type="completion"), ct_k, "completion tokens k/m")
     eq(metric(s, "llmgw_tokens_total", key="k", model="m", type="cached"), 0, "cached tokens k/m")
