@@ -204,6 +204,7 @@ static lg_str lg_str_trim(lg_str s)
 static int lg_str_has_token(lg_str s, const char *tok)
 {
 	size_t i = 0, st;
+	if (!s.p) return 0;
 	while (i <= s.n) {
 		st = i;
 		while (i < s.n && s.p[i] != ',') i++;
@@ -619,8 +620,16 @@ static int lg_buf_vprintf(struct lg_buf *b, const char *fmt, va_list ap)
 	va_copy(cp, ap);
 	n = vsnprintf(NULL, 0, fmt, cp);
 	va_end(cp);
-	if (n < 0 || lg_buf_reserve(b, (size_t)n + 1)) return -1;
-	vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+	if (n < 0 || lg_buf_reserve(b, (size_t)n)) return -1;
+	if (b->cap - b->len > (size_t)n) { /* room for the terminating NUL too */
+		vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+	} else { /* output exactly fills the buffer: format aside */
+		char *tmp = (char *)malloc((size_t)n + 1);
+		if (!tmp) return -1;
+		vsnprintf(tmp, (size_t)n + 1, fmt, ap);
+		memcpy(b->p + b->len, tmp, (size_t)n);
+		free(tmp);
+	}
 	b->len += (size_t)n;
 	return 0;
 }
@@ -1009,7 +1018,7 @@ static int lg_json_truthy(const struct lg_json *j, int t) { return lg_json_type(
 
 static double lg_json_num(const struct lg_json *j, const char *s, int t, double dflt)
 {
-	char tmp[64];
+	char tmp[400];
 	lg_str r;
 	if (lg_json_type(j, t) != LG_J_NUM) return dflt;
 	r = lg_json_raw(j, s, t);
@@ -1137,7 +1146,7 @@ static int lg_json_wstr(struct lg_buf *b, const char *s, size_t n)
 	return lg_buf_addc(b, '"');
 }
 
-static int lg_json_wz(struct lg_buf *b, const char *z) { return lg_json_wstr(b, z, z ? strlen(z) : 0); }
+static int lg_json_wz(struct lg_buf *b, const char *z) { return z ? lg_json_wstr(b, z, strlen(z)) : lg_json_wstr(b, "", 0); }
 
 /* Numbers: integers print as integers, the rest with enough digits to
  * round-trip a cost in USD. */
@@ -1268,6 +1277,8 @@ struct lg_cfg {
 	struct lg_key **keys;
 	int nprov, nmodels, nkeys;
 	char warn[512]; /* things accepted but not enforced yet, for the start-up log */
+	int auth_line, tls_line, proxy_line; /* where those keys were, for errors */
+	int *listen_lines;
 	/* upstream CONNECT proxy (proxy = or HTTPS_PROXY), for https upstreams */
 	const char *proxy_host, *proxy_auth, *no_proxy;
 	int proxy_port;
@@ -1488,6 +1499,8 @@ static int lg_cfg_url(struct lg_cfgp *p, struct lg_provider *pv, lg_str v)
 		if (i == v.n) return lg_cfg_err(p, "base_url: missing ']' after IPv6 address");
 		host = lg_str_of(v.p + hs + 1, i - hs - 1);
 		he = ++i;
+		if (he < v.n && v.p[he] != ':' && v.p[he] != '/')
+			return lg_cfg_err(p, "base_url: unexpected '%c' after the IPv6 address", v.p[he]);
 	} else {
 		while (i < v.n && v.p[i] != ':' && v.p[i] != '/') i++;
 		host = lg_str_of(v.p + hs, i - hs);
@@ -1558,8 +1571,8 @@ static int lg_cfg_target(struct lg_cfgp *p, struct lg_model *m, lg_str v)
 			t->quant = lg_cfg_str(p->c, val);
 			continue;
 		}
-		if (lg_cfg_number(val, &d, &unit) || unit.n || d < 0)
-			return lg_cfg_err(p, "target option %.*s: expected a non-negative number, got '%.*s'",
+		if (lg_cfg_number(val, &d, &unit) || unit.n || d < 0 || d > 1e12)
+			return lg_cfg_err(p, "target option %.*s: expected a number from 0 to 1e12, got '%.*s'",
 			                  (int)k.n, k.p, (int)val.n, val.p);
 		if (lg_str_eq(k, "in"))
 			t->in = d;
@@ -1590,8 +1603,11 @@ static int lg_cfg_gateway_key(struct lg_cfgp *p, lg_str k, lg_str v)
 	struct lg_cfg *c = p->c;
 	long l;
 	if (lg_str_eq(k, "listen")) {
+		int nl = c->nlisten, *ln;
 		const char **slot = (const char **)lg_cfg_push(c, &c->listen, &c->nlisten, sizeof *slot);
 		if (!slot || !(*slot = lg_cfg_str(c, v))) return lg_cfg_err(p, "out of memory");
+		if (!(ln = (int *)lg_cfg_push(c, &c->listen_lines, &nl, sizeof *ln))) return lg_cfg_err(p, "out of memory");
+		*ln = p->line;
 		return 0;
 	}
 	if (lg_str_eq(k, "workers")) {
@@ -1624,9 +1640,9 @@ static int lg_cfg_gateway_key(struct lg_cfgp *p, lg_str k, lg_str v)
 	if (lg_str_eq(k, "stream_idle_timeout")) return lg_cfg_duration(p, v, &c->stream_idle_timeout);
 	if (lg_str_eq(k, "shutdown_timeout")) return lg_cfg_duration(p, v, &c->shutdown_timeout);
 	if (lg_str_eq(k, "ca_file")) return (c->ca_file = lg_cfg_str(c, v)) ? 0 : -1;
-	if (lg_str_eq(k, "tls_cert")) return (c->tls_cert = lg_cfg_str(c, v)) ? 0 : -1;
-	if (lg_str_eq(k, "tls_key")) return (c->tls_key = lg_cfg_str(c, v)) ? 0 : -1;
-	if (lg_str_eq(k, "proxy")) return (c->proxy = lg_cfg_str(c, v)) ? 0 : -1;
+	if (lg_str_eq(k, "tls_cert")) return c->tls_line = p->line, (c->tls_cert = lg_cfg_str(c, v)) ? 0 : -1;
+	if (lg_str_eq(k, "tls_key")) return c->tls_line = p->line, (c->tls_key = lg_cfg_str(c, v)) ? 0 : -1;
+	if (lg_str_eq(k, "proxy")) return c->proxy_line = p->line, (c->proxy = lg_cfg_str(c, v)) ? 0 : -1;
 	if (lg_str_eq(k, "admin_key")) return lg_cfg_secret(p, v, &c->admin_key);
 	if (lg_str_eq(k, "metrics")) {
 		static const char *const names[] = {"admin", "public", "off"};
@@ -1634,6 +1650,7 @@ static int lg_cfg_gateway_key(struct lg_cfgp *p, lg_str k, lg_str v)
 	}
 	if (lg_str_eq(k, "auth")) {
 		static const char *const names[] = {"keys", "none"};
+		c->auth_line = p->line;
 		return lg_cfg_enum(p, v, names, 2, &c->auth_none, "auth mode (keys, none)");
 	}
 	if (lg_str_eq(k, "zdr")) return lg_cfg_bool(p, v, &c->zdr);
@@ -1825,6 +1842,7 @@ static int lg_cfg_validate(struct lg_cfgp *p)
 				                  m->name, m->fallbacks[k]);
 		}
 		/* names and aliases must be unique across models */
+		p->line = m->line;
 		{
 			struct lg_model *o = lg_cfg_find_model(c, lg_strz(m->name));
 			int a;
@@ -1835,15 +1853,10 @@ static int lg_cfg_validate(struct lg_cfgp *p)
 					                  m->aliases[a], m->name, o->name);
 		}
 	}
-	if ((c->tls_cert || c->tls_key) && !LLMGW_TLS) {
-		p->line = 0;
-		snprintf(p->err, p->errlen, "%s: tls_cert/tls_key need a build with TLS (make TLS=1)", p->file);
-		return -1;
-	}
-	if (!c->tls_cert != !c->tls_key) {
-		snprintf(p->err, p->errlen, "%s: tls_cert and tls_key go together", p->file);
-		return -1;
-	}
+	p->line = c->tls_line;
+	if ((c->tls_cert || c->tls_key) && !LLMGW_TLS)
+		return lg_cfg_err(p, "tls_cert/tls_key need a build with TLS (make TLS=1)");
+	if (!c->tls_cert != !c->tls_key) return lg_cfg_err(p, "tls_cert and tls_key go together");
 	{
 		/* proxy = http://[user:pass@]host:port, or HTTPS_PROXY from the
 		 * environment; NO_PROXY lists hosts reached directly */
@@ -1856,7 +1869,11 @@ static int lg_cfg_validate(struct lg_cfgp *p)
 			lg_str v = lg_strz(px), host, cred = lg_str_of("", 0);
 			size_t q, at = 0;
 			long port = 0;
-			if (v.n > 7 && memcmp(v.p, "http://", 7) == 0) v.p += 7, v.n -= 7;
+			int bad_scheme = 0;
+			if (v.n > 7 && memcmp(v.p, "http://", 7) == 0)
+				v.p += 7, v.n -= 7;
+			else if (lg_memmem(v.p, v.n, "://") || (v.n > 5 && memcmp(v.p, "http:", 5) == 0))
+				bad_scheme = 1; /* https://, socks5://, http:host */
 			while (v.n && v.p[v.n - 1] == '/') v.n--;
 			for (q = 0; q < v.n; q++)
 				if (v.p[q] == '@') at = q + 1;
@@ -1864,11 +1881,15 @@ static int lg_cfg_validate(struct lg_cfgp *p)
 			for (q = v.n; q > 0 && v.p[q - 1] != ':'; q--) {
 			}
 			host = lg_str_of(v.p, q ? q - 1 : 0);
-			for (; q && q < v.n && v.p[q] >= '0' && v.p[q] <= '9'; q++) port = port * 10 + (v.p[q] - '0');
-			if (!host.n || q != v.n || port < 1 || port > 65535) {
-				p->line = 0;
-				snprintf(p->err, p->errlen, "%s: proxy must be http://[user:pass@]host:port", p->file);
-				return -1;
+			for (; q && q < v.n && v.p[q] >= '0' && v.p[q] <= '9' && port <= 65535; q++)
+				port = port * 10 + (v.p[q] - '0');
+			p->line = c->proxy_line;
+			if (!host.n || q != v.n || port < 1 || port > 65535 || bad_scheme) {
+				if (!c->proxy_line) {
+					snprintf(p->err, p->errlen, "%s: HTTPS_PROXY must be http://[user:pass@]host:port", p->file);
+					return -1;
+				}
+				return lg_cfg_err(p, "proxy must be http://[user:pass@]host:port");
 			}
 			if (host.n > 2 && host.p[0] == '[') host.p++, host.n -= 2;
 			c->proxy_host = lg_cfg_str(c, host);
@@ -1889,11 +1910,9 @@ static int lg_cfg_validate(struct lg_cfgp *p)
 	if (c->auth_none)
 		for (i = 0; i < c->nlisten; i++)
 			if (!lg_cfg_is_loopback(c->listen[i])) {
-				p->line = 0;
-				snprintf(p->err, p->errlen,
-				         "%s: auth = none is refused on the non-loopback listener %s "
-				         "(add [key.*] sections and auth = keys)", p->file, c->listen[i]);
-				return -1;
+				p->line = c->listen_lines ? c->listen_lines[i] : c->auth_line;
+				return lg_cfg_err(p, "auth = none (line %d) is refused on the non-loopback listener %s "
+				                     "(add [key.*] sections and auth = keys)", c->auth_line, c->listen[i]);
 			}
 	return 0;
 }
@@ -2082,7 +2101,9 @@ static int lg_http_tchar(int c)
  * arrive one at a time. */
 static size_t lg_http_head_end(const char *b, size_t n, size_t from)
 {
-	size_t i = from > 3 ? from - 3 : 0;
+	size_t i = from > 3 ? from - 3 : 0, lead = 0;
+	while (lead < n && (b[lead] == '\r' || b[lead] == '\n')) lead++; /* blank lines before a request */
+	if (i < lead) i = lead;
 	for (; i < n; i++) {
 		if (b[i] != '\n') continue;
 		if (i + 1 < n && b[i + 1] == '\n') return i + 2;
@@ -2155,9 +2176,10 @@ static int lg_http_parse_req(const char *b, size_t n, struct lg_http *m)
 	int r;
 	m->err = "malformed request line";
 	while (i < n && (b[i] == '\r' || b[i] == '\n')) i++;
+	sp1 = i;
 	if (lg_http_line(b, n, &i, &l)) {
 		/* reject what can never become a request line without waiting */
-		for (k = i; k < n; k++)
+		for (k = sp1; k < n; k++)
 			if (!(lg_http_tchar((unsigned char)b[k]) || b[k] == ' ' || b[k] == '/' ||
 			      ((unsigned char)b[k] > 0x20 && (unsigned char)b[k] < 0x7f) || b[k] == '\r'))
 				return LG_HTTP_ERR;
@@ -2217,16 +2239,19 @@ static lg_str lg_http_get(const struct lg_http *m, const char *name)
  * transfer coding (501). */
 static int lg_http_framing(struct lg_http *m, int is_request)
 {
-	int i, has_te = 0;
+	int i, has_te = 0, has_close = 0, has_ka = 0;
 	m->clen = -1;
 	m->chunked = 0;
 	m->expect100 = 0;
-	m->close = m->minor == 0;
 	for (i = 0; i < m->nh; i++) {
 		lg_str n = m->h[i].name, v = m->h[i].value;
 		if (lg_str_ieq(n, "content-length")) {
 			/* a list "5, 5" is allowed when every element is the same */
 			size_t k = 0;
+			if (v.n == 0) {
+				m->err = "empty Content-Length";
+				return -1;
+			}
 			while (k < v.n) {
 				int64_t x = 0;
 				size_t st = k;
@@ -2255,8 +2280,8 @@ static int lg_http_framing(struct lg_http *m, int is_request)
 			}
 			m->chunked = 1;
 		} else if (lg_str_ieq(n, "connection")) {
-			if (lg_str_has_token(v, "close")) m->close = 1;
-			if (lg_str_has_token(v, "keep-alive") && m->minor == 0) m->close = 0;
+			has_close |= lg_str_has_token(v, "close");
+			has_ka |= lg_str_has_token(v, "keep-alive");
 		} else if (is_request && lg_str_ieq(n, "expect")) {
 			if (!lg_str_ieq(v, "100-continue")) {
 				m->err = "unsupported Expect";
@@ -2265,6 +2290,7 @@ static int lg_http_framing(struct lg_http *m, int is_request)
 			m->expect100 = m->minor >= 1;
 		}
 	}
+	m->close = has_close || (m->minor == 0 && !has_ka); /* close always wins */
 	if (has_te && m->clen >= 0) {
 		if (is_request) {
 			m->err = "both Content-Length and Transfer-Encoding";
@@ -2392,21 +2418,22 @@ struct lg_sse_ev {
 
 static size_t lg_sse_next(const char *b, size_t n, struct lg_sse_ev *ev, char *scratch)
 {
-	size_t i = 0, sl = 0;
+	size_t i = 0, sl = 0, skipped = 0;
 	memset(ev, 0, sizeof *ev);
 	while (i < n) {
 		size_t st = i, e, k;
 		lg_str name, val;
 		while (i < n && b[i] != '\n' && b[i] != '\r') i++;
-		if (i >= n) return 0;
+		if (i >= n) break;
 		e = i;
 		if (b[i] == '\r') {
-			if (i + 1 >= n) return 0; /* a CRLF may be split across reads */
+			if (i + 1 >= n) break; /* a CRLF may be split across reads */
 			if (b[i + 1] == '\n') i++;
 		}
 		i++;
 		if (e == st) { /* blank line: the event ends */
 			if (ev->fields) return i;
+			skipped = i; /* stray blank lines and comment-only blocks */
 			continue;
 		}
 		if (b[st] == ':') continue; /* comment / keep-alive */
@@ -2437,7 +2464,8 @@ static size_t lg_sse_next(const char *b, size_t n, struct lg_sse_ev *ev, char *s
 			ev->id = val;
 		}
 	}
-	return 0;
+	if (skipped) memset(ev, 0, sizeof *ev); /* the blank lines can go; the event is not complete */
+	return skipped;
 }
 
 /* ===== 7. TLS ========================================================== */
@@ -7205,7 +7233,8 @@ static void lg_route_add(struct lg_req *r, struct lg_provider *p, const struct l
 	cd->upstream = upstream;
 	cd->model = model;
 	cd->group = group;
-	cd->h = lg_route_health(r->gw, p->name, upstream);
+	/* health is kept for configured targets only: direct names are the client's to invent */
+	cd->h = t ? lg_route_health(r->gw, p->name, upstream) : NULL;
 	cd->ph = lg_route_health(r->gw, p->name, NULL);
 }
 
@@ -7410,11 +7439,13 @@ static int lg_route_plan(struct lg_req *r, char *msg, size_t mlen)
 		int order = lg_json_get(j, r->body, prefs, "order");
 		if (lg_json_type(j, order) == LG_J_ARR) lg_route_order(r, order);
 	}
-	lg_route_affinity(r, m);
+	lg_route_health_filter(r, &why);
+	/* affinity only among healthy targets, and never over an explicit order or sort of the request */
+	if (prefs < 0 || (lg_json_get(j, r->body, prefs, "order") < 0 && lg_json_get(j, r->body, prefs, "sort") < 0))
+		lg_route_affinity(r, m);
 	if (prefs >= 0 && lg_json_type(j, lg_json_get(j, r->body, prefs, "allow_fallbacks")) == LG_J_FALSE &&
 	    r->nplan > 1)
 		r->nplan = 1;
-	lg_route_health_filter(r, &why);
 	if (r->nplan == 0) {
 		snprintf(msg, mlen, "no provider satisfies the policy for model '%s': %.*s", r->model_req,
 		         (int)why.len, why.p ? why.p : "");

@@ -21,7 +21,8 @@
  *   cc -std=c99 -O1 -g -fsanitize=address,undefined -o build/fuzz-replay tests/fuzz.c -lpthread
  *   build/fuzz-replay tests/corpus/http tests/corpus/json ...   (or single files)
  *   Prints one line per failing file, then "N passed, N failed"; a file
- *   passes when its target neither crashed nor broke an invariant.
+ *   passes when its target neither crashed nor broke an invariant (each
+ *   file runs in a child process, so one crash does not stop the replay).
  * A crashing input found by the fuzzer goes into tests/corpus/<target>/ so
  * every later `make test` replays it.
  */
@@ -30,6 +31,7 @@
 
 #include <dirent.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 
 static int fz_bad; /* an invariant broke on the current input */
 
@@ -43,11 +45,17 @@ static void fz_fail(const char *file, int line, const char *expr)
 }
 #define FZ_CHECK(e) ((e) ? (void)0 : fz_fail(__FILE__, __LINE__, #e))
 
-/* An exact-size heap copy: ASan catches a read or write past its end. */
-static char *fz_dup(const char *p, size_t n)
+/* Exact-size heap blocks: ASan catches a read or write past their end. */
+static char *fz_alloc(size_t n)
 {
 	char *d = (char *)malloc(n ? n : 1);
 	if (!d) abort();
+	return d;
+}
+
+static char *fz_dup(const char *p, size_t n)
+{
+	char *d = fz_alloc(n);
 	if (n) memcpy(d, p, n);
 	return d;
 }
@@ -305,7 +313,7 @@ static void fz_json(const char *s, size_t n)
 			(void)lg_json_get(&j, s, i, "model");
 		} else if (t->type == LG_J_STR) {
 			size_t en = t->end - t->start;
-			char *in = fz_dup(s + t->start, en), *out = fz_dup("", en);
+			char *in = fz_dup(s + t->start, en), *out = fz_alloc(en);
 			long u = lg_json_unescape(in, en, out);
 			FZ_CHECK(u >= 0 && (size_t)u <= en);
 			if (u >= 0) {
@@ -318,7 +326,7 @@ static void fz_json(const char *s, size_t n)
 				jw.t = wt, jw.cap = 2;
 				if (lg_json_parse(&jw, b.p, b.len) == 1 && wt[0].type == LG_J_STR) {
 					size_t wn = wt[0].end - wt[0].start;
-					char *back = fz_dup("", wn);
+					char *back = fz_alloc(wn);
 					long u2 = lg_json_unescape(b.p + wt[0].start, wn, back);
 					FZ_CHECK(u2 == u && memcmp(back, out, (size_t)u) == 0);
 					free(back);
@@ -369,7 +377,12 @@ static void fz_ini(const char *s, size_t n)
 		int i, k;
 		FZ_CHECK(c->nlisten >= 1);
 		for (i = 0; i < c->nmodels; i++)
-			for (k = 0; k < c->models[i]->nt; k++) FZ_CHECK(c->models[i]->t[k].prov != NULL);
+			for (k = 0; k < c->models[i]->nt; k++) {
+				const struct lg_target *t = &c->models[i]->t[k];
+				FZ_CHECK(t->prov != NULL);
+				FZ_CHECK(t->context >= 0 && t->max_output >= 0); /* see unit ini/target_number_overflow */
+				FZ_CHECK(t->in >= 0 && t->out >= 0 && t->cache_read >= 0 && t->cache_write >= 0);
+			}
 		for (i = 0; i < c->nprov; i++) FZ_CHECK(c->prov[i]->name && c->prov[i]->name[0]);
 		lg_cfg_free(c);
 	} else {
@@ -386,7 +399,7 @@ static size_t fz_sse_drain(char *buf, size_t *have, struct lg_buf *out)
 {
 	for (;;) {
 		struct lg_sse_ev ev;
-		char *scratch = fz_dup("", *have);
+		char *scratch = fz_alloc(*have);
 		size_t k = lg_sse_next(buf, *have, &ev, scratch);
 		FZ_CHECK(k <= *have);
 		if (k == 0 || k > *have) {
@@ -417,7 +430,7 @@ static void fz_sse(const char *s, size_t n)
 	lg_buf_init(&bytes, 0);
 	left1 = fz_sse_drain(buf, &have, &whole);
 	if (n <= 4096) {
-		inc = fz_dup("", n);
+		inc = fz_alloc(n);
 		for (i = 0; i < n; i++) {
 			inc[left2++] = s[i];
 			left2 = fz_sse_drain(inc, &left2, &bytes);
@@ -588,6 +601,8 @@ static void fz_replay_file(const char *path, const char *target)
 	char *data;
 	void *map;
 	size_t maplen;
+	pid_t pid;
+	int st = 0;
 	if (!fn) {
 		printf("FAIL %s: no fuzz target named '%s' (http, json, ini, sse, chunked)\n", path, target);
 		fz_failed++;
@@ -599,15 +614,31 @@ static void fz_replay_file(const char *path, const char *target)
 		fz_failed++;
 		return;
 	}
-	fz_bad = 0;
-	fn(fz_guard(data, n, &map, &maplen), n);
-	munmap(map, maplen);
+	/* in a child process: a crash or a sanitizer abort fails this input
+	 * and the replay goes on with the next */
+	fflush(stdout);
+	fflush(stderr);
+	pid = fork();
+	if (pid == 0) {
+		fz_bad = 0;
+		fn(fz_guard(data, n, &map, &maplen), n);
+		munmap(map, maplen);
+		free(data);
+		fflush(stderr);
+		exit(fz_bad ? 1 : 0); /* exit: LeakSanitizer checks here */
+	}
 	free(data);
-	if (fz_bad) {
-		printf("FAIL %s (%s)\n", path, target);
-		fz_failed++;
-	} else {
+	if (pid < 0 || waitpid(pid, &st, 0) != pid) st = -1;
+	if (st == 0) {
 		fz_passed++;
+	} else {
+		if (WIFSIGNALED(st))
+			printf("FAIL %s (%s): crashed with signal %d\n", path, target, WTERMSIG(st));
+		else if (WIFEXITED(st) && WEXITSTATUS(st) == 1)
+			printf("FAIL %s (%s): a check failed or a sanitizer report above\n", path, target);
+		else
+			printf("FAIL %s (%s): exit status %d\n", path, target, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+		fz_failed++;
 	}
 }
 
