@@ -116,7 +116,7 @@
 #define LLMGW_POOL_IDLE_MS 30000 /* idle upstream connection lifetime */
 #endif
 #ifndef LLMGW_POOL_MAX_IDLE
-#define LLMGW_POOL_MAX_IDLE 32 /* idle upstream connections per origin */
+#define LLMGW_POOL_MAX_IDLE 256 /* idle upstream connections per origin */
 #endif
 #ifndef LLMGW_DNS_TTL_MS
 #define LLMGW_DNS_TTL_MS 60000 /* resolved names are cached this long */
@@ -617,6 +617,16 @@ static int lg_buf_vprintf(struct lg_buf *b, const char *fmt, va_list ap)
 {
 	va_list cp;
 	int n;
+	size_t room = b->p && !b->err ? b->cap - b->len : 0;
+	if (room > 1) { /* usually it fits: one pass */
+		va_copy(cp, ap);
+		n = vsnprintf(b->p + b->len, room, fmt, cp);
+		va_end(cp);
+		if (n >= 0 && (size_t)n < room) {
+			b->len += (size_t)n;
+			return 0;
+		}
+	}
 	va_copy(cp, ap);
 	n = vsnprintf(NULL, 0, fmt, cp);
 	va_end(cp);
@@ -667,6 +677,7 @@ struct lg_arena_blk {
 
 struct lg_arena {
 	struct lg_arena_blk *head;
+	size_t chunk; /* block size, 0 = 8 KB */
 };
 
 static void *lg_arena_alloc(struct lg_arena *a, size_t n)
@@ -675,7 +686,7 @@ static void *lg_arena_alloc(struct lg_arena *a, size_t n)
 	size_t hdr = (sizeof(struct lg_arena_blk) + 15) & ~(size_t)15;
 	n = (n + 15) & ~(size_t)15;
 	if (!b || b->used + n > b->cap) {
-		size_t cap = n > 8192 ? n : 8192;
+		size_t ch = a->chunk ? a->chunk : 8192, cap = n > ch ? n : ch;
 		b = (struct lg_arena_blk *)malloc(hdr + cap);
 		if (!b) return NULL;
 		b->cap = cap;
@@ -1278,6 +1289,7 @@ struct lg_cfg {
 	int nprov, nmodels, nkeys;
 	char warn[512]; /* things accepted but not enforced yet, for the start-up log */
 	int auth_line, tls_line, proxy_line; /* where those keys were, for errors */
+	unsigned long gen;                   /* which install: cached key lookups check it */
 	int *listen_lines;
 	/* upstream CONNECT proxy (proxy = or HTTPS_PROXY), for https upstreams */
 	const char *proxy_host, *proxy_auth, *no_proxy;
@@ -1931,7 +1943,7 @@ static int lg_cfg_name_ok(lg_str n)
 static struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const char *file, char *err,
                                    size_t errlen)
 {
-	struct lg_arena a = {NULL};
+	struct lg_arena a = {NULL, 0};
 	struct lg_cfg *c = (struct lg_cfg *)lg_arena_alloc(&a, sizeof *c);
 	struct lg_cfgp p;
 	struct lg_ini in;
@@ -3081,6 +3093,10 @@ struct lg_conn {
 	int64_t head_start;
 	char peer[48];
 	struct lg_cfg *tlscfg; /* HTTPS client: BearSSL points into its certificate and key */
+	unsigned long auth_gen; /* the last key this connection proved (config generation), for keep-alive */
+	int auth_idx;
+	unsigned char auth_len;
+	char auth_sec[128];
 	/* upstream side */
 	char origin[300];
 	struct lg_conn *pool_next;
@@ -3120,6 +3136,7 @@ struct llmgw {
 	uint64_t rng, seq;
 	unsigned long long served;
 	int npending; /* connections with LG_F_PENDING: poll without waiting */
+	unsigned long cfg_gen; /* configurations installed so far */
 	struct lg_acct *acct; /* key spend and limits, ledger, metrics, recent requests */
 	struct lg_rstate *rs; /* target health, breakers, affinity: survives reloads */
 #if LLMGW_TLS
@@ -3287,13 +3304,15 @@ static long lg_io_read(struct lg_conn *c, size_t max)
 {
 	size_t room;
 	ssize_t n;
-	if (max) {
-		size_t want = LG_MIN((size_t)16384, max > lg_buf_used(&c->in) ? max - lg_buf_used(&c->in) : 0);
-		if (want == 0) return -2;
-		if (c->in.cap - c->in.len < want && lg_buf_reserve(&c->in, want)) {
+	if (max) { /* start at LLMGW_IO_BUF, double only when nearly full, never past max */
+		size_t used = lg_buf_used(&c->in), left = max > used ? max - used : 0;
+		size_t want = LG_MIN(left, LG_MAX((size_t)LLMGW_IO_BUF, used));
+		if (left == 0) return -2;
+		if (c->in.cap - c->in.len < 1024 && lg_buf_reserve(&c->in, want)) {
 			c->in.err = 0;
 			if (c->in.cap == c->in.len) return -2;
 		}
+		if (c->in.cap == 0 && lg_buf_reserve(&c->in, LG_MIN(left, (size_t)LLMGW_IO_BUF))) return -2;
 	}
 	room = c->in.cap - c->in.len;
 	if (room == 0) return -2;
@@ -4214,7 +4233,7 @@ struct lg_req {
 	/* routing */
 	struct lg_cand plan[LLMGW_MAX_PLAN];
 	int nplan, cur;
-	struct lg_att_log att[LLMGW_MAX_ATTEMPTS];
+	struct lg_att_log *att; /* max_attempts of them */
 	int natt;
 	const struct lg_cand *served;
 	struct lg_timer rtm;  /* retry backoff */
@@ -4235,7 +4254,7 @@ struct lg_req {
 	int64_t wall0;
 	size_t bytes_in, bytes_out;
 	struct lg_usage usage;
-	char errmsg[1024];
+	char errmsg[512];
 };
 
 struct lg_kstate;
@@ -4522,6 +4541,10 @@ static int lg_prov_openai_rewrite(struct lg_req *r, const char *s, size_t n, str
 			if (lg_json_type(&j, fr) == LG_J_STR) r->saw_finish = 1;
 		}
 	}
+	if (chunk && lg_json_get(&j, s, 0, "error") >= 0) { /* an error inside the stream ends it */
+		r->up_error = 1;
+		snprintf(r->errmsg, sizeof r->errmsg, "%s: error event in the stream", r->served->prov->name);
+	}
 	lg_buf_addz(o, "{\"provider\":");
 	lg_json_wz(o, r->served->prov->name);
 	for (m = 0; m < j.t[0].size; m++) {
@@ -4582,13 +4605,6 @@ static void lg_prov_openai_event(struct lg_req *r, lg_str data)
 		/* not JSON we understand: pass it on untouched */
 		lg_resp_event(r, data.p, data.n);
 	} else if (k > 0) {
-		struct lg_json j;
-		memset(&j, 0, sizeof j);
-		if (lg_req_json(r, &j, data.p, data.n) > 0 && lg_json_get(&j, data.p, 0, "error") >= 0) {
-			r->up_error = 1; /* an error inside the stream ends it */
-			snprintf(r->errmsg, sizeof r->errmsg, "%s: error event in the stream",
-			         r->served->prov->name);
-		}
 		lg_resp_event(r, o.p, o.len);
 	}
 	lg_buf_free(&o);
@@ -8284,8 +8300,10 @@ static void lg_acct_sync(struct llmgw *gw, struct lg_timer *t)
 static struct lg_series *lg_acct_series(struct llmgw *gw, int metric, const char *labels)
 {
 	struct lg_acct *a = lg_acct_of(gw);
-	uint32_t h = lg_crc32((uint32_t)metric, labels, strlen(labels));
+	uint32_t h = 2166136261u ^ (uint32_t)metric; /* FNV-1a: cheap, and enough for a table */
+	const unsigned char *q;
 	unsigned i;
+	for (q = (const unsigned char *)labels; *q; q++) h = (h ^ *q) * 16777619u;
 	if (!a) return NULL;
 	if (a->nser * 2 >= a->capser) { /* grow and rehash */
 		unsigned cap = a->capser ? a->capser * 2 : 64, k;
@@ -8565,6 +8583,7 @@ static void lg_req_free(struct lg_req *r)
 	lg_buf_free(&r->scratch);
 	free(r->rtok);
 	free(r->j.t);
+	free(r->att);
 	if (r->w) {
 		lg_w_free(r->w);
 		free(r->w);
@@ -8617,6 +8636,8 @@ static void lg_req_finish(struct lg_req *r)
 	}
 	c->tm.fn = lg_srv_timeout;
 	lg_timer_set(gw, &c->tm, lg_buf_used(&c->in) ? gw->cfg->header_timeout : gw->cfg->idle_timeout);
+	if (!lg_buf_used(&c->in) && !c->advancing) lg_buf_free(&c->in); /* idle: give the memory back */
+	if (!lg_buf_used(&c->out)) lg_buf_free(&c->out);
 	if (!c->advancing && lg_buf_used(&c->in) && !(c->flags & LG_F_CLOSE_AFTER)) lg_srv_advance(c);
 }
 
@@ -8654,6 +8675,7 @@ static int lg_srv_install(struct llmgw *gw, struct lg_cfg *c, char *err, size_t 
 			LG_LOG(gw, LG_LOG_WARN, "listen addresses changed: they take effect on restart");
 	}
 	lg_cfg_unref(gw->cfg);
+	c->gen = ++gw->cfg_gen;
 	gw->cfg = c;
 	gw->log_level = c->log_level;
 	if (c->warn[0])
@@ -8693,6 +8715,13 @@ static struct lg_req *lg_srv_new_req(struct lg_conn *c, int minor)
 	r->cc = c;
 	r->cfg = gw->cfg;
 	r->cfg->refs++;
+	r->att = (struct lg_att_log *)malloc((size_t)r->cfg->max_attempts * sizeof *r->att);
+	if (!r->att) {
+		r->cfg->refs--;
+		free(r);
+		return NULL;
+	}
+	r->a.chunk = 1024; /* model names and the like: small */
 	r->minor = minor;
 	r->t0 = gw->now;
 	r->wall0 = lg_wall_ms();
@@ -8740,9 +8769,23 @@ static int lg_srv_auth(struct lg_req *r, const struct lg_http *h, char *msg, siz
 		snprintf(msg, mlen, "no API keys are configured on this gateway ([key.*] sections)");
 		return 401;
 	}
+	if (r->cc && r->cc->auth_gen == c->gen && r->cc->auth_len == sec.n &&
+	    memcmp(r->cc->auth_sec, sec.p, sec.n) == 0 && r->cc->auth_idx < c->nkeys) {
+		/* the same secret this connection sent before (only its own, so nothing leaks): no hashing */
+		r->key = c->keys[r->cc->auth_idx];
+		return 0;
+	}
 	lg_sha256(sec.p, sec.n, hash);
 	for (i = 0; i < c->nkeys; i++)
-		if (lg_ct_eq(hash, c->keys[i]->hash, 32) && !r->key) r->key = c->keys[i];
+		if (lg_ct_eq(hash, c->keys[i]->hash, 32) && !r->key) {
+			r->key = c->keys[i];
+			if (r->cc && sec.n <= sizeof r->cc->auth_sec) {
+				r->cc->auth_gen = c->gen;
+				r->cc->auth_idx = i;
+				r->cc->auth_len = (unsigned char)sec.n;
+				memcpy(r->cc->auth_sec, sec.p, sec.n);
+			}
+		}
 	if (!r->key) {
 		snprintf(msg, mlen, "invalid API key");
 		return 401;
@@ -9027,15 +9070,24 @@ static void lg_srv_completion(struct lg_req *r)
 	int k, t;
 	char msg[1024];
 	memset(j, 0, sizeof *j);
-	k = lg_json_parse(j, s, r->body_len); /* count first: the exact array */
-	if (k > 0) {
-		j->t = (struct lg_jtok *)malloc((size_t)k * sizeof *j->t);
-		j->cap = (uint32_t)k;
-		if (!j->t) {
-			lg_resp_error(r, 500, NULL, "out of memory");
-			return;
-		}
+	j->cap = (uint32_t)LG_MIN(r->body_len / 6 + 32, (size_t)LLMGW_JSON_TOKENS); /* a guess: one pass mostly */
+	j->t = (struct lg_jtok *)malloc((size_t)j->cap * sizeof *j->t);
+	k = j->t ? lg_json_parse(j, s, r->body_len) : LG_JSON_NOMEM;
+	if (k == LG_JSON_NOMEM) { /* count, then the exact array */
+		struct lg_jtok *nt, *guess = j->t;
+		j->t = NULL;
 		k = lg_json_parse(j, s, r->body_len);
+		j->t = guess; /* freed with the request if what follows fails */
+		if (k > 0) {
+			nt = (struct lg_jtok *)realloc(guess, (size_t)k * sizeof *nt);
+			if (!nt) {
+				lg_resp_error(r, 500, NULL, "out of memory");
+				return;
+			}
+			j->t = nt;
+			j->cap = (uint32_t)k;
+			k = lg_json_parse(j, s, r->body_len);
+		}
 	}
 	if (k <= 0) {
 		if (r->body_len == 0)
@@ -9394,6 +9446,7 @@ static void lg_srv_io(struct lg_conn *c, int revents)
 			lg_conn_close(c);
 			return;
 		}
+		if (!lg_buf_used(&c->out) && !c->req) lg_buf_free(&c->out);
 		if (c->req && c->req->up.c && lg_buf_used(&c->out) < LLMGW_STREAM_HIGHWATER / 2) {
 			c->req->up.c->flags &= ~(unsigned)LG_F_NOREAD;
 			lg_up_events(&c->req->up);
