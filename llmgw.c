@@ -613,6 +613,30 @@ static int lg_buf_adds(struct lg_buf *b, lg_str s) { return lg_buf_add(b, s.p, s
 static int lg_buf_addz(struct lg_buf *b, const char *z) { return lg_buf_add(b, z, strlen(z)); }
 static int lg_buf_addc(struct lg_buf *b, char c) { return lg_buf_add(b, &c, 1); }
 
+/* A number in decimal (or hex): the hot paths avoid printf. */
+static int lg_buf_addu(struct lg_buf *b, uint64_t v, int hex)
+{
+	char tmp[24];
+	int i = 24;
+	do {
+		unsigned d = (unsigned)(hex ? v & 15 : v % 10);
+		tmp[--i] = (char)(d < 10 ? '0' + d : 'a' + d - 10);
+		v = hex ? v >> 4 : v / 10;
+	} while (v);
+	return lg_buf_add(b, tmp + i, (size_t)(24 - i));
+}
+
+/* strlcpy: copies what fits, always terminates; returns the length copied. */
+static size_t lg_cpy(char *dst, size_t n, const char *src)
+{
+	size_t k = src ? strlen(src) : 0;
+	if (!n) return 0;
+	if (k >= n) k = n - 1;
+	if (k) memcpy(dst, src, k);
+	dst[k] = 0;
+	return k;
+}
+
 static int lg_buf_vprintf(struct lg_buf *b, const char *fmt, va_list ap)
 {
 	va_list cp;
@@ -808,7 +832,11 @@ static int lg_json_fail(struct lg_json *j, const char *what, size_t off, size_t 
 static long lg_json_scan_str(struct lg_json *j, const char *s, size_t n, size_t i)
 {
 	for (; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
+		unsigned char c;
+		/* the common case: plain characters, nothing to look at */
+		while (i < n && (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\') i++;
+		if (i >= n) break;
+		c = (unsigned char)s[i];
 		if (c == '"') return (long)i;
 		if (c < 0x20) return lg_json_fail(j, "control character in string", i, n);
 		if (c == '\\') {
@@ -2435,7 +2463,11 @@ static size_t lg_sse_next(const char *b, size_t n, struct lg_sse_ev *ev, char *s
 	while (i < n) {
 		size_t st = i, e, k;
 		lg_str name, val;
-		while (i < n && b[i] != '\n' && b[i] != '\r') i++;
+		{ /* the line's end: memchr runs far faster than a byte loop over long data lines */
+			const char *lf = (const char *)memchr(b + i, '\n', n - i);
+			const char *cr = (const char *)memchr(b + i, '\r', (size_t)((lf ? lf : b + n) - (b + i)));
+			i = (size_t)((cr ? cr : lf ? lf : b + n) - b);
+		}
 		if (i >= n) break;
 		e = i;
 		if (b[i] == '\r') {
@@ -4355,17 +4387,29 @@ static void lg_resp_head(struct lg_req *r, int status, const char *ctype, int64_
 	r->status = status;
 	r->sent_head = 1;
 	if (r->close || r->gw->stopping) r->close = 1;
-	lg_buf_printf(o, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nx-request-id: %s\r\n", status,
-	              lg_status_text(status), ctype, r->id);
-	if (r->served)
-		lg_buf_printf(o, "x-llmgw-provider: %s\r\nx-llmgw-attempts: %d\r\n", r->served->prov->name,
-		              r->natt);
-	else if (r->natt)
-		lg_buf_printf(o, "x-llmgw-attempts: %d\r\n", r->natt);
+	lg_buf_addz(o, "HTTP/1.1 ");
+	lg_buf_addu(o, (uint64_t)status, 0);
+	lg_buf_addc(o, ' ');
+	lg_buf_addz(o, lg_status_text(status));
+	lg_buf_addz(o, "\r\nContent-Type: ");
+	lg_buf_addz(o, ctype);
+	lg_buf_addz(o, "\r\nx-request-id: ");
+	lg_buf_addz(o, r->id);
+	if (r->served) {
+		lg_buf_addz(o, "\r\nx-llmgw-provider: ");
+		lg_buf_addz(o, r->served->prov->name);
+	}
+	if (r->natt) {
+		lg_buf_addz(o, "\r\nx-llmgw-attempts: ");
+		lg_buf_addu(o, (uint64_t)r->natt, 0);
+	}
+	lg_buf_addz(o, "\r\n");
 	if (extra) lg_buf_addz(o, extra);
-	if (clen >= 0)
-		lg_buf_printf(o, "Content-Length: %lld\r\n", (long long)clen);
-	else if (r->minor >= 1)
+	if (clen >= 0) {
+		lg_buf_addz(o, "Content-Length: ");
+		lg_buf_addu(o, (uint64_t)clen, 0);
+		lg_buf_addz(o, "\r\n");
+	} else if (r->minor >= 1)
 		lg_buf_addz(o, "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
 	else
 		r->close = 1; /* HTTP/1.0 stream: delimited by close */
@@ -4422,7 +4466,10 @@ static void lg_resp_event(struct lg_req *r, const char *data, size_t n)
 	o = &r->cc->out;
 	if (!r->sent_head) lg_resp_head(r, 200, "text/event-stream", -1, NULL);
 	if (r->t_first == 0) r->t_first = r->gw->now;
-	if (r->minor >= 1) lg_buf_printf(o, "%zx\r\n", len);
+	if (r->minor >= 1) {
+		lg_buf_addu(o, len, 1);
+		lg_buf_addz(o, "\r\n");
+	}
 	lg_buf_addz(o, "data: ");
 	lg_buf_add(o, data, n);
 	lg_buf_addz(o, r->minor >= 1 ? "\n\n\r\n" : "\n\n");
@@ -5879,8 +5926,15 @@ static void lg_resp_sse(struct lg_req *r, const char *name, const char *data, si
 	o = &r->cc->out;
 	if (!r->sent_head) lg_resp_head(r, 200, "text/event-stream", -1, NULL);
 	if (r->t_first == 0) r->t_first = r->gw->now;
-	if (r->minor >= 1) lg_buf_printf(o, "%zx\r\n", len);
-	if (name) lg_buf_printf(o, "event: %s\n", name);
+	if (r->minor >= 1) {
+		lg_buf_addu(o, len, 1);
+		lg_buf_addz(o, "\r\n");
+	}
+	if (name) {
+		lg_buf_addz(o, "event: ");
+		lg_buf_addz(o, name);
+		lg_buf_addc(o, '\n');
+	}
 	lg_buf_addz(o, "data: ");
 	lg_buf_add(o, data, n);
 	lg_buf_addz(o, r->minor >= 1 ? "\n\n\r\n" : "\n\n");
@@ -7109,8 +7163,16 @@ static struct lg_health *lg_route_health(struct llmgw *gw, const char *prov, con
 	uint32_t h;
 	struct lg_health *e;
 	if (!gw->rs && !(gw->rs = (struct lg_rstate *)calloc(1, sizeof *gw->rs))) return NULL;
-	snprintf(id, sizeof id, "%s%s%s", prov, model ? "/" : "", model ? model : "");
-	h = lg_crc32(0, id, strlen(id)) & 255;
+	{
+		size_t k = lg_cpy(id, sizeof id, prov);
+		const char *q;
+		if (model && k + 1 < sizeof id) {
+			id[k++] = '/';
+			lg_cpy(id + k, sizeof id - k, model);
+		}
+		for (h = 2166136261u, q = id; *q; q++) h = (h ^ (unsigned char)*q) * 16777619u;
+		h &= 255;
+	}
 	for (e = gw->rs->tab[h]; e; e = e->next)
 		if (strcmp(e->id, id) == 0) return e;
 	if (!(e = (struct lg_health *)calloc(1, sizeof *e))) return NULL;
@@ -8371,12 +8433,30 @@ static void lg_acct_label(char *out, size_t n, const char *v)
 	out[o] = 0;
 }
 
+/* Label sets without printf: k1="v1",k2="v2",... (values already escaped). */
+static void lg_lbl(char *out, size_t n, const char *k1, const char *v1, const char *k2, const char *v2,
+                   const char *k3, const char *v3)
+{
+	const char *kv[6];
+	size_t o = 0;
+	int i;
+	kv[0] = k1, kv[1] = v1, kv[2] = k2, kv[3] = v2, kv[4] = k3, kv[5] = v3;
+	out[0] = 0;
+	for (i = 0; i < 6 && kv[i]; i += 2) {
+		if (i && o + 1 < n) out[o++] = ',';
+		o += lg_cpy(out + o, n - o, kv[i]);
+		o += lg_cpy(out + o, n - o, "=\"");
+		o += lg_cpy(out + o, n - o, kv[i + 1]);
+		o += lg_cpy(out + o, n - o, "\"");
+	}
+}
+
 /* The request ended: settle its reservation, charge the ledger, count it. */
 static void lg_acct_settle(struct lg_req *r)
 {
 	struct llmgw *gw = r->gw;
 	struct lg_acct *a = lg_acct_of(gw);
-	char model[96], prov[64], key[64], lb[224];
+	char model[96], prov[64], key[64], lb[224], st[16];
 	const char *pm = r->served ? r->served->model : r->model_req;
 	double secs = (double)(gw->now - r->t0) / 1000.0;
 	int i;
@@ -8404,30 +8484,32 @@ static void lg_acct_settle(struct lg_req *r)
 	lg_acct_label(model, sizeof model, r->served ? pm : "(none)");
 	lg_acct_label(prov, sizeof prov, r->served ? r->served->prov->name : "");
 	lg_acct_label(key, sizeof key, r->key ? r->key->name : "");
-	snprintf(lb, sizeof lb, "model=\"%s\",provider=\"%s\",status=\"%d\"", model, prov, r->status);
+	snprintf(st, sizeof st, "%d", r->status);
+	lg_lbl(lb, sizeof lb, "model", model, "provider", prov, "status", st);
 	if (lg_acct_series(gw, LG_M_REQUESTS, lb)) lg_acct_series(gw, LG_M_REQUESTS, lb)->v += 1;
-	snprintf(lb, sizeof lb, "model=\"%s\"", model);
+	lg_lbl(lb, sizeof lb, "model", model, NULL, NULL, NULL, NULL);
 	lg_acct_observe(lg_acct_series(gw, LG_M_DURATION, lb), secs);
 	if (r->t_first) lg_acct_observe(lg_acct_series(gw, LG_M_TTFT, lb), (double)(r->t_first - r->t0) / 1000.0);
 	if (r->usage.seen) {
 		struct lg_series *sp, *sc, *sk, *co;
-		snprintf(lb, sizeof lb, "key=\"%s\",model=\"%s\",type=\"prompt\"", key, model);
+		lg_lbl(lb, sizeof lb, "key", key, "model", model, "type", "prompt");
 		sp = lg_acct_series(gw, LG_M_TOKENS, lb);
 		if (sp) sp->v += (double)r->usage.prompt;
-		snprintf(lb, sizeof lb, "key=\"%s\",model=\"%s\",type=\"completion\"", key, model);
+		lg_lbl(lb, sizeof lb, "key", key, "model", model, "type", "completion");
 		sc = lg_acct_series(gw, LG_M_TOKENS, lb);
 		if (sc) sc->v += (double)r->usage.completion;
-		snprintf(lb, sizeof lb, "key=\"%s\",model=\"%s\",type=\"cached\"", key, model);
+		lg_lbl(lb, sizeof lb, "key", key, "model", model, "type", "cached");
 		sk = lg_acct_series(gw, LG_M_TOKENS, lb);
 		if (sk) sk->v += (double)r->usage.cached;
-		snprintf(lb, sizeof lb, "key=\"%s\",model=\"%s\"", key, model);
+		lg_lbl(lb, sizeof lb, "key", key, "model", model, NULL, NULL);
 		co = lg_acct_series(gw, LG_M_COST, lb);
 		if (co) co->v += r->usage.cost;
 	}
 	for (i = 0; i < r->natt; i++) {
 		struct lg_series *at;
 		lg_acct_label(prov, sizeof prov, r->att[i].prov);
-		snprintf(lb, sizeof lb, "provider=\"%s\",status=\"%d\"", prov, r->att[i].status);
+		snprintf(st, sizeof st, "%d", r->att[i].status);
+		lg_lbl(lb, sizeof lb, "provider", prov, "status", st, NULL, NULL);
 		if ((at = lg_acct_series(gw, LG_M_ATTEMPTS, lb))) at->v += 1;
 	}
 	/* the ring of recent requests */
@@ -8435,16 +8517,16 @@ static void lg_acct_settle(struct lg_req *r)
 		struct lg_gen *g = &a->ring[r->seq % LG_RING];
 		memset(g, 0, sizeof *g);
 		g->seq = r->seq;
-		snprintf(g->id, sizeof g->id, "%s", r->id);
-		snprintf(g->key, sizeof g->key, "%s", r->key ? r->key->name : "");
-		snprintf(g->model, sizeof g->model, "%s", pm ? pm : "");
-		snprintf(g->provider, sizeof g->provider, "%s", r->served ? r->served->prov->name : "");
-		snprintf(g->upstream, sizeof g->upstream, "%s", r->served ? r->served->upstream : "");
+		lg_cpy(g->id, sizeof g->id, r->id);
+		lg_cpy(g->key, sizeof g->key, r->key ? r->key->name : "");
+		lg_cpy(g->model, sizeof g->model, pm);
+		lg_cpy(g->provider, sizeof g->provider, r->served ? r->served->prov->name : "");
+		lg_cpy(g->upstream, sizeof g->upstream, r->served ? r->served->upstream : "");
 		g->status = r->status;
 		g->natt = r->natt;
 		g->stream = r->stream;
 		for (i = 0; i < r->natt && i < 4; i++) {
-			snprintf(g->att[i].prov, sizeof g->att[i].prov, "%s", r->att[i].prov);
+			lg_cpy(g->att[i].prov, sizeof g->att[i].prov, r->att[i].prov);
 			g->att[i].status = r->att[i].status;
 			g->att[i].ms = r->att[i].ms;
 		}

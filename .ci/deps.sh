@@ -2,8 +2,10 @@
 # Installs what building and testing llmgw need on a fresh Debian machine:
 # a C compiler and make (the gateway), curl and python3 (integration tests),
 # valgrind and clang (memory checks, fuzzing), xz (the BearSSL recipe),
-# openssl (test certificates). Does nothing when all are
-# there already.
+# openssl (test certificates), the cross compilers and musl (make cross,
+# static binaries for aarch64, armhf, mipsel, mips and x86_64 musl) with
+# qemu-user to run them, ca-certificates (make rootfs). Does nothing when all
+# are there already.
 set -eu
 need=""
 command -v cc >/dev/null 2>&1 || need="$need gcc libc6-dev"
@@ -15,6 +17,22 @@ command -v clang >/dev/null 2>&1 || need="$need clang"
 command -v xz >/dev/null 2>&1 || need="$need xz-utils"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 command -v apt-get >/dev/null 2>&1 && [ ! -d /usr/share/doc/ca-certificates ] && need="$need ca-certificates"
+# cross compilers: the gcc driver and the target's libc (a Recommends, so
+# --no-install-recommends would leave it out)
+for x in aarch64-linux-gnu:arm64 arm-linux-gnueabihf:armhf mipsel-linux-gnu:mipsel mips-linux-gnu:mips; do
+	triple=${x%%:*}
+	command -v "$triple-gcc" >/dev/null 2>&1 || need="$need gcc-$triple"
+	[ -f "/usr/$triple/lib/libc.a" ] || need="$need libc6-dev-${x#*:}-cross"
+done
+command -v musl-gcc >/dev/null 2>&1 || need="$need musl-tools"
+command -v readelf >/dev/null 2>&1 || need="$need binutils"
+# qemu-user: qemu-<arch> (qemu-user-static's qemu-<arch>-static does as well)
+for a in aarch64 arm mipsel mips; do
+	if ! command -v "qemu-$a" >/dev/null 2>&1 && ! command -v "qemu-$a-static" >/dev/null 2>&1; then
+		need="$need qemu-user"
+		break
+	fi
+done
 # the sanitizer runtimes come with gcc; check they link
 if command -v cc >/dev/null 2>&1; then
 	t=$(mktemp -d)

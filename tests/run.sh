@@ -5,6 +5,13 @@
 # binaries first) and by .ci/run.
 #   sh tests/run.sh            all suites
 #   SUITES="unit integration" sh tests/run.sh    only those
+# Cross targets (built by `make test`, see the Makefile): unit-<target> runs
+# tests/unit.c built for each of CROSS_TEST (under qemu-user except
+# x86_64-musl); integration-<target> runs tests/integration.py against the
+# target's gateway for x86_64-musl and for each of EMU_TARGETS under qemu-user
+# (LLMGW_WRAP). A suite whose qemu cannot run at all is reported as skipped.
+#   CROSS_TEST="aarch64 armhf mipsel mips x86_64-musl"   (make test passes it; "" = none)
+#   EMU_TARGETS="mips aarch64"
 set -u
 cd "$(dirname "$0")/.." || exit 1
 mkdir -p build
@@ -14,10 +21,22 @@ passed=0
 failed=0
 summary=""
 
+selected() {
+	case " ${SUITES:-all} " in *" all "* | *" $1 "*) return 0 ;; esac
+	return 1
+}
+
+skip() {
+	selected "$1" || return 0
+	echo "=== $1: SKIPPED: $2"
+	summary="$summary
+  $1: SKIPPED ($2)"
+}
+
 suite() {
 	name=$1
 	shift
-	case " ${SUITES:-all} " in *" all "* | *" $name "*) ;; *) return 0 ;; esac
+	selected "$name" || return 0
 	echo "=== $name: $*"
 	out=build/test-$name.out
 	start=$(date +%s)
@@ -49,6 +68,72 @@ if command -v valgrind >/dev/null 2>&1; then
 	LLMGW_WRAP="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite" \
 		suite integration-valgrind python3 tests/integration.py --gw ./llmgw -k "${VALGRIND_TESTS:-mock}"
 fi
+
+# ---- embedding, image, memory limit, portability ----
+suite embed build/embed
+ASAN_OPTIONS=detect_leaks=1 suite embed-asan build/embed-asan
+suite portability sh tests/portability.sh
+
+# ---- cross targets ----
+CROSS_TEST=${CROSS_TEST-aarch64 armhf mipsel mips x86_64-musl}
+EMU_TARGETS=${EMU_TARGETS-mips aarch64}
+# qemu_run TARGET: sets $run to the command prefix that runs the target's
+# binaries ("" natively), or returns 1 with $why set.
+qemu_run() {
+	case $1 in
+	x86_64-musl) run=""; return 0 ;;
+	aarch64) arch=aarch64 ;;
+	armhf) arch=arm ;;
+	mipsel) arch=mipsel ;;
+	mips) arch=mips ;;
+	*) why="unknown target $1"; return 1 ;;
+	esac
+	run=""
+	for q in qemu-$arch-static qemu-$arch; do
+		if command -v $q >/dev/null 2>&1; then run=$q; break; fi
+	done
+	if [ -z "$run" ]; then
+		why="neither qemu-$arch-static nor qemu-$arch is installed (Debian: qemu-user or qemu-user-static)"
+		return 1
+	fi
+	if ! out=$($run build/$1/llmgw --version 2>&1); then
+		why="$run cannot run build/$1/llmgw: $(echo "$out" | head -n 1)"
+		return 1
+	fi
+	return 0
+}
+has_cross_bin() {
+	[ -x "build/$1/llmgw" ] && [ -x "build/$1/unit" ] && return 0
+	why="build/$1/llmgw or build/$1/unit is missing (make test builds them; CROSS_TEST=\"\" leaves them out)"
+	return 1
+}
+for t in $CROSS_TEST; do
+	if ! has_cross_bin "$t"; then
+		skip unit-$t "$why"
+		continue
+	fi
+	if ! qemu_run "$t"; then
+		skip unit-$t "$why"
+		continue
+	fi
+	suite unit-$t $run build/$t/unit
+done
+for t in x86_64-musl $EMU_TARGETS; do
+	case " $CROSS_TEST " in *" $t "*) ;; *) continue ;; esac
+	if has_cross_bin "$t" && qemu_run "$t"; then
+		suite integration-$t env LLMGW_WRAP="$run" python3 tests/integration.py --gw build/$t/llmgw
+	else
+		skip integration-$t "$why"
+	fi
+done
+case " $CROSS_TEST " in
+*" x86_64-musl "*)
+	# the FROM-scratch image's tree, run with chroot; the musl static binary
+	# under a 16 MB address-space limit (ulimit -v 16384) serving 50 streams
+	suite rootfs sh tests/rootfs.sh
+	suite memlimit python3 tests/measure.py --memlimit 16384 --streams 50 --conns 100 x86_64-musl
+	;;
+esac
 
 echo "=== summary$summary"
 echo "$passed passed, $failed failed"
