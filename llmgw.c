@@ -228,14 +228,16 @@ static int64_t lg_wall_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Does p[0..n) contain the string z? (memmem is not POSIX) */
-static int lg_memmem(const char *p, size_t n, const char *z)
+/* Where p[0..n) contains the string z, or NULL (memmem is not POSIX). */
+static const char *lg_memfind(const char *p, size_t n, const char *z)
 {
 	size_t i, zl = strlen(z);
 	for (i = 0; zl <= n && i <= n - zl; i++)
-		if (p[i] == z[0] && memcmp(p + i, z, zl) == 0) return 1;
-	return 0;
+		if (p[i] == z[0] && memcmp(p + i, z, zl) == 0) return p + i;
+	return NULL;
 }
+
+static int lg_memmem(const char *p, size_t n, const char *z) { return lg_memfind(p, n, z) != NULL; }
 
 /* Glob match with * and ?, used for key model allow-lists. */
 static int lg_glob(const char *pat, lg_str s)
@@ -603,7 +605,8 @@ static int lg_buf_reserve(struct lg_buf *b, size_t extra)
 
 static int lg_buf_add(struct lg_buf *b, const void *d, size_t n)
 {
-	if (lg_buf_reserve(b, n)) return -1;
+	if (b->len + n > b->cap || b->err || (b->off && b->off == b->len))
+		if (lg_buf_reserve(b, n)) return -1;
 	if (n) memcpy(b->p + b->len, d, n);
 	b->len += n;
 	return 0;
@@ -4257,6 +4260,7 @@ struct lg_req {
 	struct lg_json j;
 	const char *model_req, *user;
 	const char *query; /* GET /v1/generation: the query string */
+	const char *anth_beta; /* /v1/messages: the client's anthropic-beta header, for Anthropic */
 	struct lg_creq *creq;  /* the canonical request, built on first need */
 	struct lg_wst *w;      /* translation state of the current attempt, when not native */
 	int rf_tool;           /* response_format rides on a forced Anthropic tool */
@@ -4281,7 +4285,7 @@ struct lg_req {
 	/* accounting */
 	struct lg_kstate *ks; /* the key's spend and limits, when admitted */
 	double reserved;      /* USD held against the budget until settled */
-	int64_t prompt_est, max_out;
+	int64_t prompt_est, max_out, res_out; /* max_out: the request's; res_out: what is reserved */
 	int64_t t0, t_att, t_first;
 	int64_t wall0;
 	size_t bytes_in, bytes_out;
@@ -4320,10 +4324,11 @@ static int lg_req_json(struct lg_req *r, struct lg_json *j, const char *s, size_
 			*j = cnt;
 			return k;
 		}
-		nt = (struct lg_jtok *)realloc(r->rtok, (size_t)k * sizeof *nt);
+		/* room for bigger chunks to come: one pass from now on */
+		nt = (struct lg_jtok *)realloc(r->rtok, (size_t)LG_MAX(k * 2, 256) * sizeof *nt);
 		if (!nt) return LG_JSON_NOMEM;
 		r->rtok = nt;
-		r->rcap = (uint32_t)k;
+		r->rcap = (uint32_t)LG_MAX(k * 2, 256);
 		j->t = nt;
 		j->cap = r->rcap;
 		k = lg_json_parse(j, s, n);
@@ -4456,13 +4461,20 @@ static void lg_resp_error(struct lg_req *r, int status, const char *extra, const
 	lg_buf_free(&b);
 }
 
-/* One server-sent event to a streaming client, framed as an HTTP chunk,
- * and flushed at once: events are never held back. */
-static void lg_resp_event(struct lg_req *r, const char *data, size_t n)
+/* One server-sent event to a streaming client (with an event name for the
+ * Anthropic dialect), framed as an HTTP chunk. Data holding line breaks
+ * (several data: lines joined) goes out as several data: lines again. */
+static void lg_resp_sse(struct lg_req *r, const char *name, const char *data, size_t n)
 {
 	struct lg_buf *o;
-	size_t len = n + 8; /* "data: " + "\n\n" */
+	size_t len = 1 + (name ? strlen(name) + 8 : 0), i, st, lines = 0;
 	if (!r->cc) return;
+	for (i = 0, st = 0; i <= n; i++)
+		if (i == n || data[i] == '\n') {
+			len += 7 + (i - st);
+			lines++;
+			st = i + 1;
+		}
 	o = &r->cc->out;
 	if (!r->sent_head) lg_resp_head(r, 200, "text/event-stream", -1, NULL);
 	if (r->t_first == 0) r->t_first = r->gw->now;
@@ -4470,11 +4482,24 @@ static void lg_resp_event(struct lg_req *r, const char *data, size_t n)
 		lg_buf_addu(o, len, 1);
 		lg_buf_addz(o, "\r\n");
 	}
-	lg_buf_addz(o, "data: ");
-	lg_buf_add(o, data, n);
-	lg_buf_addz(o, r->minor >= 1 ? "\n\n\r\n" : "\n\n");
+	if (name) {
+		lg_buf_addz(o, "event: ");
+		lg_buf_addz(o, name);
+		lg_buf_addc(o, '\n');
+	}
+	for (i = 0, st = 0; i <= n; i++)
+		if (i == n || data[i] == '\n') {
+			lg_buf_addz(o, "data: ");
+			lg_buf_add(o, data + st, i - st);
+			lg_buf_addc(o, '\n');
+			st = i + 1;
+		}
+	lg_buf_addz(o, r->minor >= 1 ? "\n\r\n" : "\n");
 	r->bytes_out += len;
+	LG_UNUSED(lines);
 }
+
+static void lg_resp_event(struct lg_req *r, const char *data, size_t n) { lg_resp_sse(r, NULL, data, n); }
 
 /* Ends a client stream: the last chunk. */
 static void lg_resp_stream_end(struct lg_req *r)
@@ -4853,11 +4878,13 @@ static lg_str lg_canon_esc(struct lg_req *r, lg_str raw)
 {
 	struct lg_buf b;
 	char *o;
+	size_t n;
 	lg_buf_init(&b, 0);
 	lg_json_wstr(&b, raw.p, raw.n);
-	o = lg_arena_strn(&r->a, b.p ? b.p + 1 : "", b.len >= 2 ? b.len - 2 : 0);
+	n = b.len >= 2 ? b.len - 2 : 0;
+	o = lg_arena_strn(&r->a, b.p ? b.p + 1 : "", n);
 	lg_buf_free(&b);
-	return lg_str_of(o ? o : "", o && b.len >= 2 ? b.len - 2 : 0);
+	return lg_str_of(o ? o : "", o ? n : 0);
 }
 
 static struct lg_cpart *lg_canon_part(struct lg_req *r, struct lg_cmsg *m, int cap, int type)
@@ -5840,9 +5867,20 @@ static int lg_w_bedrock(struct lg_req *r, const struct lg_cand *cd, struct lg_bu
 		lg_buf_addc(o, ']');
 	}
 	lg_buf_addc(o, '}');
-	if ((q->ntools && q->tool_choice != LG_TC_NONE) || lg_w_has_calls(q)) {
+	r->rf_tool = q->rf && !q->ntools; /* response_format: a forced tool, as for Anthropic */
+	if ((q->ntools && q->tool_choice != LG_TC_NONE) || lg_w_has_calls(q) || r->rf_tool) {
 		int n = 0;
 		lg_buf_addz(o, ",\"toolConfig\":{\"tools\":[");
+		if (r->rf_tool) {
+			lg_buf_addz(o, "{\"toolSpec\":{\"name\":\"json_response\",\"description\":\"Answer with JSON\","
+			               "\"inputSchema\":{\"json\":");
+			if (q->rf_schema.n)
+				lg_buf_adds(o, q->rf_schema);
+			else
+				lg_buf_addz(o, "{\"type\":\"object\"}");
+			lg_buf_addz(o, "}}}");
+			n++;
+		}
 		for (i = 0; i < q->ntools; i++) {
 			lg_buf_addz(o, n++ ? ",{\"toolSpec\":{\"name\":" : "{\"toolSpec\":{\"name\":");
 			lg_w_str(o, q->tools[i].name);
@@ -5863,7 +5901,9 @@ static int lg_w_bedrock(struct lg_req *r, const struct lg_cand *cd, struct lg_bu
 						lg_buf_addz(o, ",\"inputSchema\":{\"json\":{\"type\":\"object\"}}}}");
 					}
 		lg_buf_addc(o, ']');
-		if (q->tool_choice == LG_TC_REQUIRED)
+		if (r->rf_tool)
+			lg_buf_addz(o, ",\"toolChoice\":{\"tool\":{\"name\":\"json_response\"}}");
+		else if (q->tool_choice == LG_TC_REQUIRED)
 			lg_buf_addz(o, ",\"toolChoice\":{\"any\":{}}");
 		else if (q->tool_choice == LG_TC_FUNC) {
 			lg_buf_addz(o, ",\"toolChoice\":{\"tool\":{\"name\":");
@@ -5914,31 +5954,6 @@ static void lg_w_free(struct lg_wst *w)
 	lg_buf_free(&w->text);
 	lg_buf_free(&w->reasoning);
 	lg_buf_free(&w->sig);
-}
-
-/* One SSE event to the client, with an event name for the Anthropic
- * dialect. */
-static void lg_resp_sse(struct lg_req *r, const char *name, const char *data, size_t n)
-{
-	struct lg_buf *o;
-	size_t len = n + 8 + (name ? strlen(name) + 8 : 0);
-	if (!r->cc) return;
-	o = &r->cc->out;
-	if (!r->sent_head) lg_resp_head(r, 200, "text/event-stream", -1, NULL);
-	if (r->t_first == 0) r->t_first = r->gw->now;
-	if (r->minor >= 1) {
-		lg_buf_addu(o, len, 1);
-		lg_buf_addz(o, "\r\n");
-	}
-	if (name) {
-		lg_buf_addz(o, "event: ");
-		lg_buf_addz(o, name);
-		lg_buf_addc(o, '\n');
-	}
-	lg_buf_addz(o, "data: ");
-	lg_buf_add(o, data, n);
-	lg_buf_addz(o, r->minor >= 1 ? "\n\n\r\n" : "\n\n");
-	r->bytes_out += len;
 }
 
 /* Ends a client stream with an error event in its dialect: never as if
@@ -6466,7 +6481,7 @@ static void lg_p_anth_block(struct lg_req *r, const struct lg_json *j, const cha
 		lg_str name = lg_jesc(j, s, lg_json_get(j, s, b, "name"));
 		int in = lg_json_get(j, s, b, "input");
 		if (r->rf_tool && lg_str_eq(name, "json_response")) { /* response_format: the input is the answer */
-			if (in >= 0) {
+			if (lg_json_type(j, in) == LG_J_OBJ && j->t[in].size) { /* a stream's start block has input {} */
 				lg_str raw = lg_json_span(j, s, in);
 				lg_ev(r, LG_EV_TEXT, 0, lg_canon_esc(r, raw), LG_NOSTR, 0);
 			}
@@ -6658,8 +6673,14 @@ static int lg_p_bedrock_full(struct lg_req *r, const char *s, size_t n)
 		int b = lg_json_at(&j, c, i), t = lg_json_get(&j, s, b, "text"), tu = lg_json_get(&j, s, b, "toolUse");
 		int rc = lg_json_get(&j, s, lg_json_get(&j, s, b, "reasoningContent"), "reasoningText");
 		if (lg_json_type(&j, t) == LG_J_STR) lg_ev(r, LG_EV_TEXT, 0, lg_json_raw(&j, s, t), LG_NOSTR, 0);
-		if (rc >= 0) lg_ev(r, LG_EV_REASONING, 0, lg_jesc(&j, s, lg_json_get(&j, s, rc, "text")), LG_NOSTR, 0);
-		if (tu >= 0) {
+		if (rc >= 0) {
+			lg_ev(r, LG_EV_REASONING, 0, lg_jesc(&j, s, lg_json_get(&j, s, rc, "text")), LG_NOSTR, 0);
+			lg_ev(r, LG_EV_SIG, 0, lg_jesc(&j, s, lg_json_get(&j, s, rc, "signature")), LG_NOSTR, 0);
+		}
+		if (tu >= 0 && r->rf_tool && lg_str_eq(lg_jesc(&j, s, lg_json_get(&j, s, tu, "name")), "json_response")) {
+			int in = lg_json_get(&j, s, tu, "input"); /* response_format: the input is the answer */
+			if (in >= 0) lg_ev(r, LG_EV_TEXT, 0, lg_canon_esc(r, lg_json_span(&j, s, in)), LG_NOSTR, 0);
+		} else if (tu >= 0) {
 			int in = lg_json_get(&j, s, tu, "input");
 			lg_ev(r, LG_EV_TOOL, (int)i, lg_jesc(&j, s, lg_json_get(&j, s, tu, "toolUseId")),
 			      lg_jesc(&j, s, lg_json_get(&j, s, tu, "name")), 0);
@@ -6670,7 +6691,8 @@ static int lg_p_bedrock_full(struct lg_req *r, const char *s, size_t n)
 	sr = lg_json_get(&j, s, 0, "stopReason");
 	if (lg_json_type(&j, sr) == LG_J_STR) {
 		lg_str v = lg_json_raw(&j, s, sr);
-		lg_ev(r, LG_EV_FINISH, lg_str_eq(v, "end_turn") ? LG_FIN_STOP : lg_fin_code(v), LG_NOSTR, LG_NOSTR, 0);
+		lg_ev(r, LG_EV_FINISH, lg_str_eq(v, "end_turn") || r->rf_tool ? LG_FIN_STOP : lg_fin_code(v), LG_NOSTR,
+		      LG_NOSTR, 0);
 	}
 	lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
 	return 0;
@@ -6679,6 +6701,7 @@ static int lg_p_bedrock_full(struct lg_req *r, const char *s, size_t n)
 /* One ConverseStream event (its :event-type and JSON payload). */
 static void lg_p_bedrock_event(struct lg_req *r, lg_str type, lg_str data)
 {
+	struct lg_wst *w = r->w;
 	struct lg_json j;
 	const char *s = data.p;
 	int idx, d;
@@ -6687,22 +6710,40 @@ static void lg_p_bedrock_event(struct lg_req *r, lg_str type, lg_str data)
 	idx = (int)lg_json_i64(&j, s, lg_json_get(&j, s, 0, "contentBlockIndex"));
 	if (lg_str_eq(type, "contentBlockStart")) {
 		int tu = lg_json_get(&j, s, lg_json_get(&j, s, 0, "start"), "toolUse");
-		if (tu >= 0)
-			lg_ev(r, LG_EV_TOOL, idx, lg_jesc(&j, s, lg_json_get(&j, s, tu, "toolUseId")),
-			      lg_jesc(&j, s, lg_json_get(&j, s, tu, "name")), 0);
+		lg_str name = lg_jesc(&j, s, lg_json_get(&j, s, tu, "name"));
+		if (tu >= 0 && w) {
+			w->pblk[idx % LG_MAX_TOOLS] = r->rf_tool && lg_str_eq(name, "json_response") ? 3 : 1;
+			w->pargs[idx % LG_MAX_TOOLS] = 0;
+		}
+		if (tu >= 0 && !(w && w->pblk[idx % LG_MAX_TOOLS] == 3))
+			lg_ev(r, LG_EV_TOOL, idx, lg_jesc(&j, s, lg_json_get(&j, s, tu, "toolUseId")), name, 0);
 	} else if (lg_str_eq(type, "contentBlockDelta")) {
+		int rc;
 		d = lg_json_get(&j, s, 0, "delta");
-		if (lg_json_get(&j, s, d, "text") >= 0)
+		rc = lg_json_get(&j, s, d, "reasoningContent");
+		if (lg_json_get(&j, s, d, "text") >= 0) {
 			lg_ev(r, LG_EV_TEXT, 0, lg_jesc(&j, s, lg_json_get(&j, s, d, "text")), LG_NOSTR, 0);
-		else if (lg_json_get(&j, s, d, "toolUse") >= 0)
-			lg_ev(r, LG_EV_ARGS, idx, lg_jesc(&j, s, lg_json_get(&j, s, lg_json_get(&j, s, d, "toolUse"), "input")),
-			      LG_NOSTR, 0);
-		else if (lg_json_get(&j, s, d, "reasoningContent") >= 0)
-			lg_ev(r, LG_EV_REASONING, 0,
-			      lg_jesc(&j, s, lg_json_get(&j, s, lg_json_get(&j, s, d, "reasoningContent"), "text")), LG_NOSTR, 0);
+		} else if (lg_json_get(&j, s, d, "toolUse") >= 0) {
+			lg_str in = lg_jesc(&j, s, lg_json_get(&j, s, lg_json_get(&j, s, d, "toolUse"), "input"));
+			if (w && w->pblk[idx % LG_MAX_TOOLS] == 3) {
+				lg_ev(r, LG_EV_TEXT, 0, in, LG_NOSTR, 0); /* the forced response_format tool: text */
+			} else if (in.n) {
+				lg_ev(r, LG_EV_ARGS, idx, in, LG_NOSTR, 0);
+				if (w) w->pargs[idx % LG_MAX_TOOLS] = 1;
+			}
+		} else if (rc >= 0) {
+			int t = lg_json_get(&j, s, rc, "text"), sg = lg_json_get(&j, s, rc, "signature");
+			if (t >= 0) lg_ev(r, LG_EV_REASONING, 0, lg_jesc(&j, s, t), LG_NOSTR, 0);
+			if (sg >= 0) lg_ev(r, LG_EV_SIG, 0, lg_jesc(&j, s, sg), LG_NOSTR, 0);
+		}
+	} else if (lg_str_eq(type, "contentBlockStop")) {
+		if (w && w->pblk[idx % LG_MAX_TOOLS] == 1 && !w->pargs[idx % LG_MAX_TOOLS]) /* a tool that got no input */
+			lg_ev(r, LG_EV_ARGS, idx, lg_str_of("{}", 2), LG_NOSTR, 1);
+		if (w) w->pblk[idx % LG_MAX_TOOLS] = 0;
 	} else if (lg_str_eq(type, "messageStop")) {
 		lg_str v = lg_jesc(&j, s, lg_json_get(&j, s, 0, "stopReason"));
-		lg_ev(r, LG_EV_FINISH, lg_str_eq(v, "end_turn") ? LG_FIN_STOP : lg_fin_code(v), LG_NOSTR, LG_NOSTR, 0);
+		lg_ev(r, LG_EV_FINISH, lg_str_eq(v, "end_turn") || r->rf_tool ? LG_FIN_STOP : lg_fin_code(v), LG_NOSTR,
+		      LG_NOSTR, 0);
 	} else if (lg_str_eq(type, "metadata")) {
 		lg_p_bedrock_usage(r, &j, s, lg_json_get(&j, s, 0, "usage"));
 	}
@@ -6927,8 +6968,9 @@ static int lg_prov_build(struct lg_req *r, const struct lg_cand *cd, struct lg_b
 		if (p->api_key) snprintf(auth, sizeof auth, "api-key: %s\r\n", p->api_key);
 		break;
 	case LG_PT_ANTHROPIC:
-		snprintf(auth, sizeof auth, "%s%s%santhropic-version: 2023-06-01\r\n", p->api_key ? "x-api-key: " : "",
-		         p->api_key ? p->api_key : "", p->api_key ? "\r\n" : "");
+		snprintf(auth, sizeof auth, "%s%s%santhropic-version: 2023-06-01\r\n%s%s%s", p->api_key ? "x-api-key: " : "",
+		         p->api_key ? p->api_key : "", p->api_key ? "\r\n" : "", r->anth_beta ? "anthropic-beta: " : "",
+		         r->anth_beta ? r->anth_beta : "", r->anth_beta ? "\r\n" : "");
 		break;
 	case LG_PT_GEMINI:
 		if (p->api_key) snprintf(auth, sizeof auth, "x-goog-api-key: %s\r\n", p->api_key);
@@ -7538,7 +7580,7 @@ static int lg_route_retryable(int status, const char *body, size_t n)
 {
 	if (status == 429) /* a quota that ran out will not come back on retry */
 		return !(body && n && lg_memmem(body, n, "insufficient_quota"));
-	return status == 408 || status >= 500;
+	return status == 408 || status == 424 || status >= 500; /* 424: Bedrock's stream errors */
 }
 
 static void lg_route_next(struct lg_req *r);
@@ -7775,6 +7817,21 @@ static void lg_att_end(void *owner)
 	a->ms = r->gw->now - r->t_att;
 	if (r->ustatus < 200 || r->ustatus >= 300) {
 		char why[256];
+		const char *b = lg_buf_data(&r->ubody), *rd;
+		size_t bn = lg_buf_used(&r->ubody);
+		/* Gemini says when to retry in its body: "retryDelay": "17s" */
+		if (bn && b && (rd = lg_memfind(b, bn, "\"retryDelay\"")) != NULL) {
+			const char *e = b + bn;
+			double d = 0;
+			rd += 12;
+			while (rd < e && (*rd == ' ' || *rd == ':' || *rd == '"')) rd++;
+			while (rd < e && *rd >= '0' && *rd <= '9') d = d * 10 + (*rd++ - '0');
+			if (rd < e && *rd == '.') {
+				double f = 0.1;
+				for (rd++; rd < e && *rd >= '0' && *rd <= '9'; rd++, f /= 10) d += (*rd - '0') * f;
+			}
+			if (d > 0 && d < 3600) r->retry_after_ms = (int64_t)(d * 1000);
+		}
 		lg_route_upstream_msg(r, why, sizeof why);
 		lg_route_failed(r, r->ustatus, why[0] ? why : lg_status_text(r->ustatus),
 		                lg_route_retryable(r->ustatus, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody)),
@@ -7877,8 +7934,8 @@ static void lg_route_next(struct lg_req *r)
 		if (r->cur >= r->nplan) {
 			int64_t delay = (int64_t)250 << LG_MIN(r->rounds, 6);
 			if (!r->retry_seen || !r->nplan) break;
-			delay = LG_MAX(delay, r->retry_after_ms);
 			delay = delay * 3 / 4 + (int64_t)(lg_rand(&r->gw->rng) % (uint64_t)(delay / 2 + 1));
+			delay = LG_MAX(delay, r->retry_after_ms); /* never before the upstream said */
 			if (r->gw->now + delay > r->t0 + r->cfg->first_byte_timeout) break;
 			r->cur = 0;
 			r->rounds++;
@@ -8123,7 +8180,7 @@ static void lg_acct_estimate(struct lg_req *r)
 			if (r->plan[i].t && r->plan[i].t->max_output > mo) mo = r->plan[i].t->max_output;
 	if (!mo) mo = 4096;
 	r->prompt_est = (int64_t)(r->body_len + 3) / 4;
-	r->max_out = r->ep == LG_EP_EMBED ? 0 : mo;
+	r->res_out = r->ep == LG_EP_EMBED ? 0 : mo; /* r->max_out stays the request's own */
 }
 
 /* Before the first attempt: concurrency, rpm, tpm, then the budget with a
@@ -8161,7 +8218,7 @@ static int lg_acct_admit(struct lg_req *r, char *msg, size_t mlen, int *retry)
 			in = LG_MAX(in, r->plan[i].t->in);
 			out = LG_MAX(out, r->plan[i].t->out);
 		}
-	res = ((double)r->prompt_est * in + (double)r->max_out * out) / 1e6;
+	res = ((double)r->prompt_est * in + (double)r->res_out * out) / 1e6;
 	if (key->budget > 0 && ks->spend + ks->reserved + res > key->budget) {
 		char when[64] = "never (a total budget)";
 		lg_acct_period(key->period, wall, &reset);
@@ -9379,6 +9436,10 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 	} else if (r->ep != LG_EP_HEALTH && r->ep != LG_EP_METRICS && (st = lg_srv_auth(r, h, msg, sizeof msg))) {
 		lg_srv_head_error(r, st, NULL, msg);
 		return;
+	}
+	if (r->ep == LG_EP_MESSAGES) {
+		lg_str ab = lg_http_get(h, "anthropic-beta");
+		if (ab.n && ab.n < 512) r->anth_beta = lg_arena_strn(&r->a, ab.p, ab.n);
 	}
 	if (r->ep == LG_EP_GEN) { /* keep the query string */
 		lg_str q = h->target;
