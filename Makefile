@@ -31,8 +31,9 @@ TLSLIB  := $(BEARSSL)/libbearssl.a
 endif
 
 # ---- cross targets ---------------------------------------------------------
-# Each target: its compiler, its strip, the qemu-user name that runs it (none
-# for x86_64-musl, which runs natively). Always static, always with TLS.
+# Each target: its compiler and its strip (tests/run.sh and tests/measure.py
+# run them with qemu-<arch>-static or qemu-<arch>: aarch64, arm, mipsel, mips;
+# x86_64-musl runs natively). Always static, stripped, -Os, with TLS.
 CROSS_TARGETS := aarch64 armhf mipsel mips x86_64-musl
 XCC_aarch64       := aarch64-linux-gnu-gcc
 XCC_armhf         := arm-linux-gnueabihf-gcc
@@ -78,10 +79,13 @@ llmgw: llmgw.c llmgw.h $(TLSLIB)
 
 # Always ask the recipe: it returns at once and leaves libbearssl.a untouched
 # when it is up to date, so what links it is only rebuilt when it changed.
+# Its report (stderr) is shown when it built something or failed.
 $(BUILD)/bearssl/%/libbearssl.a: FORCE
 	@command -v $(firstword $(call bearssl_cc,$*)) >/dev/null 2>&1 || \
 	  { echo "$(firstword $(call bearssl_cc,$*)) not found: sh .ci/deps.sh installs it"; exit 1; }
-	@sh vendor/bearssl.sh CC="$(call bearssl_cc,$*)" $(call bearssl_cflags,$*) OUT=$(BUILD)/bearssl/$* >/dev/null
+	@out=$$(sh vendor/bearssl.sh CC="$(call bearssl_cc,$*)" $(call bearssl_cflags,$*) \
+	  OUT=$(BUILD)/bearssl/$* 2>&1 >/dev/null) || { printf '%s\n' "$$out" >&2; exit 1; }; \
+	case "$$out" in *"up to date"*) ;; *) printf '%s\n' "$$out" | grep -v 'headers:\|use:' >&2 ;; esac
 
 cross: $(CROSS_BINS)
 	@for t in $(CROSS_TARGETS); do ls -l $(BUILD)/$$t/llmgw; done
@@ -175,7 +179,7 @@ symbols: llmgw.c llmgw.h $(TLSLIB)
 clean:
 	rm -rf llmgw $(BUILD)/llmgw-asan $(BUILD)/unit $(BUILD)/unit-notls $(BUILD)/unit-asan $(BUILD)/llmgw.o \
 	  $(BUILD)/embed $(BUILD)/embed-asan $(BUILD)/embed*.o $(CROSS_TARGETS:%=$(BUILD)/%) \
-	  $(BUILD)/rootfs $(BUILD)/rootfs-test $(BUILD)/test-*
+	  $(BUILD)/rootfs $(BUILD)/rootfs-port $(BUILD)/rootfs-docker $(BUILD)/test-* $(BUILD)/measure-*
 
 .PHONY: all run unit test symbols clean cross $(CROSS_TARGETS:%=cross-%) rootfs embed-test measure FORCE
 FORCE:

@@ -2451,9 +2451,10 @@ static long lg_chunked_decode(struct lg_chunked *d, char *buf, size_t *n)
 /* Server-sent events: finds the next complete event in b[0..n). Returns
  * the bytes it takes (> 0) or 0 when no complete event is there yet. Lines
  * end in CRLF, LF or CR. Several data lines are joined with '\n' in
- * scratch, which must hold n bytes; otherwise ev->data points into b. An
- * event with no field (comments, stray blank lines) comes back with
- * ev->fields == 0 and is to be skipped. */
+ * scratch, which must hold n bytes; otherwise ev->data points into b. With
+ * scratch NULL, an event of several data lines returns (size_t)-1: call
+ * again with room. An event with no field (comments, stray blank lines)
+ * comes back with ev->fields == 0 and is to be skipped. */
 struct lg_sse_ev {
 	lg_str event, data, id;
 	int fields, ndata;
@@ -2495,6 +2496,10 @@ static size_t lg_sse_next(const char *b, size_t n, struct lg_sse_ev *ev, char *s
 			if (ev->ndata == 0) {
 				ev->data = val;
 			} else {
+				if (!scratch) { /* several data lines: the caller must give room to join them */
+					memset(ev, 0, sizeof *ev);
+					return (size_t)-1;
+				}
 				if (ev->ndata == 1) {
 					memcpy(scratch, ev->data.p, ev->data.n);
 					sl = ev->data.n;
@@ -4097,6 +4102,7 @@ static void lg_up_head(struct lg_upreq *u)
 	}
 	u->status = h.status;
 	u->keep = u->keep && !h.close;
+	lg_buf_free(&u->req); /* answered: the request bytes are not needed again */
 	if (h.status == 204 || h.status == 304)
 		u->mode = LG_B_NONE;
 	else if (h.chunked)
@@ -4325,10 +4331,10 @@ static int lg_req_json(struct lg_req *r, struct lg_json *j, const char *s, size_
 			return k;
 		}
 		/* room for bigger chunks to come: one pass from now on */
-		nt = (struct lg_jtok *)realloc(r->rtok, (size_t)LG_MAX(k * 2, 256) * sizeof *nt);
+		nt = (struct lg_jtok *)realloc(r->rtok, (size_t)LG_MAX(k * 2, 64) * sizeof *nt);
 		if (!nt) return LG_JSON_NOMEM;
 		r->rtok = nt;
-		r->rcap = (uint32_t)LG_MAX(k * 2, 256);
+		r->rcap = (uint32_t)LG_MAX(k * 2, 64);
 		j->t = nt;
 		j->cap = r->rcap;
 		k = lg_json_parse(j, s, n);
@@ -6933,7 +6939,7 @@ static int lg_prov_build(struct lg_req *r, const struct lg_cand *cd, struct lg_b
 	for (i = 0; i < p->nheaders; i++) room += strlen(p->headers[i]) + 2;
 	if (room > sizeof head) return -1;
 	o->off = o->len = 0;
-	if (lg_buf_reserve(o, room + r->body_len * 2 + 1024)) return -1;
+	if (lg_buf_reserve(o, room + r->body_len + 256)) return -1;
 	o->len = room; /* the gap before the body is filled by the head below */
 	if (r->ep == LG_EP_EMBED && p->type == LG_PT_GEMINI) {
 		int in = lg_json_get(&r->j, r->body, 0, "input");
@@ -7728,8 +7734,11 @@ static void lg_att_events(struct lg_req *r)
 			}
 			k = (size_t)fl;
 		} else {
-			if (lg_buf_reserve(&r->scratch, n)) return;
-			k = lg_sse_next(lg_buf_data(&r->ubody), n, &ev, r->scratch.p);
+			k = lg_sse_next(lg_buf_data(&r->ubody), n, &ev, NULL);
+			if (k == (size_t)-1) { /* several data lines to join: only then room for it */
+				if (lg_buf_reserve(&r->scratch, n)) return;
+				k = lg_sse_next(lg_buf_data(&r->ubody), n, &ev, r->scratch.p);
+			}
 			if (k == 0) {
 				if (n > LLMGW_MAX_EVENT) lg_up_fail(&r->up, LG_UF_PROTO, "a stream event larger than the limit");
 				return;

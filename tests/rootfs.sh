@@ -4,7 +4,7 @@
 # user, where user namespaces are allowed) starts /llmgw -c /etc/llmgw/llmgw.ini
 # inside it; curl from outside talks to it over 127.0.0.1 through the mock
 # provider. Also checks the tree holds exactly the three files, that the
-# binary has no ELF interpreter (static), that the CA bundle parses (ca_file
+# binary has no ELF interpreter (static) and stays under 400 KB, that the CA bundle parses (ca_file
 # check with -t inside the chroot) and that the Docker variant of the config
 # (ROOTFS_LISTEN=0.0.0.0:8080, what the Dockerfile builds) is valid.
 # Ends with "N passed, N failed".
@@ -63,12 +63,23 @@ else
 fi
 
 # static: no PT_INTERP program header (readelf comes with binutils)
+# the size target of the static x86_64 musl binary with TLS (SIZE_BUDGET bytes)
+size=$(wc -c <$root/llmgw)
+budget=${SIZE_BUDGET:-409600}
+if [ "$size" -lt "$budget" ]; then
+	ok "/llmgw is $size bytes, under the $budget-byte budget ($((budget - size)) to spare)"
+else
+	bad "/llmgw is $size bytes" "over the $budget-byte budget (400 KB)"
+fi
+
 if ! command -v readelf >/dev/null 2>&1; then
 	echo "note: readelf missing, static check left to the chroot run"
 elif readelf -lW $root/llmgw | grep -q INTERP; then
 	bad "static binary" "$root/llmgw has an ELF interpreter"
+elif readelf -SW $root/llmgw | grep -q '\.symtab'; then
+	bad "stripped binary" "$root/llmgw still has a symbol table"
 else
-	ok "static binary ($(wc -c <$root/llmgw) bytes, stripped: $(readelf -SW $root/llmgw | grep -q '\.symtab' && echo no || echo yes))"
+	ok "static (no ELF interpreter) and stripped"
 fi
 
 if out=$($CHROOT $root /llmgw -t -c /etc/llmgw/llmgw.ini 2>&1); then
@@ -80,6 +91,8 @@ fi
 # The gateway, from the folder alone.
 $CHROOT $root /llmgw -c /etc/llmgw/llmgw.ini >"$log" 2>&1 &
 gw=$!
+trap 'kill -KILL $gw 2>/dev/null' EXIT
+trap 'kill -KILL $gw 2>/dev/null; exit 1' INT TERM
 up=0
 i=0
 while [ $i -lt 100 ]; do
@@ -130,6 +143,7 @@ if kill -0 $gw 2>/dev/null; then
 fi
 wait $gw
 rc=$?
+trap - EXIT INT TERM
 if [ $up -eq 1 ]; then
 	if [ $rc -eq 0 ]; then ok "chroot: SIGTERM, exit status 0"; else bad "chroot: exit status $rc" "$(tail -n 5 "$log")"; fi
 fi
