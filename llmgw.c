@@ -231,9 +231,12 @@ static int64_t lg_wall_ms(void)
 /* Where p[0..n) contains the string z, or NULL (memmem is not POSIX). */
 static const char *lg_memfind(const char *p, size_t n, const char *z)
 {
-	size_t i, zl = strlen(z);
-	for (i = 0; zl <= n && i <= n - zl; i++)
-		if (p[i] == z[0] && memcmp(p + i, z, zl) == 0) return p + i;
+	size_t zl = strlen(z);
+	const char *e = p + n, *q = p;
+	while (zl && (size_t)(e - q) >= zl && (q = (const char *)memchr(q, z[0], (size_t)(e - q) - zl + 1)) != NULL) {
+		if (memcmp(q, z, zl) == 0) return q;
+		q++;
+	}
 	return NULL;
 }
 
@@ -4475,12 +4478,13 @@ static void lg_resp_sse(struct lg_req *r, const char *name, const char *data, si
 	struct lg_buf *o;
 	size_t len = 1 + (name ? strlen(name) + 8 : 0), i, st, lines = 0;
 	if (!r->cc) return;
-	for (i = 0, st = 0; i <= n; i++)
-		if (i == n || data[i] == '\n') {
-			len += 7 + (i - st);
-			lines++;
-			st = i + 1;
-		}
+	for (st = 0;; st = i + 1) { /* usually one line: memchr finds no break */
+		const char *nl = st < n ? (const char *)memchr(data + st, '\n', n - st) : NULL;
+		i = nl ? (size_t)(nl - data) : n;
+		len += 7 + (i - st);
+		lines++;
+		if (!nl) break;
+	}
 	o = &r->cc->out;
 	if (!r->sent_head) lg_resp_head(r, 200, "text/event-stream", -1, NULL);
 	if (r->t_first == 0) r->t_first = r->gw->now;
@@ -4493,13 +4497,14 @@ static void lg_resp_sse(struct lg_req *r, const char *name, const char *data, si
 		lg_buf_addz(o, name);
 		lg_buf_addc(o, '\n');
 	}
-	for (i = 0, st = 0; i <= n; i++)
-		if (i == n || data[i] == '\n') {
-			lg_buf_addz(o, "data: ");
-			lg_buf_add(o, data + st, i - st);
-			lg_buf_addc(o, '\n');
-			st = i + 1;
-		}
+	for (st = 0;; st = i + 1) {
+		const char *nl = st < n ? (const char *)memchr(data + st, '\n', n - st) : NULL;
+		i = nl ? (size_t)(nl - data) : n;
+		lg_buf_addz(o, "data: ");
+		lg_buf_add(o, data + st, i - st);
+		lg_buf_addc(o, '\n');
+		if (!nl) break;
+	}
 	lg_buf_addz(o, r->minor >= 1 ? "\n\r\n" : "\n");
 	r->bytes_out += len;
 	LG_UNUSED(lines);
@@ -4666,6 +4671,69 @@ static int lg_prov_openai_rewrite(struct lg_req *r, const char *s, size_t n, str
 	return o->err ? -1 : 1;
 }
 
+/* The common chunk (text or tool deltas: no usage, error or provider in
+ * it) rewritten without tokenizing: "provider" goes in front and the
+ * top-level "model" value is replaced. Returns 0 to take the full path.
+ * A key is structural when the quote before it follows '{' or ','; inside
+ * a string every quote is escaped. */
+static int lg_prov_openai_quick(struct lg_req *r, lg_str d)
+{
+	const char *p = d.p, *e = d.p + d.n, *m = NULL, *v, *ve, *q, *fin = NULL;
+	struct lg_buf tmp;
+	if (d.n < 2 || p[0] != '{' || !r->cc) return 0;
+	/* one pass over the quotes, looking at the keys that matter */
+	for (q = p; q < e && (q = (const char *)memchr(q, '"', (size_t)(e - q))) != NULL; q++) {
+		size_t left = (size_t)(e - q);
+		if (q[-1] == '\\') continue;
+		switch (left > 1 ? q[1] : 0) {
+		case 'u':
+			if (left >= 8 && memcmp(q, "\"usage\"", 7) == 0) return 0;
+			break;
+		case 'e':
+			if (left >= 8 && memcmp(q, "\"error\"", 7) == 0) return 0;
+			break;
+		case 'p':
+			if (left >= 11 && memcmp(q, "\"provider\"", 10) == 0) return 0;
+			break;
+		case 'f':
+			if (!fin && left >= 16 && memcmp(q, "\"finish_reason\"", 15) == 0) fin = q;
+			break;
+		case 'm':
+			if (!m && left >= 8 && memcmp(q, "\"model\"", 7) == 0) {
+				const char *b = q - 1;
+				while (b > p && (*b == ' ' || *b == '\n' || *b == '\r' || *b == '\t')) b--;
+				if (*b == '{' || *b == ',') m = q; /* a key, not text inside a string */
+			}
+			break;
+		default: break;
+		}
+	}
+	if (!m) return 0;
+	for (v = m + 7; v < e && (*v == ' ' || *v == ':' || *v == '\t'); v++) {
+	}
+	if (v >= e || *v != '"') return 0;
+	for (ve = v + 1; ve < e && *ve != '"'; ve++)
+		if (*ve == '\\') ve++;
+	if (ve >= e) return 0;
+	ve++; /* past the closing quote */
+	if (fin) { /* a finish_reason with a value ends the choice */
+		for (q = fin + 15; q < e && (*q == ' ' || *q == ':'); q++) {
+		}
+		if (q < e && *q == '"') r->saw_finish = 1;
+	}
+	lg_buf_init(&tmp, 0);
+	if (lg_buf_reserve(&tmp, d.n + 64 + strlen(r->served->prov->name) + strlen(r->served->model))) return 0;
+	lg_buf_addz(&tmp, "{\"provider\":");
+	lg_json_wz(&tmp, r->served->prov->name);
+	lg_buf_addc(&tmp, ',');
+	lg_buf_add(&tmp, p + 1, (size_t)(v - p - 1));
+	lg_json_wz(&tmp, r->served->model);
+	lg_buf_add(&tmp, ve, (size_t)(e - ve));
+	if (!tmp.err) lg_resp_event(r, tmp.p, tmp.len);
+	lg_buf_free(&tmp);
+	return !tmp.err;
+}
+
 /* One event of an OpenAI stream: forwarded as it came, rewritten. */
 static void lg_prov_openai_event(struct lg_req *r, lg_str data)
 {
@@ -4677,6 +4745,7 @@ static void lg_prov_openai_event(struct lg_req *r, lg_str data)
 		return;
 	}
 	if (r->stream_done) return;
+	if (lg_prov_openai_quick(r, data)) return;
 	lg_buf_init(&o, 0);
 	k = lg_prov_openai_rewrite(r, data.p, data.n, &o, 1);
 	if (k < 0) {
