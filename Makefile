@@ -10,6 +10,7 @@
 #   make rootfs     the FROM-scratch image's file tree in build/rootfs (see Dockerfile)
 #   make embed-test tests/embed.c: two embedded gateways in one host program (+ ASan)
 #   make measure    size and memory table of every built target (tests/measure.py)
+#   make bench      llmgw vs nginx vs direct-to-mock (tests/bench/, ~4 min, not in make test)
 # Fresh Debian machine: `sh .ci/deps.sh` installs what these need. With TLS=1
 # (the default) vendor/bearssl.sh fetches BearSSL 0.6 (checksum-pinned) and
 # builds it for $(CC) under build/bearssl/$(TARGET), and for each cross
@@ -162,7 +163,17 @@ rootfs: $(BUILD)/x86_64-musl/llmgw dist/llmgw.ini
 	@find $(ROOTFS) -type f -exec ls -l {} +
 
 # ---- tests -----------------------------------------------------------------
-test: llmgw $(BUILD)/unit $(BUILD)/unit-notls $(BUILD)/unit-asan $(BUILD)/llmgw-asan \
+$(BUILD)/fuzz-replay: tests/fuzz.c llmgw.c llmgw.h
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 -Wall -Wextra -Werror -O1 -g $(SAN) -o $@ tests/fuzz.c $(LDLIBS)
+
+bench: llmgw
+	sh tests/bench/run.sh
+
+bench-profile: llmgw
+	sh tests/bench/run.sh --profile
+
+test: llmgw $(BUILD)/unit $(BUILD)/unit-notls $(BUILD)/unit-asan $(BUILD)/llmgw-asan $(BUILD)/fuzz-replay \
       $(BUILD)/embed $(BUILD)/embed-asan $(CROSS_TEST:%=$(BUILD)/%/llmgw) $(CROSS_TEST:%=$(BUILD)/%/unit)
 	CROSS_TEST="$(CROSS_TEST)" sh tests/run.sh
 
@@ -181,5 +192,5 @@ clean:
 	  $(BUILD)/embed $(BUILD)/embed-asan $(BUILD)/embed*.o $(CROSS_TARGETS:%=$(BUILD)/%) \
 	  $(BUILD)/rootfs $(BUILD)/rootfs-port $(BUILD)/rootfs-docker $(BUILD)/test-* $(BUILD)/measure-*
 
-.PHONY: all run unit test symbols clean cross $(CROSS_TARGETS:%=cross-%) rootfs embed-test measure FORCE
+.PHONY: all run unit test symbols clean cross $(CROSS_TARGETS:%=cross-%) rootfs embed-test measure bench bench-profile FORCE
 FORCE:

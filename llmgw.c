@@ -512,7 +512,7 @@ static char *lg_read_file(const char *path, size_t max, size_t *len, int *err)
 {
 	FILE *f = fopen(path, "rb");
 	char *buf;
-	size_t n;
+	size_t n, cap;
 	struct stat st;
 	if (!f) {
 		*err = errno;
@@ -523,13 +523,21 @@ static char *lg_read_file(const char *path, size_t max, size_t *len, int *err)
 		*err = EISDIR;
 		return NULL;
 	}
-	buf = (char *)malloc(max + 1);
+	if (st.st_size < 0 || (uint64_t)st.st_size > (uint64_t)max) {
+		fclose(f);
+		*err = EFBIG;
+		return NULL;
+	}
+	/* the size the file has (plus a little, it may grow): never max up front */
+	cap = (size_t)st.st_size + 4096;
+	if (cap > max + 1) cap = max + 1;
+	buf = (char *)malloc(cap + 1);
 	if (!buf) {
 		fclose(f);
 		*err = ENOMEM;
 		return NULL;
 	}
-	n = fread(buf, 1, max + 1, f);
+	n = fread(buf, 1, cap, f);
 	fclose(f);
 	if (n > max) {
 		free(buf);
@@ -1284,7 +1292,7 @@ struct lg_target {
 	struct lg_provider *prov;
 	const char *prov_name, *upstream, *quant;
 	double in, out, cache_read, cache_write, weight; /* USD per million tokens */
-	long context, max_output;
+	int64_t context, max_output; /* 64 bits: long is 32 on the 32-bit routers */
 	int line;
 };
 
@@ -1631,9 +1639,9 @@ static int lg_cfg_target(struct lg_cfgp *p, struct lg_model *m, lg_str v)
 		else if (lg_str_eq(k, "weight"))
 			t->weight = d;
 		else if (lg_str_eq(k, "context"))
-			t->context = (long)d;
+			t->context = (int64_t)d;
 		else if (lg_str_eq(k, "max_output"))
-			t->max_output = (long)d;
+			t->max_output = (int64_t)d;
 		else
 			return lg_cfg_err(p, "unknown target option '%.*s' (in, out, cache_read, cache_write, "
 			                     "weight, context, max_output, quant)", (int)k.n, k.p);
@@ -2694,8 +2702,14 @@ static int lg_tls_load_ca(struct lg_cfg *c, char *err, size_t errlen)
 			return -1;
 		}
 	} else {
-		for (i = 0; i < LG_COUNTOF(lg_tls_ca_paths) && !text; i++)
+		for (i = 0; i < LG_COUNTOF(lg_tls_ca_paths) && !text; i++) {
 			if ((text = lg_read_file(lg_tls_ca_paths[i], 16u << 20, &len, &e))) path = lg_tls_ca_paths[i];
+			else if (e != ENOENT && e != ENOTDIR) {
+				snprintf(err, errlen, "%s: cannot read the CA bundle %s: %s", c->path, lg_tls_ca_paths[i],
+				         strerror(e));
+				return -1;
+			}
+		}
 		if (!text) return 0; /* no bundle: https upstreams fail with a clear reason */
 	}
 	memset(&L, 0, sizeof L);
@@ -7369,8 +7383,8 @@ static const char *lg_route_excluded(struct lg_req *r, const struct lg_provider 
 	    p->type != LG_PT_AZURE && p->type != LG_PT_GEMINI)
 		return "the provider type has no embeddings";
 	if (t && t->context && (int64_t)r->body_len / 5 > (int64_t)t->context) {
-		snprintf(buf, n, "the prompt (about %lld tokens or more) exceeds its context of %ld tokens",
-		         (long long)(r->body_len / 5), t->context);
+		snprintf(buf, n, "the prompt (about %lld tokens or more) exceeds its context of %lld tokens",
+		         (long long)(r->body_len / 5), (long long)t->context);
 		return buf;
 	}
 	if (prefs >= 0) {
@@ -9040,13 +9054,13 @@ static void lg_srv_models(struct lg_req *r)
 	for (i = 0; i < c->nmodels; i++) {
 		const struct lg_model *m = c->models[i];
 		const struct lg_target *t0 = &m->t[0];
-		long ctx = 0;
+		int64_t ctx = 0;
 		if (!lg_route_key_allows(r->key, m->name)) continue;
 		for (k = 0; k < m->nt; k++) ctx = LG_MAX(ctx, m->t[k].context);
 		lg_buf_addz(&b, n++ ? ",{\"id\":" : "{\"id\":");
 		lg_json_wz(&b, m->name);
-		lg_buf_printf(&b, ",\"object\":\"model\",\"created\":0,\"owned_by\":\"llmgw\",\"context_length\":%ld,"
-		                  "\"pricing\":{", ctx);
+		lg_buf_printf(&b, ",\"object\":\"model\",\"created\":0,\"owned_by\":\"llmgw\",\"context_length\":%lld,"
+		                  "\"pricing\":{", (long long)ctx);
 		lg_srv_price(&b, "prompt", t0->in, 0);
 		lg_srv_price(&b, "completion", t0->out, 1);
 		lg_srv_price(&b, "input_cache_read", t0->cache_read, 1);

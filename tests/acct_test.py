@@ -1482,7 +1482,7 @@ def test_bug_long_key_name_limits_not_enforced():
     path = os.path.join(d, "long.ini")
     with open(path, "w") as f:
         f.write("[gateway]\nlisten = 127.0.0.1:1\n[provider.mk]\ntype = mock\n[key.%s]\nsecret = x\nrpm = 1\n" % ("k" * 70))
-    p = sp.run([GW, "-t", "-c", path], capture_output=True, text=True, timeout=10)
+    p = sp.run(WRAP + [GW, "-t", "-c", path], capture_output=True, text=True, timeout=60)
     eq(p.returncode, 1, "llmgw -t exit status for a 70-character key name")
     check("long.ini:5" in p.stderr and "63" in p.stderr, "error names file:line and the limit: %r" % p.stderr)
 

@@ -92,7 +92,7 @@ fi
 $CHROOT $root /llmgw -c /etc/llmgw/llmgw.ini >"$log" 2>&1 &
 gw=$!
 trap 'kill -KILL $gw 2>/dev/null' EXIT
-trap 'kill -KILL $gw 2>/dev/null; exit 1' INT TERM
+trap 'kill -KILL $gw 2>/dev/null; exit 1' HUP INT PIPE TERM
 up=0
 i=0
 while [ $i -lt 100 ]; do
@@ -143,7 +143,7 @@ if kill -0 $gw 2>/dev/null; then
 fi
 wait $gw
 rc=$?
-trap - EXIT INT TERM
+trap - EXIT HUP INT PIPE TERM
 if [ $up -eq 1 ]; then
 	if [ $rc -eq 0 ]; then ok "chroot: SIGTERM, exit status 0"; else bad "chroot: exit status $rc" "$(tail -n 5 "$log")"; fi
 fi

@@ -57,10 +57,9 @@ suite() {
 suite config ./llmgw -t -c llmgw.ini
 suite symbols sh -c 'make -s symbols && echo "1 passed, 0 failed"'
 suite unit build/unit
+suite unit-notls build/unit-notls
 suite unit-asan build/unit-asan
-if [ -x build/fuzz-replay ]; then
-	suite fuzz-replay build/fuzz-replay tests/corpus/*
-fi
+suite fuzz-replay build/fuzz-replay tests/corpus/*
 suite integration python3 tests/integration.py --gw ./llmgw
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	suite integration-asan python3 tests/integration.py --gw build/llmgw-asan
@@ -68,6 +67,13 @@ if command -v valgrind >/dev/null 2>&1; then
 	LLMGW_WRAP="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite" \
 		suite integration-valgrind python3 tests/integration.py --gw ./llmgw -k "${VALGRIND_TESTS:-mock}"
 fi
+
+# ---- TLS, accounting, routing, provider adapters: plain and under ASan+UBSan ----
+for t in tls acct route adapter; do
+	suite "$t" python3 "tests/${t}_test.py" --gw ./llmgw
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+		suite "$t-asan" python3 "tests/${t}_test.py" --gw build/llmgw-asan
+done
 
 # ---- embedding, image, memory limit, portability ----
 suite embed build/embed
@@ -102,25 +108,28 @@ qemu_run() {
 	fi
 	return 0
 }
-has_cross_bin() {
-	[ -x "build/$1/llmgw" ] && [ -x "build/$1/unit" ] && return 0
-	why="build/$1/llmgw or build/$1/unit is missing (make test builds them; CROSS_TEST=\"\" leaves them out)"
-	return 1
+# a binary that is not built is a failure, like for the native suites
+missing() {
+	selected "$1" || return 0
+	echo "=== $1: FAILED: $2 is missing (make test builds it; make test CROSS_TEST= leaves the cross suites out)"
+	failed=$((failed + 1))
+	summary="$summary
+  $1: 0 passed, 1 failed ($2 missing)"
 }
 for t in $CROSS_TEST; do
-	if ! has_cross_bin "$t"; then
+	if [ ! -x build/$t/unit ] || [ ! -x build/$t/llmgw ]; then
+		missing unit-$t "build/$t/unit or build/$t/llmgw"
+	elif qemu_run "$t"; then
+		suite unit-$t $run build/$t/unit
+	else
 		skip unit-$t "$why"
-		continue
 	fi
-	if ! qemu_run "$t"; then
-		skip unit-$t "$why"
-		continue
-	fi
-	suite unit-$t $run build/$t/unit
 done
 for t in x86_64-musl $EMU_TARGETS; do
 	case " $CROSS_TEST " in *" $t "*) ;; *) continue ;; esac
-	if has_cross_bin "$t" && qemu_run "$t"; then
+	if [ ! -x build/$t/llmgw ]; then
+		missing integration-$t build/$t/llmgw
+	elif qemu_run "$t"; then
 		suite integration-$t env LLMGW_WRAP="$run" python3 tests/integration.py --gw build/$t/llmgw
 	else
 		skip integration-$t "$why"
