@@ -1493,9 +1493,9 @@ static void t_ini_proxy_port_overflow(void)
 	}
 }
 
-/* context= and max_output= are parsed as doubles then cast to long: a
- * value past LONG_MAX is undefined (UBSan aborts; x86 gives LONG_MIN, a
- * negative context window). Found by the ini fuzz target:
+/* context= and max_output= are parsed as doubles: a value past the range
+ * must be an error, never a negative context window (it once was a cast
+ * to long, undefined past LONG_MAX). Found by the ini fuzz target:
  * tests/corpus/ini/crash-target-context-overflow. */
 static void t_ini_target_long_overflow(void)
 {
@@ -1506,8 +1506,8 @@ static void t_ini_target_long_overflow(void)
 		struct lg_cfg *c;
 		snprintf(text, sizeof text, "[provider.p]\ntype = mock\n[model.m]\ntarget = p x %s\n", opts[i]);
 		c = ut_cfg(text, strlen(text), err, sizeof err);
-		ut_case("target option %s: %s context %ld max_output %ld", opts[i], c ? "accepted" : err,
-		        c ? c->models[0]->t[0].context : 0, c ? c->models[0]->t[0].max_output : 0);
+		ut_case("target option %s: %s context %lld max_output %lld", opts[i], c ? "accepted" : err,
+		        (long long)(c ? c->models[0]->t[0].context : 0), (long long)(c ? c->models[0]->t[0].max_output : 0));
 		/* an error, or a value that is not negative */
 		ASSERT(c == NULL ? strncmp(err, "ut.ini:4: ", 10) == 0
 		                 : c->models[0]->t[0].context >= 0 && c->models[0]->t[0].max_output >= 0);
