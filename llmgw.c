@@ -7073,16 +7073,35 @@ static int lg_prov_build(struct lg_req *r, const struct lg_cand *cd, struct lg_b
 	default:
 		if (p->api_key) snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", p->api_key);
 	}
-	hn = snprintf(head, sizeof head,
-	              "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nAccept: %s\r\n"
-	              "User-Agent: llmgw/" LLMGW_VERSION "\r\n%s",
-	              path, host,
-	              r->stream ? (p->type == LG_PT_BEDROCK ? "application/vnd.amazon.eventstream" : "text/event-stream")
-	                        : "application/json",
-	              auth);
-	for (i = 0; i < p->nheaders && hn > 0; i++)
-		hn += snprintf(head + hn, sizeof head - (size_t)hn, "%s\r\n", p->headers[i]);
-	if (hn > 0) hn += snprintf(head + hn, sizeof head - (size_t)hn, "Content-Length: %zu\r\n\r\n", body_len);
+	{ /* the head, without printf: this runs for every upstream request */
+		size_t at = 0;
+		char num[24];
+		const char *parts[8];
+		int np = 0, q;
+		parts[np++] = "POST ";
+		parts[np++] = path;
+		parts[np++] = " HTTP/1.1\r\nHost: ";
+		parts[np++] = host;
+		parts[np++] = "\r\nContent-Type: application/json\r\nAccept: ";
+		parts[np++] = r->stream ? (p->type == LG_PT_BEDROCK ? "application/vnd.amazon.eventstream" : "text/event-stream")
+		                        : "application/json";
+		parts[np++] = "\r\nUser-Agent: llmgw/" LLMGW_VERSION "\r\n";
+		parts[np++] = auth;
+		for (q = 0; q < np; q++) at += lg_cpy(head + at, sizeof head - at, parts[q]);
+		for (i = 0; i < p->nheaders; i++) {
+			at += lg_cpy(head + at, sizeof head - at, p->headers[i]);
+			at += lg_cpy(head + at, sizeof head - at, "\r\n");
+		}
+		q = 24;
+		num[--q] = 0;
+		do
+			num[--q] = (char)('0' + body_len % 10);
+		while ((body_len /= 10) && q > 0);
+		at += lg_cpy(head + at, sizeof head - at, "Content-Length: ");
+		at += lg_cpy(head + at, sizeof head - at, num + q);
+		at += lg_cpy(head + at, sizeof head - at, "\r\n\r\n");
+		hn = at + 1 >= sizeof head ? -1 : (int)at;
+	}
 	if (hn <= 0 || (size_t)hn > room) return -1;
 	o->off = room - (size_t)hn;
 	memcpy(o->p + o->off, head, (size_t)hn);
