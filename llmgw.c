@@ -841,6 +841,19 @@ static int lg_json_fail(struct lg_json *j, const char *what, size_t off, size_t 
 	return off >= n ? LG_JSON_PARTIAL : LG_JSON_ERR;
 }
 
+/* Which bytes need no attention inside a JSON string: all but control
+ * characters, '"' and '\\'. */
+static const unsigned char lg_json_plain[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+};
+
 /* Scans a string starting after its opening quote; returns the offset of
  * the closing quote, or a negative code. */
 static long lg_json_scan_str(struct lg_json *j, const char *s, size_t n, size_t i)
@@ -848,7 +861,10 @@ static long lg_json_scan_str(struct lg_json *j, const char *s, size_t n, size_t 
 	for (; i < n; i++) {
 		unsigned char c;
 		/* the common case: plain characters, nothing to look at */
-		while (i < n && (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\') i++;
+		while (i + 4 <= n && lg_json_plain[(unsigned char)s[i]] && lg_json_plain[(unsigned char)s[i + 1]] &&
+		       lg_json_plain[(unsigned char)s[i + 2]] && lg_json_plain[(unsigned char)s[i + 3]])
+			i += 4;
+		while (i < n && lg_json_plain[(unsigned char)s[i]]) i++;
 		if (i >= n) break;
 		c = (unsigned char)s[i];
 		if (c == '"') return (long)i;
