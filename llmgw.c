@@ -1300,6 +1300,7 @@ struct lg_provider {
 	const char *aws_region, *aws_access_key_id, *aws_secret_access_key, *aws_session_token; /* bedrock */
 	int port, tls, zdr, collects_data, direct, max_concurrency;
 	char origin[300]; /* "host:port" (+ "+tls"): the key of the upstream pool */
+	char hosthdr[300]; /* the Host header: [v6] and a port when not the default */
 	const char **headers; /* "Name: value" lines, validated */
 	int nheaders;
 };
@@ -1598,6 +1599,10 @@ static int lg_cfg_url(struct lg_cfgp *p, struct lg_provider *pv, lg_str v)
 	}
 	pv->base_url = lg_cfg_str(p->c, v);
 	snprintf(pv->origin, sizeof pv->origin, "%s:%d%s", pv->host, pv->port, pv->tls ? "+tls" : "");
+	snprintf(pv->hosthdr, sizeof pv->hosthdr, "%s%s%s", strchr(pv->host, ':') ? "[" : "", pv->host,
+	         strchr(pv->host, ':') ? "]" : "");
+	if (pv->port != (pv->tls ? 443 : 80))
+		snprintf(pv->hosthdr + strlen(pv->hosthdr), sizeof pv->hosthdr - strlen(pv->hosthdr), ":%d", pv->port);
 	return 0;
 }
 
@@ -6996,6 +7001,11 @@ static int lg_prov_build(struct lg_req *r, const struct lg_cand *cd, struct lg_b
 	int hn, i, k = 0;
 	size_t room, body_len;
 	struct lg_buf pb;
+	if (p->type == LG_PT_OPENAI) { /* the common case, without a buffer */
+		size_t at = lg_cpy(path, sizeof path, p->base_path);
+		lg_cpy(path + at, sizeof path - at, r->ep == LG_EP_EMBED ? "/embeddings" : "/chat/completions");
+		goto have_path;
+	}
 	lg_buf_init(&pb, sizeof path - 1);
 	lg_buf_addz(&pb, p->base_path);
 	switch (p->type) {
@@ -7032,8 +7042,8 @@ static int lg_prov_build(struct lg_req *r, const struct lg_cand *cd, struct lg_b
 	}
 	snprintf(path, sizeof path, "%.*s", (int)pb.len, pb.p);
 	lg_buf_free(&pb);
-	snprintf(host, sizeof host, "%s%s%s", strchr(p->host, ':') ? "[" : "", p->host, strchr(p->host, ':') ? "]" : "");
-	if (p->port != (p->tls ? 443 : 80)) snprintf(host + strlen(host), sizeof host - strlen(host), ":%d", p->port);
+have_path:
+	lg_cpy(host, sizeof host, p->hosthdr);
 	room = 1024 + strlen(path) + strlen(host) + 2048;
 	for (i = 0; i < p->nheaders; i++) room += strlen(p->headers[i]) + 2;
 	if (room > sizeof head) return -1;
