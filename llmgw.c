@@ -9014,8 +9014,20 @@ static struct lg_req *lg_srv_new_req(struct lg_conn *c, int minor)
 	lg_buf_init(&r->scratch, LLMGW_MAX_EVENT + 16);
 	x = lg_rand(&gw->rng);
 	r->seq = ++gw->seq;
-	snprintf(r->id, sizeof r->id, "gen-%llx-%08llx", (unsigned long long)r->seq,
-	         (unsigned long long)(x & 0xffffffffull));
+	{ /* "gen-<seq hex>-<8 random hex>" without printf */
+		static const char hx[] = "0123456789abcdef";
+		char tmp[20];
+		int k = 0, at = 4, b;
+		uint64_t q = r->seq;
+		memcpy(r->id, "gen-", 4);
+		do
+			tmp[k++] = hx[q & 15];
+		while ((q >>= 4) && k < 16);
+		while (k) r->id[at++] = tmp[--k];
+		r->id[at++] = '-';
+		for (b = 28; b >= 0; b -= 4) r->id[at++] = hx[(x >> b) & 15];
+		r->id[at] = 0;
+	}
 	r->next = gw->reqs;
 	if (gw->reqs) gw->reqs->prev = r;
 	gw->reqs = r;
