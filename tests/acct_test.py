@@ -17,7 +17,6 @@ own gateway (own state_dir and access log) and stops it with SIGTERM at the end:
 Standard library only; everything talks to 127.0.0.1; every wait is bounded.
 Prints "PASS name" / "FAIL name: reason" per test and ends with "N passed, N failed".
 """
-import argparse
 import binascii
 import datetime
 import http.client
@@ -25,26 +24,19 @@ import json
 import math
 import os
 import re
-import select
-import shlex
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import traceback
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402  (the shared runner, assertions and process helpers)
+from harness import (HERE, ROOT, PYTHON, WRAP, TOL, GW, VERBOSE, CTX, Fail, check, eq,  # noqa: E402,F401
+                     snip, marker, free_port, read_file)
+
 MOCK_SCRIPT = os.path.join(HERE, "mockup.py")
-PYTHON = sys.executable or "/usr/bin/python3"
-WRAP = shlex.split(os.environ.get("LLMGW_WRAP", ""))
-TOL = 4.0 if WRAP else 1.0            # tolerance factor for upper time bounds
-GW = os.path.join(ROOT, "llmgw")      # replaced by --gw
-VERBOSE = False
 MOCK = None                           # tests/mockup.py, shared by all tests
 
 TEXT = "Hello from mock upstream"     # what mockup's ok-like scenarios say
@@ -59,35 +51,12 @@ KNOWN_BUGS = {}  # every bug found while writing this suite was fixed; their tes
 # =======================================================================================
 # assertions
 
-class Fail(AssertionError):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Fail(msg)
-
-
-def eq(got, want, what):
-    if got != want:
-        raise Fail("%s: expected %r, got %r" % (what, want, got))
-
 
 def near(got, want, what, rel=1e-9, abs_=1e-12):
     ok = isinstance(got, (int, float)) and not isinstance(got, bool) and \
         abs(got - want) <= max(rel * max(abs(want), abs(got)), abs_)
     if not ok:
         raise Fail("%s: expected %r, got %r" % (what, want, got))
-
-
-def snip(b, n=400):
-    if isinstance(b, bytes):
-        b = b.decode("utf-8", "replace")
-    return b if len(b) <= n else b[:n] + "...(%d bytes)" % len(b)
-
-
-def marker():
-    return "mk%08x" % int.from_bytes(os.urandom(4), "big")
 
 
 def crc_hex(s):
@@ -117,16 +86,6 @@ def resets(period):
 
 # =======================================================================================
 # per-test context
-
-class TestCtx:
-    def __init__(self, name):
-        self.name = name
-        self.gateways = []
-        self.cleanups = []
-        self.mock_mark = MOCK.stderr_size() if MOCK else 0
-
-
-CTX = TestCtx("-")
 
 
 # =======================================================================================
@@ -224,57 +183,10 @@ def chat_body(model, content="Hello", stream=False, **extra):
 # =======================================================================================
 # processes
 
-def free_port(_used=set()):
-    for _ in range(50):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        p = s.getsockname()[1]
-        s.close()
-        if p not in _used:
-            _used.add(p)
-            return p
-    raise Fail("no free port")
 
-
-def read_file(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-class Mock:
+class Mock(H.MockProc):
     def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="llmgw-acct-mock-")
-        self.stderr_path = os.path.join(self.dir, "mock.stderr")
-        self.errf = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen([PYTHON, MOCK_SCRIPT, "--port", "0"], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=self.errf)
-        deadline = time.monotonic() + 10
-        line = b""
-        while time.monotonic() < deadline and not line.endswith(b"\n"):
-            r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if r:
-                ch = os.read(self.proc.stdout.fileno(), 1)
-                if not ch:
-                    break
-                line += ch
-        m = re.match(rb"PORT (\d+)", line)
-        if not m:
-            self.stop()
-            raise Fail("mock upstream did not print its port (got %r): %s" % (
-                line, read_file(self.stderr_path)))
-        self.port = int(m.group(1))
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def stderr_size(self):
-        try:
-            return os.path.getsize(self.stderr_path)
-        except OSError:
-            return 0
+        super().__init__([PYTHON, MOCK_SCRIPT, "--port", "0"], "llmgw-acct-mock-", "mock upstream")
 
     def requests(self):
         check(self.alive(), "the mock upstream died: %s" % read_file(self.stderr_path)[-2000:])
@@ -282,21 +194,12 @@ class Mock:
         expect_status(r, 200, "mock GET /_requests")
         return r.json()
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        self.errf.close()
-
 
 def mock():
     global MOCK
     if MOCK is None:
         MOCK = Mock()
-        CTX.mock_mark = 0
+        H.CTX.mock_mark = 0
     check(MOCK.alive(), "the mock upstream died: %s" % read_file(MOCK.stderr_path)[-2000:])
     return MOCK
 
@@ -311,23 +214,20 @@ log_level = info
 """
 
 
-class Gateway:
+class Gateway(H.GatewayBase):
     """A gateway for one test. `gateway` adds lines to [gateway]; `body` is the rest of the
     config (providers `mk` (mock), `up` and `up2` (mockup.py) are always defined)."""
+    prefix = "llmgw-acct-"
+    start_stderr_always = False   # the runner prints every gateway's stderr on failure
+    poll_step = 0.03
 
     def __init__(self, gateway="", body="", state=False):
-        self.dir = tempfile.mkdtemp(prefix="llmgw-acct-")
-        self.port = free_port()
-        self.cfg = os.path.join(self.dir, "llmgw.ini")
-        self.access_log = os.path.join(self.dir, "access.jsonl")
-        self.stderr_path = os.path.join(self.dir, "stderr.txt")
+        super().__init__(register=False)
         self.state_dir = os.path.join(self.dir, "state") if state else None
         self.ledger = os.path.join(self.state_dir, "ledger") if state else None
         self.gateway, self.body = gateway, body
-        self.proc = None
-        self.rc = None
         self.write()
-        CTX.gateways.append(self)
+        H.CTX.gateways.append(self)
 
     def config_text(self, gateway=None, body=None):
         gateway = self.gateway if gateway is None else gateway
@@ -348,57 +248,8 @@ class Gateway:
         with open(self.cfg, "w") as f:
             f.write(self.config_text() if text is None else text)
 
-    def start(self, wait=10):
-        check(os.path.isfile(GW), "gateway binary %s not found (build it first)" % GW)
-        errf = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen(WRAP + [GW, "-c", self.cfg], stdin=subprocess.DEVNULL,
-                                     stdout=errf, stderr=errf, cwd=self.dir)
-        errf.close()
-        deadline = time.monotonic() + wait * (6 if WRAP else 1)
-        last = "no answer"
-        while time.monotonic() < deadline:
-            rc = self.proc.poll()
-            if rc is not None:
-                self.rc = rc
-                raise Fail("gateway exited with status %d during startup" % rc)
-            try:
-                r = request(self.port, "GET", "/health", timeout=1)
-                if r.status == 200:
-                    return self
-                last = "GET /health answered %d" % r.status
-            except (OSError, http.client.HTTPException) as e:
-                last = str(e)
-            time.sleep(0.03)
-        self.kill()
-        raise Fail("gateway did not answer GET /health within %gs (last: %s)" % (
-            wait * (6 if WRAP else 1), last))
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout=10):
-        """SIGTERM, and insist on exit status 0."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.rc = self.proc.wait(timeout * TOL)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise Fail("gateway did not exit within %gs of SIGTERM (killed)" % (timeout * TOL))
-        if self.rc != 0:
-            raise Fail("gateway exited with status %d after SIGTERM, expected 0; stderr tail:\n%s"
-                       % (self.rc, self.stderr()[-3000:]))
-
-    def kill(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
+    def health(self):
+        return request(self.port, "GET", "/health", timeout=1).status
 
     def restart(self, new_port=True):
         """Start again on the same config and state_dir (a new port unless told otherwise,
@@ -409,9 +260,6 @@ class Gateway:
             self.port = free_port()
             self.write()
         return self.start()
-
-    def stderr(self):
-        return read_file(self.stderr_path)
 
     def access(self, want_ids=(), wait=3):
         """Access-log lines by id; waits (bounded) until every id in want_ids is there."""
@@ -1836,118 +1684,33 @@ budget = 1/day
 # =======================================================================================
 # runner
 
-def run_test(name, fn):
-    global CTX
-    CTX = TestCtx(name)
-    box = {}
-
-    def target():
-        try:
-            fn()
-            box["ok"] = True
-        except Fail as e:
-            box["error"] = e
-            box["tb"] = "".join("  at %s:%d in %s: %s\n" % (os.path.basename(f.filename), f.lineno,
-                                                             f.name, (f.line or "").strip())
-                                for f in traceback.extract_tb(e.__traceback__)
-                                if f.filename == __file__ and f.name != "target")
-        except BaseException as e:
-            box["error"] = e
-            box["tb"] = traceback.format_exc()
-    lim = getattr(fn, "limit", 40) * (3 if WRAP else 1)
-    t0 = time.monotonic()
-    th = threading.Thread(target=target, daemon=True)
-    th.start()
-    th.join(lim)
-    if th.is_alive():
-        box["error"] = Fail("timed out after %gs" % lim)
-        frame = sys._current_frames().get(th.ident)
-        box["tb"] = "".join(traceback.format_stack(frame)) if frame else ""
-    for g in CTX.gateways:
-        try:
-            if g.alive():
-                g.stop(10)
-        except Fail as e:
-            if "error" not in box:
-                box["error"], box["tb"] = e, ""
-        finally:
-            g.kill()
-    for c in reversed(CTX.cleanups):
-        try:
-            c()
-        except Exception:
-            pass
-    el = time.monotonic() - t0
-    if "error" not in box:
-        print("PASS %s" % name + ("  [%.2fs]" % el if VERBOSE else ""), flush=True)
-        for g in CTX.gateways:
-            shutil.rmtree(g.dir, ignore_errors=True)
-        return True
-    e = box["error"]
-    reason = str(e).split("\n")[0] if str(e) else type(e).__name__
-    print("FAIL %s: %s" % (name, reason), flush=True)
-    out = []
-    if box.get("tb"):
-        out.append(box["tb"].rstrip())
-    if "\n" in str(e):
-        out.append(str(e))
-    for g in CTX.gateways:
-        out.append("--- gateway stderr (%s) ---\n%s" % (g.dir, g.stderr()[-4000:].rstrip() or "(empty)"))
-    if MOCK is not None and MOCK.stderr_size() > CTX.mock_mark:
-        out.append("--- mock upstream stderr ---\n%s" % read_file(MOCK.stderr_path)[CTX.mock_mark:][-2000:])
-    print("    " + "\n".join(out).replace("\n", "\n    "), flush=True)
-    return False
-
 
 test_budget_concurrency.limit = 60
 test_ledger_kill9_under_load.limit = 60
 
 
-def main():
-    global GW, VERBOSE
-    ap = argparse.ArgumentParser(description="llmgw accounting tests")
-    ap.add_argument("-k", action="append", default=[], metavar="SUBSTR",
-                    help="run only tests whose name contains SUBSTR (repeatable)")
-    ap.add_argument("--gw", default=None, help="gateway binary (default: ROOT/llmgw)")
-    ap.add_argument("--list", action="store_true", help="list the tests and exit")
+def _add_args(ap):
     ap.add_argument("--known-bugs", action="store_true",
                     help="also run the tests of known gateway bugs (KNOWN_BUGS)")
-    ap.add_argument("-v", "--verbose", action="store_true", help="print timings")
-    a = ap.parse_args()
-    VERBOSE = a.verbose
-    if a.gw:
-        GW = os.path.abspath(a.gw)
-    tests = [(n, f) for n, f in globals().items() if n.startswith("test_") and callable(f)]
-    if a.k:
-        tests = [(n, f) for n, f in tests if any(k in n for k in a.k)]
-    if a.list:
-        for n, _ in tests:
-            print(n + ("  (known bug: %s)" % KNOWN_BUGS[n] if n in KNOWN_BUGS else ""))
-        return 0
+
+
+def _select(a, tests):
     skipped = []
     if not a.known_bugs and not any("bug" in k for k in a.k):
         skipped = [n for n, _ in tests if n in KNOWN_BUGS]
         tests = [(n, f) for n, f in tests if n not in KNOWN_BUGS]
-    if not os.path.isfile(GW):
-        print("NOTE: gateway binary %s not found; build it or pass --gw" % GW, flush=True)
-    passed = failed = 0
-    t0 = time.monotonic()
-    try:
-        for n, f in tests:
-            if run_test(n, f):
-                passed += 1
-            else:
-                failed += 1
-    finally:
-        if MOCK is not None:
-            MOCK.stop()
-            shutil.rmtree(MOCK.dir, ignore_errors=True)
+    return tests, skipped
+
+
+def _skip_lines(skipped):
     for n in skipped:
         print("SKIP %s (known gateway bug: %s; run with --known-bugs)" % (n, KNOWN_BUGS[n]))
-    if VERBOSE:
-        print("(%.1fs)" % (time.monotonic() - t0))
-    print("%d passed, %d failed" % (passed, failed), flush=True)
-    return 1 if failed else 0
+
+
+def main():
+    return H.main(globals(), "llmgw accounting tests", default_limit=40, shared_exit=False,
+                  add_args=_add_args, select=_select, epilogue=_skip_lines,
+                  list_line=lambda n: n + ("  (known bug: %s)" % KNOWN_BUGS[n] if n in KNOWN_BUGS else ""))
 
 
 if __name__ == "__main__":

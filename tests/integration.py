@@ -9,13 +9,11 @@
 Standard library only; everything talks to 127.0.0.1; every wait is bounded.
 Prints "PASS name" / "FAIL name: reason" per test and ends with "N passed, N failed".
 """
-import argparse
 import hashlib
 import json
 import os
 import re
 import select
-import shlex
 import shutil
 import signal
 import socket
@@ -25,17 +23,15 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402  (the shared runner, assertions and process helpers)
+from harness import (HERE, ROOT, PYTHON, WRAP, TOL, GW, VERBOSE, CTX, Fail, check, eq,  # noqa: E402,F401
+                     near, snip, marker, on_cleanup, free_port, read_file, in_thread, join, limit,
+                     run_gw)
+
 MOCK_SCRIPT = os.path.join(HERE, "mockup.py")
-PYTHON = sys.executable or "/usr/bin/python3"
 CURL = "/usr/bin/curl"
-WRAP = shlex.split(os.environ.get("LLMGW_WRAP", ""))
-TOL = 4.0 if WRAP else 1.0            # tolerance factor for upper time bounds (valgrind is slow)
-GW = os.path.join(ROOT, "llmgw")      # replaced by --gw
-VERBOSE = False
 
 TEXT = "Hello from mock upstream"                      # what the mock's `ok` scenarios say
 SLOW_TEXT = "".join("tick%d " % i for i in range(10))  # what `slow-stream` says
@@ -48,54 +44,9 @@ MOCK = None                           # the mock upstream process, shared by all
 # =======================================================================================
 # assertions
 
-class Fail(AssertionError):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Fail(msg)
-
-
-def eq(got, want, what):
-    if got != want:
-        raise Fail("%s: expected %r, got %r" % (what, want, got))
-
-
-def near(got, want, what, rel=1e-6):
-    ok = isinstance(got, (int, float)) and not isinstance(got, bool) and \
-        abs(got - want) <= rel * max(abs(want), 1e-12)
-    if not ok:
-        raise Fail("%s: expected %r, got %r" % (what, want, got))
-
-
-def snip(b, n=400):
-    if isinstance(b, bytes):
-        b = b.decode("utf-8", "replace")
-    return b if len(b) <= n else b[:n] + "...(%d bytes)" % len(b)
-
-
-def marker():
-    return "mk%08x" % int.from_bytes(os.urandom(4), "big")
-
 
 # =======================================================================================
 # per-test context (one test runs at a time)
-
-class TestCtx:
-    def __init__(self, name):
-        self.name = name
-        self.gateways = []        # dedicated gateways started by this test
-        self.marks = []           # (shared gateway, stderr offset at test start)
-        self.cleanups = []
-        self.mock_mark = MOCK.stderr_size() if MOCK else 0
-
-
-CTX = TestCtx("-")
-
-
-def on_cleanup(fn):
-    CTX.cleanups.append(fn)
 
 
 # =======================================================================================
@@ -538,57 +489,10 @@ def expect_ok_stream(r, what, text=TEXT, usage=False, cost=COST_OK):
 # =======================================================================================
 # processes: mock upstream and gateway
 
-def free_port(_used=set()):
-    for _ in range(50):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        p = s.getsockname()[1]
-        s.close()
-        if p not in _used:
-            _used.add(p)
-            return p
-    raise Fail("no free port")
 
-
-def read_file(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-class Mock:
+class Mock(H.MockProc):
     def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="llmgw-mock-")
-        self.stderr_path = os.path.join(self.dir, "mock.stderr")
-        self.errf = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen([PYTHON, MOCK_SCRIPT, "--port", "0"], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=self.errf)
-        deadline = time.monotonic() + 10
-        line = b""
-        while time.monotonic() < deadline and not line.endswith(b"\n"):
-            r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if r:
-                c = os.read(self.proc.stdout.fileno(), 1)
-                if not c:
-                    break
-                line += c
-        m = re.match(rb"PORT (\d+)", line)
-        if not m:
-            self.stop()
-            raise Fail("mock upstream did not print its port (got %r); stderr: %s" % (
-                line, read_file(self.stderr_path)))
-        self.port = int(m.group(1))
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def stderr_size(self):
-        try:
-            return os.path.getsize(self.stderr_path)
-        except OSError:
-            return 0
+        super().__init__([PYTHON, MOCK_SCRIPT, "--port", "0"], "llmgw-mock-", "mock upstream")
 
     def _call(self, method, path):
         if not self.alive():
@@ -607,21 +511,12 @@ class Mock:
     def close_idle(self):
         return self._call("POST", "/_close_idle").get("closed", 0)
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        self.errf.close()
-
 
 def mock():
     global MOCK
     if MOCK is None:
         MOCK = Mock()
-        CTX.mock_mark = 0
+        H.CTX.mock_mark = 0
     if not MOCK.alive():
         raise Fail("the mock upstream died; its stderr: %s" % read_file(MOCK.stderr_path)[-2000:])
     return MOCK
@@ -702,115 +597,23 @@ models = m-mock
     return "\n".join(out) + "\n"
 
 
-def run_gw(args, timeout=10):
-    if not os.path.isfile(GW):
-        raise Fail("gateway binary %s not found (build it first)" % GW)
-    try:
-        return subprocess.run(WRAP + [GW] + args, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout * TOL, cwd=tempfile.gettempdir())
-    except subprocess.TimeoutExpired:
-        raise Fail("%s %s did not exit within %gs" % (GW, " ".join(args), timeout * TOL))
+class Gateway(H.GatewayBase):
+    start_stderr_always = False   # dedicated gateways get their stderr printed by the runner
+    quick_after_timeouts = True
 
-
-class Gateway:
     def __init__(self, shared=False, **cfg):
-        self.shared = shared
-        self.dir = tempfile.mkdtemp(prefix="llmgw-test-")
-        self.port = free_port()
-        self.cfg = os.path.join(self.dir, "llmgw.ini")
-        self.access_log = os.path.join(self.dir, "access.jsonl")
-        self.stderr_path = os.path.join(self.dir, "stderr.txt")
-        self.proc = None
-        self.rc = None
+        super().__init__(shared, register=False)
         self.cfg_args = cfg
         self.mock_port = mock().port
         self.write(self.config(**cfg))
         if not shared:
-            CTX.gateways.append(self)
+            H.CTX.gateways.append(self)
 
     def config(self, **cfg):
         return config_text(self.port, self.mock_port, self.access_log, **cfg)
 
-    def write(self, text):
-        with open(self.cfg, "w") as f:
-            f.write(text)
-
-    def start(self, wait=10):
-        if not os.path.isfile(GW):
-            raise Fail("gateway binary %s not found (build it first)" % GW)
-        errf = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen(WRAP + [GW, "-c", self.cfg], stdin=subprocess.DEVNULL,
-                                     stdout=errf, stderr=errf, cwd=self.dir)
-        errf.close()
-        global START_TIMEOUTS
-        if START_TIMEOUTS >= 2:
-            wait = min(wait, 3)     # it never came up before: don't spend 10s on every test
-        deadline = time.monotonic() + wait * (6 if WRAP else 1)
-        last = "no answer"
-        while time.monotonic() < deadline:
-            rc = self.proc.poll()
-            if rc is not None:
-                self.rc = rc
-                raise Fail("gateway exited with status %d during startup%s" % (
-                    rc, self._stderr_note()))
-            try:
-                r = http(self.port, "GET", "/health", key=None, timeout=1)
-                if r.status == 200:
-                    return self
-                last = "GET /health answered %d" % r.status
-            except (Fail, OSError) as e:
-                last = str(e)
-            time.sleep(0.05)
-        START_TIMEOUTS += 1
-        self.kill()
-        raise Fail("gateway did not answer GET /health with 200 within %gs (last: %s)%s"
-                   % (wait * (6 if WRAP else 1), last, self._stderr_note()))
-
-    def _stderr_note(self):
-        # dedicated gateways get their stderr printed by the runner; the shared one does not
-        return "; stderr:\n" + self.stderr()[-3000:] if self.shared else ""
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal(self, sig):
-        check(self.alive(), "gateway is not running (exit status %r)" % (
-            self.proc.poll() if self.proc else None))
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout=10):
-        """SIGTERM, and insist on exit status 0 within `timeout` s."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.rc = self.proc.wait(timeout * TOL)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise Fail("gateway did not exit within %gs of SIGTERM (killed)" % (timeout * TOL))
-        if self.rc != 0:
-            raise Fail("gateway exited with status %d after SIGTERM, expected 0; stderr tail:\n%s"
-                       % (self.rc, self.stderr()[-3000:]))
-        return self.rc
-
-    def kill(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-
-    def stderr(self):
-        return read_file(self.stderr_path)
-
-    def stderr_size(self):
-        try:
-            return os.path.getsize(self.stderr_path)
-        except OSError:
-            return 0
+    def health(self):
+        return http(self.port, "GET", "/health", key=None, timeout=1).status
 
     def access_lines(self, want_ids=(), wait=3, until=None):
         """Parsed access-log lines; waits (bounded) until every id in want_ids is present
@@ -846,7 +649,6 @@ class Gateway:
 
 SHARED = None
 SHARED_FAILED = None
-START_TIMEOUTS = 0
 
 
 def shared():
@@ -866,8 +668,8 @@ def shared():
             SHARED_FAILED = str(e).split("\n")[0]
             SHARED = None
             raise
-    if not any(g is SHARED for g, _ in CTX.marks):
-        CTX.marks.append((SHARED, SHARED.stderr_size()))
+    if not any(g is SHARED for g, _ in H.CTX.marks):
+        H.CTX.marks.append((SHARED, SHARED.stderr_size()))
     return SHARED
 
 
@@ -881,35 +683,6 @@ def one_request(mk, what):
     check(len(rs) == 1, "%s: the mock should have seen exactly one request with marker %s, saw %d: %r"
           % (what, mk, len(rs), [(r["path"], snip(r["body"], 120)) for r in rs]))
     return rs[0]
-
-
-def in_thread(fn, *a, **kw):
-    """Run fn in a thread; returns a dict that gets 'result' or 'error' and a .join()."""
-    box = {}
-
-    def run():
-        try:
-            box["result"] = fn(*a, **kw)
-        except BaseException as e:
-            box["error"] = "%s\n%s" % (e, traceback.format_exc())
-    t = threading.Thread(target=run, daemon=True)
-    box["thread"] = t
-    t.start()
-    return box
-
-
-def join(box, timeout, what):
-    box["thread"].join(timeout * TOL)
-    check(not box["thread"].is_alive(), "%s did not finish within %gs" % (what, timeout * TOL))
-    check("error" not in box, "%s failed: %s" % (what, box.get("error")))
-    return box["result"]
-
-
-def limit(seconds):
-    def deco(fn):
-        fn.limit = seconds
-        return fn
-    return deco
 
 
 # =======================================================================================
@@ -1961,122 +1734,9 @@ def test_shared_gateway_clean_exit():
 # =======================================================================================
 # runner
 
-def run_test(name, fn):
-    global CTX
-    CTX = TestCtx(name)
-    box = {}
-
-    def target():
-        try:
-            fn()
-            box["ok"] = True
-        except Fail as e:
-            # an assertion: where in the tests it fired is enough
-            box["error"] = e
-            box["tb"] = "".join("  at %s:%d in %s: %s\n" % (os.path.basename(f.filename), f.lineno,
-                                                             f.name, (f.line or "").strip())
-                                for f in traceback.extract_tb(e.__traceback__)
-                                if f.filename == __file__ and f.name not in ("target",))
-        except BaseException as e:
-            box["error"] = e
-            box["tb"] = traceback.format_exc()
-    lim = getattr(fn, "limit", 30) * (3 if WRAP else 1)
-    t0 = time.monotonic()
-    th = threading.Thread(target=target, daemon=True)
-    th.start()
-    th.join(lim)
-    if th.is_alive():
-        box["error"] = Fail("timed out after %gs" % lim)
-        frame = sys._current_frames().get(th.ident)
-        box["tb"] = "".join(traceback.format_stack(frame)) if frame else ""
-    # cleanup: dedicated gateways must exit 0 on SIGTERM
-    for g in CTX.gateways:
-        try:
-            if g.alive():
-                g.stop(10)
-        except Fail as e:
-            if "error" not in box:
-                box["error"], box["tb"] = e, ""
-        finally:
-            g.kill()
-    for fn_c in reversed(CTX.cleanups):
-        try:
-            fn_c()
-        except Exception:
-            pass
-    el = time.monotonic() - t0
-    if "error" not in box:
-        print("PASS %s" % name + ("  [%.2fs]" % el if VERBOSE else ""), flush=True)
-        for g in CTX.gateways:
-            shutil.rmtree(g.dir, ignore_errors=True)
-        return True
-    e = box["error"]
-    reason = str(e).split("\n")[0] if str(e) else type(e).__name__
-    print("FAIL %s: %s" % (name, reason), flush=True)
-    out = []
-    if box.get("tb"):
-        out.append(box["tb"].rstrip())
-    if "\n" in str(e):
-        out.append(str(e))
-    for g in CTX.gateways:
-        out.append("--- gateway stderr (%s) ---\n%s" % (g.dir, g.stderr()[-4000:].rstrip() or "(empty)"))
-    for g, mark in CTX.marks:
-        out.append("--- shared gateway stderr during this test ---\n%s" % (
-            g.stderr()[mark:][-4000:].rstrip() or "(empty)"))
-    if MOCK is not None and MOCK.stderr_size() > CTX.mock_mark:
-        out.append("--- mock upstream stderr ---\n%s" % read_file(MOCK.stderr_path)[CTX.mock_mark:][-2000:])
-    print("    " + "\n".join(out).replace("\n", "\n    "), flush=True)
-    return False
-
 
 def main():
-    global GW, VERBOSE
-    ap = argparse.ArgumentParser(description="llmgw integration tests")
-    ap.add_argument("-k", action="append", default=[], metavar="SUBSTR",
-                    help="run only tests whose name contains SUBSTR (repeatable)")
-    ap.add_argument("--gw", default=None, help="gateway binary (default: ROOT/llmgw)")
-    ap.add_argument("--list", action="store_true", help="list the tests and exit")
-    ap.add_argument("-v", "--verbose", action="store_true", help="print timings")
-    a = ap.parse_args()
-    VERBOSE = a.verbose
-    if a.gw:
-        GW = os.path.abspath(a.gw)
-    tests = [(n, f) for n, f in globals().items() if n.startswith("test_") and callable(f)]
-    if a.k:
-        tests = [(n, f) for n, f in tests if any(k in n for k in a.k)]
-    if a.list:
-        for n, _ in tests:
-            print(n)
-        return 0
-    if not tests:
-        print("no test matches %r" % a.k, file=sys.stderr)
-    if not os.path.isfile(GW):
-        print("NOTE: gateway binary %s not found; build it or pass --gw" % GW, flush=True)
-    passed = failed = 0
-    t0 = time.monotonic()
-    try:
-        for n, f in tests:
-            if run_test(n, f):
-                passed += 1
-            else:
-                failed += 1
-        if SHARED is not None:
-            # a -k selection used the shared gateway without its exit check: check it now, so
-            # runs under valgrind/ASan still see the gateway's exit status
-            if run_test("test_shared_gateway_clean_exit", test_shared_gateway_clean_exit):
-                passed += 1
-            else:
-                failed += 1
-    finally:
-        if SHARED is not None:
-            SHARED.kill()
-        if MOCK is not None:
-            MOCK.stop()
-            shutil.rmtree(MOCK.dir, ignore_errors=True)
-    if VERBOSE:
-        print("(%.1fs)" % (time.monotonic() - t0))
-    print("%d passed, %d failed" % (passed, failed), flush=True)
-    return 1 if failed else 0
+    return H.main(globals(), "llmgw integration tests")
 
 
 if __name__ == "__main__":

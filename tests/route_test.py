@@ -23,30 +23,21 @@ test_breaker_recovery waits for one real breaker cool-down (LLMGW_BREAKER_COOL_M
 default, read from the gateway's 503 message): the whole suite takes under a minute.
 Prints "PASS name" / "FAIL name: reason" per test and ends with "N passed, N failed".
 """
-import argparse
 import json
 import os
 import re
-import select
-import shlex
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-import traceback
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402  (the shared runner, assertions and process helpers)
+from harness import (HERE, ROOT, PYTHON, WRAP, TOL, GW, VERBOSE, CTX, Fail, check, eq,  # noqa: E402,F401
+                     snip, marker, on_cleanup, free_port, read_file, in_thread, join, limit)
+
 MOCK_SCRIPT = os.path.join(HERE, "mockup.py")
-PYTHON = sys.executable or "/usr/bin/python3"
-WRAP = shlex.split(os.environ.get("LLMGW_WRAP", ""))
-TOL = 4.0 if WRAP else 1.0            # tolerance factor for upper time bounds (valgrind is slow)
-GW = os.path.join(ROOT, "llmgw")      # replaced by --gw
-VERBOSE = False
 
 TEXT = "Hello from mock upstream"     # what the mock's `ok` scenarios say
 # consecutive counted failures that open a target's circuit breaker (the gateway's
@@ -58,43 +49,9 @@ MOCK = None                           # the mock upstream process, shared by all
 # =======================================================================================
 # assertions
 
-class Fail(AssertionError):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Fail(msg)
-
-
-def eq(got, want, what):
-    if got != want:
-        raise Fail("%s: expected %r, got %r" % (what, want, got))
-
-
-def snip(b, n=400):
-    if isinstance(b, bytes):
-        b = b.decode("utf-8", "replace")
-    return b if len(b) <= n else b[:n] + "...(%d bytes)" % len(b)
-
-
-def marker():
-    return "mk%08x" % int.from_bytes(os.urandom(4), "big")
-
 
 # =======================================================================================
 # per-test context (one test runs at a time)
-
-class TestCtx:
-    def __init__(self, name):
-        self.name = name
-        self.gateways = []        # dedicated gateways started by this test
-        self.marks = []           # (shared gateway, stderr offset at test start)
-        self.cleanups = []
-        self.mock_mark = MOCK.stderr_size() if MOCK else 0
-
-
-CTX = TestCtx("-")
 
 
 # =======================================================================================
@@ -317,57 +274,10 @@ def served(r, what, provider=None, text=TEXT):
 # =======================================================================================
 # processes: mock upstream and gateway
 
-def free_port(_used=set()):
-    for _ in range(50):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        p = s.getsockname()[1]
-        s.close()
-        if p not in _used:
-            _used.add(p)
-            return p
-    raise Fail("no free port")
 
-
-def read_file(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-class Mock:
+class Mock(H.MockProc):
     def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="llmgw-route-mock-")
-        self.stderr_path = os.path.join(self.dir, "mock.stderr")
-        self.errf = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen([PYTHON, MOCK_SCRIPT, "--port", "0"], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=self.errf)
-        deadline = time.monotonic() + 10
-        line = b""
-        while time.monotonic() < deadline and not line.endswith(b"\n"):
-            r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if r:
-                c = os.read(self.proc.stdout.fileno(), 1)
-                if not c:
-                    break
-                line += c
-        m = re.match(rb"PORT (\d+)", line)
-        if not m:
-            self.stop()
-            raise Fail("mock upstream did not print its port (got %r); stderr: %s" % (
-                line, read_file(self.stderr_path)))
-        self.port = int(m.group(1))
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def stderr_size(self):
-        try:
-            return os.path.getsize(self.stderr_path)
-        except OSError:
-            return 0
+        super().__init__([PYTHON, MOCK_SCRIPT, "--port", "0"], "llmgw-route-mock-", "mock upstream")
 
     def _call(self, method, path, body=None):
         if not self.alive():
@@ -397,21 +307,12 @@ class Mock:
         """Set the scenario of `switch#TAG` targets: switch(tag="status-503")."""
         return self._call("POST", "/_switch", modes)
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        self.errf.close()
-
 
 def mock():
     global MOCK
     if MOCK is None:
         MOCK = Mock()
-        CTX.mock_mark = 0
+        H.CTX.mock_mark = 0
     if not MOCK.alive():
         raise Fail("the mock upstream died; its stderr: %s" % read_file(MOCK.stderr_path)[-2000:])
     return MOCK
@@ -492,96 +393,21 @@ def config_text(port, mock_port, access_log, models=(), gw=None, prov=None, extr
     return "\n".join(out) + "\n"
 
 
-class Gateway:
+class Gateway(H.GatewayBase):
+    prefix = "llmgw-route-"
+
     def __init__(self, shared=False, **cfg):
-        self.shared = shared
-        self.dir = tempfile.mkdtemp(prefix="llmgw-route-")
-        self.port = free_port()
-        self.cfg = os.path.join(self.dir, "llmgw.ini")
-        self.access_log = os.path.join(self.dir, "access.jsonl")
-        self.stderr_path = os.path.join(self.dir, "stderr.txt")
-        self.proc = None
-        self.rc = None
+        super().__init__(shared, register=False)
         self.mock_port = mock().port
         self.write(self.config(**cfg))
         if not shared:
-            CTX.gateways.append(self)
+            H.CTX.gateways.append(self)
 
     def config(self, **cfg):
         return config_text(self.port, self.mock_port, self.access_log, **cfg)
 
-    def write(self, text):
-        with open(self.cfg, "w") as f:
-            f.write(text)
-
-    def start(self, wait=10):
-        if not os.path.isfile(GW):
-            raise Fail("gateway binary %s not found (build it first)" % GW)
-        errf = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen(WRAP + [GW, "-c", self.cfg], stdin=subprocess.DEVNULL,
-                                     stdout=errf, stderr=errf, cwd=self.dir)
-        errf.close()
-        deadline = time.monotonic() + wait * (6 if WRAP else 1)
-        last = "no answer"
-        while time.monotonic() < deadline:
-            rc = self.proc.poll()
-            if rc is not None:
-                self.rc = rc
-                raise Fail("gateway exited with status %d during startup; stderr:\n%s" % (
-                    rc, self.stderr()[-3000:]))
-            try:
-                r = http(self.port, "GET", "/health", key=None, timeout=1)
-                if r.status == 200:
-                    return self
-                last = "GET /health answered %d" % r.status
-            except (Fail, OSError) as e:
-                last = str(e)
-            time.sleep(0.05)
-        self.kill()
-        raise Fail("gateway did not answer GET /health with 200 within %gs (last: %s); stderr:\n%s"
-                   % (wait * (6 if WRAP else 1), last, self.stderr()[-3000:]))
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal(self, sig):
-        check(self.alive(), "gateway is not running (exit status %r)" % (
-            self.proc.poll() if self.proc else None))
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout=10):
-        """SIGTERM, and insist on exit status 0 within `timeout` s."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.rc = self.proc.wait(timeout * TOL)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise Fail("gateway did not exit within %gs of SIGTERM (killed)" % (timeout * TOL))
-        if self.rc != 0:
-            raise Fail("gateway exited with status %d after SIGTERM, expected 0; stderr tail:\n%s"
-                       % (self.rc, self.stderr()[-3000:]))
-        return self.rc
-
-    def kill(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-
-    def stderr(self):
-        return read_file(self.stderr_path)
-
-    def stderr_size(self):
-        try:
-            return os.path.getsize(self.stderr_path)
-        except OSError:
-            return 0
+    def health(self):
+        return http(self.port, "GET", "/health", key=None, timeout=1).status
 
     # -- requests
     def get(self, path, key="sk-test", **kw):
@@ -638,37 +464,14 @@ def shared():
             SHARED_FAILED = str(e).split("\n")[0]
             SHARED = None
             raise
-    if not any(g is SHARED for g, _ in CTX.marks):
-        CTX.marks.append((SHARED, SHARED.stderr_size()))
+    if not any(g is SHARED for g, _ in H.CTX.marks):
+        H.CTX.marks.append((SHARED, SHARED.stderr_size()))
     return SHARED
 
 
 def fresh(models, **cfg):
     """A dedicated gateway for this test (stopped with SIGTERM, exit 0 checked, at the end)."""
     return Gateway(models=models, **cfg).start()
-
-
-def in_thread(fn, *a, **kw):
-    box = {}
-
-    def run():
-        try:
-            box["result"] = fn(*a, **kw)
-        except BaseException as e:
-            box["error"] = "%s\n%s" % (e, traceback.format_exc())
-    t = threading.Thread(target=run, daemon=True)
-    box["thread"] = t
-    t.start()
-    return box
-
-
-def join(box, timeout, what):
-    box["thread"].join(timeout * TOL)
-    if box["thread"].is_alive():
-        raise Fail("%s: still running after %gs" % (what, timeout * TOL))
-    if "error" in box:
-        raise Fail("%s failed: %s" % (what, box["error"]))
-    return box["result"]
 
 
 def wait_for(cond, timeout, what, step=0.02):
@@ -680,13 +483,6 @@ def wait_for(cond, timeout, what, step=0.02):
         if time.monotonic() > deadline:
             raise Fail("timed out after %gs waiting for %s" % (timeout * TOL, what))
         time.sleep(step)
-
-
-def limit(seconds):
-    def deco(fn):
-        fn.limit = seconds
-        return fn
-    return deco
 
 
 # =======================================================================================
@@ -1466,71 +1262,6 @@ def test_health_survives_reload():
 # =======================================================================================
 # runner
 
-def run_test(name, fn):
-    global CTX
-    CTX = TestCtx(name)
-    box = {}
-
-    def target():
-        try:
-            fn()
-            box["ok"] = True
-        except Fail as e:
-            box["error"] = e
-            box["tb"] = "".join("  at %s:%d in %s: %s\n" % (os.path.basename(f.filename), f.lineno,
-                                                             f.name, (f.line or "").strip())
-                                for f in traceback.extract_tb(e.__traceback__)
-                                if f.filename == __file__ and f.name not in ("target",))
-        except BaseException as e:
-            box["error"] = e
-            box["tb"] = traceback.format_exc()
-    lim = getattr(fn, "limit", 30) * (3 if WRAP else 1)
-    t0 = time.monotonic()
-    th = threading.Thread(target=target, daemon=True)
-    th.start()
-    th.join(lim)
-    if th.is_alive():
-        box["error"] = Fail("timed out after %gs" % lim)
-        frame = sys._current_frames().get(th.ident)
-        box["tb"] = "".join(traceback.format_stack(frame)) if frame else ""
-    for g in CTX.gateways:      # dedicated gateways must exit 0 on SIGTERM
-        try:
-            if g.alive():
-                g.stop(10)
-        except Fail as e:
-            if "error" not in box:
-                box["error"], box["tb"] = e, ""
-        finally:
-            g.kill()
-    for fn_c in reversed(CTX.cleanups):
-        try:
-            fn_c()
-        except Exception:
-            pass
-    el = time.monotonic() - t0
-    if "error" not in box:
-        print("PASS %s" % name + ("  [%.2fs]" % el if VERBOSE else ""), flush=True)
-        for g in CTX.gateways:
-            shutil.rmtree(g.dir, ignore_errors=True)
-        return True
-    e = box["error"]
-    reason = str(e).split("\n")[0] if str(e) else type(e).__name__
-    print("FAIL %s: %s" % (name, reason), flush=True)
-    out = []
-    if box.get("tb"):
-        out.append(box["tb"].rstrip())
-    if "\n" in str(e):
-        out.append(str(e))
-    for g in CTX.gateways:
-        out.append("--- gateway stderr (%s) ---\n%s" % (g.dir, g.stderr()[-4000:].rstrip() or "(empty)"))
-    for g, mark in CTX.marks:
-        out.append("--- shared gateway stderr during this test ---\n%s" % (
-            g.stderr()[mark:][-4000:].rstrip() or "(empty)"))
-    if MOCK is not None and MOCK.stderr_size() > CTX.mock_mark:
-        out.append("--- mock upstream stderr ---\n%s" % read_file(MOCK.stderr_path)[CTX.mock_mark:][-2000:])
-    print("    " + "\n".join(out).replace("\n", "\n    "), flush=True)
-    return False
-
 
 def test_shared_gateway_clean_exit():
     global SHARED
@@ -1544,52 +1275,7 @@ def test_shared_gateway_clean_exit():
 
 
 def main():
-    global GW, VERBOSE
-    ap = argparse.ArgumentParser(description="llmgw routing-engine tests")
-    ap.add_argument("-k", action="append", default=[], metavar="SUBSTR",
-                    help="run only tests whose name contains SUBSTR (repeatable)")
-    ap.add_argument("--gw", default=None, help="gateway binary (default: ROOT/llmgw)")
-    ap.add_argument("--list", action="store_true", help="list the tests and exit")
-    ap.add_argument("-v", "--verbose", action="store_true", help="print timings")
-    a = ap.parse_args()
-    VERBOSE = a.verbose
-    if a.gw:
-        GW = os.path.abspath(a.gw)
-    tests = [(n, f) for n, f in globals().items() if n.startswith("test_") and callable(f)
-             and n != "test_shared_gateway_clean_exit"]
-    if a.k:
-        tests = [(n, f) for n, f in tests if any(k in n for k in a.k)]
-    if a.list:
-        for n, _ in tests:
-            print(n)
-        return 0
-    if not tests:
-        print("no test matches %r" % a.k, file=sys.stderr)
-    if not os.path.isfile(GW):
-        print("NOTE: gateway binary %s not found; build it or pass --gw" % GW, flush=True)
-    passed = failed = 0
-    t0 = time.monotonic()
-    try:
-        for n, f in tests:
-            if run_test(n, f):
-                passed += 1
-            else:
-                failed += 1
-        if SHARED is not None:      # the shared gateway must exit 0 on SIGTERM too
-            if run_test("test_shared_gateway_clean_exit", test_shared_gateway_clean_exit):
-                passed += 1
-            else:
-                failed += 1
-    finally:
-        if SHARED is not None:
-            SHARED.kill()
-        if MOCK is not None:
-            MOCK.stop()
-            shutil.rmtree(MOCK.dir, ignore_errors=True)
-    if VERBOSE:
-        print("(%.1fs)" % (time.monotonic() - t0))
-    print("%d passed, %d failed" % (passed, failed), flush=True)
-    return 1 if failed else 0
+    return H.main(globals(), "llmgw routing-engine tests", hidden=("test_shared_gateway_clean_exit",))
 
 
 if __name__ == "__main__":

@@ -18,12 +18,9 @@ and the bad ones (signed by another CA, for other.example only, expired, not yet
 Prints "PASS name" / "FAIL name: reason" per test, "MEASURE ..." lines with the memory
 figures, and ends with "N passed, N failed" (exit status 1 if any test failed).
 """
-import argparse
 import json
 import os
 import re
-import select
-import shlex
 import shutil
 import signal
 import socket
@@ -34,18 +31,15 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402  (the shared runner, assertions and process helpers)
+from harness import (HERE, ROOT, PYTHON, WRAP, TOL, GW, VERBOSE, CTX, Fail, check, eq,  # noqa: E402,F401
+                     snip, marker, on_cleanup, free_port, read_file, in_thread, join, limit)
+
 MOCK_SCRIPT = os.path.join(HERE, "mockup.py")
-PYTHON = sys.executable or "/usr/bin/python3"
 CURL = shutil.which("curl") or "/usr/bin/curl"
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
-WRAP = shlex.split(os.environ.get("LLMGW_WRAP", ""))
-TOL = 4.0 if WRAP else 1.0            # tolerance factor for upper time bounds (valgrind is slow)
-GW = os.path.join(ROOT, "llmgw")      # replaced by --gw
-VERBOSE = False
 PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
               "NO_PROXY", "no_proxy")
 
@@ -57,29 +51,6 @@ CERTS = None                          # the generated certificates (Certs)
 # =======================================================================================
 # assertions
 
-class Fail(AssertionError):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Fail(msg)
-
-
-def eq(got, want, what):
-    if got != want:
-        raise Fail("%s: expected %r, got %r" % (what, want, got))
-
-
-def snip(b, n=400):
-    if isinstance(b, bytes):
-        b = b.decode("utf-8", "replace")
-    return b if len(b) <= n else b[:n] + "...(%d bytes)" % len(b)
-
-
-def marker():
-    return "mk%08x" % int.from_bytes(os.urandom(4), "big")
-
 
 def has_all(text, words):
     low = (text or "").lower()
@@ -88,21 +59,6 @@ def has_all(text, words):
 
 # =======================================================================================
 # per-test context (one test runs at a time)
-
-class TestCtx:
-    def __init__(self, name):
-        self.name = name
-        self.gateways = []        # dedicated gateways started by this test
-        self.marks = []           # (shared gateway, stderr offset at test start)
-        self.cleanups = []
-        self.notes = []           # MEASURE lines printed after the verdict
-
-
-CTX = TestCtx("-")
-
-
-def on_cleanup(fn):
-    CTX.cleanups.append(fn)
 
 
 def clean_env(extra=None):
@@ -564,60 +520,19 @@ def expect_stream(r, what, text=TEXT, provider=None):
 # =======================================================================================
 # processes: mock upstreams, in-process servers, gateways
 
-def free_port(_used=set()):
-    for _ in range(50):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        p = s.getsockname()[1]
-        s.close()
-        if p not in _used:
-            _used.add(p)
-            return p
-    raise Fail("no free port")
 
-
-def read_file(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-class Mock:
+class Mock(H.MockProc):
     """tests/mockup.py in its own process: plain, or HTTPS with a given certificate."""
 
     def __init__(self, name, cert=None, key=None, close=False):
         self.name = name
         self.tls = cert is not None
-        self.dir = tempfile.mkdtemp(prefix="llmgw-tls-mock-")
-        self.stderr_path = os.path.join(self.dir, "mock.stderr")
-        self.errf = open(self.stderr_path, "wb")
         args = [PYTHON, MOCK_SCRIPT, "--port", "0"]
         if cert:
             args += ["--tls", cert, key]
         if close:
             args.append("--close")
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self.errf, env=clean_env())
-        deadline = time.monotonic() + 10
-        line = b""
-        while time.monotonic() < deadline and not line.endswith(b"\n"):
-            r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if r:
-                c = os.read(self.proc.stdout.fileno(), 1)
-                if not c:
-                    break
-                line += c
-        m = re.match(rb"PORT (\d+)", line)
-        if not m:
-            self.stop()
-            raise Fail("mock %s did not print its port (got %r); stderr: %s" % (
-                name, line, read_file(self.stderr_path)))
-        self.port = int(m.group(1))
-
-    def alive(self):
-        return self.proc.poll() is None
+        super().__init__(args, "llmgw-tls-mock-", "mock %s" % name, env=clean_env())
 
     def _call(self, method, path):
         check(self.alive(), "mock %s died; its stderr: %s" % (self.name, read_file(self.stderr_path)[-2000:]))
@@ -634,15 +549,6 @@ class Mock:
 
     def close_idle(self):
         return self._call("POST", "/_close_idle").get("closed", 0)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        self.errf.close()
 
 
 MOCKS = {}
@@ -900,6 +806,10 @@ class Proxy:
 # ---------------------------------------------------------------------------------------
 # gateways
 
+def run_gw(args, timeout=10, env=None):
+    return H.run_gw(args, timeout, clean_env(env))
+
+
 GW_DEFAULTS = [
     ("auth", "keys"), ("header_timeout", "2s"), ("idle_timeout", "10s"),
     ("connect_timeout", "2s"), ("first_byte_timeout", "5s"), ("stream_idle_timeout", "5s"),
@@ -911,17 +821,7 @@ def https_url(port):
     return "https://localhost:%d/v1" % port
 
 
-def run_gw(args, timeout=10, env=None):
-    if not os.path.isfile(GW):
-        raise Fail("gateway binary %s not found (build it first)" % GW)
-    try:
-        return subprocess.run(WRAP + [GW] + args, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout * TOL, cwd=tempfile.gettempdir(), env=clean_env(env))
-    except subprocess.TimeoutExpired:
-        raise Fail("%s %s did not exit within %gs" % (GW, " ".join(args), timeout * TOL))
-
-
-class Gateway:
+class Gateway(H.GatewayBase):
     """One llmgw process. `providers`: [(name, base_url)] (type openai); `models`:
     [(name, [target lines])]; `gw`: [gateway] settings over GW_DEFAULTS (None drops one);
     `listen`: listen lines (default: one plain listener; with tls_listener a "plain" one
@@ -931,16 +831,9 @@ class Gateway:
 
     def __init__(self, providers=(), models=(), gw=None, listen=None, env=None, shared=False,
                  tls_listener=False, tls_mode="tls"):
-        self.shared = shared
+        super().__init__(shared, register=False)
         self.env = env
-        self.dir = tempfile.mkdtemp(prefix="llmgw-tls-test-")
-        self.port = free_port()
         self.tls_port = free_port() if tls_listener else None
-        self.cfg = os.path.join(self.dir, "llmgw.ini")
-        self.access_log = os.path.join(self.dir, "access.jsonl")
-        self.stderr_path = os.path.join(self.dir, "stderr.txt")
-        self.proc = None
-        self.rc = None
         if listen is None:
             listen = ["127.0.0.1:%d" % self.port]
             if tls_listener:
@@ -948,7 +841,7 @@ class Gateway:
                           ("127.0.0.1:%d %s" % (self.tls_port, tls_mode)).rstrip()]
         self.write(self.config(providers, models, gw, listen))
         if not shared:
-            CTX.gateways.append(self)
+            H.CTX.gateways.append(self)
 
     def config(self, providers, models, gw, listen):
         opts = dict(GW_DEFAULTS)
@@ -969,73 +862,13 @@ class Gateway:
         out += ["[key.test]", "secret = sk-test", ""]
         return "\n".join(out)
 
-    def write(self, text):
-        with open(self.cfg, "w") as f:
-            f.write(text)
+    prefix = "llmgw-tls-test-"
 
-    def start(self, wait=10):
-        if not os.path.isfile(GW):
-            raise Fail("gateway binary %s not found (build it first)" % GW)
-        errf = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen(WRAP + [GW, "-c", self.cfg], stdin=subprocess.DEVNULL,
-                                     stdout=errf, stderr=errf, cwd=self.dir, env=clean_env(self.env))
-        errf.close()
-        deadline = time.monotonic() + wait * (6 if WRAP else 1)
-        last = "no answer"
-        while time.monotonic() < deadline:
-            rc = self.proc.poll()
-            if rc is not None:
-                self.rc = rc
-                raise Fail("gateway exited with status %d during startup; stderr:\n%s" % (
-                    rc, self.stderr()[-3000:]))
-            try:
-                r = http(self.port, "GET", "/health", key=None, timeout=1)
-                if r.status == 200:
-                    return self
-                last = "GET /health answered %d" % r.status
-            except (Fail, OSError) as e:
-                last = str(e)
-            time.sleep(0.05)
-        self.kill()
-        raise Fail("gateway did not answer GET /health with 200 within %gs (last: %s); stderr:\n%s"
-                   % (wait * (6 if WRAP else 1), last, self.stderr()[-3000:]))
+    def popen_env(self):
+        return clean_env(self.env)
 
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout=10):
-        """SIGTERM, and insist on exit status 0 within `timeout` s."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.rc = self.proc.wait(timeout * TOL)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise Fail("gateway did not exit within %gs of SIGTERM (killed)" % (timeout * TOL))
-        if self.rc != 0:
-            raise Fail("gateway exited with status %d after SIGTERM, expected 0; stderr tail:\n%s"
-                       % (self.rc, self.stderr()[-3000:]))
-        return self.rc
-
-    def kill(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-
-    def stderr(self):
-        return read_file(self.stderr_path)
-
-    def stderr_size(self):
-        try:
-            return os.path.getsize(self.stderr_path)
-        except OSError:
-            return 0
+    def health(self):
+        return http(self.port, "GET", "/health", key=None, timeout=1).status
 
     def rss_kb(self):
         with open("/proc/%d/status" % self.proc.pid) as f:
@@ -1122,8 +955,8 @@ def shared():
             SHARED_FAILED = str(e).split("\n")[0]
             SHARED = None
             raise
-    if not any(g is SHARED for g, _ in CTX.marks):
-        CTX.marks.append((SHARED, SHARED.stderr_size()))
+    if not any(g is SHARED for g, _ in H.CTX.marks):
+        H.CTX.marks.append((SHARED, SHARED.stderr_size()))
     return SHARED
 
 
@@ -1149,36 +982,8 @@ def curl_https(port, paths, ca, extra=(), timeout=10):
                 + ["https://localhost:%d%s" % (port, p) for p in paths], timeout)
 
 
-def in_thread(fn, *a, **kw):
-    box = {}
-
-    def run():
-        try:
-            box["result"] = fn(*a, **kw)
-        except BaseException as e:
-            box["error"] = "%s\n%s" % (e, traceback.format_exc())
-    t = threading.Thread(target=run, daemon=True)
-    box["thread"] = t
-    t.start()
-    return box
-
-
-def join(box, timeout, what):
-    box["thread"].join(timeout * TOL)
-    check(not box["thread"].is_alive(), "%s did not finish within %gs" % (what, timeout * TOL))
-    check("error" not in box, "%s failed: %s" % (what, box.get("error")))
-    return box["result"]
-
-
-def limit(seconds):
-    def deco(fn):
-        fn.limit = seconds
-        return fn
-    return deco
-
-
 def measure(text):
-    CTX.notes.append("MEASURE %s" % text)
+    H.CTX.notes.append("MEASURE %s" % text)
 
 
 # =======================================================================================
@@ -1925,136 +1730,37 @@ def test_shared_gateway_clean_exit():
 # =======================================================================================
 # runner
 
-def run_test(name, fn):
-    global CTX
-    CTX = TestCtx(name)
-    box = {}
 
-    def target():
-        try:
-            fn()
-            box["ok"] = True
-        except Fail as e:
-            box["error"] = e
-            box["tb"] = "".join("  at %s:%d in %s: %s\n" % (os.path.basename(f.filename), f.lineno,
-                                                             f.name, (f.line or "").strip())
-                                for f in traceback.extract_tb(e.__traceback__)
-                                if f.filename == __file__ and f.name not in ("target",))
-        except BaseException as e:
-            box["error"] = e
-            box["tb"] = traceback.format_exc()
-    lim = getattr(fn, "limit", 30) * (3 if WRAP else 1)
-    t0 = time.monotonic()
-    th = threading.Thread(target=target, daemon=True)
-    th.start()
-    th.join(lim)
-    if th.is_alive():
-        box["error"] = Fail("timed out after %gs" % lim)
-        frame = sys._current_frames().get(th.ident)
-        box["tb"] = "".join(traceback.format_stack(frame)) if frame else ""
-    for g in CTX.gateways:      # dedicated gateways must exit 0 on SIGTERM
-        try:
-            if g.alive():
-                g.stop(10)
-        except Fail as e:
-            if "error" not in box:
-                box["error"], box["tb"] = e, ""
-        finally:
-            g.kill()
-    for fn_c in reversed(CTX.cleanups):
-        try:
-            fn_c()
-        except Exception:
-            pass
-    el = time.monotonic() - t0
-    for note in CTX.notes:
-        print(note, flush=True)
-    if "error" not in box:
-        print("PASS %s" % name + ("  [%.2fs]" % el if VERBOSE else ""), flush=True)
-        for g in CTX.gateways:
-            shutil.rmtree(g.dir, ignore_errors=True)
-        return True
-    e = box["error"]
-    reason = str(e).split("\n")[0] if str(e) else type(e).__name__
-    print("FAIL %s: %s" % (name, reason), flush=True)
-    out = []
-    if box.get("tb"):
-        out.append(box["tb"].rstrip())
-    if "\n" in str(e):
-        out.append(str(e))
-    for g in CTX.gateways:
-        out.append("--- gateway stderr (%s) ---\n%s" % (g.dir, g.stderr()[-4000:].rstrip() or "(empty)"))
-    for g, mark in CTX.marks:
-        out.append("--- shared gateway stderr during this test ---\n%s" % (
-            g.stderr()[mark:][-4000:].rstrip() or "(empty)"))
-    print("    " + "\n".join(out).replace("\n", "\n    "), flush=True)
-    return False
-
-
-def main():
-    global GW, VERBOSE, CERTS
-    ap = argparse.ArgumentParser(description="llmgw TLS integration tests")
-    ap.add_argument("-k", action="append", default=[], metavar="SUBSTR",
-                    help="run only tests whose name contains SUBSTR (repeatable)")
-    ap.add_argument("--gw", default=None, help="gateway binary (default: ROOT/llmgw)")
-    ap.add_argument("--list", action="store_true", help="list the tests and exit")
-    ap.add_argument("-v", "--verbose", action="store_true", help="print timings")
-    a = ap.parse_args()
-    VERBOSE = a.verbose
-    if a.gw:
-        GW = os.path.abspath(a.gw)
-    tests = [(n, f) for n, f in globals().items()
-             if n.startswith("test_") and callable(f) and n != "test_shared_gateway_clean_exit"]
-    if a.k:
-        tests = [(n, f) for n, f in tests if any(k in n for k in a.k)]
-    if a.list:
-        for n, _ in tests:
-            print(n)
-        print("test_shared_gateway_clean_exit")
-        return 0
-    if not tests:
-        print("no test matches %r" % a.k, file=sys.stderr)
-    if not os.path.isfile(GW):
-        print("NOTE: gateway binary %s not found; build it or pass --gw" % GW, flush=True)
+def setup():
+    global CERTS
     fam = socket.getaddrinfo("localhost", 1, 0, socket.SOCK_STREAM)[0][0]
     if fam != socket.AF_INET:
         print("NOTE: localhost resolves to IPv6 first here; the mocks listen on 127.0.0.1 only",
               flush=True)
-    passed = failed = 0
-    t0 = time.monotonic()
     try:
-        try:
-            CERTS = Certs()
-            if VERBOSE:
-                print("(certificates made in %.1fs in %s)" % (CERTS.seconds, CERTS.dir), flush=True)
-        except Fail as e:
-            print("FAIL certificates: %s" % e, flush=True)
-            print("0 passed, 1 failed", flush=True)
-            return 1
-        for n, f in tests:
-            if run_test(n, f):
-                passed += 1
-            else:
-                failed += 1
-        if SHARED is not None:
-            if run_test("test_shared_gateway_clean_exit", test_shared_gateway_clean_exit):
-                passed += 1
-            else:
-                failed += 1
-    finally:
-        if SHARED is not None:
-            SHARED.kill()
-        for m in MOCKS.values():
-            m.stop()
-            shutil.rmtree(m.dir, ignore_errors=True)
-        for f in FAKES.values():
-            f.close()
-        if CERTS is not None:
-            shutil.rmtree(CERTS.dir, ignore_errors=True)
-    if VERBOSE:
-        print("(%.1fs)" % (time.monotonic() - t0))
-    print("%d passed, %d failed" % (passed, failed), flush=True)
-    return 1 if failed else 0
+        CERTS = Certs()
+        if H.VERBOSE:
+            print("(certificates made in %.1fs in %s)" % (CERTS.seconds, CERTS.dir), flush=True)
+    except Fail as e:
+        print("FAIL certificates: %s" % e, flush=True)
+        print("0 passed, 1 failed", flush=True)
+        return 1
+    return None
+
+
+def teardown():
+    for m in MOCKS.values():
+        m.stop()
+        shutil.rmtree(m.dir, ignore_errors=True)
+    for f in FAKES.values():
+        f.close()
+    if CERTS is not None:
+        shutil.rmtree(CERTS.dir, ignore_errors=True)
+
+
+def main():
+    return H.main(globals(), "llmgw TLS integration tests", hidden=("test_shared_gateway_clean_exit",),
+                  list_tail=("test_shared_gateway_clean_exit",), setup=setup, teardown=teardown)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,491 @@
+"""The harness the llmgw integration suites share (integration.py, tls_test.py, acct_test.py,
+route_test.py, adapter_test.py): assertions, the per-test context, free ports, helper
+threads, the base of the gateway and mock-process helpers, and the test runner (test_*
+discovery, PASS/FAIL lines, -k/--gw/--list/-v, LLMGW_WRAP, "N passed, N failed", exit status).
+
+Suites import it with their own directory on sys.path. The runner keeps the suite's globals
+GW, VERBOSE and CTX in step with the ones here (harness.GW, harness.VERBOSE, harness.CTX), so
+suite code may use either."""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import select
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PYTHON = sys.executable or "/usr/bin/python3"
+WRAP = shlex.split(os.environ.get("LLMGW_WRAP", ""))
+TOL = 4.0 if WRAP else 1.0            # tolerance factor for upper time bounds (valgrind is slow)
+GW = os.path.join(ROOT, "llmgw")      # replaced by --gw
+VERBOSE = False
+
+
+# =======================================================================================
+# assertions
+
+class Fail(AssertionError):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Fail(msg)
+
+
+def eq(got, want, what):
+    if got != want:
+        raise Fail("%s: expected %r, got %r" % (what, want, got))
+
+
+def near(got, want, what, rel=1e-6):
+    ok = isinstance(got, (int, float)) and not isinstance(got, bool) and \
+        abs(got - want) <= rel * max(abs(want), 1e-12)
+    if not ok:
+        raise Fail("%s: expected %r, got %r" % (what, want, got))
+
+
+def snip(b, n=400):
+    if isinstance(b, bytes):
+        b = b.decode("utf-8", "replace")
+    if not isinstance(b, str):
+        b = json.dumps(b)
+    return b if len(b) <= n else b[:n] + "...(%d bytes)" % len(b)
+
+
+def marker():
+    return "mk%08x" % int.from_bytes(os.urandom(4), "big")
+
+
+# =======================================================================================
+# per-test context (one test runs at a time)
+
+class TestCtx:
+    def __init__(self, name, mock_mark=0):
+        self.name = name
+        self.gateways = []        # dedicated gateways started by this test
+        self.marks = []           # (shared gateway, stderr offset at test start)
+        self.cleanups = []
+        self.notes = []           # lines (MEASURE ...) printed before the verdict
+        self.mock_mark = mock_mark
+
+
+CTX = TestCtx("-")
+
+
+def on_cleanup(fn):
+    CTX.cleanups.append(fn)
+
+
+# =======================================================================================
+# small helpers
+
+def free_port(_used=set()):
+    for _ in range(50):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        s.close()
+        if p not in _used:
+            _used.add(p)
+            return p
+    raise Fail("no free port")
+
+
+def read_file(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def file_size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def in_thread(fn, *a, **kw):
+    """Run fn in a thread; returns a dict that gets 'result' or 'error' and a .join()."""
+    box = {}
+
+    def run():
+        try:
+            box["result"] = fn(*a, **kw)
+        except BaseException as e:
+            box["error"] = "%s\n%s" % (e, traceback.format_exc())
+    t = threading.Thread(target=run, daemon=True)
+    box["thread"] = t
+    t.start()
+    return box
+
+
+def join(box, timeout, what):
+    box["thread"].join(timeout * TOL)
+    check(not box["thread"].is_alive(), "%s did not finish within %gs" % (what, timeout * TOL))
+    check("error" not in box, "%s failed: %s" % (what, box.get("error")))
+    return box["result"]
+
+
+def limit(seconds):
+    def deco(fn):
+        fn.limit = seconds
+        return fn
+    return deco
+
+
+# =======================================================================================
+# processes: a mock that prints "PORT <n>", and the gateway
+
+class MockProc:
+    """A mock server script in its own process; it prints `PORT <n>` when listening."""
+
+    def __init__(self, args, prefix, what, env=None):
+        self.dir = tempfile.mkdtemp(prefix=prefix)
+        self.stderr_path = os.path.join(self.dir, "mock.stderr")
+        self.errf = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=self.errf, env=env)
+        deadline = time.monotonic() + 10
+        line = b""
+        while time.monotonic() < deadline and not line.endswith(b"\n"):
+            r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if r:
+                c = os.read(self.proc.stdout.fileno(), 1)
+                if not c:
+                    break
+                line += c
+        m = re.match(rb"PORT (\d+)", line)
+        if not m:
+            self.stop()
+            raise Fail("%s did not print its port (got %r); stderr: %s" % (
+                what, line, read_file(self.stderr_path)))
+        self.port = int(m.group(1))
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stderr_size(self):
+        return file_size(self.stderr_path)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.errf.close()
+
+
+START_TIMEOUTS = 0
+
+
+class GatewayBase:
+    """One llmgw process on a temp INI in its own temp dir. Subclasses write the config and
+    define health() (the status of GET /health on self.port, or raise)."""
+    prefix = "llmgw-test-"
+    start_stderr_always = True    # False: only the shared gateway's start-up failure shows stderr
+    quick_after_timeouts = False  # after 2 start-up timeouts, wait at most 3 s
+    poll_step = 0.05
+
+    def __init__(self, shared=False, register=True):
+        self.shared = shared
+        self.dir = tempfile.mkdtemp(prefix=self.prefix)
+        self.port = free_port()
+        self.cfg = os.path.join(self.dir, "llmgw.ini")
+        self.access_log = os.path.join(self.dir, "access.jsonl")
+        self.stderr_path = os.path.join(self.dir, "stderr.txt")
+        self.proc = None
+        self.rc = None
+        if register and not shared:
+            CTX.gateways.append(self)
+
+    def write(self, text):
+        with open(self.cfg, "w") as f:
+            f.write(text)
+
+    def popen_env(self):
+        return None
+
+    def health(self):
+        raise NotImplementedError
+
+    def start(self, wait=10):
+        global START_TIMEOUTS
+        if not os.path.isfile(GW):
+            raise Fail("gateway binary %s not found (build it first)" % GW)
+        errf = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen(WRAP + [GW, "-c", self.cfg], stdin=subprocess.DEVNULL,
+                                     stdout=errf, stderr=errf, cwd=self.dir, env=self.popen_env())
+        errf.close()
+        if self.quick_after_timeouts and START_TIMEOUTS >= 2:
+            wait = min(wait, 3)     # it never came up before: don't spend 10s on every test
+        deadline = time.monotonic() + wait * (6 if WRAP else 1)
+        last = "no answer"
+        while time.monotonic() < deadline:
+            rc = self.proc.poll()
+            if rc is not None:
+                self.rc = rc
+                raise Fail("gateway exited with status %d during startup%s" % (
+                    rc, self._stderr_note()))
+            try:
+                status = self.health()
+                if status == 200:
+                    return self
+                last = "GET /health answered %d" % status
+            except (Fail, OSError, http.client.HTTPException) as e:
+                last = str(e)
+            time.sleep(self.poll_step)
+        START_TIMEOUTS += 1
+        self.kill()
+        raise Fail("gateway did not answer GET /health with 200 within %gs (last: %s)%s"
+                   % (wait * (6 if WRAP else 1), last, self._stderr_note()))
+
+    def _stderr_note(self):
+        # dedicated gateways get their stderr printed by the runner
+        if self.start_stderr_always or self.shared:
+            return "; stderr:\n" + self.stderr()[-3000:]
+        return ""
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig):
+        check(self.alive(), "gateway is not running (exit status %r)" % (
+            self.proc.poll() if self.proc else None))
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=10):
+        """SIGTERM, and insist on exit status 0 within `timeout` s."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.rc = self.proc.wait(timeout * TOL)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise Fail("gateway did not exit within %gs of SIGTERM (killed)" % (timeout * TOL))
+        if self.rc != 0:
+            raise Fail("gateway exited with status %d after SIGTERM, expected 0; stderr tail:\n%s"
+                       % (self.rc, self.stderr()[-3000:]))
+        return self.rc
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def stderr(self):
+        return read_file(self.stderr_path)
+
+    def stderr_size(self):
+        return file_size(self.stderr_path)
+
+
+def run_gw(args, timeout=10, env=None):
+    """Run the gateway binary to completion (--help, -t ...)."""
+    if not os.path.isfile(GW):
+        raise Fail("gateway binary %s not found (build it first)" % GW)
+    try:
+        return subprocess.run(WRAP + [GW] + args, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout * TOL, cwd=tempfile.gettempdir(), env=env)
+    except subprocess.TimeoutExpired:
+        raise Fail("%s %s did not exit within %gs" % (GW, " ".join(args), timeout * TOL))
+
+
+# =======================================================================================
+# runner
+
+class Suite:
+    """What differs between the suites' runners. `g` is the suite's globals(): tests are its
+    test_* functions; its MOCK (if any) has its stderr shown on failure, its SHARED (if any)
+    gets test_shared_gateway_clean_exit run at the end."""
+
+    def __init__(self, g, description, default_limit=30, mock_label="mock upstream",
+                 time_fails=False, shared_exit=True, hidden=(), list_tail=(), add_args=None,
+                 select=None, list_line=None, setup=None, teardown=None, epilogue=None):
+        self.g = g
+        self.file = g["__file__"]
+        self.description = description
+        self.default_limit = default_limit
+        self.mock_label = mock_label
+        self.time_fails = time_fails
+        self.shared_exit = shared_exit
+        self.hidden = hidden            # test_* names not discovered (run at the end instead)
+        self.list_tail = list_tail      # names --list prints after the discovered ones
+        self.add_args = add_args        # fn(argparse parser)
+        self.select = select            # fn(args, tests) -> (tests, state for epilogue)
+        self.list_line = list_line      # fn(name) -> --list line
+        self.setup = setup              # fn() -> None, or an exit status to stop with
+        self.teardown = teardown        # fn(); default: stop MOCK
+        self.epilogue = epilogue        # fn(state) before the totals line
+
+    def mock(self):
+        return self.g.get("MOCK")
+
+    def run_test(self, name, fn):
+        global CTX
+        m = self.mock()
+        CTX = self.g["CTX"] = TestCtx(name, m.stderr_size() if m is not None else 0)
+        files = (os.path.abspath(self.file), os.path.abspath(__file__))
+        box = {}
+
+        def target():
+            try:
+                fn()
+                box["ok"] = True
+            except Fail as e:
+                # an assertion: where in the tests it fired is enough
+                box["error"] = e
+                box["tb"] = "".join("  at %s:%d in %s: %s\n" % (os.path.basename(f.filename), f.lineno,
+                                                                 f.name, (f.line or "").strip())
+                                    for f in traceback.extract_tb(e.__traceback__)
+                                    if os.path.abspath(f.filename) in files
+                                    and f.name not in ("target",))
+            except BaseException as e:
+                box["error"] = e
+                box["tb"] = traceback.format_exc()
+        lim = getattr(fn, "limit", self.default_limit) * (3 if WRAP else 1)
+        t0 = time.monotonic()
+        th = threading.Thread(target=target, daemon=True)
+        th.start()
+        th.join(lim)
+        if th.is_alive():
+            box["error"] = Fail("timed out after %gs" % lim)
+            frame = sys._current_frames().get(th.ident)
+            box["tb"] = "".join(traceback.format_stack(frame)) if frame else ""
+        ctx = CTX
+        for g in ctx.gateways:      # dedicated gateways must exit 0 on SIGTERM
+            try:
+                if g.alive():
+                    g.stop(10)
+            except Fail as e:
+                if "error" not in box:
+                    box["error"], box["tb"] = e, ""
+            finally:
+                g.kill()
+        for c in reversed(ctx.cleanups):
+            try:
+                c()
+            except Exception:
+                pass
+        el = time.monotonic() - t0
+        for note in ctx.notes:
+            print(note, flush=True)
+        if "error" not in box:
+            print("PASS %s" % name + ("  [%.2fs]" % el if VERBOSE else ""), flush=True)
+            for g in ctx.gateways:
+                shutil.rmtree(g.dir, ignore_errors=True)
+            return True
+        e = box["error"]
+        reason = str(e).split("\n")[0] if str(e) else type(e).__name__
+        print("FAIL %s: %s" % (name, reason) + ("  [%.2fs]" % el if VERBOSE and self.time_fails else ""),
+              flush=True)
+        out = []
+        if box.get("tb"):
+            out.append(box["tb"].rstrip())
+        if "\n" in str(e):
+            out.append(str(e))
+        for g in ctx.gateways:
+            out.append("--- gateway stderr (%s) ---\n%s" % (g.dir, g.stderr()[-4000:].rstrip() or "(empty)"))
+        for g, mark in ctx.marks:
+            out.append("--- shared gateway stderr during this test ---\n%s" % (
+                g.stderr()[mark:][-4000:].rstrip() or "(empty)"))
+        m = self.mock()
+        if m is not None and m.stderr_size() > ctx.mock_mark:
+            out.append("--- %s stderr ---\n%s" % (self.mock_label,
+                                                  read_file(m.stderr_path)[ctx.mock_mark:][-2000:]))
+        print("    " + "\n".join(out).replace("\n", "\n    "), flush=True)
+        return False
+
+    def main(self):
+        global GW, VERBOSE
+        ap = argparse.ArgumentParser(description=self.description)
+        ap.add_argument("-k", action="append", default=[], metavar="SUBSTR",
+                        help="run only tests whose name contains SUBSTR (repeatable)")
+        ap.add_argument("--gw", default=None, help="gateway binary (default: ROOT/llmgw)")
+        ap.add_argument("--list", action="store_true", help="list the tests and exit")
+        if self.add_args:
+            self.add_args(ap)
+        ap.add_argument("-v", "--verbose", action="store_true", help="print timings")
+        a = ap.parse_args()
+        VERBOSE = self.g["VERBOSE"] = a.verbose
+        if a.gw:
+            GW = self.g["GW"] = os.path.abspath(a.gw)
+        tests = [(n, f) for n, f in list(self.g.items())
+                 if n.startswith("test_") and callable(f) and n not in self.hidden]
+        if a.k:
+            tests = [(n, f) for n, f in tests if any(k in n for k in a.k)]
+        if a.list:
+            for n, _ in tests:
+                print(self.list_line(n) if self.list_line else n)
+            for n in self.list_tail:
+                print(n)
+            return 0
+        if not tests:
+            print("no test matches %r" % a.k, file=sys.stderr)
+        state = None
+        if self.select:
+            tests, state = self.select(a, tests)
+        if not os.path.isfile(GW):
+            print("NOTE: gateway binary %s not found; build it or pass --gw" % GW, flush=True)
+        passed = failed = 0
+        t0 = time.monotonic()
+        try:
+            if self.setup:
+                rc = self.setup()
+                if rc is not None:
+                    return rc
+            for n, f in tests:
+                if self.run_test(n, f):
+                    passed += 1
+                else:
+                    failed += 1
+            if self.shared_exit and self.g.get("SHARED") is not None:
+                # a -k selection used the shared gateway without its exit check: check it now, so
+                # runs under valgrind/ASan still see the gateway's exit status
+                if self.run_test("test_shared_gateway_clean_exit", self.g["test_shared_gateway_clean_exit"]):
+                    passed += 1
+                else:
+                    failed += 1
+        finally:
+            if self.shared_exit and self.g.get("SHARED") is not None:
+                self.g["SHARED"].kill()
+            if self.teardown:
+                self.teardown()
+            else:
+                m = self.mock()
+                if m is not None:
+                    m.stop()
+                    shutil.rmtree(m.dir, ignore_errors=True)
+        if self.epilogue:
+            self.epilogue(state)
+        if VERBOSE:
+            print("(%.1fs)" % (time.monotonic() - t0))
+        print("%d passed, %d failed" % (passed, failed), flush=True)
+        return 1 if failed else 0
+
+
+def main(g, description, **kw):
+    """Run the suite whose globals are g; returns the exit status."""
+    return Suite(g, description, **kw).main()
