@@ -4309,9 +4309,7 @@ struct lg_req {
 	struct lg_wst *w;      /* translation state of the current attempt, when not native */
 	int rf_tool;           /* response_format rides on a forced Anthropic tool */
 	unsigned gen;          /* attempts started: callbacks notice a newer one */
-	char canon_err[320];
 	/* routing */
-	struct lg_cand plan[LLMGW_MAX_PLAN];
 	int nplan, cur;
 	struct lg_att_log *att; /* max_attempts of them */
 	int natt;
@@ -4334,7 +4332,10 @@ struct lg_req {
 	int64_t wall0;
 	size_t bytes_in, bytes_out;
 	struct lg_usage usage;
+	/* last, and not zeroed at creation: written before they are read */
 	char errmsg[512];
+	char canon_err[320];
+	struct lg_cand plan[LLMGW_MAX_PLAN];
 };
 
 struct lg_kstate;
@@ -8984,9 +8985,11 @@ static int lg_srv_reload(struct llmgw *gw, char *err, size_t errlen)
 static struct lg_req *lg_srv_new_req(struct lg_conn *c, int minor)
 {
 	struct llmgw *gw = c->gw;
-	struct lg_req *r = (struct lg_req *)calloc(1, sizeof *r);
+	struct lg_req *r = (struct lg_req *)malloc(sizeof *r);
 	uint64_t x;
 	if (!r) return NULL;
+	memset(r, 0, offsetof(struct lg_req, errmsg)); /* the plan and messages need no zeroing */
+	r->errmsg[0] = r->canon_err[0] = 0;
 	r->gw = gw;
 	r->cc = c;
 	r->cfg = gw->cfg;
