@@ -3,7 +3,7 @@
 #
 #   sh vendor/bearssl.sh [build] CC=cc OUT=build/bearssl/<target> [CFLAGS=-Os] [AR=...] [JOBS=n]
 #   sh vendor/bearssl.sh fetch        fetch + verify + unpack the source only
-#   sh vendor/bearssl.sh selftest CC=... OUT=...   build, link and run vendor/bearssl-selftest.c
+#   sh vendor/bearssl.sh selftest CC=... OUT=...   build, link and run tests/bearssl-selftest.c
 #   sh vendor/bearssl.sh clean OUT=...             remove one build output directory
 #   sh vendor/bearssl.sh distclean                 remove the fetched source (vendor/bearssl-src)
 #
@@ -452,7 +452,7 @@ report() {
 
 do_selftest() {
 	do_build
-	_t=$VENDOR_DIR/bearssl-selftest.c
+	_t=$VENDOR_DIR/../tests/bearssl-selftest.c
 	[ -f "$_t" ] || die "missing $_t"
 	# shellcheck disable=SC2086
 	$CC -Os -static -I"$OUT/inc" "$_t" "$OUT/libbearssl.a" -o "$OUT/bearssl-selftest" 2>"$OUT/selftest-build.log" \
