@@ -11,7 +11,7 @@
  *
  * Compile-time options (each has a default in section 0):
  *   LLMGW_NO_MAIN        leave out main()
- *   LLMGW_TLS            1 = HTTPS through BearSSL (not in this version: 0)
+ *   LLMGW_TLS            1 = HTTPS through BearSSL (the Makefile's default), 0 = none
  *   LLMGW_IO_BUF         initial size of a connection buffer
  *   LLMGW_MAX_HEADERS    header lines per HTTP message
  *   LLMGW_JSON_DEPTH     JSON nesting limit
@@ -31,13 +31,17 @@
  *   4. JSON                        lg_json_ : tokenizer, unescape, writer
  *   5. INI and config              lg_ini_, lg_cfg_ : struct lg_cfg snapshot
  *   6. HTTP parsing                lg_http_ : heads, chunked decoder, SSE
- *   7. TLS                         lg_tls_  : the seam (no TLS in this build)
+ *   7. TLS                         lg_tls_  : BearSSL driven by the loop, trust anchors
  *   8. Event loop and connections  lg_loop_, lg_conn_ : poll set, timers
  *   9. DNS                         lg_dns_  : resolver thread and cache
  *  10. HTTP client and pool        lg_up_   : upstream connections
- *  11. Provider adapters           lg_prov_ : openai, mock
- *  12. Router                      lg_route_: the plan of a request
- *  13. Accounting                  lg_acct_ : usage, cost, access log
+ *  11. Provider adapters           lg_prov_, lg_canon_, lg_w_, lg_p_, lg_ev : canonical
+ *                                 request and events; openai, azure, anthropic, gemini,
+ *                                 bedrock, mock; the client dialect writers
+ *  12. Router                      lg_route_: the plan of a request, health, breakers,
+ *                                 retries, affinity
+ *  13. Accounting                  lg_acct_ : budgets, limits, ledger, metrics, ring of
+ *                                 recent requests, access log
  *  14. Server handlers             lg_srv_  : endpoints, errors, streaming
  *  15. Public API                  llmgw_   : what llmgw.h declares
  *  16. main
@@ -1346,7 +1350,6 @@ struct lg_cfg {
 	struct lg_model **models;
 	struct lg_key **keys;
 	int nprov, nmodels, nkeys;
-	char warn[512]; /* things accepted but not enforced yet, for the start-up log */
 	int auth_line, tls_line, proxy_line; /* where those keys were, for errors */
 	unsigned long gen;                   /* which install: cached key lookups check it */
 	int *listen_lines;
@@ -3154,7 +3157,7 @@ enum { LG_ROLE_CLIENT, LG_ROLE_UPSTREAM };
 struct lg_req;
 
 /* One socket: a client of ours or an upstream of ours. Memory: the struct
- * (~400 bytes) plus its two buffers, which start empty, grow on demand up
+ * (~720 bytes) plus its two buffers, which start empty, grow on demand up
  * to their limits and are given back when the connection goes idle. */
 struct lg_conn {
 	struct llmgw *gw;
@@ -4512,13 +4515,12 @@ static void lg_resp_error(struct lg_req *r, int status, const char *extra, const
 static void lg_resp_sse(struct lg_req *r, const char *name, const char *data, size_t n)
 {
 	struct lg_buf *o;
-	size_t len = 1 + (name ? strlen(name) + 8 : 0), i, st, lines = 0;
+	size_t len = 1 + (name ? strlen(name) + 8 : 0), i, st;
 	if (!r->cc) return;
 	for (st = 0;; st = i + 1) { /* usually one line: memchr finds no break */
 		const char *nl = st < n ? (const char *)memchr(data + st, '\n', n - st) : NULL;
 		i = nl ? (size_t)(nl - data) : n;
 		len += 7 + (i - st);
-		lines++;
 		if (!nl) break;
 	}
 	o = &r->cc->out;
@@ -4543,7 +4545,6 @@ static void lg_resp_sse(struct lg_req *r, const char *name, const char *data, si
 	}
 	lg_buf_addz(o, r->minor >= 1 ? "\n\r\n" : "\n");
 	r->bytes_out += len;
-	LG_UNUSED(lines);
 }
 
 static void lg_resp_event(struct lg_req *r, const char *data, size_t n) { lg_resp_sse(r, NULL, data, n); }
@@ -6612,7 +6613,7 @@ static void lg_p_anth_event(struct lg_req *r, lg_str evname, lg_str data)
 	struct lg_json j;
 	const char *s = data.p;
 	lg_str ty;
-	int idx, t;
+	int idx;
 	struct lg_wst *w = r->w;
 	memset(&j, 0, sizeof j);
 	if (lg_req_json(r, &j, data.p, data.n) <= 0 || j.t[0].type != LG_J_OBJ) return;
@@ -6661,7 +6662,6 @@ static void lg_p_anth_event(struct lg_req *r, lg_str evname, lg_str data)
 		lg_ev(r, LG_EV_ERROR, lg_str_eq(et, "overloaded_error") ? 529 : lg_str_eq(et, "rate_limit_error") ? 429 : 502,
 		      lg_jesc(&j, s, lg_json_get(&j, s, e, "message")), LG_NOSTR, 0);
 	}
-	(void)t;
 }
 
 static int lg_p_anth_full(struct lg_req *r, const char *s, size_t n)
@@ -8955,8 +8955,6 @@ static int lg_srv_install(struct llmgw *gw, struct lg_cfg *c, char *err, size_t 
 	c->gen = ++gw->cfg_gen;
 	gw->cfg = c;
 	gw->log_level = c->log_level;
-	if (c->warn[0])
-		LG_LOG(gw, LG_LOG_WARN, "accepted but not enforced by this version: %s", c->warn);
 	if (!c->auth_none && c->nkeys == 0)
 		LG_LOG(gw, LG_LOG_WARN, "auth = keys and no [key.*] section: every request will get 401 "
 		                        "(add a [key.NAME] section, or auth = none on loopback)");
@@ -10298,7 +10296,6 @@ int main(int argc, char **argv)
 		}
 		printf("llmgw: %s is valid: %d providers, %d models, %d keys\n", path, c->nprov, c->nmodels,
 		       c->nkeys);
-		if (c->warn[0]) printf("llmgw: accepted but not enforced by this version: %s\n", c->warn);
 		lg_cfg_free(c);
 		return 0;
 	}
