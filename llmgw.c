@@ -95,6 +95,8 @@
 #ifndef LLMGW_IO_BUF
 #define LLMGW_IO_BUF 4096 /* first allocation of a connection buffer */
 #endif
+#define LG_BLKCACHE 64 /* such first allocations kept for reuse (256 KB at most) */
+#define LG_RFREE 16    /* request objects kept for reuse */
 #ifndef LLMGW_MAX_HEADERS
 #define LLMGW_MAX_HEADERS 64 /* more header lines than this is a 431 */
 #endif
@@ -644,6 +646,24 @@ static int lg_buf_addu(struct lg_buf *b, uint64_t v, int hex)
 	return lg_buf_add(b, tmp + i, (size_t)(24 - i));
 }
 
+/* "%d" into out (12 bytes hold any int); returns the length. */
+static size_t lg_itoa(char *out, int v)
+{
+	char tmp[12];
+	int i = 12;
+	unsigned u = v < 0 ? 0u - (unsigned)v : (unsigned)v;
+	size_t n;
+	do {
+		tmp[--i] = (char)('0' + u % 10);
+		u /= 10;
+	} while (u);
+	if (v < 0) tmp[--i] = '-';
+	n = (size_t)(12 - i);
+	memcpy(out, tmp + i, n);
+	out[n] = 0;
+	return n;
+}
+
 /* strlcpy: copies what fits, always terminates; returns the length copied. */
 static size_t lg_cpy(char *dst, size_t n, const char *src)
 {
@@ -748,6 +768,17 @@ static char *lg_arena_strn(struct lg_arena *a, const char *p, size_t n)
 		s[n] = 0;
 	}
 	return s;
+}
+
+/* Empties the arena for reuse: its first (oldest) block stays. */
+static void lg_arena_reset(struct lg_arena *a)
+{
+	while (a->head && a->head->next) {
+		struct lg_arena_blk *n = a->head->next;
+		free(a->head);
+		a->head = n;
+	}
+	if (a->head) a->head->used = 0;
 }
 
 static void lg_arena_free(struct lg_arena *a)
@@ -1095,6 +1126,12 @@ static double lg_json_num(const struct lg_json *j, const char *s, int t, double 
 	lg_str r;
 	if (lg_json_type(j, t) != LG_J_NUM) return dflt;
 	r = lg_json_raw(j, s, t);
+	if (r.n && r.n <= 15 && r.p[0] != '-') { /* token counts: plain integers, exact in a double */
+		size_t i;
+		uint64_t u = 0;
+		for (i = 0; i < r.n && r.p[i] >= '0' && r.p[i] <= '9'; i++) u = u * 10 + (uint64_t)(r.p[i] - '0');
+		if (i == r.n) return (double)u;
+	}
 	if (r.n >= sizeof tmp) return dflt;
 	memcpy(tmp, r.p, r.n);
 	tmp[r.n] = 0;
@@ -1221,13 +1258,93 @@ static int lg_json_wstr(struct lg_buf *b, const char *s, size_t n)
 
 static int lg_json_wz(struct lg_buf *b, const char *z) { return z ? lg_json_wstr(b, z, strlen(z)) : lg_json_wstr(b, "", 0); }
 
+static const double lg_p10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                                   1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* snprintf(out, 32, "%.<p>g", v) for 1 <= p <= 15, without printf where it
+ * can: v times a power of ten (exact up to 1e22) is rounded once, so the
+ * p digits are right unless that product lies within its rounding error
+ * of a half; then, and outside 1e-11..1e15, snprintf does it. Returns the
+ * length. */
+static size_t lg_fmt_g(char out[32], double v, int p)
+{
+	double a = v < 0 ? -v : v, m, f, fr;
+	int e = 0, k, tries, nd, i, o = 0, z;
+	uint64_t u = 0, top = (uint64_t)lg_p10[p > 0 && p <= 15 ? p : 1];
+	char d[16];
+	if (!(a >= 1e-11 && a < 1e15) || p < 1 || p > 15) goto slow;
+	while (e < 15 && a >= lg_p10[e + 1]) e++;
+	while (e > -12 && a < 1.0 / lg_p10[-e]) e--;
+	for (tries = 0;; tries++) {
+		if (tries > 2) goto slow;
+		k = p - 1 - e;
+		if (k > 22 || k < -22) goto slow;
+		m = k >= 0 ? a * lg_p10[k] : a / lg_p10[-k];
+		f = (double)(uint64_t)m; /* m < 1e16: the integer part, exactly */
+		fr = m - f;
+		if (fabs(fr - 0.5) <= m * 4.5e-16 + 1e-300) goto slow; /* too close to call */
+		u = (uint64_t)f + (fr > 0.5);
+		if (u >= top) {
+			if (u == top && f < (double)top) { /* 9.99..95 rounded up to 10.0 */
+				u = top / 10;
+				e++;
+				break;
+			}
+			e++;
+			continue;
+		}
+		if (u < top / 10) {
+			e--;
+			continue;
+		}
+		break;
+	}
+	for (i = p - 1; i >= 0; i--, u /= 10) d[i] = (char)('0' + u % 10);
+	for (nd = p; nd > 1 && d[nd - 1] == '0'; nd--) {
+	}
+	if (v < 0) out[o++] = '-';
+	if (e < -4 || e >= p) { /* d.ddde-XX */
+		int ae = e < 0 ? -e : e;
+		out[o++] = d[0];
+		if (nd > 1) {
+			out[o++] = '.';
+			for (i = 1; i < nd; i++) out[o++] = d[i];
+		}
+		out[o++] = 'e';
+		out[o++] = e < 0 ? '-' : '+';
+		if (ae >= 100) out[o++] = (char)('0' + ae / 100);
+		out[o++] = (char)('0' + ae / 10 % 10);
+		out[o++] = (char)('0' + ae % 10);
+	} else if (e >= 0) { /* ddd.ddd */
+		for (i = 0; i <= e; i++) out[o++] = d[i];
+		if (nd > e + 1) {
+			out[o++] = '.';
+			for (; i < nd; i++) out[o++] = d[i];
+		}
+	} else { /* 0.000ddd */
+		out[o++] = '0';
+		out[o++] = '.';
+		for (z = -e - 1; z > 0; z--) out[o++] = '0';
+		for (i = 0; i < nd; i++) out[o++] = d[i];
+	}
+	out[o] = 0;
+	return (size_t)o;
+slow:
+	o = snprintf(out, 32, "%.*g", p, v);
+	return o < 0 ? 0 : (size_t)LG_MIN(o, 31);
+}
+
 /* Numbers: integers print as integers, the rest with enough digits to
  * round-trip a cost in USD. */
 static int lg_json_wnum(struct lg_buf *b, double v)
 {
+	char t[32];
 	if (!isfinite(v)) return lg_buf_addz(b, "0");
-	if (v > -1e15 && v < 1e15 && v == (double)(int64_t)v) return lg_buf_printf(b, "%.0f", v);
-	return lg_buf_printf(b, "%.12g", v);
+	if (v > -1e15 && v < 1e15 && v == (double)(int64_t)v) {
+		if (v < 0) lg_buf_addc(b, '-');
+		return lg_buf_addu(b, (uint64_t)(v < 0 ? -v : v), 0);
+	}
+	return lg_buf_add(b, t, lg_fmt_g(t, v, 12));
 }
 
 /* ===== 5. INI and config =============================================== */
@@ -3220,6 +3337,12 @@ struct llmgw {
 	unsigned long cfg_gen; /* configurations installed so far */
 	struct lg_acct *acct; /* key spend and limits, ledger, metrics, recent requests */
 	struct lg_rstate *rs; /* target health, breakers, affinity: survives reloads */
+	/* what requests leave behind, reused by the next ones instead of going
+	 * back to malloc: first-size connection buffers and request objects */
+	char *blk[LG_BLKCACHE];
+	int nblk;
+	struct lg_req *rfree;
+	int nrfree;
 #if LLMGW_TLS
 	struct { /* TLS sessions to resume, per upstream origin */
 		char origin[300];
@@ -3228,6 +3351,28 @@ struct llmgw {
 	} sess[32];
 #endif
 };
+
+/* A connection buffer that is empty gives its memory back: a block of
+ * the first size (LLMGW_IO_BUF) waits on gw->blk for the next request. */
+static void lg_blk_give(struct llmgw *gw, struct lg_buf *b)
+{
+	if (lg_buf_used(b)) return;
+	if (b->cap == LLMGW_IO_BUF && !b->err && gw->nblk < LG_BLKCACHE) {
+		gw->blk[gw->nblk++] = b->p;
+		b->p = NULL;
+	}
+	lg_buf_free(b);
+}
+
+/* An empty buffer without memory takes a kept block, if there is one. */
+static void lg_blk_take(struct llmgw *gw, struct lg_buf *b)
+{
+	if (b->cap == 0 && gw->nblk && (!b->max || b->max >= LLMGW_IO_BUF)) {
+		b->p = gw->blk[--gw->nblk];
+		b->cap = LLMGW_IO_BUF;
+		b->off = b->len = 0;
+	}
+}
 
 static void lg_timer_swap(struct llmgw *gw, int a, int b)
 {
@@ -3347,6 +3492,8 @@ static void lg_conn_free(struct llmgw *gw, struct lg_conn *c)
 	if (c->flags & LG_F_PENDING) gw->npending--;
 	if (c->tls) lg_tls_free(c->tls);
 	if (c->tlscfg && --c->tlscfg->refs == 0) lg_cfg_free(c->tlscfg);
+	lg_blk_give(gw, &c->in);
+	lg_blk_give(gw, &c->out);
 	lg_buf_free(&c->in);
 	lg_buf_free(&c->out);
 	if (c->role == LG_ROLE_CLIENT) gw->nclients--;
@@ -3393,6 +3540,7 @@ static long lg_io_read(struct lg_conn *c, size_t max)
 			c->in.err = 0;
 			if (c->in.cap == c->in.len) return -2;
 		}
+		if (c->in.cap == 0 && left >= LLMGW_IO_BUF) lg_blk_take(c->gw, &c->in);
 		if (c->in.cap == 0 && lg_buf_reserve(&c->in, LG_MIN(left, (size_t)LLMGW_IO_BUF))) return -2;
 	}
 	room = c->in.cap - c->in.len;
@@ -3728,6 +3876,7 @@ static void lg_up_pool_put(struct llmgw *gw, struct lg_conn *c)
 	c->flags = (c->flags & ~(unsigned)(LG_F_NOREAD | LG_F_REUSED)) | LG_F_POOLED;
 	c->on_io = lg_up_pooled_io;
 	c->idle_since = gw->now;
+	lg_blk_give(gw, &c->in);
 	lg_buf_free(&c->in);
 	c->pool_next = gw->pool;
 	gw->pool = c;
@@ -4339,6 +4488,11 @@ struct lg_req {
 	char errmsg[512];
 	char canon_err[320];
 	struct lg_cand plan[LLMGW_MAX_PLAN];
+	/* kept while the object waits for reuse (gw->rfree): the request body's
+	 * token array, and how many attempts r->att holds */
+	struct lg_jtok *keep_jt;
+	uint32_t keep_jcap;
+	int att_cap;
 };
 
 struct lg_kstate;
@@ -4360,6 +4514,10 @@ static double lg_acct_cost(const struct lg_target *t, const struct lg_usage *u)
 static int lg_req_json(struct lg_req *r, struct lg_json *j, const char *s, size_t n)
 {
 	int k;
+	if (!r->rtok) { /* a guess, as for the request body: one pass mostly */
+		uint32_t cap = (uint32_t)LG_MIN(n / 6 + 32, (size_t)LLMGW_JSON_TOKENS);
+		if ((r->rtok = (struct lg_jtok *)malloc((size_t)cap * sizeof *r->rtok))) r->rcap = cap;
+	}
 	j->t = r->rtok;
 	j->cap = r->rcap;
 	k = r->rtok ? lg_json_parse(j, s, n) : LG_JSON_NOMEM;
@@ -7158,7 +7316,8 @@ static void lg_native_obj(struct lg_req *r, const struct lg_json *j, const char 
 			lg_json_wz(o, r->served->model);
 		} else if (lg_str_eq(key, "usage") && j->t[k + 1].type == LG_J_OBJ) {
 			char c[64];
-			snprintf(c, sizeof c, ",\"cost\":%.12g", r->usage.cost);
+			memcpy(c, ",\"cost\":", 8);
+			lg_fmt_g(c + 8, r->usage.cost, 12);
 			lg_native_obj(r, j, s, (int)k + 1, o, 0, j->t[k + 1].size ? c : c + 1);
 		} else if (lg_str_eq(key, "message") && j->t[k + 1].type == LG_J_OBJ) {
 			lg_native_obj(r, j, s, (int)k + 1, o, 0, NULL);
@@ -8212,11 +8371,26 @@ struct lg_series {
 
 #define LG_RING 1024 /* recent requests kept for /v1/generation */
 
+/* Which series a request's labels name follows from the config install,
+ * the configured target (model and provider), the key and a status or
+ * token type: the series' index is remembered under those identities, so
+ * a settled request builds and hashes label strings only on a miss.
+ * Direct "provider/model" requests (no configured target) always take
+ * the string path: their model name lives in the request. */
+#define LG_SCACHE 256
+struct lg_scent {
+	unsigned long gen; /* 0: empty */
+	const void *t, *k;
+	int metric, x;
+	unsigned idx;
+};
+
 struct lg_acct {
 	struct lg_kstate *keys;
 	struct lg_gen ring[LG_RING];
 	struct lg_series *ser; /* open addressing, capser a power of two */
 	unsigned nser, capser;
+	struct lg_scent sc[LG_SCACHE]; /* series found by identity (lg_acct_rser) */
 	/* the ledger (state_dir) */
 	int lfd, lockfd;
 	char *lpath;
@@ -8575,6 +8749,7 @@ static struct lg_series *lg_acct_series(struct llmgw *gw, int metric, const char
 		free(a->ser);
 		a->ser = ns;
 		a->capser = cap;
+		memset(a->sc, 0, sizeof a->sc); /* the indices moved */
 	}
 	for (i = h & (a->capser - 1); a->ser[i].used; i = (i + 1) & (a->capser - 1))
 		if (a->ser[i].hash == h && a->ser[i].metric == metric && strcmp(a->ser[i].labels, labels) == 0)
@@ -8646,12 +8821,73 @@ static void lg_lbl(char *out, size_t n, const char *k1, const char *v1, const ch
 	}
 }
 
+/* The labels of a settled request, escaped when a series is first made. */
+struct lg_lblctx {
+	struct lg_req *r;
+	int ready;
+	char model[96], prov[64], key[64];
+};
+
+enum { LG_TOK_PROMPT, LG_TOK_COMPLETION, LG_TOK_CACHED };
+
+/* The series of metric for request L->r: x is the status (requests,
+ * attempts) or the token type; t is the attempt's provider name for
+ * attempts. */
+static struct lg_series *lg_acct_rser(struct lg_lblctx *L, int metric, int x, const char *attprov)
+{
+	static const char *const tok[] = {"prompt", "completion", "cached"};
+	struct lg_req *r = L->r;
+	struct lg_acct *a = r->gw->acct;
+	struct lg_series *s;
+	struct lg_scent *e = NULL;
+	char lb[224], st[16], pl[64];
+	const void *t = metric == LG_M_ATTEMPTS ? (const void *)attprov : r->served ? (const void *)r->served->t : NULL;
+	const void *k = metric == LG_M_TOKENS || metric == LG_M_COST ? (const void *)r->key : NULL;
+	if (t || !r->served) { /* identities that fix the labels */
+		uintptr_t h = (uintptr_t)t * 31u + (uintptr_t)k * 17u + (uintptr_t)(metric * 7 + x * 131) + r->cfg->gen;
+		h ^= h >> 9;
+		h ^= h >> 17;
+		e = &a->sc[h & (LG_SCACHE - 1)];
+		if (e->gen == r->cfg->gen && e->t == t && e->k == k && e->metric == metric && e->x == x)
+			return &a->ser[e->idx];
+	}
+	if (!L->ready) {
+		/* a name no model claims is not a label: clients could mint series without end */
+		lg_acct_label(L->model, sizeof L->model, r->served ? r->served->model : "(none)");
+		lg_acct_label(L->prov, sizeof L->prov, r->served ? r->served->prov->name : "");
+		lg_acct_label(L->key, sizeof L->key, r->key ? r->key->name : "");
+		L->ready = 1;
+	}
+	lg_itoa(st, x);
+	switch (metric) {
+	case LG_M_REQUESTS: lg_lbl(lb, sizeof lb, "model", L->model, "provider", L->prov, "status", st); break;
+	case LG_M_TOKENS: lg_lbl(lb, sizeof lb, "key", L->key, "model", L->model, "type", tok[x]); break;
+	case LG_M_COST: lg_lbl(lb, sizeof lb, "key", L->key, "model", L->model, NULL, NULL); break;
+	case LG_M_ATTEMPTS:
+		lg_acct_label(pl, sizeof pl, attprov);
+		lg_lbl(lb, sizeof lb, "provider", pl, "status", st, NULL, NULL);
+		break;
+	default: lg_lbl(lb, sizeof lb, "model", L->model, NULL, NULL, NULL, NULL); break;
+	}
+	s = lg_acct_series(r->gw, metric, lb);
+	if (s && e) { /* lg_acct_series may have rehashed: e is still a slot of the same array */
+		e->gen = r->cfg->gen;
+		e->t = t;
+		e->k = k;
+		e->metric = metric;
+		e->x = x;
+		e->idx = (unsigned)(s - a->ser);
+	}
+	return s;
+}
+
 /* The request ended: settle its reservation, charge the ledger, count it. */
 static void lg_acct_settle(struct lg_req *r)
 {
 	struct llmgw *gw = r->gw;
 	struct lg_acct *a = lg_acct_of(gw);
-	char model[96], prov[64], key[64], lb[224], st[16];
+	struct lg_lblctx L;
+	struct lg_series *s;
 	const char *pm = r->served ? r->served->model : r->model_req;
 	double secs = (double)(gw->now - r->t0) / 1000.0;
 	int i;
@@ -8675,38 +8911,19 @@ static void lg_acct_settle(struct lg_req *r)
 		r->ks = NULL;
 	}
 	if (r->ep != LG_EP_CHAT && r->ep != LG_EP_EMBED && r->ep != LG_EP_MESSAGES) return; /* model requests only */
-	/* a name no model claims is not a label: clients could mint series without end */
-	lg_acct_label(model, sizeof model, r->served ? pm : "(none)");
-	lg_acct_label(prov, sizeof prov, r->served ? r->served->prov->name : "");
-	lg_acct_label(key, sizeof key, r->key ? r->key->name : "");
-	snprintf(st, sizeof st, "%d", r->status);
-	lg_lbl(lb, sizeof lb, "model", model, "provider", prov, "status", st);
-	if (lg_acct_series(gw, LG_M_REQUESTS, lb)) lg_acct_series(gw, LG_M_REQUESTS, lb)->v += 1;
-	lg_lbl(lb, sizeof lb, "model", model, NULL, NULL, NULL, NULL);
-	lg_acct_observe(lg_acct_series(gw, LG_M_DURATION, lb), secs);
-	if (r->t_first) lg_acct_observe(lg_acct_series(gw, LG_M_TTFT, lb), (double)(r->t_first - r->t0) / 1000.0);
+	L.r = r;
+	L.ready = 0;
+	if ((s = lg_acct_rser(&L, LG_M_REQUESTS, r->status, NULL))) s->v += 1;
+	lg_acct_observe(lg_acct_rser(&L, LG_M_DURATION, 0, NULL), secs);
+	if (r->t_first) lg_acct_observe(lg_acct_rser(&L, LG_M_TTFT, 0, NULL), (double)(r->t_first - r->t0) / 1000.0);
 	if (r->usage.seen) {
-		struct lg_series *sp, *sc, *sk, *co;
-		lg_lbl(lb, sizeof lb, "key", key, "model", model, "type", "prompt");
-		sp = lg_acct_series(gw, LG_M_TOKENS, lb);
-		if (sp) sp->v += (double)r->usage.prompt;
-		lg_lbl(lb, sizeof lb, "key", key, "model", model, "type", "completion");
-		sc = lg_acct_series(gw, LG_M_TOKENS, lb);
-		if (sc) sc->v += (double)r->usage.completion;
-		lg_lbl(lb, sizeof lb, "key", key, "model", model, "type", "cached");
-		sk = lg_acct_series(gw, LG_M_TOKENS, lb);
-		if (sk) sk->v += (double)r->usage.cached;
-		lg_lbl(lb, sizeof lb, "key", key, "model", model, NULL, NULL);
-		co = lg_acct_series(gw, LG_M_COST, lb);
-		if (co) co->v += r->usage.cost;
+		if ((s = lg_acct_rser(&L, LG_M_TOKENS, LG_TOK_PROMPT, NULL))) s->v += (double)r->usage.prompt;
+		if ((s = lg_acct_rser(&L, LG_M_TOKENS, LG_TOK_COMPLETION, NULL))) s->v += (double)r->usage.completion;
+		if ((s = lg_acct_rser(&L, LG_M_TOKENS, LG_TOK_CACHED, NULL))) s->v += (double)r->usage.cached;
+		if ((s = lg_acct_rser(&L, LG_M_COST, 0, NULL))) s->v += r->usage.cost;
 	}
-	for (i = 0; i < r->natt; i++) {
-		struct lg_series *at;
-		lg_acct_label(prov, sizeof prov, r->att[i].prov);
-		snprintf(st, sizeof st, "%d", r->att[i].status);
-		lg_lbl(lb, sizeof lb, "provider", prov, "status", st, NULL, NULL);
-		if ((at = lg_acct_series(gw, LG_M_ATTEMPTS, lb))) at->v += 1;
-	}
+	for (i = 0; i < r->natt; i++)
+		if ((s = lg_acct_rser(&L, LG_M_ATTEMPTS, r->att[i].status, r->att[i].prov))) s->v += 1;
 	/* the ring of recent requests */
 	if (r->ep == LG_EP_CHAT || r->ep == LG_EP_EMBED || r->ep == LG_EP_MESSAGES) {
 		struct lg_gen *g = &a->ring[r->seq % LG_RING];
@@ -8853,13 +9070,14 @@ static void lg_cfg_unref(struct lg_cfg *c)
 
 /* Requests are freed at the end of the loop iteration, so callbacks still
  * on the stack never see freed memory. */
-static void lg_req_free(struct lg_req *r)
+static void lg_req_destroy(struct lg_req *r)
 {
 	lg_buf_free(&r->up.req);
 	lg_buf_free(&r->ubody);
 	lg_buf_free(&r->scratch);
 	free(r->rtok);
 	free(r->j.t);
+	free(r->keep_jt);
 	free(r->att);
 	if (r->w) {
 		lg_w_free(r->w);
@@ -8867,6 +9085,51 @@ static void lg_req_free(struct lg_req *r)
 	}
 	lg_arena_free(&r->a);
 	free(r);
+}
+
+/* What a finished request keeps for the next one on gw->rfree: its
+ * buffers and token arrays of ordinary size, its attempt log and first
+ * arena block. Bigger ones go back to malloc. */
+#define LG_KEEP_BYTES 16384
+#define LG_KEEP_TOKENS 1024
+
+static void lg_req_keepbuf(struct lg_buf *b)
+{
+	if (b->cap > LG_KEEP_BYTES || b->err) lg_buf_free(b);
+	b->off = b->len = 0;
+}
+
+static void lg_req_free(struct lg_req *r)
+{
+	struct llmgw *gw = r->gw;
+	if (gw->nrfree >= LG_RFREE || gw->stopping) {
+		lg_req_destroy(r);
+		return;
+	}
+	lg_req_keepbuf(&r->up.req);
+	lg_req_keepbuf(&r->ubody);
+	lg_buf_free(&r->scratch);
+	if (r->rcap > LG_KEEP_TOKENS) {
+		free(r->rtok);
+		r->rtok = NULL;
+		r->rcap = 0;
+	}
+	if (r->j.t && !r->keep_jt && r->j.cap <= LG_KEEP_TOKENS) {
+		r->keep_jt = r->j.t;
+		r->keep_jcap = r->j.cap;
+	} else {
+		free(r->j.t);
+	}
+	r->j.t = NULL;
+	if (r->w) {
+		lg_w_free(r->w);
+		free(r->w);
+		r->w = NULL;
+	}
+	lg_arena_reset(&r->a);
+	r->next = gw->rfree;
+	gw->rfree = r;
+	gw->nrfree++;
 }
 
 /* Ends a request: the upstream connection goes back to the pool or is
@@ -8913,8 +9176,8 @@ static void lg_req_finish(struct lg_req *r)
 	}
 	c->tm.fn = lg_srv_timeout;
 	lg_timer_set(gw, &c->tm, lg_buf_used(&c->in) ? gw->cfg->header_timeout : gw->cfg->idle_timeout);
-	if (!lg_buf_used(&c->in) && !c->advancing) lg_buf_free(&c->in); /* idle: give the memory back */
-	if (!lg_buf_used(&c->out)) lg_buf_free(&c->out);
+	if (!lg_buf_used(&c->in) && !c->advancing) lg_blk_give(gw, &c->in); /* idle: give the memory back */
+	lg_blk_give(gw, &c->out);
 	if (!c->advancing && lg_buf_used(&c->in) && !(c->flags & LG_F_CLOSE_AFTER)) lg_srv_advance(c);
 }
 
@@ -8983,21 +9246,48 @@ static int lg_srv_reload(struct llmgw *gw, char *err, size_t errlen)
 static struct lg_req *lg_srv_new_req(struct lg_conn *c, int minor)
 {
 	struct llmgw *gw = c->gw;
-	struct lg_req *r = (struct lg_req *)malloc(sizeof *r);
+	struct lg_req *r = gw->rfree;
+	struct lg_buf ureq, ubody;
+	struct lg_jtok *rtok = NULL;
+	uint32_t rcap = 0;
+	struct lg_arena a;
+	struct lg_att_log *att = NULL;
 	uint64_t x;
-	if (!r) return NULL;
+	lg_buf_init(&ureq, 0);
+	lg_buf_init(&ubody, 0);
+	a.head = NULL;
+	if (r) { /* a finished one, with what it kept */
+		gw->rfree = r->next;
+		gw->nrfree--;
+		ureq = r->up.req, ubody = r->ubody, rtok = r->rtok, rcap = r->rcap, a = r->a, att = r->att;
+	} else {
+		if (!(r = (struct lg_req *)malloc(sizeof *r))) return NULL;
+		r->keep_jt = NULL;
+		r->keep_jcap = 0;
+		r->att_cap = 0;
+	}
+	if (r->att_cap < gw->cfg->max_attempts) {
+		struct lg_att_log *na = (struct lg_att_log *)realloc(att, (size_t)gw->cfg->max_attempts * sizeof *na);
+		if (!na) {
+			r->att = att, r->up.req = ureq, r->ubody = ubody, r->rtok = rtok, r->rcap = rcap, r->a = a;
+			r->j.t = NULL, r->w = NULL;
+			lg_buf_init(&r->scratch, 0);
+			lg_req_destroy(r);
+			return NULL;
+		}
+		att = na;
+		r->att_cap = gw->cfg->max_attempts;
+	}
 	memset(r, 0, offsetof(struct lg_req, errmsg)); /* the plan and messages need no zeroing */
 	r->errmsg[0] = r->canon_err[0] = 0;
+	r->att = att;
+	r->rtok = rtok;
+	r->rcap = rcap;
+	r->a = a;
 	r->gw = gw;
 	r->cc = c;
 	r->cfg = gw->cfg;
 	r->cfg->refs++;
-	r->att = (struct lg_att_log *)malloc((size_t)r->cfg->max_attempts * sizeof *r->att);
-	if (!r->att) {
-		r->cfg->refs--;
-		free(r);
-		return NULL;
-	}
 	r->a.chunk = 1024; /* model names and the like: small */
 	r->minor = minor;
 	r->t0 = gw->now;
@@ -9010,9 +9300,10 @@ static struct lg_req *lg_srv_new_req(struct lg_conn *c, int minor)
 	r->up.on_data = lg_att_data;
 	r->up.on_end = lg_att_end;
 	r->up.on_fail = lg_att_fail;
-	lg_buf_init(&r->up.req, 0);
-	lg_buf_init(&r->ubody, 0);
+	r->up.req = ureq;
+	r->ubody = ubody;
 	lg_buf_init(&r->scratch, LLMGW_MAX_EVENT + 16);
+	lg_blk_take(gw, &c->out);
 	x = lg_rand(&gw->rng);
 	r->seq = ++gw->seq;
 	{ /* "gen-<seq hex>-<8 random hex>" without printf */
@@ -9360,7 +9651,13 @@ static void lg_srv_completion(struct lg_req *r)
 	char msg[1024];
 	memset(j, 0, sizeof *j);
 	j->cap = (uint32_t)LG_MIN(r->body_len / 6 + 32, (size_t)LLMGW_JSON_TOKENS); /* a guess: one pass mostly */
-	j->t = (struct lg_jtok *)malloc((size_t)j->cap * sizeof *j->t);
+	if (r->keep_jt && r->keep_jcap >= j->cap) { /* the array a previous request left */
+		j->t = r->keep_jt;
+		j->cap = r->keep_jcap;
+		r->keep_jt = NULL;
+	} else {
+		j->t = (struct lg_jtok *)malloc((size_t)j->cap * sizeof *j->t);
+	}
 	k = j->t ? lg_json_parse(j, s, r->body_len) : LG_JSON_NOMEM;
 	if (k == LG_JSON_NOMEM) { /* count, then the exact array */
 		struct lg_jtok *nt, *guess = j->t;
@@ -9739,7 +10036,7 @@ static void lg_srv_io(struct lg_conn *c, int revents)
 			lg_conn_close(c);
 			return;
 		}
-		if (!lg_buf_used(&c->out) && !c->req) lg_buf_free(&c->out);
+		if (!c->req) lg_blk_give(c->gw, &c->out);
 		if (c->req && c->req->up.c && lg_buf_used(&c->out) < LLMGW_STREAM_HIGHWATER / 2) {
 			c->req->up.c->flags &= ~(unsigned)LG_F_NOREAD;
 			lg_up_events(&c->req->up);
@@ -10198,8 +10495,14 @@ void llmgw_free(struct llmgw *gw)
 	while (gw->dead) {
 		struct lg_req *r = gw->dead;
 		gw->dead = r->next;
-		lg_req_free(r);
+		lg_req_destroy(r);
 	}
+	while (gw->rfree) {
+		struct lg_req *r = gw->rfree;
+		gw->rfree = r->next;
+		lg_req_destroy(r);
+	}
+	while (gw->nblk) free(gw->blk[--gw->nblk]);
 	lg_acct_flush(gw);
 	lg_buf_free(&gw->logbuf);
 	if (gw->rs) {

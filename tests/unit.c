@@ -879,6 +879,76 @@ static size_t ut_rand_str(uint64_t *st, char *o, int mode)
 	return n;
 }
 
+/* lg_fmt_g is "%.<p>g" without printf: it must print exactly what snprintf
+ * prints, for costs (tiny to large, with ties and 9.999.. carries) and for
+ * random doubles across the whole range. */
+static void t_jsonw_fmt_g(void)
+{
+	static const double fixed[] = {
+	    1.875e-05, 0.5, 0.05, 0.25, 1.0, 10.0, 9.9999999999995, 9.99999999999949, 0.000099999999999995,
+	    99999999999.95, 999999999999.5, 1e-11, 1e-12, 9.99999999999e-12, 123456.789e3, 0.1, 0.2, 0.3,
+	    0.30000000000000004, 1e14, 9.99999999999999e14, 1e15, 2.5e-05, 6e-07, 0.0001, 0.00001, 1.5e-5,
+	    0.000123456789012345, 3.0000000000005, 0.12345678901250, 42.4242424242425, -7.5e-05, -0.5,
+	};
+	uint64_t st = 0x243f6a8885a308d3ULL;
+	char got[32], want[32];
+	size_t i;
+	int p, mism = 0, reported = 0;
+	for (p = 1; p <= 15; p++)
+		for (i = 0; i < LG_COUNTOF(fixed); i++) {
+			size_t n = lg_fmt_g(got, fixed[i], p);
+			snprintf(want, sizeof want, "%.*g", p, fixed[i]);
+			ut_case("fmt_g %.17g p=%d: %s vs %s", fixed[i], p, got, want);
+			ASSERT(n == strlen(got) && strcmp(got, want) == 0);
+		}
+	for (i = 0; i < 400000; i++) {
+		uint64_t r = lg_rand(&st);
+		double v;
+		switch (i % 4) {
+		case 0: /* a cost: tokens times a price per million */
+			v = (double)(r % 200000) * ((double)(lg_rand(&st) % 100000) / 1000.0) / 1e6;
+			break;
+		case 1: /* any double of a wide range of magnitudes */
+			int ex = (int)(lg_rand(&st) % 45) - 22;
+			v = (double)(r >> 11) / (double)(1ULL << 53);
+			v = ex >= 0 ? v * lg_p10[ex] : v / lg_p10[-ex];
+			break;
+		case 2: /* short decimals: ties in the last digit are common */
+			v = (double)(r % 100000000) / lg_p10[lg_rand(&st) % 16];
+			break;
+		default: { /* raw bit patterns, finite ones */
+			memcpy(&v, &r, sizeof v);
+			if (!isfinite(v)) v = 1.0;
+		}
+		}
+		if (r & 1) v = -v;
+		p = i % 3 == 0 ? 12 : 1 + (int)(lg_rand(&st) % 15);
+		lg_fmt_g(got, v, p);
+		snprintf(want, sizeof want, "%.*g", p, v);
+		if (strcmp(got, want) != 0) {
+			mism++;
+			if (reported++ < 5) {
+				ut_case("fmt_g %.17g p=%d: %s vs %s", v, p, got, want);
+				ASSERT(0);
+			}
+		}
+	}
+	ut_case("fmt_g: %d of 400000 random values differ from snprintf", mism);
+	ASSERT(mism == 0);
+	/* integers as token counts: the fast path of lg_json_num is exact */
+	{
+		static const char *const ints[] = {"0", "7", "123456789012345", "1234567890123456", "-12", "12.5",
+		                                   "1e3", "999999999999999"};
+		for (i = 0; i < LG_COUNTOF(ints); i++) {
+			struct lg_json j;
+			const char *s;
+			ut_case("json_num %s", ints[i]);
+			if (ASSERT(ut_jparse(&j, ints[i], strlen(ints[i]), ut_tok, UT_NTOK, &s) == 1))
+				ASSERT(lg_json_num(&j, s, 0, -1) == strtod(ints[i], NULL));
+		}
+	}
+}
+
 static void t_jsonw_roundtrip(void)
 {
 	uint64_t st = 12345;
@@ -2810,6 +2880,7 @@ static const struct {
     {"jsonw", "unescape", t_jsonw_unescape},
     {"jsonw", "write", t_jsonw_write},
     {"jsonw", "roundtrip", t_jsonw_roundtrip},
+    {"jsonw", "fmt_g", t_jsonw_fmt_g},
     {"jsonw", "wz_null", t_jsonw_wz_null},
     {"ini", "reader", t_ini_reader},
     {"ini", "full_config", t_ini_full},
