@@ -180,14 +180,17 @@ static int lg_str_eq(lg_str a, const char *z)
 	return a.n == n && memcmp(a.p, z, n) == 0;
 }
 
-static int lg_str_ieq(lg_str a, const char *z)
+static int lg_str_ieqn(lg_str a, const char *z, size_t n)
 {
-	size_t i, n = strlen(z);
+	size_t i;
 	if (a.n != n) return 0;
 	for (i = 0; i < n; i++)
 		if (lg_lower((unsigned char)a.p[i]) != lg_lower((unsigned char)z[i])) return 0;
 	return 1;
 }
+/* a macro so that the length of a literal is a constant: unequal lengths
+ * cost one comparison (header names are compared a lot) */
+#define lg_str_ieq(a, z) lg_str_ieqn((a), (z), strlen(z))
 
 static int lg_str_ieqs(lg_str a, lg_str b)
 {
@@ -895,10 +898,26 @@ static long lg_json_scan_str(struct lg_json *j, const char *s, size_t n, size_t 
 {
 	for (; i < n; i++) {
 		unsigned char c;
-		/* the common case: plain characters, nothing to look at */
-		while (i + 4 <= n && lg_json_plain[(unsigned char)s[i]] && lg_json_plain[(unsigned char)s[i + 1]] &&
-		       lg_json_plain[(unsigned char)s[i + 2]] && lg_json_plain[(unsigned char)s[i + 3]])
-			i += 4;
+		/* the common case: plain characters, eight at a time. A word holds a
+		 * byte to look at when one is '"', '\\' or below 0x20 (the has-zero
+		 * and has-less bit tricks); on little-endian machines the lowest flag
+		 * marks the first such byte (flags above it may be false: the byte
+		 * loop below checks). */
+		while (i + 8 <= n) {
+			uint64_t v, q, b, t;
+			memcpy(&v, s + i, 8);
+			q = v ^ 0x2222222222222222ULL;
+			b = v ^ 0x5C5C5C5C5C5C5C5CULL;
+			t = (((q - 0x0101010101010101ULL) & ~q) | ((b - 0x0101010101010101ULL) & ~b) |
+			     ((v - 0x2020202020202020ULL) & ~v)) & 0x8080808080808080ULL;
+			if (t) {
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+				i += (size_t)__builtin_ctzll(t) >> 3;
+#endif
+				break;
+			}
+			i += 8;
+		}
 		while (i < n && lg_json_plain[(unsigned char)s[i]]) i++;
 		if (i >= n) break;
 		c = (unsigned char)s[i];
@@ -1076,20 +1095,22 @@ static int lg_json_parse(struct lg_json *j, const char *s, size_t n)
 	}
 }
 
-/* The value of key in the object at token obj, or -1. */
-static int lg_json_get(const struct lg_json *j, const char *s, int obj, const char *key)
+/* The value of key (kl bytes) in the object at token obj, or -1. */
+static int lg_json_getn(const struct lg_json *j, const char *s, int obj, const char *key, size_t kl)
 {
 	uint32_t k, m;
-	size_t kl = strlen(key);
 	if (obj < 0 || j->t[obj].type != LG_J_OBJ) return -1;
 	k = (uint32_t)obj + 1;
 	for (m = 0; m < j->t[obj].size; m++) {
 		const struct lg_jtok *kt = &j->t[k];
-		if (kt->end - kt->start == kl && memcmp(s + kt->start, key, kl) == 0) return (int)k + 1;
+		if (kt->end - kt->start == kl && (kl == 0 || s[kt->start] == key[0]) && memcmp(s + kt->start, key, kl) == 0)
+			return (int)k + 1;
 		k = j->t[k + 1].next;
 	}
 	return -1;
 }
+/* keys are literals nearly always: their length is then a constant */
+#define lg_json_get(j, s, obj, key) lg_json_getn((j), (s), (obj), (key), strlen(key))
 
 /* The i-th element of an array token, or -1. */
 static int lg_json_at(const struct lg_json *j, int arr, uint32_t i)
@@ -2285,11 +2306,15 @@ struct lg_http {
 	const char *err; /* what was wrong, for the 400 message */
 };
 
-static int lg_http_tchar(int c)
-{
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-	       (c && strchr("!#$%&'*+-.^_`|~", c));
-}
+/* tchar of RFC 9110: letters, digits and !#$%&'*+-.^_`|~ */
+static const unsigned char lg_tchar[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 1, 0, 1, 1, 1, 1, 1, 0, 0, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0,
+    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, 0,
+};
+
+static int lg_http_tchar(int c) { return c >= 0 && c < 256 && lg_tchar[c]; }
 
 /* Where the head ends (just past the blank line), or 0 while incomplete.
  * from: where the previous call stopped looking, to stay linear when bytes
@@ -2311,8 +2336,12 @@ static size_t lg_http_head_end(const char *b, size_t n, size_t from)
 static int lg_http_line(const char *b, size_t n, size_t *i, lg_str *line)
 {
 	size_t st = *i, e;
-	while (*i < n && b[*i] != '\n') (*i)++;
-	if (*i >= n) return -1;
+	const char *lf = *i < n ? (const char *)memchr(b + *i, '\n', n - *i) : NULL;
+	if (!lf) {
+		*i = n;
+		return -1;
+	}
+	*i = (size_t)(lf - b);
 	e = *i;
 	(*i)++;
 	if (e > st && b[e - 1] == '\r') e--;
@@ -4707,6 +4736,46 @@ static void lg_resp_sse(struct lg_req *r, const char *name, const char *data, si
 
 static void lg_resp_event(struct lg_req *r, const char *data, size_t n) { lg_resp_sse(r, NULL, data, n); }
 
+/* A data-only event made of parts that hold no line break, written into
+ * the client's buffer as they are (the rewritten chunks of a stream). */
+static void lg_resp_event_parts(struct lg_req *r, const lg_str *pt, int np)
+{
+	struct lg_buf *o;
+	size_t len = 8; /* "data: " ... "\n\n" */
+	int i;
+	if (!r->cc) return;
+	for (i = 0; i < np; i++) len += pt[i].n;
+	o = &r->cc->out;
+	if (!r->sent_head) lg_resp_head(r, 200, "text/event-stream", -1, NULL);
+	if (r->t_first == 0) r->t_first = r->gw->now;
+	if (lg_buf_reserve(o, len + 24)) return;
+	if (r->minor >= 1) {
+		lg_buf_addu(o, len, 1);
+		lg_buf_add(o, "\r\n", 2);
+	}
+	lg_buf_add(o, "data: ", 6);
+	for (i = 0; i < np; i++) lg_buf_add(o, pt[i].p, pt[i].n);
+	if (r->minor >= 1)
+		lg_buf_add(o, "\n\n\r\n", 4);
+	else
+		lg_buf_add(o, "\n\n", 2);
+	r->bytes_out += len;
+}
+
+/* A name as a JSON string into out (quotes included) when it needs no
+ * escaping, as names nearly always do; 0 otherwise. */
+static size_t lg_json_plainz(char *out, size_t cap, const char *z)
+{
+	size_t n = 0;
+	out[n++] = '"';
+	for (; *z; z++) {
+		if (!lg_json_plain[(unsigned char)*z] || n + 2 >= cap) return 0;
+		out[n++] = *z;
+	}
+	out[n++] = '"';
+	return n;
+}
+
 /* Ends a client stream: the last chunk. */
 static void lg_resp_stream_end(struct lg_req *r)
 {
@@ -4874,11 +4943,14 @@ static int lg_prov_openai_rewrite(struct lg_req *r, const char *s, size_t n, str
 static int lg_prov_openai_quick(struct lg_req *r, lg_str d)
 {
 	const char *p = d.p, *e = d.p + d.n, *m = NULL, *v, *ve, *q, *fin = NULL;
-	struct lg_buf tmp;
+	char jprov[136], jmodel[264];
+	lg_str pt[5];
 	if (d.n < 2 || p[0] != '{' || !r->cc) return 0;
 	/* one pass over the quotes, looking at the keys that matter */
-	for (q = p; q < e && (q = (const char *)memchr(q, '"', (size_t)(e - q))) != NULL; q++) {
-		size_t left = (size_t)(e - q);
+	for (q = p + 1; q < e; q++) {
+		size_t left;
+		if (*q != '"') continue;
+		left = (size_t)(e - q);
 		if (q[-1] == '\\') continue;
 		switch (left > 1 ? q[1] : 0) {
 		case 'u':
@@ -4911,22 +4983,25 @@ static int lg_prov_openai_quick(struct lg_req *r, lg_str d)
 		if (*ve == '\\') ve++;
 	if (ve >= e) return 0;
 	ve++; /* past the closing quote */
+	/* names to escape, or a data line break to keep: the general path */
+	pt[1].n = lg_json_plainz(jprov, sizeof jprov, r->served->prov->name);
+	pt[3].n = lg_json_plainz(jmodel, sizeof jmodel, r->served->model);
+	if (!pt[1].n || !pt[3].n || memchr(p, '\n', d.n)) return 0;
 	if (fin) { /* a finish_reason with a value ends the choice */
 		for (q = fin + 15; q < e && (*q == ' ' || *q == ':'); q++) {
 		}
 		if (q < e && *q == '"') r->saw_finish = 1;
 	}
-	lg_buf_init(&tmp, 0);
-	if (lg_buf_reserve(&tmp, d.n + 64 + strlen(r->served->prov->name) + strlen(r->served->model))) return 0;
-	lg_buf_addz(&tmp, "{\"provider\":");
-	lg_json_wz(&tmp, r->served->prov->name);
-	lg_buf_addc(&tmp, ',');
-	lg_buf_add(&tmp, p + 1, (size_t)(v - p - 1));
-	lg_json_wz(&tmp, r->served->model);
-	lg_buf_add(&tmp, ve, (size_t)(e - ve));
-	if (!tmp.err) lg_resp_event(r, tmp.p, tmp.len);
-	lg_buf_free(&tmp);
-	return !tmp.err;
+	pt[0] = lg_str_of("{\"provider\":", 12);
+	pt[1].p = jprov;
+	pt[2] = lg_str_of(p, (size_t)(v - p)); /* p[0] is the '{': it becomes the ',' */
+	pt[3].p = jmodel;
+	pt[4] = lg_str_of(ve, (size_t)(e - ve));
+	jprov[pt[1].n] = ','; /* the '{' of the chunk is replaced by the comma after provider */
+	pt[1].n++;
+	pt[2].p++, pt[2].n--;
+	lg_resp_event_parts(r, pt, 5);
+	return 1;
 }
 
 /* One event of an OpenAI stream: forwarded as it came, rewritten. */
@@ -7256,7 +7331,11 @@ have_path:
 			snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", p->api_key);
 		break;
 	default:
-		if (p->api_key) snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", p->api_key);
+		if (p->api_key) { /* without printf: the common case */
+			size_t at = lg_cpy(auth, sizeof auth, "Authorization: Bearer ");
+			at += lg_cpy(auth + at, sizeof auth - at, p->api_key);
+			lg_cpy(auth + at, sizeof auth - at, "\r\n");
+		}
 	}
 	{ /* the head, without printf: this runs for every upstream request */
 		size_t at = 0;
@@ -7704,7 +7783,7 @@ static int lg_route_model(struct lg_req *r, const char *name, int primary, int p
 	struct lg_model *m;
 	int i, from = r->nplan, strat;
 	/* ":floor" sorts by price, ":nitro" by throughput */
-	snprintf(base, sizeof base, "%s", name);
+	lg_cpy(base, sizeof base, name);
 	if (bl > 6 && strcmp(name + bl - 6, ":floor") == 0) base[bl - 6] = 0, sort = LG_STRAT_PRICE;
 	if (bl > 6 && strcmp(name + bl - 6, ":nitro") == 0) base[bl - 6] = 0, sort = LG_STRAT_THROUGHPUT;
 	m = lg_cfg_find_model(r->cfg, lg_strz(base));
