@@ -4762,6 +4762,28 @@ static void lg_resp_event_parts(struct lg_req *r, const lg_str *pt, int np)
 	r->bytes_out += len;
 }
 
+/* The next '"' in [q, e), or e. Eight bytes at a time on little-endian
+ * machines (has-zero on the word xor '"': the lowest flag is the first
+ * quote, as borrows only run upwards from a true one); memchr elsewhere. */
+static const char *lg_next_quote(const char *q, const char *e)
+{
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	while (q + 8 <= e) {
+		uint64_t v, x, t;
+		memcpy(&v, q, 8);
+		x = v ^ 0x2222222222222222ULL;
+		t = (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
+		if (t) return q + (__builtin_ctzll(t) >> 3);
+		q += 8;
+	}
+	while (q < e && *q != '"') q++;
+	return q;
+#else
+	const char *f = q < e ? (const char *)memchr(q, '"', (size_t)(e - q)) : NULL;
+	return f ? f : e;
+#endif
+}
+
 /* A name as a JSON string into out (quotes included) when it needs no
  * escaping, as names nearly always do; 0 otherwise. */
 static size_t lg_json_plainz(char *out, size_t cap, const char *z)
@@ -4947,10 +4969,8 @@ static int lg_prov_openai_quick(struct lg_req *r, lg_str d)
 	lg_str pt[5];
 	if (d.n < 2 || p[0] != '{' || !r->cc) return 0;
 	/* one pass over the quotes, looking at the keys that matter */
-	for (q = p + 1; q < e; q++) {
-		size_t left;
-		if (*q != '"') continue;
-		left = (size_t)(e - q);
+	for (q = lg_next_quote(p + 1, e); q < e; q = lg_next_quote(q + 1, e)) {
+		size_t left = (size_t)(e - q);
 		if (q[-1] == '\\') continue;
 		switch (left > 1 ? q[1] : 0) {
 		case 'u':
