@@ -149,8 +149,10 @@
 #define LG_COUNTOF(a) (sizeof(a) / sizeof((a)[0]))
 #if defined(__GNUC__) || defined(__clang__)
 #define LG_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#define LG_INLINE __inline__ __attribute__((always_inline)) /* the JSON scanner's inner steps */
 #else
 #define LG_PRINTF(f, a)
+#define LG_INLINE
 #endif
 
 /* ===== 1. Platform and utilities ======================================= */
@@ -576,6 +578,7 @@ static void lg_buf_init(struct lg_buf *b, size_t max)
 }
 
 static size_t lg_buf_used(const struct lg_buf *b) { return b->len - b->off; }
+static void lg_buf_clear(struct lg_buf *b) { b->off = b->len = 0; }
 static char *lg_buf_data(const struct lg_buf *b) { return b->p + b->off; }
 
 static void lg_buf_free(struct lg_buf *b)
@@ -634,7 +637,14 @@ static int lg_buf_add(struct lg_buf *b, const void *d, size_t n)
 
 static int lg_buf_adds(struct lg_buf *b, lg_str s) { return lg_buf_add(b, s.p, s.n); }
 static int lg_buf_addz(struct lg_buf *b, const char *z) { return lg_buf_add(b, z, strlen(z)); }
-static int lg_buf_addc(struct lg_buf *b, char c) { return lg_buf_add(b, &c, 1); }
+static int lg_buf_addc(struct lg_buf *b, char c)
+{
+	if (b->len < b->cap && !b->err && !(b->off && b->off == b->len)) { /* room: no call */
+		b->p[b->len++] = c;
+		return 0;
+	}
+	return lg_buf_add(b, &c, 1);
+}
 
 /* A number in decimal (or hex): the hot paths avoid printf. */
 static int lg_buf_addu(struct lg_buf *b, uint64_t v, int hex)
@@ -859,7 +869,7 @@ struct lg_json {
 	size_t err_off;
 };
 
-static size_t lg_json_ws(const char *s, size_t n, size_t i)
+static LG_INLINE size_t lg_json_ws(const char *s, size_t n, size_t i)
 {
 	while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) i++;
 	return i;
@@ -894,7 +904,7 @@ static const unsigned char lg_json_plain[256] = {
 
 /* Scans a string starting after its opening quote; returns the offset of
  * the closing quote, or a negative code. */
-static long lg_json_scan_str(struct lg_json *j, const char *s, size_t n, size_t i)
+static LG_INLINE long lg_json_scan_str(struct lg_json *j, const char *s, size_t n, size_t i)
 {
 	for (; i < n; i++) {
 		unsigned char c;
@@ -970,129 +980,125 @@ static long lg_json_scan_num(struct lg_json *j, const char *s, size_t n, size_t 
 
 /* Tokenizes s[0..n). Returns the token count, or LG_JSON_ERR,
  * LG_JSON_NOMEM, LG_JSON_PARTIAL. A document is exactly one value with
- * optional surrounding whitespace. */
+ * optional surrounding whitespace. Three states, as labels: a value is
+ * expected, an object key is expected, a value just ended. Counting only
+ * (j->t NULL) writes every token into one scratch token (mask 0), so the
+ * paths have no branch on the mode. */
 static int lg_json_parse(struct lg_json *j, const char *s, size_t n)
 {
 	uint32_t stk[LLMGW_JSON_DEPTH];
 	unsigned char stype[LLMGW_JSON_DEPTH];
-	int depth = 0, want_value = 1, want_key = 0;
+	struct lg_jtok one, *t = j->t ? j->t : &one, *tk;
+	uint32_t mask = j->t ? 0xFFFFFFFFu : 0, cap = j->t ? j->cap : 0xFFFFFFFFu;
+	int depth = 0;
 	size_t i = 0;
 	uint32_t ntok = 0, me;
 	long e;
 
+	memset(&one, 0, sizeof one);
 	j->err = NULL;
 	j->err_off = 0;
 	j->n = 0;
-	for (;;) {
-		i = lg_json_ws(s, n, i);
-		if (want_key) {
-			if (i >= n || s[i] != '"') return lg_json_fail(j, "object key (a string) expected", i, n);
-			me = ntok++;
-			if (ntok > LLMGW_JSON_TOKENS) return lg_json_err(j, "too many JSON tokens", i);
-			if ((e = lg_json_scan_str(j, s, n, i + 1)) < 0) return (int)e;
-			if (j->t) {
-				if (me >= j->cap) return LG_JSON_NOMEM;
-				j->t[me].type = LG_J_STR;
-				j->t[me].start = (uint32_t)(i + 1);
-				j->t[me].end = (uint32_t)e;
-				j->t[me].next = me + 1;
-				j->t[me].size = 0;
-				j->t[stk[depth - 1]].size++;
-			}
-			i = lg_json_ws(s, n, (size_t)e + 1);
-			if (i >= n || s[i] != ':') return lg_json_fail(j, "':' expected after object key", i, n);
-			i = lg_json_ws(s, n, i + 1);
-			want_key = 0;
-			want_value = 1;
-		}
-		if (want_value) {
-			if (i >= n) return lg_json_fail(j, "", i, n);
-			me = ntok++;
-			if (ntok > LLMGW_JSON_TOKENS) return lg_json_err(j, "too many JSON tokens", i);
-			if (j->t && me >= j->cap) return LG_JSON_NOMEM;
-			if (j->t && depth && stype[depth - 1] == LG_J_ARR) j->t[stk[depth - 1]].size++;
-			if (j->t) {
-				j->t[me].start = (uint32_t)i;
-				j->t[me].size = 0;
-				j->t[me].next = me + 1;
-			}
-			switch (s[i]) {
-			case '{':
-			case '[': {
-				unsigned char ty = s[i] == '{' ? LG_J_OBJ : LG_J_ARR;
-				if (depth >= LLMGW_JSON_DEPTH) return lg_json_err(j, "nesting too deep", i);
-				if (j->t) j->t[me].type = ty;
-				stk[depth] = me;
-				stype[depth++] = ty;
-				i = lg_json_ws(s, n, i + 1);
-				if (i < n && s[i] == (ty == LG_J_OBJ ? '}' : ']')) {
-					depth--;
-					if (j->t) j->t[me].end = (uint32_t)(i + 1), j->t[me].next = ntok;
-					i++;
-					want_value = 0;
-				} else if (ty == LG_J_OBJ) {
-					want_value = 0;
-					want_key = 1;
-					continue;
-				}
-				if (want_value) continue; /* first array element */
-				break;
-			}
-			case '"':
-				if ((e = lg_json_scan_str(j, s, n, i + 1)) < 0) return (int)e;
-				if (j->t) j->t[me].type = LG_J_STR, j->t[me].start = (uint32_t)(i + 1),
-				          j->t[me].end = (uint32_t)e;
-				i = (size_t)e + 1;
-				break;
-			case 't':
-			case 'f':
-			case 'n': {
-				const char *lit = s[i] == 't' ? "true" : s[i] == 'f' ? "false" : "null";
-				size_t k, ln = strlen(lit);
-				for (k = 0; k < ln; k++)
-					if (i + k >= n || s[i + k] != lit[k])
-						return lg_json_fail(j, "invalid literal", i + k, n);
-				if (j->t) j->t[me].type = s[i] == 't' ? LG_J_TRUE : s[i] == 'f' ? LG_J_FALSE : LG_J_NULL,
-				          j->t[me].end = (uint32_t)(i + ln);
-				i += ln;
-				break;
-			}
-			default:
-				if (s[i] == '-' || (s[i] >= '0' && s[i] <= '9')) {
-					if ((e = lg_json_scan_num(j, s, n, i)) < 0) return (int)e;
-					/* a number running into the end may continue: need more */
-					if ((size_t)e >= n && depth) return lg_json_fail(j, "", n, n);
-					if (j->t) j->t[me].type = LG_J_NUM, j->t[me].end = (uint32_t)e;
-					i = (size_t)e;
-					break;
-				}
-				return lg_json_fail(j, "unexpected character", i, n);
-			}
-			want_value = 0;
-		}
-		/* after a value */
-		i = lg_json_ws(s, n, i);
-		if (depth == 0) {
-			if (i < n) return lg_json_fail(j, "trailing characters after the JSON value", i, n);
-			j->n = ntok;
-			return (int)ntok;
-		}
-		if (i >= n) return lg_json_fail(j, "", i, n);
-		if (s[i] == ',') {
+value:
+	i = lg_json_ws(s, n, i);
+	if (i >= n) return lg_json_fail(j, "", i, n);
+	me = ntok++;
+	if (ntok > LLMGW_JSON_TOKENS) return lg_json_err(j, "too many JSON tokens", i);
+	if (me >= cap) return LG_JSON_NOMEM;
+	if (depth && stype[depth - 1] == LG_J_ARR) t[stk[depth - 1] & mask].size++;
+	tk = &t[me & mask];
+	tk->start = (uint32_t)i;
+	tk->size = 0;
+	tk->next = me + 1;
+	switch (s[i]) {
+	case '"':
+		if ((e = lg_json_scan_str(j, s, n, i + 1)) < 0) return (int)e;
+		tk->type = LG_J_STR;
+		tk->start = (uint32_t)(i + 1);
+		tk->end = (uint32_t)e;
+		i = (size_t)e + 1;
+		goto after;
+	case '{':
+	case '[': {
+		unsigned char ty = s[i] == '{' ? LG_J_OBJ : LG_J_ARR;
+		if (depth >= LLMGW_JSON_DEPTH) return lg_json_err(j, "nesting too deep", i);
+		tk->type = ty;
+		stk[depth] = me;
+		stype[depth++] = ty;
+		i = lg_json_ws(s, n, i + 1);
+		if (i < n && s[i] == (ty == LG_J_OBJ ? '}' : ']')) { /* empty */
+			depth--;
+			tk->end = (uint32_t)(i + 1);
+			tk->next = ntok;
 			i++;
-			if (stype[depth - 1] == LG_J_OBJ)
-				want_key = 1;
-			else
-				want_value = 1;
-		} else if (s[i] == (stype[depth - 1] == LG_J_OBJ ? '}' : ']')) {
-			me = stk[--depth];
-			if (j->t) j->t[me].end = (uint32_t)(i + 1), j->t[me].next = ntok;
-			i++;
-		} else {
-			return lg_json_fail(j, stype[depth - 1] == LG_J_OBJ ? "',' or '}' expected"
-			                                                    : "',' or ']' expected", i, n);
+			goto after;
 		}
+		if (ty == LG_J_OBJ) goto key;
+		goto value;
 	}
+	case 't':
+	case 'f':
+	case 'n': {
+		const char *lit = s[i] == 't' ? "true" : s[i] == 'f' ? "false" : "null";
+		size_t k, ln = s[i] == 'f' ? 5 : 4;
+		for (k = 0; k < ln; k++)
+			if (i + k >= n || s[i + k] != lit[k]) return lg_json_fail(j, "invalid literal", i + k, n);
+		tk->type = s[i] == 't' ? LG_J_TRUE : s[i] == 'f' ? LG_J_FALSE : LG_J_NULL;
+		tk->end = (uint32_t)(i + ln);
+		i += ln;
+		goto after;
+	}
+	default:
+		if (s[i] == '-' || (s[i] >= '0' && s[i] <= '9')) {
+			if ((e = lg_json_scan_num(j, s, n, i)) < 0) return (int)e;
+			/* a number running into the end may continue: need more */
+			if ((size_t)e >= n && depth) return lg_json_fail(j, "", n, n);
+			tk->type = LG_J_NUM;
+			tk->end = (uint32_t)e;
+			i = (size_t)e;
+			goto after;
+		}
+		return lg_json_fail(j, "unexpected character", i, n);
+	}
+key:
+	i = lg_json_ws(s, n, i);
+	if (i >= n || s[i] != '"') return lg_json_fail(j, "object key (a string) expected", i, n);
+	me = ntok++;
+	if (ntok > LLMGW_JSON_TOKENS) return lg_json_err(j, "too many JSON tokens", i);
+	if ((e = lg_json_scan_str(j, s, n, i + 1)) < 0) return (int)e;
+	if (me >= cap) return LG_JSON_NOMEM;
+	tk = &t[me & mask];
+	tk->type = LG_J_STR;
+	tk->start = (uint32_t)(i + 1);
+	tk->end = (uint32_t)e;
+	tk->next = me + 1;
+	tk->size = 0;
+	t[stk[depth - 1] & mask].size++;
+	i = lg_json_ws(s, n, (size_t)e + 1);
+	if (i >= n || s[i] != ':') return lg_json_fail(j, "':' expected after object key", i, n);
+	i++;
+	goto value;
+after:
+	i = lg_json_ws(s, n, i);
+	if (depth == 0) {
+		if (i < n) return lg_json_fail(j, "trailing characters after the JSON value", i, n);
+		j->n = ntok;
+		return (int)ntok;
+	}
+	if (i >= n) return lg_json_fail(j, "", i, n);
+	if (s[i] == ',') {
+		i++;
+		if (stype[depth - 1] == LG_J_OBJ) goto key;
+		goto value;
+	}
+	if (s[i] == (stype[depth - 1] == LG_J_OBJ ? '}' : ']')) {
+		me = stk[--depth];
+		t[me & mask].end = (uint32_t)(i + 1);
+		t[me & mask].next = ntok;
+		i++;
+		goto after;
+	}
+	return lg_json_fail(j, stype[depth - 1] == LG_J_OBJ ? "',' or '}' expected" : "',' or ']' expected", i, n);
 }
 
 /* The value of key (kl bytes) in the object at token obj, or -1. */
@@ -3565,11 +3571,11 @@ static long lg_io_read(struct lg_conn *c, size_t max)
 		size_t used = lg_buf_used(&c->in), left = max > used ? max - used : 0;
 		size_t want = LG_MIN(left, LG_MAX((size_t)LLMGW_IO_BUF, used));
 		if (left == 0) return -2;
+		if (c->in.cap == 0 && left >= LLMGW_IO_BUF) lg_blk_take(c->gw, &c->in);
 		if (c->in.cap - c->in.len < 1024 && lg_buf_reserve(&c->in, want)) {
 			c->in.err = 0;
 			if (c->in.cap == c->in.len) return -2;
 		}
-		if (c->in.cap == 0 && left >= LLMGW_IO_BUF) lg_blk_take(c->gw, &c->in);
 		if (c->in.cap == 0 && lg_buf_reserve(&c->in, LG_MIN(left, (size_t)LLMGW_IO_BUF))) return -2;
 	}
 	room = c->in.cap - c->in.len;
@@ -4321,7 +4327,8 @@ static void lg_up_head(struct lg_upreq *u)
 	}
 	u->status = h.status;
 	u->keep = u->keep && !h.close;
-	lg_buf_free(&u->req); /* answered: the request bytes are not needed again */
+	lg_buf_clear(&u->req); /* answered: the request bytes are not needed again */
+	lg_blk_give(u->gw, &u->req);
 	if (h.status == 204 || h.status == 304)
 		u->mode = LG_B_NONE;
 	else if (h.chunked)
@@ -7302,6 +7309,7 @@ have_path:
 	for (i = 0; i < p->nheaders; i++) room += strlen(p->headers[i]) + 2;
 	if (room > sizeof head) return -1;
 	o->off = o->len = 0;
+	lg_blk_take(r->gw, o);
 	if (lg_buf_reserve(o, room + r->body_len + 256)) return -1;
 	o->len = room; /* the gap before the body is filled by the head below */
 	if (r->ep == LG_EP_EMBED && p->type == LG_PT_GEMINI) {
@@ -8266,6 +8274,7 @@ static void lg_att_end(void *owner)
 		struct lg_buf o;
 		int k;
 		lg_buf_init(&o, 0);
+		lg_blk_take(r->gw, &o);
 		if (native)
 			k = r->dialect == LG_D_ANTHROPIC
 			        ? lg_p_anth_native_full(r, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody), &o)
@@ -8295,7 +8304,8 @@ static void lg_att_end(void *owner)
 		lg_route_success(r);
 		r->t_first = r->gw->now;
 		lg_resp_send(r, 200, "application/json", o.p, o.len, NULL);
-		lg_buf_free(&o);
+		o.off = o.len = 0;
+		lg_blk_give(r->gw, &o);
 		lg_req_finish(r);
 	}
 }
