@@ -2457,9 +2457,10 @@ static int lg_http_parse_resp(const char *b, size_t n, struct lg_http *m)
 
 static lg_str lg_http_get(const struct lg_http *m, const char *name)
 {
+	size_t nl = strlen(name);
 	int i;
 	for (i = 0; i < m->nh; i++)
-		if (lg_str_ieq(m->h[i].name, name)) return m->h[i].value;
+		if (lg_str_ieqn(m->h[i].name, name, nl)) return m->h[i].value;
 	return lg_str_of(NULL, 0);
 }
 
@@ -3332,10 +3333,22 @@ struct lg_conn {
 	char auth_sec[128];
 	/* upstream side */
 	char origin[300];
-	struct lg_conn *pool_next;
+	struct lg_origin *org;               /* its pool, once it was pooled */
+	struct lg_conn *pool_next, *pool_prev; /* idle in org's pool */
 	int64_t idle_since;
 	unsigned uses;
 };
+
+/* The keep-alive pool of one upstream origin: idle connections, most
+ * recently used first. Origins are few (the providers' base URLs) and
+ * live as long as the gateway. */
+struct lg_origin {
+	struct lg_origin *next; /* hash chain of gw->orig */
+	struct lg_conn *idle;
+	int nidle;
+	char name[300];
+};
+#define LG_ORIG_BUCKETS 64
 
 struct lg_dns;
 struct lg_acct;
@@ -3357,8 +3370,8 @@ struct llmgw {
 	char listen_tls[16]; /* which listeners speak HTTPS */
 	struct lg_timer **heap;
 	int nheap, capheap;
-	struct lg_conn *pool; /* idle upstream connections */
-	int npool;
+	struct lg_origin *orig[LG_ORIG_BUCKETS]; /* upstream pools, by origin */
+	int npool;                                /* idle upstream connections, all origins */
 	struct lg_req *reqs; /* requests in flight */
 	struct lg_req *dead; /* finished, freed at the end of the iteration */
 	int nreqs;
@@ -3868,16 +3881,33 @@ struct lg_upreq {
 
 static void lg_up_io(struct lg_conn *c, int revents);
 
+static struct lg_origin *lg_origin_of(struct llmgw *gw, const char *name, int create)
+{
+	uint32_t h = 2166136261u;
+	const unsigned char *q;
+	struct lg_origin *o;
+	for (q = (const unsigned char *)name; *q; q++) h = (h ^ *q) * 16777619u;
+	for (o = gw->orig[h % LG_ORIG_BUCKETS]; o; o = o->next)
+		if (strcmp(o->name, name) == 0) return o;
+	if (!create || !(o = (struct lg_origin *)calloc(1, sizeof *o))) return NULL;
+	lg_cpy(o->name, sizeof o->name, name);
+	o->next = gw->orig[h % LG_ORIG_BUCKETS];
+	gw->orig[h % LG_ORIG_BUCKETS] = o;
+	return o;
+}
+
 static void lg_up_pool_remove(struct llmgw *gw, struct lg_conn *c)
 {
-	struct lg_conn **pp;
-	for (pp = &gw->pool; *pp; pp = &(*pp)->pool_next)
-		if (*pp == c) {
-			*pp = c->pool_next;
-			gw->npool--;
-			break;
-		}
-	c->pool_next = NULL;
+	if ((c->flags & LG_F_POOLED) && c->org) {
+		if (c->pool_prev)
+			c->pool_prev->pool_next = c->pool_next;
+		else
+			c->org->idle = c->pool_next;
+		if (c->pool_next) c->pool_next->pool_prev = c->pool_prev;
+		c->org->nidle--;
+		gw->npool--;
+	}
+	c->pool_next = c->pool_prev = NULL;
 	c->flags &= ~(unsigned)LG_F_POOLED;
 }
 
@@ -3899,11 +3929,8 @@ static void lg_up_pool_expire(struct llmgw *gw, struct lg_timer *t)
 
 static void lg_up_pool_put(struct llmgw *gw, struct lg_conn *c)
 {
-	struct lg_conn *p;
-	int same = 0;
-	for (p = gw->pool; p; p = p->pool_next)
-		if (strcmp(p->origin, c->origin) == 0) same++;
-	if (same >= LLMGW_POOL_MAX_IDLE || gw->stopping) {
+	struct lg_origin *o = c->org ? c->org : (c->org = lg_origin_of(gw, c->origin, 1));
+	if (!o || o->nidle >= LLMGW_POOL_MAX_IDLE || gw->stopping) {
 		lg_conn_close(c);
 		return;
 	}
@@ -3913,8 +3940,11 @@ static void lg_up_pool_put(struct llmgw *gw, struct lg_conn *c)
 	c->idle_since = gw->now;
 	lg_blk_give(gw, &c->in);
 	lg_buf_free(&c->in);
-	c->pool_next = gw->pool;
-	gw->pool = c;
+	c->pool_prev = NULL;
+	c->pool_next = o->idle;
+	if (o->idle) o->idle->pool_prev = c;
+	o->idle = c;
+	o->nidle++;
 	gw->npool++;
 	c->tm.fn = lg_up_pool_expire;
 	lg_timer_set(gw, &c->tm, LLMGW_POOL_IDLE_MS);
@@ -3923,16 +3953,14 @@ static void lg_up_pool_put(struct llmgw *gw, struct lg_conn *c)
 
 static struct lg_conn *lg_up_pool_take(struct llmgw *gw, const char *origin)
 {
-	struct lg_conn *c;
-	for (c = gw->pool; c; c = c->pool_next)
-		if (strcmp(c->origin, origin) == 0) {
-			lg_up_pool_remove(gw, c);
-			lg_timer_clear(gw, &c->tm);
-			c->flags |= LG_F_REUSED;
-			c->on_io = lg_up_io;
-			return c;
-		}
-	return NULL;
+	struct lg_origin *o = lg_origin_of(gw, origin, 0);
+	struct lg_conn *c = o ? o->idle : NULL;
+	if (!c) return NULL;
+	lg_up_pool_remove(gw, c);
+	lg_timer_clear(gw, &c->tm);
+	c->flags |= LG_F_REUSED;
+	c->on_io = lg_up_io;
+	return c;
 }
 
 static void lg_up_timeout(struct llmgw *gw, struct lg_timer *t);
@@ -4772,7 +4800,7 @@ static void lg_resp_event_parts(struct lg_req *r, const lg_str *pt, int np)
 /* The next '"' in [q, e), or e. Eight bytes at a time on little-endian
  * machines (has-zero on the word xor '"': the lowest flag is the first
  * quote, as borrows only run upwards from a true one); memchr elsewhere. */
-static const char *lg_next_quote(const char *q, const char *e)
+static LG_INLINE const char *lg_next_quote(const char *q, const char *e)
 {
 #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 	while (q + 8 <= e) {
@@ -10481,10 +10509,14 @@ static void lg_loop_begin_stop(struct llmgw *gw)
 			close(gw->pfd[i].fd);
 			gw->pfd[i].fd = -1;
 		}
-	while (gw->pool) {
-		struct lg_conn *c = gw->pool;
-		lg_up_pool_remove(gw, c);
-		lg_conn_close(c);
+	for (i = 0; i < LG_ORIG_BUCKETS; i++) {
+		struct lg_origin *o;
+		for (o = gw->orig[i]; o; o = o->next)
+			while (o->idle) {
+				struct lg_conn *c = o->idle;
+				lg_up_pool_remove(gw, c);
+				lg_conn_close(c);
+			}
 	}
 	for (i = gw->nfixed; i < gw->npfd; i++) {
 		struct lg_conn *c = gw->conns[i];
@@ -10612,6 +10644,12 @@ void llmgw_free(struct llmgw *gw)
 		lg_req_destroy(r);
 	}
 	while (gw->nblk) free(gw->blk[--gw->nblk]);
+	for (i = 0; i < LG_ORIG_BUCKETS; i++)
+		while (gw->orig[i]) {
+			struct lg_origin *o = gw->orig[i]->next;
+			free(gw->orig[i]);
+			gw->orig[i] = o;
+		}
 	lg_acct_flush(gw);
 	lg_buf_free(&gw->logbuf);
 	if (gw->rs) {
