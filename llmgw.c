@@ -96,6 +96,7 @@
 #define LLMGW_IO_BUF 4096 /* first allocation of a connection buffer */
 #endif
 #define LG_BLKCACHE 64 /* such first allocations kept for reuse (256 KB at most) */
+#define LG_MAX_WORKERS 64 /* event loops (workers = N) */
 #define LG_RFREE 16    /* request objects kept for reuse */
 #ifndef LLMGW_MAX_HEADERS
 #define LLMGW_MAX_HEADERS 64 /* more header lines than this is a 431 */
@@ -1480,7 +1481,7 @@ struct lg_key {
 };
 
 struct lg_cfg {
-	int refs; /* the gateway holds one; each request using it one more */
+	long refs; /* the gateway (each loop) holds one; each request using it one more */
 	struct lg_arena a;
 	const char *path;
 	const char **listen;
@@ -1834,6 +1835,7 @@ static int lg_cfg_gateway_key(struct lg_cfgp *p, lg_str k, lg_str v)
 	}
 	if (lg_str_eq(k, "workers")) {
 		if (lg_cfg_long(p, v, &l)) return -1;
+		if (l < 0 || l > LG_MAX_WORKERS) return lg_cfg_err(p, "workers must be 0 (one per core) to 64");
 		c->workers = (int)l;
 		return 0;
 	}
@@ -3265,6 +3267,23 @@ static int lg_tls_setup(struct lg_cfg *c, char *err, size_t errlen)
 
 #endif /* LLMGW_TLS */
 
+/* Several loops (workers = N) hold and drop snapshots: atomic counts. */
+#if defined(__GNUC__) || defined(__clang__)
+#define LG_ATOMICS 1
+static void lg_cfg_ref(struct lg_cfg *c) { __atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED); }
+static void lg_cfg_unref(struct lg_cfg *c)
+{
+	if (c && __atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0) lg_cfg_free(c);
+}
+#else
+#define LG_ATOMICS 0 /* then one loop only */
+static void lg_cfg_ref(struct lg_cfg *c) { c->refs++; }
+static void lg_cfg_unref(struct lg_cfg *c)
+{
+	if (c && --c->refs == 0) lg_cfg_free(c);
+}
+#endif
+
 static struct lg_cfg *lg_cfg_load(const char *path, char *err, size_t errlen)
 {
 	size_t len = 0;
@@ -3365,7 +3384,8 @@ struct llmgw {
 	/* poll set: [0] wake pipe, [1..nfixed) listeners, then connections */
 	struct pollfd *pfd;
 	struct lg_conn **conns;
-	int npfd, cappfd, nfixed, nclients;
+	int npfd, cappfd, nfixed;
+	int nclients, nupstream; /* gauges: other loops read them (lg_gauge_get) */
 	char listen_names[16][64];
 	char listen_tls[16]; /* which listeners speak HTTPS */
 	struct lg_timer **heap;
@@ -3391,6 +3411,11 @@ struct llmgw {
 	int nblk;
 	struct lg_req *rfree;
 	int nrfree;
+	/* workers = N: every loop has its own struct llmgw; the first (the one
+	 * llmgw_new made) owns what they share, child loops point at it */
+	struct lg_shared *sh;
+	int child;
+	int cfg_workers; /* workers = of the configuration started with */
 #if LLMGW_TLS
 	struct { /* TLS sessions to resume, per upstream origin */
 		char origin[300];
@@ -3399,6 +3424,71 @@ struct llmgw {
 	} sess[32];
 #endif
 };
+
+/* What the event loops of workers = N share. Each loop owns its
+ * listeners (SO_REUSEPORT: the kernel spreads connections), connections,
+ * timers, upstream pool and requests. Router health, key spend and limits,
+ * metrics, the recent-request ring and the ledger are the first loop's,
+ * used by all under mu (recursive: the accounting and routing functions
+ * that take it call each other). The current configuration is published
+ * here; each loop adopts it at its next iteration. */
+struct lg_shared {
+	pthread_mutex_t mu;
+	struct llmgw *w[LG_MAX_WORKERS]; /* w[0]: the first loop */
+	pthread_t th[LG_MAX_WORKERS];
+	int nw;
+	struct lg_cfg *cfg; /* the configuration every loop should run */
+	unsigned long cfg_gen;
+	uint64_t seq;     /* request numbers, across loops */
+	long nclients;    /* client connections, across loops (max_connections) */
+};
+
+static void lg_lock(struct llmgw *gw)
+{
+	if (gw->sh) pthread_mutex_lock(&gw->sh->mu);
+}
+
+static void lg_unlock(struct llmgw *gw)
+{
+	if (gw->sh) pthread_mutex_unlock(&gw->sh->mu);
+}
+
+/* Counters several loops touch: atomic where the compiler has the
+ * builtins (gcc, clang: every target the Makefile builds), else under the
+ * lock. */
+static long lg_atomic_add(struct llmgw *gw, long *v, long d)
+{
+#if defined(__GNUC__) || defined(__clang__)
+	LG_UNUSED(gw);
+	return __atomic_add_fetch(v, d, __ATOMIC_ACQ_REL);
+#else
+	long r;
+	lg_lock(gw);
+	r = *v += d;
+	lg_unlock(gw);
+	return r;
+#endif
+}
+
+/* Gauges a loop keeps and /metrics of any loop reads: written by their
+ * loop only, read by others without the lock. */
+static void lg_gauge_add(int *v, int d)
+{
+#if defined(__GNUC__) || defined(__clang__)
+	__atomic_store_n(v, *v + d, __ATOMIC_RELAXED);
+#else
+	*v += d;
+#endif
+}
+
+static int lg_gauge_get(const int *v)
+{
+#if defined(__GNUC__) || defined(__clang__)
+	return __atomic_load_n(v, __ATOMIC_RELAXED);
+#else
+	return *v;
+#endif
+}
 
 /* A connection buffer that is empty gives its memory back: a block of
  * the first size (LLMGW_IO_BUF) waits on gw->blk for the next request. */
@@ -3518,7 +3608,12 @@ static struct lg_conn *lg_conn_new(struct llmgw *gw, int fd, int role,
 	gw->pfd[c->idx].fd = fd;
 	gw->pfd[c->idx].events = POLLIN;
 	gw->pfd[c->idx].revents = 0;
-	if (role == LG_ROLE_CLIENT) gw->nclients++;
+	if (role == LG_ROLE_CLIENT) {
+		lg_gauge_add(&gw->nclients, 1);
+		if (gw->sh) lg_atomic_add(gw, &gw->sh->nclients, 1);
+	} else {
+		lg_gauge_add(&gw->nupstream, 1);
+	}
 	return c;
 }
 
@@ -3539,12 +3634,17 @@ static void lg_conn_free(struct llmgw *gw, struct lg_conn *c)
 	if (c->fd >= 0) close(c->fd);
 	if (c->flags & LG_F_PENDING) gw->npending--;
 	if (c->tls) lg_tls_free(c->tls);
-	if (c->tlscfg && --c->tlscfg->refs == 0) lg_cfg_free(c->tlscfg);
+	lg_cfg_unref(c->tlscfg);
 	lg_blk_give(gw, &c->in);
 	lg_blk_give(gw, &c->out);
 	lg_buf_free(&c->in);
 	lg_buf_free(&c->out);
-	if (c->role == LG_ROLE_CLIENT) gw->nclients--;
+	if (c->role == LG_ROLE_CLIENT) {
+		lg_gauge_add(&gw->nclients, -1);
+		if (gw->sh) lg_atomic_add(gw, &gw->sh->nclients, -1);
+	} else {
+		lg_gauge_add(&gw->nupstream, -1);
+	}
 	if (c->idx != last) { /* swap-remove: the poll set stays dense */
 		gw->pfd[c->idx] = gw->pfd[last];
 		gw->conns[c->idx] = gw->conns[last];
@@ -3905,7 +4005,7 @@ static void lg_up_pool_remove(struct llmgw *gw, struct lg_conn *c)
 			c->org->idle = c->pool_next;
 		if (c->pool_next) c->pool_next->pool_prev = c->pool_prev;
 		c->org->nidle--;
-		gw->npool--;
+		lg_gauge_add(&gw->npool, -1);
 	}
 	c->pool_next = c->pool_prev = NULL;
 	c->flags &= ~(unsigned)LG_F_POOLED;
@@ -3945,7 +4045,7 @@ static void lg_up_pool_put(struct llmgw *gw, struct lg_conn *c)
 	if (o->idle) o->idle->pool_prev = c;
 	o->idle = c;
 	o->nidle++;
-	gw->npool++;
+	lg_gauge_add(&gw->npool, 1);
 	c->tm.fn = lg_up_pool_expire;
 	lg_timer_set(gw, &c->tm, LLMGW_POOL_IDLE_MS);
 	gw->pfd[c->idx].events = POLLIN;
@@ -7674,8 +7774,12 @@ static void lg_route_done(struct lg_req *r, int ok)
 	struct lg_health *h;
 	if (!r->att_open || !cd) return;
 	r->att_open = 0;
+	lg_lock(r->gw);
 	if (cd->ph && cd->ph->inflight > 0) cd->ph->inflight--;
-	if (!(h = cd->h)) return;
+	if (!(h = cd->h)) {
+		lg_unlock(r->gw);
+		return;
+	}
 	h->probing = 0;
 	if (ok > 0) {
 		int64_t now = r->gw->now, first = r->t_att_first ? r->t_att_first : now;
@@ -7701,6 +7805,7 @@ static void lg_route_done(struct lg_req *r, int ok)
 			h->open_until = r->gw->now + h->cooldown;
 		}
 	}
+	lg_unlock(r->gw);
 }
 
 /* Why a provider is excluded for this request, or NULL. */
@@ -8231,9 +8336,11 @@ static void lg_route_success(struct lg_req *r)
 	lg_route_done(r, 1);
 	if (rs && r->aff_hash && m && m->affinity_ms && r->served->h) {
 		unsigned slot = r->aff_hash % LG_AFF_SLOTS;
+		lg_lock(r->gw);
 		rs->aff[slot].h = r->aff_hash;
-		snprintf(rs->aff[slot].target, sizeof rs->aff[slot].target, "%s", r->served->h->id);
+		lg_cpy(rs->aff[slot].target, sizeof rs->aff[slot].target, r->served->h->id);
 		rs->aff[slot].until = r->gw->now + m->affinity_ms;
+		lg_unlock(r->gw);
 	}
 }
 
@@ -8380,9 +8487,6 @@ static void lg_route_next(struct lg_req *r)
 			return;
 		}
 		cd = &r->plan[r->cur++];
-		if (lg_route_breaker(cd->h, r->gw->now, buf, sizeof buf) ||
-		    (cd->prov->max_concurrency && cd->ph && cd->ph->inflight >= cd->prov->max_concurrency))
-			continue; /* changed since the plan was made */
 		ops = lg_prov_ops_of(cd->prov->type);
 		r->gen++;
 		if (r->w) {
@@ -8393,6 +8497,18 @@ static void lg_route_next(struct lg_req *r)
 		    !(r->w = (struct lg_wst *)calloc(1, sizeof *r->w)))
 			break;
 		if (r->w) r->w->block_type = -1;
+		lg_lock(r->gw); /* check and take the target in one step: other loops use it too */
+		if (lg_route_breaker(cd->h, r->gw->now, buf, sizeof buf) ||
+		    (cd->prov->max_concurrency && cd->ph && cd->ph->inflight >= cd->prov->max_concurrency)) {
+			lg_unlock(r->gw);
+			continue; /* changed since the plan was made */
+		}
+		if (cd->ph) cd->ph->inflight++;
+		if (cd->h && cd->h->state != LG_BRK_CLOSED) { /* this attempt is the probe */
+			cd->h->state = LG_BRK_HALF;
+			cd->h->probing = 1;
+		}
+		lg_unlock(r->gw);
 		a = &r->att[r->natt++];
 		memset(a, 0, sizeof *a);
 		a->prov = cd->prov->name;
@@ -8400,11 +8516,6 @@ static void lg_route_next(struct lg_req *r)
 		r->t_att = r->gw->now;
 		r->t_att_first = 0;
 		r->att_open = 1;
-		if (cd->ph) cd->ph->inflight++;
-		if (cd->h && cd->h->state != LG_BRK_CLOSED) { /* this attempt is the probe */
-			cd->h->state = LG_BRK_HALF;
-			cd->h->probing = 1;
-		}
 		r->ustatus = r->is_sse = r->stream_done = r->saw_finish = r->up_error = 0;
 		memset(&r->usage, 0, sizeof r->usage);
 		r->ubody.off = r->ubody.len = 0;
@@ -8856,11 +8967,13 @@ static int lg_acct_ledger_open(struct llmgw *gw, const char *dir, char *err, siz
 static void lg_acct_sync(struct llmgw *gw, struct lg_timer *t)
 {
 	struct lg_acct *a = gw->acct;
+	int due;
 	LG_UNUSED(t);
-	if (a && a->lfd >= 0 && a->unsynced) {
-		fdatasync(a->lfd);
-		a->unsynced = 0;
-	}
+	lg_lock(gw);
+	due = a && a->lfd >= 0 && a->unsynced;
+	if (due) a->unsynced = 0;
+	lg_unlock(gw);
+	if (due) fdatasync(a->lfd);
 }
 
 /* --- settling, metrics, recent requests --------------------------------- */
@@ -9018,8 +9131,18 @@ static struct lg_series *lg_acct_rser(struct lg_lblctx *L, int metric, int x, co
 	return s;
 }
 
-/* The request ended: settle its reservation, charge the ledger, count it. */
+static void lg_acct_settle_locked(struct lg_req *r);
+
+/* The request ended: settle its reservation, charge the ledger, count it
+ * (under the loops' lock: key state, metrics and the ring are shared). */
 static void lg_acct_settle(struct lg_req *r)
+{
+	lg_lock(r->gw);
+	lg_acct_settle_locked(r);
+	lg_unlock(r->gw);
+}
+
+static void lg_acct_settle_locked(struct lg_req *r)
 {
 	struct llmgw *gw = r->gw;
 	struct lg_acct *a = lg_acct_of(gw);
@@ -9175,7 +9298,11 @@ static void lg_acct_flush(struct llmgw *gw)
 	}
 	gw->logbuf.off = gw->logbuf.len = 0;
 	lg_buf_shrink(&gw->logbuf);
-	if (gw->acct && lg_buf_used(&gw->acct->lbuf)) {
+	if (!gw->acct || (gw->acct->lfd < 0 && !lg_buf_used(&gw->acct->lbuf))) return;
+	lg_lock(gw);
+	if (gw->acct->unsynced && !gw->child && gw->acct->sync_tm.hidx < 0) /* other loops wrote */
+		lg_timer_set(gw, &gw->acct->sync_tm, 1000);
+	if (lg_buf_used(&gw->acct->lbuf)) {
 		struct lg_acct *a = gw->acct;
 		ssize_t w = a->lfd >= 0 ? write(a->lfd, lg_buf_data(&a->lbuf), lg_buf_used(&a->lbuf)) : -1;
 		if (w != (ssize_t)lg_buf_used(&a->lbuf))
@@ -9184,13 +9311,14 @@ static void lg_acct_flush(struct llmgw *gw)
 		else
 			a->lsize += (size_t)w;
 		a->lbuf.off = a->lbuf.len = 0;
-		if (!a->unsynced) { /* fdatasync at most once a second */
+		if (!a->unsynced) { /* fdatasync at most once a second, by the first loop */
 			a->unsynced = 1;
 			a->sync_tm.fn = lg_acct_sync;
-			lg_timer_set(gw, &a->sync_tm, 1000);
+			if (!gw->child) lg_timer_set(gw, &a->sync_tm, 1000);
 		}
 		if (a->lsize > (8u << 20)) lg_acct_compact(gw);
 	}
+	lg_unlock(gw);
 }
 
 /* ===== 14. Server handlers ============================================= */
@@ -9200,10 +9328,6 @@ enum { LG_CS_HEAD, LG_CS_BODY, LG_CS_BUSY };
 static void lg_srv_advance(struct lg_conn *c);
 static void lg_srv_timeout(struct llmgw *gw, struct lg_timer *t);
 
-static void lg_cfg_unref(struct lg_cfg *c)
-{
-	if (c && --c->refs == 0) lg_cfg_free(c);
-}
 
 /* Requests are freed at the end of the loop iteration, so callbacks still
  * on the stack never see freed memory. */
@@ -9291,7 +9415,7 @@ static void lg_req_finish(struct lg_req *r)
 	else
 		gw->reqs = r->next;
 	if (r->next) r->next->prev = r->prev;
-	gw->nreqs--;
+	lg_gauge_add(&gw->nreqs, -1);
 	r->prev = NULL;
 	r->next = gw->dead;
 	gw->dead = r;
@@ -9352,15 +9476,49 @@ static int lg_srv_install(struct llmgw *gw, struct lg_cfg *c, char *err, size_t 
 			LG_LOG(gw, LG_LOG_WARN, "listen addresses changed: they take effect on restart");
 	}
 	lg_cfg_unref(gw->cfg);
-	c->gen = ++gw->cfg_gen;
 	gw->cfg = c;
 	gw->log_level = c->log_level;
+	if (gw->sh) { /* publish it: every other loop adopts it at its next iteration */
+		struct lg_cfg *old;
+		int k;
+		lg_lock(gw);
+		c->gen = ++gw->sh->cfg_gen;
+		old = gw->sh->cfg;
+		lg_cfg_ref(c);
+		gw->sh->cfg = c;
+		for (k = 0; k < gw->sh->nw; k++)
+			if (gw->sh->w[k] != gw) lg_loop_wake(gw->sh->w[k]);
+		lg_unlock(gw);
+		lg_cfg_unref(old);
+	} else {
+		c->gen = ++gw->cfg_gen;
+	}
 	if (!c->auth_none && c->nkeys == 0)
 		LG_LOG(gw, LG_LOG_WARN, "auth = keys and no [key.*] section: every request will get 401 "
 		                        "(add a [key.NAME] section, or auth = none on loopback)");
-	if (c->workers > 1)
-		LG_LOG(gw, LG_LOG_WARN, "workers = %d: this version runs one event loop", c->workers);
+	if (gw->started && c->workers != gw->cfg_workers)
+		LG_LOG(gw, LG_LOG_WARN, "workers changed: it takes effect on restart");
 	return 0;
+}
+
+/* A loop of workers = N takes up the configuration another loop
+ * published (a reload, or POST /admin/reload served by any loop). */
+static void lg_loop_adopt(struct llmgw *gw)
+{
+	struct lg_cfg *c;
+	char err[512];
+	lg_lock(gw);
+	c = gw->sh->cfg;
+	if (c == gw->cfg) {
+		lg_unlock(gw);
+		return;
+	}
+	lg_cfg_ref(c);
+	lg_unlock(gw);
+	if (lg_srv_open_log(gw, c, err, sizeof err)) LG_LOG(gw, LG_LOG_ERROR, "%s (the access log stays as it was)", err);
+	lg_cfg_unref(gw->cfg);
+	gw->cfg = c;
+	gw->log_level = c->log_level;
 }
 
 static int lg_srv_reload(struct llmgw *gw, char *err, size_t errlen)
@@ -9424,7 +9582,7 @@ static struct lg_req *lg_srv_new_req(struct lg_conn *c, int minor)
 	r->gw = gw;
 	r->cc = c;
 	r->cfg = gw->cfg;
-	r->cfg->refs++;
+	lg_cfg_ref(r->cfg);
 	r->a.chunk = 1024; /* model names and the like: small */
 	r->minor = minor;
 	r->t0 = gw->now;
@@ -9442,7 +9600,9 @@ static struct lg_req *lg_srv_new_req(struct lg_conn *c, int minor)
 	lg_buf_init(&r->scratch, LLMGW_MAX_EVENT + 16);
 	lg_blk_take(gw, &c->out);
 	x = lg_rand(&gw->rng);
-	r->seq = ++gw->seq;
+	lg_lock(gw);
+	r->seq = gw->sh ? ++gw->sh->seq : ++gw->seq; /* ids and the ring are across loops */
+	lg_unlock(gw);
 	{ /* "gen-<seq hex>-<8 random hex>" without printf */
 		static const char hx[] = "0123456789abcdef";
 		char tmp[20];
@@ -9460,7 +9620,7 @@ static struct lg_req *lg_srv_new_req(struct lg_conn *c, int minor)
 	r->next = gw->reqs;
 	if (gw->reqs) gw->reqs->prev = r;
 	gw->reqs = r;
-	gw->nreqs++;
+	lg_gauge_add(&gw->nreqs, 1);
 	c->req = r;
 	return r;
 }
@@ -9703,7 +9863,7 @@ static void lg_srv_metrics(struct lg_req *r)
 	struct llmgw *gw = r->gw;
 	struct lg_acct *a = lg_acct_of(gw);
 	struct lg_buf b;
-	int m, i, nup = 0, ncl = 0;
+	int m, i, nup = 0, ncl = 0, nreqs, npool;
 	unsigned k;
 	struct lg_kstate *ks;
 	lg_buf_init(&b, 0);
@@ -9726,12 +9886,18 @@ static void lg_srv_metrics(struct lg_req *r)
 			              se->labels, se->sum, lg_metric_names[m], se->labels, (unsigned long long)se->count);
 		}
 	}
-	for (i = gw->nfixed; i < gw->npfd; i++) {
-		if (gw->conns[i]->flags & LG_F_DEAD) continue;
-		if (gw->conns[i]->role == LG_ROLE_CLIENT)
-			ncl++;
-		else
-			nup++;
+	{ /* every loop's own counts (read while they run: gauges) */
+		int w, nw = gw->sh ? gw->sh->nw : 1, inflight = 0, idle = 0;
+		for (w = 0; w < nw; w++) {
+			const struct llmgw *g = gw->sh ? gw->sh->w[w] : gw;
+			if (!g) continue;
+			ncl += lg_gauge_get(&g->nclients);
+			nup += lg_gauge_get(&g->nupstream);
+			inflight += lg_gauge_get(&g->nreqs);
+			idle += lg_gauge_get(&g->npool);
+		}
+		nreqs = inflight;
+		npool = idle;
 	}
 	lg_buf_printf(&b, "# HELP llmgw_requests_in_flight Requests being answered.\n"
 	                  "# TYPE llmgw_requests_in_flight gauge\nllmgw_requests_in_flight %d\n"
@@ -9739,7 +9905,7 @@ static void lg_srv_metrics(struct lg_req *r)
 	                  "llmgw_connections{role=\"client\"} %d\nllmgw_connections{role=\"upstream\"} %d\n"
 	                  "# HELP llmgw_upstream_pool_idle Idle keep-alive upstream connections.\n"
 	                  "# TYPE llmgw_upstream_pool_idle gauge\nllmgw_upstream_pool_idle %d\n",
-	              gw->nreqs - 1, ncl, nup, gw->npool);
+	              nreqs - 1, ncl, nup, npool);
 	lg_buf_addz(&b, "# HELP llmgw_key_spend_usd Spend of each key in its current budget period.\n"
 	                "# TYPE llmgw_key_spend_usd gauge\n");
 	for (ks = a ? a->keys : NULL; ks; ks = ks->next) {
@@ -9873,20 +10039,23 @@ static void lg_srv_completion(struct lg_req *r)
 	}
 	t = lg_json_get(j, s, 0, "user");
 	if (lg_json_type(j, t) == LG_J_STR && j->t[t].end - j->t[t].start <= 256) r->user = lg_route_strdup(r, t);
-	if ((k = lg_route_plan(r, msg, sizeof msg))) {
-		lg_resp_error(r, k, NULL, "%s", msg);
-		return;
-	}
 	{
 		int retry = 0;
-		if ((k = lg_acct_admit(r, msg, sizeof msg, &retry))) {
-			char ra[40];
-			snprintf(ra, sizeof ra, "Retry-After: %d\r\n", retry);
-			lg_resp_error(r, k, retry ? ra : NULL, "%s", msg);
+		lg_lock(r->gw); /* router health and key state are shared by the loops */
+		if (!(k = lg_route_plan(r, msg, sizeof msg)) && (k = lg_acct_admit(r, msg, sizeof msg, &retry)) == 0) {
+			lg_unlock(r->gw);
+			lg_route_next(r);
 			return;
 		}
+		lg_unlock(r->gw);
+		if (retry) {
+			char ra[40];
+			snprintf(ra, sizeof ra, "Retry-After: %d\r\n", retry);
+			lg_resp_error(r, k, ra, "%s", msg);
+		} else {
+			lg_resp_error(r, k, NULL, "%s", msg);
+		}
 	}
-	lg_route_next(r);
 }
 
 /* The body is complete: run the endpoint. */
@@ -9901,9 +10070,18 @@ static void lg_srv_dispatch(struct lg_req *r)
 	case LG_EP_HEALTH: lg_srv_health(r); break;
 	case LG_EP_MODELS: lg_srv_models(r); break;
 	case LG_EP_RELOAD: lg_srv_admin_reload(r); break;
-	case LG_EP_KEY: lg_srv_key(r); break;
-	case LG_EP_GEN: lg_srv_generation(r); break;
-	case LG_EP_METRICS: lg_srv_metrics(r); break;
+	case LG_EP_KEY: /* shared state: under the loops' lock */
+	case LG_EP_GEN:
+	case LG_EP_METRICS:
+		lg_lock(r->gw);
+		if (r->ep == LG_EP_KEY)
+			lg_srv_key(r);
+		else if (r->ep == LG_EP_GEN)
+			lg_srv_generation(r);
+		else
+			lg_srv_metrics(r);
+		lg_unlock(r->gw);
+		break;
 	case LG_EP_MESSAGES: lg_srv_completion(r); break;
 	default: lg_srv_completion(r);
 	}
@@ -10255,7 +10433,8 @@ static void lg_srv_accept(struct llmgw *gw, int lfd, int tls)
 			close(fd);
 			continue;
 		}
-		if (gw->nclients >= gw->cfg->max_connections || gw->stopping) {
+		if ((gw->sh ? lg_atomic_add(gw, &gw->sh->nclients, 0) : gw->nclients) >= gw->cfg->max_connections ||
+		    gw->stopping) {
 			static const char body[] =
 			    "{\"error\":{\"message\":\"too many connections (max_connections)\",\"type\":"
 			    "\"no_provider_available\",\"code\":503}}\n";
@@ -10289,7 +10468,7 @@ static void lg_srv_accept(struct llmgw *gw, int lfd, int tls)
 		}
 		if (c->tls) { /* the engine keeps pointers into this snapshot */
 			c->tlscfg = gw->cfg;
-			gw->cfg->refs++;
+			lg_cfg_ref(gw->cfg);
 		}
 #else
 		LG_UNUSED(tls);
@@ -10415,15 +10594,11 @@ bad:
 	return -1;
 }
 
-int llmgw_start(struct llmgw *gw, char *err, size_t errlen)
+/* Opens the configured listeners into gw's poll set (SO_REUSEPORT when
+ * several loops listen on the same addresses). */
+static int lg_listen_all(struct llmgw *gw, int reuseport, char *err, size_t errlen)
 {
 	int i;
-	if (gw->started) return 0;
-	if (!gw->cfg) {
-		snprintf(err, errlen, "no configuration loaded");
-		return -1;
-	}
-	if (lg_srv_open_log(gw, gw->cfg, err, errlen)) return -1;
 	if (gw->cfg->nlisten > (int)LG_COUNTOF(gw->listen_names) || gw->cfg->nlisten + 1 > gw->cappfd) {
 		snprintf(err, errlen, "too many listen addresses");
 		return -1;
@@ -10434,7 +10609,7 @@ int llmgw_start(struct llmgw *gw, char *err, size_t errlen)
 		char spec[64];
 		const char *sp;
 		int fd, tls = gw->cfg->tls_cert != NULL;
-		snprintf(spec, sizeof spec, "%s", gw->cfg->listen[i]);
+		lg_cpy(spec, sizeof spec, gw->cfg->listen[i]);
 		if ((sp = strchr(gw->cfg->listen[i], ' ')) != NULL) {
 			lg_str mode = lg_str_trim(lg_strz(sp));
 			spec[sp - gw->cfg->listen[i]] = 0;
@@ -10454,32 +10629,155 @@ int llmgw_start(struct llmgw *gw, char *err, size_t errlen)
 			fd = -1;
 			goto fail;
 		}
-		fd = lg_listen_open(spec, gw->cfg->workers > 1, err, errlen);
+		fd = lg_listen_open(spec, reuseport, err, errlen);
 	fail:
 		if (fd < 0) {
 			while (gw->nfixed > 1) close(gw->pfd[--gw->nfixed].fd);
 			gw->npfd = gw->nfixed;
 			return -1;
 		}
-		snprintf(gw->listen_names[i], sizeof gw->listen_names[i], "%s", spec);
+		lg_cpy(gw->listen_names[i], sizeof gw->listen_names[i], spec);
 		gw->listen_tls[i] = (char)tls;
 		gw->pfd[gw->nfixed].fd = fd;
 		gw->pfd[gw->nfixed].events = POLLIN;
 		gw->conns[gw->nfixed] = NULL;
 		gw->nfixed++;
-		LG_LOG(gw, LG_LOG_INFO, "listening on %s://%s", tls ? "https" : "http", spec);
+		if (!gw->child) LG_LOG(gw, LG_LOG_INFO, "listening on %s://%s", tls ? "https" : "http", spec);
 	}
 	gw->npfd = gw->nfixed;
+	return 0;
+}
+
+static void *lg_worker_main(void *arg)
+{
+	struct llmgw *w = (struct llmgw *)arg;
+	while (llmgw_poll(w, -1)) {
+	}
+	return NULL;
+}
+
+/* Tells the other loops to stop, waits for them (they drain within
+ * their shutdown_timeout) and frees them. */
+static void lg_workers_join(struct llmgw *gw)
+{
+	struct lg_shared *sh = gw->sh;
+	int k;
+	if (!sh || gw->child) return;
+	for (k = 1; k < sh->nw; k++) {
+		sh->w[k]->stop_req = 1;
+		lg_loop_wake(sh->w[k]);
+	}
+	for (k = sh->nw - 1; k >= 1; k--) {
+		pthread_join(sh->th[k], NULL);
+		lg_lock(gw);
+		sh->nw--;
+		lg_unlock(gw);
+		llmgw_free(sh->w[k]);
+		sh->w[k] = NULL;
+	}
+}
+
+/* workers = N: N - 1 more loops, each in its own thread with its own
+ * listeners on the same addresses; signals stay with the caller's thread. */
+static int lg_workers_start(struct llmgw *gw, int nw, char *err, size_t errlen)
+{
+	struct lg_shared *sh = (struct lg_shared *)calloc(1, sizeof *sh);
+	pthread_mutexattr_t ma;
+	int k;
+	if (!sh || !lg_acct_of(gw) || (!gw->rs && !(gw->rs = (struct lg_rstate *)calloc(1, sizeof *gw->rs)))) {
+		free(sh);
+		snprintf(err, errlen, "workers: out of memory");
+		return -1;
+	}
+	pthread_mutexattr_init(&ma);
+	pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+	pthread_mutex_init(&sh->mu, &ma);
+	pthread_mutexattr_destroy(&ma);
+	sh->w[0] = gw;
+	sh->nw = 1;
+	sh->cfg = gw->cfg;
+	lg_cfg_ref(sh->cfg);
+	sh->cfg_gen = gw->cfg_gen;
+	sh->seq = gw->seq;
+	sh->nclients = gw->nclients;
+	gw->sh = sh;
+	for (k = 1; k < nw; k++) {
+		struct llmgw *w = llmgw_new();
+		sigset_t all, old;
+		int rc;
+		if (!w) {
+			snprintf(err, errlen, "workers: out of memory");
+			goto fail;
+		}
+		w->sh = sh;
+		w->child = 1;
+		w->acct = gw->acct;
+		w->rs = gw->rs;
+		w->cfg = gw->cfg;
+		lg_cfg_ref(w->cfg);
+		w->log_level = gw->log_level;
+		w->cfg_workers = gw->cfg_workers;
+		if (gw->cfg_path && (w->cfg_path = (char *)malloc(strlen(gw->cfg_path) + 1)) != NULL)
+			strcpy(w->cfg_path, gw->cfg_path);
+		if (lg_srv_open_log(w, w->cfg, err, errlen) || lg_listen_all(w, 1, err, errlen)) {
+			w->acct = NULL, w->rs = NULL, w->sh = NULL;
+			llmgw_free(w);
+			goto fail;
+		}
+		w->started = w->running = 1;
+		w->now = lg_now_ms();
+		sigfillset(&all); /* the thread starts with every signal blocked */
+		pthread_sigmask(SIG_BLOCK, &all, &old);
+		lg_lock(gw);
+		sh->w[sh->nw] = w;
+		rc = pthread_create(&sh->th[sh->nw], NULL, lg_worker_main, w);
+		if (rc == 0) sh->nw++;
+		lg_unlock(gw);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		if (rc != 0) {
+			snprintf(err, errlen, "workers: cannot start a thread: %s", strerror(rc));
+			sh->w[sh->nw] = NULL;
+			w->acct = NULL, w->rs = NULL, w->sh = NULL;
+			llmgw_free(w);
+			goto fail;
+		}
+	}
+	return 0;
+fail:
+	lg_workers_join(gw);
+	return -1;
+}
+
+int llmgw_start(struct llmgw *gw, char *err, size_t errlen)
+{
+	int nw;
+	long ncpu;
+	if (gw->started) return 0;
+	if (!gw->cfg) {
+		snprintf(err, errlen, "no configuration loaded");
+		return -1;
+	}
+	gw->cfg_workers = gw->cfg->workers;
+	ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	nw = gw->cfg->workers ? gw->cfg->workers : (int)(ncpu > 0 ? LG_MIN(ncpu, (long)LG_MAX_WORKERS) : 1);
+	if (!LG_ATOMICS) nw = 1; /* a compiler without atomic builtins: one loop */
+	if (lg_srv_open_log(gw, gw->cfg, err, errlen)) return -1;
+	if (lg_listen_all(gw, nw > 1, err, errlen)) return -1;
 	if (gw->cfg->state_dir && *gw->cfg->state_dir &&
 	    lg_acct_ledger_open(gw, gw->cfg->state_dir, err, errlen)) {
 		while (gw->nfixed > 1) close(gw->pfd[--gw->nfixed].fd);
 		gw->npfd = gw->nfixed;
 		return -1;
 	}
+	if (nw > 1 && lg_workers_start(gw, nw, err, errlen)) {
+		while (gw->nfixed > 1) close(gw->pfd[--gw->nfixed].fd);
+		gw->npfd = gw->nfixed;
+		return -1;
+	}
 	gw->started = gw->running = 1;
 	gw->now = lg_now_ms();
-	LG_LOG(gw, LG_LOG_INFO, "llmgw %s ready: %d providers, %d models, %d keys", LLMGW_VERSION,
-	       gw->cfg->nprov, gw->cfg->nmodels, gw->cfg->nkeys);
+	LG_LOG(gw, LG_LOG_INFO, "llmgw %s ready: %d providers, %d models, %d keys, %d event loop%s", LLMGW_VERSION,
+	       gw->cfg->nprov, gw->cfg->nmodels, gw->cfg->nkeys, nw, nw > 1 ? "s" : "");
 	return 0;
 }
 
@@ -10502,7 +10800,17 @@ static void lg_loop_begin_stop(struct llmgw *gw)
 	if (gw->stopping) return;
 	gw->stopping = 1;
 	gw->stop_deadline = gw->now + gw->cfg->shutdown_timeout;
-	LG_LOG(gw, LG_LOG_INFO, "stopping: %d requests in flight (shutdown_timeout %lld ms)", gw->nreqs,
+	if (gw->sh && !gw->child) { /* the other loops drain too */
+		int k;
+		lg_lock(gw);
+		for (k = 1; k < gw->sh->nw; k++) {
+			gw->sh->w[k]->stop_req = 1;
+			lg_loop_wake(gw->sh->w[k]);
+		}
+		lg_unlock(gw);
+	}
+	if (!gw->child)
+		LG_LOG(gw, LG_LOG_INFO, "stopping: %d requests in flight (shutdown_timeout %lld ms)", gw->nreqs,
 	       (long long)gw->cfg->shutdown_timeout);
 	for (i = 1; i < gw->nfixed; i++)
 		if (gw->pfd[i].fd >= 0) {
@@ -10535,6 +10843,9 @@ int llmgw_poll(struct llmgw *gw, int timeout_ms)
 	int i, n, wait = timeout_ms, count;
 	if (!gw->running) return 0;
 	gw->now = lg_now_ms();
+#if LG_ATOMICS
+	if (gw->sh && __atomic_load_n(&gw->sh->cfg_gen, __ATOMIC_ACQUIRE) != gw->cfg->gen) lg_loop_adopt(gw);
+#endif
 	if (gw->nheap) {
 		int64_t d = gw->heap[0]->at - gw->now;
 		if (d < 0) d = 0;
@@ -10604,7 +10915,7 @@ int llmgw_poll(struct llmgw *gw, int timeout_ms)
 	lg_acct_flush(gw);
 	if (gw->stopping && gw->nclients == 0 && gw->nreqs == 0) {
 		gw->running = 0;
-		LG_LOG(gw, LG_LOG_INFO, "stopped after %llu requests", gw->served);
+		if (!gw->child) LG_LOG(gw, LG_LOG_INFO, "stopped after %llu requests", gw->served);
 	}
 	return gw->running;
 }
@@ -10625,6 +10936,7 @@ void llmgw_free(struct llmgw *gw)
 {
 	int i;
 	if (!gw) return;
+	lg_workers_join(gw); /* workers = N: the other loops first */
 	while (gw->reqs) { /* only after a forced stop */
 		struct lg_req *r = gw->reqs;
 		r->cc = NULL;
@@ -10652,6 +10964,8 @@ void llmgw_free(struct llmgw *gw)
 		}
 	lg_acct_flush(gw);
 	lg_buf_free(&gw->logbuf);
+	if (gw->child) /* the first loop's, shared */
+		gw->rs = NULL, gw->acct = NULL;
 	if (gw->rs) {
 		for (i = 0; i < 256; i++)
 			while (gw->rs->tab[i]) {
@@ -10687,6 +11001,11 @@ void llmgw_free(struct llmgw *gw)
 	free(gw->pfd);
 	free(gw->conns);
 	free(gw->cfg_path);
+	if (gw->sh && !gw->child) {
+		lg_cfg_unref(gw->sh->cfg);
+		pthread_mutex_destroy(&gw->sh->mu);
+		free(gw->sh);
+	}
 	free(gw);
 }
 
