@@ -201,6 +201,7 @@ class Bench:
         self.retries = a.retries
         self.quiet_budget = a.quiet_budget
         cpus = sorted(os.sched_getaffinity(0))
+        self.all_cpus = ",".join(str(c) for c in cpus)  # for the unpinned (workers) runs
         if len(cpus) >= 2:
             self.cpu_load, self.cpu_proxy = cpus[0], cpus[1]
             os.sched_setaffinity(0, {self.cpu_load})  # this driver stays off the proxy's CPU
@@ -225,7 +226,12 @@ class Bench:
             "temperature": 0.2,
         }
         st = dict(base, stream=True, stream_options={"include_usage": True})
+        # a long conversation (~48 KB): the gateway's own work dominates, for the workers runs
+        turn = "the quick brown fox jumps over the lazy dog, \"quoted\" and escaped \\ text. " * 10
+        big = dict(base, messages=[base["messages"][0]] + [
+            {"role": "user" if i % 2 == 0 else "assistant", "content": "Turn %d: %s" % (i, turn)} for i in range(60)])
         self.body = {
+            "big": big,
             "json": base,
             "stream": st,
             "timed": dict(st, bench_spacing_us=self.a.spacing_ms * 1000),
@@ -299,6 +305,34 @@ http {{
         if len(workers) != 1:
             raise RuntimeError("nginx: expected 1 worker, found %r" % workers)
         return {"name": tag, "port": port, "proc": p, "pid": workers[0]}
+
+    def start_llmgw_workers(self, workers, builtin):
+        """llmgw with workers = N, not pinned (every CPU), in front of mockfast or of the
+        built-in mock provider (no upstream: all the work is the gateway's)."""
+        port = free_port()
+        tag = "llmgw-w%d%s" % (workers, "-builtin" if builtin else "")
+        ini = os.path.join(self.tmp, tag + ".ini")
+        prov = "type = mock" if builtin else "type = openai\nbase_url = http://127.0.0.1:%d/v1\napi_key = sk-up" % (
+            self.mock_port)
+        with open(ini, "w") as f:
+            f.write("; written by tests/bench/bench.py\n[gateway]\nlisten = 127.0.0.1:%d\nworkers = %d\n"
+                    "max_connections = 4096\nlog_level = warn\nidle_timeout = 120s\n\n[provider.up]\n%s\n\n"
+                    "[model.bench]\ntarget = up mock-model in=0.15 out=0.60\n\n[key.bench]\nsecret = %s\n" % (
+                        port, workers, prov, KEY))
+        p = self.start(tag, [self.bin["llmgw"], "-c", ini], self.all_cpus)
+        wait_port(port, p.p)
+        return {"name": tag, "port": port, "proc": p, "pid": p.pid}
+
+    def probe_one(self, t, kind):
+        c = http.client.HTTPConnection("127.0.0.1", t["port"], timeout=10)
+        c.request("POST", PATH, body=json.dumps(self.body[kind], separators=(",", ":")),
+                  headers={"Content-Type": "application/json", "Authorization": AUTH})
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        if r.status != 200 or not json.loads(data).get("usage"):
+            raise RuntimeError("%s %s probe: status %d: %s" % (t["name"], kind, r.status, data[:300]))
+        return len(data)
 
     def start_llmgw(self, tag="llmgw", access_log="", wrap=None):
         port = free_port()
@@ -377,13 +411,15 @@ secret = {key}
 
     # -- load
 
-    def wrk(self, t, kind, conns, secs):
+    def wrk(self, t, kind, conns, secs, pin=True):
         env = dict(os.environ, BENCH_BODY=self.bodyfile[kind], BENCH_AUTH=AUTH,
                    BENCH_EXPECT=str(t["expect"][kind]))
         cmd = ["wrk", "-t1", "-c%d" % conns, "-d%ds" % secs, "-s", self.lua,
                "http://127.0.0.1:%d%s" % (t["port"], PATH)]
-        if self.cpu_load is not None:
+        if self.cpu_load is not None and pin:
             cmd = ["taskset", "-c", str(self.cpu_load)] + cmd
+        elif self.cpu_load is not None:  # every CPU, whatever the driver's own affinity
+            cmd = ["taskset", "-c", self.all_cpus] + cmd
         st0 = self.mock_stats()
         ours = {t["pid"], self.mock.pid}
         o0 = sum(cpu_ns(p) for p in ours) + self_children_ns()
@@ -602,14 +638,41 @@ secret = {key}
             log("%-6s %s" % (name, m))
             if not t["proc"].alive():
                 raise RuntimeError("%s died during the memory phase" % name)
+        workers = self.run_workers() if a.workers_secs > 0 else {}
         self.stop_all()
 
-        self.report(res, timing, mem, time.time() - t_start)
+        self.report(res, timing, mem, time.time() - t_start, workers)
         return 1 if self.bad else 0
+
+    def run_workers(self):
+        """workers = 1 against workers = 2, nothing pinned: the 48 KB request to the built-in
+        mock provider (the gateway is the bottleneck) and the usual request to mockfast (the
+        load generator and the mock share the two CPUs with the gateway). Rounds alternate."""
+        a = self.a
+        out = {}
+        log("workers: 1 against 2, unpinned, %d rounds of %d s" % (a.rounds, a.workers_secs))
+        for builtin, kind in ((True, "big"), (False, "json")):
+            gws = {}
+            for w in (1, 2):
+                g = gws[w] = self.start_llmgw_workers(w, builtin)
+                g["expect"] = {kind: self.probe_one(g, kind)}
+            for rnd in range(a.rounds):
+                for w in ((1, 2) if rnd % 2 == 0 else (2, 1)):
+                    self.wait_quiet()
+                    r = self.wrk(gws[w], kind, a.conns, a.workers_secs, pin=False)
+                    out.setdefault((builtin, w), []).append(r)
+                    log("round %d workers=%d %-8s c%d: %8.0f req/s, %.2f cores, cpu %5.1f us/req (others %3.0f%%)" % (
+                        rnd + 1, w, "builtin" if builtin else "mockfast", a.conns, r["rps"], r["cpu_util"],
+                        r["cpu_us"] or 0, 100 * r["foreign"]))
+            for g in gws.values():
+                if not g["proc"].alive():
+                    raise RuntimeError("%s died" % g["name"])
+                g["proc"].stop()
+        return out
 
     # -- the table
 
-    def report(self, res, timing, mem, elapsed):
+    def report(self, res, timing, mem, elapsed, workers=None):
         a = self.a
         C = a.conns
 
@@ -713,6 +776,22 @@ secret = {key}
         shutil.copy(self.a.llmgw_src, stripped)
         subprocess.run(["strip", stripped], check=False)
         ngx = shutil.which("nginx")
+        if workers:
+            def wm(b, w, field):
+                rs = workers.get((b, w))
+                return med([r[field] for r in calm(rs)]) if rs else None
+            for b, label, target in ((True, "48 KB request, built-in mock provider (the gateway is the bottleneck)",
+                                      "≥ 1.50"),
+                                     (False, "the %d-byte request via mockfast (wrk and the mock share the CPUs)" %
+                                      self.req_bytes, "")):
+                w1, w2 = wm(b, 1, "rps"), wm(b, 2, "rps")
+                r = ratio(w2, w1)
+                row("workers = 1 → 2, unpinned, c%d, %s: requests/s (ratio = 2 / 1)" % (C, label), "—", "—",
+                    "%s → %s" % (fmt(w1), fmt(w2)), r, target, (r is not None and r >= 1.5) if target else None)
+                c1, c2 = wm(b, 1, "cpu_util"), wm(b, 2, "cpu_util")
+                row("workers = 1 → 2, same runs: cores used by llmgw, CPU µs/request", "—", "—",
+                    "%s → %s cores, %s → %s µs" % (fmt(c1, "%.2f"), fmt(c2, "%.2f"), fmt(wm(b, 1, "cpu_us"), "%.1f"),
+                                                   fmt(wm(b, 2, "cpu_us"), "%.1f")))
         row("binary size, as built / stripped (bytes)", "—", "%d (nginx-light)" % os.path.getsize(ngx) if ngx else "—",
             "%d / %d" % (size, os.path.getsize(stripped)))
 
@@ -836,6 +915,7 @@ def main():
                     help="runs measured again when other processes disturbed them")
     ap.add_argument("--quiet-budget", type=float, default=45,
                     help="seconds in all spent waiting for other processes to quieten")
+    ap.add_argument("--workers-secs", type=int, default=4, help="seconds per workers run (0: no workers runs)")
     ap.add_argument("--quick", action="store_true", help="1 round of 2 s (a smoke test)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--profile-json", type=int, default=2000)
@@ -844,7 +924,7 @@ def main():
     ap.add_argument("--top", type=int, default=25)
     a = ap.parse_args()
     if a.quick:
-        a.rounds, a.duration, a.c1_duration, a.timed_streams, a.hold = 1, 2, 1, 3, 2
+        a.rounds, a.duration, a.c1_duration, a.timed_streams, a.hold, a.workers_secs = 1, 2, 1, 3, 2, 2
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 2 * max(a.idle_conns, a.streams) + 1000
     if soft < want:
