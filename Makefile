@@ -1,7 +1,7 @@
 # llmgw - build, run and test.
 #   make            build ./llmgw (C99, warnings are errors)
 #   make run        build and start on the example llmgw.ini
-#   make test       every suite of tests/run.sh (unit, integration, ASan+UBSan,
+#   make test       every suite of tests/run.sh (unit, integration, ASan+UBSan, TSan,
 #                   the cross builds under qemu-user, embedding, rootfs, memory limit)
 #   make symbols    check that llmgw.o exports only llmgw_* symbols
 #   make TLS=0      build without TLS (no BearSSL needed; https upstreams refused)
@@ -22,6 +22,9 @@ WARN    := -std=c99 -Wall -Wextra -Wshadow -Wconversion -Wno-sign-conversion -Ws
            -Wmissing-prototypes -Werror
 LDLIBS  := -lpthread
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+# ThreadSanitizer (build/llmgw-tsan, for workers = N: event loops in threads), with clang
+TSAN_CC ?= clang
+TSAN    := -fsanitize=thread -fno-omit-frame-pointer
 BUILD   := build
 TLS     ?= 1
 TARGET  ?= native
@@ -111,6 +114,10 @@ $(BUILD)/llmgw-asan: llmgw.c llmgw.h $(TLSLIB)
 	@mkdir -p $(BUILD)
 	$(CC) $(WARN) -O1 -g $(SAN) $(TLSDEF) -o $@ llmgw.c $(TLSLIB) $(LDLIBS)
 
+$(BUILD)/llmgw-tsan: llmgw.c llmgw.h $(TLSLIB)
+	@mkdir -p $(BUILD)
+	$(TSAN_CC) $(WARN) -O1 -g $(TSAN) $(TLSDEF) -o $@ llmgw.c $(TLSLIB) $(LDLIBS)
+
 $(BUILD)/unit: tests/unit.c llmgw.c llmgw.h $(TLSLIB)
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 -Wall -Wextra -Werror -O1 -g $(TLSDEF) -o $@ tests/unit.c $(TLSLIB) $(LDLIBS)
@@ -173,7 +180,7 @@ bench: llmgw
 bench-profile: llmgw
 	sh tests/bench/run.sh --profile
 
-test: llmgw $(BUILD)/unit $(BUILD)/unit-notls $(BUILD)/unit-asan $(BUILD)/llmgw-asan $(BUILD)/fuzz-replay \
+test: llmgw $(BUILD)/unit $(BUILD)/unit-notls $(BUILD)/unit-asan $(BUILD)/llmgw-asan $(BUILD)/llmgw-tsan $(BUILD)/fuzz-replay \
       $(BUILD)/embed $(BUILD)/embed-asan $(CROSS_TEST:%=$(BUILD)/%/llmgw) $(CROSS_TEST:%=$(BUILD)/%/unit)
 	CROSS_TEST="$(CROSS_TEST)" sh tests/run.sh
 
@@ -188,7 +195,7 @@ symbols: llmgw.c llmgw.h $(TLSLIB)
 	echo "symbols: only llmgw_* exported"
 
 clean:
-	rm -rf llmgw $(BUILD)/llmgw-asan $(BUILD)/unit $(BUILD)/unit-notls $(BUILD)/unit-asan $(BUILD)/llmgw.o \
+	rm -rf llmgw $(BUILD)/llmgw-asan $(BUILD)/llmgw-tsan $(BUILD)/unit $(BUILD)/unit-notls $(BUILD)/unit-asan $(BUILD)/llmgw.o \
 	  $(BUILD)/embed $(BUILD)/embed-asan $(BUILD)/embed*.o $(CROSS_TARGETS:%=$(BUILD)/%) \
 	  $(BUILD)/rootfs $(BUILD)/rootfs-port $(BUILD)/rootfs-docker $(BUILD)/test-* $(BUILD)/measure-*
 

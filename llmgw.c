@@ -1302,7 +1302,7 @@ static size_t lg_fmt_g(char out[32], double v, int p)
 	char d[16];
 	if (!(a >= 1e-11 && a < 1e15) || p < 1 || p > 15) goto slow;
 	while (e < 15 && a >= lg_p10[e + 1]) e++;
-	while (e > -12 && a < 1.0 / lg_p10[-e]) e--;
+	while (e <= 0 && e > -12 && a < 1.0 / lg_p10[-e]) e--;
 	for (tries = 0;; tries++) {
 		if (tries > 2) goto slow;
 		k = p - 1 - e;
@@ -3378,7 +3378,7 @@ struct llmgw {
 	struct lg_cfg *cfg; /* current snapshot; requests hold their own reference */
 	char *cfg_path;
 	int wake[2]; /* self-pipe: signals, other threads, DNS answers */
-	volatile sig_atomic_t stop_req, reload_req;
+	volatile sig_atomic_t stop_req, reload_req; /* set by signals and other threads: lg_flag_* */
 	int running, started, stopping;
 	int64_t now, stop_deadline;
 	/* poll set: [0] wake pipe, [1..nfixed) listeners, then connections */
@@ -3424,6 +3424,20 @@ struct llmgw {
 	} sess[32];
 #endif
 };
+
+/* Flags and counters set by one thread (or a signal handler) and read by
+ * another: atomic, lock-free on every target (an int, an unsigned long). */
+#if defined(__GNUC__) || defined(__clang__)
+static void lg_flag_set(volatile sig_atomic_t *f) { __atomic_store_n(f, 1, __ATOMIC_RELEASE); }
+static void lg_flag_clear(volatile sig_atomic_t *f) { __atomic_store_n(f, 0, __ATOMIC_RELEASE); }
+static int lg_flag_get(volatile sig_atomic_t *f) { return __atomic_load_n(f, __ATOMIC_ACQUIRE); }
+static unsigned long lg_flag_add(unsigned long *v) { return __atomic_add_fetch(v, 1, __ATOMIC_ACQ_REL); }
+#else
+static void lg_flag_set(volatile sig_atomic_t *f) { *f = 1; }
+static void lg_flag_clear(volatile sig_atomic_t *f) { *f = 0; }
+static int lg_flag_get(volatile sig_atomic_t *f) { return *f; }
+static unsigned long lg_flag_add(unsigned long *v) { return ++*v; }
+#endif
 
 /* What the event loops of workers = N share. Each loop owns its
  * listeners (SO_REUSEPORT: the kernel spreads connections), connections,
@@ -5102,32 +5116,27 @@ static int lg_prov_openai_quick(struct lg_req *r, lg_str d)
 	const char *p = d.p, *e = d.p + d.n, *m = NULL, *v, *ve, *q, *fin = NULL;
 	char jprov[136], jmodel[264];
 	lg_str pt[5];
+	uint32_t w, k_usag, k_erro, k_prov, k_fini, k_mode;
 	if (d.n < 2 || p[0] != '{' || !r->cc) return 0;
-	/* one pass over the quotes, looking at the keys that matter */
+	memcpy(&k_usag, "usag", 4), memcpy(&k_erro, "erro", 4), memcpy(&k_prov, "prov", 4);
+	memcpy(&k_fini, "fini", 4), memcpy(&k_mode, "mode", 4);
+	/* one pass over the quotes, looking at the keys that matter: the four
+	 * bytes after each quote against theirs (compares that are nearly
+	 * always false predict well; a switch per quote did not) */
 	for (q = lg_next_quote(p + 1, e); q < e; q = lg_next_quote(q + 1, e)) {
 		size_t left = (size_t)(e - q);
+		if (left < 8) break; /* no key of interest fits, nor its value */
+		memcpy(&w, q + 1, 4);
+		if (w != k_usag && w != k_erro && w != k_prov && w != k_fini && w != k_mode) continue;
 		if (q[-1] == '\\') continue;
-		switch (left > 1 ? q[1] : 0) {
-		case 'u':
-			if (left >= 8 && memcmp(q, "\"usage\"", 7) == 0) return 0;
-			break;
-		case 'e':
-			if (left >= 8 && memcmp(q, "\"error\"", 7) == 0) return 0;
-			break;
-		case 'p':
-			if (left >= 11 && memcmp(q, "\"provider\"", 10) == 0) return 0;
-			break;
-		case 'f':
-			if (!fin && left >= 16 && memcmp(q, "\"finish_reason\"", 15) == 0) fin = q;
-			break;
-		case 'm':
-			if (!m && left >= 8 && memcmp(q, "\"model\"", 7) == 0) {
-				const char *b = q - 1;
-				while (b > p && (*b == ' ' || *b == '\n' || *b == '\r' || *b == '\t')) b--;
-				if (*b == '{' || *b == ',') m = q; /* a key, not text inside a string */
-			}
-			break;
-		default: break;
+		if (memcmp(q, "\"usage\"", 7) == 0 || memcmp(q, "\"error\"", 7) == 0 ||
+		    (left >= 11 && memcmp(q, "\"provider\"", 10) == 0))
+			return 0;
+		if (!fin && left >= 16 && memcmp(q, "\"finish_reason\"", 15) == 0) fin = q;
+		if (!m && memcmp(q, "\"model\"", 7) == 0) {
+			const char *b = q - 1;
+			while (b > p && (*b == ' ' || *b == '\n' || *b == '\r' || *b == '\t')) b--;
+			if (*b == '{' || *b == ',') m = q; /* a key, not text inside a string */
 		}
 	}
 	if (!m) return 0;
@@ -9482,7 +9491,7 @@ static int lg_srv_install(struct llmgw *gw, struct lg_cfg *c, char *err, size_t 
 		struct lg_cfg *old;
 		int k;
 		lg_lock(gw);
-		c->gen = ++gw->sh->cfg_gen;
+		c->gen = (unsigned long)lg_flag_add(&gw->sh->cfg_gen);
 		old = gw->sh->cfg;
 		lg_cfg_ref(c);
 		gw->sh->cfg = c;
@@ -10664,7 +10673,7 @@ static void lg_workers_join(struct llmgw *gw)
 	int k;
 	if (!sh || gw->child) return;
 	for (k = 1; k < sh->nw; k++) {
-		sh->w[k]->stop_req = 1;
+		lg_flag_set(&sh->w[k]->stop_req);
 		lg_loop_wake(sh->w[k]);
 	}
 	for (k = sh->nw - 1; k >= 1; k--) {
@@ -10783,13 +10792,13 @@ int llmgw_start(struct llmgw *gw, char *err, size_t errlen)
 
 void llmgw_stop(struct llmgw *gw)
 {
-	gw->stop_req = 1;
+	lg_flag_set(&gw->stop_req);
 	lg_loop_wake(gw);
 }
 
 void llmgw_reload(struct llmgw *gw)
 {
-	gw->reload_req = 1;
+	lg_flag_set(&gw->reload_req);
 	lg_loop_wake(gw);
 }
 
@@ -10804,7 +10813,7 @@ static void lg_loop_begin_stop(struct llmgw *gw)
 		int k;
 		lg_lock(gw);
 		for (k = 1; k < gw->sh->nw; k++) {
-			gw->sh->w[k]->stop_req = 1;
+			lg_flag_set(&gw->sh->w[k]->stop_req);
 			lg_loop_wake(gw->sh->w[k]);
 		}
 		lg_unlock(gw);
@@ -10885,10 +10894,10 @@ int llmgw_poll(struct llmgw *gw, int timeout_ms)
 			c->on_io(c, re);
 		}
 	}
-	if (gw->stop_req && !gw->stopping) lg_loop_begin_stop(gw);
-	if (gw->reload_req) {
+	if (lg_flag_get(&gw->stop_req) && !gw->stopping) lg_loop_begin_stop(gw);
+	if (lg_flag_get(&gw->reload_req)) {
 		char err[1024];
-		gw->reload_req = 0;
+		lg_flag_clear(&gw->reload_req);
 		lg_srv_reload(gw, err, sizeof err);
 	}
 	while (gw->nheap && gw->heap[0]->at <= gw->now) {

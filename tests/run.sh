@@ -68,12 +68,15 @@ if command -v valgrind >/dev/null 2>&1; then
 		suite integration-valgrind python3 tests/integration.py --gw ./llmgw ${VALGRIND_TESTS:+-k "$VALGRIND_TESTS"}
 fi
 
-# ---- TLS, accounting, routing, provider adapters: plain and under ASan+UBSan ----
-for t in tls acct route adapter; do
+# ---- TLS, accounting, routing, provider adapters, workers = N: plain and under ASan+UBSan ----
+for t in tls acct route adapter workers; do
 	suite "$t" python3 "tests/${t}_test.py" --gw ./llmgw
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 		suite "$t-asan" python3 "tests/${t}_test.py" --gw build/llmgw-asan
 done
+# workers = N under ThreadSanitizer: any report ends the gateway with status 66 (a failure)
+TSAN_OPTIONS=halt_on_error=1:exitcode=66:second_deadlock_stack=1 \
+	suite workers-tsan python3 tests/workers_test.py --gw build/llmgw-tsan
 
 # ---- embedding, image, memory limit, portability ----
 suite embed build/embed
