@@ -4649,7 +4649,7 @@ struct lg_req {
 	int64_t retry_after_ms, t_att_first;
 	uint32_t aff_hash;
 	/* the current attempt's response */
-	int ustatus, is_sse, stream_done, saw_finish, up_error, timed_out;
+	int ustatus, is_sse, stream_done, saw_finish, up_error, timed_out, q_ok;
 	struct lg_buf ubody;   /* buffered body, or stream bytes short of an event */
 	struct lg_buf scratch; /* SSE joins */
 	struct lg_jtok *rtok;  /* tokens of upstream JSON */
@@ -4666,6 +4666,10 @@ struct lg_req {
 	char errmsg[512];
 	char canon_err[320];
 	struct lg_cand plan[LLMGW_MAX_PLAN];
+	/* the rewritten head of the last stream chunk (lg_prov_openai_quick);
+	 * valid while q_ok, which each attempt clears */
+	uint16_t qin_n, qout_n;
+	char qin[256], qout[448];
 	/* kept while the object waits for reuse (gw->rfree): the request body's
 	 * token array, and how many attempts r->att holds */
 	struct lg_jtok *keep_jt;
@@ -4898,16 +4902,24 @@ static void lg_resp_event_parts(struct lg_req *r, const lg_str *pt, int np)
 	if (!r->sent_head) lg_resp_head(r, 200, "text/event-stream", -1, NULL);
 	if (r->t_first == 0) r->t_first = r->gw->now;
 	if (lg_buf_reserve(o, len + 24)) return;
-	if (r->minor >= 1) {
-		lg_buf_addu(o, len, 1);
-		lg_buf_add(o, "\r\n", 2);
+	{ /* room is there: straight copies */
+		char *w = o->p + o->len;
+		if (r->minor >= 1) {
+			char hx[16];
+			int k = 16;
+			size_t v = len;
+			do
+				hx[--k] = "0123456789abcdef"[v & 15];
+			while ((v >>= 4) && k);
+			memcpy(w, hx + k, (size_t)(16 - k)), w += 16 - k;
+			*w++ = '\r', *w++ = '\n';
+		}
+		memcpy(w, "data: ", 6), w += 6;
+		for (i = 0; i < np; i++) memcpy(w, pt[i].p, pt[i].n), w += pt[i].n;
+		*w++ = '\n', *w++ = '\n';
+		if (r->minor >= 1) *w++ = '\r', *w++ = '\n';
+		o->len = (size_t)(w - o->p);
 	}
-	lg_buf_add(o, "data: ", 6);
-	for (i = 0; i < np; i++) lg_buf_add(o, pt[i].p, pt[i].n);
-	if (r->minor >= 1)
-		lg_buf_add(o, "\n\n\r\n", 4);
-	else
-		lg_buf_add(o, "\n\n", 2);
 	r->bytes_out += len;
 }
 
@@ -5111,19 +5123,34 @@ static int lg_prov_openai_rewrite(struct lg_req *r, const char *s, size_t n, str
  * top-level "model" value is replaced. Returns 0 to take the full path.
  * A key is structural when the quote before it follows '{' or ','; inside
  * a string every quote is escaped. */
+/* A finish_reason with a value ends the choice. */
+static void lg_prov_openai_fin(struct lg_req *r, const char *fin, const char *e)
+{
+	const char *q;
+	for (q = fin + 15; q < e && (*q == ' ' || *q == ':'); q++) {
+	}
+	if (q < e && *q == '"') r->saw_finish = 1;
+}
+
 static int lg_prov_openai_quick(struct lg_req *r, lg_str d)
 {
-	const char *p = d.p, *e = d.p + d.n, *m = NULL, *v, *ve, *q, *fin = NULL;
+	const char *p = d.p, *e = d.p + d.n, *m = NULL, *v, *ve, *q, *fin = NULL, *scan = p + 1;
 	char jprov[136], jmodel[264];
-	lg_str pt[5];
 	uint32_t w, k_usag, k_erro, k_prov, k_fini, k_mode;
+	lg_str pt[2];
+	int cached;
 	if (d.n < 2 || p[0] != '{' || !r->cc) return 0;
+	/* the chunks of a stream share their head ({"id":..,"model":"..") byte
+	 * for byte: when this one starts with the last one's, the rewritten head
+	 * is the same and only the rest is looked at */
+	cached = r->q_ok && d.n > r->qin_n && memcmp(p, r->qin, r->qin_n) == 0;
+	if (cached) scan = p + r->qin_n;
 	memcpy(&k_usag, "usag", 4), memcpy(&k_erro, "erro", 4), memcpy(&k_prov, "prov", 4);
 	memcpy(&k_fini, "fini", 4), memcpy(&k_mode, "mode", 4);
 	/* one pass over the quotes, looking at the keys that matter: the four
 	 * bytes after each quote against theirs (compares that are nearly
 	 * always false predict well; a switch per quote did not) */
-	for (q = lg_next_quote(p + 1, e); q < e; q = lg_next_quote(q + 1, e)) {
+	for (q = lg_next_quote(scan, e); q < e; q = lg_next_quote(q + 1, e)) {
 		size_t left = (size_t)(e - q);
 		if (left < 8) break; /* no key of interest fits, nor its value */
 		memcpy(&w, q + 1, 4);
@@ -5133,38 +5160,61 @@ static int lg_prov_openai_quick(struct lg_req *r, lg_str d)
 		    (left >= 11 && memcmp(q, "\"provider\"", 10) == 0))
 			return 0;
 		if (!fin && left >= 16 && memcmp(q, "\"finish_reason\"", 15) == 0) fin = q;
-		if (!m && memcmp(q, "\"model\"", 7) == 0) {
+		if (!m && !cached && memcmp(q, "\"model\"", 7) == 0) {
 			const char *b = q - 1;
 			while (b > p && (*b == ' ' || *b == '\n' || *b == '\r' || *b == '\t')) b--;
 			if (*b == '{' || *b == ',') m = q; /* a key, not text inside a string */
 		}
 	}
-	if (!m) return 0;
-	for (v = m + 7; v < e && (*v == ' ' || *v == ':' || *v == '\t'); v++) {
-	}
-	if (v >= e || *v != '"') return 0;
-	for (ve = v + 1; ve < e && *ve != '"'; ve++)
-		if (*ve == '\\') ve++;
-	if (ve >= e) return 0;
-	ve++; /* past the closing quote */
-	/* names to escape, or a data line break to keep: the general path */
-	pt[1].n = lg_json_plainz(jprov, sizeof jprov, r->served->prov->name);
-	pt[3].n = lg_json_plainz(jmodel, sizeof jmodel, r->served->model);
-	if (!pt[1].n || !pt[3].n || memchr(p, '\n', d.n)) return 0;
-	if (fin) { /* a finish_reason with a value ends the choice */
-		for (q = fin + 15; q < e && (*q == ' ' || *q == ':'); q++) {
+	if (cached) {
+		ve = scan;
+		if (memchr(ve, '\n', (size_t)(e - ve))) return 0;
+	} else {
+		size_t np, nm;
+		if (!m) return 0;
+		for (v = m + 7; v < e && (*v == ' ' || *v == ':' || *v == '\t'); v++) {
 		}
-		if (q < e && *q == '"') r->saw_finish = 1;
+		if (v >= e || *v != '"') return 0;
+		for (ve = v + 1; ve < e && *ve != '"'; ve++)
+			if (*ve == '\\') ve++;
+		if (ve >= e) return 0;
+		ve++; /* past the closing quote */
+		/* names to escape, or a data line break to keep: the general path */
+		np = lg_json_plainz(jprov, sizeof jprov, r->served->prov->name);
+		nm = lg_json_plainz(jmodel, sizeof jmodel, r->served->model);
+		if (!np || !nm || memchr(p, '\n', d.n)) return 0;
+		/* the head as it goes out: {"provider":"P", the chunk's own keys up
+		 * to the model's value, "MODEL" (the chunk's '{' becomes the comma) */
+		r->q_ok = 0;
+		if (12 + np + 1 + (size_t)(v - p - 1) + nm <= sizeof r->qout && (size_t)(ve - p) <= sizeof r->qin &&
+		    (!fin || fin >= ve)) {
+			size_t o = 0;
+			memcpy(r->qout, "{\"provider\":", 12), o = 12;
+			memcpy(r->qout + o, jprov, np), o += np;
+			r->qout[o++] = ',';
+			memcpy(r->qout + o, p + 1, (size_t)(v - p - 1)), o += (size_t)(v - p - 1);
+			memcpy(r->qout + o, jmodel, nm), o += nm;
+			r->qout_n = (uint16_t)o;
+			memcpy(r->qin, p, (size_t)(ve - p));
+			r->qin_n = (uint16_t)(ve - p);
+			r->q_ok = 1;
+		} else { /* too long to keep: written from the parts */
+			lg_str big[5];
+			big[0] = lg_str_of("{\"provider\":", 12);
+			jprov[np] = ',';
+			big[1] = lg_str_of(jprov, np + 1);
+			big[2] = lg_str_of(p + 1, (size_t)(v - p - 1));
+			big[3] = lg_str_of(jmodel, nm);
+			big[4] = lg_str_of(ve, (size_t)(e - ve));
+			if (fin) lg_prov_openai_fin(r, fin, e);
+			lg_resp_event_parts(r, big, 5);
+			return 1;
+		}
 	}
-	pt[0] = lg_str_of("{\"provider\":", 12);
-	pt[1].p = jprov;
-	pt[2] = lg_str_of(p, (size_t)(v - p)); /* p[0] is the '{': it becomes the ',' */
-	pt[3].p = jmodel;
-	pt[4] = lg_str_of(ve, (size_t)(e - ve));
-	jprov[pt[1].n] = ','; /* the '{' of the chunk is replaced by the comma after provider */
-	pt[1].n++;
-	pt[2].p++, pt[2].n--;
-	lg_resp_event_parts(r, pt, 5);
+	if (fin) lg_prov_openai_fin(r, fin, e);
+	pt[0] = lg_str_of(r->qout, r->qout_n);
+	pt[1] = lg_str_of(ve, (size_t)(e - ve));
+	lg_resp_event_parts(r, pt, 2);
 	return 1;
 }
 
@@ -8525,7 +8575,7 @@ static void lg_route_next(struct lg_req *r)
 		r->t_att = r->gw->now;
 		r->t_att_first = 0;
 		r->att_open = 1;
-		r->ustatus = r->is_sse = r->stream_done = r->saw_finish = r->up_error = 0;
+		r->ustatus = r->is_sse = r->stream_done = r->saw_finish = r->up_error = r->q_ok = 0;
 		memset(&r->usage, 0, sizeof r->usage);
 		r->ubody.off = r->ubody.len = 0;
 		r->ubody.err = 0;
