@@ -32,7 +32,8 @@
  *   5. INI and config              lg_ini_, lg_cfg_ : struct lg_cfg snapshot
  *   6. HTTP parsing                lg_http_ : heads, chunked decoder, SSE
  *   7. TLS                         lg_tls_  : BearSSL driven by the loop, trust anchors
- *   8. Event loop and connections  lg_loop_, lg_conn_ : poll set, timers
+ *   8. Event loop and connections  lg_loop_, lg_conn_ : poll set, timers; what the
+ *                                 loops of workers = N share (struct lg_shared)
  *   9. DNS                         lg_dns_  : resolver thread and cache
  *  10. HTTP client and pool        lg_up_   : upstream connections
  *  11. Provider adapters           lg_prov_, lg_canon_, lg_w_, lg_p_, lg_ev : canonical
@@ -46,8 +47,10 @@
  *  15. Public API                  llmgw_   : what llmgw.h declares
  *  16. main
  *
- * State: everything hangs off struct llmgw (section 8). The only
- * file-scope variable is main()'s signal target (section 16).
+ * State: everything hangs off struct llmgw (section 8), one per event
+ * loop; with workers = N the first loop's router health, accounting and
+ * ledger are shared by the others under one lock (struct lg_shared). The
+ * only file-scope variable is main()'s signal target (section 16).
  */
 
 /* ===== 0. Configuration macros and includes ============================ */
