@@ -10820,7 +10820,7 @@ int llmgw_start(struct llmgw *gw, char *err, size_t errlen)
 		return -1;
 	}
 	gw->cfg_workers = gw->cfg->workers;
-	ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	ncpu = gw->cfg->workers ? 0 : sysconf(_SC_NPROCESSORS_ONLN); /* only when asked: it reads /sys */
 	nw = gw->cfg->workers ? gw->cfg->workers : (int)(ncpu > 0 ? LG_MIN(ncpu, (long)LG_MAX_WORKERS) : 1);
 	if (!LG_ATOMICS) nw = 1; /* a compiler without atomic builtins: one loop */
 	if (lg_srv_open_log(gw, gw->cfg, err, errlen)) return -1;
