@@ -638,6 +638,18 @@ secret = {key}
             log("%-6s %s" % (name, m))
             if not t["proc"].alive():
                 raise RuntimeError("%s died during the memory phase" % name)
+        if a.musl_bin and os.path.exists(a.musl_bin):  # the static musl build, idle
+            self.bin["llmgw"], keep = a.musl_bin, self.bin["llmgw"]
+            try:
+                g = self.start_llmgw("llmgw-musl")
+                time.sleep(0.5)
+                self.wait_quiet()
+                mem["musl_idle"] = rss_kb(g["pid"])
+                g["expect"] = self.probe(g)  # and it works
+                g["proc"].stop()
+            finally:
+                self.bin["llmgw"] = keep
+            log("musl static llmgw: idle RSS %d kB" % mem["musl_idle"])
         workers = self.run_workers() if a.workers_secs > 0 else {}
         self.stop_all()
 
@@ -759,6 +771,9 @@ secret = {key}
         mn, mg = mem["nginx"], mem["llmgw"]
         row("RSS idle, fresh process (MB)", "—", mn["idle"] / MB, mg["idle"] / MB, ratio(mg["idle"], mn["idle"]),
             "llmgw < 2 MB", mg["idle"] < 2 * 1024, f="%.2f")
+        if mem.get("musl_idle"):
+            row("RSS idle, fresh process, static musl build (make cross-x86_64-musl) (MB)", "—", "—",
+                mem["musl_idle"] / MB, None, "llmgw < 2 MB", mem["musl_idle"] < 2 * 1024, f="%.2f")
         row("RSS with %d idle keep-alive connections (MB)" % a.idle_conns, "—", mn["hold"] / MB, mg["hold"] / MB,
             ratio(mg["hold"], mn["hold"]), f="%.2f")
         row("RSS with %d concurrent slow streams (MB)" % a.streams, "—", mn["streams"] / MB, mg["streams"] / MB,
@@ -915,6 +930,7 @@ def main():
                     help="runs measured again when other processes disturbed them")
     ap.add_argument("--quiet-budget", type=float, default=45,
                     help="seconds in all spent waiting for other processes to quieten")
+    ap.add_argument("--musl-bin", help="a static musl llmgw whose idle RSS is reported too")
     ap.add_argument("--workers-secs", type=int, default=4, help="seconds per workers run (0: no workers runs)")
     ap.add_argument("--quick", action="store_true", help="1 round of 2 s (a smoke test)")
     ap.add_argument("--profile", action="store_true")

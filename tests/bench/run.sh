@@ -43,12 +43,17 @@ if ! make -s -C "$root" llmgw >&2; then
 fi
 # a private copy, so that a rebuild during the run does not change the binary under test
 cp "$root/llmgw" "$tmp/llmgw"
+# the static musl build (what the image and the routers run), for its idle RSS; optional
+musl=""
+if command -v musl-gcc >/dev/null 2>&1 && make -s -C "$root" cross-x86_64-musl >/dev/null 2>&1; then
+	cp "$root/build/x86_64-musl/llmgw" "$tmp/llmgw-musl" && musl="--musl-bin $tmp/llmgw-musl"
+fi
 
 # room for 1000 client + 1000 upstream connections per proxy
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 rc=0
-python3 "$here/bench.py" --tmp "$tmp" --llmgw-src "$tmp/llmgw" "$@" || rc=$?
+python3 "$here/bench.py" --tmp "$tmp" --llmgw-src "$tmp/llmgw" $musl "$@" || rc=$?
 if [ "$rc" -eq 0 ]; then
 	rm -rf "$tmp"
 else
