@@ -8324,6 +8324,22 @@ static void lg_att_events(struct lg_req *r)
 			}
 			k = (size_t)fl;
 		} else {
+			const char *b = lg_buf_data(&r->ubody), *lf;
+			/* the common event, "data: ...\n\n" without a CR: no general parse */
+			if (n > 8 && memcmp(b, "data: ", 6) == 0 && (lf = (const char *)memchr(b + 6, '\n', n - 6)) != NULL &&
+			    (size_t)(lf - b) + 1 < n && lf[1] == '\n' && !memchr(b + 6, '\r', (size_t)(lf - b - 6))) {
+				lg_str data = lg_str_of(b + 6, (size_t)(lf - b - 6));
+				if (!native)
+					ops->event(r, lg_str_of(NULL, 0), data);
+				else if (r->dialect == LG_D_ANTHROPIC)
+					lg_p_anth_native_event(r, lg_str_of(NULL, 0), data);
+				else
+					lg_prov_openai_event(r, data);
+				if (r->gen != gen || r->finished) return; /* the attempt ended inside */
+				lg_buf_consume(&r->ubody, (size_t)(lf - b) + 2);
+				if (r->up_error) return;
+				continue;
+			}
 			k = lg_sse_next(lg_buf_data(&r->ubody), n, &ev, NULL);
 			if (k == (size_t)-1) { /* several data lines to join: only then room for it */
 				if (lg_buf_reserve(&r->scratch, n)) return;
