@@ -302,6 +302,63 @@ class GatewayBase:
         return file_size(self.stderr_path)
 
 
+def budget_race(g, body, key, budget, res, cost, seconds, clients=40, hint=""):
+    """clients threads POST body with key against a small budget until it is used up (the
+    acct and workers suites): returns (oks, refusals), oks as (start, done, cost). Checks no
+    unexpected answers, some 200s and some 402s, every cost as expected, the settled spend
+    within the budget, nothing left in flight, /v1/key agreeing, and that requests overlapped."""
+    lock = threading.Lock()
+    oks, refusals, errors = [], [], []
+    stop_at = time.monotonic() + seconds * TOL
+
+    def client():
+        while time.monotonic() < stop_at:
+            t0 = time.monotonic()
+            try:
+                r = g.post("/v1/chat/completions", body, key=key, timeout=15)
+            except (OSError, http.client.HTTPException) as e:
+                with lock:
+                    errors.append(repr(e))
+                return
+            with lock:
+                if r.status == 200:
+                    oks.append((t0, r.t_done, r.json()["usage"]["cost"]))
+                elif r.status == 402:
+                    refusals.append(r.json()["error"]["message"])
+                else:
+                    errors.append("status %d: %s" % (r.status, snip(r.body, 200)))
+                    return
+            if r.status == 402:
+                m = re.search(r": ([0-9.]+) USD spent this period, ([0-9.]+) USD held", r.text)
+                if m and float(m.group(2)) == 0 and float(m.group(1)) + res > budget:
+                    return      # nothing in flight and the rest does not fit: exhausted
+                time.sleep(0.05)
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.1, stop_at + 20 * TOL - time.monotonic()))
+    check(not any(t.is_alive() for t in threads), "clients did not finish")
+    check(not errors, "unexpected answers: %r" % errors[:5])
+    spent = sum(c for _, _, c in oks)
+    check(oks and refusals, "expected some 200s and some 402s: %d 200s, %d 402s" % (len(oks), len(refusals)))
+    for c in (c for _, _, c in oks):
+        near(c, cost, "cost of each 200")
+    check(spent <= budget + 1e-12, "sum of the 200s' costs %.6f exceeds the budget %.6f (%d requests)%s"
+          % (spent, budget, len(oks), hint))
+    check(spent <= budget + res, "sum of the 200s' costs exceeds budget + one reservation")
+    d = g.wait_key(key, lambda d: d["remaining"]["in_flight"] == 0, "no request in flight")
+    near(d.get("usage"), spent, "/v1/key usage = sum of the costs of the 200s")
+    check(d["usage"] <= budget + 1e-12, "/v1/key usage %r exceeds the budget" % d["usage"])
+    eq(d["budget"].get("reserved"), 0, "reserved after everything settled")
+    # overlap really happened: some 200s were in flight at the same time
+    peak = max(sum(1 for a, b, _ in oks if a <= t < b) for t, _, _ in oks)
+    check(peak >= 2, "the slow requests never overlapped (peak %d in flight)" % peak)
+    # the budget was used up as far as reservations allow
+    check(spent + res > budget, "clients stopped while the budget still had room: spent %g" % spent)
+    return oks, refusals
+
+
 def run_gw(args, timeout=10, env=None):
     """Run the gateway binary to completion (--help, -t ...)."""
     if not os.path.isfile(GW):

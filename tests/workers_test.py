@@ -547,53 +547,8 @@ budget = 0.5/day
     res = reservation(body, 1000, 2000, 10)
     cost = cost_of(11, 7, 1000, 2000)
     check(cost <= res, "test setup: the upstream must be honest (cost %g <= reservation %g)" % (cost, res))
-    lock = threading.Lock()
-    oks, refusals, errors = [], [], []
-    stop_at = time.monotonic() + 15 * TOL
-
-    def client():
-        while time.monotonic() < stop_at:
-            t0 = time.monotonic()
-            try:
-                r = g.post("/v1/chat/completions", body, key="sk-cc", timeout=15)
-            except (OSError, http.client.HTTPException) as e:
-                with lock:
-                    errors.append(repr(e))
-                return
-            with lock:
-                if r.status == 200:
-                    oks.append((t0, r.t_done, r.json()["usage"]["cost"]))
-                elif r.status == 402:
-                    refusals.append(r.json()["error"]["message"])
-                else:
-                    errors.append("status %d: %s" % (r.status, snip(r.body, 200)))
-                    return
-            if r.status == 402:
-                m = re.search(r": ([0-9.]+) USD spent this period, ([0-9.]+) USD held", r.text)
-                if m and float(m.group(2)) == 0 and float(m.group(1)) + res > budget:
-                    return      # nothing in flight and the rest does not fit: exhausted
-                time.sleep(0.05)
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(40)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(max(0.1, stop_at + 20 * TOL - time.monotonic()))
-    check(not any(t.is_alive() for t in threads), "clients did not finish")
-    check(not errors, "unexpected answers: %r" % errors[:5])
-    spent = sum(c for _, _, c in oks)
-    check(oks and refusals, "expected some 200s and some 402s: %d 200s, %d 402s" % (len(oks), len(refusals)))
-    for c in (c for _, _, c in oks):
-        near(c, cost, "cost of each 200")
-    check(spent <= budget + 1e-12, "sum of the 200s' costs %.6f exceeds the budget %.6f (%d requests): "
-          "reservations are not shared by the loops?" % (spent, budget, len(oks)))
-    check(spent <= budget + res, "sum of the 200s' costs exceeds budget + one reservation")
-    d = g.wait_key("sk-cc", lambda d: d["remaining"]["in_flight"] == 0, "no request in flight")
-    near(d.get("usage"), spent, "/v1/key usage = sum of the costs of the 200s")
-    check(d["usage"] <= budget + 1e-12, "/v1/key usage %r exceeds the budget" % d["usage"])
-    eq(d["budget"].get("reserved"), 0, "reserved after everything settled")
-    peak = max(sum(1 for a, b, _ in oks if a <= t < b) for t, _, _ in oks)
-    check(peak >= 2, "the slow requests never overlapped (peak %d in flight)" % peak)
-    check(spent + res > budget, "clients stopped while the budget still had room: spent %g" % spent)
+    oks, refusals = H.budget_race(g, body, "sk-cc", budget, res, cost, 15,
+                                  hint=": reservations are not shared by the loops?")
     r = g.post("/v1/chat/completions", body, key="sk-cc")
     expect_status(r, 402, "after exhaustion")
     check("'cc'" in r.text and "0.5 USD/day" in r.text, "402 names key and budget: %s" % snip(r.body))
