@@ -564,6 +564,32 @@ static char *lg_read_file(const char *path, size_t max, size_t *len, int *err)
 	return buf;
 }
 
+/* What more than one thread touches (the loops of workers = N, a stop
+ * or reload from another thread or a signal handler): atomic builtins
+ * where the compiler has them (gcc and clang: every target the Makefile
+ * builds, lock-free for an int and a long). Without them llmgw runs one
+ * loop, and plain accesses are enough. Gauges are written by their own
+ * loop only and read by the others. */
+#if defined(__GNUC__) || defined(__clang__)
+#define LG_ATOMICS 1
+static long lg_atomic_add(long *v, long d) { return __atomic_add_fetch(v, d, __ATOMIC_ACQ_REL); }
+static long lg_atomic_get(long *v) { return __atomic_load_n(v, __ATOMIC_ACQUIRE); }
+static void lg_flag_set(volatile sig_atomic_t *f) { __atomic_store_n(f, 1, __ATOMIC_RELEASE); }
+static void lg_flag_clear(volatile sig_atomic_t *f) { __atomic_store_n(f, 0, __ATOMIC_RELEASE); }
+static int lg_flag_get(volatile sig_atomic_t *f) { return __atomic_load_n(f, __ATOMIC_ACQUIRE); }
+static void lg_gauge_add(int *v, int d) { __atomic_store_n(v, *v + d, __ATOMIC_RELAXED); }
+static int lg_gauge_get(const int *v) { return __atomic_load_n(v, __ATOMIC_RELAXED); }
+#else
+#define LG_ATOMICS 0
+static long lg_atomic_add(long *v, long d) { return *v += d; }
+static long lg_atomic_get(long *v) { return *v; }
+static void lg_flag_set(volatile sig_atomic_t *f) { *f = 1; }
+static void lg_flag_clear(volatile sig_atomic_t *f) { *f = 0; }
+static int lg_flag_get(volatile sig_atomic_t *f) { return *f; }
+static void lg_gauge_add(int *v, int d) { *v += d; }
+static int lg_gauge_get(const int *v) { return *v; }
+#endif
+
 /* ===== 2. Buffers ====================================================== */
 
 /* One growable byte buffer with a hard maximum. Data lives in p[off..len);
@@ -2656,7 +2682,15 @@ struct lg_sse_ev {
 static size_t lg_sse_next(const char *b, size_t n, struct lg_sse_ev *ev, char *scratch)
 {
 	size_t i = 0, sl = 0, skipped = 0;
+	const char *end1;
 	memset(ev, 0, sizeof *ev);
+	/* the common event first, "data: ...\n\n" without a CR: no field parsing */
+	if (n > 8 && memcmp(b, "data: ", 6) == 0 && (end1 = (const char *)memchr(b + 6, '\n', n - 6)) != NULL &&
+	    (size_t)(end1 - b) + 1 < n && end1[1] == '\n' && !memchr(b + 6, '\r', (size_t)(end1 - b - 6))) {
+		ev->data = lg_str_of(b + 6, (size_t)(end1 - b - 6));
+		ev->fields = ev->ndata = 1;
+		return (size_t)(end1 - b) + 2;
+	}
 	while (i < n) {
 		size_t st = i, e, k;
 		lg_str name, val;
@@ -3270,22 +3304,12 @@ static int lg_tls_setup(struct lg_cfg *c, char *err, size_t errlen)
 
 #endif /* LLMGW_TLS */
 
-/* Several loops (workers = N) hold and drop snapshots: atomic counts. */
-#if defined(__GNUC__) || defined(__clang__)
-#define LG_ATOMICS 1
-static void lg_cfg_ref(struct lg_cfg *c) { __atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED); }
+/* Snapshots are held and dropped by several loops (workers = N). */
+static void lg_cfg_ref(struct lg_cfg *c) { lg_atomic_add(&c->refs, 1); }
 static void lg_cfg_unref(struct lg_cfg *c)
 {
-	if (c && __atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0) lg_cfg_free(c);
+	if (c && lg_atomic_add(&c->refs, -1) == 0) lg_cfg_free(c);
 }
-#else
-#define LG_ATOMICS 0 /* then one loop only */
-static void lg_cfg_ref(struct lg_cfg *c) { c->refs++; }
-static void lg_cfg_unref(struct lg_cfg *c)
-{
-	if (c && --c->refs == 0) lg_cfg_free(c);
-}
-#endif
 
 static struct lg_cfg *lg_cfg_load(const char *path, char *err, size_t errlen)
 {
@@ -3428,20 +3452,6 @@ struct llmgw {
 #endif
 };
 
-/* Flags and counters set by one thread (or a signal handler) and read by
- * another: atomic, lock-free on every target (an int, an unsigned long). */
-#if defined(__GNUC__) || defined(__clang__)
-static void lg_flag_set(volatile sig_atomic_t *f) { __atomic_store_n(f, 1, __ATOMIC_RELEASE); }
-static void lg_flag_clear(volatile sig_atomic_t *f) { __atomic_store_n(f, 0, __ATOMIC_RELEASE); }
-static int lg_flag_get(volatile sig_atomic_t *f) { return __atomic_load_n(f, __ATOMIC_ACQUIRE); }
-static unsigned long lg_flag_add(unsigned long *v) { return __atomic_add_fetch(v, 1, __ATOMIC_ACQ_REL); }
-#else
-static void lg_flag_set(volatile sig_atomic_t *f) { *f = 1; }
-static void lg_flag_clear(volatile sig_atomic_t *f) { *f = 0; }
-static int lg_flag_get(volatile sig_atomic_t *f) { return *f; }
-static unsigned long lg_flag_add(unsigned long *v) { return ++*v; }
-#endif
-
 /* What the event loops of workers = N share. Each loop owns its
  * listeners (SO_REUSEPORT: the kernel spreads connections), connections,
  * timers, upstream pool and requests. Router health, key spend and limits,
@@ -3455,7 +3465,7 @@ struct lg_shared {
 	pthread_t th[LG_MAX_WORKERS];
 	int nw;
 	struct lg_cfg *cfg; /* the configuration every loop should run */
-	unsigned long cfg_gen;
+	long cfg_gen;     /* read without the lock: lg_atomic_get */
 	uint64_t seq;     /* request numbers, across loops */
 	long nclients;    /* client connections, across loops (max_connections) */
 };
@@ -3468,43 +3478,6 @@ static void lg_lock(struct llmgw *gw)
 static void lg_unlock(struct llmgw *gw)
 {
 	if (gw->sh) pthread_mutex_unlock(&gw->sh->mu);
-}
-
-/* Counters several loops touch: atomic where the compiler has the
- * builtins (gcc, clang: every target the Makefile builds), else under the
- * lock. */
-static long lg_atomic_add(struct llmgw *gw, long *v, long d)
-{
-#if defined(__GNUC__) || defined(__clang__)
-	LG_UNUSED(gw);
-	return __atomic_add_fetch(v, d, __ATOMIC_ACQ_REL);
-#else
-	long r;
-	lg_lock(gw);
-	r = *v += d;
-	lg_unlock(gw);
-	return r;
-#endif
-}
-
-/* Gauges a loop keeps and /metrics of any loop reads: written by their
- * loop only, read by others without the lock. */
-static void lg_gauge_add(int *v, int d)
-{
-#if defined(__GNUC__) || defined(__clang__)
-	__atomic_store_n(v, *v + d, __ATOMIC_RELAXED);
-#else
-	*v += d;
-#endif
-}
-
-static int lg_gauge_get(const int *v)
-{
-#if defined(__GNUC__) || defined(__clang__)
-	return __atomic_load_n(v, __ATOMIC_RELAXED);
-#else
-	return *v;
-#endif
 }
 
 /* A connection buffer that is empty gives its memory back: a block of
@@ -3627,7 +3600,7 @@ static struct lg_conn *lg_conn_new(struct llmgw *gw, int fd, int role,
 	gw->pfd[c->idx].revents = 0;
 	if (role == LG_ROLE_CLIENT) {
 		lg_gauge_add(&gw->nclients, 1);
-		if (gw->sh) lg_atomic_add(gw, &gw->sh->nclients, 1);
+		if (gw->sh) lg_atomic_add(&gw->sh->nclients, 1);
 	} else {
 		lg_gauge_add(&gw->nupstream, 1);
 	}
@@ -3658,7 +3631,7 @@ static void lg_conn_free(struct llmgw *gw, struct lg_conn *c)
 	lg_buf_free(&c->out);
 	if (c->role == LG_ROLE_CLIENT) {
 		lg_gauge_add(&gw->nclients, -1);
-		if (gw->sh) lg_atomic_add(gw, &gw->sh->nclients, -1);
+		if (gw->sh) lg_atomic_add(&gw->sh->nclients, -1);
 	} else {
 		lg_gauge_add(&gw->nupstream, -1);
 	}
@@ -4904,23 +4877,16 @@ static void lg_resp_event_parts(struct lg_req *r, const lg_str *pt, int np)
 	o = &r->cc->out;
 	if (!r->sent_head) lg_resp_head(r, 200, "text/event-stream", -1, NULL);
 	if (r->t_first == 0) r->t_first = r->gw->now;
-	if (lg_buf_reserve(o, len + 24)) return;
-	{ /* room is there: straight copies */
+	if (lg_buf_reserve(o, len + 24)) return; /* room for all: plain copies after the size */
+	if (r->minor >= 1) {
+		lg_buf_addu(o, len, 1);
+		lg_buf_add(o, "\r\n", 2);
+	}
+	{ /* an event per upstream chunk: per-part lg_buf_add calls showed in the profile */
 		char *w = o->p + o->len;
-		if (r->minor >= 1) {
-			char hx[16];
-			int k = 16;
-			size_t v = len;
-			do
-				hx[--k] = "0123456789abcdef"[v & 15];
-			while ((v >>= 4) && k);
-			memcpy(w, hx + k, (size_t)(16 - k)), w += 16 - k;
-			*w++ = '\r', *w++ = '\n';
-		}
 		memcpy(w, "data: ", 6), w += 6;
 		for (i = 0; i < np; i++) memcpy(w, pt[i].p, pt[i].n), w += pt[i].n;
-		*w++ = '\n', *w++ = '\n';
-		if (r->minor >= 1) *w++ = '\r', *w++ = '\n';
+		memcpy(w, "\n\n\r\n", r->minor >= 1 ? 4 : 2), w += r->minor >= 1 ? 4 : 2;
 		o->len = (size_t)(w - o->p);
 	}
 	r->bytes_out += len;
@@ -5121,11 +5087,6 @@ static int lg_prov_openai_rewrite(struct lg_req *r, const char *s, size_t n, str
 	return o->err ? -1 : 1;
 }
 
-/* The common chunk (text or tool deltas: no usage, error or provider in
- * it) rewritten without tokenizing: "provider" goes in front and the
- * top-level "model" value is replaced. Returns 0 to take the full path.
- * A key is structural when the quote before it follows '{' or ','; inside
- * a string every quote is escaped. */
 /* A finish_reason with a value ends the choice. */
 static void lg_prov_openai_fin(struct lg_req *r, const char *fin, const char *e)
 {
@@ -5135,13 +5096,18 @@ static void lg_prov_openai_fin(struct lg_req *r, const char *fin, const char *e)
 	if (q < e && *q == '"') r->saw_finish = 1;
 }
 
+/* The common chunk (text or tool deltas: no usage, error or provider in
+ * it) rewritten without tokenizing: "provider" goes in front and the
+ * top-level "model" value is replaced. Returns 0 to take the full path.
+ * A key is structural when the quote before it follows '{' or ','; inside
+ * a string every quote is escaped. */
 static int lg_prov_openai_quick(struct lg_req *r, lg_str d)
 {
 	const char *p = d.p, *e = d.p + d.n, *m = NULL, *v, *ve, *q, *fin = NULL, *scan = p + 1;
 	char jprov[136], jmodel[264];
 	uint32_t w, k_usag, k_erro, k_prov, k_fini, k_mode;
-	lg_str pt[2];
-	int cached;
+	lg_str pt[5]; /* the head (one kept part, or four), then the rest */
+	int cached, npt;
 	if (d.n < 2 || p[0] != '{' || !r->cc) return 0;
 	/* the chunks of a stream share their head ({"id":..,"model":"..") byte
 	 * for byte: when this one starts with the last one's, the rewritten head
@@ -5172,8 +5138,11 @@ static int lg_prov_openai_quick(struct lg_req *r, lg_str d)
 	if (cached) {
 		ve = scan;
 		if (memchr(ve, '\n', (size_t)(e - ve))) return 0;
+		pt[0] = lg_str_of(r->qout, r->qout_n);
+		npt = 1;
 	} else {
-		size_t np, nm;
+		size_t np, nm, o = 0;
+		int i;
 		if (!m) return 0;
 		for (v = m + 7; v < e && (*v == ' ' || *v == ':' || *v == '\t'); v++) {
 		}
@@ -5188,36 +5157,26 @@ static int lg_prov_openai_quick(struct lg_req *r, lg_str d)
 		if (!np || !nm || memchr(p, '\n', d.n)) return 0;
 		/* the head as it goes out: {"provider":"P", the chunk's own keys up
 		 * to the model's value, "MODEL" (the chunk's '{' becomes the comma) */
+		jprov[np] = ','; /* the chunk's '{' becomes the comma after provider */
+		pt[0] = lg_str_of("{\"provider\":", 12);
+		pt[1] = lg_str_of(jprov, np + 1);
+		pt[2] = lg_str_of(p + 1, (size_t)(v - p - 1));
+		pt[3] = lg_str_of(jmodel, nm);
+		npt = 4;
+		/* kept for the next chunks when it fits (and holds no finish_reason) */
 		r->q_ok = 0;
-		if (12 + np + 1 + (size_t)(v - p - 1) + nm <= sizeof r->qout && (size_t)(ve - p) <= sizeof r->qin &&
-		    (!fin || fin >= ve)) {
-			size_t o = 0;
-			memcpy(r->qout, "{\"provider\":", 12), o = 12;
-			memcpy(r->qout + o, jprov, np), o += np;
-			r->qout[o++] = ',';
-			memcpy(r->qout + o, p + 1, (size_t)(v - p - 1)), o += (size_t)(v - p - 1);
-			memcpy(r->qout + o, jmodel, nm), o += nm;
+		for (i = 0; i < 4; i++) o += pt[i].n;
+		if (o <= sizeof r->qout && (size_t)(ve - p) <= sizeof r->qin && (!fin || fin >= ve)) {
+			for (o = 0, i = 0; i < 4; i++) memcpy(r->qout + o, pt[i].p, pt[i].n), o += pt[i].n;
 			r->qout_n = (uint16_t)o;
 			memcpy(r->qin, p, (size_t)(ve - p));
 			r->qin_n = (uint16_t)(ve - p);
 			r->q_ok = 1;
-		} else { /* too long to keep: written from the parts */
-			lg_str big[5];
-			big[0] = lg_str_of("{\"provider\":", 12);
-			jprov[np] = ',';
-			big[1] = lg_str_of(jprov, np + 1);
-			big[2] = lg_str_of(p + 1, (size_t)(v - p - 1));
-			big[3] = lg_str_of(jmodel, nm);
-			big[4] = lg_str_of(ve, (size_t)(e - ve));
-			if (fin) lg_prov_openai_fin(r, fin, e);
-			lg_resp_event_parts(r, big, 5);
-			return 1;
 		}
 	}
 	if (fin) lg_prov_openai_fin(r, fin, e);
-	pt[0] = lg_str_of(r->qout, r->qout_n);
-	pt[1] = lg_str_of(ve, (size_t)(e - ve));
-	lg_resp_event_parts(r, pt, 2);
+	pt[npt++] = lg_str_of(ve, (size_t)(e - ve)); /* the rest, as it came */
+	lg_resp_event_parts(r, pt, npt);
 	return 1;
 }
 
@@ -8324,22 +8283,6 @@ static void lg_att_events(struct lg_req *r)
 			}
 			k = (size_t)fl;
 		} else {
-			const char *b = lg_buf_data(&r->ubody), *lf;
-			/* the common event, "data: ...\n\n" without a CR: no general parse */
-			if (n > 8 && memcmp(b, "data: ", 6) == 0 && (lf = (const char *)memchr(b + 6, '\n', n - 6)) != NULL &&
-			    (size_t)(lf - b) + 1 < n && lf[1] == '\n' && !memchr(b + 6, '\r', (size_t)(lf - b - 6))) {
-				lg_str data = lg_str_of(b + 6, (size_t)(lf - b - 6));
-				if (!native)
-					ops->event(r, lg_str_of(NULL, 0), data);
-				else if (r->dialect == LG_D_ANTHROPIC)
-					lg_p_anth_native_event(r, lg_str_of(NULL, 0), data);
-				else
-					lg_prov_openai_event(r, data);
-				if (r->gen != gen || r->finished) return; /* the attempt ended inside */
-				lg_buf_consume(&r->ubody, (size_t)(lf - b) + 2);
-				if (r->up_error) return;
-				continue;
-			}
 			k = lg_sse_next(lg_buf_data(&r->ubody), n, &ev, NULL);
 			if (k == (size_t)-1) { /* several data lines to join: only then room for it */
 				if (lg_buf_reserve(&r->scratch, n)) return;
@@ -9560,7 +9503,7 @@ static int lg_srv_install(struct llmgw *gw, struct lg_cfg *c, char *err, size_t 
 		struct lg_cfg *old;
 		int k;
 		lg_lock(gw);
-		c->gen = (unsigned long)lg_flag_add(&gw->sh->cfg_gen);
+		c->gen = (unsigned long)lg_atomic_add(&gw->sh->cfg_gen, 1);
 		old = gw->sh->cfg;
 		lg_cfg_ref(c);
 		gw->sh->cfg = c;
@@ -10511,7 +10454,7 @@ static void lg_srv_accept(struct llmgw *gw, int lfd, int tls)
 			close(fd);
 			continue;
 		}
-		if ((gw->sh ? lg_atomic_add(gw, &gw->sh->nclients, 0) : gw->nclients) >= gw->cfg->max_connections ||
+		if ((gw->sh ? lg_atomic_get(&gw->sh->nclients) : gw->nclients) >= gw->cfg->max_connections ||
 		    gw->stopping) {
 			static const char body[] =
 			    "{\"error\":{\"message\":\"too many connections (max_connections)\",\"type\":"
@@ -10921,9 +10864,7 @@ int llmgw_poll(struct llmgw *gw, int timeout_ms)
 	int i, n, wait = timeout_ms, count;
 	if (!gw->running) return 0;
 	gw->now = lg_now_ms();
-#if LG_ATOMICS
-	if (gw->sh && __atomic_load_n(&gw->sh->cfg_gen, __ATOMIC_ACQUIRE) != gw->cfg->gen) lg_loop_adopt(gw);
-#endif
+	if (gw->sh && (unsigned long)lg_atomic_get(&gw->sh->cfg_gen) != gw->cfg->gen) lg_loop_adopt(gw);
 	if (gw->nheap) {
 		int64_t d = gw->heap[0]->at - gw->now;
 		if (d < 0) d = 0;

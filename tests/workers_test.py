@@ -37,6 +37,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402  (the shared runner, assertions and process helpers)
+from harness import Resp, request, expect_status, chat_body  # noqa: E402,F401
 from harness import (HERE, PYTHON, TOL, GW, VERBOSE, CTX, Fail, check, eq,  # noqa: E402,F401
                      snip, marker, free_port, read_file)
 
@@ -67,67 +68,6 @@ def crc_hex(s):
 
 # =======================================================================================
 # HTTP: every request on a fresh connection
-
-class Resp:
-    def __init__(self, status, headers, body, t_done):
-        self.status = status
-        self.headers = headers
-        self.body = body
-        self.t_done = t_done
-        self._json = None
-
-    def h(self, name, default=None):
-        return self.headers.get(name.lower(), default)
-
-    @property
-    def text(self):
-        return self.body.decode("utf-8", "replace")
-
-    def json(self):
-        if self._json is None:
-            try:
-                self._json = json.loads(self.body)
-            except ValueError as e:
-                raise Fail("status %d: body is not JSON (%s): %s" % (self.status, e, snip(self.body)))
-        return self._json
-
-
-def request(port, method, path, body=None, key=None, headers=None, timeout=10):
-    """One request on its own connection; raises OSError/HTTPException on transport errors."""
-    if isinstance(body, (dict, list)):
-        body = json.dumps(body)
-    if isinstance(body, str):
-        body = body.encode()
-    hd = {"Connection": "close"}
-    if key:
-        hd["Authorization"] = "Bearer " + key
-    if body is not None:
-        hd["Content-Type"] = "application/json"
-    hd.update(headers or {})
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout * TOL)
-    try:
-        c.request(method, path, body=body, headers=hd)
-        r = c.getresponse()
-        data = r.read()
-        return Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, data, time.monotonic())
-    finally:
-        c.close()
-
-
-def expect_status(r, want, what):
-    want = want if isinstance(want, (tuple, list, set)) else (want,)
-    if r.status not in want:
-        raise Fail("%s: expected status %s, got %d; body %s" % (
-            what, "/".join(map(str, want)), r.status, snip(r.body)))
-
-
-def chat_body(model, content="Hello", stream=False, **extra):
-    b = {"model": model, "messages": [{"role": "user", "content": content}]}
-    if stream:
-        b["stream"] = True
-    b.update(extra)
-    return b
-
 
 def sse_events(body):
     out = []
@@ -244,7 +184,7 @@ def sanitizer_report(text):
     return None
 
 
-class Gateway(H.GatewayBase):
+class Gateway(H.KeyClient, H.GatewayBase):
     """A gateway for one test with `workers = N` (None: no workers line). `gateway` adds lines
     to [gateway]; `body` is the rest of the config (providers `mk` (built-in mock), `up`
     (mockup.py) and `dead` (nothing listens) are always defined)."""
@@ -315,33 +255,6 @@ class Gateway(H.GatewayBase):
         return int(m.group(1)), m.group(0)
 
     # -- convenience
-    def get(self, path, key=None, **kw):
-        return request(self.port, "GET", path, key=key, **kw)
-
-    def post(self, path, body, key=None, **kw):
-        return request(self.port, "POST", path, body, key=key, **kw)
-
-    def chat(self, key, model, content="Hello", stream=False, timeout=10, **extra):
-        return self.post("/v1/chat/completions", chat_body(model, content, stream, **extra), key=key,
-                         timeout=timeout)
-
-    def key_info(self, key):
-        r = self.get("/v1/key", key=key)
-        expect_status(r, 200, "GET /v1/key")
-        d = r.json().get("data")
-        check(isinstance(d, dict), "GET /v1/key: no data object: %s" % snip(r.body))
-        return d
-
-    def wait_key(self, key, cond, what, wait=5):
-        deadline = time.monotonic() + wait * TOL
-        while True:
-            d = self.key_info(key)
-            if cond(d):
-                return d
-            if time.monotonic() > deadline:
-                raise Fail("timed out waiting for %s; /v1/key says %r" % (what, d))
-            time.sleep(0.02)
-
     def metrics(self):
         r = self.get("/metrics", key=ADMIN)
         expect_status(r, 200, "GET /metrics")
