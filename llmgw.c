@@ -101,6 +101,7 @@
 #define LG_BLKCACHE 64 /* such first allocations kept for reuse (256 KB at most) */
 #define LG_MAX_WORKERS 64 /* event loops (workers = N) */
 #define LG_RFREE 16    /* request objects kept for reuse */
+#define LG_RDBUF 65536 /* the loop's read buffer for upstream responses */
 #ifndef LLMGW_MAX_HEADERS
 #define LLMGW_MAX_HEADERS 64 /* more header lines than this is a 431 */
 #endif
@@ -3439,6 +3440,10 @@ struct llmgw {
 	 * back to malloc: first-size connection buffers and request objects */
 	char *blk[LG_BLKCACHE];
 	int nblk;
+	/* the read buffer an upstream connection with nothing buffered reads
+	 * into (lg_rd_lend); rd_to is the connection that has it */
+	struct lg_buf rd;
+	struct lg_conn *rd_to;
 	struct lg_req *rfree;
 	int nrfree;
 	/* workers = N: every loop has its own struct llmgw; the first (the one
@@ -3965,6 +3970,7 @@ struct lg_upreq {
 	struct lg_chunked ck;
 	struct lg_timer tm;
 	int got_bytes;         /* a response byte arrived */
+	int ending;            /* on_data has the body's last bytes: on_end follows */
 	void *owner;
 	void (*on_head)(void *owner, const struct lg_http *h);
 	void (*on_data)(void *owner, const char *p, size_t n);
@@ -4020,6 +4026,42 @@ static void lg_up_pool_expire(struct llmgw *gw, struct lg_timer *t)
 	lg_conn_close(c);
 }
 
+/* An upstream connection with nothing buffered reads into the loop's
+ * LG_RDBUF buffer, lent to it for one lg_up_io call: a reply of a few KB
+ * (a whole stream, often) arrives in one recv and an idle stream holds no
+ * input buffer. Whatever the call leaves unconsumed - a partial line,
+ * event or head - moves into a buffer of the connection's own. */
+static void lg_rd_lend(struct lg_conn *c)
+{
+	struct llmgw *gw = c->gw;
+	if (gw->rd_to || lg_buf_used(&c->in)) return;
+	if (gw->rd.cap == 0 && lg_buf_reserve(&gw->rd, LG_RDBUF)) {
+		lg_buf_free(&gw->rd);
+		return;
+	}
+	lg_blk_give(gw, &c->in);
+	gw->rd.max = c->in.max;
+	c->in = gw->rd;
+	c->in.off = c->in.len = 0;
+	gw->rd_to = c;
+}
+
+static void lg_rd_back(struct lg_conn *c)
+{
+	struct llmgw *gw = c->gw;
+	struct lg_buf b = c->in;
+	if (gw->rd_to != c) return;
+	gw->rd_to = NULL;
+	lg_buf_init(&c->in, b.max);
+	if (lg_buf_used(&b)) {
+		lg_blk_take(gw, &c->in);
+		lg_buf_add(&c->in, lg_buf_data(&b), lg_buf_used(&b));
+	}
+	gw->rd = b;
+	gw->rd.max = 0;
+	gw->rd.err = 0;
+}
+
 static void lg_up_pool_put(struct llmgw *gw, struct lg_conn *c)
 {
 	struct lg_origin *o = c->org ? c->org : (c->org = lg_origin_of(gw, c->origin, 1));
@@ -4031,6 +4073,7 @@ static void lg_up_pool_put(struct llmgw *gw, struct lg_conn *c)
 	c->flags = (c->flags & ~(unsigned)(LG_F_NOREAD | LG_F_REUSED)) | LG_F_POOLED;
 	c->on_io = lg_up_pooled_io;
 	c->idle_since = gw->now;
+	lg_rd_back(c);
 	lg_blk_give(gw, &c->in);
 	lg_buf_free(&c->in);
 	c->pool_prev = NULL;
@@ -4406,6 +4449,7 @@ static void lg_up_body(struct lg_upreq *u)
 	if (n) {
 		u->tmk = LG_TK_IDLE;
 		lg_timer_set(u->gw, &u->tm, u->idle_ms);
+		u->ending = end;
 		u->on_data(u->owner, p, n);
 		if (u->state != LG_U_BODY) return; /* the owner let go */
 	}
@@ -4468,6 +4512,8 @@ static void lg_up_head(struct lg_upreq *u)
 	lg_up_body(u);
 }
 
+static void lg_up_input(struct lg_conn *c, struct lg_upreq *u, int revents);
+
 static void lg_up_io(struct lg_conn *c, int revents)
 {
 	struct lg_upreq *u;
@@ -4514,7 +4560,16 @@ static void lg_up_io(struct lg_conn *c, int revents)
 	}
 	if (!(revents & (POLLIN | POLLHUP | POLLERR))) return;
 	if (c->flags & LG_F_NOREAD) return;
-	n = lg_io_read(c, u->state == LG_U_HEAD ? 65536 + 1 : 65536);
+	lg_rd_lend(c);
+	lg_up_input(c, u, revents);
+	lg_rd_back(c);
+}
+
+/* Reads what the connection has and hands it to the response's head or
+ * body. */
+static void lg_up_input(struct lg_conn *c, struct lg_upreq *u, int revents)
+{
+	long n = lg_io_read(c, u->state == LG_U_HEAD ? 65536 + 1 : 65536);
 	if (n == -1) {
 		char why[300];
 		if ((c->flags & LG_F_REUSED) && !u->got_bytes && !u->stale_retry) {
@@ -8341,7 +8396,7 @@ static void lg_att_data(void *owner, const char *p, size_t n)
 			lg_req_finish(r);
 			return;
 		}
-		if (r->cc) {
+		if (r->cc && !r->up.ending) { /* at the end, lg_req_finish sends it with the rest */
 			lg_conn_flush(r->cc);
 			/* back-pressure: a slow client slows the upstream read */
 			if (r->up.c && lg_buf_used(&r->cc->out) > LLMGW_STREAM_HIGHWATER) {
@@ -10979,6 +11034,7 @@ void llmgw_free(struct llmgw *gw)
 		lg_req_destroy(r);
 	}
 	while (gw->nblk) free(gw->blk[--gw->nblk]);
+	lg_buf_free(&gw->rd);
 	for (i = 0; i < LG_ORIG_BUCKETS; i++)
 		while (gw->orig[i]) {
 			struct lg_origin *o = gw->orig[i]->next;
