@@ -9516,8 +9516,11 @@ static void lg_req_finish(struct lg_req *r)
 {
 	struct llmgw *gw = r->gw;
 	struct lg_conn *c = r->cc;
+	int gone;
 	if (r->finished) return;
 	r->finished = 1;
+	/* the answer leaves before the books are kept: their cost is not the client's wait */
+	gone = c && lg_buf_used(&c->out) && lg_conn_flush(c) < 0;
 	lg_up_release(&r->up);
 	lg_timer_clear(gw, &r->rtm);
 	lg_route_done(r, -1); /* an attempt still open: the client went away */
@@ -9547,7 +9550,7 @@ static void lg_req_finish(struct lg_req *r)
 	c->head_start = gw->now;
 	if (r->close) c->flags |= LG_F_CLOSE_AFTER;
 	c->flags &= ~(unsigned)LG_F_NOREAD;
-	if (lg_conn_flush(c) < 0 || ((c->flags & LG_F_CLOSE_AFTER) && !lg_buf_used(&c->out))) {
+	if (gone || lg_conn_flush(c) < 0 || ((c->flags & LG_F_CLOSE_AFTER) && !lg_buf_used(&c->out))) {
 		lg_conn_close(c);
 		return;
 	}
