@@ -3797,12 +3797,15 @@ static void lg_loop_wake(struct llmgw *gw)
  * reach the thread. */
 enum { LG_DNS_PENDING, LG_DNS_BUSY, LG_DNS_OK, LG_DNS_FAIL };
 
+#define LG_DNS_ADDRS 4 /* addresses kept per name: a connect that fails tries the next */
+
 struct lg_dns_ent {
 	struct lg_dns_ent *next;
 	char host[256];
 	int port, state, gai_err;
-	struct sockaddr_storage addr;
-	socklen_t alen;
+	struct sockaddr_storage addr[LG_DNS_ADDRS];
+	socklen_t alen[LG_DNS_ADDRS];
+	int naddr, pref; /* pref: the address the last good connect used */
 	int64_t expires; /* monotonic ms */
 };
 
@@ -3839,9 +3842,26 @@ static void *lg_dns_thread(void *arg)
 		r = getaddrinfo(host, port, &hints, &res);
 		pthread_mutex_lock(&d->mu);
 		if (r == 0 && res) {
-			memcpy(&e->addr, res->ai_addr, res->ai_addrlen);
-			e->alen = (socklen_t)res->ai_addrlen;
-			e->state = LG_DNS_OK;
+			/* the resolver's order (RFC 6724), except that the first address
+			 * of the other family comes second: a host with a broken IPv6
+			 * route reaches IPv4 after one failed connect */
+			struct addrinfo *ai, *other = NULL, *ord[LG_DNS_ADDRS];
+			int k = 0, q;
+			for (ai = res->ai_next; ai && !other; ai = ai->ai_next)
+				if (ai->ai_family != res->ai_family) other = ai;
+			ord[k++] = res;
+			if (other) ord[k++] = other;
+			for (ai = res->ai_next; ai && k < LG_DNS_ADDRS; ai = ai->ai_next)
+				if (ai != other) ord[k++] = ai;
+			e->naddr = 0;
+			e->pref = 0;
+			for (q = 0; q < k; q++) {
+				if (ord[q]->ai_addrlen > sizeof e->addr[0]) continue;
+				memcpy(&e->addr[e->naddr], ord[q]->ai_addr, ord[q]->ai_addrlen);
+				e->alen[e->naddr++] = (socklen_t)ord[q]->ai_addrlen;
+			}
+			e->state = e->naddr ? LG_DNS_OK : LG_DNS_FAIL;
+			e->gai_err = EAI_NONAME;
 			e->expires = lg_now_ms() + LLMGW_DNS_TTL_MS;
 		} else {
 			e->gai_err = r ? r : EAI_NONAME;
@@ -3879,15 +3899,18 @@ static void lg_dns_free(struct lg_dns *d)
 	free(d);
 }
 
-/* Resolves host:port. 1: *addr is set; 0: pending (the loop is woken when
- * the answer comes; ask again); -1: failed, *why says why. */
-static int lg_dns_lookup(struct llmgw *gw, const char *host, int port,
-                         struct sockaddr_storage *addr, socklen_t *alen, const char **why)
+/* Resolves host:port. Returns how many addresses the name has (>= 1) and
+ * sets *addr to the idx-th after the preferred one (*which: its number);
+ * 0: pending (the loop is woken when the answer comes; ask again); -1:
+ * failed, *why says why. */
+static int lg_dns_lookup(struct llmgw *gw, const char *host, int port, int idx,
+                         struct sockaddr_storage *addr, socklen_t *alen, int *which, const char **why)
 {
 	struct lg_dns *d;
 	struct lg_dns_ent *e;
 	int r = 0;
 	memset(addr, 0, sizeof *addr);
+	*which = 0;
 	{
 		struct sockaddr_in *a4 = (struct sockaddr_in *)addr;
 		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)addr;
@@ -3952,15 +3975,29 @@ static int lg_dns_lookup(struct llmgw *gw, const char *host, int port,
 		pthread_cond_signal(&d->cv);
 	}
 	if (e->state == LG_DNS_OK) {
-		memcpy(addr, &e->addr, sizeof *addr);
-		*alen = e->alen;
-		r = 1;
+		*which = (e->pref + idx) % e->naddr;
+		memcpy(addr, &e->addr[*which], sizeof *addr);
+		*alen = e->alen[*which];
+		r = e->naddr;
 	} else if (e->state == LG_DNS_FAIL) {
 		*why = gai_strerror(e->gai_err);
 		r = -1;
 	}
 	pthread_mutex_unlock(&d->mu);
 	return r;
+}
+
+/* A connect to address number which of host:port worked: the next lookups
+ * start there. */
+static void lg_dns_prefer(struct llmgw *gw, const char *host, int port, int which)
+{
+	struct lg_dns_ent *e;
+	if (!gw->dns) return;
+	pthread_mutex_lock(&gw->dns->mu);
+	for (e = gw->dns->ents; e; e = e->next)
+		if (e->port == port && e->state == LG_DNS_OK && which < e->naddr && strcmp(e->host, host) == 0)
+			e->pref = which;
+	pthread_mutex_unlock(&gw->dns->mu);
 }
 
 /* ===== 10. HTTP client and pool ======================================== */
@@ -3990,6 +4027,7 @@ struct lg_upreq {
 	struct lg_chunked ck;
 	struct lg_timer tm;
 	int got_bytes;         /* a response byte arrived */
+	int addr_i, naddr, addr_which; /* which of the name's addresses this connect tries */
 	int ending;            /* on_data has the body's last bytes: on_end follows */
 	void *owner;
 	void (*on_head)(void *owner, const struct lg_http *h);
@@ -4312,6 +4350,31 @@ static void lg_up_proxy_reply(struct lg_upreq *u)
 }
 
 /* Opens a new connection (DNS first when the host is a name). */
+/* A connect that failed or timed out moves on to the name's next address,
+ * if it has one; 1 when it did. */
+static int lg_up_next_addr(struct lg_upreq *u)
+{
+	if (u->addr_i + 1 >= u->naddr) return 0;
+	if (u->c) {
+		u->c->req = NULL;
+		lg_conn_close(u->c);
+		u->c = NULL;
+	}
+	u->addr_i++;
+	lg_up_connect(u);
+	return 1;
+}
+
+/* The TCP connection is up: a name's address that worked after another
+ * failed is the one the next connects try first. */
+static void lg_up_tcp_up(struct lg_upreq *u)
+{
+	if (u->addr_i)
+		lg_dns_prefer(u->gw, u->use_proxy ? u->cfg->proxy_host : u->host,
+		              u->use_proxy ? u->cfg->proxy_port : u->port, u->addr_which);
+	lg_up_connected(u);
+}
+
 static void lg_up_connect(struct lg_upreq *u)
 {
 	struct sockaddr_storage sa;
@@ -4321,7 +4384,7 @@ static void lg_up_connect(struct lg_upreq *u)
 	struct lg_conn *c;
 	const char *host = u->use_proxy ? u->cfg->proxy_host : u->host;
 	int port = u->use_proxy ? u->cfg->proxy_port : u->port;
-	r = lg_dns_lookup(u->gw, host, port, &sa, &alen, &why);
+	r = lg_dns_lookup(u->gw, host, port, u->addr_i, &sa, &alen, &u->addr_which, &why);
 	if (r == 0) {
 		if (u->state != LG_U_DNS) {
 			u->state = LG_U_DNS;
@@ -4336,6 +4399,7 @@ static void lg_up_connect(struct lg_upreq *u)
 		lg_up_fail(u, LG_UF_DNS, msg);
 		return;
 	}
+	u->naddr = r;
 	fd = socket(sa.ss_family, SOCK_STREAM, 0);
 	if (fd < 0 || lg_set_nonblock(fd) < 0) {
 		if (fd >= 0) close(fd);
@@ -4356,13 +4420,14 @@ static void lg_up_connect(struct lg_upreq *u)
 	u->tmk = LG_TK_CONNECT;
 	lg_timer_set(u->gw, &u->tm, u->connect_ms);
 	if (connect(fd, (struct sockaddr *)&sa, alen) == 0) {
-		lg_up_connected(u);
+		lg_up_tcp_up(u);
 		return;
 	}
 	if (errno != EINPROGRESS) {
-		char msg[160];
-		snprintf(msg, sizeof msg, "connect to %s%s:%d failed: %s", u->use_proxy ? "proxy " : "", host, port,
-		         strerror(errno));
+		char msg[200];
+		snprintf(msg, sizeof msg, "connect to %s%s:%d failed: %s%s", u->use_proxy ? "proxy " : "", host, port,
+		         strerror(errno), u->naddr > 1 ? " (and at its other addresses)" : "");
+		if (lg_up_next_addr(u)) return;
 		lg_up_fail(u, LG_UF_CONNECT, msg);
 		return;
 	}
@@ -4398,6 +4463,7 @@ static void lg_up_start(struct lg_upreq *u)
 	u->use_proxy = u->tls && u->cfg->proxy_host && !lg_up_no_proxy(u->cfg->no_proxy, u->host);
 	u->stale_retry = 0;
 	u->got_bytes = 0;
+	u->addr_i = u->naddr = 0;
 	u->keep = 1;
 	u->status = 0;
 	memset(&u->ck, 0, sizeof u->ck);
@@ -4429,6 +4495,8 @@ static void lg_up_timeout(struct llmgw *gw, struct lg_timer *t)
 	else if (u->state == LG_U_PROXY)
 		snprintf(msg, sizeof msg, "proxy %s:%d did not answer CONNECT within %lld ms (connect_timeout)",
 		         u->cfg->proxy_host, u->cfg->proxy_port, (long long)u->connect_ms);
+	else if (u->tmk == LG_TK_CONNECT && u->state == LG_U_CONNECT && lg_up_next_addr(u))
+		return; /* the name's next address */
 	else if (u->tmk == LG_TK_CONNECT)
 		snprintf(msg, sizeof msg, "%s to %s:%d timed out after %lld ms (connect_timeout)",
 		         u->state == LG_U_SEND && u->c && u->c->tls ? "TLS handshake" : "connect", u->host, u->port,
@@ -4564,14 +4632,16 @@ static void lg_up_io(struct lg_conn *c, int revents)
 		socklen_t el = sizeof err;
 		if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0) err = errno;
 		if (err) {
-			char msg[160];
-			snprintf(msg, sizeof msg, "connect to %s:%d failed: %s", u->host, u->port, strerror(err));
+			char msg[200];
+			snprintf(msg, sizeof msg, "connect to %s:%d failed: %s%s", u->host, u->port, strerror(err),
+			         u->naddr > 1 ? " (and at its other addresses)" : "");
+			if (lg_up_next_addr(u)) return;
 			lg_up_fail(u, LG_UF_CONNECT, msg);
 			return;
 		}
 		if (!(revents & POLLOUT)) return;
 		c->flags &= ~(unsigned)LG_F_CONNECTING;
-		lg_up_connected(u);
+		lg_up_tcp_up(u);
 		return;
 	}
 	if (u->state == LG_U_PROXY) {

@@ -2868,6 +2868,124 @@ static void t_str(void)
 
 /* ===== runner =========================================================== */
 
+/* A listening socket on 127.0.0.1 (port 0 = any); its port in *port. */
+static int ut_listen_any(int *port)
+{
+	struct sockaddr_in a;
+	socklen_t al = sizeof a;
+	int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+	memset(&a, 0, sizeof a);
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (fd < 0) return -1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 16) != 0 ||
+	    getsockname(fd, (struct sockaddr *)&a, &al) != 0) {
+		close(fd);
+		return -1;
+	}
+	*port = ntohs(a.sin_port);
+	return fd;
+}
+
+/* A host name with two addresses whose first refuses connections: the
+ * upstream connect moves on to the second, and the name's next connects
+ * start there. The name's DNS entry is put in the cache by hand (the test
+ * must not depend on the machine's resolver). */
+static void t_net_dns_next_address(void)
+{
+	struct llmgw *gw = llmgw_new();
+	char cfg[1024], err[512] = "";
+	int up_port = 0, dead_port = 0, gw_port = 0, ufd, dfd, gfd, cfd = -1, afd = -1, i, which = -1, r;
+	struct sockaddr_storage sa;
+	socklen_t alen;
+	const char *why = "";
+	struct lg_dns_ent *e;
+	static const char req[] = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+	                          "Content-Length: 56\r\n\r\n{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}";
+	ufd = ut_listen_any(&up_port);
+	dfd = ut_listen_any(&dead_port);
+	gfd = ut_listen_any(&gw_port);
+	ASSERT(ufd >= 0 && dfd >= 0 && gfd >= 0 && gw);
+	if (ufd < 0 || dfd < 0 || gfd < 0 || !gw) return;
+	close(dfd); /* nothing listens there now: connects are refused */
+	close(gfd); /* the gateway listens there */
+	snprintf(cfg, sizeof cfg,
+	         "[gateway]\nlisten = 127.0.0.1:%d\nauth = none\nlog_level = error\nconnect_timeout = 2s\n"
+	         "[provider.up]\ntype = openai\nbase_url = http://multi.test:%d/v1\napi_key = k\n"
+	         "[model.m]\ntarget = up m\n",
+	         gw_port, up_port);
+	r = llmgw_load_string(gw, cfg, "dns-test", err, sizeof err);
+	ut_case("config: %s", err);
+	ASSERT(r == 0);
+	ASSERT(r == 0 && llmgw_start(gw, err, sizeof err) == 0);
+	/* the resolver starts with any name; then the entry, as if resolved */
+	lg_dns_lookup(gw, "localhost", 1, 0, &sa, &alen, &which, &why);
+	ASSERT(gw->dns != NULL);
+	if (r != 0 || !gw->dns) goto out;
+	e = (struct lg_dns_ent *)calloc(1, sizeof *e);
+	ASSERT(e != NULL);
+	if (!e) goto out;
+	snprintf(e->host, sizeof e->host, "multi.test");
+	e->port = up_port;
+	e->state = LG_DNS_OK;
+	e->naddr = 2;
+	e->expires = lg_now_ms() + 3600000;
+	for (i = 0; i < 2; i++) {
+		struct sockaddr_in *a4 = (struct sockaddr_in *)&e->addr[i];
+		a4->sin_family = AF_INET;
+		a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		a4->sin_port = htons((uint16_t)(i == 0 ? dead_port : up_port));
+		e->alen[i] = sizeof *a4;
+	}
+	pthread_mutex_lock(&gw->dns->mu);
+	e->next = gw->dns->ents;
+	gw->dns->ents = e;
+	pthread_mutex_unlock(&gw->dns->mu);
+	{ /* a client asks; the gateway connects upstream */
+		struct sockaddr_in g;
+		int64_t until = lg_now_ms() + 5000;
+		memset(&g, 0, sizeof g);
+		g.sin_family = AF_INET;
+		g.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		g.sin_port = htons((uint16_t)gw_port);
+		cfd = socket(AF_INET, SOCK_STREAM, 0);
+		ASSERT(cfd >= 0 && connect(cfd, (struct sockaddr *)&g, sizeof g) == 0);
+		ASSERT(cfd >= 0 && send(cfd, req, sizeof req - 1, 0) == (ssize_t)(sizeof req - 1));
+		lg_set_nonblock(ufd);
+		while (afd < 0 && lg_now_ms() < until) {
+			llmgw_poll(gw, 10);
+			afd = accept(ufd, NULL, NULL);
+		}
+	}
+	ASSERT(afd >= 0); /* the second address was tried and reached */
+	{ /* the request arrives there: the gateway saw the connection up */
+		char b[256];
+		int64_t until = lg_now_ms() + 5000;
+		long got = -1;
+		if (afd >= 0) lg_set_nonblock(afd);
+		while (afd >= 0 && got <= 0 && lg_now_ms() < until) {
+			llmgw_poll(gw, 10);
+			got = (long)recv(afd, b, sizeof b, 0);
+		}
+		ASSERT(got > 0);
+	}
+	pthread_mutex_lock(&gw->dns->mu);
+	ASSERT(e->pref == 1); /* and is where the next connect starts */
+	pthread_mutex_unlock(&gw->dns->mu);
+	ASSERT(lg_dns_lookup(gw, "multi.test", up_port, 0, &sa, &alen, &which, &why) == 2 && which == 1);
+	ASSERT(((struct sockaddr_in *)&sa)->sin_port == htons((uint16_t)up_port));
+	ASSERT(lg_dns_lookup(gw, "multi.test", up_port, 1, &sa, &alen, &which, &why) == 2 && which == 0);
+out:
+	if (afd >= 0) close(afd);
+	if (cfd >= 0) close(cfd);
+	close(ufd);
+	llmgw_stop(gw);
+	for (i = 0; i < 100 && llmgw_poll(gw, 10) > 0; i++) {
+	}
+	llmgw_free(gw);
+}
+
 static const struct {
 	const char *group, *name;
 	void (*fn)(void);
@@ -2921,6 +3039,7 @@ static const struct {
     {"util", "duration", t_duration},
     {"util", "has_token", t_has_token},
     {"util", "str", t_str},
+    {"net", "dns_next_address", t_net_dns_next_address},
 };
 
 /* Runs one test in a child process, so a crash (a guard page hit, an ASan
