@@ -4729,6 +4729,7 @@ struct lg_usage {
 	int64_t prompt, completion, cached, cache_write, reasoning;
 	double cost; /* USD */
 	int seen;
+	int estimated; /* a stream cut short: counted by llmgw (lg_acct_counted) */
 };
 
 /* One candidate of the plan: a provider, the model it is asked for, and
@@ -4802,6 +4803,7 @@ struct lg_req {
 	int64_t wall0;
 	size_t bytes_in, bytes_out;
 	struct lg_usage usage;
+	int64_t est_out; /* stream: completion tokens forwarded, as estimated per event */
 	/* last, and not zeroed at creation: written before they are read */
 	char errmsg[512];
 	char canon_err[320];
@@ -5356,6 +5358,7 @@ static void lg_prov_openai_event(struct lg_req *r, lg_str data)
 		return;
 	}
 	if (r->stream_done) return;
+	r->est_out++; /* OpenAI-style streams: a token per chunk, nearly always */
 	if (lg_prov_openai_quick(r, data)) return;
 	lg_buf_init(&o, 0);
 	k = lg_prov_openai_rewrite(r, data.p, data.n, &o, 1);
@@ -7021,6 +7024,7 @@ static void lg_ev(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int r
 		r->usage.cost = lg_acct_cost(r->served ? r->served->t : NULL, &r->usage);
 		return;
 	}
+	if (type == LG_EV_TEXT || type == LG_EV_REASONING || type == LG_EV_ARGS) r->est_out += ((int64_t)a.n + 3) / 4;
 	if (!w || r->finished || w->ended) return;
 	if (type == LG_EV_FINISH) {
 		w->finish = idx;
@@ -7777,6 +7781,8 @@ static void lg_p_anth_native_event(struct lg_req *r, lg_str evname, lg_str data)
 		snprintf(r->errmsg, sizeof r->errmsg, "%s: error event in the stream", r->served->prov->name);
 	}
 	if (lg_str_eq(ty, "ping")) return;
+	if (lg_str_eq(ty, "content_block_delta")) /* its text, about 4 bytes a token, past the envelope */
+		r->est_out += data.n > 74 ? ((int64_t)data.n - 74 + 3) / 4 : 1;
 	lg_buf_init(&o, 0);
 	if (lg_str_eq(ty, "message_start") || lg_str_eq(ty, "message_delta"))
 		lg_native_obj(r, &j, s, 0, &o, 0, NULL);
@@ -8777,6 +8783,7 @@ struct lg_gen {
 	} att[4];
 	int64_t ms, ttft, prompt, completion, cached, created;
 	double cost;
+	int estimated;
 };
 
 #define LG_HBUCKETS 14
@@ -9319,6 +9326,25 @@ static struct lg_series *lg_acct_rser(struct lg_lblctx *L, int metric, int x, co
 
 static void lg_acct_settle_locked(struct lg_req *r);
 
+/* A stream that ended without the provider's final count (the client went
+ * away, the upstream broke off, or it never sends usage) is charged what
+ * llmgw counted: the prompt as estimated for the reservation (or as the
+ * provider reported it at the start), the completion from the events
+ * forwarded - never more than was reserved. The access log and
+ * /v1/generation say the figures are estimated. */
+static void lg_acct_counted(struct lg_req *r)
+{
+	struct lg_usage *u = &r->usage;
+	int64_t out = r->res_out > 0 ? LG_MIN(r->est_out, r->res_out) : r->est_out;
+	if (!r->stream || !r->sent_head || !r->served) return;
+	if (u->seen && (r->stream_done || r->saw_finish)) return; /* the provider's own count */
+	if (u->seen && out <= u->completion) return;
+	if (!u->seen) u->prompt = r->prompt_est;
+	u->completion = LG_MAX(u->completion, out);
+	u->seen = u->estimated = 1;
+	u->cost = lg_acct_cost(r->served->t, u);
+}
+
 /* The request ended: settle its reservation, charge the ledger, count it
  * (under the loops' lock: key state, metrics and the ring are shared). */
 static void lg_acct_settle(struct lg_req *r)
@@ -9394,6 +9420,7 @@ static void lg_acct_settle_locked(struct lg_req *r)
 		g->completion = r->usage.completion;
 		g->cached = r->usage.cached;
 		g->cost = r->usage.cost;
+		g->estimated = r->usage.estimated;
 		g->created = r->wall0;
 	}
 }
@@ -9460,6 +9487,7 @@ static void lg_acct_log(struct lg_req *r)
 	lg_buf_printf(b, ",\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"cached_tokens\":%lld,\"cost\":",
 	              (long long)r->usage.prompt, (long long)r->usage.completion, (long long)r->usage.cached);
 	lg_json_wnum(b, r->usage.cost);
+	if (r->usage.estimated) lg_buf_addz(b, ",\"usage_estimated\":true");
 	lg_buf_printf(b, ",\"bytes_in\":%zu,\"bytes_out\":%zu", r->bytes_in, r->bytes_out);
 	if (r->status >= 400 && r->errmsg[0]) {
 		lg_buf_addz(b, ",\"error\":");
@@ -9594,6 +9622,7 @@ static void lg_req_finish(struct lg_req *r)
 	lg_up_release(&r->up);
 	lg_timer_clear(gw, &r->rtm);
 	lg_route_done(r, -1); /* an attempt still open: the client went away */
+	lg_acct_counted(r);
 	if (!r->status) r->status = c ? 500 : 499;
 	if (r->ep == LG_EP_CHAT || r->ep == LG_EP_EMBED || r->ep == LG_EP_MESSAGES || r->status >= 400) lg_acct_log(r);
 	lg_acct_settle(r);
@@ -10041,6 +10070,7 @@ static void lg_srv_generation(struct lg_req *r)
 	              (long long)g->prompt, (long long)g->completion, (long long)g->cached);
 	lg_srv_usd(&b, "cost", g->cost);
 	lg_srv_usd(&b, "total_cost", g->cost);
+	if (g->estimated) lg_buf_addz(&b, ",\"usage_estimated\":true");
 	lg_buf_printf(&b, ",\"created_at\":%lld}}\n", (long long)(g->created / 1000));
 	lg_resp_send(r, 200, "application/json", b.p, b.len, NULL);
 	lg_buf_free(&b);

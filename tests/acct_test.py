@@ -680,8 +680,8 @@ budget = 0.2/day
 
 
 def test_budget_reservation_released():
-    """Failed, refused and abandoned requests give their reservation back and cost nothing
-    they did not get a usage for."""
+    """Failed and refused requests give their reservation back and cost nothing; a stream
+    abandoned by its client gives it back too and is charged what llmgw counted."""
     g = gateway(body="""
 [model.fail]
 target = up status-500#rel in=1000 out=2000
@@ -726,10 +726,22 @@ max_concurrency = 3
     log = g.access(wait=1)
     aband = [ln for ln in log.values() if ln.get("model") == "slow"]
     eq(len(aband), 1, "access log lines of the abandoned stream")
-    # (llmgw logs the status it sent, 200, and charges only usage it saw: cost 0 here)
-    check(aband[0].get("status") in (200, 499), "abandoned stream logged with status %r" % aband[0])
-    check(isinstance(aband[0].get("cost"), (int, float)), "abandoned stream: cost in the log")
-    near(d["usage"], aband[0]["cost"], "spend equals what the abandoned stream was charged")
+    # llmgw logs the status it sent (200) and, the provider's count never having come,
+    # charges what it counted: the prompt as estimated for the reservation, a token per
+    # chunk forwarded (the role chunk and at least tick0, tick1), at most max_tokens
+    a = aband[0]
+    check(a.get("status") in (200, 499), "abandoned stream logged with status %r" % a)
+    eq(a.get("usage_estimated"), True, "abandoned stream: usage_estimated in the log line %r" % a)
+    eq(a.get("prompt_tokens"), math.ceil(len(body) / 4), "abandoned stream: estimated prompt tokens")
+    check(3 <= a.get("completion_tokens", 0) <= 10,
+          "abandoned stream: completion tokens counted from the chunks sent (3..10), got %r" % a)
+    near(a.get("cost"), (a["prompt_tokens"] * 1000 + a["completion_tokens"] * 2000) / 1e6,
+         "abandoned stream: cost of the counted tokens")
+    near(d["usage"], a["cost"], "spend equals what the abandoned stream was charged")
+    gen = g.get("/v1/generation?id=" + a["id"], key="sk-r")
+    expect_status(gen, 200, "generation of the abandoned stream")
+    eq(gen.json()["data"].get("usage_estimated"), True,
+       "/v1/generation of the abandoned stream: usage_estimated")
 
 
 # =======================================================================================
