@@ -7920,6 +7920,26 @@ struct lg_rstate {
 	unsigned long long aff_hits;
 };
 
+/* Whether a health entry belongs to the running configuration: its
+ * provider is configured and, for a target, a model lists it (or the
+ * provider takes direct requests). Entries are kept across reloads (a
+ * request in flight may hold one); /metrics shows only these. */
+static int lg_route_health_live(const struct lg_cfg *c, const struct lg_health *h)
+{
+	const char *sl = strchr(h->id, '/');
+	const struct lg_provider *p = lg_cfg_find_provider(c, h->id, sl ? (size_t)(sl - h->id) : strlen(h->id));
+	int m, i;
+	if (h->inflight) return 1;
+	if (!p) return 0;
+	if (!sl || p->direct) return 1;
+	for (m = 0; m < c->nmodels; m++)
+		for (i = 0; i < c->models[m]->nt; i++) {
+			const struct lg_target *t = &c->models[m]->t[i];
+			if (t->prov == p && strcmp(t->upstream, sl + 1) == 0) return 1;
+		}
+	return 0;
+}
+
 static struct lg_health *lg_route_health(struct llmgw *gw, const char *prov, const char *model)
 {
 	char id[200];
@@ -10146,7 +10166,7 @@ static void lg_srv_metrics(struct lg_req *r)
 				for (h = gw->rs->tab[i]; h; h = h->next) {
 					char tl[256];
 					int is_prov = strchr(h->id, '/') == NULL;
-					if ((q == 4) != is_prov) continue;
+					if ((q == 4) != is_prov || !lg_route_health_live(gw->cfg, h)) continue;
 					lg_acct_label(tl, sizeof tl, h->id);
 					lg_buf_printf(&b, "%s{%s=\"%s\"} %.6g\n", g[2 * q], is_prov ? "provider" : "target", tl,
 					              q == 0 ? h->ttft / 1000.0 : q == 1 ? h->tps : q == 2 ? (double)h->state

@@ -1226,7 +1226,8 @@ def test_affinity_skips_unhealthy_target():
 # tests: health across a reload
 
 def test_health_survives_reload():
-    """SIGHUP: the health (ttft, tokens/s, breaker) of targets that remain is kept."""
+    """SIGHUP: the health (ttft, tokens/s, breaker) of targets that remain is kept; targets
+    a reload removed leave /metrics."""
     models = [("m-h", ["pa slow-first-byte-300#h-a", "pb ok#h-b"], "strategy = latency"),
               ("m-hb", ["pc status-503#hb-c", "pd ok#hb-d"])]
     g = fresh(models)
@@ -1257,6 +1258,15 @@ def test_health_survives_reload():
     served(g.chat("m-hb", mk), "breaker after reload", provider="pd")
     eq(mock().models(mk), ["ok#hb-d"], "the open target is still skipped")
     check(tb is not None, "fast target ttft present")
+    # a reload that drops m-hb: its targets leave /metrics, the others stay
+    g.write(g.config(models=[("m-h", ["pb ok#h-b", "pa slow-first-byte-300#h-a"], "strategy = latency")]))
+    g.signal(signal.SIGHUP)
+    wait_for(lambda: b'"m-new"' not in g.get("/v1/models").body, 5, "the second reload (m-new gone)")
+    gone = g.metrics()
+    for metric in ("llmgw_target_breaker_state", "llmgw_target_consecutive_failures"):
+        for tgt in ("pc/status-503#hb-c", "pd/ok#hb-d"):
+            check((metric, tgt) not in gone, "%s{%s} still in /metrics after its model was removed" % (metric, tgt))
+        check((metric, "pa/slow-first-byte-300#h-a") in gone, "%s of a target that remains is gone" % metric)
 
 
 # =======================================================================================
