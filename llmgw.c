@@ -10908,12 +10908,14 @@ static void lg_workers_join(struct llmgw *gw)
 	}
 	for (k = sh->nw - 1; k >= 1; k--) {
 		pthread_join(sh->th[k], NULL);
+		gw->served += sh->w[k]->served;
 		lg_lock(gw);
 		sh->nw--;
 		lg_unlock(gw);
 		llmgw_free(sh->w[k]);
 		sh->w[k] = NULL;
 	}
+	if (gw->stopping) LG_LOG(gw, LG_LOG_INFO, "stopped after %llu requests (every loop)", gw->served);
 }
 
 /* workers = N: N - 1 more loops, each in its own thread with its own
@@ -11152,7 +11154,7 @@ int llmgw_poll(struct llmgw *gw, int timeout_ms)
 	lg_acct_flush(gw);
 	if (gw->stopping && gw->nclients == 0 && gw->nreqs == 0) {
 		gw->running = 0;
-		if (!gw->child) LG_LOG(gw, LG_LOG_INFO, "stopped after %llu requests", gw->served);
+		if (!gw->sh) LG_LOG(gw, LG_LOG_INFO, "stopped after %llu requests", gw->served);
 	}
 	return gw->running;
 }
