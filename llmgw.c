@@ -3453,6 +3453,8 @@ struct llmgw {
 	uint64_t rng, seq;
 	unsigned long long served;
 	int npending; /* connections with LG_F_PENDING: poll without waiting */
+	int64_t refused_ms;     /* when a refused connection was last logged */
+	unsigned long nrefused; /* connections refused since */
 	unsigned long cfg_gen; /* configurations installed so far */
 	struct lg_acct *acct; /* key spend and limits, ledger, metrics, recent requests */
 	struct lg_rstate *rs; /* target health, breakers, affinity: survives reloads */
@@ -4349,7 +4351,6 @@ static void lg_up_proxy_reply(struct lg_upreq *u)
 	lg_up_connected(u); /* state is LG_U_PROXY: TLS starts now */
 }
 
-/* Opens a new connection (DNS first when the host is a name). */
 /* A connect that failed or timed out moves on to the name's next address,
  * if it has one; 1 when it did. */
 static int lg_up_next_addr(struct lg_upreq *u)
@@ -4375,6 +4376,8 @@ static void lg_up_tcp_up(struct lg_upreq *u)
 	lg_up_connected(u);
 }
 
+/* Opens a new connection (DNS first when the host is a name) to the name's
+ * address number u->addr_i after the preferred one. */
 static void lg_up_connect(struct lg_upreq *u)
 {
 	struct sockaddr_storage sa;
@@ -10682,11 +10685,21 @@ static void lg_srv_accept(struct llmgw *gw, int lfd, int tls)
 			                  "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
 			                  "Connection: close\r\nContent-Length: %u\r\n\r\n%s",
 			                  (unsigned)(sizeof body - 1), body);
-			ssize_t w = send(fd, busy, (size_t)bn, MSG_NOSIGNAL);
+			/* a TLS client would take plain text for a broken record: it is only closed */
+			ssize_t w = tls ? 0 : send(fd, busy, (size_t)bn, MSG_NOSIGNAL);
 			LG_UNUSED(w);
 			close(fd);
-			LG_LOG(gw, LG_LOG_WARN, "connection refused: max_connections (%ld) reached",
-			       gw->cfg->max_connections);
+			gw->nrefused++;
+			if (gw->now - gw->refused_ms >= 1000) { /* at most a line a second under a flood */
+				if (gw->stopping)
+					LG_LOG(gw, LG_LOG_WARN, "connection refused: stopping (%lu since the last such line)",
+					       gw->nrefused);
+				else
+					LG_LOG(gw, LG_LOG_WARN, "connection refused: max_connections (%ld) reached (%lu since the "
+					       "last such line)", gw->cfg->max_connections, gw->nrefused);
+				gw->refused_ms = gw->now;
+				gw->nrefused = 0;
+			}
 			continue;
 		}
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);

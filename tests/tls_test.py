@@ -1332,6 +1332,43 @@ def test_listener_https_chain():
         c.close()
 
 
+def test_listener_https_over_max_connections_closes():
+    """Over max_connections a plain listener answers 503 and closes; a TLS listener only
+    closes (plain text would reach a TLS client as a broken record)."""
+    g = fresh(tls_listener=True, gw={"tls_cert": CERTS.rsa, "tls_key": CERTS.leaf_key,
+                                     "max_connections": "2"})
+    held = []
+    try:
+        for i in range(2):
+            c = Client(g.port)
+            c.send(build_request("GET", "/health", key=None))
+            expect_status(c.read_response(), 200, "held connection %d" % i)
+            held.append(c)
+        for port, tls in ((g.port, False), (g.tls_port, True)):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.settimeout(5)
+            got = b""
+            try:
+                while True:
+                    d = s.recv(4096)
+                    if not d:
+                        break
+                    got += d
+            except ConnectionResetError:
+                pass
+            finally:
+                s.close()
+            if tls:
+                eq(got, b"", "bytes sent on the TLS listener over max_connections")
+            else:
+                check(got.startswith(b"HTTP/1.1 503"), "plain listener over max_connections: %s" % snip(got))
+    finally:
+        for c in held:
+            c.close()
+    check("connection refused: max_connections (2) reached" in g.stderr(),
+          "no refusal line in the log: %s" % snip(g.stderr()[-600:]))
+
+
 def test_listener_bare_address_is_https():
     g = fresh(tls_listener=True, tls_mode="", gw={"tls_cert": CERTS.rsa, "tls_key": CERTS.leaf_key})
     check("listen = 127.0.0.1:%d\n" % g.tls_port in read_file(g.cfg), "test bug: no bare listen line")
