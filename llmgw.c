@@ -102,6 +102,11 @@
 #define LG_MAX_WORKERS 64 /* event loops (workers = N) */
 #define LG_RFREE 16    /* request objects kept for reuse */
 #define LG_RDBUF 65536 /* the loop's read buffer for upstream responses */
+#ifdef PIPE_BUF
+#define LG_PIPE_BUF PIPE_BUF /* a write to a pipe up to this size is not interleaved */
+#else
+#define LG_PIPE_BUF 512
+#endif
 #define LG_POOL_CHECK_MS 1000 /* pooled connections idle longer are checked on reuse */
 #ifndef LLMGW_MAX_HEADERS
 #define LLMGW_MAX_HEADERS 64 /* more header lines than this is a 431 */
@@ -9525,7 +9530,18 @@ static void lg_acct_flush(struct llmgw *gw)
 	if (gw->logfd >= 0 && n) {
 		const char *p = lg_buf_data(&gw->logbuf);
 		while (n) {
-			ssize_t w = write(gw->logfd, p, n);
+			size_t k = n;
+			ssize_t w;
+			if (gw->sh && k > LG_PIPE_BUF) { /* loops share the log: whole lines a pipe writes at once */
+				size_t e = LG_PIPE_BUF;
+				const char *nl;
+				while (e && p[e - 1] != '\n') e--;
+				if (e) /* else a line longer than that goes alone */
+					k = e;
+				else if ((nl = (const char *)memchr(p, '\n', n)) != NULL)
+					k = (size_t)(nl - p) + 1;
+			}
+			w = write(gw->logfd, p, k);
 			if (w <= 0) {
 				if (w < 0 && errno == EINTR) continue;
 				break; /* a full disk must not stop the gateway */

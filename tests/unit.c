@@ -2986,6 +2986,46 @@ out:
 	llmgw_free(gw);
 }
 
+/* With several loops on one access log, a batch goes out in writes of
+ * whole lines of at most LG_PIPE_BUF bytes (what a pipe writes without
+ * interleaving); a line longer than that goes alone. A SOCK_SEQPACKET pair
+ * shows every write() as one record. */
+static void t_net_access_log_pieces(void)
+{
+	struct llmgw *gw = llmgw_new();
+	struct lg_shared fake;
+	int sv[2], i, nrec = 0, nlines = 0, bad = 0;
+	char rec[8 * LG_PIPE_BUF];
+	ASSERT(gw && socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) == 0);
+	if (!gw) return;
+	memset(&fake, 0, sizeof fake);
+	gw->logfd = sv[0];
+	gw->sh = &fake; /* only looked at as "several loops" here */
+	for (i = 0; i < 100; i++) { /* 100 lines of 50..150 bytes, and one of 2 * LG_PIPE_BUF */
+		int len = i == 50 ? 2 * LG_PIPE_BUF : 50 + i, k;
+		for (k = 0; k < len - 1; k++) lg_buf_addc(&gw->logbuf, (char)('a' + (i + k) % 26));
+		lg_buf_addc(&gw->logbuf, '\n');
+	}
+	lg_acct_flush(gw);
+	gw->sh = NULL;
+	gw->logfd = -1;
+	close(sv[0]);
+	for (;;) {
+		ssize_t n = recv(sv[1], rec, sizeof rec, 0);
+		int lines = 0;
+		if (n <= 0) break;
+		nrec++;
+		for (i = 0; i < n; i++) lines += rec[i] == '\n';
+		nlines += lines;
+		if (rec[n - 1] != '\n' || (n > (ssize_t)LG_PIPE_BUF && lines != 1)) bad++;
+	}
+	close(sv[1]);
+	ut_case("%d records, %d lines", nrec, nlines);
+	ASSERT(nlines == 100 && bad == 0);
+	ASSERT(nrec >= 4); /* 14 KB of lines: several writes */
+	llmgw_free(gw);
+}
+
 static const struct {
 	const char *group, *name;
 	void (*fn)(void);
@@ -3040,6 +3080,7 @@ static const struct {
     {"util", "has_token", t_has_token},
     {"util", "str", t_str},
     {"net", "dns_next_address", t_net_dns_next_address},
+    {"net", "access_log_pieces", t_net_access_log_pieces},
 };
 
 /* Runs one test in a child process, so a crash (a guard page hit, an ASan
