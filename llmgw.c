@@ -8303,8 +8303,7 @@ static int lg_route_plan(struct lg_req *r, char *msg, size_t mlen)
 		const char *name = lg_route_strdup(r, lg_json_at(j, models, k));
 		if (name && (st = lg_route_model(r, name, 0, prefs, sort, &why, msg, mlen))) goto out;
 	}
-	snprintf(base, sizeof base, "%s", r->model_req);
-	bl = strlen(base);
+	bl = lg_cpy(base, sizeof base, r->model_req);
 	if (bl > 6 && (strcmp(base + bl - 6, ":floor") == 0 || strcmp(base + bl - 6, ":nitro") == 0)) base[bl - 6] = 0;
 	if ((m = lg_cfg_find_model(r->cfg, lg_strz(base))))
 		for (i = 0; i < m->nfallbacks; i++)
