@@ -3907,10 +3907,11 @@ static void lg_dns_free(struct lg_dns *d)
 }
 
 /* Resolves host:port. Returns how many addresses the name has (>= 1) and
- * sets *addr to the idx-th after the preferred one (*which: its number);
- * 0: pending (the loop is woken when the answer comes; ask again); -1:
- * failed, *why says why. */
-static int lg_dns_lookup(struct llmgw *gw, const char *host, int port, int idx,
+ * sets *addr to its address number want (modulo their count), or to the
+ * preferred one when want < 0; *which: the number taken. 0: pending (the
+ * loop is woken when the answer comes; ask again); -1: failed, *why says
+ * why. */
+static int lg_dns_lookup(struct llmgw *gw, const char *host, int port, int want,
                          struct sockaddr_storage *addr, socklen_t *alen, int *which, const char **why)
 {
 	struct lg_dns *d;
@@ -3982,7 +3983,7 @@ static int lg_dns_lookup(struct llmgw *gw, const char *host, int port, int idx,
 		pthread_cond_signal(&d->cv);
 	}
 	if (e->state == LG_DNS_OK) {
-		*which = (e->pref + idx) % e->naddr;
+		*which = (want < 0 ? e->pref : want) % e->naddr;
 		memcpy(addr, &e->addr[*which], sizeof *addr);
 		*alen = e->alen[*which];
 		r = e->naddr;
@@ -4034,7 +4035,10 @@ struct lg_upreq {
 	struct lg_chunked ck;
 	struct lg_timer tm;
 	int got_bytes;         /* a response byte arrived */
-	int addr_i, naddr, addr_which; /* which of the name's addresses this connect tries */
+	/* a name's addresses: the connect tries number addr_base + addr_i (the
+	 * preferred one first), all of them within connect_ms from conn_end */
+	int addr_i, naddr, addr_base, addr_which;
+	int64_t conn_end;
 	int ending;            /* on_data has the body's last bytes: on_end follows */
 	void *owner;
 	void (*on_head)(void *owner, const struct lg_http *h);
@@ -4169,7 +4173,8 @@ static struct lg_conn *lg_up_pool_take(struct llmgw *gw, const char *origin)
 		lg_timer_clear(gw, &c->tm);
 		gw->pfd[c->idx].fd = c->fd;
 		if (gw->now - c->idle_since > LG_POOL_CHECK_MS &&
-		    (recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))) {
+		    (recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) >= 0 ||
+		     (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))) {
 			lg_conn_close(c); /* closed (0), unasked bytes (> 0) or an error */
 			continue;
 		}
@@ -4372,17 +4377,19 @@ static int lg_up_next_addr(struct lg_upreq *u)
 }
 
 /* The TCP connection is up: a name's address that worked after another
- * failed is the one the next connects try first. */
+ * failed is the one the next connects try first, and a TLS handshake has
+ * what is left of connect_timeout, not just this address's share. */
 static void lg_up_tcp_up(struct lg_upreq *u)
 {
 	if (u->addr_i)
 		lg_dns_prefer(u->gw, u->use_proxy ? u->cfg->proxy_host : u->host,
 		              u->use_proxy ? u->cfg->proxy_port : u->port, u->addr_which);
+	if (u->naddr > 1) lg_timer_set(u->gw, &u->tm, LG_MAX(1, u->conn_end - u->gw->now));
 	lg_up_connected(u);
 }
 
 /* Opens a new connection (DNS first when the host is a name) to the name's
- * address number u->addr_i after the preferred one. */
+ * preferred address, or after a failed one to the next (lg_up_next_addr). */
 static void lg_up_connect(struct lg_upreq *u)
 {
 	struct sockaddr_storage sa;
@@ -4392,7 +4399,8 @@ static void lg_up_connect(struct lg_upreq *u)
 	struct lg_conn *c;
 	const char *host = u->use_proxy ? u->cfg->proxy_host : u->host;
 	int port = u->use_proxy ? u->cfg->proxy_port : u->port;
-	r = lg_dns_lookup(u->gw, host, port, u->addr_i, &sa, &alen, &u->addr_which, &why);
+	r = lg_dns_lookup(u->gw, host, port, u->addr_i ? u->addr_base + u->addr_i : -1, &sa, &alen, &u->addr_which,
+	                  &why);
 	if (r == 0) {
 		if (u->state != LG_U_DNS) {
 			u->state = LG_U_DNS;
@@ -4408,10 +4416,16 @@ static void lg_up_connect(struct lg_upreq *u)
 		return;
 	}
 	u->naddr = r;
+	if (!u->addr_i) { /* the first address: the time for all starts now */
+		u->addr_base = u->addr_which;
+		u->conn_end = u->gw->now + u->connect_ms;
+	}
 	fd = socket(sa.ss_family, SOCK_STREAM, 0);
 	if (fd < 0 || lg_set_nonblock(fd) < 0) {
+		int err = errno; /* e.g. EAFNOSUPPORT: IPv6 turned off in the kernel */
 		if (fd >= 0) close(fd);
-		lg_up_fail(u, LG_UF_CONNECT, strerror(errno));
+		if (lg_up_next_addr(u)) return;
+		lg_up_fail(u, LG_UF_CONNECT, strerror(err));
 		return;
 	}
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -4426,15 +4440,20 @@ static void lg_up_connect(struct lg_upreq *u)
 	u->c = c;
 	u->state = LG_U_CONNECT;
 	u->tmk = LG_TK_CONNECT;
-	lg_timer_set(u->gw, &u->tm, u->connect_ms);
+	{ /* this address's share of what is left: the rest split among them */
+		int64_t left = LG_MAX(1, u->conn_end - u->gw->now);
+		lg_timer_set(u->gw, &u->tm, LG_MAX(1, left / (u->naddr - u->addr_i)));
+	}
 	if (connect(fd, (struct sockaddr *)&sa, alen) == 0) {
 		lg_up_tcp_up(u);
 		return;
 	}
 	if (errno != EINPROGRESS) {
 		char msg[200];
-		snprintf(msg, sizeof msg, "connect to %s%s:%d failed: %s%s", u->use_proxy ? "proxy " : "", host, port,
-		         strerror(errno), u->naddr > 1 ? " (and at its other addresses)" : "");
+		snprintf(msg, sizeof msg, "connect to %s%s:%d failed: %s", u->use_proxy ? "proxy " : "", host, port,
+		         strerror(errno));
+		if (u->naddr > 1)
+			snprintf(msg + strlen(msg), sizeof msg - strlen(msg), " (the last of its %d addresses)", u->naddr);
 		if (lg_up_next_addr(u)) return;
 		lg_up_fail(u, LG_UF_CONNECT, msg);
 		return;
@@ -4506,9 +4525,9 @@ static void lg_up_timeout(struct llmgw *gw, struct lg_timer *t)
 	else if (u->tmk == LG_TK_CONNECT && u->state == LG_U_CONNECT && lg_up_next_addr(u))
 		return; /* the name's next address */
 	else if (u->tmk == LG_TK_CONNECT)
-		snprintf(msg, sizeof msg, "%s to %s:%d timed out after %lld ms (connect_timeout)",
+		snprintf(msg, sizeof msg, "%s to %s:%d timed out after %lld ms (connect_timeout%s)",
 		         u->state == LG_U_SEND && u->c && u->c->tls ? "TLS handshake" : "connect", u->host, u->port,
-		         (long long)u->connect_ms);
+		         (long long)u->connect_ms, u->naddr > 1 ? ", shared by its addresses" : "");
 	else if (u->tmk == LG_TK_FIRST)
 		snprintf(msg, sizeof msg, "no response within %lld ms (first_byte_timeout)", (long long)u->first_byte_ms);
 	else
@@ -4641,8 +4660,11 @@ static void lg_up_io(struct lg_conn *c, int revents)
 		if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0) err = errno;
 		if (err) {
 			char msg[200];
-			snprintf(msg, sizeof msg, "connect to %s:%d failed: %s%s", u->host, u->port, strerror(err),
-			         u->naddr > 1 ? " (and at its other addresses)" : "");
+			snprintf(msg, sizeof msg, "connect to %s%s:%d failed: %s", u->use_proxy ? "proxy " : "",
+			         u->use_proxy ? u->cfg->proxy_host : u->host, u->use_proxy ? u->cfg->proxy_port : u->port,
+			         strerror(err));
+			if (u->naddr > 1)
+				snprintf(msg + strlen(msg), sizeof msg - strlen(msg), " (the last of its %d addresses)", u->naddr);
 			if (lg_up_next_addr(u)) return;
 			lg_up_fail(u, LG_UF_CONNECT, msg);
 			return;

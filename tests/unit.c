@@ -2920,7 +2920,7 @@ static void t_net_dns_next_address(void)
 	ASSERT(r == 0);
 	ASSERT(r == 0 && llmgw_start(gw, err, sizeof err) == 0);
 	/* the resolver starts with any name; then the entry, as if resolved */
-	lg_dns_lookup(gw, "localhost", 1, 0, &sa, &alen, &which, &why);
+	lg_dns_lookup(gw, "localhost", 1, -1, &sa, &alen, &which, &why);
 	ASSERT(gw->dns != NULL);
 	if (r != 0 || !gw->dns) goto out;
 	e = (struct lg_dns_ent *)calloc(1, sizeof *e);
@@ -2973,9 +2973,11 @@ static void t_net_dns_next_address(void)
 	pthread_mutex_lock(&gw->dns->mu);
 	ASSERT(e->pref == 1); /* and is where the next connect starts */
 	pthread_mutex_unlock(&gw->dns->mu);
-	ASSERT(lg_dns_lookup(gw, "multi.test", up_port, 0, &sa, &alen, &which, &why) == 2 && which == 1);
+	/* the preferred address (want < 0) is now the second; an absolute number still reaches any */
+	ASSERT(lg_dns_lookup(gw, "multi.test", up_port, -1, &sa, &alen, &which, &why) == 2 && which == 1);
 	ASSERT(((struct sockaddr_in *)&sa)->sin_port == htons((uint16_t)up_port));
-	ASSERT(lg_dns_lookup(gw, "multi.test", up_port, 1, &sa, &alen, &which, &why) == 2 && which == 0);
+	ASSERT(lg_dns_lookup(gw, "multi.test", up_port, 2, &sa, &alen, &which, &why) == 2 && which == 0);
+	ASSERT(((struct sockaddr_in *)&sa)->sin_port == htons((uint16_t)dead_port));
 out:
 	if (afd >= 0) close(afd);
 	if (cfd >= 0) close(cfd);
