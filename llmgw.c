@@ -3952,9 +3952,13 @@ static int lg_dns_lookup(struct llmgw *gw, const char *host, int port, int want,
 		int ok;
 		/* getaddrinfo needs little stack; the default (8 MB of address
 		 * space) would not fit a small router's memory limit */
+		sigset_t all, old;
 		pthread_attr_init(&at);
 		pthread_attr_setstacksize(&at, 256u << 10);
+		sigfillset(&all); /* signals stay with the loop's thread */
+		pthread_sigmask(SIG_BLOCK, &all, &old);
 		ok = pthread_create(&d->th, &at, lg_dns_thread, d) == 0;
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
 		pthread_attr_destroy(&at);
 		if (!ok) {
 			*why = "cannot start the resolver thread";
@@ -11303,15 +11307,26 @@ void llmgw_free(struct llmgw *gw)
 
 #ifndef LLMGW_NO_MAIN
 
-static struct llmgw *lg_main_gw; /* the one file-scope variable: signal target */
+static struct llmgw *volatile lg_main_gw; /* the one file-scope variable: signal target */
+
+/* The gateway leaves the signal handler's reach before it is freed: a
+ * SIGTERM arriving as the process exits (after a drain) would otherwise
+ * touch freed memory (musl unmaps it: a crash). */
+static void lg_main_free(void)
+{
+	struct llmgw *gw = lg_main_gw;
+	lg_main_gw = NULL;
+	llmgw_free(gw);
+}
 
 static void lg_main_signal(int sig)
 {
-	if (!lg_main_gw) return;
+	struct llmgw *gw = lg_main_gw;
+	if (!gw) return;
 	if (sig == SIGHUP)
-		llmgw_reload(lg_main_gw);
+		llmgw_reload(gw);
 	else
-		llmgw_stop(lg_main_gw);
+		llmgw_stop(gw);
 }
 
 static void lg_main_usage(FILE *f)
@@ -11365,7 +11380,7 @@ int main(int argc, char **argv)
 	}
 	if (llmgw_load_file(lg_main_gw, path, err, sizeof err)) {
 		fprintf(stderr, "llmgw: %s\n", err);
-		llmgw_free(lg_main_gw);
+		lg_main_free();
 		return 1;
 	}
 	memset(&sa, 0, sizeof sa);
@@ -11379,12 +11394,11 @@ int main(int argc, char **argv)
 	sigaction(SIGHUP, &sa, NULL);
 	if (llmgw_start(lg_main_gw, err, sizeof err)) {
 		fprintf(stderr, "llmgw: %s\n", err);
-		llmgw_free(lg_main_gw);
+		lg_main_free();
 		return 1;
 	}
 	rc = llmgw_run(lg_main_gw);
-	llmgw_free(lg_main_gw);
-	lg_main_gw = NULL;
+	lg_main_free();
 	return rc ? 1 : 0;
 }
 
