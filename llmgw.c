@@ -4380,6 +4380,21 @@ static int lg_up_next_addr(struct lg_upreq *u)
 	return 1;
 }
 
+/* A connect (or its socket) failed with err: the name's next address, or
+ * the attempt fails saying where and why. */
+static void lg_up_connect_failed(struct lg_upreq *u, int err)
+{
+	char msg[200];
+	int n;
+	if (lg_up_next_addr(u)) return;
+	n = snprintf(msg, sizeof msg, "connect to %s%s:%d failed: %s", u->use_proxy ? "proxy " : "",
+	             u->use_proxy ? u->cfg->proxy_host : u->host, u->use_proxy ? u->cfg->proxy_port : u->port,
+	             strerror(err));
+	if (u->naddr > 1 && n > 0 && (size_t)n < sizeof msg)
+		snprintf(msg + n, sizeof msg - (size_t)n, " (the last of its %d addresses)", u->naddr);
+	lg_up_fail(u, LG_UF_CONNECT, msg);
+}
+
 /* The TCP connection is up: a name's address that worked after another
  * failed is the one the next connects try first, and a TLS handshake has
  * what is left of connect_timeout, not just this address's share. */
@@ -4428,8 +4443,7 @@ static void lg_up_connect(struct lg_upreq *u)
 	if (fd < 0 || lg_set_nonblock(fd) < 0) {
 		int err = errno; /* e.g. EAFNOSUPPORT: IPv6 turned off in the kernel */
 		if (fd >= 0) close(fd);
-		if (lg_up_next_addr(u)) return;
-		lg_up_fail(u, LG_UF_CONNECT, strerror(err));
+		lg_up_connect_failed(u, err);
 		return;
 	}
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -4453,13 +4467,7 @@ static void lg_up_connect(struct lg_upreq *u)
 		return;
 	}
 	if (errno != EINPROGRESS) {
-		char msg[200];
-		snprintf(msg, sizeof msg, "connect to %s%s:%d failed: %s", u->use_proxy ? "proxy " : "", host, port,
-		         strerror(errno));
-		if (u->naddr > 1)
-			snprintf(msg + strlen(msg), sizeof msg - strlen(msg), " (the last of its %d addresses)", u->naddr);
-		if (lg_up_next_addr(u)) return;
-		lg_up_fail(u, LG_UF_CONNECT, msg);
+		lg_up_connect_failed(u, errno);
 		return;
 	}
 	c->flags |= LG_F_CONNECTING;
@@ -4663,14 +4671,7 @@ static void lg_up_io(struct lg_conn *c, int revents)
 		socklen_t el = sizeof err;
 		if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0) err = errno;
 		if (err) {
-			char msg[200];
-			snprintf(msg, sizeof msg, "connect to %s%s:%d failed: %s", u->use_proxy ? "proxy " : "",
-			         u->use_proxy ? u->cfg->proxy_host : u->host, u->use_proxy ? u->cfg->proxy_port : u->port,
-			         strerror(err));
-			if (u->naddr > 1)
-				snprintf(msg + strlen(msg), sizeof msg - strlen(msg), " (the last of its %d addresses)", u->naddr);
-			if (lg_up_next_addr(u)) return;
-			lg_up_fail(u, LG_UF_CONNECT, msg);
+			lg_up_connect_failed(u, err);
 			return;
 		}
 		if (!(revents & POLLOUT)) return;

@@ -17,7 +17,6 @@ own gateway (own state_dir and access log) and stops it with SIGTERM at the end:
 Standard library only; everything talks to 127.0.0.1; every wait is bounded.
 Prints "PASS name" / "FAIL name: reason" per test and ends with "N passed, N failed".
 """
-import binascii
 import datetime
 import http.client
 import json
@@ -34,6 +33,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402  (the shared runner, assertions and process helpers)
 from harness import Resp, request, expect_status, chat_body  # noqa: E402,F401
+from harness import near_usd as near, crc_hex, reservation  # noqa: E402,F401
 from harness import (HERE, ROOT, PYTHON, WRAP, TOL, GW, VERBOSE, CTX, Fail, check, eq,  # noqa: E402,F401
                      snip, marker, free_port, read_file)
 
@@ -51,17 +51,6 @@ KNOWN_BUGS = {}  # every bug found while writing this suite was fixed; their tes
 
 # =======================================================================================
 # assertions
-
-
-def near(got, want, what, rel=1e-9, abs_=1e-12):
-    ok = isinstance(got, (int, float)) and not isinstance(got, bool) and \
-        abs(got - want) <= max(rel * max(abs(want), abs(got)), abs_)
-    if not ok:
-        raise Fail("%s: expected %r, got %r" % (what, want, got))
-
-
-def crc_hex(s):
-    return "%08x" % (binascii.crc32(s.encode()) & 0xffffffff)
 
 
 def utc_today():
@@ -267,10 +256,6 @@ def content_of(events):
             for ch in e.get("choices") or []:
                 out += (ch.get("delta") or {}).get("content") or ""
     return out
-
-
-def reservation(body_bytes, max_in, max_out_price, max_out_tokens):
-    return (math.ceil(len(body_bytes) / 4) * max_in + max_out_tokens * max_out_price) / 1e6
 
 
 # =======================================================================================

@@ -89,7 +89,7 @@ OA_FIN_TO_AN = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_
 # =======================================================================================
 # raw HTTP client (as tests/integration.py)
 
-class Resp:
+class Resp(H.RespBase):
     def __init__(self):
         self.status = 0
         self.reason = ""
@@ -98,28 +98,13 @@ class Resp:
         self.body = b""
         self.pieces = []
         self.complete = False
-        self._json = None
         self._events = None
-
-    def h(self, name, default=None):
-        return self.headers.get(name.lower(), default)
-
-    def json(self):
-        if self._json is None:
-            try:
-                self._json = json.loads(self.body)
-            except ValueError as e:
-                raise Fail("status %d: body is not JSON (%s): %s" % (self.status, e, snip(self.body)))
-        return self._json
 
     @property
     def events(self):
         if self._events is None:
             self._events = parse_sse(self.pieces)
         return self._events
-
-    def __repr__(self):
-        return "<HTTP %d; headers %r; body %s>" % (self.status, self.headers, snip(self.body))
 
 
 class Event:

@@ -8,8 +8,10 @@ GW, VERBOSE and CTX in step with the ones here (harness.GW, harness.VERBOSE, har
 suite code may use either."""
 
 import argparse
+import binascii
 import http.client
 import json
+import math
 import os
 import re
 import select
@@ -55,6 +57,25 @@ def near(got, want, what, rel=1e-6):
         abs(got - want) <= rel * max(abs(want), 1e-12)
     if not ok:
         raise Fail("%s: expected %r, got %r" % (what, want, got))
+
+
+def near_usd(got, want, what, rel=1e-9, abs_=1e-12):
+    """Costs: equal up to float rounding (a relative 1e-9, or 1e-12 USD)."""
+    ok = isinstance(got, (int, float)) and not isinstance(got, bool) and \
+        abs(got - want) <= max(rel * max(abs(want), abs(got)), abs_)
+    if not ok:
+        raise Fail("%s: expected %r, got %r" % (what, want, got))
+
+
+def crc_hex(s):
+    """The CRC-32 of a ledger record, as the ledger writes it."""
+    return "%08x" % (binascii.crc32(s.encode()) & 0xffffffff)
+
+
+def reservation(body_bytes, max_in, max_out_price, max_out_tokens):
+    """What a budget reserves for a request: prompt estimate (body bytes / 4) at the
+    highest input price, plus its max tokens at the highest output price."""
+    return (math.ceil(len(body_bytes) / 4) * max_in + max_out_tokens * max_out_price) / 1e6
 
 
 def snip(b, n=400):
@@ -303,15 +324,35 @@ class GatewayBase:
 
 
 # =======================================================================================
-# HTTP on one connection per request, shared by the acct and workers suites
+# Responses and SSE bodies, as every suite's HTTP client sees them
 
-class Resp:
-    def __init__(self, status, headers, body, t_done):
-        self.status = status
-        self.headers = headers
-        self.body = body
-        self.t_done = t_done          # time.monotonic() when the body was complete
-        self._json = None
+def sse_events(body):
+    """The data: payloads of an SSE body (bytes), one string per event."""
+    out = []
+    for block in body.decode("utf-8", "replace").replace("\r\n", "\n").split("\n\n"):
+        data = [ln[5:].lstrip(" ") for ln in block.split("\n") if ln.startswith("data:")]
+        if data:
+            out.append("\n".join(data))
+    return out
+
+
+def sse_text(body):
+    """The assistant text of an OpenAI-style SSE body: the deltas' content joined."""
+    text = ""
+    for d in sse_events(body):
+        try:
+            j = json.loads(d)
+        except ValueError:
+            continue
+        for ch in (j.get("choices") or []) if isinstance(j, dict) else []:
+            text += (ch.get("delta") or {}).get("content") or ""
+    return text
+
+
+class RespBase:
+    """What every suite's response object offers; each suite's client sets status, headers
+    (lower-case names) and body."""
+    _json = None
 
     def h(self, name, default=None):
         return self.headers.get(name.lower(), default)
@@ -328,22 +369,29 @@ class Resp:
                 raise Fail("status %d: body is not JSON (%s): %s" % (self.status, e, snip(self.body)))
         return self._json
 
+    def __repr__(self):
+        return "<HTTP %d; headers %r; body %s>" % (self.status, self.headers, snip(self.body))
+
+
+# =======================================================================================
+# HTTP on one connection per request, shared by the acct and workers suites
+
+class Resp(RespBase):
+    def __init__(self, status, headers, body, t_done):
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.t_done = t_done          # time.monotonic() when the body was complete
+
     def events(self):
         """The data: payloads of an SSE body, JSON-decoded where possible."""
         out = []
-        for block in self.text.replace("\r\n", "\n").split("\n\n"):
-            data = [ln[5:].lstrip(" ") for ln in block.split("\n") if ln.startswith("data:")]
-            if not data:
-                continue
-            d = "\n".join(data)
+        for d in sse_events(self.body):
             try:
                 out.append(json.loads(d))
             except ValueError:
                 out.append(d)
         return out
-
-    def __repr__(self):
-        return "<HTTP %d %r %s>" % (self.status, self.headers, snip(self.body))
 
 
 def request(port, method, path, body=None, key=None, headers=None, timeout=10):

@@ -52,7 +52,7 @@ MOCK = None                           # the mock upstream process, shared by all
 # =======================================================================================
 # raw HTTP client
 
-class Resp:
+class Resp(H.RespBase):
     def __init__(self):
         self.status = 0
         self.reason = ""
@@ -64,23 +64,7 @@ class Resp:
         self.complete = False     # body fully read according to its framing
         self.closed = False       # body ended by connection close
         self.t_head = None
-        self._json = None
         self._events = None
-
-    def h(self, name, default=None):
-        return self.headers.get(name.lower(), default)
-
-    @property
-    def text(self):
-        return self.body.decode("utf-8", "replace")
-
-    def json(self):
-        if self._json is None:
-            try:
-                self._json = json.loads(self.body)
-            except ValueError as e:
-                raise Fail("status %d: body is not JSON (%s): %s" % (self.status, e, snip(self.body)))
-        return self._json
 
     @property
     def events(self):

@@ -34,6 +34,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402  (the shared runner, assertions and process helpers)
+from harness import sse_events, sse_text  # noqa: E402,F401
 from harness import (HERE, ROOT, PYTHON, WRAP, TOL, GW, VERBOSE, CTX, Fail, check, eq,  # noqa: E402,F401
                      snip, marker, on_cleanup, free_port, read_file, in_thread, join, limit)
 
@@ -57,31 +58,12 @@ MOCK = None                           # the mock upstream process, shared by all
 # =======================================================================================
 # raw HTTP client (one request per connection)
 
-class Resp:
+class Resp(H.RespBase):
     def __init__(self):
         self.status = 0
         self.headers = {}
         self.body = b""
         self.pieces = []          # body data as it arrived
-        self._json = None
-
-    def h(self, name, default=None):
-        return self.headers.get(name.lower(), default)
-
-    @property
-    def text(self):
-        return self.body.decode("utf-8", "replace")
-
-    def json(self):
-        if self._json is None:
-            try:
-                self._json = json.loads(self.body)
-            except ValueError as e:
-                raise Fail("status %d: body is not JSON (%s): %s" % (self.status, e, snip(self.body)))
-        return self._json
-
-    def __repr__(self):
-        return "<HTTP %d; headers %r; body %s>" % (self.status, self.headers, snip(self.body))
 
 
 class Client:
@@ -208,29 +190,6 @@ def http(port, method, path, body=None, headers=None, key="sk-test", timeout=10)
         return c.read_response(method, timeout)
     finally:
         c.close()
-
-
-def sse_events(body):
-    """The data: payloads of an SSE body."""
-    out = []
-    for block in body.decode("utf-8", "replace").replace("\r\n", "\n").split("\n\n"):
-        data = [ln[5:].lstrip(" ") if ln.startswith("data:") else None for ln in block.split("\n")]
-        data = [d for d in data if d is not None]
-        if data:
-            out.append("\n".join(data))
-    return out
-
-
-def sse_text(body):
-    text = ""
-    for d in sse_events(body):
-        try:
-            j = json.loads(d)
-        except ValueError:
-            continue
-        for ch in (j.get("choices") or []) if isinstance(j, dict) else []:
-            text += (ch.get("delta") or {}).get("content") or ""
-    return text
 
 
 def expect_status(r, want, what):

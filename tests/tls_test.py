@@ -235,28 +235,12 @@ def client_context(ca=None, verify=True, max_version=None, min_version=None):
     return ctx
 
 
-class Resp:
+class Resp(H.RespBase):
     def __init__(self):
         self.status = 0
         self.headers = {}
         self.body = b""
         self.complete = False
-
-    def h(self, name, default=None):
-        return self.headers.get(name.lower(), default)
-
-    @property
-    def text(self):
-        return self.body.decode("utf-8", "replace")
-
-    def json(self):
-        try:
-            return json.loads(self.body)
-        except ValueError as e:
-            raise Fail("status %d: body is not JSON (%s): %s" % (self.status, e, snip(self.body)))
-
-    def __repr__(self):
-        return "<HTTP %d; headers %r; body %s>" % (self.status, self.headers, snip(self.body))
 
 
 def sse_data(body):

@@ -19,10 +19,8 @@ build fails the test that provoked it.
 Standard library only; everything talks to 127.0.0.1; every wait is bounded.
 Prints "PASS name" / "FAIL name: reason" per test and ends with "N passed, N failed".
 """
-import binascii
 import http.client
 import json
-import math
 import os
 import re
 import select
@@ -37,7 +35,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402  (the shared runner, assertions and process helpers)
+from harness import sse_events, sse_text  # noqa: E402,F401
 from harness import Resp, request, expect_status, chat_body  # noqa: E402,F401
+from harness import near_usd as near, crc_hex, reservation  # noqa: E402,F401
 from harness import (HERE, PYTHON, TOL, GW, VERBOSE, CTX, Fail, check, eq,  # noqa: E402,F401
                      snip, marker, free_port, read_file)
 
@@ -53,49 +53,10 @@ SANITIZER_MARKS = ("WARNING: ThreadSanitizer", "ERROR: AddressSanitizer", "ERROR
 
 
 # =======================================================================================
-# assertions
-
-def near(got, want, what, rel=1e-9, abs_=1e-12):
-    ok = isinstance(got, (int, float)) and not isinstance(got, bool) and \
-        abs(got - want) <= max(rel * max(abs(want), abs(got)), abs_)
-    if not ok:
-        raise Fail("%s: expected %r, got %r" % (what, want, got))
-
-
-def crc_hex(s):
-    return "%08x" % (binascii.crc32(s.encode()) & 0xffffffff)
-
-
-# =======================================================================================
-# HTTP: every request on a fresh connection
-
-def sse_events(body):
-    out = []
-    for block in body.decode("utf-8", "replace").replace("\r\n", "\n").split("\n\n"):
-        data = [ln[5:].lstrip(" ") for ln in block.split("\n") if ln.startswith("data:")]
-        if data:
-            out.append("\n".join(data))
-    return out
-
-
-def sse_text(body):
-    text = ""
-    for d in sse_events(body):
-        try:
-            j = json.loads(d)
-        except ValueError:
-            continue
-        for ch in (j.get("choices") or []) if isinstance(j, dict) else []:
-            text += (ch.get("delta") or {}).get("content") or ""
-    return text
-
+# costs
 
 def cost_of(prompt, completion, inp, out):
     return (prompt * inp + completion * out) / 1e6
-
-
-def reservation(body_bytes, max_in, max_out_price, max_out_tokens):
-    return (math.ceil(len(body_bytes) / 4) * max_in + max_out_tokens * max_out_price) / 1e6
 
 
 def parallel(n, fn, threads=8, timeout=60, what="requests"):
