@@ -7555,7 +7555,7 @@ static void lg_uri_enc(struct lg_buf *o, const char *p, size_t n)
 /* SigV4 for Bedrock: the signature over the canonical request of a POST
  * with host, x-amz-date and (with a session) x-amz-security-token signed. */
 static void lg_sigv4(const struct lg_provider *p, const char *host, const char *path, const char *body, size_t bn,
-                     int64_t wall, char *hdr, size_t hn)
+                     int64_t wall, struct lg_buf *hdr)
 {
 	char amzdate[20], day[9], hex[65], sig[65];
 	unsigned char h[32], k1[32], k2[32];
@@ -7589,7 +7589,7 @@ static void lg_sigv4(const struct lg_provider *p, const char *host, const char *
 	lg_sigv4_key(p->aws_secret_access_key, day, region, "bedrock", k1);
 	lg_hmac_sha256(k1, 32, sts.p, sts.len, k2);
 	lg_hex32(k2, sig);
-	snprintf(hdr, hn,
+	lg_buf_printf(hdr,
 	         "X-Amz-Date: %s\r\n%s%s%sAuthorization: AWS4-HMAC-SHA256 Credential=%s/%s/%s/bedrock/aws4_request, "
 	         "SignedHeaders=host;x-amz-date%s, Signature=%s\r\n",
 	         amzdate, p->aws_session_token ? "X-Amz-Security-Token: " : "",
@@ -7605,22 +7605,60 @@ static int lg_native(const struct lg_req *r, const struct lg_provider *p)
 	return p->type == LG_PT_OPENAI || p->type == LG_PT_AZURE || p->type == LG_PT_MOCK;
 }
 
+/* The longest auth lines a request to p can carry (lg_prov_build sizes
+ * the head with it, so no header is ever cut). */
+static size_t lg_prov_auth_room(const struct lg_provider *p, const struct lg_req *r)
+{
+	size_t n = 64;
+	if (p->api_key) n += strlen(p->api_key) + 32;
+	if (r->anth_beta) n += strlen(r->anth_beta) + 20;
+	if (p->type == LG_PT_BEDROCK && p->aws_access_key_id) /* SigV4: date, token, credential, signature */
+		n += 400 + strlen(p->aws_access_key_id) + (p->aws_region ? strlen(p->aws_region) : 9) +
+		     (p->aws_session_token ? 2 * strlen(p->aws_session_token) + 64 : 0);
+	return n;
+}
+
+/* A head written into a fixed span: at passes cap when a part did not fit
+ * (the caller then fails the request; nothing is cut silently). */
+struct lg_hw {
+	char *p;
+	size_t at, cap;
+};
+
+static void lg_hw_n(struct lg_hw *w, const char *s, size_t n)
+{
+	if (w->at + n <= w->cap) memcpy(w->p + w->at, s, n);
+	w->at += n;
+}
+
+static void lg_hw_z(struct lg_hw *w, const char *s) { lg_hw_n(w, s, strlen(s)); }
+
+/* "name value\r\n", or nothing without a value */
+static void lg_hw_line(struct lg_hw *w, const char *name, const char *v)
+{
+	if (!v) return;
+	lg_hw_z(w, name);
+	lg_hw_z(w, v);
+	lg_hw_n(w, "\r\n", 2);
+}
+
 /* Builds the whole upstream request in o: the body is written first, after
  * room left for the head, so it is copied once. -2: the request cannot go
  * to this provider (r->canon_err says why: a 400). */
 static int lg_prov_build(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
 {
 	const struct lg_provider *p = cd->prov;
-	char head[8192], path[2048], auth[2048], host[300];
-	int hn, i, k = 0;
+	char fast[1024];
+	const char *path = fast, *host = p->hosthdr;
+	int i, k = 0;
 	size_t room, body_len;
-	struct lg_buf pb;
-	if (p->type == LG_PT_OPENAI) { /* the common case, without a buffer */
-		size_t at = lg_cpy(path, sizeof path, p->base_path);
-		lg_cpy(path + at, sizeof path - at, r->ep == LG_EP_EMBED ? "/embeddings" : "/chat/completions");
+	struct lg_buf pb, sig;
+	lg_buf_init(&pb, 0);
+	if (p->type == LG_PT_OPENAI && strlen(p->base_path) + 20 < sizeof fast) { /* the common case, no buffer */
+		size_t at = lg_cpy(fast, sizeof fast, p->base_path);
+		lg_cpy(fast + at, sizeof fast - at, r->ep == LG_EP_EMBED ? "/embeddings" : "/chat/completions");
 		goto have_path;
 	}
-	lg_buf_init(&pb, sizeof path - 1);
 	lg_buf_addz(&pb, p->base_path);
 	switch (p->type) {
 	case LG_PT_AZURE:
@@ -7650,20 +7688,22 @@ static int lg_prov_build(struct lg_req *r, const struct lg_cand *cd, struct lg_b
 		break;
 	default: lg_buf_addz(&pb, r->ep == LG_EP_EMBED ? "/embeddings" : "/chat/completions");
 	}
-	if (pb.err) {
+	if (lg_buf_addc(&pb, 0)) {
 		lg_buf_free(&pb);
 		return -1;
 	}
-	snprintf(path, sizeof path, "%.*s", (int)pb.len, pb.p);
-	lg_buf_free(&pb);
+	path = pb.p;
 have_path:
-	lg_cpy(host, sizeof host, p->hosthdr);
-	room = 1024 + strlen(path) + strlen(host) + 2048;
+	/* the head is sized, never truncated: fixed parts, path, host, every
+	 * header of the provider and the longest auth lines it can get */
+	room = 512 + strlen(path) + strlen(host) + lg_prov_auth_room(p, r);
 	for (i = 0; i < p->nheaders; i++) room += strlen(p->headers[i]) + 2;
-	if (room > sizeof head) return -1;
 	o->off = o->len = 0;
 	lg_blk_take(r->gw, o);
-	if (lg_buf_reserve(o, room + r->body_len + 256)) return -1;
+	if (lg_buf_reserve(o, room + r->body_len + 256)) {
+		lg_buf_free(&pb);
+		return -1;
+	}
 	o->len = room; /* the gap before the body is filled by the head below */
 	if (r->ep == LG_EP_EMBED && p->type == LG_PT_GEMINI) {
 		int in = lg_json_get(&r->j, r->body, 0, "input");
@@ -7681,75 +7721,71 @@ have_path:
 	} else if (lg_native(r, p) || r->ep == LG_EP_EMBED) {
 		lg_prov_openai_body(r, cd, o);
 	} else {
-		if (!lg_canon(r)) return -2;
+		if (!lg_canon(r)) {
+			lg_buf_free(&pb);
+			return -2;
+		}
 		switch (p->type) {
 		case LG_PT_ANTHROPIC: k = lg_w_anthropic(r, cd, o); break;
 		case LG_PT_GEMINI: k = lg_w_gemini(r, cd, o); break;
 		case LG_PT_BEDROCK: k = lg_w_bedrock(r, cd, o); break;
 		default: k = lg_w_openai(r, cd, o);
 		}
-		if (k < 0) return k;
+		if (k < 0) {
+			lg_buf_free(&pb);
+			return k;
+		}
 	}
-	if (o->err) return -1;
+	if (o->err) {
+		lg_buf_free(&pb);
+		return -1;
+	}
 	body_len = o->len - room;
-	auth[0] = 0;
-	switch (p->type) {
-	case LG_PT_AZURE:
-		if (p->api_key) snprintf(auth, sizeof auth, "api-key: %s\r\n", p->api_key);
-		break;
-	case LG_PT_ANTHROPIC:
-		snprintf(auth, sizeof auth, "%s%s%santhropic-version: 2023-06-01\r\n%s%s%s", p->api_key ? "x-api-key: " : "",
-		         p->api_key ? p->api_key : "", p->api_key ? "\r\n" : "", r->anth_beta ? "anthropic-beta: " : "",
-		         r->anth_beta ? r->anth_beta : "", r->anth_beta ? "\r\n" : "");
-		break;
-	case LG_PT_GEMINI:
-		if (p->api_key) snprintf(auth, sizeof auth, "x-goog-api-key: %s\r\n", p->api_key);
-		break;
-	case LG_PT_BEDROCK:
-		if (p->aws_access_key_id && p->aws_secret_access_key)
-			lg_sigv4(p, host, path, o->p + room, body_len, lg_wall_ms(), auth, sizeof auth);
-		else if (p->api_key)
-			snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", p->api_key);
-		break;
-	default:
-		if (p->api_key) { /* without printf: the common case */
-			size_t at = lg_cpy(auth, sizeof auth, "Authorization: Bearer ");
-			at += lg_cpy(auth + at, sizeof auth - at, p->api_key);
-			lg_cpy(auth + at, sizeof auth - at, "\r\n");
-		}
-	}
-	{ /* the head, without printf: this runs for every upstream request */
-		size_t at = 0;
+	lg_buf_init(&sig, 0);
+	if (p->type == LG_PT_BEDROCK && p->aws_access_key_id && p->aws_secret_access_key)
+		lg_sigv4(p, host, path, o->p + room, body_len, lg_wall_ms(), &sig);
+	{ /* the head, in the gap before the body, without printf: this runs for every upstream request */
+		struct lg_hw w;
 		char num[24];
-		const char *parts[8];
-		int np = 0, q;
-		parts[np++] = "POST ";
-		parts[np++] = path;
-		parts[np++] = " HTTP/1.1\r\nHost: ";
-		parts[np++] = host;
-		parts[np++] = "\r\nContent-Type: application/json\r\nAccept: ";
-		parts[np++] = r->stream ? (p->type == LG_PT_BEDROCK ? "application/vnd.amazon.eventstream" : "text/event-stream")
-		                        : "application/json";
-		parts[np++] = "\r\nUser-Agent: llmgw/" LLMGW_VERSION "\r\n";
-		parts[np++] = auth;
-		for (q = 0; q < np; q++) at += lg_cpy(head + at, sizeof head - at, parts[q]);
-		for (i = 0; i < p->nheaders; i++) {
-			at += lg_cpy(head + at, sizeof head - at, p->headers[i]);
-			at += lg_cpy(head + at, sizeof head - at, "\r\n");
+		w.p = o->p;
+		w.at = 0;
+		w.cap = room;
+		lg_hw_z(&w, "POST ");
+		lg_hw_z(&w, path);
+		lg_hw_z(&w, " HTTP/1.1\r\nHost: ");
+		lg_hw_z(&w, host);
+		lg_hw_z(&w, "\r\nContent-Type: application/json\r\nAccept: ");
+		lg_hw_z(&w, r->stream ? (p->type == LG_PT_BEDROCK ? "application/vnd.amazon.eventstream" : "text/event-stream")
+		                      : "application/json");
+		lg_hw_z(&w, "\r\nUser-Agent: llmgw/" LLMGW_VERSION "\r\n");
+		switch (p->type) {
+		case LG_PT_AZURE: lg_hw_line(&w, "api-key: ", p->api_key); break;
+		case LG_PT_ANTHROPIC:
+			lg_hw_line(&w, "x-api-key: ", p->api_key);
+			lg_hw_z(&w, "anthropic-version: 2023-06-01\r\n");
+			lg_hw_line(&w, "anthropic-beta: ", r->anth_beta);
+			break;
+		case LG_PT_GEMINI: lg_hw_line(&w, "x-goog-api-key: ", p->api_key); break;
+		case LG_PT_BEDROCK:
+			if (sig.len) {
+				if (sig.err) w.at = w.cap + 1;
+				else lg_hw_n(&w, sig.p, sig.len);
+			} else
+				lg_hw_line(&w, "Authorization: Bearer ", p->api_key);
+			break;
+		default: lg_hw_line(&w, "Authorization: Bearer ", p->api_key);
 		}
-		q = 24;
-		num[--q] = 0;
-		do
-			num[--q] = (char)('0' + body_len % 10);
-		while ((body_len /= 10) && q > 0);
-		at += lg_cpy(head + at, sizeof head - at, "Content-Length: ");
-		at += lg_cpy(head + at, sizeof head - at, num + q);
-		at += lg_cpy(head + at, sizeof head - at, "\r\n\r\n");
-		hn = at + 1 >= sizeof head ? -1 : (int)at;
+		for (i = 0; i < p->nheaders; i++) lg_hw_line(&w, "", p->headers[i]);
+		lg_hw_z(&w, "Content-Length: ");
+		k = lg_utoa(num, body_len, 0);
+		lg_hw_n(&w, num + k, (size_t)(24 - k));
+		lg_hw_z(&w, "\r\n\r\n");
+		lg_buf_free(&sig);
+		lg_buf_free(&pb);
+		if (w.at > w.cap) return -1; /* cannot happen: room counts every part */
+		o->off = room - w.at;
+		memmove(o->p + o->off, o->p, w.at);
 	}
-	if (hn <= 0 || (size_t)hn > room) return -1;
-	o->off = room - (size_t)hn;
-	memcpy(o->p + o->off, head, (size_t)hn);
 	return 0;
 }
 
