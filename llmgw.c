@@ -7708,16 +7708,22 @@ have_path:
 	if (r->ep == LG_EP_EMBED && p->type == LG_PT_GEMINI) {
 		int in = lg_json_get(&r->j, r->body, 0, "input");
 		uint32_t n = lg_json_type(&r->j, in) == LG_J_ARR ? r->j.t[in].size : 1, x;
+		struct lg_buf mn; /* "models/<upstream>", escaped: the upstream name may come from the client */
+		lg_buf_init(&mn, 0);
+		lg_buf_addz(&mn, "models/");
+		lg_buf_addz(&mn, cd->upstream);
 		lg_buf_addz(o, "{\"requests\":[");
 		for (x = 0; x < n; x++) {
 			int t = lg_json_type(&r->j, in) == LG_J_ARR ? lg_json_at(&r->j, in, x) : in;
-			lg_buf_addz(o, x ? ",{\"model\":\"models/" : "{\"model\":\"models/");
-			lg_buf_addz(o, cd->upstream);
-			lg_buf_addz(o, "\",\"content\":{\"parts\":[{\"text\":");
+			lg_buf_addz(o, x ? ",{\"model\":" : "{\"model\":");
+			lg_json_wstr(o, mn.p ? mn.p : "", mn.len);
+			lg_buf_addz(o, ",\"content\":{\"parts\":[{\"text\":");
 			lg_w_str(o, lg_jesc(&r->j, r->body, t));
 			lg_buf_addz(o, "}]}}");
 		}
 		lg_buf_addz(o, "]}");
+		if (mn.err) o->err = 1;
+		lg_buf_free(&mn);
 	} else if (lg_native(r, p) || r->ep == LG_EP_EMBED) {
 		lg_prov_openai_body(r, cd, o);
 	} else {
