@@ -1209,6 +1209,74 @@ static double lg_json_num(const struct lg_json *j, const char *s, int t, double 
 	return strtod(tmp, NULL);
 }
 
+/* The UTF-8 sequence at s (s[0] >= 0x80, n >= 1 bytes): its length when
+ * it is well formed, else minus the length of its maximal ill-formed
+ * subpart (Unicode 3.9: each such subpart becomes one U+FFFD). */
+static int lg_utf8_seq(const unsigned char *s, size_t n)
+{
+	unsigned char c = s[0], lo = 0x80, hi = 0xBF;
+	int len, k;
+	if (c >= 0xC2 && c <= 0xDF) len = 2;
+	else if (c >= 0xE0 && c <= 0xEF) len = 3;
+	else if (c >= 0xF0 && c <= 0xF4) len = 4;
+	else return -1;
+	if (c == 0xE0) lo = 0xA0;
+	if (c == 0xED) hi = 0x9F;
+	if (c == 0xF0) lo = 0x90;
+	if (c == 0xF4) hi = 0x8F;
+	for (k = 1; k < len; k++) {
+		if ((size_t)k >= n || s[k] < lo || s[k] > hi) return -k;
+		lo = 0x80, hi = 0xBF;
+	}
+	return len;
+}
+
+/* Is s[0..n) well-formed UTF-8? (fast for ASCII) */
+static int lg_utf8_valid(const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t i = 0;
+	while (i < n) {
+		int k;
+		uint64_t w;
+		if (i + 8 <= n) { /* eight ASCII bytes at a time */
+			memcpy(&w, p + i, 8);
+			if (!(w & 0x8080808080808080ull)) {
+				i += 8;
+				continue;
+			}
+		}
+		if (p[i] < 0x80) {
+			i++;
+			continue;
+		}
+		if ((k = lg_utf8_seq(p + i, n - i)) < 0) return 0;
+		i += (size_t)k;
+	}
+	return 1;
+}
+
+/* s with each ill-formed subpart replaced by U+FFFD, in t. */
+static lg_str lg_utf8_fix(struct lg_buf *t, lg_str s)
+{
+	const unsigned char *p = (const unsigned char *)s.p;
+	size_t i = 0, run = 0;
+	lg_buf_init(t, 0);
+	while (i < s.n) {
+		int k;
+		if (p[i] < 0x80 || (k = lg_utf8_seq(p + i, s.n - i)) > 0) {
+			i += p[i] < 0x80 ? 1 : (size_t)lg_utf8_seq(p + i, s.n - i);
+			continue;
+		}
+		lg_buf_add(t, s.p + run, i - run);
+		lg_buf_add(t, "\xEF\xBF\xBD", 3);
+		i += (size_t)-k;
+		run = i;
+	}
+	lg_buf_add(t, s.p + run, s.n - run);
+	return t->err ? lg_str_of("", 0) : lg_str_of(t->p ? t->p : "", t->len);
+}
+
 static void lg_utf8_put(char **o, uint32_t cp)
 {
 	unsigned char *p = (unsigned char *)*o;
@@ -1305,7 +1373,19 @@ static int lg_json_wstr(struct lg_buf *b, const char *s, size_t n)
 		unsigned char c = (unsigned char)s[i];
 		const char *esc = NULL;
 		char u[7];
-		if (c >= 0x20 && c != '"' && c != '\\') continue;
+		if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') continue;
+		if (c >= 0x80) { /* well-formed UTF-8 as it is, anything else as U+FFFD */
+			int k = lg_utf8_seq((const unsigned char *)s + i, n - i);
+			if (k > 0) {
+				i += (size_t)k - 1;
+				continue;
+			}
+			lg_buf_add(b, s + run, i - run);
+			lg_buf_add(b, "\xEF\xBF\xBD", 3);
+			i += (size_t)-k - 1;
+			run = i + 1;
+			continue;
+		}
 		lg_buf_add(b, s + run, i - run);
 		switch (c) {
 		case '"': esc = "\\\""; break;
@@ -7049,9 +7129,28 @@ static void lg_w_an_final(struct lg_req *r, struct lg_buf *o)
 }
 
 static void lg_route_failed(struct lg_req *r, int status, const char *reason, int retryable, int timeout);
+static int lg_scrub(const struct lg_cfg *c, const char *p, size_t n, struct lg_buf *out);
 
-/* One canonical event from an adapter. */
+static void lg_ev_1(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw);
+
+/* One canonical event from an adapter. Text that is not well-formed
+ * UTF-8 has each bad sequence replaced by U+FFFD first: what llmgw
+ * writes is always valid UTF-8 JSON. */
 static void lg_ev(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
+{
+	struct lg_buf fa, fb;
+	if ((!a.n || lg_utf8_valid(a.p, a.n)) && (!b.n || lg_utf8_valid(b.p, b.n))) {
+		lg_ev_1(r, type, idx, a, b, raw);
+		return;
+	}
+	a = lg_utf8_fix(&fa, a);
+	b = lg_utf8_fix(&fb, b);
+	lg_ev_1(r, type, idx, a, b, raw);
+	lg_buf_free(&fa);
+	lg_buf_free(&fb);
+}
+
+static void lg_ev_1(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
 {
 	struct lg_wst *w = r->w;
 	if (type == LG_EV_USAGE) {
@@ -7068,7 +7167,12 @@ static void lg_ev(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int r
 	}
 	if (type == LG_EV_ERROR) { /* before the first byte: the attempt failed; after: an error event */
 		char msg[300];
-		snprintf(msg, sizeof msg, "%.*s", (int)LG_MIN(a.n, 280), a.p);
+		struct lg_buf clean;
+		if (lg_scrub(r->cfg, a.p, a.n, &clean)) { /* an upstream may quote the credential it got */
+			snprintf(msg, sizeof msg, "%.*s", (int)LG_MIN(clean.len, 280), clean.p ? clean.p : "");
+			lg_buf_free(&clean);
+		} else
+			snprintf(msg, sizeof msg, "%.*s", (int)LG_MIN(a.n, 280), a.p);
 		r->up_error = 1;
 		if (!r->sent_head) {
 			lg_route_failed(r, idx, msg, idx == 429 || idx >= 500, 0);
@@ -8408,6 +8512,59 @@ static int lg_route_retryable(int status, const char *body, size_t n)
 static void lg_route_next(struct lg_req *r);
 
 /* Why the upstream said no, from its error body, for messages and logs. */
+/* Does word w hold secret z, its first 16 bytes (a quote cut short) or a
+ * masked form of a credential ("sk-ab****wxyz")? */
+static int lg_scrub_hit(lg_str w, const char *z)
+{
+	size_t zn = z ? strlen(z) : 0, k = LG_MIN(zn, 16), i;
+	if (zn < 6) return 0;
+	for (i = 0; i + k <= w.n; i++)
+		if (w.p[i] == z[0] && memcmp(w.p + i, z, k) == 0) return 1;
+	return 0;
+}
+
+/* Text from an upstream with every configured provider secret, anything
+ * that starts like one, and every masked credential (a word with "***")
+ * replaced by [redacted], in out. 0: nothing found (out untouched). */
+static int lg_scrub(const struct lg_cfg *c, const char *p, size_t n, struct lg_buf *out)
+{
+	size_t i = 0, run = 0;
+	int hits = 0;
+	while (i < n) {
+		size_t st;
+		int bad, k;
+		lg_str w;
+		while (i < n && (strchr(" \t\r\n\"',;()[]{}<>", p[i]) && p[i])) i++;
+		st = i;
+		while (i < n && !(strchr(" \t\r\n\"',;()[]{}<>", p[i]) && p[i])) i++;
+		if (i == st) break;
+		w = lg_str_of(p + st, i - st);
+		bad = w.n >= 3 && lg_memfind(w.p, w.n, "***") != NULL;
+		for (k = 0; !bad && k < c->nprov; k++) {
+			const struct lg_provider *pv = c->prov[k];
+			bad = lg_scrub_hit(w, pv->api_key) || lg_scrub_hit(w, pv->aws_secret_access_key) ||
+			      lg_scrub_hit(w, pv->aws_session_token);
+		}
+		if (!bad) continue;
+		if (!hits++) lg_buf_init(out, 0);
+		lg_buf_add(out, p + run, st - run);
+		lg_buf_addz(out, "[redacted]");
+		run = i;
+	}
+	if (!hits) return 0;
+	lg_buf_add(out, p + run, n - run);
+	return 1;
+}
+
+/* The same for a C string in place (cut to cap). */
+static void lg_scrub_z(const struct lg_cfg *c, char *s, size_t cap)
+{
+	struct lg_buf o;
+	if (!c || !lg_scrub(c, s, strlen(s), &o)) return;
+	snprintf(s, cap, "%.*s", (int)(o.err ? 0 : o.len), o.p ? o.p : "");
+	lg_buf_free(&o);
+}
+
 static void lg_route_upstream_msg(struct lg_req *r, char *out, size_t n)
 {
 	struct lg_json j;
@@ -8445,10 +8602,14 @@ static void lg_route_upstream_msg(struct lg_req *r, char *out, size_t n)
 static void lg_route_failed(struct lg_req *r, int status, const char *reason, int retryable, int timeout)
 {
 	struct lg_att_log *a = &r->att[r->natt - 1];
+	char clean[300];
 	lg_up_release(&r->up);
 	a->status = status;
 	a->ms = r->gw->now - r->t_att;
-	snprintf(a->err, sizeof a->err, "%s", reason);
+	lg_cpy(clean, sizeof clean, reason);
+	lg_scrub_z(r->cfg, clean, sizeof clean);
+	reason = clean;
+	lg_cpy(a->err, sizeof a->err, reason);
 	r->timed_out += timeout;
 	lg_route_done(r, retryable && r->cc ? 0 : -1);
 	if (retryable) r->retry_seen = 1;
@@ -8644,8 +8805,16 @@ static void lg_att_end(void *owner)
 	a->ms = r->gw->now - r->t_att;
 	if (r->ustatus < 200 || r->ustatus >= 300) {
 		char why[256];
-		const char *b = lg_buf_data(&r->ubody), *rd;
-		size_t bn = lg_buf_used(&r->ubody);
+		const char *b, *rd;
+		size_t bn;
+		struct lg_buf clean;
+		/* an upstream may quote the credential it got: never passed on */
+		if (lg_scrub(r->cfg, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody), &clean)) {
+			lg_buf_free(&r->ubody);
+			r->ubody = clean;
+		}
+		b = lg_buf_data(&r->ubody);
+		bn = lg_buf_used(&r->ubody);
 		/* Gemini says when to retry in its body: "retryDelay": "17s" */
 		if (bn && b && (rd = lg_memfind(b, bn, "\"retryDelay\"")) != NULL) {
 			const char *e = b + bn;
