@@ -1582,6 +1582,7 @@ struct lg_target {
 	const char *prov_name, *upstream, *quant;
 	double in, out, cache_read, cache_write, weight; /* USD per million tokens */
 	int64_t context, max_output; /* 64 bits: long is 32 on the 32-bit routers */
+	int64_t image_tokens, audio_tokens, file_tokens; /* most prompt tokens one such part costs; -1: default */
 	int line;
 };
 
@@ -1878,7 +1879,8 @@ static int lg_cfg_url(struct lg_cfgp *p, struct lg_provider *pv, lg_str v)
 }
 
 /* "PROVIDER MODEL [in=USD] [out=USD] [cache_read=USD] [cache_write=USD]
- *  [weight=N] [context=TOKENS] [max_output=TOKENS] [quant=NAME]" */
+ *  [weight=N] [context=TOKENS] [max_output=TOKENS] [quant=NAME]
+ *  [image_tokens=N] [audio_tokens=N] [file_tokens=N]" */
 static int lg_cfg_target(struct lg_cfgp *p, struct lg_model *m, lg_str v)
 {
 	struct lg_target *t = (struct lg_target *)lg_cfg_push(p->c, &m->t, &m->nt, sizeof *t);
@@ -1888,6 +1890,7 @@ static int lg_cfg_target(struct lg_cfgp *p, struct lg_model *m, lg_str v)
 	t->line = p->line;
 	t->weight = 1;
 	t->cache_read = t->cache_write = -1; /* unset: priced like input */
+	t->image_tokens = t->audio_tokens = t->file_tokens = -1;
 	while (i < v.n) {
 		size_t st;
 		lg_str w, k, val;
@@ -1934,9 +1937,16 @@ static int lg_cfg_target(struct lg_cfgp *p, struct lg_model *m, lg_str v)
 			t->context = (int64_t)d;
 		else if (lg_str_eq(k, "max_output"))
 			t->max_output = (int64_t)d;
+		else if (lg_str_eq(k, "image_tokens"))
+			t->image_tokens = (int64_t)d;
+		else if (lg_str_eq(k, "audio_tokens"))
+			t->audio_tokens = (int64_t)d;
+		else if (lg_str_eq(k, "file_tokens"))
+			t->file_tokens = (int64_t)d;
 		else
 			return lg_cfg_err(p, "unknown target option '%.*s' (in, out, cache_read, cache_write, "
-			                     "weight, context, max_output, quant)", (int)k.n, k.p);
+			                     "weight, context, max_output, quant, image_tokens, audio_tokens, file_tokens)",
+			                  (int)k.n, k.p);
 	}
 	if (field < 2) return lg_cfg_err(p, "target needs a provider name and an upstream model");
 	if (t->cache_read < 0) t->cache_read = t->in;
@@ -4913,7 +4923,9 @@ struct lg_req {
 	/* accounting */
 	struct lg_kstate *ks; /* the key's spend and limits, when admitted */
 	double reserved;      /* USD held against the budget until settled */
+	double charged;       /* USD already charged to the key and the ledger (lg_acct_charge) */
 	int64_t prompt_est, max_out, res_out; /* max_out: the request's; res_out: what is reserved */
+	int64_t prompt_max;   /* the prompt tokens reserved: an upper bound (lg_acct_estimate) */
 	int64_t t0, t_att, t_first;
 	int64_t wall0;
 	size_t bytes_in, bytes_out;
@@ -8467,8 +8479,9 @@ static int lg_route_plan(struct lg_req *r, char *msg, size_t mlen)
 		if (lg_str_eq(so, "throughput")) sort = LG_STRAT_THROUGHPUT;
 	}
 	r->prompt_est = (int64_t)(r->body_len + 3) / 4;
-	r->max_out = lg_json_i64(j, r->body, lg_json_get(j, r->body, 0, "max_completion_tokens"));
-	if (!r->max_out) r->max_out = lg_json_i64(j, r->body, lg_json_get(j, r->body, 0, "max_tokens"));
+	/* both limits may be set: the larger is reserved (and sent when translating) */
+	r->max_out = LG_MAX(lg_json_i64(j, r->body, lg_json_get(j, r->body, 0, "max_completion_tokens")),
+	                    lg_json_i64(j, r->body, lg_json_get(j, r->body, 0, "max_tokens")));
 	lg_buf_init(&why, 4096);
 	if ((st = lg_route_model(r, r->model_req, 1, prefs, sort, &why, msg, mlen))) goto out;
 	models = lg_json_get(j, r->body, 0, "models");
@@ -9186,19 +9199,94 @@ static void lg_acct_refill(struct lg_kstate *ks, const struct lg_key *key, int64
 	ks->rl_t = now;
 }
 
-/* Cheap prompt estimate: a token per 4 bytes of the request body (JSON
- * syntax included, so it errs high), and the most output the request may
- * produce. */
+/* What a request's images, audio and files are: parts whose "type" names
+ * one, counted with the bytes they take in the body. */
+struct lg_media {
+	int64_t bytes;
+	int64_t n[3]; /* images, audio, files */
+};
+
+static void lg_acct_media(const struct lg_req *r, struct lg_media *m)
+{
+	static const char *const kinds[][3] = {{"image_url", "image", "input_image"},
+	                                       {"input_audio", "audio", "input_audio"},
+	                                       {"file", "document", "input_file"}};
+	const struct lg_json *j = &r->j;
+	uint32_t i = 0;
+	memset(m, 0, sizeof *m);
+	while (i < j->n) {
+		int ty, k, q, hit = -1;
+		lg_str tv;
+		if (j->t[i].type != LG_J_OBJ || (ty = lg_json_get(j, r->body, (int)i, "type")) < 0 ||
+		    j->t[ty].type != LG_J_STR) {
+			i++;
+			continue;
+		}
+		tv = lg_json_raw(j, r->body, ty);
+		for (k = 0; k < 3 && hit < 0; k++)
+			for (q = 0; q < 3; q++)
+				if (lg_str_eq(tv, kinds[k][q])) hit = k;
+		if (hit < 0) {
+			i++;
+			continue;
+		}
+		m->n[hit]++;
+		m->bytes += j->t[i].end - j->t[i].start;
+		i = j->t[i].next; /* what the part holds is counted with it */
+	}
+}
+
+/* The most prompt tokens target t can count for this request: a token per
+ * byte of the body (no byte-level tokenizer makes more; JSON syntax and
+ * tool definitions included), each image, audio or file part at the
+ * target's per-part maximum instead of its bytes, and never more than the
+ * target's context (it refuses longer prompts). Per-part defaults from the
+ * providers' documentation: OpenAI 1536 patches x 1.62 (about 2500
+ * tokens), Anthropic and Bedrock (Claude) ~1600 (1.15 megapixels), Gemini
+ * 8 tiles of 258; audio and files have no fixed bound, so the context, or
+ * 32768 and 100000 tokens without one. */
+static int64_t lg_acct_prompt_max(const struct lg_req *r, const struct lg_target *t, const struct lg_media *m)
+{
+	int64_t img = 2500, aud, fil, n, ctx = t ? t->context : 0;
+	int type = t && t->prov ? t->prov->type : LG_PT_OPENAI;
+	if (type == LG_PT_ANTHROPIC || type == LG_PT_BEDROCK) img = 1600;
+	if (type == LG_PT_GEMINI) img = 8 * 258;
+	aud = ctx > 0 ? ctx : 32768;
+	fil = ctx > 0 ? ctx : 100000;
+	if (t && t->image_tokens >= 0) img = t->image_tokens;
+	if (t && t->audio_tokens >= 0) aud = t->audio_tokens;
+	if (t && t->file_tokens >= 0) fil = t->file_tokens;
+	n = (int64_t)r->body_len - m->bytes + m->n[0] * img + m->n[1] * aud + m->n[2] * fil;
+	if (ctx > 0 && n > ctx) n = ctx;
+	return n > 0 ? n : 0;
+}
+
+/* What a request may cost at most: prompt_max, the largest prompt any
+ * candidate can count (with a budget to check), and res_out, its output limit (the larger of
+ * max_tokens and max_completion_tokens, else the largest max_output of the
+ * candidates, else 4096) for each of the n choices it asks for.
+ * prompt_est stays the cheap estimate (a token per 4 body bytes) used
+ * where llmgw must guess what was spent. */
 static void lg_acct_estimate(struct lg_req *r)
 {
-	int64_t mo = r->max_out; /* the request's own limit, read by the router */
+	int64_t mo = r->max_out, nch; /* the request's own limit, read by the router */
+	struct lg_media m;
 	int i;
 	if (!mo)
 		for (i = 0; i < r->nplan; i++)
 			if (r->plan[i].t && r->plan[i].t->max_output > mo) mo = r->plan[i].t->max_output;
 	if (!mo) mo = 4096;
+	nch = lg_json_i64(&r->j, r->body, lg_json_get(&r->j, r->body, 0, "n"));
+	if (nch < 1) nch = 1;
+	if (nch > 1000) nch = 1000;
 	r->prompt_est = (int64_t)(r->body_len + 3) / 4;
-	r->res_out = r->ep == LG_EP_EMBED ? 0 : mo; /* r->max_out stays the request's own */
+	r->prompt_max = 0;
+	if (r->key && r->key->budget > 0) { /* only a budget needs the bound: it walks the body */
+		lg_acct_media(r, &m);
+		for (i = 0; i < r->nplan; i++)
+			r->prompt_max = LG_MAX(r->prompt_max, lg_acct_prompt_max(r, r->plan[i].t, &m));
+	}
+	r->res_out = r->ep == LG_EP_EMBED ? 0 : mo * nch; /* r->max_out stays the request's own */
 }
 
 /* Before the first attempt: concurrency, rpm, tpm, then the budget with a
@@ -9236,7 +9324,7 @@ static int lg_acct_admit(struct lg_req *r, char *msg, size_t mlen, int *retry)
 			in = LG_MAX(in, r->plan[i].t->in);
 			out = LG_MAX(out, r->plan[i].t->out);
 		}
-	res = ((double)r->prompt_est * in + (double)r->res_out * out) / 1e6;
+	res = ((double)r->prompt_max * in + (double)r->res_out * out) / 1e6;
 	if (key->budget > 0 && ks->spend + ks->reserved + res > key->budget) {
 		char when[64] = "never (a total budget)";
 		lg_acct_period(key->period, wall, &reset);

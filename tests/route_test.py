@@ -498,10 +498,13 @@ def test_strategy_price():
 
 def test_price_depends_on_max_tokens():
     """price = prompt_est x in + (max_tokens or 1000) x out: with in=1/out=10 against
-    in=5/out=1, a small max_tokens makes the first cheaper, a large one the second."""
+    in=5/out=1, a small max_tokens makes the first cheaper, a large one the second. With
+    both limits the larger counts, whichever field holds it (it is what is reserved)."""
     g = shared()
     cases = [({"max_tokens": 1}, "pa"), ({}, "pb"), ({"max_tokens": 4000}, "pb"),
-             ({"max_tokens": 4000, "max_completion_tokens": 2}, "pa"),
+             ({"max_tokens": 4000, "max_completion_tokens": 2}, "pb"),
+             ({"max_tokens": 2, "max_completion_tokens": 4000}, "pb"),
+             ({"max_tokens": 1, "max_completion_tokens": 2}, "pa"),
              ({"max_completion_tokens": 3000}, "pb")]
     for extra, want in cases:
         mk = marker()
