@@ -9698,6 +9698,35 @@ static void lg_acct_counted(struct lg_req *r)
 	u->cost = lg_acct_cost(r->served->t, u);
 }
 
+static void lg_acct_ledger_out(struct llmgw *gw);
+
+/* Charges the key what the request cost and has not been charged yet; the
+ * ledger line is queued, or with now written at once. */
+static void lg_acct_charge_locked(struct lg_req *r, struct lg_acct *a, int now)
+{
+	struct lg_kstate *ks = r->ks;
+	double d = r->usage.cost - r->charged;
+	if (!ks || !(d > 0)) return;
+	if (r->key) lg_acct_roll(ks, r->key, lg_wall_ms());
+	ks->spend += d;
+	ks->total += d;
+	r->charged = r->usage.cost;
+	if (a->lfd < 0) return;
+	lg_acct_line(&a->lbuf, "c1 %lld %s %.10g %s", (long long)lg_wall_ms(), ks->name, d, r->id);
+	if (now) lg_acct_ledger_out(r->gw);
+}
+
+/* Before the bytes that tell the client its cost leave: the charge is in
+ * the ledger file, so a kill -9 right after cannot lose it. */
+static void lg_acct_charge(struct lg_req *r)
+{
+	struct lg_acct *a;
+	if (!r->ks || !(r->usage.cost > r->charged)) return;
+	lg_lock(r->gw);
+	if ((a = lg_acct_of(r->gw))) lg_acct_charge_locked(r, a, 1);
+	lg_unlock(r->gw);
+}
+
 /* The request ended: settle its reservation, charge the ledger, count it
  * (under the loops' lock: key state, metrics and the ring are shared). */
 static void lg_acct_settle(struct lg_req *r)
@@ -9726,13 +9755,7 @@ static void lg_acct_settle_locked(struct lg_req *r)
 			lg_acct_roll(ks, r->key, lg_wall_ms());
 			if (r->key->tpm) ks->tpm_tok -= (double)(r->usage.prompt + r->usage.completion);
 		}
-		if (r->usage.cost > 0) {
-			ks->spend += r->usage.cost;
-			ks->total += r->usage.cost;
-			if (a->lfd >= 0) {
-				lg_acct_line(&a->lbuf, "c1 %lld %s %.10g %s", (long long)lg_wall_ms(), ks->name, r->usage.cost, r->id);
-			}
-		}
+		lg_acct_charge_locked(r, a, 0);
 		r->ks = NULL;
 	}
 	if (r->ep != LG_EP_CHAT && r->ep != LG_EP_EMBED && r->ep != LG_EP_MESSAGES) return; /* model requests only */
@@ -9880,6 +9903,13 @@ static void lg_acct_flush(struct llmgw *gw)
 	lg_lock(gw);
 	if (gw->acct->unsynced && !gw->child && gw->acct->sync_tm.hidx < 0) /* other loops wrote */
 		lg_timer_set(gw, &gw->acct->sync_tm, 1000);
+	lg_acct_ledger_out(gw);
+	lg_unlock(gw);
+}
+
+/* Appends what is queued for the ledger to its file (under the lock). */
+static void lg_acct_ledger_out(struct llmgw *gw)
+{
 	if (lg_buf_used(&gw->acct->lbuf)) {
 		struct lg_acct *a = gw->acct;
 		ssize_t w = a->lfd >= 0 ? write(a->lfd, lg_buf_data(&a->lbuf), lg_buf_used(&a->lbuf)) : -1;
@@ -9896,7 +9926,6 @@ static void lg_acct_flush(struct llmgw *gw)
 		}
 		if (a->lsize > (8u << 20)) lg_acct_compact(gw);
 	}
-	lg_unlock(gw);
 }
 
 /* ===== 14. Server handlers ============================================= */
@@ -9981,12 +10010,14 @@ static void lg_req_finish(struct lg_req *r)
 	int gone;
 	if (r->finished) return;
 	r->finished = 1;
-	/* the answer leaves before the books are kept: their cost is not the client's wait */
-	gone = c && lg_buf_used(&c->out) && lg_conn_flush(c) < 0;
 	lg_up_release(&r->up);
 	lg_timer_clear(gw, &r->rtm);
 	lg_route_done(r, -1); /* an attempt still open: the client went away */
 	lg_acct_counted(r);
+	/* the charge is in the ledger before the answer's last bytes leave; the
+	 * rest of the books after them: their cost is not the client's wait */
+	lg_acct_charge(r);
+	gone = c && lg_buf_used(&c->out) && lg_conn_flush(c) < 0;
 	if (!r->status) r->status = c ? 500 : 499;
 	if (r->ep == LG_EP_CHAT || r->ep == LG_EP_EMBED || r->ep == LG_EP_MESSAGES || r->status >= 400) lg_acct_log(r);
 	lg_acct_settle(r);
