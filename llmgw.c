@@ -1613,7 +1613,7 @@ struct lg_cfg {
 	long max_connections;
 	size_t max_body, max_header;
 	int64_t header_timeout, idle_timeout, connect_timeout, first_byte_timeout,
-	    stream_idle_timeout, shutdown_timeout;
+	    stream_idle_timeout, shutdown_timeout, send_timeout, body_timeout;
 	const char *ca_file, *tls_cert, *tls_key, *proxy, *admin_key, *access_log, *state_dir;
 	struct lg_provider **prov;
 	struct lg_model **models;
@@ -1996,6 +1996,8 @@ static int lg_cfg_gateway_key(struct lg_cfgp *p, lg_str k, lg_str v)
 	if (lg_str_eq(k, "first_byte_timeout")) return lg_cfg_duration(p, v, &c->first_byte_timeout);
 	if (lg_str_eq(k, "stream_idle_timeout")) return lg_cfg_duration(p, v, &c->stream_idle_timeout);
 	if (lg_str_eq(k, "shutdown_timeout")) return lg_cfg_duration(p, v, &c->shutdown_timeout);
+	if (lg_str_eq(k, "send_timeout")) return lg_cfg_duration(p, v, &c->send_timeout);
+	if (lg_str_eq(k, "body_timeout")) return lg_cfg_duration(p, v, &c->body_timeout);
 	if (lg_str_eq(k, "ca_file")) return (c->ca_file = lg_cfg_str(c, v)) ? 0 : -1;
 	if (lg_str_eq(k, "tls_cert")) return c->tls_line = p->line, (c->tls_cert = lg_cfg_str(c, v)) ? 0 : -1;
 	if (lg_str_eq(k, "tls_key")) return c->tls_line = p->line, (c->tls_key = lg_cfg_str(c, v)) ? 0 : -1;
@@ -2310,6 +2312,8 @@ static struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const char *fil
 	c->first_byte_timeout = 120000;
 	c->stream_idle_timeout = 120000;
 	c->shutdown_timeout = 30000;
+	c->send_timeout = 60000;
+	c->body_timeout = 60000;
 	c->max_attempts = 3;
 	c->log_level = LG_LOG_INFO;
 	c->access_log = "";
@@ -3489,7 +3493,7 @@ struct lg_conn {
 	/* client side */
 	int cstate, advancing;
 	size_t scan; /* where head scanning stopped */
-	int64_t head_start;
+	int64_t head_start, body_end; /* body_end: body_timeout's deadline */
 	char peer[48];
 	struct lg_cfg *tlscfg; /* HTTPS client: BearSSL points into its certificate and key */
 	unsigned long auth_gen; /* the last key this connection proved (config generation), for keep-alive */
@@ -8780,9 +8784,13 @@ static void lg_att_data(void *owner, const char *p, size_t n)
 		}
 		if (r->cc && !r->up.ending) { /* at the end, lg_req_finish sends it with the rest */
 			lg_conn_flush(r->cc);
-			/* back-pressure: a slow client slows the upstream read */
+			/* back-pressure: a slow client slows the upstream read. The
+			 * upstream is not at fault while the client does not read:
+			 * its idle timer stops; the client gets send_timeout */
 			if (r->up.c && lg_buf_used(&r->cc->out) > LLMGW_STREAM_HIGHWATER) {
 				r->up.c->flags |= LG_F_NOREAD;
+				lg_timer_clear(r->gw, &r->up.tm);
+				lg_timer_set(r->gw, &r->cc->tm, r->cfg->send_timeout);
 				lg_up_events(&r->up);
 			}
 		}
@@ -10839,7 +10847,8 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 		}
 	}
 	c->cstate = LG_CS_BODY;
-	lg_timer_set(gw, &c->tm, gw->cfg->idle_timeout);
+	c->body_end = gw->now + gw->cfg->body_timeout; /* the whole body by then, however it trickles */
+	lg_timer_set(gw, &c->tm, LG_MIN(gw->cfg->idle_timeout, gw->cfg->body_timeout));
 }
 
 /* Checks whether the body is complete (decoding chunks in place). 1: yes,
@@ -10966,9 +10975,16 @@ static void lg_srv_io(struct lg_conn *c, int revents)
 			return;
 		}
 		if (!c->req) lg_blk_give(c->gw, &c->out);
-		if (c->req && c->req->up.c && lg_buf_used(&c->out) < LLMGW_STREAM_HIGHWATER / 2) {
-			c->req->up.c->flags &= ~(unsigned)LG_F_NOREAD;
-			lg_up_events(&c->req->up);
+		if (c->req && c->req->up.c && (c->req->up.c->flags & LG_F_NOREAD)) { /* paused by this client */
+			struct lg_upreq *u = &c->req->up;
+			if (lg_buf_used(&c->out) < LLMGW_STREAM_HIGHWATER / 2) { /* it reads again: so does the upstream */
+				u->c->flags &= ~(unsigned)LG_F_NOREAD;
+				lg_timer_clear(gw, &c->tm);
+				if (u->state == LG_U_BODY) lg_timer_set(gw, &u->tm, u->idle_ms);
+				lg_up_events(u);
+			} else {
+				lg_timer_set(gw, &c->tm, c->req->cfg->send_timeout); /* bytes left: it is reading */
+			}
 		}
 		if (!c->req && lg_buf_used(&c->in) && c->cstate == LG_CS_HEAD) lg_srv_advance(c);
 	}
@@ -11005,7 +11021,7 @@ static void lg_srv_io(struct lg_conn *c, int revents)
 			c->head_start = gw->now;
 			lg_timer_set(gw, &c->tm, gw->cfg->header_timeout);
 		} else if (c->cstate == LG_CS_BODY) {
-			lg_timer_set(gw, &c->tm, gw->cfg->idle_timeout);
+			lg_timer_set(gw, &c->tm, LG_MAX(0, LG_MIN(gw->cfg->idle_timeout, c->body_end - gw->now)));
 		}
 		if (c->cstate != LG_CS_BUSY) lg_srv_advance(c);
 	}
@@ -11015,8 +11031,18 @@ static void lg_srv_timeout(struct llmgw *gw, struct lg_timer *t)
 {
 	struct lg_conn *c = (struct lg_conn *)(void *)((char *)t - offsetof(struct lg_conn, tm));
 	struct lg_req *r;
+	const char *msg;
 	if (c->cstate == LG_CS_BUSY || (c->req && c->cstate != LG_CS_BODY)) {
-		if (lg_buf_used(&c->out)) lg_srv_drop(c); /* a client that stopped reading */
+		if (lg_buf_used(&c->out)) { /* a client that stopped reading: its fault, not the upstream's */
+			if (c->req) {
+				c->req->status = 499;
+				snprintf(c->req->errmsg, sizeof c->req->errmsg,
+				         "the client accepted no bytes for %lld ms (send_timeout)",
+				         (long long)c->req->cfg->send_timeout);
+				LG_LOG(gw, LG_LOG_INFO, "request %s: %s; closed", c->req->id, c->req->errmsg);
+			}
+			lg_srv_drop(c);
+		}
 		return;
 	}
 	if ((c->cstate == LG_CS_HEAD && !lg_buf_used(&c->in)) || gw->stopping) {
@@ -11029,9 +11055,14 @@ static void lg_srv_timeout(struct llmgw *gw, struct lg_timer *t)
 		return;
 	}
 	r->close = 1;
-	lg_srv_head_error(r, 408, NULL, c->cstate == LG_CS_HEAD
-	                                    ? "request head not received within header_timeout"
-	                                    : "request body stalled longer than idle_timeout");
+	if (c->cstate == LG_CS_HEAD)
+		msg = "request head not received within header_timeout";
+	else if (gw->now >= c->body_end)
+		msg = "request body not received within body_timeout";
+	else
+		msg = "request body stalled longer than idle_timeout";
+	LG_LOG(gw, LG_LOG_DEBUG, "client %s: %s", c->peer, msg); /* the access log has it too */
+	lg_srv_head_error(r, 408, NULL, msg);
 }
 
 static void lg_srv_accept(struct llmgw *gw, int lfd, int tls)
