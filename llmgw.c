@@ -7271,6 +7271,19 @@ static void lg_p_openai_obj(struct lg_req *r, const struct lg_json *j, const cha
 	lg_p_openai_usage(r, j, s, lg_json_get(j, s, 0, "usage"));
 }
 
+/* A translated stream's event as a JSON object in j: 1. Anything else
+ * fails the attempt, or after the first byte ends the client's stream with
+ * an error event (it must not end as if complete): 0, as does an empty one. */
+static int lg_p_event_json(struct lg_req *r, struct lg_json *j, lg_str data)
+{
+	static const char msg[] = "the upstream sent a stream event that is not a JSON object";
+	memset(j, 0, sizeof *j);
+	if (!lg_str_trim(data).n) return 0;
+	if (lg_req_json(r, j, data.p, data.n) > 0 && j->t[0].type == LG_J_OBJ) return 1;
+	lg_ev(r, LG_EV_ERROR, 502, lg_str_of(msg, sizeof msg - 1), LG_NOSTR, 0);
+	return 0;
+}
+
 static void lg_p_openai_event(struct lg_req *r, lg_str ev, lg_str data)
 {
 	struct lg_json j;
@@ -7279,8 +7292,7 @@ static void lg_p_openai_event(struct lg_req *r, lg_str ev, lg_str data)
 		lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
 		return;
 	}
-	memset(&j, 0, sizeof j);
-	if (lg_req_json(r, &j, data.p, data.n) > 0 && j.t[0].type == LG_J_OBJ) lg_p_openai_obj(r, &j, data.p, 1);
+	if (lg_p_event_json(r, &j, data)) lg_p_openai_obj(r, &j, data.p, 1);
 }
 
 static int lg_p_openai_full(struct lg_req *r, const char *s, size_t n)
@@ -7348,8 +7360,7 @@ static void lg_p_anth_event(struct lg_req *r, lg_str evname, lg_str data)
 	lg_str ty;
 	int idx;
 	struct lg_wst *w = r->w;
-	memset(&j, 0, sizeof j);
-	if (lg_req_json(r, &j, data.p, data.n) <= 0 || j.t[0].type != LG_J_OBJ) return;
+	if (!lg_p_event_json(r, &j, data)) return;
 	ty = lg_jesc(&j, s, lg_json_get(&j, s, 0, "type"));
 	if (!ty.n) ty = evname;
 	idx = (int)lg_json_i64(&j, s, lg_json_get(&j, s, 0, "index"));
@@ -7477,8 +7488,7 @@ static void lg_p_gemini_event(struct lg_req *r, lg_str ev, lg_str data)
 {
 	struct lg_json j;
 	LG_UNUSED(ev);
-	memset(&j, 0, sizeof j);
-	if (lg_req_json(r, &j, data.p, data.n) > 0 && j.t[0].type == LG_J_OBJ) lg_p_gemini_obj(r, &j, data.p);
+	if (lg_p_event_json(r, &j, data)) lg_p_gemini_obj(r, &j, data.p);
 }
 
 static int lg_p_gemini_full(struct lg_req *r, const char *s, size_t n)
@@ -7549,8 +7559,7 @@ static void lg_p_bedrock_event(struct lg_req *r, lg_str type, lg_str data)
 	struct lg_json j;
 	const char *s = data.p;
 	int idx, d;
-	memset(&j, 0, sizeof j);
-	if (lg_req_json(r, &j, data.p, data.n) <= 0 || j.t[0].type != LG_J_OBJ) return;
+	if (!lg_p_event_json(r, &j, data)) return;
 	idx = (int)lg_json_i64(&j, s, lg_json_get(&j, s, 0, "contentBlockIndex"));
 	if (lg_str_eq(type, "contentBlockStart")) {
 		int tu = lg_json_get(&j, s, lg_json_get(&j, s, 0, "start"), "toolUse");
