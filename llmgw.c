@@ -1521,6 +1521,13 @@ static int lg_ini_next(struct lg_ini *in)
 		e = in->pos;
 		if (in->pos < in->n) in->pos++;
 		in->line++;
+		for (i = st; i < e; i++) { /* a NUL would cut a value short: refuse every control byte but tab */
+			unsigned char ch = (unsigned char)in->s[i];
+			if ((ch < 0x20 && ch != '\t' && !(ch == '\r' && i + 1 == e)) || ch == 0x7f) {
+				in->err = ch ? "a control character (other than tab) in the line" : "a NUL byte in the line";
+				return LG_INI_ERROR;
+			}
+		}
 		/* strip comments: ';' or '#' at the start or after a blank */
 		for (i = st; i < e; i++)
 			if ((in->s[i] == ';' || in->s[i] == '#') &&
@@ -1638,13 +1645,67 @@ struct lg_cfg {
 };
 
 /* Parse context: the file name and line for error messages. */
+/* Names seen while parsing, hashed, so duplicate checks stay linear in
+ * the size of the file: sections (kind 'p', 'k'), model names and aliases
+ * ('m'); and, in a table of their own, each section's keys (kind: which
+ * section). */
+struct lg_name {
+	const char *p;
+	size_t n;
+	int kind, line;
+	void *owner;
+};
+
+struct lg_names {
+	struct lg_name *t;
+	size_t cap, n;
+};
+
 struct lg_cfgp {
 	struct lg_cfg *c;
 	const char *file;
 	int line;
 	char *err;
 	size_t errlen;
+	struct lg_names names, keys; /* keys: this section's */
 };
+
+static uint32_t lg_name_hash(int kind, const char *p, size_t n)
+{
+	uint32_t h = 2166136261u ^ (uint32_t)kind;
+	size_t i;
+	for (i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 16777619u;
+	return h;
+}
+
+/* The entry for (kind, name); with add, a new one is made when there is
+ * none (its line 0 tells the caller it is new). NULL: out of memory. */
+static struct lg_name *lg_names_get(struct lg_names *s, int kind, const char *p, size_t n, int add)
+{
+	size_t i;
+	if (add && (s->n + 1) * 2 > s->cap) { /* grow at half full */
+		struct lg_names g;
+		g.cap = s->cap ? s->cap * 2 : 64;
+		g.n = 0;
+		if (!(g.t = (struct lg_name *)calloc(g.cap, sizeof *g.t))) return NULL;
+		for (i = 0; i < s->cap; i++)
+			if (s->t[i].p) *lg_names_get(&g, s->t[i].kind, s->t[i].p, s->t[i].n, 1) = s->t[i];
+		free(s->t);
+		*s = g;
+	}
+	if (!s->cap) return NULL;
+	for (i = lg_name_hash(kind, p, n) & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
+		struct lg_name *e = &s->t[i];
+		if (!e->p) {
+			if (!add) return NULL;
+			e->p = p, e->n = n, e->kind = kind, e->line = 0, e->owner = NULL;
+			s->n++;
+			return e;
+		}
+		if (e->kind == kind && e->n == n && memcmp(e->p, p, n) == 0) return e;
+	}
+}
+
 
 static int lg_cfg_err(struct lg_cfgp *p, const char *fmt, ...) LG_PRINTF(2, 3);
 static int lg_cfg_err(struct lg_cfgp *p, const char *fmt, ...)
@@ -1821,7 +1882,15 @@ static int lg_cfg_secret(struct lg_cfgp *p, lg_str v, const char **out)
 	} else {
 		*out = lg_cfg_str(p->c, v);
 	}
-	return *out ? 0 : lg_cfg_err(p, "out of memory");
+	if (!*out) return lg_cfg_err(p, "out of memory");
+	{ /* from env: or file: too: a CR or LF would end the header it goes into */
+		const char *q;
+		for (q = *out; *q; q++)
+			if ((unsigned char)*q < 0x20 || *q == 0x7f)
+				return lg_cfg_err(p, "the secret %.*s holds a control character (0x%02x)", (int)LG_MIN(v.n, 64), v.p,
+				                  (unsigned)(unsigned char)*q);
+	}
+	return 0;
 }
 
 /* Splits "scheme://host[:port][/path]" for a provider. */
@@ -2188,29 +2257,37 @@ static int lg_cfg_validate(struct lg_cfgp *p)
 		if (m->nt == 0) return lg_cfg_err(p, "model %s has no target", m->name);
 		for (k = 0; k < m->nt; k++) {
 			struct lg_target *t = &m->t[k];
-			t->prov = lg_cfg_find_provider(c, t->prov_name, strlen(t->prov_name));
+			struct lg_name *e = lg_names_get(&p->names, 'p', t->prov_name, strlen(t->prov_name), 0);
+			t->prov = e ? (struct lg_provider *)e->owner : NULL;
 			p->line = t->line;
 			if (!t->prov)
 				return lg_cfg_err(p, "target names unknown provider '%s'", t->prov_name);
 		}
-		for (k = 0; k < m->nfallbacks; k++) {
-			struct lg_model *fb = lg_cfg_find_model(c, lg_strz(m->fallbacks[k]));
-			p->line = m->line;
-			if (!fb && !strchr(m->fallbacks[k], '/'))
-				return lg_cfg_err(p, "model %s: fallback '%s' is not a configured model",
-				                  m->name, m->fallbacks[k]);
-		}
 		/* names and aliases must be unique across models */
 		p->line = m->line;
-		{
-			struct lg_model *o = lg_cfg_find_model(c, lg_strz(m->name));
-			int a;
-			if (o != m) return lg_cfg_err(p, "model name %s is already used by model %s", m->name, o->name);
-			for (a = 0; a < m->naliases; a++)
-				if ((o = lg_cfg_find_model(c, lg_strz(m->aliases[a]))) != m)
-					return lg_cfg_err(p, "alias %s of model %s is already used by model %s",
-					                  m->aliases[a], m->name, o->name);
+		for (k = -1; k < m->naliases; k++) {
+			const char *nm = k < 0 ? m->name : m->aliases[k];
+			struct lg_name *e = lg_names_get(&p->names, 'm', nm, strlen(nm), 1);
+			if (!e) return lg_cfg_err(p, "out of memory");
+			if (e->owner && e->owner != m) {
+				if (k < 0)
+					return lg_cfg_err(p, "model name %s is already used by model %s", nm,
+					                  ((struct lg_model *)e->owner)->name);
+				return lg_cfg_err(p, "alias %s of model %s is already used by model %s", nm, m->name,
+				                  ((struct lg_model *)e->owner)->name);
+			}
+			e->owner = m;
+			e->line = m->line;
 		}
+	}
+	for (i = 0; i < c->nmodels; i++) { /* fallbacks, once every name is known */
+		struct lg_model *m = c->models[i];
+		p->line = m->line;
+		for (k = 0; k < m->nfallbacks; k++)
+			if (!lg_names_get(&p->names, 'm', m->fallbacks[k], strlen(m->fallbacks[k]), 0) &&
+			    !strchr(m->fallbacks[k], '/'))
+				return lg_cfg_err(p, "model %s: fallback '%s' is not a configured model", m->name,
+				                  m->fallbacks[k]);
 	}
 	p->line = c->tls_line;
 	if ((c->tls_cert || c->tls_key) && !LLMGW_TLS)
@@ -2295,6 +2372,7 @@ static struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const char *fil
 	struct lg_cfgp p;
 	struct lg_ini in;
 	int kind, sec = 0, r = 0; /* sec: 0 none, 1 gateway, 2 provider, 3 model, 4 key */
+	int secid = 0, nsec = 1;  /* which section the keys belong to (1: [gateway]) */
 	void *cur = NULL;
 	if (!c) {
 		snprintf(err, errlen, "out of memory");
@@ -2324,6 +2402,7 @@ static struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const char *fil
 	p.err = err;
 	p.errlen = errlen;
 	memset(&in, 0, sizeof in);
+	if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) text += 3, len -= 3; /* a UTF-8 BOM */
 	in.s = text;
 	in.n = len;
 	while (r == 0 && (kind = lg_ini_next(&in)) != LG_INI_END) {
@@ -2340,8 +2419,10 @@ static struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const char *fil
 			name = lg_str_of(s.p + dot + 1, dot < s.n ? s.n - dot - 1 : 0);
 			if (lg_str_eq(s, "gateway")) {
 				sec = 1;
+				secid = 1; /* [gateway] may come back: its keys still count once */
 				continue;
 			}
+			secid = ++nsec;
 			if (dot == s.n || !lg_cfg_name_ok(name)) {
 				r = lg_cfg_err(&p, "unknown section [%.*s] (gateway, provider.NAME, model.NAME, "
 				                   "key.NAME)", (int)s.n, s.p);
@@ -2349,10 +2430,14 @@ static struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const char *fil
 			}
 			if (lg_str_eq(lg_str_of(s.p, dot), "provider")) {
 				struct lg_provider **slot;
-				if (lg_cfg_find_provider(c, name.p, name.n)) {
-					r = lg_cfg_err(&p, "provider %.*s is defined twice", (int)name.n, name.p);
+				struct lg_name *e = lg_names_get(&p.names, 'p', name.p, name.n, 1);
+				if (!e) return NULL;
+				if (e->line) {
+					r = lg_cfg_err(&p, "provider %.*s is defined twice (first on line %d)", (int)name.n, name.p,
+					               e->line);
 					break;
 				}
+				e->line = in.line;
 				slot = (struct lg_provider **)lg_cfg_push(c, &c->prov, &c->nprov, sizeof *slot);
 				if (!slot || !(*slot = (struct lg_provider *)lg_arena_alloc(&c->a, sizeof **slot)))
 					return NULL;
@@ -2360,7 +2445,7 @@ static struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const char *fil
 				(*slot)->line = in.line;
 				(*slot)->collects_data = 1;
 				(*slot)->type = -1;
-				cur = *slot;
+				cur = e->owner = *slot;
 				sec = 2;
 			} else if (lg_str_eq(lg_str_of(s.p, dot), "model")) {
 				struct lg_model **slot = (struct lg_model **)lg_cfg_push(c, &c->models, &c->nmodels, sizeof *slot);
@@ -2372,18 +2457,18 @@ static struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const char *fil
 				sec = 3;
 			} else if (lg_str_eq(lg_str_of(s.p, dot), "key")) {
 				struct lg_key **slot;
-				int i;
+				struct lg_name *e;
 				if (name.n > 63) {
 					r = lg_cfg_err(&p, "key name %.*s... is longer than 63 characters", 20, name.p);
 					break;
 				}
-				slot = (struct lg_key **)lg_cfg_push(c, &c->keys, &c->nkeys, sizeof *slot);
-				for (i = 0; i < c->nkeys - 1; i++)
-					if (lg_str_eq(name, c->keys[i]->name)) break;
-				if (i < c->nkeys - 1) {
-					r = lg_cfg_err(&p, "key %.*s is defined twice", (int)name.n, name.p);
+				if (!(e = lg_names_get(&p.names, 'k', name.p, name.n, 1))) return NULL;
+				if (e->line) {
+					r = lg_cfg_err(&p, "key %.*s is defined twice (first on line %d)", (int)name.n, name.p, e->line);
 					break;
 				}
+				e->line = in.line;
+				slot = (struct lg_key **)lg_cfg_push(c, &c->keys, &c->nkeys, sizeof *slot);
 				if (!slot || !(*slot = (struct lg_key *)lg_arena_alloc(&c->a, sizeof **slot)))
 					return NULL;
 				(*slot)->name = lg_cfg_str(c, name);
@@ -2396,6 +2481,20 @@ static struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const char *fil
 				                   "key.NAME)", (int)s.n, s.p);
 			}
 			continue;
+		}
+		if (sec && !(lg_str_eq(in.key, "listen") && sec == 1) && !(lg_str_eq(in.key, "header") && sec == 2) &&
+		    !(lg_str_eq(in.key, "target") && sec == 3)) { /* the repeatable keys; any other key once */
+			struct lg_name *e = lg_names_get(&p.keys, secid, in.key.p, in.key.n, 1);
+			if (!e) {
+				r = lg_cfg_err(&p, "out of memory");
+				break;
+			}
+			if (e->line) {
+				r = lg_cfg_err(&p, "'%.*s' is set twice in this section (first on line %d): remove one",
+				               (int)in.key.n, in.key.p, e->line);
+				break;
+			}
+			e->line = in.line;
 		}
 		switch (sec) {
 		case 0: r = lg_cfg_err(&p, "key '%.*s' outside of any section", (int)in.key.n, in.key.p); break;
@@ -2421,6 +2520,8 @@ static struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const char *fil
 		}
 	}
 	if (r == 0) r = lg_cfg_validate(&p);
+	free(p.names.t);
+	free(p.keys.t);
 	if (r) {
 		lg_cfg_free(c);
 		return NULL;
