@@ -1626,7 +1626,7 @@ struct lg_cfg {
 	struct lg_model **models;
 	struct lg_key **keys;
 	int nprov, nmodels, nkeys;
-	int auth_line, tls_line, proxy_line; /* where those keys were, for errors */
+	int auth_line, tls_line, proxy_line, log_line, state_line; /* where those keys were, for errors */
 	unsigned long gen;                   /* which install: cached key lookups check it */
 	int *listen_lines;
 	/* upstream CONNECT proxy (proxy = or HTTPS_PROXY), for https upstreams */
@@ -2082,10 +2082,10 @@ static int lg_cfg_gateway_key(struct lg_cfgp *p, lg_str k, lg_str v)
 		return lg_cfg_enum(p, v, names, 2, &c->auth_none, "auth mode (keys, none)");
 	}
 	if (lg_str_eq(k, "zdr")) return lg_cfg_bool(p, v, &c->zdr);
-	if (lg_str_eq(k, "access_log")) return (c->access_log = lg_cfg_str(c, v)) ? 0 : -1;
+	if (lg_str_eq(k, "access_log")) return c->log_line = p->line, (c->access_log = lg_cfg_str(c, v)) ? 0 : -1;
 	if (lg_str_eq(k, "log_level"))
 		return lg_cfg_enum(p, v, lg_log_names, 4, &c->log_level, "log_level (error, warn, info, debug)");
-	if (lg_str_eq(k, "state_dir")) return (c->state_dir = lg_cfg_str(c, v)) ? 0 : -1;
+	if (lg_str_eq(k, "state_dir")) return c->state_line = p->line, (c->state_dir = lg_cfg_str(c, v)) ? 0 : -1;
 	return lg_cfg_err(p, "unknown key '%.*s' in [gateway]", (int)k.n, k.p);
 }
 
@@ -2213,6 +2213,76 @@ static int lg_cfg_is_loopback(const char *addr)
 {
 	return strncmp(addr, "127.", 4) == 0 || strncmp(addr, "[::1]", 5) == 0 ||
 	       strncmp(addr, "localhost:", 10) == 0;
+}
+
+/* One listen value: "ADDR", "ADDR tls" or "ADDR plain", where ADDR is
+ * "127.0.0.1:8080", "[::]:8080", ":8080" (every IPv4 address) or
+ * "localhost:8080". Fills sa, sl and *tls (bare: HTTPS when tls_cert is
+ * set); NULL, or what is wrong. Config checks and the listeners share it. */
+static const char *lg_cfg_listen_addr(const char *spec, int has_cert, struct sockaddr_storage *sa, socklen_t *sl,
+                                      int *tls)
+{
+	char host[128];
+	const char *colon, *sp = strchr(spec, ' ');
+	size_t an = sp ? (size_t)(sp - spec) : strlen(spec);
+	long port = 0;
+	size_t i;
+	*tls = has_cert;
+	if (sp) {
+		lg_str mode = lg_str_trim(lg_strz(sp));
+		if (lg_str_eq(mode, "tls") || lg_str_eq(mode, "https"))
+			*tls = 1;
+		else if (lg_str_eq(mode, "plain") || lg_str_eq(mode, "http"))
+			*tls = 0;
+		else
+			return "expected ADDR, ADDR tls or ADDR plain";
+	}
+	for (colon = NULL, i = 0; i < an; i++)
+		if (spec[i] == ':') colon = spec + i;
+	if (!colon || (size_t)(colon - spec) >= sizeof host) return "expected HOST:PORT, [IPV6]:PORT or :PORT";
+	if (colon + 1 == spec + an) return "no port after the ':'";
+	for (i = (size_t)(colon + 1 - spec); i < an; i++) {
+		if (spec[i] < '0' || spec[i] > '9') return "the port is not a number";
+		if ((port = port * 10 + (spec[i] - '0')) > 65535) return "the port is out of range (0 to 65535)";
+	}
+	memcpy(host, spec, (size_t)(colon - spec));
+	host[colon - spec] = 0;
+	if (host[0] == '[') {
+		size_t hl = strlen(host);
+		if (hl < 2 || host[hl - 1] != ']') return "an IPv6 address needs its closing ']'";
+		memmove(host, host + 1, hl - 2);
+		host[hl - 2] = 0;
+	}
+	if (!host[0] || strcmp(host, "*") == 0) strcpy(host, "0.0.0.0");
+	if (strcmp(host, "localhost") == 0) strcpy(host, "127.0.0.1");
+	memset(sa, 0, sizeof *sa);
+	if (inet_pton(AF_INET, host, &((struct sockaddr_in *)sa)->sin_addr) == 1) {
+		((struct sockaddr_in *)sa)->sin_family = AF_INET;
+		((struct sockaddr_in *)sa)->sin_port = htons((uint16_t)port);
+		*sl = sizeof(struct sockaddr_in);
+	} else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)sa)->sin6_addr) == 1) {
+		((struct sockaddr_in6 *)sa)->sin6_family = AF_INET6;
+		((struct sockaddr_in6 *)sa)->sin6_port = htons((uint16_t)port);
+		*sl = sizeof(struct sockaddr_in6);
+	} else {
+		return "the host is not an IP address (or localhost)";
+	}
+	return NULL;
+}
+
+/* Is the directory of path (or path itself, dir = 1) there and writable? */
+static int lg_cfg_writable(const char *path, int dir)
+{
+	char d[1024];
+	const char *sl = strrchr(path, '/');
+	struct stat st;
+	if (dir) return stat(path, &st) == 0 && S_ISDIR(st.st_mode) && access(path, W_OK | X_OK) == 0;
+	if (stat(path, &st) == 0) return !S_ISDIR(st.st_mode) && access(path, W_OK) == 0;
+	if (!sl) return access(".", W_OK | X_OK) == 0;
+	if ((size_t)(sl - path) >= sizeof d) return 0;
+	memcpy(d, path, (size_t)(sl - path));
+	d[sl - path] = 0;
+	return lg_cfg_writable(sl == path ? "/" : d, 1);
 }
 
 static void lg_cfg_free(struct lg_cfg *c)
@@ -2343,6 +2413,27 @@ static int lg_cfg_validate(struct lg_cfgp *p)
 		if (!slot) return lg_cfg_err(p, "out of memory");
 		*slot = "127.0.0.1:8080";
 	}
+	for (i = 0; i < c->nlisten; i++) { /* what start-up would refuse, refused here with the line */
+		struct sockaddr_storage sa;
+		socklen_t sl;
+		int tls;
+		const char *why = lg_cfg_listen_addr(c->listen[i], c->tls_cert != NULL, &sa, &sl, &tls);
+		p->line = c->listen_lines ? c->listen_lines[i] : 0;
+		if (why) return lg_cfg_err(p, "listen %s: %s", c->listen[i], why);
+		if (tls && (!LLMGW_TLS || !c->tls_cert))
+			return lg_cfg_err(p, "listen %s: a TLS listener needs tls_cert and tls_key%s", c->listen[i],
+			                  LLMGW_TLS ? "" : " and a build with TLS");
+	}
+	p->line = c->state_line;
+	if (c->state_dir && *c->state_dir) { /* there, or made at start in a writable parent */
+		struct stat st;
+		if (stat(c->state_dir, &st) == 0 ? !lg_cfg_writable(c->state_dir, 1) : !lg_cfg_writable(c->state_dir, 0))
+			return lg_cfg_err(p, "state_dir %s is not a writable directory (nor can it be made)", c->state_dir);
+	}
+	p->line = c->log_line;
+	if (c->access_log && *c->access_log && strcmp(c->access_log, "-") != 0 && !lg_cfg_writable(c->access_log, 0))
+		return lg_cfg_err(p, "access_log %s: the file cannot be written or its directory does not exist",
+		                  c->access_log);
 	if (c->auth_none)
 		for (i = 0; i < c->nlisten; i++)
 			if (!lg_cfg_is_loopback(c->listen[i])) {
@@ -11302,40 +11393,16 @@ int llmgw_load_file(struct llmgw *gw, const char *path, char *err, size_t errlen
 	return 0;
 }
 
-/* "127.0.0.1:8080", "[::]:8080", ":8080" (all IPv4 addresses). */
+/* A listening socket for spec (checked by lg_cfg_listen_addr). */
 static int lg_listen_open(const char *spec, int reuseport, char *err, size_t errlen)
 {
-	char host[128];
-	const char *colon = strrchr(spec, ':');
 	struct sockaddr_storage sa;
 	socklen_t sl;
-	long port;
-	char *end;
-	int fd, one = 1;
-	if (!colon || colon - spec >= (long)sizeof host) goto bad;
-	port = strtol(colon + 1, &end, 10);
-	if (*end || port < 0 || port > 65535) goto bad;
-	memcpy(host, spec, (size_t)(colon - spec));
-	host[colon - spec] = 0;
-	if (host[0] == '[') {
-		size_t hl = strlen(host);
-		if (hl < 2 || host[hl - 1] != ']') goto bad;
-		memmove(host, host + 1, hl - 2);
-		host[hl - 2] = 0;
-	}
-	if (!host[0] || strcmp(host, "*") == 0) strcpy(host, "0.0.0.0");
-	if (strcmp(host, "localhost") == 0) strcpy(host, "127.0.0.1");
-	memset(&sa, 0, sizeof sa);
-	if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&sa)->sin_addr) == 1) {
-		((struct sockaddr_in *)&sa)->sin_family = AF_INET;
-		((struct sockaddr_in *)&sa)->sin_port = htons((uint16_t)port);
-		sl = sizeof(struct sockaddr_in);
-	} else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&sa)->sin6_addr) == 1) {
-		((struct sockaddr_in6 *)&sa)->sin6_family = AF_INET6;
-		((struct sockaddr_in6 *)&sa)->sin6_port = htons((uint16_t)port);
-		sl = sizeof(struct sockaddr_in6);
-	} else {
-		goto bad;
+	int fd, one = 1, tls;
+	const char *why = lg_cfg_listen_addr(spec, 0, &sa, &sl, &tls);
+	if (why) {
+		snprintf(err, errlen, "listen %s: %s", spec, why);
+		return -1;
 	}
 	fd = socket(sa.ss_family, SOCK_STREAM, 0);
 	if (fd < 0) {
@@ -11354,9 +11421,6 @@ static int lg_listen_open(const char *spec, int reuseport, char *err, size_t err
 		return -1;
 	}
 	return fd;
-bad:
-	snprintf(err, errlen, "listen %s: expected HOST:PORT, like 127.0.0.1:8080 or [::]:8080", spec);
-	return -1;
 }
 
 /* Opens the configured listeners into gw's poll set (SO_REUSEPORT when
