@@ -2924,7 +2924,11 @@ static long lg_chunked_decode(struct lg_chunked *d, char *buf, size_t *n)
 		case LG_CK_EXT:
 			src++;
 			if (c == '\n') goto size_done_consumed;
-			if ((unsigned char)c < 0x20 && c != '\t' && c != '\r') return LG_HTTP_ERR;
+			if (c == '\r') { /* a CR ends the line: a bare one is an error (RFC 9112 2.2) */
+				d->st = LG_CK_SIZE_LF;
+				continue;
+			}
+			if ((unsigned char)c < 0x20 && c != '\t') return LG_HTTP_ERR;
 			continue;
 		case LG_CK_SIZE_LF:
 			if (c != '\n') return LG_HTTP_ERR;
@@ -10956,6 +10960,21 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 	r->head_len = (size_t)hl;
 	r->head_only = lg_str_eq(h->method, "HEAD");
 	fr = lg_http_framing(h, 1);
+	if (!fr) { /* RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one in 1.0 */
+		int nhost = 0;
+		for (i = 0; i < (size_t)h->nh; i++) nhost += lg_str_ieq(h->h[i].name, "host");
+		if (nhost > 1 || (nhost == 0 && h->minor >= 1)) {
+			h->err = nhost ? "more than one Host header" : "no Host header (HTTP/1.1 requires one)";
+			fr = -1;
+		}
+	}
+	if (path.n > 8 && (lg_str_ieqn(lg_str_of(path.p, 7), "http://", 7) || lg_str_ieqn(lg_str_of(path.p, 8), "https://", 8))) {
+		/* absolute form (RFC 9112 3.2.2): the path is what follows the authority */
+		size_t at = path.p[4] == ':' ? 7 : 8;
+		while (at < path.n && path.p[at] != '/' && path.p[at] != '?') at++;
+		path = at < path.n ? lg_str_of(path.p + at, path.n - at) : lg_str_of("/", 1);
+		h->target = path;
+	}
 	r->close = h->close;
 	r->clen = h->clen;
 	r->chunked = h->chunked;
@@ -11072,7 +11091,8 @@ static int lg_srv_body(struct lg_conn *c, struct lg_req *r)
 		}
 		r->body_len += n;
 		c->in.len -= raw - n - (left > 0 ? (size_t)left : 0);
-		if (r->body_len > r->cfg->max_body) {
+		/* a chunk that declares more than max_body is refused at once */
+		if (r->body_len + (r->ck.st == LG_CK_DATA ? r->ck.rem : 0) > r->cfg->max_body) {
 			char msg[160];
 			snprintf(msg, sizeof msg, "request body is larger than max_body (%zu bytes)", r->cfg->max_body);
 			r->close = 1;
