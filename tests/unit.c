@@ -968,7 +968,11 @@ static void t_jsonw_roundtrip(void)
 			size_t en = ut_tok[0].end - ut_tok[0].start;
 			char *out = ut_guard_at(1, "", 0) - en;
 			long u = lg_json_unescape(s + 1, en, out);
-			ASSERT(u == (long)n && memcmp(out, in, n) == 0);
+			struct lg_buf want; /* the input, with each ill-formed UTF-8 subpart as U+FFFD */
+			lg_str w = lg_utf8_fix(&want, lg_str_of(in, n));
+			ASSERT(u == (long)w.n && memcmp(out, w.p, w.n) == 0);
+			ASSERT(lg_utf8_valid(out, (size_t)(u > 0 ? u : 0)));
+			lg_buf_free(&want);
 		}
 		lg_buf_free(&b);
 	}
@@ -1438,7 +1442,7 @@ static const struct {
     {"[provider.p]\ntype = mock\nheader = NoColon\n", 3, 0, "Name: value"},
     {"[provider.p]\ntype = mock\nheader = Bad Name: x\n", 3, 0, "Name: value"},
     {"[provider.p]\ntype = mock\nheader = : x\n", 3, 0, "Name: value"},
-    {"[provider.p]\ntype = mock\nheader = X-A: a\rb\n", 3, 0, "line break"},
+    {"[provider.p]\ntype = mock\nheader = X-A: a\rb\n", 3, 0, "control character"},
     /* secrets */
     {"[gateway]\n\n[key.k]\nmodels = *\n", 3, 0, "key k has no secret"},
     {"[key.k]\nsecret = a\n[key.k]\nsecret = b\n", 3, 0, "defined twice"},
@@ -1469,6 +1473,24 @@ static const struct {
     {"[key.k]\nsecret = s\nbudget = /month\n", 3, 0, "budget must be USD/period"},
     {"[key.k]\nsecret = s\nbudget = 50/\n", 3, 0, "budget must be USD/period"},
     {"[key.k]\nsecret = s\nbudget = $50/month\n", 3, 0, "budget must be USD/period"},
+    /* issue 17.9: control bytes, keys set twice */
+    {"[key.k]\nsecret = a\x01b\n", 2, 0, "control character"},
+    {"[key.k]\nsecret = a\x7f\n", 2, 0, "control character"},
+    {"[key.k]\nsecret = a\nsecret = b\n", 3, 0, "first on line 2"},
+    {"[key.k]\nsecret = a\nrpm = 1\nrpm = 2\n", 4, 0, "'rpm' is set twice"},
+    {"[provider.p]\ntype = mock\ntype = mock\n", 3, 0, "set twice"},
+    {"[gateway]\nmax_body = 1k\n[key.k]\nsecret = s\n[gateway]\nmax_body = 2k\n", 6, 0, "first on line 2"},
+    {"[provider.p]\ntype = mock\n[provider.p]\ntype = mock\n", 3, 0, "defined twice (first on line 1)"},
+    {"[key.k]\nsecret = s\n[key.k]\nsecret = t\n", 3, 0, "defined twice (first on line 1)"},
+    /* issue 17.10: what start-up refuses, with the line */
+    {"[gateway]\nlisten = 127.0.0.1:99999\n", 2, 0, "out of range"},
+    {"[gateway]\nlisten = nonsense\n", 2, 0, "expected HOST:PORT"},
+    {"[gateway]\nlisten = 127.0.0.1:\n", 2, 0, "no port"},
+    {"[gateway]\nlisten = example.com:80\n", 2, 0, "not an IP address"},
+    {"[gateway]\nlisten = 127.0.0.1:80 tls\n", 2, 0, "needs tls_cert"},
+    {"[gateway]\nlisten = 127.0.0.1:80 fast\n", 2, 0, "expected ADDR, ADDR tls or ADDR plain"},
+    {"[gateway]\nstate_dir = /nonexistent-llmgw/state\n", 2, 0, "state_dir"},
+    {"[gateway]\naccess_log = /nonexistent-llmgw/a.log\n", 2, 0, "access_log"},
 };
 
 static void t_ini_errors(void)
@@ -2402,6 +2424,7 @@ static void t_chunked_invalid(void)
 	    {S("5\r\nhelloworld\r\n")},
 	    {S("5\r\nhello\r\n0\r\n\rX")},
 	    {S("5;\x01\r\nhello\r\n0\r\n\r\n")},     /* control character in an extension */
+	    {S("5;ext\rx\r\nhello\r\n0\r\n\r\n")},   /* a bare CR in an extension (RFC 9112 7.1.1) */
 	    {S("10000000000000000\r\n")},            /* 17 hex digits */
 	    {S("1000000000000000\r\n")},             /* 16 hex digits: over 15 */
 	    {S("ffffffffffffffff\r\n")},
@@ -3028,6 +3051,110 @@ static void t_net_access_log_pieces(void)
 	llmgw_free(gw);
 }
 
+/* issue 17.13: what llmgw writes as JSON is well-formed UTF-8, each
+ * ill-formed subpart (Unicode 3.9) one U+FFFD, valid text untouched. */
+static void t_utf8_replace(void)
+{
+	static const struct {
+		const char *in, *out;
+	} cases[] = {
+	    {"abc", "\"abc\""},
+	    {"h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80", "\"h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80\""},
+	    {"a\xff" "b", "\"a\xef\xbf\xbd" "b\""},
+	    {"\xff\xfe", "\"\xef\xbf\xbd\xef\xbf\xbd\""},
+	    {"\xc0\xaf", "\"\xef\xbf\xbd\xef\xbf\xbd\""},          /* overlong: two */
+	    {"x\xe2\x82", "\"x\xef\xbf\xbd\""},                     /* cut short: one */
+	    {"\xe2\x82z", "\"\xef\xbf\xbdz\""},
+	    {"\x80", "\"\xef\xbf\xbd\""},                           /* a lone continuation byte */
+	    {"\xed\xa0\x80", "\"\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\""}, /* a surrogate */
+	    {"\xf4\x90\x80\x80", "\"\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\""}, /* past U+10FFFF */
+	    {"\xf0\x9f\x98", "\"\xef\xbf\xbd\""},
+	    {"q\"\xff\n", "\"q\\\"\xef\xbf\xbd\\n\""},
+	};
+	size_t i;
+	for (i = 0; i < LG_COUNTOF(cases); i++) {
+		struct lg_buf b, f;
+		lg_str fx;
+		size_t n = strlen(cases[i].in);
+		char *in = ut_guard_at(0, cases[i].in, n); /* against the guard page: no read past the end */
+		lg_buf_init(&b, 0);
+		ut_case("wstr %s", ut_esc(cases[i].in, n));
+		ASSERT(lg_json_wstr(&b, in, n) == 0);
+		ASSERT(b.len == strlen(cases[i].out) && memcmp(b.p, cases[i].out, b.len) == 0);
+		ASSERT(lg_utf8_valid(b.p, b.len));
+		ASSERT(lg_utf8_valid(in, n) == (strstr(cases[i].out, "\xef\xbf\xbd") == NULL));
+		fx = lg_utf8_fix(&f, lg_str_of(in, n)); /* the same replacement for escaped text (lg_ev) */
+		ASSERT(lg_utf8_valid(fx.p, fx.n));
+		lg_buf_free(&f);
+		lg_buf_free(&b);
+	}
+}
+
+/* issue 17.6: provider secrets, a prefix of one and masked credentials
+ * never pass on from upstream text. */
+static void t_scrub_secrets(void)
+{
+	static const char ini[] = "[provider.p]\ntype = openai\nbase_url = http://127.0.0.1:1/v1\n"
+	                          "api_key = sk-TESTSECRET-1234567890abcdef\n[model.m]\ntarget = p x\n"
+	                          "[key.k]\nsecret = s\n";
+	static const struct {
+		const char *in, *out;
+	} cases[] = {
+	    {"Incorrect API key provided: sk-TESTSECRET-1234567890abcdef. You can find",
+	     "Incorrect API key provided: [redacted] You can find"},
+	    {"{\"error\":{\"message\":\"key sk-TESTSECRET-1234567890abcdef is bad\"}}",
+	     "{\"error\":{\"message\":\"key [redacted] is bad\"}}"},
+	    {"bad key sk-te****cdef here", "bad key [redacted] here"},
+	    {"cut: sk-TESTSECRET-1234...", "cut: [redacted]"},
+	    {"nothing to hide", NULL},
+	    {"sk-TESTSECRET", NULL}, /* shorter than 16: not the key */
+	};
+	char err[512];
+	struct lg_cfg *c = ut_cfg(ini, sizeof ini - 1, err, sizeof err);
+	size_t i;
+	if (!ASSERT(c != NULL)) return;
+	for (i = 0; i < LG_COUNTOF(cases); i++) {
+		struct lg_buf o;
+		char z[200];
+		int hit = lg_scrub(c, cases[i].in, strlen(cases[i].in), &o);
+		ut_case("scrub %s", cases[i].in);
+		ASSERT(hit == (cases[i].out != NULL));
+		if (hit) {
+			ASSERT(o.len == strlen(cases[i].out) && memcmp(o.p, cases[i].out, o.len) == 0);
+			lg_buf_free(&o);
+		}
+		lg_cpy(z, sizeof z, cases[i].in);
+		lg_scrub_z(c, z, sizeof z);
+		ASSERT(strcmp(z, cases[i].out ? cases[i].out : cases[i].in) == 0);
+	}
+	lg_cfg_free(c);
+}
+
+/* issue 17.9: a BOM is skipped, duplicate checks stay linear (30,000
+ * sections), a NUL in a value is refused. */
+static void t_ini_bom_nul_many(void)
+{
+	static const char bom[] = "\xef\xbb\xbf[key.k]\nsecret = s\n";
+	static const char nul[] = "[key.k]\nsecret = a\0sk-real\n";
+	char err[512];
+	struct lg_cfg *c = ut_cfg(bom, sizeof bom - 1, err, sizeof err);
+	struct lg_buf b;
+	int i;
+	ut_case("bom: %s", err);
+	ASSERT(c != NULL && c->nkeys == 1);
+	lg_cfg_free(c);
+	c = ut_cfg(nul, sizeof nul - 1, err, sizeof err);
+	ut_case("nul: %s", err);
+	ASSERT(c == NULL && strstr(err, "ut.ini:2: a NUL byte") != NULL);
+	lg_buf_init(&b, 0);
+	for (i = 0; i < 30000; i++) lg_buf_printf(&b, "[key.k%d]\nsecret = s%d\n", i, i);
+	lg_buf_printf(&b, "[key.k17]\nsecret = again\n");
+	c = ut_cfg(b.p, b.len, err, sizeof err);
+	ut_case("30001 sections: %s", err);
+	ASSERT(c == NULL && strstr(err, "ut.ini:60001: key k17 is defined twice (first on line 35)") != NULL);
+	lg_buf_free(&b);
+}
+
 static const struct {
 	const char *group, *name;
 	void (*fn)(void);
@@ -3083,6 +3210,9 @@ static const struct {
     {"util", "str", t_str},
     {"net", "dns_next_address", t_net_dns_next_address},
     {"net", "access_log_pieces", t_net_access_log_pieces},
+    {"harden", "utf8_replace", t_utf8_replace},
+    {"harden", "scrub_secrets", t_scrub_secrets},
+    {"harden", "ini_bom_nul_many", t_ini_bom_nul_many},
 };
 
 /* Runs one test in a child process, so a crash (a guard page hit, an ASan
