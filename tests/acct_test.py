@@ -468,9 +468,10 @@ budget = 0.0001/day
 # tests: budgets and reservations
 
 def test_reservation_estimate():
-    """The worst-case reservation: ceil(body/4) x the highest `in` of every candidate +
-    max output tokens (max_completion_tokens, max_tokens, largest max_output, 4096) x the
-    highest `out`; read back from the 402 message of a key whose budget nothing fits."""
+    """The worst-case reservation: the prompt bound (a token per body byte) x the highest `in`
+    of every candidate + max output tokens (the larger of max_completion_tokens and max_tokens,
+    else the largest max_output, else 4096) x the highest `out`; read back from the 402 message
+    of a key whose budget nothing fits."""
     mk = marker()
     g = gateway(body="""
 [model.r-a]
@@ -493,7 +494,8 @@ budget = 0.0001/day
 """ % {"mk": mk})
     cases = [  # body extras, (max in, max out price, max output tokens)
         ("r-a", {"max_tokens": 100}, (1000, 4000, 100)),
-        ("r-a", {"max_tokens": 100, "max_completion_tokens": 50}, (1000, 4000, 50)),
+        ("r-a", {"max_tokens": 100, "max_completion_tokens": 50}, (1000, 4000, 100)),
+        ("r-a", {"max_tokens": 50, "max_completion_tokens": 100}, (1000, 4000, 100)),
         ("r-a", {}, (1000, 4000, 300)),
         ("r-b", {}, (1000, 2000, 4096)),
         ("r-c", {}, (7000, 9000, 50)),
@@ -557,7 +559,7 @@ target = mk mock-1 in=10 out=20
 
 [key.b]
 secret = sk-b
-budget = 0.001/day
+budget = 0.002/day
 
 [key.free]
 secret = sk-free
@@ -577,7 +579,7 @@ budget = 3/month
 secret = sk-tot
 budget = 4/total
 """)
-    budget, spend, got, want_st = 0.001, 0.0, [], []
+    budget, spend, got, want_st = 0.002, 0.0, [], []
     for i in range(6):
         body = json.dumps(chat_body("m", "Hello", max_tokens=20)).encode()
         res = reservation(body, 10, 20, 20)
@@ -592,8 +594,8 @@ budget = 4/total
         if fits:
             spend += c
         if r.status == 402:
-            expect_error(r, 402, "request %d" % i, contains=["'b'", "0.001 USD/day"])
-    eq(got, want_st, "statuses of 6 requests against budget 0.001/day (admission simulated)")
+            expect_error(r, 402, "request %d" % i, contains=["'b'", "0.002 USD/day"])
+    eq(got, want_st, "statuses of 6 requests against budget 0.002/day (admission simulated)")
     check(200 in got and 402 in got, "the budget should admit some and refuse some: %r" % got)
     d = g.key_info("sk-b")
     eq((d.get("label"), d.get("name")), ("b", "b"), "label, name")
@@ -647,19 +649,19 @@ target = up slow-stream#cc in=1000 out=2000
 
 [key.cc]
 secret = sk-cc
-budget = 0.2/day
+budget = 0.6/day
 """)
-    budget = 0.2
+    budget = 0.6
     body = json.dumps(chat_body("slow", "concurrency test", max_tokens=10)).encode()
     res = reservation(body, 1000, 2000, 10)
     cost = cost_of(11, 7, inp=1000, out=2000)
     check(cost <= res, "test setup: the upstream must be honest (cost %g <= reservation %g)" % (cost, res))
     oks, refusals = H.budget_race(g, body, "sk-cc", budget, res, cost, 12)
     r = g.post("/v1/chat/completions", body, key="sk-cc")
-    msg = expect_error(r, 402, "after exhaustion", contains=["'cc'", "0.2 USD/day"])
+    msg = expect_error(r, 402, "after exhaustion", contains=["'cc'", "0.6 USD/day"])
     m = re.search(r"resets at (\S+)", msg)
     check(m and m.group(1).rstrip(".;,") in resets("day"), "402 message names the reset time: %r" % msg)
-    check(all("'cc'" in m and "0.2 USD/day" in m and "resets at" in m for m in refusals),
+    check(all("'cc'" in m and "0.6 USD/day" in m and "resets at" in m for m in refusals),
           "every 402 names key, budget and reset time: %r" % [m for m in refusals
                                                              if "resets at" not in m][:2])
 

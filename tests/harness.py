@@ -73,9 +73,10 @@ def crc_hex(s):
 
 
 def reservation(body_bytes, max_in, max_out_price, max_out_tokens):
-    """What a budget reserves for a request: prompt estimate (body bytes / 4) at the
-    highest input price, plus its max tokens at the highest output price."""
-    return (math.ceil(len(body_bytes) / 4) * max_in + max_out_tokens * max_out_price) / 1e6
+    """What a budget reserves for a request without image, audio or file parts: the prompt
+    bound (a token per body byte) at the highest input price, plus its max tokens at the
+    highest output price."""
+    return (len(body_bytes) * max_in + max_out_tokens * max_out_price) / 1e6
 
 
 def snip(b, n=400):

@@ -163,8 +163,12 @@ class Gateway(H.KeyClient, H.GatewayBase):
 
     def config_text(self):
         mp = mock().port
+        # a key may be set once per section: the test's own lines replace the defaults
+        own = {ln.split("=", 1)[0].strip() for ln in self.gateway.splitlines() if "=" in ln}
+        defaults = "".join(ln + "\n" for ln in GW_DEFAULTS.splitlines()
+                           if ln.split("=", 1)[0].strip() not in own)
         out = "[gateway]\nlisten = 127.0.0.1:%d\naccess_log = %s\nadmin_key = %s\n%s" % (
-            self.port, self.access_log, ADMIN, GW_DEFAULTS)
+            self.port, self.access_log, ADMIN, defaults)
         if self.workers is not None:
             out += "workers = %s\n" % self.workers
         if self.state_dir:
