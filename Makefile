@@ -11,6 +11,9 @@
 #   make embed-test tests/embed.c: two embedded gateways in one host program (+ ASan)
 #   make measure    size and memory table of every built target (tests/measure.py)
 #   make bench      llmgw vs nginx vs direct-to-mock (tests/bench/, ~4 min, not in make test)
+#   make fuzz       libFuzzer (clang) on every tests/fuzz.c target, FUZZ_TIME s each (default
+#                   60), new coverage and crash inputs kept in tests/corpus/ (tests/fuzz.sh;
+#                   FUZZ_TARGETS="http json" picks targets; not in make test)
 # Fresh Debian machine: `sh .ci/deps.sh` installs what these need. With TLS=1
 # (the default) vendor/bearssl.sh fetches BearSSL 0.6 (checksum-pinned) and
 # builds it for $(CC) under build/bearssl/$(TARGET), and for each cross
@@ -174,6 +177,13 @@ $(BUILD)/fuzz-replay: tests/fuzz.c llmgw.c llmgw.h
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 -Wall -Wextra -Werror -O1 -g $(SAN) -o $@ tests/fuzz.c $(LDLIBS)
 
+# bounded libFuzzer run; builds its own build/fuzz-<target> binaries with FUZZ_CC
+FUZZ_TIME    ?= 60
+FUZZ_TARGETS ?=
+FUZZ_CC      ?= clang
+fuzz:
+	FUZZ_TIME="$(FUZZ_TIME)" FUZZ_TARGETS="$(FUZZ_TARGETS)" FUZZ_CC="$(FUZZ_CC)" sh tests/fuzz.sh
+
 bench: llmgw
 	sh tests/bench/run.sh
 
@@ -199,5 +209,5 @@ clean:
 	  $(BUILD)/embed $(BUILD)/embed-asan $(BUILD)/embed*.o $(CROSS_TARGETS:%=$(BUILD)/%) \
 	  $(BUILD)/rootfs $(BUILD)/rootfs-port $(BUILD)/rootfs-docker $(BUILD)/test-* $(BUILD)/measure-*
 
-.PHONY: all run unit test symbols clean cross $(CROSS_TARGETS:%=cross-%) rootfs embed-test measure bench bench-profile FORCE
+.PHONY: all run unit test fuzz symbols clean cross $(CROSS_TARGETS:%=cross-%) rootfs embed-test measure bench bench-profile FORCE
 FORCE:

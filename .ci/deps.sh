@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what building and testing llmgw need on a fresh Debian machine:
 # a C compiler and make (the gateway), curl and python3 (integration tests),
-# valgrind and clang (memory checks, fuzzing), xz (the BearSSL recipe),
+# valgrind and clang with its sanitizer and libFuzzer runtimes (memory
+# checks, ThreadSanitizer, make fuzz), xz (the BearSSL recipe),
 # openssl (test certificates), the cross compilers and musl (make cross,
 # static binaries for aarch64, armhf, mipsel, mips and x86_64 musl) with
 # qemu-user to run them, ca-certificates (make rootfs). Does nothing when all
@@ -13,7 +14,10 @@ command -v make >/dev/null 2>&1 || need="$need make"
 command -v curl >/dev/null 2>&1 || need="$need curl"
 command -v python3 >/dev/null 2>&1 || need="$need python3"
 command -v valgrind >/dev/null 2>&1 || need="$need valgrind"
-command -v clang >/dev/null 2>&1 || need="$need clang"
+# clang's runtimes (libclang_rt.fuzzer, .tsan, ...) are in libclang-rt-<N>-dev
+# (bookworm: libclang-rt-14-dev; libclang-rt-dev pulls in the default one),
+# only a Recommends of clang, so --no-install-recommends leaves them out
+command -v clang >/dev/null 2>&1 || need="$need clang libclang-rt-dev"
 command -v xz >/dev/null 2>&1 || need="$need xz-utils"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 command -v apt-get >/dev/null 2>&1 && [ ! -d /usr/share/doc/ca-certificates ] && need="$need ca-certificates"
@@ -38,6 +42,16 @@ if command -v cc >/dev/null 2>&1; then
 	t=$(mktemp -d)
 	echo 'int main(void){return 0;}' >"$t/a.c"
 	cc -fsanitize=address,undefined -o "$t/a" "$t/a.c" >/dev/null 2>&1 || need="$need libasan8 libubsan1"
+	rm -rf "$t"
+fi
+# and clang's: libFuzzer (make fuzz) and ThreadSanitizer (make test)
+if command -v clang >/dev/null 2>&1; then
+	t=$(mktemp -d)
+	echo 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n);
+int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { (void)d; (void)n; return 0; }' >"$t/f.c"
+	echo 'int main(void){return 0;}' >"$t/a.c"
+	{ clang -fsanitize=fuzzer,address,undefined -o "$t/f" "$t/f.c" && clang -fsanitize=thread -o "$t/a" "$t/a.c"; } \
+		>/dev/null 2>&1 || need="$need libclang-rt-dev"
 	rm -rf "$t"
 fi
 [ -z "$need" ] && exit 0
