@@ -6977,6 +6977,7 @@ static void lg_w_free(struct lg_wst *w)
 static void lg_resp_stream_error(struct lg_req *r, const char *msg)
 {
 	struct lg_buf b;
+	if (r->status < 400) r->status = 502; /* the head said 200; the access log says what happened */
 	lg_buf_init(&b, 0);
 	if (r->dialect == LG_D_ANTHROPIC) {
 		lg_buf_addz(&b, "{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":");
@@ -8848,6 +8849,7 @@ static void lg_route_failed(struct lg_req *r, int status, const char *reason, in
 	if (r->sent_head) {
 		snprintf(r->errmsg, sizeof r->errmsg, "provider %s failed in the middle of the stream: %s",
 		         r->served->prov->name, reason);
+		if (timeout) r->status = 504;
 		lg_resp_stream_error(r, r->errmsg);
 		lg_req_finish(r);
 		return;
@@ -8983,7 +8985,10 @@ static void lg_att_data(void *owner, const char *p, size_t n)
 			r->att[r->natt - 1].status = r->ustatus;
 			snprintf(r->att[r->natt - 1].err, sizeof r->att[0].err, "error event in the stream");
 			if (!lg_native(r, r->served->prov)) lg_resp_stream_error(r, r->errmsg);
-			else lg_resp_stream_end(r);
+			else { /* the provider's own error event went through as it was */
+				r->status = 502;
+				lg_resp_stream_end(r);
+			}
 			lg_req_finish(r);
 			return;
 		}
