@@ -5148,6 +5148,7 @@ struct lg_req {
 
 struct lg_kstate;
 static void lg_req_finish(struct lg_req *r); /* section 14: ends a request */
+static int lg_scrub(const struct lg_cfg *c, const char *p, size_t n, struct lg_buf *out); /* section 12 */
 
 /* Cost in USD from the target's prices (USD per million tokens). */
 static double lg_acct_cost(const struct lg_target *t, const struct lg_usage *u)
@@ -5677,8 +5678,8 @@ static int lg_prov_openai_quick(struct lg_req *r, lg_str d)
 /* One event of an OpenAI stream: forwarded as it came, rewritten. */
 static void lg_prov_openai_event(struct lg_req *r, lg_str data)
 {
-	struct lg_buf o;
-	int k;
+	struct lg_buf o, clean;
+	int k, scrubbed = 0;
 	if (lg_str_eq(data, "[DONE]")) {
 		r->stream_done = 1;
 		lg_resp_event(r, "[DONE]", 6);
@@ -5687,6 +5688,11 @@ static void lg_prov_openai_event(struct lg_req *r, lg_str data)
 	if (r->stream_done) return;
 	r->est_out++; /* OpenAI-style streams: a token per chunk, nearly always */
 	if (lg_prov_openai_quick(r, data)) return;
+	if (lg_memfind(data.p, data.n, "\"error\"") && lg_scrub(r->cfg, data.p, data.n, &clean)) {
+		/* an error event passed on natively: never with the credential it may quote */
+		data = lg_str_of(clean.p, clean.len);
+		scrubbed = 1;
+	}
 	lg_buf_init(&o, 0);
 	k = lg_prov_openai_rewrite(r, data.p, data.n, &o, 1);
 	if (k < 0) {
@@ -5696,6 +5702,7 @@ static void lg_prov_openai_event(struct lg_req *r, lg_str data)
 		lg_resp_event(r, o.p, o.len);
 	}
 	lg_buf_free(&o);
+	if (scrubbed) lg_buf_free(&clean);
 }
 
 /* --- mock: a provider built in, answering without a network ----------- */
@@ -7342,7 +7349,6 @@ static void lg_w_an_final(struct lg_req *r, struct lg_buf *o)
 }
 
 static void lg_route_failed(struct lg_req *r, int status, const char *reason, int retryable, int timeout);
-static int lg_scrub(const struct lg_cfg *c, const char *p, size_t n, struct lg_buf *out);
 
 static void lg_ev_1(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw);
 
@@ -8164,6 +8170,13 @@ static void lg_p_anth_native_event(struct lg_req *r, lg_str evname, lg_str data)
 	struct lg_buf o;
 	lg_str ty;
 	char name[64];
+	struct lg_buf clean;
+	if (lg_str_eq(evname, "error") && lg_scrub(r->cfg, data.p, data.n, &clean)) {
+		/* passed on natively, never with the credential it may quote */
+		lg_p_anth_native_event(r, evname, lg_str_of(clean.p, clean.len));
+		lg_buf_free(&clean);
+		return;
+	}
 	memset(&j, 0, sizeof j);
 	if (lg_req_json(r, &j, data.p, data.n) <= 0 || j.t[0].type != LG_J_OBJ) {
 		lg_resp_sse(r, evname.n ? "message" : NULL, data.p, data.n);
