@@ -743,6 +743,116 @@ def route_selftest(port, req, expect):
 # ---- routing scenarios (tests/route_test.py) ------------------------------------ END
 
 
+# =======================================================================================
+# ---- hardening scenarios (tests/harden_test.py) ------------------------------- BEGIN
+#   flood-N          a stream of N MB (1..64) of content events sent as fast as the
+#                    gateway reads them (64 KB HTTP chunks): fills socket buffers and
+#                    the gateway's high-water mark; non-stream: as `ok`
+#   echo-key-401     401 in OpenAI's shape quoting the key of the request's Authorization
+#                    ("Incorrect API key provided: <key>. You can find ...")
+#   echo-masked-401  the same quoting a masked form of the key (MASK below)
+#   echo-key-mid     stream: role chunk, 2 content chunks, then a data: {"error": ...}
+#                    quoting the key, and the body ends (no [DONE]); non-stream: echo-key-401
+#   notjson-mid      stream: role chunk, 2 content chunks, a `data: this is not json`
+#                    event, the rest of the `ok` stream and [DONE]; non-stream: as `ok`
+
+FLOOD_PIECE = "flood " * 170                     # ~1 KB of content per event
+NOT_JSON = b"data: this is not json\n\n"
+
+
+def mask_key(key):
+    """How OpenAI quotes a key it refuses: the first 5 and last 4 characters around stars."""
+    return key[:5] + "*" * max(4, len(key) - 9) + key[-4:]
+
+
+def bad_key_message(key):
+    return ("Incorrect API key provided: %s. You can find your API key at "
+            "https://platform.openai.com/account/api-keys." % key)
+
+
+def request_key(c):
+    auth = c.req.headers.get("authorization", "")
+    return auth[7:] if auth.lower().startswith("bearer ") else auth
+
+
+def sc_flood(c, mb):
+    if not c.stream:
+        return sc_ok(c)
+    ev = sse(c._chunk({"content": FLOOD_PIECE}))
+    batch = ev * max(1, 65536 // len(ev))
+    c.conn.send(head(200, SSE_HEAD + [("Transfer-Encoding", "chunked")]))
+    c.conn.send(chunk(c.events([])[0]))
+    for _ in range(-(-mb * (1 << 20) // len(batch))):     # at least N MB
+        c.conn.send(chunk(batch))
+    for e in c.events([])[1:]:
+        c.conn.send(chunk(e))
+    c.conn.send(b"0\r\n\r\n")
+    return True
+
+
+def sc_echo_key_401(c, masked=False):
+    key = request_key(c)
+    c.conn.send(json_response(401, error_obj(401, bad_key_message(mask_key(key) if masked else key),
+                                             "invalid_request_error", "invalid_api_key")))
+    return True
+
+
+def sc_echo_key_mid(c):
+    if not c.stream:
+        return sc_echo_key_401(c)
+    ev = c.events(TEXT_PIECES)
+    c.conn.send(head(200, SSE_HEAD + [("Transfer-Encoding", "chunked")]))
+    for e in ev[:3]:
+        c.conn.send(chunk(e))
+    c.conn.send(chunk(sse(error_obj(401, bad_key_message(request_key(c)), "invalid_request_error",
+                                    "invalid_api_key"))))
+    c.conn.send(b"0\r\n\r\n")
+    return True
+
+
+def sc_notjson_mid(c):
+    if not c.stream:
+        return sc_ok(c)
+    ev = c.events(TEXT_PIECES)
+    return send_chunked_stream(c, ev[:3] + [NOT_JSON] + ev[3:])
+
+
+SCENARIOS.update({
+    "echo-key-401": sc_echo_key_401,
+    "echo-masked-401": lambda c: sc_echo_key_401(c, masked=True),
+    "echo-key-mid": sc_echo_key_mid,
+    "notjson-mid": sc_notjson_mid,
+})
+PARAM_SCENARIOS.append((re.compile(r"flood-([1-9]|[1-5][0-9]|6[0-4])"),
+                        lambda m: lambda c: sc_flood(c, int(m.group(1)))))
+
+
+def harden_selftest(port, expect):
+    """--selftest checks of the hardening scenarios (called by selftest())."""
+    key = "sk-selftest-0123456789"
+
+    def post(model, stream=False):
+        c = connection(port, 10)
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+        c.request("POST", "/v1/chat/completions", json.dumps(body),
+                  {"Content-Type": "application/json", "Authorization": "Bearer " + key})
+        r = c.getresponse()
+        return r, r.read()
+    r, data = post("flood-1", stream=True)
+    expect("flood-1 (%d bytes)" % len(data), r.status == 200 and len(data) >= 1 << 20 and
+           data.rstrip().endswith(b"data: [DONE]"))
+    r, data = post("echo-key-401")
+    expect("echo-key-401", r.status == 401 and key in json.loads(data)["error"]["message"])
+    r, data = post("echo-masked-401")
+    msg = json.loads(data)["error"]["message"]
+    expect("echo-masked-401", r.status == 401 and mask_key(key) in msg and key not in msg)
+    r, data = post("echo-key-mid", stream=True)
+    expect("echo-key-mid", r.status == 200 and key.encode() in data and b"[DONE]" not in data)
+    r, data = post("notjson-mid", stream=True)
+    expect("notjson-mid", r.status == 200 and NOT_JSON in data and data.rstrip().endswith(b"data: [DONE]"))
+# ---- hardening scenarios (tests/harden_test.py) --------------------------------- END
+
+
 def do_chat(conn, req, body):
     c = Ctx(conn, req, body)
     fn = SCENARIOS.get(c.scenario) or param_scenario(c.scenario)
@@ -996,6 +1106,7 @@ def selftest(port):
                 serials.append(x["serial"])
         expect("keep-alive (3 requests, one connection)", len(serials) == 3 and len(set(serials)) == 1)
     route_selftest(port, req, expect)
+    harden_selftest(port, expect)
     return 1 if fails else 0
 
 

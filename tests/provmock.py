@@ -36,6 +36,11 @@ special_scenario()):
     trunc, trunc-early stream: ends (cleanly at the HTTP level) without finishing
     badcrc, badprelude bedrock stream: the first frame has a wrong message / prelude CRC
     badcrc-mid         bedrock stream: good text frames, then one with a wrong CRC
+    notjson            stream: some deltas, an event whose data is not JSON (`data: this is
+                       not json`; bedrock: a frame with that payload), then the rest of `text`
+    badutf8            text holding ill-formed UTF-8 (BAD_UTF8: bytes FF FE, a truncated
+                       3-byte sequence, an overlong C0 AF, a lone continuation byte) between
+                       valid text; stream (not bedrock) or not
     flaky              first request for (model, marker) fails with 429 (gemini: RetryInfo
                        retryDelay, option rdN = N seconds, default 1), later ones are `text`
 Delivery options (after ~, combinable):
@@ -149,6 +154,18 @@ _cut = _esc.index('\\"') + 1
 SCRIPTS["toolesc"] = {"blocks": [T("Looking up \u00ab", "Z\u00fcrich\u00bb."),
                                  C("e1", "lookup", [_esc[:5], _esc[5:_cut], _esc[_cut:]])],
                       "finish": "tool", "usage": U(25, 12)}
+
+# badutf8: each @BADn@ is replaced by BAD_UTF8[n] in the bytes sent (json.dumps cannot write them)
+BAD_UTF8 = [b"\xff\xfe", b"\xe2\x82", b"\xc0\xaf", b"\x80"]
+BAD_UTF8_PIECES = ["A1 \u00e9 ", "@BAD0@", " B2 ", "@BAD1@", " C3 \u2713 ", "@BAD2@", " D4 ", "@BAD3@", " end"]
+BAD_UTF8_SCRIPT = {"blocks": [T(*BAD_UTF8_PIECES)], "finish": "stop", "usage": BASIC}
+
+
+def with_bad_utf8(data):
+    for i, b in enumerate(BAD_UTF8):
+        data = data.replace(b"@BAD%d@" % i, b)
+    return data
+
 
 # one very large delta (about 400 KB of JSON-escaped text) in a single event
 BIG_TEXT = "0123456789 abcdef \u00e9\u2713 \"q\"\n" * 12000
@@ -785,7 +802,7 @@ def chunk(data):
 
 
 def send_json(conn, status, obj, extra=(), opts=()):
-    body = json.dumps(obj).encode()
+    body = obj if isinstance(obj, bytes) else json.dumps(obj).encode()    # bytes: sent as they are
     data = head(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
                 + list(extra)) + body
     if "1b" in opts:
@@ -913,8 +930,8 @@ def render(kind, rp, scen, stream):
     if scen.startswith("fin-"):
         sc = {"blocks": [T("ok")], "finish": None, "usage": BASIC}
         finish = scen[4:]
-    elif scen in SCRIPTS:
-        sc = SCRIPTS[scen]
+    elif scen in SCRIPTS or scen == "badutf8":
+        sc = SCRIPTS.get(scen, BAD_UTF8_SCRIPT)
         finish = FINISH[w][sc["finish"]]
     else:
         return None
@@ -982,7 +999,15 @@ def answer(conn, req, body, kind, model, stream, include_usage):
         if stream:
             return send_stream(conn, "text/event-stream", [sse_bytes(obj, le=rp.le)], opts)
         return send_json(conn, 200, obj, (), opts)
-    if scen in ("midfail", "earlyfail", "earlyfail-400", "trunc", "trunc-early", "badcrc", "badprelude", "badcrc-mid"):
+    if scen == "badutf8":
+        if stream and w == "bedrock":
+            return error_reply(conn, kind, 400, opts, "provmock: badutf8 has no bedrock stream")
+        out = render(kind, rp, scen, stream)
+        if not stream:
+            return send_json(conn, 200, with_bad_utf8(json.dumps(out).encode()), (), opts)
+        return send_stream(conn, "text/event-stream", [with_bad_utf8(b) for _, b in out], opts)
+    if scen in ("midfail", "earlyfail", "earlyfail-400", "trunc", "trunc-early", "badcrc", "badprelude", "badcrc-mid",
+                "notjson"):
         if not stream:
             scen = "text"
         else:
@@ -1004,6 +1029,10 @@ def answer(conn, req, body, kind, model, stream, include_usage):
                 parts = pre + [sse_bytes(ge_error_obj(400, "provmock gemini 400 in the stream"), le=rp.le)]
             elif scen == "trunc":
                 parts = pre + body_ev
+            elif scen == "notjson":
+                bad = ev_frame([ev_header(":event-type", "contentBlockDelta"), ev_header(":message-type", "event")],
+                               b"this is not json") if w == "bedrock" else b"data: this is not json" + (rp.le * 2).encode()
+                parts = pre + body_ev + [bad] + [b for _, b in evs[len(pre) + len(body_ev):]]
             elif scen == "trunc-early":
                 parts = pre
             elif w != "bedrock":
@@ -1174,6 +1203,14 @@ def selftest(port):
     r, data = req("gemini", "text", True)
     expect("gemini frames events with CRLF", data.count(b"\r\n\r\n") >= 3 and b"\n\n" not in
            data.replace(b"\r\n\r\n", b""))
+    for kind in ("openai", "anthropic", "gemini"):
+        for stream in (False, True):
+            r, data = req(kind, "badutf8", stream)
+            expect("%s badutf8%s" % (kind, " stream" if stream else ""), r.status == 200 and
+                   all(b in data for b in BAD_UTF8) and b"@BAD" not in data)
+        r, data = req(kind, "notjson", True)
+        expect("%s notjson stream" % kind, r.status == 200 and b"data: this is not json" in data and
+               data.count(b"data: ") >= 5)
     r, data = req("gemini", "flaky#a mk0000abcd", False)
     expect("flaky first 429", r.status == 429 and b'"retryDelay": "1s"' in data)
     return 1 if fails else 0
