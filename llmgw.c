@@ -28,8 +28,10 @@
  *   1. Platform and utilities      lg_      : lg_str views, time, SHA-256, ids
  *   2. Buffers                     lg_buf_  : struct lg_buf, struct lg_arena
  *   3. Log                         lg_log_  : diagnostics to stderr
- *   4. JSON                        lg_json_ : tokenizer, unescape, writer
- *   5. INI and config              lg_ini_, lg_cfg_ : struct lg_cfg snapshot
+ *   4. JSON                        lg_json_, lg_utf8_ : tokenizer, unescape, writer (always
+ *                                 well-formed UTF-8 out)
+ *   5. INI and config              lg_ini_, lg_cfg_, lg_names_ : struct lg_cfg snapshot, the
+ *                                 hashed names of duplicate checks
  *   6. HTTP parsing                lg_http_ : heads, chunked decoder, SSE
  *   7. TLS                         lg_tls_  : BearSSL driven by the loop, trust anchors
  *   8. Event loop and connections  lg_loop_, lg_conn_ : poll set, timers; what the
@@ -38,9 +40,10 @@
  *  10. HTTP client and pool        lg_up_   : upstream connections
  *  11. Provider adapters           lg_prov_, lg_canon_, lg_w_, lg_p_, lg_ev : canonical
  *                                 request and events; openai, azure, anthropic, gemini,
- *                                 bedrock, mock; the client dialect writers
+ *                                 bedrock, mock; the client dialect writers; lg_hw_: the
+ *                                 upstream request head, sized
  *  12. Router                      lg_route_: the plan of a request, health, breakers,
- *                                 retries, affinity
+ *                                 retries, affinity; lg_scrub: provider secrets out of upstream text
  *  13. Accounting                  lg_acct_ : budgets, limits, ledger, metrics, ring of
  *                                 recent requests, access log
  *  14. Server handlers             lg_srv_  : endpoints, errors, streaming
