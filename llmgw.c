@@ -5691,8 +5691,9 @@ static void lg_prov_openai_event(struct lg_req *r, lg_str data)
 	if (r->stream_done) return;
 	r->est_out++; /* OpenAI-style streams: a token per chunk, nearly always */
 	if (lg_prov_openai_quick(r, data)) return;
-	if (lg_memfind(data.p, data.n, "\"error\"") && lg_scrub(r->cfg, data.p, data.n, &clean)) {
-		/* an error event passed on natively: never with the credential it may quote */
+	if (lg_str_trim(data).n > 9 && memcmp(lg_str_trim(data).p, "{\"error\"", 8) == 0 &&
+	    lg_scrub(r->cfg, data.p, data.n, &clean)) {
+		/* an error event ({"error": ...}) passed on natively: never with the credential it may quote */
 		data = lg_str_of(clean.p, clean.len);
 		scrubbed = 1;
 	}
