@@ -1266,9 +1266,9 @@ static lg_str lg_utf8_fix(struct lg_buf *t, lg_str s)
 	size_t i = 0, run = 0;
 	lg_buf_init(t, 0);
 	while (i < s.n) {
-		int k;
-		if (p[i] < 0x80 || (k = lg_utf8_seq(p + i, s.n - i)) > 0) {
-			i += p[i] < 0x80 ? 1 : (size_t)lg_utf8_seq(p + i, s.n - i);
+		int k = p[i] < 0x80 ? 1 : lg_utf8_seq(p + i, s.n - i);
+		if (k > 0) {
+			i += (size_t)k;
 			continue;
 		}
 		lg_buf_add(t, s.p + run, i - run);
@@ -1647,7 +1647,6 @@ struct lg_cfg {
 #endif
 };
 
-/* Parse context: the file name and line for error messages. */
 /* Names seen while parsing, hashed, so duplicate checks stay linear in
  * the size of the file: sections (kind 'p', 'k'), model names and aliases
  * ('m'); and, in a table of their own, each section's keys (kind: which
@@ -1664,13 +1663,14 @@ struct lg_names {
 	size_t cap, n;
 };
 
+/* Parse context: the file name and line for error messages. */
 struct lg_cfgp {
 	struct lg_cfg *c;
 	const char *file;
 	int line;
 	char *err;
 	size_t errlen;
-	struct lg_names names, keys; /* keys: this section's */
+	struct lg_names names, keys; /* keys: the keys set, by section */
 };
 
 static uint32_t lg_name_hash(int kind, const char *p, size_t n)
@@ -1708,7 +1708,6 @@ static struct lg_name *lg_names_get(struct lg_names *s, int kind, const char *p,
 		if (e->kind == kind && e->n == n && memcmp(e->p, p, n) == 0) return e;
 	}
 }
-
 
 static int lg_cfg_err(struct lg_cfgp *p, const char *fmt, ...) LG_PRINTF(2, 3);
 static int lg_cfg_err(struct lg_cfgp *p, const char *fmt, ...)
@@ -5152,6 +5151,7 @@ struct lg_req {
 struct lg_kstate;
 static void lg_req_finish(struct lg_req *r); /* section 14: ends a request */
 static int lg_scrub(const struct lg_cfg *c, const char *p, size_t n, struct lg_buf *out); /* section 12 */
+static void lg_scrub_cpy(const struct lg_cfg *c, char *dst, size_t cap, const char *src, size_t n);
 
 /* Cost in USD from the target's prices (USD per million tokens). */
 static double lg_acct_cost(const struct lg_target *t, const struct lg_usage *u)
@@ -5682,6 +5682,7 @@ static int lg_prov_openai_quick(struct lg_req *r, lg_str d)
 static void lg_prov_openai_event(struct lg_req *r, lg_str data)
 {
 	struct lg_buf o, clean;
+	lg_str t;
 	int k, scrubbed = 0;
 	if (lg_str_eq(data, "[DONE]")) {
 		r->stream_done = 1;
@@ -5691,8 +5692,8 @@ static void lg_prov_openai_event(struct lg_req *r, lg_str data)
 	if (r->stream_done) return;
 	r->est_out++; /* OpenAI-style streams: a token per chunk, nearly always */
 	if (lg_prov_openai_quick(r, data)) return;
-	if (lg_str_trim(data).n > 9 && memcmp(lg_str_trim(data).p, "{\"error\"", 8) == 0 &&
-	    lg_scrub(r->cfg, data.p, data.n, &clean)) {
+	t = lg_str_trim(data);
+	if (t.n > 9 && memcmp(t.p, "{\"error\"", 8) == 0 && lg_scrub(r->cfg, data.p, data.n, &clean)) {
 		/* an error event ({"error": ...}) passed on natively: never with the credential it may quote */
 		data = lg_str_of(clean.p, clean.len);
 		scrubbed = 1;
@@ -7389,13 +7390,8 @@ static void lg_ev_1(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int
 		r->saw_finish = 1;
 	}
 	if (type == LG_EV_ERROR) { /* before the first byte: the attempt failed; after: an error event */
-		char msg[300];
-		struct lg_buf clean;
-		if (lg_scrub(r->cfg, a.p, a.n, &clean)) { /* an upstream may quote the credential it got */
-			snprintf(msg, sizeof msg, "%.*s", (int)LG_MIN(clean.len, 280), clean.p ? clean.p : "");
-			lg_buf_free(&clean);
-		} else
-			snprintf(msg, sizeof msg, "%.*s", (int)LG_MIN(a.n, 280), a.p);
+		char msg[281];
+		lg_scrub_cpy(r->cfg, msg, sizeof msg, a.p, a.n); /* an upstream may quote the credential it got */
 		r->up_error = 1;
 		if (!r->sent_head) {
 			lg_route_failed(r, idx, msg, idx == 429 || idx >= 500, 0);
@@ -7950,7 +7946,7 @@ static size_t lg_prov_auth_room(const struct lg_provider *p, const struct lg_req
 	if (r->anth_beta) n += strlen(r->anth_beta) + 20;
 	if (p->type == LG_PT_BEDROCK && p->aws_access_key_id) /* SigV4: date, token, credential, signature */
 		n += 400 + strlen(p->aws_access_key_id) + (p->aws_region ? strlen(p->aws_region) : 9) +
-		     (p->aws_session_token ? 2 * strlen(p->aws_session_token) + 64 : 0);
+		     (p->aws_session_token ? strlen(p->aws_session_token) + 32 : 0);
 	return n;
 }
 
@@ -8751,7 +8747,6 @@ static int lg_route_retryable(int status, const char *body, size_t n)
 
 static void lg_route_next(struct lg_req *r);
 
-/* Why the upstream said no, from its error body, for messages and logs. */
 /* Does word w hold secret z, its first 16 bytes (a quote cut short) or a
  * masked form of a credential ("sk-ab****wxyz")? */
 static int lg_scrub_hit(lg_str w, const char *z)
@@ -8762,6 +8757,9 @@ static int lg_scrub_hit(lg_str w, const char *z)
 		if (w.p[i] == z[0] && memcmp(w.p + i, z, k) == 0) return 1;
 	return 0;
 }
+
+/* What ends a word for lg_scrub: blanks, quotes and JSON or list punctuation. */
+static int lg_scrub_sep(char c) { return c && strchr(" \t\r\n\"',;()[]{}<>", c) != NULL; }
 
 /* Text from an upstream with every configured provider secret, anything
  * that starts like one, and every masked credential (a word with "***")
@@ -8774,9 +8772,9 @@ static int lg_scrub(const struct lg_cfg *c, const char *p, size_t n, struct lg_b
 		size_t st;
 		int bad, k;
 		lg_str w;
-		while (i < n && (strchr(" \t\r\n\"',;()[]{}<>", p[i]) && p[i])) i++;
+		while (i < n && lg_scrub_sep(p[i])) i++;
 		st = i;
-		while (i < n && !(strchr(" \t\r\n\"',;()[]{}<>", p[i]) && p[i])) i++;
+		while (i < n && !lg_scrub_sep(p[i])) i++;
 		if (i == st) break;
 		w = lg_str_of(p + st, i - st);
 		bad = w.n >= 3 && lg_memfind(w.p, w.n, "***") != NULL;
@@ -8796,15 +8794,22 @@ static int lg_scrub(const struct lg_cfg *c, const char *p, size_t n, struct lg_b
 	return 1;
 }
 
-/* The same for a C string in place (cut to cap). */
-static void lg_scrub_z(const struct lg_cfg *c, char *s, size_t cap)
+/* src[0..n) scrubbed, then cut to fit dst (cap bytes, NUL included): the
+ * scrub sees the whole text, so a cut cannot leave part of a secret. */
+static void lg_scrub_cpy(const struct lg_cfg *c, char *dst, size_t cap, const char *src, size_t n)
 {
 	struct lg_buf o;
-	if (!c || !lg_scrub(c, s, strlen(s), &o)) return;
-	snprintf(s, cap, "%.*s", (int)(o.err ? 0 : o.len), o.p ? o.p : "");
-	lg_buf_free(&o);
+	int hit = lg_scrub(c, src, n, &o);
+	if (hit) src = o.err || !o.p ? "" : o.p, n = o.err ? 0 : o.len;
+	if (cap) {
+		n = LG_MIN(n, cap - 1);
+		memcpy(dst, src, n);
+		dst[n] = 0;
+	}
+	if (hit) lg_buf_free(&o);
 }
 
+/* Why the upstream said no, from its error body, for messages and logs. */
 static void lg_route_upstream_msg(struct lg_req *r, char *out, size_t n)
 {
 	struct lg_json j;
@@ -8842,14 +8847,10 @@ static void lg_route_upstream_msg(struct lg_req *r, char *out, size_t n)
 static void lg_route_failed(struct lg_req *r, int status, const char *reason, int retryable, int timeout)
 {
 	struct lg_att_log *a = &r->att[r->natt - 1];
-	char clean[300];
 	lg_up_release(&r->up);
 	a->status = status;
 	a->ms = r->gw->now - r->t_att;
-	lg_cpy(clean, sizeof clean, reason);
-	lg_scrub_z(r->cfg, clean, sizeof clean);
-	reason = clean;
-	lg_cpy(a->err, sizeof a->err, reason);
+	lg_cpy(a->err, sizeof a->err, reason); /* upstream text reaches here scrubbed (lg_att_end, lg_ev) */
 	r->timed_out += timeout;
 	lg_route_done(r, retryable && r->cc ? 0 : -1);
 	if (retryable) r->retry_seen = 1;
@@ -9443,14 +9444,17 @@ struct lg_media {
 
 static void lg_acct_media(const struct lg_req *r, struct lg_media *m)
 {
-	static const char *const kinds[][3] = {{"image_url", "image", "input_image"},
-	                                       {"input_audio", "audio", "input_audio"},
-	                                       {"file", "document", "input_file"}};
+	static const struct {
+		const char *type;
+		int kind; /* 0 image, 1 audio, 2 file */
+	} kinds[] = {{"image_url", 0}, {"image", 0}, {"input_image", 0}, {"input_audio", 1}, {"audio", 1},
+	             {"file", 2},      {"document", 2}, {"input_file", 2}};
 	const struct lg_json *j = &r->j;
 	uint32_t i = 0;
 	memset(m, 0, sizeof *m);
 	while (i < j->n) {
-		int ty, k, q, hit = -1;
+		int ty, hit = -1;
+		size_t k;
 		lg_str tv;
 		if (j->t[i].type != LG_J_OBJ || (ty = lg_json_get(j, r->body, (int)i, "type")) < 0 ||
 		    j->t[ty].type != LG_J_STR) {
@@ -9458,9 +9462,8 @@ static void lg_acct_media(const struct lg_req *r, struct lg_media *m)
 			continue;
 		}
 		tv = lg_json_raw(j, r->body, ty);
-		for (k = 0; k < 3 && hit < 0; k++)
-			for (q = 0; q < 3; q++)
-				if (lg_str_eq(tv, kinds[k][q])) hit = k;
+		for (k = 0; k < LG_COUNTOF(kinds) && hit < 0; k++)
+			if (lg_str_eq(tv, kinds[k].type)) hit = kinds[k].kind;
 		if (hit < 0) {
 			i++;
 			continue;
@@ -9956,7 +9959,8 @@ static void lg_acct_charge_locked(struct lg_req *r, struct lg_acct *a, int now)
 static void lg_acct_charge(struct lg_req *r)
 {
 	struct lg_acct *a;
-	if (!r->ks || !(r->usage.cost > r->charged)) return;
+	/* without a ledger the settle right after charges it (same iteration, same lock) */
+	if (!r->ks || !(r->usage.cost > r->charged) || !r->cfg->state_dir || !*r->cfg->state_dir) return;
 	lg_lock(r->gw);
 	if ((a = lg_acct_of(r->gw))) lg_acct_charge_locked(r, a, 1);
 	lg_unlock(r->gw);
@@ -10990,7 +10994,8 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 			fr = -1;
 		}
 	}
-	if (path.n > 8 && (lg_str_ieqn(lg_str_of(path.p, 7), "http://", 7) || lg_str_ieqn(lg_str_of(path.p, 8), "https://", 8))) {
+	if (path.n > 8 &&
+	    (lg_str_ieqn(lg_str_of(path.p, 7), "http://", 7) || lg_str_ieqn(lg_str_of(path.p, 8), "https://", 8))) {
 		/* absolute form (RFC 9112 3.2.2): the path is what follows the authority */
 		size_t at = path.p[4] == ':' ? 7 : 8;
 		while (at < path.n && path.p[at] != '/' && path.p[at] != '?') at++;
@@ -11435,18 +11440,12 @@ int llmgw_load_file(struct llmgw *gw, const char *path, char *err, size_t errlen
 	return 0;
 }
 
-/* A listening socket for spec (checked by lg_cfg_listen_addr). */
-static int lg_listen_open(const char *spec, int reuseport, char *err, size_t errlen)
+/* A listening socket on sa (from lg_cfg_listen_addr); spec names it in errors. */
+static int lg_listen_open(const char *spec, const struct sockaddr_storage *sa, socklen_t sl, int reuseport,
+                          char *err, size_t errlen)
 {
-	struct sockaddr_storage sa;
-	socklen_t sl;
-	int fd, one = 1, tls;
-	const char *why = lg_cfg_listen_addr(spec, 0, &sa, &sl, &tls);
-	if (why) {
-		snprintf(err, errlen, "listen %s: %s", spec, why);
-		return -1;
-	}
-	fd = socket(sa.ss_family, SOCK_STREAM, 0);
+	int fd, one = 1;
+	fd = socket(sa->ss_family, SOCK_STREAM, 0);
 	if (fd < 0) {
 		snprintf(err, errlen, "listen %s: %s", spec, strerror(errno));
 		return -1;
@@ -11457,7 +11456,7 @@ static int lg_listen_open(const char *spec, int reuseport, char *err, size_t err
 #else
 	LG_UNUSED(reuseport);
 #endif
-	if (bind(fd, (struct sockaddr *)&sa, sl) < 0 || listen(fd, 511) < 0 || lg_set_nonblock(fd) < 0) {
+	if (bind(fd, (const struct sockaddr *)sa, sl) < 0 || listen(fd, 511) < 0 || lg_set_nonblock(fd) < 0) {
 		snprintf(err, errlen, "listen %s: %s", spec, strerror(errno));
 		close(fd);
 		return -1;
@@ -11475,33 +11474,18 @@ static int lg_listen_all(struct llmgw *gw, int reuseport, char *err, size_t errl
 		return -1;
 	}
 	for (i = 0; i < gw->cfg->nlisten; i++) {
-		/* "ADDR", "ADDR tls" or "ADDR plain"; bare addresses are HTTPS when
-		 * tls_cert is set */
+		/* "ADDR", "ADDR tls" or "ADDR plain", checked by lg_cfg_validate with its line */
 		char spec[64];
-		const char *sp;
-		int fd, tls = gw->cfg->tls_cert != NULL;
+		const char *sp = strchr(gw->cfg->listen[i], ' '), *why;
+		struct sockaddr_storage sa;
+		socklen_t sl;
+		int fd = -1, tls;
 		lg_cpy(spec, sizeof spec, gw->cfg->listen[i]);
-		if ((sp = strchr(gw->cfg->listen[i], ' ')) != NULL) {
-			lg_str mode = lg_str_trim(lg_strz(sp));
-			spec[sp - gw->cfg->listen[i]] = 0;
-			if (lg_str_eq(mode, "tls") || lg_str_eq(mode, "https"))
-				tls = 1;
-			else if (lg_str_eq(mode, "plain") || lg_str_eq(mode, "http"))
-				tls = 0;
-			else {
-				snprintf(err, errlen, "listen %s: expected ADDR, ADDR tls or ADDR plain", gw->cfg->listen[i]);
-				fd = -1;
-				goto fail;
-			}
-		}
-		if (tls && (!LLMGW_TLS || !gw->cfg->tls_cert)) {
-			snprintf(err, errlen, "listen %s: a TLS listener needs tls_cert and tls_key%s", spec,
-			         LLMGW_TLS ? "" : " and a build with TLS");
-			fd = -1;
-			goto fail;
-		}
-		fd = lg_listen_open(spec, reuseport, err, errlen);
-	fail:
+		if (sp && (size_t)(sp - gw->cfg->listen[i]) < sizeof spec) spec[sp - gw->cfg->listen[i]] = 0;
+		if ((why = lg_cfg_listen_addr(gw->cfg->listen[i], gw->cfg->tls_cert != NULL, &sa, &sl, &tls)) != NULL)
+			snprintf(err, errlen, "listen %s: %s", gw->cfg->listen[i], why);
+		else
+			fd = lg_listen_open(spec, &sa, sl, reuseport, err, errlen);
 		if (fd < 0) {
 			while (gw->nfixed > 1) close(gw->pfd[--gw->nfixed].fd);
 			gw->npfd = gw->nfixed;

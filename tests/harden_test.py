@@ -146,13 +146,6 @@ metrics = public
 """
 
 
-def gw_lines(defaults, extra):
-    """[gateway] lines: the defaults, with the keys extra sets replaced (a key twice is an error)."""
-    mine = {ln.split("=", 1)[0].strip() for ln in extra.strip().splitlines() if "=" in ln}
-    keep = [ln for ln in defaults.splitlines() if ln.split("=", 1)[0].strip() not in mine]
-    return "\n".join(keep + extra.strip().splitlines()) + "\n"
-
-
 # =======================================================================================
 # the gateway
 
@@ -173,7 +166,7 @@ class Gateway(H.KeyClient, H.GatewayBase):
         gw = "listen = 127.0.0.1:%d\naccess_log = %s\n" % (self.port, self.access_log)
         if self.state_dir:
             gw += "state_dir = %s\n" % self.state_dir
-        return ("[gateway]\n" + gw + gw_lines(GW_DEFAULTS, self.gateway) + "\n" +
+        return ("[gateway]\n" + gw + H.gw_lines(GW_DEFAULTS, self.gateway) + "\n" +
                 provider("mk", "mock") + key("k", KEY) + self.body.strip() + "\n")
 
     def write(self, text=None):
@@ -190,14 +183,7 @@ class Gateway(H.KeyClient, H.GatewayBase):
         return self.start()
 
     def access(self):
-        out = []
-        for ln in read_file(self.access_log).splitlines():
-            if ln.strip():
-                try:
-                    out.append(json.loads(ln))
-                except ValueError as e:
-                    raise Fail("access log line is not JSON (%s): %s" % (e, snip(ln)))
-        return out
+        return self.access_all()
 
     def wait_access(self, cond, what, wait=3):
         """The access-log lines, once cond(lines) holds (bounded)."""

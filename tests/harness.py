@@ -79,6 +79,14 @@ def reservation(body_bytes, max_in, max_out_price, max_out_tokens):
     return (len(body_bytes) * max_in + max_out_tokens * max_out_price) / 1e6
 
 
+def gw_lines(defaults, extra):
+    """[gateway] lines: the defaults, with the keys extra sets replaced (a key set twice in a
+    section is a config error)."""
+    mine = {ln.split("=", 1)[0].strip() for ln in extra.strip().splitlines() if "=" in ln}
+    keep = [ln for ln in defaults.splitlines() if ln.split("=", 1)[0].strip() not in mine]
+    return "\n".join(keep + extra.strip().splitlines()) + "\n"
+
+
 def snip(b, n=400):
     if isinstance(b, bytes):
         b = b.decode("utf-8", "replace")
@@ -236,6 +244,17 @@ class GatewayBase:
         self.rc = None
         if register and not shared:
             CTX.gateways.append(self)
+
+    def access_all(self):
+        """Every access-log line so far, parsed (a line that is not JSON fails the test)."""
+        out = []
+        for ln in read_file(self.access_log).splitlines():
+            if ln.strip():
+                try:
+                    out.append(json.loads(ln))
+                except ValueError as e:
+                    raise Fail("access log line is not JSON (%s): %s" % (e, snip(ln)))
+        return out
 
     def write(self, text):
         with open(self.cfg, "w") as f:

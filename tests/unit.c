@@ -3123,8 +3123,7 @@ static void t_scrub_secrets(void)
 			ASSERT(o.len == strlen(cases[i].out) && memcmp(o.p, cases[i].out, o.len) == 0);
 			lg_buf_free(&o);
 		}
-		lg_cpy(z, sizeof z, cases[i].in);
-		lg_scrub_z(c, z, sizeof z);
+		lg_scrub_cpy(c, z, sizeof z, cases[i].in, strlen(cases[i].in));
 		ASSERT(strcmp(z, cases[i].out ? cases[i].out : cases[i].in) == 0);
 	}
 	lg_cfg_free(c);

@@ -163,17 +163,13 @@ class Gateway(H.KeyClient, H.GatewayBase):
 
     def config_text(self):
         mp = mock().port
-        # a key may be set once per section: the test's own lines replace the defaults
-        own = {ln.split("=", 1)[0].strip() for ln in self.gateway.splitlines() if "=" in ln}
-        defaults = "".join(ln + "\n" for ln in GW_DEFAULTS.splitlines()
-                           if ln.split("=", 1)[0].strip() not in own)
-        out = "[gateway]\nlisten = 127.0.0.1:%d\naccess_log = %s\nadmin_key = %s\n%s" % (
-            self.port, self.access_log, ADMIN, defaults)
+        out = "[gateway]\nlisten = 127.0.0.1:%d\naccess_log = %s\nadmin_key = %s\n" % (
+            self.port, self.access_log, ADMIN)
         if self.workers is not None:
             out += "workers = %s\n" % self.workers
         if self.state_dir:
             out += "state_dir = %s\n" % self.state_dir
-        out += self.gateway.strip() + "\n\n"
+        out += H.gw_lines(GW_DEFAULTS, self.gateway) + "\n"  # the test's own lines replace the defaults
         out += "[provider.mk]\ntype = mock\n\n"
         out += ("[provider.up]\ntype = openai\nbase_url = http://127.0.0.1:%d/v1\napi_key = up-secret\n\n"
                 "[provider.dead]\ntype = openai\nbase_url = http://127.0.0.1:1/v1\n\n" % mp)
@@ -226,14 +222,7 @@ class Gateway(H.KeyClient, H.GatewayBase):
         return parse_metrics(r.text)
 
     def access(self):
-        out = []
-        for ln in read_file(self.access_log).splitlines():
-            if ln.strip():
-                try:
-                    out.append(json.loads(ln))
-                except ValueError as e:
-                    raise Fail("access log line is not JSON (%s): %s" % (e, snip(ln)))
-        return out
+        return self.access_all()
 
 
 def gateway(gateway="", body="", workers=2, state=False):
