@@ -1501,6 +1501,24 @@ static int lg_json_wnum(struct lg_buf *b, double v)
 	return lg_buf_add(b, t, lg_fmt_g(t, v, 12));
 }
 
+/* A string token's text as it is (escaped), a number token's text, a
+ * count: empty or 0 when the token is absent or of another type. */
+static lg_str lg_jesc(const struct lg_json *j, const char *s, int t)
+{
+	return lg_json_type(j, t) == LG_J_STR ? lg_json_raw(j, s, t) : lg_str_of("", 0);
+}
+
+static lg_str lg_jnum(const struct lg_json *j, const char *s, int t)
+{
+	return lg_json_type(j, t) == LG_J_NUM ? lg_json_raw(j, s, t) : lg_str_of("", 0);
+}
+
+static int64_t lg_json_i64(const struct lg_json *j, const char *s, int t)
+{
+	double d = lg_json_num(j, s, t, 0);
+	return d > 0 && d < 9e15 ? (int64_t)d : 0;
+}
+
 /* ===== 5. INI and config =============================================== */
 
 /* The INI reader: one item per call, never allocating. Comments start with
@@ -1563,8 +1581,7 @@ static int lg_ini_next(struct lg_ini *in)
 	return LG_INI_END;
 }
 
-enum { LG_PT_OPENAI, LG_PT_ANTHROPIC, LG_PT_GEMINI, LG_PT_AZURE, LG_PT_BEDROCK, LG_PT_MOCK };
-static const char *const lg_pt_names[] = {"openai", "anthropic", "gemini", "azure", "bedrock", "mock"};
+struct lg_prov_row; /* what differs between provider types (section 11) */
 
 enum { LG_STRAT_ORDER, LG_STRAT_PRICE, LG_STRAT_LATENCY, LG_STRAT_THROUGHPUT, LG_STRAT_WEIGHTED };
 static const char *const lg_strat_names[] = {"order", "price", "latency", "throughput", "weighted"};
@@ -1576,7 +1593,8 @@ enum { LG_METRICS_ADMIN, LG_METRICS_PUBLIC, LG_METRICS_OFF };
 
 struct lg_provider {
 	const char *name;
-	int type, line;
+	const struct lg_prov_row *row; /* its type; NULL until type = is read */
+	int line;
 	const char *base_url, *host, *base_path, *region, *api_key;
 	const char *api_version; /* azure */
 	const char *aws_region, *aws_access_key_id, *aws_secret_access_key, *aws_session_token; /* bedrock */
@@ -1586,6 +1604,55 @@ struct lg_provider {
 	const char **headers; /* "Name: value" lines, validated */
 	int nheaders;
 };
+
+/* A provider type: everything that differs between providers, as one row
+ * of lg_prov_rows (section 11, next to the functions it names). Config
+ * defaults, the request builder, the attempt logic and accounting read
+ * the row; nothing else tests a provider's type. Functions left NULL take
+ * the generic behaviour said next to them. */
+struct lg_req;
+struct lg_cand;
+struct lg_hw;
+enum { LG_WIRE_OPENAI, LG_WIRE_ANTHROPIC, LG_WIRE_GEMINI, LG_WIRE_BEDROCK }; /* a provider's request format */
+#define LG_CAP_EMBED 1 /* has /v1/embeddings */
+struct lg_prov_row {
+	const char *name;          /* type = in [provider.*] */
+	const char *base_url;      /* the default; "%s" is aws_region; NULL: none (base_url required) */
+	int wire;                  /* a client dialect of the same wire is forwarded natively */
+	unsigned caps;             /* LG_CAP_ */
+	int64_t image_tokens;      /* most prompt tokens one image part costs (target image_tokens =) */
+	const char *stream_accept; /* the Accept header of a streamed request */
+	const char *stream_ctype;  /* the Content-Type its stream must have; NULL: any */
+	const char *frame_flush;   /* added after a stream's last bytes, so a last event without its end is read */
+	/* config: what a provider of this type lacks (a message), or NULL */
+	const char *(*check)(const struct lg_provider *p);
+	/* the request path into fast (cap bytes) or pb; NULL on failure */
+	const char *(*path)(const struct lg_req *r, const struct lg_cand *cd, char *fast, size_t cap,
+	                    struct lg_buf *pb);
+	/* extra head room its auth lines need beyond the api_key (NULL: none) */
+	size_t (*auth_room)(const struct lg_provider *p);
+	/* its auth lines; path and body for signatures */
+	void (*auth)(struct lg_hw *w, const struct lg_req *r, const struct lg_provider *p, const char *path,
+	             const char *body, size_t n);
+	/* a translated chat body from the canonical request (NULL: the OpenAI writer); -2: cannot (canon_err) */
+	int (*body)(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o);
+	/* one framed event off the front of a stream: bytes used, 0: more needed, -1: damaged (err says) */
+	long (*frame)(struct lg_req *r, const char *p, size_t n, const char **err);
+	/* a translated stream event, and a whole translated response (0, or -1: malformed) */
+	void (*event)(struct lg_req *r, lg_str ev, lg_str data);
+	int (*full)(struct lg_req *r, const char *s, size_t n);
+	/* embeddings body and response (NULL: OpenAI's, passed through) */
+	void (*embed_body)(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o);
+	int (*embed_full)(struct lg_req *r, const char *s, size_t n, struct lg_buf *o);
+	/* a retry hint in an error body (Retry-After is read for every type), into r->retry_after_ms */
+	void (*retry_hint)(struct lg_req *r, const char *b, size_t n);
+	/* may this failed answer succeed on retry? */
+	int (*retryable)(int status, const char *b, size_t n);
+	/* no network: writes what an upstream of its wire would have sent (mock) */
+	void (*run)(struct lg_req *r, struct lg_buf *o);
+};
+static const struct lg_prov_row *lg_prov_row_find(lg_str name); /* section 11 */
+static const char *lg_prov_row_names(void);
 
 struct lg_target {
 	struct lg_provider *prov;
@@ -2094,9 +2161,10 @@ static int lg_cfg_gateway_key(struct lg_cfgp *p, lg_str k, lg_str v)
 static int lg_cfg_provider_key(struct lg_cfgp *p, struct lg_provider *pv, lg_str k, lg_str v)
 {
 	long l;
-	if (lg_str_eq(k, "type"))
-		return lg_cfg_enum(p, v, lg_pt_names, (int)LG_COUNTOF(lg_pt_names), &pv->type,
-		                   "provider type (openai, anthropic, gemini, azure, bedrock, mock)");
+	if (lg_str_eq(k, "type")) {
+		if ((pv->row = lg_prov_row_find(v))) return 0;
+		return lg_cfg_err(p, "unknown provider type (%s) '%.*s'", lg_prov_row_names(), (int)v.n, v.p);
+	}
 	if (lg_str_eq(k, "base_url")) return lg_cfg_url(p, pv, v);
 	if (lg_str_eq(k, "api_key")) return lg_cfg_secret(p, v, &pv->api_key);
 	if (lg_str_eq(k, "header")) {
@@ -2302,23 +2370,22 @@ static int lg_cfg_validate(struct lg_cfgp *p)
 	int i, k;
 	for (i = 0; i < c->nprov; i++) {
 		struct lg_provider *pv = c->prov[i];
+		const struct lg_prov_row *row = pv->row;
+		const char *miss;
 		p->line = pv->line;
-		if (pv->type != LG_PT_MOCK && !pv->host) { /* the provider's own address by default */
+		if (!row->run && !pv->host) { /* the provider's own address by default */
 			char url[300];
+			const char *d = row->base_url, *pc = d ? strstr(d, "%s") : NULL;
 			url[0] = 0;
-			if (pv->type == LG_PT_OPENAI) snprintf(url, sizeof url, "https://api.openai.com/v1");
-			if (pv->type == LG_PT_ANTHROPIC) snprintf(url, sizeof url, "https://api.anthropic.com");
-			if (pv->type == LG_PT_GEMINI) snprintf(url, sizeof url, "https://generativelanguage.googleapis.com/v1beta");
-			if (pv->type == LG_PT_BEDROCK && pv->aws_region)
-				snprintf(url, sizeof url, "https://bedrock-runtime.%s.amazonaws.com", pv->aws_region);
+			if (d && !pc) lg_cpy(url, sizeof url, d);
+			if (pc && pv->aws_region)
+				snprintf(url, sizeof url, "%.*s%s%s", (int)(pc - d), d, pv->aws_region, pc + 2);
 			if (!url[0])
-				return lg_cfg_err(p, "provider %s needs a base_url%s", pv->name,
-				                  pv->type == LG_PT_BEDROCK ? " or aws_region" : "");
+				return lg_cfg_err(p, "provider %s needs a base_url%s", pv->name, pc ? " or aws_region" : "");
 			if (lg_cfg_url(p, pv, lg_strz(url))) return -1;
 		}
-		if (pv->type == LG_PT_BEDROCK && !pv->api_key && !(pv->aws_access_key_id && pv->aws_secret_access_key))
-			return lg_cfg_err(p, "provider %s (bedrock) needs api_key, or aws_access_key_id and "
-			                     "aws_secret_access_key", pv->name);
+		if (row->check && (miss = row->check(pv)))
+			return lg_cfg_err(p, "provider %s (%s) needs %s", pv->name, row->name, miss);
 		if (pv->tls && !LLMGW_TLS)
 			return lg_cfg_err(p, "provider %s: base_url is https but this build has no TLS "
 			                     "(build with make TLS=1)", pv->name);
@@ -2537,7 +2604,6 @@ static struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const char *fil
 				(*slot)->name = lg_cfg_str(c, name);
 				(*slot)->line = in.line;
 				(*slot)->collects_data = 1;
-				(*slot)->type = -1;
 				cur = e->owner = *slot;
 				sec = 2;
 			} else if (lg_str_eq(lg_str_of(s.p, dot), "model")) {
@@ -2600,7 +2666,7 @@ static struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const char *fil
 	if (r == 0) {
 		int i;
 		for (i = 0; i < c->nprov && r == 0; i++)
-			if (c->prov[i]->type < 0) {
+			if (!c->prov[i]->row) {
 				p.line = c->prov[i]->line;
 				r = lg_cfg_err(&p, "provider %s has no type", c->prov[i]->name);
 			}
@@ -5046,9 +5112,9 @@ static void lg_up_input(struct lg_conn *c, struct lg_upreq *u, int revents)
  * memory is its own buffers and its arena, released in lg_req_free. */
 enum { LG_EP_RELOAD, LG_EP_CHAT, LG_EP_EMBED, LG_EP_MODELS, LG_EP_HEALTH, LG_EP_KEY, LG_EP_GEN, LG_EP_METRICS,
        LG_EP_MESSAGES };
-enum { LG_D_OPENAI, LG_D_ANTHROPIC }; /* client dialects */
 struct lg_creq;
 struct lg_wst;
+struct lg_dialect; /* a client dialect: its row is in section 11's end */
 
 /* Usage normalized to OpenAI's meaning: prompt includes cached and
  * cache-write tokens, completion includes reasoning tokens. */
@@ -5089,7 +5155,8 @@ struct lg_req {
 	struct lg_arena a;
 	uint64_t seq; /* also in the id: indexes the ring of recent requests */
 	char id[40];
-	int ep, dialect, head_only, minor, close, stream, want_usage;
+	int ep, head_only, minor, close, stream, want_usage;
+	const struct lg_dialect *d; /* the client's dialect (OpenAI chat, Anthropic messages) */
 	int status;      /* sent to the client */
 	int sent_head;   /* first byte went to the client: no more fallback */
 	int finished, freed;
@@ -5106,7 +5173,6 @@ struct lg_req {
 	struct lg_creq *creq;  /* the canonical request, built on first need */
 	struct lg_wst *w;      /* translation state of the current attempt, when not native */
 	int rf_tool;           /* response_format rides on a forced Anthropic tool */
-	unsigned gen;          /* attempts started: callbacks notice a newer one */
 	/* routing */
 	int nplan, cur;
 	struct lg_att_log *att; /* max_attempts of them */
@@ -5117,7 +5183,9 @@ struct lg_req {
 	int64_t retry_after_ms, t_att_first;
 	uint32_t aff_hash;
 	/* the current attempt's response */
-	int ustatus, is_sse, stream_done, saw_finish, up_error, timed_out, q_ok;
+	int native;  /* the client's bytes go to the provider as they are, and back */
+	int ustatus, streams, stream_done, saw_finish, up_error, timed_out, q_ok; /* streams: in its framing */
+	int err_status, err_retry; /* the error a parser recorded (lg_ev_acct); its reason is err_reason */
 	struct lg_buf ubody;   /* buffered body, or stream bytes short of an event */
 	struct lg_buf scratch; /* SSE joins */
 	struct lg_jtok *rtok;  /* tokens of upstream JSON */
@@ -5136,6 +5204,7 @@ struct lg_req {
 	/* last, and not zeroed at creation: written before they are read */
 	char errmsg[512];
 	char canon_err[320];
+	char err_reason[281]; /* valid while up_error */
 	struct lg_cand plan[LLMGW_MAX_PLAN];
 	/* the rewritten head of the last stream chunk (lg_prov_openai_quick);
 	 * valid while q_ok, which each attempt clears */
@@ -5146,6 +5215,31 @@ struct lg_req {
 	struct lg_jtok *keep_jt;
 	uint32_t keep_jcap;
 	int att_cap;
+};
+
+/* A client dialect: OpenAI chat completions, Anthropic messages. One row
+ * each (lg_dialects, at the end of this section); nothing else tests
+ * which dialect a request speaks. */
+struct lg_dialect {
+	const char *name;
+	int wire; /* providers of the same wire (LG_WIRE_) get the client's bytes natively */
+	/* the client's body into the canonical request (-1: msg says why, a 400) */
+	int (*canon)(struct lg_req *r, struct lg_creq *q, char *msg, size_t mlen);
+	/* one canonical event to a streaming client, and the collected answer (lg_ev) */
+	void (*stream)(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw);
+	void (*final)(struct lg_req *r, struct lg_buf *o);
+	/* an error response body, and an error event that ends a stream */
+	void (*error)(struct lg_buf *b, int status, const char *msg);
+	void (*stream_error)(struct lg_req *r, const char *msg);
+	/* native traffic: an upstream stream event or whole answer, rewritten
+	 * for the client (model name, provider, cost) while its usage, finish
+	 * and errors are read into the request; the end of stream an upstream
+	 * left out */
+	void (*native_event)(struct lg_req *r, lg_str ev, lg_str data);
+	int (*native_full)(struct lg_req *r, const char *s, size_t n, struct lg_buf *o);
+	void (*native_end)(struct lg_req *r);
+	/* where its clients send the key: Bearer in authorization, or the raw key in this header */
+	const char *key_header;
 };
 
 struct lg_kstate;
@@ -5163,6 +5257,89 @@ static double lg_acct_cost(const struct lg_target *t, const struct lg_usage *u)
 	return ((double)uncached * t->in + (double)u->cached * t->cache_read +
 	        (double)u->cache_write * t->cache_write + (double)u->completion * t->out) /
 	       1e6;
+}
+
+/* --- canonical events: the contract between adapters and dialects ------- */
+
+/* Provider adapters turn a response or stream into these events; the
+ * client's dialect row turns them into OpenAI chunks or Anthropic events
+ * (or, not streaming, collects them into one answer), so N providers and
+ * M dialects need N + M pieces, not N x M. lg_ev(r, type, idx, a, b, raw)
+ * takes one; lg_ev_acct is its accounting half, which native traffic (the
+ * client's bytes passed through) calls alone.
+ *
+ *   type             idx                     a                    b
+ *   LG_EV_TEXT       tokens counted, or 0    text (esc)           -
+ *   LG_EV_REASONING  tokens counted, or 0    reasoning (esc)      -
+ *   LG_EV_SIG        0                       its signature (esc)  -
+ *   LG_EV_TOOL       the provider's index    call id (esc)        name (esc)
+ *                    for the call (Gemini: 1000 + part number)
+ *   LG_EV_ARGS       that provider index     arguments (esc; raw JSON when raw = 1)
+ *   LG_EV_FINISH     LG_FIN_ code            -                    -
+ *   LG_EV_USAGE      0 (r->usage was filled) -                    -
+ *   LG_EV_ERROR      HTTP status it means    message (esc)        -
+ *   LG_EV_END        0                       -                    -
+ *
+ * Accounting, for every event: USAGE prices r->usage; TEXT, REASONING and
+ * ARGS add to the estimated output (idx tokens, else a token per 4 bytes);
+ * FINISH and END say the answer is complete; ERROR records status,
+ * reason and retryability (429, 5xx) in r->err_* and r->up_error. The
+ * attempt logic acts on a recorded error after the parser returns: before
+ * the client's first byte the attempt failed (the router may try the
+ * next); after it, the stream ends with the dialect's error event. After
+ * END or an error nothing more is accounted or written (USAGE still is). */
+enum { LG_EV_TEXT, LG_EV_REASONING, LG_EV_SIG, LG_EV_TOOL, LG_EV_ARGS, LG_EV_FINISH, LG_EV_USAGE, LG_EV_ERROR,
+       LG_EV_END };
+enum { LG_FIN_STOP, LG_FIN_LENGTH, LG_FIN_TOOLS, LG_FIN_FILTER };
+static const char *const lg_fin_openai[] = {"stop", "length", "tool_calls", "content_filter"};
+static const char *const lg_fin_anthropic[] = {"end_turn", "max_tokens", "tool_use", "refusal"};
+
+#define LG_NOSTR lg_str_of("", 0)
+
+/* A provider's finish reason as an LG_FIN_ code. */
+static int lg_fin_code(lg_str v)
+{
+	static const char *const len[] = {"length", "max_tokens", "MAX_TOKENS", "model_context_window_exceeded",
+	                                  "model_length"};
+	static const char *const tools[] = {"tool_calls", "tool_use", "function_call"};
+	static const char *const filt[] = {"content_filter", "refusal", "SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST",
+	                                   "SPII", "IMAGE_SAFETY", "RECITATION", "guardrail_intervened",
+	                                   "content_filtered"};
+	size_t i;
+	for (i = 0; i < LG_COUNTOF(len); i++)
+		if (lg_str_eq(v, len[i])) return LG_FIN_LENGTH;
+	for (i = 0; i < LG_COUNTOF(tools); i++)
+		if (lg_str_eq(v, tools[i])) return LG_FIN_TOOLS;
+	for (i = 0; i < LG_COUNTOF(filt); i++)
+		if (lg_str_eq(v, filt[i])) return LG_FIN_FILTER;
+	return LG_FIN_STOP;
+}
+
+/* The accounting half of lg_ev; 1 when the event is still to be written. */
+static int lg_ev_acct(struct lg_req *r, int type, int idx, lg_str a)
+{
+	switch (type) {
+	case LG_EV_USAGE:
+		r->usage.seen = 1;
+		r->usage.cost = lg_acct_cost(r->served ? r->served->t : NULL, &r->usage);
+		return 0;
+	case LG_EV_TEXT:
+	case LG_EV_REASONING: r->est_out += idx > 0 ? idx : ((int64_t)a.n + 3) / 4; break;
+	case LG_EV_ARGS: r->est_out += ((int64_t)a.n + 3) / 4; break;
+	default: break;
+	}
+	if (r->up_error || r->stream_done || r->finished) return 0;
+	if (type == LG_EV_FINISH) r->saw_finish = 1;
+	if (type == LG_EV_END) r->stream_done = 1;
+	if (type == LG_EV_ERROR) {
+		r->up_error = 1;
+		r->err_status = idx;
+		r->err_retry = idx == 429 || idx >= 500;
+		lg_scrub_cpy(r->cfg, r->err_reason, sizeof r->err_reason, a.p, a.n); /* it may quote the credential */
+		snprintf(r->errmsg, sizeof r->errmsg, "provider %s: %s", r->served->prov->name, r->err_reason);
+		return 0;
+	}
+	return 1;
 }
 
 /* Tokenizes upstream JSON into r->rtok (grown on demand). */
@@ -5244,6 +5421,25 @@ static const char *lg_err_type(int s)
 	}
 }
 
+/* {"error":{"message","type","param","code"}} */
+static void lg_d_oa_error(struct lg_buf *b, int status, const char *msg)
+{
+	lg_buf_addz(b, "{\"error\":{\"message\":");
+	lg_json_wz(b, msg);
+	lg_buf_printf(b, ",\"type\":\"%s\",\"param\":null,\"code\":%d}}\n", lg_err_type(status), status);
+}
+
+/* {"type":"error","error":{"type","message"}} */
+static void lg_d_an_error(struct lg_buf *b, int status, const char *msg)
+{
+	const char *t = status == 529 ? "overloaded_error" : status == 413 ? "request_too_large"
+	                : status == 402 ? "billing_error" : status == 404 ? "not_found_error"
+	                : status >= 500 ? "api_error" : lg_err_type(status);
+	lg_buf_printf(b, "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":", t);
+	lg_json_wz(b, msg);
+	lg_buf_addz(b, "}}\n");
+}
+
 /* Writes the response head to the client: the common headers, llmgw's
  * own, then extra (already formatted lines). clen < 0: a chunked stream. */
 static void lg_resp_head(struct lg_req *r, int status, const char *ctype, int64_t clen,
@@ -5303,18 +5499,7 @@ static void lg_resp_error(struct lg_req *r, int status, const char *extra, const
 	vsnprintf(r->errmsg, sizeof r->errmsg, fmt, ap);
 	va_end(ap);
 	lg_buf_init(&b, 0);
-	if (r->dialect == LG_D_ANTHROPIC) { /* {"type":"error","error":{"type","message"}} */
-		const char *t = status == 529 ? "overloaded_error" : status == 413 ? "request_too_large"
-		                : status == 402 ? "billing_error" : status == 404 ? "not_found_error"
-		                : status >= 500 ? "api_error" : lg_err_type(status);
-		lg_buf_printf(&b, "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":", t);
-		lg_json_wz(&b, r->errmsg);
-		lg_buf_addz(&b, "}}\n");
-	} else {
-		lg_buf_addz(&b, "{\"error\":{\"message\":");
-		lg_json_wz(&b, r->errmsg);
-		lg_buf_printf(&b, ",\"type\":\"%s\",\"param\":null,\"code\":%d}}\n", lg_err_type(status), status);
-	}
+	r->d->error(&b, status, r->errmsg);
 	if (b.err)
 		lg_resp_send(r, 500, "application/json", "{}", 2, NULL);
 	else
@@ -5458,7 +5643,7 @@ static void lg_prov_openai_body(struct lg_req *r, const struct lg_cand *cd, stru
 		if (lg_str_eq(key, "model")) {
 			lg_json_wz(o, cd->upstream);
 		} else if (lg_str_eq(key, "stream_options") && r->stream && lg_json_type(j, v) == LG_J_OBJ &&
-		           cd->prov->type != LG_PT_ANTHROPIC) {
+		           cd->prov->row->wire == LG_WIRE_OPENAI) {
 			/* keep the client's options, force include_usage */
 			uint32_t kk = (uint32_t)v + 1, mm;
 			have_so = 1;
@@ -5478,18 +5663,12 @@ static void lg_prov_openai_body(struct lg_req *r, const struct lg_cand *cd, stru
 		}
 		k = nk;
 	}
-	if (r->stream && !have_so && cd->prov->type != LG_PT_ANTHROPIC)
+	if (r->stream && !have_so && cd->prov->row->wire == LG_WIRE_OPENAI)
 		lg_buf_addz(o, ",\"stream_options\":{\"include_usage\":true}");
 	lg_buf_addc(o, '}');
 }
 
 /* --- OpenAI: responses and stream chunks ------------------------------- */
-
-static int64_t lg_json_i64(const struct lg_json *j, const char *s, int t)
-{
-	double d = lg_json_num(j, s, t, 0);
-	return d > 0 && d < 9e15 ? (int64_t)d : 0;
-}
 
 /* Reads an OpenAI usage object into r->usage and prices it. */
 static void lg_prov_openai_usage(struct lg_req *r, const struct lg_json *j, const char *s, int u)
@@ -5505,8 +5684,7 @@ static void lg_prov_openai_usage(struct lg_req *r, const struct lg_json *j, cons
 	}
 	if ((d = lg_json_get(j, s, u, "completion_tokens_details")) >= 0)
 		us->reasoning = lg_json_i64(j, s, lg_json_get(j, s, d, "reasoning_tokens"));
-	us->seen = 1;
-	us->cost = lg_acct_cost(r->served ? r->served->t : NULL, us);
+	lg_ev_acct(r, LG_EV_USAGE, 0, LG_NOSTR);
 }
 
 /* Rewrites one OpenAI JSON object (a completion or a stream chunk) for the
@@ -5535,13 +5713,11 @@ static int lg_prov_openai_rewrite(struct lg_req *r, const char *s, size_t n, str
 		uint32_t i;
 		for (i = 0; i < j.t[ch].size; i++) {
 			int fr = lg_json_get(&j, s, lg_json_at(&j, ch, i), "finish_reason");
-			if (lg_json_type(&j, fr) == LG_J_STR) r->saw_finish = 1;
+			if (lg_json_type(&j, fr) == LG_J_STR) lg_ev_acct(r, LG_EV_FINISH, lg_fin_code(lg_jesc(&j, s, fr)), LG_NOSTR);
 		}
 	}
-	if (chunk && lg_json_get(&j, s, 0, "error") >= 0) { /* an error inside the stream ends it */
-		r->up_error = 1;
-		snprintf(r->errmsg, sizeof r->errmsg, "%s: error event in the stream", r->served->prov->name);
-	}
+	if (chunk && lg_json_get(&j, s, 0, "error") >= 0) /* an error inside the stream ends it */
+		lg_ev_acct(r, LG_EV_ERROR, 502, lg_strz("error event in the stream"));
 	lg_buf_addz(o, "{\"provider\":");
 	lg_json_wz(o, r->served->prov->name);
 	for (m = 0; m < j.t[0].size; m++) {
@@ -5591,7 +5767,7 @@ static void lg_prov_openai_fin(struct lg_req *r, const char *fin, const char *e)
 	const char *q;
 	for (q = fin + 15; q < e && (*q == ' ' || *q == ':'); q++) {
 	}
-	if (q < e && *q == '"') r->saw_finish = 1;
+	if (q < e && *q == '"') lg_ev_acct(r, LG_EV_FINISH, LG_FIN_STOP, LG_NOSTR); /* the code: writers only */
 }
 
 /* The common chunk (text or tool deltas: no usage, error or provider in
@@ -5685,12 +5861,12 @@ static void lg_prov_openai_event(struct lg_req *r, lg_str data)
 	lg_str t;
 	int k, scrubbed = 0;
 	if (lg_str_eq(data, "[DONE]")) {
-		r->stream_done = 1;
-		lg_resp_event(r, "[DONE]", 6);
+		if (!r->stream_done) lg_resp_event(r, "[DONE]", 6);
+		lg_ev_acct(r, LG_EV_END, 0, LG_NOSTR);
 		return;
 	}
 	if (r->stream_done) return;
-	r->est_out++; /* OpenAI-style streams: a token per chunk, nearly always */
+	lg_ev_acct(r, LG_EV_TEXT, 1, LG_NOSTR); /* OpenAI-style streams: a token per chunk, nearly always */
 	if (lg_prov_openai_quick(r, data)) return;
 	t = lg_str_trim(data);
 	if (t.n > 9 && memcmp(t.p, "{\"error\"", 8) == 0 && lg_scrub(r->cfg, data.p, data.n, &clean)) {
@@ -5881,16 +6057,6 @@ struct lg_creq {
 	int nstop, rf;                    /* response_format: 0 none, 1 json_object, 2 json_schema */
 	lg_str rf_schema, user;           /* raw JSON, esc */
 };
-
-static lg_str lg_jesc(const struct lg_json *j, const char *s, int t)
-{
-	return lg_json_type(j, t) == LG_J_STR ? lg_json_raw(j, s, t) : lg_str_of("", 0);
-}
-
-static lg_str lg_jnum(const struct lg_json *j, const char *s, int t)
-{
-	return lg_json_type(j, t) == LG_J_NUM ? lg_json_raw(j, s, t) : lg_str_of("", 0);
-}
 
 /* A JSON-encoded string (esc) unescaped into the arena: raw JSON text. */
 static lg_str lg_canon_unesc(struct lg_req *r, lg_str esc)
@@ -6253,8 +6419,7 @@ static struct lg_creq *lg_canon(struct lg_req *r)
 	if (r->creq) return r->creq;
 	if (!(r->creq = (struct lg_creq *)lg_arena_alloc(&r->a, sizeof *r->creq))) return NULL;
 	msg[0] = 0;
-	k = r->dialect == LG_D_ANTHROPIC ? lg_canon_anthropic(r, r->creq, msg, sizeof msg)
-	                                 : lg_canon_openai(r, r->creq, msg, sizeof msg);
+	k = r->d->canon(r, r->creq, msg, sizeof msg);
 	if (k < 0) {
 		snprintf(r->canon_err, sizeof r->canon_err, "%s", msg[0] ? msg : "out of memory");
 		r->creq = NULL;
@@ -6947,17 +7112,6 @@ static int lg_w_bedrock(struct lg_req *r, const struct lg_cand *cd, struct lg_bu
 
 /* --- canonical events: provider responses in, client dialects out -------- */
 
-/* Adapters turn a provider's response or stream into these events; the
- * client's dialect writer turns them into OpenAI chunks or Anthropic
- * events (or collects them into one response when not streaming), so N
- * providers and M dialects need N + M pieces, not N x M. Payloads are
- * JSON-escaped string content ("esc"), except ARGS with raw set. */
-enum { LG_EV_TEXT, LG_EV_REASONING, LG_EV_SIG, LG_EV_TOOL, LG_EV_ARGS, LG_EV_FINISH, LG_EV_USAGE, LG_EV_ERROR,
-       LG_EV_END };
-enum { LG_FIN_STOP, LG_FIN_LENGTH, LG_FIN_TOOLS, LG_FIN_FILTER };
-static const char *const lg_fin_openai[] = {"stop", "length", "tool_calls", "content_filter"};
-static const char *const lg_fin_anthropic[] = {"end_turn", "max_tokens", "tool_use", "refusal"};
-
 #define LG_MAX_TOOLS 64
 
 struct lg_acc_tool {
@@ -6968,7 +7122,7 @@ struct lg_acc_tool {
 
 /* Writer state: the client side of a translated response. */
 struct lg_wst {
-	int started, ended, finish, has_finish, block, block_type, nblocks, ntools;
+	int started, finish, has_finish, block, block_type, nblocks, ntools;
 	struct lg_acc_tool tools[LG_MAX_TOOLS];
 	struct lg_buf text, reasoning, sig; /* non-stream: collected, esc */
 	/* provider parser state */
@@ -6988,22 +7142,31 @@ static void lg_w_free(struct lg_wst *w)
  * it had finished cleanly. */
 static void lg_resp_stream_error(struct lg_req *r, const char *msg)
 {
-	struct lg_buf b;
 	if (r->status < 400) r->status = 502; /* the head said 200; the access log says what happened */
-	lg_buf_init(&b, 0);
-	if (r->dialect == LG_D_ANTHROPIC) {
-		lg_buf_addz(&b, "{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":");
-		lg_json_wz(&b, msg);
-		lg_buf_addz(&b, "}}");
-		lg_resp_sse(r, "error", b.p, b.len);
-	} else {
-		lg_buf_addz(&b, "{\"error\":{\"message\":");
-		lg_json_wz(&b, msg);
-		lg_buf_addz(&b, ",\"type\":\"upstream_error\",\"code\":502}}");
-		lg_resp_sse(r, NULL, b.p, b.len);
-	}
-	lg_buf_free(&b);
+	r->d->stream_error(r, msg);
 	lg_resp_stream_end(r);
+}
+
+static void lg_d_oa_stream_error(struct lg_req *r, const char *msg)
+{
+	struct lg_buf b;
+	lg_buf_init(&b, 0);
+	lg_buf_addz(&b, "{\"error\":{\"message\":");
+	lg_json_wz(&b, msg);
+	lg_buf_addz(&b, ",\"type\":\"upstream_error\",\"code\":502}}");
+	lg_resp_sse(r, NULL, b.p, b.len);
+	lg_buf_free(&b);
+}
+
+static void lg_d_an_stream_error(struct lg_req *r, const char *msg)
+{
+	struct lg_buf b;
+	lg_buf_init(&b, 0);
+	lg_buf_addz(&b, "{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":");
+	lg_json_wz(&b, msg);
+	lg_buf_addz(&b, "}}");
+	lg_resp_sse(r, "error", b.p, b.len);
+	lg_buf_free(&b);
 }
 
 static int lg_w_tool_of(struct lg_wst *w, int pidx)
@@ -7353,92 +7516,43 @@ static void lg_w_an_final(struct lg_req *r, struct lg_buf *o)
 	lg_buf_addc(o, '}');
 }
 
-static void lg_route_failed(struct lg_req *r, int status, const char *reason, int retryable, int timeout);
+/* The writing half: to the client's dialect, or collected. */
+static void lg_ev_write(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
+{
+	if (type == LG_EV_FINISH) {
+		r->w->finish = idx;
+		r->w->has_finish = 1;
+	}
+	if (!r->stream)
+		lg_w_collect(r, type, idx, a, b, raw);
+	else
+		r->d->stream(r, type, idx, a, b, raw);
+}
 
-static void lg_ev_1(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw);
-
-/* One canonical event from an adapter. Text that is not well-formed
- * UTF-8 has each bad sequence replaced by U+FFFD first: what llmgw
- * writes is always valid UTF-8 JSON. */
+/* One canonical event from an adapter (the table above). Text that is not
+ * well-formed UTF-8 has each bad sequence replaced by U+FFFD before it is
+ * written: what llmgw writes is always valid UTF-8 JSON. */
 static void lg_ev(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
 {
 	struct lg_buf fa, fb;
+	if (!lg_ev_acct(r, type, idx, a) || !r->w) return;
 	if ((!a.n || lg_utf8_valid(a.p, a.n)) && (!b.n || lg_utf8_valid(b.p, b.n))) {
-		lg_ev_1(r, type, idx, a, b, raw);
+		lg_ev_write(r, type, idx, a, b, raw);
 		return;
 	}
 	a = lg_utf8_fix(&fa, a);
 	b = lg_utf8_fix(&fb, b);
-	lg_ev_1(r, type, idx, a, b, raw);
+	lg_ev_write(r, type, idx, a, b, raw);
 	lg_buf_free(&fa);
 	lg_buf_free(&fb);
 }
 
-static void lg_ev_1(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
-{
-	struct lg_wst *w = r->w;
-	if (type == LG_EV_USAGE) {
-		r->usage.seen = 1;
-		r->usage.cost = lg_acct_cost(r->served ? r->served->t : NULL, &r->usage);
-		return;
-	}
-	if (type == LG_EV_TEXT || type == LG_EV_REASONING || type == LG_EV_ARGS) r->est_out += ((int64_t)a.n + 3) / 4;
-	if (!w || r->finished || w->ended) return;
-	if (type == LG_EV_FINISH) {
-		w->finish = idx;
-		w->has_finish = 1;
-		r->saw_finish = 1;
-	}
-	if (type == LG_EV_ERROR) { /* before the first byte: the attempt failed; after: an error event */
-		char msg[281];
-		lg_scrub_cpy(r->cfg, msg, sizeof msg, a.p, a.n); /* an upstream may quote the credential it got */
-		r->up_error = 1;
-		if (!r->sent_head) {
-			lg_route_failed(r, idx, msg, idx == 429 || idx >= 500, 0);
-			return;
-		}
-		snprintf(r->errmsg, sizeof r->errmsg, "provider %s: %s", r->served->prov->name, msg);
-		return;
-	}
-	if (type == LG_EV_END) {
-		w->ended = 1;
-		r->stream_done = 1;
-	}
-	if (!r->stream)
-		lg_w_collect(r, type, idx, a, b, raw);
-	else if (r->dialect == LG_D_ANTHROPIC)
-		lg_w_an_stream(r, type, idx, a, b, raw);
-	else
-		lg_w_oa_stream(r, type, idx, a, b, raw);
-}
-
-static int lg_fin_code(lg_str v)
-{
-	static const char *const len[] = {"length", "max_tokens", "MAX_TOKENS", "model_context_window_exceeded",
-	                                  "model_length"};
-	static const char *const tools[] = {"tool_calls", "tool_use", "function_call"};
-	static const char *const filt[] = {"content_filter", "refusal", "SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST",
-	                                   "SPII", "IMAGE_SAFETY", "RECITATION", "guardrail_intervened",
-	                                   "content_filtered"};
-	size_t i;
-	for (i = 0; i < LG_COUNTOF(len); i++)
-		if (lg_str_eq(v, len[i])) return LG_FIN_LENGTH;
-	for (i = 0; i < LG_COUNTOF(tools); i++)
-		if (lg_str_eq(v, tools[i])) return LG_FIN_TOOLS;
-	for (i = 0; i < LG_COUNTOF(filt); i++)
-		if (lg_str_eq(v, filt[i])) return LG_FIN_FILTER;
-	return LG_FIN_STOP;
-}
-
-#define LG_NOSTR lg_str_of("", 0)
 
 /* --- OpenAI responses and chunks -> events ------------------------------ */
 
 static void lg_p_openai_usage(struct lg_req *r, const struct lg_json *j, const char *s, int u)
 {
-	if (lg_json_type(j, u) != LG_J_OBJ) return;
-	lg_prov_openai_usage(r, j, s, u);
-	lg_ev(r, LG_EV_USAGE, 0, LG_NOSTR, LG_NOSTR, 0);
+	if (lg_json_type(j, u) == LG_J_OBJ) lg_prov_openai_usage(r, j, s, u);
 }
 
 /* One completion (message) or one chunk (delta). */
@@ -7523,7 +7637,7 @@ static void lg_p_anth_usage(struct lg_req *r, const struct lg_json *j, const cha
 		r->usage.cache_write = cw;
 	}
 	if ((t = lg_json_get(j, s, u, "output_tokens")) >= 0) r->usage.completion = lg_json_i64(j, s, t);
-	lg_ev(r, LG_EV_USAGE, 0, LG_NOSTR, LG_NOSTR, 0);
+	lg_ev_acct(r, LG_EV_USAGE, 0, LG_NOSTR);
 }
 
 static void lg_p_anth_block(struct lg_req *r, const struct lg_json *j, const char *s, int b, int idx)
@@ -7931,11 +8045,16 @@ static void lg_sigv4(const struct lg_provider *p, const char *host, const char *
 	lg_buf_free(&sts);
 }
 
-static int lg_native(const struct lg_req *r, const struct lg_provider *p)
+/* May a failed answer succeed on retry? A quota that ran out (OpenAI's
+ * insufficient_quota 429) will not come back; timeouts and 5xx may. */
+static int lg_prov_retryable(int status, const char *body, size_t n)
 {
-	if (r->dialect == LG_D_ANTHROPIC) return p->type == LG_PT_ANTHROPIC;
-	return p->type == LG_PT_OPENAI || p->type == LG_PT_AZURE || p->type == LG_PT_MOCK;
+	if (status == 429) return !(body && n && lg_memmem(body, n, "insufficient_quota"));
+	return status == 408 || status >= 500;
 }
+
+/* Is p native to the client's dialect (the client's bytes go as they are)? */
+static int lg_native(const struct lg_req *r, const struct lg_provider *p) { return p->row->wire == r->d->wire; }
 
 /* The longest auth lines a request to p can carry (lg_prov_build sizes
  * the head with it, so no header is ever cut). */
@@ -7944,9 +8063,7 @@ static size_t lg_prov_auth_room(const struct lg_provider *p, const struct lg_req
 	size_t n = 64;
 	if (p->api_key) n += strlen(p->api_key) + 32;
 	if (r->anth_beta) n += strlen(r->anth_beta) + 20;
-	if (p->type == LG_PT_BEDROCK && p->aws_access_key_id) /* SigV4: date, token, credential, signature */
-		n += 400 + strlen(p->aws_access_key_id) + (p->aws_region ? strlen(p->aws_region) : 9) +
-		     (p->aws_session_token ? strlen(p->aws_session_token) + 32 : 0);
+	if (p->row->auth_room) n += p->row->auth_room(p);
 	return n;
 }
 
@@ -7974,58 +8091,203 @@ static void lg_hw_line(struct lg_hw *w, const char *name, const char *v)
 	lg_hw_n(w, "\r\n", 2);
 }
 
+/* pb as the path, or NULL when it could not be written */
+static const char *lg_prov_path_of(struct lg_buf *pb) { return lg_buf_addc(pb, 0) ? NULL : pb->p; }
+
+/* OpenAI (and the default): base path + /chat/completions or /embeddings,
+ * in fast when it fits (the common case, no buffer). */
+static const char *lg_prov_openai_path(const struct lg_req *r, const struct lg_cand *cd, char *fast, size_t cap,
+                                       struct lg_buf *pb)
+{
+	const char *tail = r->ep == LG_EP_EMBED ? "/embeddings" : "/chat/completions";
+	const char *bp = cd->prov->base_path;
+	if (strlen(bp) + 20 < cap) {
+		size_t at = lg_cpy(fast, cap, bp);
+		lg_cpy(fast + at, cap - at, tail);
+		return fast;
+	}
+	lg_buf_addz(pb, bp);
+	lg_buf_addz(pb, tail);
+	return lg_prov_path_of(pb);
+}
+
+static void lg_prov_bearer_auth(struct lg_hw *w, const struct lg_req *r, const struct lg_provider *p,
+                                const char *path, const char *body, size_t n)
+{
+	LG_UNUSED(r), LG_UNUSED(path), LG_UNUSED(body), LG_UNUSED(n);
+	lg_hw_line(w, "Authorization: Bearer ", p->api_key);
+}
+
+/* Azure: the v1 API (base_url ends in /openai/v1) or a deployment's path with api-version. */
+static const char *lg_prov_azure_path(const struct lg_req *r, const struct lg_cand *cd, char *fast, size_t cap,
+                                      struct lg_buf *pb)
+{
+	const struct lg_provider *p = cd->prov;
+	LG_UNUSED(fast), LG_UNUSED(cap);
+	lg_buf_addz(pb, p->base_path);
+	if (strstr(p->base_path, "/openai/v1"))
+		lg_buf_addz(pb, r->ep == LG_EP_EMBED ? "/embeddings" : "/chat/completions");
+	else {
+		lg_buf_addz(pb, "/openai/deployments/");
+		lg_uri_enc(pb, cd->upstream, strlen(cd->upstream));
+		lg_buf_printf(pb, "/%s?api-version=%s", r->ep == LG_EP_EMBED ? "embeddings" : "chat/completions",
+		              p->api_version ? p->api_version : "2024-10-21");
+	}
+	return lg_prov_path_of(pb);
+}
+
+static void lg_prov_azure_auth(struct lg_hw *w, const struct lg_req *r, const struct lg_provider *p,
+                               const char *path, const char *body, size_t n)
+{
+	LG_UNUSED(r), LG_UNUSED(path), LG_UNUSED(body), LG_UNUSED(n);
+	lg_hw_line(w, "api-key: ", p->api_key);
+}
+
+static const char *lg_prov_anth_path(const struct lg_req *r, const struct lg_cand *cd, char *fast, size_t cap,
+                                     struct lg_buf *pb)
+{
+	const char *bp = cd->prov->base_path;
+	size_t n = strlen(bp);
+	LG_UNUSED(r), LG_UNUSED(fast), LG_UNUSED(cap);
+	lg_buf_addz(pb, bp);
+	lg_buf_addz(pb, n >= 3 && strcmp(bp + n - 3, "/v1") == 0 ? "/messages" : "/v1/messages");
+	return lg_prov_path_of(pb);
+}
+
+static void lg_prov_anth_auth(struct lg_hw *w, const struct lg_req *r, const struct lg_provider *p,
+                              const char *path, const char *body, size_t n)
+{
+	LG_UNUSED(path), LG_UNUSED(body), LG_UNUSED(n);
+	lg_hw_line(w, "x-api-key: ", p->api_key);
+	lg_hw_z(w, "anthropic-version: 2023-06-01\r\n");
+	lg_hw_line(w, "anthropic-beta: ", r->anth_beta);
+}
+
+static const char *lg_prov_gemini_path(const struct lg_req *r, const struct lg_cand *cd, char *fast, size_t cap,
+                                       struct lg_buf *pb)
+{
+	LG_UNUSED(fast), LG_UNUSED(cap);
+	lg_buf_addz(pb, cd->prov->base_path);
+	lg_buf_addz(pb, "/models/");
+	lg_uri_enc(pb, cd->upstream, strlen(cd->upstream));
+	lg_buf_addz(pb, r->ep == LG_EP_EMBED ? ":batchEmbedContents" : r->stream ? ":streamGenerateContent?alt=sse"
+	                                                                        : ":generateContent");
+	return lg_prov_path_of(pb);
+}
+
+static void lg_prov_gemini_auth(struct lg_hw *w, const struct lg_req *r, const struct lg_provider *p,
+                                const char *path, const char *body, size_t n)
+{
+	LG_UNUSED(r), LG_UNUSED(path), LG_UNUSED(body), LG_UNUSED(n);
+	lg_hw_line(w, "x-goog-api-key: ", p->api_key);
+}
+
+/* Gemini's embeddings: batchEmbedContents, one request per input. */
+static void lg_prov_gemini_embed_body(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
+{
+	int in = lg_json_get(&r->j, r->body, 0, "input");
+	uint32_t n = lg_json_type(&r->j, in) == LG_J_ARR ? r->j.t[in].size : 1, x;
+	struct lg_buf mn; /* "models/<upstream>", escaped: the upstream name may come from the client */
+	lg_buf_init(&mn, 0);
+	lg_buf_addz(&mn, "models/");
+	lg_buf_addz(&mn, cd->upstream);
+	lg_buf_addz(o, "{\"requests\":[");
+	for (x = 0; x < n; x++) {
+		int t = lg_json_type(&r->j, in) == LG_J_ARR ? lg_json_at(&r->j, in, x) : in;
+		lg_buf_addz(o, x ? ",{\"model\":" : "{\"model\":");
+		lg_json_wstr(o, mn.p ? mn.p : "", mn.len);
+		lg_buf_addz(o, ",\"content\":{\"parts\":[{\"text\":");
+		lg_w_str(o, lg_jesc(&r->j, r->body, t));
+		lg_buf_addz(o, "}]}}");
+	}
+	lg_buf_addz(o, "]}");
+	if (mn.err) o->err = 1;
+	lg_buf_free(&mn);
+}
+
+/* Gemini says when to retry in its error body: "retryDelay": "17s" */
+static void lg_prov_gemini_retry_hint(struct lg_req *r, const char *b, size_t bn)
+{
+	const char *rd, *e = b + bn;
+	double d = 0;
+	if (!bn || !b || !(rd = lg_memfind(b, bn, "\"retryDelay\""))) return;
+	rd += 12;
+	while (rd < e && (*rd == ' ' || *rd == ':' || *rd == '"')) rd++;
+	while (rd < e && *rd >= '0' && *rd <= '9') d = d * 10 + (*rd++ - '0');
+	if (rd < e && *rd == '.') {
+		double f = 0.1;
+		for (rd++; rd < e && *rd >= '0' && *rd <= '9'; rd++, f /= 10) d += (*rd - '0') * f;
+	}
+	if (d > 0 && d < 3600) r->retry_after_ms = (int64_t)(d * 1000);
+}
+
+static const char *lg_prov_bedrock_check(const struct lg_provider *p)
+{
+	return p->api_key || (p->aws_access_key_id && p->aws_secret_access_key)
+	           ? NULL : "api_key, or aws_access_key_id and aws_secret_access_key";
+}
+
+static const char *lg_prov_bedrock_path(const struct lg_req *r, const struct lg_cand *cd, char *fast, size_t cap,
+                                        struct lg_buf *pb)
+{
+	LG_UNUSED(fast), LG_UNUSED(cap);
+	lg_buf_addz(pb, cd->prov->base_path);
+	lg_buf_addz(pb, "/model/");
+	lg_uri_enc(pb, cd->upstream, strlen(cd->upstream));
+	lg_buf_addz(pb, r->stream ? "/converse-stream" : "/converse");
+	return lg_prov_path_of(pb);
+}
+
+/* SigV4: date, token, credential, signature */
+static size_t lg_prov_bedrock_auth_room(const struct lg_provider *p)
+{
+	if (!p->aws_access_key_id) return 0;
+	return 400 + strlen(p->aws_access_key_id) + (p->aws_region ? strlen(p->aws_region) : 9) +
+	       (p->aws_session_token ? strlen(p->aws_session_token) + 32 : 0);
+}
+
+/* SigV4 with access keys, else the API key as a bearer token. */
+static void lg_prov_bedrock_auth(struct lg_hw *w, const struct lg_req *r, const struct lg_provider *p,
+                                 const char *path, const char *body, size_t n)
+{
+	struct lg_buf sig;
+	LG_UNUSED(r);
+	if (!p->aws_access_key_id || !p->aws_secret_access_key) {
+		lg_hw_line(w, "Authorization: Bearer ", p->api_key);
+		return;
+	}
+	lg_buf_init(&sig, 0);
+	lg_sigv4(p, p->hosthdr, path, body, n, lg_wall_ms(), &sig);
+	if (sig.err)
+		w->at = w->cap + 1;
+	else
+		lg_hw_n(w, sig.p, sig.len);
+	lg_buf_free(&sig);
+}
+
+/* Bedrock's stream errors come as 424 too. */
+static int lg_prov_bedrock_retryable(int status, const char *b, size_t n)
+{
+	return status == 424 || lg_prov_retryable(status, b, n);
+}
+
 /* Builds the whole upstream request in o: the body is written first, after
  * room left for the head, so it is copied once. -2: the request cannot go
  * to this provider (r->canon_err says why: a 400). */
 static int lg_prov_build(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
 {
 	const struct lg_provider *p = cd->prov;
+	const struct lg_prov_row *row = p->row;
 	char fast[1024];
-	const char *path = fast, *host = p->hosthdr;
+	const char *path, *host = p->hosthdr;
 	int i, k = 0;
 	size_t room, body_len;
-	struct lg_buf pb, sig;
+	struct lg_buf pb;
 	lg_buf_init(&pb, 0);
-	if (p->type == LG_PT_OPENAI && strlen(p->base_path) + 20 < sizeof fast) { /* the common case, no buffer */
-		size_t at = lg_cpy(fast, sizeof fast, p->base_path);
-		lg_cpy(fast + at, sizeof fast - at, r->ep == LG_EP_EMBED ? "/embeddings" : "/chat/completions");
-		goto have_path;
-	}
-	lg_buf_addz(&pb, p->base_path);
-	switch (p->type) {
-	case LG_PT_AZURE:
-		if (strstr(p->base_path, "/openai/v1"))
-			lg_buf_addz(&pb, r->ep == LG_EP_EMBED ? "/embeddings" : "/chat/completions");
-		else {
-			lg_buf_addz(&pb, "/openai/deployments/");
-			lg_uri_enc(&pb, cd->upstream, strlen(cd->upstream));
-			lg_buf_printf(&pb, "/%s?api-version=%s", r->ep == LG_EP_EMBED ? "embeddings" : "chat/completions",
-			              p->api_version ? p->api_version : "2024-10-21");
-		}
-		break;
-	case LG_PT_ANTHROPIC:
-		lg_buf_addz(&pb, strlen(p->base_path) >= 3 && strcmp(p->base_path + strlen(p->base_path) - 3, "/v1") == 0
-		                     ? "/messages" : "/v1/messages");
-		break;
-	case LG_PT_GEMINI:
-		lg_buf_addz(&pb, "/models/");
-		lg_uri_enc(&pb, cd->upstream, strlen(cd->upstream));
-		lg_buf_addz(&pb, r->ep == LG_EP_EMBED ? ":batchEmbedContents" : r->stream ? ":streamGenerateContent?alt=sse"
-		                                                                         : ":generateContent");
-		break;
-	case LG_PT_BEDROCK:
-		lg_buf_addz(&pb, "/model/");
-		lg_uri_enc(&pb, cd->upstream, strlen(cd->upstream));
-		lg_buf_addz(&pb, r->stream ? "/converse-stream" : "/converse");
-		break;
-	default: lg_buf_addz(&pb, r->ep == LG_EP_EMBED ? "/embeddings" : "/chat/completions");
-	}
-	if (lg_buf_addc(&pb, 0)) {
+	if (!(path = row->path(r, cd, fast, sizeof fast, &pb))) {
 		lg_buf_free(&pb);
 		return -1;
 	}
-	path = pb.p;
-have_path:
 	/* the head is sized, never truncated: fixed parts, path, host, every
 	 * header of the provider and the longest auth lines it can get */
 	room = 512 + strlen(path) + strlen(host) + lg_prov_auth_room(p, r);
@@ -8037,39 +8299,16 @@ have_path:
 		return -1;
 	}
 	o->len = room; /* the gap before the body is filled by the head below */
-	if (r->ep == LG_EP_EMBED && p->type == LG_PT_GEMINI) {
-		int in = lg_json_get(&r->j, r->body, 0, "input");
-		uint32_t n = lg_json_type(&r->j, in) == LG_J_ARR ? r->j.t[in].size : 1, x;
-		struct lg_buf mn; /* "models/<upstream>", escaped: the upstream name may come from the client */
-		lg_buf_init(&mn, 0);
-		lg_buf_addz(&mn, "models/");
-		lg_buf_addz(&mn, cd->upstream);
-		lg_buf_addz(o, "{\"requests\":[");
-		for (x = 0; x < n; x++) {
-			int t = lg_json_type(&r->j, in) == LG_J_ARR ? lg_json_at(&r->j, in, x) : in;
-			lg_buf_addz(o, x ? ",{\"model\":" : "{\"model\":");
-			lg_json_wstr(o, mn.p ? mn.p : "", mn.len);
-			lg_buf_addz(o, ",\"content\":{\"parts\":[{\"text\":");
-			lg_w_str(o, lg_jesc(&r->j, r->body, t));
-			lg_buf_addz(o, "}]}}");
-		}
-		lg_buf_addz(o, "]}");
-		if (mn.err) o->err = 1;
-		lg_buf_free(&mn);
-	} else if (lg_native(r, p) || r->ep == LG_EP_EMBED) {
+	if (r->ep == LG_EP_EMBED && row->embed_body) {
+		row->embed_body(r, cd, o);
+	} else if (r->native || r->ep == LG_EP_EMBED) {
 		lg_prov_openai_body(r, cd, o);
 	} else {
 		if (!lg_canon(r)) {
 			lg_buf_free(&pb);
 			return -2;
 		}
-		switch (p->type) {
-		case LG_PT_ANTHROPIC: k = lg_w_anthropic(r, cd, o); break;
-		case LG_PT_GEMINI: k = lg_w_gemini(r, cd, o); break;
-		case LG_PT_BEDROCK: k = lg_w_bedrock(r, cd, o); break;
-		default: k = lg_w_openai(r, cd, o);
-		}
-		if (k < 0) {
+		if ((k = (row->body ? row->body : lg_w_openai)(r, cd, o)) < 0) {
 			lg_buf_free(&pb);
 			return k;
 		}
@@ -8079,9 +8318,6 @@ have_path:
 		return -1;
 	}
 	body_len = o->len - room;
-	lg_buf_init(&sig, 0);
-	if (p->type == LG_PT_BEDROCK && p->aws_access_key_id && p->aws_secret_access_key)
-		lg_sigv4(p, host, path, o->p + room, body_len, lg_wall_ms(), &sig);
 	{ /* the head, in the gap before the body, without printf: this runs for every upstream request */
 		struct lg_hw w;
 		char num[24];
@@ -8093,32 +8329,14 @@ have_path:
 		lg_hw_z(&w, " HTTP/1.1\r\nHost: ");
 		lg_hw_z(&w, host);
 		lg_hw_z(&w, "\r\nContent-Type: application/json\r\nAccept: ");
-		lg_hw_z(&w, r->stream ? (p->type == LG_PT_BEDROCK ? "application/vnd.amazon.eventstream" : "text/event-stream")
-		                      : "application/json");
+		lg_hw_z(&w, r->stream ? row->stream_accept : "application/json");
 		lg_hw_z(&w, "\r\nUser-Agent: llmgw/" LLMGW_VERSION "\r\n");
-		switch (p->type) {
-		case LG_PT_AZURE: lg_hw_line(&w, "api-key: ", p->api_key); break;
-		case LG_PT_ANTHROPIC:
-			lg_hw_line(&w, "x-api-key: ", p->api_key);
-			lg_hw_z(&w, "anthropic-version: 2023-06-01\r\n");
-			lg_hw_line(&w, "anthropic-beta: ", r->anth_beta);
-			break;
-		case LG_PT_GEMINI: lg_hw_line(&w, "x-goog-api-key: ", p->api_key); break;
-		case LG_PT_BEDROCK:
-			if (sig.len) {
-				if (sig.err) w.at = w.cap + 1;
-				else lg_hw_n(&w, sig.p, sig.len);
-			} else
-				lg_hw_line(&w, "Authorization: Bearer ", p->api_key);
-			break;
-		default: lg_hw_line(&w, "Authorization: Bearer ", p->api_key);
-		}
+		row->auth(&w, r, p, path, o->p + room, body_len);
 		for (i = 0; i < p->nheaders; i++) lg_hw_line(&w, "", p->headers[i]);
 		lg_hw_z(&w, "Content-Length: ");
 		k = lg_utoa(num, body_len, 0);
 		lg_hw_n(&w, num + k, (size_t)(24 - k));
 		lg_hw_z(&w, "\r\n\r\n");
-		lg_buf_free(&sig);
 		lg_buf_free(&pb);
 		if (w.at > w.cap) return -1; /* cannot happen: room counts every part */
 		o->off = room - w.at;
@@ -8189,16 +8407,14 @@ static void lg_p_anth_native_event(struct lg_req *r, lg_str evname, lg_str data)
 		lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, lg_json_get(&j, s, 0, "message"), "usage"), 0);
 	if (lg_str_eq(ty, "message_delta")) {
 		lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, 0, "usage"), 1);
-		if (lg_jesc(&j, s, lg_json_get(&j, s, lg_json_get(&j, s, 0, "delta"), "stop_reason")).n) r->saw_finish = 1;
+		lg_str sr = lg_jesc(&j, s, lg_json_get(&j, s, lg_json_get(&j, s, 0, "delta"), "stop_reason"));
+		if (sr.n) lg_ev_acct(r, LG_EV_FINISH, lg_fin_code(sr), LG_NOSTR);
 	}
-	if (lg_str_eq(ty, "message_stop")) r->stream_done = 1;
-	if (lg_str_eq(ty, "error")) {
-		r->up_error = 1;
-		snprintf(r->errmsg, sizeof r->errmsg, "%s: error event in the stream", r->served->prov->name);
-	}
+	if (lg_str_eq(ty, "message_stop")) lg_ev_acct(r, LG_EV_END, 0, LG_NOSTR);
+	if (lg_str_eq(ty, "error")) lg_ev_acct(r, LG_EV_ERROR, 502, lg_strz("error event in the stream"));
 	if (lg_str_eq(ty, "ping")) return;
 	if (lg_str_eq(ty, "content_block_delta")) /* its text, about 4 bytes a token, past the envelope */
-		r->est_out += data.n > 74 ? ((int64_t)data.n - 74 + 3) / 4 : 1;
+		lg_ev_acct(r, LG_EV_TEXT, data.n > 74 ? (int)(((int64_t)data.n - 74 + 3) / 4) : 1, LG_NOSTR);
 	lg_buf_init(&o, 0);
 	if (lg_str_eq(ty, "message_start") || lg_str_eq(ty, "message_delta"))
 		lg_native_obj(r, &j, s, 0, &o, 0, NULL);
@@ -8240,8 +8456,7 @@ static int lg_p_gemini_embed(struct lg_req *r, const char *s, size_t n, struct l
 	lg_buf_addz(o, "],\"model\":");
 	lg_json_wz(o, r->served->model);
 	r->usage.prompt = r->prompt_est; /* Gemini does not count embedding tokens back */
-	r->usage.seen = 1;
-	r->usage.cost = lg_acct_cost(r->served->t, &r->usage);
+	lg_ev_acct(r, LG_EV_USAGE, 0, LG_NOSTR);
 	lg_buf_printf(o, ",\"usage\":{\"prompt_tokens\":%lld,\"total_tokens\":%lld,\"cost\":", (long long)r->usage.prompt,
 	              (long long)r->usage.prompt);
 	lg_json_wnum(o, r->usage.cost);
@@ -8249,16 +8464,54 @@ static int lg_p_gemini_embed(struct lg_req *r, const char *s, size_t n, struct l
 	return o->err ? -1 : 1;
 }
 
-/* Providers are data: one row per type. The translation side: an SSE event
- * (or a Bedrock frame) or a whole response in, canonical events out. A
- * type without a network (mock) has run instead, which writes what an
- * OpenAI upstream would have sent. */
-struct lg_prov_ops {
-	int type;
-	void (*run)(struct lg_req *r, struct lg_buf *o);
-	void (*event)(struct lg_req *r, lg_str ev, lg_str data);
-	int (*full)(struct lg_req *r, const char *s, size_t n);
-};
+/* --- stream framing: one event off the front of the bytes --------------- */
+
+/* An event to the parser that owns it: the dialect's native rewriter, or
+ * the provider's translating parser. */
+static void lg_ev_in(struct lg_req *r, lg_str ev, lg_str data)
+{
+	if (r->native)
+		r->d->native_event(r, ev, data);
+	else
+		r->served->prov->row->event(r, ev, data);
+}
+
+/* Server-sent events. */
+static long lg_frame_sse(struct lg_req *r, const char *p, size_t n, const char **err)
+{
+	struct lg_sse_ev ev;
+	size_t k = lg_sse_next(p, n, &ev, NULL);
+	if (k == (size_t)-1) { /* several data lines to join: only then room for it */
+		if (lg_buf_reserve(&r->scratch, n)) return 0;
+		k = lg_sse_next(p, n, &ev, r->scratch.p);
+	}
+	if (k == 0) {
+		if (n > LLMGW_MAX_EVENT) *err = "a stream event larger than the limit";
+		return n > LLMGW_MAX_EVENT ? -1 : 0;
+	}
+	if (ev.ndata) lg_ev_in(r, ev.event, ev.data);
+	return (long)k;
+}
+
+/* AWS event-stream frames (Bedrock): an exception frame is an error,
+ * a throttling one a 429. */
+static long lg_frame_aws(struct lg_req *r, const char *p, size_t n, const char **err)
+{
+	struct lg_evframe f;
+	long fl = lg_evstream_frame((const unsigned char *)p, n, &f);
+	if (fl < 0) *err = "a damaged event-stream frame (CRC or length)";
+	if (fl <= 0) return fl;
+	if (lg_str_eq(f.message_type, "exception") || lg_str_eq(f.message_type, "error")) {
+		char m[300];
+		snprintf(m, sizeof m, "%.*s: %.*s", (int)LG_MIN(f.exception_type.n, 80), f.exception_type.p,
+		         (int)LG_MIN(f.payload.n, 200), f.payload.p);
+		lg_ev(r, LG_EV_ERROR, lg_memmem(f.exception_type.p, f.exception_type.n, "hrottl") ? 429 : 502,
+		      lg_canon_esc(r, lg_strz(m)), LG_NOSTR, 0);
+	} else {
+		lg_ev_in(r, f.event_type, f.payload);
+	}
+	return fl;
+}
 
 static void lg_prov_mock_run(struct lg_req *r, struct lg_buf *o)
 {
@@ -8268,22 +8521,82 @@ static void lg_prov_mock_run(struct lg_req *r, struct lg_buf *o)
 		lg_prov_mock_chat(r, o);
 }
 
-static const struct lg_prov_ops lg_prov_table[] = {
-    {LG_PT_OPENAI, NULL, lg_p_openai_event, lg_p_openai_full},
-    {LG_PT_AZURE, NULL, lg_p_openai_event, lg_p_openai_full},
-    {LG_PT_ANTHROPIC, NULL, lg_p_anth_event, lg_p_anth_full},
-    {LG_PT_GEMINI, NULL, lg_p_gemini_event, lg_p_gemini_full},
-    {LG_PT_BEDROCK, NULL, lg_p_bedrock_event, lg_p_bedrock_full},
-    {LG_PT_MOCK, lg_prov_mock_run, lg_p_openai_event, lg_p_openai_full},
-};
+/* --- the provider rows --------------------------------------------------- */
 
-static const struct lg_prov_ops *lg_prov_ops_of(int type)
+/* Providers are data: one row per type (struct lg_prov_row, section 5).
+ * A new provider is a row here, its functions above, its tests. */
+#define LG_SSE "text/event-stream"
+static const struct lg_prov_row lg_prov_rows[] = {
+    {"openai", "https://api.openai.com/v1", LG_WIRE_OPENAI, LG_CAP_EMBED, 2500, LG_SSE, LG_SSE, "\n\n", NULL,
+     lg_prov_openai_path, NULL, lg_prov_bearer_auth, lg_w_openai, lg_frame_sse, lg_p_openai_event,
+     lg_p_openai_full, NULL, NULL, NULL, lg_prov_retryable, NULL},
+    {"anthropic", "https://api.anthropic.com", LG_WIRE_ANTHROPIC, 0, 1600, LG_SSE, LG_SSE, "\n\n", NULL,
+     lg_prov_anth_path, NULL, lg_prov_anth_auth, lg_w_anthropic, lg_frame_sse, lg_p_anth_event, lg_p_anth_full,
+     NULL, NULL, NULL, lg_prov_retryable, NULL},
+    {"gemini", "https://generativelanguage.googleapis.com/v1beta", LG_WIRE_GEMINI, LG_CAP_EMBED, 8 * 258, LG_SSE,
+     LG_SSE, "\n\n", NULL, lg_prov_gemini_path, NULL, lg_prov_gemini_auth, lg_w_gemini, lg_frame_sse,
+     lg_p_gemini_event, lg_p_gemini_full, lg_prov_gemini_embed_body, lg_p_gemini_embed, lg_prov_gemini_retry_hint,
+     lg_prov_retryable, NULL},
+    {"azure", NULL, LG_WIRE_OPENAI, LG_CAP_EMBED, 2500, LG_SSE, LG_SSE, "\n\n", NULL, lg_prov_azure_path, NULL,
+     lg_prov_azure_auth, lg_w_openai, lg_frame_sse, lg_p_openai_event, lg_p_openai_full, NULL, NULL, NULL,
+     lg_prov_retryable, NULL},
+    {"bedrock", "https://bedrock-runtime.%s.amazonaws.com", LG_WIRE_BEDROCK, 0, 1600,
+     "application/vnd.amazon.eventstream", NULL, NULL, lg_prov_bedrock_check, lg_prov_bedrock_path,
+     lg_prov_bedrock_auth_room, lg_prov_bedrock_auth, lg_w_bedrock, lg_frame_aws, lg_p_bedrock_event,
+     lg_p_bedrock_full, NULL, NULL, NULL, lg_prov_bedrock_retryable, NULL},
+    {"mock", NULL, LG_WIRE_OPENAI, LG_CAP_EMBED, 2500, LG_SSE, LG_SSE, "\n\n", NULL, lg_prov_openai_path, NULL,
+     lg_prov_bearer_auth, lg_w_openai, lg_frame_sse, lg_p_openai_event, lg_p_openai_full, NULL, NULL, NULL,
+     lg_prov_retryable, lg_prov_mock_run},
+};
+#undef LG_SSE
+
+static const struct lg_prov_row *lg_prov_row_find(lg_str name)
 {
 	size_t i;
-	for (i = 0; i < LG_COUNTOF(lg_prov_table); i++)
-		if (lg_prov_table[i].type == type) return &lg_prov_table[i];
+	for (i = 0; i < LG_COUNTOF(lg_prov_rows); i++)
+		if (lg_str_eq(name, lg_prov_rows[i].name)) return &lg_prov_rows[i];
 	return NULL;
 }
+
+/* "openai, anthropic, ...": for the config's error message */
+static const char *lg_prov_row_names(void)
+{
+	static char names[200];
+	size_t i, at = 0;
+	if (!names[0])
+		for (i = 0; i < LG_COUNTOF(lg_prov_rows); i++)
+			at += lg_cpy(names + at, sizeof names - at, i ? ", " : ""),
+			    at += lg_cpy(names + at, sizeof names - at, lg_prov_rows[i].name);
+	return names;
+}
+
+/* --- the client dialect rows --------------------------------------------- */
+
+static int lg_d_oa_native_full(struct lg_req *r, const char *s, size_t n, struct lg_buf *o)
+{
+	return lg_prov_openai_rewrite(r, s, n, o, 0);
+}
+
+static void lg_d_oa_native_event(struct lg_req *r, lg_str ev, lg_str data)
+{
+	LG_UNUSED(ev);
+	lg_prov_openai_event(r, data);
+}
+
+static void lg_d_oa_native_end(struct lg_req *r) { lg_resp_event(r, "[DONE]", 6); }
+
+static void lg_d_an_native_end(struct lg_req *r) { lg_resp_sse(r, "message_stop", "{\"type\":\"message_stop\"}", 22); }
+
+/* The first row is the default: requests before their endpoint is known
+ * get its errors. */
+static const struct lg_dialect lg_dialects[] = {
+    {"openai", LG_WIRE_OPENAI, lg_canon_openai, lg_w_oa_stream, lg_w_oa_final, lg_d_oa_error, lg_d_oa_stream_error,
+     lg_d_oa_native_event, lg_d_oa_native_full, lg_d_oa_native_end, "x-api-key"},
+    {"anthropic", LG_WIRE_ANTHROPIC, lg_canon_anthropic, lg_w_an_stream, lg_w_an_final, lg_d_an_error,
+     lg_d_an_stream_error, lg_p_anth_native_event, lg_p_anth_native_full, lg_d_an_native_end, "x-api-key"},
+};
+#define LG_DIALECT_OPENAI (&lg_dialects[0])
+#define LG_DIALECT_ANTHROPIC (&lg_dialects[1])
 
 /* ===== 12. Router ====================================================== */
 
@@ -8452,9 +8765,7 @@ static const char *lg_route_excluded(struct lg_req *r, const struct lg_provider 
 			if (p->region && strcmp(p->region, k->regions[i]) == 0) ok = 1;
 		if (!ok) return "the provider's region is not among the key's regions";
 	}
-	if (r->ep == LG_EP_EMBED && p->type != LG_PT_OPENAI && p->type != LG_PT_MOCK &&
-	    p->type != LG_PT_AZURE && p->type != LG_PT_GEMINI)
-		return "the provider type has no embeddings";
+	if (r->ep == LG_EP_EMBED && !(p->row->caps & LG_CAP_EMBED)) return "the provider type has no embeddings";
 	if (t && t->context && (int64_t)r->body_len / 5 > (int64_t)t->context) {
 		snprintf(buf, n, "the prompt (about %lld tokens or more) exceeds its context of %lld tokens",
 		         (long long)(r->body_len / 5), (long long)t->context);
@@ -8738,13 +9049,6 @@ out:
 	return st;
 }
 
-static int lg_route_retryable(int status, const char *body, size_t n)
-{
-	if (status == 429) /* a quota that ran out will not come back on retry */
-		return !(body && n && lg_memmem(body, n, "insufficient_quota"));
-	return status == 408 || status == 424 || status >= 500; /* 424: Bedrock's stream errors */
-}
-
 static void lg_route_next(struct lg_req *r);
 
 /* Does word w hold secret z, its first 16 bytes (a quote cut short) or a
@@ -8913,8 +9217,9 @@ static void lg_att_head(void *owner, const struct lg_http *h)
 	struct lg_req *r = (struct lg_req *)owner;
 	lg_str ct = lg_http_get(h, "content-type");
 	lg_str ra = lg_http_get(h, "retry-after");
+	const char *want = r->served->prov->row->stream_ctype;
 	r->ustatus = h->status;
-	r->is_sse = ct.n >= 17 && lg_str_ieq(lg_str_of(ct.p, 17), "text/event-stream");
+	r->streams = !want || (ct.n >= strlen(want) && lg_str_ieq(lg_str_of(ct.p, strlen(want)), want));
 	if (ra.n && ra.n < 8 && ra.p[0] >= '0' && ra.p[0] <= '9') { /* seconds; an HTTP date is ignored */
 		size_t i;
 		int64_t v = 0;
@@ -8923,93 +9228,69 @@ static void lg_att_head(void *owner, const struct lg_http *h)
 	}
 }
 
-/* Stream bytes: every complete event goes out as soon as it is here. */
-static void lg_att_events(struct lg_req *r)
+/* Stream bytes: every complete event goes out as soon as it is here.
+ * -1: the stream is damaged and the attempt ended (lg_up_fail). */
+static int lg_att_events(struct lg_req *r)
 {
-	const struct lg_provider *pv = r->served->prov;
-	const struct lg_prov_ops *ops = lg_prov_ops_of(pv->type);
-	int native = lg_native(r, pv);
-	unsigned gen = r->gen;
-	for (;;) {
-		struct lg_sse_ev ev;
-		size_t n = lg_buf_used(&r->ubody), k;
-		if (n == 0) return;
-		if (pv->type == LG_PT_BEDROCK) { /* binary event-stream frames */
-			struct lg_evframe f;
-			long fl = lg_evstream_frame((const unsigned char *)lg_buf_data(&r->ubody), n, &f);
-			if (fl < 0) {
-				lg_up_fail(&r->up, LG_UF_PROTO, "a damaged event-stream frame (CRC or length)");
-				return;
-			}
-			if (fl == 0) return;
-			if (lg_str_eq(f.message_type, "exception") || lg_str_eq(f.message_type, "error")) {
-				char m[300];
-				snprintf(m, sizeof m, "%.*s: %.*s", (int)LG_MIN(f.exception_type.n, 80), f.exception_type.p,
-				         (int)LG_MIN(f.payload.n, 200), f.payload.p);
-				lg_ev(r, LG_EV_ERROR, lg_memmem(f.exception_type.p, f.exception_type.n, "hrottl") ? 429 : 502,
-				      lg_canon_esc(r, lg_strz(m)), LG_NOSTR, 0);
-			} else {
-				ops->event(r, f.event_type, f.payload);
-			}
-			k = (size_t)fl;
-		} else {
-			k = lg_sse_next(lg_buf_data(&r->ubody), n, &ev, NULL);
-			if (k == (size_t)-1) { /* several data lines to join: only then room for it */
-				if (lg_buf_reserve(&r->scratch, n)) return;
-				k = lg_sse_next(lg_buf_data(&r->ubody), n, &ev, r->scratch.p);
-			}
-			if (k == 0) {
-				if (n > LLMGW_MAX_EVENT) lg_up_fail(&r->up, LG_UF_PROTO, "a stream event larger than the limit");
-				return;
-			}
-			if (ev.ndata) {
-				if (!native)
-					ops->event(r, ev.event, ev.data);
-				else if (r->dialect == LG_D_ANTHROPIC)
-					lg_p_anth_native_event(r, ev.event, ev.data);
-				else
-					lg_prov_openai_event(r, ev.data);
-			}
+	long (*frame)(struct lg_req *, const char *, size_t, const char **) = r->served->prov->row->frame;
+	while (!r->up_error) {
+		const char *err = NULL;
+		size_t n = lg_buf_used(&r->ubody);
+		long k = n ? frame(r, lg_buf_data(&r->ubody), n, &err) : 0;
+		if (k < 0) {
+			lg_up_fail(&r->up, LG_UF_PROTO, err);
+			return -1;
 		}
-		if (r->gen != gen || r->finished) return; /* the attempt ended inside */
-		lg_buf_consume(&r->ubody, k);
-		if (r->up_error) return;
+		if (k == 0) break;
+		lg_buf_consume(&r->ubody, (size_t)k);
 	}
+	return 0;
 }
 
-static void lg_att_data(void *owner, const char *p, size_t n)
+/* An error the parser recorded before the client's first byte: the
+ * attempt failed (the router may try the next). 1: so it ended. */
+static int lg_att_error(struct lg_req *r)
 {
-	struct lg_req *r = (struct lg_req *)owner;
+	if (!r->up_error || r->sent_head) return 0;
+	lg_route_failed(r, r->err_status, r->err_reason, r->err_retry, 0);
+	return 1;
+}
+
+/* An error inside the stream, after the client's first byte: it ends
+ * here, not cleanly. 1: so it ended. */
+static int lg_att_stream_error(struct lg_req *r)
+{
+	if (!r->up_error) return 0;
+	lg_up_release(&r->up);
+	lg_route_done(r, 0);
+	r->att[r->natt - 1].status = r->ustatus;
+	snprintf(r->att[r->natt - 1].err, sizeof r->att[0].err, "error event in the stream");
+	if (!r->native) lg_resp_stream_error(r, r->errmsg);
+	else { /* the provider's own error event went through as it was */
+		r->status = 502;
+		lg_resp_stream_end(r);
+	}
+	lg_req_finish(r);
+	return 1;
+}
+
+/* Response bytes of the attempt. 0 while it goes on, -1 once it ended. */
+static int lg_att_take(struct lg_req *r, const char *p, size_t n)
+{
 	int ok2xx = r->ustatus >= 200 && r->ustatus < 300;
 	size_t max = ok2xx ? LLMGW_MAX_RESPONSE : (1u << 20);
-	unsigned gen = r->gen;
 	if (!r->cc) { /* the client went away */
 		lg_up_fail(&r->up, LG_UF_RESET, "client closed the connection");
-		return;
+		return -1;
 	}
 	if (lg_buf_used(&r->ubody) + n > max) {
 		lg_up_fail(&r->up, LG_UF_PROTO, "upstream response larger than the limit");
-		return;
+		return -1;
 	}
 	lg_buf_add(&r->ubody, p, n);
 	if (ok2xx && !r->t_att_first) r->t_att_first = r->gw->now;
-	if (ok2xx && r->stream && (r->is_sse || r->served->prov->type == LG_PT_BEDROCK)) {
-		lg_att_events(r);
-		if (r->finished || r->gen != gen) return;
-		if (r->up_error && r->sent_head) {
-			/* an error inside the stream: it ends here, not cleanly */
-			lg_up_release(&r->up);
-			lg_route_done(r, 0);
-			r->att[r->natt - 1].status = r->ustatus;
-			snprintf(r->att[r->natt - 1].err, sizeof r->att[0].err, "error event in the stream");
-			if (!lg_native(r, r->served->prov)) lg_resp_stream_error(r, r->errmsg);
-			else { /* the provider's own error event went through as it was */
-				r->status = 502;
-				lg_resp_stream_end(r);
-			}
-			lg_req_finish(r);
-			return;
-		}
+	if (ok2xx && r->stream && r->streams) {
+		if (lg_att_events(r) < 0 || lg_att_error(r) || lg_att_stream_error(r)) return -1;
 		if (r->cc && !r->up.ending) { /* at the end, lg_req_finish sends it with the rest */
 			lg_conn_flush(r->cc);
 			/* back-pressure: a slow client slows the upstream read. The
@@ -9023,7 +9304,10 @@ static void lg_att_data(void *owner, const char *p, size_t n)
 			}
 		}
 	}
+	return 0;
 }
+
+static void lg_att_data(void *owner, const char *p, size_t n) { lg_att_take((struct lg_req *)owner, p, n); }
 
 /* The attempt succeeded: health learns from it, affinity remembers it. */
 static void lg_route_success(struct lg_req *r)
@@ -9045,65 +9329,43 @@ static void lg_route_success(struct lg_req *r)
 static void lg_att_end(void *owner)
 {
 	struct lg_req *r = (struct lg_req *)owner;
-	const struct lg_provider *pv = r->served->prov;
-	const struct lg_prov_ops *ops = lg_prov_ops_of(pv->type);
+	const struct lg_prov_row *row = r->served->prov->row;
 	struct lg_att_log *a = &r->att[r->natt - 1];
-	int native = lg_native(r, pv);
-	unsigned gen = r->gen;
 	a->status = r->ustatus;
 	a->ms = r->gw->now - r->t_att;
 	if (r->ustatus < 200 || r->ustatus >= 300) {
 		char why[256];
-		const char *b, *rd;
-		size_t bn;
 		struct lg_buf clean;
 		/* an upstream may quote the credential it got: never passed on */
 		if (lg_scrub(r->cfg, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody), &clean)) {
 			lg_buf_free(&r->ubody);
 			r->ubody = clean;
 		}
-		b = lg_buf_data(&r->ubody);
-		bn = lg_buf_used(&r->ubody);
-		/* Gemini says when to retry in its body: "retryDelay": "17s" */
-		if (bn && b && (rd = lg_memfind(b, bn, "\"retryDelay\"")) != NULL) {
-			const char *e = b + bn;
-			double d = 0;
-			rd += 12;
-			while (rd < e && (*rd == ' ' || *rd == ':' || *rd == '"')) rd++;
-			while (rd < e && *rd >= '0' && *rd <= '9') d = d * 10 + (*rd++ - '0');
-			if (rd < e && *rd == '.') {
-				double f = 0.1;
-				for (rd++; rd < e && *rd >= '0' && *rd <= '9'; rd++, f /= 10) d += (*rd - '0') * f;
-			}
-			if (d > 0 && d < 3600) r->retry_after_ms = (int64_t)(d * 1000);
-		}
+		if (row->retry_hint) row->retry_hint(r, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody));
 		lg_route_upstream_msg(r, why, sizeof why);
 		lg_route_failed(r, r->ustatus, why[0] ? why : lg_status_text(r->ustatus),
-		                lg_route_retryable(r->ustatus, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody)),
+		                row->retryable(r->ustatus, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody)),
 		                r->ustatus == 504 || r->ustatus == 408);
 		return;
 	}
 	if (r->stream) {
-		if (!r->is_sse && pv->type != LG_PT_BEDROCK) {
+		if (!r->streams) {
 			lg_route_failed(r, r->ustatus, "a stream was asked for but the upstream did not stream", 1, 0);
 			return;
 		}
-		if (lg_buf_used(&r->ubody) && pv->type != LG_PT_BEDROCK) { /* a last event without its blank line */
-			lg_buf_addz(&r->ubody, "\n\n");
-			lg_att_events(r);
-			if (r->finished || r->gen != gen) return;
+		if (lg_buf_used(&r->ubody) && row->frame_flush) { /* a last event without its end */
+			lg_buf_addz(&r->ubody, row->frame_flush);
+			if (lg_att_events(r) < 0 || lg_att_error(r) || lg_att_stream_error(r)) return;
 		}
 		if (!r->stream_done && !r->saw_finish) {
 			lg_route_failed(r, r->ustatus, "the stream ended before it was complete", 1, 0);
 			return;
 		}
-		if (!native) {
-			if (!r->stream_done) lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
-		} else if (!r->stream_done) {
-			if (r->dialect == LG_D_ANTHROPIC)
-				lg_resp_sse(r, "message_stop", "{\"type\":\"message_stop\"}", 22);
+		if (!r->stream_done) {
+			if (r->native)
+				r->d->native_end(r);
 			else
-				lg_resp_event(r, "[DONE]", 6);
+				lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
 		}
 		lg_up_release(&r->up);
 		lg_route_success(r);
@@ -9113,32 +9375,23 @@ static void lg_att_end(void *owner)
 	}
 	{
 		struct lg_buf o;
+		const char *b = lg_buf_data(&r->ubody);
+		size_t bn = lg_buf_used(&r->ubody);
 		int k;
 		lg_buf_init(&o, 0);
 		lg_blk_take(r->gw, &o);
-		if (native)
-			k = r->dialect == LG_D_ANTHROPIC
-			        ? lg_p_anth_native_full(r, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody), &o)
-			        : lg_prov_openai_rewrite(r, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody), &o, 0);
-		else if (r->ep == LG_EP_EMBED && pv->type == LG_PT_GEMINI)
-			k = lg_p_gemini_embed(r, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody), &o);
-		else {
-			k = ops->full(r, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody));
-			if (r->gen != gen || r->finished) {
-				lg_buf_free(&o);
-				return; /* an error in the body failed the attempt */
-			}
-			if (k == 0 && r->w) {
-				if (r->dialect == LG_D_ANTHROPIC)
-					lg_w_an_final(r, &o);
-				else
-					lg_w_oa_final(r, &o);
-				k = o.err ? -1 : 1;
-			}
+		if (r->ep == LG_EP_EMBED && row->embed_full)
+			k = row->embed_full(r, b, bn, &o);
+		else if (r->native)
+			k = r->d->native_full(r, b, bn, &o);
+		else if ((k = row->full(r, b, bn)) == 0 && !r->up_error) {
+			r->d->final(r, &o);
+			k = o.err ? -1 : 1;
 		}
-		if (k < 0) {
+		if (r->up_error || k < 0) {
 			lg_buf_free(&o);
-			lg_route_failed(r, r->ustatus, "the upstream answered with malformed JSON", 1, 0);
+			if (!lg_att_error(r))
+				lg_route_failed(r, r->ustatus, "the upstream answered with malformed JSON", 1, 0);
 			return;
 		}
 		lg_up_release(&r->up);
@@ -9174,7 +9427,6 @@ static void lg_route_next(struct lg_req *r)
 	int k;
 	for (;;) {
 		const struct lg_cand *cd;
-		const struct lg_prov_ops *ops;
 		struct lg_att_log *a;
 		struct lg_upreq *u = &r->up;
 		if (r->natt >= r->cfg->max_attempts) break;
@@ -9193,13 +9445,12 @@ static void lg_route_next(struct lg_req *r)
 			return;
 		}
 		cd = &r->plan[r->cur++];
-		ops = lg_prov_ops_of(cd->prov->type);
-		r->gen++;
 		if (r->w) {
 			lg_w_free(r->w);
 			memset(r->w, 0, sizeof *r->w);
 		}
-		if (!lg_native(r, cd->prov) && r->ep != LG_EP_EMBED && !r->w &&
+		r->native = lg_native(r, cd->prov);
+		if (!r->native && r->ep != LG_EP_EMBED && !r->w &&
 		    !(r->w = (struct lg_wst *)calloc(1, sizeof *r->w)))
 			break;
 		if (r->w) r->w->block_type = -1;
@@ -9222,20 +9473,20 @@ static void lg_route_next(struct lg_req *r)
 		r->t_att = r->gw->now;
 		r->t_att_first = 0;
 		r->att_open = 1;
-		r->ustatus = r->is_sse = r->stream_done = r->saw_finish = r->up_error = r->q_ok = 0;
+		r->ustatus = r->streams = r->stream_done = r->saw_finish = r->up_error = r->q_ok = 0;
 		memset(&r->usage, 0, sizeof r->usage);
 		r->ubody.off = r->ubody.len = 0;
 		r->ubody.err = 0;
-		if (ops->run) { /* no network: the provider answers at once */
+		if (cd->prov->row->run) { /* no network: the provider answers at once */
 			struct lg_buf o;
 			lg_buf_init(&o, 0);
-			ops->run(r, &o);
+			cd->prov->row->run(r, &o);
 			r->ustatus = 200;
-			r->is_sse = r->stream;
+			r->streams = r->stream;
 			u->state = LG_U_BODY;
-			lg_att_data(r, o.p, o.len);
+			k = lg_att_take(r, o.p, o.len);
 			lg_buf_free(&o);
-			if (!r->finished) {
+			if (k == 0) {
 				u->state = LG_U_DONE;
 				lg_att_end(r);
 			}
@@ -9485,10 +9736,7 @@ static void lg_acct_media(const struct lg_req *r, struct lg_media *m)
  * 32768 and 100000 tokens without one. */
 static int64_t lg_acct_prompt_max(const struct lg_req *r, const struct lg_target *t, const struct lg_media *m)
 {
-	int64_t img = 2500, aud, fil, n, ctx = t ? t->context : 0;
-	int type = t && t->prov ? t->prov->type : LG_PT_OPENAI;
-	if (type == LG_PT_ANTHROPIC || type == LG_PT_BEDROCK) img = 1600;
-	if (type == LG_PT_GEMINI) img = 8 * 258;
+	int64_t img = t && t->prov ? t->prov->row->image_tokens : 2500, aud, fil, n, ctx = t ? t->context : 0;
 	aud = ctx > 0 ? ctx : 32768;
 	fil = ctx > 0 ? ctx : 100000;
 	if (t && t->image_tokens >= 0) img = t->image_tokens;
@@ -10427,6 +10675,7 @@ static struct lg_req *lg_srv_new_req(struct lg_conn *c, int minor)
 	}
 	memset(r, 0, offsetof(struct lg_req, errmsg)); /* the plan and messages need no zeroing */
 	r->errmsg[0] = r->canon_err[0] = 0;
+	r->d = LG_DIALECT_OPENAI;
 	r->att = att;
 	r->rtok = rtok;
 	r->rcap = rcap;
@@ -10955,18 +11204,19 @@ struct lg_route_ent {
 	const char *path;
 	int ep;
 	const char *allow;
+	const struct lg_dialect *d; /* the dialect it speaks (NULL: the first row's) */
 };
 
 static const struct lg_route_ent lg_srv_paths[] = {
-    {"/v1/chat/completions", LG_EP_CHAT, "POST"},
-    {"/v1/embeddings", LG_EP_EMBED, "POST"},
-    {"/v1/models", LG_EP_MODELS, "GET, HEAD"},
-    {"/health", LG_EP_HEALTH, "GET, HEAD"},
-    {"/admin/reload", LG_EP_RELOAD, "POST"},
-    {"/v1/messages", LG_EP_MESSAGES, "POST"},
-    {"/v1/key", LG_EP_KEY, "GET, HEAD"},
-    {"/v1/generation", LG_EP_GEN, "GET, HEAD"},
-    {"/metrics", LG_EP_METRICS, "GET, HEAD"},
+    {"/v1/chat/completions", LG_EP_CHAT, "POST", NULL},
+    {"/v1/embeddings", LG_EP_EMBED, "POST", NULL},
+    {"/v1/models", LG_EP_MODELS, "GET, HEAD", NULL},
+    {"/health", LG_EP_HEALTH, "GET, HEAD", NULL},
+    {"/admin/reload", LG_EP_RELOAD, "POST", NULL},
+    {"/v1/messages", LG_EP_MESSAGES, "POST", LG_DIALECT_ANTHROPIC},
+    {"/v1/key", LG_EP_KEY, "GET, HEAD", NULL},
+    {"/v1/generation", LG_EP_GEN, "GET, HEAD", NULL},
+    {"/metrics", LG_EP_METRICS, "GET, HEAD", NULL},
 };
 
 /* A complete head: route, authenticate, size the body. */
@@ -11041,7 +11291,7 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 		return;
 	}
 	r->ep = re->ep;
-	r->dialect = r->ep == LG_EP_MESSAGES ? LG_D_ANTHROPIC : LG_D_OPENAI;
+	r->d = re->d ? re->d : LG_DIALECT_OPENAI;
 	msg[0] = 0;
 	if (r->ep == LG_EP_METRICS && gw->cfg->metrics == LG_METRICS_OFF) {
 		lg_srv_head_error(r, 404, NULL, "metrics are off (metrics = off)");

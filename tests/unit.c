@@ -1195,7 +1195,7 @@ static void ut_cfg_check_full(const struct lg_cfg *c)
 	/* [provider.*] */
 	if (!ASSERT(c->nprov == 2)) return;
 	o = c->prov[0], e = c->prov[1];
-	ASSERT(ut_zeq(o->name, "openai") && o->line == 28 && o->type == LG_PT_OPENAI);
+	ASSERT(ut_zeq(o->name, "openai") && o->line == 28 && ut_zeq(o->row->name, "openai"));
 	ASSERT(ut_zeq(o->base_url, "http://api.example.com:8443/v1/") && ut_zeq(o->host, "api.example.com"));
 	ASSERT(o->port == 8443 && o->tls == 0 && ut_zeq(o->base_path, "/v1"));
 	ASSERT(ut_zeq(o->origin, "api.example.com:8443"));
@@ -1204,7 +1204,7 @@ static void ut_cfg_check_full(const struct lg_cfg *c)
 		ASSERT(ut_zeq(o->headers[0], "OpenAI-Organization: org-123") && ut_zeq(o->headers[1], "X-Tag: a#b;c"));
 	ASSERT(o->zdr == 1 && o->collects_data == 0 && o->direct == 1 && o->max_concurrency == 4);
 	ASSERT(ut_zeq(o->region, "eu"));
-	ASSERT(ut_zeq(e->name, "echo") && e->line == 40 && e->type == LG_PT_MOCK && e->host == NULL);
+	ASSERT(ut_zeq(e->name, "echo") && e->line == 40 && ut_zeq(e->row->name, "mock") && e->host == NULL);
 	ASSERT(ut_zeq(e->api_key, "literal-secret") && e->collects_data == 1 && e->zdr == 0 && e->direct == 0);
 	ASSERT(lg_cfg_find_provider(c, "echo", 4) == e && lg_cfg_find_provider(c, "ech", 3) == NULL);
 	/* [model.*] */
