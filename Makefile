@@ -197,6 +197,11 @@ test: llmgw $(BUILD)/unit $(BUILD)/unit-notls $(BUILD)/unit-asan $(BUILD)/llmgw-
 measure: $(CROSS_BINS) llmgw
 	python3 tests/measure.py
 
+# every function in the section whose contents line lists its prefix
+sections: llmgw.c
+	python3 tests/sections.py llmgw.c
+	python3 tests/sections.py --self-test llmgw.c
+
 symbols: llmgw.c llmgw.h $(TLSLIB)
 	@mkdir -p $(BUILD)
 	$(CC) $(WARN) -O2 -DLLMGW_NO_MAIN $(TLSDEF) -c -o $(BUILD)/llmgw.o llmgw.c
@@ -209,5 +214,5 @@ clean:
 	  $(BUILD)/embed $(BUILD)/embed-asan $(BUILD)/embed*.o $(CROSS_TARGETS:%=$(BUILD)/%) \
 	  $(BUILD)/rootfs $(BUILD)/rootfs-port $(BUILD)/rootfs-docker $(BUILD)/test-* $(BUILD)/measure-*
 
-.PHONY: all run unit test fuzz symbols clean cross $(CROSS_TARGETS:%=cross-%) rootfs embed-test measure bench bench-profile FORCE
+.PHONY: all run unit test fuzz symbols sections clean cross $(CROSS_TARGETS:%=cross-%) rootfs embed-test measure bench bench-profile FORCE
 FORCE:

@@ -23,36 +23,58 @@
  *   LLMGW_DNS_TTL_MS     how long a resolved host name is cached
  *   LLMGW_BREAKER_FAILS, LLMGW_BREAKER_COOL_MS   circuit breaker tuning
  *
- * Contents (section number, title, prefix: what it owns)
+ * Contents: section number, title, prefixes : what it owns. A prefix that
+ * ends in _ owns the names it starts; one without owns that name and its
+ * name_ extensions. `make sections` (run by make test) fails when a
+ * function is defined outside the section that owns its prefix.
  *   0. Configuration macros and includes
- *   1. Platform and utilities      lg_      : lg_str views, time, SHA-256, ids
- *   2. Buffers                     lg_buf_  : struct lg_buf, struct lg_arena
- *   3. Log                         lg_log_  : diagnostics to stderr
- *   4. JSON                        lg_json_, lg_utf8_ : tokenizer, unescape, writer (always
- *                                 well-formed UTF-8 out)
- *   5. INI and config              lg_ini_, lg_cfg_, lg_names_ : struct lg_cfg snapshot, the
- *                                 hashed names of duplicate checks
- *   6. HTTP parsing                lg_http_ : heads, chunked decoder, SSE
- *   7. TLS                         lg_tls_  : BearSSL driven by the loop, trust anchors
- *   8. Event loop and connections  lg_loop_, lg_conn_ : poll set, timers; what the
+ *   1. Platform and utilities      lg_str, lg_strz, lg_lower, lg_now, lg_wall, lg_memfind, lg_memmem,
+ *                                 lg_next_quote, lg_glob, lg_sha256, lg_hmac_, lg_sigv4_, lg_hex32,
+ *                                 lg_crc32, lg_days_, lg_civil_, lg_ct_, lg_base64, lg_hexval, lg_rand,
+ *                                 lg_set_nonblock, lg_read_file, lg_atomic_, lg_flag_, lg_gauge_ :
+ *                                 string views, time, SHA-256, HMAC, CRC, ids, atomics
+ *   2. Buffers                     lg_buf_, lg_arena_, lg_utoa, lg_itoa, lg_cpy : struct lg_buf,
+ *                                 struct lg_arena
+ *   3. Log                         lg_log_ : diagnostics to stderr
+ *   4. JSON                        lg_json_, lg_utf8_, lg_hex4, lg_fmt_g, lg_jesc, lg_jnum : tokenizer,
+ *                                 unescape, writer (always well-formed UTF-8 out)
+ *   5. INI and config              lg_ini_, lg_cfg_, lg_name_hash, lg_names_ : struct lg_cfg snapshot,
+ *                                 the hashed names of duplicate checks
+ *   6. HTTP parsing                lg_http_, lg_chunked_, lg_sse_ : heads, chunked decoder, SSE
+ *   7. TLS                         lg_tls_, lg_cfg_load, lg_cfg_ref, lg_cfg_unref : BearSSL driven by
+ *                                 the loop, trust anchors; a config snapshot with its TLS contexts
+ *   8. Event loop and connections  lg_loop_, lg_conn_, lg_timer_, lg_blk_, lg_io_, lg_lock, lg_unlock,
+ *                                 llmgw_poll : poll set, timers, one iteration of the loop; what the
  *                                 loops of workers = N share (struct lg_shared)
- *   9. DNS                         lg_dns_  : resolver thread and cache
- *  10. HTTP client and pool        lg_up_   : upstream connections
- *  11. Provider adapters           lg_prov_, lg_canon_, lg_w_, lg_p_, lg_ev : canonical
- *                                 request and events; openai, azure, anthropic, gemini,
- *                                 bedrock, mock; the client dialect writers; lg_hw_: the
- *                                 upstream request head, sized
- *  12. Router                      lg_route_: the plan of a request, health, breakers,
- *                                 retries, affinity; lg_scrub: provider secrets out of upstream text
- *  13. Accounting                  lg_acct_ : budgets, limits, ledger, metrics, ring of
- *                                 recent requests, access log
- *  14. Server handlers             lg_srv_  : endpoints, errors, streaming
- *  15. Public API                  llmgw_   : what llmgw.h declares
- *  16. main
+ *   9. DNS                         lg_dns_ : resolver thread and cache
+ *  10. HTTP client and pool        lg_up_, lg_rd_, lg_origin_ : upstream connections
+ *  11. Providers and dialects      lg_req_, lg_resp_, lg_canon, lg_ev, lg_fin_, lg_native, lg_hw_,
+ *                                 lg_uri_enc, lg_prov_, lg_w_, lg_p_, lg_frame_, lg_be32, lg_evstream_,
+ *                                 lg_d_ : 11a the request object and its lifetime, responses to the
+ *                                 client (lg_req_, lg_resp_); 11b the canonical request (lg_canon_);
+ *                                 11c canonical events (lg_ev); 11d the upstream request (lg_hw_);
+ *                                 11e-j one subsection per provider: its path and auth (lg_prov_),
+ *                                 request body (lg_w_: write to a provider) and parsers (lg_p_: parse
+ *                                 a provider's answer); 11k the provider rows; 11l the client
+ *                                 dialects (lg_d_: write to a client) and their rows
+ *  12. Router                      lg_route_, lg_att_, lg_scrub : the plan of a request, health,
+ *                                 breakers, retries, affinity, attempts; provider secrets out of
+ *                                 upstream text
+ *  13. Accounting and the store   lg_st_, lg_acct_, lg_floordiv, lg_lbl : 13a the state store
+ *                                 (struct lg_store: the only way into budgets, limits, health,
+ *                                 breakers, affinity and request records; lg_st_); prices,
+ *                                 budgets, limits, ledger, metrics, ring of recent requests, access
+ *                                 log (lg_acct_); 13f the in-process store (lg_st_local)
+ *  14. Server handlers             lg_srv_ : endpoints, errors, streaming
+ *  15. Public API                  llmgw_, lg_listen_, lg_worker, lg_workers_ : what llmgw.h declares; listeners,
+ *                                 workers = N
+ *  16. main                        lg_main_ : the command line
  *
  * State: everything hangs off struct llmgw (section 8), one per event
  * loop; with workers = N the first loop's router health, accounting and
- * ledger are shared by the others under one lock (struct lg_shared). The
+ * ledger are shared by the others under one lock (struct lg_shared).
+ * Requests reach that shared state only through the state store's calls
+ * (struct lg_store, section 13a), which may answer later. The
  * only file-scope variable is main()'s signal target (section 16).
  */
 
@@ -164,7 +186,9 @@
 #if defined(__GNUC__) || defined(__clang__)
 #define LG_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #define LG_INLINE __inline__ __attribute__((always_inline)) /* the JSON scanner's inner steps */
+#define LG_COLD __attribute__((cold)) /* runs once (config, start-up) or rarely: compiled for size */
 #else
+#define LG_COLD
 #define LG_PRINTF(f, a)
 #define LG_INLINE
 #endif
@@ -602,6 +626,28 @@ static int lg_flag_get(volatile sig_atomic_t *f) { return *f; }
 static void lg_gauge_add(int *v, int d) { *v += d; }
 static int lg_gauge_get(const int *v) { return *v; }
 #endif
+
+/* The next '"' in [q, e), or e. Eight bytes at a time on little-endian
+ * machines (has-zero on the word xor '"': the lowest flag is the first
+ * quote, as borrows only run upwards from a true one); memchr elsewhere. */
+static LG_INLINE const char *lg_next_quote(const char *q, const char *e)
+{
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	while (q + 8 <= e) {
+		uint64_t v, x, t;
+		memcpy(&v, q, 8);
+		x = v ^ 0x2222222222222222ULL;
+		t = (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
+		if (t) return q + (__builtin_ctzll(t) >> 3);
+		q += 8;
+	}
+	while (q < e && *q != '"') q++;
+	return q;
+#else
+	const char *f = q < e ? (const char *)memchr(q, '"', (size_t)(e - q)) : NULL;
+	return f ? f : e;
+#endif
+}
 
 /* ===== 2. Buffers ====================================================== */
 
@@ -1148,10 +1194,38 @@ after:
 	return lg_json_fail(j, stype[depth - 1] == LG_J_OBJ ? "',' or '}' expected" : "',' or ']' expected", i, n);
 }
 
+/* The members of an object, in order, one per lg_json_next:
+ *   struct lg_jit it = lg_json_iter(j, t);
+ *   while (lg_json_next(j, &it)) ... it.key (its name), it.val ...
+ * Anything but an object (or -1) has none. */
+struct lg_jit {
+	int key, val;
+	uint32_t at, left; /* the next member's key token; members left */
+};
+
+static LG_INLINE struct lg_jit lg_json_iter(const struct lg_json *j, int t)
+{
+	struct lg_jit it;
+	it.key = it.val = -1;
+	it.at = (uint32_t)t + 1; /* the first member follows the object's token */
+	it.left = t >= 0 && j->t[t].type == LG_J_OBJ ? j->t[t].size : 0;
+	return it;
+}
+
+static LG_INLINE int lg_json_next(const struct lg_json *j, struct lg_jit *it)
+{
+	if (!it->left) return 0;
+	it->left--;
+	it->key = (int)it->at;
+	it->val = (int)it->at + 1;
+	it->at = j->t[it->at + 1].next;
+	return 1;
+}
+
 /* The value of key (kl bytes) in the object at token obj, or -1. */
 static int lg_json_getn(const struct lg_json *j, const char *s, int obj, const char *key, size_t kl)
 {
-	uint32_t k, m;
+	uint32_t k, m; /* by hand, not lg_json_iter: this is the hottest loop of a request */
 	if (obj < 0 || j->t[obj].type != LG_J_OBJ) return -1;
 	k = (uint32_t)obj + 1;
 	for (m = 0; m < j->t[obj].size; m++) {
@@ -1519,6 +1593,20 @@ static int64_t lg_json_i64(const struct lg_json *j, const char *s, int t)
 	return d > 0 && d < 9e15 ? (int64_t)d : 0;
 }
 
+/* A name as a JSON string into out (quotes included) when it needs no
+ * escaping, as names nearly always do; 0 otherwise. */
+static size_t lg_json_plainz(char *out, size_t cap, const char *z)
+{
+	size_t n = 0;
+	out[n++] = '"';
+	for (; *z; z++) {
+		if (!lg_json_plain[(unsigned char)*z] || n + 2 >= cap) return 0;
+		out[n++] = *z;
+	}
+	out[n++] = '"';
+	return n;
+}
+
 /* ===== 5. INI and config =============================================== */
 
 /* The INI reader: one item per call, never allocating. Comments start with
@@ -1533,7 +1621,7 @@ struct lg_ini {
 	const char *err;
 };
 
-static int lg_ini_next(struct lg_ini *in)
+static LG_COLD int lg_ini_next(struct lg_ini *in)
 {
 	while (in->pos < in->n) {
 		size_t st = in->pos, e, i;
@@ -1777,7 +1865,7 @@ static struct lg_name *lg_names_get(struct lg_names *s, int kind, const char *p,
 }
 
 static int lg_cfg_err(struct lg_cfgp *p, const char *fmt, ...) LG_PRINTF(2, 3);
-static int lg_cfg_err(struct lg_cfgp *p, const char *fmt, ...)
+static LG_COLD int lg_cfg_err(struct lg_cfgp *p, const char *fmt, ...)
 {
 	va_list ap;
 	int n = snprintf(p->err, p->errlen, "%s:%d: ", p->file, p->line);
@@ -1788,7 +1876,7 @@ static int lg_cfg_err(struct lg_cfgp *p, const char *fmt, ...)
 }
 
 /* Grows an arena-held array by one zeroed element; returns it. */
-static void *lg_cfg_push(struct lg_cfg *c, void *arrp, int *n, size_t el)
+static LG_COLD void *lg_cfg_push(struct lg_cfg *c, void *arrp, int *n, size_t el)
 {
 	void **arr = (void **)arrp;
 	if (*n == 0 || (*n >= 4 && (*n & (*n - 1)) == 0)) { /* capacity 4, 8, 16, ... */
@@ -1804,7 +1892,7 @@ static void *lg_cfg_push(struct lg_cfg *c, void *arrp, int *n, size_t el)
 static char *lg_cfg_str(struct lg_cfg *c, lg_str s) { return lg_arena_strn(&c->a, s.p, s.n); }
 
 /* Splits a comma-separated list into arena strings. */
-static int lg_cfg_list(struct lg_cfgp *p, lg_str v, const char ***out, int *n)
+static LG_COLD int lg_cfg_list(struct lg_cfgp *p, lg_str v, const char ***out, int *n)
 {
 	size_t i = 0, st;
 	while (i < v.n) {
@@ -1821,7 +1909,7 @@ static int lg_cfg_list(struct lg_cfgp *p, lg_str v, const char ***out, int *n)
 	return 0;
 }
 
-static int lg_cfg_bool(struct lg_cfgp *p, lg_str v, int *out)
+static LG_COLD int lg_cfg_bool(struct lg_cfgp *p, lg_str v, int *out)
 {
 	if (lg_str_ieq(v, "yes") || lg_str_ieq(v, "true") || lg_str_ieq(v, "on") || lg_str_eq(v, "1"))
 		*out = 1;
@@ -1834,7 +1922,7 @@ static int lg_cfg_bool(struct lg_cfgp *p, lg_str v, int *out)
 }
 
 /* Parses a decimal number into *out; unit gets the rest of the text. */
-static int lg_cfg_number(lg_str v, double *out, lg_str *unit)
+static LG_COLD int lg_cfg_number(lg_str v, double *out, lg_str *unit)
 {
 	char tmp[64], *end;
 	if (v.n == 0 || v.n >= sizeof tmp) return -1;
@@ -1847,7 +1935,7 @@ static int lg_cfg_number(lg_str v, double *out, lg_str *unit)
 	return 0;
 }
 
-static int lg_cfg_long(struct lg_cfgp *p, lg_str v, long *out)
+static LG_COLD int lg_cfg_long(struct lg_cfgp *p, lg_str v, long *out)
 {
 	double d;
 	lg_str u;
@@ -1858,7 +1946,7 @@ static int lg_cfg_long(struct lg_cfgp *p, lg_str v, long *out)
 }
 
 /* "16m", "32k", "512" -> bytes */
-static int lg_cfg_size(struct lg_cfgp *p, lg_str v, size_t *out)
+static LG_COLD int lg_cfg_size(struct lg_cfgp *p, lg_str v, size_t *out)
 {
 	double d, mul = 1;
 	lg_str u;
@@ -1881,7 +1969,7 @@ bad:
 }
 
 /* "10s", "500ms", "2m", "1h"; a bare number is seconds -> milliseconds */
-static int lg_cfg_duration_of(lg_str v, int64_t *out)
+static LG_COLD int lg_cfg_duration_of(lg_str v, int64_t *out)
 {
 	double d, mul;
 	lg_str u;
@@ -1903,14 +1991,14 @@ static int lg_cfg_duration_of(lg_str v, int64_t *out)
 	return 0;
 }
 
-static int lg_cfg_duration(struct lg_cfgp *p, lg_str v, int64_t *out)
+static LG_COLD int lg_cfg_duration(struct lg_cfgp *p, lg_str v, int64_t *out)
 {
 	if (lg_cfg_duration_of(v, out))
 		return lg_cfg_err(p, "expected a duration like 500ms, 10s or 2m, got '%.*s'", (int)v.n, v.p);
 	return 0;
 }
 
-static int lg_cfg_enum(struct lg_cfgp *p, lg_str v, const char *const *names, int n, int *out,
+static LG_COLD int lg_cfg_enum(struct lg_cfgp *p, lg_str v, const char *const *names, int n, int *out,
                        const char *what)
 {
 	int i;
@@ -1924,7 +2012,7 @@ static int lg_cfg_enum(struct lg_cfgp *p, lg_str v, const char *const *names, in
 
 /* A secret: literal, env:NAME or file:/path (first line). The value is
  * never echoed into an error message. */
-static int lg_cfg_secret(struct lg_cfgp *p, lg_str v, const char **out)
+static LG_COLD int lg_cfg_secret(struct lg_cfgp *p, lg_str v, const char **out)
 {
 	if (v.n > 4 && memcmp(v.p, "env:", 4) == 0) {
 		char name[256];
@@ -1963,7 +2051,7 @@ static int lg_cfg_secret(struct lg_cfgp *p, lg_str v, const char **out)
 }
 
 /* Splits "scheme://host[:port][/path]" for a provider. */
-static int lg_cfg_url(struct lg_cfgp *p, struct lg_provider *pv, lg_str v)
+static LG_COLD int lg_cfg_url(struct lg_cfgp *p, struct lg_provider *pv, lg_str v)
 {
 	size_t i, hs, he, ps;
 	long port;
@@ -2019,7 +2107,7 @@ static int lg_cfg_url(struct lg_cfgp *p, struct lg_provider *pv, lg_str v)
 /* "PROVIDER MODEL [in=USD] [out=USD] [cache_read=USD] [cache_write=USD]
  *  [weight=N] [context=TOKENS] [max_output=TOKENS] [quant=NAME]
  *  [image_tokens=N] [audio_tokens=N] [file_tokens=N]" */
-static int lg_cfg_target(struct lg_cfgp *p, struct lg_model *m, lg_str v)
+static LG_COLD int lg_cfg_target(struct lg_cfgp *p, struct lg_model *m, lg_str v)
 {
 	struct lg_target *t = (struct lg_target *)lg_cfg_push(p->c, &m->t, &m->nt, sizeof *t);
 	size_t i = 0;
@@ -2092,7 +2180,7 @@ static int lg_cfg_target(struct lg_cfgp *p, struct lg_model *m, lg_str v)
 	return 0;
 }
 
-static int lg_cfg_gateway_key(struct lg_cfgp *p, lg_str k, lg_str v)
+static LG_COLD int lg_cfg_gateway_key(struct lg_cfgp *p, lg_str k, lg_str v)
 {
 	struct lg_cfg *c = p->c;
 	long l;
@@ -2158,7 +2246,7 @@ static int lg_cfg_gateway_key(struct lg_cfgp *p, lg_str k, lg_str v)
 	return lg_cfg_err(p, "unknown key '%.*s' in [gateway]", (int)k.n, k.p);
 }
 
-static int lg_cfg_provider_key(struct lg_cfgp *p, struct lg_provider *pv, lg_str k, lg_str v)
+static LG_COLD int lg_cfg_provider_key(struct lg_cfgp *p, struct lg_provider *pv, lg_str k, lg_str v)
 {
 	long l;
 	if (lg_str_eq(k, "type")) {
@@ -2199,7 +2287,7 @@ static int lg_cfg_provider_key(struct lg_cfgp *p, struct lg_provider *pv, lg_str
 	return lg_cfg_err(p, "unknown key '%.*s' in [provider.%s]", (int)k.n, k.p, pv->name);
 }
 
-static int lg_cfg_model_key(struct lg_cfgp *p, struct lg_model *m, lg_str k, lg_str v)
+static LG_COLD int lg_cfg_model_key(struct lg_cfgp *p, struct lg_model *m, lg_str k, lg_str v)
 {
 	if (lg_str_eq(k, "target")) return lg_cfg_target(p, m, v);
 	if (lg_str_eq(k, "strategy"))
@@ -2211,7 +2299,7 @@ static int lg_cfg_model_key(struct lg_cfgp *p, struct lg_model *m, lg_str k, lg_
 	return lg_cfg_err(p, "unknown key '%.*s' in [model.%s]", (int)k.n, k.p, m->name);
 }
 
-static int lg_cfg_key_key(struct lg_cfgp *p, struct lg_key *ky, lg_str k, lg_str v)
+static LG_COLD int lg_cfg_key_key(struct lg_cfgp *p, struct lg_key *ky, lg_str k, lg_str v)
 {
 	if (lg_str_eq(k, "secret")) {
 		const char *sec;
@@ -2279,7 +2367,7 @@ static struct lg_model *lg_cfg_find_model(const struct lg_cfg *c, lg_str name)
 	return NULL;
 }
 
-static int lg_cfg_is_loopback(const char *addr)
+static LG_COLD int lg_cfg_is_loopback(const char *addr)
 {
 	return strncmp(addr, "127.", 4) == 0 || strncmp(addr, "[::1]", 5) == 0 ||
 	       strncmp(addr, "localhost:", 10) == 0;
@@ -2289,7 +2377,7 @@ static int lg_cfg_is_loopback(const char *addr)
  * "127.0.0.1:8080", "[::]:8080", ":8080" (every IPv4 address) or
  * "localhost:8080". Fills sa, sl and *tls (bare: HTTPS when tls_cert is
  * set); NULL, or what is wrong. Config checks and the listeners share it. */
-static const char *lg_cfg_listen_addr(const char *spec, int has_cert, struct sockaddr_storage *sa, socklen_t *sl,
+static LG_COLD const char *lg_cfg_listen_addr(const char *spec, int has_cert, struct sockaddr_storage *sa, socklen_t *sl,
                                       int *tls)
 {
 	char host[128];
@@ -2341,7 +2429,7 @@ static const char *lg_cfg_listen_addr(const char *spec, int has_cert, struct soc
 }
 
 /* Is the directory of path (or path itself, dir = 1) there and writable? */
-static int lg_cfg_writable(const char *path, int dir)
+static LG_COLD int lg_cfg_writable(const char *path, int dir)
 {
 	char d[1024];
 	const char *sl = strrchr(path, '/');
@@ -2355,7 +2443,7 @@ static int lg_cfg_writable(const char *path, int dir)
 	return lg_cfg_writable(sl == path ? "/" : d, 1);
 }
 
-static void lg_cfg_free(struct lg_cfg *c)
+static LG_COLD void lg_cfg_free(struct lg_cfg *c)
 {
 	if (c) {
 		struct lg_arena a = c->a;
@@ -2364,7 +2452,7 @@ static void lg_cfg_free(struct lg_cfg *c)
 }
 
 /* Cross-section checks once the whole file is read. */
-static int lg_cfg_validate(struct lg_cfgp *p)
+static LG_COLD int lg_cfg_validate(struct lg_cfgp *p)
 {
 	struct lg_cfg *c = p->c;
 	int i, k;
@@ -2513,7 +2601,7 @@ static int lg_cfg_validate(struct lg_cfgp *p)
 	return 0;
 }
 
-static int lg_cfg_name_ok(lg_str n)
+static LG_COLD int lg_cfg_name_ok(lg_str n)
 {
 	size_t i;
 	if (!n.n) return 0;
@@ -2524,7 +2612,7 @@ static int lg_cfg_name_ok(lg_str n)
 
 /* Builds a config snapshot from INI text. On error returns NULL and writes
  * "file:line: message" to err. */
-static struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const char *file, char *err,
+static LG_COLD struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const char *file, char *err,
                                    size_t errlen)
 {
 	struct lg_arena a = {NULL, 0};
@@ -3164,7 +3252,7 @@ struct lg_tls_acc { /* accumulates decoder output */
 	int err;
 };
 
-static void lg_tls_acc_add(void *ctx, const void *data, size_t len)
+static LG_COLD void lg_tls_acc_add(void *ctx, const void *data, size_t len)
 {
 	struct lg_tls_acc *a = (struct lg_tls_acc *)ctx;
 	if (a->err) return;
@@ -3185,7 +3273,7 @@ static void lg_tls_acc_add(void *ctx, const void *data, size_t len)
 }
 
 /* Calls fn for each PEM object of the text. -1 on a PEM syntax error. */
-static int lg_tls_pem(const char *text, size_t len,
+static LG_COLD int lg_tls_pem(const char *text, size_t len,
                       int (*fn)(void *ctx, const char *name, const unsigned char *der, size_t n),
                       void *ctx)
 {
@@ -3223,7 +3311,7 @@ static int lg_tls_pem(const char *text, size_t len,
 	return r;
 }
 
-static void *lg_tls_dup(struct lg_cfg *c, const void *p, size_t n)
+static LG_COLD void *lg_tls_dup(struct lg_cfg *c, const void *p, size_t n)
 {
 	void *d = lg_arena_alloc(&c->a, n ? n : 1);
 	if (d && n) memcpy(d, p, n);
@@ -3236,7 +3324,7 @@ struct lg_tls_ta_load {
 	size_t n, cap;
 };
 
-static int lg_tls_ta_one(void *ctx, const char *name, const unsigned char *der, size_t n)
+static LG_COLD int lg_tls_ta_one(void *ctx, const char *name, const unsigned char *der, size_t n)
 {
 	struct lg_tls_ta_load *L = (struct lg_tls_ta_load *)ctx;
 	br_x509_decoder_context dc;
@@ -3291,7 +3379,7 @@ static const char *const lg_tls_ca_paths[] = {
 };
 
 /* Trust anchors from ca_file, or from the first system bundle found. */
-static int lg_tls_load_ca(struct lg_cfg *c, char *err, size_t errlen)
+static LG_COLD int lg_tls_load_ca(struct lg_cfg *c, char *err, size_t errlen)
 {
 	struct lg_tls_ta_load L;
 	size_t len = 0, i;
@@ -3338,7 +3426,7 @@ struct lg_tls_cred_load {
 	int keys;
 };
 
-static int lg_tls_cert_one(void *ctx, const char *name, const unsigned char *der, size_t n)
+static LG_COLD int lg_tls_cert_one(void *ctx, const char *name, const unsigned char *der, size_t n)
 {
 	struct lg_tls_cred_load *L = (struct lg_tls_cred_load *)ctx;
 	if (strcmp(name, "CERTIFICATE") != 0) return 0;
@@ -3348,7 +3436,7 @@ static int lg_tls_cert_one(void *ctx, const char *name, const unsigned char *der
 	return 0;
 }
 
-static int lg_tls_key_one(void *ctx, const char *name, const unsigned char *der, size_t n)
+static LG_COLD int lg_tls_key_one(void *ctx, const char *name, const unsigned char *der, size_t n)
 {
 	struct lg_tls_cred_load *L = (struct lg_tls_cred_load *)ctx;
 	struct lg_cfg *c = L->c;
@@ -3378,7 +3466,7 @@ static int lg_tls_key_one(void *ctx, const char *name, const unsigned char *der,
 }
 
 /* The listener's certificate chain and private key (RSA or EC). */
-static int lg_tls_load_cred(struct lg_cfg *c, char *err, size_t errlen)
+static LG_COLD int lg_tls_load_cred(struct lg_cfg *c, char *err, size_t errlen)
 {
 	struct lg_tls_cred_load L;
 	size_t len = 0;
@@ -3698,7 +3786,7 @@ static void lg_cfg_unref(struct lg_cfg *c)
 	if (c && lg_atomic_add(&c->refs, -1) == 0) lg_cfg_free(c);
 }
 
-static struct lg_cfg *lg_cfg_load(const char *path, char *err, size_t errlen)
+static LG_COLD struct lg_cfg *lg_cfg_load(const char *path, char *err, size_t errlen)
 {
 	size_t len = 0;
 	int e = 0;
@@ -3821,6 +3909,7 @@ struct llmgw {
 	unsigned long cfg_gen; /* configurations installed so far */
 	struct lg_acct *acct; /* key spend and limits, ledger, metrics, recent requests */
 	struct lg_rstate *rs; /* target health, breakers, affinity: survives reloads */
+	const struct lg_store *st; /* the only way to rs and acct (section 13a) */
 	/* what requests leave behind, reused by the next ones instead of going
 	 * back to malloc: first-size connection buffers and request objects */
 	char *blk[LG_BLKCACHE];
@@ -4153,6 +4242,91 @@ static void lg_loop_wake(struct llmgw *gw)
 	if (gw->wake[1] >= 0 && write(gw->wake[1], &b, 1) < 0) { /* full pipe: already awake */
 	}
 }
+
+/* --- the loop: one iteration of poll, timers, reloads and the drain ----- */
+
+/* the parts of an iteration that later sections own */
+static void lg_srv_adopt(struct llmgw *gw);                          /* 14 */
+static void lg_srv_accept(struct llmgw *gw, int fd, int tls);         /* 14 */
+static int lg_srv_reload(struct llmgw *gw, char *err, size_t errlen); /* 14 */
+static void lg_srv_drop(struct lg_conn *c);                           /* 14 */
+static void lg_req_dns_wake(struct llmgw *gw);                        /* 11a */
+static void lg_req_reap(struct llmgw *gw);                            /* 11a */
+static void lg_acct_flush(struct llmgw *gw);                          /* 13 */
+static void lg_listen_stop(struct llmgw *gw);                         /* 15 */
+
+int llmgw_poll(struct llmgw *gw, int timeout_ms)
+{
+	int i, n, wait = timeout_ms, count;
+	if (!gw->running) return 0;
+	gw->now = lg_now_ms();
+	if (gw->sh && (unsigned long)lg_atomic_get(&gw->sh->cfg_gen) != gw->cfg->gen) lg_srv_adopt(gw);
+	if (gw->nheap) {
+		int64_t d = gw->heap[0]->at - gw->now;
+		if (d < 0) d = 0;
+		if (wait < 0 || d < wait) wait = (int)LG_MIN(d, (int64_t)INT_MAX);
+	}
+	if (gw->stopping && (wait < 0 || wait > 100)) wait = 100;
+	if (gw->npending) wait = 0; /* decrypted bytes wait: no sleeping */
+	n = poll(gw->pfd, (nfds_t)gw->npfd, wait);
+	gw->now = lg_now_ms();
+	if (gw->npending) {
+		for (i = gw->nfixed; i < gw->npfd; i++)
+			if ((gw->conns[i]->flags & (LG_F_PENDING | LG_F_NOREAD)) == LG_F_PENDING) {
+				gw->pfd[i].revents |= POLLIN;
+				n = n > 0 ? n : 1;
+			}
+	}
+	if (n > 0) {
+		if (gw->pfd[0].revents) {
+			char buf[256];
+			while (read(gw->wake[0], buf, sizeof buf) > 0) {
+			}
+			lg_req_dns_wake(gw); /* DNS answers may have come */
+		}
+		for (i = 1; i < gw->nfixed; i++)
+			if (gw->pfd[i].fd >= 0 && (gw->pfd[i].revents & POLLIN))
+				lg_srv_accept(gw, gw->pfd[i].fd, gw->listen_tls[i - 1]);
+		count = gw->npfd;
+		for (i = gw->nfixed; i < count; i++) {
+			struct lg_conn *c = gw->conns[i];
+			int re = gw->pfd[i].revents;
+			gw->pfd[i].revents = 0;
+			if (!re || (c->flags & LG_F_DEAD)) continue;
+			c->on_io(c, re);
+		}
+	}
+	if (lg_flag_get(&gw->stop_req) && !gw->stopping) lg_listen_stop(gw);
+	if (lg_flag_get(&gw->reload_req)) {
+		char err[1024];
+		lg_flag_clear(&gw->reload_req);
+		lg_srv_reload(gw, err, sizeof err);
+	}
+	while (gw->nheap && gw->heap[0]->at <= gw->now) {
+		struct lg_timer *t = gw->heap[0];
+		lg_timer_clear(gw, t);
+		t->fn(gw, t);
+	}
+	if (gw->stopping && gw->now >= gw->stop_deadline) {
+		for (i = gw->nfixed; i < gw->npfd; i++) /* bounded drain: what is left is cut */
+			if (gw->conns[i]->role == LG_ROLE_CLIENT && !(gw->conns[i]->flags & LG_F_DEAD))
+				lg_srv_drop(gw->conns[i]);
+	}
+	for (i = gw->nfixed; i < gw->npfd;) {
+		if (gw->conns[i]->flags & LG_F_DEAD)
+			lg_conn_free(gw, gw->conns[i]); /* swaps the last one into i */
+		else
+			i++;
+	}
+	lg_req_reap(gw);
+	lg_acct_flush(gw);
+	if (gw->stopping && gw->nclients == 0 && gw->nreqs == 0) {
+		gw->running = 0;
+		if (!gw->sh) LG_LOG(gw, LG_LOG_INFO, "stopped after %llu requests", gw->served);
+	}
+	return gw->running;
+}
+
 
 /* ===== 9. DNS ========================================================== */
 
@@ -5106,7 +5280,9 @@ static void lg_up_input(struct lg_conn *c, struct lg_upreq *u, int revents)
 		lg_up_body(u);
 }
 
-/* ===== 11. Provider adapters =========================================== */
+/* ===== 11. Providers and dialects ===================================== */
+
+/* --- 11a. the request object and its lifetime, responses to the client --- */
 
 /* The request: from a parsed head to the last byte of its response. All its
  * memory is its own buffers and its arena, released in lg_req_free. */
@@ -5180,6 +5356,7 @@ struct lg_req {
 	const struct lg_cand *served;
 	struct lg_timer rtm;  /* retry backoff */
 	int rounds, retry_seen, att_open, aff_hit;
+	int st_wait; /* a store call is answering: 1 inside the call, 2 later (section 13a) */
 	int64_t retry_after_ms, t_att_first;
 	uint32_t aff_hash;
 	/* the current attempt's response */
@@ -5243,104 +5420,16 @@ struct lg_dialect {
 };
 
 struct lg_kstate;
-static void lg_req_finish(struct lg_req *r); /* section 14: ends a request */
+static void lg_srv_finish(struct lg_req *r); /* section 14: ends a request */
+static void lg_d_free(struct lg_wst *w); /* 11l */
 static int lg_scrub(const struct lg_cfg *c, const char *p, size_t n, struct lg_buf *out); /* section 12 */
 static void lg_scrub_cpy(const struct lg_cfg *c, char *dst, size_t cap, const char *src, size_t n);
-
-/* Cost in USD from the target's prices (USD per million tokens). */
-static double lg_acct_cost(const struct lg_target *t, const struct lg_usage *u)
-{
-	int64_t uncached;
-	if (!t) return 0;
-	uncached = u->prompt - u->cached - u->cache_write;
-	if (uncached < 0) uncached = 0;
-	return ((double)uncached * t->in + (double)u->cached * t->cache_read +
-	        (double)u->cache_write * t->cache_write + (double)u->completion * t->out) /
-	       1e6;
-}
-
-/* --- canonical events: the contract between adapters and dialects ------- */
-
-/* Provider adapters turn a response or stream into these events; the
- * client's dialect row turns them into OpenAI chunks or Anthropic events
- * (or, not streaming, collects them into one answer), so N providers and
- * M dialects need N + M pieces, not N x M. lg_ev(r, type, idx, a, b, raw)
- * takes one; lg_ev_acct is its accounting half, which native traffic (the
- * client's bytes passed through) calls alone.
- *
- *   type             idx                     a                    b
- *   LG_EV_TEXT       tokens counted, or 0    text (esc)           -
- *   LG_EV_REASONING  tokens counted, or 0    reasoning (esc)      -
- *   LG_EV_SIG        0                       its signature (esc)  -
- *   LG_EV_TOOL       the provider's index    call id (esc)        name (esc)
- *                    for the call (Gemini: 1000 + part number)
- *   LG_EV_ARGS       that provider index     arguments (esc; raw JSON when raw = 1)
- *   LG_EV_FINISH     LG_FIN_ code            -                    -
- *   LG_EV_USAGE      0 (r->usage was filled) -                    -
- *   LG_EV_ERROR      HTTP status it means    message (esc)        -
- *   LG_EV_END        0                       -                    -
- *
- * Accounting, for every event: USAGE prices r->usage; TEXT, REASONING and
- * ARGS add to the estimated output (idx tokens, else a token per 4 bytes);
- * FINISH and END say the answer is complete; ERROR records status,
- * reason and retryability (429, 5xx) in r->err_* and r->up_error. The
- * attempt logic acts on a recorded error after the parser returns: before
- * the client's first byte the attempt failed (the router may try the
- * next); after it, the stream ends with the dialect's error event. After
- * END or an error nothing more is accounted or written (USAGE still is). */
-enum { LG_EV_TEXT, LG_EV_REASONING, LG_EV_SIG, LG_EV_TOOL, LG_EV_ARGS, LG_EV_FINISH, LG_EV_USAGE, LG_EV_ERROR,
-       LG_EV_END };
-enum { LG_FIN_STOP, LG_FIN_LENGTH, LG_FIN_TOOLS, LG_FIN_FILTER };
-static const char *const lg_fin_openai[] = {"stop", "length", "tool_calls", "content_filter"};
-static const char *const lg_fin_anthropic[] = {"end_turn", "max_tokens", "tool_use", "refusal"};
-
-#define LG_NOSTR lg_str_of("", 0)
-
-/* A provider's finish reason as an LG_FIN_ code. */
-static int lg_fin_code(lg_str v)
-{
-	static const char *const len[] = {"length", "max_tokens", "MAX_TOKENS", "model_context_window_exceeded",
-	                                  "model_length"};
-	static const char *const tools[] = {"tool_calls", "tool_use", "function_call"};
-	static const char *const filt[] = {"content_filter", "refusal", "SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST",
-	                                   "SPII", "IMAGE_SAFETY", "RECITATION", "guardrail_intervened",
-	                                   "content_filtered"};
-	size_t i;
-	for (i = 0; i < LG_COUNTOF(len); i++)
-		if (lg_str_eq(v, len[i])) return LG_FIN_LENGTH;
-	for (i = 0; i < LG_COUNTOF(tools); i++)
-		if (lg_str_eq(v, tools[i])) return LG_FIN_TOOLS;
-	for (i = 0; i < LG_COUNTOF(filt); i++)
-		if (lg_str_eq(v, filt[i])) return LG_FIN_FILTER;
-	return LG_FIN_STOP;
-}
-
-/* The accounting half of lg_ev; 1 when the event is still to be written. */
-static int lg_ev_acct(struct lg_req *r, int type, int idx, lg_str a)
-{
-	switch (type) {
-	case LG_EV_USAGE:
-		r->usage.seen = 1;
-		r->usage.cost = lg_acct_cost(r->served ? r->served->t : NULL, &r->usage);
-		return 0;
-	case LG_EV_TEXT:
-	case LG_EV_REASONING: r->est_out += idx > 0 ? idx : ((int64_t)a.n + 3) / 4; break;
-	case LG_EV_ARGS: r->est_out += ((int64_t)a.n + 3) / 4; break;
-	default: break;
-	}
-	if (r->up_error || r->stream_done || r->finished) return 0;
-	if (type == LG_EV_FINISH) r->saw_finish = 1;
-	if (type == LG_EV_END) r->stream_done = 1;
-	if (type == LG_EV_ERROR) {
-		r->up_error = 1;
-		r->err_status = idx;
-		r->err_retry = idx == 429 || idx >= 500;
-		lg_scrub_cpy(r->cfg, r->err_reason, sizeof r->err_reason, a.p, a.n); /* it may quote the credential */
-		snprintf(r->errmsg, sizeof r->errmsg, "provider %s: %s", r->served->prov->name, r->err_reason);
-		return 0;
-	}
-	return 1;
-}
+static double lg_acct_cost(const struct lg_target *t, const struct lg_usage *u); /* section 13 */
+static void lg_d_collect(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw); /* 11l */
+static void lg_d_oa_native_event(struct lg_req *r, lg_str ev, lg_str data);                /* 11l */
+static void lg_prov_openai_event(struct lg_req *r, lg_str data);                           /* 11e */
+static void lg_prov_openai_body(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o); /* 11e */
+static int lg_w_openai(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o);
 
 /* Tokenizes upstream JSON into r->rtok (grown on demand). */
 static int lg_req_json(struct lg_req *r, struct lg_json *j, const char *s, size_t n)
@@ -5374,9 +5463,7 @@ static int lg_req_json(struct lg_req *r, struct lg_json *j, const char *s, size_
 	return k;
 }
 
-/* --- responses to the client (the OpenAI dialect writer) --------------- */
-
-static const char *lg_status_text(int s)
+static const char *lg_resp_status_text(int s)
 {
 	switch (s) {
 	case 100: return "Continue";
@@ -5404,7 +5491,7 @@ static const char *lg_status_text(int s)
 	}
 }
 
-static const char *lg_err_type(int s)
+static const char *lg_resp_err_type(int s)
 {
 	switch (s) {
 	case 400: case 405: case 413: case 431: return "invalid_request_error";
@@ -5421,25 +5508,6 @@ static const char *lg_err_type(int s)
 	}
 }
 
-/* {"error":{"message","type","param","code"}} */
-static void lg_d_oa_error(struct lg_buf *b, int status, const char *msg)
-{
-	lg_buf_addz(b, "{\"error\":{\"message\":");
-	lg_json_wz(b, msg);
-	lg_buf_printf(b, ",\"type\":\"%s\",\"param\":null,\"code\":%d}}\n", lg_err_type(status), status);
-}
-
-/* {"type":"error","error":{"type","message"}} */
-static void lg_d_an_error(struct lg_buf *b, int status, const char *msg)
-{
-	const char *t = status == 529 ? "overloaded_error" : status == 413 ? "request_too_large"
-	                : status == 402 ? "billing_error" : status == 404 ? "not_found_error"
-	                : status >= 500 ? "api_error" : lg_err_type(status);
-	lg_buf_printf(b, "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":", t);
-	lg_json_wz(b, msg);
-	lg_buf_addz(b, "}}\n");
-}
-
 /* Writes the response head to the client: the common headers, llmgw's
  * own, then extra (already formatted lines). clen < 0: a chunked stream. */
 static void lg_resp_head(struct lg_req *r, int status, const char *ctype, int64_t clen,
@@ -5452,7 +5520,7 @@ static void lg_resp_head(struct lg_req *r, int status, const char *ctype, int64_
 	lg_buf_addz(o, "HTTP/1.1 ");
 	lg_buf_addu(o, (uint64_t)status, 0);
 	lg_buf_addc(o, ' ');
-	lg_buf_addz(o, lg_status_text(status));
+	lg_buf_addz(o, lg_resp_status_text(status));
 	lg_buf_addz(o, "\r\nContent-Type: ");
 	lg_buf_addz(o, ctype);
 	lg_buf_addz(o, "\r\nx-request-id: ");
@@ -5575,445 +5643,106 @@ static void lg_resp_event_parts(struct lg_req *r, const lg_str *pt, int np)
 	r->bytes_out += len;
 }
 
-/* The next '"' in [q, e), or e. Eight bytes at a time on little-endian
- * machines (has-zero on the word xor '"': the lowest flag is the first
- * quote, as borrows only run upwards from a true one); memchr elsewhere. */
-static LG_INLINE const char *lg_next_quote(const char *q, const char *e)
-{
-#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-	while (q + 8 <= e) {
-		uint64_t v, x, t;
-		memcpy(&v, q, 8);
-		x = v ^ 0x2222222222222222ULL;
-		t = (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
-		if (t) return q + (__builtin_ctzll(t) >> 3);
-		q += 8;
-	}
-	while (q < e && *q != '"') q++;
-	return q;
-#else
-	const char *f = q < e ? (const char *)memchr(q, '"', (size_t)(e - q)) : NULL;
-	return f ? f : e;
-#endif
-}
-
-/* A name as a JSON string into out (quotes included) when it needs no
- * escaping, as names nearly always do; 0 otherwise. */
-static size_t lg_json_plainz(char *out, size_t cap, const char *z)
-{
-	size_t n = 0;
-	out[n++] = '"';
-	for (; *z; z++) {
-		if (!lg_json_plain[(unsigned char)*z] || n + 2 >= cap) return 0;
-		out[n++] = *z;
-	}
-	out[n++] = '"';
-	return n;
-}
-
 /* Ends a client stream: the last chunk. */
 static void lg_resp_stream_end(struct lg_req *r)
 {
 	if (r->cc && r->minor >= 1) lg_buf_addz(&r->cc->out, "0\r\n\r\n");
 }
 
-/* --- OpenAI: request body ------------------------------------------------ */
-
-/* The client's body with the model rewritten and llmgw's own fields
- * (models, provider, usage) removed; streams always ask for usage. */
-static void lg_prov_openai_body(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
+/* Ends a client stream with an error event in its dialect: never as if
+ * it had finished cleanly. */
+static void lg_resp_stream_error(struct lg_req *r, const char *msg)
 {
-	const struct lg_json *j = &r->j;
-	const char *s = r->body;
-	uint32_t k = 1, m;
-	int first = 1, have_so = 0;
-	lg_buf_addc(o, '{');
-	for (m = 0; m < j->t[0].size; m++) {
-		int v = (int)k + 1;
-		lg_str key = lg_json_raw(j, s, (int)k);
-		uint32_t nk = j->t[v].next;
-		if (lg_str_eq(key, "models") || lg_str_eq(key, "provider") || lg_str_eq(key, "usage")) {
-			k = nk;
-			continue;
-		}
-		if (!first) lg_buf_addc(o, ',');
-		first = 0;
-		lg_buf_adds(o, lg_json_span(j, s, (int)k));
-		lg_buf_addc(o, ':');
-		if (lg_str_eq(key, "model")) {
-			lg_json_wz(o, cd->upstream);
-		} else if (lg_str_eq(key, "stream_options") && r->stream && lg_json_type(j, v) == LG_J_OBJ &&
-		           cd->prov->row->wire == LG_WIRE_OPENAI) {
-			/* keep the client's options, force include_usage */
-			uint32_t kk = (uint32_t)v + 1, mm;
-			have_so = 1;
-			lg_buf_addc(o, '{');
-			for (mm = 0; mm < j->t[v].size; mm++) {
-				if (!lg_str_eq(lg_json_raw(j, s, (int)kk), "include_usage")) {
-					lg_buf_adds(o, lg_json_span(j, s, (int)kk));
-					lg_buf_addc(o, ':');
-					lg_buf_adds(o, lg_json_span(j, s, (int)kk + 1));
-					lg_buf_addc(o, ',');
-				}
-				kk = j->t[kk + 1].next;
-			}
-			lg_buf_addz(o, "\"include_usage\":true}");
-		} else {
-			lg_buf_adds(o, lg_json_span(j, s, v));
-		}
-		k = nk;
-	}
-	if (r->stream && !have_so && cd->prov->row->wire == LG_WIRE_OPENAI)
-		lg_buf_addz(o, ",\"stream_options\":{\"include_usage\":true}");
-	lg_buf_addc(o, '}');
+	if (r->status < 400) r->status = 502; /* the head said 200; the access log says what happened */
+	r->d->stream_error(r, msg);
+	lg_resp_stream_end(r);
 }
 
-/* --- OpenAI: responses and stream chunks ------------------------------- */
+/* What a finished request keeps for the next one on gw->rfree: its
+ * buffers and token arrays of ordinary size, its attempt log and first
+ * arena block. Bigger ones go back to malloc. */
+#define LG_KEEP_BYTES 16384
+#define LG_KEEP_TOKENS 1024
 
-/* Reads an OpenAI usage object into r->usage and prices it. */
-static void lg_prov_openai_usage(struct lg_req *r, const struct lg_json *j, const char *s, int u)
+/* Requests are freed at the end of the loop iteration, so callbacks still
+ * on the stack never see freed memory. */
+static void lg_req_destroy(struct lg_req *r)
 {
-	int d;
-	struct lg_usage *us = &r->usage;
-	us->prompt = lg_json_i64(j, s, lg_json_get(j, s, u, "prompt_tokens"));
-	us->completion = lg_json_i64(j, s, lg_json_get(j, s, u, "completion_tokens"));
-	us->cached = us->cache_write = us->reasoning = 0;
-	if ((d = lg_json_get(j, s, u, "prompt_tokens_details")) >= 0) {
-		us->cached = lg_json_i64(j, s, lg_json_get(j, s, d, "cached_tokens"));
-		us->cache_write = lg_json_i64(j, s, lg_json_get(j, s, d, "cache_write_tokens"));
+	lg_buf_free(&r->up.req);
+	lg_buf_free(&r->ubody);
+	lg_buf_free(&r->scratch);
+	free(r->rtok);
+	free(r->j.t);
+	free(r->keep_jt);
+	free(r->att);
+	if (r->w) {
+		lg_d_free(r->w);
+		free(r->w);
 	}
-	if ((d = lg_json_get(j, s, u, "completion_tokens_details")) >= 0)
-		us->reasoning = lg_json_i64(j, s, lg_json_get(j, s, d, "reasoning_tokens"));
-	lg_ev_acct(r, LG_EV_USAGE, 0, LG_NOSTR);
+	lg_arena_free(&r->a);
+	free(r);
 }
 
-/* Rewrites one OpenAI JSON object (a completion or a stream chunk) for the
- * client: "provider" first, the public model name, usage with its cost.
- * In a stream the usage goes out only if the client asked for it; a chunk
- * that carried nothing else is dropped (returns 0). Returns 1 when o holds
- * the object, -1 when it is not an object we understand. */
-static int lg_prov_openai_rewrite(struct lg_req *r, const char *s, size_t n, struct lg_buf *o,
-                                  int chunk)
+static void lg_req_keepbuf(struct lg_buf *b)
 {
-	struct lg_json j;
-	uint32_t k = 1, m;
-	int u, ch, drop_usage = 0;
-	memset(&j, 0, sizeof j);
-	if (lg_req_json(r, &j, s, n) <= 0 || j.t[0].type != LG_J_OBJ) return -1;
-	u = lg_json_get(&j, s, 0, "usage");
-	if (lg_json_type(&j, u) == LG_J_OBJ) {
-		lg_prov_openai_usage(r, &j, s, u);
-		if (chunk && !r->want_usage) {
-			ch = lg_json_get(&j, s, 0, "choices");
-			if (lg_json_type(&j, ch) != LG_J_ARR || j.t[ch].size == 0) return 0;
-			drop_usage = 1;
-		}
-	}
-	if (chunk && (ch = lg_json_get(&j, s, 0, "choices")) >= 0) {
-		uint32_t i;
-		for (i = 0; i < j.t[ch].size; i++) {
-			int fr = lg_json_get(&j, s, lg_json_at(&j, ch, i), "finish_reason");
-			if (lg_json_type(&j, fr) == LG_J_STR) lg_ev_acct(r, LG_EV_FINISH, lg_fin_code(lg_jesc(&j, s, fr)), LG_NOSTR);
-		}
-	}
-	if (chunk && lg_json_get(&j, s, 0, "error") >= 0) /* an error inside the stream ends it */
-		lg_ev_acct(r, LG_EV_ERROR, 502, lg_strz("error event in the stream"));
-	lg_buf_addz(o, "{\"provider\":");
-	lg_json_wz(o, r->served->prov->name);
-	for (m = 0; m < j.t[0].size; m++) {
-		int v = (int)k + 1;
-		lg_str key = lg_json_raw(&j, s, (int)k);
-		uint32_t nk = j.t[v].next;
-		if (lg_str_eq(key, "provider") || (drop_usage && lg_str_eq(key, "usage"))) {
-			k = nk;
-			continue;
-		}
-		lg_buf_addc(o, ',');
-		lg_buf_adds(o, lg_json_span(&j, s, (int)k));
-		lg_buf_addc(o, ':');
-		if (lg_str_eq(key, "model")) {
-			lg_json_wz(o, r->served->model);
-		} else if (v == u && lg_json_type(&j, u) == LG_J_OBJ) {
-			lg_str body = lg_json_span(&j, s, u);
-			uint32_t kk = (uint32_t)u + 1, mm;
-			int firstm = 1;
-			LG_UNUSED(body);
-			lg_buf_addc(o, '{');
-			for (mm = 0; mm < j.t[u].size; mm++) {
-				if (!lg_str_eq(lg_json_raw(&j, s, (int)kk), "cost")) {
-					if (!firstm) lg_buf_addc(o, ',');
-					firstm = 0;
-					lg_buf_adds(o, lg_json_span(&j, s, (int)kk));
-					lg_buf_addc(o, ':');
-					lg_buf_adds(o, lg_json_span(&j, s, (int)kk + 1));
-				}
-				kk = j.t[kk + 1].next;
-			}
-			lg_buf_addz(o, firstm ? "\"cost\":" : ",\"cost\":");
-			lg_json_wnum(o, r->usage.cost);
-			lg_buf_addc(o, '}');
-		} else {
-			lg_buf_adds(o, lg_json_span(&j, s, v));
-		}
-		k = nk;
-	}
-	lg_buf_addc(o, '}');
-	return o->err ? -1 : 1;
+	if (b->cap > LG_KEEP_BYTES || b->err) lg_buf_free(b);
+	b->off = b->len = 0;
 }
 
-/* A finish_reason with a value ends the choice. */
-static void lg_prov_openai_fin(struct lg_req *r, const char *fin, const char *e)
+static void lg_req_free(struct lg_req *r)
 {
-	const char *q;
-	for (q = fin + 15; q < e && (*q == ' ' || *q == ':'); q++) {
-	}
-	if (q < e && *q == '"') lg_ev_acct(r, LG_EV_FINISH, LG_FIN_STOP, LG_NOSTR); /* the code: writers only */
-}
-
-/* The common chunk (text or tool deltas: no usage, error or provider in
- * it) rewritten without tokenizing: "provider" goes in front and the
- * top-level "model" value is replaced. Returns 0 to take the full path.
- * A key is structural when the quote before it follows '{' or ','; inside
- * a string every quote is escaped. */
-static int lg_prov_openai_quick(struct lg_req *r, lg_str d)
-{
-	const char *p = d.p, *e = d.p + d.n, *m = NULL, *v, *ve, *q, *fin = NULL, *scan = p + 1;
-	char jprov[136], jmodel[264];
-	uint32_t w, k_usag, k_erro, k_prov, k_fini, k_mode;
-	lg_str pt[5]; /* the head (one kept part, or four), then the rest */
-	int cached, npt;
-	if (d.n < 2 || p[0] != '{' || !r->cc) return 0;
-	/* the chunks of a stream share their head ({"id":..,"model":"..") byte
-	 * for byte: when this one starts with the last one's, the rewritten head
-	 * is the same and only the rest is looked at */
-	cached = r->q_ok && d.n > r->qin_n && memcmp(p, r->qin, r->qin_n) == 0;
-	if (cached) scan = p + r->qin_n;
-	memcpy(&k_usag, "usag", 4), memcpy(&k_erro, "erro", 4), memcpy(&k_prov, "prov", 4);
-	memcpy(&k_fini, "fini", 4), memcpy(&k_mode, "mode", 4);
-	/* one pass over the quotes, looking at the keys that matter: the four
-	 * bytes after each quote against theirs (compares that are nearly
-	 * always false predict well; a switch per quote did not) */
-	for (q = lg_next_quote(scan, e); q < e; q = lg_next_quote(q + 1, e)) {
-		size_t left = (size_t)(e - q);
-		if (left < 8) break; /* no key of interest fits, nor its value */
-		memcpy(&w, q + 1, 4);
-		if (w != k_usag && w != k_erro && w != k_prov && w != k_fini && w != k_mode) continue;
-		if (q[-1] == '\\') continue;
-		if (memcmp(q, "\"usage\"", 7) == 0 || memcmp(q, "\"error\"", 7) == 0 ||
-		    (left >= 11 && memcmp(q, "\"provider\"", 10) == 0))
-			return 0;
-		if (!fin && left >= 16 && memcmp(q, "\"finish_reason\"", 15) == 0) fin = q;
-		if (!m && !cached && memcmp(q, "\"model\"", 7) == 0) {
-			const char *b = q - 1;
-			while (b > p && (*b == ' ' || *b == '\n' || *b == '\r' || *b == '\t')) b--;
-			if (*b == '{' || *b == ',') m = q; /* a key, not text inside a string */
-		}
-	}
-	if (cached) {
-		ve = scan;
-		if (memchr(ve, '\n', (size_t)(e - ve))) return 0;
-		pt[0] = lg_str_of(r->qout, r->qout_n);
-		npt = 1;
-	} else {
-		size_t np, nm, o = 0;
-		int i;
-		if (!m) return 0;
-		for (v = m + 7; v < e && (*v == ' ' || *v == ':' || *v == '\t'); v++) {
-		}
-		if (v >= e || *v != '"') return 0;
-		for (ve = v + 1; ve < e && *ve != '"'; ve++)
-			if (*ve == '\\') ve++;
-		if (ve >= e) return 0;
-		ve++; /* past the closing quote */
-		/* names to escape, or a data line break to keep: the general path */
-		np = lg_json_plainz(jprov, sizeof jprov, r->served->prov->name);
-		nm = lg_json_plainz(jmodel, sizeof jmodel, r->served->model);
-		if (!np || !nm || memchr(p, '\n', d.n)) return 0;
-		/* the head as it goes out: {"provider":"P", the chunk's own keys up
-		 * to the model's value, "MODEL" (the chunk's '{' becomes the comma) */
-		jprov[np] = ','; /* the chunk's '{' becomes the comma after provider */
-		pt[0] = lg_str_of("{\"provider\":", 12);
-		pt[1] = lg_str_of(jprov, np + 1);
-		pt[2] = lg_str_of(p + 1, (size_t)(v - p - 1));
-		pt[3] = lg_str_of(jmodel, nm);
-		npt = 4;
-		/* kept for the next chunks when it fits (and holds no finish_reason) */
-		r->q_ok = 0;
-		for (i = 0; i < 4; i++) o += pt[i].n;
-		if (o <= sizeof r->qout && (size_t)(ve - p) <= sizeof r->qin && (!fin || fin >= ve)) {
-			for (o = 0, i = 0; i < 4; i++) memcpy(r->qout + o, pt[i].p, pt[i].n), o += pt[i].n;
-			r->qout_n = (uint16_t)o;
-			memcpy(r->qin, p, (size_t)(ve - p));
-			r->qin_n = (uint16_t)(ve - p);
-			r->q_ok = 1;
-		}
-	}
-	if (fin) lg_prov_openai_fin(r, fin, e);
-	pt[npt++] = lg_str_of(ve, (size_t)(e - ve)); /* the rest, as it came */
-	lg_resp_event_parts(r, pt, npt);
-	return 1;
-}
-
-/* One event of an OpenAI stream: forwarded as it came, rewritten. */
-static void lg_prov_openai_event(struct lg_req *r, lg_str data)
-{
-	struct lg_buf o, clean;
-	lg_str t;
-	int k, scrubbed = 0;
-	if (lg_str_eq(data, "[DONE]")) {
-		if (!r->stream_done) lg_resp_event(r, "[DONE]", 6);
-		lg_ev_acct(r, LG_EV_END, 0, LG_NOSTR);
+	struct llmgw *gw = r->gw;
+	if (gw->nrfree >= LG_RFREE || gw->stopping) {
+		lg_req_destroy(r);
 		return;
 	}
-	if (r->stream_done) return;
-	lg_ev_acct(r, LG_EV_TEXT, 1, LG_NOSTR); /* OpenAI-style streams: a token per chunk, nearly always */
-	if (lg_prov_openai_quick(r, data)) return;
-	t = lg_str_trim(data);
-	if (t.n > 9 && memcmp(t.p, "{\"error\"", 8) == 0 && lg_scrub(r->cfg, data.p, data.n, &clean)) {
-		/* an error event ({"error": ...}) passed on natively: never with the credential it may quote */
-		data = lg_str_of(clean.p, clean.len);
-		scrubbed = 1;
+	lg_req_keepbuf(&r->up.req);
+	lg_req_keepbuf(&r->ubody);
+	lg_buf_free(&r->scratch);
+	if (r->rcap > LG_KEEP_TOKENS) {
+		free(r->rtok);
+		r->rtok = NULL;
+		r->rcap = 0;
 	}
-	lg_buf_init(&o, 0);
-	k = lg_prov_openai_rewrite(r, data.p, data.n, &o, 1);
-	if (k < 0) {
-		/* not JSON we understand: pass it on untouched */
-		lg_resp_event(r, data.p, data.n);
-	} else if (k > 0) {
-		lg_resp_event(r, o.p, o.len);
-	}
-	lg_buf_free(&o);
-	if (scrubbed) lg_buf_free(&clean);
-}
-
-/* --- mock: a provider built in, answering without a network ----------- */
-
-/* The reply text: deterministic, built from the last user message. */
-static void lg_prov_mock_reply(struct lg_req *r, struct lg_buf *text, int64_t *prompt_tokens)
-{
-	const struct lg_json *j = &r->j;
-	int msgs = lg_json_get(j, r->body, 0, "messages");
-	uint32_t i;
-	int64_t pt = 3;
-	lg_str last = lg_str_of("", 0);
-	for (i = 0; msgs >= 0 && i < j->t[msgs].size; i++) {
-		int m = lg_json_at(j, msgs, i), c = lg_json_get(j, r->body, m, "content");
-		lg_str role = lg_json_raw(j, r->body, lg_json_get(j, r->body, m, "role"));
-		lg_str txt = lg_str_of("", 0);
-		if (lg_json_type(j, c) == LG_J_STR) {
-			txt = lg_json_raw(j, r->body, c);
-		} else if (lg_json_type(j, c) == LG_J_ARR) {
-			uint32_t q;
-			for (q = 0; q < j->t[c].size; q++) {
-				int t = lg_json_get(j, r->body, lg_json_at(j, c, q), "text");
-				if (lg_json_type(j, t) == LG_J_STR) txt = lg_json_raw(j, r->body, t);
-			}
-		}
-		pt += 4 + (int64_t)(txt.n + 3) / 4;
-		if (lg_str_eq(role, "user")) last = txt;
-	}
-	lg_buf_addz(text, "This is a mock reply from llmgw. You said: ");
-	{
-		char tmp[200];
-		long un = lg_json_unescape(last.p, LG_MIN(last.n, sizeof tmp), tmp);
-		/* the cut may land inside an escape: unescape what parses */
-		while (un < 0 && last.n && LG_MIN(last.n, sizeof tmp) > 0) {
-			last.n = LG_MIN(last.n, sizeof tmp) - 1;
-			un = lg_json_unescape(last.p, last.n, tmp);
-		}
-		/* do not end inside a UTF-8 sequence */
-		while (un > 0 && ((unsigned char)tmp[un - 1] & 0xC0) == 0x80) un--;
-		if (un > 0 && (unsigned char)tmp[un - 1] >= 0xC0) un--;
-		if (un > 0) lg_buf_add(text, tmp, (size_t)un);
-	}
-	*prompt_tokens = pt;
-}
-
-static void lg_prov_mock_chat(struct lg_req *r, struct lg_buf *o)
-{
-	struct lg_buf text;
-	int64_t pt = 0, ct, maxt;
-	const char *finish = "stop";
-	char idb[64];
-	long long created = (long long)(lg_wall_ms() / 1000);
-	lg_buf_init(&text, 0);
-	lg_prov_mock_reply(r, &text, &pt);
-	maxt = lg_json_i64(&r->j, r->body, lg_json_get(&r->j, r->body, 0, "max_completion_tokens"));
-	if (!maxt) maxt = lg_json_i64(&r->j, r->body, lg_json_get(&r->j, r->body, 0, "max_tokens"));
-	if (maxt && (int64_t)text.len > maxt * 4) {
-		text.len = (size_t)maxt * 4;
-		while (text.len && ((unsigned char)text.p[text.len] & 0xC0) == 0x80) text.len--;
-		finish = "length";
-	}
-	ct = ((int64_t)text.len + 3) / 4;
-	snprintf(idb, sizeof idb, "chatcmpl-mock-%s", r->id);
-	if (!r->stream) {
-		lg_buf_printf(o, "{\"id\":\"%s\",\"object\":\"chat.completion\",\"created\":%lld,\"model\":",
-		              idb, created);
-		lg_json_wz(o, r->served->upstream);
-		lg_buf_addz(o, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
-		lg_json_wstr(o, text.p, text.len);
-		lg_buf_printf(o, "},\"finish_reason\":\"%s\"}],\"usage\":{\"prompt_tokens\":%lld,"
-		                 "\"completion_tokens\":%lld,\"total_tokens\":%lld,\"prompt_tokens_details\":"
-		                 "{\"cached_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}",
-		              finish, (long long)pt, (long long)ct, (long long)(pt + ct));
+	if (r->j.t && !r->keep_jt && r->j.cap <= LG_KEEP_TOKENS) {
+		r->keep_jt = r->j.t;
+		r->keep_jcap = r->j.cap;
 	} else {
-		size_t i = 0;
-		struct lg_buf pre;
-		lg_buf_init(&pre, 0);
-		lg_buf_printf(&pre, "{\"id\":\"%s\",\"object\":\"chat.completion.chunk\",\"created\":%lld,\"model\":",
-		              idb, created);
-		lg_json_wz(&pre, r->served->upstream);
-		lg_buf_addz(&pre, ",\"choices\":[{\"index\":0,\"delta\":");
-		lg_buf_printf(o, "data: %.*s{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
-		              (int)pre.len, pre.p);
-		while (i < text.len) { /* one event per word */
-			size_t e = i + 1;
-			while (e < text.len && text.p[e] != ' ') e++;
-			lg_buf_printf(o, "data: %.*s{\"content\":", (int)pre.len, pre.p);
-			lg_json_wstr(o, text.p + i, e - i);
-			lg_buf_addz(o, "},\"finish_reason\":null}]}\n\n");
-			i = e;
-		}
-		lg_buf_printf(o, "data: %.*s{},\"finish_reason\":\"%s\"}]}\n\n", (int)pre.len, pre.p, finish);
-		pre.len -= strlen(",\"choices\":[{\"index\":0,\"delta\":");
-		lg_buf_printf(o, "data: %.*s,\"choices\":[],\"usage\":{\"prompt_tokens\":%lld,"
-		                 "\"completion_tokens\":%lld,\"total_tokens\":%lld,\"prompt_tokens_details\":"
-		                 "{\"cached_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}\n\n"
-		                 "data: [DONE]\n\n",
-		              (int)pre.len, pre.p, (long long)pt, (long long)ct, (long long)(pt + ct));
-		lg_buf_free(&pre);
+		free(r->j.t);
 	}
-	lg_buf_free(&text);
+	r->j.t = NULL;
+	if (r->w) {
+		lg_d_free(r->w);
+		free(r->w);
+		r->w = NULL;
+	}
+	lg_arena_reset(&r->a);
+	r->next = gw->rfree;
+	gw->rfree = r;
+	gw->nrfree++;
 }
 
-/* Embeddings: 8 numbers per input, derived from its SHA-256. */
-static void lg_prov_mock_embed(struct lg_req *r, struct lg_buf *o)
+/* The resolver thread woke the loop: requests waiting for DNS look again. */
+static void lg_req_dns_wake(struct llmgw *gw)
 {
-	const struct lg_json *j = &r->j;
-	int in = lg_json_get(j, r->body, 0, "input");
-	uint32_t i, n = lg_json_type(j, in) == LG_J_ARR ? j->t[in].size : 1;
-	int64_t pt = 0;
-	lg_buf_addz(o, "{\"object\":\"list\",\"data\":[");
-	for (i = 0; i < n; i++) {
-		int t = lg_json_type(j, in) == LG_J_ARR ? lg_json_at(j, in, i) : in;
-		lg_str txt = t >= 0 ? lg_json_raw(j, r->body, t) : lg_str_of("", 0);
-		unsigned char h[32];
-		int d;
-		lg_sha256(txt.p, txt.n, h);
-		pt += (int64_t)(txt.n + 3) / 4 + 1;
-		lg_buf_printf(o, "%s{\"object\":\"embedding\",\"index\":%u,\"embedding\":[", i ? "," : "", i);
-		for (d = 0; d < 8; d++)
-			lg_buf_printf(o, "%s%.6f", d ? "," : "", ((int)h[d] - 128) / 128.0);
-		lg_buf_addz(o, "]}");
+	struct lg_req *r, *nx;
+	for (r = gw->reqs; r; r = nx) {
+		nx = r->next;
+		if (r->up.state == LG_U_DNS) lg_up_dns_ready(&r->up);
 	}
-	lg_buf_addz(o, "],\"model\":");
-	lg_json_wz(o, r->served->upstream);
-	lg_buf_printf(o, ",\"usage\":{\"prompt_tokens\":%lld,\"total_tokens\":%lld}}", (long long)pt,
-	              (long long)pt);
 }
 
-/* --- the canonical request: what every inbound dialect is parsed into ----- */
+/* The requests that ended in this iteration of the loop, freed. */
+static void lg_req_reap(struct llmgw *gw)
+{
+	while (gw->dead) {
+		struct lg_req *r = gw->dead;
+		gw->dead = r->next;
+		lg_req_free(r);
+	}
+}
+
+/* --- 11b. the canonical request: what every client dialect is turned into --- */
 
 /* Strings are views into the request body (or its arena), still JSON-escaped
  * ("esc"): writers put them between quotes as they are. args and schemas
@@ -6428,7 +6157,189 @@ static struct lg_creq *lg_canon(struct lg_req *r)
 	return r->creq;
 }
 
-/* --- provider request bodies, written from the canonical request --------- */
+/* --- 11c. canonical events: the contract between adapters and dialects --- */
+
+/* Provider adapters turn a response or stream into these events; the
+ * client's dialect row turns them into OpenAI chunks or Anthropic events
+ * (or, not streaming, collects them into one answer), so N providers and
+ * M dialects need N + M pieces, not N x M. lg_ev(r, type, idx, a, b, raw)
+ * takes one; lg_ev_acct is its accounting half, which native traffic (the
+ * client's bytes passed through) calls alone.
+ *
+ *   type             idx                     a                    b
+ *   LG_EV_TEXT       tokens counted, or 0    text (esc)           -
+ *   LG_EV_REASONING  tokens counted, or 0    reasoning (esc)      -
+ *   LG_EV_SIG        0                       its signature (esc)  -
+ *   LG_EV_TOOL       the provider's index    call id (esc)        name (esc)
+ *                    for the call (Gemini: 1000 + part number)
+ *   LG_EV_ARGS       that provider index     arguments (esc; raw JSON when raw = 1)
+ *   LG_EV_FINISH     LG_FIN_ code            -                    -
+ *   LG_EV_USAGE      0 (r->usage was filled) -                    -
+ *   LG_EV_ERROR      HTTP status it means    message (esc)        -
+ *   LG_EV_END        0                       -                    -
+ *
+ * Accounting, for every event: USAGE prices r->usage; TEXT, REASONING and
+ * ARGS add to the estimated output (idx tokens, else a token per 4 bytes);
+ * FINISH and END say the answer is complete; ERROR records status,
+ * reason and retryability (429, 5xx) in r->err_* and r->up_error. The
+ * attempt logic acts on a recorded error after the parser returns: before
+ * the client's first byte the attempt failed (the router may try the
+ * next); after it, the stream ends with the dialect's error event. After
+ * END or an error nothing more is accounted or written (USAGE still is). */
+enum { LG_EV_TEXT, LG_EV_REASONING, LG_EV_SIG, LG_EV_TOOL, LG_EV_ARGS, LG_EV_FINISH, LG_EV_USAGE, LG_EV_ERROR,
+       LG_EV_END };
+enum { LG_FIN_STOP, LG_FIN_LENGTH, LG_FIN_TOOLS, LG_FIN_FILTER };
+static const char *const lg_fin_openai[] = {"stop", "length", "tool_calls", "content_filter"};
+static const char *const lg_fin_anthropic[] = {"end_turn", "max_tokens", "tool_use", "refusal"};
+
+#define LG_NOSTR lg_str_of("", 0)
+
+/* A provider's finish reason as an LG_FIN_ code. */
+static int lg_fin_code(lg_str v)
+{
+	static const char *const len[] = {"length", "max_tokens", "MAX_TOKENS", "model_context_window_exceeded",
+	                                  "model_length"};
+	static const char *const tools[] = {"tool_calls", "tool_use", "function_call"};
+	static const char *const filt[] = {"content_filter", "refusal", "SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST",
+	                                   "SPII", "IMAGE_SAFETY", "RECITATION", "guardrail_intervened",
+	                                   "content_filtered"};
+	size_t i;
+	for (i = 0; i < LG_COUNTOF(len); i++)
+		if (lg_str_eq(v, len[i])) return LG_FIN_LENGTH;
+	for (i = 0; i < LG_COUNTOF(tools); i++)
+		if (lg_str_eq(v, tools[i])) return LG_FIN_TOOLS;
+	for (i = 0; i < LG_COUNTOF(filt); i++)
+		if (lg_str_eq(v, filt[i])) return LG_FIN_FILTER;
+	return LG_FIN_STOP;
+}
+
+/* The accounting half of lg_ev; 1 when the event is still to be written. */
+static int lg_ev_acct(struct lg_req *r, int type, int idx, lg_str a)
+{
+	switch (type) {
+	case LG_EV_USAGE:
+		r->usage.seen = 1;
+		r->usage.cost = lg_acct_cost(r->served ? r->served->t : NULL, &r->usage);
+		return 0;
+	case LG_EV_TEXT:
+	case LG_EV_REASONING: r->est_out += idx > 0 ? idx : ((int64_t)a.n + 3) / 4; break;
+	case LG_EV_ARGS: r->est_out += ((int64_t)a.n + 3) / 4; break;
+	default: break;
+	}
+	if (r->up_error || r->stream_done || r->finished) return 0;
+	if (type == LG_EV_FINISH) r->saw_finish = 1;
+	if (type == LG_EV_END) r->stream_done = 1;
+	if (type == LG_EV_ERROR) {
+		r->up_error = 1;
+		r->err_status = idx;
+		r->err_retry = idx == 429 || idx >= 500;
+		lg_scrub_cpy(r->cfg, r->err_reason, sizeof r->err_reason, a.p, a.n); /* it may quote the credential */
+		snprintf(r->errmsg, sizeof r->errmsg, "provider %s: %s", r->served->prov->name, r->err_reason);
+		return 0;
+	}
+	return 1;
+}
+
+#define LG_MAX_TOOLS 64
+
+struct lg_acc_tool {
+	lg_str id, name; /* esc, in the request's arena */
+	struct lg_buf args; /* esc */
+	int pidx;        /* the provider's index for it */
+};
+
+/* Writer state: the client side of a translated response. */
+struct lg_wst {
+	int started, finish, has_finish, block, block_type, nblocks, ntools;
+	struct lg_acc_tool tools[LG_MAX_TOOLS];
+	struct lg_buf text, reasoning, sig; /* non-stream: collected, esc */
+	/* provider parser state */
+	int pblk[LG_MAX_TOOLS], pargs[LG_MAX_TOOLS], calls;
+};
+
+/* The writing half: to the client's dialect, or collected. */
+static void lg_ev_write(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
+{
+	if (type == LG_EV_FINISH) {
+		r->w->finish = idx;
+		r->w->has_finish = 1;
+	}
+	if (!r->stream)
+		lg_d_collect(r, type, idx, a, b, raw);
+	else
+		r->d->stream(r, type, idx, a, b, raw);
+}
+
+/* One canonical event from an adapter (the table above). Text that is not
+ * well-formed UTF-8 has each bad sequence replaced by U+FFFD before it is
+ * written: what llmgw writes is always valid UTF-8 JSON. */
+static void lg_ev(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
+{
+	struct lg_buf fa, fb;
+	if (!lg_ev_acct(r, type, idx, a) || !r->w) return;
+	if ((!a.n || lg_utf8_valid(a.p, a.n)) && (!b.n || lg_utf8_valid(b.p, b.n))) {
+		lg_ev_write(r, type, idx, a, b, raw);
+		return;
+	}
+	a = lg_utf8_fix(&fa, a);
+	b = lg_utf8_fix(&fb, b);
+	lg_ev_write(r, type, idx, a, b, raw);
+	lg_buf_free(&fa);
+	lg_buf_free(&fb);
+}
+
+/* Is p native to the client's dialect (the client's bytes go as they are)? */
+static int lg_native(const struct lg_req *r, const struct lg_provider *p) { return p->row->wire == r->d->wire; }
+
+/* Copies the JSON object at token t of s, with "model" replaced by the
+ * public name, "provider" first, and extra text added at its end. */
+static void lg_native_obj(struct lg_req *r, const struct lg_json *j, const char *s, int t, struct lg_buf *o,
+                          int top, const char *extra)
+{
+	struct lg_jit it = lg_json_iter(j, t);
+	int first = !top;
+	lg_buf_addc(o, '{');
+	if (top) {
+		lg_buf_addz(o, "\"provider\":");
+		lg_json_wz(o, r->served->prov->name);
+	}
+	while (lg_json_next(j, &it)) {
+		lg_str key = lg_json_raw(j, s, it.key);
+		if (top && lg_str_eq(key, "provider")) continue;
+		if (!first) lg_buf_addc(o, ',');
+		first = 0;
+		lg_buf_adds(o, lg_json_span(j, s, it.key));
+		lg_buf_addc(o, ':');
+		if (lg_str_eq(key, "model")) {
+			lg_json_wz(o, r->served->model);
+		} else if (lg_str_eq(key, "usage") && j->t[it.val].type == LG_J_OBJ) {
+			char c[64];
+			memcpy(c, ",\"cost\":", 8);
+			lg_fmt_g(c + 8, r->usage.cost, 12);
+			lg_native_obj(r, j, s, it.val, o, 0, j->t[it.val].size ? c : c + 1);
+		} else if (lg_str_eq(key, "message") && j->t[it.val].type == LG_J_OBJ) {
+			lg_native_obj(r, j, s, it.val, o, 0, NULL);
+		} else {
+			lg_buf_adds(o, lg_json_span(j, s, it.val));
+		}
+	}
+	if (extra) lg_buf_addz(o, extra);
+	lg_buf_addc(o, '}');
+}
+
+/* An event to the parser that owns it: the dialect's native rewriter, or
+ * the provider's translating parser. */
+static LG_INLINE void lg_ev_in(struct lg_req *r, lg_str ev, lg_str data)
+{
+	if (!r->native)
+		r->served->prov->row->event(r, ev, data);
+	else if (r->d->native_event == lg_d_oa_native_event) /* the common case, called directly: it inlines */
+		lg_prov_openai_event(r, data);
+	else
+		r->d->native_event(r, ev, data);
+}
+
+/* --- 11d. the upstream request: head, auth room, body helpers, stream framing --- */
 
 static void lg_w_str(struct lg_buf *o, lg_str esc)
 {
@@ -6468,6 +6379,461 @@ static int64_t lg_w_max_tokens(const struct lg_cand *cd, const struct lg_creq *q
 	if (q->max_tokens) return q->max_tokens;
 	if (cd->t && cd->t->max_output) return cd->t->max_output;
 	return 4096;
+}
+
+/* Does the history use tools when none are declared? (Anthropic refuses.) */
+static int lg_w_has_calls(const struct lg_creq *q)
+{
+	int i, k;
+	for (i = 0; i < q->nm; i++)
+		for (k = 0; k < q->m[i].np; k++)
+			if (q->m[i].p[k].type == LG_P_TOOL_CALL) return 1;
+	return 0;
+}
+
+static lg_str lg_w_call_name(const struct lg_creq *q, lg_str id)
+{
+	int i, k;
+	for (i = 0; i < q->nm; i++)
+		for (k = 0; k < q->m[i].np; k++)
+			if (q->m[i].p[k].type == LG_P_TOOL_CALL && q->m[i].p[k].id.n == id.n &&
+			    memcmp(q->m[i].p[k].id.p, id.p, id.n) == 0)
+				return q->m[i].p[k].name;
+	return lg_str_of("unknown_function", 16);
+}
+
+static const char *lg_w_mime_of(lg_str url)
+{
+	if (url.n > 4 && lg_str_ieqs(lg_str_of(url.p + url.n - 4, 4), lg_str_of(".png", 4))) return "image/png";
+	if (url.n > 4 && lg_str_ieqs(lg_str_of(url.p + url.n - 4, 4), lg_str_of(".gif", 4))) return "image/gif";
+	if (url.n > 5 && lg_str_ieqs(lg_str_of(url.p + url.n - 5, 5), lg_str_of(".webp", 5))) return "image/webp";
+	return "image/jpeg";
+}
+
+/* A translated stream's event as a JSON object in j: 1. Anything else
+ * fails the attempt, or after the first byte ends the client's stream with
+ * an error event (it must not end as if complete): 0, as does an empty one. */
+static int lg_p_event_json(struct lg_req *r, struct lg_json *j, lg_str data)
+{
+	static const char msg[] = "the upstream sent a stream event that is not a JSON object";
+	memset(j, 0, sizeof *j);
+	if (!lg_str_trim(data).n) return 0;
+	if (lg_req_json(r, j, data.p, data.n) > 0 && j->t[0].type == LG_J_OBJ) return 1;
+	lg_ev(r, LG_EV_ERROR, 502, lg_str_of(msg, sizeof msg - 1), LG_NOSTR, 0);
+	return 0;
+}
+
+/* RFC 3986 encoding of everything but unreserved characters. */
+static void lg_uri_enc(struct lg_buf *o, const char *p, size_t n)
+{
+	static const char hx[] = "0123456789ABCDEF";
+	size_t i;
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)p[i];
+		if (isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~')
+			lg_buf_addc(o, (char)c);
+		else {
+			lg_buf_addc(o, '%');
+			lg_buf_addc(o, hx[c >> 4]);
+			lg_buf_addc(o, hx[c & 15]);
+		}
+	}
+}
+
+/* May a failed answer succeed on retry? A quota that ran out (OpenAI's
+ * insufficient_quota 429) will not come back; timeouts and 5xx may. */
+static int lg_prov_retryable(int status, const char *body, size_t n)
+{
+	if (status == 429) return !(body && n && lg_memmem(body, n, "insufficient_quota"));
+	return status == 408 || status >= 500;
+}
+
+/* The longest auth lines a request to p can carry (lg_prov_build sizes
+ * the head with it, so no header is ever cut). */
+static size_t lg_prov_auth_room(const struct lg_provider *p, const struct lg_req *r)
+{
+	size_t n = 64;
+	if (p->api_key) n += strlen(p->api_key) + 32;
+	if (r->anth_beta) n += strlen(r->anth_beta) + 20;
+	if (p->row->auth_room) n += p->row->auth_room(p);
+	return n;
+}
+
+/* A head written into a fixed span: at passes cap when a part did not fit
+ * (the caller then fails the request; nothing is cut silently). */
+struct lg_hw {
+	char *p;
+	size_t at, cap;
+};
+
+static void lg_hw_n(struct lg_hw *w, const char *s, size_t n)
+{
+	if (w->at + n <= w->cap) memcpy(w->p + w->at, s, n);
+	w->at += n;
+}
+
+static void lg_hw_z(struct lg_hw *w, const char *s) { lg_hw_n(w, s, strlen(s)); }
+
+/* "name value\r\n", or nothing without a value */
+static void lg_hw_line(struct lg_hw *w, const char *name, const char *v)
+{
+	if (!v) return;
+	lg_hw_z(w, name);
+	lg_hw_z(w, v);
+	lg_hw_n(w, "\r\n", 2);
+}
+
+/* pb as the path, or NULL when it could not be written */
+static const char *lg_prov_path_of(struct lg_buf *pb) { return lg_buf_addc(pb, 0) ? NULL : pb->p; }
+
+static void lg_prov_bearer_auth(struct lg_hw *w, const struct lg_req *r, const struct lg_provider *p,
+                                const char *path, const char *body, size_t n)
+{
+	LG_UNUSED(r), LG_UNUSED(path), LG_UNUSED(body), LG_UNUSED(n);
+	lg_hw_line(w, "Authorization: Bearer ", p->api_key);
+}
+
+/* Builds the whole upstream request in o: the body is written first, after
+ * room left for the head, so it is copied once. -2: the request cannot go
+ * to this provider (r->canon_err says why: a 400). */
+static int lg_prov_build(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
+{
+	const struct lg_provider *p = cd->prov;
+	const struct lg_prov_row *row = p->row;
+	char fast[1024];
+	const char *path, *host = p->hosthdr;
+	int i, k = 0;
+	size_t room, body_len;
+	struct lg_buf pb;
+	lg_buf_init(&pb, 0);
+	if (!(path = row->path(r, cd, fast, sizeof fast, &pb))) {
+		lg_buf_free(&pb);
+		return -1;
+	}
+	/* the head is sized, never truncated: fixed parts, path, host, every
+	 * header of the provider and the longest auth lines it can get */
+	room = 512 + strlen(path) + strlen(host) + lg_prov_auth_room(p, r);
+	for (i = 0; i < p->nheaders; i++) room += strlen(p->headers[i]) + 2;
+	o->off = o->len = 0;
+	lg_blk_take(r->gw, o);
+	if (lg_buf_reserve(o, room + r->body_len + 256)) {
+		lg_buf_free(&pb);
+		return -1;
+	}
+	o->len = room; /* the gap before the body is filled by the head below */
+	if (r->ep == LG_EP_EMBED && row->embed_body) {
+		row->embed_body(r, cd, o);
+	} else if (r->native || r->ep == LG_EP_EMBED) {
+		lg_prov_openai_body(r, cd, o);
+	} else {
+		if (!lg_canon(r)) {
+			lg_buf_free(&pb);
+			return -2;
+		}
+		if ((k = (row->body ? row->body : lg_w_openai)(r, cd, o)) < 0) {
+			lg_buf_free(&pb);
+			return k;
+		}
+	}
+	if (o->err) {
+		lg_buf_free(&pb);
+		return -1;
+	}
+	body_len = o->len - room;
+	{ /* the head, in the gap before the body, without printf: this runs for every upstream request */
+		struct lg_hw w;
+		char num[24];
+		w.p = o->p;
+		w.at = 0;
+		w.cap = room;
+		lg_hw_z(&w, "POST ");
+		lg_hw_z(&w, path);
+		lg_hw_z(&w, " HTTP/1.1\r\nHost: ");
+		lg_hw_z(&w, host);
+		lg_hw_z(&w, "\r\nContent-Type: application/json\r\nAccept: ");
+		lg_hw_z(&w, r->stream ? row->stream_accept : "application/json");
+		lg_hw_z(&w, "\r\nUser-Agent: llmgw/" LLMGW_VERSION "\r\n");
+		row->auth(&w, r, p, path, o->p + room, body_len);
+		for (i = 0; i < p->nheaders; i++) lg_hw_line(&w, "", p->headers[i]);
+		lg_hw_z(&w, "Content-Length: ");
+		k = lg_utoa(num, body_len, 0);
+		lg_hw_n(&w, num + k, (size_t)(24 - k));
+		lg_hw_z(&w, "\r\n\r\n");
+		lg_buf_free(&pb);
+		if (w.at > w.cap) return -1; /* cannot happen: room counts every part */
+		o->off = room - w.at;
+		memmove(o->p + o->off, o->p, w.at);
+	}
+	return 0;
+}
+
+/* Server-sent events. */
+static LG_INLINE long lg_frame_sse(struct lg_req *r, const char *p, size_t n, const char **err)
+{
+	struct lg_sse_ev ev;
+	size_t k = lg_sse_next(p, n, &ev, NULL);
+	if (k == (size_t)-1) { /* several data lines to join: only then room for it */
+		if (lg_buf_reserve(&r->scratch, n)) return 0;
+		k = lg_sse_next(p, n, &ev, r->scratch.p);
+	}
+	if (k == 0) {
+		if (n > LLMGW_MAX_EVENT) *err = "a stream event larger than the limit";
+		return n > LLMGW_MAX_EVENT ? -1 : 0;
+	}
+	if (ev.ndata) lg_ev_in(r, ev.event, ev.data);
+	return (long)k;
+}
+
+/* --- 11e. provider openai: path, request body, native rewrite, parser ---- */
+
+/* The client's body with the model rewritten and llmgw's own fields
+ * (models, provider, usage) removed; streams always ask for usage. */
+static void lg_prov_openai_body(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
+{
+	const struct lg_json *j = &r->j;
+	const char *s = r->body;
+	struct lg_jit it = lg_json_iter(j, 0);
+	int first = 1, have_so = 0;
+	lg_buf_addc(o, '{');
+	while (lg_json_next(j, &it)) {
+		int v = it.val;
+		lg_str key = lg_json_raw(j, s, it.key);
+		if (lg_str_eq(key, "models") || lg_str_eq(key, "provider") || lg_str_eq(key, "usage")) continue;
+		if (!first) lg_buf_addc(o, ',');
+		first = 0;
+		lg_buf_adds(o, lg_json_span(j, s, it.key));
+		lg_buf_addc(o, ':');
+		if (lg_str_eq(key, "model")) {
+			lg_json_wz(o, cd->upstream);
+		} else if (lg_str_eq(key, "stream_options") && r->stream && lg_json_type(j, v) == LG_J_OBJ &&
+		           cd->prov->row->wire == LG_WIRE_OPENAI) {
+			/* keep the client's options, force include_usage */
+			struct lg_jit so = lg_json_iter(j, v);
+			have_so = 1;
+			lg_buf_addc(o, '{');
+			while (lg_json_next(j, &so))
+				if (!lg_str_eq(lg_json_raw(j, s, so.key), "include_usage")) {
+					lg_buf_adds(o, lg_json_span(j, s, so.key));
+					lg_buf_addc(o, ':');
+					lg_buf_adds(o, lg_json_span(j, s, so.val));
+					lg_buf_addc(o, ',');
+				}
+			lg_buf_addz(o, "\"include_usage\":true}");
+		} else {
+			lg_buf_adds(o, lg_json_span(j, s, v));
+		}
+	}
+	if (r->stream && !have_so && cd->prov->row->wire == LG_WIRE_OPENAI)
+		lg_buf_addz(o, ",\"stream_options\":{\"include_usage\":true}");
+	lg_buf_addc(o, '}');
+}
+
+/* Reads an OpenAI usage object into r->usage and prices it. */
+static void lg_prov_openai_usage(struct lg_req *r, const struct lg_json *j, const char *s, int u)
+{
+	int d;
+	struct lg_usage *us = &r->usage;
+	us->prompt = lg_json_i64(j, s, lg_json_get(j, s, u, "prompt_tokens"));
+	us->completion = lg_json_i64(j, s, lg_json_get(j, s, u, "completion_tokens"));
+	us->cached = us->cache_write = us->reasoning = 0;
+	if ((d = lg_json_get(j, s, u, "prompt_tokens_details")) >= 0) {
+		us->cached = lg_json_i64(j, s, lg_json_get(j, s, d, "cached_tokens"));
+		us->cache_write = lg_json_i64(j, s, lg_json_get(j, s, d, "cache_write_tokens"));
+	}
+	if ((d = lg_json_get(j, s, u, "completion_tokens_details")) >= 0)
+		us->reasoning = lg_json_i64(j, s, lg_json_get(j, s, d, "reasoning_tokens"));
+	lg_ev_acct(r, LG_EV_USAGE, 0, LG_NOSTR);
+}
+
+/* Rewrites one OpenAI JSON object (a completion or a stream chunk) for the
+ * client: "provider" first, the public model name, usage with its cost.
+ * In a stream the usage goes out only if the client asked for it; a chunk
+ * that carried nothing else is dropped (returns 0). Returns 1 when o holds
+ * the object, -1 when it is not an object we understand. */
+static int lg_prov_openai_rewrite(struct lg_req *r, const char *s, size_t n, struct lg_buf *o,
+                                  int chunk)
+{
+	struct lg_json j;
+	struct lg_jit it;
+	int u, ch, drop_usage = 0;
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, s, n) <= 0 || j.t[0].type != LG_J_OBJ) return -1;
+	u = lg_json_get(&j, s, 0, "usage");
+	if (lg_json_type(&j, u) == LG_J_OBJ) {
+		lg_prov_openai_usage(r, &j, s, u);
+		if (chunk && !r->want_usage) {
+			ch = lg_json_get(&j, s, 0, "choices");
+			if (lg_json_type(&j, ch) != LG_J_ARR || j.t[ch].size == 0) return 0;
+			drop_usage = 1;
+		}
+	}
+	if (chunk && (ch = lg_json_get(&j, s, 0, "choices")) >= 0) {
+		uint32_t i;
+		for (i = 0; i < j.t[ch].size; i++) {
+			int fr = lg_json_get(&j, s, lg_json_at(&j, ch, i), "finish_reason");
+			if (lg_json_type(&j, fr) == LG_J_STR) lg_ev_acct(r, LG_EV_FINISH, lg_fin_code(lg_jesc(&j, s, fr)), LG_NOSTR);
+		}
+	}
+	if (chunk && lg_json_get(&j, s, 0, "error") >= 0) /* an error inside the stream ends it */
+		lg_ev_acct(r, LG_EV_ERROR, 502, lg_strz("error event in the stream"));
+	lg_buf_addz(o, "{\"provider\":");
+	lg_json_wz(o, r->served->prov->name);
+	it = lg_json_iter(&j, 0);
+	while (lg_json_next(&j, &it)) {
+		int v = it.val;
+		lg_str key = lg_json_raw(&j, s, it.key);
+		if (lg_str_eq(key, "provider") || (drop_usage && lg_str_eq(key, "usage"))) continue;
+		lg_buf_addc(o, ',');
+		lg_buf_adds(o, lg_json_span(&j, s, it.key));
+		lg_buf_addc(o, ':');
+		if (lg_str_eq(key, "model")) {
+			lg_json_wz(o, r->served->model);
+		} else if (v == u && lg_json_type(&j, u) == LG_J_OBJ) {
+			struct lg_jit um = lg_json_iter(&j, u);
+			int firstm = 1;
+			lg_buf_addc(o, '{');
+			while (lg_json_next(&j, &um))
+				if (!lg_str_eq(lg_json_raw(&j, s, um.key), "cost")) {
+					if (!firstm) lg_buf_addc(o, ',');
+					firstm = 0;
+					lg_buf_adds(o, lg_json_span(&j, s, um.key));
+					lg_buf_addc(o, ':');
+					lg_buf_adds(o, lg_json_span(&j, s, um.val));
+				}
+			lg_buf_addz(o, firstm ? "\"cost\":" : ",\"cost\":");
+			lg_json_wnum(o, r->usage.cost);
+			lg_buf_addc(o, '}');
+		} else {
+			lg_buf_adds(o, lg_json_span(&j, s, v));
+		}
+	}
+	lg_buf_addc(o, '}');
+	return o->err ? -1 : 1;
+}
+
+/* A finish_reason with a value ends the choice. */
+static void lg_prov_openai_fin(struct lg_req *r, const char *fin, const char *e)
+{
+	const char *q;
+	for (q = fin + 15; q < e && (*q == ' ' || *q == ':'); q++) {
+	}
+	if (q < e && *q == '"') lg_ev_acct(r, LG_EV_FINISH, LG_FIN_STOP, LG_NOSTR); /* the code: writers only */
+}
+
+/* The common chunk (text or tool deltas: no usage, error or provider in
+ * it) rewritten without tokenizing: "provider" goes in front and the
+ * top-level "model" value is replaced. Returns 0 to take the full path.
+ * A key is structural when the quote before it follows '{' or ','; inside
+ * a string every quote is escaped. */
+static int lg_prov_openai_quick(struct lg_req *r, lg_str d)
+{
+	const char *p = d.p, *e = d.p + d.n, *m = NULL, *v, *ve, *q, *fin = NULL, *scan = p + 1;
+	char jprov[136], jmodel[264];
+	uint32_t w, k_usag, k_erro, k_prov, k_fini, k_mode;
+	lg_str pt[5]; /* the head (one kept part, or four), then the rest */
+	int cached, npt;
+	if (d.n < 2 || p[0] != '{' || !r->cc) return 0;
+	/* the chunks of a stream share their head ({"id":..,"model":"..") byte
+	 * for byte: when this one starts with the last one's, the rewritten head
+	 * is the same and only the rest is looked at */
+	cached = r->q_ok && d.n > r->qin_n && memcmp(p, r->qin, r->qin_n) == 0;
+	if (cached) scan = p + r->qin_n;
+	memcpy(&k_usag, "usag", 4), memcpy(&k_erro, "erro", 4), memcpy(&k_prov, "prov", 4);
+	memcpy(&k_fini, "fini", 4), memcpy(&k_mode, "mode", 4);
+	/* one pass over the quotes, looking at the keys that matter: the four
+	 * bytes after each quote against theirs (compares that are nearly
+	 * always false predict well; a switch per quote did not) */
+	for (q = lg_next_quote(scan, e); q < e; q = lg_next_quote(q + 1, e)) {
+		size_t left = (size_t)(e - q);
+		if (left < 8) break; /* no key of interest fits, nor its value */
+		memcpy(&w, q + 1, 4);
+		if (w != k_usag && w != k_erro && w != k_prov && w != k_fini && w != k_mode) continue;
+		if (q[-1] == '\\') continue;
+		if (memcmp(q, "\"usage\"", 7) == 0 || memcmp(q, "\"error\"", 7) == 0 ||
+		    (left >= 11 && memcmp(q, "\"provider\"", 10) == 0))
+			return 0;
+		if (!fin && left >= 16 && memcmp(q, "\"finish_reason\"", 15) == 0) fin = q;
+		if (!m && !cached && memcmp(q, "\"model\"", 7) == 0) {
+			const char *b = q - 1;
+			while (b > p && (*b == ' ' || *b == '\n' || *b == '\r' || *b == '\t')) b--;
+			if (*b == '{' || *b == ',') m = q; /* a key, not text inside a string */
+		}
+	}
+	if (cached) {
+		ve = scan;
+		if (memchr(ve, '\n', (size_t)(e - ve))) return 0;
+		pt[0] = lg_str_of(r->qout, r->qout_n);
+		npt = 1;
+	} else {
+		size_t np, nm, o = 0;
+		int i;
+		if (!m) return 0;
+		for (v = m + 7; v < e && (*v == ' ' || *v == ':' || *v == '\t'); v++) {
+		}
+		if (v >= e || *v != '"') return 0;
+		for (ve = v + 1; ve < e && *ve != '"'; ve++)
+			if (*ve == '\\') ve++;
+		if (ve >= e) return 0;
+		ve++; /* past the closing quote */
+		/* names to escape, or a data line break to keep: the general path */
+		np = lg_json_plainz(jprov, sizeof jprov, r->served->prov->name);
+		nm = lg_json_plainz(jmodel, sizeof jmodel, r->served->model);
+		if (!np || !nm || memchr(p, '\n', d.n)) return 0;
+		/* the head as it goes out: {"provider":"P", the chunk's own keys up
+		 * to the model's value, "MODEL" (the chunk's '{' becomes the comma) */
+		jprov[np] = ','; /* the chunk's '{' becomes the comma after provider */
+		pt[0] = lg_str_of("{\"provider\":", 12);
+		pt[1] = lg_str_of(jprov, np + 1);
+		pt[2] = lg_str_of(p + 1, (size_t)(v - p - 1));
+		pt[3] = lg_str_of(jmodel, nm);
+		npt = 4;
+		/* kept for the next chunks when it fits (and holds no finish_reason) */
+		r->q_ok = 0;
+		for (i = 0; i < 4; i++) o += pt[i].n;
+		if (o <= sizeof r->qout && (size_t)(ve - p) <= sizeof r->qin && (!fin || fin >= ve)) {
+			for (o = 0, i = 0; i < 4; i++) memcpy(r->qout + o, pt[i].p, pt[i].n), o += pt[i].n;
+			r->qout_n = (uint16_t)o;
+			memcpy(r->qin, p, (size_t)(ve - p));
+			r->qin_n = (uint16_t)(ve - p);
+			r->q_ok = 1;
+		}
+	}
+	if (fin) lg_prov_openai_fin(r, fin, e);
+	pt[npt++] = lg_str_of(ve, (size_t)(e - ve)); /* the rest, as it came */
+	lg_resp_event_parts(r, pt, npt);
+	return 1;
+}
+
+/* One event of an OpenAI stream: forwarded as it came, rewritten. */
+static void lg_prov_openai_event(struct lg_req *r, lg_str data)
+{
+	struct lg_buf o, clean;
+	lg_str t;
+	int k, scrubbed = 0;
+	if (lg_str_eq(data, "[DONE]")) {
+		if (!r->stream_done) lg_resp_event(r, "[DONE]", 6);
+		lg_ev_acct(r, LG_EV_END, 0, LG_NOSTR);
+		return;
+	}
+	if (r->stream_done) return;
+	lg_ev_acct(r, LG_EV_TEXT, 1, LG_NOSTR); /* OpenAI-style streams: a token per chunk, nearly always */
+	if (lg_prov_openai_quick(r, data)) return;
+	t = lg_str_trim(data);
+	if (t.n > 9 && memcmp(t.p, "{\"error\"", 8) == 0 && lg_scrub(r->cfg, data.p, data.n, &clean)) {
+		/* an error event ({"error": ...}) passed on natively: never with the credential it may quote */
+		data = lg_str_of(clean.p, clean.len);
+		scrubbed = 1;
+	}
+	lg_buf_init(&o, 0);
+	k = lg_prov_openai_rewrite(r, data.p, data.n, &o, 1);
+	if (k < 0) {
+		/* not JSON we understand: pass it on untouched */
+		lg_resp_event(r, data.p, data.n);
+	} else if (k > 0) {
+		lg_resp_event(r, o.p, o.len);
+	}
+	lg_buf_free(&o);
+	if (scrubbed) lg_buf_free(&clean);
 }
 
 /* OpenAI Chat Completions from canonical (an Anthropic client on an
@@ -6600,15 +6966,110 @@ static int lg_w_openai(struct lg_req *r, const struct lg_cand *cd, struct lg_buf
 	return 0;
 }
 
-/* Does the history use tools when none are declared? (Anthropic refuses.) */
-static int lg_w_has_calls(const struct lg_creq *q)
+static void lg_p_openai_usage(struct lg_req *r, const struct lg_json *j, const char *s, int u)
 {
-	int i, k;
-	for (i = 0; i < q->nm; i++)
-		for (k = 0; k < q->m[i].np; k++)
-			if (q->m[i].p[k].type == LG_P_TOOL_CALL) return 1;
+	if (lg_json_type(j, u) == LG_J_OBJ) lg_prov_openai_usage(r, j, s, u);
+}
+
+/* One completion (message) or one chunk (delta). */
+static void lg_p_openai_obj(struct lg_req *r, const struct lg_json *j, const char *s, int chunk)
+{
+	int ch = lg_json_get(j, s, 0, "choices"), c0 = lg_json_at(j, ch, 0), e = lg_json_get(j, s, 0, "error");
+	int m = lg_json_get(j, s, c0, chunk ? "delta" : "message"), t, fr;
+	uint32_t i;
+	if (e >= 0) {
+		int msg = lg_json_get(j, s, e, "message");
+		lg_ev(r, LG_EV_ERROR, 502, lg_jesc(j, s, msg >= 0 ? msg : e), LG_NOSTR, 0);
+		return;
+	}
+	if (m >= 0) {
+		if ((t = lg_json_get(j, s, m, "reasoning_content")) < 0) t = lg_json_get(j, s, m, "reasoning");
+		if (lg_json_type(j, t) == LG_J_STR && j->t[t].end > j->t[t].start)
+			lg_ev(r, LG_EV_REASONING, 0, lg_json_raw(j, s, t), LG_NOSTR, 0);
+		t = lg_json_get(j, s, m, "content");
+		if (lg_json_type(j, t) == LG_J_STR && j->t[t].end > j->t[t].start)
+			lg_ev(r, LG_EV_TEXT, 0, lg_json_raw(j, s, t), LG_NOSTR, 0);
+		t = lg_json_get(j, s, m, "tool_calls");
+		for (i = 0; lg_json_type(j, t) == LG_J_ARR && i < j->t[t].size; i++) {
+			int tc = lg_json_at(j, t, i), fn = lg_json_get(j, s, tc, "function");
+			int idx = chunk ? (int)lg_json_i64(j, s, lg_json_get(j, s, tc, "index")) : (int)i;
+			int id = lg_json_get(j, s, tc, "id");
+			if (lg_json_type(j, id) == LG_J_STR || lg_json_get(j, s, fn, "name") >= 0)
+				lg_ev(r, LG_EV_TOOL, idx, lg_jesc(j, s, id), lg_jesc(j, s, lg_json_get(j, s, fn, "name")), 0);
+			lg_ev(r, LG_EV_ARGS, idx, lg_jesc(j, s, lg_json_get(j, s, fn, "arguments")), LG_NOSTR, 0);
+		}
+	}
+	fr = lg_json_get(j, s, c0, "finish_reason");
+	if (lg_json_type(j, fr) == LG_J_STR) lg_ev(r, LG_EV_FINISH, lg_fin_code(lg_json_raw(j, s, fr)), LG_NOSTR, LG_NOSTR, 0);
+	lg_p_openai_usage(r, j, s, lg_json_get(j, s, 0, "usage"));
+}
+
+static void lg_p_openai_event(struct lg_req *r, lg_str ev, lg_str data)
+{
+	struct lg_json j;
+	LG_UNUSED(ev);
+	if (lg_str_eq(data, "[DONE]")) {
+		lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
+		return;
+	}
+	if (lg_p_event_json(r, &j, data)) lg_p_openai_obj(r, &j, data.p, 1);
+}
+
+static int lg_p_openai_full(struct lg_req *r, const char *s, size_t n)
+{
+	struct lg_json j;
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, s, n) <= 0 || j.t[0].type != LG_J_OBJ) return -1;
+	lg_p_openai_obj(r, &j, s, 0);
+	lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
 	return 0;
 }
+
+/* OpenAI (and the default): base path + /chat/completions or /embeddings,
+ * in fast when it fits (the common case, no buffer). */
+static const char *lg_prov_openai_path(const struct lg_req *r, const struct lg_cand *cd, char *fast, size_t cap,
+                                       struct lg_buf *pb)
+{
+	const char *tail = r->ep == LG_EP_EMBED ? "/embeddings" : "/chat/completions";
+	const char *bp = cd->prov->base_path;
+	if (strlen(bp) + 20 < cap) {
+		size_t at = lg_cpy(fast, cap, bp);
+		lg_cpy(fast + at, cap - at, tail);
+		return fast;
+	}
+	lg_buf_addz(pb, bp);
+	lg_buf_addz(pb, tail);
+	return lg_prov_path_of(pb);
+}
+
+/* --- 11f. provider azure: the openai wire with its own paths and key header --- */
+
+/* Azure: the v1 API (base_url ends in /openai/v1) or a deployment's path with api-version. */
+static const char *lg_prov_azure_path(const struct lg_req *r, const struct lg_cand *cd, char *fast, size_t cap,
+                                      struct lg_buf *pb)
+{
+	const struct lg_provider *p = cd->prov;
+	LG_UNUSED(fast), LG_UNUSED(cap);
+	lg_buf_addz(pb, p->base_path);
+	if (strstr(p->base_path, "/openai/v1"))
+		lg_buf_addz(pb, r->ep == LG_EP_EMBED ? "/embeddings" : "/chat/completions");
+	else {
+		lg_buf_addz(pb, "/openai/deployments/");
+		lg_uri_enc(pb, cd->upstream, strlen(cd->upstream));
+		lg_buf_printf(pb, "/%s?api-version=%s", r->ep == LG_EP_EMBED ? "embeddings" : "chat/completions",
+		              p->api_version ? p->api_version : "2024-10-21");
+	}
+	return lg_prov_path_of(pb);
+}
+
+static void lg_prov_azure_auth(struct lg_hw *w, const struct lg_req *r, const struct lg_provider *p,
+                               const char *path, const char *body, size_t n)
+{
+	LG_UNUSED(r), LG_UNUSED(path), LG_UNUSED(body), LG_UNUSED(n);
+	lg_hw_line(w, "api-key: ", p->api_key);
+}
+
+/* --- 11g. provider anthropic: path, auth, request body, parser ----------- */
 
 /* Anthropic Messages from canonical. */
 static int lg_w_anthropic(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
@@ -6774,26 +7235,171 @@ static int lg_w_anthropic(struct lg_req *r, const struct lg_cand *cd, struct lg_
 	return 0;
 }
 
+static void lg_p_anth_usage(struct lg_req *r, const struct lg_json *j, const char *s, int u, int delta)
+{
+	int t;
+	if (lg_json_type(j, u) != LG_J_OBJ) return;
+	/* message_delta usage is cumulative and may repeat the input fields */
+	if ((t = lg_json_get(j, s, u, "input_tokens")) >= 0 || !delta) {
+		int64_t in = lg_json_i64(j, s, t), cr = lg_json_i64(j, s, lg_json_get(j, s, u, "cache_read_input_tokens")),
+		        cw = lg_json_i64(j, s, lg_json_get(j, s, u, "cache_creation_input_tokens"));
+		r->usage.prompt = in + cr + cw;
+		r->usage.cached = cr;
+		r->usage.cache_write = cw;
+	}
+	if ((t = lg_json_get(j, s, u, "output_tokens")) >= 0) r->usage.completion = lg_json_i64(j, s, t);
+	lg_ev_acct(r, LG_EV_USAGE, 0, LG_NOSTR);
+}
+
+static void lg_p_anth_block(struct lg_req *r, const struct lg_json *j, const char *s, int b, int idx)
+{
+	lg_str ty = lg_jesc(j, s, lg_json_get(j, s, b, "type"));
+	int t;
+	if (lg_str_eq(ty, "text")) {
+		if ((t = lg_json_get(j, s, b, "text")) >= 0 && j->t[t].end > j->t[t].start)
+			lg_ev(r, LG_EV_TEXT, 0, lg_json_raw(j, s, t), LG_NOSTR, 0);
+	} else if (lg_str_eq(ty, "thinking")) {
+		if ((t = lg_json_get(j, s, b, "thinking")) >= 0 && j->t[t].end > j->t[t].start)
+			lg_ev(r, LG_EV_REASONING, 0, lg_json_raw(j, s, t), LG_NOSTR, 0);
+		if ((t = lg_json_get(j, s, b, "signature")) >= 0) lg_ev(r, LG_EV_SIG, 0, lg_jesc(j, s, t), LG_NOSTR, 0);
+	} else if (lg_str_eq(ty, "tool_use")) {
+		lg_str name = lg_jesc(j, s, lg_json_get(j, s, b, "name"));
+		int in = lg_json_get(j, s, b, "input");
+		if (r->rf_tool && lg_str_eq(name, "json_response")) { /* response_format: the input is the answer */
+			if (lg_json_type(j, in) == LG_J_OBJ && j->t[in].size) { /* a stream's start block has input {} */
+				lg_str raw = lg_json_span(j, s, in);
+				lg_ev(r, LG_EV_TEXT, 0, lg_canon_esc(r, raw), LG_NOSTR, 0);
+			}
+			r->w->pblk[idx % LG_MAX_TOOLS] = 3;
+			return;
+		}
+		lg_ev(r, LG_EV_TOOL, idx, lg_jesc(j, s, lg_json_get(j, s, b, "id")), name, 0);
+		if (lg_json_type(j, in) == LG_J_OBJ && j->t[in].size) {
+			lg_ev(r, LG_EV_ARGS, idx, lg_json_span(j, s, in), LG_NOSTR, 1);
+			r->w->pargs[idx % LG_MAX_TOOLS] = 1;
+		}
+	}
+}
+
+static void lg_p_anth_event(struct lg_req *r, lg_str evname, lg_str data)
+{
+	struct lg_json j;
+	const char *s = data.p;
+	lg_str ty;
+	int idx;
+	struct lg_wst *w = r->w;
+	if (!lg_p_event_json(r, &j, data)) return;
+	ty = lg_jesc(&j, s, lg_json_get(&j, s, 0, "type"));
+	if (!ty.n) ty = evname;
+	idx = (int)lg_json_i64(&j, s, lg_json_get(&j, s, 0, "index"));
+	if (lg_str_eq(ty, "message_start")) {
+		lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, lg_json_get(&j, s, 0, "message"), "usage"), 0);
+	} else if (lg_str_eq(ty, "content_block_start")) {
+		int b = lg_json_get(&j, s, 0, "content_block");
+		lg_str bt = lg_jesc(&j, s, lg_json_get(&j, s, b, "type"));
+		w->pblk[idx % LG_MAX_TOOLS] = lg_str_eq(bt, "tool_use") ? 1 : 0;
+		w->pargs[idx % LG_MAX_TOOLS] = 0;
+		if (lg_str_eq(bt, "tool_use")) lg_p_anth_block(r, &j, s, b, idx);
+	} else if (lg_str_eq(ty, "content_block_delta")) {
+		int d = lg_json_get(&j, s, 0, "delta");
+		lg_str dt = lg_jesc(&j, s, lg_json_get(&j, s, d, "type"));
+		if (lg_str_eq(dt, "text_delta")) {
+			lg_ev(r, LG_EV_TEXT, 0, lg_jesc(&j, s, lg_json_get(&j, s, d, "text")), LG_NOSTR, 0);
+		} else if (lg_str_eq(dt, "thinking_delta")) {
+			lg_ev(r, LG_EV_REASONING, 0, lg_jesc(&j, s, lg_json_get(&j, s, d, "thinking")), LG_NOSTR, 0);
+		} else if (lg_str_eq(dt, "signature_delta")) {
+			lg_ev(r, LG_EV_SIG, 0, lg_jesc(&j, s, lg_json_get(&j, s, d, "signature")), LG_NOSTR, 0);
+		} else if (lg_str_eq(dt, "input_json_delta")) {
+			lg_str pj = lg_jesc(&j, s, lg_json_get(&j, s, d, "partial_json"));
+			if (w->pblk[idx % LG_MAX_TOOLS] == 3) { /* the forced response_format tool: text */
+				lg_ev(r, LG_EV_TEXT, 0, pj, LG_NOSTR, 0);
+			} else if (pj.n) {
+				lg_ev(r, LG_EV_ARGS, idx, pj, LG_NOSTR, 0);
+				w->pargs[idx % LG_MAX_TOOLS] = 1;
+			}
+		}
+	} else if (lg_str_eq(ty, "content_block_stop")) {
+		if (w->pblk[idx % LG_MAX_TOOLS] == 1 && !w->pargs[idx % LG_MAX_TOOLS]) /* a tool block that got no JSON */
+			lg_ev(r, LG_EV_ARGS, idx, lg_str_of("{}", 2), LG_NOSTR, 1);
+	} else if (lg_str_eq(ty, "message_delta")) {
+		lg_str sr = lg_jesc(&j, s, lg_json_get(&j, s, lg_json_get(&j, s, 0, "delta"), "stop_reason"));
+		lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, 0, "usage"), 1);
+		if (sr.n) lg_ev(r, LG_EV_FINISH, r->rf_tool && lg_str_eq(sr, "tool_use") ? LG_FIN_STOP : lg_fin_code(sr),
+		                LG_NOSTR, LG_NOSTR, 0);
+	} else if (lg_str_eq(ty, "message_stop")) {
+		lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
+	} else if (lg_str_eq(ty, "error")) {
+		int e = lg_json_get(&j, s, 0, "error");
+		lg_str et = lg_jesc(&j, s, lg_json_get(&j, s, e, "type"));
+		lg_ev(r, LG_EV_ERROR, lg_str_eq(et, "overloaded_error") ? 529 : lg_str_eq(et, "rate_limit_error") ? 429 : 502,
+		      lg_jesc(&j, s, lg_json_get(&j, s, e, "message")), LG_NOSTR, 0);
+	}
+}
+
+static int lg_p_anth_full(struct lg_req *r, const char *s, size_t n)
+{
+	struct lg_json j;
+	int c, sr;
+	uint32_t i;
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, s, n) <= 0 || j.t[0].type != LG_J_OBJ) return -1;
+	c = lg_json_get(&j, s, 0, "content");
+	for (i = 0; lg_json_type(&j, c) == LG_J_ARR && i < j.t[c].size; i++)
+		lg_p_anth_block(r, &j, s, lg_json_at(&j, c, i), (int)i);
+	lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, 0, "usage"), 0);
+	sr = lg_json_get(&j, s, 0, "stop_reason");
+	if (lg_json_type(&j, sr) == LG_J_STR) {
+		lg_str v = lg_json_raw(&j, s, sr);
+		lg_ev(r, LG_EV_FINISH, r->rf_tool && lg_str_eq(v, "tool_use") ? LG_FIN_STOP : lg_fin_code(v), LG_NOSTR,
+		      LG_NOSTR, 0);
+	}
+	lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
+	return 0;
+}
+
+static const char *lg_prov_anth_path(const struct lg_req *r, const struct lg_cand *cd, char *fast, size_t cap,
+                                     struct lg_buf *pb)
+{
+	const char *bp = cd->prov->base_path;
+	size_t n = strlen(bp);
+	LG_UNUSED(r), LG_UNUSED(fast), LG_UNUSED(cap);
+	lg_buf_addz(pb, bp);
+	lg_buf_addz(pb, n >= 3 && strcmp(bp + n - 3, "/v1") == 0 ? "/messages" : "/v1/messages");
+	return lg_prov_path_of(pb);
+}
+
+static void lg_prov_anth_auth(struct lg_hw *w, const struct lg_req *r, const struct lg_provider *p,
+                              const char *path, const char *body, size_t n)
+{
+	LG_UNUSED(path), LG_UNUSED(body), LG_UNUSED(n);
+	lg_hw_line(w, "x-api-key: ", p->api_key);
+	lg_hw_z(w, "anthropic-version: 2023-06-01\r\n");
+	lg_hw_line(w, "anthropic-beta: ", r->anth_beta);
+}
+
+/* --- 11h. provider gemini: path, auth, request body, parser, embeddings, retry hint --- */
+
 /* A JSON Schema as Gemini takes it: without additionalProperties, $schema,
  * $ref, $defs (an OpenAPI subset). */
 static void lg_w_schema_at(struct lg_buf *o, const struct lg_json *j, const char *s, int t)
 {
-	uint32_t i, k;
+	struct lg_jit it = lg_json_iter(j, t);
+	int c = 0;
 	if (j->t[t].type == LG_J_OBJ) {
-		int c = 0;
 		lg_buf_addc(o, '{');
-		for (i = 0, k = (uint32_t)t + 1; i < j->t[t].size; i++, k = j->t[k + 1].next) {
-			lg_str key = lg_json_raw(j, s, (int)k);
+		while (lg_json_next(j, &it)) {
+			lg_str key = lg_json_raw(j, s, it.key);
 			if (lg_str_eq(key, "additionalProperties") || lg_str_eq(key, "$schema") || lg_str_eq(key, "$ref") ||
 			    lg_str_eq(key, "$defs") || lg_str_eq(key, "definitions") || lg_str_eq(key, "strict"))
 				continue;
 			if (c++) lg_buf_addc(o, ',');
-			lg_buf_adds(o, lg_json_span(j, s, (int)k));
+			lg_buf_adds(o, lg_json_span(j, s, it.key));
 			lg_buf_addc(o, ':');
-			lg_w_schema_at(o, j, s, (int)k + 1);
+			lg_w_schema_at(o, j, s, it.val);
 		}
 		lg_buf_addc(o, '}');
 	} else if (j->t[t].type == LG_J_ARR) {
+		uint32_t i, k;
 		lg_buf_addc(o, '[');
 		for (i = 0, k = (uint32_t)t + 1; i < j->t[t].size; i++, k = j->t[k].next) {
 			if (i) lg_buf_addc(o, ',');
@@ -6825,25 +7431,6 @@ static void lg_w_gemini_sig(struct lg_buf *o, lg_str id)
 	for (i = 14; i < id.n; i++) lg_buf_addc(o, id.p[i] == '-' ? '+' : id.p[i] == '_' ? '/' : id.p[i]);
 	for (i = (id.n - 14) % 4; i && i < 4; i++) lg_buf_addc(o, '=');
 	lg_buf_addc(o, '"');
-}
-
-static lg_str lg_w_call_name(const struct lg_creq *q, lg_str id)
-{
-	int i, k;
-	for (i = 0; i < q->nm; i++)
-		for (k = 0; k < q->m[i].np; k++)
-			if (q->m[i].p[k].type == LG_P_TOOL_CALL && q->m[i].p[k].id.n == id.n &&
-			    memcmp(q->m[i].p[k].id.p, id.p, id.n) == 0)
-				return q->m[i].p[k].name;
-	return lg_str_of("unknown_function", 16);
-}
-
-static const char *lg_w_mime_of(lg_str url)
-{
-	if (url.n > 4 && lg_str_ieqs(lg_str_of(url.p + url.n - 4, 4), lg_str_of(".png", 4))) return "image/png";
-	if (url.n > 4 && lg_str_ieqs(lg_str_of(url.p + url.n - 4, 4), lg_str_of(".gif", 4))) return "image/gif";
-	if (url.n > 5 && lg_str_ieqs(lg_str_of(url.p + url.n - 5, 5), lg_str_of(".webp", 5))) return "image/webp";
-	return "image/jpeg";
 }
 
 /* Gemini generateContent from canonical. */
@@ -6973,6 +7560,166 @@ static int lg_w_gemini(struct lg_req *r, const struct lg_cand *cd, struct lg_buf
 	lg_buf_addz(o, "}}");
 	return 0;
 }
+
+static void lg_p_gemini_obj(struct lg_req *r, const struct lg_json *j, const char *s)
+{
+	int cand = lg_json_at(j, lg_json_get(j, s, 0, "candidates"), 0), e = lg_json_get(j, s, 0, "error");
+	int parts = lg_json_get(j, s, lg_json_get(j, s, cand, "content"), "parts"), um, fr, pf;
+	struct lg_wst *w = r->w;
+	uint32_t i;
+	if (e >= 0) {
+		int code = (int)lg_json_i64(j, s, lg_json_get(j, s, e, "code"));
+		lg_ev(r, LG_EV_ERROR, code ? code : 502, lg_jesc(j, s, lg_json_get(j, s, e, "message")), LG_NOSTR, 0);
+		return;
+	}
+	for (i = 0; lg_json_type(j, parts) == LG_J_ARR && i < j->t[parts].size; i++) {
+		int p = lg_json_at(j, parts, i), t = lg_json_get(j, s, p, "text"), fc = lg_json_get(j, s, p, "functionCall");
+		if (lg_json_type(j, t) == LG_J_STR && j->t[t].end > j->t[t].start)
+			lg_ev(r, lg_json_truthy(j, lg_json_get(j, s, p, "thought")) ? LG_EV_REASONING : LG_EV_TEXT, 0,
+			      lg_json_raw(j, s, t), LG_NOSTR, 0);
+		if (fc >= 0) { /* a whole call in one part: a made-up id carries its signature */
+			int args = lg_json_get(j, s, fc, "args");
+			lg_str sig = lg_jesc(j, s, lg_json_get(j, s, p, "thoughtSignature"));
+			char *id = (char *)lg_arena_alloc(&r->a, 16 + sig.n);
+			size_t k, n;
+			if (!id) return;
+			n = (size_t)snprintf(id, 16, "call_%08x", (unsigned)(lg_rand(&r->gw->rng) & 0xffffffffu));
+			if (sig.n) {
+				id[n++] = '_';
+				for (k = 0; k < sig.n; k++)
+					if (sig.p[k] != '=') id[n++] = sig.p[k] == '+' ? '-' : sig.p[k] == '/' ? '_' : sig.p[k];
+			}
+			w->calls++;
+			lg_ev(r, LG_EV_TOOL, 1000 + w->calls, lg_str_of(id, n), lg_jesc(j, s, lg_json_get(j, s, fc, "name")), 0);
+			lg_ev(r, LG_EV_ARGS, 1000 + w->calls, args >= 0 ? lg_json_span(j, s, args) : lg_str_of("{}", 2),
+			      LG_NOSTR, 1);
+		}
+	}
+	if ((um = lg_json_get(j, s, 0, "usageMetadata")) >= 0) { /* a running total: the last one counts */
+		int64_t th = lg_json_i64(j, s, lg_json_get(j, s, um, "thoughtsTokenCount"));
+		r->usage.prompt = lg_json_i64(j, s, lg_json_get(j, s, um, "promptTokenCount"));
+		r->usage.completion = lg_json_i64(j, s, lg_json_get(j, s, um, "candidatesTokenCount")) + th;
+		r->usage.reasoning = th;
+		r->usage.cached = lg_json_i64(j, s, lg_json_get(j, s, um, "cachedContentTokenCount"));
+		r->usage.cache_write = 0;
+		lg_ev(r, LG_EV_USAGE, 0, LG_NOSTR, LG_NOSTR, 0);
+	}
+	fr = lg_json_get(j, s, cand, "finishReason");
+	pf = lg_json_get(j, s, lg_json_get(j, s, 0, "promptFeedback"), "blockReason");
+	if (lg_json_type(j, fr) == LG_J_STR) {
+		int code = lg_fin_code(lg_json_raw(j, s, fr));
+		lg_ev(r, LG_EV_FINISH, code == LG_FIN_STOP && w->calls ? LG_FIN_TOOLS : code, LG_NOSTR, LG_NOSTR, 0);
+	} else if (pf >= 0) {
+		lg_ev(r, LG_EV_FINISH, LG_FIN_FILTER, LG_NOSTR, LG_NOSTR, 0);
+	}
+}
+
+static void lg_p_gemini_event(struct lg_req *r, lg_str ev, lg_str data)
+{
+	struct lg_json j;
+	LG_UNUSED(ev);
+	if (lg_p_event_json(r, &j, data)) lg_p_gemini_obj(r, &j, data.p);
+}
+
+static int lg_p_gemini_full(struct lg_req *r, const char *s, size_t n)
+{
+	struct lg_json j;
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, s, n) <= 0 || j.t[0].type != LG_J_OBJ) return -1;
+	lg_p_gemini_obj(r, &j, s);
+	lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
+	return 0;
+}
+
+static const char *lg_prov_gemini_path(const struct lg_req *r, const struct lg_cand *cd, char *fast, size_t cap,
+                                       struct lg_buf *pb)
+{
+	LG_UNUSED(fast), LG_UNUSED(cap);
+	lg_buf_addz(pb, cd->prov->base_path);
+	lg_buf_addz(pb, "/models/");
+	lg_uri_enc(pb, cd->upstream, strlen(cd->upstream));
+	lg_buf_addz(pb, r->ep == LG_EP_EMBED ? ":batchEmbedContents" : r->stream ? ":streamGenerateContent?alt=sse"
+	                                                                        : ":generateContent");
+	return lg_prov_path_of(pb);
+}
+
+static void lg_prov_gemini_auth(struct lg_hw *w, const struct lg_req *r, const struct lg_provider *p,
+                                const char *path, const char *body, size_t n)
+{
+	LG_UNUSED(r), LG_UNUSED(path), LG_UNUSED(body), LG_UNUSED(n);
+	lg_hw_line(w, "x-goog-api-key: ", p->api_key);
+}
+
+/* Gemini's embeddings: batchEmbedContents, one request per input. */
+static void lg_prov_gemini_embed_body(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
+{
+	int in = lg_json_get(&r->j, r->body, 0, "input");
+	uint32_t n = lg_json_type(&r->j, in) == LG_J_ARR ? r->j.t[in].size : 1, x;
+	struct lg_buf mn; /* "models/<upstream>", escaped: the upstream name may come from the client */
+	lg_buf_init(&mn, 0);
+	lg_buf_addz(&mn, "models/");
+	lg_buf_addz(&mn, cd->upstream);
+	lg_buf_addz(o, "{\"requests\":[");
+	for (x = 0; x < n; x++) {
+		int t = lg_json_type(&r->j, in) == LG_J_ARR ? lg_json_at(&r->j, in, x) : in;
+		lg_buf_addz(o, x ? ",{\"model\":" : "{\"model\":");
+		lg_json_wstr(o, mn.p ? mn.p : "", mn.len);
+		lg_buf_addz(o, ",\"content\":{\"parts\":[{\"text\":");
+		lg_w_str(o, lg_jesc(&r->j, r->body, t));
+		lg_buf_addz(o, "}]}}");
+	}
+	lg_buf_addz(o, "]}");
+	if (mn.err) o->err = 1;
+	lg_buf_free(&mn);
+}
+
+/* Gemini says when to retry in its error body: "retryDelay": "17s" */
+static void lg_prov_gemini_retry_hint(struct lg_req *r, const char *b, size_t bn)
+{
+	const char *rd, *e = b + bn;
+	double d = 0;
+	if (!bn || !b || !(rd = lg_memfind(b, bn, "\"retryDelay\""))) return;
+	rd += 12;
+	while (rd < e && (*rd == ' ' || *rd == ':' || *rd == '"')) rd++;
+	while (rd < e && *rd >= '0' && *rd <= '9') d = d * 10 + (*rd++ - '0');
+	if (rd < e && *rd == '.') {
+		double f = 0.1;
+		for (rd++; rd < e && *rd >= '0' && *rd <= '9'; rd++, f /= 10) d += (*rd - '0') * f;
+	}
+	if (d > 0 && d < 3600) r->retry_after_ms = (int64_t)(d * 1000);
+}
+
+/* Gemini batchEmbedContents -> OpenAI embeddings. */
+static int lg_p_gemini_embed(struct lg_req *r, const char *s, size_t n, struct lg_buf *o)
+{
+	struct lg_json j;
+	int e;
+	uint32_t i;
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, s, n) <= 0 || (e = lg_json_get(&j, s, 0, "embeddings")) < 0 ||
+	    j.t[e].type != LG_J_ARR)
+		return -1;
+	lg_buf_addz(o, "{\"object\":\"list\",\"provider\":");
+	lg_json_wz(o, r->served->prov->name);
+	lg_buf_addz(o, ",\"data\":[");
+	for (i = 0; i < j.t[e].size; i++) {
+		int v = lg_json_get(&j, s, lg_json_at(&j, e, i), "values");
+		lg_buf_printf(o, "%s{\"object\":\"embedding\",\"index\":%u,\"embedding\":", i ? "," : "", i);
+		lg_buf_adds(o, v >= 0 ? lg_json_span(&j, s, v) : lg_str_of("[]", 2));
+		lg_buf_addc(o, '}');
+	}
+	lg_buf_addz(o, "],\"model\":");
+	lg_json_wz(o, r->served->model);
+	r->usage.prompt = r->prompt_est; /* Gemini does not count embedding tokens back */
+	lg_ev_acct(r, LG_EV_USAGE, 0, LG_NOSTR);
+	lg_buf_printf(o, ",\"usage\":{\"prompt_tokens\":%lld,\"total_tokens\":%lld,\"cost\":", (long long)r->usage.prompt,
+	              (long long)r->usage.prompt);
+	lg_json_wnum(o, r->usage.cost);
+	lg_buf_addz(o, "}}");
+	return o->err ? -1 : 1;
+}
+
+/* --- 11i. provider bedrock: path, SigV4, Converse body, parser, event-stream frames --- */
 
 /* Bedrock Converse from canonical. -2 (a 400) for what it cannot take. */
 static int lg_w_bedrock(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
@@ -7109,716 +7856,6 @@ static int lg_w_bedrock(struct lg_req *r, const struct lg_cand *cd, struct lg_bu
 	lg_buf_addc(o, '}');
 	return 0;
 }
-
-/* --- canonical events: provider responses in, client dialects out -------- */
-
-#define LG_MAX_TOOLS 64
-
-struct lg_acc_tool {
-	lg_str id, name; /* esc, in the request's arena */
-	struct lg_buf args; /* esc */
-	int pidx;        /* the provider's index for it */
-};
-
-/* Writer state: the client side of a translated response. */
-struct lg_wst {
-	int started, finish, has_finish, block, block_type, nblocks, ntools;
-	struct lg_acc_tool tools[LG_MAX_TOOLS];
-	struct lg_buf text, reasoning, sig; /* non-stream: collected, esc */
-	/* provider parser state */
-	int pblk[LG_MAX_TOOLS], pargs[LG_MAX_TOOLS], calls;
-};
-
-static void lg_w_free(struct lg_wst *w)
-{
-	int i;
-	for (i = 0; i < w->ntools; i++) lg_buf_free(&w->tools[i].args);
-	lg_buf_free(&w->text);
-	lg_buf_free(&w->reasoning);
-	lg_buf_free(&w->sig);
-}
-
-/* Ends a client stream with an error event in its dialect: never as if
- * it had finished cleanly. */
-static void lg_resp_stream_error(struct lg_req *r, const char *msg)
-{
-	if (r->status < 400) r->status = 502; /* the head said 200; the access log says what happened */
-	r->d->stream_error(r, msg);
-	lg_resp_stream_end(r);
-}
-
-static void lg_d_oa_stream_error(struct lg_req *r, const char *msg)
-{
-	struct lg_buf b;
-	lg_buf_init(&b, 0);
-	lg_buf_addz(&b, "{\"error\":{\"message\":");
-	lg_json_wz(&b, msg);
-	lg_buf_addz(&b, ",\"type\":\"upstream_error\",\"code\":502}}");
-	lg_resp_sse(r, NULL, b.p, b.len);
-	lg_buf_free(&b);
-}
-
-static void lg_d_an_stream_error(struct lg_req *r, const char *msg)
-{
-	struct lg_buf b;
-	lg_buf_init(&b, 0);
-	lg_buf_addz(&b, "{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":");
-	lg_json_wz(&b, msg);
-	lg_buf_addz(&b, "}}");
-	lg_resp_sse(r, "error", b.p, b.len);
-	lg_buf_free(&b);
-}
-
-static int lg_w_tool_of(struct lg_wst *w, int pidx)
-{
-	int i;
-	for (i = 0; i < w->ntools; i++)
-		if (w->tools[i].pidx == pidx) return i;
-	return -1;
-}
-
-/* Usage in the Anthropic dialect from the normalized one. */
-static void lg_w_anth_usage(struct lg_buf *b, const struct lg_usage *u, int cost)
-{
-	int64_t in = u->prompt - u->cached - u->cache_write;
-	lg_buf_printf(b, "{\"input_tokens\":%lld,\"output_tokens\":%lld,\"cache_read_input_tokens\":%lld,"
-	                 "\"cache_creation_input_tokens\":%lld",
-	              (long long)(in > 0 ? in : 0), (long long)u->completion, (long long)u->cached,
-	              (long long)u->cache_write);
-	if (cost) {
-		lg_buf_addz(b, ",\"cost\":");
-		lg_json_wnum(b, u->cost);
-	}
-	lg_buf_addc(b, '}');
-}
-
-static void lg_w_oa_usage(struct lg_buf *b, const struct lg_usage *u)
-{
-	lg_buf_printf(b, "{\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"total_tokens\":%lld,"
-	                 "\"prompt_tokens_details\":{\"cached_tokens\":%lld,\"cache_write_tokens\":%lld},"
-	                 "\"completion_tokens_details\":{\"reasoning_tokens\":%lld},\"cost\":",
-	              (long long)u->prompt, (long long)u->completion, (long long)(u->prompt + u->completion),
-	              (long long)u->cached, (long long)u->cache_write, (long long)u->reasoning);
-	lg_json_wnum(b, u->cost);
-	lg_buf_addc(b, '}');
-}
-
-/* --- OpenAI dialect, streaming ---------------------------------------- */
-
-static void lg_w_oa_chunk(struct lg_req *r, const char *delta, size_t dn, const char *finish)
-{
-	struct lg_buf b;
-	lg_buf_init(&b, 0);
-	lg_buf_printf(&b, "{\"id\":\"chatcmpl-%s\",\"object\":\"chat.completion.chunk\",\"created\":%lld,\"model\":",
-	              r->id, (long long)(r->wall0 / 1000));
-	lg_json_wz(&b, r->served->model);
-	lg_buf_addz(&b, ",\"provider\":");
-	lg_json_wz(&b, r->served->prov->name);
-	lg_buf_printf(&b, ",\"choices\":[{\"index\":0,\"delta\":%.*s,\"finish_reason\":", (int)dn, delta);
-	if (finish)
-		lg_buf_printf(&b, "\"%s\"}]}", finish);
-	else
-		lg_buf_addz(&b, "null}]}");
-	lg_resp_sse(r, NULL, b.p, b.len);
-	lg_buf_free(&b);
-}
-
-static void lg_w_oa_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
-{
-	struct lg_wst *w = r->w;
-	struct lg_buf d;
-	int k;
-	if (!w->started) {
-		w->started = 1;
-		lg_w_oa_chunk(r, "{\"role\":\"assistant\",\"content\":\"\"}", 33, NULL);
-	}
-	lg_buf_init(&d, 0);
-	switch (type) {
-	case LG_EV_TEXT:
-	case LG_EV_REASONING:
-		lg_buf_addz(&d, type == LG_EV_TEXT ? "{\"content\":\"" : "{\"reasoning_content\":\"");
-		lg_buf_adds(&d, a);
-		lg_buf_addz(&d, "\"}");
-		lg_w_oa_chunk(r, d.p, d.len, NULL);
-		break;
-	case LG_EV_TOOL:
-		if (w->ntools == LG_MAX_TOOLS) break;
-		k = w->ntools++;
-		w->tools[k].pidx = idx;
-		lg_buf_printf(&d, "{\"tool_calls\":[{\"index\":%d,\"id\":\"", k);
-		lg_buf_adds(&d, a);
-		lg_buf_addz(&d, "\",\"type\":\"function\",\"function\":{\"name\":\"");
-		lg_buf_adds(&d, b);
-		lg_buf_addz(&d, "\",\"arguments\":\"\"}}]}");
-		lg_w_oa_chunk(r, d.p, d.len, NULL);
-		break;
-	case LG_EV_ARGS:
-		if ((k = lg_w_tool_of(w, idx)) < 0 || !a.n) break;
-		lg_buf_printf(&d, "{\"tool_calls\":[{\"index\":%d,\"function\":{\"arguments\":", k);
-		if (raw)
-			lg_json_wstr(&d, a.p, a.n);
-		else
-			lg_w_str(&d, a);
-		lg_buf_addz(&d, "}}]}");
-		lg_w_oa_chunk(r, d.p, d.len, NULL);
-		break;
-	case LG_EV_FINISH:
-		lg_w_oa_chunk(r, "{}", 2, lg_fin_openai[idx]);
-		break;
-	case LG_EV_END:
-		if (r->want_usage) {
-			lg_buf_printf(&d, "{\"id\":\"chatcmpl-%s\",\"object\":\"chat.completion.chunk\",\"created\":%lld,"
-			                  "\"model\":", r->id, (long long)(r->wall0 / 1000));
-			lg_json_wz(&d, r->served->model);
-			lg_buf_addz(&d, ",\"provider\":");
-			lg_json_wz(&d, r->served->prov->name);
-			lg_buf_addz(&d, ",\"choices\":[],\"usage\":");
-			lg_w_oa_usage(&d, &r->usage);
-			lg_buf_addc(&d, '}');
-			lg_resp_sse(r, NULL, d.p, d.len);
-		}
-		lg_resp_sse(r, NULL, "[DONE]", 6);
-		break;
-	default: break;
-	}
-	lg_buf_free(&d);
-}
-
-/* --- Anthropic dialect, streaming ------------------------------------- */
-
-static void lg_w_an_event(struct lg_req *r, const char *name, struct lg_buf *d)
-{
-	lg_resp_sse(r, name, d->p, d->len);
-	d->len = d->off = 0;
-}
-
-static void lg_w_an_close(struct lg_req *r, struct lg_buf *d)
-{
-	struct lg_wst *w = r->w;
-	if (w->block_type < 0) return;
-	lg_buf_printf(d, "{\"type\":\"content_block_stop\",\"index\":%d}", w->block);
-	lg_w_an_event(r, "content_block_stop", d);
-	w->block_type = -1;
-	w->block++;
-}
-
-static void lg_w_an_open(struct lg_req *r, struct lg_buf *d, int type, lg_str id, lg_str name)
-{
-	struct lg_wst *w = r->w;
-	if (w->block_type == type && type != LG_EV_TOOL) return;
-	lg_w_an_close(r, d);
-	w->block_type = type;
-	lg_buf_printf(d, "{\"type\":\"content_block_start\",\"index\":%d,\"content_block\":", w->block);
-	if (type == LG_EV_TEXT)
-		lg_buf_addz(d, "{\"type\":\"text\",\"text\":\"\"}}");
-	else if (type == LG_EV_REASONING)
-		lg_buf_addz(d, "{\"type\":\"thinking\",\"thinking\":\"\"}}");
-	else {
-		lg_buf_addz(d, "{\"type\":\"tool_use\",\"id\":\"");
-		lg_buf_adds(d, id);
-		lg_buf_addz(d, "\",\"name\":\"");
-		lg_buf_adds(d, name);
-		lg_buf_addz(d, "\",\"input\":{}}}");
-	}
-	lg_w_an_event(r, "content_block_start", d);
-}
-
-static void lg_w_an_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
-{
-	struct lg_wst *w = r->w;
-	struct lg_buf d;
-	int k;
-	lg_buf_init(&d, 0);
-	if (!w->started) {
-		w->started = 1;
-		w->block_type = -1;
-		lg_buf_printf(&d, "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_%s\",\"type\":\"message\","
-		                  "\"role\":\"assistant\",\"model\":", r->id);
-		lg_json_wz(&d, r->served->model);
-		lg_buf_addz(&d, ",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":");
-		lg_w_anth_usage(&d, &r->usage, 0);
-		lg_buf_addz(&d, "}}");
-		lg_w_an_event(r, "message_start", &d);
-	}
-	switch (type) {
-	case LG_EV_TEXT:
-	case LG_EV_REASONING:
-		lg_w_an_open(r, &d, type, a, b);
-		lg_buf_printf(&d, "{\"type\":\"content_block_delta\",\"index\":%d,\"delta\":{\"type\":\"%s\",\"%s\":\"",
-		              w->block, type == LG_EV_TEXT ? "text_delta" : "thinking_delta",
-		              type == LG_EV_TEXT ? "text" : "thinking");
-		lg_buf_adds(&d, a);
-		lg_buf_addz(&d, "\"}}");
-		lg_w_an_event(r, "content_block_delta", &d);
-		break;
-	case LG_EV_SIG:
-		if (w->block_type != LG_EV_REASONING) break;
-		lg_buf_printf(&d, "{\"type\":\"content_block_delta\",\"index\":%d,\"delta\":{\"type\":\"signature_delta\","
-		                  "\"signature\":\"", w->block);
-		lg_buf_adds(&d, a);
-		lg_buf_addz(&d, "\"}}");
-		lg_w_an_event(r, "content_block_delta", &d);
-		break;
-	case LG_EV_TOOL:
-		if (w->ntools == LG_MAX_TOOLS) break;
-		k = w->ntools++;
-		w->tools[k].pidx = idx;
-		lg_w_an_open(r, &d, LG_EV_TOOL, a, b);
-		break;
-	case LG_EV_ARGS:
-		if ((k = lg_w_tool_of(w, idx)) < 0 || !a.n) break;
-		if (w->block_type != LG_EV_TOOL || k != w->ntools - 1) break; /* arguments of an earlier call: Anthropic cannot interleave */
-		lg_buf_printf(&d, "{\"type\":\"content_block_delta\",\"index\":%d,\"delta\":{\"type\":\"input_json_delta\","
-		                  "\"partial_json\":", w->block);
-		if (raw)
-			lg_json_wstr(&d, a.p, a.n);
-		else
-			lg_w_str(&d, a);
-		lg_buf_addz(&d, "}}");
-		lg_w_an_event(r, "content_block_delta", &d);
-		break;
-	case LG_EV_FINISH: /* held until the usage is known */
-		lg_w_an_close(r, &d);
-		break;
-	case LG_EV_END:
-		lg_w_an_close(r, &d);
-		lg_buf_printf(&d, "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"%s\",\"stop_sequence\":null},"
-		                  "\"usage\":", lg_fin_anthropic[w->has_finish ? w->finish : 0]);
-		lg_w_anth_usage(&d, &r->usage, 1);
-		lg_buf_addc(&d, '}');
-		lg_w_an_event(r, "message_delta", &d);
-		lg_buf_addz(&d, "{\"type\":\"message_stop\"}");
-		lg_w_an_event(r, "message_stop", &d);
-		break;
-	default: break;
-	}
-	lg_buf_free(&d);
-}
-
-/* --- not streaming: collect, then one response in the client's dialect -- */
-
-static void lg_w_collect(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
-{
-	struct lg_wst *w = r->w;
-	int k;
-	switch (type) {
-	case LG_EV_TEXT: lg_buf_adds(&w->text, a); break;
-	case LG_EV_REASONING: lg_buf_adds(&w->reasoning, a); break;
-	case LG_EV_SIG: lg_buf_adds(&w->sig, a); break;
-	case LG_EV_TOOL:
-		if (w->ntools == LG_MAX_TOOLS) break;
-		k = w->ntools++;
-		w->tools[k].pidx = idx;
-		w->tools[k].id = lg_str_of(lg_arena_strn(&r->a, a.p, a.n), a.n);
-		w->tools[k].name = lg_str_of(lg_arena_strn(&r->a, b.p, b.n), b.n);
-		lg_buf_init(&w->tools[k].args, LLMGW_MAX_RESPONSE);
-		break;
-	case LG_EV_ARGS:
-		if ((k = lg_w_tool_of(w, idx)) < 0) break;
-		if (raw) {
-			struct lg_buf e;
-			lg_buf_init(&e, 0);
-			lg_json_wstr(&e, a.p, a.n);
-			if (e.len >= 2) lg_buf_add(&w->tools[k].args, e.p + 1, e.len - 2);
-			lg_buf_free(&e);
-		} else {
-			lg_buf_adds(&w->tools[k].args, a);
-		}
-		break;
-	default: break;
-	}
-}
-
-/* The collected answer in the OpenAI dialect. */
-static void lg_w_oa_final(struct lg_req *r, struct lg_buf *o)
-{
-	struct lg_wst *w = r->w;
-	int i;
-	lg_buf_printf(o, "{\"id\":\"chatcmpl-%s\",\"object\":\"chat.completion\",\"created\":%lld,\"model\":", r->id,
-	              (long long)(r->wall0 / 1000));
-	lg_json_wz(o, r->served->model);
-	lg_buf_addz(o, ",\"provider\":");
-	lg_json_wz(o, r->served->prov->name);
-	lg_buf_addz(o, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
-	if (w->text.len || !w->ntools) {
-		lg_buf_addc(o, '"');
-		lg_buf_add(o, w->text.p, w->text.len);
-		lg_buf_addc(o, '"');
-	} else {
-		lg_buf_addz(o, "null");
-	}
-	if (w->reasoning.len) {
-		lg_buf_addz(o, ",\"reasoning_content\":\"");
-		lg_buf_add(o, w->reasoning.p, w->reasoning.len);
-		lg_buf_addc(o, '"');
-	}
-	if (w->ntools) {
-		lg_buf_addz(o, ",\"tool_calls\":[");
-		for (i = 0; i < w->ntools; i++) {
-			lg_buf_addz(o, i ? ",{\"id\":" : "{\"id\":");
-			lg_w_str(o, w->tools[i].id);
-			lg_buf_addz(o, ",\"type\":\"function\",\"function\":{\"name\":");
-			lg_w_str(o, w->tools[i].name);
-			lg_buf_addz(o, ",\"arguments\":\"");
-			if (w->tools[i].args.len)
-				lg_buf_add(o, w->tools[i].args.p, w->tools[i].args.len);
-			else
-				lg_buf_addz(o, "{}");
-			lg_buf_addz(o, "\"}}");
-		}
-		lg_buf_addc(o, ']');
-	}
-	lg_buf_printf(o, "},\"finish_reason\":\"%s\"}],\"usage\":", lg_fin_openai[w->has_finish ? w->finish : 0]);
-	lg_w_oa_usage(o, &r->usage);
-	lg_buf_addc(o, '}');
-}
-
-/* The collected answer in the Anthropic dialect. */
-static void lg_w_an_final(struct lg_req *r, struct lg_buf *o)
-{
-	struct lg_wst *w = r->w;
-	int i, c = 0;
-	lg_buf_printf(o, "{\"id\":\"msg_%s\",\"type\":\"message\",\"role\":\"assistant\",\"model\":", r->id);
-	lg_json_wz(o, r->served->model);
-	lg_buf_addz(o, ",\"provider\":");
-	lg_json_wz(o, r->served->prov->name);
-	lg_buf_addz(o, ",\"content\":[");
-	if (w->reasoning.len) {
-		lg_buf_addz(o, "{\"type\":\"thinking\",\"thinking\":\"");
-		lg_buf_add(o, w->reasoning.p, w->reasoning.len);
-		lg_buf_addz(o, "\",\"signature\":\"");
-		lg_buf_add(o, w->sig.p, w->sig.len);
-		lg_buf_addz(o, "\"}");
-		c++;
-	}
-	if (w->text.len) {
-		lg_buf_addz(o, c++ ? ",{\"type\":\"text\",\"text\":\"" : "{\"type\":\"text\",\"text\":\"");
-		lg_buf_add(o, w->text.p, w->text.len);
-		lg_buf_addz(o, "\"}");
-	}
-	for (i = 0; i < w->ntools; i++) {
-		lg_str args = lg_canon_unesc(r, lg_str_of(w->tools[i].args.p ? w->tools[i].args.p : "",
-		                                          w->tools[i].args.len));
-		struct lg_json aj;
-		memset(&aj, 0, sizeof aj);
-		if (!args.n || lg_json_parse(&aj, args.p, args.n) <= 0) args = lg_str_of("{}", 2);
-		lg_buf_addz(o, c++ ? ",{\"type\":\"tool_use\",\"id\":" : "{\"type\":\"tool_use\",\"id\":");
-		lg_w_str(o, w->tools[i].id);
-		lg_buf_addz(o, ",\"name\":");
-		lg_w_str(o, w->tools[i].name);
-		lg_buf_addz(o, ",\"input\":");
-		lg_buf_adds(o, args);
-		lg_buf_addc(o, '}');
-	}
-	lg_buf_printf(o, "],\"stop_reason\":\"%s\",\"stop_sequence\":null,\"usage\":",
-	              lg_fin_anthropic[w->has_finish ? w->finish : 0]);
-	lg_w_anth_usage(o, &r->usage, 1);
-	lg_buf_addc(o, '}');
-}
-
-/* The writing half: to the client's dialect, or collected. */
-static void lg_ev_write(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
-{
-	if (type == LG_EV_FINISH) {
-		r->w->finish = idx;
-		r->w->has_finish = 1;
-	}
-	if (!r->stream)
-		lg_w_collect(r, type, idx, a, b, raw);
-	else
-		r->d->stream(r, type, idx, a, b, raw);
-}
-
-/* One canonical event from an adapter (the table above). Text that is not
- * well-formed UTF-8 has each bad sequence replaced by U+FFFD before it is
- * written: what llmgw writes is always valid UTF-8 JSON. */
-static void lg_ev(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
-{
-	struct lg_buf fa, fb;
-	if (!lg_ev_acct(r, type, idx, a) || !r->w) return;
-	if ((!a.n || lg_utf8_valid(a.p, a.n)) && (!b.n || lg_utf8_valid(b.p, b.n))) {
-		lg_ev_write(r, type, idx, a, b, raw);
-		return;
-	}
-	a = lg_utf8_fix(&fa, a);
-	b = lg_utf8_fix(&fb, b);
-	lg_ev_write(r, type, idx, a, b, raw);
-	lg_buf_free(&fa);
-	lg_buf_free(&fb);
-}
-
-
-/* --- OpenAI responses and chunks -> events ------------------------------ */
-
-static void lg_p_openai_usage(struct lg_req *r, const struct lg_json *j, const char *s, int u)
-{
-	if (lg_json_type(j, u) == LG_J_OBJ) lg_prov_openai_usage(r, j, s, u);
-}
-
-/* One completion (message) or one chunk (delta). */
-static void lg_p_openai_obj(struct lg_req *r, const struct lg_json *j, const char *s, int chunk)
-{
-	int ch = lg_json_get(j, s, 0, "choices"), c0 = lg_json_at(j, ch, 0), e = lg_json_get(j, s, 0, "error");
-	int m = lg_json_get(j, s, c0, chunk ? "delta" : "message"), t, fr;
-	uint32_t i;
-	if (e >= 0) {
-		int msg = lg_json_get(j, s, e, "message");
-		lg_ev(r, LG_EV_ERROR, 502, lg_jesc(j, s, msg >= 0 ? msg : e), LG_NOSTR, 0);
-		return;
-	}
-	if (m >= 0) {
-		if ((t = lg_json_get(j, s, m, "reasoning_content")) < 0) t = lg_json_get(j, s, m, "reasoning");
-		if (lg_json_type(j, t) == LG_J_STR && j->t[t].end > j->t[t].start)
-			lg_ev(r, LG_EV_REASONING, 0, lg_json_raw(j, s, t), LG_NOSTR, 0);
-		t = lg_json_get(j, s, m, "content");
-		if (lg_json_type(j, t) == LG_J_STR && j->t[t].end > j->t[t].start)
-			lg_ev(r, LG_EV_TEXT, 0, lg_json_raw(j, s, t), LG_NOSTR, 0);
-		t = lg_json_get(j, s, m, "tool_calls");
-		for (i = 0; lg_json_type(j, t) == LG_J_ARR && i < j->t[t].size; i++) {
-			int tc = lg_json_at(j, t, i), fn = lg_json_get(j, s, tc, "function");
-			int idx = chunk ? (int)lg_json_i64(j, s, lg_json_get(j, s, tc, "index")) : (int)i;
-			int id = lg_json_get(j, s, tc, "id");
-			if (lg_json_type(j, id) == LG_J_STR || lg_json_get(j, s, fn, "name") >= 0)
-				lg_ev(r, LG_EV_TOOL, idx, lg_jesc(j, s, id), lg_jesc(j, s, lg_json_get(j, s, fn, "name")), 0);
-			lg_ev(r, LG_EV_ARGS, idx, lg_jesc(j, s, lg_json_get(j, s, fn, "arguments")), LG_NOSTR, 0);
-		}
-	}
-	fr = lg_json_get(j, s, c0, "finish_reason");
-	if (lg_json_type(j, fr) == LG_J_STR) lg_ev(r, LG_EV_FINISH, lg_fin_code(lg_json_raw(j, s, fr)), LG_NOSTR, LG_NOSTR, 0);
-	lg_p_openai_usage(r, j, s, lg_json_get(j, s, 0, "usage"));
-}
-
-/* A translated stream's event as a JSON object in j: 1. Anything else
- * fails the attempt, or after the first byte ends the client's stream with
- * an error event (it must not end as if complete): 0, as does an empty one. */
-static int lg_p_event_json(struct lg_req *r, struct lg_json *j, lg_str data)
-{
-	static const char msg[] = "the upstream sent a stream event that is not a JSON object";
-	memset(j, 0, sizeof *j);
-	if (!lg_str_trim(data).n) return 0;
-	if (lg_req_json(r, j, data.p, data.n) > 0 && j->t[0].type == LG_J_OBJ) return 1;
-	lg_ev(r, LG_EV_ERROR, 502, lg_str_of(msg, sizeof msg - 1), LG_NOSTR, 0);
-	return 0;
-}
-
-static void lg_p_openai_event(struct lg_req *r, lg_str ev, lg_str data)
-{
-	struct lg_json j;
-	LG_UNUSED(ev);
-	if (lg_str_eq(data, "[DONE]")) {
-		lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
-		return;
-	}
-	if (lg_p_event_json(r, &j, data)) lg_p_openai_obj(r, &j, data.p, 1);
-}
-
-static int lg_p_openai_full(struct lg_req *r, const char *s, size_t n)
-{
-	struct lg_json j;
-	memset(&j, 0, sizeof j);
-	if (lg_req_json(r, &j, s, n) <= 0 || j.t[0].type != LG_J_OBJ) return -1;
-	lg_p_openai_obj(r, &j, s, 0);
-	lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
-	return 0;
-}
-
-/* --- Anthropic responses and events -> events --------------------------- */
-
-static void lg_p_anth_usage(struct lg_req *r, const struct lg_json *j, const char *s, int u, int delta)
-{
-	int t;
-	if (lg_json_type(j, u) != LG_J_OBJ) return;
-	/* message_delta usage is cumulative and may repeat the input fields */
-	if ((t = lg_json_get(j, s, u, "input_tokens")) >= 0 || !delta) {
-		int64_t in = lg_json_i64(j, s, t), cr = lg_json_i64(j, s, lg_json_get(j, s, u, "cache_read_input_tokens")),
-		        cw = lg_json_i64(j, s, lg_json_get(j, s, u, "cache_creation_input_tokens"));
-		r->usage.prompt = in + cr + cw;
-		r->usage.cached = cr;
-		r->usage.cache_write = cw;
-	}
-	if ((t = lg_json_get(j, s, u, "output_tokens")) >= 0) r->usage.completion = lg_json_i64(j, s, t);
-	lg_ev_acct(r, LG_EV_USAGE, 0, LG_NOSTR);
-}
-
-static void lg_p_anth_block(struct lg_req *r, const struct lg_json *j, const char *s, int b, int idx)
-{
-	lg_str ty = lg_jesc(j, s, lg_json_get(j, s, b, "type"));
-	int t;
-	if (lg_str_eq(ty, "text")) {
-		if ((t = lg_json_get(j, s, b, "text")) >= 0 && j->t[t].end > j->t[t].start)
-			lg_ev(r, LG_EV_TEXT, 0, lg_json_raw(j, s, t), LG_NOSTR, 0);
-	} else if (lg_str_eq(ty, "thinking")) {
-		if ((t = lg_json_get(j, s, b, "thinking")) >= 0 && j->t[t].end > j->t[t].start)
-			lg_ev(r, LG_EV_REASONING, 0, lg_json_raw(j, s, t), LG_NOSTR, 0);
-		if ((t = lg_json_get(j, s, b, "signature")) >= 0) lg_ev(r, LG_EV_SIG, 0, lg_jesc(j, s, t), LG_NOSTR, 0);
-	} else if (lg_str_eq(ty, "tool_use")) {
-		lg_str name = lg_jesc(j, s, lg_json_get(j, s, b, "name"));
-		int in = lg_json_get(j, s, b, "input");
-		if (r->rf_tool && lg_str_eq(name, "json_response")) { /* response_format: the input is the answer */
-			if (lg_json_type(j, in) == LG_J_OBJ && j->t[in].size) { /* a stream's start block has input {} */
-				lg_str raw = lg_json_span(j, s, in);
-				lg_ev(r, LG_EV_TEXT, 0, lg_canon_esc(r, raw), LG_NOSTR, 0);
-			}
-			r->w->pblk[idx % LG_MAX_TOOLS] = 3;
-			return;
-		}
-		lg_ev(r, LG_EV_TOOL, idx, lg_jesc(j, s, lg_json_get(j, s, b, "id")), name, 0);
-		if (lg_json_type(j, in) == LG_J_OBJ && j->t[in].size) {
-			lg_ev(r, LG_EV_ARGS, idx, lg_json_span(j, s, in), LG_NOSTR, 1);
-			r->w->pargs[idx % LG_MAX_TOOLS] = 1;
-		}
-	}
-}
-
-static void lg_p_anth_event(struct lg_req *r, lg_str evname, lg_str data)
-{
-	struct lg_json j;
-	const char *s = data.p;
-	lg_str ty;
-	int idx;
-	struct lg_wst *w = r->w;
-	if (!lg_p_event_json(r, &j, data)) return;
-	ty = lg_jesc(&j, s, lg_json_get(&j, s, 0, "type"));
-	if (!ty.n) ty = evname;
-	idx = (int)lg_json_i64(&j, s, lg_json_get(&j, s, 0, "index"));
-	if (lg_str_eq(ty, "message_start")) {
-		lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, lg_json_get(&j, s, 0, "message"), "usage"), 0);
-	} else if (lg_str_eq(ty, "content_block_start")) {
-		int b = lg_json_get(&j, s, 0, "content_block");
-		lg_str bt = lg_jesc(&j, s, lg_json_get(&j, s, b, "type"));
-		w->pblk[idx % LG_MAX_TOOLS] = lg_str_eq(bt, "tool_use") ? 1 : 0;
-		w->pargs[idx % LG_MAX_TOOLS] = 0;
-		if (lg_str_eq(bt, "tool_use")) lg_p_anth_block(r, &j, s, b, idx);
-	} else if (lg_str_eq(ty, "content_block_delta")) {
-		int d = lg_json_get(&j, s, 0, "delta");
-		lg_str dt = lg_jesc(&j, s, lg_json_get(&j, s, d, "type"));
-		if (lg_str_eq(dt, "text_delta")) {
-			lg_ev(r, LG_EV_TEXT, 0, lg_jesc(&j, s, lg_json_get(&j, s, d, "text")), LG_NOSTR, 0);
-		} else if (lg_str_eq(dt, "thinking_delta")) {
-			lg_ev(r, LG_EV_REASONING, 0, lg_jesc(&j, s, lg_json_get(&j, s, d, "thinking")), LG_NOSTR, 0);
-		} else if (lg_str_eq(dt, "signature_delta")) {
-			lg_ev(r, LG_EV_SIG, 0, lg_jesc(&j, s, lg_json_get(&j, s, d, "signature")), LG_NOSTR, 0);
-		} else if (lg_str_eq(dt, "input_json_delta")) {
-			lg_str pj = lg_jesc(&j, s, lg_json_get(&j, s, d, "partial_json"));
-			if (w->pblk[idx % LG_MAX_TOOLS] == 3) { /* the forced response_format tool: text */
-				lg_ev(r, LG_EV_TEXT, 0, pj, LG_NOSTR, 0);
-			} else if (pj.n) {
-				lg_ev(r, LG_EV_ARGS, idx, pj, LG_NOSTR, 0);
-				w->pargs[idx % LG_MAX_TOOLS] = 1;
-			}
-		}
-	} else if (lg_str_eq(ty, "content_block_stop")) {
-		if (w->pblk[idx % LG_MAX_TOOLS] == 1 && !w->pargs[idx % LG_MAX_TOOLS]) /* a tool block that got no JSON */
-			lg_ev(r, LG_EV_ARGS, idx, lg_str_of("{}", 2), LG_NOSTR, 1);
-	} else if (lg_str_eq(ty, "message_delta")) {
-		lg_str sr = lg_jesc(&j, s, lg_json_get(&j, s, lg_json_get(&j, s, 0, "delta"), "stop_reason"));
-		lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, 0, "usage"), 1);
-		if (sr.n) lg_ev(r, LG_EV_FINISH, r->rf_tool && lg_str_eq(sr, "tool_use") ? LG_FIN_STOP : lg_fin_code(sr),
-		                LG_NOSTR, LG_NOSTR, 0);
-	} else if (lg_str_eq(ty, "message_stop")) {
-		lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
-	} else if (lg_str_eq(ty, "error")) {
-		int e = lg_json_get(&j, s, 0, "error");
-		lg_str et = lg_jesc(&j, s, lg_json_get(&j, s, e, "type"));
-		lg_ev(r, LG_EV_ERROR, lg_str_eq(et, "overloaded_error") ? 529 : lg_str_eq(et, "rate_limit_error") ? 429 : 502,
-		      lg_jesc(&j, s, lg_json_get(&j, s, e, "message")), LG_NOSTR, 0);
-	}
-}
-
-static int lg_p_anth_full(struct lg_req *r, const char *s, size_t n)
-{
-	struct lg_json j;
-	int c, sr;
-	uint32_t i;
-	memset(&j, 0, sizeof j);
-	if (lg_req_json(r, &j, s, n) <= 0 || j.t[0].type != LG_J_OBJ) return -1;
-	c = lg_json_get(&j, s, 0, "content");
-	for (i = 0; lg_json_type(&j, c) == LG_J_ARR && i < j.t[c].size; i++)
-		lg_p_anth_block(r, &j, s, lg_json_at(&j, c, i), (int)i);
-	lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, 0, "usage"), 0);
-	sr = lg_json_get(&j, s, 0, "stop_reason");
-	if (lg_json_type(&j, sr) == LG_J_STR) {
-		lg_str v = lg_json_raw(&j, s, sr);
-		lg_ev(r, LG_EV_FINISH, r->rf_tool && lg_str_eq(v, "tool_use") ? LG_FIN_STOP : lg_fin_code(v), LG_NOSTR,
-		      LG_NOSTR, 0);
-	}
-	lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
-	return 0;
-}
-
-/* --- Gemini responses and chunks -> events ------------------------------ */
-
-static void lg_p_gemini_obj(struct lg_req *r, const struct lg_json *j, const char *s)
-{
-	int cand = lg_json_at(j, lg_json_get(j, s, 0, "candidates"), 0), e = lg_json_get(j, s, 0, "error");
-	int parts = lg_json_get(j, s, lg_json_get(j, s, cand, "content"), "parts"), um, fr, pf;
-	struct lg_wst *w = r->w;
-	uint32_t i;
-	if (e >= 0) {
-		int code = (int)lg_json_i64(j, s, lg_json_get(j, s, e, "code"));
-		lg_ev(r, LG_EV_ERROR, code ? code : 502, lg_jesc(j, s, lg_json_get(j, s, e, "message")), LG_NOSTR, 0);
-		return;
-	}
-	for (i = 0; lg_json_type(j, parts) == LG_J_ARR && i < j->t[parts].size; i++) {
-		int p = lg_json_at(j, parts, i), t = lg_json_get(j, s, p, "text"), fc = lg_json_get(j, s, p, "functionCall");
-		if (lg_json_type(j, t) == LG_J_STR && j->t[t].end > j->t[t].start)
-			lg_ev(r, lg_json_truthy(j, lg_json_get(j, s, p, "thought")) ? LG_EV_REASONING : LG_EV_TEXT, 0,
-			      lg_json_raw(j, s, t), LG_NOSTR, 0);
-		if (fc >= 0) { /* a whole call in one part: a made-up id carries its signature */
-			int args = lg_json_get(j, s, fc, "args");
-			lg_str sig = lg_jesc(j, s, lg_json_get(j, s, p, "thoughtSignature"));
-			char *id = (char *)lg_arena_alloc(&r->a, 16 + sig.n);
-			size_t k, n;
-			if (!id) return;
-			n = (size_t)snprintf(id, 16, "call_%08x", (unsigned)(lg_rand(&r->gw->rng) & 0xffffffffu));
-			if (sig.n) {
-				id[n++] = '_';
-				for (k = 0; k < sig.n; k++)
-					if (sig.p[k] != '=') id[n++] = sig.p[k] == '+' ? '-' : sig.p[k] == '/' ? '_' : sig.p[k];
-			}
-			w->calls++;
-			lg_ev(r, LG_EV_TOOL, 1000 + w->calls, lg_str_of(id, n), lg_jesc(j, s, lg_json_get(j, s, fc, "name")), 0);
-			lg_ev(r, LG_EV_ARGS, 1000 + w->calls, args >= 0 ? lg_json_span(j, s, args) : lg_str_of("{}", 2),
-			      LG_NOSTR, 1);
-		}
-	}
-	if ((um = lg_json_get(j, s, 0, "usageMetadata")) >= 0) { /* a running total: the last one counts */
-		int64_t th = lg_json_i64(j, s, lg_json_get(j, s, um, "thoughtsTokenCount"));
-		r->usage.prompt = lg_json_i64(j, s, lg_json_get(j, s, um, "promptTokenCount"));
-		r->usage.completion = lg_json_i64(j, s, lg_json_get(j, s, um, "candidatesTokenCount")) + th;
-		r->usage.reasoning = th;
-		r->usage.cached = lg_json_i64(j, s, lg_json_get(j, s, um, "cachedContentTokenCount"));
-		r->usage.cache_write = 0;
-		lg_ev(r, LG_EV_USAGE, 0, LG_NOSTR, LG_NOSTR, 0);
-	}
-	fr = lg_json_get(j, s, cand, "finishReason");
-	pf = lg_json_get(j, s, lg_json_get(j, s, 0, "promptFeedback"), "blockReason");
-	if (lg_json_type(j, fr) == LG_J_STR) {
-		int code = lg_fin_code(lg_json_raw(j, s, fr));
-		lg_ev(r, LG_EV_FINISH, code == LG_FIN_STOP && w->calls ? LG_FIN_TOOLS : code, LG_NOSTR, LG_NOSTR, 0);
-	} else if (pf >= 0) {
-		lg_ev(r, LG_EV_FINISH, LG_FIN_FILTER, LG_NOSTR, LG_NOSTR, 0);
-	}
-}
-
-static void lg_p_gemini_event(struct lg_req *r, lg_str ev, lg_str data)
-{
-	struct lg_json j;
-	LG_UNUSED(ev);
-	if (lg_p_event_json(r, &j, data)) lg_p_gemini_obj(r, &j, data.p);
-}
-
-static int lg_p_gemini_full(struct lg_req *r, const char *s, size_t n)
-{
-	struct lg_json j;
-	memset(&j, 0, sizeof j);
-	if (lg_req_json(r, &j, s, n) <= 0 || j.t[0].type != LG_J_OBJ) return -1;
-	lg_p_gemini_obj(r, &j, s);
-	lg_ev(r, LG_EV_END, 0, LG_NOSTR, LG_NOSTR, 0);
-	return 0;
-}
-
-/* --- Bedrock Converse -> events ------------------------------------------ */
 
 static void lg_p_bedrock_usage(struct lg_req *r, const struct lg_json *j, const char *s, int u)
 {
@@ -7979,28 +8016,9 @@ static long lg_evstream_frame(const unsigned char *b, size_t n, struct lg_evfram
 	return (long)total;
 }
 
-/* --- the HTTP request to each provider type -------------------------------- */
-
-/* RFC 3986 encoding of everything but unreserved characters. */
-static void lg_uri_enc(struct lg_buf *o, const char *p, size_t n)
-{
-	static const char hx[] = "0123456789ABCDEF";
-	size_t i;
-	for (i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)p[i];
-		if (isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~')
-			lg_buf_addc(o, (char)c);
-		else {
-			lg_buf_addc(o, '%');
-			lg_buf_addc(o, hx[c >> 4]);
-			lg_buf_addc(o, hx[c & 15]);
-		}
-	}
-}
-
 /* SigV4 for Bedrock: the signature over the canonical request of a POST
  * with host, x-amz-date and (with a session) x-amz-security-token signed. */
-static void lg_sigv4(const struct lg_provider *p, const char *host, const char *path, const char *body, size_t bn,
+static void lg_prov_bedrock_sign(const struct lg_provider *p, const char *host, const char *path, const char *body, size_t bn,
                      int64_t wall, struct lg_buf *hdr)
 {
 	char amzdate[20], day[9], hex[65], sig[65];
@@ -8045,182 +8063,6 @@ static void lg_sigv4(const struct lg_provider *p, const char *host, const char *
 	lg_buf_free(&sts);
 }
 
-/* May a failed answer succeed on retry? A quota that ran out (OpenAI's
- * insufficient_quota 429) will not come back; timeouts and 5xx may. */
-static int lg_prov_retryable(int status, const char *body, size_t n)
-{
-	if (status == 429) return !(body && n && lg_memmem(body, n, "insufficient_quota"));
-	return status == 408 || status >= 500;
-}
-
-/* Is p native to the client's dialect (the client's bytes go as they are)? */
-static int lg_native(const struct lg_req *r, const struct lg_provider *p) { return p->row->wire == r->d->wire; }
-
-/* The longest auth lines a request to p can carry (lg_prov_build sizes
- * the head with it, so no header is ever cut). */
-static size_t lg_prov_auth_room(const struct lg_provider *p, const struct lg_req *r)
-{
-	size_t n = 64;
-	if (p->api_key) n += strlen(p->api_key) + 32;
-	if (r->anth_beta) n += strlen(r->anth_beta) + 20;
-	if (p->row->auth_room) n += p->row->auth_room(p);
-	return n;
-}
-
-/* A head written into a fixed span: at passes cap when a part did not fit
- * (the caller then fails the request; nothing is cut silently). */
-struct lg_hw {
-	char *p;
-	size_t at, cap;
-};
-
-static void lg_hw_n(struct lg_hw *w, const char *s, size_t n)
-{
-	if (w->at + n <= w->cap) memcpy(w->p + w->at, s, n);
-	w->at += n;
-}
-
-static void lg_hw_z(struct lg_hw *w, const char *s) { lg_hw_n(w, s, strlen(s)); }
-
-/* "name value\r\n", or nothing without a value */
-static void lg_hw_line(struct lg_hw *w, const char *name, const char *v)
-{
-	if (!v) return;
-	lg_hw_z(w, name);
-	lg_hw_z(w, v);
-	lg_hw_n(w, "\r\n", 2);
-}
-
-/* pb as the path, or NULL when it could not be written */
-static const char *lg_prov_path_of(struct lg_buf *pb) { return lg_buf_addc(pb, 0) ? NULL : pb->p; }
-
-/* OpenAI (and the default): base path + /chat/completions or /embeddings,
- * in fast when it fits (the common case, no buffer). */
-static const char *lg_prov_openai_path(const struct lg_req *r, const struct lg_cand *cd, char *fast, size_t cap,
-                                       struct lg_buf *pb)
-{
-	const char *tail = r->ep == LG_EP_EMBED ? "/embeddings" : "/chat/completions";
-	const char *bp = cd->prov->base_path;
-	if (strlen(bp) + 20 < cap) {
-		size_t at = lg_cpy(fast, cap, bp);
-		lg_cpy(fast + at, cap - at, tail);
-		return fast;
-	}
-	lg_buf_addz(pb, bp);
-	lg_buf_addz(pb, tail);
-	return lg_prov_path_of(pb);
-}
-
-static void lg_prov_bearer_auth(struct lg_hw *w, const struct lg_req *r, const struct lg_provider *p,
-                                const char *path, const char *body, size_t n)
-{
-	LG_UNUSED(r), LG_UNUSED(path), LG_UNUSED(body), LG_UNUSED(n);
-	lg_hw_line(w, "Authorization: Bearer ", p->api_key);
-}
-
-/* Azure: the v1 API (base_url ends in /openai/v1) or a deployment's path with api-version. */
-static const char *lg_prov_azure_path(const struct lg_req *r, const struct lg_cand *cd, char *fast, size_t cap,
-                                      struct lg_buf *pb)
-{
-	const struct lg_provider *p = cd->prov;
-	LG_UNUSED(fast), LG_UNUSED(cap);
-	lg_buf_addz(pb, p->base_path);
-	if (strstr(p->base_path, "/openai/v1"))
-		lg_buf_addz(pb, r->ep == LG_EP_EMBED ? "/embeddings" : "/chat/completions");
-	else {
-		lg_buf_addz(pb, "/openai/deployments/");
-		lg_uri_enc(pb, cd->upstream, strlen(cd->upstream));
-		lg_buf_printf(pb, "/%s?api-version=%s", r->ep == LG_EP_EMBED ? "embeddings" : "chat/completions",
-		              p->api_version ? p->api_version : "2024-10-21");
-	}
-	return lg_prov_path_of(pb);
-}
-
-static void lg_prov_azure_auth(struct lg_hw *w, const struct lg_req *r, const struct lg_provider *p,
-                               const char *path, const char *body, size_t n)
-{
-	LG_UNUSED(r), LG_UNUSED(path), LG_UNUSED(body), LG_UNUSED(n);
-	lg_hw_line(w, "api-key: ", p->api_key);
-}
-
-static const char *lg_prov_anth_path(const struct lg_req *r, const struct lg_cand *cd, char *fast, size_t cap,
-                                     struct lg_buf *pb)
-{
-	const char *bp = cd->prov->base_path;
-	size_t n = strlen(bp);
-	LG_UNUSED(r), LG_UNUSED(fast), LG_UNUSED(cap);
-	lg_buf_addz(pb, bp);
-	lg_buf_addz(pb, n >= 3 && strcmp(bp + n - 3, "/v1") == 0 ? "/messages" : "/v1/messages");
-	return lg_prov_path_of(pb);
-}
-
-static void lg_prov_anth_auth(struct lg_hw *w, const struct lg_req *r, const struct lg_provider *p,
-                              const char *path, const char *body, size_t n)
-{
-	LG_UNUSED(path), LG_UNUSED(body), LG_UNUSED(n);
-	lg_hw_line(w, "x-api-key: ", p->api_key);
-	lg_hw_z(w, "anthropic-version: 2023-06-01\r\n");
-	lg_hw_line(w, "anthropic-beta: ", r->anth_beta);
-}
-
-static const char *lg_prov_gemini_path(const struct lg_req *r, const struct lg_cand *cd, char *fast, size_t cap,
-                                       struct lg_buf *pb)
-{
-	LG_UNUSED(fast), LG_UNUSED(cap);
-	lg_buf_addz(pb, cd->prov->base_path);
-	lg_buf_addz(pb, "/models/");
-	lg_uri_enc(pb, cd->upstream, strlen(cd->upstream));
-	lg_buf_addz(pb, r->ep == LG_EP_EMBED ? ":batchEmbedContents" : r->stream ? ":streamGenerateContent?alt=sse"
-	                                                                        : ":generateContent");
-	return lg_prov_path_of(pb);
-}
-
-static void lg_prov_gemini_auth(struct lg_hw *w, const struct lg_req *r, const struct lg_provider *p,
-                                const char *path, const char *body, size_t n)
-{
-	LG_UNUSED(r), LG_UNUSED(path), LG_UNUSED(body), LG_UNUSED(n);
-	lg_hw_line(w, "x-goog-api-key: ", p->api_key);
-}
-
-/* Gemini's embeddings: batchEmbedContents, one request per input. */
-static void lg_prov_gemini_embed_body(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
-{
-	int in = lg_json_get(&r->j, r->body, 0, "input");
-	uint32_t n = lg_json_type(&r->j, in) == LG_J_ARR ? r->j.t[in].size : 1, x;
-	struct lg_buf mn; /* "models/<upstream>", escaped: the upstream name may come from the client */
-	lg_buf_init(&mn, 0);
-	lg_buf_addz(&mn, "models/");
-	lg_buf_addz(&mn, cd->upstream);
-	lg_buf_addz(o, "{\"requests\":[");
-	for (x = 0; x < n; x++) {
-		int t = lg_json_type(&r->j, in) == LG_J_ARR ? lg_json_at(&r->j, in, x) : in;
-		lg_buf_addz(o, x ? ",{\"model\":" : "{\"model\":");
-		lg_json_wstr(o, mn.p ? mn.p : "", mn.len);
-		lg_buf_addz(o, ",\"content\":{\"parts\":[{\"text\":");
-		lg_w_str(o, lg_jesc(&r->j, r->body, t));
-		lg_buf_addz(o, "}]}}");
-	}
-	lg_buf_addz(o, "]}");
-	if (mn.err) o->err = 1;
-	lg_buf_free(&mn);
-}
-
-/* Gemini says when to retry in its error body: "retryDelay": "17s" */
-static void lg_prov_gemini_retry_hint(struct lg_req *r, const char *b, size_t bn)
-{
-	const char *rd, *e = b + bn;
-	double d = 0;
-	if (!bn || !b || !(rd = lg_memfind(b, bn, "\"retryDelay\""))) return;
-	rd += 12;
-	while (rd < e && (*rd == ' ' || *rd == ':' || *rd == '"')) rd++;
-	while (rd < e && *rd >= '0' && *rd <= '9') d = d * 10 + (*rd++ - '0');
-	if (rd < e && *rd == '.') {
-		double f = 0.1;
-		for (rd++; rd < e && *rd >= '0' && *rd <= '9'; rd++, f /= 10) d += (*rd - '0') * f;
-	}
-	if (d > 0 && d < 3600) r->retry_after_ms = (int64_t)(d * 1000);
-}
-
 static const char *lg_prov_bedrock_check(const struct lg_provider *p)
 {
 	return p->api_key || (p->aws_access_key_id && p->aws_secret_access_key)
@@ -8257,7 +8099,7 @@ static void lg_prov_bedrock_auth(struct lg_hw *w, const struct lg_req *r, const 
 		return;
 	}
 	lg_buf_init(&sig, 0);
-	lg_sigv4(p, p->hosthdr, path, body, n, lg_wall_ms(), &sig);
+	lg_prov_bedrock_sign(p, p->hosthdr, path, body, n, lg_wall_ms(), &sig);
 	if (sig.err)
 		w->at = w->cap + 1;
 	else
@@ -8269,228 +8111,6 @@ static void lg_prov_bedrock_auth(struct lg_hw *w, const struct lg_req *r, const 
 static int lg_prov_bedrock_retryable(int status, const char *b, size_t n)
 {
 	return status == 424 || lg_prov_retryable(status, b, n);
-}
-
-/* Builds the whole upstream request in o: the body is written first, after
- * room left for the head, so it is copied once. -2: the request cannot go
- * to this provider (r->canon_err says why: a 400). */
-static int lg_prov_build(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
-{
-	const struct lg_provider *p = cd->prov;
-	const struct lg_prov_row *row = p->row;
-	char fast[1024];
-	const char *path, *host = p->hosthdr;
-	int i, k = 0;
-	size_t room, body_len;
-	struct lg_buf pb;
-	lg_buf_init(&pb, 0);
-	if (!(path = row->path(r, cd, fast, sizeof fast, &pb))) {
-		lg_buf_free(&pb);
-		return -1;
-	}
-	/* the head is sized, never truncated: fixed parts, path, host, every
-	 * header of the provider and the longest auth lines it can get */
-	room = 512 + strlen(path) + strlen(host) + lg_prov_auth_room(p, r);
-	for (i = 0; i < p->nheaders; i++) room += strlen(p->headers[i]) + 2;
-	o->off = o->len = 0;
-	lg_blk_take(r->gw, o);
-	if (lg_buf_reserve(o, room + r->body_len + 256)) {
-		lg_buf_free(&pb);
-		return -1;
-	}
-	o->len = room; /* the gap before the body is filled by the head below */
-	if (r->ep == LG_EP_EMBED && row->embed_body) {
-		row->embed_body(r, cd, o);
-	} else if (r->native || r->ep == LG_EP_EMBED) {
-		lg_prov_openai_body(r, cd, o);
-	} else {
-		if (!lg_canon(r)) {
-			lg_buf_free(&pb);
-			return -2;
-		}
-		if ((k = (row->body ? row->body : lg_w_openai)(r, cd, o)) < 0) {
-			lg_buf_free(&pb);
-			return k;
-		}
-	}
-	if (o->err) {
-		lg_buf_free(&pb);
-		return -1;
-	}
-	body_len = o->len - room;
-	{ /* the head, in the gap before the body, without printf: this runs for every upstream request */
-		struct lg_hw w;
-		char num[24];
-		w.p = o->p;
-		w.at = 0;
-		w.cap = room;
-		lg_hw_z(&w, "POST ");
-		lg_hw_z(&w, path);
-		lg_hw_z(&w, " HTTP/1.1\r\nHost: ");
-		lg_hw_z(&w, host);
-		lg_hw_z(&w, "\r\nContent-Type: application/json\r\nAccept: ");
-		lg_hw_z(&w, r->stream ? row->stream_accept : "application/json");
-		lg_hw_z(&w, "\r\nUser-Agent: llmgw/" LLMGW_VERSION "\r\n");
-		row->auth(&w, r, p, path, o->p + room, body_len);
-		for (i = 0; i < p->nheaders; i++) lg_hw_line(&w, "", p->headers[i]);
-		lg_hw_z(&w, "Content-Length: ");
-		k = lg_utoa(num, body_len, 0);
-		lg_hw_n(&w, num + k, (size_t)(24 - k));
-		lg_hw_z(&w, "\r\n\r\n");
-		lg_buf_free(&pb);
-		if (w.at > w.cap) return -1; /* cannot happen: room counts every part */
-		o->off = room - w.at;
-		memmove(o->p + o->off, o->p, w.at);
-	}
-	return 0;
-}
-
-/* --- Anthropic to Anthropic: natively, reading usage on the way ----------- */
-
-/* Copies the JSON object at token t of s, with "model" replaced by the
- * public name, "provider" first, and extra text added at its end. */
-static void lg_native_obj(struct lg_req *r, const struct lg_json *j, const char *s, int t, struct lg_buf *o,
-                          int top, const char *extra)
-{
-	uint32_t i, k;
-	lg_buf_addc(o, '{');
-	if (top) {
-		lg_buf_addz(o, "\"provider\":");
-		lg_json_wz(o, r->served->prov->name);
-	}
-	for (i = 0, k = (uint32_t)t + 1; i < j->t[t].size; i++, k = j->t[k + 1].next) {
-		lg_str key = lg_json_raw(j, s, (int)k);
-		if (top && lg_str_eq(key, "provider")) continue;
-		if (top || i) lg_buf_addc(o, ',');
-		lg_buf_adds(o, lg_json_span(j, s, (int)k));
-		lg_buf_addc(o, ':');
-		if (lg_str_eq(key, "model")) {
-			lg_json_wz(o, r->served->model);
-		} else if (lg_str_eq(key, "usage") && j->t[k + 1].type == LG_J_OBJ) {
-			char c[64];
-			memcpy(c, ",\"cost\":", 8);
-			lg_fmt_g(c + 8, r->usage.cost, 12);
-			lg_native_obj(r, j, s, (int)k + 1, o, 0, j->t[k + 1].size ? c : c + 1);
-		} else if (lg_str_eq(key, "message") && j->t[k + 1].type == LG_J_OBJ) {
-			lg_native_obj(r, j, s, (int)k + 1, o, 0, NULL);
-		} else {
-			lg_buf_adds(o, lg_json_span(j, s, (int)k + 1));
-		}
-	}
-	if (extra) lg_buf_addz(o, extra);
-	lg_buf_addc(o, '}');
-}
-
-static void lg_p_anth_native_event(struct lg_req *r, lg_str evname, lg_str data)
-{
-	struct lg_json j;
-	const char *s = data.p;
-	struct lg_buf o;
-	lg_str ty;
-	char name[64];
-	struct lg_buf clean;
-	if (lg_str_eq(evname, "error") && lg_scrub(r->cfg, data.p, data.n, &clean)) {
-		/* passed on natively, never with the credential it may quote */
-		lg_p_anth_native_event(r, evname, lg_str_of(clean.p, clean.len));
-		lg_buf_free(&clean);
-		return;
-	}
-	memset(&j, 0, sizeof j);
-	if (lg_req_json(r, &j, data.p, data.n) <= 0 || j.t[0].type != LG_J_OBJ) {
-		lg_resp_sse(r, evname.n ? "message" : NULL, data.p, data.n);
-		return;
-	}
-	ty = lg_jesc(&j, s, lg_json_get(&j, s, 0, "type"));
-	if (!ty.n) ty = evname;
-	snprintf(name, sizeof name, "%.*s", (int)LG_MIN(ty.n, 60), ty.p);
-	if (lg_str_eq(ty, "message_start"))
-		lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, lg_json_get(&j, s, 0, "message"), "usage"), 0);
-	if (lg_str_eq(ty, "message_delta")) {
-		lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, 0, "usage"), 1);
-		lg_str sr = lg_jesc(&j, s, lg_json_get(&j, s, lg_json_get(&j, s, 0, "delta"), "stop_reason"));
-		if (sr.n) lg_ev_acct(r, LG_EV_FINISH, lg_fin_code(sr), LG_NOSTR);
-	}
-	if (lg_str_eq(ty, "message_stop")) lg_ev_acct(r, LG_EV_END, 0, LG_NOSTR);
-	if (lg_str_eq(ty, "error")) lg_ev_acct(r, LG_EV_ERROR, 502, lg_strz("error event in the stream"));
-	if (lg_str_eq(ty, "ping")) return;
-	if (lg_str_eq(ty, "content_block_delta")) /* its text, about 4 bytes a token, past the envelope */
-		lg_ev_acct(r, LG_EV_TEXT, data.n > 74 ? (int)(((int64_t)data.n - 74 + 3) / 4) : 1, LG_NOSTR);
-	lg_buf_init(&o, 0);
-	if (lg_str_eq(ty, "message_start") || lg_str_eq(ty, "message_delta"))
-		lg_native_obj(r, &j, s, 0, &o, 0, NULL);
-	else
-		lg_buf_adds(&o, data);
-	lg_resp_sse(r, name, o.p, o.len);
-	lg_buf_free(&o);
-}
-
-static int lg_p_anth_native_full(struct lg_req *r, const char *s, size_t n, struct lg_buf *o)
-{
-	struct lg_json j;
-	memset(&j, 0, sizeof j);
-	if (lg_req_json(r, &j, s, n) <= 0 || j.t[0].type != LG_J_OBJ) return -1;
-	lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, 0, "usage"), 0);
-	lg_native_obj(r, &j, s, 0, o, 1, NULL);
-	return o->err ? -1 : 1;
-}
-
-/* Gemini batchEmbedContents -> OpenAI embeddings. */
-static int lg_p_gemini_embed(struct lg_req *r, const char *s, size_t n, struct lg_buf *o)
-{
-	struct lg_json j;
-	int e;
-	uint32_t i;
-	memset(&j, 0, sizeof j);
-	if (lg_req_json(r, &j, s, n) <= 0 || (e = lg_json_get(&j, s, 0, "embeddings")) < 0 ||
-	    j.t[e].type != LG_J_ARR)
-		return -1;
-	lg_buf_addz(o, "{\"object\":\"list\",\"provider\":");
-	lg_json_wz(o, r->served->prov->name);
-	lg_buf_addz(o, ",\"data\":[");
-	for (i = 0; i < j.t[e].size; i++) {
-		int v = lg_json_get(&j, s, lg_json_at(&j, e, i), "values");
-		lg_buf_printf(o, "%s{\"object\":\"embedding\",\"index\":%u,\"embedding\":", i ? "," : "", i);
-		lg_buf_adds(o, v >= 0 ? lg_json_span(&j, s, v) : lg_str_of("[]", 2));
-		lg_buf_addc(o, '}');
-	}
-	lg_buf_addz(o, "],\"model\":");
-	lg_json_wz(o, r->served->model);
-	r->usage.prompt = r->prompt_est; /* Gemini does not count embedding tokens back */
-	lg_ev_acct(r, LG_EV_USAGE, 0, LG_NOSTR);
-	lg_buf_printf(o, ",\"usage\":{\"prompt_tokens\":%lld,\"total_tokens\":%lld,\"cost\":", (long long)r->usage.prompt,
-	              (long long)r->usage.prompt);
-	lg_json_wnum(o, r->usage.cost);
-	lg_buf_addz(o, "}}");
-	return o->err ? -1 : 1;
-}
-
-/* --- stream framing: one event off the front of the bytes --------------- */
-
-/* An event to the parser that owns it: the dialect's native rewriter, or
- * the provider's translating parser. */
-static void lg_ev_in(struct lg_req *r, lg_str ev, lg_str data)
-{
-	if (r->native)
-		r->d->native_event(r, ev, data);
-	else
-		r->served->prov->row->event(r, ev, data);
-}
-
-/* Server-sent events. */
-static long lg_frame_sse(struct lg_req *r, const char *p, size_t n, const char **err)
-{
-	struct lg_sse_ev ev;
-	size_t k = lg_sse_next(p, n, &ev, NULL);
-	if (k == (size_t)-1) { /* several data lines to join: only then room for it */
-		if (lg_buf_reserve(&r->scratch, n)) return 0;
-		k = lg_sse_next(p, n, &ev, r->scratch.p);
-	}
-	if (k == 0) {
-		if (n > LLMGW_MAX_EVENT) *err = "a stream event larger than the limit";
-		return n > LLMGW_MAX_EVENT ? -1 : 0;
-	}
-	if (ev.ndata) lg_ev_in(r, ev.event, ev.data);
-	return (long)k;
 }
 
 /* AWS event-stream frames (Bedrock): an exception frame is an error,
@@ -8513,6 +8133,133 @@ static long lg_frame_aws(struct lg_req *r, const char *p, size_t n, const char *
 	return fl;
 }
 
+/* --- 11j. provider mock: answers built in, no network -------------------- */
+
+/* The reply text: deterministic, built from the last user message. */
+static LG_COLD void lg_prov_mock_reply(struct lg_req *r, struct lg_buf *text, int64_t *prompt_tokens)
+{
+	const struct lg_json *j = &r->j;
+	int msgs = lg_json_get(j, r->body, 0, "messages");
+	uint32_t i;
+	int64_t pt = 3;
+	lg_str last = lg_str_of("", 0);
+	for (i = 0; msgs >= 0 && i < j->t[msgs].size; i++) {
+		int m = lg_json_at(j, msgs, i), c = lg_json_get(j, r->body, m, "content");
+		lg_str role = lg_json_raw(j, r->body, lg_json_get(j, r->body, m, "role"));
+		lg_str txt = lg_str_of("", 0);
+		if (lg_json_type(j, c) == LG_J_STR) {
+			txt = lg_json_raw(j, r->body, c);
+		} else if (lg_json_type(j, c) == LG_J_ARR) {
+			uint32_t q;
+			for (q = 0; q < j->t[c].size; q++) {
+				int t = lg_json_get(j, r->body, lg_json_at(j, c, q), "text");
+				if (lg_json_type(j, t) == LG_J_STR) txt = lg_json_raw(j, r->body, t);
+			}
+		}
+		pt += 4 + (int64_t)(txt.n + 3) / 4;
+		if (lg_str_eq(role, "user")) last = txt;
+	}
+	lg_buf_addz(text, "This is a mock reply from llmgw. You said: ");
+	{
+		char tmp[200];
+		long un = lg_json_unescape(last.p, LG_MIN(last.n, sizeof tmp), tmp);
+		/* the cut may land inside an escape: unescape what parses */
+		while (un < 0 && last.n && LG_MIN(last.n, sizeof tmp) > 0) {
+			last.n = LG_MIN(last.n, sizeof tmp) - 1;
+			un = lg_json_unescape(last.p, last.n, tmp);
+		}
+		/* do not end inside a UTF-8 sequence */
+		while (un > 0 && ((unsigned char)tmp[un - 1] & 0xC0) == 0x80) un--;
+		if (un > 0 && (unsigned char)tmp[un - 1] >= 0xC0) un--;
+		if (un > 0) lg_buf_add(text, tmp, (size_t)un);
+	}
+	*prompt_tokens = pt;
+}
+
+static LG_COLD void lg_prov_mock_chat(struct lg_req *r, struct lg_buf *o)
+{
+	struct lg_buf text;
+	int64_t pt = 0, ct, maxt;
+	const char *finish = "stop";
+	char idb[64];
+	long long created = (long long)(lg_wall_ms() / 1000);
+	lg_buf_init(&text, 0);
+	lg_prov_mock_reply(r, &text, &pt);
+	maxt = lg_json_i64(&r->j, r->body, lg_json_get(&r->j, r->body, 0, "max_completion_tokens"));
+	if (!maxt) maxt = lg_json_i64(&r->j, r->body, lg_json_get(&r->j, r->body, 0, "max_tokens"));
+	if (maxt && (int64_t)text.len > maxt * 4) {
+		text.len = (size_t)maxt * 4;
+		while (text.len && ((unsigned char)text.p[text.len] & 0xC0) == 0x80) text.len--;
+		finish = "length";
+	}
+	ct = ((int64_t)text.len + 3) / 4;
+	snprintf(idb, sizeof idb, "chatcmpl-mock-%s", r->id);
+	if (!r->stream) {
+		lg_buf_printf(o, "{\"id\":\"%s\",\"object\":\"chat.completion\",\"created\":%lld,\"model\":",
+		              idb, created);
+		lg_json_wz(o, r->served->upstream);
+		lg_buf_addz(o, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+		lg_json_wstr(o, text.p, text.len);
+		lg_buf_printf(o, "},\"finish_reason\":\"%s\"}],\"usage\":{\"prompt_tokens\":%lld,"
+		                 "\"completion_tokens\":%lld,\"total_tokens\":%lld,\"prompt_tokens_details\":"
+		                 "{\"cached_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}",
+		              finish, (long long)pt, (long long)ct, (long long)(pt + ct));
+	} else {
+		size_t i = 0;
+		struct lg_buf pre;
+		lg_buf_init(&pre, 0);
+		lg_buf_printf(&pre, "{\"id\":\"%s\",\"object\":\"chat.completion.chunk\",\"created\":%lld,\"model\":",
+		              idb, created);
+		lg_json_wz(&pre, r->served->upstream);
+		lg_buf_addz(&pre, ",\"choices\":[{\"index\":0,\"delta\":");
+		lg_buf_printf(o, "data: %.*s{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+		              (int)pre.len, pre.p);
+		while (i < text.len) { /* one event per word */
+			size_t e = i + 1;
+			while (e < text.len && text.p[e] != ' ') e++;
+			lg_buf_printf(o, "data: %.*s{\"content\":", (int)pre.len, pre.p);
+			lg_json_wstr(o, text.p + i, e - i);
+			lg_buf_addz(o, "},\"finish_reason\":null}]}\n\n");
+			i = e;
+		}
+		lg_buf_printf(o, "data: %.*s{},\"finish_reason\":\"%s\"}]}\n\n", (int)pre.len, pre.p, finish);
+		pre.len -= strlen(",\"choices\":[{\"index\":0,\"delta\":");
+		lg_buf_printf(o, "data: %.*s,\"choices\":[],\"usage\":{\"prompt_tokens\":%lld,"
+		                 "\"completion_tokens\":%lld,\"total_tokens\":%lld,\"prompt_tokens_details\":"
+		                 "{\"cached_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}\n\n"
+		                 "data: [DONE]\n\n",
+		              (int)pre.len, pre.p, (long long)pt, (long long)ct, (long long)(pt + ct));
+		lg_buf_free(&pre);
+	}
+	lg_buf_free(&text);
+}
+
+/* Embeddings: 8 numbers per input, derived from its SHA-256. */
+static LG_COLD void lg_prov_mock_embed(struct lg_req *r, struct lg_buf *o)
+{
+	const struct lg_json *j = &r->j;
+	int in = lg_json_get(j, r->body, 0, "input");
+	uint32_t i, n = lg_json_type(j, in) == LG_J_ARR ? j->t[in].size : 1;
+	int64_t pt = 0;
+	lg_buf_addz(o, "{\"object\":\"list\",\"data\":[");
+	for (i = 0; i < n; i++) {
+		int t = lg_json_type(j, in) == LG_J_ARR ? lg_json_at(j, in, i) : in;
+		lg_str txt = t >= 0 ? lg_json_raw(j, r->body, t) : lg_str_of("", 0);
+		unsigned char h[32];
+		int d;
+		lg_sha256(txt.p, txt.n, h);
+		pt += (int64_t)(txt.n + 3) / 4 + 1;
+		lg_buf_printf(o, "%s{\"object\":\"embedding\",\"index\":%u,\"embedding\":[", i ? "," : "", i);
+		for (d = 0; d < 8; d++)
+			lg_buf_printf(o, "%s%.6f", d ? "," : "", ((int)h[d] - 128) / 128.0);
+		lg_buf_addz(o, "]}");
+	}
+	lg_buf_addz(o, "],\"model\":");
+	lg_json_wz(o, r->served->upstream);
+	lg_buf_printf(o, ",\"usage\":{\"prompt_tokens\":%lld,\"total_tokens\":%lld}}", (long long)pt,
+	              (long long)pt);
+}
+
 static void lg_prov_mock_run(struct lg_req *r, struct lg_buf *o)
 {
 	if (r->ep == LG_EP_EMBED)
@@ -8521,7 +8268,7 @@ static void lg_prov_mock_run(struct lg_req *r, struct lg_buf *o)
 		lg_prov_mock_chat(r, o);
 }
 
-/* --- the provider rows --------------------------------------------------- */
+/* --- 11k. the provider rows ---------------------------------------------- */
 
 /* Providers are data: one row per type (struct lg_prov_row, section 5).
  * A new provider is a row here, its functions above, its tests. */
@@ -8570,7 +8317,451 @@ static const char *lg_prov_row_names(void)
 	return names;
 }
 
-/* --- the client dialect rows --------------------------------------------- */
+/* --- 11l. client dialects: errors, stream writers, final answers, native rewrites, the rows --- */
+
+/* {"error":{"message","type","param","code"}} */
+static void lg_d_oa_error(struct lg_buf *b, int status, const char *msg)
+{
+	lg_buf_addz(b, "{\"error\":{\"message\":");
+	lg_json_wz(b, msg);
+	lg_buf_printf(b, ",\"type\":\"%s\",\"param\":null,\"code\":%d}}\n", lg_resp_err_type(status), status);
+}
+
+/* {"type":"error","error":{"type","message"}} */
+static void lg_d_an_error(struct lg_buf *b, int status, const char *msg)
+{
+	const char *t = status == 529 ? "overloaded_error" : status == 413 ? "request_too_large"
+	                : status == 402 ? "billing_error" : status == 404 ? "not_found_error"
+	                : status >= 500 ? "api_error" : lg_resp_err_type(status);
+	lg_buf_printf(b, "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":", t);
+	lg_json_wz(b, msg);
+	lg_buf_addz(b, "}}\n");
+}
+
+static void lg_d_free(struct lg_wst *w)
+{
+	int i;
+	for (i = 0; i < w->ntools; i++) lg_buf_free(&w->tools[i].args);
+	lg_buf_free(&w->text);
+	lg_buf_free(&w->reasoning);
+	lg_buf_free(&w->sig);
+}
+
+static void lg_d_oa_stream_error(struct lg_req *r, const char *msg)
+{
+	struct lg_buf b;
+	lg_buf_init(&b, 0);
+	lg_buf_addz(&b, "{\"error\":{\"message\":");
+	lg_json_wz(&b, msg);
+	lg_buf_addz(&b, ",\"type\":\"upstream_error\",\"code\":502}}");
+	lg_resp_sse(r, NULL, b.p, b.len);
+	lg_buf_free(&b);
+}
+
+static void lg_d_an_stream_error(struct lg_req *r, const char *msg)
+{
+	struct lg_buf b;
+	lg_buf_init(&b, 0);
+	lg_buf_addz(&b, "{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":");
+	lg_json_wz(&b, msg);
+	lg_buf_addz(&b, "}}");
+	lg_resp_sse(r, "error", b.p, b.len);
+	lg_buf_free(&b);
+}
+
+static int lg_d_tool_of(struct lg_wst *w, int pidx)
+{
+	int i;
+	for (i = 0; i < w->ntools; i++)
+		if (w->tools[i].pidx == pidx) return i;
+	return -1;
+}
+
+/* Usage in the Anthropic dialect from the normalized one. */
+static void lg_d_an_usage(struct lg_buf *b, const struct lg_usage *u, int cost)
+{
+	int64_t in = u->prompt - u->cached - u->cache_write;
+	lg_buf_printf(b, "{\"input_tokens\":%lld,\"output_tokens\":%lld,\"cache_read_input_tokens\":%lld,"
+	                 "\"cache_creation_input_tokens\":%lld",
+	              (long long)(in > 0 ? in : 0), (long long)u->completion, (long long)u->cached,
+	              (long long)u->cache_write);
+	if (cost) {
+		lg_buf_addz(b, ",\"cost\":");
+		lg_json_wnum(b, u->cost);
+	}
+	lg_buf_addc(b, '}');
+}
+
+static void lg_d_oa_usage(struct lg_buf *b, const struct lg_usage *u)
+{
+	lg_buf_printf(b, "{\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"total_tokens\":%lld,"
+	                 "\"prompt_tokens_details\":{\"cached_tokens\":%lld,\"cache_write_tokens\":%lld},"
+	                 "\"completion_tokens_details\":{\"reasoning_tokens\":%lld},\"cost\":",
+	              (long long)u->prompt, (long long)u->completion, (long long)(u->prompt + u->completion),
+	              (long long)u->cached, (long long)u->cache_write, (long long)u->reasoning);
+	lg_json_wnum(b, u->cost);
+	lg_buf_addc(b, '}');
+}
+
+static void lg_d_oa_chunk(struct lg_req *r, const char *delta, size_t dn, const char *finish)
+{
+	struct lg_buf b;
+	lg_buf_init(&b, 0);
+	lg_buf_printf(&b, "{\"id\":\"chatcmpl-%s\",\"object\":\"chat.completion.chunk\",\"created\":%lld,\"model\":",
+	              r->id, (long long)(r->wall0 / 1000));
+	lg_json_wz(&b, r->served->model);
+	lg_buf_addz(&b, ",\"provider\":");
+	lg_json_wz(&b, r->served->prov->name);
+	lg_buf_printf(&b, ",\"choices\":[{\"index\":0,\"delta\":%.*s,\"finish_reason\":", (int)dn, delta);
+	if (finish)
+		lg_buf_printf(&b, "\"%s\"}]}", finish);
+	else
+		lg_buf_addz(&b, "null}]}");
+	lg_resp_sse(r, NULL, b.p, b.len);
+	lg_buf_free(&b);
+}
+
+static void lg_d_oa_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
+{
+	struct lg_wst *w = r->w;
+	struct lg_buf d;
+	int k;
+	if (!w->started) {
+		w->started = 1;
+		lg_d_oa_chunk(r, "{\"role\":\"assistant\",\"content\":\"\"}", 33, NULL);
+	}
+	lg_buf_init(&d, 0);
+	switch (type) {
+	case LG_EV_TEXT:
+	case LG_EV_REASONING:
+		lg_buf_addz(&d, type == LG_EV_TEXT ? "{\"content\":\"" : "{\"reasoning_content\":\"");
+		lg_buf_adds(&d, a);
+		lg_buf_addz(&d, "\"}");
+		lg_d_oa_chunk(r, d.p, d.len, NULL);
+		break;
+	case LG_EV_TOOL:
+		if (w->ntools == LG_MAX_TOOLS) break;
+		k = w->ntools++;
+		w->tools[k].pidx = idx;
+		lg_buf_printf(&d, "{\"tool_calls\":[{\"index\":%d,\"id\":\"", k);
+		lg_buf_adds(&d, a);
+		lg_buf_addz(&d, "\",\"type\":\"function\",\"function\":{\"name\":\"");
+		lg_buf_adds(&d, b);
+		lg_buf_addz(&d, "\",\"arguments\":\"\"}}]}");
+		lg_d_oa_chunk(r, d.p, d.len, NULL);
+		break;
+	case LG_EV_ARGS:
+		if ((k = lg_d_tool_of(w, idx)) < 0 || !a.n) break;
+		lg_buf_printf(&d, "{\"tool_calls\":[{\"index\":%d,\"function\":{\"arguments\":", k);
+		if (raw)
+			lg_json_wstr(&d, a.p, a.n);
+		else
+			lg_w_str(&d, a);
+		lg_buf_addz(&d, "}}]}");
+		lg_d_oa_chunk(r, d.p, d.len, NULL);
+		break;
+	case LG_EV_FINISH:
+		lg_d_oa_chunk(r, "{}", 2, lg_fin_openai[idx]);
+		break;
+	case LG_EV_END:
+		if (r->want_usage) {
+			lg_buf_printf(&d, "{\"id\":\"chatcmpl-%s\",\"object\":\"chat.completion.chunk\",\"created\":%lld,"
+			                  "\"model\":", r->id, (long long)(r->wall0 / 1000));
+			lg_json_wz(&d, r->served->model);
+			lg_buf_addz(&d, ",\"provider\":");
+			lg_json_wz(&d, r->served->prov->name);
+			lg_buf_addz(&d, ",\"choices\":[],\"usage\":");
+			lg_d_oa_usage(&d, &r->usage);
+			lg_buf_addc(&d, '}');
+			lg_resp_sse(r, NULL, d.p, d.len);
+		}
+		lg_resp_sse(r, NULL, "[DONE]", 6);
+		break;
+	default: break;
+	}
+	lg_buf_free(&d);
+}
+
+static void lg_d_an_event(struct lg_req *r, const char *name, struct lg_buf *d)
+{
+	lg_resp_sse(r, name, d->p, d->len);
+	d->len = d->off = 0;
+}
+
+static void lg_d_an_close(struct lg_req *r, struct lg_buf *d)
+{
+	struct lg_wst *w = r->w;
+	if (w->block_type < 0) return;
+	lg_buf_printf(d, "{\"type\":\"content_block_stop\",\"index\":%d}", w->block);
+	lg_d_an_event(r, "content_block_stop", d);
+	w->block_type = -1;
+	w->block++;
+}
+
+static void lg_d_an_open(struct lg_req *r, struct lg_buf *d, int type, lg_str id, lg_str name)
+{
+	struct lg_wst *w = r->w;
+	if (w->block_type == type && type != LG_EV_TOOL) return;
+	lg_d_an_close(r, d);
+	w->block_type = type;
+	lg_buf_printf(d, "{\"type\":\"content_block_start\",\"index\":%d,\"content_block\":", w->block);
+	if (type == LG_EV_TEXT)
+		lg_buf_addz(d, "{\"type\":\"text\",\"text\":\"\"}}");
+	else if (type == LG_EV_REASONING)
+		lg_buf_addz(d, "{\"type\":\"thinking\",\"thinking\":\"\"}}");
+	else {
+		lg_buf_addz(d, "{\"type\":\"tool_use\",\"id\":\"");
+		lg_buf_adds(d, id);
+		lg_buf_addz(d, "\",\"name\":\"");
+		lg_buf_adds(d, name);
+		lg_buf_addz(d, "\",\"input\":{}}}");
+	}
+	lg_d_an_event(r, "content_block_start", d);
+}
+
+static void lg_d_an_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
+{
+	struct lg_wst *w = r->w;
+	struct lg_buf d;
+	int k;
+	lg_buf_init(&d, 0);
+	if (!w->started) {
+		w->started = 1;
+		w->block_type = -1;
+		lg_buf_printf(&d, "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_%s\",\"type\":\"message\","
+		                  "\"role\":\"assistant\",\"model\":", r->id);
+		lg_json_wz(&d, r->served->model);
+		lg_buf_addz(&d, ",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":");
+		lg_d_an_usage(&d, &r->usage, 0);
+		lg_buf_addz(&d, "}}");
+		lg_d_an_event(r, "message_start", &d);
+	}
+	switch (type) {
+	case LG_EV_TEXT:
+	case LG_EV_REASONING:
+		lg_d_an_open(r, &d, type, a, b);
+		lg_buf_printf(&d, "{\"type\":\"content_block_delta\",\"index\":%d,\"delta\":{\"type\":\"%s\",\"%s\":\"",
+		              w->block, type == LG_EV_TEXT ? "text_delta" : "thinking_delta",
+		              type == LG_EV_TEXT ? "text" : "thinking");
+		lg_buf_adds(&d, a);
+		lg_buf_addz(&d, "\"}}");
+		lg_d_an_event(r, "content_block_delta", &d);
+		break;
+	case LG_EV_SIG:
+		if (w->block_type != LG_EV_REASONING) break;
+		lg_buf_printf(&d, "{\"type\":\"content_block_delta\",\"index\":%d,\"delta\":{\"type\":\"signature_delta\","
+		                  "\"signature\":\"", w->block);
+		lg_buf_adds(&d, a);
+		lg_buf_addz(&d, "\"}}");
+		lg_d_an_event(r, "content_block_delta", &d);
+		break;
+	case LG_EV_TOOL:
+		if (w->ntools == LG_MAX_TOOLS) break;
+		k = w->ntools++;
+		w->tools[k].pidx = idx;
+		lg_d_an_open(r, &d, LG_EV_TOOL, a, b);
+		break;
+	case LG_EV_ARGS:
+		if ((k = lg_d_tool_of(w, idx)) < 0 || !a.n) break;
+		if (w->block_type != LG_EV_TOOL || k != w->ntools - 1) break; /* arguments of an earlier call: Anthropic cannot interleave */
+		lg_buf_printf(&d, "{\"type\":\"content_block_delta\",\"index\":%d,\"delta\":{\"type\":\"input_json_delta\","
+		                  "\"partial_json\":", w->block);
+		if (raw)
+			lg_json_wstr(&d, a.p, a.n);
+		else
+			lg_w_str(&d, a);
+		lg_buf_addz(&d, "}}");
+		lg_d_an_event(r, "content_block_delta", &d);
+		break;
+	case LG_EV_FINISH: /* held until the usage is known */
+		lg_d_an_close(r, &d);
+		break;
+	case LG_EV_END:
+		lg_d_an_close(r, &d);
+		lg_buf_printf(&d, "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"%s\",\"stop_sequence\":null},"
+		                  "\"usage\":", lg_fin_anthropic[w->has_finish ? w->finish : 0]);
+		lg_d_an_usage(&d, &r->usage, 1);
+		lg_buf_addc(&d, '}');
+		lg_d_an_event(r, "message_delta", &d);
+		lg_buf_addz(&d, "{\"type\":\"message_stop\"}");
+		lg_d_an_event(r, "message_stop", &d);
+		break;
+	default: break;
+	}
+	lg_buf_free(&d);
+}
+
+static void lg_d_collect(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
+{
+	struct lg_wst *w = r->w;
+	int k;
+	switch (type) {
+	case LG_EV_TEXT: lg_buf_adds(&w->text, a); break;
+	case LG_EV_REASONING: lg_buf_adds(&w->reasoning, a); break;
+	case LG_EV_SIG: lg_buf_adds(&w->sig, a); break;
+	case LG_EV_TOOL:
+		if (w->ntools == LG_MAX_TOOLS) break;
+		k = w->ntools++;
+		w->tools[k].pidx = idx;
+		w->tools[k].id = lg_str_of(lg_arena_strn(&r->a, a.p, a.n), a.n);
+		w->tools[k].name = lg_str_of(lg_arena_strn(&r->a, b.p, b.n), b.n);
+		lg_buf_init(&w->tools[k].args, LLMGW_MAX_RESPONSE);
+		break;
+	case LG_EV_ARGS:
+		if ((k = lg_d_tool_of(w, idx)) < 0) break;
+		if (raw) {
+			struct lg_buf e;
+			lg_buf_init(&e, 0);
+			lg_json_wstr(&e, a.p, a.n);
+			if (e.len >= 2) lg_buf_add(&w->tools[k].args, e.p + 1, e.len - 2);
+			lg_buf_free(&e);
+		} else {
+			lg_buf_adds(&w->tools[k].args, a);
+		}
+		break;
+	default: break;
+	}
+}
+
+/* The collected answer in the OpenAI dialect. */
+static void lg_d_oa_final(struct lg_req *r, struct lg_buf *o)
+{
+	struct lg_wst *w = r->w;
+	int i;
+	lg_buf_printf(o, "{\"id\":\"chatcmpl-%s\",\"object\":\"chat.completion\",\"created\":%lld,\"model\":", r->id,
+	              (long long)(r->wall0 / 1000));
+	lg_json_wz(o, r->served->model);
+	lg_buf_addz(o, ",\"provider\":");
+	lg_json_wz(o, r->served->prov->name);
+	lg_buf_addz(o, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+	if (w->text.len || !w->ntools) {
+		lg_buf_addc(o, '"');
+		lg_buf_add(o, w->text.p, w->text.len);
+		lg_buf_addc(o, '"');
+	} else {
+		lg_buf_addz(o, "null");
+	}
+	if (w->reasoning.len) {
+		lg_buf_addz(o, ",\"reasoning_content\":\"");
+		lg_buf_add(o, w->reasoning.p, w->reasoning.len);
+		lg_buf_addc(o, '"');
+	}
+	if (w->ntools) {
+		lg_buf_addz(o, ",\"tool_calls\":[");
+		for (i = 0; i < w->ntools; i++) {
+			lg_buf_addz(o, i ? ",{\"id\":" : "{\"id\":");
+			lg_w_str(o, w->tools[i].id);
+			lg_buf_addz(o, ",\"type\":\"function\",\"function\":{\"name\":");
+			lg_w_str(o, w->tools[i].name);
+			lg_buf_addz(o, ",\"arguments\":\"");
+			if (w->tools[i].args.len)
+				lg_buf_add(o, w->tools[i].args.p, w->tools[i].args.len);
+			else
+				lg_buf_addz(o, "{}");
+			lg_buf_addz(o, "\"}}");
+		}
+		lg_buf_addc(o, ']');
+	}
+	lg_buf_printf(o, "},\"finish_reason\":\"%s\"}],\"usage\":", lg_fin_openai[w->has_finish ? w->finish : 0]);
+	lg_d_oa_usage(o, &r->usage);
+	lg_buf_addc(o, '}');
+}
+
+/* The collected answer in the Anthropic dialect. */
+static void lg_d_an_final(struct lg_req *r, struct lg_buf *o)
+{
+	struct lg_wst *w = r->w;
+	int i, c = 0;
+	lg_buf_printf(o, "{\"id\":\"msg_%s\",\"type\":\"message\",\"role\":\"assistant\",\"model\":", r->id);
+	lg_json_wz(o, r->served->model);
+	lg_buf_addz(o, ",\"provider\":");
+	lg_json_wz(o, r->served->prov->name);
+	lg_buf_addz(o, ",\"content\":[");
+	if (w->reasoning.len) {
+		lg_buf_addz(o, "{\"type\":\"thinking\",\"thinking\":\"");
+		lg_buf_add(o, w->reasoning.p, w->reasoning.len);
+		lg_buf_addz(o, "\",\"signature\":\"");
+		lg_buf_add(o, w->sig.p, w->sig.len);
+		lg_buf_addz(o, "\"}");
+		c++;
+	}
+	if (w->text.len) {
+		lg_buf_addz(o, c++ ? ",{\"type\":\"text\",\"text\":\"" : "{\"type\":\"text\",\"text\":\"");
+		lg_buf_add(o, w->text.p, w->text.len);
+		lg_buf_addz(o, "\"}");
+	}
+	for (i = 0; i < w->ntools; i++) {
+		lg_str args = lg_canon_unesc(r, lg_str_of(w->tools[i].args.p ? w->tools[i].args.p : "",
+		                                          w->tools[i].args.len));
+		struct lg_json aj;
+		memset(&aj, 0, sizeof aj);
+		if (!args.n || lg_json_parse(&aj, args.p, args.n) <= 0) args = lg_str_of("{}", 2);
+		lg_buf_addz(o, c++ ? ",{\"type\":\"tool_use\",\"id\":" : "{\"type\":\"tool_use\",\"id\":");
+		lg_w_str(o, w->tools[i].id);
+		lg_buf_addz(o, ",\"name\":");
+		lg_w_str(o, w->tools[i].name);
+		lg_buf_addz(o, ",\"input\":");
+		lg_buf_adds(o, args);
+		lg_buf_addc(o, '}');
+	}
+	lg_buf_printf(o, "],\"stop_reason\":\"%s\",\"stop_sequence\":null,\"usage\":",
+	              lg_fin_anthropic[w->has_finish ? w->finish : 0]);
+	lg_d_an_usage(o, &r->usage, 1);
+	lg_buf_addc(o, '}');
+}
+
+static void lg_d_an_native_event(struct lg_req *r, lg_str evname, lg_str data)
+{
+	struct lg_json j;
+	const char *s = data.p;
+	struct lg_buf o;
+	lg_str ty;
+	char name[64];
+	struct lg_buf clean;
+	if (lg_str_eq(evname, "error") && lg_scrub(r->cfg, data.p, data.n, &clean)) {
+		/* passed on natively, never with the credential it may quote */
+		lg_d_an_native_event(r, evname, lg_str_of(clean.p, clean.len));
+		lg_buf_free(&clean);
+		return;
+	}
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, data.p, data.n) <= 0 || j.t[0].type != LG_J_OBJ) {
+		lg_resp_sse(r, evname.n ? "message" : NULL, data.p, data.n);
+		return;
+	}
+	ty = lg_jesc(&j, s, lg_json_get(&j, s, 0, "type"));
+	if (!ty.n) ty = evname;
+	snprintf(name, sizeof name, "%.*s", (int)LG_MIN(ty.n, 60), ty.p);
+	if (lg_str_eq(ty, "message_start"))
+		lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, lg_json_get(&j, s, 0, "message"), "usage"), 0);
+	if (lg_str_eq(ty, "message_delta")) {
+		lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, 0, "usage"), 1);
+		lg_str sr = lg_jesc(&j, s, lg_json_get(&j, s, lg_json_get(&j, s, 0, "delta"), "stop_reason"));
+		if (sr.n) lg_ev_acct(r, LG_EV_FINISH, lg_fin_code(sr), LG_NOSTR);
+	}
+	if (lg_str_eq(ty, "message_stop")) lg_ev_acct(r, LG_EV_END, 0, LG_NOSTR);
+	if (lg_str_eq(ty, "error")) lg_ev_acct(r, LG_EV_ERROR, 502, lg_strz("error event in the stream"));
+	if (lg_str_eq(ty, "ping")) return;
+	if (lg_str_eq(ty, "content_block_delta")) /* its text, about 4 bytes a token, past the envelope */
+		lg_ev_acct(r, LG_EV_TEXT, data.n > 74 ? (int)(((int64_t)data.n - 74 + 3) / 4) : 1, LG_NOSTR);
+	lg_buf_init(&o, 0);
+	if (lg_str_eq(ty, "message_start") || lg_str_eq(ty, "message_delta"))
+		lg_native_obj(r, &j, s, 0, &o, 0, NULL);
+	else
+		lg_buf_adds(&o, data);
+	lg_resp_sse(r, name, o.p, o.len);
+	lg_buf_free(&o);
+}
+
+static int lg_d_an_native_full(struct lg_req *r, const char *s, size_t n, struct lg_buf *o)
+{
+	struct lg_json j;
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, s, n) <= 0 || j.t[0].type != LG_J_OBJ) return -1;
+	lg_p_anth_usage(r, &j, s, lg_json_get(&j, s, 0, "usage"), 0);
+	lg_native_obj(r, &j, s, 0, o, 1, NULL);
+	return o->err ? -1 : 1;
+}
 
 static int lg_d_oa_native_full(struct lg_req *r, const char *s, size_t n, struct lg_buf *o)
 {
@@ -8590,15 +8781,22 @@ static void lg_d_an_native_end(struct lg_req *r) { lg_resp_sse(r, "message_stop"
 /* The first row is the default: requests before their endpoint is known
  * get its errors. */
 static const struct lg_dialect lg_dialects[] = {
-    {"openai", LG_WIRE_OPENAI, lg_canon_openai, lg_w_oa_stream, lg_w_oa_final, lg_d_oa_error, lg_d_oa_stream_error,
+    {"openai", LG_WIRE_OPENAI, lg_canon_openai, lg_d_oa_stream, lg_d_oa_final, lg_d_oa_error, lg_d_oa_stream_error,
      lg_d_oa_native_event, lg_d_oa_native_full, lg_d_oa_native_end, "x-api-key"},
-    {"anthropic", LG_WIRE_ANTHROPIC, lg_canon_anthropic, lg_w_an_stream, lg_w_an_final, lg_d_an_error,
-     lg_d_an_stream_error, lg_p_anth_native_event, lg_p_anth_native_full, lg_d_an_native_end, "x-api-key"},
+    {"anthropic", LG_WIRE_ANTHROPIC, lg_canon_anthropic, lg_d_an_stream, lg_d_an_final, lg_d_an_error,
+     lg_d_an_stream_error, lg_d_an_native_event, lg_d_an_native_full, lg_d_an_native_end, "x-api-key"},
 };
 #define LG_DIALECT_OPENAI (&lg_dialects[0])
 #define LG_DIALECT_ANTHROPIC (&lg_dialects[1])
 
 /* ===== 12. Router ====================================================== */
+
+/* shared state, through the store (section 13a) */
+static struct lg_health *lg_st_health(struct llmgw *gw, const char *prov, const char *model);
+static const char *lg_st_affinity(struct llmgw *gw, uint32_t h);
+static int lg_st_take(struct lg_req *r, const struct lg_cand *cd);
+static void lg_st_report(struct lg_req *r, const struct lg_cand *cd, int ok);
+static void lg_st_remember(struct lg_req *r, const char *target, int64_t ms);
 
 /* The plan of a request: the ordered candidates left after the key's and
  * the request's policies. Attempts walk it until one succeeds, max_attempts
@@ -8669,31 +8867,6 @@ static int lg_route_health_live(const struct lg_cfg *c, const struct lg_health *
 	return 0;
 }
 
-static struct lg_health *lg_route_health(struct llmgw *gw, const char *prov, const char *model)
-{
-	char id[200];
-	uint32_t h;
-	struct lg_health *e;
-	if (!gw->rs && !(gw->rs = (struct lg_rstate *)calloc(1, sizeof *gw->rs))) return NULL;
-	{
-		size_t k = lg_cpy(id, sizeof id, prov);
-		const char *q;
-		if (model && k + 1 < sizeof id) {
-			id[k++] = '/';
-			lg_cpy(id + k, sizeof id - k, model);
-		}
-		for (h = 2166136261u, q = id; *q; q++) h = (h ^ (unsigned char)*q) * 16777619u;
-		h &= 255;
-	}
-	for (e = gw->rs->tab[h]; e; e = e->next)
-		if (strcmp(e->id, id) == 0) return e;
-	if (!(e = (struct lg_health *)calloc(1, sizeof *e))) return NULL;
-	memcpy(e->id, id, sizeof id);
-	e->next = gw->rs->tab[h];
-	gw->rs->tab[h] = e;
-	return e;
-}
-
 /* Why the breaker keeps a target out now, or NULL. */
 static const char *lg_route_breaker(const struct lg_health *h, int64_t now, char *buf, size_t n)
 {
@@ -8711,42 +8884,9 @@ static const char *lg_route_breaker(const struct lg_health *h, int64_t now, char
  * failure that counts (connect, timeout, 5xx, 429), -1 neutral. */
 static void lg_route_done(struct lg_req *r, int ok)
 {
-	const struct lg_cand *cd = r->served;
-	struct lg_health *h;
-	if (!r->att_open || !cd) return;
+	if (!r->att_open || !r->served) return;
 	r->att_open = 0;
-	lg_lock(r->gw);
-	if (cd->ph && cd->ph->inflight > 0) cd->ph->inflight--;
-	if (!(h = cd->h)) {
-		lg_unlock(r->gw);
-		return;
-	}
-	h->probing = 0;
-	if (ok > 0) {
-		int64_t now = r->gw->now, first = r->t_att_first ? r->t_att_first : now;
-		double ttft = (double)(first - r->t_att), gen = (double)(now - first) / 1000.0;
-		h->ok++;
-		h->fails = 0;
-		h->state = LG_BRK_CLOSED;
-		h->cooldown = 0;
-		h->ttft = h->ttft > 0 ? 0.7 * h->ttft + 0.3 * ttft : (ttft > 0 ? ttft : 0.1);
-		if (r->usage.completion > 0) {
-			double tps = (double)r->usage.completion / (gen > 0.001 ? gen : (ttft > 0 ? ttft / 1000.0 : 0.001));
-			h->tps = h->tps > 0 ? 0.7 * h->tps + 0.3 * tps : tps;
-		}
-	} else if (ok == 0) {
-		h->bad++;
-		h->fails++;
-		if (h->state == LG_BRK_HALF || h->fails >= LG_BREAKER_FAILS) {
-			h->cooldown = h->cooldown ? LG_MIN(h->cooldown * 2, (int64_t)300000) : LG_BREAKER_COOL;
-			if (h->state != LG_BRK_OPEN)
-				LG_LOG(r->gw, LG_LOG_WARN, "target %s: circuit breaker open for %lld s after %d failures", h->id,
-				       (long long)(h->cooldown / 1000), h->fails);
-			h->state = LG_BRK_OPEN;
-			h->open_until = r->gw->now + h->cooldown;
-		}
-	}
-	lg_unlock(r->gw);
+	lg_st_report(r, r->served, ok);
 }
 
 /* Why a provider is excluded for this request, or NULL. */
@@ -8827,8 +8967,8 @@ static void lg_route_add(struct lg_req *r, struct lg_provider *p, const struct l
 	cd->model = model;
 	cd->group = group;
 	/* health is kept for configured targets only: direct names are the client's to invent */
-	cd->h = t ? lg_route_health(r->gw, p->name, upstream) : NULL;
-	cd->ph = lg_route_health(r->gw, p->name, NULL);
+	cd->h = t ? lg_st_health(r->gw, p->name, upstream) : NULL;
+	cd->ph = lg_st_health(r->gw, p->name, NULL);
 }
 
 /* Sort keys of the strategies: lower first. */
@@ -8952,11 +9092,10 @@ static void lg_route_order(struct lg_req *r, int order)
  * messages: usually the system prompt and the first user turn). */
 static void lg_route_affinity(struct lg_req *r, const struct lg_model *m)
 {
-	struct lg_rstate *rs = r->gw->rs;
 	int msgs = lg_json_get(&r->j, r->body, 0, "messages"), i, k;
 	uint32_t h = 0;
-	unsigned slot;
-	if (!m || !m->affinity_ms || !rs || lg_json_type(&r->j, msgs) != LG_J_ARR) return;
+	const char *target;
+	if (!m || !m->affinity_ms || lg_json_type(&r->j, msgs) != LG_J_ARR) return;
 	if (r->key) h = lg_crc32(h, r->key->name, strlen(r->key->name) + 1);
 	h = lg_crc32(h, m->name, strlen(m->name) + 1);
 	for (k = 0; k < 2 && (uint32_t)k < r->j.t[msgs].size; k++) {
@@ -8964,15 +9103,13 @@ static void lg_route_affinity(struct lg_req *r, const struct lg_model *m)
 		h = lg_crc32(h, sp.p, sp.n);
 	}
 	r->aff_hash = h | 1; /* 0 means none */
-	slot = r->aff_hash % LG_AFF_SLOTS;
-	if (rs->aff[slot].h != r->aff_hash || rs->aff[slot].until < r->gw->now) return;
+	if (!(target = lg_st_affinity(r->gw, r->aff_hash))) return;
 	for (i = 0; i < r->nplan && r->plan[i].group == 0; i++)
-		if (r->plan[i].h && strcmp(r->plan[i].h->id, rs->aff[slot].target) == 0) {
+		if (r->plan[i].h && strcmp(r->plan[i].h->id, target) == 0) {
 			struct lg_cand c = r->plan[i];
 			memmove(&r->plan[1], &r->plan[0], (size_t)i * sizeof c);
 			r->plan[0] = c;
 			r->aff_hit = 1;
-			rs->aff_hits++;
 			return;
 		}
 }
@@ -9165,7 +9302,7 @@ static void lg_route_failed(struct lg_req *r, int status, const char *reason, in
 		LG_LOG(r->gw, LG_LOG_WARN, "request %s: provider %s model %s failed: %s", r->id, r->served->prov->name,
 		       r->served->upstream, reason);
 	if (!r->cc) {
-		lg_req_finish(r);
+		lg_srv_finish(r);
 		return;
 	}
 	if (r->sent_head) {
@@ -9173,7 +9310,7 @@ static void lg_route_failed(struct lg_req *r, int status, const char *reason, in
 		         r->served->prov->name, reason);
 		if (timeout) r->status = 504;
 		lg_resp_stream_error(r, r->errmsg);
-		lg_req_finish(r);
+		lg_srv_finish(r);
 		return;
 	}
 	if (retryable) {
@@ -9188,7 +9325,7 @@ static void lg_route_failed(struct lg_req *r, int status, const char *reason, in
 	else
 		lg_resp_error(r, status >= 400 && status < 500 ? status : 502, NULL, "provider %s: %s",
 		              r->served->prov->name, reason);
-	lg_req_finish(r);
+	lg_srv_finish(r);
 }
 
 /* Every candidate failed or max_attempts is spent. */
@@ -9207,7 +9344,7 @@ static void lg_route_exhausted(struct lg_req *r)
 	lg_resp_error(r, st, NULL, "all %d attempt%s failed for model '%s': %.*s", r->natt,
 	              r->natt == 1 ? "" : "s", r->model_req, (int)b.len, b.p ? b.p : "");
 	lg_buf_free(&b);
-	lg_req_finish(r);
+	lg_srv_finish(r);
 }
 
 /* --- the attempt's response, as the HTTP client hands it over --------- */
@@ -9236,7 +9373,9 @@ static int lg_att_events(struct lg_req *r)
 	while (!r->up_error) {
 		const char *err = NULL;
 		size_t n = lg_buf_used(&r->ubody);
-		long k = n ? frame(r, lg_buf_data(&r->ubody), n, &err) : 0;
+		long k = !n                      ? 0
+		         : frame == lg_frame_sse ? lg_frame_sse(r, lg_buf_data(&r->ubody), n, &err) /* inlines */
+		                                 : frame(r, lg_buf_data(&r->ubody), n, &err);
 		if (k < 0) {
 			lg_up_fail(&r->up, LG_UF_PROTO, err);
 			return -1;
@@ -9270,7 +9409,7 @@ static int lg_att_stream_error(struct lg_req *r)
 		r->status = 502;
 		lg_resp_stream_end(r);
 	}
-	lg_req_finish(r);
+	lg_srv_finish(r);
 	return 1;
 }
 
@@ -9291,7 +9430,7 @@ static int lg_att_take(struct lg_req *r, const char *p, size_t n)
 	if (ok2xx && !r->t_att_first) r->t_att_first = r->gw->now;
 	if (ok2xx && r->stream && r->streams) {
 		if (lg_att_events(r) < 0 || lg_att_error(r) || lg_att_stream_error(r)) return -1;
-		if (r->cc && !r->up.ending) { /* at the end, lg_req_finish sends it with the rest */
+		if (r->cc && !r->up.ending) { /* at the end, lg_srv_finish sends it with the rest */
 			lg_conn_flush(r->cc);
 			/* back-pressure: a slow client slows the upstream read. The
 			 * upstream is not at fault while the client does not read:
@@ -9312,18 +9451,10 @@ static void lg_att_data(void *owner, const char *p, size_t n) { lg_att_take((str
 /* The attempt succeeded: health learns from it, affinity remembers it. */
 static void lg_route_success(struct lg_req *r)
 {
-	struct lg_rstate *rs = r->gw->rs;
 	const struct lg_model *m = r->served && r->served->group == 0 && r->served->t ?
 	                               lg_cfg_find_model(r->cfg, lg_strz(r->served->model)) : NULL;
 	lg_route_done(r, 1);
-	if (rs && r->aff_hash && m && m->affinity_ms && r->served->h) {
-		unsigned slot = r->aff_hash % LG_AFF_SLOTS;
-		lg_lock(r->gw);
-		rs->aff[slot].h = r->aff_hash;
-		lg_cpy(rs->aff[slot].target, sizeof rs->aff[slot].target, r->served->h->id);
-		rs->aff[slot].until = r->gw->now + m->affinity_ms;
-		lg_unlock(r->gw);
-	}
+	if (r->aff_hash && m && m->affinity_ms && r->served->h) lg_st_remember(r, r->served->h->id, m->affinity_ms);
 }
 
 static void lg_att_end(void *owner)
@@ -9343,7 +9474,7 @@ static void lg_att_end(void *owner)
 		}
 		if (row->retry_hint) row->retry_hint(r, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody));
 		lg_route_upstream_msg(r, why, sizeof why);
-		lg_route_failed(r, r->ustatus, why[0] ? why : lg_status_text(r->ustatus),
+		lg_route_failed(r, r->ustatus, why[0] ? why : lg_resp_status_text(r->ustatus),
 		                row->retryable(r->ustatus, lg_buf_data(&r->ubody), lg_buf_used(&r->ubody)),
 		                r->ustatus == 504 || r->ustatus == 408);
 		return;
@@ -9370,7 +9501,7 @@ static void lg_att_end(void *owner)
 		lg_up_release(&r->up);
 		lg_route_success(r);
 		lg_resp_stream_end(r);
-		lg_req_finish(r);
+		lg_srv_finish(r);
 		return;
 	}
 	{
@@ -9400,7 +9531,7 @@ static void lg_att_end(void *owner)
 		lg_resp_send(r, 200, "application/json", o.p, o.len, NULL);
 		o.off = o.len = 0;
 		lg_blk_give(r->gw, &o);
-		lg_req_finish(r);
+		lg_srv_finish(r);
 	}
 }
 
@@ -9423,7 +9554,6 @@ static void lg_route_resume(struct llmgw *gw, struct lg_timer *t)
  * upstream's Retry-After), if that still fits in first_byte_timeout. */
 static void lg_route_next(struct lg_req *r)
 {
-	char buf[160];
 	int k;
 	for (;;) {
 		const struct lg_cand *cd;
@@ -9446,7 +9576,7 @@ static void lg_route_next(struct lg_req *r)
 		}
 		cd = &r->plan[r->cur++];
 		if (r->w) {
-			lg_w_free(r->w);
+			lg_d_free(r->w);
 			memset(r->w, 0, sizeof *r->w);
 		}
 		r->native = lg_native(r, cd->prov);
@@ -9454,18 +9584,7 @@ static void lg_route_next(struct lg_req *r)
 		    !(r->w = (struct lg_wst *)calloc(1, sizeof *r->w)))
 			break;
 		if (r->w) r->w->block_type = -1;
-		lg_lock(r->gw); /* check and take the target in one step: other loops use it too */
-		if (lg_route_breaker(cd->h, r->gw->now, buf, sizeof buf) ||
-		    (cd->prov->max_concurrency && cd->ph && cd->ph->inflight >= cd->prov->max_concurrency)) {
-			lg_unlock(r->gw);
-			continue; /* changed since the plan was made */
-		}
-		if (cd->ph) cd->ph->inflight++;
-		if (cd->h && cd->h->state != LG_BRK_CLOSED) { /* this attempt is the probe */
-			cd->h->state = LG_BRK_HALF;
-			cd->h->probing = 1;
-		}
-		lg_unlock(r->gw);
+		if (lg_st_take(r, cd)) continue; /* changed since the plan was made */
 		a = &r->att[r->natt++];
 		memset(a, 0, sizeof *a);
 		a->prov = cd->prov->name;
@@ -9497,7 +9616,7 @@ static void lg_route_next(struct lg_req *r)
 			if (k == -2) { /* the request itself cannot be sent there: the client's error */
 				snprintf(a->err, sizeof a->err, "%.190s", r->canon_err);
 				lg_resp_error(r, 400, NULL, "%s", r->canon_err);
-				lg_req_finish(r);
+				lg_srv_finish(r);
 				return;
 			}
 			snprintf(a->err, sizeof a->err, "cannot build the upstream request");
@@ -9517,7 +9636,153 @@ static void lg_route_next(struct lg_req *r)
 	lg_route_exhausted(r);
 }
 
-/* ===== 13. Accounting ================================================== */
+/* ===== 13. Accounting and the state store ============================= */
+
+/* --- 13a. the state store: the one way into shared state ---------------- */
+
+/* What the requests of a gateway must agree on -- key spend and
+ * reservations, rate and concurrency limits, target health and circuit
+ * breakers, prompt affinity, the records behind /v1/generation -- is
+ * reached through the calls of one struct lg_store (gw->st), and nothing
+ * else touches it. lg_st_local (13f) keeps it in this process: memory
+ * the loops of workers = N share under their lock, with the ledger as its
+ * journal. A store shared by several gateways answers over the network,
+ * so the calls that need its answer complete later: they end by calling
+ * lg_st_admitted or lg_st_viewed, at once or from a later iteration of
+ * the loop. Meanwhile the request waits in the loop (r->st_wait) and
+ * nothing blocks; a request that ends while it waits (the client went
+ * away) is cancelled first.
+ *
+ *   call      when                         what it does                         its answer
+ *   admit     once, before the first       the plan (health read, breaker       lg_st_admitted(r, status,
+ *             attempt                      state, affinity lookup, through      retry, msg): 0, or the
+ *                                          lg_st_health and lg_st_affinity);    status (429, 402, 404, ...)
+ *                                          the key's budget, rpm, tpm and       and why; retry: seconds
+ *                                          max_concurrency; then reserves the   for Retry-After
+ *                                          request's worst-case cost
+ *   take      before each attempt          the target's breaker (the attempt    0, or -1: skip the target
+ *                                          may be its probe) and its provider's (from what admit read)
+ *                                          concurrency, checked and taken
+ *   report    after each attempt           health: outcome, breaker, smoothed   -
+ *                                          TTFT and tokens/s; provider slot back
+ *   remember  after a successful attempt   affinity update: prompt -> target    -
+ *   charge    before the client learns     the charge into the journal, so a    -
+ *             the cost                     crash right after cannot lose it
+ *   settle    the request ended            release (the reservation and key     -
+ *                                          slot back), then the real cost in
+ *                                          its place; tpm; metrics; the
+ *                                          generation record put
+ *   view      /v1/key, /v1/generation,     generation record get, key and       lg_st_viewed(r, fn): fn(r)
+ *             /metrics                     health reads                         ran with the state readable
+ *   cancel    a waiting request ends       forget the answer it waits for       - (NULL: never waits)
+ */
+struct lg_store {
+	const char *name;
+	void (*admit)(struct lg_req *r);
+	int (*take)(struct lg_req *r, const struct lg_cand *cd);
+	void (*report)(struct lg_req *r, const struct lg_cand *cd, int ok);
+	void (*remember)(struct lg_req *r, const char *target, int64_t ms);
+	void (*charge)(struct lg_req *r);
+	void (*settle)(struct lg_req *r);
+	void (*view)(struct lg_req *r, void (*fn)(struct lg_req *r));
+	void (*cancel)(struct lg_req *r);
+};
+static const struct lg_store lg_st_local; /* 13f */
+static void lg_srv_admitted(struct lg_req *r, int status, int retry, const char *msg); /* section 14 */
+
+static void lg_st_admit(struct lg_req *r)
+{
+	r->st_wait = 1; /* inside the call */
+	r->gw->st->admit(r);
+	if (r->st_wait) r->st_wait = 2; /* the answer comes later */
+}
+
+/* The store's answer to admit (now, or later from the loop). */
+static void lg_st_admitted(struct lg_req *r, int status, int retry, const char *msg)
+{
+	int later = r->st_wait == 2;
+	r->st_wait = 0;
+	lg_srv_admitted(r, status, retry, msg);
+	if (later && !r->finished && (r->status || !r->cc)) lg_srv_finish(r);
+}
+
+static void lg_st_view(struct lg_req *r, void (*fn)(struct lg_req *r))
+{
+	r->st_wait = 1;
+	r->gw->st->view(r, fn);
+	if (r->st_wait) r->st_wait = 2;
+}
+
+/* The store's answer to view: fn writes the response from the state. */
+static void lg_st_viewed(struct lg_req *r, void (*fn)(struct lg_req *r))
+{
+	int later = r->st_wait == 2;
+	r->st_wait = 0;
+	fn(r);
+	if (later && !r->finished && (r->status || !r->cc)) lg_srv_finish(r);
+}
+
+/* A request that ends while the store answers it. */
+static void lg_st_cancel(struct lg_req *r)
+{
+	if (r->st_wait && r->gw->st->cancel) r->gw->st->cancel(r);
+	r->st_wait = 0;
+}
+
+static int lg_st_take(struct lg_req *r, const struct lg_cand *cd) { return r->gw->st->take(r, cd); }
+static void lg_st_report(struct lg_req *r, const struct lg_cand *cd, int ok) { r->gw->st->report(r, cd, ok); }
+static void lg_st_remember(struct lg_req *r, const char *target, int64_t ms) { r->gw->st->remember(r, target, ms); }
+static void lg_st_charge(struct lg_req *r) { r->gw->st->charge(r); }
+static void lg_st_settle(struct lg_req *r) { r->gw->st->settle(r); }
+
+/* The health entry of a provider (model NULL) or of one of its targets,
+ * made on first use; entries outlive reloads. Read by the plan, inside
+ * admit. */
+static struct lg_health *lg_st_health(struct llmgw *gw, const char *prov, const char *model)
+{
+	char id[200];
+	uint32_t h;
+	struct lg_health *e;
+	if (!gw->rs && !(gw->rs = (struct lg_rstate *)calloc(1, sizeof *gw->rs))) return NULL;
+	{
+		size_t k = lg_cpy(id, sizeof id, prov);
+		const char *q;
+		if (model && k + 1 < sizeof id) {
+			id[k++] = '/';
+			lg_cpy(id + k, sizeof id - k, model);
+		}
+		for (h = 2166136261u, q = id; *q; q++) h = (h ^ (unsigned char)*q) * 16777619u;
+		h &= 255;
+	}
+	for (e = gw->rs->tab[h]; e; e = e->next)
+		if (strcmp(e->id, id) == 0) return e;
+	if (!(e = (struct lg_health *)calloc(1, sizeof *e))) return NULL;
+	memcpy(e->id, id, sizeof id);
+	e->next = gw->rs->tab[h];
+	gw->rs->tab[h] = e;
+	return e;
+}
+
+/* The target a prompt was last served by, while its affinity holds. */
+static const char *lg_st_affinity(struct llmgw *gw, uint32_t h)
+{
+	struct lg_rstate *rs = gw->rs;
+	unsigned slot = h % LG_AFF_SLOTS;
+	if (!rs || rs->aff[slot].h != h || rs->aff[slot].until < gw->now) return NULL;
+	return rs->aff[slot].target;
+}
+
+/* Cost in USD from the target's prices (USD per million tokens). */
+static double lg_acct_cost(const struct lg_target *t, const struct lg_usage *u)
+{
+	int64_t uncached;
+	if (!t) return 0;
+	uncached = u->prompt - u->cached - u->cache_write;
+	if (uncached < 0) uncached = 0;
+	return ((double)uncached * t->in + (double)u->cached * t->cache_read +
+	        (double)u->cache_write * t->cache_write + (double)u->completion * t->out) /
+	       1e6;
+}
 
 /* --- key state: spend, reservations, rate limits ------------------------ */
 
@@ -9856,7 +10121,7 @@ static void lg_acct_line(struct lg_buf *b, const char *fmt, ...)
 	if (!b->err) lg_buf_printf(b, " %08x\n", (unsigned)lg_crc32(0, b->p + st, b->len - st));
 }
 
-static void lg_acct_snapshot(struct lg_acct *a, struct lg_buf *b)
+static LG_COLD void lg_acct_snapshot(struct lg_acct *a, struct lg_buf *b)
 {
 	struct lg_kstate *k;
 	for (k = a->keys; k; k = k->next)
@@ -9865,7 +10130,7 @@ static void lg_acct_snapshot(struct lg_acct *a, struct lg_buf *b)
 }
 
 /* Rewrites the ledger as a snapshot (temporary file, fsync, rename). */
-static int lg_acct_compact(struct llmgw *gw)
+static LG_COLD int lg_acct_compact(struct llmgw *gw)
 {
 	struct lg_acct *a = gw->acct;
 	char tmp[1100];
@@ -9899,7 +10164,7 @@ static int lg_acct_compact(struct llmgw *gw)
 }
 
 /* Replays the ledger into the key states, then compacts it. */
-static int lg_acct_ledger_open(struct llmgw *gw, const char *dir, char *err, size_t errlen)
+static LG_COLD int lg_acct_ledger_open(struct llmgw *gw, const char *dir, char *err, size_t errlen)
 {
 	struct lg_acct *a = lg_acct_of(gw);
 	char path[1024], *text;
@@ -10232,6 +10497,7 @@ static void lg_acct_settle_locked(struct lg_req *r)
 	const char *pm = r->served ? r->served->model : r->model_req;
 	double secs = (double)(gw->now - r->t0) / 1000.0;
 	int i;
+	if (r->aff_hit && gw->rs) gw->rs->aff_hits++; /* routed by prompt affinity */
 	if (!a) return;
 	if (r->ks) {
 		struct lg_kstate *ks = r->ks;
@@ -10415,6 +10681,106 @@ static void lg_acct_ledger_out(struct llmgw *gw)
 	}
 }
 
+/* --- 13f. the in-process store ----------------------------------------- */
+
+/* admit: the plan and the key's limits in one step under the loops' lock
+ * (router health and key state are shared by the loops); answers at once. */
+static void lg_st_local_admit(struct lg_req *r)
+{
+	char msg[1024];
+	int retry = 0, status;
+	lg_lock(r->gw);
+	if (!(status = lg_route_plan(r, msg, sizeof msg))) status = lg_acct_admit(r, msg, sizeof msg, &retry);
+	lg_unlock(r->gw);
+	lg_st_admitted(r, status, retry, msg);
+}
+
+/* take: the target's breaker and its provider's concurrency, checked and
+ * taken in one step (other loops use them too); this attempt may be the
+ * breaker's probe. */
+static int lg_st_local_take(struct lg_req *r, const struct lg_cand *cd)
+{
+	char buf[160];
+	lg_lock(r->gw);
+	if (lg_route_breaker(cd->h, r->gw->now, buf, sizeof buf) ||
+	    (cd->prov->max_concurrency && cd->ph && cd->ph->inflight >= cd->prov->max_concurrency)) {
+		lg_unlock(r->gw);
+		return -1;
+	}
+	if (cd->ph) cd->ph->inflight++;
+	if (cd->h && cd->h->state != LG_BRK_CLOSED) { /* this attempt is the probe */
+		struct lg_health *h = cd->h;
+		h->state = LG_BRK_HALF;
+		h->probing = 1;
+	}
+	lg_unlock(r->gw);
+	return 0;
+}
+
+/* report: the attempt's outcome into its target's health and breaker;
+ * the provider's concurrency slot back. */
+static void lg_st_local_report(struct lg_req *r, const struct lg_cand *cd, int ok)
+{
+	struct lg_health *h;
+	lg_lock(r->gw);
+	if (cd->ph && cd->ph->inflight > 0) cd->ph->inflight--;
+	if (!(h = cd->h)) {
+		lg_unlock(r->gw);
+		return;
+	}
+	h->probing = 0;
+	if (ok > 0) {
+		int64_t now = r->gw->now, first = r->t_att_first ? r->t_att_first : now;
+		double ttft = (double)(first - r->t_att), gen = (double)(now - first) / 1000.0;
+		h->ok++;
+		h->fails = 0;
+		h->state = LG_BRK_CLOSED;
+		h->cooldown = 0;
+		h->ttft = h->ttft > 0 ? 0.7 * h->ttft + 0.3 * ttft : (ttft > 0 ? ttft : 0.1);
+		if (r->usage.completion > 0) {
+			double tps = (double)r->usage.completion / (gen > 0.001 ? gen : (ttft > 0 ? ttft / 1000.0 : 0.001));
+			h->tps = h->tps > 0 ? 0.7 * h->tps + 0.3 * tps : tps;
+		}
+	} else if (ok == 0) {
+		h->bad++;
+		h->fails++;
+		if (h->state == LG_BRK_HALF || h->fails >= LG_BREAKER_FAILS) {
+			h->cooldown = h->cooldown ? LG_MIN(h->cooldown * 2, (int64_t)300000) : LG_BREAKER_COOL;
+			if (h->state != LG_BRK_OPEN)
+				LG_LOG(r->gw, LG_LOG_WARN, "target %s: circuit breaker open for %lld s after %d failures", h->id,
+				       (long long)(h->cooldown / 1000), h->fails);
+			h->state = LG_BRK_OPEN;
+			h->open_until = r->gw->now + h->cooldown;
+		}
+	}
+	lg_unlock(r->gw);
+}
+
+/* remember: the prompt's target, for ms (prompt-cache affinity). */
+static void lg_st_local_remember(struct lg_req *r, const char *target, int64_t ms)
+{
+	struct lg_rstate *rs = r->gw->rs;
+	unsigned slot = r->aff_hash % LG_AFF_SLOTS;
+	if (!rs) return;
+	lg_lock(r->gw);
+	rs->aff[slot].h = r->aff_hash;
+	lg_cpy(rs->aff[slot].target, sizeof rs->aff[slot].target, target);
+	rs->aff[slot].until = r->gw->now + ms;
+	lg_unlock(r->gw);
+}
+
+/* view: fn reads the state under the loops' lock. */
+static void lg_st_local_view(struct lg_req *r, void (*fn)(struct lg_req *r))
+{
+	lg_lock(r->gw);
+	lg_st_viewed(r, fn);
+	lg_unlock(r->gw);
+}
+
+static const struct lg_store lg_st_local = {"local", lg_st_local_admit, lg_st_local_take, lg_st_local_report,
+                                            lg_st_local_remember, lg_acct_charge, lg_acct_settle, lg_st_local_view,
+                                            NULL};
+
 /* ===== 14. Server handlers ============================================= */
 
 enum { LG_CS_HEAD, LG_CS_BODY, LG_CS_BUSY };
@@ -10423,91 +10789,28 @@ static void lg_srv_advance(struct lg_conn *c);
 static void lg_srv_timeout(struct llmgw *gw, struct lg_timer *t);
 
 
-/* Requests are freed at the end of the loop iteration, so callbacks still
- * on the stack never see freed memory. */
-static void lg_req_destroy(struct lg_req *r)
-{
-	lg_buf_free(&r->up.req);
-	lg_buf_free(&r->ubody);
-	lg_buf_free(&r->scratch);
-	free(r->rtok);
-	free(r->j.t);
-	free(r->keep_jt);
-	free(r->att);
-	if (r->w) {
-		lg_w_free(r->w);
-		free(r->w);
-	}
-	lg_arena_free(&r->a);
-	free(r);
-}
-
-/* What a finished request keeps for the next one on gw->rfree: its
- * buffers and token arrays of ordinary size, its attempt log and first
- * arena block. Bigger ones go back to malloc. */
-#define LG_KEEP_BYTES 16384
-#define LG_KEEP_TOKENS 1024
-
-static void lg_req_keepbuf(struct lg_buf *b)
-{
-	if (b->cap > LG_KEEP_BYTES || b->err) lg_buf_free(b);
-	b->off = b->len = 0;
-}
-
-static void lg_req_free(struct lg_req *r)
-{
-	struct llmgw *gw = r->gw;
-	if (gw->nrfree >= LG_RFREE || gw->stopping) {
-		lg_req_destroy(r);
-		return;
-	}
-	lg_req_keepbuf(&r->up.req);
-	lg_req_keepbuf(&r->ubody);
-	lg_buf_free(&r->scratch);
-	if (r->rcap > LG_KEEP_TOKENS) {
-		free(r->rtok);
-		r->rtok = NULL;
-		r->rcap = 0;
-	}
-	if (r->j.t && !r->keep_jt && r->j.cap <= LG_KEEP_TOKENS) {
-		r->keep_jt = r->j.t;
-		r->keep_jcap = r->j.cap;
-	} else {
-		free(r->j.t);
-	}
-	r->j.t = NULL;
-	if (r->w) {
-		lg_w_free(r->w);
-		free(r->w);
-		r->w = NULL;
-	}
-	lg_arena_reset(&r->a);
-	r->next = gw->rfree;
-	gw->rfree = r;
-	gw->nrfree++;
-}
-
 /* Ends a request: the upstream connection goes back to the pool or is
  * closed, the access log gets its line, and the client connection moves
  * on to its next (possibly pipelined) request. */
-static void lg_req_finish(struct lg_req *r)
+static void lg_srv_finish(struct lg_req *r)
 {
 	struct llmgw *gw = r->gw;
 	struct lg_conn *c = r->cc;
 	int gone;
 	if (r->finished) return;
 	r->finished = 1;
+	lg_st_cancel(r);
 	lg_up_release(&r->up);
 	lg_timer_clear(gw, &r->rtm);
 	lg_route_done(r, -1); /* an attempt still open: the client went away */
 	lg_acct_counted(r);
 	/* the charge is in the ledger before the answer's last bytes leave; the
 	 * rest of the books after them: their cost is not the client's wait */
-	lg_acct_charge(r);
+	lg_st_charge(r);
 	gone = c && lg_buf_used(&c->out) && lg_conn_flush(c) < 0;
 	if (!r->status) r->status = c ? 500 : 499;
 	if (r->ep == LG_EP_CHAT || r->ep == LG_EP_EMBED || r->ep == LG_EP_MESSAGES || r->status >= 400) lg_acct_log(r);
-	lg_acct_settle(r);
+	lg_st_settle(r);
 	gw->served++;
 	/* out of the in-flight list, onto the list freed after this iteration */
 	if (r->prev)
@@ -10543,7 +10846,7 @@ static void lg_req_finish(struct lg_req *r)
 }
 
 /* Opens the access log named by the config ("-" = stderr, "" = off). */
-static int lg_srv_open_log(struct llmgw *gw, const struct lg_cfg *c, char *err, size_t errlen)
+static LG_COLD int lg_srv_open_log(struct llmgw *gw, const struct lg_cfg *c, char *err, size_t errlen)
 {
 	int fd = -1;
 	if (c->access_log && strcmp(c->access_log, "-") == 0) {
@@ -10563,7 +10866,7 @@ static int lg_srv_open_log(struct llmgw *gw, const struct lg_cfg *c, char *err, 
 }
 
 /* Installs a new snapshot; requests in flight keep the one they hold. */
-static int lg_srv_install(struct llmgw *gw, struct lg_cfg *c, char *err, size_t errlen)
+static LG_COLD int lg_srv_install(struct llmgw *gw, struct lg_cfg *c, char *err, size_t errlen)
 {
 	if (gw->started && lg_srv_open_log(gw, c, err, errlen)) {
 		lg_cfg_free(c);
@@ -10603,7 +10906,7 @@ static int lg_srv_install(struct llmgw *gw, struct lg_cfg *c, char *err, size_t 
 
 /* A loop of workers = N takes up the configuration another loop
  * published (a reload, or POST /admin/reload served by any loop). */
-static void lg_loop_adopt(struct llmgw *gw)
+static void lg_srv_adopt(struct llmgw *gw)
 {
 	struct lg_cfg *c;
 	char err[512];
@@ -10621,7 +10924,7 @@ static void lg_loop_adopt(struct llmgw *gw)
 	gw->log_level = c->log_level;
 }
 
-static int lg_srv_reload(struct llmgw *gw, char *err, size_t errlen)
+static LG_COLD int lg_srv_reload(struct llmgw *gw, char *err, size_t errlen)
 {
 	struct lg_cfg *c;
 	if (!gw->cfg_path) {
@@ -10791,7 +11094,7 @@ static void lg_srv_price(struct lg_buf *b, const char *name, double usd_per_m, i
 	lg_buf_printf(b, "%s\"%s\":\"%s\"", comma ? "," : "", name, num);
 }
 
-static void lg_srv_models(struct lg_req *r)
+static LG_COLD void lg_srv_models(struct lg_req *r)
 {
 	const struct lg_cfg *c = r->cfg;
 	struct lg_buf b;
@@ -10832,7 +11135,7 @@ static void lg_srv_models(struct lg_req *r)
 	lg_buf_free(&b);
 }
 
-static void lg_srv_admin_reload(struct lg_req *r)
+static LG_COLD void lg_srv_admin_reload(struct lg_req *r)
 {
 	char err[1024];
 	if (lg_srv_reload(r->gw, err, sizeof err) == 0)
@@ -10848,7 +11151,7 @@ static void lg_srv_usd(struct lg_buf *b, const char *name, double v)
 }
 
 /* GET /v1/key: the calling key's budget, spend, limits and what remains. */
-static void lg_srv_key(struct lg_req *r)
+static LG_COLD void lg_srv_key(struct lg_req *r)
 {
 	const struct lg_key *k = r->key;
 	struct lg_kstate *ks;
@@ -10904,7 +11207,7 @@ static void lg_srv_key(struct lg_req *r)
 }
 
 /* GET /v1/generation?id=ID: one of the recent requests of the same key. */
-static void lg_srv_generation(struct lg_req *r)
+static LG_COLD void lg_srv_generation(struct lg_req *r)
 {
 	const char *q = r->query ? strstr(r->query, "id=") : NULL;
 	struct lg_acct *a = lg_acct_of(r->gw);
@@ -10960,7 +11263,7 @@ static void lg_srv_generation(struct lg_req *r)
 }
 
 /* GET /metrics: Prometheus text format 0.0.4. */
-static void lg_srv_metrics(struct lg_req *r)
+static LG_COLD void lg_srv_metrics(struct lg_req *r)
 {
 	struct llmgw *gw = r->gw;
 	struct lg_acct *a = lg_acct_of(gw);
@@ -11053,7 +11356,6 @@ static void lg_srv_completion(struct lg_req *r)
 	struct lg_json *j = &r->j;
 	const char *s = r->body;
 	int k, t;
-	char msg[1024];
 	memset(j, 0, sizeof *j);
 	j->cap = (uint32_t)LG_MIN(r->body_len / 6 + 32, (size_t)LLMGW_JSON_TOKENS); /* a guess: one pass mostly */
 	if (r->keep_jt && r->keep_jcap >= j->cap) { /* the array a previous request left */
@@ -11141,23 +11443,19 @@ static void lg_srv_completion(struct lg_req *r)
 	}
 	t = lg_json_get(j, s, 0, "user");
 	if (lg_json_type(j, t) == LG_J_STR && j->t[t].end - j->t[t].start <= 256) r->user = lg_route_strdup(r, t);
-	{
-		int retry = 0;
-		lg_lock(r->gw); /* router health and key state are shared by the loops */
-		if (!(k = lg_route_plan(r, msg, sizeof msg)) && (k = lg_acct_admit(r, msg, sizeof msg, &retry)) == 0) {
-			lg_unlock(r->gw);
-			lg_route_next(r);
-			return;
-		}
-		lg_unlock(r->gw);
-		if (retry) {
-			char ra[40];
-			snprintf(ra, sizeof ra, "Retry-After: %d\r\n", retry);
-			lg_resp_error(r, k, ra, "%s", msg);
-		} else {
-			lg_resp_error(r, k, NULL, "%s", msg);
-		}
+	lg_st_admit(r); /* the plan, the key's limits, the reservation: lg_srv_admitted */
+}
+
+/* The store's answer to admit: route the request, or say why not. */
+static void lg_srv_admitted(struct lg_req *r, int status, int retry, const char *msg)
+{
+	char ra[40];
+	if (!status) {
+		lg_route_next(r);
+		return;
 	}
+	if (retry) snprintf(ra, sizeof ra, "Retry-After: %d\r\n", retry);
+	lg_resp_error(r, status, retry ? ra : NULL, "%s", msg);
 }
 
 /* The body is complete: run the endpoint. */
@@ -11172,22 +11470,13 @@ static void lg_srv_dispatch(struct lg_req *r)
 	case LG_EP_HEALTH: lg_srv_health(r); break;
 	case LG_EP_MODELS: lg_srv_models(r); break;
 	case LG_EP_RELOAD: lg_srv_admin_reload(r); break;
-	case LG_EP_KEY: /* shared state: under the loops' lock */
-	case LG_EP_GEN:
-	case LG_EP_METRICS:
-		lg_lock(r->gw);
-		if (r->ep == LG_EP_KEY)
-			lg_srv_key(r);
-		else if (r->ep == LG_EP_GEN)
-			lg_srv_generation(r);
-		else
-			lg_srv_metrics(r);
-		lg_unlock(r->gw);
-		break;
+	case LG_EP_KEY: lg_st_view(r, lg_srv_key); break; /* shared state: read through the store */
+	case LG_EP_GEN: lg_st_view(r, lg_srv_generation); break;
+	case LG_EP_METRICS: lg_st_view(r, lg_srv_metrics); break;
 	case LG_EP_MESSAGES: lg_srv_completion(r); break;
 	default: lg_srv_completion(r);
 	}
-	if (!r->finished && (r->status || !r->cc)) lg_req_finish(r);
+	if (!r->finished && (r->status || !r->cc)) lg_srv_finish(r);
 }
 
 /* Answers from the head alone and, when a body may follow unread, closes
@@ -11197,7 +11486,7 @@ static void lg_srv_head_error(struct lg_req *r, int status, const char *extra, c
 	r->close = r->close || r->clen > 0 || r->chunked;
 	r->cc->cstate = LG_CS_BUSY;
 	lg_resp_error(r, status, extra, "%s", msg);
-	lg_req_finish(r);
+	lg_srv_finish(r);
 }
 
 struct lg_route_ent {
@@ -11455,7 +11744,7 @@ static void lg_srv_drop(struct lg_conn *c)
 		r->cc = NULL;
 		c->req = NULL;
 		if (!r->status) r->status = 499;
-		lg_req_finish(r);
+		lg_srv_finish(r);
 	}
 	lg_conn_close(c);
 }
@@ -11638,6 +11927,7 @@ struct llmgw *llmgw_new(void)
 	if (!gw) return NULL;
 	gw->log_level = LG_LOG_INFO;
 	gw->logfd = -1;
+	gw->st = &lg_st_local;
 	gw->wake[0] = gw->wake[1] = -1;
 	if (pipe(gw->wake) < 0 || lg_set_nonblock(gw->wake[0]) || lg_set_nonblock(gw->wake[1])) {
 		llmgw_free(gw);
@@ -11662,7 +11952,7 @@ struct llmgw *llmgw_new(void)
 
 const char *llmgw_version(void) { return LLMGW_VERSION; }
 
-int llmgw_load_string(struct llmgw *gw, const char *text, const char *name, char *err, size_t errlen)
+LG_COLD int llmgw_load_string(struct llmgw *gw, const char *text, const char *name, char *err, size_t errlen)
 {
 	struct lg_cfg *c = lg_cfg_parse(text, strlen(text), name ? name : "(string)", err, errlen);
 	if (!c) return -1;
@@ -11673,7 +11963,7 @@ int llmgw_load_string(struct llmgw *gw, const char *text, const char *name, char
 	return lg_srv_install(gw, c, err, errlen);
 }
 
-int llmgw_load_file(struct llmgw *gw, const char *path, char *err, size_t errlen)
+LG_COLD int llmgw_load_file(struct llmgw *gw, const char *path, char *err, size_t errlen)
 {
 	struct lg_cfg *c = lg_cfg_load(path, err, errlen);
 	char *p;
@@ -11691,7 +11981,7 @@ int llmgw_load_file(struct llmgw *gw, const char *path, char *err, size_t errlen
 }
 
 /* A listening socket on sa (from lg_cfg_listen_addr); spec names it in errors. */
-static int lg_listen_open(const char *spec, const struct sockaddr_storage *sa, socklen_t sl, int reuseport,
+static LG_COLD int lg_listen_open(const char *spec, const struct sockaddr_storage *sa, socklen_t sl, int reuseport,
                           char *err, size_t errlen)
 {
 	int fd, one = 1;
@@ -11716,7 +12006,7 @@ static int lg_listen_open(const char *spec, const struct sockaddr_storage *sa, s
 
 /* Opens the configured listeners into gw's poll set (SO_REUSEPORT when
  * several loops listen on the same addresses). */
-static int lg_listen_all(struct llmgw *gw, int reuseport, char *err, size_t errlen)
+static LG_COLD int lg_listen_all(struct llmgw *gw, int reuseport, char *err, size_t errlen)
 {
 	int i;
 	if (gw->cfg->nlisten > (int)LG_COUNTOF(gw->listen_names) || gw->cfg->nlisten + 1 > gw->cappfd) {
@@ -11763,7 +12053,7 @@ static void *lg_worker_main(void *arg)
 
 /* Tells the other loops to stop, waits for them (they drain within
  * their shutdown_timeout) and frees them. */
-static void lg_workers_join(struct llmgw *gw)
+static LG_COLD void lg_workers_join(struct llmgw *gw)
 {
 	struct lg_shared *sh = gw->sh;
 	int k;
@@ -11786,7 +12076,7 @@ static void lg_workers_join(struct llmgw *gw)
 
 /* workers = N: N - 1 more loops, each in its own thread with its own
  * listeners on the same addresses; signals stay with the caller's thread. */
-static int lg_workers_start(struct llmgw *gw, int nw, char *err, size_t errlen)
+static LG_COLD int lg_workers_start(struct llmgw *gw, int nw, char *err, size_t errlen)
 {
 	struct lg_shared *sh = (struct lg_shared *)calloc(1, sizeof *sh);
 	pthread_mutexattr_t ma;
@@ -11820,6 +12110,7 @@ static int lg_workers_start(struct llmgw *gw, int nw, char *err, size_t errlen)
 		w->child = 1;
 		w->acct = gw->acct;
 		w->rs = gw->rs;
+		w->st = gw->st;
 		w->cfg = gw->cfg;
 		lg_cfg_ref(w->cfg);
 		w->log_level = gw->log_level;
@@ -11855,7 +12146,7 @@ fail:
 	return -1;
 }
 
-int llmgw_start(struct llmgw *gw, char *err, size_t errlen)
+LG_COLD int llmgw_start(struct llmgw *gw, char *err, size_t errlen)
 {
 	int nw;
 	long ncpu;
@@ -11901,7 +12192,7 @@ void llmgw_reload(struct llmgw *gw)
 }
 
 /* Stop accepting, close what is idle, let in-flight requests finish. */
-static void lg_loop_begin_stop(struct llmgw *gw)
+static LG_COLD void lg_listen_stop(struct llmgw *gw)
 {
 	int i;
 	if (gw->stopping) return;
@@ -11945,86 +12236,6 @@ static void lg_loop_begin_stop(struct llmgw *gw)
 	}
 }
 
-int llmgw_poll(struct llmgw *gw, int timeout_ms)
-{
-	int i, n, wait = timeout_ms, count;
-	if (!gw->running) return 0;
-	gw->now = lg_now_ms();
-	if (gw->sh && (unsigned long)lg_atomic_get(&gw->sh->cfg_gen) != gw->cfg->gen) lg_loop_adopt(gw);
-	if (gw->nheap) {
-		int64_t d = gw->heap[0]->at - gw->now;
-		if (d < 0) d = 0;
-		if (wait < 0 || d < wait) wait = (int)LG_MIN(d, (int64_t)INT_MAX);
-	}
-	if (gw->stopping && (wait < 0 || wait > 100)) wait = 100;
-	if (gw->npending) wait = 0; /* decrypted bytes wait: no sleeping */
-	n = poll(gw->pfd, (nfds_t)gw->npfd, wait);
-	gw->now = lg_now_ms();
-	if (gw->npending) {
-		for (i = gw->nfixed; i < gw->npfd; i++)
-			if ((gw->conns[i]->flags & (LG_F_PENDING | LG_F_NOREAD)) == LG_F_PENDING) {
-				gw->pfd[i].revents |= POLLIN;
-				n = n > 0 ? n : 1;
-			}
-	}
-	if (n > 0) {
-		if (gw->pfd[0].revents) {
-			char buf[256];
-			struct lg_req *r, *nx;
-			while (read(gw->wake[0], buf, sizeof buf) > 0) {
-			}
-			for (r = gw->reqs; r; r = nx) { /* DNS answers may have come */
-				nx = r->next;
-				if (r->up.state == LG_U_DNS) lg_up_dns_ready(&r->up);
-			}
-		}
-		for (i = 1; i < gw->nfixed; i++)
-			if (gw->pfd[i].fd >= 0 && (gw->pfd[i].revents & POLLIN))
-				lg_srv_accept(gw, gw->pfd[i].fd, gw->listen_tls[i - 1]);
-		count = gw->npfd;
-		for (i = gw->nfixed; i < count; i++) {
-			struct lg_conn *c = gw->conns[i];
-			int re = gw->pfd[i].revents;
-			gw->pfd[i].revents = 0;
-			if (!re || (c->flags & LG_F_DEAD)) continue;
-			c->on_io(c, re);
-		}
-	}
-	if (lg_flag_get(&gw->stop_req) && !gw->stopping) lg_loop_begin_stop(gw);
-	if (lg_flag_get(&gw->reload_req)) {
-		char err[1024];
-		lg_flag_clear(&gw->reload_req);
-		lg_srv_reload(gw, err, sizeof err);
-	}
-	while (gw->nheap && gw->heap[0]->at <= gw->now) {
-		struct lg_timer *t = gw->heap[0];
-		lg_timer_clear(gw, t);
-		t->fn(gw, t);
-	}
-	if (gw->stopping && gw->now >= gw->stop_deadline) {
-		for (i = gw->nfixed; i < gw->npfd; i++) /* bounded drain: what is left is cut */
-			if (gw->conns[i]->role == LG_ROLE_CLIENT && !(gw->conns[i]->flags & LG_F_DEAD))
-				lg_srv_drop(gw->conns[i]);
-	}
-	for (i = gw->nfixed; i < gw->npfd;) {
-		if (gw->conns[i]->flags & LG_F_DEAD)
-			lg_conn_free(gw, gw->conns[i]); /* swaps the last one into i */
-		else
-			i++;
-	}
-	while (gw->dead) {
-		struct lg_req *r = gw->dead;
-		gw->dead = r->next;
-		lg_req_free(r);
-	}
-	lg_acct_flush(gw);
-	if (gw->stopping && gw->nclients == 0 && gw->nreqs == 0) {
-		gw->running = 0;
-		if (!gw->sh) LG_LOG(gw, LG_LOG_INFO, "stopped after %llu requests", gw->served);
-	}
-	return gw->running;
-}
-
 int llmgw_run(struct llmgw *gw)
 {
 	char err[512];
@@ -12037,7 +12248,7 @@ int llmgw_run(struct llmgw *gw)
 	return 0;
 }
 
-void llmgw_free(struct llmgw *gw)
+LG_COLD void llmgw_free(struct llmgw *gw)
 {
 	int i;
 	if (!gw) return;
@@ -12045,7 +12256,7 @@ void llmgw_free(struct llmgw *gw)
 	while (gw->reqs) { /* only after a forced stop */
 		struct lg_req *r = gw->reqs;
 		r->cc = NULL;
-		lg_req_finish(r);
+		lg_srv_finish(r);
 	}
 	for (i = gw->npfd - 1; i >= gw->nfixed; i--) lg_conn_free(gw, gw->conns[i]);
 	for (i = 1; i < gw->nfixed; i++)
@@ -12124,7 +12335,7 @@ static struct llmgw *volatile lg_main_gw; /* the one file-scope variable: signal
 /* The gateway leaves the signal handler's reach before it is freed: a
  * SIGTERM arriving as the process exits (after a drain) would otherwise
  * touch freed memory (musl unmaps it: a crash). */
-static void lg_main_free(void)
+static LG_COLD void lg_main_free(void)
 {
 	struct llmgw *gw = lg_main_gw;
 	lg_main_gw = NULL;
@@ -12141,7 +12352,7 @@ static void lg_main_signal(int sig)
 		llmgw_stop(gw);
 }
 
-static void lg_main_usage(FILE *f)
+static LG_COLD void lg_main_usage(FILE *f)
 {
 	fprintf(f, "usage: llmgw [-c FILE] [-t] [--help] [--version]\n"
 	           "  -c FILE    configuration file (default: llmgw.ini)\n"
@@ -12151,7 +12362,7 @@ static void lg_main_usage(FILE *f)
 	           "Configuration format: see README.md.\n");
 }
 
-int main(int argc, char **argv)
+LG_COLD int main(int argc, char **argv)
 {
 	const char *path = "llmgw.ini";
 	int check = 0, i, rc;

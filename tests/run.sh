@@ -55,6 +55,7 @@ suite() {
 }
 
 suite config sh -c './llmgw -t -c llmgw.ini && echo "1 passed, 0 failed"'
+suite sections sh -c 'python3 tests/sections.py llmgw.c && python3 tests/sections.py --self-test llmgw.c >/dev/null'
 suite symbols sh -c 'make -s symbols && echo "1 passed, 0 failed"'
 suite unit build/unit
 suite unit-notls build/unit-notls

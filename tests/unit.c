@@ -3051,6 +3051,161 @@ static void t_net_access_log_pieces(void)
 	llmgw_free(gw);
 }
 
+/* issue 14.6: the state store's calls may answer later. A store that
+ * answers admit and view from a timer 30 ms on (as one across the network
+ * would) serves a chat completion, /v1/key and /v1/generation exactly as
+ * the in-process one; a client that leaves while its request waits for
+ * the store gets the wait cancelled (no answer runs on a finished
+ * request: ASan would see it). */
+static struct {
+	struct lg_timer tm;
+	struct lg_req *r;
+	void (*fn)(struct lg_req *r); /* a view, or NULL: admit */
+	int admits, views, cancels, late;
+} ut_st;
+
+static void ut_st_fire(struct llmgw *gw, struct lg_timer *t)
+{
+	struct lg_req *r = ut_st.r;
+	LG_UNUSED(t);
+	LG_UNUSED(gw);
+	ut_st.r = NULL;
+	if (!r) return;
+	ut_st.late += r->st_wait == 2; /* the request saw that the answer comes later */
+	if (ut_st.fn)
+		lg_st_local.view(r, ut_st.fn);
+	else
+		lg_st_local.admit(r);
+}
+
+static void ut_st_later(struct lg_req *r, void (*fn)(struct lg_req *r))
+{
+	ut_st.r = r;
+	ut_st.fn = fn;
+	ut_st.tm.fn = ut_st_fire;
+	lg_timer_set(r->gw, &ut_st.tm, 30);
+}
+
+static void ut_st_admit(struct lg_req *r)
+{
+	ut_st.admits++;
+	ut_st_later(r, NULL);
+}
+
+static void ut_st_view(struct lg_req *r, void (*fn)(struct lg_req *r))
+{
+	ut_st.views++;
+	ut_st_later(r, fn);
+}
+
+static void ut_st_cancel(struct lg_req *r)
+{
+	ut_st.cancels++;
+	if (ut_st.r == r) {
+		ut_st.r = NULL;
+		lg_timer_clear(r->gw, &ut_st.tm);
+	}
+}
+
+/* sends req to 127.0.0.1:port and runs the loop until the answer is
+ * complete (the server closes: Connection: close) or 3 s pass */
+static int ut_gw_exchange(struct llmgw *gw, int port, const char *req, char *out, size_t cap, int hangup)
+{
+	struct sockaddr_in a;
+	int fd = socket(AF_INET, SOCK_STREAM, 0), i;
+	size_t got = 0;
+	memset(&a, 0, sizeof a);
+	a.sin_family = AF_INET;
+	a.sin_port = htons((uint16_t)port);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	out[0] = 0;
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0 || write(fd, req, strlen(req)) != (ssize_t)strlen(req)) {
+		if (fd >= 0) close(fd);
+		return -1;
+	}
+	lg_set_nonblock(fd);
+	for (i = 0; i < 300; i++) {
+		ssize_t n;
+		llmgw_poll(gw, 10);
+		if (hangup && i == 2) break; /* leave while the store answers */
+		n = read(fd, out + got, cap - 1 - got);
+		if (n > 0) got += (size_t)n;
+		out[got] = 0;
+		if (n == 0) break;
+	}
+	close(fd);
+	for (i = 0; i < 10; i++) llmgw_poll(gw, 5);
+	return (int)got;
+}
+
+static void t_store_later(void)
+{
+	struct llmgw *gw = llmgw_new();
+	static const struct lg_store later = {"later", ut_st_admit, NULL, NULL, NULL, NULL, NULL, ut_st_view, ut_st_cancel};
+	static struct lg_store st;
+	char cfg[1024], err[512] = "", out[8192], req[1024], id[64] = "";
+	const char *body = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hello store\"}]}";
+	const char *p;
+	int port = 0, fd = ut_listen_any(&port), r;
+	ASSERT(gw && fd >= 0);
+	if (!gw || fd < 0) return;
+	close(fd);
+	st = later; /* admit and view answer later; the rest is the in-process store's */
+	st.take = lg_st_local.take;
+	st.report = lg_st_local.report;
+	st.remember = lg_st_local.remember;
+	st.charge = lg_st_local.charge;
+	st.settle = lg_st_local.settle;
+	gw->st = &st;
+	memset(&ut_st, 0, sizeof ut_st);
+	ut_st.tm.hidx = -1;
+	snprintf(cfg, sizeof cfg,
+	         "[gateway]\nlisten = 127.0.0.1:%d\nlog_level = error\naccess_log =\n"
+	         "[provider.mock]\ntype = mock\n[model.m]\ntarget = mock m in=1 out=2\n"
+	         "[key.k]\nsecret = sk-store-later\nbudget = 5/month\nrpm = 100\n",
+	         port);
+	r = llmgw_load_string(gw, cfg, "store-test", err, sizeof err);
+	ut_case("config: %s", err);
+	ASSERT(r == 0 && llmgw_start(gw, err, sizeof err) == 0);
+	if (r) goto out;
+	snprintf(req, sizeof req,
+	         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-store-later\r\n"
+	         "Connection: close\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+	         strlen(body), body);
+	ut_gw_exchange(gw, port, req, out, sizeof out, 0);
+	ut_case("chat through a store that answers later: %.300s", out);
+	ASSERT(strncmp(out, "HTTP/1.1 200", 12) == 0);
+	ASSERT(strstr(out, "\"chat.completion\"") != NULL && strstr(out, "\"cost\"") != NULL);
+	ASSERT(ut_st.admits == 1 && ut_st.late == 1);
+	if ((p = strstr(out, "x-request-id: "))) sscanf(p + 14, "%63[^\r]", id);
+	ASSERT(id[0] != 0);
+	/* /v1/key: spend settled, read through a later view */
+	ut_gw_exchange(gw, port,
+	               "GET /v1/key HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-store-later\r\nConnection: close\r\n\r\n",
+	               out, sizeof out, 0);
+	ut_case("/v1/key: %.300s", out);
+	ASSERT(strncmp(out, "HTTP/1.1 200", 12) == 0 && strstr(out, "\"k\"") != NULL);
+	ASSERT(ut_st.views == 1 && ut_st.late == 2);
+	snprintf(req, sizeof req,
+	         "GET /v1/generation?id=%s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-store-later\r\n"
+	         "Connection: close\r\n\r\n", id);
+	ut_gw_exchange(gw, port, req, out, sizeof out, 0);
+	ut_case("/v1/generation: %.300s", out);
+	ASSERT(strncmp(out, "HTTP/1.1 200", 12) == 0 && strstr(out, id) != NULL);
+	ASSERT(ut_st.views == 2 && ut_st.late == 3);
+	/* the client leaves while admit waits: cancelled, and nothing answers it */
+	snprintf(req, sizeof req,
+	         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-store-later\r\n"
+	         "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+	         strlen(body), body);
+	ut_gw_exchange(gw, port, req, out, sizeof out, 1);
+	ut_case("hang-up while the store answers: admits %d cancels %d", ut_st.admits, ut_st.cancels);
+	ASSERT(ut_st.admits == 2 && ut_st.cancels == 1 && ut_st.r == NULL && ut_st.late == 3);
+out:
+	gw->st = &lg_st_local;
+	llmgw_free(gw);
+}
+
 /* issue 17.13: what llmgw writes as JSON is well-formed UTF-8, each
  * ill-formed subpart (Unicode 3.9) one U+FFFD, valid text untouched. */
 static void t_utf8_replace(void)
@@ -3209,6 +3364,7 @@ static const struct {
     {"util", "str", t_str},
     {"net", "dns_next_address", t_net_dns_next_address},
     {"net", "access_log_pieces", t_net_access_log_pieces},
+    {"net", "store_later", t_store_later},
     {"harden", "utf8_replace", t_utf8_replace},
     {"harden", "scrub_secrets", t_scrub_secrets},
     {"harden", "ini_bom_nul_many", t_ini_bom_nul_many},
