@@ -897,7 +897,7 @@ static void lg_arena_free(struct lg_arena *a)
 /* ===== 3. Log ========================================================== */
 
 enum { LG_LOG_ERROR, LG_LOG_WARN, LG_LOG_INFO, LG_LOG_DEBUG };
-static const char *const lg_log_names[] = {"error", "warn", "info", "debug"};
+static const char *const lg_log_names[] = {"error", "warn", "info", "debug", NULL};
 
 /* Diagnostics go to stderr, one line each, with a UTC timestamp. The level
  * lives on the gateway so two instances can log differently. */
@@ -1672,7 +1672,7 @@ static LG_COLD int lg_ini_next(struct lg_ini *in)
 struct lg_prov_row; /* what differs between provider types (section 11) */
 
 enum { LG_STRAT_ORDER, LG_STRAT_PRICE, LG_STRAT_LATENCY, LG_STRAT_THROUGHPUT, LG_STRAT_WEIGHTED };
-static const char *const lg_strat_names[] = {"order", "price", "latency", "throughput", "weighted"};
+static const char *const lg_strat_names[] = {"order", "price", "latency", "throughput", "weighted", NULL};
 
 enum { LG_PERIOD_DAY, LG_PERIOD_WEEK, LG_PERIOD_MONTH, LG_PERIOD_TOTAL };
 static const char *const lg_period_names[] = {"day", "week", "month", "total"};
@@ -2180,169 +2180,265 @@ static LG_COLD int lg_cfg_target(struct lg_cfgp *p, struct lg_model *m, lg_str v
 	return 0;
 }
 
-static LG_COLD int lg_cfg_gateway_key(struct lg_cfgp *p, lg_str k, lg_str v)
+/* The keys that need their own parser (LG_KT_FN rows below). */
+static LG_COLD int lg_cfg_k_listen(struct lg_cfgp *p, void *obj, lg_str v)
 {
-	struct lg_cfg *c = p->c;
-	long l;
-	if (lg_str_eq(k, "listen")) {
-		int nl = c->nlisten, *ln;
-		const char **slot = (const char **)lg_cfg_push(c, &c->listen, &c->nlisten, sizeof *slot);
-		if (!slot || !(*slot = lg_cfg_str(c, v))) return lg_cfg_err(p, "out of memory");
-		if (!(ln = (int *)lg_cfg_push(c, &c->listen_lines, &nl, sizeof *ln))) return lg_cfg_err(p, "out of memory");
-		*ln = p->line;
-		return 0;
-	}
-	if (lg_str_eq(k, "workers")) {
-		if (lg_cfg_long(p, v, &l)) return -1;
-		if (l < 0 || l > LG_MAX_WORKERS) return lg_cfg_err(p, "workers must be 0 (one per core) to 64");
-		c->workers = (int)l;
-		return 0;
-	}
-	if (lg_str_eq(k, "max_connections")) {
-		if (lg_cfg_long(p, v, &c->max_connections)) return -1;
-		if (c->max_connections < 1) return lg_cfg_err(p, "max_connections must be at least 1");
-		return 0;
-	}
-	if (lg_str_eq(k, "max_attempts")) {
-		if (lg_cfg_long(p, v, &l)) return -1;
-		if (l < 1 || l > LLMGW_MAX_ATTEMPTS)
-			return lg_cfg_err(p, "max_attempts must be between 1 and %d", LLMGW_MAX_ATTEMPTS);
-		c->max_attempts = (int)l;
-		return 0;
-	}
-	if (lg_str_eq(k, "max_body")) return lg_cfg_size(p, v, &c->max_body);
-	if (lg_str_eq(k, "max_header")) {
-		if (lg_cfg_size(p, v, &c->max_header)) return -1;
-		if (c->max_header < 256) return lg_cfg_err(p, "max_header must be at least 256 bytes");
-		return 0;
-	}
-	if (lg_str_eq(k, "header_timeout")) return lg_cfg_duration(p, v, &c->header_timeout);
-	if (lg_str_eq(k, "idle_timeout")) return lg_cfg_duration(p, v, &c->idle_timeout);
-	if (lg_str_eq(k, "connect_timeout")) return lg_cfg_duration(p, v, &c->connect_timeout);
-	if (lg_str_eq(k, "first_byte_timeout")) return lg_cfg_duration(p, v, &c->first_byte_timeout);
-	if (lg_str_eq(k, "stream_idle_timeout")) return lg_cfg_duration(p, v, &c->stream_idle_timeout);
-	if (lg_str_eq(k, "shutdown_timeout")) return lg_cfg_duration(p, v, &c->shutdown_timeout);
-	if (lg_str_eq(k, "send_timeout")) return lg_cfg_duration(p, v, &c->send_timeout);
-	if (lg_str_eq(k, "body_timeout")) return lg_cfg_duration(p, v, &c->body_timeout);
-	if (lg_str_eq(k, "ca_file")) return (c->ca_file = lg_cfg_str(c, v)) ? 0 : -1;
-	if (lg_str_eq(k, "tls_cert")) return c->tls_line = p->line, (c->tls_cert = lg_cfg_str(c, v)) ? 0 : -1;
-	if (lg_str_eq(k, "tls_key")) return c->tls_line = p->line, (c->tls_key = lg_cfg_str(c, v)) ? 0 : -1;
-	if (lg_str_eq(k, "proxy")) return c->proxy_line = p->line, (c->proxy = lg_cfg_str(c, v)) ? 0 : -1;
-	if (lg_str_eq(k, "admin_key")) return lg_cfg_secret(p, v, &c->admin_key);
-	if (lg_str_eq(k, "metrics")) {
-		static const char *const names[] = {"admin", "public", "off"};
-		return lg_cfg_enum(p, v, names, 3, &c->metrics, "metrics mode (admin, public, off)");
-	}
-	if (lg_str_eq(k, "auth")) {
-		static const char *const names[] = {"keys", "none"};
-		c->auth_line = p->line;
-		return lg_cfg_enum(p, v, names, 2, &c->auth_none, "auth mode (keys, none)");
-	}
-	if (lg_str_eq(k, "zdr")) return lg_cfg_bool(p, v, &c->zdr);
-	if (lg_str_eq(k, "access_log")) return c->log_line = p->line, (c->access_log = lg_cfg_str(c, v)) ? 0 : -1;
-	if (lg_str_eq(k, "log_level"))
-		return lg_cfg_enum(p, v, lg_log_names, 4, &c->log_level, "log_level (error, warn, info, debug)");
-	if (lg_str_eq(k, "state_dir")) return c->state_line = p->line, (c->state_dir = lg_cfg_str(c, v)) ? 0 : -1;
-	return lg_cfg_err(p, "unknown key '%.*s' in [gateway]", (int)k.n, k.p);
+	struct lg_cfg *c = (struct lg_cfg *)obj;
+	int nl = c->nlisten, *ln;
+	const char **slot = (const char **)lg_cfg_push(c, &c->listen, &c->nlisten, sizeof *slot);
+	if (!slot || !(*slot = lg_cfg_str(c, v))) return lg_cfg_err(p, "out of memory");
+	if (!(ln = (int *)lg_cfg_push(c, &c->listen_lines, &nl, sizeof *ln))) return lg_cfg_err(p, "out of memory");
+	*ln = p->line;
+	return 0;
 }
 
-static LG_COLD int lg_cfg_provider_key(struct lg_cfgp *p, struct lg_provider *pv, lg_str k, lg_str v)
+static LG_COLD int lg_cfg_k_type(struct lg_cfgp *p, void *obj, lg_str v)
 {
-	long l;
-	if (lg_str_eq(k, "type")) {
-		if ((pv->row = lg_prov_row_find(v))) return 0;
-		return lg_cfg_err(p, "unknown provider type (%s) '%.*s'", lg_prov_row_names(), (int)v.n, v.p);
-	}
-	if (lg_str_eq(k, "base_url")) return lg_cfg_url(p, pv, v);
-	if (lg_str_eq(k, "api_key")) return lg_cfg_secret(p, v, &pv->api_key);
-	if (lg_str_eq(k, "header")) {
+	struct lg_provider *pv = (struct lg_provider *)obj;
+	if ((pv->row = lg_prov_row_find(v))) return 0;
+	return lg_cfg_err(p, "unknown provider type (%s) '%.*s'", lg_prov_row_names(), (int)v.n, v.p);
+}
+
+static LG_COLD int lg_cfg_k_base_url(struct lg_cfgp *p, void *obj, lg_str v)
+{
+	return lg_cfg_url(p, (struct lg_provider *)obj, v);
+}
+
+static LG_COLD int lg_cfg_k_header(struct lg_cfgp *p, void *obj, lg_str v)
+{
+	struct lg_provider *pv = (struct lg_provider *)obj;
+	size_t i;
+	const char **slot;
+	for (i = 0; i < v.n && v.p[i] != ':'; i++)
+		if (!(isalnum((unsigned char)v.p[i]) || strchr("!#$%&'*+-.^_`|~", v.p[i]))) break;
+	if (i == 0 || i == v.n || v.p[i] != ':') return lg_cfg_err(p, "header must be 'Name: value'");
+	for (i = 0; i < v.n; i++)
+		if (v.p[i] == '\r' || v.p[i] == '\n' || v.p[i] == 0) return lg_cfg_err(p, "header contains a line break");
+	slot = (const char **)lg_cfg_push(p->c, &pv->headers, &pv->nheaders, sizeof *slot);
+	if (!slot || !(*slot = lg_cfg_str(p->c, v))) return lg_cfg_err(p, "out of memory");
+	return 0;
+}
+
+static LG_COLD int lg_cfg_k_target(struct lg_cfgp *p, void *obj, lg_str v)
+{
+	return lg_cfg_target(p, (struct lg_model *)obj, v);
+}
+
+static LG_COLD int lg_cfg_k_secret(struct lg_cfgp *p, void *obj, lg_str v)
+{
+	struct lg_key *ky = (struct lg_key *)obj;
+	const char *sec;
+	if (v.n > 7 && memcmp(v.p, "sha256:", 7) == 0) {
 		size_t i;
-		const char **slot;
-		for (i = 0; i < v.n && v.p[i] != ':'; i++)
-			if (!(isalnum((unsigned char)v.p[i]) || strchr("!#$%&'*+-.^_`|~", v.p[i])))
-				break;
-		if (i == 0 || i == v.n || v.p[i] != ':')
-			return lg_cfg_err(p, "header must be 'Name: value'");
-		for (i = 0; i < v.n; i++)
-			if (v.p[i] == '\r' || v.p[i] == '\n' || v.p[i] == 0)
-				return lg_cfg_err(p, "header contains a line break");
-		slot = (const char **)lg_cfg_push(p->c, &pv->headers, &pv->nheaders, sizeof *slot);
-		if (!slot || !(*slot = lg_cfg_str(p->c, v))) return lg_cfg_err(p, "out of memory");
-		return 0;
-	}
-	if (lg_str_eq(k, "api_version")) return (pv->api_version = lg_cfg_str(p->c, v)) ? 0 : -1;
-	if (lg_str_eq(k, "aws_region")) return (pv->aws_region = lg_cfg_str(p->c, v)) ? 0 : -1;
-	if (lg_str_eq(k, "aws_access_key_id")) return lg_cfg_secret(p, v, &pv->aws_access_key_id);
-	if (lg_str_eq(k, "aws_secret_access_key")) return lg_cfg_secret(p, v, &pv->aws_secret_access_key);
-	if (lg_str_eq(k, "aws_session_token")) return lg_cfg_secret(p, v, &pv->aws_session_token);
-	if (lg_str_eq(k, "zdr")) return lg_cfg_bool(p, v, &pv->zdr);
-	if (lg_str_eq(k, "collects_data")) return lg_cfg_bool(p, v, &pv->collects_data);
-	if (lg_str_eq(k, "direct")) return lg_cfg_bool(p, v, &pv->direct);
-	if (lg_str_eq(k, "region")) return (pv->region = lg_cfg_str(p->c, v)) ? 0 : -1;
-	if (lg_str_eq(k, "max_concurrency")) {
-		if (lg_cfg_long(p, v, &l)) return -1;
-		pv->max_concurrency = (int)l;
-		return 0;
-	}
-	return lg_cfg_err(p, "unknown key '%.*s' in [provider.%s]", (int)k.n, k.p, pv->name);
-}
-
-static LG_COLD int lg_cfg_model_key(struct lg_cfgp *p, struct lg_model *m, lg_str k, lg_str v)
-{
-	if (lg_str_eq(k, "target")) return lg_cfg_target(p, m, v);
-	if (lg_str_eq(k, "strategy"))
-		return lg_cfg_enum(p, v, lg_strat_names, (int)LG_COUNTOF(lg_strat_names), &m->strategy,
-		                   "strategy (order, price, latency, throughput, weighted)");
-	if (lg_str_eq(k, "fallbacks")) return lg_cfg_list(p, v, &m->fallbacks, &m->nfallbacks);
-	if (lg_str_eq(k, "aliases")) return lg_cfg_list(p, v, &m->aliases, &m->naliases);
-	if (lg_str_eq(k, "affinity")) return lg_cfg_duration(p, v, &m->affinity_ms);
-	return lg_cfg_err(p, "unknown key '%.*s' in [model.%s]", (int)k.n, k.p, m->name);
-}
-
-static LG_COLD int lg_cfg_key_key(struct lg_cfgp *p, struct lg_key *ky, lg_str k, lg_str v)
-{
-	if (lg_str_eq(k, "secret")) {
-		const char *sec;
-		if (v.n > 7 && memcmp(v.p, "sha256:", 7) == 0) {
-			size_t i;
-			if (v.n != 7 + 64) return lg_cfg_err(p, "sha256: secret needs 64 hex digits");
-			for (i = 0; i < 32; i++) {
-				int hi = lg_hexval(v.p[7 + 2 * i]), lo = lg_hexval(v.p[8 + 2 * i]);
-				if (hi < 0 || lo < 0) return lg_cfg_err(p, "sha256: secret is not hex");
-				ky->hash[i] = (unsigned char)(hi << 4 | lo);
-			}
-			return 0;
+		if (v.n != 7 + 64) return lg_cfg_err(p, "sha256: secret needs 64 hex digits");
+		for (i = 0; i < 32; i++) {
+			int hi = lg_hexval(v.p[7 + 2 * i]), lo = lg_hexval(v.p[8 + 2 * i]);
+			if (hi < 0 || lo < 0) return lg_cfg_err(p, "sha256: secret is not hex");
+			ky->hash[i] = (unsigned char)(hi << 4 | lo);
 		}
-		if (lg_cfg_secret(p, v, &sec)) return -1;
-		lg_sha256(sec, strlen(sec), ky->hash);
 		return 0;
 	}
-	if (lg_str_eq(k, "models")) return lg_cfg_list(p, v, &ky->models, &ky->nmodels);
-	if (lg_str_eq(k, "regions")) return lg_cfg_list(p, v, &ky->regions, &ky->nregions);
-	if (lg_str_eq(k, "budget")) {
-		double d;
-		lg_str u;
-		if (lg_cfg_number(v, &d, &u) || u.n < 2 || u.p[0] != '/')
-			return lg_cfg_err(p, "budget must be USD/period, like 50/month");
-		if (d <= 0) return lg_cfg_err(p, "budget must be more than 0 USD (remove the line for no budget)");
-		ky->budget = d;
-		return lg_cfg_enum(p, lg_str_of(u.p + 1, u.n - 1), lg_period_names, 4, &ky->period,
-		                   "budget period (day, week, month, total)");
-	}
-	if (lg_str_eq(k, "rpm")) return lg_cfg_long(p, v, &ky->rpm);
-	if (lg_str_eq(k, "tpm")) return lg_cfg_long(p, v, &ky->tpm);
-	if (lg_str_eq(k, "max_concurrency")) {
-		long l;
+	if (lg_cfg_secret(p, v, &sec)) return -1;
+	lg_sha256(sec, strlen(sec), ky->hash);
+	return 0;
+}
+
+static LG_COLD int lg_cfg_k_budget(struct lg_cfgp *p, void *obj, lg_str v)
+{
+	struct lg_key *ky = (struct lg_key *)obj;
+	double d;
+	lg_str u;
+	if (lg_cfg_number(v, &d, &u) || u.n < 2 || u.p[0] != '/')
+		return lg_cfg_err(p, "budget must be USD/period, like 50/month");
+	if (d <= 0) return lg_cfg_err(p, "budget must be more than 0 USD (remove the line for no budget)");
+	ky->budget = d;
+	return lg_cfg_enum(p, lg_str_of(u.p + 1, u.n - 1), lg_period_names, 4, &ky->period,
+	                   "budget period (day, week, month, total)");
+}
+
+/* --- the keys: one row each ------------------------------------------------
+ * Parsing, defaults, `llmgw --keys` and README's table of keys (make test
+ * checks they agree) read this table, and nothing else lists the keys. A
+ * row: its section, name, type, the field it sets (and, for a list, its
+ * count; for others an int that gets the line number), the range of a
+ * number with the message when it is out of it, an enum's values and what
+ * they are called, a special parser, the default as it would be written in
+ * the file, and one line of documentation. */
+enum { LG_KS_GATEWAY = 1, LG_KS_PROVIDER, LG_KS_MODEL, LG_KS_KEY };
+enum { LG_KT_STR, LG_KT_SECRET, LG_KT_BOOL, LG_KT_INT, LG_KT_LONG, LG_KT_SIZE, LG_KT_DURATION, LG_KT_ENUM,
+       LG_KT_LIST, LG_KT_FN };
+static const char *const lg_kt_names[] = {"string", "secret", "yes/no", "number", "number",
+                                          "size",   "duration", "one of", "list", "see doc"};
+static const char *const lg_ks_names[] = {"", "[gateway]", "[provider.*]", "[model.*]", "[key.*]"};
+static const char *const lg_metrics_names[] = {"admin", "public", "off", NULL};
+static const char *const lg_auth_names[] = {"keys", "none", NULL};
+static const char *const lg_data_names[] = {"allow", "deny", NULL};
+
+struct lg_cfg_key {
+	unsigned char sec, type, repeat; /* LG_KS_, LG_KT_, may be given more than once */
+	unsigned char x;                 /* ENUM: its lg_cfg_enums row; FN: its lg_cfg_kfns row; a number: its
+	                                    lg_cfg_ranges row (0: any) */
+	unsigned short off, aux;         /* the field; LIST: its count, else an int for the line (0: none) */
+	char name[22];
+	char dflt[15];                   /* as written in the file */
+	unsigned char has_dflt;
+	const char *doc;
+};
+
+/* The enums' values (NULL-terminated, the first is 0) and what they are called. */
+static const struct {
+	const char *const *names;
+	const char *what;
+} lg_cfg_enums[] = {
+    {NULL, NULL},
+    {lg_metrics_names, "metrics mode (admin, public, off)"},
+    {lg_auth_names, "auth mode (keys, none)"},
+    {lg_log_names, "log_level (error, warn, info, debug)"},
+    {lg_strat_names, "strategy (order, price, latency, throughput, weighted)"},
+    {lg_data_names, "data_collection (allow, deny)"},
+};
+static int (*const lg_cfg_kfns[])(struct lg_cfgp *p, void *obj, lg_str v) = {
+    NULL, lg_cfg_k_listen, lg_cfg_k_type, lg_cfg_k_base_url, lg_cfg_k_header, lg_cfg_k_target, lg_cfg_k_secret, lg_cfg_k_budget};
+/* The numbers with a range, and the message when a value is out of it (%ld: max). */
+static const struct {
+	long min, max;
+	const char *what;
+} lg_cfg_ranges[] = {
+    {1, 0, NULL},
+    {0, LG_MAX_WORKERS, "workers must be 0 (one per core) to 64"},
+    {1, LONG_MAX, "max_connections must be at least 1"},
+    {1, LLMGW_MAX_ATTEMPTS, "max_attempts must be between 1 and %ld"},
+    {256, LONG_MAX, "max_header must be at least 256 bytes"},
+};
+
+#define LG_KG(f) offsetof(struct lg_cfg, f)
+#define LG_KP(f) offsetof(struct lg_provider, f)
+#define LG_KM(f) offsetof(struct lg_model, f)
+#define LG_KK(f) offsetof(struct lg_key, f)
+static const struct lg_cfg_key lg_cfg_keys[] = {
+    {1, LG_KT_FN, 1, 1, 0, 0, "listen", "127.0.0.1:8080", 1, "ADDR, ADDR tls or ADDR plain ([::]:8080 for IPv6, :8080 every IPv4 address)"},
+    {1, LG_KT_INT, 0, 1, LG_KG(workers), 0, "workers", "1", 1, "event loops sharing the listeners (SO_REUSEPORT); 0 = one per core"},
+    {1, LG_KT_LONG, 0, 2, LG_KG(max_connections), 0, "max_connections", "1024", 1, "client connections at once; more are refused"},
+    {1, LG_KT_INT, 0, 3, LG_KG(max_attempts), 0, "max_attempts", "3", 1, "upstream attempts per request, fallbacks included"},
+    {1, LG_KT_SIZE, 0, 0, LG_KG(max_body), 0, "max_body", "16m", 1, "request body limit (413 above)"},
+    {1, LG_KT_SIZE, 0, 4, LG_KG(max_header), 0, "max_header", "32k", 1, "request head limit (431 above)"},
+    {1, LG_KT_DURATION, 0, 0, LG_KG(header_timeout), 0, "header_timeout", "10s", 1, "a client must send its head within this"},
+    {1, LG_KT_DURATION, 0, 0, LG_KG(idle_timeout), 0, "idle_timeout", "60s", 1, "keep-alive connections idle longer are closed"},
+    {1, LG_KT_DURATION, 0, 0, LG_KG(connect_timeout), 0, "connect_timeout", "5s", 1, "upstream TCP and TLS connect"},
+    {1, LG_KT_DURATION, 0, 0, LG_KG(first_byte_timeout), 0, "first_byte_timeout", "120s", 1, "upstream time to its first response byte"},
+    {1, LG_KT_DURATION, 0, 0, LG_KG(stream_idle_timeout), 0, "stream_idle_timeout", "120s", 1, "longest silence inside an upstream stream"},
+    {1, LG_KT_DURATION, 0, 0, LG_KG(shutdown_timeout), 0, "shutdown_timeout", "30s", 1, "SIGTERM: how long requests in flight may finish"},
+    {1, LG_KT_DURATION, 0, 0, LG_KG(send_timeout), 0, "send_timeout", "60s", 1, "a client that reads nothing of its answer this long is dropped"},
+    {1, LG_KT_DURATION, 0, 0, LG_KG(body_timeout), 0, "body_timeout", "60s", 1, "a client must send its whole body within this"},
+    {1, LG_KT_STR, 0, 0, LG_KG(ca_file), 0, "ca_file", "", 0, "trust anchors for HTTPS upstreams (default: the usual system paths)"},
+    {1, LG_KT_STR, 0, 0, LG_KG(tls_cert), LG_KG(tls_line), "tls_cert", "", 0, "PEM certificate chain: serve HTTPS on the listeners"},
+    {1, LG_KT_STR, 0, 0, LG_KG(tls_key), LG_KG(tls_line), "tls_key", "", 0, "its PEM private key"},
+    {1, LG_KT_STR, 0, 0, LG_KG(proxy), LG_KG(proxy_line), "proxy", "", 0, "upstream HTTP CONNECT proxy, http://[user:pass@]host:port (also HTTPS_PROXY)"},
+    {1, LG_KT_SECRET, 0, 0, LG_KG(admin_key), 0, "admin_key", "", 0, "protects /admin/* (and /metrics unless metrics = public); literal, env:NAME or file:/path"},
+    {1, LG_KT_ENUM, 0, 1, LG_KG(metrics), 0, "metrics", "admin", 1, "who may read /metrics"},
+    {1, LG_KT_ENUM, 0, 2, LG_KG(auth_none), LG_KG(auth_line), "auth", "keys", 1, "none is refused on a listener that is not loopback"},
+    {1, LG_KT_BOOL, 0, 0, LG_KG(zdr), 0, "zdr", "no", 1, "every request goes to zdr providers only"},
+    {1, LG_KT_STR, 0, 0, LG_KG(access_log), LG_KG(log_line), "access_log", "", 1, "one JSON line per request; - = stderr; empty = off"},
+    {1, LG_KT_ENUM, 0, 3, LG_KG(log_level), 0, "log_level", "info", 1, "diagnostics to stderr"},
+    {1, LG_KT_STR, 0, 0, LG_KG(state_dir), LG_KG(state_line), "state_dir", "", 0, "the ledger: spend survives restarts and crashes; empty = memory only"},
+    {2, LG_KT_FN, 0, 2, 0, 0, "type", "", 0, "openai, anthropic, gemini, azure, bedrock or mock"},
+    {2, LG_KT_FN, 0, 3, 0, 0, "base_url", "", 0, "http:// or https:// (default: the type's public API; required for azure)"},
+    {2, LG_KT_SECRET, 0, 0, LG_KP(api_key), 0, "api_key", "", 0, "literal, env:NAME or file:/path"},
+    {2, LG_KT_FN, 1, 4, 0, 0, "header", "", 0, "Name: value, sent upstream"},
+    {2, LG_KT_STR, 0, 0, LG_KP(api_version), 0, "api_version", "", 0, "azure: api-version of a deployment path (default 2024-10-21)"},
+    {2, LG_KT_STR, 0, 0, LG_KP(aws_region), 0, "aws_region", "", 0, "bedrock: the AWS region"},
+    {2, LG_KT_SECRET, 0, 0, LG_KP(aws_access_key_id), 0, "aws_access_key_id", "", 0, "bedrock: SigV4 access key (else api_key is a bearer token)"},
+    {2, LG_KT_SECRET, 0, 0, LG_KP(aws_secret_access_key), 0, "aws_secret_access_key", "", 0, "bedrock: its secret"},
+    {2, LG_KT_SECRET, 0, 0, LG_KP(aws_session_token), 0, "aws_session_token", "", 0, "bedrock: a temporary credential's token"},
+    {2, LG_KT_BOOL, 0, 0, LG_KP(zdr), 0, "zdr", "no", 1, "the provider does not retain prompts"},
+    {2, LG_KT_BOOL, 0, 0, LG_KP(collects_data), 0, "collects_data", "yes", 1, "the provider may store or train on data"},
+    {2, LG_KT_BOOL, 0, 0, LG_KP(direct), 0, "direct", "no", 1, "requests for PROVIDER/<any upstream model> are allowed"},
+    {2, LG_KT_STR, 0, 0, LG_KP(region), 0, "region", "", 0, "free-form label for key and request region filters"},
+    {2, LG_KT_INT, 0, 0, LG_KP(max_concurrency), 0, "max_concurrency", "0", 1, "requests in flight to this provider; 0 = unlimited"},
+    {3, LG_KT_FN, 1, 5, 0, 0, "target", "", 0, "PROVIDER UPSTREAM [in= out= cache_read= cache_write= weight= context= max_output= quant= image_tokens= " "audio_tokens= file_tokens=], in preference order"},
+    {3, LG_KT_ENUM, 0, 4, LG_KM(strategy), 0, "strategy", "order", 1, "how the targets are ordered"},
+    {3, LG_KT_LIST, 0, 0, LG_KM(fallbacks), LG_KM(nfallbacks), "fallbacks", "", 0, "other models to try when every target failed"},
+    {3, LG_KT_LIST, 0, 0, LG_KM(aliases), LG_KM(naliases), "aliases", "", 0, "other names clients may ask for"},
+    {3, LG_KT_DURATION, 0, 0, LG_KM(affinity_ms), 0, "affinity", "0", 1, "prompt-cache stickiness: the same prompt prefix goes to the same target; 0 = off"},
+    {4, LG_KT_FN, 0, 6, 0, 0, "secret", "", 0, "literal, env:NAME, file:/path or sha256:HEX (only the hash is kept)"},
+    {4, LG_KT_LIST, 0, 0, LG_KK(models), LG_KK(nmodels), "models", "*", 1, "glob allow-list of models"},
+    {4, LG_KT_LIST, 0, 0, LG_KK(regions), LG_KK(nregions), "regions", "", 0, "only providers with these region labels"},
+    {4, LG_KT_FN, 0, 7, 0, 0, "budget", "", 0, "USD per day, week, month or total, like 50/month"},
+    {4, LG_KT_LONG, 0, 0, LG_KK(rpm), 0, "rpm", "0", 1, "requests per minute; 0 = unlimited"},
+    {4, LG_KT_LONG, 0, 0, LG_KK(tpm), 0, "tpm", "0", 1, "tokens per minute; 0 = unlimited"},
+    {4, LG_KT_INT, 0, 0, LG_KK(max_concurrency), 0, "max_concurrency", "0", 1, "requests in flight; 0 = unlimited"},
+    {4, LG_KT_BOOL, 0, 0, LG_KK(zdr), 0, "zdr", "no", 1, "this key's requests go to zdr providers only"},
+    {4, LG_KT_ENUM, 0, 5, LG_KK(data_deny), 0, "data_collection", "allow", 1, "deny: never to providers that collect data"},
+};
+
+static LG_COLD const struct lg_cfg_key *lg_cfg_key_find(int sec, lg_str k)
+{
+	size_t i;
+	for (i = 0; i < LG_COUNTOF(lg_cfg_keys); i++)
+		if (lg_cfg_keys[i].sec == sec && lg_str_eq(k, lg_cfg_keys[i].name)) return &lg_cfg_keys[i];
+	return NULL;
+}
+
+/* Sets the field of key row k in obj from v. */
+static LG_COLD int lg_cfg_set(struct lg_cfgp *p, const struct lg_cfg_key *k, void *obj, lg_str v)
+{
+	char *f = (char *)obj + k->off;
+	long l = 0;
+	int n;
+	if (k->aux && k->type != LG_KT_LIST) *(int *)((char *)obj + k->aux) = p->line;
+	switch (k->type) {
+	case LG_KT_STR: return (*(const char **)f = lg_cfg_str(p->c, v)) ? 0 : -1;
+	case LG_KT_SECRET: return lg_cfg_secret(p, v, (const char **)f);
+	case LG_KT_BOOL: return lg_cfg_bool(p, v, (int *)f);
+	case LG_KT_INT:
+	case LG_KT_LONG:
 		if (lg_cfg_long(p, v, &l)) return -1;
-		ky->max_concurrency = (int)l;
+		if (k->x && (l < lg_cfg_ranges[k->x].min || l > lg_cfg_ranges[k->x].max))
+			return lg_cfg_err(p, lg_cfg_ranges[k->x].what, lg_cfg_ranges[k->x].max);
+		if (k->type == LG_KT_INT)
+			*(int *)f = (int)l;
+		else
+			*(long *)f = l;
 		return 0;
+	case LG_KT_SIZE:
+		if (lg_cfg_size(p, v, (size_t *)f)) return -1;
+		if (k->x && (*(size_t *)f < (size_t)lg_cfg_ranges[k->x].min || *(size_t *)f > (size_t)lg_cfg_ranges[k->x].max))
+			return lg_cfg_err(p, lg_cfg_ranges[k->x].what, lg_cfg_ranges[k->x].max);
+		return 0;
+	case LG_KT_DURATION: return lg_cfg_duration(p, v, (int64_t *)f);
+	case LG_KT_ENUM:
+		for (n = 0; lg_cfg_enums[k->x].names[n]; n++) {
+		}
+		return lg_cfg_enum(p, v, lg_cfg_enums[k->x].names, n, (int *)f, lg_cfg_enums[k->x].what);
+	case LG_KT_LIST: return lg_cfg_list(p, v, (const char ***)f, (int *)((char *)obj + k->aux));
+	default: return lg_cfg_kfns[k->x](p, obj, v);
 	}
-	if (lg_str_eq(k, "zdr")) return lg_cfg_bool(p, v, &ky->zdr);
-	if (lg_str_eq(k, "data_collection")) {
-		static const char *const names[] = {"allow", "deny"};
-		return lg_cfg_enum(p, v, names, 2, &ky->data_deny, "data_collection (allow, deny)");
+}
+
+/* The defaults of a section's keys, into a new obj (the special keys'
+ * defaults are documentation: validation fills them). */
+static LG_COLD void lg_cfg_defaults(struct lg_cfgp *p, int sec, void *obj)
+{
+	size_t i;
+	int line = p->line;
+	for (i = 0; i < LG_COUNTOF(lg_cfg_keys); i++) {
+		const struct lg_cfg_key *k = &lg_cfg_keys[i];
+		if (k->sec == sec && k->has_dflt && k->type != LG_KT_FN && k->type != LG_KT_LIST) {
+			p->line = 0;
+			lg_cfg_set(p, k, obj, lg_strz(k->dflt));
+		}
 	}
-	return lg_cfg_err(p, "unknown key '%.*s' in [key.%s]", (int)k.n, k.p, ky->name);
+	p->line = line;
+}
+
+/* One key of a section: its row, or "unknown key". */
+static LG_COLD int lg_cfg_key(struct lg_cfgp *p, int sec, void *obj, const char *owner, lg_str k, lg_str v)
+{
+	const struct lg_cfg_key *row = lg_cfg_key_find(sec, k);
+	if (row) return lg_cfg_set(p, row, obj, v);
+	if (sec == LG_KS_GATEWAY) return lg_cfg_err(p, "unknown key '%.*s' in [gateway]", (int)k.n, k.p);
+	return lg_cfg_err(p, "unknown key '%.*s' in [%s.%s]", (int)k.n, k.p,
+	                  sec == LG_KS_PROVIDER ? "provider" : sec == LG_KS_MODEL ? "model" : "key", owner);
 }
 
 static struct lg_provider *lg_cfg_find_provider(const struct lg_cfg *c, const char *name, size_t n)
@@ -2619,7 +2715,8 @@ static LG_COLD struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const c
 	struct lg_cfg *c = (struct lg_cfg *)lg_arena_alloc(&a, sizeof *c);
 	struct lg_cfgp p;
 	struct lg_ini in;
-	int kind, sec = 0, r = 0; /* sec: 0 none, 1 gateway, 2 provider, 3 model, 4 key */
+	int kind, sec = 0, r = 0; /* sec: 0 none, else LG_KS_ */
+	const struct lg_cfg_key *row;
 	int secid = 0, nsec = 1;  /* which section the keys belong to (1: [gateway]) */
 	void *cur = NULL;
 	if (!c) {
@@ -2628,27 +2725,13 @@ static LG_COLD struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const c
 	}
 	c->a = a;
 	c->refs = 1;
-	c->workers = 1;
-	c->max_connections = 1024;
-	c->max_body = 16u << 20;
-	c->max_header = 32u << 10;
-	c->header_timeout = 10000;
-	c->idle_timeout = 60000;
-	c->connect_timeout = 5000;
-	c->first_byte_timeout = 120000;
-	c->stream_idle_timeout = 120000;
-	c->shutdown_timeout = 30000;
-	c->send_timeout = 60000;
-	c->body_timeout = 60000;
-	c->max_attempts = 3;
-	c->log_level = LG_LOG_INFO;
-	c->access_log = "";
 	c->path = lg_cfg_str(c, lg_strz(file));
 	memset(&p, 0, sizeof p);
 	p.c = c;
 	p.file = file;
 	p.err = err;
 	p.errlen = errlen;
+	lg_cfg_defaults(&p, LG_KS_GATEWAY, c);
 	memset(&in, 0, sizeof in);
 	if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) text += 3, len -= 3; /* a UTF-8 BOM */
 	in.s = text;
@@ -2691,7 +2774,7 @@ static LG_COLD struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const c
 					return NULL;
 				(*slot)->name = lg_cfg_str(c, name);
 				(*slot)->line = in.line;
-				(*slot)->collects_data = 1;
+				lg_cfg_defaults(&p, LG_KS_PROVIDER, *slot);
 				cur = e->owner = *slot;
 				sec = 2;
 			} else if (lg_str_eq(lg_str_of(s.p, dot), "model")) {
@@ -2700,6 +2783,7 @@ static LG_COLD struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const c
 					return NULL;
 				(*slot)->name = lg_cfg_str(c, name);
 				(*slot)->line = in.line;
+				lg_cfg_defaults(&p, LG_KS_MODEL, *slot);
 				cur = *slot;
 				sec = 3;
 			} else if (lg_str_eq(lg_str_of(s.p, dot), "key")) {
@@ -2721,6 +2805,7 @@ static LG_COLD struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const c
 				(*slot)->name = lg_cfg_str(c, name);
 				(*slot)->line = in.line;
 				(*slot)->hash[0] = 1; /* no secret yet: checked below */
+				lg_cfg_defaults(&p, LG_KS_KEY, *slot);
 				cur = *slot;
 				sec = 4;
 			} else {
@@ -2729,8 +2814,7 @@ static LG_COLD struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const c
 			}
 			continue;
 		}
-		if (sec && !(lg_str_eq(in.key, "listen") && sec == 1) && !(lg_str_eq(in.key, "header") && sec == 2) &&
-		    !(lg_str_eq(in.key, "target") && sec == 3)) { /* the repeatable keys; any other key once */
+		if (sec && !((row = lg_cfg_key_find(sec, in.key)) && row->repeat)) { /* a repeatable key; any other once */
 			struct lg_name *e = lg_names_get(&p.keys, secid, in.key.p, in.key.n, 1);
 			if (!e) {
 				r = lg_cfg_err(&p, "out of memory");
@@ -2743,13 +2827,12 @@ static LG_COLD struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const c
 			}
 			e->line = in.line;
 		}
-		switch (sec) {
-		case 0: r = lg_cfg_err(&p, "key '%.*s' outside of any section", (int)in.key.n, in.key.p); break;
-		case 1: r = lg_cfg_gateway_key(&p, in.key, in.value); break;
-		case 2: r = lg_cfg_provider_key(&p, (struct lg_provider *)cur, in.key, in.value); break;
-		case 3: r = lg_cfg_model_key(&p, (struct lg_model *)cur, in.key, in.value); break;
-		default: r = lg_cfg_key_key(&p, (struct lg_key *)cur, in.key, in.value); break;
-		}
+		if (sec == 0)
+			r = lg_cfg_err(&p, "key '%.*s' outside of any section", (int)in.key.n, in.key.p);
+		else if (sec == LG_KS_GATEWAY)
+			r = lg_cfg_key(&p, sec, c, NULL, in.key, in.value);
+		else
+			r = lg_cfg_key(&p, sec, cur, *(const char *const *)cur, in.key, in.value); /* each starts with name */
 	}
 	if (r == 0) {
 		int i;
@@ -5415,6 +5498,8 @@ struct lg_dialect {
 	void (*native_event)(struct lg_req *r, lg_str ev, lg_str data);
 	int (*native_full)(struct lg_req *r, const char *s, size_t n, struct lg_buf *o);
 	void (*native_end)(struct lg_req *r);
+	/* GET /v1/models: the list of models the key may use, in its shape */
+	void (*models)(struct lg_req *r, struct lg_buf *o);
 	/* where its clients send the key: Bearer in authorization, or the raw key in this header */
 	const char *key_header;
 };
@@ -5427,6 +5512,7 @@ static void lg_scrub_cpy(const struct lg_cfg *c, char *dst, size_t cap, const ch
 static double lg_acct_cost(const struct lg_target *t, const struct lg_usage *u); /* section 13 */
 static void lg_d_collect(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw); /* 11l */
 static void lg_d_oa_native_event(struct lg_req *r, lg_str ev, lg_str data);                /* 11l */
+static int lg_route_key_allows(const struct lg_key *k, const char *model);                 /* 12 */
 static void lg_prov_openai_event(struct lg_req *r, lg_str data);                           /* 11e */
 static void lg_prov_openai_body(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o); /* 11e */
 static int lg_w_openai(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o);
@@ -8778,13 +8864,91 @@ static void lg_d_oa_native_end(struct lg_req *r) { lg_resp_event(r, "[DONE]", 6)
 
 static void lg_d_an_native_end(struct lg_req *r) { lg_resp_sse(r, "message_stop", "{\"type\":\"message_stop\"}", 22); }
 
+/* USD per token as a plain decimal string, OpenRouter-style: "0.000003". */
+static void lg_d_price(struct lg_buf *b, const char *name, double usd_per_m, int comma)
+{
+	char num[64];
+	size_t n = (size_t)snprintf(num, sizeof num, "%.15f", usd_per_m / 1e6);
+	while (n > 1 && num[n - 1] == '0') num[--n] = 0;
+	if (n && num[n - 1] == '.') num[--n] = 0;
+	lg_buf_printf(b, "%s\"%s\":\"%s\"", comma ? "," : "", name, num);
+}
+
+/* The models a key may use in the OpenAI shape, {"object":"list","data":[{"id",
+ * "object":"model",...}]}, with llmgw's context_length, pricing (OpenRouter's
+ * names), providers and aliases. */
+static LG_COLD void lg_d_oa_models(struct lg_req *r, struct lg_buf *o)
+{
+	const struct lg_cfg *c = r->cfg;
+	struct lg_buf *b = o;
+	int i, k, n = 0;
+	lg_buf_addz(b, "{\"object\":\"list\",\"data\":[");
+	for (i = 0; i < c->nmodels; i++) {
+		const struct lg_model *m = c->models[i];
+		const struct lg_target *t0 = &m->t[0];
+		int64_t ctx = 0;
+		if (!lg_route_key_allows(r->key, m->name)) continue;
+		for (k = 0; k < m->nt; k++) ctx = LG_MAX(ctx, m->t[k].context);
+		lg_buf_addz(b, n++ ? ",{\"id\":" : "{\"id\":");
+		lg_json_wz(b, m->name);
+		lg_buf_printf(b, ",\"object\":\"model\",\"created\":0,\"owned_by\":\"llmgw\",\"context_length\":%lld,"
+		                  "\"pricing\":{", (long long)ctx);
+		lg_d_price(b, "prompt", t0->in, 0);
+		lg_d_price(b, "completion", t0->out, 1);
+		lg_d_price(b, "input_cache_read", t0->cache_read, 1);
+		lg_d_price(b, "input_cache_write", t0->cache_write, 1);
+		lg_buf_addz(b, "},\"providers\":[");
+		for (k = 0; k < m->nt; k++) {
+			int d, dup = 0;
+			for (d = 0; d < k; d++) dup |= m->t[d].prov == m->t[k].prov;
+			if (dup) continue;
+			if (k) lg_buf_addc(b, ',');
+			lg_json_wz(b, m->t[k].prov->name);
+		}
+		lg_buf_addz(b, "],\"aliases\":[");
+		for (k = 0; k < m->naliases; k++) {
+			if (k) lg_buf_addc(b, ',');
+			lg_json_wz(b, m->aliases[k]);
+		}
+		lg_buf_addz(b, "]}");
+	}
+	lg_buf_addz(b, "]}\n");
+}
+
+/* In the Anthropic shape: {"data":[{"type":"model","id","display_name",
+ * "created_at"}],"has_more":false,"first_id","last_id"}. */
+static LG_COLD void lg_d_an_models(struct lg_req *r, struct lg_buf *b)
+{
+	const struct lg_cfg *c = r->cfg;
+	const char *first = NULL, *last = NULL;
+	int i, n = 0;
+	lg_buf_addz(b, "{\"data\":[");
+	for (i = 0; i < c->nmodels; i++) {
+		const struct lg_model *m = c->models[i];
+		if (!lg_route_key_allows(r->key, m->name)) continue;
+		lg_buf_addz(b, n++ ? ",{\"type\":\"model\",\"id\":" : "{\"type\":\"model\",\"id\":");
+		lg_json_wz(b, m->name);
+		lg_buf_addz(b, ",\"display_name\":");
+		lg_json_wz(b, m->name);
+		lg_buf_addz(b, ",\"created_at\":\"1970-01-01T00:00:00Z\"}");
+		if (!first) first = m->name;
+		last = m->name;
+	}
+	lg_buf_addz(b, "],\"has_more\":false,\"first_id\":");
+	if (first) lg_json_wz(b, first); else lg_buf_addz(b, "null");
+	lg_buf_addz(b, ",\"last_id\":");
+	if (last) lg_json_wz(b, last); else lg_buf_addz(b, "null");
+	lg_buf_addz(b, "}\n");
+}
+
 /* The first row is the default: requests before their endpoint is known
  * get its errors. */
 static const struct lg_dialect lg_dialects[] = {
     {"openai", LG_WIRE_OPENAI, lg_canon_openai, lg_d_oa_stream, lg_d_oa_final, lg_d_oa_error, lg_d_oa_stream_error,
-     lg_d_oa_native_event, lg_d_oa_native_full, lg_d_oa_native_end, "x-api-key"},
+     lg_d_oa_native_event, lg_d_oa_native_full, lg_d_oa_native_end, lg_d_oa_models, "x-api-key"},
     {"anthropic", LG_WIRE_ANTHROPIC, lg_canon_anthropic, lg_d_an_stream, lg_d_an_final, lg_d_an_error,
-     lg_d_an_stream_error, lg_d_an_native_event, lg_d_an_native_full, lg_d_an_native_end, "x-api-key"},
+     lg_d_an_stream_error, lg_d_an_native_event, lg_d_an_native_full, lg_d_an_native_end, lg_d_an_models,
+     "x-api-key"},
 };
 #define LG_DIALECT_OPENAI (&lg_dialects[0])
 #define LG_DIALECT_ANTHROPIC (&lg_dialects[1])
@@ -11034,7 +11198,7 @@ static struct lg_req *lg_srv_new_req(struct lg_conn *c, int minor)
 static int lg_srv_auth(struct lg_req *r, const struct lg_http *h, char *msg, size_t mlen)
 {
 	const struct lg_cfg *c = r->cfg;
-	lg_str a = lg_http_get(h, "authorization"), x = lg_http_get(h, "x-api-key"), sec;
+	lg_str a = lg_http_get(h, "authorization"), x = lg_http_get(h, r->d->key_header), sec;
 	unsigned char hash[32];
 	int i;
 	if (c->auth_none) return 0;
@@ -11043,7 +11207,7 @@ static int lg_srv_auth(struct lg_req *r, const struct lg_http *h, char *msg, siz
 	else if (x.n)
 		sec = x;
 	else {
-		snprintf(msg, mlen, "missing API key: send Authorization: Bearer <key> or x-api-key: <key>");
+		snprintf(msg, mlen, "missing API key: send Authorization: Bearer <key> or %s: <key>", r->d->key_header);
 		return 401;
 	}
 	if (c->nkeys == 0) {
@@ -11084,53 +11248,12 @@ static void lg_srv_health(struct lg_req *r)
 		lg_resp_send(r, 200, "application/json", "{\"status\":\"ok\"}\n", 16, NULL);
 }
 
-/* USD per token as a plain decimal string, OpenRouter-style: "0.000003". */
-static void lg_srv_price(struct lg_buf *b, const char *name, double usd_per_m, int comma)
-{
-	char num[64];
-	size_t n = (size_t)snprintf(num, sizeof num, "%.15f", usd_per_m / 1e6);
-	while (n > 1 && num[n - 1] == '0') num[--n] = 0;
-	if (n && num[n - 1] == '.') num[--n] = 0;
-	lg_buf_printf(b, "%s\"%s\":\"%s\"", comma ? "," : "", name, num);
-}
-
+/* GET /v1/models, in the client's dialect (its row's models). */
 static LG_COLD void lg_srv_models(struct lg_req *r)
 {
-	const struct lg_cfg *c = r->cfg;
 	struct lg_buf b;
-	int i, k, n = 0;
 	lg_buf_init(&b, 0);
-	lg_buf_addz(&b, "{\"object\":\"list\",\"data\":[");
-	for (i = 0; i < c->nmodels; i++) {
-		const struct lg_model *m = c->models[i];
-		const struct lg_target *t0 = &m->t[0];
-		int64_t ctx = 0;
-		if (!lg_route_key_allows(r->key, m->name)) continue;
-		for (k = 0; k < m->nt; k++) ctx = LG_MAX(ctx, m->t[k].context);
-		lg_buf_addz(&b, n++ ? ",{\"id\":" : "{\"id\":");
-		lg_json_wz(&b, m->name);
-		lg_buf_printf(&b, ",\"object\":\"model\",\"created\":0,\"owned_by\":\"llmgw\",\"context_length\":%lld,"
-		                  "\"pricing\":{", (long long)ctx);
-		lg_srv_price(&b, "prompt", t0->in, 0);
-		lg_srv_price(&b, "completion", t0->out, 1);
-		lg_srv_price(&b, "input_cache_read", t0->cache_read, 1);
-		lg_srv_price(&b, "input_cache_write", t0->cache_write, 1);
-		lg_buf_addz(&b, "},\"providers\":[");
-		for (k = 0; k < m->nt; k++) {
-			int d, dup = 0;
-			for (d = 0; d < k; d++) dup |= m->t[d].prov == m->t[k].prov;
-			if (dup) continue;
-			if (k) lg_buf_addc(&b, ',');
-			lg_json_wz(&b, m->t[k].prov->name);
-		}
-		lg_buf_addz(&b, "],\"aliases\":[");
-		for (k = 0; k < m->naliases; k++) {
-			if (k) lg_buf_addc(&b, ',');
-			lg_json_wz(&b, m->aliases[k]);
-		}
-		lg_buf_addz(&b, "]}");
-	}
-	lg_buf_addz(&b, "]}\n");
+	r->d->models(r, &b);
 	lg_resp_send(r, 200, "application/json", b.p, b.len, NULL);
 	lg_buf_free(&b);
 }
@@ -11581,6 +11704,7 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 	}
 	r->ep = re->ep;
 	r->d = re->d ? re->d : LG_DIALECT_OPENAI;
+	if (r->ep == LG_EP_MODELS && lg_http_get(h, "anthropic-version").n) r->d = LG_DIALECT_ANTHROPIC; /* its SDKs */
 	msg[0] = 0;
 	if (r->ep == LG_EP_METRICS && gw->cfg->metrics == LG_METRICS_OFF) {
 		lg_srv_head_error(r, 404, NULL, "metrics are off (metrics = off)");
@@ -12352,11 +12476,32 @@ static void lg_main_signal(int sig)
 		llmgw_stop(gw);
 }
 
+/* llmgw --keys: the table, as README shows it. */
+static LG_COLD void lg_main_keys(FILE *f)
+{
+	size_t i;
+	fprintf(f, "| section | key | value | default | meaning |\n|---|---|---|---|---|\n");
+	for (i = 0; i < LG_COUNTOF(lg_cfg_keys); i++) {
+		const struct lg_cfg_key *k = &lg_cfg_keys[i];
+		fprintf(f, "| %s | `%s` | ", lg_ks_names[k->sec], k->name);
+		if (k->type == LG_KT_ENUM) {
+			int n;
+			for (n = 0; lg_cfg_enums[k->x].names[n]; n++)
+				fprintf(f, "%s%s", n ? " \\| " : "", lg_cfg_enums[k->x].names[n]);
+		} else {
+			fputs(lg_kt_names[k->type], f);
+		}
+		fprintf(f, "%s | %s%s%s | %s |\n", k->repeat ? ", repeatable" : "", *k->dflt ? "`" : "",
+		        k->has_dflt ? (*k->dflt ? k->dflt : "empty") : "-", *k->dflt ? "`" : "", k->doc);
+	}
+}
+
 static LG_COLD void lg_main_usage(FILE *f)
 {
-	fprintf(f, "usage: llmgw [-c FILE] [-t] [--help] [--version]\n"
+	fprintf(f, "usage: llmgw [-c FILE] [-t] [--keys] [--help] [--version]\n"
 	           "  -c FILE    configuration file (default: llmgw.ini)\n"
 	           "  -t         check the configuration and exit (0 = good, 1 = errors)\n"
+	           "  --keys     list every configuration key: section, value, default, meaning\n"
 	           "  --version  print the version\n"
 	           "Signals: SIGHUP reloads the configuration, SIGTERM and SIGINT drain and stop.\n"
 	           "Configuration format: see README.md.\n");
@@ -12373,6 +12518,10 @@ LG_COLD int main(int argc, char **argv)
 			path = argv[++i];
 		else if (strcmp(argv[i], "-t") == 0)
 			check = 1;
+		else if (strcmp(argv[i], "--keys") == 0) {
+			lg_main_keys(stdout);
+			return 0;
+		}
 		else if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-v") == 0) {
 			printf("llmgw %s\n", LLMGW_VERSION);
 			return 0;
