@@ -24,7 +24,6 @@ import math
 import os
 import re
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -692,22 +691,15 @@ max_concurrency = 3
        "after failed requests: usage, reserved, in_flight")
     # a client that goes away in the middle of a slow stream
     body = json.dumps(chat_body("slow", "bye", stream=True, max_tokens=10)).encode()
-    s = socket.create_connection(("127.0.0.1", g.port), timeout=5 * TOL)
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-r\r\n"
-              b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-    got = b""
-    deadline = time.monotonic() + 5 * TOL
-    while b"tick1" not in got and time.monotonic() < deadline:
-        d = s.recv(65536)
-        if not d:
-            break
-        got += d
-    check(b"tick1" in got, "the slow stream did not start: %s" % snip(got))
+    c = H.Conn(g.port, 5)
+    c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-r\r\n"
+           b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    c.read_until(b"tick1", 5, "the slow stream to start (tick1)")
     d = g.key_info("sk-r")
     eq(d["remaining"]["in_flight"], 1, "in_flight during the stream")
     near(d["budget"]["reserved"], reservation(body, 1000, 2000, 10), "reserved during the stream")
     near(d["limit_remaining"], 5 - reservation(body, 1000, 2000, 10), "limit_remaining during the stream")
-    s.close()
+    c.close()
     d = g.wait_key("sk-r", lambda d: d["remaining"]["in_flight"] == 0, "the abandoned stream to end")
     eq(d["budget"]["reserved"], 0, "reserved after the client went away")
     log = g.access(wait=1)
@@ -1138,18 +1130,12 @@ def pipelined(port, reqs, timeout=10):
                  "Content-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
                  % (method, path, key, len(b), "Connection: close\r\n" if i == len(reqs) - 1 else "")
                  ).encode() + b
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout * TOL)
+    c = H.Conn(port, timeout)
     try:
-        s.sendall(data)
-        got = b""
-        deadline = time.monotonic() + timeout * TOL
-        while time.monotonic() < deadline:
-            d = s.recv(65536)
-            if not d:
-                break
-            got += d
+        c.send(data)
+        got = c.read_all(what="the pipelined answers and the close")
     finally:
-        s.close()
+        c.close()
     return [int(x) for x in re.findall(rb"(?:^|\n)HTTP/1\.1 (\d{3}) ", got)]
 
 

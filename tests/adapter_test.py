@@ -43,7 +43,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -87,219 +86,11 @@ OA_FIN_TO_AN = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_
 
 
 # =======================================================================================
-# raw HTTP client (as tests/integration.py)
-
-class Resp(H.RespBase):
-    def __init__(self):
-        self.status = 0
-        self.reason = ""
-        self.headers = {}
-        self.header_list = []
-        self.body = b""
-        self.pieces = []
-        self.complete = False
-        self._events = None
-
-    @property
-    def events(self):
-        if self._events is None:
-            self._events = parse_sse(self.pieces)
-        return self._events
-
-
-class Event:
-    def __init__(self, name, data, partial=False):
-        self.name = name
-        self.data = data
-        self.partial = partial
-        self.json = None
-        if data is not None and data != "[DONE]":
-            try:
-                self.json = json.loads(data)
-            except ValueError:
-                pass
-
-    def __repr__(self):
-        return "<event %s %s%s>" % (self.name, snip(self.data or "", 160), " PARTIAL" if self.partial else "")
-
-
-def parse_sse(pieces):
-    events, buf = [], ""
-    for _, data in pieces:
-        buf += data.decode("utf-8", "replace")
-        buf = buf.replace("\r\n", "\n")
-        while True:
-            i = buf.find("\n\n")
-            if i < 0:
-                break
-            block, buf = buf[:i], buf[i + 2:]
-            ev = _sse_block(block)
-            if ev:
-                events.append(ev)
-    if buf.strip():
-        ev = _sse_block(buf.strip("\n"))
-        if ev:
-            ev.partial = True
-            events.append(ev)
-    return events
-
-
-def _sse_block(block):
-    name, data = None, []
-    for line in block.split("\n"):
-        if not line or line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if field == "data":
-            data.append(value)
-        elif field == "event":
-            name = value
-    if not data and name is None:
-        return None
-    return Event(name, "\n".join(data) if data else None)
-
-
-class Client:
-    def __init__(self, port, timeout=10.0):
-        self.timeout = timeout * TOL
-        self.buf = b""
-        self.eof = False
-        self.t0 = time.monotonic()
-        try:
-            self.sock = socket.create_connection(("127.0.0.1", port), timeout=self.timeout)
-        except OSError as e:
-            raise Fail("cannot connect to 127.0.0.1:%d: %s" % (port, e))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def send(self, data):
-        self.t0 = time.monotonic()
-        try:
-            self.sock.sendall(data)
-        except OSError as e:
-            raise Fail("sending failed: %s" % e)
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def _recv(self, deadline, what):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Fail("timed out waiting for %s (got so far: %s)" % (what, snip(self.buf, 200)))
-        self.sock.settimeout(left)
-        try:
-            d = self.sock.recv(65536)
-        except socket.timeout:
-            raise Fail("timed out waiting for %s (got so far: %s)" % (what, snip(self.buf, 200)))
-        except ConnectionResetError:
-            self.eof = True
-            return False
-        except OSError as e:
-            raise Fail("reading %s: %s" % (what, e))
-        if not d:
-            self.eof = True
-            return False
-        self.buf += d
-        return True
-
-    def _line(self, deadline, what):
-        while True:
-            i = self.buf.find(b"\n")
-            if i >= 0:
-                line, self.buf = self.buf[:i + 1], self.buf[i + 1:]
-                return line.rstrip(b"\r\n")
-            if not self._recv(deadline, what):
-                raise Fail("connection closed while reading %s (got %s)" % (what, snip(self.buf, 200)))
-
-    def _exact(self, n, deadline, what):
-        while len(self.buf) < n:
-            if not self._recv(deadline, what):
-                raise Fail("connection closed while reading %s" % what)
-        d, self.buf = self.buf[:n], self.buf[n:]
-        return d
-
-    def read_response(self, timeout=None):
-        deadline = time.monotonic() + (timeout * TOL if timeout else self.timeout)
-        while True:
-            r = Resp()
-            while True:
-                i = self.buf.find(b"\r\n\r\n")
-                if i >= 0:
-                    raw, self.buf = self.buf[:i], self.buf[i + 4:]
-                    break
-                if not self._recv(deadline, "response head"):
-                    raise Fail("connection closed before a complete response head (got %s)" % snip(self.buf, 200))
-            lines = raw.decode("latin-1").split("\r\n")
-            m = re.match(r"HTTP/1\.[01] (\d{3})(?: (.*))?$", lines[0])
-            if not m:
-                raise Fail("bad status line %r" % lines[0][:200])
-            r.status, r.reason = int(m.group(1)), m.group(2) or ""
-            for ln in lines[1:]:
-                k, _, v = ln.partition(":")
-                r.header_list.append((k.strip(), v.strip()))
-                lk = k.strip().lower()
-                r.headers[lk] = r.headers[lk] + ", " + v.strip() if lk in r.headers else v.strip()
-            if r.status >= 200:
-                break
-        body = []
-        te = r.h("transfer-encoding", "").lower()
-        cl = r.h("content-length")
-        if "chunked" in te:
-            while True:
-                size = int(self._line(deadline, "chunk size").split(b";", 1)[0].strip(), 16)
-                if size == 0:
-                    while self._line(deadline, "trailer") != b"":
-                        pass
-                    r.complete = True
-                    break
-                d = self._exact(size, deadline, "chunk data")
-                if self._exact(2, deadline, "chunk CRLF") != b"\r\n":
-                    raise Fail("chunk data not followed by CRLF")
-                body.append(d)
-                r.pieces.append((time.monotonic() - self.t0, d))
-        elif cl is not None:
-            d = self._exact(int(cl), deadline, "body")
-            body.append(d)
-            r.pieces.append((time.monotonic() - self.t0, d))
-            r.complete = True
-        else:
-            while self._recv(deadline, "close-delimited body"):
-                pass
-            body.append(self.buf)
-            r.pieces.append((time.monotonic() - self.t0, self.buf))
-            self.buf = b""
-            r.complete = True
-        r.body = b"".join(body)
-        return r
-
-
-def build_request(port, method, path, body=None, headers=None, key="sk-test"):
-    if isinstance(body, (dict, list)):
-        body = json.dumps(body).encode()
-    elif isinstance(body, str):
-        body = body.encode()
-    lines = ["%s %s HTTP/1.1" % (method, path), "Host: 127.0.0.1:%d" % port]
-    if key:
-        lines.append("Authorization: Bearer %s" % key)
-    for k, v in (headers or {}).items():
-        lines.append("%s: %s" % (k, v))
-    if body is not None:
-        lines.append("Content-Type: application/json")
-        lines.append("Content-Length: %d" % len(body))
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
-
+# raw HTTP (harness.Conn)
 
 def http(port, method, path, body=None, headers=None, key="sk-test", timeout=15):
-    c = Client(port, timeout)
-    try:
-        c.send(build_request(port, method, path, body, headers, key))
-        return c.read_response(timeout)
-    finally:
-        c.close()
+    """harness.http_request with this suite's default timeout (15 s)."""
+    return H.http_request(port, method, path, body, headers, key, timeout)
 
 
 # =======================================================================================
@@ -2558,7 +2349,7 @@ def test_anthropic_native_events_and_cost():
     res = an_result(r, "native stream")
     _common("an", "an", res, r, "native stream", "an-text")
     up = mock().raw("/v1/messages", dict(body, model="text"))
-    up_ev = parse_sse(up.pieces)
+    up_ev = H.parse_sse(up.pieces)
     got_types = [t for t in res["types"] if t != "ping"]
     want_types = [e.name for e in up_ev if e.name != "ping"]
     eq(got_types, want_types, "native: event types (pings aside) as the provider sent them")

@@ -27,9 +27,7 @@ import base64
 import json
 import os
 import re
-import select
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -261,65 +259,24 @@ BASE_CHECK = "[gateway]\nlisten = 127.0.0.1:%d\n\n[key.a]\nsecret = sk-check-aaa
 # =======================================================================================
 # raw HTTP (items 11 and 12)
 
-class RawResp:
-    def __init__(self, status, headers, body, elapsed):
-        self.status, self.headers, self.body, self.elapsed = status, headers, body, elapsed
-
-    def message(self):
-        try:
-            return json.loads(self.body)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            return self.body.decode("utf-8", "replace")
-
-    def __repr__(self):
-        return "<HTTP %s after %.2fs; body %s>" % (self.status, self.elapsed, snip(self.body))
-
-
 def raw_http(port, data, drip=b"", gap=0.3, timeout=5):
     """Send data on a fresh connection, then the bytes of drip one at a time `gap` s apart
-    (until the answer comes); read one response (Content-Length or until close)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout * TOL)
-    t0 = time.monotonic()
-    buf = b""
+    (until the answer comes); read one response (harness.Conn)."""
+    c = H.Conn(port, timeout)
     try:
-        s.sendall(data)
-        deadline = t0 + timeout * TOL
-        while True:
-            i = buf.find(b"\r\n\r\n")
-            if i >= 0:
-                m = re.search(rb"\r\ncontent-length:\s*(\d+)", buf[:i], re.I)
-                if m and len(buf) >= i + 4 + int(m.group(1)):
-                    break
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise Fail("no complete response within %gs (got %s)" % (timeout * TOL, snip(buf, 200)))
-            r, _, _ = select.select([s], [], [], min(left, gap) if drip else left)
-            if not r:
-                if drip:
-                    try:
-                        s.sendall(drip[:1])
-                    except OSError:
-                        pass
-                    drip = drip[1:]
-                continue
-            try:
-                d = s.recv(65536)
-            except ConnectionResetError:
-                d = b""
-            if not d:
-                break
-            buf += d
+        c.send(data)
+        c.drip(drip, gap)
+        return c.read_response()
     finally:
-        s.close()
-    elapsed = time.monotonic() - t0
-    i = buf.find(b"\r\n\r\n")
-    m = re.match(rb"HTTP/1\.[01] (\d{3})", buf)
-    check(i >= 0 and m, "not an HTTP response: %s" % snip(buf, 300))
-    headers = {}
-    for ln in buf[:i].decode("latin-1").split("\r\n")[1:]:
-        k, _, v = ln.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    return RawResp(int(m.group(1)), headers, buf[i + 4:], elapsed)
+        c.close()
+
+
+def message(r):
+    """The error message of a response, else its body."""
+    try:
+        return json.loads(r.body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return r.body.decode("utf-8", "replace")
 
 
 def raw_head(method, target, headers, body=b""):
@@ -600,30 +557,12 @@ def test_04_ledger_before_answer_kill9():
 # =======================================================================================
 # item 5: a client that stops reading is not the upstream's failure
 
-class Stuck:
+def stuck_client(port, body):
     """A client that sends a stream request and never reads (a small receive buffer)."""
-
-    def __init__(self, port, body):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.sock.settimeout(5 * TOL)
-        self.sock.connect(("127.0.0.1", port))
-        self.sock.sendall(raw_head("POST", "/v1/chat/completions", client_headers(port, len(body)), body))
-        H.on_cleanup(self.sock.close)
-
-    def closed_by_peer(self, wait):
-        """Read what is left; True when the gateway closed the connection within wait s."""
-        deadline = time.monotonic() + wait * TOL
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.05, deadline - time.monotonic()))
-            try:
-                if not self.sock.recv(1 << 20):
-                    return True
-            except socket.timeout:
-                return False
-            except OSError:
-                return True
-        return False
+    c = H.Conn(port, 5, rcvbuf=4096)
+    c.send(raw_head("POST", "/v1/chat/completions", client_headers(port, len(body)), body))
+    H.on_cleanup(c.close)
+    return c
 
 
 @H.limit(40)
@@ -637,7 +576,7 @@ def test_05_stuck_readers_do_not_open_breaker():
     g = gateway(gateway="stream_idle_timeout = 1s\nsend_timeout = 3s\nfirst_byte_timeout = 3s",
                 body=up_provider() + model("m", "up flood-8#" + tag))
     body = json.dumps(chat_body("m", "flood", stream=True)).encode()
-    stuck = [Stuck(g.port, body) for _ in range(6)]
+    stuck = [stuck_client(g.port, body) for _ in range(6)]
     t0 = time.monotonic()
     time.sleep(2.0)                   # past stream_idle_timeout while nobody reads
     r = g.chat(KEY, "m", "a reader")
@@ -656,7 +595,7 @@ def test_05_stuck_readers_do_not_open_breaker():
         check("send_timeout" in json.dumps(x), "a 499 line does not mention send_timeout: %s" % snip(x))
         check(x.get("provider") == "up" and x.get("stream") is True, "499 line: %s" % snip(x))
     for i, s in enumerate(stuck):
-        check(s.closed_by_peer(5), "stuck client %d: the gateway did not close its connection" % i)
+        check(s.wait_closed(5 * TOL)[0], "stuck client %d: the gateway did not close its connection" % i)
     m = g.metrics()
     eq(m.get("llmgw_target_consecutive_failures{%s}" % series), 0.0, "consecutive failures after the closes")
     eq(m.get("llmgw_target_breaker_state{%s}" % series), 0.0, "breaker state after the closes")
@@ -971,7 +910,7 @@ def test_11_chunk_over_max_body_413_at_once():
                                   client_headers(g.port, extra=[("Transfer-Encoding", "chunked")]),
                                   b"186a0\r\n{\"model\": \"m\""), timeout=8)
     eq(r.status, 413, "a chunk larger than max_body (%r)" % r)
-    check(r.elapsed < 1.0 * TOL, "413 after %.2fs, expected at once (< %gs)" % (r.elapsed, 1.0 * TOL))
+    check(r.t_end < 1.0 * TOL, "413 after %.2fs, expected at once (< %gs)" % (r.t_end, 1.0 * TOL))
 
 
 # =======================================================================================
@@ -984,8 +923,8 @@ def test_12_body_timeout_408():
     r = raw_http(g.port, raw_head("POST", "/v1/chat/completions", client_headers(g.port, 100)),
                  drip=b"x" * 100, gap=0.3, timeout=8)
     eq(r.status, 408, "a body trickling in (%r)" % r)
-    check(0.9 <= r.elapsed <= 3.0 * TOL, "408 after %.2fs, expected about 1-3 s" % r.elapsed)
-    check("body_timeout" in r.message(), "the 408 message should name body_timeout: %r" % r.message())
+    check(0.9 <= r.t_end <= 3.0 * TOL, "408 after %.2fs, expected about 1-3 s" % r.t_end)
+    check("body_timeout" in message(r), "the 408 message should name body_timeout: %r" % message(r))
     g.wait_access(lambda ls: any(x.get("status") == 408 for x in ls), "a line with status 408")
 
 

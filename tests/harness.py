@@ -1,6 +1,7 @@
 """The harness the llmgw integration suites share (integration.py, tls_test.py, acct_test.py,
 route_test.py, adapter_test.py): assertions, the per-test context, free ports, helper
-threads, the base of the gateway and mock-process helpers, and the test runner (test_*
+threads, the base of the gateway and mock-process helpers, the raw HTTP/1.1 client (Conn,
+build_request, http_request; measure.py uses it too), and the test runner (test_*
 discovery, PASS/FAIL lines, -k/--gw/--list/-v, LLMGW_WRAP, "N passed, N failed", exit status).
 
 Suites import it with their own directory on sys.path. The runner keeps the suite's globals
@@ -19,6 +20,8 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -391,6 +394,439 @@ class RespBase:
 
     def __repr__(self):
         return "<HTTP %d; headers %r; body %s>" % (self.status, self.headers, snip(self.body))
+
+
+# =======================================================================================
+# Raw HTTP/1.1 on a socket: one connection, exact bytes out, careful parsing in (every
+# suite's raw requests: keep-alive, pipelining, heads only, bytes dripped slowly, streams
+# read event by event, malformed input)
+
+class Event:
+    """One SSE event: its event: name, its data: lines joined (None without any), that data
+    as JSON where it is JSON, t = when its end arrived (seconds after the request was sent),
+    partial = the body ended before the blank line that ends it."""
+
+    def __init__(self, t, name, data, partial=False):
+        self.t = t
+        self.name = name
+        self.data = data
+        self.partial = partial
+        self.json = None
+        if data is not None and data != "[DONE]":
+            try:
+                self.json = json.loads(data)
+            except ValueError:
+                pass
+
+    def __repr__(self):
+        return "<event t=%.3f%s %s%s>" % (self.t, " " + self.name if self.name else "",
+                                          snip(self.data or "", 160), " PARTIAL" if self.partial else "")
+
+
+def parse_sse(pieces):
+    """SSE events from timed body pieces [(t, bytes)]; each event carries the time its end
+    arrived. CRLF and LF framing, comments, multi-line data:."""
+    events, buf = [], ""
+    for t, data in pieces:
+        buf += data.decode("utf-8", "replace")
+        buf = buf.replace("\r\n", "\n")
+        while True:
+            i = buf.find("\n\n")
+            if i < 0:
+                break
+            block, buf = buf[:i], buf[i + 2:]
+            ev = _sse_block(block, t)
+            if ev:
+                events.append(ev)
+    if buf.strip():
+        ev = _sse_block(buf.strip("\n"), pieces[-1][0] if pieces else 0.0)
+        if ev:
+            ev.partial = True
+            events.append(ev)
+    return events
+
+
+def _sse_block(block, t):
+    name, data = None, []
+    for line in block.split("\n"):
+        if not line or line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            name = value
+    if not data and name is None:
+        return None
+    return Event(t, name, "\n".join(data) if data else None)
+
+
+class HttpResp(RespBase):
+    """A response as Conn read it."""
+
+    def __init__(self):
+        self.status = 0
+        self.reason = ""
+        self.version = ""
+        self.header_list = []     # (name, value) as sent
+        self.headers = {}         # lower-case name -> values joined with ", "
+        self.body = b""
+        self.pieces = []          # (seconds since the request was sent, bytes) as body data arrived
+        self.complete = False     # body fully read according to its framing
+        self.closed = False       # body ended by the connection's close
+        self.t_head = None        # seconds from the request's send to its head
+        self.t_end = None         # seconds from the request's send to the end of the response
+        self._events = None
+
+    @property
+    def events(self):
+        """The SSE events of the body (read so far), as Event objects."""
+        if self._events is None:
+            self._events = parse_sse(self.pieces)
+        return self._events
+
+    def __repr__(self):
+        return "<HTTP %d %s; headers %r; body %s>" % (self.status, self.reason, self.headers,
+                                                     snip(self.body))
+
+
+def build_request(port, method, path, body=None, headers=None, key="sk-test", close=False, host=None):
+    """The bytes of one request: Host 127.0.0.1:port (or `host`), Authorization: Bearer key
+    (none if key is None), the headers in order, Content-Type (application/json unless given)
+    and Content-Length when there is a body (dict/list -> JSON), Connection: close if asked."""
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body).encode()
+    elif isinstance(body, str):
+        body = body.encode()
+    lines = ["%s %s HTTP/1.1" % (method, path), "Host: %s" % (host or "127.0.0.1:%d" % port)]
+    if key:
+        lines.append("Authorization: Bearer %s" % key)
+    hdrs = dict(headers or {})
+    for k, v in hdrs.items():
+        lines.append("%s: %s" % (k, v))
+    if body is not None:
+        if not any(k.lower() == "content-type" for k in hdrs):
+            lines.append("Content-Type: application/json")
+        lines.append("Content-Length: %d" % len(body))
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+class Conn:
+    """One client connection to 127.0.0.1:port, plain or TLS (tls: an ssl.SSLContext; sni:
+    the name it asks for), or around a socket already connected (sock). Timeouts are
+    nominal seconds, scaled by TOL (`timeout` is the default of every read), except
+    wait_closed's. Every wait is bounded; a timeout or an unexpected close fails with what
+    was being waited for and what had arrived.
+
+      send(data, mark=True)   bytes as they are (mark: t = 0 for the response's times)
+      drip(data, gap)         then these bytes one at a time, whenever `gap` s pass with
+                              nothing to read, while the reads below wait
+      read_response(method, timeout, until)   one final response (1xx skipped); the body by
+                              Content-Length, chunked or close; until(events) returning
+                              True after a body piece stops there (SSE event by event; the
+                              rest of that body stays unread: close the connection after)
+      read_head(timeout)      only a head (100 Continue included); read_body(r, ...) its body
+      read_until(needle)      until bytes arrive (left unread); read_all(): until the close
+      readable(wait), wait_closed(seconds), shutdown_write(), close(rst=False)
+    The socket is .sock; bytes received and not yet parsed are .buf."""
+
+    def __init__(self, port, timeout=10.0, sock=None, tls=None, sni="localhost", rcvbuf=None):
+        self.port = port
+        self.timeout = timeout * TOL
+        self.buf = b""
+        self.eof = False
+        self.reset = False
+        self.t0 = time.monotonic()
+        self._drip, self._gap = b"", 0.3
+        if sock is None:
+            sock = socket.socket()
+            try:
+                if rcvbuf:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                sock.settimeout(self.timeout)
+                sock.connect(("127.0.0.1", port))
+            except OSError as e:
+                sock.close()
+                raise Fail("cannot connect to 127.0.0.1:%d: %s" % (port, e))
+        sock.settimeout(self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=sni)
+            except (OSError, ssl.SSLError) as e:
+                sock.close()
+                raise Fail("TLS handshake with 127.0.0.1:%d (as %s) failed: %s" % (port, sni, e))
+        self.sock = sock
+
+    # -- out
+    def send(self, data, mark=True):
+        if mark:
+            self.t0 = time.monotonic()
+        try:
+            self.sock.sendall(data)
+        except OSError as e:
+            raise Fail("sending to 127.0.0.1:%d failed: %s" % (self.port, e))
+
+    def drip(self, data, gap=0.3):
+        self._drip, self._gap = data, gap
+
+    def shutdown_write(self):
+        """Half-close: no more bytes from us; reading goes on."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            raise Fail("half-closing the connection to 127.0.0.1:%d failed: %s" % (self.port, e))
+
+    def close(self, rst=False):
+        try:
+            if rst:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.sock.close()
+        except OSError:
+            pass
+
+    # -- in, low level
+    def _deadline(self, timeout):
+        return time.monotonic() + (timeout * TOL if timeout else self.timeout)
+
+    def _timed_out(self, what):
+        return Fail("timed out waiting for %s (got so far: %s)" % (what, snip(self.buf, 200)))
+
+    def _gone(self):
+        return "reset" if self.reset else "closed"
+
+    def _recv(self, deadline, what):
+        """More bytes into self.buf: True, or False at EOF or reset (self.eof, self.reset)."""
+        while self._drip:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._timed_out(what)
+            if self._ready(min(left, self._gap)):
+                break
+            try:
+                self.sock.sendall(self._drip[:1])
+            except OSError:
+                pass
+            self._drip = self._drip[1:]
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise self._timed_out(what)
+        self.sock.settimeout(left)
+        try:
+            d = self.sock.recv(65536)
+        except socket.timeout:
+            raise self._timed_out(what)
+        except (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError) as e:
+            self.reset = isinstance(e, ConnectionResetError)
+            self.eof = True
+            return False
+        except OSError as e:
+            raise Fail("reading %s: %s" % (what, e))
+        if not d:
+            self.eof = True
+            return False
+        self.buf += d
+        return True
+
+    def _read_line(self, deadline, what):
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                line, self.buf = self.buf[:i + 1], self.buf[i + 1:]
+                return line.rstrip(b"\r\n")
+            if not self._recv(deadline, what):
+                raise Fail("connection %s while reading %s (got %s)" % (self._gone(), what, snip(self.buf, 200)))
+
+    def _read_exact(self, n, deadline, what):
+        while len(self.buf) < n:
+            if not self._recv(deadline, what):
+                raise Fail("connection %s while reading %s: wanted %d bytes, have %d" % (
+                    self._gone(), what, n, len(self.buf)))
+        d, self.buf = self.buf[:n], self.buf[n:]
+        return d
+
+    def readable(self, wait):
+        """True if data or EOF is ready within `wait` seconds."""
+        return bool(self.buf) or self._ready(wait)
+
+    def _ready(self, wait):
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True
+        try:
+            r, _, _ = select.select([self.sock], [], [], wait)
+        except (OSError, ValueError):
+            return True
+        return bool(r)
+
+    def read_until(self, needle, timeout=None, what=None):
+        """Read until `needle` is among the unread bytes; returns them (left unread)."""
+        deadline = self._deadline(timeout)
+        what = what or repr(needle)
+        while needle not in self.buf:
+            if not self._recv(deadline, what):
+                raise Fail("connection %s while waiting for %s (got %s)" % (self._gone(), what, snip(self.buf, 200)))
+        return self.buf
+
+    def read_all(self, timeout=None, what="the connection to close"):
+        """Everything until the peer closes (a reset counts as the close)."""
+        deadline = self._deadline(timeout)
+        while self._recv(deadline, what):
+            pass
+        d, self.buf = self.buf, b""
+        return d
+
+    def wait_closed(self, timeout):
+        """Wait up to `timeout` s (not scaled) for EOF, a reset or a TLS failure, discarding
+        what arrives; returns (closed, seconds waited)."""
+        t = time.monotonic()
+        deadline = t + timeout
+        while not self.eof:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False, time.monotonic() - t
+            self.sock.settimeout(left)
+            try:
+                d = self.sock.recv(65536)
+            except socket.timeout:
+                return False, time.monotonic() - t
+            except OSError:          # reset, or a TLS alert / broken record: the peer dropped us
+                break
+            if not d:
+                break
+        self.eof = True
+        self.buf = b""
+        return True, time.monotonic() - t
+
+    # -- responses
+    def read_head(self, timeout=None):
+        """One response head (a 1xx too); the body is left unread."""
+        return self._read_head(self._deadline(timeout))
+
+    def _read_head(self, deadline):
+        r = HttpResp()
+        while True:
+            i = self.buf.find(b"\r\n\r\n")
+            j = self.buf.find(b"\n\n")
+            if i >= 0 and (j < 0 or i < j):
+                raw, self.buf = self.buf[:i], self.buf[i + 4:]
+                break
+            if j >= 0:
+                raw, self.buf = self.buf[:j], self.buf[j + 2:]
+                break
+            if not self._recv(deadline, "response head"):
+                raise Fail("connection %s before a complete response head (got %d bytes: %s)" % (
+                    self._gone(), len(self.buf), snip(self.buf, 200)))
+        r.t_head = time.monotonic() - self.t0
+        lines = raw.decode("latin-1").replace("\r\n", "\n").split("\n")
+        m = re.match(r"(HTTP/1\.[01]) (\d{3})(?: (.*))?$", lines[0])
+        if not m:
+            raise Fail("bad status line %r" % lines[0][:200])
+        r.version, r.status, r.reason = m.group(1), int(m.group(2)), m.group(3) or ""
+        for ln in lines[1:]:
+            if ":" not in ln:
+                raise Fail("bad response header line %r" % ln[:200])
+            k, v = ln.split(":", 1)
+            k, v = k.strip(), v.strip()
+            r.header_list.append((k, v))
+            lk = k.lower()
+            r.headers[lk] = r.headers[lk] + ", " + v if lk in r.headers else v
+        return r
+
+    def read_response(self, method="GET", timeout=None, until=None):
+        """Read one final response (1xx responses are skipped). `until(events)` returning
+        True stops reading the body early (the response then has complete=False)."""
+        deadline = self._deadline(timeout)
+        while True:
+            r = self._read_head(deadline)
+            if r.status >= 200:
+                break
+        return self._read_body(r, method, deadline, until)
+
+    def read_body(self, r, method="GET", timeout=None, until=None):
+        """The body of the response whose head read_head returned, as read_response does."""
+        return self._read_body(r, method, self._deadline(timeout), until)
+
+    def _read_body(self, r, method, deadline, until):
+        body = []
+
+        def piece(d):
+            body.append(d)
+            r.pieces.append((time.monotonic() - self.t0, d))
+            if until is not None:
+                r._events = None
+                return bool(until(r.events))
+            return False
+
+        te = r.h("transfer-encoding", "").lower()
+        cl = r.h("content-length")
+        if method == "HEAD" or r.status in (204, 304):
+            r.complete = True
+        elif "chunked" in te:
+            while True:
+                line = self._read_line(deadline, "chunk size")
+                try:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise Fail("bad chunk size line %r" % line[:80])
+                if size == 0:
+                    while self._read_line(deadline, "chunked trailer") != b"":
+                        pass
+                    r.complete = True
+                    break
+                d = self._read_exact(size, deadline, "chunk data")
+                if self._read_exact(2, deadline, "chunk CRLF") != b"\r\n":
+                    raise Fail("chunk data not followed by CRLF")
+                if piece(d):
+                    break
+        elif cl is not None:
+            try:
+                n = int(cl)
+            except ValueError:
+                raise Fail("bad Content-Length %r" % cl)
+            got = 0
+            while got < n:
+                if not self.buf and not self._recv(deadline, "response body (%d of %d bytes)" % (got, n)):
+                    raise Fail("connection %s after %d of %d body bytes" % (self._gone(), got, n))
+                d, self.buf = self.buf[:n - got], self.buf[n - got:]
+                got += len(d)
+                if piece(d):
+                    break
+            r.complete = got >= n
+        else:
+            if "close" not in r.h("connection", "").lower():
+                what = "close-delimited body (response has no Content-Length, no chunked " \
+                       "encoding and no Connection: close)"
+            else:
+                what = "close-delimited body"
+            stopped = False
+            while True:
+                if self.buf:
+                    d, self.buf = self.buf, b""
+                    if piece(d):
+                        stopped = True
+                        break
+                if not self._recv(deadline, what):
+                    break
+            r.complete = r.closed = not stopped
+        r.body = b"".join(body)
+        r._events = None
+        r.t_end = time.monotonic() - self.t0
+        return r
+
+
+def http_request(port, method, path, body=None, headers=None, key="sk-test", timeout=10, until=None,
+                 close=False, host=None, tls=None, sni="localhost"):
+    """One request (build_request) on its own Conn; its response (Conn.read_response)."""
+    c = Conn(port, timeout, tls=tls, sni=sni)
+    try:
+        c.send(build_request(port, method, path, body, headers, key, close, host))
+        return c.read_response(method, timeout, until)
+    finally:
+        c.close()
 
 
 # =======================================================================================

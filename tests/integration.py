@@ -13,11 +13,9 @@ import hashlib
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -29,6 +27,7 @@ import harness as H  # noqa: E402  (the shared runner, assertions and process he
 from harness import (HERE, ROOT, PYTHON, WRAP, TOL, GW, VERBOSE, CTX, Fail, check, eq,  # noqa: E402,F401
                      near, snip, marker, on_cleanup, free_port, read_file, in_thread, join, limit,
                      run_gw)
+from harness import Conn, build_request, parse_sse, http_request as http  # noqa: E402
 
 MOCK_SCRIPT = os.path.join(HERE, "mockup.py")
 CURL = "/usr/bin/curl"
@@ -50,89 +49,7 @@ MOCK = None                           # the mock upstream process, shared by all
 
 
 # =======================================================================================
-# raw HTTP client
-
-class Resp(H.RespBase):
-    def __init__(self):
-        self.status = 0
-        self.reason = ""
-        self.version = ""
-        self.header_list = []
-        self.headers = {}
-        self.body = b""
-        self.pieces = []          # (seconds since request sent, bytes) as body data arrived
-        self.complete = False     # body fully read according to its framing
-        self.closed = False       # body ended by connection close
-        self.t_head = None
-        self._events = None
-
-    @property
-    def events(self):
-        if self._events is None:
-            self._events = parse_sse(self.pieces)
-        return self._events
-
-    def __repr__(self):
-        return "<HTTP %d %s; headers %r; body %s>" % (self.status, self.reason, self.headers,
-                                                     snip(self.body))
-
-
-class Event:
-    def __init__(self, t, name, data, partial=False):
-        self.t = t
-        self.name = name
-        self.data = data
-        self.partial = partial
-        self.json = None
-        if data is not None and data != "[DONE]":
-            try:
-                self.json = json.loads(data)
-            except ValueError:
-                pass
-
-    def __repr__(self):
-        return "<event t=%.3f %s%s>" % (self.t, snip(self.data or "", 120),
-                                        " PARTIAL" if self.partial else "")
-
-
-def parse_sse(pieces):
-    """SSE events from timed body pieces; each event carries the time its end arrived."""
-    events, buf = [], ""
-    for t, data in pieces:
-        buf += data.decode("utf-8", "replace")
-        buf = buf.replace("\r\n", "\n")
-        while True:
-            i = buf.find("\n\n")
-            if i < 0:
-                break
-            block, buf = buf[:i], buf[i + 2:]
-            ev = _sse_block(block, t)
-            if ev:
-                events.append(ev)
-    if buf.strip():
-        ev = _sse_block(buf.strip("\n"), pieces[-1][0] if pieces else 0.0)
-        if ev:
-            ev.partial = True
-            events.append(ev)
-    return events
-
-
-def _sse_block(block, t):
-    name, data = None, []
-    for line in block.split("\n"):
-        if not line or line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if field == "data":
-            data.append(value)
-        elif field == "event":
-            name = value
-    if not data and name is None:
-        return None
-    return Event(t, name, "\n".join(data) if data else None)
-
+# SSE views (the raw HTTP client is harness.Conn)
 
 def sse_content(events):
     out = []
@@ -158,240 +75,6 @@ def sse_errors(events):
 def sse_usages(events):
     return [e.json["usage"] for e in events
             if isinstance(e.json, dict) and isinstance(e.json.get("usage"), dict)]
-
-
-class Client:
-    """One client connection to the gateway; exact bytes out, careful parsing in."""
-
-    def __init__(self, port, timeout=10.0, sock=None):
-        self.port = port
-        self.timeout = timeout * TOL
-        self.buf = b""
-        self.eof = False
-        self.reset = False
-        self.t0 = time.monotonic()
-        if sock is None:
-            try:
-                sock = socket.create_connection(("127.0.0.1", port), timeout=self.timeout)
-            except OSError as e:
-                raise Fail("cannot connect to 127.0.0.1:%d: %s" % (port, e))
-        self.sock = sock
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def send(self, data, mark=True):
-        if mark:
-            self.t0 = time.monotonic()
-        try:
-            self.sock.sendall(data)
-        except OSError as e:
-            raise Fail("sending to gateway failed: %s" % e)
-
-    def close(self, rst=False):
-        try:
-            if rst:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.sock.close()
-        except OSError:
-            pass
-
-    # -- low level
-    def _recv(self, deadline, what):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Fail("timed out waiting for %s (got so far: %s)" % (what, snip(self.buf, 200)))
-        self.sock.settimeout(left)
-        try:
-            d = self.sock.recv(65536)
-        except socket.timeout:
-            raise Fail("timed out waiting for %s (got so far: %s)" % (what, snip(self.buf, 200)))
-        except ConnectionResetError:
-            self.reset = self.eof = True
-            return False
-        except OSError as e:
-            raise Fail("reading %s: %s" % (what, e))
-        if not d:
-            self.eof = True
-            return False
-        self.buf += d
-        return True
-
-    def _read_line(self, deadline, what):
-        while True:
-            i = self.buf.find(b"\n")
-            if i >= 0:
-                line, self.buf = self.buf[:i + 1], self.buf[i + 1:]
-                return line.rstrip(b"\r\n")
-            if not self._recv(deadline, what):
-                raise Fail("connection %s while reading %s (got %s)" % (
-                    "reset" if self.reset else "closed", what, snip(self.buf, 200)))
-
-    def _read_exact(self, n, deadline, what):
-        while len(self.buf) < n:
-            if not self._recv(deadline, what):
-                raise Fail("connection %s while reading %s: wanted %d bytes, have %d" % (
-                    "reset" if self.reset else "closed", what, n, len(self.buf)))
-        d, self.buf = self.buf[:n], self.buf[n:]
-        return d
-
-    def readable(self, wait):
-        """True if data or EOF is ready within `wait` seconds."""
-        if self.buf:
-            return True
-        try:
-            r, _, _ = select.select([self.sock], [], [], wait)
-        except (OSError, ValueError):
-            return True
-        return bool(r)
-
-    # -- responses
-    def read_head(self, timeout=None):
-        return self._read_head(time.monotonic() + (timeout * TOL if timeout else self.timeout))
-
-    def _read_head(self, deadline):
-        r = Resp()
-        while True:
-            i = self.buf.find(b"\r\n\r\n")
-            j = self.buf.find(b"\n\n")
-            if i >= 0 and (j < 0 or i < j):
-                raw, self.buf = self.buf[:i], self.buf[i + 4:]
-                break
-            if j >= 0:
-                raw, self.buf = self.buf[:j], self.buf[j + 2:]
-                break
-            if not self._recv(deadline, "response head"):
-                raise Fail("connection %s before a complete response head (got %d bytes: %s)" % (
-                    "reset" if self.reset else "closed", len(self.buf), snip(self.buf, 200)))
-        r.t_head = time.monotonic() - self.t0
-        lines = raw.decode("latin-1").replace("\r\n", "\n").split("\n")
-        m = re.match(r"(HTTP/1\.[01]) (\d{3})(?: (.*))?$", lines[0])
-        if not m:
-            raise Fail("bad status line %r" % lines[0][:200])
-        r.version, r.status, r.reason = m.group(1), int(m.group(2)), m.group(3) or ""
-        for ln in lines[1:]:
-            if ":" not in ln:
-                raise Fail("bad response header line %r" % ln[:200])
-            k, v = ln.split(":", 1)
-            k, v = k.strip(), v.strip()
-            r.header_list.append((k, v))
-            lk = k.lower()
-            r.headers[lk] = r.headers[lk] + ", " + v if lk in r.headers else v
-        return r
-
-    def read_response(self, method="GET", timeout=None, until=None):
-        """Read one final response (1xx responses are skipped). `until(events)` returning
-        True stops reading the body early (the Resp then has complete=False)."""
-        tmo = timeout * TOL if timeout else self.timeout
-        deadline = time.monotonic() + tmo
-        while True:
-            r = self._read_head(deadline)
-            if r.status >= 200:
-                break
-        body = []
-
-        def piece(d):
-            body.append(d)
-            r.pieces.append((time.monotonic() - self.t0, d))
-            if until is not None:
-                r._events = None
-                return bool(until(r.events))
-            return False
-
-        te = r.h("transfer-encoding", "").lower()
-        cl = r.h("content-length")
-        if method == "HEAD" or r.status in (204, 304):
-            r.complete = True
-        elif "chunked" in te:
-            while True:
-                line = self._read_line(deadline, "chunk size")
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise Fail("bad chunk size line %r" % line[:80])
-                if size == 0:
-                    while self._read_line(deadline, "chunked trailer") != b"":
-                        pass
-                    r.complete = True
-                    break
-                d = self._read_exact(size, deadline, "chunk data")
-                if self._read_exact(2, deadline, "chunk CRLF") != b"\r\n":
-                    raise Fail("chunk data not followed by CRLF")
-                if piece(d):
-                    break
-        elif cl is not None:
-            try:
-                n = int(cl)
-            except ValueError:
-                raise Fail("bad Content-Length %r" % cl)
-            got = 0
-            while got < n:
-                if not self.buf and not self._recv(deadline, "response body (%d of %d bytes)" % (got, n)):
-                    raise Fail("connection closed after %d of %d body bytes" % (got, n))
-                d, self.buf = self.buf[:n - got], self.buf[n - got:]
-                got += len(d)
-                if piece(d):
-                    break
-            r.complete = got >= n
-        else:
-            if "close" not in r.h("connection", "").lower():
-                what = "close-delimited body (response has no Content-Length, no chunked " \
-                       "encoding and no Connection: close)"
-            else:
-                what = "close-delimited body"
-            stopped = False
-            while True:
-                if self.buf:
-                    d, self.buf = self.buf, b""
-                    if piece(d):
-                        stopped = True
-                        break
-                if not self._recv(deadline, what):
-                    break
-            r.complete = r.closed = not stopped
-        r.body = b"".join(body)
-        r._events = None
-        return r
-
-    def wait_closed(self, timeout):
-        """Wait up to `timeout` s for EOF/reset; returns (closed, seconds waited, data seen)."""
-        t = time.monotonic()
-        deadline = t + timeout
-        while not self.eof:
-            if time.monotonic() >= deadline:
-                return False, time.monotonic() - t, self.buf
-            try:
-                self._recv(deadline, "close")
-            except Fail:
-                return False, time.monotonic() - t, self.buf
-        return True, time.monotonic() - t, self.buf
-
-
-def build_request(port, method, path, body=None, headers=None, key="sk-test", close=False):
-    if isinstance(body, (dict, list)):
-        body = json.dumps(body).encode()
-    elif isinstance(body, str):
-        body = body.encode()
-    lines = ["%s %s HTTP/1.1" % (method, path), "Host: 127.0.0.1:%d" % port]
-    if key:
-        lines.append("Authorization: Bearer %s" % key)
-    hdrs = dict(headers or {})
-    for k, v in hdrs.items():
-        lines.append("%s: %s" % (k, v))
-    if body is not None:
-        if not any(k.lower() == "content-type" for k in hdrs):
-            lines.append("Content-Type: application/json")
-        lines.append("Content-Length: %d" % len(body))
-    if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
-
-
-def http(port, method, path, body=None, headers=None, key="sk-test", timeout=10, until=None):
-    c = Client(port, timeout)
-    try:
-        c.send(build_request(port, method, path, body, headers, key))
-        return c.read_response(method, timeout, until)
-    finally:
-        c.close()
 
 
 def chat_body(model, stream=False, mk=None, **extra):
@@ -759,7 +442,7 @@ def test_health_and_head():
     r = g.get("/health", key=None)
     expect_status(r, 200, "GET /health without a key")
     eq(r.json().get("status"), "ok", "GET /health body.status")
-    c = Client(g.port)
+    c = Conn(g.port)
     try:
         c.send(build_request(g.port, "HEAD", "/health", key=None))
         h = c.read_response("HEAD")
@@ -1104,7 +787,7 @@ def test_upstream_stale_connection_replaced():
 
 def test_keepalive():
     g = shared()
-    c = Client(g.port)
+    c = Conn(g.port)
     try:
         for i, (m, p, b) in enumerate((("GET", "/health", None), ("POST", "/v1/chat/completions",
                                        chat_body("m-ok")), ("GET", "/v1/models", None))):
@@ -1119,7 +802,7 @@ def test_keepalive():
 
 def test_pipelining():
     g = shared()
-    c = Client(g.port)
+    c = Conn(g.port)
     try:
         c.send(build_request(g.port, "GET", "/v1/models") + build_request(g.port, "GET", "/health"))
         r1, r2 = c.read_response(), c.read_response()
@@ -1141,7 +824,7 @@ def test_expect_100_continue():
     g = shared()
     mk = marker()
     body = json.dumps(chat_body("m-ok", mk=mk)).encode()
-    c = Client(g.port)
+    c = Conn(g.port)
     try:
         c.send(("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-test\r\n"
                 "Content-Type: application/json\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n"
@@ -1166,7 +849,7 @@ def test_chunked_request_body():
     parts.append(body[i:])
     enc = b"".join((b"%x;ext=1\r\n" if k == 2 else b"%x\r\n") % len(p) + p + b"\r\n"
                    for k, p in enumerate(parts)) + b"0\r\n\r\n"
-    c = Client(g.port)
+    c = Conn(g.port)
     try:
         c.send(("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-test\r\n"
                 "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode() + enc)
@@ -1183,7 +866,7 @@ def test_method_and_path_errors():
     expect_error(r, 405, "GET /v1/chat/completions")
     check("POST" in r.h("allow", ""), "405 should carry an Allow header naming POST; headers %r" % r.headers)
     expect_error(g.get("/v1/no-such-endpoint"), 404, "unknown path")
-    c = Client(g.port)
+    c = Conn(g.port)
     try:
         c.send(b"BREW /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-test\r\n"
                b"Content-Length: 0\r\n\r\n")
@@ -1247,7 +930,7 @@ def test_auth_none_on_loopback():
 
 def test_header_timeout():
     g = shared()
-    c = Client(g.port)
+    c = Conn(g.port)
     try:
         c.send(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: hal")
         t = time.monotonic()
@@ -1257,7 +940,7 @@ def test_header_timeout():
         expect_status(other, 200, "another client while a slow client stalls")
         r = c.read_response(timeout=3)
         expect_error(r, 408, "slow client (header_timeout = 1s)")
-        closed, _, _ = c.wait_closed(max(0.1, t + 2.5 * TOL - time.monotonic()))
+        closed, _ = c.wait_closed(max(0.1, t + 2.5 * TOL - time.monotonic()))
         el = time.monotonic() - t
         check(closed, "connection not closed %.2fs after a header timeout" % el)
         check(el >= 0.8, "408 after only %.2fs (header_timeout = 1s)" % el)
@@ -1267,11 +950,11 @@ def test_header_timeout():
 
 def test_idle_timeout():
     g = fresh(gw={"idle_timeout": "1s", "header_timeout": "3s"})
-    c = Client(g.port)
+    c = Conn(g.port)
     try:
         c.send(build_request(g.port, "GET", "/health"))
         expect_status(c.read_response(), 200, "GET /health")
-        closed, el, _ = c.wait_closed(4 * TOL)
+        closed, el = c.wait_closed(4 * TOL)
         check(closed, "idle keep-alive connection still open after %.1fs (idle_timeout = 1s)" % el)
         check(el >= 0.7, "idle connection closed after %.2fs, before idle_timeout (1s)" % el)
     finally:
@@ -1292,7 +975,7 @@ def _send_until_answer(c, data, piece=1024):
 def test_size_limits():
     g = fresh(gw={"max_body": "64k", "max_header": "4k"})
     # declared Content-Length over the limit: answered without reading the body
-    c = Client(g.port)
+    c = Conn(g.port)
     try:
         c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-test\r\n"
                b"Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n")
@@ -1300,7 +983,7 @@ def test_size_limits():
     finally:
         c.close()
     # chunked body growing past the limit
-    c = Client(g.port)
+    c = Conn(g.port)
     try:
         c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-test\r\n"
                b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -1313,7 +996,7 @@ def test_size_limits():
     big["messages"][0]["content"] += " pad" * 12000
     expect_status(g.post("/v1/chat/completions", big), 200, "a 48 KB body with max_body = 64k")
     # headers over max_header
-    c = Client(g.port)
+    c = Conn(g.port)
     try:
         _send_until_answer(c, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 8000 + b"\r\n\r\n")
         expect_error(c.read_response(timeout=3), 431, "8 KB header with max_header = 4k")
@@ -1329,7 +1012,7 @@ def test_conflicting_framing_rejected():
              b"Authorization: Bearer sk-test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
             ("two different Content-Length", b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
              b"Authorization: Bearer sk-test\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}x")):
-        c = Client(g.port)
+        c = Conn(g.port)
         try:
             c.send(raw)
             expect_error(c.read_response(timeout=3), 400, what)
@@ -1340,14 +1023,14 @@ def test_conflicting_framing_rejected():
 
 def test_garbage_request():
     g = shared()
-    c = Client(g.port)
+    c = Conn(g.port)
     try:
         c.send(b"THIS IS NOT HTTP AT ALL\r\n\r\n")
         r = c.read_response(timeout=3)
         expect_status(r, 400, "garbage request line")
     finally:
         c.close()
-    c = Client(g.port)
+    c = Conn(g.port)
     try:   # a TLS ClientHello on the plain port: any answer or a close is fine, no crash
         c.send(bytes.fromhex("16030100a5010000a10303") + os.urandom(64))
         c.wait_closed(2)
@@ -1363,7 +1046,7 @@ def test_max_connections():
     held = []
     try:
         for i in range(4):
-            c = Client(g.port)
+            c = Conn(g.port)
             held.append(c)
             c.send(build_request(g.port, "GET", "/health"))
             expect_status(c.read_response(), 200, "connection %d of 4" % (i + 1))
@@ -1374,7 +1057,7 @@ def test_max_connections():
         except ConnectionRefusedError:
             outcome = "refused"
         if outcome is None:
-            x = Client(g.port, 3, sock=c5)
+            x = Conn(g.port, 3, sock=c5)
             try:
                 try:
                     c5.sendall(build_request(g.port, "GET", "/health"))
@@ -1441,7 +1124,7 @@ def test_client_disconnect_mid_stream():
     g = shared()
     other = in_thread(g.chat, "m-slow", stream=True, timeout=15)
     for rst in (False, True):
-        c = Client(g.port)
+        c = Conn(g.port)
         c.send(build_request(g.port, "POST", "/v1/chat/completions", chat_body("m-slow", stream=True)))
         r = c.read_response("POST", timeout=10, until=lambda ev: "tick" in sse_content(ev))
         check("tick" in sse_content(r.events), "no content before disconnect")

@@ -43,6 +43,9 @@ import sys
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402  (its raw HTTP client, harness.Conn)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLATFORMS = ["native", "x86_64-musl", "aarch64", "armhf", "mipsel", "mips"]
 QEMU = {"aarch64": "aarch64", "armhf": "arm", "mipsel": "mipsel", "mips": "mips"}
@@ -177,53 +180,6 @@ def request(port, model, content, stream):
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (port, len(body)) + body)
 
 
-def read_response(s, deadline, on_data=None):
-    """One response (Content-Length or chunked) from s; (status, head, body bytes)."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        buf += recv(s, deadline)
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    status = int(head.split(b" ", 2)[1])
-    lower = head.lower()
-    if b"content-length:" in lower:
-        n = int(lower.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
-        while len(rest) < n:
-            rest += recv(s, deadline)
-        return status, head, rest[:n]
-    if b"transfer-encoding: chunked" in lower:
-        out = b""
-        while True:
-            while b"\r\n" not in rest:
-                rest += recv(s, deadline)
-            size_line, rest = rest.split(b"\r\n", 1)
-            size = int(size_line.split(b";")[0], 16)
-            while len(rest) < size + 2:
-                rest += recv(s, deadline)
-            out += rest[:size]
-            rest = rest[size + 2:]
-            if on_data:
-                on_data(out)
-            if size == 0:
-                return status, head, out
-    while True:  # close-delimited
-        try:
-            d = recv(s, deadline)
-        except EOFError:
-            return status, head, rest
-        rest += d
-
-
-def recv(s, deadline):
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("timed out")
-    s.settimeout(left)
-    d = s.recv(65536)
-    if not d:
-        raise EOFError("connection closed")
-    return d
-
-
 def stream_text(body):
     """The content of an OpenAI SSE body, concatenated (enough for these checks)."""
     import json
@@ -241,16 +197,16 @@ def keepalive(gw, n, timeout):
     deadline = time.monotonic() + timeout
     for i in range(n):
         try:
-            s = socket.create_connection(("127.0.0.1", gw.port), timeout=timeout)
+            s = H.Conn(gw.port, timeout, sock=socket.create_connection(("127.0.0.1", gw.port), timeout=timeout))
             socks.append(s)
-            s.sendall(request(gw.port, "m-mock", "ka-%d" % i, False))
-        except OSError as e:
+            s.send(request(gw.port, "m-mock", "ka-%d" % i, False))
+        except (OSError, H.Fail) as e:
             errors.append("keepalive %d: %s" % (i, e))
     for i, s in enumerate(socks):
         try:
-            st, _, body = read_response(s, deadline)
-            if st != 200 or (MOCK_TEXT + "ka-%d" % i).encode() not in body:
-                errors.append("keepalive %d: status %d %r" % (i, st, body[:200]))
+            r = s.read_response("POST", max(0.001, deadline - time.monotonic()))
+            if r.status != 200 or (MOCK_TEXT + "ka-%d" % i).encode() not in r.body:
+                errors.append("keepalive %d: status %d %r" % (i, r.status, r.body[:200]))
         except Exception as e:
             errors.append("keepalive %d: %r" % (i, e))
     return socks, errors
@@ -266,17 +222,17 @@ def streams(gw, n, timeout, sample):
     def one(i):
         first = [False]
 
-        def on_data(out):
-            if not first[0] and b"tick0" in out:
+        def on_data(events):
+            if not first[0] and any("tick0" in (e.data or "") for e in events):
                 first[0] = True
                 started.release()
         try:
-            s = socket.create_connection(("127.0.0.1", gw.port), timeout=timeout)
-            s.sendall(request(gw.port, "m-slow", "st-%d" % i, True))
-            st, _, body = read_response(s, time.monotonic() + timeout, on_data)
+            s = H.Conn(gw.port, timeout)
+            s.send(request(gw.port, "m-slow", "st-%d" % i, True))
+            r = s.read_response("POST", timeout, until=on_data)
             s.close()
-            if st != 200 or stream_text(body) != SLOW_TEXT or b"data: [DONE]" not in body:
-                raise RuntimeError("status %d, text %r" % (st, stream_text(body)))
+            if r.status != 200 or stream_text(r.body) != SLOW_TEXT or b"data: [DONE]" not in r.body:
+                raise RuntimeError("status %d, text %r" % (r.status, stream_text(r.body)))
         except Exception as e:
             with lock:
                 errors.append("stream %d: %r" % (i, e))
@@ -307,9 +263,9 @@ def measure(plat, mock_port, nconn, nstream, timeout):
     gw = Gateway(plat, mock_port)
     errors = []
     try:
-        s = socket.create_connection(("127.0.0.1", gw.port), timeout=timeout)
-        s.sendall(request(gw.port, "m-mock", "warm-up", False))
-        st, _, _ = read_response(s, time.monotonic() + timeout)
+        s = H.Conn(gw.port, timeout)
+        s.send(request(gw.port, "m-mock", "warm-up", False))
+        st = s.read_response("POST").status
         s.close()
         if st != 200:
             errors.append("warm-up: status %d" % st)

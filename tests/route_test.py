@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import time
 
@@ -56,140 +55,11 @@ MOCK = None                           # the mock upstream process, shared by all
 
 
 # =======================================================================================
-# raw HTTP client (one request per connection)
-
-class Resp(H.RespBase):
-    def __init__(self):
-        self.status = 0
-        self.headers = {}
-        self.body = b""
-        self.pieces = []          # body data as it arrived
-
-
-class Client:
-    def __init__(self, port, timeout=10.0):
-        self.timeout = timeout * TOL
-        self.buf = b""
-        try:
-            self.sock = socket.create_connection(("127.0.0.1", port), timeout=self.timeout)
-        except OSError as e:
-            raise Fail("cannot connect to 127.0.0.1:%d: %s" % (port, e))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def send(self, data):
-        try:
-            self.sock.sendall(data)
-        except OSError as e:
-            raise Fail("sending to the gateway failed: %s" % e)
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def _recv(self, deadline, what):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Fail("timed out waiting for %s (got so far: %s)" % (what, snip(self.buf, 200)))
-        self.sock.settimeout(left)
-        try:
-            d = self.sock.recv(65536)
-        except socket.timeout:
-            raise Fail("timed out waiting for %s (got so far: %s)" % (what, snip(self.buf, 200)))
-        except OSError:
-            return False
-        if not d:
-            return False
-        self.buf += d
-        return True
-
-    def _line(self, deadline, what):
-        while True:
-            i = self.buf.find(b"\n")
-            if i >= 0:
-                line, self.buf = self.buf[:i + 1], self.buf[i + 1:]
-                return line.rstrip(b"\r\n")
-            if not self._recv(deadline, what):
-                raise Fail("connection closed while reading %s (got %s)" % (what, snip(self.buf, 200)))
-
-    def _exact(self, n, deadline, what):
-        while len(self.buf) < n:
-            if not self._recv(deadline, what):
-                raise Fail("connection closed while reading %s: wanted %d bytes, have %d" % (
-                    what, n, len(self.buf)))
-        d, self.buf = self.buf[:n], self.buf[n:]
-        return d
-
-    def read_response(self, method="POST", timeout=None):
-        deadline = time.monotonic() + (timeout * TOL if timeout else self.timeout)
-        while True:
-            r = Resp()
-            while b"\r\n\r\n" not in self.buf:
-                if not self._recv(deadline, "response head"):
-                    raise Fail("connection closed before a complete response head (got %s)"
-                               % snip(self.buf, 200))
-            raw, self.buf = self.buf.split(b"\r\n\r\n", 1)
-            lines = raw.decode("latin-1").split("\r\n")
-            m = re.match(r"HTTP/1\.[01] (\d{3})", lines[0])
-            if not m:
-                raise Fail("bad status line %r" % lines[0][:200])
-            r.status = int(m.group(1))
-            for ln in lines[1:]:
-                k, _, v = ln.partition(":")
-                lk = k.strip().lower()
-                r.headers[lk] = r.headers[lk] + ", " + v.strip() if lk in r.headers else v.strip()
-            if r.status >= 200:
-                break
-        te = r.h("transfer-encoding", "").lower()
-        cl = r.h("content-length")
-        if method == "HEAD" or r.status in (204, 304):
-            pass
-        elif "chunked" in te:
-            while True:
-                size = int(self._line(deadline, "chunk size").split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    while self._line(deadline, "chunked trailer") != b"":
-                        pass
-                    break
-                d = self._exact(size, deadline, "chunk data")
-                self._exact(2, deadline, "chunk CRLF")
-                r.pieces.append(d)
-        elif cl is not None:
-            r.pieces.append(self._exact(int(cl), deadline, "response body"))
-        else:
-            while self._recv(deadline, "close-delimited body"):
-                pass
-            r.pieces.append(self.buf)
-            self.buf = b""
-        r.body = b"".join(r.pieces)
-        return r
-
-
-def build_request(port, method, path, body=None, headers=None, key="sk-test"):
-    if isinstance(body, (dict, list)):
-        body = json.dumps(body).encode()
-    elif isinstance(body, str):
-        body = body.encode()
-    lines = ["%s %s HTTP/1.1" % (method, path), "Host: 127.0.0.1:%d" % port]
-    if key:
-        lines.append("Authorization: Bearer %s" % key)
-    for k, v in (headers or {}).items():
-        lines.append("%s: %s" % (k, v))
-    if body is not None:
-        lines.append("Content-Type: application/json")
-        lines.append("Content-Length: %d" % len(body))
-    lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
-
+# raw HTTP (harness.Conn), one request per connection
 
 def http(port, method, path, body=None, headers=None, key="sk-test", timeout=10):
-    c = Client(port, timeout)
-    try:
-        c.send(build_request(port, method, path, body, headers, key))
-        return c.read_response(method, timeout)
-    finally:
-        c.close()
+    """harness.http_request, every request with Connection: close."""
+    return H.http_request(port, method, path, body, headers, key, timeout, close=True)
 
 
 def expect_status(r, want, what):
@@ -1075,14 +945,13 @@ def test_in_flight_released_when_client_leaves():
                ("m-ok", ["pa ok#il-c"])], prov={"pa": "max_concurrency = 1"})
     for model, stream in (("m-s", False), ("m-st", True)):
         mk = marker()
-        c = Client(g.port)
-        c.send(build_request(g.port, "POST", "/v1/chat/completions",
-                             {"model": model, "stream": stream,
-                              "messages": [{"role": "user", "content": "hi " + mk}]}))
+        c = H.Conn(g.port)
+        c.send(H.build_request(g.port, "POST", "/v1/chat/completions",
+                               {"model": model, "stream": stream,
+                                "messages": [{"role": "user", "content": "hi " + mk}]}, close=True))
         wait_for(lambda: mock().find(mk), 5, "%s at the mock" % model)
         if stream:
-            wait_for(lambda: c._recv(time.monotonic() + 2, "stream") and b"tick0" in c.buf, 3,
-                     "the first stream event")
+            c.read_until(b"tick0", 3, "the first stream event")
         eq(g.metrics().get(("llmgw_provider_in_flight", "pa")), 1.0, "%s: pa in flight" % model)
         c.close()
         wait_for(lambda: g.metrics().get(("llmgw_provider_in_flight", "pa")) == 0.0, 3,
@@ -1097,9 +966,10 @@ def test_backoff_abandoned_when_client_leaves():
               gw={"first_byte_timeout": "5s", "max_attempts": "5"})
     for model in ("m-b", "m-r"):
         mk = marker()
-        c = Client(g.port)
-        c.send(build_request(g.port, "POST", "/v1/chat/completions",
-                             {"model": model, "messages": [{"role": "user", "content": "hi " + mk}]}))
+        c = H.Conn(g.port)
+        c.send(H.build_request(g.port, "POST", "/v1/chat/completions",
+                               {"model": model, "messages": [{"role": "user", "content": "hi " + mk}]},
+                               close=True))
         wait_for(lambda: mock().find(mk), 5, "%s at the mock" % model)
         time.sleep(0.05)
         c.close()

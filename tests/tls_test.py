@@ -235,14 +235,6 @@ def client_context(ca=None, verify=True, max_version=None, min_version=None):
     return ctx
 
 
-class Resp(H.RespBase):
-    def __init__(self):
-        self.status = 0
-        self.headers = {}
-        self.body = b""
-        self.complete = False
-
-
 def sse_data(body):
     """The data of each complete SSE event of a body."""
     out = []
@@ -274,178 +266,22 @@ def sse_content(body):
     return "".join(out)
 
 
-class Client:
-    """One connection to a server, plain or TLS; exact bytes out, careful parsing in."""
-
-    def __init__(self, port, tls=False, ca=None, verify=True, host="localhost", timeout=10.0,
-                 max_version=None, sock=None, min_version=None):
-        self.port = port
-        self.timeout = timeout * TOL
-        self.buf = b""
-        self.eof = False
-        if sock is None:
-            try:
-                sock = socket.create_connection(("127.0.0.1", port), timeout=self.timeout)
-            except OSError as e:
-                raise Fail("cannot connect to 127.0.0.1:%d: %s" % (port, e))
-        sock.settimeout(self.timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if tls:
-            ctx = client_context(ca, verify, max_version, min_version)
-            try:
-                sock = ctx.wrap_socket(sock, server_hostname=host)
-            except (OSError, ssl.SSLError) as e:
-                sock.close()
-                raise Fail("TLS handshake with 127.0.0.1:%d (as %s) failed: %s" % (port, host, e))
-        self.sock = sock
-
-    def send(self, data):
-        try:
-            self.sock.sendall(data)
-        except OSError as e:
-            raise Fail("sending to 127.0.0.1:%d failed: %s" % (self.port, e))
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def _recv(self, deadline, what):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Fail("timed out waiting for %s (got so far: %s)" % (what, snip(self.buf, 200)))
-        self.sock.settimeout(left)
-        try:
-            d = self.sock.recv(65536)
-        except socket.timeout:
-            raise Fail("timed out waiting for %s (got so far: %s)" % (what, snip(self.buf, 200)))
-        except (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
-            self.eof = True
-            return False
-        except OSError as e:
-            raise Fail("reading %s: %s" % (what, e))
-        if not d:
-            self.eof = True
-            return False
-        self.buf += d
-        return True
-
-    def _line(self, deadline, what):
-        while True:
-            i = self.buf.find(b"\n")
-            if i >= 0:
-                line, self.buf = self.buf[:i + 1], self.buf[i + 1:]
-                return line.rstrip(b"\r\n")
-            if not self._recv(deadline, what):
-                raise Fail("connection closed while reading %s (got %s)" % (what, snip(self.buf, 200)))
-
-    def _exact(self, n, deadline, what):
-        while len(self.buf) < n:
-            if not self._recv(deadline, what):
-                raise Fail("connection closed while reading %s: wanted %d bytes, have %d"
-                           % (what, n, len(self.buf)))
-        d, self.buf = self.buf[:n], self.buf[n:]
-        return d
-
-    def read_response(self, method="GET", timeout=None):
-        deadline = time.monotonic() + (timeout * TOL if timeout else self.timeout)
-        while True:
-            while b"\r\n\r\n" not in self.buf:
-                if not self._recv(deadline, "response head"):
-                    raise Fail("connection closed before a complete response head (got %s)"
-                               % snip(self.buf, 200))
-            raw, self.buf = self.buf.split(b"\r\n\r\n", 1)
-            lines = raw.decode("latin-1").split("\r\n")
-            m = re.match(r"HTTP/1\.[01] (\d{3})", lines[0])
-            if not m:
-                raise Fail("bad status line %r" % lines[0][:200])
-            r = Resp()
-            r.status = int(m.group(1))
-            for ln in lines[1:]:
-                k, _, v = ln.partition(":")
-                k = k.strip().lower()
-                r.headers[k] = r.headers[k] + ", " + v.strip() if k in r.headers else v.strip()
-            if r.status >= 200:
-                break
-        body = []
-        te = r.h("transfer-encoding", "").lower()
-        cl = r.h("content-length")
-        if method == "HEAD" or r.status in (204, 304):
-            r.complete = True
-        elif "chunked" in te:
-            while True:
-                line = self._line(deadline, "chunk size")
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise Fail("bad chunk size line %r" % line[:80])
-                if size == 0:
-                    while self._line(deadline, "chunked trailer") != b"":
-                        pass
-                    r.complete = True
-                    break
-                body.append(self._exact(size, deadline, "chunk data"))
-                if self._exact(2, deadline, "chunk CRLF") != b"\r\n":
-                    raise Fail("chunk data not followed by CRLF")
-        elif cl is not None:
-            body.append(self._exact(int(cl), deadline, "response body"))
-            r.complete = True
-        else:
-            while self._recv(deadline, "close-delimited body"):
-                pass
-            body.append(self.buf)
-            self.buf = b""
-            r.complete = True
-        r.body = b"".join(body)
-        return r
-
-    def wait_closed(self, timeout):
-        """Wait up to `timeout` s for EOF/reset/TLS failure; (closed, seconds waited)."""
-        t = time.monotonic()
-        deadline = t + timeout
-        while not self.eof:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False, time.monotonic() - t
-            self.sock.settimeout(left)
-            try:
-                d = self.sock.recv(65536)
-            except socket.timeout:
-                return False, time.monotonic() - t
-            except OSError:          # reset, or a TLS alert / broken record: the server dropped us
-                break
-            if not d:
-                break
-            self.buf += d
-        self.eof = True
-        return True, time.monotonic() - t
+def Client(port, tls=False, ca=None, verify=True, host="localhost", timeout=10.0,
+           max_version=None, sock=None, min_version=None):
+    """One connection to a server, plain or TLS asking for `host` (a harness.Conn)."""
+    ctx = client_context(ca, verify, max_version, min_version) if tls else None
+    return H.Conn(port, timeout, sock=sock, tls=ctx, sni=host)
 
 
 def build_request(method, path, body=None, headers=None, key="sk-test", host="localhost"):
-    if isinstance(body, (dict, list)):
-        body = json.dumps(body).encode()
-    elif isinstance(body, str):
-        body = body.encode()
-    lines = ["%s %s HTTP/1.1" % (method, path), "Host: %s" % host]
-    if key:
-        lines.append("Authorization: Bearer %s" % key)
-    for k, v in (headers or {}).items():
-        lines.append("%s: %s" % (k, v))
-    if body is not None:
-        lines.append("Content-Type: application/json")
-        lines.append("Content-Length: %d" % len(body))
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+    return H.build_request(None, method, path, body, headers, key, host=host)
 
 
 def http(port, method, path, body=None, headers=None, key="sk-test", timeout=10, tls=False,
          ca=None, verify=True, host="localhost"):
-    c = Client(port, tls=tls, ca=ca, verify=verify, host=host, timeout=timeout)
-    try:
-        c.send(build_request(method, path, body, headers, key))
-        return c.read_response(method, timeout)
-    finally:
-        c.close()
+    """One request on its own connection (Host: localhost; over TLS asking for `host`)."""
+    return H.http_request(port, method, path, body, headers, key, timeout, host="localhost",
+                          tls=client_context(ca, verify) if tls else None, sni=host)
 
 
 def chat_body(model, stream=False, mk=None, content=None):
