@@ -4683,7 +4683,7 @@ static struct lg_origin *lg_origin_of(struct llmgw *gw, const char *name, int cr
 	return o;
 }
 
-static void lg_up_pool_remove(struct llmgw *gw, struct lg_conn *c)
+static LG_INLINE void lg_up_pool_remove(struct llmgw *gw, struct lg_conn *c)
 {
 	if ((c->flags & LG_F_POOLED) && c->org) {
 		if (c->pool_prev)
@@ -5404,6 +5404,11 @@ struct lg_att_log {
 	char err[200];
 };
 
+/* The top-level members of a request body that the gateway itself reads:
+ * found in one pass (lg_req_index), each then a lookup in r->tk. */
+enum { LG_TK_MODEL, LG_TK_MESSAGES, LG_TK_INPUT, LG_TK_STREAM, LG_TK_STREAM_OPTIONS, LG_TK_USAGE, LG_TK_MODELS,
+       LG_TK_PROVIDER, LG_TK_USER, LG_TK_MAX_TOKENS, LG_TK_MAX_COMPLETION_TOKENS, LG_TK_N, LG_TK_COUNT };
+
 struct lg_req {
 	struct lg_upreq up; /* first member: lg_up_io finds it from c->req */
 	struct llmgw *gw;
@@ -5440,6 +5445,7 @@ struct lg_req {
 	struct lg_timer rtm;  /* retry backoff */
 	int rounds, retry_seen, att_open, aff_hit;
 	int st_wait; /* a store call is answering: 1 inside the call, 2 later (section 13a) */
+	int tk[LG_TK_COUNT]; /* the body's top-level members the gateway reads (lg_req_index) */
 	int64_t retry_after_ms, t_att_first;
 	uint32_t aff_hash;
 	/* the current attempt's response */
@@ -5511,9 +5517,8 @@ static int lg_scrub(const struct lg_cfg *c, const char *p, size_t n, struct lg_b
 static void lg_scrub_cpy(const struct lg_cfg *c, char *dst, size_t cap, const char *src, size_t n);
 static double lg_acct_cost(const struct lg_target *t, const struct lg_usage *u); /* section 13 */
 static void lg_d_collect(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw); /* 11l */
-static void lg_d_oa_native_event(struct lg_req *r, lg_str ev, lg_str data);                /* 11l */
 static int lg_route_key_allows(const struct lg_key *k, const char *model);                 /* 12 */
-static void lg_prov_openai_event(struct lg_req *r, lg_str data);                           /* 11e */
+static void lg_prov_openai_event(struct lg_req *r, lg_str ev, lg_str data);                /* 11e */
 static void lg_prov_openai_body(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o); /* 11e */
 static int lg_w_openai(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o);
 
@@ -5749,6 +5754,42 @@ static void lg_resp_stream_error(struct lg_req *r, const char *msg)
  * arena block. Bigger ones go back to malloc. */
 #define LG_KEEP_BYTES 16384
 #define LG_KEEP_TOKENS 1024
+
+/* r->tk from the body's top-level members (the first of a repeated key,
+ * as lg_json_get): one pass instead of a walk per field. */
+static void lg_req_index(struct lg_req *r)
+{
+	struct lg_jit it = lg_json_iter(&r->j, 0);
+	int i;
+	for (i = 0; i < LG_TK_COUNT; i++) r->tk[i] = -1;
+	while (lg_json_next(&r->j, &it)) {
+		lg_str k = lg_json_raw(&r->j, r->body, it.key);
+		int x = -1;
+		switch (k.n) {
+		case 1: x = k.p[0] == 'n' ? LG_TK_N : -1; break;
+		case 4: x = memcmp(k.p, "user", 4) == 0 ? LG_TK_USER : -1; break;
+		case 5:
+			x = memcmp(k.p, "model", 5) == 0   ? LG_TK_MODEL
+			    : memcmp(k.p, "input", 5) == 0 ? LG_TK_INPUT
+			    : memcmp(k.p, "usage", 5) == 0 ? LG_TK_USAGE
+			                                   : -1;
+			break;
+		case 6:
+			x = memcmp(k.p, "stream", 6) == 0 ? LG_TK_STREAM : memcmp(k.p, "models", 6) == 0 ? LG_TK_MODELS : -1;
+			break;
+		case 8:
+			x = memcmp(k.p, "messages", 8) == 0   ? LG_TK_MESSAGES
+			    : memcmp(k.p, "provider", 8) == 0 ? LG_TK_PROVIDER
+			                                      : -1;
+			break;
+		case 10: x = memcmp(k.p, "max_tokens", 10) == 0 ? LG_TK_MAX_TOKENS : -1; break;
+		case 14: x = memcmp(k.p, "stream_options", 14) == 0 ? LG_TK_STREAM_OPTIONS : -1; break;
+		case 21: x = memcmp(k.p, "max_completion_tokens", 21) == 0 ? LG_TK_MAX_COMPLETION_TOKENS : -1; break;
+		default: break;
+		}
+		if (x >= 0 && r->tk[x] < 0) r->tk[x] = it.val;
+	}
+}
 
 /* Requests are freed at the end of the loop iteration, so callbacks still
  * on the stack never see freed memory. */
@@ -6299,7 +6340,18 @@ static int lg_fin_code(lg_str v)
 	return LG_FIN_STOP;
 }
 
-/* The accounting half of lg_ev; 1 when the event is still to be written. */
+/* An error event: status, reason and retryability recorded for the attempt logic. */
+static LG_COLD void lg_ev_error(struct lg_req *r, int status, lg_str a)
+{
+	r->up_error = 1;
+	r->err_status = status;
+	r->err_retry = status == 429 || status >= 500;
+	lg_scrub_cpy(r->cfg, r->err_reason, sizeof r->err_reason, a.p, a.n); /* it may quote the credential */
+	snprintf(r->errmsg, sizeof r->errmsg, "provider %s: %s", r->served->prov->name, r->err_reason);
+}
+
+/* The accounting half of lg_ev; 1 when the event is still to be written.
+ * It runs for every event of every stream: the error case is outlined. */
 static int lg_ev_acct(struct lg_req *r, int type, int idx, lg_str a)
 {
 	switch (type) {
@@ -6316,11 +6368,7 @@ static int lg_ev_acct(struct lg_req *r, int type, int idx, lg_str a)
 	if (type == LG_EV_FINISH) r->saw_finish = 1;
 	if (type == LG_EV_END) r->stream_done = 1;
 	if (type == LG_EV_ERROR) {
-		r->up_error = 1;
-		r->err_status = idx;
-		r->err_retry = idx == 429 || idx >= 500;
-		lg_scrub_cpy(r->cfg, r->err_reason, sizeof r->err_reason, a.p, a.n); /* it may quote the credential */
-		snprintf(r->errmsg, sizeof r->errmsg, "provider %s: %s", r->served->prov->name, r->err_reason);
+		lg_ev_error(r, idx, a);
 		return 0;
 	}
 	return 1;
@@ -6419,8 +6467,6 @@ static LG_INLINE void lg_ev_in(struct lg_req *r, lg_str ev, lg_str data)
 {
 	if (!r->native)
 		r->served->prov->row->event(r, ev, data);
-	else if (r->d->native_event == lg_d_oa_native_event) /* the common case, called directly: it inlines */
-		lg_prov_openai_event(r, data);
 	else
 		r->d->native_event(r, ev, data);
 }
@@ -6890,12 +6936,14 @@ static int lg_prov_openai_quick(struct lg_req *r, lg_str d)
 	return 1;
 }
 
-/* One event of an OpenAI stream: forwarded as it came, rewritten. */
-static void lg_prov_openai_event(struct lg_req *r, lg_str data)
+/* One event of an OpenAI stream: forwarded as it came, rewritten (the
+ * OpenAI dialect row's native_event). */
+static void lg_prov_openai_event(struct lg_req *r, lg_str ev, lg_str data)
 {
 	struct lg_buf o, clean;
 	lg_str t;
 	int k, scrubbed = 0;
+	LG_UNUSED(ev); /* OpenAI streams have data lines only */
 	if (lg_str_eq(data, "[DONE]")) {
 		if (!r->stream_done) lg_resp_event(r, "[DONE]", 6);
 		lg_ev_acct(r, LG_EV_END, 0, LG_NOSTR);
@@ -8854,12 +8902,6 @@ static int lg_d_oa_native_full(struct lg_req *r, const char *s, size_t n, struct
 	return lg_prov_openai_rewrite(r, s, n, o, 0);
 }
 
-static void lg_d_oa_native_event(struct lg_req *r, lg_str ev, lg_str data)
-{
-	LG_UNUSED(ev);
-	lg_prov_openai_event(r, data);
-}
-
 static void lg_d_oa_native_end(struct lg_req *r) { lg_resp_event(r, "[DONE]", 6); }
 
 static void lg_d_an_native_end(struct lg_req *r) { lg_resp_sse(r, "message_stop", "{\"type\":\"message_stop\"}", 22); }
@@ -8945,7 +8987,7 @@ static LG_COLD void lg_d_an_models(struct lg_req *r, struct lg_buf *b)
  * get its errors. */
 static const struct lg_dialect lg_dialects[] = {
     {"openai", LG_WIRE_OPENAI, lg_canon_openai, lg_d_oa_stream, lg_d_oa_final, lg_d_oa_error, lg_d_oa_stream_error,
-     lg_d_oa_native_event, lg_d_oa_native_full, lg_d_oa_native_end, lg_d_oa_models, "x-api-key"},
+     lg_prov_openai_event, lg_d_oa_native_full, lg_d_oa_native_end, lg_d_oa_models, "x-api-key"},
     {"anthropic", LG_WIRE_ANTHROPIC, lg_canon_anthropic, lg_d_an_stream, lg_d_an_final, lg_d_an_error,
      lg_d_an_stream_error, lg_d_an_native_event, lg_d_an_native_full, lg_d_an_native_end, lg_d_an_models,
      "x-api-key"},
@@ -9256,7 +9298,7 @@ static void lg_route_order(struct lg_req *r, int order)
  * messages: usually the system prompt and the first user turn). */
 static void lg_route_affinity(struct lg_req *r, const struct lg_model *m)
 {
-	int msgs = lg_json_get(&r->j, r->body, 0, "messages"), i, k;
+	int msgs = r->tk[LG_TK_MESSAGES], i, k;
 	uint32_t h = 0;
 	const char *target;
 	if (!m || !m->affinity_ms || lg_json_type(&r->j, msgs) != LG_J_ARR) return;
@@ -9300,7 +9342,7 @@ static void lg_route_health_filter(struct lg_req *r, struct lg_buf *why)
 static int lg_route_plan(struct lg_req *r, char *msg, size_t mlen)
 {
 	const struct lg_json *j = &r->j;
-	int prefs = lg_json_get(j, r->body, 0, "provider"), models, st, i, sort = -1;
+	int prefs = r->tk[LG_TK_PROVIDER], models, st, i, sort = -1;
 	uint32_t k;
 	struct lg_buf why;
 	struct lg_model *m;
@@ -9315,11 +9357,11 @@ static int lg_route_plan(struct lg_req *r, char *msg, size_t mlen)
 	}
 	r->prompt_est = (int64_t)(r->body_len + 3) / 4;
 	/* both limits may be set: the larger is reserved (and sent when translating) */
-	r->max_out = LG_MAX(lg_json_i64(j, r->body, lg_json_get(j, r->body, 0, "max_completion_tokens")),
-	                    lg_json_i64(j, r->body, lg_json_get(j, r->body, 0, "max_tokens")));
+	r->max_out = LG_MAX(lg_json_i64(j, r->body, r->tk[LG_TK_MAX_COMPLETION_TOKENS]),
+	                    lg_json_i64(j, r->body, r->tk[LG_TK_MAX_TOKENS]));
 	lg_buf_init(&why, 4096);
 	if ((st = lg_route_model(r, r->model_req, 1, prefs, sort, &why, msg, mlen))) goto out;
-	models = lg_json_get(j, r->body, 0, "models");
+	models = r->tk[LG_TK_MODELS];
 	for (k = 0; lg_json_type(j, models) == LG_J_ARR && k < j->t[models].size; k++) {
 		const char *name = lg_route_strdup(r, lg_json_at(j, models, k));
 		if (name && (st = lg_route_model(r, name, 0, prefs, sort, &why, msg, mlen))) goto out;
@@ -9519,8 +9561,9 @@ static void lg_att_head(void *owner, const struct lg_http *h)
 	lg_str ct = lg_http_get(h, "content-type");
 	lg_str ra = lg_http_get(h, "retry-after");
 	const char *want = r->served->prov->row->stream_ctype;
+	size_t wl = want ? strlen(want) : 0;
 	r->ustatus = h->status;
-	r->streams = !want || (ct.n >= strlen(want) && lg_str_ieq(lg_str_of(ct.p, strlen(want)), want));
+	r->streams = !want || (ct.n >= wl && lg_str_ieq(lg_str_of(ct.p, wl), want));
 	if (ra.n && ra.n < 8 && ra.p[0] >= '0' && ra.p[0] <= '9') { /* seconds; an HTTP date is ignored */
 		size_t i;
 		int64_t v = 0;
@@ -9896,7 +9939,10 @@ static void lg_st_cancel(struct lg_req *r)
 static int lg_st_take(struct lg_req *r, const struct lg_cand *cd) { return r->gw->st->take(r, cd); }
 static void lg_st_report(struct lg_req *r, const struct lg_cand *cd, int ok) { r->gw->st->report(r, cd, ok); }
 static void lg_st_remember(struct lg_req *r, const char *target, int64_t ms) { r->gw->st->remember(r, target, ms); }
-static void lg_st_charge(struct lg_req *r) { r->gw->st->charge(r); }
+static void lg_st_charge(struct lg_req *r)
+{
+	if (r->ks && r->usage.cost > r->charged) r->gw->st->charge(r); /* else nothing to journal */
+}
 static void lg_st_settle(struct lg_req *r) { r->gw->st->settle(r); }
 
 /* The health entry of a provider (model NULL) or of one of its targets,
@@ -10191,7 +10237,7 @@ static void lg_acct_estimate(struct lg_req *r)
 		for (i = 0; i < r->nplan; i++)
 			if (r->plan[i].t && r->plan[i].t->max_output > mo) mo = r->plan[i].t->max_output;
 	if (!mo) mo = 4096;
-	nch = lg_json_i64(&r->j, r->body, lg_json_get(&r->j, r->body, 0, "n"));
+	nch = lg_json_i64(&r->j, r->body, r->tk[LG_TK_N]);
 	if (nch < 1) nch = 1;
 	if (nch > 1000) nch = 1000;
 	r->prompt_est = (int64_t)(r->body_len + 3) / 4;
@@ -11517,7 +11563,8 @@ static void lg_srv_completion(struct lg_req *r)
 		lg_resp_error(r, 400, NULL, "the request body must be a JSON object");
 		return;
 	}
-	t = lg_json_get(j, s, 0, "model");
+	lg_req_index(r);
+	t = r->tk[LG_TK_MODEL];
 	if (lg_json_type(j, t) != LG_J_STR || j->t[t].end == j->t[t].start) {
 		lg_resp_error(r, 400, NULL, t < 0 ? "field 'model' is missing" : "field 'model' must be a non-empty string");
 		return;
@@ -11527,26 +11574,26 @@ static void lg_srv_completion(struct lg_req *r)
 		return;
 	}
 	if (r->ep == LG_EP_CHAT || r->ep == LG_EP_MESSAGES) {
-		t = lg_json_get(j, s, 0, "messages");
+		t = r->tk[LG_TK_MESSAGES];
 		if (lg_json_type(j, t) != LG_J_ARR || j->t[t].size == 0) {
 			lg_resp_error(r, 400, NULL, t < 0 ? "field 'messages' is missing"
 			                                  : "field 'messages' must be a non-empty array");
 			return;
 		}
-	} else if (lg_json_get(j, s, 0, "input") < 0) {
+	} else if (r->tk[LG_TK_INPUT] < 0) {
 		lg_resp_error(r, 400, NULL, "field 'input' is missing");
 		return;
 	}
-	t = lg_json_get(j, s, 0, "stream");
+	t = r->tk[LG_TK_STREAM];
 	if (t >= 0 && lg_json_type(j, t) != LG_J_TRUE && lg_json_type(j, t) != LG_J_FALSE &&
 	    lg_json_type(j, t) != LG_J_NULL) {
 		lg_resp_error(r, 400, NULL, "field 'stream' must be a boolean");
 		return;
 	}
 	r->stream = r->ep != LG_EP_EMBED && lg_json_truthy(j, t);
-	r->want_usage = lg_json_truthy(j, lg_json_get(j, s, lg_json_get(j, s, 0, "stream_options"), "include_usage")) ||
-	                lg_json_truthy(j, lg_json_get(j, s, lg_json_get(j, s, 0, "usage"), "include"));
-	t = lg_json_get(j, s, 0, "models");
+	r->want_usage = lg_json_truthy(j, lg_json_get(j, s, r->tk[LG_TK_STREAM_OPTIONS], "include_usage")) ||
+	                lg_json_truthy(j, lg_json_get(j, s, r->tk[LG_TK_USAGE], "include"));
+	t = r->tk[LG_TK_MODELS];
 	if (t >= 0) {
 		uint32_t i;
 		if (lg_json_type(j, t) != LG_J_ARR) {
@@ -11559,12 +11606,12 @@ static void lg_srv_completion(struct lg_req *r)
 				return;
 			}
 	}
-	t = lg_json_get(j, s, 0, "provider");
+	t = r->tk[LG_TK_PROVIDER];
 	if (t >= 0 && lg_json_type(j, t) != LG_J_OBJ) {
 		lg_resp_error(r, 400, NULL, "field 'provider' must be an object");
 		return;
 	}
-	t = lg_json_get(j, s, 0, "user");
+	t = r->tk[LG_TK_USER];
 	if (lg_json_type(j, t) == LG_J_STR && j->t[t].end - j->t[t].start <= 256) r->user = lg_route_strdup(r, t);
 	lg_st_admit(r); /* the plan, the key's limits, the reservation: lg_srv_admitted */
 }
