@@ -5898,6 +5898,7 @@ struct lg_ctool {
 	lg_str name, desc; /* esc */
 	lg_str schema;     /* raw JSON */
 };
+#define LG_RF_TOOL "json_response" /* response_format, as a tool for providers without it */
 
 struct lg_creq {
 	struct lg_cpart *sys;
@@ -5911,6 +5912,7 @@ struct lg_creq {
 	lg_str temperature, top_p, top_k, seed; /* raw numbers; n = 0 when unset */
 	lg_str *stop;                     /* esc */
 	int nstop, rf;                    /* response_format: 0 none, 1 json_object, 2 json_schema */
+	struct lg_ctool rf_tool;          /* rf as a tool whose input is the answer (canonicalization) */
 	lg_str rf_schema, user;           /* raw JSON, esc */
 };
 
@@ -6127,6 +6129,10 @@ static int lg_canon_openai(struct lg_req *r, struct lg_creq *q, char *msg, size_
 			q->rf = 2;
 			if (sc >= 0) q->rf_schema = lg_json_span(j, s, sc);
 		}
+		/* for providers without structured output: a forced tool whose input is the answer */
+		q->rf_tool.name = lg_strz(LG_RF_TOOL);
+		q->rf_tool.desc = lg_strz("Answer with JSON");
+		q->rf_tool.schema = q->rf_schema.n ? q->rf_schema : lg_strz("{\"type\":\"object\"}");
 	}
 	t = lg_json_get(j, s, 0, "reasoning_effort");
 	if (lg_json_type(j, t) == LG_J_STR) {
@@ -6521,6 +6527,110 @@ static int lg_w_has_calls(const struct lg_creq *q)
 		for (k = 0; k < q->m[i].np; k++)
 			if (q->m[i].p[k].type == LG_P_TOOL_CALL) return 1;
 	return 0;
+}
+
+/* How a provider spells a tool declaration around its name, description
+ * and JSON Schema, and which tools it declares besides the request's. */
+struct lg_w_spell {
+	const char *open, *desc, *schema, *close;
+	int rf;      /* response_format goes as the forced tool q->rf_tool (when the request has no tools) */
+	int history; /* no tools declared but the history calls some: declare those (with rf too: 2) */
+	int clean;   /* schemas in the OpenAPI subset (lg_w_schema) */
+};
+
+static void lg_w_schema(struct lg_req *r, struct lg_buf *o, lg_str raw);
+
+static void lg_w_tool(struct lg_req *r, struct lg_buf *o, const struct lg_w_spell *sp, int n, lg_str name, lg_str desc,
+                      lg_str schema)
+{
+	if (n) lg_buf_addc(o, ',');
+	lg_buf_addz(o, sp->open);
+	lg_w_str(o, name);
+	if (desc.n) {
+		lg_buf_addz(o, sp->desc);
+		lg_w_str(o, desc);
+	}
+	lg_buf_addz(o, sp->schema);
+	if (sp->clean)
+		lg_w_schema(r, o, schema);
+	else
+		lg_buf_adds(o, schema);
+	lg_buf_addz(o, sp->close);
+}
+
+/* The tool declarations, comma-separated: the forced response_format tool
+ * (r->rf_tool says whether it went), the request's tools, the history's.
+ * Returns how many. */
+static int lg_w_tools(struct lg_req *r, struct lg_buf *o, const struct lg_w_spell *sp)
+{
+	const struct lg_creq *q = r->creq;
+	int i, k, n = 0;
+	r->rf_tool = sp->rf && q->rf && !q->ntools;
+	if (r->rf_tool) lg_w_tool(r, o, sp, n++, q->rf_tool.name, q->rf_tool.desc, q->rf_tool.schema);
+	for (i = 0; i < q->ntools; i++) lg_w_tool(r, o, sp, n++, q->tools[i].name, q->tools[i].desc, q->tools[i].schema);
+	if (sp->history && !q->ntools && (!r->rf_tool || sp->history == 2))
+		for (i = 0; i < q->nm; i++)
+			for (k = 0; k < q->m[i].np; k++)
+				if (q->m[i].p[k].type == LG_P_TOOL_CALL)
+					lg_w_tool(r, o, sp, n++, q->m[i].p[k].name, LG_NOSTR, lg_strz("{\"type\":\"object\"}"));
+	return n;
+}
+
+/* The system parts: head, then each as item + text + '}', then tail
+ * (nothing without a system prompt). */
+static void lg_w_system(struct lg_buf *o, const struct lg_creq *q, const char *head, const char *item,
+                        const char *tail)
+{
+	int i;
+	if (!q->nsys) return;
+	lg_buf_addz(o, head);
+	for (i = 0; i < q->nsys; i++) {
+		if (i) lg_buf_addc(o, ',');
+		lg_buf_addz(o, item);
+		lg_w_str(o, q->sys[i].text);
+		lg_buf_addc(o, '}');
+	}
+	lg_buf_addz(o, tail);
+}
+
+/* The stop sequences as ,"key":[...] (at most max; blank ones left out when skip_blank). */
+static void lg_w_stops(struct lg_buf *o, const struct lg_creq *q, const char *key, int max, int skip_blank)
+{
+	int i, c = 0;
+	if (!q->nstop) return;
+	lg_buf_addz(o, key);
+	for (i = 0; i < q->nstop && i < max; i++) {
+		if (skip_blank && lg_w_blank(q->stop[i])) continue;
+		if (c++) lg_buf_addc(o, ',');
+		lg_w_str(o, q->stop[i]);
+	}
+	lg_buf_addc(o, ']');
+}
+
+/* Turns: the messages from i on that share its role (the providers that
+ * want roles to alternate get them merged). Returns the end of the run. */
+static int lg_w_turn(const struct lg_creq *q, int i)
+{
+	int end = i;
+	while (end < q->nm && q->m[end].role == q->m[i].role) end++;
+	return end;
+}
+
+/* The parts of a turn [from, to), one per call (NULL at the end): it->k
+ * and it->x start at 0. */
+struct lg_w_pit {
+	int k, x;
+};
+
+static const struct lg_cpart *lg_w_part(const struct lg_creq *q, int from, int to, struct lg_w_pit *it)
+{
+	if (it->k < from) it->k = from, it->x = 0;
+	while (it->k < to) {
+		if (it->x < q->m[it->k].np) return &q->m[it->k].p[it->x++];
+		it->k++;
+		it->x = 0;
+	}
+	return NULL;
 }
 
 static lg_str lg_w_call_name(const struct lg_creq *q, lg_str id)
@@ -6980,12 +7090,8 @@ static int lg_w_openai(struct lg_req *r, const struct lg_cand *cd, struct lg_buf
 	lg_buf_addz(o, "{\"model\":");
 	lg_json_wz(o, cd->upstream);
 	lg_buf_addz(o, ",\"messages\":[");
-	for (i = 0; i < q->nsys; i++) {
-		lg_buf_addz(o, first ? "{\"role\":\"system\",\"content\":" : ",{\"role\":\"system\",\"content\":");
-		lg_w_str(o, q->sys[i].text);
-		lg_buf_addc(o, '}');
-		first = 0;
-	}
+	lg_w_system(o, q, "", "{\"role\":\"system\",\"content\":", "");
+	first = !q->nsys;
 	for (i = 0; i < q->nm; i++) {
 		const struct lg_cmsg *m = &q->m[i];
 		int ncontent = 0, ntc = 0;
@@ -7057,18 +7163,10 @@ static int lg_w_openai(struct lg_req *r, const struct lg_cand *cd, struct lg_buf
 	}
 	lg_buf_addc(o, ']');
 	if (q->ntools) {
+		static const struct lg_w_spell sp = {"{\"type\":\"function\",\"function\":{\"name\":", ",\"description\":",
+		                                     ",\"parameters\":", "}}", 0, 0, 0};
 		lg_buf_addz(o, ",\"tools\":[");
-		for (i = 0; i < q->ntools; i++) {
-			lg_buf_addz(o, i ? ",{\"type\":\"function\",\"function\":{\"name\":" : "{\"type\":\"function\",\"function\":{\"name\":");
-			lg_w_str(o, q->tools[i].name);
-			if (q->tools[i].desc.n) {
-				lg_buf_addz(o, ",\"description\":");
-				lg_w_str(o, q->tools[i].desc);
-			}
-			lg_buf_addz(o, ",\"parameters\":");
-			lg_buf_adds(o, q->tools[i].schema);
-			lg_buf_addz(o, "}}");
-		}
+		lg_w_tools(r, o, &sp);
 		lg_buf_addc(o, ']');
 		if (q->tool_choice == LG_TC_FUNC) {
 			lg_buf_addz(o, ",\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":");
@@ -7083,14 +7181,7 @@ static int lg_w_openai(struct lg_req *r, const struct lg_cand *cd, struct lg_buf
 	if (q->max_tokens) lg_buf_printf(o, ",\"max_tokens\":%lld", (long long)q->max_tokens);
 	if (lg_w_num_or(q->temperature, num, sizeof num, 0)) lg_buf_printf(o, ",\"temperature\":%s", num);
 	if (lg_w_num_or(q->top_p, num, sizeof num, 0)) lg_buf_printf(o, ",\"top_p\":%s", num);
-	if (q->nstop) {
-		lg_buf_addz(o, ",\"stop\":[");
-		for (i = 0; i < q->nstop; i++) {
-			if (i) lg_buf_addc(o, ',');
-			lg_w_str(o, q->stop[i]);
-		}
-		lg_buf_addc(o, ']');
-	}
+	lg_w_stops(o, q, ",\"stop\":[", q->nstop, 0);
 	if (q->user.n) {
 		lg_buf_addz(o, ",\"user\":");
 		lg_w_str(o, q->user);
@@ -7209,41 +7300,29 @@ static void lg_prov_azure_auth(struct lg_hw *w, const struct lg_req *r, const st
 static int lg_w_anthropic(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
 {
 	const struct lg_creq *q = r->creq;
-	int i, k, first = 1, pass;
+	int i, k, end, first = 1, pass;
 	int64_t mt = lg_w_max_tokens(cd, q);
 	char num[64];
 	if (q->thinking && mt <= q->thinking) mt = q->thinking + 4096;
 	lg_buf_addz(o, "{\"model\":");
 	lg_json_wz(o, cd->upstream);
 	lg_buf_printf(o, ",\"max_tokens\":%lld", (long long)mt);
-	if (q->nsys) {
-		lg_buf_addz(o, ",\"system\":[");
-		for (i = 0; i < q->nsys; i++) {
-			lg_buf_addz(o, i ? ",{\"type\":\"text\",\"text\":" : "{\"type\":\"text\",\"text\":");
-			lg_w_str(o, q->sys[i].text);
-			lg_buf_addc(o, '}');
-		}
-		lg_buf_addc(o, ']');
-	}
+	lg_w_system(o, q, ",\"system\":[", "{\"type\":\"text\",\"text\":", "]");
 	lg_buf_addz(o, ",\"messages\":[");
-	for (i = 0; i < q->nm;) {
-		int role = q->m[i].role, end = i, c = 0;
-		while (end < q->nm && q->m[end].role == role) end++; /* consecutive turns merge */
+	for (i = 0; i < q->nm; i = end) {
+		int role = q->m[i].role, c = 0;
+		end = lg_w_turn(q, i); /* consecutive turns merge */
 		for (k = i; k < end; k++) c += q->m[k].np;
-		if (!c) {
-			i = end;
-			continue;
-		}
+		if (!c) continue;
 		lg_buf_addz(o, first ? "{\"role\":" : ",{\"role\":");
 		first = 0;
 		lg_buf_addz(o, role == LG_R_USER ? "\"user\",\"content\":[" : "\"assistant\",\"content\":[");
 		c = 0;
-		for (pass = 0; pass < 2; pass++) /* tool results before anything else */
-			for (k = i; k < end; k++) {
-				int x;
-				for (x = 0; x < q->m[k].np; x++) {
-					const struct lg_cpart *p = &q->m[k].p[x];
-					if ((p->type == LG_P_TOOL_RESULT) != (pass == 0)) continue;
+		for (pass = 0; pass < 2; pass++) { /* tool results before anything else */
+			struct lg_w_pit it = {0, 0};
+			const struct lg_cpart *p;
+			while ((p = lg_w_part(q, i, end, &it))) {
+				if ((p->type == LG_P_TOOL_RESULT) != (pass == 0)) continue;
 					if (p->type == LG_P_THINKING && !p->sig.n) continue; /* unsigned thinking cannot go back */
 					if (c++) lg_buf_addc(o, ',');
 					switch (p->type) {
@@ -7288,48 +7367,19 @@ static int lg_w_anthropic(struct lg_req *r, const struct lg_cand *cd, struct lg_
 						lg_w_str(o, p->sig);
 						lg_buf_addc(o, '}');
 					}
-				}
 			}
+		}
 		lg_buf_addz(o, "]}");
-		i = end;
 	}
 	lg_buf_addc(o, ']');
-	r->rf_tool = q->rf && !q->ntools;
-	if (q->ntools || r->rf_tool || lg_w_has_calls(q)) {
+	r->rf_tool = 0;
+	if (q->ntools || (q->rf && !q->ntools) || lg_w_has_calls(q)) {
+		static const struct lg_w_spell sp = {"{\"name\":", ",\"description\":", ",\"input_schema\":", "}", 1, 1, 0};
 		lg_buf_addz(o, ",\"tools\":[");
-		for (i = 0; i < q->ntools; i++) {
-			lg_buf_addz(o, i ? ",{\"name\":" : "{\"name\":");
-			lg_w_str(o, q->tools[i].name);
-			if (q->tools[i].desc.n) {
-				lg_buf_addz(o, ",\"description\":");
-				lg_w_str(o, q->tools[i].desc);
-			}
-			lg_buf_addz(o, ",\"input_schema\":");
-			lg_buf_adds(o, q->tools[i].schema);
-			lg_buf_addc(o, '}');
-		}
-		if (r->rf_tool) { /* response_format: a forced tool whose input is the answer */
-			lg_buf_addz(o, q->ntools ? ",{\"name\":\"json_response\",\"description\":\"Answer with JSON\","
-			                           "\"input_schema\":" : "{\"name\":\"json_response\",\"description\":"
-			                           "\"Answer with JSON\",\"input_schema\":");
-			if (q->rf_schema.n)
-				lg_buf_adds(o, q->rf_schema);
-			else
-				lg_buf_addz(o, "{\"type\":\"object\"}");
-			lg_buf_addc(o, '}');
-		} else if (!q->ntools) { /* history with tool calls needs the tools declared */
-			int n = 0;
-			for (i = 0; i < q->nm; i++)
-				for (k = 0; k < q->m[i].np; k++)
-					if (q->m[i].p[k].type == LG_P_TOOL_CALL) {
-						lg_buf_addz(o, n++ ? ",{\"name\":" : "{\"name\":");
-						lg_w_str(o, q->m[i].p[k].name);
-						lg_buf_addz(o, ",\"input_schema\":{\"type\":\"object\"}}");
-					}
-		}
+		lg_w_tools(r, o, &sp); /* history with tool calls needs the tools declared */
 		lg_buf_addc(o, ']');
 		if (r->rf_tool) {
-			lg_buf_addz(o, ",\"tool_choice\":{\"type\":\"tool\",\"name\":\"json_response\"}");
+			lg_buf_addz(o, ",\"tool_choice\":{\"type\":\"tool\",\"name\":\"" LG_RF_TOOL "\"}");
 		} else if (q->tool_choice || q->parallel == 0) {
 			lg_buf_printf(o, ",\"tool_choice\":{\"type\":\"%s\"",
 			              q->tool_choice == LG_TC_NONE ? "none" : q->tool_choice == LG_TC_REQUIRED ? "any"
@@ -7349,16 +7399,7 @@ static int lg_w_anthropic(struct lg_req *r, const struct lg_cand *cd, struct lg_
 		lg_buf_printf(o, ",\"temperature\":%s", num);
 	if (lg_w_num_or(q->top_p, num, sizeof num, 0) && !q->thinking) lg_buf_printf(o, ",\"top_p\":%s", num);
 	if (lg_w_num_or(q->top_k, num, sizeof num, 0)) lg_buf_printf(o, ",\"top_k\":%s", num);
-	if (q->nstop) {
-		int c = 0;
-		lg_buf_addz(o, ",\"stop_sequences\":[");
-		for (i = 0; i < q->nstop; i++) {
-			if (lg_w_blank(q->stop[i])) continue;
-			if (c++) lg_buf_addc(o, ',');
-			lg_w_str(o, q->stop[i]);
-		}
-		lg_buf_addc(o, ']');
-	}
+	lg_w_stops(o, q, ",\"stop_sequences\":[", q->nstop, 1);
 	if (q->user.n) {
 		lg_buf_addz(o, ",\"metadata\":{\"user_id\":");
 		lg_w_str(o, q->user);
@@ -7399,7 +7440,7 @@ static void lg_p_anth_block(struct lg_req *r, const struct lg_json *j, const cha
 	} else if (lg_str_eq(ty, "tool_use")) {
 		lg_str name = lg_jesc(j, s, lg_json_get(j, s, b, "name"));
 		int in = lg_json_get(j, s, b, "input");
-		if (r->rf_tool && lg_str_eq(name, "json_response")) { /* response_format: the input is the answer */
+		if (r->rf_tool && lg_str_eq(name, LG_RF_TOOL)) { /* response_format: the input is the answer */
 			if (lg_json_type(j, in) == LG_J_OBJ && j->t[in].size) { /* a stream's start block has input {} */
 				lg_str raw = lg_json_span(j, s, in);
 				lg_ev(r, LG_EV_TEXT, 0, lg_canon_esc(r, raw), LG_NOSTR, 0);
@@ -7571,90 +7612,70 @@ static void lg_w_gemini_sig(struct lg_buf *o, lg_str id)
 static int lg_w_gemini(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
 {
 	const struct lg_creq *q = r->creq;
-	int i, k, first = 1;
+	int i, end, first = 1;
 	char num[64];
 	LG_UNUSED(cd);
 	lg_buf_addc(o, '{');
-	if (q->nsys) {
-		lg_buf_addz(o, "\"systemInstruction\":{\"parts\":[");
-		for (i = 0; i < q->nsys; i++) {
-			lg_buf_addz(o, i ? ",{\"text\":" : "{\"text\":");
-			lg_w_str(o, q->sys[i].text);
-			lg_buf_addc(o, '}');
-		}
-		lg_buf_addz(o, "]},");
-	}
+	lg_w_system(o, q, "\"systemInstruction\":{\"parts\":[", "{\"text\":", "]},");
 	lg_buf_addz(o, "\"contents\":[");
-	for (i = 0; i < q->nm;) {
-		int role = q->m[i].role, end = i, c = 0, texts = 0, imgs = 0;
-		while (end < q->nm && q->m[end].role == role) end++; /* roles must alternate */
+	for (i = 0; i < q->nm; i = end) {
+		int role = q->m[i].role, c = 0, texts = 0, imgs = 0;
+		struct lg_w_pit it = {0, 0};
+		const struct lg_cpart *p;
+		end = lg_w_turn(q, i); /* roles must alternate */
 		lg_buf_addz(o, first ? "{\"role\":" : ",{\"role\":");
 		first = 0;
 		lg_buf_addz(o, role == LG_R_USER ? "\"user\",\"parts\":[" : "\"model\",\"parts\":[");
-		for (k = i; k < end; k++) {
-			int x;
-			for (x = 0; x < q->m[k].np; x++) {
-				const struct lg_cpart *p = &q->m[k].p[x];
-				if (p->type == LG_P_THINKING) continue;
-				if (c++) lg_buf_addc(o, ',');
-				switch (p->type) {
-				case LG_P_TEXT:
-					texts++;
-					lg_buf_addz(o, "{\"text\":");
-					lg_w_str(o, p->text);
-					lg_buf_addc(o, '}');
-					break;
-				case LG_P_IMAGE:
-					imgs++;
-					if (p->data.n) {
-						lg_buf_addz(o, "{\"inlineData\":{\"mimeType\":");
-						lg_w_str(o, p->media);
-						lg_buf_addz(o, ",\"data\":");
-						lg_w_str(o, p->data);
-					} else {
-						lg_buf_printf(o, "{\"fileData\":{\"mimeType\":\"%s\",\"fileUri\":", lg_w_mime_of(p->url));
-						lg_w_str(o, p->url);
-					}
-					lg_buf_addz(o, "}}");
-					break;
-				case LG_P_TOOL_CALL:
-					lg_buf_addz(o, "{\"functionCall\":{\"name\":");
-					lg_w_str(o, p->name);
-					lg_buf_addz(o, ",\"args\":");
-					lg_buf_adds(o, p->args);
-					lg_buf_addc(o, '}');
-					lg_w_gemini_sig(o, p->id);
-					lg_buf_addc(o, '}');
-					break;
-				default: /* a tool result: the function's name from the call */
-					texts++;
-					lg_buf_addz(o, "{\"functionResponse\":{\"name\":");
-					lg_w_str(o, lg_w_call_name(q, p->id));
-					lg_buf_addz(o, ",\"response\":{\"content\":");
-					lg_w_str(o, p->text);
-					lg_buf_addz(o, "}}}");
+		while ((p = lg_w_part(q, i, end, &it))) {
+			if (p->type == LG_P_THINKING) continue;
+			if (c++) lg_buf_addc(o, ',');
+			switch (p->type) {
+			case LG_P_TEXT:
+				texts++;
+				lg_buf_addz(o, "{\"text\":");
+				lg_w_str(o, p->text);
+				lg_buf_addc(o, '}');
+				break;
+			case LG_P_IMAGE:
+				imgs++;
+				if (p->data.n) {
+					lg_buf_addz(o, "{\"inlineData\":{\"mimeType\":");
+					lg_w_str(o, p->media);
+					lg_buf_addz(o, ",\"data\":");
+					lg_w_str(o, p->data);
+				} else {
+					lg_buf_printf(o, "{\"fileData\":{\"mimeType\":\"%s\",\"fileUri\":", lg_w_mime_of(p->url));
+					lg_w_str(o, p->url);
 				}
+				lg_buf_addz(o, "}}");
+				break;
+			case LG_P_TOOL_CALL:
+				lg_buf_addz(o, "{\"functionCall\":{\"name\":");
+				lg_w_str(o, p->name);
+				lg_buf_addz(o, ",\"args\":");
+				lg_buf_adds(o, p->args);
+				lg_buf_addc(o, '}');
+				lg_w_gemini_sig(o, p->id);
+				lg_buf_addc(o, '}');
+				break;
+			default: /* a tool result: the function's name from the call */
+				texts++;
+				lg_buf_addz(o, "{\"functionResponse\":{\"name\":");
+				lg_w_str(o, lg_w_call_name(q, p->id));
+				lg_buf_addz(o, ",\"response\":{\"content\":");
+				lg_w_str(o, p->text);
+				lg_buf_addz(o, "}}}");
 			}
 		}
 		if (role == LG_R_USER && imgs && !texts) lg_buf_addz(o, c++ ? ",{\"text\":\" \"}" : "{\"text\":\" \"}");
 		if (!c) lg_buf_addz(o, "{\"text\":\" \"}");
 		lg_buf_addz(o, "]}");
-		i = end;
 	}
 	lg_buf_addc(o, ']');
-	if (q->ntools && q->tool_choice != LG_TC_NONE) {
+	if (q->ntools && q->tool_choice != LG_TC_NONE) { /* response_format goes as responseSchema */
+		static const struct lg_w_spell sp = {"{\"name\":", ",\"description\":", ",\"parameters\":", "}", 0, 0, 1};
 		lg_buf_addz(o, ",\"tools\":[{\"functionDeclarations\":[");
-		for (i = 0; i < q->ntools; i++) {
-			lg_buf_addz(o, i ? ",{\"name\":" : "{\"name\":");
-			lg_w_str(o, q->tools[i].name);
-			if (q->tools[i].desc.n) {
-				lg_buf_addz(o, ",\"description\":");
-				lg_w_str(o, q->tools[i].desc);
-			}
-			lg_buf_addz(o, ",\"parameters\":");
-			lg_w_schema(r, o, q->tools[i].schema);
-			lg_buf_addc(o, '}');
-		}
+		lg_w_tools(r, o, &sp);
 		lg_buf_addz(o, "]}]");
 		if (q->tool_choice) {
 			lg_buf_printf(o, ",\"toolConfig\":{\"functionCallingConfig\":{\"mode\":\"%s\"",
@@ -7673,14 +7694,7 @@ static int lg_w_gemini(struct lg_req *r, const struct lg_cand *cd, struct lg_buf
 	if (lg_w_num_or(q->top_p, num, sizeof num, 0)) lg_buf_printf(o, ",\"topP\":%s", num);
 	if (lg_w_num_or(q->top_k, num, sizeof num, 0)) lg_buf_printf(o, ",\"topK\":%s", num);
 	if (lg_w_num_or(q->seed, num, sizeof num, 0)) lg_buf_printf(o, ",\"seed\":%s", num);
-	if (q->nstop) {
-		lg_buf_addz(o, ",\"stopSequences\":[");
-		for (i = 0; i < q->nstop && i < 5; i++) {
-			if (i) lg_buf_addc(o, ',');
-			lg_w_str(o, q->stop[i]);
-		}
-		lg_buf_addc(o, ']');
-	}
+	lg_w_stops(o, q, ",\"stopSequences\":[", 5, 0);
 	if (q->rf) {
 		lg_buf_addz(o, ",\"responseMimeType\":\"application/json\"");
 		if (q->rf_schema.n) {
@@ -7859,124 +7873,79 @@ static int lg_p_gemini_embed(struct lg_req *r, const char *s, size_t n, struct l
 static int lg_w_bedrock(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
 {
 	const struct lg_creq *q = r->creq;
-	int i, k, first = 1;
+	int i, end, first = 1;
 	char num[64];
 	lg_buf_addc(o, '{');
-	if (q->nsys) {
-		lg_buf_addz(o, "\"system\":[");
-		for (i = 0; i < q->nsys; i++) {
-			lg_buf_addz(o, i ? ",{\"text\":" : "{\"text\":");
-			lg_w_str(o, q->sys[i].text);
-			lg_buf_addc(o, '}');
-		}
-		lg_buf_addz(o, "],");
-	}
+	lg_w_system(o, q, "\"system\":[", "{\"text\":", "],");
 	lg_buf_addz(o, "\"messages\":[");
-	for (i = 0; i < q->nm;) {
-		int role = q->m[i].role, end = i, c = 0;
-		while (end < q->nm && q->m[end].role == role) end++;
+	for (i = 0; i < q->nm; i = end) {
+		int role = q->m[i].role, c = 0;
+		struct lg_w_pit it = {0, 0};
+		const struct lg_cpart *p;
+		end = lg_w_turn(q, i);
 		lg_buf_addz(o, first ? "{\"role\":" : ",{\"role\":");
 		first = 0;
 		lg_buf_addz(o, role == LG_R_USER ? "\"user\",\"content\":[" : "\"assistant\",\"content\":[");
-		for (k = i; k < end; k++) {
-			int x;
-			for (x = 0; x < q->m[k].np; x++) {
-				const struct lg_cpart *p = &q->m[k].p[x];
-				if (p->type == LG_P_THINKING) continue;
-				if (p->type == LG_P_IMAGE && !p->data.n) {
-					snprintf(r->canon_err, sizeof r->canon_err,
-					         "provider %s (bedrock) does not take image URLs: send the image as a data: URL",
-					         cd->prov->name);
-					return -2;
-				}
-				if (c++) lg_buf_addc(o, ',');
-				switch (p->type) {
-				case LG_P_TEXT:
-					lg_buf_addz(o, "{\"text\":");
-					lg_w_str(o, p->text);
-					lg_buf_addc(o, '}');
-					break;
-				case LG_P_IMAGE: {
-					lg_str fmt = p->media;
-					if (fmt.n > 6 && memcmp(fmt.p, "image/", 6) == 0) fmt.p += 6, fmt.n -= 6;
-					lg_buf_addz(o, "{\"image\":{\"format\":");
-					lg_w_str(o, lg_str_eq(fmt, "jpg") ? lg_str_of("jpeg", 4) : fmt);
-					lg_buf_addz(o, ",\"source\":{\"bytes\":");
-					lg_w_str(o, p->data);
-					lg_buf_addz(o, "}}}");
-					break;
-				}
-				case LG_P_TOOL_CALL:
-					lg_buf_addz(o, "{\"toolUse\":{\"toolUseId\":");
-					lg_w_str(o, p->id);
-					lg_buf_addz(o, ",\"name\":");
-					lg_w_str(o, p->name);
-					lg_buf_addz(o, ",\"input\":");
-					lg_buf_adds(o, p->args);
-					lg_buf_addz(o, "}}");
-					break;
-				default:
-					lg_buf_addz(o, "{\"toolResult\":{\"toolUseId\":");
-					lg_w_str(o, p->id);
-					lg_buf_addz(o, ",\"content\":[{\"text\":");
-					lg_w_str(o, p->text);
-					lg_buf_printf(o, "}],\"status\":\"%s\"}}", p->is_error ? "error" : "success");
-				}
+		while ((p = lg_w_part(q, i, end, &it))) {
+			if (p->type == LG_P_THINKING) continue;
+			if (p->type == LG_P_IMAGE && !p->data.n) {
+				snprintf(r->canon_err, sizeof r->canon_err,
+				         "provider %s (bedrock) does not take image URLs: send the image as a data: URL",
+				         cd->prov->name);
+				return -2;
+			}
+			if (c++) lg_buf_addc(o, ',');
+			switch (p->type) {
+			case LG_P_TEXT:
+				lg_buf_addz(o, "{\"text\":");
+				lg_w_str(o, p->text);
+				lg_buf_addc(o, '}');
+				break;
+			case LG_P_IMAGE: {
+				lg_str fmt = p->media;
+				if (fmt.n > 6 && memcmp(fmt.p, "image/", 6) == 0) fmt.p += 6, fmt.n -= 6;
+				lg_buf_addz(o, "{\"image\":{\"format\":");
+				lg_w_str(o, lg_str_eq(fmt, "jpg") ? lg_str_of("jpeg", 4) : fmt);
+				lg_buf_addz(o, ",\"source\":{\"bytes\":");
+				lg_w_str(o, p->data);
+				lg_buf_addz(o, "}}}");
+				break;
+			}
+			case LG_P_TOOL_CALL:
+				lg_buf_addz(o, "{\"toolUse\":{\"toolUseId\":");
+				lg_w_str(o, p->id);
+				lg_buf_addz(o, ",\"name\":");
+				lg_w_str(o, p->name);
+				lg_buf_addz(o, ",\"input\":");
+				lg_buf_adds(o, p->args);
+				lg_buf_addz(o, "}}");
+				break;
+			default:
+				lg_buf_addz(o, "{\"toolResult\":{\"toolUseId\":");
+				lg_w_str(o, p->id);
+				lg_buf_addz(o, ",\"content\":[{\"text\":");
+				lg_w_str(o, p->text);
+				lg_buf_printf(o, "}],\"status\":\"%s\"}}", p->is_error ? "error" : "success");
 			}
 		}
 		if (!c) lg_buf_addz(o, "{\"text\":\" \"}");
 		lg_buf_addz(o, "]}");
-		i = end;
 	}
 	lg_buf_addc(o, ']');
 	lg_buf_printf(o, ",\"inferenceConfig\":{\"maxTokens\":%lld", (long long)lg_w_max_tokens(cd, q));
 	if (lg_w_num_or(q->temperature, num, sizeof num, 1)) lg_buf_printf(o, ",\"temperature\":%s", num);
 	if (lg_w_num_or(q->top_p, num, sizeof num, 0)) lg_buf_printf(o, ",\"topP\":%s", num);
-	if (q->nstop) {
-		lg_buf_addz(o, ",\"stopSequences\":[");
-		for (i = 0; i < q->nstop; i++) {
-			if (i) lg_buf_addc(o, ',');
-			lg_w_str(o, q->stop[i]);
-		}
-		lg_buf_addc(o, ']');
-	}
+	lg_w_stops(o, q, ",\"stopSequences\":[", q->nstop, 0);
 	lg_buf_addc(o, '}');
-	r->rf_tool = q->rf && !q->ntools; /* response_format: a forced tool, as for Anthropic */
-	if ((q->ntools && q->tool_choice != LG_TC_NONE) || lg_w_has_calls(q) || r->rf_tool) {
-		int n = 0;
+	r->rf_tool = 0;
+	if ((q->ntools && q->tool_choice != LG_TC_NONE) || lg_w_has_calls(q) || (q->rf && !q->ntools)) {
+		static const struct lg_w_spell sp = {"{\"toolSpec\":{\"name\":", ",\"description\":",
+		                                     ",\"inputSchema\":{\"json\":", "}}}", 1, 2, 0};
 		lg_buf_addz(o, ",\"toolConfig\":{\"tools\":[");
-		if (r->rf_tool) {
-			lg_buf_addz(o, "{\"toolSpec\":{\"name\":\"json_response\",\"description\":\"Answer with JSON\","
-			               "\"inputSchema\":{\"json\":");
-			if (q->rf_schema.n)
-				lg_buf_adds(o, q->rf_schema);
-			else
-				lg_buf_addz(o, "{\"type\":\"object\"}");
-			lg_buf_addz(o, "}}}");
-			n++;
-		}
-		for (i = 0; i < q->ntools; i++) {
-			lg_buf_addz(o, n++ ? ",{\"toolSpec\":{\"name\":" : "{\"toolSpec\":{\"name\":");
-			lg_w_str(o, q->tools[i].name);
-			if (q->tools[i].desc.n) {
-				lg_buf_addz(o, ",\"description\":");
-				lg_w_str(o, q->tools[i].desc);
-			}
-			lg_buf_addz(o, ",\"inputSchema\":{\"json\":");
-			lg_buf_adds(o, q->tools[i].schema);
-			lg_buf_addz(o, "}}}");
-		}
-		if (!q->ntools) /* the history's tools, declared */
-			for (i = 0; i < q->nm; i++)
-				for (k = 0; k < q->m[i].np; k++)
-					if (q->m[i].p[k].type == LG_P_TOOL_CALL) {
-						lg_buf_addz(o, n++ ? ",{\"toolSpec\":{\"name\":" : "{\"toolSpec\":{\"name\":");
-						lg_w_str(o, q->m[i].p[k].name);
-						lg_buf_addz(o, ",\"inputSchema\":{\"json\":{\"type\":\"object\"}}}}");
-					}
+		lg_w_tools(r, o, &sp); /* response_format: a forced tool, as for Anthropic; the history's tools too */
 		lg_buf_addc(o, ']');
 		if (r->rf_tool)
-			lg_buf_addz(o, ",\"toolChoice\":{\"tool\":{\"name\":\"json_response\"}}");
+			lg_buf_addz(o, ",\"toolChoice\":{\"tool\":{\"name\":\"" LG_RF_TOOL "\"}}");
 		else if (q->tool_choice == LG_TC_REQUIRED)
 			lg_buf_addz(o, ",\"toolChoice\":{\"any\":{}}");
 		else if (q->tool_choice == LG_TC_FUNC) {
@@ -8019,7 +7988,7 @@ static int lg_p_bedrock_full(struct lg_req *r, const char *s, size_t n)
 			lg_ev(r, LG_EV_REASONING, 0, lg_jesc(&j, s, lg_json_get(&j, s, rc, "text")), LG_NOSTR, 0);
 			lg_ev(r, LG_EV_SIG, 0, lg_jesc(&j, s, lg_json_get(&j, s, rc, "signature")), LG_NOSTR, 0);
 		}
-		if (tu >= 0 && r->rf_tool && lg_str_eq(lg_jesc(&j, s, lg_json_get(&j, s, tu, "name")), "json_response")) {
+		if (tu >= 0 && r->rf_tool && lg_str_eq(lg_jesc(&j, s, lg_json_get(&j, s, tu, "name")), LG_RF_TOOL)) {
 			int in = lg_json_get(&j, s, tu, "input"); /* response_format: the input is the answer */
 			if (in >= 0) lg_ev(r, LG_EV_TEXT, 0, lg_canon_esc(r, lg_json_span(&j, s, in)), LG_NOSTR, 0);
 		} else if (tu >= 0) {
@@ -8053,7 +8022,7 @@ static void lg_p_bedrock_event(struct lg_req *r, lg_str type, lg_str data)
 		int tu = lg_json_get(&j, s, lg_json_get(&j, s, 0, "start"), "toolUse");
 		lg_str name = lg_jesc(&j, s, lg_json_get(&j, s, tu, "name"));
 		if (tu >= 0 && w) {
-			w->pblk[idx % LG_MAX_TOOLS] = r->rf_tool && lg_str_eq(name, "json_response") ? 3 : 1;
+			w->pblk[idx % LG_MAX_TOOLS] = r->rf_tool && lg_str_eq(name, LG_RF_TOOL) ? 3 : 1;
 			w->pargs[idx % LG_MAX_TOOLS] = 0;
 		}
 		if (tu >= 0 && !(w && w->pblk[idx % LG_MAX_TOOLS] == 3))
