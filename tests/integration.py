@@ -481,6 +481,33 @@ def test_models_list():
           "m-fallback: providers should list up and up2: %r" % fp)
 
 
+def test_models_list_anthropic_shape():
+    """issue 14.2: the models list is the dialect row's; a client that sends
+    anthropic-version (Anthropic's SDKs) gets Anthropic's shape, and its 401
+    is Anthropic's error."""
+    g = shared()
+    r = g.get("/v1/models", headers={"anthropic-version": "2023-06-01"})
+    expect_status(r, 200, "GET /v1/models (anthropic-version)")
+    j = r.json()
+    data = j.get("data")
+    check(isinstance(data, list) and data, "no data list: %s" % snip(r.body))
+    check("object" not in j and j.get("has_more") is False, "not Anthropic's list shape: %s" % snip(r.body))
+    ids = [m.get("id") for m in data]
+    check("m-ok" in ids, "m-ok not listed: %r" % ids)
+    for m in data:
+        check(m.get("type") == "model" and m.get("display_name") == m.get("id") and
+              isinstance(m.get("created_at"), str), "entry not in Anthropic's shape: %r" % m)
+    eq(j.get("first_id"), ids[0], "first_id")
+    eq(j.get("last_id"), ids[-1], "last_id")
+    r = g.get("/v1/models", key=None, headers={"anthropic-version": "2023-06-01"})
+    expect_status(r, 401, "GET /v1/models without a key (anthropic-version)")
+    j = r.json()
+    check(j.get("type") == "error" and j.get("error", {}).get("type") == "authentication_error",
+          "401 not in Anthropic's shape: %s" % snip(r.body))
+    r = g.get("/v1/models")
+    check(r.json().get("object") == "list", "without anthropic-version the list stays OpenAI's: %s" % snip(r.body))
+
+
 # =======================================================================================
 # tests: chat completions through the OpenAI fast path
 
