@@ -897,7 +897,9 @@ static void lg_arena_free(struct lg_arena *a)
 /* ===== 3. Log ========================================================== */
 
 enum { LG_LOG_ERROR, LG_LOG_WARN, LG_LOG_INFO, LG_LOG_DEBUG };
-static const char *const lg_log_names[] = {"error", "warn", "info", "debug", NULL};
+/* enum values: arrays of LG_ENUM_LEN chars, not pointers (no relocations); "" ends a list */
+#define LG_ENUM_LEN 12
+static const char lg_log_names[][LG_ENUM_LEN] = {"error", "warn", "info", "debug", ""};
 
 /* Diagnostics go to stderr, one line each, with a UTC timestamp. The level
  * lives on the gateway so two instances can log differently. */
@@ -1334,7 +1336,7 @@ static int lg_utf8_valid(const char *s, size_t n)
 }
 
 /* s with each ill-formed subpart replaced by U+FFFD, in t. */
-static lg_str lg_utf8_fix(struct lg_buf *t, lg_str s)
+static LG_COLD lg_str lg_utf8_fix(struct lg_buf *t, lg_str s)
 {
 	const unsigned char *p = (const unsigned char *)s.p;
 	size_t i = 0, run = 0;
@@ -1672,10 +1674,10 @@ static LG_COLD int lg_ini_next(struct lg_ini *in)
 struct lg_prov_row; /* what differs between provider types (section 11) */
 
 enum { LG_STRAT_ORDER, LG_STRAT_PRICE, LG_STRAT_LATENCY, LG_STRAT_THROUGHPUT, LG_STRAT_WEIGHTED };
-static const char *const lg_strat_names[] = {"order", "price", "latency", "throughput", "weighted", NULL};
+static const char lg_strat_names[][LG_ENUM_LEN] = {"order", "price", "latency", "throughput", "weighted", ""};
 
 enum { LG_PERIOD_DAY, LG_PERIOD_WEEK, LG_PERIOD_MONTH, LG_PERIOD_TOTAL };
-static const char *const lg_period_names[] = {"day", "week", "month", "total"};
+static const char lg_period_names[][LG_ENUM_LEN] = {"day", "week", "month", "total", ""};
 
 enum { LG_METRICS_ADMIN, LG_METRICS_PUBLIC, LG_METRICS_OFF };
 
@@ -1998,7 +2000,7 @@ static LG_COLD int lg_cfg_duration(struct lg_cfgp *p, lg_str v, int64_t *out)
 	return 0;
 }
 
-static LG_COLD int lg_cfg_enum(struct lg_cfgp *p, lg_str v, const char *const *names, int n, int *out,
+static LG_COLD int lg_cfg_enum(struct lg_cfgp *p, lg_str v, const char (*names)[LG_ENUM_LEN], int n, int *out,
                        const char *what)
 {
 	int i;
@@ -2267,27 +2269,25 @@ static LG_COLD int lg_cfg_k_budget(struct lg_cfgp *p, void *obj, lg_str v)
 enum { LG_KS_GATEWAY = 1, LG_KS_PROVIDER, LG_KS_MODEL, LG_KS_KEY };
 enum { LG_KT_STR, LG_KT_SECRET, LG_KT_BOOL, LG_KT_INT, LG_KT_LONG, LG_KT_SIZE, LG_KT_DURATION, LG_KT_ENUM,
        LG_KT_LIST, LG_KT_FN };
-static const char *const lg_kt_names[] = {"string", "secret", "yes/no", "number", "number",
-                                          "size",   "duration", "one of", "list", "see doc"};
-static const char *const lg_ks_names[] = {"", "[gateway]", "[provider.*]", "[model.*]", "[key.*]"};
-static const char *const lg_metrics_names[] = {"admin", "public", "off", NULL};
-static const char *const lg_auth_names[] = {"keys", "none", NULL};
-static const char *const lg_data_names[] = {"allow", "deny", NULL};
+static const char lg_metrics_names[][LG_ENUM_LEN] = {"admin", "public", "off", ""};
+static const char lg_auth_names[][LG_ENUM_LEN] = {"keys", "none", ""};
+static const char lg_data_names[][LG_ENUM_LEN] = {"allow", "deny", ""};
 
 struct lg_cfg_key {
 	unsigned char sec, type, repeat; /* LG_KS_, LG_KT_, may be given more than once */
 	unsigned char x;                 /* ENUM: its lg_cfg_enums row; FN: its lg_cfg_kfns row; a number: its
 	                                    lg_cfg_ranges row (0: any) */
-	unsigned short off, aux;         /* the field; LIST: its count, else an int for the line (0: none) */
-	char name[22];
-	char dflt[15];                   /* as written in the file */
 	unsigned char has_dflt;
-	const char *doc;
+	unsigned short off, aux;         /* the field; LIST: its count, else an int for the line (0: none) */
+	const char *name;                /* "name\0default\0doc" (the default as written in the file):
+	                                    one string, one relocation (lg_cfg_kdflt, lg_main_kdoc) */
 };
+
+static const char *lg_cfg_kdflt(const struct lg_cfg_key *k) { return k->name + strlen(k->name) + 1; }
 
 /* The enums' values (NULL-terminated, the first is 0) and what they are called. */
 static const struct {
-	const char *const *names;
+	const char (*names)[LG_ENUM_LEN];
 	const char *what;
 } lg_cfg_enums[] = {
     {NULL, NULL},
@@ -2297,14 +2297,14 @@ static const struct {
     {lg_strat_names, "strategy (order, price, latency, throughput, weighted)"},
     {lg_data_names, "data_collection (allow, deny)"},
 };
-static int (*const lg_cfg_kfns[])(struct lg_cfgp *p, void *obj, lg_str v) = {
-    NULL, lg_cfg_k_listen, lg_cfg_k_type, lg_cfg_k_base_url, lg_cfg_k_header, lg_cfg_k_target, lg_cfg_k_secret, lg_cfg_k_budget};
+/* FN rows: x picks the parser (a switch, not a table of pointers) */
+enum { LG_KF_LISTEN = 1, LG_KF_TYPE, LG_KF_BASE_URL, LG_KF_HEADER, LG_KF_TARGET, LG_KF_SECRET, LG_KF_BUDGET };
 /* The numbers with a range, and the message when a value is out of it (%ld: max). */
 static const struct {
 	long min, max;
-	const char *what;
+	char what[40];
 } lg_cfg_ranges[] = {
-    {1, 0, NULL},
+    {1, 0, ""},
     {0, LG_MAX_WORKERS, "workers must be 0 (one per core) to 64"},
     {1, LONG_MAX, "max_connections must be at least 1"},
     {1, LLMGW_MAX_ATTEMPTS, "max_attempts must be between 1 and %ld"},
@@ -2316,59 +2316,59 @@ static const struct {
 #define LG_KM(f) offsetof(struct lg_model, f)
 #define LG_KK(f) offsetof(struct lg_key, f)
 static const struct lg_cfg_key lg_cfg_keys[] = {
-    {1, LG_KT_FN, 1, 1, 0, 0, "listen", "127.0.0.1:8080", 1, "ADDR, ADDR tls or ADDR plain ([::]:8080 for IPv6, :8080 every IPv4 address)"},
-    {1, LG_KT_INT, 0, 1, LG_KG(workers), 0, "workers", "1", 1, "event loops sharing the listeners (SO_REUSEPORT); 0 = one per core"},
-    {1, LG_KT_LONG, 0, 2, LG_KG(max_connections), 0, "max_connections", "1024", 1, "client connections at once; more are refused"},
-    {1, LG_KT_INT, 0, 3, LG_KG(max_attempts), 0, "max_attempts", "3", 1, "upstream attempts per request, fallbacks included"},
-    {1, LG_KT_SIZE, 0, 0, LG_KG(max_body), 0, "max_body", "16m", 1, "request body limit (413 above)"},
-    {1, LG_KT_SIZE, 0, 4, LG_KG(max_header), 0, "max_header", "32k", 1, "request head limit (431 above)"},
-    {1, LG_KT_DURATION, 0, 0, LG_KG(header_timeout), 0, "header_timeout", "10s", 1, "a client must send its head within this"},
-    {1, LG_KT_DURATION, 0, 0, LG_KG(idle_timeout), 0, "idle_timeout", "60s", 1, "keep-alive connections idle longer are closed"},
-    {1, LG_KT_DURATION, 0, 0, LG_KG(connect_timeout), 0, "connect_timeout", "5s", 1, "upstream TCP and TLS connect"},
-    {1, LG_KT_DURATION, 0, 0, LG_KG(first_byte_timeout), 0, "first_byte_timeout", "120s", 1, "upstream time to its first response byte"},
-    {1, LG_KT_DURATION, 0, 0, LG_KG(stream_idle_timeout), 0, "stream_idle_timeout", "120s", 1, "longest silence inside an upstream stream"},
-    {1, LG_KT_DURATION, 0, 0, LG_KG(shutdown_timeout), 0, "shutdown_timeout", "30s", 1, "SIGTERM: how long requests in flight may finish"},
-    {1, LG_KT_DURATION, 0, 0, LG_KG(send_timeout), 0, "send_timeout", "60s", 1, "a client that reads nothing of its answer this long is dropped"},
-    {1, LG_KT_DURATION, 0, 0, LG_KG(body_timeout), 0, "body_timeout", "60s", 1, "a client must send its whole body within this"},
-    {1, LG_KT_STR, 0, 0, LG_KG(ca_file), 0, "ca_file", "", 0, "trust anchors for HTTPS upstreams (default: the usual system paths)"},
-    {1, LG_KT_STR, 0, 0, LG_KG(tls_cert), LG_KG(tls_line), "tls_cert", "", 0, "PEM certificate chain: serve HTTPS on the listeners"},
-    {1, LG_KT_STR, 0, 0, LG_KG(tls_key), LG_KG(tls_line), "tls_key", "", 0, "its PEM private key"},
-    {1, LG_KT_STR, 0, 0, LG_KG(proxy), LG_KG(proxy_line), "proxy", "", 0, "upstream HTTP CONNECT proxy, http://[user:pass@]host:port (also HTTPS_PROXY)"},
-    {1, LG_KT_SECRET, 0, 0, LG_KG(admin_key), 0, "admin_key", "", 0, "protects /admin/* (and /metrics unless metrics = public); literal, env:NAME or file:/path"},
-    {1, LG_KT_ENUM, 0, 1, LG_KG(metrics), 0, "metrics", "admin", 1, "who may read /metrics"},
-    {1, LG_KT_ENUM, 0, 2, LG_KG(auth_none), LG_KG(auth_line), "auth", "keys", 1, "none is refused on a listener that is not loopback"},
-    {1, LG_KT_BOOL, 0, 0, LG_KG(zdr), 0, "zdr", "no", 1, "every request goes to zdr providers only"},
-    {1, LG_KT_STR, 0, 0, LG_KG(access_log), LG_KG(log_line), "access_log", "", 1, "one JSON line per request; - = stderr; empty = off"},
-    {1, LG_KT_ENUM, 0, 3, LG_KG(log_level), 0, "log_level", "info", 1, "diagnostics to stderr"},
-    {1, LG_KT_STR, 0, 0, LG_KG(state_dir), LG_KG(state_line), "state_dir", "", 0, "the ledger: spend survives restarts and crashes; empty = memory only"},
-    {2, LG_KT_FN, 0, 2, 0, 0, "type", "", 0, "openai, anthropic, gemini, azure, bedrock or mock"},
-    {2, LG_KT_FN, 0, 3, 0, 0, "base_url", "", 0, "http:// or https:// (default: the type's public API; required for azure)"},
-    {2, LG_KT_SECRET, 0, 0, LG_KP(api_key), 0, "api_key", "", 0, "literal, env:NAME or file:/path"},
-    {2, LG_KT_FN, 1, 4, 0, 0, "header", "", 0, "Name: value, sent upstream"},
-    {2, LG_KT_STR, 0, 0, LG_KP(api_version), 0, "api_version", "", 0, "azure: api-version of a deployment path (default 2024-10-21)"},
-    {2, LG_KT_STR, 0, 0, LG_KP(aws_region), 0, "aws_region", "", 0, "bedrock: the AWS region"},
-    {2, LG_KT_SECRET, 0, 0, LG_KP(aws_access_key_id), 0, "aws_access_key_id", "", 0, "bedrock: SigV4 access key (else api_key is a bearer token)"},
-    {2, LG_KT_SECRET, 0, 0, LG_KP(aws_secret_access_key), 0, "aws_secret_access_key", "", 0, "bedrock: its secret"},
-    {2, LG_KT_SECRET, 0, 0, LG_KP(aws_session_token), 0, "aws_session_token", "", 0, "bedrock: a temporary credential's token"},
-    {2, LG_KT_BOOL, 0, 0, LG_KP(zdr), 0, "zdr", "no", 1, "the provider does not retain prompts"},
-    {2, LG_KT_BOOL, 0, 0, LG_KP(collects_data), 0, "collects_data", "yes", 1, "the provider may store or train on data"},
-    {2, LG_KT_BOOL, 0, 0, LG_KP(direct), 0, "direct", "no", 1, "requests for PROVIDER/<any upstream model> are allowed"},
-    {2, LG_KT_STR, 0, 0, LG_KP(region), 0, "region", "", 0, "free-form label for key and request region filters"},
-    {2, LG_KT_INT, 0, 0, LG_KP(max_concurrency), 0, "max_concurrency", "0", 1, "requests in flight to this provider; 0 = unlimited"},
-    {3, LG_KT_FN, 1, 5, 0, 0, "target", "", 0, "PROVIDER UPSTREAM [in= out= cache_read= cache_write= weight= context= max_output= quant= image_tokens= " "audio_tokens= file_tokens=], in preference order"},
-    {3, LG_KT_ENUM, 0, 4, LG_KM(strategy), 0, "strategy", "order", 1, "how the targets are ordered"},
-    {3, LG_KT_LIST, 0, 0, LG_KM(fallbacks), LG_KM(nfallbacks), "fallbacks", "", 0, "other models to try when every target failed"},
-    {3, LG_KT_LIST, 0, 0, LG_KM(aliases), LG_KM(naliases), "aliases", "", 0, "other names clients may ask for"},
-    {3, LG_KT_DURATION, 0, 0, LG_KM(affinity_ms), 0, "affinity", "0", 1, "prompt-cache stickiness: the same prompt prefix goes to the same target; 0 = off"},
-    {4, LG_KT_FN, 0, 6, 0, 0, "secret", "", 0, "literal, env:NAME, file:/path or sha256:HEX (only the hash is kept)"},
-    {4, LG_KT_LIST, 0, 0, LG_KK(models), LG_KK(nmodels), "models", "*", 1, "glob allow-list of models"},
-    {4, LG_KT_LIST, 0, 0, LG_KK(regions), LG_KK(nregions), "regions", "", 0, "only providers with these region labels"},
-    {4, LG_KT_FN, 0, 7, 0, 0, "budget", "", 0, "USD per day, week, month or total, like 50/month"},
-    {4, LG_KT_LONG, 0, 0, LG_KK(rpm), 0, "rpm", "0", 1, "requests per minute; 0 = unlimited"},
-    {4, LG_KT_LONG, 0, 0, LG_KK(tpm), 0, "tpm", "0", 1, "tokens per minute; 0 = unlimited"},
-    {4, LG_KT_INT, 0, 0, LG_KK(max_concurrency), 0, "max_concurrency", "0", 1, "requests in flight; 0 = unlimited"},
-    {4, LG_KT_BOOL, 0, 0, LG_KK(zdr), 0, "zdr", "no", 1, "this key's requests go to zdr providers only"},
-    {4, LG_KT_ENUM, 0, 5, LG_KK(data_deny), 0, "data_collection", "allow", 1, "deny: never to providers that collect data"},
+    {1, LG_KT_FN, 1, 1, 1, 0, 0, "listen" "\0" "127.0.0.1:8080" "\0" "ADDR, ADDR tls or ADDR plain ([::]:8080 for IPv6, :8080 every IPv4 address)"},
+    {1, LG_KT_INT, 0, 1, 1, LG_KG(workers), 0, "workers" "\0" "1" "\0" "event loops sharing the listeners (SO_REUSEPORT); 0 = one per core"},
+    {1, LG_KT_LONG, 0, 2, 1, LG_KG(max_connections), 0, "max_connections" "\0" "1024" "\0" "client connections at once; more are refused"},
+    {1, LG_KT_INT, 0, 3, 1, LG_KG(max_attempts), 0, "max_attempts" "\0" "3" "\0" "upstream attempts per request, fallbacks included"},
+    {1, LG_KT_SIZE, 0, 0, 1, LG_KG(max_body), 0, "max_body" "\0" "16m" "\0" "request body limit (413 above)"},
+    {1, LG_KT_SIZE, 0, 4, 1, LG_KG(max_header), 0, "max_header" "\0" "32k" "\0" "request head limit (431 above)"},
+    {1, LG_KT_DURATION, 0, 0, 1, LG_KG(header_timeout), 0, "header_timeout" "\0" "10s" "\0" "a client must send its head within this"},
+    {1, LG_KT_DURATION, 0, 0, 1, LG_KG(idle_timeout), 0, "idle_timeout" "\0" "60s" "\0" "keep-alive connections idle longer are closed"},
+    {1, LG_KT_DURATION, 0, 0, 1, LG_KG(connect_timeout), 0, "connect_timeout" "\0" "5s" "\0" "upstream TCP and TLS connect"},
+    {1, LG_KT_DURATION, 0, 0, 1, LG_KG(first_byte_timeout), 0, "first_byte_timeout" "\0" "120s" "\0" "upstream time to its first response byte"},
+    {1, LG_KT_DURATION, 0, 0, 1, LG_KG(stream_idle_timeout), 0, "stream_idle_timeout" "\0" "120s" "\0" "longest silence inside an upstream stream"},
+    {1, LG_KT_DURATION, 0, 0, 1, LG_KG(shutdown_timeout), 0, "shutdown_timeout" "\0" "30s" "\0" "SIGTERM: how long requests in flight may finish"},
+    {1, LG_KT_DURATION, 0, 0, 1, LG_KG(send_timeout), 0, "send_timeout" "\0" "60s" "\0" "a client that reads nothing of its answer this long is dropped"},
+    {1, LG_KT_DURATION, 0, 0, 1, LG_KG(body_timeout), 0, "body_timeout" "\0" "60s" "\0" "a client must send its whole body within this"},
+    {1, LG_KT_STR, 0, 0, 0, LG_KG(ca_file), 0, "ca_file" "\0" "" "\0" "trust anchors for HTTPS upstreams (default: the usual system paths)"},
+    {1, LG_KT_STR, 0, 0, 0, LG_KG(tls_cert), LG_KG(tls_line), "tls_cert" "\0" "" "\0" "PEM certificate chain: serve HTTPS on the listeners"},
+    {1, LG_KT_STR, 0, 0, 0, LG_KG(tls_key), LG_KG(tls_line), "tls_key" "\0" "" "\0" "its PEM private key"},
+    {1, LG_KT_STR, 0, 0, 0, LG_KG(proxy), LG_KG(proxy_line), "proxy" "\0" "" "\0" "upstream HTTP CONNECT proxy, http://[user:pass@]host:port (also HTTPS_PROXY)"},
+    {1, LG_KT_SECRET, 0, 0, 0, LG_KG(admin_key), 0, "admin_key" "\0" "" "\0" "protects /admin/* (and /metrics unless metrics = public); literal, env:NAME or file:/path"},
+    {1, LG_KT_ENUM, 0, 1, 1, LG_KG(metrics), 0, "metrics" "\0" "admin" "\0" "who may read /metrics"},
+    {1, LG_KT_ENUM, 0, 2, 1, LG_KG(auth_none), LG_KG(auth_line), "auth" "\0" "keys" "\0" "none is refused on a listener that is not loopback"},
+    {1, LG_KT_BOOL, 0, 0, 1, LG_KG(zdr), 0, "zdr" "\0" "no" "\0" "every request goes to zdr providers only"},
+    {1, LG_KT_STR, 0, 0, 1, LG_KG(access_log), LG_KG(log_line), "access_log" "\0" "" "\0" "one JSON line per request; - = stderr; empty = off"},
+    {1, LG_KT_ENUM, 0, 3, 1, LG_KG(log_level), 0, "log_level" "\0" "info" "\0" "diagnostics to stderr"},
+    {1, LG_KT_STR, 0, 0, 0, LG_KG(state_dir), LG_KG(state_line), "state_dir" "\0" "" "\0" "the ledger: spend survives restarts and crashes; empty = memory only"},
+    {2, LG_KT_FN, 0, 2, 0, 0, 0, "type" "\0" "" "\0" "openai, anthropic, gemini, azure, bedrock or mock"},
+    {2, LG_KT_FN, 0, 3, 0, 0, 0, "base_url" "\0" "" "\0" "http:// or https:// (default: the type's public API; required for azure)"},
+    {2, LG_KT_SECRET, 0, 0, 0, LG_KP(api_key), 0, "api_key" "\0" "" "\0" "literal, env:NAME or file:/path"},
+    {2, LG_KT_FN, 1, 4, 0, 0, 0, "header" "\0" "" "\0" "Name: value, sent upstream"},
+    {2, LG_KT_STR, 0, 0, 0, LG_KP(api_version), 0, "api_version" "\0" "" "\0" "azure: api-version of a deployment path (default 2024-10-21)"},
+    {2, LG_KT_STR, 0, 0, 0, LG_KP(aws_region), 0, "aws_region" "\0" "" "\0" "bedrock: the AWS region"},
+    {2, LG_KT_SECRET, 0, 0, 0, LG_KP(aws_access_key_id), 0, "aws_access_key_id" "\0" "" "\0" "bedrock: SigV4 access key (else api_key is a bearer token)"},
+    {2, LG_KT_SECRET, 0, 0, 0, LG_KP(aws_secret_access_key), 0, "aws_secret_access_key" "\0" "" "\0" "bedrock: its secret"},
+    {2, LG_KT_SECRET, 0, 0, 0, LG_KP(aws_session_token), 0, "aws_session_token" "\0" "" "\0" "bedrock: a temporary credential's token"},
+    {2, LG_KT_BOOL, 0, 0, 1, LG_KP(zdr), 0, "zdr" "\0" "no" "\0" "the provider does not retain prompts"},
+    {2, LG_KT_BOOL, 0, 0, 1, LG_KP(collects_data), 0, "collects_data" "\0" "yes" "\0" "the provider may store or train on data"},
+    {2, LG_KT_BOOL, 0, 0, 1, LG_KP(direct), 0, "direct" "\0" "no" "\0" "requests for PROVIDER/<any upstream model> are allowed"},
+    {2, LG_KT_STR, 0, 0, 0, LG_KP(region), 0, "region" "\0" "" "\0" "free-form label for key and request region filters"},
+    {2, LG_KT_INT, 0, 0, 1, LG_KP(max_concurrency), 0, "max_concurrency" "\0" "0" "\0" "requests in flight to this provider; 0 = unlimited"},
+    {3, LG_KT_FN, 1, 5, 0, 0, 0, "target" "\0" "" "\0" "PROVIDER UPSTREAM [in= out= cache_read= cache_write= weight= context= max_output= quant= image_tokens= " "audio_tokens= file_tokens=], in preference order"},
+    {3, LG_KT_ENUM, 0, 4, 1, LG_KM(strategy), 0, "strategy" "\0" "order" "\0" "how the targets are ordered"},
+    {3, LG_KT_LIST, 0, 0, 0, LG_KM(fallbacks), LG_KM(nfallbacks), "fallbacks" "\0" "" "\0" "other models to try when every target failed"},
+    {3, LG_KT_LIST, 0, 0, 0, LG_KM(aliases), LG_KM(naliases), "aliases" "\0" "" "\0" "other names clients may ask for"},
+    {3, LG_KT_DURATION, 0, 0, 1, LG_KM(affinity_ms), 0, "affinity" "\0" "0" "\0" "prompt-cache stickiness: the same prompt prefix goes to the same target; 0 = off"},
+    {4, LG_KT_FN, 0, 6, 0, 0, 0, "secret" "\0" "" "\0" "literal, env:NAME, file:/path or sha256:HEX (only the hash is kept)"},
+    {4, LG_KT_LIST, 0, 0, 1, LG_KK(models), LG_KK(nmodels), "models" "\0" "*" "\0" "glob allow-list of models"},
+    {4, LG_KT_LIST, 0, 0, 0, LG_KK(regions), LG_KK(nregions), "regions" "\0" "" "\0" "only providers with these region labels"},
+    {4, LG_KT_FN, 0, 7, 0, 0, 0, "budget" "\0" "" "\0" "USD per day, week, month or total, like 50/month"},
+    {4, LG_KT_LONG, 0, 0, 1, LG_KK(rpm), 0, "rpm" "\0" "0" "\0" "requests per minute; 0 = unlimited"},
+    {4, LG_KT_LONG, 0, 0, 1, LG_KK(tpm), 0, "tpm" "\0" "0" "\0" "tokens per minute; 0 = unlimited"},
+    {4, LG_KT_INT, 0, 0, 1, LG_KK(max_concurrency), 0, "max_concurrency" "\0" "0" "\0" "requests in flight; 0 = unlimited"},
+    {4, LG_KT_BOOL, 0, 0, 1, LG_KK(zdr), 0, "zdr" "\0" "no" "\0" "this key's requests go to zdr providers only"},
+    {4, LG_KT_ENUM, 0, 5, 1, LG_KK(data_deny), 0, "data_collection" "\0" "allow" "\0" "deny: never to providers that collect data"},
 };
 
 static LG_COLD const struct lg_cfg_key *lg_cfg_key_find(int sec, lg_str k)
@@ -2407,11 +2407,20 @@ static LG_COLD int lg_cfg_set(struct lg_cfgp *p, const struct lg_cfg_key *k, voi
 		return 0;
 	case LG_KT_DURATION: return lg_cfg_duration(p, v, (int64_t *)f);
 	case LG_KT_ENUM:
-		for (n = 0; lg_cfg_enums[k->x].names[n]; n++) {
+		for (n = 0; lg_cfg_enums[k->x].names[n][0]; n++) {
 		}
 		return lg_cfg_enum(p, v, lg_cfg_enums[k->x].names, n, (int *)f, lg_cfg_enums[k->x].what);
 	case LG_KT_LIST: return lg_cfg_list(p, v, (const char ***)f, (int *)((char *)obj + k->aux));
-	default: return lg_cfg_kfns[k->x](p, obj, v);
+	default: break;
+	}
+	switch (k->x) {
+	case LG_KF_LISTEN: return lg_cfg_k_listen(p, obj, v);
+	case LG_KF_TYPE: return lg_cfg_k_type(p, obj, v);
+	case LG_KF_BASE_URL: return lg_cfg_k_base_url(p, obj, v);
+	case LG_KF_HEADER: return lg_cfg_k_header(p, obj, v);
+	case LG_KF_TARGET: return lg_cfg_k_target(p, obj, v);
+	case LG_KF_SECRET: return lg_cfg_k_secret(p, obj, v);
+	default: return lg_cfg_k_budget(p, obj, v);
 	}
 }
 
@@ -2425,7 +2434,7 @@ static LG_COLD void lg_cfg_defaults(struct lg_cfgp *p, int sec, void *obj)
 		const struct lg_cfg_key *k = &lg_cfg_keys[i];
 		if (k->sec == sec && k->has_dflt && k->type != LG_KT_FN && k->type != LG_KT_LIST) {
 			p->line = 0;
-			lg_cfg_set(p, k, obj, lg_strz(k->dflt));
+			lg_cfg_set(p, k, obj, lg_strz(lg_cfg_kdflt(k)));
 		}
 	}
 	p->line = line;
@@ -3453,7 +3462,7 @@ static LG_COLD int lg_tls_ta_one(void *ctx, const char *name, const unsigned cha
 	return 0;
 }
 
-static const char *const lg_tls_ca_paths[] = {
+static const char lg_tls_ca_paths[][35] = {
     "/etc/ssl/certs/ca-certificates.crt", /* Debian, Ubuntu, Alpine, OpenWrt */
     "/etc/pki/tls/certs/ca-bundle.crt",   /* Fedora, RHEL */
     "/etc/ssl/ca-bundle.pem",             /* openSUSE */
@@ -3781,7 +3790,7 @@ static int lg_tls_pending(const struct lg_tls *t)
 static int lg_tls_handshaking(const struct lg_tls *t) { return !t->hs_done; }
 
 /* Why the engine failed, in words a user can act on. */
-static void lg_tls_why(const struct lg_tls *t, const char *host, char *out, size_t n)
+static LG_COLD void lg_tls_why(const struct lg_tls *t, const char *host, char *out, size_t n)
 {
 	int e = br_ssl_engine_last_error(t->eng);
 	switch (e) {
@@ -4439,7 +4448,7 @@ struct lg_dns {
 	struct lg_dns_ent *ents; /* guarded by mu */
 };
 
-static void *lg_dns_thread(void *arg)
+static LG_COLD void *lg_dns_thread(void *arg)
 {
 	struct lg_dns *d = (struct lg_dns *)arg;
 	pthread_mutex_lock(&d->mu);
@@ -4846,7 +4855,7 @@ static void lg_up_release(struct lg_upreq *u)
 	u->state = LG_U_IDLE;
 }
 
-static void lg_up_fail(struct lg_upreq *u, int kind, const char *reason)
+static LG_COLD void lg_up_fail(struct lg_upreq *u, int kind, const char *reason)
 {
 	if (u->c) u->c->flags &= ~(unsigned)LG_F_KEEP;
 	u->keep = 0;
@@ -4959,7 +4968,7 @@ static void lg_up_connected(struct lg_upreq *u)
 }
 
 /* The proxy's answer to CONNECT: 200 opens the tunnel. */
-static void lg_up_proxy_reply(struct lg_upreq *u)
+static LG_COLD void lg_up_proxy_reply(struct lg_upreq *u)
 {
 	struct lg_conn *c = u->c;
 	struct lg_http h;
@@ -4997,7 +5006,7 @@ static int lg_up_next_addr(struct lg_upreq *u)
 
 /* A connect (or its socket) failed with err: the name's next address, or
  * the attempt fails saying where and why. */
-static void lg_up_connect_failed(struct lg_upreq *u, int err)
+static LG_COLD void lg_up_connect_failed(struct lg_upreq *u, int err)
 {
 	char msg[200];
 	int n;
@@ -5139,7 +5148,7 @@ static void lg_up_dns_ready(struct lg_upreq *u)
 	if (u->state == LG_U_DNS) lg_up_connect(u);
 }
 
-static void lg_up_timeout(struct llmgw *gw, struct lg_timer *t)
+static LG_COLD void lg_up_timeout(struct llmgw *gw, struct lg_timer *t)
 {
 	struct lg_upreq *u = (struct lg_upreq *)(void *)((char *)t - offsetof(struct lg_upreq, tm));
 	char msg[160];
@@ -5742,7 +5751,7 @@ static void lg_resp_stream_end(struct lg_req *r)
 
 /* Ends a client stream with an error event in its dialect: never as if
  * it had finished cleanly. */
-static void lg_resp_stream_error(struct lg_req *r, const char *msg)
+static LG_COLD void lg_resp_stream_error(struct lg_req *r, const char *msg)
 {
 	if (r->status < 400) r->status = 502; /* the head said 200; the access log says what happened */
 	r->d->stream_error(r, msg);
@@ -6322,18 +6331,18 @@ static struct lg_creq *lg_canon(struct lg_req *r)
 enum { LG_EV_TEXT, LG_EV_REASONING, LG_EV_SIG, LG_EV_TOOL, LG_EV_ARGS, LG_EV_FINISH, LG_EV_USAGE, LG_EV_ERROR,
        LG_EV_END };
 enum { LG_FIN_STOP, LG_FIN_LENGTH, LG_FIN_TOOLS, LG_FIN_FILTER };
-static const char *const lg_fin_openai[] = {"stop", "length", "tool_calls", "content_filter"};
-static const char *const lg_fin_anthropic[] = {"end_turn", "max_tokens", "tool_use", "refusal"};
+static const char lg_fin_openai[][15] = {"stop", "length", "tool_calls", "content_filter"};
+static const char lg_fin_anthropic[][11] = {"end_turn", "max_tokens", "tool_use", "refusal"};
 
 #define LG_NOSTR lg_str_of("", 0)
 
 /* A provider's finish reason as an LG_FIN_ code. */
 static int lg_fin_code(lg_str v)
 {
-	static const char *const len[] = {"length", "max_tokens", "MAX_TOKENS", "model_context_window_exceeded",
+	static const char len[][30] = {"length", "max_tokens", "MAX_TOKENS", "model_context_window_exceeded",
 	                                  "model_length"};
-	static const char *const tools[] = {"tool_calls", "tool_use", "function_call"};
-	static const char *const filt[] = {"content_filter", "refusal", "SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST",
+	static const char tools[][14] = {"tool_calls", "tool_use", "function_call"};
+	static const char filt[][21] = {"content_filter", "refusal", "SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST",
 	                                   "SPII", "IMAGE_SAFETY", "RECITATION", "guardrail_intervened",
 	                                   "content_filtered"};
 	size_t i;
@@ -6532,7 +6541,7 @@ static int lg_w_has_calls(const struct lg_creq *q)
 /* How a provider spells a tool declaration around its name, description
  * and JSON Schema, and which tools it declares besides the request's. */
 struct lg_w_spell {
-	const char *open, *desc, *schema, *close;
+	char open[40], desc[18], schema[26], close[4]; /* arrays, not pointers: no relocations */
 	int rf;      /* response_format goes as the forced tool q->rf_tool (when the request has no tools) */
 	int history; /* no tools declared but the history calls some: declare those (with rf too: 2) */
 	int clean;   /* schemas in the OpenAPI subset (lg_w_schema) */
@@ -8423,7 +8432,7 @@ static const char *lg_prov_row_names(void)
 /* --- 11l. client dialects: errors, stream writers, final answers, native rewrites, the rows --- */
 
 /* {"error":{"message","type","param","code"}} */
-static void lg_d_oa_error(struct lg_buf *b, int status, const char *msg)
+static LG_COLD void lg_d_oa_error(struct lg_buf *b, int status, const char *msg)
 {
 	lg_buf_addz(b, "{\"error\":{\"message\":");
 	lg_json_wz(b, msg);
@@ -8431,7 +8440,7 @@ static void lg_d_oa_error(struct lg_buf *b, int status, const char *msg)
 }
 
 /* {"type":"error","error":{"type","message"}} */
-static void lg_d_an_error(struct lg_buf *b, int status, const char *msg)
+static LG_COLD void lg_d_an_error(struct lg_buf *b, int status, const char *msg)
 {
 	const char *t = status == 529 ? "overloaded_error" : status == 413 ? "request_too_large"
 	                : status == 402 ? "billing_error" : status == 404 ? "not_found_error"
@@ -8450,7 +8459,7 @@ static void lg_d_free(struct lg_wst *w)
 	lg_buf_free(&w->sig);
 }
 
-static void lg_d_oa_stream_error(struct lg_req *r, const char *msg)
+static LG_COLD void lg_d_oa_stream_error(struct lg_req *r, const char *msg)
 {
 	struct lg_buf b;
 	lg_buf_init(&b, 0);
@@ -8461,7 +8470,7 @@ static void lg_d_oa_stream_error(struct lg_req *r, const char *msg)
 	lg_buf_free(&b);
 }
 
-static void lg_d_an_stream_error(struct lg_req *r, const char *msg)
+static LG_COLD void lg_d_an_stream_error(struct lg_req *r, const char *msg)
 {
 	struct lg_buf b;
 	lg_buf_init(&b, 0);
@@ -9380,7 +9389,7 @@ static int lg_scrub_sep(char c) { return c && strchr(" \t\r\n\"',;()[]{}<>", c) 
 /* Text from an upstream with every configured provider secret, anything
  * that starts like one, and every masked credential (a word with "***")
  * replaced by [redacted], in out. 0: nothing found (out untouched). */
-static int lg_scrub(const struct lg_cfg *c, const char *p, size_t n, struct lg_buf *out)
+static LG_COLD int lg_scrub(const struct lg_cfg *c, const char *p, size_t n, struct lg_buf *out)
 {
 	size_t i = 0, run = 0;
 	int hits = 0;
@@ -9412,7 +9421,7 @@ static int lg_scrub(const struct lg_cfg *c, const char *p, size_t n, struct lg_b
 
 /* src[0..n) scrubbed, then cut to fit dst (cap bytes, NUL included): the
  * scrub sees the whole text, so a cut cannot leave part of a secret. */
-static void lg_scrub_cpy(const struct lg_cfg *c, char *dst, size_t cap, const char *src, size_t n)
+static LG_COLD void lg_scrub_cpy(const struct lg_cfg *c, char *dst, size_t cap, const char *src, size_t n)
 {
 	struct lg_buf o;
 	int hit = lg_scrub(c, src, n, &o);
@@ -9426,7 +9435,7 @@ static void lg_scrub_cpy(const struct lg_cfg *c, char *dst, size_t cap, const ch
 }
 
 /* Why the upstream said no, from its error body, for messages and logs. */
-static void lg_route_upstream_msg(struct lg_req *r, char *out, size_t n)
+static LG_COLD void lg_route_upstream_msg(struct lg_req *r, char *out, size_t n)
 {
 	struct lg_json j;
 	const char *s = lg_buf_data(&r->ubody);
@@ -9460,7 +9469,7 @@ static void lg_route_upstream_msg(struct lg_req *r, char *out, size_t n)
 /* The attempt failed. Before the first byte to the client a retryable
  * failure moves on to the next candidate; after it the stream ends with
  * an error event, never a clean end. */
-static void lg_route_failed(struct lg_req *r, int status, const char *reason, int retryable, int timeout)
+static LG_COLD void lg_route_failed(struct lg_req *r, int status, const char *reason, int retryable, int timeout)
 {
 	struct lg_att_log *a = &r->att[r->natt - 1];
 	lg_up_release(&r->up);
@@ -9504,7 +9513,7 @@ static void lg_route_failed(struct lg_req *r, int status, const char *reason, in
 }
 
 /* Every candidate failed or max_attempts is spent. */
-static void lg_route_exhausted(struct lg_req *r)
+static LG_COLD void lg_route_exhausted(struct lg_req *r)
 {
 	struct lg_buf b;
 	int i, st = r->natt && r->timed_out == r->natt ? 504 : 502;
@@ -9564,7 +9573,7 @@ static int lg_att_events(struct lg_req *r)
 
 /* An error the parser recorded before the client's first byte: the
  * attempt failed (the router may try the next). 1: so it ended. */
-static int lg_att_error(struct lg_req *r)
+static LG_COLD int lg_att_error(struct lg_req *r)
 {
 	if (!r->up_error || r->sent_head) return 0;
 	lg_route_failed(r, r->err_status, r->err_reason, r->err_retry, 0);
@@ -9573,7 +9582,7 @@ static int lg_att_error(struct lg_req *r)
 
 /* An error inside the stream, after the client's first byte: it ends
  * here, not cleanly. 1: so it ended. */
-static int lg_att_stream_error(struct lg_req *r)
+static LG_COLD int lg_att_stream_error(struct lg_req *r)
 {
 	if (!r->up_error) return 0;
 	lg_up_release(&r->up);
@@ -9711,7 +9720,7 @@ static void lg_att_end(void *owner)
 	}
 }
 
-static void lg_att_fail(void *owner, int kind, const char *reason)
+static LG_COLD void lg_att_fail(void *owner, int kind, const char *reason)
 {
 	struct lg_req *r = (struct lg_req *)owner;
 	lg_route_failed(r, 0, reason, 1, kind == LG_UF_TIMEOUT);
@@ -10000,10 +10009,10 @@ static const double lg_hist_le[LG_HBUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.
                                                1,     2.5,  5,     10,   30,  60,   120};
 
 enum { LG_M_REQUESTS, LG_M_DURATION, LG_M_TTFT, LG_M_TOKENS, LG_M_COST, LG_M_ATTEMPTS };
-static const char *const lg_metric_names[] = {"llmgw_requests_total", "llmgw_request_duration_seconds",
+static const char lg_metric_names[][34] = {"llmgw_requests_total", "llmgw_request_duration_seconds",
                                               "llmgw_time_to_first_token_seconds", "llmgw_tokens_total",
                                               "llmgw_cost_usd_total", "llmgw_upstream_attempts_total"};
-static const char *const lg_metric_help[] = {
+static const char lg_metric_help[][70] = {
     "Requests answered, by public model, provider and status.",
     "Time from request head to last response byte.",
     "Time from request head to the first byte of the answer.",
@@ -10440,7 +10449,7 @@ static LG_COLD int lg_acct_ledger_open(struct llmgw *gw, const char *dir, char *
 	return 0;
 }
 
-static void lg_acct_sync(struct llmgw *gw, struct lg_timer *t)
+static LG_COLD void lg_acct_sync(struct llmgw *gw, struct lg_timer *t)
 {
 	struct lg_acct *a = gw->acct;
 	int due;
@@ -10499,7 +10508,7 @@ static void lg_acct_observe(struct lg_series *s, double secs)
 }
 
 /* A label value as Prometheus wants it: backslash, quote and newline escaped. */
-static void lg_acct_label(char *out, size_t n, const char *v)
+static LG_COLD void lg_acct_label(char *out, size_t n, const char *v)
 {
 	size_t o = 0;
 	if (v && strlen(v) * 2 + 1 >= n) { /* cut on a character boundary: labels stay UTF-8 */
@@ -10561,7 +10570,7 @@ enum { LG_TOK_PROMPT, LG_TOK_COMPLETION, LG_TOK_CACHED };
  * attempts. */
 static struct lg_series *lg_acct_rser(struct lg_lblctx *L, int metric, int x, const char *attprov)
 {
-	static const char *const tok[] = {"prompt", "completion", "cached"};
+	static const char tok[][11] = {"prompt", "completion", "cached"};
 	struct lg_req *r = L->r;
 	struct lg_acct *a = r->gw->acct;
 	struct lg_series *s;
@@ -11457,7 +11466,7 @@ static LG_COLD void lg_srv_metrics(struct lg_req *r)
 		lg_buf_printf(&b, "llmgw_key_spend_usd{key=\"%s\"} %.10g\n", kl, ks->spend);
 	}
 	if (gw->rs) { /* router health: per target and per provider */
-		static const char *const g[] = {"llmgw_target_ttft_seconds", "Smoothed time to first token.",
+		static const char g[][48] = {"llmgw_target_ttft_seconds", "Smoothed time to first token.",
 		                                "llmgw_target_tokens_per_second", "Smoothed output tokens per second.",
 		                                "llmgw_target_breaker_state", "Circuit breaker: 0 closed, 1 open, 2 half-open.",
 		                                "llmgw_target_consecutive_failures", "Failures since the last success.",
@@ -11620,7 +11629,7 @@ static void lg_srv_dispatch(struct lg_req *r)
 
 /* Answers from the head alone and, when a body may follow unread, closes
  * the connection afterwards. */
-static void lg_srv_head_error(struct lg_req *r, int status, const char *extra, const char *msg)
+static LG_COLD void lg_srv_head_error(struct lg_req *r, int status, const char *extra, const char *msg)
 {
 	r->close = r->close || r->clen > 0 || r->chunked;
 	r->cc->cstate = LG_CS_BUSY;
@@ -11703,7 +11712,7 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 		return;
 	}
 	if (!(is_get && strstr(re->allow, "GET")) && !(is_post && strstr(re->allow, "POST"))) {
-		static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS",
+		static const char known[][8] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS",
 		                                    "PATCH", "TRACE", "CONNECT"};
 		int k, std = 0;
 		for (k = 0; k < (int)LG_COUNTOF(known); k++) std |= lg_str_eq(h->method, known[k]);
@@ -11877,7 +11886,7 @@ static void lg_srv_advance(struct lg_conn *c)
 }
 
 /* The client went away or broke the protocol: its request ends (499). */
-static void lg_srv_drop(struct lg_conn *c)
+static LG_COLD void lg_srv_drop(struct lg_conn *c)
 {
 	struct lg_req *r = c->req;
 	if (r) {
@@ -11954,7 +11963,7 @@ static void lg_srv_io(struct lg_conn *c, int revents)
 	}
 }
 
-static void lg_srv_timeout(struct llmgw *gw, struct lg_timer *t)
+static LG_COLD void lg_srv_timeout(struct llmgw *gw, struct lg_timer *t)
 {
 	struct lg_conn *c = (struct lg_conn *)(void *)((char *)t - offsetof(struct lg_conn, tm));
 	struct lg_req *r;
@@ -12492,23 +12501,39 @@ static void lg_main_signal(int sig)
 		llmgw_stop(gw);
 }
 
-/* llmgw --keys: the table, as README shows it. */
+/* what --keys calls the types and sections */
+static const char lg_kt_names[][9] = {"string", "secret", "yes/no", "number", "number",
+                                          "size",   "duration", "one of", "list", "see doc"};
+static const char lg_ks_names[][13] = {"", "[gateway]", "[provider.*]", "[model.*]", "[key.*]"};
+
+static const char *lg_main_kdoc(const struct lg_cfg_key *k)
+{
+	const char *d = lg_cfg_kdflt(k);
+	return d + strlen(d) + 1;
+}
+
+/* llmgw --keys: the key table, as README shows it. */
 static LG_COLD void lg_main_keys(FILE *f)
 {
 	size_t i;
 	fprintf(f, "| section | key | value | default | meaning |\n|---|---|---|---|---|\n");
 	for (i = 0; i < LG_COUNTOF(lg_cfg_keys); i++) {
 		const struct lg_cfg_key *k = &lg_cfg_keys[i];
-		fprintf(f, "| %s | `%s` | ", lg_ks_names[k->sec], k->name);
+		const char *d = lg_cfg_kdflt(k);
+		char val[96];
+		size_t o = 0;
 		if (k->type == LG_KT_ENUM) {
 			int n;
-			for (n = 0; lg_cfg_enums[k->x].names[n]; n++)
-				fprintf(f, "%s%s", n ? " \\| " : "", lg_cfg_enums[k->x].names[n]);
+			for (n = 0; lg_cfg_enums[k->x].names[n][0]; n++) {
+				if (n) o += lg_cpy(val + o, sizeof val - o, " \\| ");
+				o += lg_cpy(val + o, sizeof val - o, lg_cfg_enums[k->x].names[n]);
+			}
 		} else {
-			fputs(lg_kt_names[k->type], f);
+			o += lg_cpy(val, sizeof val, lg_kt_names[k->type]);
 		}
-		fprintf(f, "%s | %s%s%s | %s |\n", k->repeat ? ", repeatable" : "", *k->dflt ? "`" : "",
-		        k->has_dflt ? (*k->dflt ? k->dflt : "empty") : "-", *k->dflt ? "`" : "", k->doc);
+		if (k->repeat) lg_cpy(val + o, sizeof val - o, ", repeatable");
+		fprintf(f, "| %s | `%s` | %s | %s%s%s | %s |\n", lg_ks_names[k->sec], k->name, val, *d ? "`" : "",
+		        k->has_dflt ? (*d ? d : "empty") : "-", *d ? "`" : "", lg_main_kdoc(k));
 	}
 }
 
