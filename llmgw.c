@@ -5379,7 +5379,7 @@ static void lg_up_input(struct lg_conn *c, struct lg_upreq *u, int revents)
 /* The request: from a parsed head to the last byte of its response. All its
  * memory is its own buffers and its arena, released in lg_req_free. */
 enum { LG_EP_RELOAD, LG_EP_CHAT, LG_EP_EMBED, LG_EP_MODELS, LG_EP_HEALTH, LG_EP_KEY, LG_EP_GEN, LG_EP_METRICS,
-       LG_EP_MESSAGES };
+       LG_EP_MESSAGES, LG_EP_MODEL, LG_EP_COUNT };
 struct lg_creq;
 struct lg_wst;
 struct lg_dialect; /* a client dialect: its row is in section 11's end */
@@ -5513,10 +5513,12 @@ struct lg_dialect {
 	void (*native_event)(struct lg_req *r, lg_str ev, lg_str data);
 	int (*native_full)(struct lg_req *r, const char *s, size_t n, struct lg_buf *o);
 	void (*native_end)(struct lg_req *r);
-	/* GET /v1/models: the list of models the key may use, in its shape */
-	void (*models)(struct lg_req *r, struct lg_buf *o);
+	/* GET /v1/models: the models the key may use, in its shape; only: GET /v1/models/{id} */
+	void (*models)(struct lg_req *r, struct lg_buf *o, const struct lg_model *only);
 	/* where its clients send the key: Bearer in authorization, or the raw key in this header */
 	const char *key_header;
+	/* header lines an error carries that no retry can fix (401, 403): NULL none */
+	const char *no_retry;
 };
 
 struct lg_kstate;
@@ -5668,6 +5670,11 @@ static void lg_resp_error(struct lg_req *r, int status, const char *extra, const
 	va_end(ap);
 	lg_buf_init(&b, 0);
 	r->d->error(&b, status, r->errmsg);
+	if ((status == 401 || status == 403) && r->d->no_retry) { /* Anthropic's SDKs retry unless told not to */
+		char hx[320];
+		snprintf(hx, sizeof hx, "%s%s", extra ? extra : "", r->d->no_retry);
+		extra = lg_arena_strn(&r->a, hx, strlen(hx));
+	}
 	if (b.err)
 		lg_resp_send(r, 500, "application/json", "{}", 2, NULL);
 	else
@@ -8897,17 +8904,17 @@ static void lg_d_price(struct lg_buf *b, const char *name, double usd_per_m, int
 /* The models a key may use in the OpenAI shape, {"object":"list","data":[{"id",
  * "object":"model",...}]}, with llmgw's context_length, pricing (OpenRouter's
  * names), providers and aliases. */
-static LG_COLD void lg_d_oa_models(struct lg_req *r, struct lg_buf *o)
+static LG_COLD void lg_d_oa_models(struct lg_req *r, struct lg_buf *o, const struct lg_model *only)
 {
 	const struct lg_cfg *c = r->cfg;
 	struct lg_buf *b = o;
 	int i, k, n = 0;
-	lg_buf_addz(b, "{\"object\":\"list\",\"data\":[");
+	if (!only) lg_buf_addz(b, "{\"object\":\"list\",\"data\":[");
 	for (i = 0; i < c->nmodels; i++) {
 		const struct lg_model *m = c->models[i];
 		const struct lg_target *t0 = &m->t[0];
 		int64_t ctx = 0;
-		if (!lg_route_key_allows(r->key, m->name)) continue;
+		if ((only && m != only) || !lg_route_key_allows(r->key, m->name)) continue;
 		for (k = 0; k < m->nt; k++) ctx = LG_MAX(ctx, m->t[k].context);
 		lg_buf_addz(b, n++ ? ",{\"id\":" : "{\"id\":");
 		lg_json_wz(b, m->name);
@@ -8932,20 +8939,26 @@ static LG_COLD void lg_d_oa_models(struct lg_req *r, struct lg_buf *o)
 		}
 		lg_buf_addz(b, "]}");
 	}
-	lg_buf_addz(b, "]}\n");
+	lg_buf_addz(b, only ? "\n" : "]}\n");
 }
 
 /* In the Anthropic shape: {"data":[{"type":"model","id","display_name",
  * "created_at"}],"has_more":false,"first_id","last_id"}. */
-static LG_COLD void lg_d_an_models(struct lg_req *r, struct lg_buf *b)
+static LG_COLD void lg_d_an_models(struct lg_req *r, struct lg_buf *b, const struct lg_model *only)
 {
 	const struct lg_cfg *c = r->cfg;
-	const char *first = NULL, *last = NULL;
-	int i, n = 0;
-	lg_buf_addz(b, "{\"data\":[");
+	const char *first = NULL, *last = NULL, *lq = r->query ? strstr(r->query, "limit=") : NULL;
+	long limit = lq ? strtol(lq + 6, NULL, 10) : 20; /* Anthropic's default; 1 to 1000 */
+	int i, n = 0, more = 0;
+	if (limit < 1 || limit > 1000) limit = limit < 1 ? 20 : 1000;
+	if (!only) lg_buf_addz(b, "{\"data\":[");
 	for (i = 0; i < c->nmodels; i++) {
 		const struct lg_model *m = c->models[i];
-		if (!lg_route_key_allows(r->key, m->name)) continue;
+		if ((only && m != only) || !lg_route_key_allows(r->key, m->name)) continue;
+		if (n == limit) {
+			more = 1;
+			break;
+		}
 		lg_buf_addz(b, n++ ? ",{\"type\":\"model\",\"id\":" : "{\"type\":\"model\",\"id\":");
 		lg_json_wz(b, m->name);
 		lg_buf_addz(b, ",\"display_name\":");
@@ -8954,7 +8967,11 @@ static LG_COLD void lg_d_an_models(struct lg_req *r, struct lg_buf *b)
 		if (!first) first = m->name;
 		last = m->name;
 	}
-	lg_buf_addz(b, "],\"has_more\":false,\"first_id\":");
+	if (only) {
+		lg_buf_addc(b, '\n');
+		return;
+	}
+	lg_buf_addz(b, more ? "],\"has_more\":true,\"first_id\":" : "],\"has_more\":false,\"first_id\":");
 	if (first) lg_json_wz(b, first); else lg_buf_addz(b, "null");
 	lg_buf_addz(b, ",\"last_id\":");
 	if (last) lg_json_wz(b, last); else lg_buf_addz(b, "null");
@@ -8965,10 +8982,10 @@ static LG_COLD void lg_d_an_models(struct lg_req *r, struct lg_buf *b)
  * get its errors. */
 static const struct lg_dialect lg_dialects[] = {
     {"openai", LG_WIRE_OPENAI, lg_canon_openai, lg_d_oa_stream, lg_d_oa_final, lg_d_oa_error, lg_d_oa_stream_error,
-     lg_prov_openai_event, lg_d_oa_native_full, lg_d_oa_native_end, lg_d_oa_models, "x-api-key"},
+     lg_prov_openai_event, lg_d_oa_native_full, lg_d_oa_native_end, lg_d_oa_models, "x-api-key", NULL},
     {"anthropic", LG_WIRE_ANTHROPIC, lg_canon_anthropic, lg_d_an_stream, lg_d_an_final, lg_d_an_error,
      lg_d_an_stream_error, lg_d_an_native_event, lg_d_an_native_full, lg_d_an_native_end, lg_d_an_models,
-     "x-api-key"},
+     "x-api-key", "x-should-retry: false\r\n"},
 };
 #define LG_DIALECT_OPENAI (&lg_dialects[0])
 #define LG_DIALECT_ANTHROPIC (&lg_dialects[1])
@@ -11276,8 +11293,27 @@ static void lg_srv_health(struct lg_req *r)
 static LG_COLD void lg_srv_models(struct lg_req *r)
 {
 	struct lg_buf b;
+	const struct lg_model *m = NULL;
+	if (r->ep == LG_EP_MODEL) { /* GET /v1/models/{id}: a public name or alias, percent-decoded */
+		char id[300];
+		size_t i, o = 0;
+		const char *z = r->model_req ? r->model_req : "";
+		for (i = 0; z[i] && o + 1 < sizeof id; i++)
+			if (z[i] == '%' && lg_hexval(z[i + 1]) >= 0 && lg_hexval(z[i + 2]) >= 0) {
+				id[o++] = (char)(lg_hexval(z[i + 1]) << 4 | lg_hexval(z[i + 2]));
+				i += 2;
+			} else {
+				id[o++] = z[i];
+			}
+		id[o] = 0;
+		m = lg_cfg_find_model(r->cfg, lg_strz(id));
+		if (!m || !lg_route_key_allows(r->key, m->name)) {
+			lg_resp_error(r, 404, NULL, "no such model: '%.200s'", id);
+			return;
+		}
+	}
 	lg_buf_init(&b, 0);
-	r->d->models(r, &b);
+	r->d->models(r, &b, m);
 	lg_resp_send(r, 200, "application/json", b.p, b.len, NULL);
 	lg_buf_free(&b);
 }
@@ -11497,12 +11533,13 @@ static LG_COLD void lg_srv_metrics(struct lg_req *r)
 	lg_buf_free(&b);
 }
 
-/* POST /v1/chat/completions and /v1/embeddings. */
-static void lg_srv_completion(struct lg_req *r)
+/* The request body tokenized into r->j and indexed (r->tk): 0, or -1
+ * when it is not a JSON object (answered with a 400). */
+static int lg_srv_body_json(struct lg_req *r)
 {
 	struct lg_json *j = &r->j;
 	const char *s = r->body;
-	int k, t;
+	int k;
 	memset(j, 0, sizeof *j);
 	j->cap = (uint32_t)LG_MIN(r->body_len / 6 + 32, (size_t)LLMGW_JSON_TOKENS); /* a guess: one pass mostly */
 	if (r->keep_jt && r->keep_jcap >= j->cap) { /* the array a previous request left */
@@ -11522,7 +11559,7 @@ static void lg_srv_completion(struct lg_req *r)
 			nt = (struct lg_jtok *)realloc(guess, (size_t)k * sizeof *nt);
 			if (!nt) {
 				lg_resp_error(r, 500, NULL, "out of memory");
-				return;
+				return -1;
 			}
 			j->t = nt;
 			j->cap = (uint32_t)k;
@@ -11535,13 +11572,60 @@ static void lg_srv_completion(struct lg_req *r)
 		else
 			lg_resp_error(r, 400, NULL, "malformed JSON in the request body at byte offset %zu: %s",
 			              j->err_off, j->err ? j->err : "invalid");
-		return;
+		return -1;
 	}
 	if (j->t[0].type != LG_J_OBJ) {
 		lg_resp_error(r, 400, NULL, "the request body must be a JSON object");
-		return;
+		return -1;
 	}
 	lg_req_index(r);
+	return 0;
+}
+
+/* POST /v1/messages/count_tokens: the prompt's tokens as Anthropic counts
+ * them, estimated here (no upstream is asked): a token per 4 bytes of the
+ * system prompt, the messages and the tool definitions as JSON, plus 4 a
+ * message (its role and framing) -- the estimate budgets use for text. */
+static void lg_srv_count_tokens(struct lg_req *r)
+{
+	const struct lg_json *j = &r->j;
+	int t, sys, tools, msgs;
+	int64_t n = 0;
+	char out[64];
+	const char *name;
+	if (lg_srv_body_json(r)) return;
+	t = r->tk[LG_TK_MODEL];
+	if (lg_json_type(j, t) != LG_J_STR || j->t[t].end == j->t[t].start) {
+		lg_resp_error(r, 400, NULL, t < 0 ? "field 'model' is missing" : "field 'model' must be a non-empty string");
+		return;
+	}
+	msgs = r->tk[LG_TK_MESSAGES];
+	if (lg_json_type(j, msgs) != LG_J_ARR) {
+		lg_resp_error(r, 400, NULL, msgs < 0 ? "field 'messages' is missing" : "field 'messages' must be an array");
+		return;
+	}
+	name = lg_route_strdup(r, t);
+	if (!name || !lg_cfg_find_model(r->cfg, lg_strz(name)) || !lg_route_key_allows(r->key, name)) {
+		lg_resp_error(r, 404, NULL, "no such model: '%.*s'", (int)LG_MIN(j->t[t].end - j->t[t].start, 200),
+		              r->body + j->t[t].start);
+		return;
+	}
+	sys = lg_json_get(j, r->body, 0, "system");
+	tools = lg_json_get(j, r->body, 0, "tools");
+	if (sys >= 0) n += ((int64_t)lg_json_span(j, r->body, sys).n + 3) / 4;
+	if (tools >= 0) n += ((int64_t)lg_json_span(j, r->body, tools).n + 3) / 4;
+	n += ((int64_t)lg_json_span(j, r->body, msgs).n + 3) / 4 + 4 * (int64_t)j->t[msgs].size;
+	snprintf(out, sizeof out, "{\"input_tokens\":%lld}\n", (long long)n);
+	lg_resp_send(r, 200, "application/json", out, strlen(out), NULL);
+}
+
+/* POST /v1/chat/completions, /v1/embeddings and /v1/messages. */
+static void lg_srv_completion(struct lg_req *r)
+{
+	struct lg_json *j = &r->j;
+	const char *s = r->body;
+	int t;
+	if (lg_srv_body_json(r)) return;
 	t = r->tk[LG_TK_MODEL];
 	if (lg_json_type(j, t) != LG_J_STR || j->t[t].end == j->t[t].start) {
 		lg_resp_error(r, 400, NULL, t < 0 ? "field 'model' is missing" : "field 'model' must be a non-empty string");
@@ -11616,7 +11700,9 @@ static void lg_srv_dispatch(struct lg_req *r)
 	lg_timer_clear(c->gw, &c->tm);
 	switch (r->ep) {
 	case LG_EP_HEALTH: lg_srv_health(r); break;
-	case LG_EP_MODELS: lg_srv_models(r); break;
+	case LG_EP_MODELS:
+	case LG_EP_MODEL: lg_srv_models(r); break;
+	case LG_EP_COUNT: lg_srv_count_tokens(r); break;
 	case LG_EP_RELOAD: lg_srv_admin_reload(r); break;
 	case LG_EP_KEY: lg_st_view(r, lg_srv_key); break; /* shared state: read through the store */
 	case LG_EP_GEN: lg_st_view(r, lg_srv_generation); break;
@@ -11651,6 +11737,8 @@ static const struct lg_route_ent lg_srv_paths[] = {
     {"/health", LG_EP_HEALTH, "GET, HEAD", NULL},
     {"/admin/reload", LG_EP_RELOAD, "POST", NULL},
     {"/v1/messages", LG_EP_MESSAGES, "POST", LG_DIALECT_ANTHROPIC},
+    {"/v1/messages/count_tokens", LG_EP_COUNT, "POST", LG_DIALECT_ANTHROPIC},
+    {"/", LG_EP_HEALTH, "GET, HEAD", NULL},
     {"/v1/key", LG_EP_KEY, "GET, HEAD", NULL},
     {"/v1/generation", LG_EP_GEN, "GET, HEAD", NULL},
     {"/metrics", LG_EP_METRICS, "GET, HEAD", NULL},
@@ -11703,6 +11791,14 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 	path.n = i;
 	for (i = 0; i < LG_COUNTOF(lg_srv_paths); i++)
 		if (lg_str_eq(path, lg_srv_paths[i].path)) re = &lg_srv_paths[i];
+	if (!re && path.n > 11 && memcmp(path.p, "/v1/models/", 11) == 0) { /* GET /v1/models/{id} */
+		static const struct lg_route_ent model = {"/v1/models/{id}", LG_EP_MODEL, "GET, HEAD", NULL};
+		re = &model;
+	}
+	/* the Anthropic paths answer in its dialect from the first error on */
+	if ((path.n >= 12 && memcmp(path.p, "/v1/messages", 12) == 0) ||
+	    ((!re || re->ep == LG_EP_MODELS || re->ep == LG_EP_MODEL) && lg_http_get(h, "anthropic-version").n))
+		r->d = LG_DIALECT_ANTHROPIC;
 	is_get = lg_str_eq(h->method, "GET") || r->head_only;
 	is_post = lg_str_eq(h->method, "POST");
 	if (!re) {
@@ -11728,8 +11824,7 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 		return;
 	}
 	r->ep = re->ep;
-	r->d = re->d ? re->d : LG_DIALECT_OPENAI;
-	if (r->ep == LG_EP_MODELS && lg_http_get(h, "anthropic-version").n) r->d = LG_DIALECT_ANTHROPIC; /* its SDKs */
+	if (re->d) r->d = re->d; /* else the default, or Anthropic's for its SDKs (above) */
 	msg[0] = 0;
 	if (r->ep == LG_EP_METRICS && gw->cfg->metrics == LG_METRICS_OFF) {
 		lg_srv_head_error(r, 404, NULL, "metrics are off (metrics = off)");
@@ -11760,12 +11855,13 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 		lg_str ab = lg_http_get(h, "anthropic-beta");
 		if (ab.n && ab.n < 512) r->anth_beta = lg_arena_strn(&r->a, ab.p, ab.n);
 	}
-	if (r->ep == LG_EP_GEN) { /* keep the query string */
+	if (r->ep == LG_EP_GEN || r->ep == LG_EP_MODELS || r->ep == LG_EP_MODEL) { /* keep the path's rest and query */
 		lg_str q = h->target;
 		size_t qi;
 		for (qi = 0; qi < q.n && q.p[qi] != '?'; qi++) {
 		}
 		r->query = lg_arena_strn(&r->a, q.p + qi, q.n - qi);
+		if (r->ep == LG_EP_MODEL) r->model_req = lg_arena_strn(&r->a, q.p + 11, qi - 11);
 	}
 	if (r->clen > (int64_t)gw->cfg->max_body) {
 		snprintf(msg, sizeof msg, "request body of %lld bytes is larger than max_body (%zu bytes)",

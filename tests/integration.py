@@ -508,6 +508,76 @@ def test_models_list_anthropic_shape():
     check(r.json().get("object") == "list", "without anthropic-version the list stays OpenAI's: %s" % snip(r.body))
 
 
+def test_anthropic_paths():
+    """issue 15 (parts 2 and 3): /v1/messages/count_tokens, GET /v1/models/{id} in both
+    shapes, Anthropic's limit, Anthropic-shaped errors on every /v1/messages* path,
+    x-should-retry: false on a 401, HEAD / answers 200."""
+    g = shared()
+    av = {"anthropic-version": "2023-06-01"}
+
+    def count(body):
+        r = g.post("/v1/messages/count_tokens", json.dumps(body), headers=av)
+        expect_status(r, 200, "count_tokens")
+        n = r.json().get("input_tokens")
+        check(isinstance(n, int) and n > 0, "input_tokens should be a positive integer: %s" % snip(r.body))
+        return n
+    short = count({"model": "m-ok", "messages": [{"role": "user", "content": "Hi"}]})
+    long_ = count({"model": "m-ok", "messages": [{"role": "user", "content": "Hi " * 400}]})
+    sysd = count({"model": "m-ok", "system": "S" * 400, "messages": [{"role": "user", "content": "Hi"}]})
+    tools = count({"model": "m-ok", "messages": [{"role": "user", "content": "Hi"}],
+                   "tools": [{"name": "t", "description": "D" * 400, "input_schema": {"type": "object"}}]})
+    check(long_ >= short + 250, "1200 more bytes should count ~300 more tokens: %d vs %d" % (long_, short))
+    check(sysd >= short + 90 and tools >= short + 90, "system and tools count: %d %d vs %d" % (sysd, tools, short))
+    r = g.post("/v1/messages/count_tokens", json.dumps({"model": "no-such", "messages": []}), headers=av)
+    expect_status(r, 404, "count_tokens for an unknown model")
+    check(r.json().get("type") == "error", "404 not Anthropic-shaped: %s" % snip(r.body))
+    r = g.post("/v1/messages/nope", "{}", headers=av)
+    expect_status(r, 404, "an unknown /v1/messages path")
+    check(r.json().get("type") == "error" and r.json()["error"].get("type") == "not_found_error",
+          "routing 404 on an Anthropic path should be Anthropic-shaped: %s" % snip(r.body))
+    r = g.post("/v1/messages", "{}", key="sk-wrong", headers=av)
+    expect_status(r, 401, "a bad key on /v1/messages")
+    eq(r.headers.get("x-should-retry"), "false", "x-should-retry on a 401")
+    check(r.json().get("error", {}).get("type") == "authentication_error", "401 shape: %s" % snip(r.body))
+    r = g.post("/v1/chat/completions", "{}", key="sk-wrong")
+    expect_status(r, 401, "a bad key on /v1/chat/completions")
+    check("x-should-retry" not in r.headers, "the OpenAI dialect does not send x-should-retry")
+    # GET /v1/models/{id}: both shapes, aliases, percent-encoding, unknown
+    r = g.get("/v1/models/m-ok")
+    expect_status(r, 200, "GET /v1/models/m-ok")
+    eq(r.json().get("id"), "m-ok", "model id")
+    eq(r.json().get("object"), "model", "OpenAI shape")
+    r = g.get("/v1/models/mock-alias")
+    expect_status(r, 200, "GET /v1/models/<alias>")
+    eq(r.json().get("id"), "m-mock", "an alias retrieves its model")
+    r = g.get("/v1/models/m%2Dok")
+    expect_status(r, 200, "GET /v1/models/<percent-encoded>")
+    r = g.get("/v1/models/m-ok", headers=av)
+    expect_status(r, 200, "GET /v1/models/m-ok (anthropic-version)")
+    eq(r.json().get("type"), "model", "Anthropic shape")
+    eq(r.json().get("display_name"), "m-ok", "display_name")
+    r = g.get("/v1/models/no-such-model")
+    expect_status(r, 404, "GET /v1/models/<unknown>")
+    check("error" in r.json() and "type" not in r.json(), "OpenAI-shaped 404: %s" % snip(r.body))
+    r = g.get("/v1/models/no-such-model", headers=av)
+    expect_status(r, 404, "GET /v1/models/<unknown> (anthropic-version)")
+    check(r.json().get("type") == "error", "Anthropic-shaped 404: %s" % snip(r.body))
+    all_ = g.get("/v1/models?limit=1000", headers=av).json()["data"]
+    r = g.get("/v1/models?limit=2", headers=av)
+    j = r.json()
+    eq(len(j["data"]), 2, "limit=2")
+    eq(j["has_more"], len(all_) > 2, "has_more")
+    eq([m["id"] for m in j["data"]], [m["id"] for m in all_[:2]], "the first two")
+    eq(j["last_id"], all_[1]["id"], "last_id")
+    c = Conn(g.port)
+    try:
+        c.send(build_request(g.port, "HEAD", "/", key=None))
+        h = c.read_response("HEAD")
+        expect_status(h, 200, "HEAD /")
+    finally:
+        c.close()
+
+
 # =======================================================================================
 # tests: chat completions through the OpenAI fast path
 
