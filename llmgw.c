@@ -5765,6 +5765,40 @@ static LG_COLD void lg_resp_stream_error(struct lg_req *r, const char *msg)
 	lg_resp_stream_end(r);
 }
 
+/* Did the client ask for embeddings as base64 (encoding_format)? */
+static int lg_resp_b64(const struct lg_req *r)
+{
+	return lg_str_eq(lg_jesc(&r->j, r->body, lg_json_get(&r->j, r->body, 0, "encoding_format")), "base64");
+}
+
+/* An embedding vector the way OpenAI's API answers encoding_format
+ * "base64": the base64 of little-endian float32s, in quotes. */
+static void lg_resp_vector(struct lg_buf *o, const double *v, size_t n)
+{
+	size_t i;
+	{
+		unsigned char *raw = (unsigned char *)malloc(n * 4 + 1);
+		char *b64 = (char *)malloc(n * 4 / 3 * 4 + 16);
+		if (raw && b64) {
+			for (i = 0; i < n; i++) {
+				float f = (float)v[i];
+				uint32_t u;
+				memcpy(&u, &f, 4);
+				raw[4 * i] = (unsigned char)u, raw[4 * i + 1] = (unsigned char)(u >> 8);
+				raw[4 * i + 2] = (unsigned char)(u >> 16), raw[4 * i + 3] = (unsigned char)(u >> 24);
+			}
+			lg_base64(raw, n * 4, b64);
+			lg_buf_addc(o, '"');
+			lg_buf_addz(o, b64);
+			lg_buf_addc(o, '"');
+		} else {
+			o->err = 1;
+		}
+		free(raw);
+		free(b64);
+	}
+}
+
 /* What a finished request keeps for the next one on gw->rfree: its
  * buffers and token arrays of ordinary size, its attempt log and first
  * arena block. Bigger ones go back to malloc. */
@@ -7869,7 +7903,17 @@ static int lg_p_gemini_embed(struct lg_req *r, const char *s, size_t n, struct l
 	for (i = 0; i < j.t[e].size; i++) {
 		int v = lg_json_get(&j, s, lg_json_at(&j, e, i), "values");
 		lg_buf_printf(o, "%s{\"object\":\"embedding\",\"index\":%u,\"embedding\":", i ? "," : "", i);
-		lg_buf_adds(o, v >= 0 ? lg_json_span(&j, s, v) : lg_str_of("[]", 2));
+		if (lg_json_type(&j, v) == LG_J_ARR && lg_resp_b64(r)) { /* the numbers as float32s */
+			uint32_t k, nv = j.t[v].size;
+			double *vec = (double *)malloc((nv ? nv : 1) * sizeof *vec);
+			int x = v + 1;
+			if (!vec) return -1;
+			for (k = 0; k < nv; k++, x = (int)j.t[x].next) vec[k] = lg_json_num(&j, s, x, 0);
+			lg_resp_vector(o, vec, nv);
+			free(vec);
+		} else {
+			lg_buf_adds(o, v >= 0 ? lg_json_span(&j, s, v) : lg_str_of("[]", 2));
+		}
 		lg_buf_addc(o, '}');
 	}
 	lg_buf_addz(o, "],\"model\":");
@@ -8365,13 +8409,20 @@ static LG_COLD void lg_prov_mock_embed(struct lg_req *r, struct lg_buf *o)
 		int t = lg_json_type(j, in) == LG_J_ARR ? lg_json_at(j, in, i) : in;
 		lg_str txt = t >= 0 ? lg_json_raw(j, r->body, t) : lg_str_of("", 0);
 		unsigned char h[32];
+		double v[8];
 		int d;
 		lg_sha256(txt.p, txt.n, h);
 		pt += (int64_t)(txt.n + 3) / 4 + 1;
-		lg_buf_printf(o, "%s{\"object\":\"embedding\",\"index\":%u,\"embedding\":[", i ? "," : "", i);
-		for (d = 0; d < 8; d++)
-			lg_buf_printf(o, "%s%.6f", d ? "," : "", ((int)h[d] - 128) / 128.0);
-		lg_buf_addz(o, "]}");
+		lg_buf_printf(o, "%s{\"object\":\"embedding\",\"index\":%u,\"embedding\":", i ? "," : "", i);
+		for (d = 0; d < 8; d++) v[d] = ((int)h[d] - 128) / 128.0;
+		if (lg_resp_b64(r)) {
+			lg_resp_vector(o, v, 8);
+		} else {
+			lg_buf_addc(o, '[');
+			for (d = 0; d < 8; d++) lg_buf_printf(o, "%s%.6f", d ? "," : "", v[d]);
+			lg_buf_addc(o, ']');
+		}
+		lg_buf_addc(o, '}');
 	}
 	lg_buf_addz(o, "],\"model\":");
 	lg_json_wz(o, r->served->upstream);

@@ -1281,6 +1281,63 @@ def test_embeddings_openai():
     eq(len(r.json().get("data") or []), 1, "one vector for a string input")
 
 
+def _f32s(b64):
+    import base64
+    import struct
+    raw = base64.b64decode(b64)
+    check(len(raw) % 4 == 0, "base64 vector of %d bytes is not float32s" % len(raw))
+    return list(struct.unpack("<%df" % (len(raw) // 4), raw))
+
+
+def test_embeddings_base64():
+    """issue 15 part 4: encoding_format base64 (little-endian float32) for the built-in mock
+    and for Gemini, whose answers llmgw writes itself; the same numbers as the float form."""
+    import http.server
+    import threading
+    g = shared()
+    floats = g.post("/v1/embeddings", {"model": "m-mock", "input": ["alpha", "beta"]})
+    expect_status(floats, 200, "mock embeddings (floats)")
+    b64 = g.post("/v1/embeddings", {"model": "m-mock", "input": ["alpha", "beta"], "encoding_format": "base64"})
+    expect_status(b64, 200, "mock embeddings (base64)")
+    for a, b in zip(floats.json()["data"], b64.json()["data"]):
+        check(isinstance(b["embedding"], str), "base64 asked, a list came: %s" % snip(b64.body))
+        got = _f32s(b["embedding"])
+        eq(len(got), len(a["embedding"]), "vector length")
+        for x, y in zip(a["embedding"], got):
+            near(y, x, "float32 of the mock's number (its float form has 6 decimals)", 1e-5)
+    values = [[0.25, -1.5, 3.125e-3], [1e-8, 42.0, -0.0078125]]
+
+    class Gem(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            n = int(self.headers.get("content-length", 0))
+            self.rfile.read(n)
+            body = json.dumps({"embeddings": [{"values": v} for v in values]}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Gem)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    on_cleanup(srv.shutdown)
+    gw = fresh(extra="[provider.gem]\ntype = gemini\nbase_url = http://127.0.0.1:%d/v1beta\n"
+                     "api_key = k\n[model.m-gem-emb]\ntarget = gem text-embedding-004\n" % srv.server_port)
+    r = gw.post("/v1/embeddings", {"model": "m-gem-emb", "input": ["a", "b"]})
+    expect_status(r, 200, "gemini embeddings (floats)")
+    eq([d["embedding"] for d in r.json()["data"]], values, "Gemini's numbers as it sent them")
+    r = gw.post("/v1/embeddings", {"model": "m-gem-emb", "input": ["a", "b"], "encoding_format": "base64"})
+    expect_status(r, 200, "gemini embeddings (base64)")
+    for want, d in zip(values, r.json()["data"]):
+        got = _f32s(d["embedding"])
+        eq(len(got), len(want), "vector length")
+        for x, y in zip(want, got):
+            near(y, x, "float32 of Gemini's number", 1e-6)
+
+
 # =======================================================================================
 # tests: logging and secrets
 
