@@ -5925,7 +5925,10 @@ static void lg_req_reap(struct llmgw *gw)
  * ("esc"): writers put them between quotes as they are. args and schemas
  * are raw JSON text. Lives as long as the request. */
 enum { LG_P_TEXT, LG_P_IMAGE, LG_P_TOOL_CALL, LG_P_TOOL_RESULT, LG_P_THINKING };
-enum { LG_R_USER, LG_R_ASSISTANT };
+/* LG_R_SYSTEM: a system entry inside the messages (Claude Code sends them):
+ * providers that take system messages anywhere get it in place, the others
+ * have it folded into their system instructions, in order. */
+enum { LG_R_USER, LG_R_ASSISTANT, LG_R_SYSTEM };
 enum { LG_TC_UNSET, LG_TC_AUTO, LG_TC_NONE, LG_TC_REQUIRED, LG_TC_FUNC };
 
 struct lg_cpart {
@@ -6225,8 +6228,10 @@ static int lg_canon_anthropic(struct lg_req *r, struct lg_creq *q, char *msg, si
 			m->role = LG_R_USER;
 		else if (lg_str_eq(role, "assistant"))
 			m->role = LG_R_ASSISTANT;
+		else if (lg_str_eq(role, "system"))
+			m->role = LG_R_SYSTEM; /* text blocks only, below */
 		else {
-			snprintf(msg, mlen, "messages[%u].role must be user or assistant", i);
+			snprintf(msg, mlen, "messages[%u].role must be user, assistant or system", i);
 			return -2;
 		}
 		if (lg_json_type(j, c) == LG_J_STR) {
@@ -6627,20 +6632,26 @@ static int lg_w_tools(struct lg_req *r, struct lg_buf *o, const struct lg_w_spel
 }
 
 /* The system parts: head, then each as item + text + '}', then tail
- * (nothing without a system prompt). */
+ * (nothing without a system prompt); fold: the system entries inside the
+ * messages too, in their order, after the system prompt. */
 static void lg_w_system(struct lg_buf *o, const struct lg_creq *q, const char *head, const char *item,
-                        const char *tail)
+                        const char *tail, int fold)
 {
-	int i;
-	if (!q->nsys) return;
-	lg_buf_addz(o, head);
-	for (i = 0; i < q->nsys; i++) {
-		if (i) lg_buf_addc(o, ',');
-		lg_buf_addz(o, item);
-		lg_w_str(o, q->sys[i].text);
-		lg_buf_addc(o, '}');
+	int i, k, n = 0;
+	for (i = 0; i < q->nsys + (fold ? q->nm : 0); i++) {
+		const struct lg_cpart *p = i < q->nsys ? &q->sys[i] : NULL;
+		const struct lg_cmsg *m = i < q->nsys ? NULL : &q->m[i - q->nsys];
+		int np = p ? 1 : m->role == LG_R_SYSTEM ? m->np : 0;
+		for (k = 0; k < np; k++) {
+			const struct lg_cpart *x = p ? p : &m->p[k];
+			if (x->type != LG_P_TEXT) continue;
+			lg_buf_addz(o, n++ ? "," : head);
+			lg_buf_addz(o, item);
+			lg_w_str(o, x->text);
+			lg_buf_addc(o, '}');
+		}
 	}
-	lg_buf_addz(o, tail);
+	if (n) lg_buf_addz(o, tail);
 }
 
 /* The stop sequences as ,"key":[...] (at most max; blank ones left out when skip_blank). */
@@ -6657,12 +6668,13 @@ static void lg_w_stops(struct lg_buf *o, const struct lg_creq *q, const char *ke
 	lg_buf_addc(o, ']');
 }
 
-/* Turns: the messages from i on that share its role (the providers that
- * want roles to alternate get them merged). Returns the end of the run. */
+/* Turns: the messages from i on that share its role, across system
+ * entries (folded into the system instructions; the providers that want
+ * roles to alternate get them merged). Returns the end of the run. */
 static int lg_w_turn(const struct lg_creq *q, int i)
 {
 	int end = i;
-	while (end < q->nm && q->m[end].role == q->m[i].role) end++;
+	while (end < q->nm && (q->m[end].role == q->m[i].role || q->m[end].role == LG_R_SYSTEM)) end++;
 	return end;
 }
 
@@ -6676,7 +6688,7 @@ static const struct lg_cpart *lg_w_part(const struct lg_creq *q, int from, int t
 {
 	if (it->k < from) it->k = from, it->x = 0;
 	while (it->k < to) {
-		if (it->x < q->m[it->k].np) return &q->m[it->k].p[it->x++];
+		if (it->x < q->m[it->k].np && q->m[it->k].role != LG_R_SYSTEM) return &q->m[it->k].p[it->x++];
 		it->k++;
 		it->x = 0;
 	}
@@ -7140,11 +7152,21 @@ static int lg_w_openai(struct lg_req *r, const struct lg_cand *cd, struct lg_buf
 	lg_buf_addz(o, "{\"model\":");
 	lg_json_wz(o, cd->upstream);
 	lg_buf_addz(o, ",\"messages\":[");
-	lg_w_system(o, q, "", "{\"role\":\"system\",\"content\":", "");
+	lg_w_system(o, q, "", "{\"role\":\"system\",\"content\":", "", 0);
 	first = !q->nsys;
 	for (i = 0; i < q->nm; i++) {
 		const struct lg_cmsg *m = &q->m[i];
 		int ncontent = 0, ntc = 0;
+		if (m->role == LG_R_SYSTEM) { /* a system message where it was */
+			for (k = 0; k < m->np; k++) {
+				if (m->p[k].type != LG_P_TEXT) continue;
+				lg_buf_addz(o, first ? "{\"role\":\"system\",\"content\":" : ",{\"role\":\"system\",\"content\":");
+				lg_w_str(o, m->p[k].text);
+				lg_buf_addc(o, '}');
+				first = 0;
+			}
+			continue;
+		}
 		for (k = 0; k < m->np; k++) { /* tool results become tool messages, first */
 			if (m->p[k].type != LG_P_TOOL_RESULT) continue;
 			lg_buf_addz(o, first ? "{\"role\":\"tool\",\"tool_call_id\":" : ",{\"role\":\"tool\",\"tool_call_id\":");
@@ -7357,13 +7379,13 @@ static int lg_w_anthropic(struct lg_req *r, const struct lg_cand *cd, struct lg_
 	lg_buf_addz(o, "{\"model\":");
 	lg_json_wz(o, cd->upstream);
 	lg_buf_printf(o, ",\"max_tokens\":%lld", (long long)mt);
-	lg_w_system(o, q, ",\"system\":[", "{\"type\":\"text\",\"text\":", "]");
+	lg_w_system(o, q, ",\"system\":[", "{\"type\":\"text\",\"text\":", "]", 1);
 	lg_buf_addz(o, ",\"messages\":[");
 	for (i = 0; i < q->nm; i = end) {
 		int role = q->m[i].role, c = 0;
 		end = lg_w_turn(q, i); /* consecutive turns merge */
-		for (k = i; k < end; k++) c += q->m[k].np;
-		if (!c) continue;
+		for (k = i; k < end; k++) c += q->m[k].role == LG_R_SYSTEM ? 0 : q->m[k].np;
+		if (role == LG_R_SYSTEM || !c) continue;
 		lg_buf_addz(o, first ? "{\"role\":" : ",{\"role\":");
 		first = 0;
 		lg_buf_addz(o, role == LG_R_USER ? "\"user\",\"content\":[" : "\"assistant\",\"content\":[");
@@ -7666,13 +7688,14 @@ static int lg_w_gemini(struct lg_req *r, const struct lg_cand *cd, struct lg_buf
 	char num[64];
 	LG_UNUSED(cd);
 	lg_buf_addc(o, '{');
-	lg_w_system(o, q, "\"systemInstruction\":{\"parts\":[", "{\"text\":", "]},");
+	lg_w_system(o, q, "\"systemInstruction\":{\"parts\":[", "{\"text\":", "]},", 1);
 	lg_buf_addz(o, "\"contents\":[");
 	for (i = 0; i < q->nm; i = end) {
 		int role = q->m[i].role, c = 0, texts = 0, imgs = 0;
 		struct lg_w_pit it = {0, 0};
 		const struct lg_cpart *p;
 		end = lg_w_turn(q, i); /* roles must alternate */
+		if (role == LG_R_SYSTEM) continue; /* folded into systemInstruction */
 		lg_buf_addz(o, first ? "{\"role\":" : ",{\"role\":");
 		first = 0;
 		lg_buf_addz(o, role == LG_R_USER ? "\"user\",\"parts\":[" : "\"model\",\"parts\":[");
@@ -7936,13 +7959,14 @@ static int lg_w_bedrock(struct lg_req *r, const struct lg_cand *cd, struct lg_bu
 	int i, end, first = 1;
 	char num[64];
 	lg_buf_addc(o, '{');
-	lg_w_system(o, q, "\"system\":[", "{\"text\":", "],");
+	lg_w_system(o, q, "\"system\":[", "{\"text\":", "],", 1);
 	lg_buf_addz(o, "\"messages\":[");
 	for (i = 0; i < q->nm; i = end) {
 		int role = q->m[i].role, c = 0;
 		struct lg_w_pit it = {0, 0};
 		const struct lg_cpart *p;
 		end = lg_w_turn(q, i);
+		if (role == LG_R_SYSTEM) continue; /* folded into system */
 		lg_buf_addz(o, first ? "{\"role\":" : ",{\"role\":");
 		first = 0;
 		lg_buf_addz(o, role == LG_R_USER ? "\"user\",\"content\":[" : "\"assistant\",\"content\":[");
@@ -8652,10 +8676,25 @@ static void lg_d_oa_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str
 	lg_buf_free(&d);
 }
 
+#define LG_PING_MS 10000 /* a translated Anthropic stream silent this long gets a ping, as Anthropic sends */
+
+static void lg_d_an_ping(struct llmgw *gw, struct lg_timer *t)
+{
+	struct lg_req *r = (struct lg_req *)(void *)((char *)t - offsetof(struct lg_req, rtm));
+	if (r->finished || r->stream_done || !r->cc) return;
+	lg_resp_sse(r, "ping", "{\"type\":\"ping\"}", 15);
+	if (lg_conn_flush(r->cc) < 0) return; /* a timer writes on its own: nothing else flushes now */
+	lg_timer_set(gw, t, LG_PING_MS);
+}
+
+/* One event to a translated Anthropic stream; the ping timer starts over
+ * (r->rtm: the retry timer is done with once the first byte went out). */
 static void lg_d_an_event(struct lg_req *r, const char *name, struct lg_buf *d)
 {
 	lg_resp_sse(r, name, d->p, d->len);
 	d->len = d->off = 0;
+	r->rtm.fn = lg_d_an_ping;
+	lg_timer_set(r->gw, &r->rtm, LG_PING_MS);
 }
 
 static void lg_d_an_close(struct lg_req *r, struct lg_buf *d)
@@ -8702,9 +8741,20 @@ static void lg_d_an_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str
 		                  "\"role\":\"assistant\",\"model\":", r->id);
 		lg_json_wz(&d, r->served->model);
 		lg_buf_addz(&d, ",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":");
-		lg_d_an_usage(&d, &r->usage, 0);
+		if (r->usage.seen) {
+			lg_d_an_usage(&d, &r->usage, 0);
+		} else { /* the upstream tells at the end: the estimate, marked as one */
+			struct lg_usage u0;
+			memset(&u0, 0, sizeof u0);
+			u0.prompt = r->prompt_est;
+			lg_d_an_usage(&d, &u0, 0);
+			d.len--; /* its '}' */
+			lg_buf_addz(&d, ",\"llmgw_estimated\":true}");
+		}
 		lg_buf_addz(&d, "}}");
 		lg_d_an_event(r, "message_start", &d);
+		lg_buf_addz(&d, "{\"type\":\"ping\"}"); /* as Anthropic does, right after message_start */
+		lg_d_an_event(r, "ping", &d);
 	}
 	switch (type) {
 	case LG_EV_TEXT:
@@ -8888,6 +8938,7 @@ static void lg_d_an_native_event(struct lg_req *r, lg_str evname, lg_str data)
 	lg_str ty;
 	char name[64];
 	struct lg_buf clean;
+	if (r->stream_done) return; /* nothing after message_stop (or after an error ended it) */
 	if (lg_str_eq(evname, "error") && lg_scrub(r->cfg, data.p, data.n, &clean)) {
 		/* passed on natively, never with the credential it may quote */
 		lg_d_an_native_event(r, evname, lg_str_of(clean.p, clean.len));

@@ -842,6 +842,45 @@ def test_req_system_roles_bedrock():
        "bedrock: messages (alternating roles)")
 
 
+def test_req_anthropic_client_system_entries():
+    """issue 15 part 2: Claude Code sends role "system" entries inside messages. Translated,
+    they stay system messages where they were (OpenAI, Azure) or are folded into the
+    system instructions after the system prompt, in order (Gemini, Bedrock)."""
+    def conv(mk):
+        return [{"role": "user", "content": "U1 " + mk},
+                {"role": "system", "content": "S-mid"},
+                {"role": "assistant", "content": [{"type": "text", "text": "A1"}]},
+                {"role": "system", "content": [{"type": "text", "text": "S-late"}]},
+                {"role": "user", "content": [{"type": "text", "text": "U2"}]}]
+    for prov in ("oa", "az"):
+        mk = marker()
+        r = an_req("%s/text" % prov, mk=mk, system="S-top", messages=conv(mk))
+        expect_status(r, 200, "%s: system entries inside messages" % prov)
+        _, b = upstream_body(mk, prov)
+
+        def txt(c):
+            return c if isinstance(c, str) else "".join(x.get("text", "") for x in c)
+        eq([(m["role"], txt(m["content"])) for m in b["messages"]],
+           [("system", "S-top"), ("user", "U1 " + mk), ("system", "S-mid"), ("assistant", "A1"),
+            ("system", "S-late"), ("user", "U2")], "%s: system messages where they were" % prov)
+    mk = marker()
+    expect_status(an_req("ge/text", mk=mk, system="S-top", messages=conv(mk)), 200, "gemini: system entries")
+    _, b = upstream_body(mk, "gemini")
+    eq([p.get("text") for p in (b.get("systemInstruction") or {}).get("parts", [])],
+       ["S-top", "S-mid", "S-late"], "gemini: folded into systemInstruction, in order")
+    eq([(c.get("role"), [p.get("text") for p in c.get("parts", [])]) for c in b.get("contents", [])],
+       [("user", ["U1 " + mk]), ("model", ["A1"]), ("user", ["U2"])], "gemini: contents without them")
+    mk = marker()
+    expect_status(an_req("br/text", mk=mk, system="S-top", messages=conv(mk)), 200, "bedrock: system entries")
+    _, b = upstream_body(mk, "bedrock")
+    eq([x.get("text") for x in b.get("system") or []], ["S-top", "S-mid", "S-late"], "bedrock: system[], in order")
+    eq([(m.get("role"), [p.get("text") for p in m.get("content", [])]) for m in b.get("messages", [])],
+       [("user", ["U1 " + mk]), ("assistant", ["A1"]), ("user", ["U2"])], "bedrock: messages without them")
+    r = an_req("oa/text", messages=[{"role": "tool", "content": "x"}])
+    expect_status(r, 400, "an unknown role")
+    check("user, assistant or system" in r.body.decode("utf-8", "replace"), "the 400 names the roles: %s" % snip(r.body))
+
+
 def test_req_anthropic_client_to_openai_and_azure():
     for prov in ("oa", "az"):
         mk = marker()

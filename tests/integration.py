@@ -1338,6 +1338,64 @@ def test_embeddings_base64():
             near(y, x, "float32 of Gemini's number", 1e-6)
 
 
+@limit(40)
+def test_anthropic_stream_start_usage_and_pings():
+    """issue 15 part 4: a translated Anthropic stream's message_start carries the input
+    tokens (the estimate, marked llmgw_estimated, when the upstream tells them only at the
+    end), a ping follows message_start, and a stream silent for 10 s gets another ping."""
+    import http.server
+    import threading
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+
+            def chunk(obj):
+                d = ("data: %s\n\n" % (obj if isinstance(obj, str) else json.dumps(obj))).encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(d), d))
+                self.wfile.flush()
+            base = {"id": "c1", "object": "chat.completion.chunk", "model": "slow-1"}
+            chunk(dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]))
+            time.sleep(10.8)
+            chunk(dict(base, choices=[{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]))
+            chunk(dict(base, choices=[], usage={"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}))
+            chunk("[DONE]")
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+
+        def log_message(self, *a):
+            pass
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    on_cleanup(srv.shutdown)
+    gw = fresh(extra="[provider.slow]\ntype = openai\nbase_url = http://127.0.0.1:%d/v1\napi_key = k\n"
+                     "[model.m-pingslow]\ntarget = slow slow-1 in=1 out=2\n" % srv.server_port,
+               gw={"stream_idle_timeout": "30s"})
+    body = {"model": "m-pingslow", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    r = gw.post("/v1/messages", body, key=None, timeout=30,
+                headers={"x-api-key": "sk-test", "anthropic-version": "2023-06-01"})
+    expect_status(r, 200, "the slow translated stream")
+    ev = r.events
+    names = [e.name for e in ev]
+    eq(names[:2], ["message_start", "ping"], "message_start, then a ping")
+    u = json.loads(ev[0].data)["message"]["usage"]
+    check(isinstance(u.get("input_tokens"), int) and u["input_tokens"] > 0, "message_start input_tokens: %r" % u)
+    eq(u.get("llmgw_estimated"), True, "marked as llmgw's estimate")
+    first_delta = next(e for e in ev if e.name == "content_block_delta")
+    later = [e for e in ev if e.name == "ping" and e.t > first_delta.t + 5]
+    check(len(later) == 1, "one ping during the 10.8 s of silence: %r" % [(e.name, round(e.t, 1)) for e in ev])
+    check(9.5 <= later[0].t - first_delta.t <= 10.6, "the ping came after ~10 s: %.1f s; events %r" % (later[0].t - first_delta.t, [(e.name, round(e.t, 2)) for e in ev]))
+    eq(names[-1], "message_stop", "the stream still ends with message_stop")
+    md = [json.loads(e.data) for e in ev if e.name == "message_delta"]
+    eq(md[-1]["usage"].get("output_tokens"), 2, "the upstream's usage at the end")
+
+
 # =======================================================================================
 # tests: logging and secrets
 
