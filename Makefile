@@ -105,7 +105,7 @@ $(CROSS_BINS): $(BUILD)/%/llmgw: llmgw.c llmgw.h $(BUILD)/bearssl/%/libbearssl.a
 	  -o $@ llmgw.c $(BUILD)/bearssl/$*/libbearssl.a $(LDLIBS)
 	$(XSTRIP_$*) $@
 
-$(CROSS_UNITS): $(BUILD)/%/unit: tests/unit.c llmgw.c llmgw.h $(BUILD)/bearssl/%/libbearssl.a
+$(CROSS_UNITS): $(BUILD)/%/unit: tests/unit.c tests/testlib.h llmgw.c llmgw.h $(BUILD)/bearssl/%/libbearssl.a
 	@mkdir -p $(@D)
 	$(XCC_$*) -std=c99 -Wall -Wextra -Werror -O1 -g $(XDEFS_$*) -DLLMGW_TLS=1 -isystem $(BUILD)/bearssl/$*/inc \
 	  -static -o $@ tests/unit.c $(BUILD)/bearssl/$*/libbearssl.a $(LDLIBS)
@@ -121,15 +121,15 @@ $(BUILD)/llmgw-tsan: llmgw.c llmgw.h $(TLSLIB)
 	@mkdir -p $(BUILD)
 	$(TSAN_CC) $(WARN) -O1 -g $(TSAN) $(TLSDEF) -o $@ llmgw.c $(TLSLIB) $(LDLIBS)
 
-$(BUILD)/unit: tests/unit.c llmgw.c llmgw.h $(TLSLIB)
+$(BUILD)/unit: tests/unit.c tests/testlib.h llmgw.c llmgw.h $(TLSLIB)
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 -Wall -Wextra -Werror -O1 -g $(TLSDEF) -o $@ tests/unit.c $(TLSLIB) $(LDLIBS)
 
-$(BUILD)/unit-notls: tests/unit.c llmgw.c llmgw.h
+$(BUILD)/unit-notls: tests/unit.c tests/testlib.h llmgw.c llmgw.h
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 -Wall -Wextra -Werror -O1 -g -o $@ tests/unit.c $(LDLIBS)
 
-$(BUILD)/unit-asan: tests/unit.c llmgw.c llmgw.h $(TLSLIB)
+$(BUILD)/unit-asan: tests/unit.c tests/testlib.h llmgw.c llmgw.h $(TLSLIB)
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 -Wall -Wextra -Werror -O1 -g $(SAN) $(TLSDEF) -o $@ tests/unit.c $(TLSLIB) $(LDLIBS)
 
@@ -173,9 +173,14 @@ rootfs: $(BUILD)/x86_64-musl/llmgw dist/llmgw.ini
 	@find $(ROOTFS) -type f -exec ls -l {} +
 
 # ---- tests -----------------------------------------------------------------
-$(BUILD)/fuzz-replay: tests/fuzz.c llmgw.c llmgw.h
+$(BUILD)/fuzz-replay: tests/fuzz.c tests/testlib.h llmgw.c llmgw.h
 	@mkdir -p $(BUILD)
 	$(CC) -std=c99 -Wall -Wextra -Werror -O1 -g $(SAN) -o $@ tests/fuzz.c $(LDLIBS)
+
+# the translators against tests/golden/ (GOLDEN_UPDATE=1 build/golden rewrites the expected files)
+$(BUILD)/golden: tests/golden.c tests/testlib.h llmgw.c llmgw.h
+	@mkdir -p $(BUILD)
+	$(CC) -std=c99 -Wall -Wextra -Werror -O1 -g $(SAN) -o $@ tests/golden.c $(LDLIBS)
 
 # bounded libFuzzer run; builds its own build/fuzz-<target> binaries with FUZZ_CC
 FUZZ_TIME    ?= 60
@@ -191,7 +196,7 @@ bench-profile: llmgw
 	sh tests/bench/run.sh --profile
 
 test: llmgw $(BUILD)/unit $(BUILD)/unit-notls $(BUILD)/unit-asan $(BUILD)/llmgw-asan $(BUILD)/llmgw-tsan $(BUILD)/fuzz-replay \
-      $(BUILD)/embed $(BUILD)/embed-asan $(CROSS_TEST:%=$(BUILD)/%/llmgw) $(CROSS_TEST:%=$(BUILD)/%/unit)
+      $(BUILD)/embed $(BUILD)/embed-asan $(CROSS_TEST:%=$(BUILD)/%/llmgw) $(CROSS_TEST:%=$(BUILD)/%/unit) $(BUILD)/golden
 	CROSS_TEST="$(CROSS_TEST)" sh tests/run.sh
 
 measure: $(CROSS_BINS) llmgw
@@ -210,7 +215,7 @@ symbols: llmgw.c llmgw.h $(TLSLIB)
 	echo "symbols: only llmgw_* exported"
 
 clean:
-	rm -rf llmgw $(BUILD)/llmgw-asan $(BUILD)/llmgw-tsan $(BUILD)/unit $(BUILD)/unit-notls $(BUILD)/unit-asan $(BUILD)/llmgw.o \
+	rm -rf llmgw $(BUILD)/llmgw-asan $(BUILD)/llmgw-tsan $(BUILD)/golden $(BUILD)/unit $(BUILD)/unit-notls $(BUILD)/unit-asan $(BUILD)/llmgw.o \
 	  $(BUILD)/embed $(BUILD)/embed-asan $(BUILD)/embed*.o $(CROSS_TARGETS:%=$(BUILD)/%) \
 	  $(BUILD)/rootfs $(BUILD)/rootfs-port $(BUILD)/rootfs-docker $(BUILD)/test-* $(BUILD)/measure-*
 

@@ -284,7 +284,9 @@ static int64_t lg_wall_ms(void)
 static const char *lg_memfind(const char *p, size_t n, const char *z)
 {
 	size_t zl = strlen(z);
-	const char *e = p + n, *q = p;
+	const char *e, *q = p;
+	if (!p || !n) return NULL; /* (NULL + 0 is undefined) */
+	e = p + n;
 	while (zl && (size_t)(e - q) >= zl && (q = (const char *)memchr(q, z[0], (size_t)(e - q) - zl + 1)) != NULL) {
 		if (memcmp(q, z, zl) == 0) return q;
 		q++;
@@ -668,7 +670,7 @@ static void lg_buf_init(struct lg_buf *b, size_t max)
 
 static size_t lg_buf_used(const struct lg_buf *b) { return b->len - b->off; }
 static void lg_buf_clear(struct lg_buf *b) { b->off = b->len = 0; }
-static char *lg_buf_data(const struct lg_buf *b) { return b->p + b->off; }
+static char *lg_buf_data(const struct lg_buf *b) { return b->off ? b->p + b->off : b->p; } /* NULL + 0 is UB */
 
 static void lg_buf_free(struct lg_buf *b)
 {
@@ -7502,11 +7504,11 @@ static void lg_p_anth_block(struct lg_req *r, const struct lg_json *j, const cha
 {
 	lg_str ty = lg_jesc(j, s, lg_json_get(j, s, b, "type"));
 	int t;
-	if (lg_str_eq(ty, "text")) {
-		if ((t = lg_json_get(j, s, b, "text")) >= 0 && j->t[t].end > j->t[t].start)
+	if (lg_str_eq(ty, "text")) { /* strings only: anything else is not text (nor JSON to pass on) */
+		if (lg_json_type(j, t = lg_json_get(j, s, b, "text")) == LG_J_STR && j->t[t].end > j->t[t].start)
 			lg_ev(r, LG_EV_TEXT, 0, lg_json_raw(j, s, t), LG_NOSTR, 0);
 	} else if (lg_str_eq(ty, "thinking")) {
-		if ((t = lg_json_get(j, s, b, "thinking")) >= 0 && j->t[t].end > j->t[t].start)
+		if (lg_json_type(j, t = lg_json_get(j, s, b, "thinking")) == LG_J_STR && j->t[t].end > j->t[t].start)
 			lg_ev(r, LG_EV_REASONING, 0, lg_json_raw(j, s, t), LG_NOSTR, 0);
 		if ((t = lg_json_get(j, s, b, "signature")) >= 0) lg_ev(r, LG_EV_SIG, 0, lg_jesc(j, s, t), LG_NOSTR, 0);
 	} else if (lg_str_eq(ty, "tool_use")) {
@@ -7807,8 +7809,9 @@ static void lg_p_gemini_obj(struct lg_req *r, const struct lg_json *j, const cha
 			n = (size_t)snprintf(id, 16, "call_%08x", (unsigned)(lg_rand(&r->gw->rng) & 0xffffffffu));
 			if (sig.n) {
 				id[n++] = '_';
-				for (k = 0; k < sig.n; k++)
-					if (sig.p[k] != '=') id[n++] = sig.p[k] == '+' ? '-' : sig.p[k] == '/' ? '_' : sig.p[k];
+				for (k = 0; k < sig.n; k++) /* base64 as URL-safe; escapes (\/) and padding left out */
+					if (isalnum((unsigned char)sig.p[k]) || sig.p[k] == '+' || sig.p[k] == '/')
+						id[n++] = sig.p[k] == '+' ? '-' : sig.p[k] == '/' ? '_' : sig.p[k];
 			}
 			w->calls++;
 			lg_ev(r, LG_EV_TOOL, 1000 + w->calls, lg_str_of(id, n), lg_jesc(j, s, lg_json_get(j, s, fc, "name")), 0);
@@ -8991,7 +8994,11 @@ static int lg_d_oa_native_full(struct lg_req *r, const char *s, size_t n, struct
 
 static void lg_d_oa_native_end(struct lg_req *r) { lg_resp_event(r, "[DONE]", 6); }
 
-static void lg_d_an_native_end(struct lg_req *r) { lg_resp_sse(r, "message_stop", "{\"type\":\"message_stop\"}", 22); }
+static void lg_d_an_native_end(struct lg_req *r)
+{
+	static const char ev[] = "{\"type\":\"message_stop\"}";
+	lg_resp_sse(r, "message_stop", ev, sizeof ev - 1);
+}
 
 /* USD per token as a plain decimal string, OpenRouter-style: "0.000003". */
 static void lg_d_price(struct lg_buf *b, const char *name, double usd_per_m, int comma)

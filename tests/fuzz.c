@@ -1,5 +1,5 @@
 /*
- * tests/fuzz.c - fuzz targets for llmgw's parsers (STYLE.md 21).
+ * tests/fuzz.c - fuzz targets for llmgw's parsers and translators (STYLE.md 21).
  *
  * Targets, each named after its corpus directory tests/corpus/<target>/:
  *   http     lg_http_parse_req / lg_http_parse_resp, then lg_http_framing
@@ -7,9 +7,40 @@
  *   ini      lg_cfg_parse
  *   sse      lg_sse_next (whole buffer vs. byte by byte)
  *   chunked  lg_chunked_decode (whole vs. split vs. byte by byte)
+ *   canon    a client body: byte 0 picks the dialect (lg_dialects), the rest
+ *            is the body, checked and tokenized as lg_srv_completion does;
+ *            the dialect's canon, then lg_prov_build for every provider row
+ *            (natively too where the gateway forwards natively): each
+ *            upstream body is well-formed JSON (valid UTF-8 when the input
+ *            was), its Content-Length right, and the same whether the
+ *            request went to the other rows before (a fallback) or not
+ *   stream   an upstream stream: byte 0 picks the provider row, byte 1 the
+ *            client (bits 0-3: dialect; 0x10: it asks for usage; 0x20: for
+ *            JSON, response_format; 0x40: AWS event-stream CRCs are fixed up
+ *            first, so that the fuzzer gets past them), the rest is fed
+ *            through the row's frame and event as lg_att_take feeds them,
+ *            then ended as lg_att_end ends it: what the client got holds
+ *            testlib's tl_check (chunked, whole SSE events, well-formed JSON,
+ *            nothing after the end, an error event when it broke), and is
+ *            the same fed whole, cut in two where the input says, and (up
+ *            to 1 KB) byte by byte
+ *   full     a whole provider answer: byte 0 the row, byte 1 the client (as
+ *            for stream); row->full then the dialect's final (or its native
+ *            rewrite): tl_check again
+ *   evstream lg_evstream_frame, lg_frame_aws' decoder: byte 0 bit 0 fixes up
+ *            the CRCs first; a frame it takes is at least 16 bytes, within
+ *            the input, its views inside its headers and payload, taken
+ *            again from exactly its bytes, and every prefix of the input
+ *            (up to 1 KB, each against a guard page) says "more" until the
+ *            frame is whole, then the same frame (a damaged one stays
+ *            damaged); walking the input frame by frame
+ *            never consumes more than it holds
  * Besides "does not crash", each target checks invariants; a broken one
  * aborts under libFuzzer (so the input is saved) and fails the file in
- * replay.
+ * replay. The reference JSON validator, the guard pages and the
+ * translation driver (a gateway with one provider per row, requests built
+ * by hand, the attempt logic mirrored) are in tests/testlib.h, shared with
+ * tests/golden.c; `build/golden --seeds DIR` writes its cases as seeds.
  *
  * libFuzzer (clang), one binary per target:
  *   clang -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -DLLMGW_LIBFUZZER \
@@ -28,9 +59,9 @@
  */
 #define LLMGW_NO_MAIN
 #include "../llmgw.c"
+#include "testlib.h"
 
 #include <dirent.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
 
 static int fz_bad; /* an invariant broke on the current input */
@@ -133,123 +164,7 @@ static void fz_http(const char *b, size_t n)
 
 /* ===== json ============================================================= */
 
-/* The same reference validator as tests/unit.c: is s[0..n) one complete
- * document (nesting up to LLMGW_JSON_DEPTH), and how many tokens? */
-struct fz_ref {
-	const char *s;
-	size_t n, i;
-	unsigned ntok;
-	int depth;
-};
-
-static void fz_ref_ws(struct fz_ref *r)
-{
-	while (r->i < r->n && (r->s[r->i] == ' ' || r->s[r->i] == '\t' || r->s[r->i] == '\n' || r->s[r->i] == '\r'))
-		r->i++;
-}
-
-static int fz_ref_digit(struct fz_ref *r) { return r->i < r->n && r->s[r->i] >= '0' && r->s[r->i] <= '9'; }
-
-static int fz_ref_str(struct fz_ref *r)
-{
-	r->i++;
-	while (r->i < r->n) {
-		unsigned char c = (unsigned char)r->s[r->i++];
-		if (c == '"') return 1;
-		if (c < 0x20) return 0;
-		if (c == '\\') {
-			int k;
-			if (r->i >= r->n) return 0;
-			c = (unsigned char)r->s[r->i++];
-			if (c == 'u') {
-				for (k = 0; k < 4; k++, r->i++)
-					if (r->i >= r->n || !isxdigit((unsigned char)r->s[r->i])) return 0;
-			} else if (!c || !strchr("\"\\/bfnrt", c)) {
-				return 0;
-			}
-		}
-	}
-	return 0;
-}
-
-static int fz_ref_value(struct fz_ref *r)
-{
-	fz_ref_ws(r);
-	if (r->i >= r->n) return 0;
-	r->ntok++;
-	switch (r->s[r->i]) {
-	case '{':
-	case '[': {
-		char close = r->s[r->i] == '{' ? '}' : ']';
-		if (++r->depth > LLMGW_JSON_DEPTH) return 0;
-		r->i++;
-		fz_ref_ws(r);
-		if (r->i < r->n && r->s[r->i] == close) {
-			r->i++, r->depth--;
-			return 1;
-		}
-		for (;;) {
-			if (close == '}') {
-				fz_ref_ws(r);
-				if (r->i >= r->n || r->s[r->i] != '"') return 0;
-				r->ntok++;
-				if (!fz_ref_str(r)) return 0;
-				fz_ref_ws(r);
-				if (r->i >= r->n || r->s[r->i] != ':') return 0;
-				r->i++;
-			}
-			if (!fz_ref_value(r)) return 0;
-			fz_ref_ws(r);
-			if (r->i >= r->n) return 0;
-			if (r->s[r->i] == ',') {
-				r->i++;
-				continue;
-			}
-			if (r->s[r->i] != close) return 0;
-			r->i++, r->depth--;
-			return 1;
-		}
-	}
-	case '"': return fz_ref_str(r);
-	case 't': return r->n - r->i >= 4 && memcmp(r->s + r->i, "true", 4) == 0 ? (r->i += 4, 1) : 0;
-	case 'f': return r->n - r->i >= 5 && memcmp(r->s + r->i, "false", 5) == 0 ? (r->i += 5, 1) : 0;
-	case 'n': return r->n - r->i >= 4 && memcmp(r->s + r->i, "null", 4) == 0 ? (r->i += 4, 1) : 0;
-	default:
-		if (r->s[r->i] == '-') r->i++;
-		if (r->i >= r->n) return 0;
-		if (r->s[r->i] == '0')
-			r->i++;
-		else if (r->s[r->i] >= '1' && r->s[r->i] <= '9')
-			while (fz_ref_digit(r)) r->i++;
-		else
-			return 0;
-		if (r->i < r->n && r->s[r->i] == '.') {
-			r->i++;
-			if (!fz_ref_digit(r)) return 0;
-			while (fz_ref_digit(r)) r->i++;
-		}
-		if (r->i < r->n && (r->s[r->i] == 'e' || r->s[r->i] == 'E')) {
-			r->i++;
-			if (r->i < r->n && (r->s[r->i] == '+' || r->s[r->i] == '-')) r->i++;
-			if (!fz_ref_digit(r)) return 0;
-			while (fz_ref_digit(r)) r->i++;
-		}
-		return 1;
-	}
-}
-
-static int fz_ref_json(const char *s, size_t n, unsigned *ntok)
-{
-	struct fz_ref r;
-	memset(&r, 0, sizeof r);
-	r.s = s, r.n = n;
-	if (!fz_ref_value(&r)) return 0;
-	fz_ref_ws(&r);
-	if (r.i != n) return 0;
-	*ntok = r.ntok;
-	return 1;
-}
-
+/* The reference validator: tl_ref_json (tests/testlib.h). */
 #define FZ_NTOK 8192
 static struct lg_jtok fz_tok[FZ_NTOK];
 
@@ -257,7 +172,7 @@ static void fz_json(const char *s, size_t n)
 {
 	struct lg_json j, j0;
 	unsigned rn = 0;
-	int valid = fz_ref_json(s, n, &rn), r, r0, i;
+	int valid = tl_ref_json(s, n, &rn), r, r0, i;
 	memset(&j, 0, sizeof j);
 	memset(&j0, 0, sizeof j0);
 	j.t = fz_tok, j.cap = FZ_NTOK;
@@ -289,7 +204,7 @@ static void fz_json(const char *s, size_t n)
 			int pr;
 			memset(&j2, 0, sizeof j2);
 			pr = lg_json_parse(&j2, s, k);
-			FZ_CHECK(fz_ref_json(s, k, &pn) ? pr == (int)pn : pr == LG_JSON_PARTIAL);
+			FZ_CHECK(tl_ref_json(s, k, &pn) ? pr == (int)pn : pr == LG_JSON_PARTIAL);
 		}
 	}
 	if (r <= 0) return;
@@ -525,14 +440,277 @@ static void fz_chunked(const char *s, size_t n)
 	fz_ck_free(&split);
 }
 
+/* ===== translators: canon, stream, full (tests/testlib.h part 3) ======== */
+
+static void fz_xl_setup(void)
+{
+	const char *e = tl_setup();
+	if (e) {
+		fprintf(stderr, "fuzz: the test gateway: %s\n", e);
+		abort();
+	}
+}
+
+/* The Content-Length of the head lg_prov_build wrote is the body's length. */
+static void fz_check_upstream_head(const struct lg_req *r, lg_str body)
+{
+	const char *h = lg_buf_data(&r->up.req), *cl;
+	size_t hn = (size_t)(body.p - h);
+	char want[48];
+	FZ_CHECK(body.p >= h && hn >= 4 && hn <= lg_buf_used(&r->up.req) && memcmp(h, "POST ", 5) == 0);
+	snprintf(want, sizeof want, "\r\nContent-Length: %zu\r\n\r\n", body.n);
+	cl = lg_memfind(h, hn, "\r\nContent-Length: ");
+	FZ_CHECK(cl && (size_t)(h + hn - cl) == strlen(want) && memcmp(cl, want, strlen(want)) == 0);
+}
+
+static void fz_canon(const char *s, size_t n)
+{
+	const struct lg_dialect *d;
+	struct tl_run shared;
+	int row, native, utf8;
+	if (!n) return;
+	fz_xl_setup();
+	d = &lg_dialects[(unsigned char)s[0] % TL_NDIALECTS];
+	s++, n--;
+	utf8 = lg_utf8_valid(s, n);
+	if (tl_req(&shared, d, s, n, 1) < 0) { /* the server answers 400 before any translation */
+		tl_done(&shared);
+		return;
+	}
+	/* one request that goes to every row in turn, as fallbacks do, and a
+	 * fresh one per row: the same upstream body */
+	for (row = 0; row < TL_NROWS; row++)
+		for (native = 0; native < 2; native++) {
+			struct tl_run x;
+			lg_str b1, b2;
+			int k1, k2;
+			if (native && !lg_native(shared.r, tl_cands[row].prov)) continue;
+			k1 = tl_build(&shared, row, native, &b1);
+			FZ_CHECK(k1 == 0 || k1 == -2);
+			if (k1 == -2) FZ_CHECK(shared.r->canon_err[0] != 0);
+			if (k1 == 0) {
+				FZ_CHECK(tl_ref_json(b1.p, b1.n, NULL));
+				if (utf8) FZ_CHECK(lg_utf8_valid(b1.p, b1.n));
+				fz_check_upstream_head(shared.r, b1);
+			}
+			FZ_CHECK(tl_req(&x, d, s, n, 1) == 0);
+			k2 = tl_build(&x, row, native, &b2);
+			FZ_CHECK(k1 == k2);
+			if (k1 == 0 && k2 == 0) FZ_CHECK(b1.n == b2.n && memcmp(b1.p, b2.p, b1.n) == 0);
+			if (k1 == -2 && k2 == -2) FZ_CHECK(strcmp(shared.r->canon_err, x.r->canon_err) == 0);
+			tl_done(&x);
+		}
+	tl_done(&shared);
+}
+
+/* AWS event-stream frames with their CRCs set right, so that mutations of
+ * lengths, headers and payloads reach the decoder behind the CRC checks. */
+static void fz_aws_fix(char *b, size_t n)
+{
+	size_t off = 0;
+	while (n - off >= 12) {
+		unsigned char *f = (unsigned char *)b + off;
+		uint32_t total = lg_be32(f), c = lg_crc32(0, f, 8);
+		f[8] = (unsigned char)(c >> 24), f[9] = (unsigned char)(c >> 16), f[10] = (unsigned char)(c >> 8);
+		f[11] = (unsigned char)c;
+		if (total < 16 || total > n - off) return;
+		c = lg_crc32(0, f, total - 4);
+		f[total - 4] = (unsigned char)(c >> 24), f[total - 3] = (unsigned char)(c >> 16);
+		f[total - 2] = (unsigned char)(c >> 8), f[total - 1] = (unsigned char)c;
+		off += total;
+	}
+}
+
+/* The client of stream and full: byte 1 of their input. */
+#define FZ_XL_USAGE 0x10
+#define FZ_XL_JSON 0x20
+#define FZ_XL_AWSFIX 0x40
+
+/* One request of the client flags say, to row, answered with in[0..n)
+ * cut at the ends of the pieces (cuts[]), then ended; the summary and the
+ * client's bytes into o. 0, or -1 when the request cannot be made. */
+static int fz_xl_run(int row, int flags, int stream, const char *in, size_t n, const size_t *cuts, size_t ncuts,
+                     struct lg_buf *o)
+{
+	const struct lg_dialect *d = &lg_dialects[(flags & 15) % TL_NDIALECTS];
+	struct lg_buf req;
+	struct tl_run x;
+	lg_str up;
+	size_t from = 0, c;
+	const char *bad;
+	lg_buf_init(&req, 0);
+	if (tl_client_body(d, stream, (flags & FZ_XL_USAGE ? TL_RQ_USAGE : 0) | (flags & FZ_XL_JSON ? TL_RQ_JSON : 0),
+	                   &req) < 0) {
+		lg_buf_free(&req);
+		return -1;
+	}
+	FZ_CHECK(tl_req(&x, d, req.p, req.len, 1) == 0);
+	FZ_CHECK(tl_build(&x, row, -1, &up) == 0);
+	for (c = 0; c <= ncuts; c++) {
+		size_t to = c < ncuts ? cuts[c] : n;
+		char *piece = fz_dup(in + from, to - from); /* exact size: ASan sees an over-read */
+		int k = tl_take(&x, piece, to - from);
+		free(piece);
+		from = to;
+		if (k < 0) break;
+	}
+	tl_end(&x);
+	if ((bad = tl_check(&x))) {
+		lg_str out = tl_out(&x);
+		size_t i;
+		fprintf(stderr, "fuzz: %s (row %s, client %s%s, outcome: %s); the client got %zu bytes:\n",
+		        bad, lg_prov_rows[row].name, d->name, x.r->native ? ", native" : "", x.outcome, out.n);
+		for (i = 0; i < out.n && i < 4000; i++) {
+			unsigned char ch = (unsigned char)out.p[i];
+			if (ch == '\n' || (ch >= 0x20 && ch < 0x7f)) fputc(ch, stderr);
+			else if (ch == '\r') fputs("\\r", stderr);
+			else fprintf(stderr, "\\x%02x", ch);
+		}
+		fputc('\n', stderr);
+		FZ_CHECK(!"what the client got breaks tl_check");
+	}
+	tl_summary(&x, o);
+	lg_buf_adds(o, tl_out(&x));
+	tl_done(&x);
+	lg_buf_free(&req);
+	return 0;
+}
+
+static int fz_same(const struct lg_buf *a, const struct lg_buf *b)
+{
+	return a->len == b->len && (!a->len || memcmp(a->p, b->p, a->len) == 0);
+}
+
+static void fz_stream(const char *s, size_t n)
+{
+	int row, flags;
+	char *in;
+	struct lg_buf whole, split;
+	size_t cut, i;
+	uint32_t h = 2166136261u;
+	if (n < 2) return;
+	fz_xl_setup();
+	row = (unsigned char)s[0] % TL_NROWS;
+	flags = (unsigned char)s[1];
+	in = fz_dup(s + 2, n - 2);
+	n -= 2;
+	if ((flags & FZ_XL_AWSFIX) && lg_prov_rows[row].wire == LG_WIRE_BEDROCK) fz_aws_fix(in, n);
+	lg_buf_init(&whole, 0);
+	lg_buf_init(&split, 0);
+	if (fz_xl_run(row, flags, 1, in, n, NULL, 0, &whole) == 0) {
+		for (i = 0; i < n; i++) h = (h ^ (unsigned char)in[i]) * 16777619u;
+		cut = n ? h % (n + 1) : 0;
+		fz_xl_run(row, flags, 1, in, n, &cut, 1, &split);
+		FZ_CHECK(fz_same(&whole, &split));
+		if (n <= 1024) {
+			size_t *cuts = (size_t *)malloc((n ? n : 1) * sizeof *cuts);
+			if (!cuts) abort();
+			for (i = 0; i + 1 < n; i++) cuts[i] = i + 1;
+			split.len = 0;
+			fz_xl_run(row, flags, 1, in, n, cuts, n ? n - 1 : 0, &split);
+			FZ_CHECK(fz_same(&whole, &split));
+			free(cuts);
+		}
+	}
+	lg_buf_free(&whole);
+	lg_buf_free(&split);
+	free(in);
+}
+
+static void fz_full(const char *s, size_t n)
+{
+	struct lg_buf o;
+	if (n < 2) return;
+	fz_xl_setup();
+	lg_buf_init(&o, 0);
+	fz_xl_run((unsigned char)s[0] % TL_NROWS, (unsigned char)s[1], 0, s + 2, n - 2, NULL, 0, &o);
+	lg_buf_free(&o);
+}
+
+/* ===== evstream ========================================================== */
+
+/* v lies inside b[from..to) (or is empty) */
+static int fz_within(lg_str v, const char *b, size_t from, size_t to)
+{
+	return v.n == 0 || (v.p >= b + from && v.p + v.n <= b + to);
+}
+
+static void fz_evstream(const char *s, size_t n)
+{
+	struct lg_evframe f, f2;
+	const unsigned char *b;
+	char *in;
+	long k, prev = 0;
+	size_t m, off;
+	if (!n) return;
+	in = fz_dup(s + 1, n - 1);
+	n--;
+	if (s[0] & 1) fz_aws_fix(in, n);
+	b = (const unsigned char *)in;
+	k = lg_evstream_frame(b, n, &f);
+	FZ_CHECK(k >= -1 && k <= (long)n);
+	if (k > 0) {
+		uint32_t hl = lg_be32(b + 4);
+		unsigned char *exact;
+		FZ_CHECK(k >= 16 && (uint32_t)k == lg_be32(b) && 12 + (size_t)hl + 4 <= (size_t)k);
+		FZ_CHECK(fz_within(f.event_type, in, 12, 12 + hl) && fz_within(f.message_type, in, 12, 12 + hl) &&
+		         fz_within(f.exception_type, in, 12, 12 + hl));
+		FZ_CHECK(f.payload.p == in + 12 + hl && f.payload.n == (size_t)k - 16 - hl);
+		/* taken again from exactly its bytes, the same views */
+		exact = (unsigned char *)fz_dup(in, (size_t)k);
+		FZ_CHECK(lg_evstream_frame(exact, (size_t)k, &f2) == k);
+		FZ_CHECK(f2.payload.n == f.payload.n && f2.event_type.n == f.event_type.n &&
+		         f2.message_type.n == f.message_type.n && f2.exception_type.n == f.exception_type.n);
+		FZ_CHECK(!f.event_type.n || f2.event_type.p - (const char *)exact == f.event_type.p - in);
+		free(exact);
+	} else if (k == 0) {
+		FZ_CHECK(n < 12 || lg_be32(b) > n); /* more is needed: the frame is longer than what is here */
+	}
+	/* every prefix, right against a guard page: "more" (0) until the frame
+	 * is whole, then that frame; a damaged prefix stays damaged */
+	for (m = 0; m <= n && m <= 1024; m++) {
+		const unsigned char *g = (const unsigned char *)tl_guard_at(1, in, m);
+		long km = lg_evstream_frame(g, m, &f2);
+		FZ_CHECK(km >= -1 && km <= (long)m);
+		if (prev < 0) FZ_CHECK(km == -1);
+		if (prev > 0) FZ_CHECK(km == prev);
+		if (m < 12) FZ_CHECK(km == 0);
+		prev = km;
+	}
+	if (n <= 1024) FZ_CHECK(prev == k);
+	/* frame by frame, as lg_att_events walks a stream */
+	for (off = 0; off < n;) {
+		long kk = lg_evstream_frame(b + off, n - off, &f2);
+		if (kk <= 0) break;
+		FZ_CHECK((size_t)kk <= n - off);
+		off += (size_t)kk;
+	}
+	FZ_CHECK(off <= n);
+	free(in);
+}
+
 /* ===== targets ========================================================== */
 
 static const struct {
 	const char *name;
 	void (*fn)(const char *, size_t);
 } fz_targets[] = {
-    {"http", fz_http}, {"json", fz_json}, {"ini", fz_ini}, {"sse", fz_sse}, {"chunked", fz_chunked},
+    {"http", fz_http},     {"json", fz_json},     {"ini", fz_ini},   {"sse", fz_sse},
+    {"chunked", fz_chunked}, {"canon", fz_canon}, {"stream", fz_stream}, {"full", fz_full},
+    {"evstream", fz_evstream},
 };
+
+/* "http, json, ..." for messages */
+static const char *fz_names(void)
+{
+	static char names[256];
+	size_t i, at = 0;
+	if (!names[0])
+		for (i = 0; i < LG_COUNTOF(fz_targets); i++)
+			at += lg_cpy(names + at, sizeof names - at, i ? ", " : ""),
+			    at += lg_cpy(names + at, sizeof names - at, fz_targets[i].name);
+	return names;
+}
 
 static void (*fz_pick(const char *name))(const char *, size_t)
 {
@@ -564,7 +742,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	}
 	fz_target = fz_pick(name);
 	if (!fz_target) {
-		fprintf(stderr, "fuzz: set LLMGW_FUZZ_TARGET to http, json, ini, sse or chunked\n");
+		fprintf(stderr, "fuzz: set LLMGW_FUZZ_TARGET to one of %s\n", fz_names());
 		exit(2);
 	}
 	return 0;
@@ -580,21 +758,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 #else /* replay */
 
-/* Each input is placed right before a PROT_NONE page, so an over-read
- * crashes even without ASan. */
-static const char *fz_guard(const char *p, size_t n, void **map, size_t *maplen)
-{
-	size_t page = (size_t)sysconf(_SC_PAGESIZE), len = (n + page - 1) / page * page + page;
-	char *m = (char *)mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (m == MAP_FAILED || mprotect(m + len - page, page, PROT_NONE) != 0) {
-		perror("mmap");
-		exit(2);
-	}
-	*map = m, *maplen = len;
-	if (n) memcpy(m + len - page - n, p, n);
-	return m + len - page - n;
-}
-
 static int fz_passed, fz_failed;
 
 static void fz_replay_file(const char *path, const char *target)
@@ -603,12 +766,10 @@ static void fz_replay_file(const char *path, const char *target)
 	size_t n = 0;
 	int e = 0;
 	char *data;
-	void *map;
-	size_t maplen;
 	pid_t pid;
 	int st = 0;
 	if (!fn) {
-		printf("FAIL %s: no fuzz target named '%s' (http, json, ini, sse, chunked)\n", path, target);
+		printf("FAIL %s: no fuzz target named '%s' (%s)\n", path, target, fz_names());
 		fz_failed++;
 		return;
 	}
@@ -625,8 +786,9 @@ static void fz_replay_file(const char *path, const char *target)
 	pid = fork();
 	if (pid == 0) {
 		fz_bad = 0;
-		fn(fz_guard(data, n, &map, &maplen), n);
-		munmap(map, maplen);
+		/* right before a PROT_NONE page: an over-read crashes even without ASan */
+		fn(tl_guard_at(0, data, n), n);
+		tl_teardown();
 		free(data);
 		fflush(stderr);
 		exit(fz_bad ? 1 : 0); /* exit: LeakSanitizer checks here */
@@ -663,8 +825,8 @@ int main(int argc, char **argv)
 	int a;
 	if (argc < 2) {
 		fprintf(stderr, "usage: %s tests/corpus/TARGET... | FILE...\n"
-		                "  replays every input; TARGET (http, json, ini, sse, chunked) is the name of\n"
-		                "  the directory (of a file: of its parent directory)\n", argv[0]);
+		                "  replays every input; TARGET (%s) is the name of\n"
+		                "  the directory (of a file: of its parent directory)\n", argv[0], fz_names());
 		return 2;
 	}
 	for (a = 1; a < argc; a++) {
@@ -682,7 +844,7 @@ int main(int argc, char **argv)
 			int k, ne;
 			snprintf(tname, sizeof tname, "%s", target);
 			if (!fz_pick(tname)) {
-				printf("FAIL %s: no fuzz target named '%s' (http, json, ini, sse, chunked)\n", argv[a], tname);
+				printf("FAIL %s: no fuzz target named '%s' (%s)\n", argv[a], tname, fz_names());
 				fz_failed++;
 				continue;
 			}

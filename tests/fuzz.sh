@@ -81,7 +81,7 @@ obj=build/fuzz-libfuzzer.o
 cmd="$FUZZ_CC -std=c99 -Wall -Wextra -g -O1 $SAN -DLLMGW_LIBFUZZER -c -o $obj.tmp tests/fuzz.c"
 # rebuilt when a source is newer or the command changed ($obj.cmd)
 if [ ! -f "$obj" ] || [ "$(cat "$obj.cmd" 2>/dev/null)" != "$cmd" ] ||
-	[ -n "$(find tests/fuzz.c llmgw.c llmgw.h -newer "$obj")" ]; then
+	[ -n "$(find tests/fuzz.c tests/testlib.h llmgw.c llmgw.h -newer "$obj")" ]; then
 	echo "=== build: $cmd"
 	rm -f "$obj" "$obj.cmd"
 	$cmd || { rm -f "$obj.tmp"; die "building $obj failed"; }

@@ -56,10 +56,12 @@ suite() {
 
 suite config sh -c './llmgw -t -c llmgw.ini && echo "1 passed, 0 failed"'
 suite sections sh -c 'python3 tests/sections.py llmgw.c && python3 tests/sections.py --self-test llmgw.c >/dev/null'
+suite keys-doc python3 tests/keys_doc.py ./llmgw
 suite symbols sh -c 'make -s symbols && echo "1 passed, 0 failed"'
 suite unit build/unit
 suite unit-notls build/unit-notls
 suite unit-asan build/unit-asan
+suite golden build/golden
 suite fuzz-replay build/fuzz-replay tests/corpus/*
 suite integration python3 tests/integration.py --gw ./llmgw
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \

@@ -30,6 +30,7 @@
  */
 #define LLMGW_NO_MAIN
 #include "../llmgw.c"
+#include "testlib.h"
 
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -92,170 +93,14 @@ static const char *ut_esc(const void *vp, size_t n)
 }
 #define UT_ESCZ(z) ut_esc((z), strlen(z))
 
-/* Guard pages: two slots, each a 4 MB region whose next page is PROT_NONE.
- * ut_guard() copies n bytes so they end exactly at the boundary. */
-#define UT_GUARD_SIZE (4u << 20)
-static char *ut_gbase[2];
-
-static char *ut_guard_at(int slot, const void *p, size_t n)
-{
-	char *d;
-	if (!ut_gbase[slot]) {
-		size_t page = (size_t)sysconf(_SC_PAGESIZE);
-		void *m = mmap(NULL, UT_GUARD_SIZE + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (m == MAP_FAILED || mprotect((char *)m + UT_GUARD_SIZE, page, PROT_NONE) != 0) {
-			perror("mmap guard page");
-			exit(2);
-		}
-		ut_gbase[slot] = (char *)m;
-	}
-	if (n > UT_GUARD_SIZE) {
-		fprintf(stderr, "ut_guard: %zu bytes is too large\n", n);
-		exit(2);
-	}
-	d = ut_gbase[slot] + UT_GUARD_SIZE - n;
-	if (n) memmove(d, p, n);
-	return d;
-}
+/* Guard pages (tl_guard_at) and the reference JSON validator (tl_ref_json)
+ * are tests/testlib.h's, shared with tests/fuzz.c and tests/golden.c. */
+#define ut_guard_at tl_guard_at
+#define ut_ref_json tl_ref_json
 #define ut_guard(p, n) ut_guard_at(0, (p), (n))
 
 /* A string and its length, for tables whose inputs may hold NUL bytes. */
 #define S(lit) lit, sizeof(lit) - 1
-
-/* ===== a reference JSON validator (recursive descent, RFC 8259) =========
- * An independent oracle: is s[0..n) one complete valid document, and how
- * many tokens does it have (keys count as tokens)? */
-struct ut_ref {
-	const char *s;
-	size_t n, i;
-	unsigned ntok;
-	int depth;
-};
-
-static void ut_ref_ws(struct ut_ref *r)
-{
-	while (r->i < r->n &&
-	       (r->s[r->i] == ' ' || r->s[r->i] == '\t' || r->s[r->i] == '\n' || r->s[r->i] == '\r'))
-		r->i++;
-}
-
-static int ut_ref_digit(struct ut_ref *r) { return r->i < r->n && r->s[r->i] >= '0' && r->s[r->i] <= '9'; }
-
-static int ut_ref_str(struct ut_ref *r)
-{
-	r->i++; /* the opening quote */
-	while (r->i < r->n) {
-		unsigned char c = (unsigned char)r->s[r->i++];
-		if (c == '"') return 1;
-		if (c < 0x20) return 0;
-		if (c == '\\') {
-			int k;
-			if (r->i >= r->n) return 0;
-			c = (unsigned char)r->s[r->i++];
-			if (c == 'u') {
-				for (k = 0; k < 4; k++, r->i++)
-					if (r->i >= r->n || !isxdigit((unsigned char)r->s[r->i])) return 0;
-			} else if (c != '"' && c != '\\' && c != '/' && c != 'b' && c != 'f' && c != 'n' &&
-			           c != 'r' && c != 't') {
-				return 0;
-			}
-		}
-	}
-	return 0;
-}
-
-static int ut_ref_num(struct ut_ref *r)
-{
-	if (r->i < r->n && r->s[r->i] == '-') r->i++;
-	if (r->i >= r->n) return 0;
-	if (r->s[r->i] == '0')
-		r->i++;
-	else if (r->s[r->i] >= '1' && r->s[r->i] <= '9')
-		while (ut_ref_digit(r)) r->i++;
-	else
-		return 0;
-	if (r->i < r->n && r->s[r->i] == '.') {
-		r->i++;
-		if (!ut_ref_digit(r)) return 0;
-		while (ut_ref_digit(r)) r->i++;
-	}
-	if (r->i < r->n && (r->s[r->i] == 'e' || r->s[r->i] == 'E')) {
-		r->i++;
-		if (r->i < r->n && (r->s[r->i] == '+' || r->s[r->i] == '-')) r->i++;
-		if (!ut_ref_digit(r)) return 0;
-		while (ut_ref_digit(r)) r->i++;
-	}
-	return 1;
-}
-
-static int ut_ref_value(struct ut_ref *r)
-{
-	static const char *const lits[] = {"true", "false", "null"};
-	int k;
-	ut_ref_ws(r);
-	if (r->i >= r->n) return 0;
-	r->ntok++;
-	switch (r->s[r->i]) {
-	case '{':
-	case '[': {
-		char close = r->s[r->i] == '{' ? '}' : ']';
-		if (++r->depth > LLMGW_JSON_DEPTH) return 0;
-		r->i++;
-		ut_ref_ws(r);
-		if (r->i < r->n && r->s[r->i] == close) {
-			r->i++, r->depth--;
-			return 1;
-		}
-		for (;;) {
-			if (close == '}') {
-				ut_ref_ws(r);
-				if (r->i >= r->n || r->s[r->i] != '"') return 0;
-				r->ntok++;
-				if (!ut_ref_str(r)) return 0;
-				ut_ref_ws(r);
-				if (r->i >= r->n || r->s[r->i] != ':') return 0;
-				r->i++;
-			}
-			if (!ut_ref_value(r)) return 0;
-			ut_ref_ws(r);
-			if (r->i >= r->n) return 0;
-			if (r->s[r->i] == ',') {
-				r->i++;
-				continue;
-			}
-			if (r->s[r->i] != close) return 0;
-			r->i++, r->depth--;
-			return 1;
-		}
-	}
-	case '"': return ut_ref_str(r);
-	case 't':
-	case 'f':
-	case 'n':
-		for (k = 0; k < 3; k++) {
-			size_t ln = strlen(lits[k]);
-			if (r->s[r->i] == lits[k][0]) {
-				if (r->n - r->i < ln || memcmp(r->s + r->i, lits[k], ln) != 0) return 0;
-				r->i += ln;
-				return 1;
-			}
-		}
-		return 0;
-	default: return ut_ref_num(r);
-	}
-}
-
-static int ut_ref_json(const char *s, size_t n, unsigned *ntok)
-{
-	struct ut_ref r;
-	memset(&r, 0, sizeof r);
-	r.s = s, r.n = n;
-	if (!ut_ref_value(&r)) return 0;
-	ut_ref_ws(&r);
-	if (r.i != n) return 0;
-	if (ntok) *ntok = r.ntok;
-	return 1;
-}
 
 /* ===== json: the tokenizer ============================================= */
 
