@@ -6732,7 +6732,7 @@ struct lg_acc_tool {
 	int pidx;        /* the provider's index for it */
 };
 
-#define LG_RS_ITEMS (LG_MAX_TOOLS + 16) /* output items of one Responses stream */
+#define LG_RS_ITEMS (LG_MAX_TOOLS + 16) /* output items of one Responses stream, at most */
 
 /* One output item of a Responses stream: a message (LG_EV_TEXT), a
  * reasoning item or a function call (LG_EV_TOOL), and where its text is. */
@@ -6750,9 +6750,10 @@ struct lg_wst {
 	/* provider parser state */
 	int pblk[LG_MAX_TOOLS], pargs[LG_MAX_TOOLS], calls;
 	/* the Responses dialect's stream: the next sequence_number, its output
-	 * items (the open one, if any, is the last) */
-	int seq, nitems;
-	struct lg_rs_item items[LG_RS_ITEMS];
+	 * items (the open one, if any, is the last; grown on demand, freed by
+	 * lg_d_free) */
+	int seq, nitems, items_cap;
+	struct lg_rs_item *items;
 };
 
 /* The writing half: to the client's dialect, or collected. */
@@ -8868,6 +8869,9 @@ static void lg_d_free(struct lg_wst *w)
 	lg_buf_free(&w->text);
 	lg_buf_free(&w->reasoning);
 	lg_buf_free(&w->sig);
+	free(w->items);
+	w->items = NULL;
+	w->nitems = w->items_cap = 0;
 }
 
 static LG_COLD void lg_d_oa_stream_error(struct lg_req *r, const char *msg)
@@ -9659,7 +9663,14 @@ static struct lg_rs_item *lg_d_rs_open(struct lg_req *r, struct lg_buf *d, int k
 	struct lg_rs_item *it;
 	int n;
 	lg_d_rs_close(r, d);
-	if (w->nitems == LG_RS_ITEMS) return NULL;
+	if (w->nitems == w->items_cap) { /* a few items an answer: grown by doubling */
+		int cap = w->items_cap ? LG_MIN(w->items_cap * 2, LG_RS_ITEMS) : 4;
+		struct lg_rs_item *ni;
+		if (cap == w->items_cap || !(ni = (struct lg_rs_item *)realloc(w->items, (size_t)cap * sizeof *ni)))
+			return NULL;
+		w->items = ni;
+		w->items_cap = cap;
+	}
 	n = w->nitems++;
 	it = &w->items[n];
 	memset(it, 0, sizeof *it);
