@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """llmgw Responses API tests: POST /v1/responses (the OpenAI Responses dialect, stateless,
 translated to every target through the canonical request) against the built-in mock provider
-and the scripted wire-format mock tests/provmock.py (an OpenAI Chat Completions target and an
-Anthropic Messages target).
+and the scripted wire-format mock tests/provmock.py (OpenAI Chat Completions and Anthropic
+Messages targets throughout; Gemini and Bedrock targets for text and a tool round trip).
 
     python3 tests/responses_test.py                  # all tests, against ./llmgw
     python3 tests/responses_test.py -k stream        # only tests whose name contains "stream"
@@ -25,8 +25,8 @@ What is covered (the reference is /work/shared/PROVIDERS.md section 9):
   response.failed, never response.completed), errors in the OpenAI shape, the access log and
   /v1/generation like chat's.
 
-Providers (one shared gateway): oa (openai -> provmock), an (anthropic -> provmock), mk (the
-built-in mock). Models `P-SCENARIO` carry prices (in=2 out=8 USD/Mtok). Each test finds its
+Providers (one shared gateway): oa (openai), an (anthropic), ge (gemini), br (bedrock, Bearer
+key), all -> provmock; mk (the built-in mock). Models `P-SCENARIO` carry prices (in=2 out=8 USD/Mtok). Each test finds its
 requests in the mock's log by a random marker in the prompt. Standard library only; 127.0.0.1
 only; every wait is bounded.
 """
@@ -47,9 +47,10 @@ MOCK_SCRIPT = os.path.join(HERE, "provmock.py")
 MOCK = None
 TEXT = PM.TEXT
 PRICES = "in=2 out=8"
-SCENARIOS = ["text", "tool", "tools2", "think", "length", "json", "midfail", "mixed", "filter"]
+SCENARIOS = ["text", "tool", "tools2", "think", "length", "json", "midfail", "mixed", "filter", "tools6"]
 PROVS = ["oa", "an"]
-CALL_ID = {"oa": "call_", "an": "toolu_"}
+MORE_PROVS = ["ge", "br"]   # gemini and bedrock targets: the same dialect, other wires
+CALL_ID = {"oa": "call_", "an": "toolu_", "br": "tooluse_"}
 
 
 def http(port, method, path, body=None, headers=None, key="sk-test", timeout=15):
@@ -106,6 +107,18 @@ base_url = http://127.0.0.1:{mp}
 api_key = an-secret
 direct = yes
 
+[provider.ge]
+type = gemini
+base_url = http://127.0.0.1:{mp}/v1beta
+api_key = ge-secret
+direct = yes
+
+[provider.br]
+type = bedrock
+base_url = http://127.0.0.1:{mp}
+api_key = br-bearer-token
+direct = yes
+
 [provider.mk]
 type = mock
 
@@ -115,7 +128,7 @@ target = mk mock-model {prices}
 [key.test]
 secret = sk-test
 """.format(port=port, mp=mp, log=access_log, prices=PRICES)]
-    for p in PROVS:
+    for p in PROVS + MORE_PROVS:
         for s in SCENARIOS:
             out.append("[model.%s-%s]\ntarget = %s %s %s\n" % (p, s, p, s, PRICES))
     return "\n".join(out) + "\n"
@@ -527,6 +540,74 @@ def test_tools2_order_and_indexes():
                  ("function_call", CALL_ID[prov] + "t2", "get_time", {"tz": "Europe/Paris"})], what + ": output")
         eq([it["id"] for it in j["output"]],
            ["%s_%s_%d" % (p, r.h("x-request-id"), n) for n, p in enumerate(("msg", "fc", "fc"))], what + ": ids")
+
+
+def test_many_output_items():
+    """Six output items (a message and five calls): indexes and ids in order, stream = non-stream."""
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
+    for prov in PROVS:
+        what = "%s tools6" % prov
+        a = rs_req("%s-tools6" % prov, tools=tools)
+        expect_status(a, 200, what)
+        want = [("message", "Six calls.")] + [("function_call", CALL_ID[prov] + "k%d" % i, "get_weather",
+                                               {"city": "C%d" % i}) for i in range(5)]
+        eq(simple(a.json()["output"]), want, what + ": output")
+        r = rs_req("%s-tools6" % prov, tools=tools, stream=True)
+        ev, j, items = stream_result(r, what + " stream")
+        eq(names_of(ev), HEAD_EVENTS + MSG_EVENTS + FC_EVENTS * 5 + ["response.completed"], what + ": event order")
+        eq(simple(j["output"]), want, what + " stream: output")
+        eq(simple(items), want, what + " stream: rebuilt output")
+        eq([it["id"] for it in j["output"]],
+           ["%s_%s_%d" % ("msg" if n == 0 else "fc", r.h("x-request-id"), n) for n in range(6)], what + ": ids")
+
+
+def test_gemini_bedrock_targets():
+    """The dialect on the other wires: text, a tool call and its round trip."""
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object",
+                                                                        "properties": {"city": {"type": "string"}}}}]
+    for prov in MORE_PROVS:
+        for stream in (False, True):
+            what = "%s stream=%s" % (prov, stream)
+            r = rs_req("%s-text" % prov, stream=stream)
+            if stream:
+                ev, j, _ = stream_result(r, what)
+                eq(names_of(ev), HEAD_EVENTS + MSG_EVENTS + ["response.completed"], what + ": event order")
+            else:
+                expect_status(r, 200, what)
+                j = r.json()
+            check_object(r, j, what, model="%s-text" % prov, provider=prov)
+            eq(simple(j["output"]), [("message", TEXT)], what + ": output")
+            usage_check(j["usage"], what, 11, 7, 78e-6)
+            r = rs_req("%s-tool" % prov, stream=stream, tools=tools)
+            if stream:
+                _, j, _ = stream_result(r, what + " tool")
+            else:
+                expect_status(r, 200, what + " tool")
+                j = r.json()
+            out = simple(j["output"])
+            eq([(o[0], o[2], o[3]) for o in out], [("function_call", "get_weather", {"city": "Paris"})],
+               what + ": tool output")
+            check(isinstance(out[0][1], str) and out[0][1], what + ": a call_id")
+            fc = j["output"][0]
+            mk = marker()
+            inp = [{"role": "user", "content": "Weather? %s" % mk},
+                   {"type": "function_call", "call_id": fc["call_id"], "name": "get_weather",
+                    "arguments": fc["arguments"]},
+                   {"type": "function_call_output", "call_id": fc["call_id"], "output": "sunny"}]
+            r2 = rs_req("%s-text" % prov, input=inp, tools=tools)
+            expect_status(r2, 200, what + " round trip")
+            _, b = one_request(mk, what + " round trip")
+            if prov == "ge":
+                parts = [p for c in b["contents"] for p in c.get("parts", [])]
+                eq([p["functionCall"]["name"] for p in parts if "functionCall" in p], ["get_weather"],
+                   what + ": functionCall")
+                fr = [p["functionResponse"] for p in parts if "functionResponse" in p]
+                eq([f["name"] for f in fr], ["get_weather"], what + ": functionResponse name from the call")
+            else:
+                blocks = [c for m in b["messages"] for c in m.get("content", [])]
+                eq([c["toolUse"]["toolUseId"] for c in blocks if "toolUse" in c], [fc["call_id"]], what + ": toolUse")
+                eq([c["toolResult"]["toolUseId"] for c in blocks if "toolResult" in c], [fc["call_id"]],
+                   what + ": toolResult")
 
 
 def test_reasoning_items():
