@@ -82,7 +82,7 @@ def mock():
     return MOCK
 
 
-def config_text(port, mp, access_log):
+def config_text(port, mp, access_log, extra=""):
     out = ["""[gateway]
 listen = 127.0.0.1:{port}
 access_log = {log}
@@ -131,15 +131,16 @@ secret = sk-test
     for p in PROVS + MORE_PROVS:
         for s in SCENARIOS:
             out.append("[model.%s-%s]\ntarget = %s %s %s\n" % (p, s, p, s, PRICES))
+    out.append(extra)
     return "\n".join(out) + "\n"
 
 
 class Gateway(H.GatewayBase):
     prefix = "llmgw-responses-"
 
-    def __init__(self, shared=False):
+    def __init__(self, shared=False, extra=""):
         super().__init__(shared, register=False)
-        self.write(config_text(self.port, mock().port, self.access_log))
+        self.write(config_text(self.port, mock().port, self.access_log, extra))
         if not shared:
             H.CTX.gateways.append(self)
 
@@ -462,6 +463,34 @@ def test_access_log_and_generation():
         expect_status(gr, 200, what + ": /v1/generation")
         d = gr.json()["data"]
         near(d.get("cost"), 78e-6, what + ": /v1/generation cost")
+
+
+def test_budget_and_key_spend():
+    """The key's budget holds max_output_tokens against it (402 in the OpenAI shape), and what a
+    Responses request costs is the key's spend (/v1/key), streamed or not."""
+    g = Gateway(extra="[key.small]\nsecret = sk-small\nbudget = 0.01/day\n").start()
+    r = http(g.port, "POST", "/v1/responses", {"model": "oa-text", "input": "hi", "max_output_tokens": 2000000},
+             key="sk-small")
+    e = expect_error(r, 402, "budget", contains=("budget",))
+    costs = []
+    for stream in (False, True):
+        body = {"model": "oa-text", "input": "hi", "max_output_tokens": 50, "stream": stream}
+        r = http(g.port, "POST", "/v1/responses", body, key="sk-small")
+        if stream:
+            _, j, _ = stream_result(r, "budget stream")
+        else:
+            expect_status(r, 200, "budget non-stream")
+            j = r.json()
+        costs.append(j["usage"]["cost"])
+    near(sum(costs), 2 * 78e-6, "the two answers' costs")
+    eq(e["type"], "insufficient_quota", "402: error type")
+    deadline = time.monotonic() + 3 * TOL
+    while True:     # the spend is settled when each request ends
+        d = http(g.port, "GET", "/v1/key", key="sk-small").json()["data"]
+        if abs((d.get("usage") or 0) - sum(costs)) <= 1e-12 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    near(d.get("usage"), sum(costs), "/v1/key usage = the Responses costs")
 
 
 # =======================================================================================
