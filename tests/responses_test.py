@@ -493,6 +493,35 @@ def test_budget_and_key_spend():
     near(d.get("usage"), sum(costs), "/v1/key usage = the Responses costs")
 
 
+def test_affinity():
+    """Prompt-cache affinity: the same instructions and first input items (or the same
+    prompt_cache_key) stay on one target; other conversations spread (weighted)."""
+    g = Gateway(extra="[model.m-aff]\ntarget = oa text#aff-a\ntarget = an text#aff-b\n"
+                      "strategy = weighted\naffinity = 10m\n").start()
+
+    def served(body, what):
+        r = http(g.port, "POST", "/v1/responses", dict(body, model="m-aff"))
+        expect_status(r, 200, what)
+        return r.h("x-llmgw-provider")
+    sys_a = "You are A. " + marker()
+    first = None
+    for i in range(6):
+        inp = [{"role": "user", "content": "Hello there."}] + \
+              [{"role": "assistant" if k % 2 == 0 else "user", "content": "turn %d" % k} for k in range(i)] + \
+              [{"role": "user", "content": "now %s" % marker()}]
+        p = served({"instructions": sys_a, "input": inp}, "conversation request %d" % i)
+        first = first or p
+        eq(p, first, "conversation request %d stays on its first target" % i)
+    ck = "cache-" + marker()
+    first = None
+    for i in range(6):
+        p = served({"instructions": marker(), "input": "x %d" % i, "prompt_cache_key": ck}, "prompt_cache_key %d" % i)
+        first = first or p
+        eq(p, first, "prompt_cache_key request %d stays on its first target" % i)
+    seen = set(served({"instructions": marker(), "input": "hi"}, "fresh %d" % i) for i in range(16))
+    check(len(seen) == 2, "new prefixes should spread over both targets, all went to %r" % seen)
+
+
 # =======================================================================================
 # translated targets: OpenAI chat and Anthropic
 
