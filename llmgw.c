@@ -9457,7 +9457,7 @@ static void lg_d_rs_item(struct lg_req *r, struct lg_buf *o, const struct lg_rs_
 		                      "{\"type\":\"output_text\",\"text\":\""
 		                    : ",\"type\":\"message\",\"status\":\"in_progress\",\"role\":\"assistant\",\"content\":[");
 		if (done) {
-			lg_buf_add(o, w->text.p + it->off, it->len);
+			if (it->len) lg_buf_add(o, w->text.p + it->off, it->len);
 			lg_buf_addz(o, "\",\"annotations\":[]}");
 		}
 		lg_buf_addz(o, "]}");
@@ -9465,7 +9465,7 @@ static void lg_d_rs_item(struct lg_req *r, struct lg_buf *o, const struct lg_rs_
 		lg_buf_addz(o, done ? ",\"type\":\"reasoning\",\"summary\":[{\"type\":\"summary_text\",\"text\":\""
 		                    : ",\"type\":\"reasoning\",\"summary\":[");
 		if (done) {
-			lg_buf_add(o, w->reasoning.p + it->off, it->len);
+			if (it->len) lg_buf_add(o, w->reasoning.p + it->off, it->len);
 			lg_buf_addz(o, "\"}");
 		}
 		lg_buf_addc(o, ']');
@@ -9616,26 +9616,26 @@ static void lg_d_rs_close(struct lg_req *r, struct lg_buf *d)
 		lg_d_rs_begin(r, d, "response.output_text.done");
 		lg_d_rs_where(r, d, it->kind, n);
 		lg_buf_addz(d, ",\"content_index\":0,\"text\":\"");
-		lg_buf_add(d, w->text.p + it->off, it->len);
+		if (it->len) lg_buf_add(d, w->text.p + it->off, it->len);
 		lg_buf_addz(d, "\",\"logprobs\":[]}");
 		lg_d_rs_send(r, d, "response.output_text.done");
 		lg_d_rs_begin(r, d, "response.content_part.done");
 		lg_d_rs_where(r, d, it->kind, n);
 		lg_buf_addz(d, ",\"content_index\":0,\"part\":{\"type\":\"output_text\",\"text\":\"");
-		lg_buf_add(d, w->text.p + it->off, it->len);
+		if (it->len) lg_buf_add(d, w->text.p + it->off, it->len);
 		lg_buf_addz(d, "\",\"annotations\":[]}}");
 		lg_d_rs_send(r, d, "response.content_part.done");
 	} else if (it->kind == LG_EV_REASONING) {
 		lg_d_rs_begin(r, d, "response.reasoning_summary_text.done");
 		lg_d_rs_where(r, d, it->kind, n);
 		lg_buf_addz(d, ",\"summary_index\":0,\"text\":\"");
-		lg_buf_add(d, w->reasoning.p + it->off, it->len);
+		if (it->len) lg_buf_add(d, w->reasoning.p + it->off, it->len);
 		lg_buf_addz(d, "\"}");
 		lg_d_rs_send(r, d, "response.reasoning_summary_text.done");
 		lg_d_rs_begin(r, d, "response.reasoning_summary_part.done");
 		lg_d_rs_where(r, d, it->kind, n);
 		lg_buf_addz(d, ",\"summary_index\":0,\"part\":{\"type\":\"summary_text\",\"text\":\"");
-		lg_buf_add(d, w->reasoning.p + it->off, it->len);
+		if (it->len) lg_buf_add(d, w->reasoning.p + it->off, it->len);
 		lg_buf_addz(d, "\"}}");
 		lg_d_rs_send(r, d, "response.reasoning_summary_part.done");
 	} else {
@@ -9729,8 +9729,9 @@ static void lg_d_rs_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str
 	case LG_EV_REASONING:
 		if (!a.n) break;
 		if ((!it || it->kind != type) && !(it = lg_d_rs_open(r, &d, type, -1))) break;
+		at = type == LG_EV_TEXT ? w->text.len : w->reasoning.len;
 		lg_d_collect(r, type, idx, a, b, raw);
-		it->len += (uint32_t)a.n;
+		it->len += (uint32_t)((type == LG_EV_TEXT ? w->text.len : w->reasoning.len) - at); /* what it holds */
 		st = type == LG_EV_TEXT ? "response.output_text.delta" : "response.reasoning_summary_text.delta";
 		lg_d_rs_begin(r, &d, st);
 		lg_d_rs_where(r, &d, type, w->nitems - 1);
@@ -10123,11 +10124,11 @@ static void lg_route_order(struct lg_req *r, int order)
 
 /* Prompt-cache affinity: the key, model and prompt prefix (the first two
  * messages: usually the system prompt and the first user turn; for
- * Responses its instructions and first two input items, or the client's
- * prompt_cache_key). */
+ * Responses its instructions and first input item, the first two without
+ * instructions, or the client's prompt_cache_key). */
 static void lg_route_affinity(struct lg_req *r, const struct lg_model *m)
 {
-	int rs = r->ep == LG_EP_RESPONSES, msgs = r->tk[rs ? LG_TK_INPUT : LG_TK_MESSAGES], i, k;
+	int rs = r->ep == LG_EP_RESPONSES, msgs = r->tk[rs ? LG_TK_INPUT : LG_TK_MESSAGES], i, k, nk = 2;
 	int pk = rs ? lg_json_get(&r->j, r->body, 0, "prompt_cache_key") : -1, keyed = lg_json_type(&r->j, pk) == LG_J_STR;
 	uint32_t h = 0;
 	const char *target;
@@ -10141,12 +10142,13 @@ static void lg_route_affinity(struct lg_req *r, const struct lg_model *m)
 		lg_str sp = r->tk[LG_TK_INSTRUCTIONS] >= 0 ? lg_json_span(&r->j, r->body, r->tk[LG_TK_INSTRUCTIONS])
 		                                          : lg_str_of("", 0);
 		h = lg_crc32(h, sp.p, sp.n);
+		if (sp.n) nk = 1; /* the instructions are the system prompt */
 		if (lg_json_type(&r->j, msgs) == LG_J_STR) {
 			sp = lg_json_span(&r->j, r->body, msgs);
 			h = lg_crc32(h, sp.p, sp.n);
 		}
 	}
-	for (k = 0; !keyed && lg_json_type(&r->j, msgs) == LG_J_ARR && k < 2 && (uint32_t)k < r->j.t[msgs].size; k++) {
+	for (k = 0; !keyed && lg_json_type(&r->j, msgs) == LG_J_ARR && k < nk && (uint32_t)k < r->j.t[msgs].size; k++) {
 		lg_str sp = lg_json_span(&r->j, r->body, lg_json_at(&r->j, msgs, (uint32_t)k));
 		h = lg_crc32(h, sp.p, sp.n);
 	}

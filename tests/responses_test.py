@@ -494,8 +494,9 @@ def test_budget_and_key_spend():
 
 
 def test_affinity():
-    """Prompt-cache affinity: the same instructions and first input items (or the same
-    prompt_cache_key) stay on one target; other conversations spread (weighted)."""
+    """Prompt-cache affinity: the same instructions and first input item (the first two without
+    instructions, or the same prompt_cache_key) stay on one target; other conversations spread
+    (weighted)."""
     g = Gateway(extra="[model.m-aff]\ntarget = oa text#aff-a\ntarget = an text#aff-b\n"
                       "strategy = weighted\naffinity = 10m\n").start()
 
@@ -503,15 +504,18 @@ def test_affinity():
         r = http(g.port, "POST", "/v1/responses", dict(body, model="m-aff"))
         expect_status(r, 200, what)
         return r.h("x-llmgw-provider")
-    sys_a = "You are A. " + marker()
-    first = None
-    for i in range(6):
-        inp = [{"role": "user", "content": "Hello there."}] + \
-              [{"role": "assistant" if k % 2 == 0 else "user", "content": "turn %d" % k} for k in range(i)] + \
-              [{"role": "user", "content": "now %s" % marker()}]
-        p = served({"instructions": sys_a, "input": inp}, "conversation request %d" % i)
-        first = first or p
-        eq(p, first, "conversation request %d stays on its first target" % i)
+    sys_a, hello = "You are A. " + marker(), "Hello there. " + marker()
+    for body in ({"instructions": sys_a}, {}):
+        first = None
+        for i in range(6):
+            inp = [{"role": "user", "content": hello}] + \
+                  [{"role": "assistant" if k % 2 == 0 else "user", "content": "turn %d" % k} for k in range(i)] + \
+                  [{"role": "user", "content": "now %s" % marker()}]
+            if not body:        # without instructions: the first two items, a fixed pair
+                inp = [{"role": "developer", "content": sys_a}] + inp
+            p = served(dict(body, input=inp), "conversation request %d %r" % (i, body.keys()))
+            first = first or p
+            eq(p, first, "conversation request %d stays on its first target (%r)" % (i, list(body)))
     ck = "cache-" + marker()
     first = None
     for i in range(6):
