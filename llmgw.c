@@ -5381,7 +5381,10 @@ static void lg_up_input(struct lg_conn *c, struct lg_upreq *u, int revents)
 /* The request: from a parsed head to the last byte of its response. All its
  * memory is its own buffers and its arena, released in lg_req_free. */
 enum { LG_EP_RELOAD, LG_EP_CHAT, LG_EP_EMBED, LG_EP_MODELS, LG_EP_HEALTH, LG_EP_KEY, LG_EP_GEN, LG_EP_METRICS,
-       LG_EP_MESSAGES, LG_EP_MODEL, LG_EP_COUNT };
+       LG_EP_MESSAGES, LG_EP_MODEL, LG_EP_COUNT, LG_EP_RESPONSES };
+/* the endpoints that ask a model: accounted, logged, in the ring of recent requests */
+#define LG_EP_ASKS_MODEL(ep) \
+	((ep) == LG_EP_CHAT || (ep) == LG_EP_EMBED || (ep) == LG_EP_MESSAGES || (ep) == LG_EP_RESPONSES)
 struct lg_creq;
 struct lg_wst;
 struct lg_dialect; /* a client dialect: its row is in section 11's end */
@@ -5418,7 +5421,8 @@ struct lg_att_log {
 /* The top-level members of a request body that the gateway itself reads:
  * found in one pass (lg_req_index), each then a lookup in r->tk. */
 enum { LG_TK_MODEL, LG_TK_MESSAGES, LG_TK_INPUT, LG_TK_STREAM, LG_TK_STREAM_OPTIONS, LG_TK_USAGE, LG_TK_MODELS,
-       LG_TK_PROVIDER, LG_TK_USER, LG_TK_MAX_TOKENS, LG_TK_MAX_COMPLETION_TOKENS, LG_TK_N, LG_TK_COUNT };
+       LG_TK_PROVIDER, LG_TK_USER, LG_TK_MAX_TOKENS, LG_TK_MAX_COMPLETION_TOKENS, LG_TK_N,
+       LG_TK_MAX_OUTPUT_TOKENS, LG_TK_INSTRUCTIONS, LG_TK_PREV_RESPONSE, LG_TK_COUNT }; /* the last three: Responses */
 
 struct lg_req {
 	struct lg_upreq up; /* first member: lg_up_io finds it from c->req */
@@ -5431,7 +5435,7 @@ struct lg_req {
 	uint64_t seq; /* also in the id: indexes the ring of recent requests */
 	char id[40];
 	int ep, head_only, minor, close, stream, want_usage;
-	const struct lg_dialect *d; /* the client's dialect (OpenAI chat, Anthropic messages) */
+	const struct lg_dialect *d; /* the client's dialect (OpenAI chat, Anthropic messages, Responses) */
 	int status;      /* sent to the client */
 	int sent_head;   /* first byte went to the client: no more fallback */
 	int finished, freed;
@@ -5445,6 +5449,7 @@ struct lg_req {
 	const char *model_req, *user;
 	const char *query; /* GET /v1/generation: the query string */
 	const char *anth_beta; /* /v1/messages: the client's anthropic-beta header, for Anthropic */
+	const char *dropped;   /* /v1/responses: the hosted tools left out, for llmgw-dropped-tools */
 	struct lg_creq *creq;  /* the canonical request, built on first need */
 	struct lg_wst *w;      /* translation state of the current attempt, when not native */
 	int rf_tool;           /* response_format rides on a forced Anthropic tool */
@@ -5494,12 +5499,12 @@ struct lg_req {
 	int att_cap;
 };
 
-/* A client dialect: OpenAI chat completions, Anthropic messages. One row
- * each (lg_dialects, at the end of this section); nothing else tests
- * which dialect a request speaks. */
+/* A client dialect: OpenAI chat completions, Anthropic messages, OpenAI
+ * Responses. One row each (lg_dialects, at the end of this section);
+ * nothing else tests which dialect a request speaks. */
 struct lg_dialect {
 	const char *name;
-	int wire; /* providers of the same wire (LG_WIRE_) get the client's bytes natively */
+	int wire; /* providers of the same wire (LG_WIRE_) get the client's bytes natively; -1: none */
 	/* the client's body into the canonical request (-1: msg says why, a 400) */
 	int (*canon)(struct lg_req *r, struct lg_creq *q, char *msg, size_t mlen);
 	/* one canonical event to a streaming client, and the collected answer (lg_ev) */
@@ -5636,6 +5641,10 @@ static void lg_resp_head(struct lg_req *r, int status, const char *ctype, int64_
 	if (r->natt) {
 		lg_buf_addz(o, "\r\nx-llmgw-attempts: ");
 		lg_buf_addu(o, (uint64_t)r->natt, 0);
+	}
+	if (r->dropped) {
+		lg_buf_addz(o, "\r\nllmgw-dropped-tools: ");
+		lg_buf_addz(o, r->dropped);
 	}
 	lg_buf_addz(o, "\r\n");
 	if (extra) lg_buf_addz(o, extra);
@@ -5835,7 +5844,10 @@ static void lg_req_index(struct lg_req *r)
 			                                      : -1;
 			break;
 		case 10: x = memcmp(k.p, "max_tokens", 10) == 0 ? LG_TK_MAX_TOKENS : -1; break;
+		case 12: x = memcmp(k.p, "instructions", 12) == 0 ? LG_TK_INSTRUCTIONS : -1; break;
 		case 14: x = memcmp(k.p, "stream_options", 14) == 0 ? LG_TK_STREAM_OPTIONS : -1; break;
+		case 17: x = memcmp(k.p, "max_output_tokens", 17) == 0 ? LG_TK_MAX_OUTPUT_TOKENS : -1; break;
+		case 20: x = memcmp(k.p, "previous_response_id", 20) == 0 ? LG_TK_PREV_RESPONSE : -1; break;
 		case 21: x = memcmp(k.p, "max_completion_tokens", 21) == 0 ? LG_TK_MAX_COMPLETION_TOKENS : -1; break;
 		default: break;
 		}
@@ -5969,7 +5981,17 @@ struct lg_creq {
 	int nstop, rf;                    /* response_format: 0 none, 1 json_object, 2 json_schema */
 	struct lg_ctool rf_tool;          /* rf as a tool whose input is the answer (canonicalization) */
 	lg_str rf_schema, user;           /* raw JSON, esc */
+	lg_str rf_name;                   /* esc: json_schema's name (Responses text.format), or none */
+	int rf_strict;                    /* json_schema's strict: 1 true, 0 false or unset */
+	lg_str effort;                    /* esc: reasoning effort as the client named it (Responses), for
+	                                     OpenAI chat targets; q->thinking is its budget */
 };
+
+/* A reasoning effort as a thinking budget (0: none or unknown). */
+static int64_t lg_canon_effort(lg_str v)
+{
+	return lg_str_eq(v, "low") ? 1024 : lg_str_eq(v, "medium") ? 4096 : lg_str_eq(v, "high") ? 16384 : 0;
+}
 
 /* A JSON-encoded string (esc) unescaped into the arena: raw JSON text. */
 static lg_str lg_canon_unesc(struct lg_req *r, lg_str esc)
@@ -6190,10 +6212,7 @@ static int lg_canon_openai(struct lg_req *r, struct lg_creq *q, char *msg, size_
 		q->rf_tool.schema = q->rf_schema.n ? q->rf_schema : lg_strz("{\"type\":\"object\"}");
 	}
 	t = lg_json_get(j, s, 0, "reasoning_effort");
-	if (lg_json_type(j, t) == LG_J_STR) {
-		lg_str v = lg_json_raw(j, s, t);
-		q->thinking = lg_str_eq(v, "low") ? 1024 : lg_str_eq(v, "medium") ? 4096 : lg_str_eq(v, "high") ? 16384 : 0;
-	}
+	if (lg_json_type(j, t) == LG_J_STR) q->thinking = lg_canon_effort(lg_json_raw(j, s, t));
 	return 0;
 }
 
@@ -6330,6 +6349,275 @@ static int lg_canon_anthropic(struct lg_req *r, struct lg_creq *q, char *msg, si
 	return 0;
 }
 
+/* The text parts of a Responses content array (input_text, output_text,
+ * text) joined into the arena: a tool output, a reasoning summary. sep:
+ * what goes between two parts (esc). */
+static lg_str lg_canon_rs_join(struct lg_req *r, int arr, const char *key, const char *sep)
+{
+	const struct lg_json *j = &r->j;
+	const char *s = r->body;
+	struct lg_buf b;
+	uint32_t x;
+	lg_str out;
+	lg_buf_init(&b, 0);
+	for (x = 0; lg_json_type(j, arr) == LG_J_ARR && x < j->t[arr].size; x++) {
+		lg_str tx = lg_jesc(j, s, lg_json_get(j, s, lg_json_at(j, arr, x), key));
+		if (!tx.n) continue;
+		if (b.len) lg_buf_addz(&b, sep);
+		lg_buf_adds(&b, tx);
+	}
+	out.p = lg_arena_strn(&r->a, b.p ? b.p : "", b.len);
+	out.n = out.p ? b.len : 0;
+	lg_buf_free(&b);
+	return out.p ? out : lg_str_of("", 0);
+}
+
+/* A Responses message's content (a string, or parts input_text,
+ * output_text, input_image) into m: 0, or -2 with msg. */
+static int lg_canon_rs_content(struct lg_req *r, struct lg_cmsg *m, int cap, int c, int images, uint32_t i,
+                               char *msg, size_t mlen)
+{
+	const struct lg_json *j = &r->j;
+	const char *s = r->body;
+	struct lg_cpart *p;
+	uint32_t x;
+	if (lg_json_type(j, c) == LG_J_STR) {
+		if (j->t[c].end == j->t[c].start) return 0;
+		if (!(p = lg_canon_part(r, m, cap, LG_P_TEXT))) return -1;
+		p->text = lg_json_raw(j, s, c);
+		return 0;
+	}
+	if (lg_json_type(j, c) != LG_J_ARR) {
+		snprintf(msg, mlen, "input[%u].content must be a string or an array of parts", i);
+		return -2;
+	}
+	for (x = 0; x < j->t[c].size; x++) {
+		int e = lg_json_at(j, c, x);
+		lg_str ty = lg_jesc(j, s, lg_json_get(j, s, e, "type"));
+		if (lg_str_eq(ty, "input_text") || lg_str_eq(ty, "output_text") || lg_str_eq(ty, "text")) {
+			lg_str t = lg_jesc(j, s, lg_json_get(j, s, e, "text"));
+			if (!t.n) continue;
+			if (!(p = lg_canon_part(r, m, cap, LG_P_TEXT))) return -1;
+			p->text = t;
+		} else if (lg_str_eq(ty, "input_image")) {
+			int iu = lg_json_get(j, s, e, "image_url");
+			lg_str url = lg_jesc(j, s, lg_json_type(j, iu) == LG_J_OBJ ? lg_json_get(j, s, iu, "url") : iu);
+			if (!images) {
+				snprintf(msg, mlen, "input[%u].content[%u]: images are only allowed in user messages", i, x);
+				return -2;
+			}
+			if (!url.n) {
+				snprintf(msg, mlen, "input[%u].content[%u]: input_image needs an image_url (file_id is not "
+				                    "supported: llmgw keeps no files)", i, x);
+				return -2;
+			}
+			if (!(p = lg_canon_part(r, m, cap, LG_P_IMAGE))) return -1;
+			lg_canon_image(p, url);
+		} else if (lg_str_eq(ty, "input_file") || lg_str_eq(ty, "input_audio")) {
+			snprintf(msg, mlen, "input[%u].content[%u]: %.*s parts are not supported", i, x, (int)LG_MIN(ty.n, 20),
+			         ty.p);
+			return -2;
+		} /* refusal and the like: nothing to send back */
+	}
+	return 0;
+}
+
+/* OpenAI Responses body -> canonical. Stateless: previous_response_id is
+ * refused. instructions and system/developer items become the system
+ * parts; consecutive items of one role one message (function_call items
+ * the assistant turn's tool calls, function_call_output items tool results
+ * in the user turn); a reasoning item's summary rides as thinking on the
+ * assistant turn that follows it (encrypted_content as its signature).
+ * Hosted tools are left out, their types named in r->dropped. */
+static int lg_canon_responses(struct lg_req *r, struct lg_creq *q, char *msg, size_t mlen)
+{
+	const struct lg_json *j = &r->j;
+	const char *s = r->body;
+	int in = r->tk[LG_TK_INPUT], t, k, role = -1, pending = -1;
+	uint32_t i, n, pool_n, used = 0;
+	struct lg_cpart *pool;
+	struct lg_cmsg *m = NULL;
+	t = r->tk[LG_TK_PREV_RESPONSE];
+	if (t >= 0 && lg_json_type(j, t) != LG_J_NULL) {
+		snprintf(msg, mlen, "field 'previous_response_id' is not supported: llmgw keeps no responses (store is "
+		                    "ignored); send the whole conversation in 'input'");
+		return -2;
+	}
+	if (lg_json_type(j, in) != LG_J_STR && lg_json_type(j, in) != LG_J_ARR) {
+		snprintf(msg, mlen, "field 'input' must be a string or an array of items");
+		return -2;
+	}
+	n = lg_json_type(j, in) == LG_J_ARR ? j->t[in].size : 1;
+	/* every part comes from a token of input: one pool, each message's parts a run of it */
+	pool_n = j->t[in].next - (uint32_t)in + 2;
+	q->m = (struct lg_cmsg *)lg_arena_alloc(&r->a, (n + 1) * sizeof *q->m);
+	q->sys = (struct lg_cpart *)lg_arena_alloc(&r->a, (size_t)pool_n * sizeof *q->sys);
+	pool = (struct lg_cpart *)lg_arena_alloc(&r->a, (size_t)pool_n * sizeof *pool);
+	if (!q->m || !q->sys || !pool) return -1;
+	t = r->tk[LG_TK_INSTRUCTIONS];
+	if (lg_json_type(j, t) == LG_J_STR && j->t[t].end > j->t[t].start) {
+		q->sys[q->nsys].type = LG_P_TEXT;
+		q->sys[q->nsys++].text = lg_json_raw(j, s, t);
+	}
+	if (lg_json_type(j, in) == LG_J_STR) {
+		m = &q->m[q->nm++];
+		m->role = LG_R_USER;
+		m->p = pool;
+		if (lg_canon_rs_content(r, m, (int)pool_n, in, 1, 0, msg, mlen) < 0) return -2;
+		n = 0;
+	}
+	for (i = 0; i < n; i++) {
+		int e = lg_json_at(j, in, i), want, c = lg_json_get(j, s, e, "content");
+		lg_str ty = lg_jesc(j, s, lg_json_get(j, s, e, "type"));
+		lg_str rl = lg_jesc(j, s, lg_json_get(j, s, e, "role"));
+		struct lg_cpart *p;
+		if (lg_json_type(j, e) != LG_J_OBJ) {
+			snprintf(msg, mlen, "input[%u] must be an object", i);
+			return -2;
+		}
+		if (!ty.n || lg_str_eq(ty, "message")) {
+			if (lg_str_eq(rl, "system") || lg_str_eq(rl, "developer")) {
+				struct lg_cmsg tmp;
+				memset(&tmp, 0, sizeof tmp);
+				tmp.p = q->sys + q->nsys;
+				if ((k = lg_canon_rs_content(r, &tmp, (int)pool_n - q->nsys, c, 0, i, msg, mlen)) < 0) return k;
+				q->nsys += tmp.np;
+				continue;
+			}
+			if (!lg_str_eq(rl, "user") && !lg_str_eq(rl, "assistant")) {
+				snprintf(msg, mlen, "input[%u].role must be user, assistant, system or developer", i);
+				return -2;
+			}
+			want = lg_str_eq(rl, "user") ? LG_R_USER : LG_R_ASSISTANT;
+		} else if (lg_str_eq(ty, "function_call")) {
+			want = LG_R_ASSISTANT;
+		} else if (lg_str_eq(ty, "function_call_output")) {
+			want = LG_R_USER;
+		} else if (lg_str_eq(ty, "reasoning")) {
+			pending = e; /* for the assistant turn that follows */
+			continue;
+		} else if (lg_str_eq(ty, "item_reference")) {
+			snprintf(msg, mlen, "input[%u]: item_reference is not supported: llmgw keeps no responses", i);
+			return -2;
+		} else {
+			continue; /* hosted tool calls and their outputs: their tools are not sent either */
+		}
+		/* a new message when the role changes, or a tool result follows user text */
+		if (!m || want != role ||
+		    (lg_str_eq(ty, "function_call_output") && m->np && m->p[m->np - 1].type != LG_P_TOOL_RESULT)) {
+			if (m) used += (uint32_t)m->np;
+			m = &q->m[q->nm++];
+			m->role = role = want;
+			m->p = pool + used;
+		}
+		if (want == LG_R_ASSISTANT && pending >= 0) { /* the reasoning item before this turn */
+			int sm = lg_json_get(j, s, pending, "summary");
+			lg_str tx = lg_canon_rs_join(r, sm, "text", "\\n\\n");
+			if (tx.n) {
+				if (!(p = lg_canon_part(r, m, (int)(pool_n - used), LG_P_THINKING))) return -1;
+				p->text = tx;
+				p->sig = lg_jesc(j, s, lg_json_get(j, s, pending, "encrypted_content"));
+			}
+		}
+		pending = -1; /* a reasoning item stays with the item that follows it, or is dropped */
+		if (!ty.n || lg_str_eq(ty, "message")) {
+			if ((k = lg_canon_rs_content(r, m, (int)(pool_n - used), c, want == LG_R_USER, i, msg, mlen)) < 0)
+				return k;
+		} else if (lg_str_eq(ty, "function_call")) {
+			lg_str a = lg_jesc(j, s, lg_json_get(j, s, e, "arguments"));
+			struct lg_json aj;
+			lg_str tr;
+			if (!(p = lg_canon_part(r, m, (int)(pool_n - used), LG_P_TOOL_CALL))) return -1;
+			p->id = lg_jesc(j, s, lg_json_get(j, s, e, "call_id"));
+			if (!p->id.n) p->id = lg_jesc(j, s, lg_json_get(j, s, e, "id"));
+			p->name = lg_jesc(j, s, lg_json_get(j, s, e, "name"));
+			p->args = a.n ? lg_canon_unesc(r, a) : lg_str_of("{}", 2);
+			/* arguments must be a JSON object to become input/args */
+			tr = lg_str_trim(p->args);
+			memset(&aj, 0, sizeof aj);
+			if (!tr.n || tr.p[0] != '{' || lg_json_parse(&aj, p->args.p, p->args.n) <= 0) p->args = lg_str_of("{}", 2);
+		} else {
+			int out = lg_json_get(j, s, e, "output");
+			if (!(p = lg_canon_part(r, m, (int)(pool_n - used), LG_P_TOOL_RESULT))) return -1;
+			p->id = lg_jesc(j, s, lg_json_get(j, s, e, "call_id"));
+			p->text = lg_json_type(j, out) == LG_J_STR ? lg_json_raw(j, s, out) : lg_canon_rs_join(r, out, "text", "\\n");
+		}
+	}
+	/* tools: functions in the flat form; hosted ones (web_search...) dropped and named */
+	t = lg_json_get(j, s, 0, "tools");
+	if (lg_json_type(j, t) == LG_J_ARR && j->t[t].size) {
+		struct lg_buf dr; /* ",type,type," */
+		q->tools = (struct lg_ctool *)lg_arena_alloc(&r->a, j->t[t].size * sizeof *q->tools);
+		if (!q->tools) return -1;
+		lg_buf_init(&dr, 512);
+		lg_buf_addc(&dr, ',');
+		for (i = 0; i < j->t[t].size; i++) {
+			int e = lg_json_at(j, t, i), pa = lg_json_get(j, s, e, "parameters");
+			lg_str ty = lg_jesc(j, s, lg_json_get(j, s, e, "type"));
+			struct lg_ctool *tl = &q->tools[q->ntools];
+			if (!lg_str_eq(ty, "function")) { /* its type, once, in what a header can carry */
+				char nm[44];
+				size_t x, nl = 0;
+				if (!ty.n) ty = lg_strz("unknown");
+				nm[nl++] = ',';
+				for (x = 0; x < ty.n && nl < 41; x++)
+					nm[nl++] = isalnum((unsigned char)ty.p[x]) || (ty.p[x] && strchr("_.-", ty.p[x])) ? ty.p[x] : '_';
+				nm[nl++] = ',';
+				nm[nl] = 0;
+				if (lg_buf_addc(&dr, 0)) continue; /* full: the header names what fits */
+				dr.len--;
+				if (!strstr(dr.p, nm)) lg_buf_add(&dr, nm + 1, nl - 1);
+				continue;
+			}
+			tl->name = lg_jesc(j, s, lg_json_get(j, s, e, "name"));
+			tl->desc = lg_jesc(j, s, lg_json_get(j, s, e, "description"));
+			tl->schema = pa >= 0 ? lg_json_span(j, s, pa) : lg_str_of("{\"type\":\"object\"}", 17);
+			if (tl->name.n) q->ntools++;
+		}
+		if (dr.len > 2) r->dropped = lg_arena_strn(&r->a, dr.p + 1, dr.len - 2);
+		lg_buf_free(&dr);
+	}
+	t = lg_json_get(j, s, 0, "tool_choice");
+	if (lg_json_type(j, t) == LG_J_STR) {
+		lg_str v = lg_json_raw(j, s, t);
+		q->tool_choice = lg_str_eq(v, "none") ? LG_TC_NONE : lg_str_eq(v, "required") ? LG_TC_REQUIRED : LG_TC_AUTO;
+	} else if (lg_json_type(j, t) == LG_J_OBJ) {
+		q->tool_name = lg_jesc(j, s, lg_json_get(j, s, t, "name"));
+		/* {type:function,name}; a hosted tool's choice went with the tool */
+		q->tool_choice = lg_str_eq(lg_jesc(j, s, lg_json_get(j, s, t, "type")), "function") && q->tool_name.n
+		                     ? LG_TC_FUNC : LG_TC_AUTO;
+	}
+	t = lg_json_get(j, s, 0, "parallel_tool_calls");
+	q->parallel = lg_json_type(j, t) == LG_J_TRUE ? 1 : lg_json_type(j, t) == LG_J_FALSE ? 0 : -1;
+	q->max_tokens = lg_json_i64(j, s, r->tk[LG_TK_MAX_OUTPUT_TOKENS]);
+	q->temperature = lg_jnum(j, s, lg_json_get(j, s, 0, "temperature"));
+	q->top_p = lg_jnum(j, s, lg_json_get(j, s, 0, "top_p"));
+	q->user = lg_jesc(j, s, r->tk[LG_TK_USER]);
+	t = lg_json_get(j, s, lg_json_get(j, s, 0, "text"), "format");
+	if (lg_json_type(j, t) == LG_J_OBJ) {
+		lg_str ty = lg_jesc(j, s, lg_json_get(j, s, t, "type"));
+		if (lg_str_eq(ty, "json_object")) q->rf = 1;
+		if (lg_str_eq(ty, "json_schema")) {
+			int sc = lg_json_get(j, s, t, "schema");
+			q->rf = 2;
+			if (sc >= 0) q->rf_schema = lg_json_span(j, s, sc);
+			q->rf_name = lg_jesc(j, s, lg_json_get(j, s, t, "name"));
+			q->rf_strict = lg_json_truthy(j, lg_json_get(j, s, t, "strict"));
+		}
+		if (q->rf) { /* for providers without structured output: a forced tool whose input is the answer */
+			q->rf_tool.name = lg_strz(LG_RF_TOOL);
+			q->rf_tool.desc = lg_strz("Answer with JSON");
+			q->rf_tool.schema = q->rf_schema.n ? q->rf_schema : lg_strz("{\"type\":\"object\"}");
+		}
+	}
+	t = lg_json_get(j, s, lg_json_get(j, s, 0, "reasoning"), "effort");
+	if (lg_json_type(j, t) == LG_J_STR) {
+		q->effort = lg_json_raw(j, s, t);
+		q->thinking = lg_canon_effort(q->effort);
+	}
+	return 0;
+}
+
 /* The canonical request, built once on first need. NULL: answered (400). */
 static struct lg_creq *lg_canon(struct lg_req *r)
 {
@@ -6350,9 +6638,10 @@ static struct lg_creq *lg_canon(struct lg_req *r)
 /* --- 11c. canonical events: the contract between adapters and dialects --- */
 
 /* Provider adapters turn a response or stream into these events; the
- * client's dialect row turns them into OpenAI chunks or Anthropic events
- * (or, not streaming, collects them into one answer), so N providers and
- * M dialects need N + M pieces, not N x M. lg_ev(r, type, idx, a, b, raw)
+ * client's dialect row turns them into OpenAI chunks, Anthropic events or
+ * Responses events (or, not streaming, collects them into one answer), so
+ * N providers and M dialects need N + M pieces, not N x M.
+ * lg_ev(r, type, idx, a, b, raw)
  * takes one; lg_ev_acct is its accounting half, which native traffic (the
  * client's bytes passed through) calls alone.
  *
@@ -6445,13 +6734,28 @@ struct lg_acc_tool {
 	int pidx;        /* the provider's index for it */
 };
 
+#define LG_RS_ITEMS (LG_MAX_TOOLS + 16) /* output items of one Responses stream, at most */
+
+/* One output item of a Responses stream: a message (LG_EV_TEXT), a
+ * reasoning item or a function call (LG_EV_TOOL), and where its text is. */
+struct lg_rs_item {
+	int kind, tool, open; /* tool: its index in w->tools */
+	uint32_t off, len;    /* its text in w->text or w->reasoning */
+	uint32_t soff, slen;  /* a reasoning item's signature in w->sig */
+};
+
 /* Writer state: the client side of a translated response. */
 struct lg_wst {
 	int started, finish, has_finish, block, block_type, nblocks, ntools;
 	struct lg_acc_tool tools[LG_MAX_TOOLS];
-	struct lg_buf text, reasoning, sig; /* non-stream: collected, esc */
+	struct lg_buf text, reasoning, sig; /* non-stream: collected, esc (Responses streams too) */
 	/* provider parser state */
 	int pblk[LG_MAX_TOOLS], pargs[LG_MAX_TOOLS], calls;
+	/* the Responses dialect's stream: the next sequence_number, its output
+	 * items (the open one, if any, is the last; grown on demand, freed by
+	 * lg_d_free) */
+	int seq, nitems, items_cap;
+	struct lg_rs_item *items;
 };
 
 /* The writing half: to the client's dialect, or collected. */
@@ -7144,8 +7448,8 @@ static void lg_prov_openai_event(struct lg_req *r, lg_str ev, lg_str data)
 	if (scrubbed) lg_buf_free(&clean);
 }
 
-/* OpenAI Chat Completions from canonical (an Anthropic client on an
- * OpenAI-type provider). */
+/* OpenAI Chat Completions from canonical (an Anthropic or Responses
+ * client on an OpenAI-type provider). */
 static int lg_w_openai(struct lg_req *r, const struct lg_cand *cd, struct lg_buf *o)
 {
 	const struct lg_creq *q = r->creq;
@@ -7259,6 +7563,18 @@ static int lg_w_openai(struct lg_req *r, const struct lg_cand *cd, struct lg_buf
 	if (q->user.n) {
 		lg_buf_addz(o, ",\"user\":");
 		lg_w_str(o, q->user);
+	}
+	if (q->rf == 1) lg_buf_addz(o, ",\"response_format\":{\"type\":\"json_object\"}");
+	if (q->rf == 2) { /* OpenAI requires the schema's name */
+		lg_buf_addz(o, ",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":");
+		lg_w_str(o, q->rf_name.n ? q->rf_name : lg_strz("response"));
+		lg_buf_addz(o, ",\"schema\":");
+		lg_buf_adds(o, q->rf_schema.n ? q->rf_schema : lg_strz("{\"type\":\"object\"}"));
+		lg_buf_addz(o, q->rf_strict ? ",\"strict\":true}}" : "}}");
+	}
+	if (q->effort.n) {
+		lg_buf_addz(o, ",\"reasoning_effort\":");
+		lg_w_str(o, q->effort);
 	}
 	if (r->stream) lg_buf_addz(o, ",\"stream\":true,\"stream_options\":{\"include_usage\":true}");
 	lg_buf_addc(o, '}');
@@ -8325,7 +8641,8 @@ static long lg_frame_aws(struct lg_req *r, const char *p, size_t n, const char *
 
 /* --- 11j. provider mock: answers built in, no network -------------------- */
 
-/* The reply text: deterministic, built from the last user message. */
+/* The reply text: deterministic, built from the last user message (of
+ * the canonical request when the client's dialect has no messages). */
 static LG_COLD void lg_prov_mock_reply(struct lg_req *r, struct lg_buf *text, int64_t *prompt_tokens)
 {
 	const struct lg_json *j = &r->j;
@@ -8333,6 +8650,18 @@ static LG_COLD void lg_prov_mock_reply(struct lg_req *r, struct lg_buf *text, in
 	uint32_t i;
 	int64_t pt = 3;
 	lg_str last = lg_str_of("", 0);
+	if (msgs < 0 && r->creq) {
+		const struct lg_creq *q = r->creq;
+		int k, x;
+		for (k = 0; k < q->nsys; k++) pt += 4 + (int64_t)(q->sys[k].text.n + 3) / 4;
+		for (k = 0; k < q->nm; k++) {
+			lg_str txt = lg_str_of("", 0);
+			for (x = 0; x < q->m[k].np; x++)
+				if (q->m[k].p[x].type == LG_P_TEXT) txt = q->m[k].p[x].text;
+			pt += 4 + (int64_t)(txt.n + 3) / 4;
+			if (q->m[k].role == LG_R_USER) last = txt;
+		}
+	}
 	for (i = 0; msgs >= 0 && i < j->t[msgs].size; i++) {
 		int m = lg_json_at(j, msgs, i), c = lg_json_get(j, r->body, m, "content");
 		lg_str role = lg_json_raw(j, r->body, lg_json_get(j, r->body, m, "role"));
@@ -8377,6 +8706,7 @@ static LG_COLD void lg_prov_mock_chat(struct lg_req *r, struct lg_buf *o)
 	lg_prov_mock_reply(r, &text, &pt);
 	maxt = lg_json_i64(&r->j, r->body, lg_json_get(&r->j, r->body, 0, "max_completion_tokens"));
 	if (!maxt) maxt = lg_json_i64(&r->j, r->body, lg_json_get(&r->j, r->body, 0, "max_tokens"));
+	if (!maxt) maxt = r->max_out; /* max_output_tokens (Responses) */
 	if (maxt && (int64_t)text.len > maxt * 4) {
 		text.len = (size_t)maxt * 4;
 		while (text.len && ((unsigned char)text.p[text.len] & 0xC0) == 0x80) text.len--;
@@ -8542,6 +8872,9 @@ static void lg_d_free(struct lg_wst *w)
 	lg_buf_free(&w->text);
 	lg_buf_free(&w->reasoning);
 	lg_buf_free(&w->sig);
+	free(w->items);
+	w->items = NULL;
+	w->nitems = w->items_cap = 0;
 }
 
 static LG_COLD void lg_d_oa_stream_error(struct lg_req *r, const char *msg)
@@ -9087,6 +9420,400 @@ static LG_COLD void lg_d_an_models(struct lg_req *r, struct lg_buf *b, const str
 	lg_buf_addz(b, "}\n");
 }
 
+/* --- the Responses dialect (/v1/responses): a response object, or its
+ * stream of typed events, from the canonical events ---------------------- */
+
+/* Did the client ask for reasoning.encrypted_content (in include)? A
+ * reasoning item then carries the provider's signature as it. */
+static int lg_d_rs_enc(const struct lg_req *r)
+{
+	const struct lg_json *j = &r->j;
+	int inc = lg_json_get(j, r->body, 0, "include");
+	uint32_t i;
+	for (i = 0; lg_json_type(j, inc) == LG_J_ARR && i < j->t[inc].size; i++)
+		if (lg_str_eq(lg_jesc(j, r->body, lg_json_at(j, inc, i)), "reasoning.encrypted_content")) return 1;
+	return 0;
+}
+
+/* An output item's id, quoted: msg_, rs_ or fc_, the request id, its output index. */
+static void lg_d_rs_id(struct lg_req *r, struct lg_buf *o, int kind, int n)
+{
+	lg_buf_addz(o, kind == LG_EV_TEXT ? "\"msg_" : kind == LG_EV_REASONING ? "\"rs_" : "\"fc_");
+	lg_buf_addz(o, r->id);
+	lg_buf_addc(o, '_');
+	lg_buf_addu(o, (uint64_t)n, 0);
+	lg_buf_addc(o, '"');
+}
+
+/* A function call's arguments (esc) as written: "{}" when none came. */
+static lg_str lg_d_rs_args(const struct lg_wst *w, int k)
+{
+	const struct lg_buf *a = &w->tools[k].args;
+	return a->len ? lg_str_of(a->p, a->len) : lg_str_of("{}", 2);
+}
+
+/* Output item n as JSON: complete (done), or as it opens (in_progress,
+ * no content yet). */
+static void lg_d_rs_item(struct lg_req *r, struct lg_buf *o, const struct lg_rs_item *it, int n, int done)
+{
+	struct lg_wst *w = r->w;
+	lg_buf_addz(o, "{\"id\":");
+	lg_d_rs_id(r, o, it->kind, n);
+	if (it->kind == LG_EV_TEXT) {
+		lg_buf_addz(o, done ? ",\"type\":\"message\",\"status\":\"completed\",\"role\":\"assistant\",\"content\":["
+		                      "{\"type\":\"output_text\",\"text\":\""
+		                    : ",\"type\":\"message\",\"status\":\"in_progress\",\"role\":\"assistant\",\"content\":[");
+		if (done) {
+			if (it->len) lg_buf_add(o, w->text.p + it->off, it->len);
+			lg_buf_addz(o, "\",\"annotations\":[]}");
+		}
+		lg_buf_addz(o, "]}");
+	} else if (it->kind == LG_EV_REASONING) {
+		lg_buf_addz(o, done ? ",\"type\":\"reasoning\",\"summary\":[{\"type\":\"summary_text\",\"text\":\""
+		                    : ",\"type\":\"reasoning\",\"summary\":[");
+		if (done) {
+			if (it->len) lg_buf_add(o, w->reasoning.p + it->off, it->len);
+			lg_buf_addz(o, "\"}");
+		}
+		lg_buf_addc(o, ']');
+		if (done && it->slen && lg_d_rs_enc(r)) {
+			lg_buf_addz(o, ",\"encrypted_content\":\"");
+			lg_buf_add(o, w->sig.p + it->soff, it->slen);
+			lg_buf_addc(o, '"');
+		}
+		lg_buf_addc(o, '}');
+	} else {
+		const struct lg_acc_tool *t = &w->tools[it->tool];
+		lg_buf_addz(o, done ? ",\"type\":\"function_call\",\"status\":\"completed\",\"arguments\":"
+		                    : ",\"type\":\"function_call\",\"status\":\"in_progress\",\"arguments\":");
+		lg_w_str(o, done ? lg_d_rs_args(w, it->tool) : LG_NOSTR);
+		lg_buf_addz(o, ",\"call_id\":");
+		lg_w_str(o, t->id);
+		lg_buf_addz(o, ",\"name\":");
+		lg_w_str(o, t->name);
+		lg_buf_addc(o, '}');
+	}
+}
+
+/* The output array: the stream's items in their order, or the collected
+ * answer as reasoning, message, function calls. */
+static void lg_d_rs_output(struct lg_req *r, struct lg_buf *o)
+{
+	struct lg_wst *w = r->w;
+	struct lg_rs_item it;
+	int i, n = 0;
+	lg_buf_addc(o, '[');
+	if (r->stream) {
+		for (i = 0; i < w->nitems; i++) {
+			if (i) lg_buf_addc(o, ',');
+			lg_d_rs_item(r, o, &w->items[i], i, !w->items[i].open);
+		}
+		lg_buf_addc(o, ']');
+		return;
+	}
+	memset(&it, 0, sizeof it);
+	if (w->reasoning.len) {
+		it.kind = LG_EV_REASONING;
+		it.len = (uint32_t)w->reasoning.len;
+		it.slen = (uint32_t)w->sig.len;
+		lg_d_rs_item(r, o, &it, n++, 1);
+	}
+	if (w->text.len || !w->ntools) {
+		it.kind = LG_EV_TEXT;
+		it.len = (uint32_t)w->text.len;
+		if (n) lg_buf_addc(o, ',');
+		lg_d_rs_item(r, o, &it, n++, 1);
+	}
+	for (i = 0; i < w->ntools; i++) {
+		it.kind = LG_EV_TOOL;
+		it.tool = i;
+		if (n) lg_buf_addc(o, ',');
+		lg_d_rs_item(r, o, &it, n++, 1);
+	}
+	lg_buf_addc(o, ']');
+}
+
+/* Usage in the Responses shape: input_tokens include the cached ones. */
+static void lg_d_rs_usage(struct lg_buf *b, const struct lg_usage *u)
+{
+	lg_buf_printf(b, "{\"input_tokens\":%lld,\"input_tokens_details\":{\"cached_tokens\":%lld,\"cache_write_tokens\":"
+	                 "%lld},\"output_tokens\":%lld,\"output_tokens_details\":{\"reasoning_tokens\":%lld},"
+	                 "\"total_tokens\":%lld,\"cost\":",
+	              (long long)u->prompt, (long long)u->cached, (long long)u->cache_write, (long long)u->completion,
+	              (long long)u->reasoning, (long long)(u->prompt + u->completion));
+	lg_json_wnum(b, u->cost);
+	lg_buf_addc(b, '}');
+}
+
+/* How the answer ended: "completed", or "incomplete" when it was cut
+ * (max_output_tokens, content_filter). */
+static const char *lg_d_rs_status(const struct lg_wst *w)
+{
+	return w->has_finish && (w->finish == LG_FIN_LENGTH || w->finish == LG_FIN_FILTER) ? "incomplete" : "completed";
+}
+
+/* The response object; full: with its output and usage (else output []
+ * and usage null: it is in progress); err: why it failed. */
+static void lg_d_rs_obj(struct lg_req *r, struct lg_buf *o, const char *status, int full, const char *err)
+{
+	lg_buf_printf(o, "{\"id\":\"resp_%s\",\"object\":\"response\",\"created_at\":%lld,\"status\":\"%s\",\"model\":",
+	              r->id, (long long)(r->wall0 / 1000), status);
+	lg_json_wz(o, r->served ? r->served->model : r->model_req);
+	lg_buf_addz(o, ",\"provider\":");
+	lg_json_wz(o, r->served ? r->served->prov->name : "");
+	lg_buf_addz(o, ",\"output\":");
+	if (full)
+		lg_d_rs_output(r, o);
+	else
+		lg_buf_addz(o, "[]");
+	lg_buf_addz(o, ",\"usage\":");
+	if (full)
+		lg_d_rs_usage(o, &r->usage);
+	else
+		lg_buf_addz(o, "null");
+	if (strcmp(status, "incomplete") == 0)
+		lg_buf_printf(o, ",\"incomplete_details\":{\"reason\":\"%s\"}",
+		              r->w->finish == LG_FIN_FILTER ? "content_filter" : "max_output_tokens");
+	else
+		lg_buf_addz(o, ",\"incomplete_details\":null");
+	if (err) {
+		lg_buf_printf(o, ",\"error\":{\"code\":\"%s\",\"message\":",
+		              r->err_status == 429 ? "rate_limit_exceeded" : "server_error");
+		lg_json_wz(o, err);
+		lg_buf_addz(o, "}}");
+	} else {
+		lg_buf_addz(o, ",\"error\":null}");
+	}
+}
+
+/* Starts an event in d: {"type":...,"sequence_number":n (the rest and
+ * its '}' are the caller's); lg_d_rs_send sends it, named by its type. */
+static void lg_d_rs_begin(struct lg_req *r, struct lg_buf *d, const char *type)
+{
+	lg_buf_addz(d, "{\"type\":\"");
+	lg_buf_addz(d, type);
+	lg_buf_addz(d, "\",\"sequence_number\":");
+	lg_buf_addu(d, (uint64_t)r->w->seq++, 0);
+}
+
+static void lg_d_rs_send(struct lg_req *r, struct lg_buf *d, const char *type)
+{
+	lg_resp_sse(r, type, d->p, d->len);
+	d->len = d->off = 0;
+}
+
+/* ,"item_id":"..","output_index":n of item n */
+static void lg_d_rs_where(struct lg_req *r, struct lg_buf *d, int kind, int n)
+{
+	lg_buf_addz(d, ",\"item_id\":");
+	lg_d_rs_id(r, d, kind, n);
+	lg_buf_addz(d, ",\"output_index\":");
+	lg_buf_addu(d, (uint64_t)n, 0);
+}
+
+/* Ends the open output item: its text's done events, then output_item.done. */
+static void lg_d_rs_close(struct lg_req *r, struct lg_buf *d)
+{
+	struct lg_wst *w = r->w;
+	struct lg_rs_item *it = w->nitems ? &w->items[w->nitems - 1] : NULL;
+	int n = w->nitems - 1;
+	if (!it || !it->open) return;
+	it->open = 0;
+	if (it->kind == LG_EV_TEXT) {
+		lg_d_rs_begin(r, d, "response.output_text.done");
+		lg_d_rs_where(r, d, it->kind, n);
+		lg_buf_addz(d, ",\"content_index\":0,\"text\":\"");
+		if (it->len) lg_buf_add(d, w->text.p + it->off, it->len);
+		lg_buf_addz(d, "\",\"logprobs\":[]}");
+		lg_d_rs_send(r, d, "response.output_text.done");
+		lg_d_rs_begin(r, d, "response.content_part.done");
+		lg_d_rs_where(r, d, it->kind, n);
+		lg_buf_addz(d, ",\"content_index\":0,\"part\":{\"type\":\"output_text\",\"text\":\"");
+		if (it->len) lg_buf_add(d, w->text.p + it->off, it->len);
+		lg_buf_addz(d, "\",\"annotations\":[]}}");
+		lg_d_rs_send(r, d, "response.content_part.done");
+	} else if (it->kind == LG_EV_REASONING) {
+		lg_d_rs_begin(r, d, "response.reasoning_summary_text.done");
+		lg_d_rs_where(r, d, it->kind, n);
+		lg_buf_addz(d, ",\"summary_index\":0,\"text\":\"");
+		if (it->len) lg_buf_add(d, w->reasoning.p + it->off, it->len);
+		lg_buf_addz(d, "\"}");
+		lg_d_rs_send(r, d, "response.reasoning_summary_text.done");
+		lg_d_rs_begin(r, d, "response.reasoning_summary_part.done");
+		lg_d_rs_where(r, d, it->kind, n);
+		lg_buf_addz(d, ",\"summary_index\":0,\"part\":{\"type\":\"summary_text\",\"text\":\"");
+		if (it->len) lg_buf_add(d, w->reasoning.p + it->off, it->len);
+		lg_buf_addz(d, "\"}}");
+		lg_d_rs_send(r, d, "response.reasoning_summary_part.done");
+	} else {
+		lg_d_rs_begin(r, d, "response.function_call_arguments.done");
+		lg_d_rs_where(r, d, it->kind, n);
+		lg_buf_addz(d, ",\"arguments\":");
+		lg_w_str(d, lg_d_rs_args(w, it->tool));
+		lg_buf_addc(d, '}');
+		lg_d_rs_send(r, d, "response.function_call_arguments.done");
+	}
+	lg_d_rs_begin(r, d, "response.output_item.done");
+	lg_buf_addz(d, ",\"output_index\":");
+	lg_buf_addu(d, (uint64_t)n, 0);
+	lg_buf_addz(d, ",\"item\":");
+	lg_d_rs_item(r, d, it, n, 1);
+	lg_buf_addc(d, '}');
+	lg_d_rs_send(r, d, "response.output_item.done");
+}
+
+/* Closes the open item and opens the next: output_item.added, and for a
+ * message or reasoning its empty part. NULL when no room is left. */
+static struct lg_rs_item *lg_d_rs_open(struct lg_req *r, struct lg_buf *d, int kind, int tool)
+{
+	struct lg_wst *w = r->w;
+	struct lg_rs_item *it;
+	int n;
+	lg_d_rs_close(r, d);
+	if (w->nitems == w->items_cap) { /* a few items an answer: grown by doubling */
+		int cap = w->items_cap ? LG_MIN(w->items_cap * 2, LG_RS_ITEMS) : 4;
+		struct lg_rs_item *ni;
+		if (cap == w->items_cap || !(ni = (struct lg_rs_item *)realloc(w->items, (size_t)cap * sizeof *ni)))
+			return NULL;
+		w->items = ni;
+		w->items_cap = cap;
+	}
+	n = w->nitems++;
+	it = &w->items[n];
+	memset(it, 0, sizeof *it);
+	it->kind = kind;
+	it->tool = tool;
+	it->open = 1;
+	it->off = (uint32_t)(kind == LG_EV_TEXT ? w->text.len : w->reasoning.len);
+	lg_d_rs_begin(r, d, "response.output_item.added");
+	lg_buf_addz(d, ",\"output_index\":");
+	lg_buf_addu(d, (uint64_t)n, 0);
+	lg_buf_addz(d, ",\"item\":");
+	lg_d_rs_item(r, d, it, n, 0);
+	lg_buf_addc(d, '}');
+	lg_d_rs_send(r, d, "response.output_item.added");
+	if (kind == LG_EV_TEXT) {
+		lg_d_rs_begin(r, d, "response.content_part.added");
+		lg_d_rs_where(r, d, kind, n);
+		lg_buf_addz(d, ",\"content_index\":0,\"part\":{\"type\":\"output_text\",\"text\":\"\",\"annotations\":[]}}");
+		lg_d_rs_send(r, d, "response.content_part.added");
+	} else if (kind == LG_EV_REASONING) {
+		lg_d_rs_begin(r, d, "response.reasoning_summary_part.added");
+		lg_d_rs_where(r, d, kind, n);
+		lg_buf_addz(d, ",\"summary_index\":0,\"part\":{\"type\":\"summary_text\",\"text\":\"\"}}");
+		lg_d_rs_send(r, d, "response.reasoning_summary_part.added");
+	}
+	return it;
+}
+
+/* One canonical event to a Responses stream. The text and arguments are
+ * kept (lg_d_collect) as well: the done events and response.completed
+ * repeat them whole. */
+static void lg_d_rs_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int raw)
+{
+	struct lg_wst *w = r->w;
+	struct lg_rs_item *it = w->nitems && w->items[w->nitems - 1].open ? &w->items[w->nitems - 1] : NULL;
+	struct lg_buf d;
+	const char *st;
+	size_t at;
+	int k;
+	lg_buf_init(&d, 0);
+	if (!w->started) {
+		w->started = 1;
+		lg_d_rs_begin(r, &d, "response.created");
+		lg_buf_addz(&d, ",\"response\":");
+		lg_d_rs_obj(r, &d, "in_progress", 0, NULL);
+		lg_buf_addc(&d, '}');
+		lg_d_rs_send(r, &d, "response.created");
+		lg_d_rs_begin(r, &d, "response.in_progress");
+		lg_buf_addz(&d, ",\"response\":");
+		lg_d_rs_obj(r, &d, "in_progress", 0, NULL);
+		lg_buf_addc(&d, '}');
+		lg_d_rs_send(r, &d, "response.in_progress");
+	}
+	switch (type) {
+	case LG_EV_TEXT:
+	case LG_EV_REASONING:
+		if (!a.n) break;
+		if ((!it || it->kind != type) && !(it = lg_d_rs_open(r, &d, type, -1))) break;
+		at = type == LG_EV_TEXT ? w->text.len : w->reasoning.len;
+		lg_d_collect(r, type, idx, a, b, raw);
+		it->len += (uint32_t)((type == LG_EV_TEXT ? w->text.len : w->reasoning.len) - at); /* what it holds */
+		st = type == LG_EV_TEXT ? "response.output_text.delta" : "response.reasoning_summary_text.delta";
+		lg_d_rs_begin(r, &d, st);
+		lg_d_rs_where(r, &d, type, w->nitems - 1);
+		lg_buf_addz(&d, type == LG_EV_TEXT ? ",\"content_index\":0,\"delta\":\"" : ",\"summary_index\":0,\"delta\":\"");
+		lg_buf_adds(&d, a);
+		lg_buf_addz(&d, type == LG_EV_TEXT ? "\",\"logprobs\":[]}" : "\"}");
+		lg_d_rs_send(r, &d, st);
+		break;
+	case LG_EV_SIG:
+		if (!it || it->kind != LG_EV_REASONING) break;
+		if (!it->slen) it->soff = (uint32_t)w->sig.len;
+		lg_d_collect(r, type, idx, a, b, raw);
+		it->slen = (uint32_t)(w->sig.len - it->soff);
+		break;
+	case LG_EV_TOOL:
+		if (w->ntools == LG_MAX_TOOLS || w->nitems == LG_RS_ITEMS) break;
+		lg_d_collect(r, type, idx, a, b, raw);
+		lg_d_rs_open(r, &d, LG_EV_TOOL, w->ntools - 1);
+		break;
+	case LG_EV_ARGS:
+		if ((k = lg_d_tool_of(w, idx)) < 0 || !a.n) break;
+		at = w->tools[k].args.len;
+		lg_d_collect(r, type, idx, a, b, raw);
+		/* arguments of an earlier call (interleaved) are kept, not streamed: its item is done */
+		if (!it || it->kind != LG_EV_TOOL || it->tool != k || w->tools[k].args.len == at) break;
+		lg_d_rs_begin(r, &d, "response.function_call_arguments.delta");
+		lg_d_rs_where(r, &d, LG_EV_TOOL, w->nitems - 1);
+		lg_buf_addz(&d, ",\"delta\":\"");
+		lg_buf_add(&d, w->tools[k].args.p + at, w->tools[k].args.len - at);
+		lg_buf_addz(&d, "\"}");
+		lg_d_rs_send(r, &d, "response.function_call_arguments.delta");
+		break;
+	case LG_EV_FINISH: lg_d_rs_close(r, &d); break;
+	case LG_EV_END:
+		lg_d_rs_close(r, &d);
+		st = lg_d_rs_status(w);
+		st = strcmp(st, "incomplete") == 0 ? "response.incomplete" : "response.completed";
+		lg_d_rs_begin(r, &d, st);
+		lg_buf_addz(&d, ",\"response\":");
+		lg_d_rs_obj(r, &d, lg_d_rs_status(w), 1, NULL);
+		lg_buf_addc(&d, '}');
+		lg_d_rs_send(r, &d, st);
+		break;
+	default: break;
+	}
+	lg_buf_free(&d);
+}
+
+/* The collected answer as a response object. */
+static void lg_d_rs_final(struct lg_req *r, struct lg_buf *o)
+{
+	lg_d_rs_obj(r, o, lg_d_rs_status(r->w), 1, NULL);
+	lg_buf_addc(o, '\n');
+}
+
+/* A failure after the first byte: an error event, then response.failed
+ * with what was written so far (never response.completed). */
+static LG_COLD void lg_d_rs_stream_error(struct lg_req *r, const char *msg)
+{
+	struct lg_buf d;
+	if (!r->w) return; /* nothing of this dialect was written: cannot happen */
+	lg_buf_init(&d, 0);
+	lg_d_rs_begin(r, &d, "error");
+	lg_buf_printf(&d, ",\"code\":\"%s\",\"message\":", r->err_status == 429 ? "rate_limit_exceeded" : "server_error");
+	lg_json_wz(&d, msg);
+	lg_buf_addz(&d, ",\"param\":null}");
+	lg_d_rs_send(r, &d, "error");
+	lg_d_rs_begin(r, &d, "response.failed");
+	lg_buf_addz(&d, ",\"response\":");
+	lg_d_rs_obj(r, &d, "failed", 1, msg);
+	lg_buf_addc(&d, '}');
+	lg_d_rs_send(r, &d, "response.failed");
+	lg_buf_free(&d);
+}
+
 /* The first row is the default: requests before their endpoint is known
  * get its errors. */
 static const struct lg_dialect lg_dialects[] = {
@@ -9095,9 +9822,13 @@ static const struct lg_dialect lg_dialects[] = {
     {"anthropic", LG_WIRE_ANTHROPIC, lg_canon_anthropic, lg_d_an_stream, lg_d_an_final, lg_d_an_error,
      lg_d_an_stream_error, lg_d_an_native_event, lg_d_an_native_full, lg_d_an_native_end, lg_d_an_models,
      "x-api-key", "x-should-retry: false\r\n"},
+    /* no provider speaks it natively yet (wire -1): always translated */
+    {"responses", -1, lg_canon_responses, lg_d_rs_stream, lg_d_rs_final, lg_d_oa_error, lg_d_rs_stream_error, NULL,
+     NULL, NULL, lg_d_oa_models, "x-api-key", NULL},
 };
 #define LG_DIALECT_OPENAI (&lg_dialects[0])
 #define LG_DIALECT_ANTHROPIC (&lg_dialects[1])
+#define LG_DIALECT_RESPONSES (&lg_dialects[2])
 
 /* ===== 12. Router ====================================================== */
 
@@ -9399,16 +10130,32 @@ static void lg_route_order(struct lg_req *r, int order)
 }
 
 /* Prompt-cache affinity: the key, model and prompt prefix (the first two
- * messages: usually the system prompt and the first user turn). */
+ * messages: usually the system prompt and the first user turn; for
+ * Responses its instructions and first input item, the first two without
+ * instructions, or the client's prompt_cache_key). */
 static void lg_route_affinity(struct lg_req *r, const struct lg_model *m)
 {
-	int msgs = r->tk[LG_TK_MESSAGES], i, k;
+	int rs = r->ep == LG_EP_RESPONSES, msgs = r->tk[rs ? LG_TK_INPUT : LG_TK_MESSAGES], i, k, nk = 2;
+	int pk = rs ? lg_json_get(&r->j, r->body, 0, "prompt_cache_key") : -1, keyed = lg_json_type(&r->j, pk) == LG_J_STR;
 	uint32_t h = 0;
 	const char *target;
-	if (!m || !m->affinity_ms || lg_json_type(&r->j, msgs) != LG_J_ARR) return;
+	if (!m || !m->affinity_ms || (lg_json_type(&r->j, msgs) != LG_J_ARR && !rs)) return;
 	if (r->key) h = lg_crc32(h, r->key->name, strlen(r->key->name) + 1);
 	h = lg_crc32(h, m->name, strlen(m->name) + 1);
-	for (k = 0; k < 2 && (uint32_t)k < r->j.t[msgs].size; k++) {
+	if (keyed) {
+		lg_str sp = lg_json_raw(&r->j, r->body, pk);
+		h = lg_crc32(h, sp.p, sp.n);
+	} else if (rs) {
+		lg_str sp = r->tk[LG_TK_INSTRUCTIONS] >= 0 ? lg_json_span(&r->j, r->body, r->tk[LG_TK_INSTRUCTIONS])
+		                                          : lg_str_of("", 0);
+		h = lg_crc32(h, sp.p, sp.n);
+		if (sp.n) nk = 1; /* the instructions are the system prompt */
+		if (lg_json_type(&r->j, msgs) == LG_J_STR) {
+			sp = lg_json_span(&r->j, r->body, msgs);
+			h = lg_crc32(h, sp.p, sp.n);
+		}
+	}
+	for (k = 0; !keyed && lg_json_type(&r->j, msgs) == LG_J_ARR && k < nk && (uint32_t)k < r->j.t[msgs].size; k++) {
 		lg_str sp = lg_json_span(&r->j, r->body, lg_json_at(&r->j, msgs, (uint32_t)k));
 		h = lg_crc32(h, sp.p, sp.n);
 	}
@@ -9463,6 +10210,7 @@ static int lg_route_plan(struct lg_req *r, char *msg, size_t mlen)
 	/* both limits may be set: the larger is reserved (and sent when translating) */
 	r->max_out = LG_MAX(lg_json_i64(j, r->body, r->tk[LG_TK_MAX_COMPLETION_TOKENS]),
 	                    lg_json_i64(j, r->body, r->tk[LG_TK_MAX_TOKENS]));
+	r->max_out = LG_MAX(r->max_out, lg_json_i64(j, r->body, r->tk[LG_TK_MAX_OUTPUT_TOKENS])); /* Responses */
 	lg_buf_init(&why, 4096);
 	if ((st = lg_route_model(r, r->model_req, 1, prefs, sort, &why, msg, mlen))) goto out;
 	models = r->tk[LG_TK_MODELS];
@@ -10825,7 +11573,7 @@ static void lg_acct_settle_locked(struct lg_req *r)
 		lg_acct_charge_locked(r, a, 0);
 		r->ks = NULL;
 	}
-	if (r->ep != LG_EP_CHAT && r->ep != LG_EP_EMBED && r->ep != LG_EP_MESSAGES) return; /* model requests only */
+	if (!LG_EP_ASKS_MODEL(r->ep)) return; /* model requests only */
 	L.r = r;
 	L.ready = 0;
 	if ((s = lg_acct_rser(&L, LG_M_REQUESTS, r->status, NULL))) s->v += 1;
@@ -10840,7 +11588,7 @@ static void lg_acct_settle_locked(struct lg_req *r)
 	for (i = 0; i < r->natt; i++)
 		if ((s = lg_acct_rser(&L, LG_M_ATTEMPTS, r->att[i].status, r->att[i].prov))) s->v += 1;
 	/* the ring of recent requests */
-	if (r->ep == LG_EP_CHAT || r->ep == LG_EP_EMBED || r->ep == LG_EP_MESSAGES) {
+	if (LG_EP_ASKS_MODEL(r->ep)) {
 		struct lg_gen *g = &a->ring[r->seq % LG_RING];
 		memset(g, 0, sizeof *g);
 		g->seq = r->seq;
@@ -11123,7 +11871,7 @@ static void lg_srv_finish(struct lg_req *r)
 	lg_st_charge(r);
 	gone = c && lg_buf_used(&c->out) && lg_conn_flush(c) < 0;
 	if (!r->status) r->status = c ? 500 : 499;
-	if (r->ep == LG_EP_CHAT || r->ep == LG_EP_EMBED || r->ep == LG_EP_MESSAGES || r->status >= 400) lg_acct_log(r);
+	if (LG_EP_ASKS_MODEL(r->ep) || r->status >= 400) lg_acct_log(r);
 	lg_st_settle(r);
 	gw->served++;
 	/* out of the in-flight list, onto the list freed after this iteration */
@@ -11728,7 +12476,7 @@ static void lg_srv_count_tokens(struct lg_req *r)
 	lg_resp_send(r, 200, "application/json", out, strlen(out), NULL);
 }
 
-/* POST /v1/chat/completions, /v1/embeddings and /v1/messages. */
+/* POST /v1/chat/completions, /v1/embeddings, /v1/messages and /v1/responses. */
 static void lg_srv_completion(struct lg_req *r)
 {
 	struct lg_json *j = &r->j;
@@ -11784,6 +12532,12 @@ static void lg_srv_completion(struct lg_req *r)
 	}
 	t = r->tk[LG_TK_USER];
 	if (lg_json_type(j, t) == LG_J_STR && j->t[t].end - j->t[t].start <= 256) r->user = lg_route_strdup(r, t);
+	/* no provider speaks Responses natively yet: its canonical request now,
+	 * so what cannot be served is refused before any budget is held */
+	if (r->ep == LG_EP_RESPONSES && !lg_canon(r)) {
+		lg_resp_error(r, 400, NULL, "%s", r->canon_err);
+		return;
+	}
 	lg_st_admit(r); /* the plan, the key's limits, the reservation: lg_srv_admitted */
 }
 
@@ -11847,6 +12601,7 @@ static const struct lg_route_ent lg_srv_paths[] = {
     {"/admin/reload", LG_EP_RELOAD, "POST", NULL},
     {"/v1/messages", LG_EP_MESSAGES, "POST", LG_DIALECT_ANTHROPIC},
     {"/v1/messages/count_tokens", LG_EP_COUNT, "POST", LG_DIALECT_ANTHROPIC},
+    {"/v1/responses", LG_EP_RESPONSES, "POST", LG_DIALECT_RESPONSES},
     {"/", LG_EP_HEALTH, "GET, HEAD", NULL},
     {"/v1/key", LG_EP_KEY, "GET, HEAD", NULL},
     {"/v1/generation", LG_EP_GEN, "GET, HEAD", NULL},

@@ -21,7 +21,7 @@ Which wire format answers is chosen by the request path:
 The model name is  SCENARIO[~OPTION...][#TAG]  (the tag is ignored: tests use it to tell
 targets apart; URL-encoded names are decoded first).  Scenarios (see SCRIPTS and
 special_scenario()):
-    text, tool, tools2, think, usage, length, filter, json, notool, toolsig, mixed, toolesc, big
+    text, tool, tools2, think, usage, length, filter, json, notool, toolsig, mixed, toolesc, big, tools6
                        scripted replies, rendered in the provider's format
     fin-REASON         text "ok" finishing with the provider's native REASON verbatim
     blocked            gemini: a prompt blocked (no candidates, promptFeedback.blockReason)
@@ -146,6 +146,11 @@ SCRIPTS = {
                          C("m1", "get_weather", ['{"city": ', '"Oslo"}'])],
               "finish": "tool", "usage": U(40, 20, reason=6)},
 }
+
+# a text block and five tool calls: more output items than a first allocation holds
+SCRIPTS["tools6"] = {"blocks": [T("Six", " calls.")] +
+                     [C("k%d" % i, "get_weather", ['{"city": ', '"C%d"}' % i]) for i in range(5)],
+                     "finish": "tool", "usage": U(30, 25)}
 
 # tool arguments with escapes, non-ASCII and a surrogate pair, split inside an escape sequence
 ESC_ARGS = {"q": "Z\u00fcrich \"Old\" Town\n\\ \U0001F600", "n": [1, 2.5, None, True], "o": {}}

@@ -1,0 +1,1014 @@
+#!/usr/bin/env python3
+"""llmgw Responses API tests: POST /v1/responses (the OpenAI Responses dialect, stateless,
+translated to every target through the canonical request) against the built-in mock provider
+and the scripted wire-format mock tests/provmock.py (OpenAI Chat Completions and Anthropic
+Messages targets throughout; Gemini and Bedrock targets for text and a tool round trip).
+
+    python3 tests/responses_test.py                  # all tests, against ./llmgw
+    python3 tests/responses_test.py -k stream        # only tests whose name contains "stream"
+    python3 tests/responses_test.py --gw build/llmgw-asan -v
+    python3 tests/responses_test.py --list
+
+What is covered (the reference is /work/shared/PROVIDERS.md section 9):
+- the response object (id resp_<request id>, status, model, provider, output items: reasoning,
+  message with output_text, function_call; usage with input/output token details and cost);
+- the stream: every event named by its type, sequence numbers 0, 1, 2..., the exact order of
+  response.created, response.in_progress, output_item.added, content_part.added, deltas, the
+  done events, output_item.done, response.completed (or response.incomplete), no [DONE]; the
+  joined deltas equal the done events' text and the non-streamed answer;
+- request translation, checked on the mock side: input as a string or items (system/developer,
+  user, assistant, function_call, function_call_output, reasoning), instructions, function
+  tools, tool_choice, parallel_tool_calls, text.format json_schema, reasoning.effort,
+  max_output_tokens, temperature, top_p, user, images; a tool round trip;
+- previous_response_id refused (400), hosted tools dropped and named in llmgw-dropped-tools,
+  max_output_tokens cut (status incomplete), a failure in the middle of the stream (error then
+  response.failed, never response.completed), errors in the OpenAI shape, the access log and
+  /v1/generation like chat's.
+
+Providers (one shared gateway): oa (openai), an (anthropic), ge (gemini), br (bedrock, Bearer
+key), all -> provmock; mk (the built-in mock). Models `P-SCENARIO` carry prices (in=2 out=8 USD/Mtok). Each test finds its
+requests in the mock's log by a random marker in the prompt. Standard library only; 127.0.0.1
+only; every wait is bounded.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402
+from harness import (HERE, PYTHON, TOL, CTX, Fail, check, eq, near, snip, marker, read_file)  # noqa: E402,F401
+
+import provmock as PM  # noqa: E402
+
+MOCK_SCRIPT = os.path.join(HERE, "provmock.py")
+MOCK = None
+TEXT = PM.TEXT
+PRICES = "in=2 out=8"
+SCENARIOS = ["text", "tool", "tools2", "think", "length", "json", "midfail", "mixed", "filter", "tools6"]
+PROVS = ["oa", "an"]
+MORE_PROVS = ["ge", "br"]   # gemini and bedrock targets: the same dialect, other wires
+CALL_ID = {"oa": "call_", "an": "toolu_", "br": "tooluse_"}
+
+
+def http(port, method, path, body=None, headers=None, key="sk-test", timeout=15):
+    return H.http_request(port, method, path, body, headers, key, timeout)
+
+
+class Mock(H.MockProc):
+    def __init__(self):
+        super().__init__([PYTHON, MOCK_SCRIPT, "--port", "0"], "llmgw-rs-provmock-", "provmock")
+
+    def requests(self):
+        if not self.alive():
+            raise Fail("provmock died; its stderr: %s" % read_file(self.stderr_path)[-2000:])
+        r = http(self.port, "GET", "/_requests", key=None)
+        check(r.status == 200, "provmock GET /_requests: %r" % r)
+        return r.json()
+
+    def find(self, mk):
+        return [r for r in self.requests() if mk in r["body"]]
+
+
+def mock():
+    global MOCK
+    if MOCK is None:
+        MOCK = Mock()
+        H.CTX.mock_mark = 0
+    if not MOCK.alive():
+        raise Fail("provmock died; its stderr: %s" % read_file(MOCK.stderr_path)[-2000:])
+    return MOCK
+
+
+def config_text(port, mp, access_log, extra=""):
+    out = ["""[gateway]
+listen = 127.0.0.1:{port}
+access_log = {log}
+auth = keys
+header_timeout = 2s
+idle_timeout = 5s
+connect_timeout = 1s
+first_byte_timeout = 4s
+stream_idle_timeout = 3s
+max_attempts = 2
+log_level = warn
+
+[provider.oa]
+type = openai
+base_url = http://127.0.0.1:{mp}/v1
+api_key = sk-oa-secret
+direct = yes
+
+[provider.an]
+type = anthropic
+base_url = http://127.0.0.1:{mp}
+api_key = an-secret
+direct = yes
+
+[provider.ge]
+type = gemini
+base_url = http://127.0.0.1:{mp}/v1beta
+api_key = ge-secret
+direct = yes
+
+[provider.br]
+type = bedrock
+base_url = http://127.0.0.1:{mp}
+api_key = br-bearer-token
+direct = yes
+
+[provider.mk]
+type = mock
+
+[model.m-mock]
+target = mk mock-model {prices}
+
+[key.test]
+secret = sk-test
+""".format(port=port, mp=mp, log=access_log, prices=PRICES)]
+    for p in PROVS + MORE_PROVS:
+        for s in SCENARIOS:
+            out.append("[model.%s-%s]\ntarget = %s %s %s\n" % (p, s, p, s, PRICES))
+    out.append(extra)
+    return "\n".join(out) + "\n"
+
+
+class Gateway(H.GatewayBase):
+    prefix = "llmgw-responses-"
+
+    def __init__(self, shared=False, extra=""):
+        super().__init__(shared, register=False)
+        self.write(config_text(self.port, mock().port, self.access_log, extra))
+        if not shared:
+            H.CTX.gateways.append(self)
+
+    def health(self):
+        return http(self.port, "GET", "/health", key=None, timeout=1).status
+
+    def access_line(self, rid, wait=3):
+        deadline = time.monotonic() + wait * TOL
+        while True:
+            for ln in read_file(self.access_log).splitlines():
+                try:
+                    j = json.loads(ln)
+                except ValueError:
+                    continue
+                if j.get("id") == rid:
+                    return j
+            if time.monotonic() > deadline:
+                raise Fail("no access-log line for request %s" % rid)
+            time.sleep(0.05)
+
+
+SHARED = None
+SHARED_FAILED = None
+
+
+def shared():
+    global SHARED, SHARED_FAILED
+    if SHARED_FAILED:
+        raise Fail("shared gateway could not be started earlier: %s" % SHARED_FAILED)
+    if SHARED is not None and not SHARED.alive():
+        err, rc = SHARED.stderr()[-3000:], SHARED.proc.poll()
+        SHARED = None
+        raise Fail("the shared gateway had died (exit status %r) before this test; stderr tail:\n%s" % (rc, err))
+    if SHARED is None:
+        try:
+            SHARED = Gateway(shared=True).start()
+        except Fail as e:
+            SHARED_FAILED = str(e).split("\n")[0]
+            SHARED = None
+            raise
+    if not any(g is SHARED for g, _ in H.CTX.marks):
+        H.CTX.marks.append((SHARED, SHARED.stderr_size()))
+    return SHARED
+
+
+# =======================================================================================
+# requests and results
+
+def rs_req(model, input=None, stream=False, mk=None, key="sk-test", headers=None, **extra):
+    """POST /v1/responses; input defaults to one user message carrying the marker."""
+    mk = mk or marker()
+    b = {"model": model, "input": input if input is not None else "Say hello. %s" % mk}
+    if stream:
+        b["stream"] = True
+    b.update(extra)
+    return http(shared().port, "POST", "/v1/responses", b, key=key, headers=headers)
+
+
+def expect_status(r, want, what):
+    if r.status != want:
+        raise Fail("%s: expected status %d, got %d; body %s" % (what, want, r.status, snip(r.body)))
+
+
+def one_request(mk, what):
+    rs = mock().find(mk)
+    check(len(rs) == 1, "%s: the mock should have seen exactly 1 request with marker %s, saw %d: %r"
+          % (what, mk, len(rs), [(x["path"], snip(x["body"], 200)) for x in rs]))
+    try:
+        return rs[0], json.loads(rs[0]["body"])
+    except ValueError:
+        raise Fail("%s: the body the provider received is not JSON: %s" % (what, snip(rs[0]["body"])))
+
+
+def expect_error(r, status, what, contains=()):
+    expect_status(r, status, what)
+    j = r.json()
+    e = j.get("error") if isinstance(j, dict) else None
+    check(isinstance(e, dict) and isinstance(e.get("message"), str) and e["message"] and "type" in e and
+          "param" in e and "code" in e, "%s: not an OpenAI error body: %s" % (what, snip(r.body)))
+    for c in contains:
+        check(c.lower() in e["message"].lower(), "%s: error message %r should mention %r" % (what, e["message"], c))
+    return e
+
+
+def check_object(r, j, what, model=None, provider=None, status="completed"):
+    """The common shape of a response object."""
+    rid = r.h("x-request-id")
+    eq(j.get("id"), "resp_%s" % rid, what + ": id")
+    eq(j.get("object"), "response", what + ": object")
+    check(isinstance(j.get("created_at"), int) and abs(j["created_at"] - time.time()) < 120,
+          "%s: created_at %r" % (what, j.get("created_at")))
+    eq(j.get("status"), status, what + ": status")
+    if model:
+        eq(j.get("model"), model, what + ": model (the public name)")
+    if provider:
+        eq(j.get("provider"), provider, what + ": provider")
+        eq(r.h("x-llmgw-provider"), provider, what + ": x-llmgw-provider")
+    check(isinstance(j.get("output"), list), "%s: output is not a list: %s" % (what, snip(j)))
+    if status == "incomplete":
+        check(isinstance(j.get("incomplete_details"), dict), what + ": incomplete_details")
+    else:
+        eq(j.get("incomplete_details"), None, what + ": incomplete_details")
+    eq(j.get("error"), None, what + ": error")
+    for n, it in enumerate(j["output"]):
+        t = it.get("type")
+        pre = {"message": "msg_", "reasoning": "rs_", "function_call": "fc_"}.get(t)
+        check(pre, "%s: output[%d] has an unknown type: %s" % (what, n, snip(it)))
+        check(isinstance(it.get("id"), str) and it["id"].startswith(pre), "%s: output[%d].id %r" % (what, n, it.get("id")))
+        if t == "message":
+            eq((it.get("role"), it.get("status")), ("assistant", "completed"), "%s: output[%d] role/status" % (what, n))
+            for c in it.get("content") or []:
+                eq(c.get("type"), "output_text", "%s: output[%d] part type" % (what, n))
+                eq(c.get("annotations"), [], "%s: output[%d] annotations" % (what, n))
+        if t == "function_call":
+            eq(it.get("status"), "completed", "%s: output[%d] status" % (what, n))
+            check(isinstance(it.get("arguments"), str), "%s: arguments not a string" % what)
+    return j
+
+
+def simple(output):
+    """Comparable view of output items (ids left out, arguments parsed)."""
+    out = []
+    for it in output:
+        t = it.get("type")
+        if t == "message":
+            out.append(("message", "".join(c.get("text", "") for c in it.get("content") or [])))
+        elif t == "reasoning":
+            out.append(("reasoning", "".join(s.get("text", "") for s in it.get("summary") or []),
+                        it.get("encrypted_content")))
+        elif t == "function_call":
+            try:
+                a = json.loads(it.get("arguments") or "")
+            except ValueError:
+                a = ("not JSON", it.get("arguments"))
+            out.append(("function_call", it.get("call_id"), it.get("name"), a))
+        else:
+            out.append((t,))
+    return out
+
+
+def compress(names):
+    """Event names with each run of one delta type (one or more) shown once, as name*."""
+    out = []
+    for n in names:
+        if n.endswith(".delta"):
+            if not out or out[-1] != n + "*":
+                out.append(n + "*")
+        else:
+            out.append(n)
+    return out
+
+
+MSG_EVENTS = ["response.output_item.added", "response.content_part.added", "response.output_text.delta*",
+              "response.output_text.done", "response.content_part.done", "response.output_item.done"]
+FC_EVENTS = ["response.output_item.added", "response.function_call_arguments.delta*",
+             "response.function_call_arguments.done", "response.output_item.done"]
+RS_EVENTS = ["response.output_item.added", "response.reasoning_summary_part.added",
+             "response.reasoning_summary_text.delta*", "response.reasoning_summary_text.done",
+             "response.reasoning_summary_part.done", "response.output_item.done"]
+HEAD_EVENTS = ["response.created", "response.in_progress"]
+
+
+def stream_result(r, what, end="response.completed"):
+    """A Responses stream checked event by event; returns (events, final response object,
+    output rebuilt from the events)."""
+    expect_status(r, 200, what)
+    check(r.h("content-type", "").startswith("text/event-stream"), "%s: content-type %r" % (what, r.h("content-type")))
+    eq(r.h("cache-control"), "no-cache", what + ": Cache-Control")
+    ev = r.events
+    check(ev, "%s: no events" % what)
+    for i, e in enumerate(ev):
+        check(e.data != "[DONE]", "%s: a [DONE] in a Responses stream" % what)
+        check(isinstance(e.json, dict), "%s: event %d is not a JSON object: %r" % (what, i, e))
+        eq(e.json.get("type"), e.name, "%s: event %d: data.type vs event name" % (what, i))
+        eq(e.json.get("sequence_number"), i, "%s: event %d (%s): sequence_number" % (what, i, e.name))
+        check(not e.partial, "%s: event %d is cut" % (what, i))
+    eq(ev[0].name, "response.created", what + ": first event")
+    eq(ev[-1].name, end, what + ": last event")
+    for e in ev[:2]:
+        resp = e.json.get("response") or {}
+        eq((resp.get("status"), resp.get("output")), ("in_progress", []), "%s: %s response" % (what, e.name))
+        eq(resp.get("id"), "resp_%s" % r.h("x-request-id"), "%s: %s response id" % (what, e.name))
+    # rebuild the items from the events
+    items, texts = {}, {}
+    for e in ev:
+        j = e.json
+        t = e.name
+        if t == "response.output_item.added":
+            n = j["output_index"]
+            check(n == len(items), "%s: output_item.added index %r, expected %d" % (what, n, len(items)))
+            it = dict(j["item"])
+            items[n] = it
+            texts[n] = ""
+            if it["type"] == "function_call":
+                eq(it.get("arguments"), "", what + ": a function_call opens with empty arguments")
+                eq(it.get("status"), "in_progress", what + ": function_call added status")
+            if it["type"] == "message":
+                eq((it.get("status"), it.get("content")), ("in_progress", []), what + ": message added")
+        elif t in ("response.output_text.delta", "response.function_call_arguments.delta",
+                   "response.reasoning_summary_text.delta"):
+            n = j["output_index"]
+            check(n in items, "%s: %s for an item never added: %r" % (what, t, j))
+            eq(j.get("item_id"), items[n]["id"], "%s: %s item_id" % (what, t))
+            texts[n] += j["delta"]
+        elif t == "response.output_text.done":
+            eq(j.get("text"), texts[j["output_index"]], what + ": output_text.done text = the joined deltas")
+        elif t == "response.content_part.done":
+            eq(j["part"].get("text"), texts[j["output_index"]], what + ": content_part.done text")
+        elif t == "response.function_call_arguments.done":
+            n = j["output_index"]
+            check(j.get("arguments") == texts[n] or (texts[n] == "" and j.get("arguments") == "{}"),
+                  "%s: function_call_arguments.done %r vs joined deltas %r" % (what, j.get("arguments"), texts[n]))
+        elif t == "response.reasoning_summary_text.done":
+            eq(j.get("text"), texts[j["output_index"]], what + ": reasoning_summary_text.done text")
+        elif t == "response.output_item.done":
+            n = j["output_index"]
+            eq(j["item"].get("id"), items[n]["id"], what + ": output_item.done id")
+            items[n] = j["item"]
+    final = ev[-1].json.get("response") if end != "response.failed" else ev[-1].json.get("response")
+    check(isinstance(final, dict), "%s: %s carries no response" % (what, end))
+    return ev, final, [items[n] for n in sorted(items)]
+
+
+def names_of(ev):
+    return compress([e.name for e in ev])
+
+
+def usage_check(u, what, prompt, completion, cost, cached=0, reasoning=0):
+    check(isinstance(u, dict), "%s: no usage" % what)
+    eq((u.get("input_tokens"), u.get("output_tokens"), u.get("total_tokens")), (prompt, completion, prompt + completion),
+       what + ": input/output/total tokens")
+    eq((u.get("input_tokens_details") or {}).get("cached_tokens"), cached, what + ": cached_tokens")
+    eq((u.get("output_tokens_details") or {}).get("reasoning_tokens"), reasoning, what + ": reasoning_tokens")
+    near(u.get("cost"), cost, what + ": usage.cost")
+
+
+# =======================================================================================
+# the built-in mock provider
+
+MOCK_PREFIX = "This is a mock reply from llmgw. You said: "
+
+
+def test_mock_nonstream():
+    mk = marker()
+    r = rs_req("m-mock", mk=mk)
+    expect_status(r, 200, "mock")
+    j = check_object(r, r.json(), "mock", model="m-mock", provider="mk")
+    eq(simple(j["output"]), [("message", MOCK_PREFIX + "Say hello. %s" % mk)], "mock output")
+    u = j["usage"]
+    check(u["input_tokens"] > 0 and u["output_tokens"] > 0, "mock usage: %r" % u)
+    near(u["cost"], (u["input_tokens"] * 2 + u["output_tokens"] * 8) / 1e6, "mock usage.cost")
+
+
+def test_mock_stream_exact_events():
+    mk = marker()
+    r = rs_req("m-mock", mk=mk, stream=True)
+    ev, final, items = stream_result(r, "mock stream")
+    eq(names_of(ev), HEAD_EVENTS + MSG_EVENTS + ["response.completed"], "mock stream: event order")
+    check(sum(e.name == "response.output_text.delta" for e in ev) > 3, "mock stream: one delta per word")
+    check_object(r, final, "mock stream completed", model="m-mock", provider="mk")
+    want = [("message", MOCK_PREFIX + "Say hello. %s" % mk)]
+    eq(simple(final["output"]), want, "mock stream: completed output")
+    eq(simple(items), want, "mock stream: output rebuilt from the events")
+    for e in ev:
+        if e.name in ("response.output_text.delta", "response.content_part.added", "response.output_text.done"):
+            eq((e.json.get("output_index"), e.json.get("content_index")), (0, 0), "mock stream: %s indexes" % e.name)
+    u = final["usage"]
+    near(u["cost"], (u["input_tokens"] * 2 + u["output_tokens"] * 8) / 1e6, "mock stream usage.cost")
+
+
+def test_mock_input_items_and_instructions():
+    """Items: system/developer go to the system prompt, the last user text is what the mock echoes."""
+    mk = marker()
+    inp = [{"role": "developer", "content": "Be brief."},
+           {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "first"}]},
+           {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "ok"}]},
+           {"role": "user", "content": [{"type": "input_text", "text": "second %s" % mk}]}]
+    r = rs_req("m-mock", input=inp, instructions="You are a test.")
+    expect_status(r, 200, "mock items")
+    eq(simple(r.json()["output"]), [("message", MOCK_PREFIX + "second %s" % mk)], "mock items: output")
+
+
+def test_mock_max_output_tokens_incomplete():
+    for stream in (False, True):
+        what = "mock max_output_tokens stream=%s" % stream
+        r = rs_req("m-mock", stream=stream, max_output_tokens=3)
+        if stream:
+            ev, j, _ = stream_result(r, what, end="response.incomplete")
+            eq(names_of(ev)[-1], "response.incomplete", what)
+            check("response.completed" not in [e.name for e in ev], what + ": response.completed sent")
+        else:
+            expect_status(r, 200, what)
+            j = r.json()
+        check_object(r, j, what, status="incomplete")
+        eq(j["incomplete_details"], {"reason": "max_output_tokens"}, what + ": incomplete_details")
+        eq(len(simple(j["output"])[0][1]), 12, what + ": text cut at 3 tokens (12 bytes)")
+
+
+def test_access_log_and_generation():
+    g = shared()
+    for stream in (False, True):
+        what = "access log stream=%s" % stream
+        r = rs_req("oa-text", stream=stream, user="alice")
+        if stream:
+            _, j, _ = stream_result(r, what)
+        else:
+            expect_status(r, 200, what)
+            j = r.json()
+        usage_check(j["usage"], what, 11, 7, 78e-6)
+        rid = r.h("x-request-id")
+        ln = g.access_line(rid)
+        eq((ln.get("prompt_tokens"), ln.get("completion_tokens"), ln.get("cached_tokens")), (11, 7, 0),
+           what + ": tokens")
+        near(ln.get("cost"), 78e-6, what + ": cost")
+        eq((ln.get("model"), ln.get("provider"), ln.get("upstream_model"), ln.get("status"), ln.get("stream"),
+            ln.get("key"), ln.get("user")), ("oa-text", "oa", "text", 200, stream, "test", "alice"),
+           what + ": model/provider/upstream_model/status/stream/key/user")
+        check(isinstance(ln.get("attempts"), list) and len(ln["attempts"]) == 1, what + ": attempts")
+        gr = http(g.port, "GET", "/v1/generation?id=" + rid)
+        expect_status(gr, 200, what + ": /v1/generation")
+        d = gr.json()["data"]
+        near(d.get("cost"), 78e-6, what + ": /v1/generation cost")
+
+
+def test_budget_and_key_spend():
+    """The key's budget holds max_output_tokens against it (402 in the OpenAI shape), and what a
+    Responses request costs is the key's spend (/v1/key), streamed or not."""
+    g = Gateway(extra="[key.small]\nsecret = sk-small\nbudget = 0.01/day\n").start()
+    r = http(g.port, "POST", "/v1/responses", {"model": "oa-text", "input": "hi", "max_output_tokens": 2000000},
+             key="sk-small")
+    e = expect_error(r, 402, "budget", contains=("budget",))
+    costs = []
+    for stream in (False, True):
+        body = {"model": "oa-text", "input": "hi", "max_output_tokens": 50, "stream": stream}
+        r = http(g.port, "POST", "/v1/responses", body, key="sk-small")
+        if stream:
+            _, j, _ = stream_result(r, "budget stream")
+        else:
+            expect_status(r, 200, "budget non-stream")
+            j = r.json()
+        costs.append(j["usage"]["cost"])
+    near(sum(costs), 2 * 78e-6, "the two answers' costs")
+    eq(e["type"], "insufficient_quota", "402: error type")
+    deadline = time.monotonic() + 3 * TOL
+    while True:     # the spend is settled when each request ends
+        d = http(g.port, "GET", "/v1/key", key="sk-small").json()["data"]
+        if abs((d.get("usage") or 0) - sum(costs)) <= 1e-12 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    near(d.get("usage"), sum(costs), "/v1/key usage = the Responses costs")
+
+
+def test_affinity():
+    """Prompt-cache affinity: the same instructions and first input item (the first two without
+    instructions, or the same prompt_cache_key) stay on one target; other conversations spread
+    (weighted)."""
+    g = Gateway(extra="[model.m-aff]\ntarget = oa text#aff-a\ntarget = an text#aff-b\n"
+                      "strategy = weighted\naffinity = 10m\n").start()
+
+    def served(body, what):
+        r = http(g.port, "POST", "/v1/responses", dict(body, model="m-aff"))
+        expect_status(r, 200, what)
+        return r.h("x-llmgw-provider")
+    sys_a, hello = "You are A. " + marker(), "Hello there. " + marker()
+    for body in ({"instructions": sys_a}, {}):
+        first = None
+        for i in range(6):
+            inp = [{"role": "user", "content": hello}] + \
+                  [{"role": "assistant" if k % 2 == 0 else "user", "content": "turn %d" % k} for k in range(i)] + \
+                  [{"role": "user", "content": "now %s" % marker()}]
+            if not body:        # without instructions: the first two items, a fixed pair
+                inp = [{"role": "developer", "content": sys_a}] + inp
+            p = served(dict(body, input=inp), "conversation request %d %r" % (i, body.keys()))
+            first = first or p
+            eq(p, first, "conversation request %d stays on its first target (%r)" % (i, list(body)))
+    ck = "cache-" + marker()
+    first = None
+    for i in range(6):
+        p = served({"instructions": marker(), "input": "x %d" % i, "prompt_cache_key": ck}, "prompt_cache_key %d" % i)
+        first = first or p
+        eq(p, first, "prompt_cache_key request %d stays on its first target" % i)
+    seen = set(served({"instructions": marker(), "input": "hi"}, "fresh %d" % i) for i in range(16))
+    check(len(seen) == 2, "new prefixes should spread over both targets, all went to %r" % seen)
+
+
+# =======================================================================================
+# translated targets: OpenAI chat and Anthropic
+
+def test_text_translated():
+    for prov in PROVS:
+        for stream in (False, True):
+            what = "%s text stream=%s" % (prov, stream)
+            mk = marker()
+            r = rs_req("%s-text" % prov, mk=mk, stream=stream, instructions="Be nice.", temperature=0.5, top_p=0.9,
+                       max_output_tokens=100, user="u-1", store=False, metadata={"a": "b"})
+            if stream:
+                ev, j, items = stream_result(r, what)
+                eq(names_of(ev), HEAD_EVENTS + MSG_EVENTS + ["response.completed"], what + ": event order")
+                eq(simple(items), [("message", TEXT)], what + ": rebuilt output")
+            else:
+                expect_status(r, 200, what)
+                j = r.json()
+            check_object(r, j, what, model="%s-text" % prov, provider=prov)
+            eq(simple(j["output"]), [("message", TEXT)], what + ": output")
+            usage_check(j["usage"], what, 11, 7, 78e-6)
+            rec, b = one_request(mk, what)
+            eq(b.get("model"), "text", what + ": upstream model")
+            eq(b.get("temperature"), 0.5, what + ": temperature")
+            eq(b.get("top_p"), 0.9, what + ": top_p")
+            eq(b.get("max_tokens"), 100, what + ": max_tokens from max_output_tokens")
+            for k in ("input", "instructions", "store", "max_output_tokens", "text") + (("metadata",) if prov == "oa" else ()):
+                check(k not in b, "%s: upstream body has the Responses field %r: %s" % (what, k, snip(b)))
+            if prov == "oa":
+                check(rec["path"].endswith("/chat/completions"), what + ": path %r" % rec["path"])
+                eq(b["messages"], [{"role": "system", "content": "Be nice."},
+                                   {"role": "user", "content": [{"type": "text", "text": "Say hello. %s" % mk}]}],
+                   what + ": messages")
+                eq(b.get("user"), "u-1", what + ": user")
+                if stream:
+                    eq((b.get("stream"), b.get("stream_options")), (True, {"include_usage": True}), what + ": stream")
+            else:
+                check(rec["path"].endswith("/v1/messages"), what + ": path %r" % rec["path"])
+                sysp = b.get("system")
+                st = sysp if isinstance(sysp, str) else "".join(x.get("text", "") for x in sysp or [])
+                eq(st, "Be nice.", what + ": system")
+                eq(len(b["messages"]), 1, what + ": one message")
+                eq(b["messages"][0]["role"], "user", what + ": role")
+                eq((b.get("metadata") or {}).get("user_id"), "u-1", what + ": metadata.user_id")
+
+
+def test_stream_equals_nonstream():
+    for prov in PROVS:
+        for scen in ("text", "tools2", "think", "mixed"):
+            what = "%s %s" % (prov, scen)
+            tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}},
+                     {"type": "function", "name": "get_time", "parameters": {"type": "object"}}]
+            a = rs_req("%s-%s" % (prov, scen), tools=tools)
+            expect_status(a, 200, what)
+            ja = check_object(a, a.json(), what, provider=prov)
+            b = rs_req("%s-%s" % (prov, scen), tools=tools, stream=True)
+            _, jb, items = stream_result(b, what + " stream")
+            check_object(b, jb, what + " stream", provider=prov)
+            eq(simple(jb["output"]), simple(ja["output"]), what + ": streamed output = non-streamed output")
+            eq(simple(items), simple(ja["output"]), what + ": output rebuilt from the events")
+            eq(jb["usage"], ja["usage"], what + ": usage")
+
+
+def test_tools2_order_and_indexes():
+    for prov in PROVS:
+        what = "%s tools2 stream" % prov
+        r = rs_req("%s-tools2" % prov, stream=True,
+                   tools=[{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}])
+        ev, j, _ = stream_result(r, what)
+        eq(names_of(ev), HEAD_EVENTS + MSG_EVENTS + FC_EVENTS + FC_EVENTS + ["response.completed"],
+           what + ": event order")
+        out = simple(j["output"])
+        eq(out, [("message", "Checking both."),
+                 ("function_call", CALL_ID[prov] + "w1", "get_weather", {"city": "Paris"}),
+                 ("function_call", CALL_ID[prov] + "t2", "get_time", {"tz": "Europe/Paris"})], what + ": output")
+        eq([it["id"] for it in j["output"]],
+           ["%s_%s_%d" % (p, r.h("x-request-id"), n) for n, p in enumerate(("msg", "fc", "fc"))], what + ": ids")
+
+
+def test_many_output_items():
+    """Six output items (a message and five calls): indexes and ids in order, stream = non-stream."""
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
+    for prov in PROVS:
+        what = "%s tools6" % prov
+        a = rs_req("%s-tools6" % prov, tools=tools)
+        expect_status(a, 200, what)
+        want = [("message", "Six calls.")] + [("function_call", CALL_ID[prov] + "k%d" % i, "get_weather",
+                                               {"city": "C%d" % i}) for i in range(5)]
+        eq(simple(a.json()["output"]), want, what + ": output")
+        r = rs_req("%s-tools6" % prov, tools=tools, stream=True)
+        ev, j, items = stream_result(r, what + " stream")
+        eq(names_of(ev), HEAD_EVENTS + MSG_EVENTS + FC_EVENTS * 5 + ["response.completed"], what + ": event order")
+        eq(simple(j["output"]), want, what + " stream: output")
+        eq(simple(items), want, what + " stream: rebuilt output")
+        eq([it["id"] for it in j["output"]],
+           ["%s_%s_%d" % ("msg" if n == 0 else "fc", r.h("x-request-id"), n) for n in range(6)], what + ": ids")
+
+
+def test_gemini_bedrock_targets():
+    """The dialect on the other wires: text, a tool call and its round trip."""
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object",
+                                                                        "properties": {"city": {"type": "string"}}}}]
+    for prov in MORE_PROVS:
+        for stream in (False, True):
+            what = "%s stream=%s" % (prov, stream)
+            r = rs_req("%s-text" % prov, stream=stream)
+            if stream:
+                ev, j, _ = stream_result(r, what)
+                eq(names_of(ev), HEAD_EVENTS + MSG_EVENTS + ["response.completed"], what + ": event order")
+            else:
+                expect_status(r, 200, what)
+                j = r.json()
+            check_object(r, j, what, model="%s-text" % prov, provider=prov)
+            eq(simple(j["output"]), [("message", TEXT)], what + ": output")
+            usage_check(j["usage"], what, 11, 7, 78e-6)
+            r = rs_req("%s-tool" % prov, stream=stream, tools=tools)
+            if stream:
+                _, j, _ = stream_result(r, what + " tool")
+            else:
+                expect_status(r, 200, what + " tool")
+                j = r.json()
+            out = simple(j["output"])
+            eq([(o[0], o[2], o[3]) for o in out], [("function_call", "get_weather", {"city": "Paris"})],
+               what + ": tool output")
+            check(isinstance(out[0][1], str) and out[0][1], what + ": a call_id")
+            fc = j["output"][0]
+            mk = marker()
+            inp = [{"role": "user", "content": "Weather? %s" % mk},
+                   {"type": "function_call", "call_id": fc["call_id"], "name": "get_weather",
+                    "arguments": fc["arguments"]},
+                   {"type": "function_call_output", "call_id": fc["call_id"], "output": "sunny"}]
+            r2 = rs_req("%s-text" % prov, input=inp, tools=tools)
+            expect_status(r2, 200, what + " round trip")
+            _, b = one_request(mk, what + " round trip")
+            if prov == "ge":
+                parts = [p for c in b["contents"] for p in c.get("parts", [])]
+                eq([p["functionCall"]["name"] for p in parts if "functionCall" in p], ["get_weather"],
+                   what + ": functionCall")
+                fr = [p["functionResponse"] for p in parts if "functionResponse" in p]
+                eq([f["name"] for f in fr], ["get_weather"], what + ": functionResponse name from the call")
+            else:
+                blocks = [c for m in b["messages"] for c in m.get("content", [])]
+                eq([c["toolUse"]["toolUseId"] for c in blocks if "toolUse" in c], [fc["call_id"]], what + ": toolUse")
+                eq([c["toolResult"]["toolUseId"] for c in blocks if "toolResult" in c], [fc["call_id"]],
+                   what + ": toolResult")
+
+
+def test_reasoning_items():
+    for prov in PROVS:
+        for stream in (False, True):
+            what = "%s think stream=%s" % (prov, stream)
+            r = rs_req("%s-think" % prov, stream=stream, include=["reasoning.encrypted_content"],
+                       reasoning={"effort": "low", "summary": "auto"})
+            if stream:
+                ev, j, _ = stream_result(r, what)
+                eq(names_of(ev), HEAD_EVENTS + RS_EVENTS + MSG_EVENTS + ["response.completed"], what + ": order")
+            else:
+                expect_status(r, 200, what)
+                j = r.json()
+            sig = PM.ANTH_SIG if prov == "an" else None
+            eq(simple(j["output"]), [("reasoning", "Let me think it over.", sig), ("message", "The answer is 4.")],
+               what + ": output")
+            eq(j["usage"]["output_tokens_details"]["reasoning_tokens"], 5 if prov == "oa" else 0,
+               what + ": reasoning_tokens")
+    # without include: no encrypted_content
+    r = rs_req("an-think")
+    expect_status(r, 200, "an think without include")
+    check("encrypted_content" not in r.json()["output"][0], "encrypted_content without include")
+
+
+def test_reasoning_roundtrip_anthropic():
+    """A reasoning item with encrypted_content goes back to Anthropic as a signed thinking block
+    on the assistant turn that follows it."""
+    mk = marker()
+    inp = [{"role": "user", "content": "Think. %s" % mk},
+           {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Let me think"},
+                                                           {"type": "summary_text", "text": "it over."}],
+            "encrypted_content": PM.ANTH_SIG},
+           {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "4"}]},
+           {"role": "user", "content": "Sure?"}]
+    r = rs_req("an-text", input=inp)
+    expect_status(r, 200, "reasoning round trip")
+    _, b = one_request(mk, "reasoning round trip")
+    eq(b["messages"][1], {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "Let me think\n\nit over.", "signature": PM.ANTH_SIG},
+        {"type": "text", "text": "4"}]}, "reasoning round trip: the assistant turn")
+    # a reasoning item without a following assistant item is dropped
+    mk = marker()
+    inp = [{"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "x"}]},
+           {"role": "user", "content": "Hi %s" % mk}]
+    r = rs_req("oa-text", input=inp)
+    expect_status(r, 200, "reasoning before a user item")
+    _, b = one_request(mk, "reasoning before a user item")
+    eq([m["role"] for m in b["messages"]], ["user"], "reasoning before a user item: dropped")
+
+
+def test_tool_roundtrip():
+    tools = [{"type": "function", "name": "get_weather", "description": "Weather by city", "strict": True,
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    for prov in PROVS:
+        for stream in (False, True):
+            what = "%s tool stream=%s" % (prov, stream)
+            mk = marker()
+            r = rs_req("%s-tool" % prov, mk=mk, stream=stream, tools=tools, tool_choice="auto")
+            if stream:
+                ev, j, items = stream_result(r, what)
+                eq(names_of(ev), HEAD_EVENTS + FC_EVENTS + ["response.completed"], what + ": event order")
+                added = [e.json for e in ev if e.name == "response.output_item.added"][0]
+                eq(added["item"]["call_id"], CALL_ID[prov] + "w1", what + ": added call_id")
+                eq(added["item"]["name"], "get_weather", what + ": added name")
+            else:
+                expect_status(r, 200, what)
+                j = r.json()
+            check_object(r, j, what, provider=prov)
+            out = simple(j["output"])
+            eq(out, [("function_call", CALL_ID[prov] + "w1", "get_weather", {"city": "Paris"})], what + ": output")
+            _, b = one_request(mk, what)
+            if prov == "oa":
+                eq(b.get("tools"), [{"type": "function", "function": {
+                    "name": "get_weather", "description": "Weather by city", "parameters": tools[0]["parameters"]}}],
+                   what + ": upstream tools")
+                eq(b.get("tool_choice"), "auto", what + ": tool_choice")
+            else:
+                eq([(t["name"], t.get("input_schema")) for t in b.get("tools")],
+                   [("get_weather", tools[0]["parameters"])], what + ": upstream tools")
+            # the round trip: the call and its output back in
+            fc = j["output"][0]
+            mk2 = marker()
+            inp = [{"role": "user", "content": "Weather in Paris? %s" % mk2},
+                   {"type": "function_call", "id": fc["id"], "call_id": fc["call_id"], "name": fc["name"],
+                    "arguments": fc["arguments"]},
+                   {"type": "function_call_output", "call_id": fc["call_id"], "output": "sunny, 21C"}]
+            r2 = rs_req("%s-text" % prov, input=inp, tools=tools)
+            expect_status(r2, 200, what + " round trip")
+            eq(simple(r2.json()["output"]), [("message", TEXT)], what + " round trip: output")
+            _, b = one_request(mk2, what + " round trip")
+            cid = fc["call_id"]
+            if prov == "oa":
+                m = b["messages"]
+                eq([x["role"] for x in m], ["user", "assistant", "tool"], what + " round trip: roles")
+                eq(m[1].get("content"), None, what + " round trip: assistant content")
+                tc = m[1]["tool_calls"]
+                eq([(t["id"], t["type"], t["function"]["name"], json.loads(t["function"]["arguments"])) for t in tc],
+                   [(cid, "function", "get_weather", {"city": "Paris"})], what + " round trip: tool_calls")
+                eq((m[2]["tool_call_id"], m[2]["content"]), (cid, "sunny, 21C"), what + " round trip: tool message")
+            else:
+                m = b["messages"]
+                eq([x["role"] for x in m], ["user", "assistant", "user"], what + " round trip: roles")
+                eq(m[1]["content"], [{"type": "tool_use", "id": cid, "name": "get_weather",
+                                      "input": {"city": "Paris"}}], what + " round trip: tool_use")
+                tr = m[2]["content"][0]
+                eq((tr["type"], tr["tool_use_id"]), ("tool_result", cid), what + " round trip: tool_result")
+                c = tr["content"]
+                ct = c if isinstance(c, str) else "".join(x.get("text", "") for x in c)
+                eq(ct, "sunny, 21C", what + " round trip: tool_result content")
+
+
+def test_parallel_tool_results_merge():
+    """Two calls and their two outputs: one assistant turn, one user turn of results (Anthropic)."""
+    mk = marker()
+    inp = [{"role": "user", "content": "Both %s" % mk},
+           {"type": "function_call", "call_id": "c1", "name": "a", "arguments": "{\"x\":1}"},
+           {"type": "function_call", "call_id": "c2", "name": "b", "arguments": "not json"},
+           {"type": "function_call_output", "call_id": "c1", "output": "one"},
+           {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "two"}]}]
+    tools = [{"type": "function", "name": "a"}, {"type": "function", "name": "b"}]
+    r = rs_req("an-text", input=inp, tools=tools)
+    expect_status(r, 200, "parallel results")
+    _, b = one_request(mk, "parallel results")
+    m = b["messages"]
+    eq([x["role"] for x in m], ["user", "assistant", "user"], "parallel results: roles")
+    eq([(c["id"], c["input"]) for c in m[1]["content"]], [("c1", {"x": 1}), ("c2", {})],
+       "parallel results: tool_use blocks (bad arguments become {})")
+    eq([c["tool_use_id"] for c in m[2]["content"]], ["c1", "c2"], "parallel results: tool_result blocks")
+
+
+def test_tool_choice_and_parallel():
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
+    cases = [("required", {"oa": "required", "an": {"type": "any"}}),
+             ({"type": "function", "name": "get_weather"},
+              {"oa": {"type": "function", "function": {"name": "get_weather"}},
+               "an": {"type": "tool", "name": "get_weather"}})]
+    for tc, want in cases:
+        for prov in PROVS:
+            mk = marker()
+            r = rs_req("%s-text" % prov, mk=mk, tools=tools, tool_choice=tc, parallel_tool_calls=False)
+            expect_status(r, 200, "tool_choice %r %s" % (tc, prov))
+            _, b = one_request(mk, "tool_choice")
+            got = b.get("tool_choice")
+            if prov == "an":
+                check(isinstance(got, dict) and got.get("disable_parallel_tool_use") is True,
+                      "anthropic: parallel_tool_calls false -> disable_parallel_tool_use: %r" % got)
+                got = {k: v for k, v in got.items() if k != "disable_parallel_tool_use"}
+            else:
+                eq(b.get("parallel_tool_calls"), False, "openai: parallel_tool_calls")
+            eq(got, want[prov], "tool_choice %r -> %s" % (tc, prov))
+
+
+def test_json_schema_reaches_upstream():
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
+              "additionalProperties": False}
+    fmt = {"format": {"type": "json_schema", "name": "answer_schema", "schema": schema, "strict": True}}
+    for prov in PROVS:
+        for stream in (False, True):
+            what = "%s json_schema stream=%s" % (prov, stream)
+            mk = marker()
+            r = rs_req("%s-json" % prov, mk=mk, stream=stream, text=fmt)
+            if stream:
+                _, j, _ = stream_result(r, what)
+            else:
+                expect_status(r, 200, what)
+                j = r.json()
+            eq(simple(j["output"]), [("message", '{"answer": 42}')], what + ": output")
+            _, b = one_request(mk, what)
+            if prov == "oa":
+                eq(b.get("response_format"), {"type": "json_schema", "json_schema": {
+                    "name": "answer_schema", "schema": schema, "strict": True}}, what + ": response_format")
+            else:
+                tools = b.get("tools") or []
+                eq([(t["name"], t["input_schema"]) for t in tools], [("json_response", schema)],
+                   what + ": the forced json_response tool")
+                eq(b.get("tool_choice"), {"type": "tool", "name": "json_response"}, what + ": tool_choice")
+    mk = marker()
+    r = rs_req("oa-json", mk=mk, text={"format": {"type": "json_object"}})
+    expect_status(r, 200, "json_object")
+    _, b = one_request(mk, "json_object")
+    eq(b.get("response_format"), {"type": "json_object"}, "json_object: response_format")
+    mk = marker()
+    r = rs_req("oa-text", mk=mk, text={"format": {"type": "text"}})
+    expect_status(r, 200, "text format")
+    _, b = one_request(mk, "text format")
+    check("response_format" not in b, "text format: no response_format upstream")
+
+
+def test_reasoning_effort():
+    for effort, budget in (("low", 1024), ("medium", 4096), ("high", 16384)):
+        mk = marker()
+        r = rs_req("oa-text", mk=mk, reasoning={"effort": effort})
+        expect_status(r, 200, "effort %s oa" % effort)
+        _, b = one_request(mk, "effort")
+        eq(b.get("reasoning_effort"), effort, "openai: reasoning_effort")
+        mk = marker()
+        r = rs_req("an-text", mk=mk, reasoning={"effort": effort}, max_output_tokens=30000)
+        expect_status(r, 200, "effort %s an" % effort)
+        _, b = one_request(mk, "effort")
+        eq(b.get("thinking"), {"type": "enabled", "budget_tokens": budget}, "anthropic: thinking budget")
+    mk = marker()
+    r = rs_req("oa-text", mk=mk)
+    expect_status(r, 200, "no effort")
+    _, b = one_request(mk, "no effort")
+    check("reasoning_effort" not in b, "no reasoning: no reasoning_effort upstream")
+
+
+def test_images():
+    data = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+    mk = marker()
+    inp = [{"role": "user", "content": [{"type": "input_text", "text": "What? %s" % mk},
+                                        {"type": "input_image", "image_url": "data:image/png;base64," + data},
+                                        {"type": "input_image", "image_url": "https://example.com/cat.jpg",
+                                         "detail": "auto"}]}]
+    r = rs_req("an-text", input=inp)
+    expect_status(r, 200, "images")
+    _, b = one_request(mk, "images")
+    c = b["messages"][0]["content"]
+    eq([x["type"] for x in c], ["text", "image", "image"], "images: blocks")
+    eq(c[1]["source"], {"type": "base64", "media_type": "image/png", "data": data}, "images: data URL")
+    eq(c[2]["source"], {"type": "url", "url": "https://example.com/cat.jpg"}, "images: http URL")
+    r = rs_req("an-text", input=[{"role": "user", "content": [{"type": "input_file", "file_id": "f1"}]}])
+    expect_error(r, 400, "input_file", contains=("input_file",))
+
+
+def test_hosted_tools_dropped():
+    for prov in PROVS:
+        for stream in (False, True):
+            what = "%s hosted tools stream=%s" % (prov, stream)
+            mk = marker()
+            tools = [{"type": "web_search"}, {"type": "function", "name": "get_weather",
+                                               "parameters": {"type": "object"}},
+                     {"type": "file_search", "vector_store_ids": ["vs_1"]}, {"type": "web_search"},
+                     {"type": "bad type\r\nx-evil: 1"}]
+            r = rs_req("%s-text" % prov, mk=mk, stream=stream, tools=tools)
+            expect_status(r, 200, what)
+            eq(r.h("llmgw-dropped-tools"), "web_search,file_search,bad_type_r_nx-evil__1", what + ": header")
+            check("x-evil" not in r.headers, what + ": header injection")
+            _, b = one_request(mk, what)
+            names = [t.get("name") or (t.get("function") or {}).get("name") for t in b.get("tools") or []]
+            eq(names, ["get_weather"], what + ": only the function tool upstream")
+    r = rs_req("oa-text", tools=[{"type": "function", "name": "f"}])
+    expect_status(r, 200, "no hosted tools")
+    eq(r.h("llmgw-dropped-tools"), None, "no hosted tools: no header")
+
+
+def test_length_incomplete_translated():
+    for prov in PROVS:
+        for stream in (False, True):
+            what = "%s length stream=%s" % (prov, stream)
+            r = rs_req("%s-length" % prov, stream=stream, max_output_tokens=2)
+            if stream:
+                ev, j, _ = stream_result(r, what, end="response.incomplete")
+                eq(names_of(ev), HEAD_EVENTS + MSG_EVENTS + ["response.incomplete"], what + ": order")
+            else:
+                expect_status(r, 200, what)
+                j = r.json()
+            check_object(r, j, what, status="incomplete")
+            eq(j["incomplete_details"], {"reason": "max_output_tokens"}, what + ": incomplete_details")
+            eq(simple(j["output"]), [("message", "Truncated tex")], what + ": output")
+    r = rs_req("oa-filter")
+    expect_status(r, 200, "filter")
+    eq((r.json()["status"], r.json()["incomplete_details"]), ("incomplete", {"reason": "content_filter"}),
+       "content_filter: incomplete")
+
+
+def test_midstream_failure():
+    g = shared()
+    for prov in PROVS:
+        what = "%s midfail" % prov
+        r = rs_req("%s-midfail" % prov, stream=True)
+        ev, j, _ = stream_result(r, what, end="response.failed")
+        names = [e.name for e in ev]
+        check("response.completed" not in names and "response.incomplete" not in names,
+              "%s: a clean end after the failure: %r" % (what, names))
+        eq(names[-2], "error", what + ": an error event before response.failed")
+        err = ev[-2].json
+        check(isinstance(err.get("message"), str) and err["message"] and isinstance(err.get("code"), str),
+              "%s: error event: %r" % (what, err))
+        eq(j.get("status"), "failed", what + ": response.status")
+        check(isinstance(j.get("error"), dict) and j["error"].get("code") and j["error"].get("message"),
+              "%s: response.error: %r" % (what, j.get("error")))
+        text = "".join(e.json["delta"] for e in ev if e.name == "response.output_text.delta")
+        check(TEXT.startswith(text) and text, "%s: the text before the failure reached the client: %r" % (what, text))
+        ln = g.access_line(r.h("x-request-id"))
+        eq(ln.get("status"), 502, what + ": access log status")
+
+
+def test_previous_response_id_refused():
+    mk = marker()
+    r = rs_req("oa-text", mk=mk, previous_response_id="resp_123")
+    e = expect_error(r, 400, "previous_response_id", contains=("previous_response_id",))
+    eq(e["type"], "invalid_request_error", "previous_response_id: type")
+    eq(mock().find(mk), [], "previous_response_id: nothing sent upstream")
+    r = rs_req("oa-text", previous_response_id=None)
+    expect_status(r, 200, "previous_response_id null")
+    r = rs_req("m-mock", previous_response_id="resp_1", stream=True)
+    expect_error(r, 400, "previous_response_id stream", contains=("previous_response_id",))
+
+
+def test_gateway_errors_openai_shape():
+    port = shared().port
+    cases = [("no key", http(port, "POST", "/v1/responses", {"model": "m-mock", "input": "x"}, key=None), 401),
+             ("bad key", rs_req("m-mock", key="sk-wrong"), 401),
+             ("unknown model", rs_req("no-such-model"), 404),
+             ("malformed JSON", http(port, "POST", "/v1/responses", b'{"model": "m-mock", "input": ['), 400),
+             ("no input", http(port, "POST", "/v1/responses", {"model": "m-mock"}), 400),
+             ("input a number", rs_req("m-mock", input=5), 400),
+             ("bad role", rs_req("m-mock", input=[{"role": "tool", "content": "x"}]), 400),
+             ("item_reference", rs_req("m-mock", input=[{"type": "item_reference", "id": "msg_1"}]), 400),
+             ("GET", http(port, "GET", "/v1/responses"), 405)]
+    for what, r, st in cases:
+        expect_error(r, st, "/v1/responses " + what)
+    r = http(port, "POST", "/v1/responses", {"model": "m-mock", "input": "hi"}, key=None,
+             headers={"x-api-key": "sk-test"})
+    expect_status(r, 200, "x-api-key")
+    mk = marker()
+    r = rs_req("oa/err-400", mk=mk)
+    expect_error(r, 400, "upstream 400", contains=("provmock openai 400",))
+
+
+# =======================================================================================
+# last: the shared gateway must exit cleanly
+
+def test_shared_gateway_clean_exit():
+    global SHARED
+    g = shared()
+    check(g.alive(), "shared gateway not running")
+    try:
+        g.stop(10)
+        shutil.rmtree(g.dir, ignore_errors=True)
+    finally:
+        SHARED = None
+
+
+def main():
+    return H.main(globals(), "llmgw Responses API tests", mock_label="provmock", time_fails=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
