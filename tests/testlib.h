@@ -300,6 +300,12 @@ TL_FN int tl_client_body(const struct lg_dialect *d, int stream, int flags, stru
 	} else if (d == LG_DIALECT_ANTHROPIC) {
 		lg_buf_addz(o, "{\"model\":\"" TL_MODEL "\",\"max_tokens\":1024,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]");
 		if (stream) lg_buf_addz(o, ",\"stream\":true");
+	} else if (d == LG_DIALECT_RESPONSES) {
+		lg_buf_addz(o, "{\"model\":\"" TL_MODEL "\",\"input\":\"Hi\"");
+		if (stream) lg_buf_addz(o, ",\"stream\":true");
+		if (flags & TL_RQ_JSON)
+			lg_buf_addz(o, ",\"text\":{\"format\":{\"type\":\"json_schema\",\"name\":\"r\","
+			               "\"schema\":{\"type\":\"object\"}}}");
 	} else {
 		return -1;
 	}
@@ -396,7 +402,7 @@ TL_FN int tl_req(struct tl_run *x, const struct lg_dialect *d, const char *body,
 	r->errmsg[0] = r->canon_err[0] = 0;
 	tl_gw->rng = TL_RNG;
 	r->ep = LG_EP_CHAT;
-	for (i = 0; i < LG_COUNTOF(lg_srv_paths); i++)
+	for (i = LG_COUNTOF(lg_srv_paths); i-- > 0;) /* the first path of the dialect (not count_tokens) */
 		if (lg_srv_paths[i].d == d) r->ep = lg_srv_paths[i].ep;
 	r->body = x->body;
 	r->body_len = n;
@@ -426,7 +432,12 @@ TL_FN int tl_req(struct tl_run *x, const struct lg_dialect *d, const char *body,
 		return -1;
 	}
 	t = r->tk[LG_TK_MESSAGES];
-	if (lg_json_type(j, t) != LG_J_ARR || j->t[t].size == 0) {
+	if (r->ep == LG_EP_RESPONSES) { /* input instead, canonicalized before the plan */
+		if (r->tk[LG_TK_INPUT] < 0) {
+			snprintf(x->outcome, sizeof x->outcome, "400: field 'input' is missing");
+			return -1;
+		}
+	} else if (lg_json_type(j, t) != LG_J_ARR || j->t[t].size == 0) {
 		snprintf(x->outcome, sizeof x->outcome, "400: field 'messages' must be a non-empty array");
 		return -1;
 	}
@@ -462,6 +473,7 @@ TL_FN int tl_req(struct tl_run *x, const struct lg_dialect *d, const char *body,
 	/* lg_route_plan */
 	r->prompt_est = (int64_t)(r->body_len + 3) / 4;
 	r->max_out = LG_MAX(lg_json_i64(j, s, r->tk[LG_TK_MAX_COMPLETION_TOKENS]), lg_json_i64(j, s, r->tk[LG_TK_MAX_TOKENS]));
+	r->max_out = LG_MAX(r->max_out, lg_json_i64(j, s, r->tk[LG_TK_MAX_OUTPUT_TOKENS]));
 	return 0;
 }
 
@@ -769,7 +781,19 @@ TL_FN const char *tl_check(const struct tl_run *x)
 					if (!(j.t = (struct lg_jtok *)malloc((size_t)tk * sizeof *j.t))) abort();
 					j.cap = (uint32_t)tk;
 					lg_json_parse(&j, data.p, data.n);
-					if (j.t[0].type == LG_J_OBJ && d == LG_DIALECT_ANTHROPIC) {
+					if (j.t[0].type == LG_J_OBJ && d == LG_DIALECT_RESPONSES) {
+						/* the Responses API: name = type, sequence numbers 0, 1, 2, ...;
+						 * it ends with response.completed / .incomplete, or breaks with
+						 * response.failed (an error event may come just before it) */
+						ty = lg_jesc(&j, data.p, lg_json_get(&j, data.p, 0, "type"));
+						if (!lg_str_eq(ty, "error") && (ty.n != ev.event.n || memcmp(ty.p, ev.event.p, ty.n) != 0))
+							bad = "a Responses event whose name is not its type";
+						else if (lg_json_i64(&j, data.p, lg_json_get(&j, data.p, 0, "sequence_number")) != nev - 1)
+							bad = "a Responses event out of sequence (sequence_number)";
+						if (lg_str_eq(ty, "response.completed") || lg_str_eq(ty, "response.incomplete"))
+							ended = last_end = 1;
+						if (lg_str_eq(ty, "response.failed")) ended = last_err = 1;
+					} else if (j.t[0].type == LG_J_OBJ && d == LG_DIALECT_ANTHROPIC) {
 						size_t tn;
 						ty = lg_jesc(&j, data.p, lg_json_get(&j, data.p, 0, "type"));
 						/* a native event keeps the upstream's name when its data has
