@@ -6695,10 +6695,20 @@ static int lg_fin_code(lg_str v)
 /* An error event: status, reason and retryability recorded for the attempt logic. */
 static LG_COLD void lg_ev_error(struct lg_req *r, int status, lg_str a)
 {
+	char raw[sizeof r->err_reason];
+	long k;
 	r->up_error = 1;
 	r->err_status = status;
 	r->err_retry = status == 429 || status >= 500;
-	lg_scrub_cpy(r->cfg, r->err_reason, sizeof r->err_reason, a.p, a.n); /* it may quote the credential */
+	/* a is JSON-escaped (the event contract): kept as text, since every writer escapes it again */
+	a.n = LG_MIN(a.n, sizeof raw - 1);
+	while (a.n && a.p[a.n - 1] == '\\') a.n--; /* an escape cut in half */
+	k = lg_json_unescape(a.p, a.n, raw);
+	if (k < 0) {
+		memcpy(raw, a.p, a.n);
+		k = (long)a.n;
+	}
+	lg_scrub_cpy(r->cfg, r->err_reason, sizeof r->err_reason, raw, (size_t)k); /* it may quote the credential */
 	snprintf(r->errmsg, sizeof r->errmsg, "provider %s: %s", r->served->prov->name, r->err_reason);
 }
 
