@@ -8483,6 +8483,7 @@ static uint32_t lg_be32(const unsigned char *p)
 
 struct lg_evframe {
 	lg_str event_type, message_type, exception_type, payload;
+	lg_str error_code, error_message; /* a message-type "error" frame's */
 };
 
 static long lg_evstream_frame(const unsigned char *b, size_t n, struct lg_evframe *f)
@@ -8521,6 +8522,8 @@ static long lg_evstream_frame(const unsigned char *b, size_t n, struct lg_evfram
 				if (lg_str_eq(name, ":event-type")) f->event_type = v;
 				if (lg_str_eq(name, ":message-type")) f->message_type = v;
 				if (lg_str_eq(name, ":exception-type")) f->exception_type = v;
+				if (lg_str_eq(name, ":error-code")) f->error_code = v;
+				if (lg_str_eq(name, ":error-message")) f->error_message = v;
 			}
 			break;
 		default: return -1;
@@ -8638,11 +8641,19 @@ static long lg_frame_aws(struct lg_req *r, const char *p, size_t n, const char *
 	if (fl < 0) *err = "a damaged event-stream frame (CRC or length)";
 	if (fl <= 0) return fl;
 	if (lg_str_eq(f.message_type, "exception") || lg_str_eq(f.message_type, "error")) {
+		/* an exception names its type in a header and says why in a JSON payload
+		 * {"message": ...}; an error frame has both in headers */
+		lg_str ty = f.exception_type.n ? f.exception_type : f.error_code, why = f.error_message;
 		char m[300];
-		snprintf(m, sizeof m, "%.*s: %.*s", (int)LG_MIN(f.exception_type.n, 80), f.exception_type.p,
-		         (int)LG_MIN(f.payload.n, 200), f.payload.p);
-		lg_ev(r, LG_EV_ERROR, lg_memmem(f.exception_type.p, f.exception_type.n, "hrottl") ? 429 : 502,
-		      lg_canon_esc(r, lg_strz(m)), LG_NOSTR, 0);
+		struct lg_json j;
+		memset(&j, 0, sizeof j);
+		if (!why.n && f.payload.n && lg_req_json(r, &j, f.payload.p, f.payload.n) > 0 && j.t[0].type == LG_J_OBJ)
+			why = lg_jesc(&j, f.payload.p, lg_json_get(&j, f.payload.p, 0, "message")); /* escaped: m is too */
+		if (!why.n) why = f.payload;
+		snprintf(m, sizeof m, "%.*s: %.*s", (int)LG_MIN(ty.n, 80), ty.p, (int)LG_MIN(why.n, 200), why.p);
+		lg_ev(r, LG_EV_ERROR, lg_memmem(ty.p, ty.n, "hrottl") ? 429 : 502,
+		      why.p == f.payload.p || why.p == f.error_message.p ? lg_canon_esc(r, lg_strz(m)) : lg_strz(m), LG_NOSTR,
+		      0);
 	} else {
 		lg_ev_in(r, f.event_type, f.payload);
 	}
