@@ -6766,6 +6766,7 @@ struct lg_wst {
 	 * lg_d_free) */
 	int seq, nitems, items_cap;
 	struct lg_rs_item *items;
+	int64_t last_event; /* a translated Anthropic stream's last event (its ping timer) */
 };
 
 /* The writing half: to the client's dialect, or collected. */
@@ -9035,23 +9036,32 @@ static void lg_d_oa_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str
 
 #define LG_PING_MS 10000 /* a translated Anthropic stream silent this long gets a ping, as Anthropic sends */
 
+/* The ping timer (r->rtm: the retry timer is done with once the first
+ * byte went out), armed once at message_start: when it fires, a ping if
+ * the stream has been silent for LG_PING_MS, else it waits for the rest. */
 static void lg_d_an_ping(struct llmgw *gw, struct lg_timer *t)
 {
 	struct lg_req *r = (struct lg_req *)(void *)((char *)t - offsetof(struct lg_req, rtm));
-	if (r->finished || r->stream_done || !r->cc) return;
+	int64_t quiet;
+	if (r->finished || r->stream_done || !r->cc || !r->w) return;
+	quiet = gw->now - r->w->last_event;
+	if (quiet < LG_PING_MS) {
+		lg_timer_set(gw, t, LG_PING_MS - quiet);
+		return;
+	}
 	lg_resp_sse(r, "ping", "{\"type\":\"ping\"}", 15);
+	r->w->last_event = gw->now;
 	if (lg_conn_flush(r->cc) < 0) return; /* a timer writes on its own: nothing else flushes now */
 	lg_timer_set(gw, t, LG_PING_MS);
 }
 
-/* One event to a translated Anthropic stream; the ping timer starts over
- * (r->rtm: the retry timer is done with once the first byte went out). */
+/* One event to a translated Anthropic stream (no timer work per event:
+ * the ping timer reads last_event). */
 static void lg_d_an_event(struct lg_req *r, const char *name, struct lg_buf *d)
 {
 	lg_resp_sse(r, name, d->p, d->len);
 	d->len = d->off = 0;
-	r->rtm.fn = lg_d_an_ping;
-	lg_timer_set(r->gw, &r->rtm, LG_PING_MS);
+	r->w->last_event = r->gw->now;
 }
 
 static void lg_d_an_close(struct lg_req *r, struct lg_buf *d)
@@ -9112,6 +9122,8 @@ static void lg_d_an_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str
 		lg_d_an_event(r, "message_start", &d);
 		lg_buf_addz(&d, "{\"type\":\"ping\"}"); /* as Anthropic does, right after message_start */
 		lg_d_an_event(r, "ping", &d);
+		r->rtm.fn = lg_d_an_ping;
+		lg_timer_set(r->gw, &r->rtm, LG_PING_MS);
 	}
 	switch (type) {
 	case LG_EV_TEXT:

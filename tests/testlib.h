@@ -658,18 +658,7 @@ TL_FN void tl_done(struct tl_run *x)
 	lg_timer_clear(tl_gw, &r->rtm);
 	lg_timer_clear(tl_gw, &r->up.tm);
 	lg_timer_clear(tl_gw, &x->cc.tm);
-	lg_buf_free(&r->up.req);
-	lg_buf_free(&r->ubody);
-	lg_buf_free(&r->scratch);
-	free(r->rtok);
-	free(r->j.t);
-	free(r->att);
-	if (r->w) {
-		lg_d_free(r->w);
-		free(r->w);
-	}
-	lg_arena_free(&r->a);
-	free(r);
+	lg_req_destroy(r); /* its buffers, token arrays, writer state, arena */
 	lg_buf_free(&x->cc.in);
 	lg_buf_free(&x->cc.out);
 	if (x->own_body) free(x->body);
