@@ -1691,6 +1691,7 @@ struct lg_provider {
 	const char *api_version; /* azure */
 	const char *aws_region, *aws_access_key_id, *aws_secret_access_key, *aws_session_token; /* bedrock */
 	int port, tls, zdr, collects_data, direct, max_concurrency;
+	int responses; /* openai, azure: serves the Responses API (/v1/responses goes natively) */
 	char origin[300]; /* "host:port" (+ "+tls"): the key of the upstream pool */
 	char hosthdr[300]; /* the Host header: [v6] and a port when not the default */
 	const char **headers; /* "Name: value" lines, validated */
@@ -1705,7 +1706,8 @@ struct lg_provider {
 struct lg_req;
 struct lg_cand;
 struct lg_hw;
-enum { LG_WIRE_OPENAI, LG_WIRE_ANTHROPIC, LG_WIRE_GEMINI, LG_WIRE_BEDROCK }; /* a provider's request format */
+/* a request format: a provider's, or the Responses API (OpenAI and Azure with responses = yes) */
+enum { LG_WIRE_OPENAI, LG_WIRE_ANTHROPIC, LG_WIRE_GEMINI, LG_WIRE_BEDROCK, LG_WIRE_RESPONSES };
 #define LG_CAP_EMBED 1 /* has /v1/embeddings */
 struct lg_prov_row {
 	const char *name;          /* type = in [provider.*] */
@@ -2355,6 +2357,7 @@ static const struct lg_cfg_key lg_cfg_keys[] = {
     {2, LG_KT_BOOL, 0, 0, 1, LG_KP(zdr), 0, "zdr" "\0" "no" "\0" "the provider does not retain prompts"},
     {2, LG_KT_BOOL, 0, 0, 1, LG_KP(collects_data), 0, "collects_data" "\0" "yes" "\0" "the provider may store or train on data"},
     {2, LG_KT_BOOL, 0, 0, 1, LG_KP(direct), 0, "direct" "\0" "no" "\0" "requests for PROVIDER/<any upstream model> are allowed"},
+    {2, LG_KT_BOOL, 0, 0, 1, LG_KP(responses), 0, "responses" "\0" "no" "\0" "openai, azure: it serves the Responses API, so /v1/responses is forwarded as it is"},
     {2, LG_KT_STR, 0, 0, 0, LG_KP(region), 0, "region" "\0" "" "\0" "free-form label for key and request region filters"},
     {2, LG_KT_INT, 0, 0, 1, LG_KP(max_concurrency), 0, "max_concurrency" "\0" "0" "\0" "requests in flight to this provider; 0 = unlimited"},
     {3, LG_KT_FN, 1, 5, 0, 0, 0, "target" "\0" "" "\0" "PROVIDER UPSTREAM [in= out= cache_read= cache_write= weight= context= max_output= quant= image_tokens= " "audio_tokens= file_tokens=], in preference order"},
@@ -2581,6 +2584,9 @@ static LG_COLD int lg_cfg_validate(struct lg_cfgp *p)
 		}
 		if (row->check && (miss = row->check(pv)))
 			return lg_cfg_err(p, "provider %s (%s) needs %s", pv->name, row->name, miss);
+		if (pv->responses && (row->wire != LG_WIRE_OPENAI || row->run))
+			return lg_cfg_err(p, "provider %s: responses = yes is for type openai or azure, not %s", pv->name,
+			                  row->name);
 		if (pv->tls && !LLMGW_TLS)
 			return lg_cfg_err(p, "provider %s: base_url is https but this build has no TLS "
 			                     "(build with make TLS=1)", pv->name);
@@ -5383,8 +5389,9 @@ static void lg_up_input(struct lg_conn *c, struct lg_upreq *u, int revents)
 enum { LG_EP_RELOAD, LG_EP_CHAT, LG_EP_EMBED, LG_EP_MODELS, LG_EP_HEALTH, LG_EP_KEY, LG_EP_GEN, LG_EP_METRICS,
        LG_EP_MESSAGES, LG_EP_MODEL, LG_EP_COUNT, LG_EP_RESPONSES };
 /* the endpoints that ask a model: accounted, logged, in the ring of recent requests */
-#define LG_EP_ASKS_MODEL(ep) \
-	((ep) == LG_EP_CHAT || (ep) == LG_EP_EMBED || (ep) == LG_EP_MESSAGES || (ep) == LG_EP_RESPONSES)
+#define LG_EP_ASKS_MODEL(ep)                                                                           \
+	((ep) == LG_EP_CHAT || (ep) == LG_EP_EMBED || (ep) == LG_EP_MESSAGES || (ep) == LG_EP_RESPONSES || \
+	 (ep) == LG_EP_COUNT)
 struct lg_creq;
 struct lg_wst;
 struct lg_dialect; /* a client dialect: its row is in section 11's end */
@@ -5450,6 +5457,7 @@ struct lg_req {
 	const char *query; /* GET /v1/generation: the query string */
 	const char *anth_beta; /* /v1/messages: the client's anthropic-beta header, for Anthropic */
 	const char *dropped;   /* /v1/responses: the hosted tools left out, for llmgw-dropped-tools */
+	const char *dropped_fields; /* request fields a translation leaves out, for llmgw-dropped-fields */
 	struct lg_creq *creq;  /* the canonical request, built on first need */
 	struct lg_wst *w;      /* translation state of the current attempt, when not native */
 	int rf_tool;           /* response_format rides on a forced Anthropic tool */
@@ -5466,6 +5474,7 @@ struct lg_req {
 	uint32_t aff_hash;
 	/* the current attempt's response */
 	int native;  /* the client's bytes go to the provider as they are, and back */
+	int rs_seq;  /* native Responses stream: the next sequence_number (an error event llmgw adds) */
 	int ustatus, streams, stream_done, saw_finish, up_error, timed_out, q_ok; /* streams: in its framing */
 	int err_status, err_retry; /* the error a parser recorded (lg_ev_acct); its reason is err_reason */
 	struct lg_buf ubody;   /* buffered body, or stream bytes short of an event */
@@ -5526,10 +5535,14 @@ struct lg_dialect {
 	const char *key_header;
 	/* header lines an error carries that no retry can fix (401, 403): NULL none */
 	const char *no_retry;
+	/* a native upstream's refusal (a 4xx but 401/403) reaches the client as
+	 * the upstream wrote it, scrubbed of credentials (its SDKs read the details) */
+	int pass_errors;
 };
 
 struct lg_kstate;
 static void lg_srv_finish(struct lg_req *r); /* section 14: ends a request */
+static void lg_srv_count_est(struct lg_req *r); /* section 14: count_tokens estimated */
 static void lg_d_free(struct lg_wst *w); /* 11l */
 static int lg_scrub(const struct lg_cfg *c, const char *p, size_t n, struct lg_buf *out); /* section 12 */
 static void lg_scrub_cpy(const struct lg_cfg *c, char *dst, size_t cap, const char *src, size_t n);
@@ -5642,9 +5655,13 @@ static void lg_resp_head(struct lg_req *r, int status, const char *ctype, int64_
 		lg_buf_addz(o, "\r\nx-llmgw-attempts: ");
 		lg_buf_addu(o, (uint64_t)r->natt, 0);
 	}
-	if (r->dropped) {
+	if (r->dropped && !r->native) { /* a native upstream got them */
 		lg_buf_addz(o, "\r\nllmgw-dropped-tools: ");
 		lg_buf_addz(o, r->dropped);
+	}
+	if (r->dropped_fields && !r->native) {
+		lg_buf_addz(o, "\r\nllmgw-dropped-fields: ");
+		lg_buf_addz(o, r->dropped_fields);
 	}
 	lg_buf_addz(o, "\r\n");
 	if (extra) lg_buf_addz(o, extra);
@@ -5987,6 +6004,21 @@ struct lg_creq {
 	                                     OpenAI chat targets; q->thinking is its budget */
 };
 
+/* A request field a translation leaves out, named (once) in the
+ * llmgw-dropped-fields header of a translated answer. */
+static void lg_canon_drop(struct lg_req *r, const char *field)
+{
+	const char *o = r->dropped_fields;
+	size_t n = o ? strlen(o) : 0, f = strlen(field);
+	char *d;
+	if (o && strstr(o, field)) return;
+	if (!(d = (char *)lg_arena_alloc(&r->a, n + f + 2))) return;
+	if (n) memcpy(d, o, n);
+	if (n) d[n++] = ',';
+	memcpy(d + n, field, f + 1);
+	r->dropped_fields = d;
+}
+
 /* A reasoning effort as a thinking budget (0: none or unknown). */
 static int64_t lg_canon_effort(lg_str v)
 {
@@ -6221,6 +6253,7 @@ static int lg_canon_anthropic(struct lg_req *r, struct lg_creq *q, char *msg, si
 {
 	const struct lg_json *j = &r->j;
 	const char *s = r->body;
+	lg_str thk, eff;
 	int msgs = lg_json_get(j, s, 0, "messages"), t;
 	uint32_t i, n = j->t[msgs].size;
 	t = lg_json_get(j, s, 0, "system");
@@ -6343,9 +6376,21 @@ static int lg_canon_anthropic(struct lg_req *r, struct lg_creq *q, char *msg, si
 		q->stop = (lg_str *)lg_arena_alloc(&r->a, j->t[t].size * sizeof *q->stop);
 		for (i = 0; q->stop && i < j->t[t].size; i++) q->stop[q->nstop++] = lg_jesc(j, s, lg_json_at(j, t, i));
 	}
+	/* thinking: enabled with a budget, or adaptive at output_config's effort
+	 * (low, medium, high, max); an effort for targets that take one. What a
+	 * translation cannot carry is named in llmgw-dropped-fields. */
 	t = lg_json_get(j, s, 0, "thinking");
-	if (lg_str_eq(lg_jesc(j, s, lg_json_get(j, s, t, "type")), "enabled"))
+	thk = lg_jesc(j, s, lg_json_get(j, s, t, "type"));
+	eff = lg_jesc(j, s, lg_json_get(j, s, lg_json_get(j, s, 0, "output_config"), "effort"));
+	if (lg_str_eq(thk, "enabled")) {
 		q->thinking = lg_json_i64(j, s, lg_json_get(j, s, t, "budget_tokens"));
+		q->effort = lg_strz(q->thinking <= 2048 ? "low" : q->thinking <= 8192 ? "medium" : "high");
+	} else if (lg_str_eq(thk, "adaptive")) {
+		q->effort = lg_str_eq(eff, "low") || lg_str_eq(eff, "medium") ? eff : lg_strz(eff.n ? "high" : "medium");
+		q->thinking = lg_canon_effort(q->effort);
+	}
+	if (lg_json_get(j, s, 0, "context_management") >= 0) lg_canon_drop(r, "context_management");
+	if (eff.n && !lg_str_eq(thk, "adaptive")) lg_canon_drop(r, "output_config");
 	return 0;
 }
 
@@ -6801,7 +6846,10 @@ static void lg_ev(struct lg_req *r, int type, int idx, lg_str a, lg_str b, int r
 }
 
 /* Is p native to the client's dialect (the client's bytes go as they are)? */
-static int lg_native(const struct lg_req *r, const struct lg_provider *p) { return p->row->wire == r->d->wire; }
+static int lg_native(const struct lg_req *r, const struct lg_provider *p)
+{
+	return p->row->wire == r->d->wire || (r->d->wire == LG_WIRE_RESPONSES && p->responses);
+}
 
 /* Copies the JSON object at token t of s, with "model" replaced by the
  * public name, "provider" first, and extra text added at its end. */
@@ -6829,8 +6877,8 @@ static void lg_native_obj(struct lg_req *r, const struct lg_json *j, const char 
 			memcpy(c, ",\"cost\":", 8);
 			lg_fmt_g(c + 8, r->usage.cost, 12);
 			lg_native_obj(r, j, s, it.val, o, 0, j->t[it.val].size ? c : c + 1);
-		} else if (lg_str_eq(key, "message") && j->t[it.val].type == LG_J_OBJ) {
-			lg_native_obj(r, j, s, it.val, o, 0, NULL);
+		} else if ((lg_str_eq(key, "message") || lg_str_eq(key, "response")) && j->t[it.val].type == LG_J_OBJ) {
+			lg_native_obj(r, j, s, it.val, o, 0, NULL); /* Anthropic message_start, a Responses event */
 		} else {
 			lg_buf_adds(o, lg_json_span(j, s, it.val));
 		}
@@ -7227,7 +7275,7 @@ static void lg_prov_openai_body(struct lg_req *r, const struct lg_cand *cd, stru
 		if (lg_str_eq(key, "model")) {
 			lg_json_wz(o, cd->upstream);
 		} else if (lg_str_eq(key, "stream_options") && r->stream && lg_json_type(j, v) == LG_J_OBJ &&
-		           cd->prov->row->wire == LG_WIRE_OPENAI) {
+		           r->d->wire == LG_WIRE_OPENAI) {
 			/* keep the client's options, force include_usage */
 			struct lg_jit so = lg_json_iter(j, v);
 			have_so = 1;
@@ -7244,7 +7292,7 @@ static void lg_prov_openai_body(struct lg_req *r, const struct lg_cand *cd, stru
 			lg_buf_adds(o, lg_json_span(j, s, v));
 		}
 	}
-	if (r->stream && !have_so && cd->prov->row->wire == LG_WIRE_OPENAI)
+	if (r->stream && !have_so && r->d->wire == LG_WIRE_OPENAI) /* chat only: Responses streams end with usage */
 		lg_buf_addz(o, ",\"stream_options\":{\"include_usage\":true}");
 	lg_buf_addc(o, '}');
 }
@@ -7651,14 +7699,23 @@ static int lg_p_openai_full(struct lg_req *r, const char *s, size_t n)
 	return 0;
 }
 
-/* OpenAI (and the default): base path + /chat/completions or /embeddings,
- * in fast when it fits (the common case, no buffer). */
+/* The endpoint of an OpenAI-wire request: /embeddings, /responses (the
+ * Responses API forwarded natively), or /chat/completions. */
+static const char *lg_prov_openai_tail(const struct lg_req *r)
+{
+	if (r->ep == LG_EP_EMBED) return "/embeddings";
+	if (r->native && r->d->wire == LG_WIRE_RESPONSES) return "/responses";
+	return "/chat/completions";
+}
+
+/* OpenAI (and the default): base path + the endpoint, in fast when it
+ * fits (the common case, no buffer). */
 static const char *lg_prov_openai_path(const struct lg_req *r, const struct lg_cand *cd, char *fast, size_t cap,
                                        struct lg_buf *pb)
 {
-	const char *tail = r->ep == LG_EP_EMBED ? "/embeddings" : "/chat/completions";
+	const char *tail = lg_prov_openai_tail(r);
 	const char *bp = cd->prov->base_path;
-	if (strlen(bp) + 20 < cap) {
+	if (strlen(bp) + 28 < cap) {
 		size_t at = lg_cpy(fast, cap, bp);
 		lg_cpy(fast + at, cap - at, tail);
 		return fast;
@@ -7670,15 +7727,20 @@ static const char *lg_prov_openai_path(const struct lg_req *r, const struct lg_c
 
 /* --- 11f. provider azure: the openai wire with its own paths and key header --- */
 
-/* Azure: the v1 API (base_url ends in /openai/v1) or a deployment's path with api-version. */
+/* Azure: the v1 API (base_url ends in /openai/v1) or a deployment's path
+ * with api-version; the Responses API has no deployment path (the
+ * deployment is the body's model). */
 static const char *lg_prov_azure_path(const struct lg_req *r, const struct lg_cand *cd, char *fast, size_t cap,
                                       struct lg_buf *pb)
 {
 	const struct lg_provider *p = cd->prov;
+	const char *tail = lg_prov_openai_tail(r);
 	LG_UNUSED(fast), LG_UNUSED(cap);
 	lg_buf_addz(pb, p->base_path);
 	if (strstr(p->base_path, "/openai/v1"))
-		lg_buf_addz(pb, r->ep == LG_EP_EMBED ? "/embeddings" : "/chat/completions");
+		lg_buf_addz(pb, tail);
+	else if (!strncmp(tail, "/responses", 10))
+		lg_buf_printf(pb, "/openai%s?api-version=%s", tail, p->api_version ? p->api_version : "2025-04-01-preview");
 	else {
 		lg_buf_addz(pb, "/openai/deployments/");
 		lg_uri_enc(pb, cd->upstream, strlen(cd->upstream));
@@ -7938,9 +8000,11 @@ static const char *lg_prov_anth_path(const struct lg_req *r, const struct lg_can
 {
 	const char *bp = cd->prov->base_path;
 	size_t n = strlen(bp);
-	LG_UNUSED(r), LG_UNUSED(fast), LG_UNUSED(cap);
+	LG_UNUSED(fast), LG_UNUSED(cap);
 	lg_buf_addz(pb, bp);
 	lg_buf_addz(pb, n >= 3 && strcmp(bp + n - 3, "/v1") == 0 ? "/messages" : "/v1/messages");
+	if (r->ep == LG_EP_COUNT) lg_buf_addz(pb, "/count_tokens");
+	if (r->native && r->query && r->query[0] == '?') lg_buf_addz(pb, r->query); /* ?beta=true, as it came */
 	return lg_prov_path_of(pb);
 }
 
@@ -9626,7 +9690,7 @@ static void lg_d_rs_begin(struct lg_req *r, struct lg_buf *d, const char *type)
 	lg_buf_addz(d, "{\"type\":\"");
 	lg_buf_addz(d, type);
 	lg_buf_addz(d, "\",\"sequence_number\":");
-	lg_buf_addu(d, (uint64_t)r->w->seq++, 0);
+	lg_buf_addu(d, (uint64_t)(r->w ? r->w->seq++ : r->rs_seq++), 0);
 }
 
 static void lg_d_rs_send(struct lg_req *r, struct lg_buf *d, const char *type)
@@ -9832,7 +9896,6 @@ static void lg_d_rs_final(struct lg_req *r, struct lg_buf *o)
 static LG_COLD void lg_d_rs_stream_error(struct lg_req *r, const char *msg)
 {
 	struct lg_buf d;
-	if (!r->w) return; /* nothing of this dialect was written: cannot happen */
 	lg_buf_init(&d, 0);
 	lg_d_rs_begin(r, &d, "error");
 	lg_buf_printf(&d, ",\"code\":\"%s\",\"message\":", r->err_status == 429 ? "rate_limit_exceeded" : "server_error");
@@ -9841,7 +9904,7 @@ static LG_COLD void lg_d_rs_stream_error(struct lg_req *r, const char *msg)
 	lg_d_rs_send(r, &d, "error");
 	lg_d_rs_begin(r, &d, "response.failed");
 	lg_buf_addz(&d, ",\"response\":");
-	lg_d_rs_obj(r, &d, "failed", 1, msg);
+	lg_d_rs_obj(r, &d, "failed", r->w != NULL, msg); /* native: what went out is the upstream's */
 	lg_buf_addc(&d, '}');
 	lg_d_rs_send(r, &d, "response.failed");
 	lg_buf_free(&d);
@@ -9849,15 +9912,118 @@ static LG_COLD void lg_d_rs_stream_error(struct lg_req *r, const char *msg)
 
 /* The first row is the default: requests before their endpoint is known
  * get its errors. */
+/* Reads a Responses usage object into r->usage and prices it. */
+static void lg_p_rs_usage(struct lg_req *r, const struct lg_json *j, const char *s, int u)
+{
+	struct lg_usage *us = &r->usage;
+	if (lg_json_type(j, u) != LG_J_OBJ) return;
+	us->prompt = lg_json_i64(j, s, lg_json_get(j, s, u, "input_tokens"));
+	us->completion = lg_json_i64(j, s, lg_json_get(j, s, u, "output_tokens"));
+	us->cached = lg_json_i64(j, s, lg_json_get(j, s, lg_json_get(j, s, u, "input_tokens_details"), "cached_tokens"));
+	us->reasoning =
+	    lg_json_i64(j, s, lg_json_get(j, s, lg_json_get(j, s, u, "output_tokens_details"), "reasoning_tokens"));
+	us->cache_write = 0;
+	lg_ev_acct(r, LG_EV_USAGE, 0, LG_NOSTR);
+}
+
+/* A response object's end, read into the request: usage, how it finished
+ * (incomplete: cut; a function_call or custom_tool_call item: tools). */
+static void lg_p_rs_end(struct lg_req *r, const struct lg_json *j, const char *s, int resp)
+{
+	lg_str st = lg_jesc(j, s, lg_json_get(j, s, resp, "status"));
+	int out = lg_json_get(j, s, resp, "output"), fin = LG_FIN_STOP;
+	uint32_t i;
+	lg_p_rs_usage(r, j, s, lg_json_get(j, s, resp, "usage"));
+	if (lg_str_eq(st, "incomplete")) {
+		lg_str why = lg_jesc(j, s, lg_json_get(j, s, lg_json_get(j, s, resp, "incomplete_details"), "reason"));
+		fin = lg_str_eq(why, "content_filter") ? LG_FIN_FILTER : LG_FIN_LENGTH;
+	}
+	for (i = 0; fin == LG_FIN_STOP && lg_json_type(j, out) == LG_J_ARR && i < j->t[out].size; i++) {
+		lg_str ty = lg_jesc(j, s, lg_json_get(j, s, lg_json_at(j, out, i), "type"));
+		if (lg_str_eq(ty, "function_call") || lg_str_eq(ty, "custom_tool_call")) fin = LG_FIN_TOOLS;
+	}
+	lg_ev_acct(r, LG_EV_FINISH, fin, LG_NOSTR);
+}
+
+/* A native Responses stream event: passed on with the public model name
+ * (and the usage's cost) in the response objects it carries; usage,
+ * finish, errors and text read into the request. */
+static void lg_d_rs_native_event(struct lg_req *r, lg_str evname, lg_str data)
+{
+	struct lg_json j;
+	const char *s = data.p;
+	struct lg_buf o, clean;
+	lg_str ty;
+	char name[64];
+	int seq, resp;
+	if (r->stream_done) return; /* nothing after the end (or after an error ended it) */
+	if ((lg_str_eq(evname, "error") || lg_str_eq(evname, "response.failed")) && lg_scrub(r->cfg, data.p, data.n, &clean)) {
+		/* passed on, never with the credential it may quote */
+		lg_d_rs_native_event(r, evname, lg_str_of(clean.p, clean.len));
+		lg_buf_free(&clean);
+		return;
+	}
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, data.p, data.n) <= 0 || j.t[0].type != LG_J_OBJ) {
+		lg_resp_sse(r, evname.n ? lg_arena_strn(&r->a, evname.p, LG_MIN(evname.n, 60)) : NULL, data.p, data.n);
+		return;
+	}
+	ty = lg_jesc(&j, s, lg_json_get(&j, s, 0, "type"));
+	if (!ty.n) ty = evname;
+	snprintf(name, sizeof name, "%.*s", (int)LG_MIN(ty.n, 60), ty.p);
+	if ((seq = lg_json_get(&j, s, 0, "sequence_number")) >= 0) r->rs_seq = (int)lg_json_i64(&j, s, seq) + 1;
+	resp = lg_json_get(&j, s, 0, "response");
+	if (lg_str_eq(ty, "response.output_text.delta") || lg_str_eq(ty, "response.function_call_arguments.delta") ||
+	    lg_str_eq(ty, "response.custom_tool_call_input.delta") || lg_str_eq(ty, "response.reasoning_summary_text.delta")) {
+		lg_str dl = lg_jesc(&j, s, lg_json_get(&j, s, 0, "delta"));
+		lg_ev_acct(r, LG_EV_TEXT, dl.n ? (int)((dl.n + 3) / 4) : 1, LG_NOSTR);
+	} else if (lg_str_eq(ty, "response.completed") || lg_str_eq(ty, "response.incomplete")) {
+		lg_p_rs_end(r, &j, s, resp);
+	} else if (lg_str_eq(ty, "response.failed") || lg_str_eq(ty, "error")) {
+		int e = lg_str_eq(ty, "error") ? 0 : lg_json_get(&j, s, resp, "error");
+		lg_str m = lg_jesc(&j, s, lg_json_get(&j, s, e, "message"));
+		lg_ev_acct(r, LG_EV_ERROR, 502, m.n ? m : lg_strz("error event in the stream"));
+	}
+	lg_buf_init(&o, 0);
+	if (resp >= 0)
+		lg_native_obj(r, &j, s, 0, &o, 0, NULL);
+	else
+		lg_buf_adds(&o, data);
+	lg_resp_sse(r, name, o.p, o.len);
+	lg_buf_free(&o);
+	if (lg_str_eq(ty, "response.completed") || lg_str_eq(ty, "response.incomplete"))
+		lg_ev_acct(r, LG_EV_END, 0, LG_NOSTR);
+}
+
+static int lg_d_rs_native_full(struct lg_req *r, const char *s, size_t n, struct lg_buf *o)
+{
+	struct lg_json j;
+	memset(&j, 0, sizeof j);
+	if (lg_req_json(r, &j, s, n) <= 0 || j.t[0].type != LG_J_OBJ) return -1;
+	if (lg_str_eq(lg_jesc(&j, s, lg_json_get(&j, s, 0, "status")), "failed")) {
+		lg_str m = lg_jesc(&j, s, lg_json_get(&j, s, lg_json_get(&j, s, 0, "error"), "message"));
+		lg_ev_acct(r, LG_EV_ERROR, 502, m.n ? m : lg_strz("the response failed"));
+		return -1;
+	}
+	lg_p_rs_end(r, &j, s, 0);
+	lg_native_obj(r, &j, s, 0, o, 1, NULL);
+	return o->err ? -1 : 1;
+}
+
+/* A native stream whose upstream finished without its closing event:
+ * nothing to add (response.completed carries what only the upstream has). */
+static void lg_d_rs_native_end(struct lg_req *r) { LG_UNUSED(r); }
+
 static const struct lg_dialect lg_dialects[] = {
     {"openai", LG_WIRE_OPENAI, lg_canon_openai, lg_d_oa_stream, lg_d_oa_final, lg_d_oa_error, lg_d_oa_stream_error,
-     lg_prov_openai_event, lg_d_oa_native_full, lg_d_oa_native_end, lg_d_oa_models, "x-api-key", NULL},
+     lg_prov_openai_event, lg_d_oa_native_full, lg_d_oa_native_end, lg_d_oa_models, "x-api-key", NULL, 0},
     {"anthropic", LG_WIRE_ANTHROPIC, lg_canon_anthropic, lg_d_an_stream, lg_d_an_final, lg_d_an_error,
      lg_d_an_stream_error, lg_d_an_native_event, lg_d_an_native_full, lg_d_an_native_end, lg_d_an_models,
-     "x-api-key", "x-should-retry: false\r\n"},
-    /* no provider speaks it natively yet (wire -1): always translated */
-    {"responses", -1, lg_canon_responses, lg_d_rs_stream, lg_d_rs_final, lg_d_oa_error, lg_d_rs_stream_error, NULL,
-     NULL, NULL, lg_d_oa_models, "x-api-key", NULL},
+     "x-api-key", "x-should-retry: false\r\n", 1},
+    /* native to openai and azure providers with responses = yes (lg_native) */
+    {"responses", LG_WIRE_RESPONSES, lg_canon_responses, lg_d_rs_stream, lg_d_rs_final, lg_d_oa_error,
+     lg_d_rs_stream_error, lg_d_rs_native_event, lg_d_rs_native_full, lg_d_rs_native_end, lg_d_oa_models,
+     "x-api-key", NULL, 1},
 };
 #define LG_DIALECT_OPENAI (&lg_dialects[0])
 #define LG_DIALECT_ANTHROPIC (&lg_dialects[1])
@@ -10410,7 +10576,16 @@ static LG_COLD void lg_route_failed(struct lg_req *r, int status, const char *re
 	}
 	/* the upstream refused this request: its 4xx is the client's answer,
 	 * except credentials, which are the gateway's problem */
-	if (status == 401 || status == 403)
+	if (r->native && r->d->pass_errors && status >= 400 && status < 500 && status != 401 && status != 403 &&
+	    status == r->ustatus && lg_buf_used(&r->ubody) && *lg_buf_data(&r->ubody) == '{') {
+		struct lg_buf clean;
+		const char *b = lg_buf_data(&r->ubody);
+		size_t bn = lg_buf_used(&r->ubody);
+		int sc = lg_scrub(r->cfg, b, bn, &clean);
+		snprintf(r->errmsg, sizeof r->errmsg, "provider %s: %s", r->served->prov->name, reason);
+		lg_resp_send(r, status, "application/json", sc ? clean.p : b, sc ? clean.len : bn, NULL);
+		if (sc) lg_buf_free(&clean);
+	} else if (status == 401 || status == 403)
 		lg_resp_error(r, 502, NULL, "provider %s rejected the gateway's credentials (%d): %s",
 		              r->served->prov->name, status, reason);
 	else
@@ -10424,6 +10599,11 @@ static LG_COLD void lg_route_exhausted(struct lg_req *r)
 {
 	struct lg_buf b;
 	int i, st = r->natt && r->timed_out == r->natt ? 504 : 502;
+	if (r->ep == LG_EP_COUNT) { /* no Anthropic target could count: llmgw's estimate */
+		lg_srv_count_est(r);
+		lg_srv_finish(r);
+		return;
+	}
 	lg_buf_init(&b, 0);
 	for (i = 0; i < r->natt; i++) {
 		const struct lg_att_log *a = &r->att[i];
@@ -10672,6 +10852,7 @@ static void lg_route_next(struct lg_req *r)
 			memset(r->w, 0, sizeof *r->w);
 		}
 		r->native = lg_native(r, cd->prov);
+		if (r->ep == LG_EP_COUNT && !r->native) continue; /* only Anthropic counts tokens */
 		if (!r->native && r->ep != LG_EP_EMBED && !r->w &&
 		    !(r->w = (struct lg_wst *)calloc(1, sizeof *r->w)))
 			break;
@@ -12476,12 +12657,29 @@ static int lg_srv_body_json(struct lg_req *r)
  * them, estimated here (no upstream is asked): a token per 4 bytes of the
  * system prompt, the messages and the tool definitions as JSON, plus 4 a
  * message (its role and framing) -- the estimate budgets use for text. */
+/* count_tokens without an Anthropic target: about 4 bytes a token of the
+ * system, the tools and the messages' JSON, and 4 a message. */
+static void lg_srv_count_est(struct lg_req *r)
+{
+	const struct lg_json *j = &r->j;
+	int sys, tools, msgs = r->tk[LG_TK_MESSAGES];
+	int64_t n = 0;
+	char out[64];
+	sys = lg_json_get(j, r->body, 0, "system");
+	tools = lg_json_get(j, r->body, 0, "tools");
+	if (sys >= 0) n += ((int64_t)lg_json_span(j, r->body, sys).n + 3) / 4;
+	if (tools >= 0) n += ((int64_t)lg_json_span(j, r->body, tools).n + 3) / 4;
+	n += ((int64_t)lg_json_span(j, r->body, msgs).n + 3) / 4 + 4 * (int64_t)j->t[msgs].size;
+	snprintf(out, sizeof out, "{\"input_tokens\":%lld}\n", (long long)n);
+	r->served = NULL;
+	lg_resp_send(r, 200, "application/json", out, strlen(out), "llmgw-estimated: true\r\n");
+}
+
 static void lg_srv_count_tokens(struct lg_req *r)
 {
 	const struct lg_json *j = &r->j;
-	int t, sys, tools, msgs;
-	int64_t n = 0;
-	char out[64];
+	const struct lg_model *m;
+	int t, k, msgs;
 	const char *name;
 	if (lg_srv_body_json(r)) return;
 	t = r->tk[LG_TK_MODEL];
@@ -12495,18 +12693,18 @@ static void lg_srv_count_tokens(struct lg_req *r)
 		return;
 	}
 	name = lg_route_strdup(r, t);
-	if (!name || !lg_cfg_find_model(r->cfg, lg_strz(name)) || !lg_route_key_allows(r->key, name)) {
+	if (!name || !(m = lg_cfg_find_model(r->cfg, lg_strz(name))) || !lg_route_key_allows(r->key, name)) {
 		lg_resp_error(r, 404, NULL, "no such model: '%.*s'", (int)LG_MIN(j->t[t].end - j->t[t].start, 200),
 		              r->body + j->t[t].start);
 		return;
 	}
-	sys = lg_json_get(j, r->body, 0, "system");
-	tools = lg_json_get(j, r->body, 0, "tools");
-	if (sys >= 0) n += ((int64_t)lg_json_span(j, r->body, sys).n + 3) / 4;
-	if (tools >= 0) n += ((int64_t)lg_json_span(j, r->body, tools).n + 3) / 4;
-	n += ((int64_t)lg_json_span(j, r->body, msgs).n + 3) / 4 + 4 * (int64_t)j->t[msgs].size;
-	snprintf(out, sizeof out, "{\"input_tokens\":%lld}\n", (long long)n);
-	lg_resp_send(r, 200, "application/json", out, strlen(out), NULL);
+	r->model_req = name;
+	for (k = 0; k < m->nt; k++)
+		if (m->t[k].prov->row->wire == LG_WIRE_ANTHROPIC) { /* Anthropic counts: routed to it, natively */
+			lg_st_admit(r);
+			return;
+		}
+	lg_srv_count_est(r);
 }
 
 /* POST /v1/chat/completions, /v1/embeddings, /v1/messages and /v1/responses. */
@@ -12565,8 +12763,8 @@ static void lg_srv_completion(struct lg_req *r)
 	}
 	t = r->tk[LG_TK_USER];
 	if (lg_json_type(j, t) == LG_J_STR && j->t[t].end - j->t[t].start <= 256) r->user = lg_route_strdup(r, t);
-	/* no provider speaks Responses natively yet: its canonical request now,
-	 * so what cannot be served is refused before any budget is held */
+	/* Responses: its canonical request now (for native targets too), so
+	 * what cannot be served is refused before any budget is held */
 	if (r->ep == LG_EP_RESPONSES && !lg_canon(r)) {
 		lg_resp_error(r, 400, NULL, "%s", r->canon_err);
 		return;
@@ -12748,11 +12946,12 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 		lg_srv_head_error(r, st, NULL, msg);
 		return;
 	}
-	if (r->ep == LG_EP_MESSAGES) {
+	if (r->ep == LG_EP_MESSAGES || r->ep == LG_EP_COUNT) { /* for native Anthropic targets, as they came */
 		lg_str ab = lg_http_get(h, "anthropic-beta");
-		if (ab.n && ab.n < 512) r->anth_beta = lg_arena_strn(&r->a, ab.p, ab.n);
+		if (ab.n && ab.n < 4096) r->anth_beta = lg_arena_strn(&r->a, ab.p, ab.n);
 	}
-	if (r->ep == LG_EP_GEN || r->ep == LG_EP_MODELS || r->ep == LG_EP_MODEL) { /* keep the path's rest and query */
+	if (r->ep == LG_EP_GEN || r->ep == LG_EP_MODELS || r->ep == LG_EP_MODEL || r->ep == LG_EP_MESSAGES ||
+	    r->ep == LG_EP_COUNT) { /* keep the path's rest and query (?beta=true goes on to Anthropic) */
 		lg_str q = h->target;
 		size_t qi;
 		for (qi = 0; qi < q.n && q.p[qi] != '?'; qi++) {
