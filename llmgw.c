@@ -5981,6 +5981,10 @@ struct lg_cmsg {
 struct lg_ctool {
 	lg_str name, desc; /* esc */
 	lg_str schema;     /* raw JSON */
+	/* Responses: a custom tool (free text as "input"); a namespace group's
+	 * tool (name = NS__BARE), both put back in the answer's items */
+	int custom;
+	lg_str ns, bare; /* esc */
 };
 #define LG_RF_TOOL "json_response" /* response_format, as a tool for providers without it */
 
@@ -6467,6 +6471,86 @@ static int lg_canon_rs_content(struct lg_req *r, struct lg_cmsg *m, int cap, int
 	return 0;
 }
 
+/* A namespaced tool's name as the upstream sees it: NS__NAME (esc). */
+static lg_str lg_canon_rs_nsname(struct lg_req *r, lg_str ns, lg_str name)
+{
+	char *o;
+	if (!ns.n) return name;
+	if (!(o = (char *)lg_arena_alloc(&r->a, ns.n + name.n + 3))) return name;
+	memcpy(o, ns.p, ns.n);
+	memcpy(o + ns.n, "__", 2);
+	memcpy(o + ns.n + 2, name.p, name.n);
+	o[ns.n + name.n + 2] = 0;
+	return lg_str_of(o, ns.n + name.n + 2);
+}
+
+/* One Responses tool into q->tools: a function; a custom tool (free-text
+ * input, maybe a grammar) as a function of one string "input"; a namespace
+ * group's tools as functions named NS__NAME. Any other type is hosted:
+ * left out, its type named once in dr (",a,b,"). 0, or -1 out of memory. */
+static int lg_canon_rs_tool(struct lg_req *r, struct lg_creq *q, int e, lg_str ns, struct lg_buf *dr)
+{
+	const struct lg_json *j = &r->j;
+	const char *s = r->body;
+	lg_str ty = lg_jesc(j, s, lg_json_get(j, s, e, "type"));
+	struct lg_ctool *tl = &q->tools[q->ntools];
+	int pa = lg_json_get(j, s, e, "parameters");
+	if (lg_str_eq(ty, "namespace") && !ns.n) {
+		int g = lg_json_get(j, s, e, "tools");
+		lg_str nm = lg_jesc(j, s, lg_json_get(j, s, e, "name"));
+		uint32_t i;
+		for (i = 0; nm.n && lg_json_type(j, g) == LG_J_ARR && i < j->t[g].size; i++)
+			if (lg_canon_rs_tool(r, q, lg_json_at(j, g, i), nm, dr) < 0) return -1;
+		return 0;
+	}
+	if (!lg_str_eq(ty, "function") && !lg_str_eq(ty, "custom")) { /* its type, once, in what a header can carry */
+		char nm[44];
+		size_t x, nl = 0;
+		if (!ty.n) ty = lg_strz("unknown");
+		nm[nl++] = ',';
+		for (x = 0; x < ty.n && nl < 41; x++)
+			nm[nl++] = isalnum((unsigned char)ty.p[x]) || (ty.p[x] && strchr("_.-", ty.p[x])) ? ty.p[x] : '_';
+		nm[nl++] = ',';
+		nm[nl] = 0;
+		if (lg_buf_addc(dr, 0)) return 0; /* full: the header names what fits */
+		dr->len--;
+		if (!strstr(dr->p, nm)) lg_buf_add(dr, nm + 1, nl - 1);
+		return 0;
+	}
+	memset(tl, 0, sizeof *tl);
+	tl->name = lg_jesc(j, s, lg_json_get(j, s, e, "name"));
+	tl->desc = lg_jesc(j, s, lg_json_get(j, s, e, "description"));
+	if (!tl->name.n) return 0;
+	tl->ns = ns;
+	tl->bare = tl->name;
+	tl->name = lg_canon_rs_nsname(r, ns, tl->name);
+	if (lg_str_eq(ty, "custom")) { /* the grammar goes in the description: the model writes to it */
+		int f = lg_json_get(j, s, e, "format");
+		lg_str def = lg_jesc(j, s, lg_json_get(j, s, f, "definition"));
+		lg_str syn = lg_jesc(j, s, lg_json_get(j, s, f, "syntax"));
+		tl->custom = 1;
+		tl->schema = lg_strz("{\"type\":\"object\",\"properties\":{\"input\":{\"type\":\"string\",\"description\":"
+		                     "\"the tool's whole input, as free text (not JSON)\"}},\"required\":[\"input\"],"
+		                     "\"additionalProperties\":false}");
+		if (def.n) {
+			struct lg_buf b;
+			lg_buf_init(&b, 0);
+			lg_buf_adds(&b, tl->desc);
+			lg_buf_addz(&b, "\\n\\nPut the whole input in the string parameter \\\"input\\\"; it must match this ");
+			lg_buf_adds(&b, syn.n ? syn : lg_strz("lark"));
+			lg_buf_addz(&b, " grammar:\\n");
+			lg_buf_adds(&b, def);
+			if (!b.err) tl->desc = lg_str_of(lg_arena_strn(&r->a, b.p, b.len), b.len);
+			lg_buf_free(&b);
+			if (!tl->desc.p) return -1;
+		}
+	} else {
+		tl->schema = pa >= 0 ? lg_json_span(j, s, pa) : lg_str_of("{\"type\":\"object\"}", 17);
+	}
+	q->ntools++;
+	return 0;
+}
+
 /* OpenAI Responses body -> canonical. Stateless: previous_response_id is
  * refused. instructions and system/developer items become the system
  * parts; consecutive items of one role one message (function_call items
@@ -6534,9 +6618,9 @@ static int lg_canon_responses(struct lg_req *r, struct lg_creq *q, char *msg, si
 				return -2;
 			}
 			want = lg_str_eq(rl, "user") ? LG_R_USER : LG_R_ASSISTANT;
-		} else if (lg_str_eq(ty, "function_call")) {
+		} else if (lg_str_eq(ty, "function_call") || lg_str_eq(ty, "custom_tool_call")) {
 			want = LG_R_ASSISTANT;
-		} else if (lg_str_eq(ty, "function_call_output")) {
+		} else if (lg_str_eq(ty, "function_call_output") || lg_str_eq(ty, "custom_tool_call_output")) {
 			want = LG_R_USER;
 		} else if (lg_str_eq(ty, "reasoning")) {
 			pending = e; /* for the assistant turn that follows */
@@ -6549,7 +6633,8 @@ static int lg_canon_responses(struct lg_req *r, struct lg_creq *q, char *msg, si
 		}
 		/* a new message when the role changes, or a tool result follows user text */
 		if (!m || want != role ||
-		    (lg_str_eq(ty, "function_call_output") && m->np && m->p[m->np - 1].type != LG_P_TOOL_RESULT)) {
+		    (ty.n > 12 && !memcmp(ty.p + ty.n - 12, "_call_output", 12) && m->np &&
+		     m->p[m->np - 1].type != LG_P_TOOL_RESULT)) {
 			if (m) used += (uint32_t)m->np;
 			m = &q->m[q->nm++];
 			m->role = role = want;
@@ -6575,12 +6660,25 @@ static int lg_canon_responses(struct lg_req *r, struct lg_creq *q, char *msg, si
 			if (!(p = lg_canon_part(r, m, (int)(pool_n - used), LG_P_TOOL_CALL))) return -1;
 			p->id = lg_jesc(j, s, lg_json_get(j, s, e, "call_id"));
 			if (!p->id.n) p->id = lg_jesc(j, s, lg_json_get(j, s, e, "id"));
-			p->name = lg_jesc(j, s, lg_json_get(j, s, e, "name"));
+			p->name = lg_canon_rs_nsname(r, lg_jesc(j, s, lg_json_get(j, s, e, "namespace")),
+			                             lg_jesc(j, s, lg_json_get(j, s, e, "name")));
 			p->args = a.n ? lg_canon_unesc(r, a) : lg_str_of("{}", 2);
 			/* arguments must be a JSON object to become input/args */
 			tr = lg_str_trim(p->args);
 			memset(&aj, 0, sizeof aj);
 			if (!tr.n || tr.p[0] != '{' || lg_json_parse(&aj, p->args.p, p->args.n) <= 0) p->args = lg_str_of("{}", 2);
+		} else if (lg_str_eq(ty, "custom_tool_call")) { /* its input as the one string argument */
+			lg_str in_ = lg_json_raw(j, s, lg_json_get(j, s, e, "input"));
+			char *a;
+			if (!(p = lg_canon_part(r, m, (int)(pool_n - used), LG_P_TOOL_CALL))) return -1;
+			if (!(a = (char *)lg_arena_alloc(&r->a, in_.n + 14))) return -1;
+			p->id = lg_jesc(j, s, lg_json_get(j, s, e, "call_id"));
+			p->name = lg_canon_rs_nsname(r, lg_jesc(j, s, lg_json_get(j, s, e, "namespace")),
+			                             lg_jesc(j, s, lg_json_get(j, s, e, "name")));
+			memcpy(a, "{\"input\":\"", 10);
+			memcpy(a + 10, in_.p, in_.n);
+			memcpy(a + 10 + in_.n, "\"}", 3);
+			p->args = lg_str_of(a, in_.n + 12);
 		} else {
 			int out = lg_json_get(j, s, e, "output");
 			if (!(p = lg_canon_part(r, m, (int)(pool_n - used), LG_P_TOOL_RESULT))) return -1;
@@ -6588,37 +6686,20 @@ static int lg_canon_responses(struct lg_req *r, struct lg_creq *q, char *msg, si
 			p->text = lg_json_type(j, out) == LG_J_STR ? lg_json_raw(j, s, out) : lg_canon_rs_join(r, out, "text", "\\n");
 		}
 	}
-	/* tools: functions in the flat form; hosted ones (web_search...) dropped and named */
+	/* tools: functions in the flat form, custom tools, namespace groups;
+	 * hosted ones (web_search...) dropped and named */
 	t = lg_json_get(j, s, 0, "tools");
 	if (lg_json_type(j, t) == LG_J_ARR && j->t[t].size) {
 		struct lg_buf dr; /* ",type,type," */
-		q->tools = (struct lg_ctool *)lg_arena_alloc(&r->a, j->t[t].size * sizeof *q->tools);
+		q->tools = (struct lg_ctool *)lg_arena_alloc(&r->a, (j->t[t].next - (uint32_t)t) * sizeof *q->tools);
 		if (!q->tools) return -1;
 		lg_buf_init(&dr, 512);
 		lg_buf_addc(&dr, ',');
-		for (i = 0; i < j->t[t].size; i++) {
-			int e = lg_json_at(j, t, i), pa = lg_json_get(j, s, e, "parameters");
-			lg_str ty = lg_jesc(j, s, lg_json_get(j, s, e, "type"));
-			struct lg_ctool *tl = &q->tools[q->ntools];
-			if (!lg_str_eq(ty, "function")) { /* its type, once, in what a header can carry */
-				char nm[44];
-				size_t x, nl = 0;
-				if (!ty.n) ty = lg_strz("unknown");
-				nm[nl++] = ',';
-				for (x = 0; x < ty.n && nl < 41; x++)
-					nm[nl++] = isalnum((unsigned char)ty.p[x]) || (ty.p[x] && strchr("_.-", ty.p[x])) ? ty.p[x] : '_';
-				nm[nl++] = ',';
-				nm[nl] = 0;
-				if (lg_buf_addc(&dr, 0)) continue; /* full: the header names what fits */
-				dr.len--;
-				if (!strstr(dr.p, nm)) lg_buf_add(&dr, nm + 1, nl - 1);
-				continue;
+		for (i = 0; i < j->t[t].size; i++)
+			if (lg_canon_rs_tool(r, q, lg_json_at(j, t, i), lg_str_of("", 0), &dr) < 0) {
+				lg_buf_free(&dr);
+				return -1;
 			}
-			tl->name = lg_jesc(j, s, lg_json_get(j, s, e, "name"));
-			tl->desc = lg_jesc(j, s, lg_json_get(j, s, e, "description"));
-			tl->schema = pa >= 0 ? lg_json_span(j, s, pa) : lg_str_of("{\"type\":\"object\"}", 17);
-			if (tl->name.n) q->ntools++;
-		}
 		if (dr.len > 2) r->dropped = lg_arena_strn(&r->a, dr.p + 1, dr.len - 2);
 		lg_buf_free(&dr);
 	}
@@ -6629,8 +6710,9 @@ static int lg_canon_responses(struct lg_req *r, struct lg_creq *q, char *msg, si
 	} else if (lg_json_type(j, t) == LG_J_OBJ) {
 		q->tool_name = lg_jesc(j, s, lg_json_get(j, s, t, "name"));
 		/* {type:function,name}; a hosted tool's choice went with the tool */
-		q->tool_choice = lg_str_eq(lg_jesc(j, s, lg_json_get(j, s, t, "type")), "function") && q->tool_name.n
-		                     ? LG_TC_FUNC : LG_TC_AUTO;
+		lg_str ty = lg_jesc(j, s, lg_json_get(j, s, t, "type"));
+		q->tool_choice = (lg_str_eq(ty, "function") || lg_str_eq(ty, "custom")) && q->tool_name.n ? LG_TC_FUNC
+		                                                                                          : LG_TC_AUTO;
 	}
 	t = lg_json_get(j, s, 0, "parallel_tool_calls");
 	q->parallel = lg_json_type(j, t) == LG_J_TRUE ? 1 : lg_json_type(j, t) == LG_J_FALSE ? 0 : -1;
@@ -9549,6 +9631,38 @@ static lg_str lg_d_rs_args(const struct lg_wst *w, int k)
 	return a->len ? lg_str_of(a->p, a->len) : lg_str_of("{}", 2);
 }
 
+/* The request's tool of that name (esc, as the upstream called it), for
+ * what the translation changed: custom tools, namespaced names. */
+static const struct lg_ctool *lg_d_rs_tool(const struct lg_req *r, lg_str name)
+{
+	const struct lg_creq *q = r->creq;
+	int i;
+	for (i = 0; q && i < q->ntools; i++)
+		if (q->tools[i].name.n == name.n && !memcmp(q->tools[i].name.p, name.p, name.n)) return &q->tools[i];
+	return NULL;
+}
+
+/* A custom tool's input as a JSON string: the "input" of the arguments
+ * the upstream wrote (esc), or those arguments as text when they are not
+ * that object. */
+static void lg_d_rs_input(struct lg_buf *o, lg_str args)
+{
+	struct lg_jtok tk[16];
+	struct lg_json aj;
+	char *raw = (char *)malloc(args.n + 1);
+	long n = raw ? lg_json_unescape(args.p, args.n, raw) : -1;
+	int v;
+	memset(&aj, 0, sizeof aj);
+	aj.t = tk;
+	aj.cap = 16;
+	if (n >= 0 && lg_json_parse(&aj, raw, (size_t)n) > 0 && tk[0].type == LG_J_OBJ &&
+	    lg_json_type(&aj, v = lg_json_get(&aj, raw, 0, "input")) == LG_J_STR)
+		lg_w_str(o, lg_json_raw(&aj, raw, v));
+	else
+		lg_w_str(o, args);
+	free(raw);
+}
+
 /* Output item n as JSON: complete (done), or as it opens (in_progress,
  * no content yet). */
 static void lg_d_rs_item(struct lg_req *r, struct lg_buf *o, const struct lg_rs_item *it, int n, int done)
@@ -9581,13 +9695,24 @@ static void lg_d_rs_item(struct lg_req *r, struct lg_buf *o, const struct lg_rs_
 		lg_buf_addc(o, '}');
 	} else {
 		const struct lg_acc_tool *t = &w->tools[it->tool];
-		lg_buf_addz(o, done ? ",\"type\":\"function_call\",\"status\":\"completed\",\"arguments\":"
-		                    : ",\"type\":\"function_call\",\"status\":\"in_progress\",\"arguments\":");
-		lg_w_str(o, done ? lg_d_rs_args(w, it->tool) : LG_NOSTR);
+		const struct lg_ctool *ct = lg_d_rs_tool(r, t->name);
+		if (ct && ct->custom) {
+			lg_buf_addz(o, done ? ",\"type\":\"custom_tool_call\",\"status\":\"completed\",\"input\":"
+			                    : ",\"type\":\"custom_tool_call\",\"status\":\"in_progress\",\"input\":\"\"");
+			if (done) lg_d_rs_input(o, lg_d_rs_args(w, it->tool));
+		} else {
+			lg_buf_addz(o, done ? ",\"type\":\"function_call\",\"status\":\"completed\",\"arguments\":"
+			                    : ",\"type\":\"function_call\",\"status\":\"in_progress\",\"arguments\":");
+			lg_w_str(o, done ? lg_d_rs_args(w, it->tool) : LG_NOSTR);
+		}
 		lg_buf_addz(o, ",\"call_id\":");
 		lg_w_str(o, t->id);
 		lg_buf_addz(o, ",\"name\":");
-		lg_w_str(o, t->name);
+		lg_w_str(o, ct ? ct->bare : t->name);
+		if (ct && ct->ns.n) {
+			lg_buf_addz(o, ",\"namespace\":");
+			lg_w_str(o, ct->ns);
+		}
 		lg_buf_addc(o, '}');
 	}
 }
@@ -9712,6 +9837,7 @@ static void lg_d_rs_where(struct lg_req *r, struct lg_buf *d, int kind, int n)
 static void lg_d_rs_close(struct lg_req *r, struct lg_buf *d)
 {
 	struct lg_wst *w = r->w;
+	const struct lg_ctool *ct;
 	struct lg_rs_item *it = w->nitems ? &w->items[w->nitems - 1] : NULL;
 	int n = w->nitems - 1;
 	if (!it || !it->open) return;
@@ -9742,6 +9868,13 @@ static void lg_d_rs_close(struct lg_req *r, struct lg_buf *d)
 		if (it->len) lg_buf_add(d, w->reasoning.p + it->off, it->len);
 		lg_buf_addz(d, "\"}}");
 		lg_d_rs_send(r, d, "response.reasoning_summary_part.done");
+	} else if ((ct = lg_d_rs_tool(r, w->tools[it->tool].name)) && ct->custom) { /* its input, whole */
+		lg_d_rs_begin(r, d, "response.custom_tool_call_input.done");
+		lg_d_rs_where(r, d, it->kind, n);
+		lg_buf_addz(d, ",\"input\":");
+		lg_d_rs_input(d, lg_d_rs_args(w, it->tool));
+		lg_buf_addc(d, '}');
+		lg_d_rs_send(r, d, "response.custom_tool_call_input.done");
 	} else {
 		lg_d_rs_begin(r, d, "response.function_call_arguments.done");
 		lg_d_rs_where(r, d, it->kind, n);
@@ -9859,8 +9992,10 @@ static void lg_d_rs_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str
 		if ((k = lg_d_tool_of(w, idx)) < 0 || !a.n) break;
 		at = w->tools[k].args.len;
 		lg_d_collect(r, type, idx, a, b, raw);
-		/* arguments of an earlier call (interleaved) are kept, not streamed: its item is done */
+		/* arguments of an earlier call (interleaved) are kept, not streamed: its item is done;
+		 * a custom tool's input goes out whole when it is done */
 		if (!it || it->kind != LG_EV_TOOL || it->tool != k || w->tools[k].args.len == at) break;
+		if (lg_d_rs_tool(r, w->tools[k].name) && lg_d_rs_tool(r, w->tools[k].name)->custom) break;
 		lg_d_rs_begin(r, &d, "response.function_call_arguments.delta");
 		lg_d_rs_where(r, &d, LG_EV_TOOL, w->nitems - 1);
 		lg_buf_addz(&d, ",\"delta\":\"");
