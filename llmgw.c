@@ -5475,6 +5475,10 @@ struct lg_req {
 	/* the current attempt's response */
 	int native;  /* the client's bytes go to the provider as they are, and back */
 	int rs_seq;  /* native Responses stream: the next sequence_number (an error event llmgw adds) */
+	const char *rs_id; /* native Responses stream: the upstream's response id (esc), for that event */
+	/* native streams: opening events held until content comes (lg_native_send) */
+	struct lg_held { const char *name, *data; size_t n; } held[4];
+	int nheld;
 	int ustatus, streams, stream_done, saw_finish, up_error, timed_out, q_ok; /* streams: in its framing */
 	int err_status, err_retry; /* the error a parser recorded (lg_ev_acct); its reason is err_reason */
 	struct lg_buf ubody;   /* buffered body, or stream bytes short of an event */
@@ -6967,6 +6971,31 @@ static void lg_native_obj(struct lg_req *r, const struct lg_json *j, const char 
 	}
 	if (extra) lg_buf_addz(o, extra);
 	lg_buf_addc(o, '}');
+}
+
+/* A native stream event to the client. The opening events (hold: the
+ * Responses API's response.created / in_progress, Anthropic's
+ * message_start) wait in the arena until an event with content comes, so
+ * an error that comes before any content is still a failed attempt the
+ * router can retry elsewhere; error: such an error (dropped while nothing
+ * went out, else written). */
+static void lg_native_send(struct lg_req *r, const char *name, const char *data, size_t n, int hold, int error)
+{
+	int i;
+	if (!r->sent_head && error) return; /* the attempt failed: nothing of it reached the client */
+	if (!r->sent_head && hold && r->nheld < (int)LG_COUNTOF(r->held)) {
+		struct lg_held *h = &r->held[r->nheld];
+		h->name = name ? lg_arena_strn(&r->a, name, strlen(name)) : NULL;
+		h->data = lg_arena_strn(&r->a, data, n);
+		h->n = n;
+		if (h->data && (h->name || !name)) {
+			r->nheld++;
+			return;
+		}
+	}
+	for (i = 0; i < r->nheld; i++) lg_resp_sse(r, r->held[i].name, r->held[i].data, r->held[i].n);
+	r->nheld = 0;
+	lg_resp_sse(r, name, data, n);
 }
 
 /* An event to the parser that owns it: the dialect's native rewriter, or
@@ -9462,7 +9491,7 @@ static void lg_d_an_native_event(struct lg_req *r, lg_str evname, lg_str data)
 	}
 	memset(&j, 0, sizeof j);
 	if (lg_req_json(r, &j, data.p, data.n) <= 0 || j.t[0].type != LG_J_OBJ) {
-		lg_resp_sse(r, evname.n ? "message" : NULL, data.p, data.n);
+		lg_native_send(r, evname.n ? "message" : NULL, data.p, data.n, 0, 0);
 		return;
 	}
 	ty = lg_jesc(&j, s, lg_json_get(&j, s, 0, "type"));
@@ -9485,7 +9514,7 @@ static void lg_d_an_native_event(struct lg_req *r, lg_str evname, lg_str data)
 		lg_native_obj(r, &j, s, 0, &o, 0, NULL);
 	else
 		lg_buf_adds(&o, data);
-	lg_resp_sse(r, name, o.p, o.len);
+	lg_native_send(r, name, o.p, o.len, lg_str_eq(ty, "message_start"), lg_str_eq(ty, "error"));
 	lg_buf_free(&o);
 }
 
@@ -9778,8 +9807,12 @@ static const char *lg_d_rs_status(const struct lg_wst *w)
  * and usage null: it is in progress); err: why it failed. */
 static void lg_d_rs_obj(struct lg_req *r, struct lg_buf *o, const char *status, int full, const char *err)
 {
-	lg_buf_printf(o, "{\"id\":\"resp_%s\",\"object\":\"response\",\"created_at\":%lld,\"status\":\"%s\",\"model\":",
-	              r->id, (long long)(r->wall0 / 1000), status);
+	if (!r->w && r->rs_id) /* native: the upstream's response, as the client knows it */
+		lg_buf_printf(o, "{\"id\":\"%s\",\"object\":\"response\",\"created_at\":%lld,\"status\":\"%s\",\"model\":",
+		              r->rs_id, (long long)(r->wall0 / 1000), status);
+	else
+		lg_buf_printf(o, "{\"id\":\"resp_%s\",\"object\":\"response\",\"created_at\":%lld,\"status\":\"%s\",\"model\":",
+		              r->id, (long long)(r->wall0 / 1000), status);
 	lg_json_wz(o, r->served ? r->served->model : r->model_req);
 	lg_buf_addz(o, ",\"provider\":");
 	lg_json_wz(o, r->served ? r->served->prov->name : "");
@@ -10100,7 +10133,7 @@ static void lg_d_rs_native_event(struct lg_req *r, lg_str evname, lg_str data)
 	}
 	memset(&j, 0, sizeof j);
 	if (lg_req_json(r, &j, data.p, data.n) <= 0 || j.t[0].type != LG_J_OBJ) {
-		lg_resp_sse(r, evname.n ? lg_arena_strn(&r->a, evname.p, LG_MIN(evname.n, 60)) : NULL, data.p, data.n);
+		lg_native_send(r, evname.n ? lg_arena_strn(&r->a, evname.p, LG_MIN(evname.n, 60)) : NULL, data.p, data.n, 0, 0);
 		return;
 	}
 	ty = lg_jesc(&j, s, lg_json_get(&j, s, 0, "type"));
@@ -10114,17 +10147,21 @@ static void lg_d_rs_native_event(struct lg_req *r, lg_str evname, lg_str data)
 		lg_ev_acct(r, LG_EV_TEXT, dl.n ? (int)((dl.n + 3) / 4) : 1, LG_NOSTR);
 	} else if (lg_str_eq(ty, "response.completed") || lg_str_eq(ty, "response.incomplete")) {
 		lg_p_rs_end(r, &j, s, resp);
-	} else if (lg_str_eq(ty, "response.failed") || lg_str_eq(ty, "error")) {
-		int e = lg_str_eq(ty, "error") ? 0 : lg_json_get(&j, s, resp, "error");
-		lg_str m = lg_jesc(&j, s, lg_json_get(&j, s, e, "message"));
-		lg_ev_acct(r, LG_EV_ERROR, 502, m.n ? m : lg_strz("error event in the stream"));
+	} else if (lg_str_eq(ty, "response.failed")) { /* the end; an error event before it is passed on */
+		lg_str m = lg_jesc(&j, s, lg_json_get(&j, s, lg_json_get(&j, s, resp, "error"), "message"));
+		lg_ev_acct(r, LG_EV_ERROR, 502, m.n ? m : lg_strz("the response failed"));
+	} else if (lg_str_eq(ty, "response.created") && !r->rs_id) {
+		lg_str id = lg_jesc(&j, s, lg_json_get(&j, s, resp, "id"));
+		if (id.n && id.n < 200) r->rs_id = lg_arena_strn(&r->a, id.p, id.n);
 	}
 	lg_buf_init(&o, 0);
 	if (resp >= 0)
 		lg_native_obj(r, &j, s, 0, &o, 0, NULL);
 	else
 		lg_buf_adds(&o, data);
-	lg_resp_sse(r, name, o.p, o.len);
+	lg_native_send(r, name, o.p, o.len,
+	               lg_str_eq(ty, "response.created") || lg_str_eq(ty, "response.in_progress") || lg_str_eq(ty, "error"),
+	               lg_str_eq(ty, "response.failed"));
 	lg_buf_free(&o);
 	if (lg_str_eq(ty, "response.completed") || lg_str_eq(ty, "response.incomplete"))
 		lg_ev_acct(r, LG_EV_END, 0, LG_NOSTR);
@@ -11001,6 +11038,8 @@ static void lg_route_next(struct lg_req *r)
 		r->t_att_first = 0;
 		r->att_open = 1;
 		r->ustatus = r->streams = r->stream_done = r->saw_finish = r->up_error = r->q_ok = 0;
+		r->nheld = 0;
+		r->rs_id = NULL;
 		memset(&r->usage, 0, sizeof r->usage);
 		r->ubody.off = r->ubody.len = 0;
 		r->ubody.err = 0;
@@ -12842,6 +12881,16 @@ static void lg_srv_count_tokens(struct lg_req *r)
 	lg_srv_count_est(r);
 }
 
+/* Does the requested model have a target that takes the Responses API natively? */
+static int lg_srv_rs_native(const struct lg_req *r)
+{
+	const struct lg_model *m = lg_cfg_find_model(r->cfg, lg_strz(r->model_req));
+	int k;
+	for (k = 0; m && k < m->nt; k++)
+		if (m->t[k].prov->responses) return 1;
+	return 0;
+}
+
 /* POST /v1/chat/completions, /v1/embeddings, /v1/messages and /v1/responses. */
 static void lg_srv_completion(struct lg_req *r)
 {
@@ -12898,9 +12947,10 @@ static void lg_srv_completion(struct lg_req *r)
 	}
 	t = r->tk[LG_TK_USER];
 	if (lg_json_type(j, t) == LG_J_STR && j->t[t].end - j->t[t].start <= 256) r->user = lg_route_strdup(r, t);
-	/* Responses: its canonical request now (for native targets too), so
-	 * what cannot be served is refused before any budget is held */
-	if (r->ep == LG_EP_RESPONSES && !lg_canon(r)) {
+	/* Responses: its canonical request now, so what cannot be translated is
+	 * refused before any budget is held, unless a target takes it natively
+	 * (then only an attempt that translates refuses it) */
+	if (r->ep == LG_EP_RESPONSES && !lg_srv_rs_native(r) && !lg_canon(r)) {
 		lg_resp_error(r, 400, NULL, "%s", r->canon_err);
 		return;
 	}

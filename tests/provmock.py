@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Scripted mock of the provider wire formats llmgw translates to: OpenAI (and Azure
-OpenAI), Anthropic Messages, Google Gemini and AWS Bedrock Converse / ConverseStream.
+OpenAI), Anthropic Messages, Google Gemini and AWS Bedrock Converse / ConverseStream, and the
+OpenAI Responses API (which llmgw forwards natively to providers with responses = yes).
 
     python3 tests/provmock.py --port 0      # prints "PORT <n>", serves until killed
     python3 tests/provmock.py --selftest    # renders every scenario once and checks it
@@ -17,6 +18,8 @@ Which wire format answers is chosen by the request path:
     .../model/{modelId}/converse, .../converse-stream    bedrock     (model from the URL)
     .../openai/deployments/{dep}/chat/completions        azure       (model = deployment)
     .../chat/completions                                 openai      (model from the body)
+    .../responses, .../openai/responses?api-version=...  responses   (model from the body; OpenAI
+                                                         and Azure alike: the path tells them apart)
 
 The model name is  SCENARIO[~OPTION...][#TAG]  (the tag is ignored: tests use it to tell
 targets apart; URL-encoded names are decoded first).  Scenarios (see SCRIPTS and
@@ -30,10 +33,15 @@ special_scenario()):
     err-424s           bedrock: 424 ModelStreamErrorException
     midfail            stream: some deltas, then an error in the stream's own format
                        (anthropic `event: error`, gemini a data: object holding error,
-                       bedrock an exception frame, openai a data: {"error":..})
-    earlyfail          stream: an error before any content
+                       bedrock an exception frame, openai a data: {"error":..}, responses
+                       `event: error` then `event: response.failed`, sequence numbers going on)
+    earlyfail          stream: an error before any content (responses: `error` and
+                       `response.failed` as the first events, before response.created)
     earlyfail-400      gemini stream: a 400 INVALID_ARGUMENT error object as the first event
-    trunc, trunc-early stream: ends (cleanly at the HTTP level) without finishing
+    trunc, trunc-early stream: ends (cleanly at the HTTP level) without finishing (trunc after
+                       two deltas; trunc-early after the structure events only: responses
+                       response.created and response.in_progress)
+    trunc-empty        stream: a 200 event stream that ends without any event
     badcrc, badprelude bedrock stream: the first frame has a wrong message / prelude CRC
     badcrc-mid         bedrock stream: good text frames, then one with a wrong CRC
     notjson            stream: some deltas, an event whose data is not JSON (`data: this is
@@ -58,6 +66,16 @@ Delivery options (after ~, combinable):
     usagefinish        openai: usage in the finish chunk (no separate usage chunk)
     choicesnull        openai: the usage chunk has "choices": null (vLLM)
     combined           openai: reasoning, text, every tool call and the finish_reason in one chunk
+
+Responses wire (PROVIDERS.md section 9): a response object (id resp_pm_N, status completed,
+or incomplete with incomplete_details.reason max_output_tokens / content_filter / the fin-
+REASON; output items reasoning rs_pm.., message msg_pm.. with output_text, function_call
+fc_pm.. with call_id call_<id>; usage input/output tokens with cached and reasoning details).
+Reasoning items carry encrypted_content (RS_ENC) only when the request's include asks for
+reasoning.encrypted_content. The stream: `event: <type>` + data {"type", "sequence_number"
+0, 1, ...}: response.created, response.in_progress, per item output_item.added, its part /
+summary part, deltas, done events, output_item.done, then response.completed (or
+response.incomplete); no [DONE]. Errors (err-NNN, flaky) are OpenAI's {"error": {...}}.
 
 Control paths: GET /_requests (JSON list: serial, seq, method, path, headers (lowercase),
 header_list, body, body_sha256, kind, model, t), POST /_reset.
@@ -181,14 +199,17 @@ FINISH = {  # canonical -> native
     "anthropic": {"stop": "end_turn", "length": "max_tokens", "tool": "tool_use", "filter": "refusal"},
     "gemini": {"stop": "STOP", "length": "MAX_TOKENS", "tool": "STOP", "filter": "SAFETY"},
     "bedrock": {"stop": "end_turn", "length": "max_tokens", "tool": "tool_use", "filter": "content_filtered"},
+    # responses: "completed", else the incomplete_details.reason of an incomplete response
+    "responses": {"stop": "completed", "length": "max_output_tokens", "tool": "completed",
+                  "filter": "content_filter"},
 }
-ID_PREFIX = {"openai": "call_", "anthropic": "toolu_", "bedrock": "tooluse_"}
+ID_PREFIX = {"openai": "call_", "anthropic": "toolu_", "bedrock": "tooluse_", "responses": "call_"}
 
 
 def script_usage(sc, kind):
     u = sc["usage"]
     if "in" not in u:
-        u = u[kind]
+        u = u["openai" if kind == "responses" else kind]
     return u
 
 
@@ -321,6 +342,7 @@ class Reply:
         self.model = model
         self.opts = opts
         self.include_usage = include_usage
+        self.include = []       # responses: the request's include list
         self.le = "\r\n" if (kind == "gemini" and "lf" not in opts and "cr" not in opts) or "crlf" in opts \
             else "\r" if "cr" in opts else "\n"
         with _ID_LOCK:
@@ -462,6 +484,118 @@ def oa_error_obj(status, message=None, etype=None, code=None):
                 429: "rate_limit_exceeded"}.get(status)
     return {"error": {"message": message or "provmock openai %d" % status, "type": etype,
                       "param": None, "code": code}}
+
+
+# ---- OpenAI Responses API
+
+RS_ENC = "gAAAAABpm-rs-encrypted+/content=="    # a reasoning item's opaque encrypted_content
+
+
+def rs_usage(u):
+    i, o = u["in"] + u["cr"] + u["cw"], u["out"] + u["reason"]
+    return {"input_tokens": i, "input_tokens_details": {"cached_tokens": u["cr"]},
+            "output_tokens": o, "output_tokens_details": {"reasoning_tokens": u["reason"]},
+            "total_tokens": i + o}
+
+
+def rs_status(finish):
+    return "completed" if finish == "completed" else "incomplete"
+
+
+def rs_object(rp, status, output, usage, finish=None, error=None):
+    return {"id": "resp_pm_%d" % rp.n, "object": "response", "created_at": 1735689600, "status": status,
+            "background": False, "error": error,
+            "incomplete_details": {"reason": finish} if status == "incomplete" else None,
+            "instructions": None, "max_output_tokens": None, "model": rp.model, "output": output,
+            "parallel_tool_calls": True, "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None}, "service_tier": "default", "store": True,
+            "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [],
+            "top_p": 1.0, "truncation": "disabled", "usage": usage, "user": None, "metadata": {}}
+
+
+def rs_items(rp, sc):
+    """The output items of a script, complete (as in the final response object)."""
+    items = []
+    for i, b in enumerate(sc["blocks"]):
+        joined = "".join(b["pieces"])
+        if b["kind"] == "thinking":
+            it = {"id": "rs_pm%d_%d" % (rp.n, i), "type": "reasoning",
+                  "summary": [{"type": "summary_text", "text": joined}]}
+            if "reasoning.encrypted_content" in rp.include:
+                it["encrypted_content"] = RS_ENC
+        elif b["kind"] == "text":
+            it = {"id": "msg_pm%d_%d" % (rp.n, i), "type": "message", "status": "completed", "role": "assistant",
+                  "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": joined}]}
+        else:
+            it = {"id": "fc_pm%d_%d" % (rp.n, i), "type": "function_call", "status": "completed",
+                  "arguments": joined or "{}", "call_id": tool_id("responses", b), "name": b["name"]}
+        items.append(it)
+    return items
+
+
+def rs_full(rp, sc, finish):
+    return rs_object(rp, rs_status(finish), rs_items(rp, sc), rs_usage(script_usage(sc, "responses")), finish)
+
+
+def rs_event(rp, name, seq, obj):
+    d = {"type": name, "sequence_number": seq}
+    d.update(obj)
+    return sse_bytes(d, event=name, le=rp.le)
+
+
+def rs_stream(rp, sc, finish):
+    seq = [0]
+
+    def e(name, obj):
+        seq[0] += 1
+        return rs_event(rp, name, seq[0] - 1, obj)
+    start = rs_object(rp, "in_progress", [], None)
+    ev = [("pre", e("response.created", {"response": start})),
+          ("pre", e("response.in_progress", {"response": start}))]
+    items = rs_items(rp, sc)
+    for i, (b, it) in enumerate(zip(sc["blocks"], items)):
+        ref = {"item_id": it["id"], "output_index": i}
+        if b["kind"] == "thinking":
+            text = it["summary"][0]["text"]
+            ev.append(("open", e("response.output_item.added", {"output_index": i, "item": {
+                "id": it["id"], "type": "reasoning", "summary": []}})))
+            ev.append(("open", e("response.reasoning_summary_part.added", dict(ref, summary_index=0, part={
+                "type": "summary_text", "text": ""}))))
+            ev += [("delta", e("response.reasoning_summary_text.delta", dict(ref, summary_index=0, delta=p)))
+                   for p in b["pieces"]]
+            ev.append(("open", e("response.reasoning_summary_text.done", dict(ref, summary_index=0, text=text))))
+            ev.append(("open", e("response.reasoning_summary_part.done", dict(ref, summary_index=0, part={
+                "type": "summary_text", "text": text}))))
+        elif b["kind"] == "text":
+            part = it["content"][0]
+            ev.append(("open", e("response.output_item.added", {"output_index": i, "item": {
+                "id": it["id"], "type": "message", "status": "in_progress", "content": [], "role": "assistant"}})))
+            ev.append(("open", e("response.content_part.added", dict(ref, content_index=0, part={
+                "type": "output_text", "annotations": [], "logprobs": [], "text": ""}))))
+            ev += [("delta", e("response.output_text.delta", dict(ref, content_index=0, delta=p, logprobs=[])))
+                   for p in b["pieces"]]
+            ev.append(("open", e("response.output_text.done", dict(ref, content_index=0, text=part["text"],
+                                                                   logprobs=[]))))
+            ev.append(("open", e("response.content_part.done", dict(ref, content_index=0, part=part))))
+        else:
+            ev.append(("open", e("response.output_item.added", {"output_index": i, "item": dict(
+                it, status="in_progress", arguments="")})))
+            ev += [("delta", e("response.function_call_arguments.delta", dict(ref, delta=p)))
+                   for p in b["pieces"] or ["{}"]]
+            ev.append(("open", e("response.function_call_arguments.done", dict(ref, arguments=it["arguments"]))))
+        ev.append(("open", e("response.output_item.done", {"output_index": i, "item": it})))
+    st = rs_status(finish)
+    ev.append(("post", e("response." + st, {"response": rs_object(
+        rp, st, items, rs_usage(script_usage(sc, "responses")), finish)})))
+    return ev
+
+
+def rs_fail_events(rp, seq, early):
+    """An in-stream failure: `error`, then `response.failed`, numbered from seq on."""
+    msg = "provmock responses %s stream error" % ("early" if early else "mid")
+    return [rs_event(rp, "error", seq, {"code": "server_error", "message": msg, "param": None}),
+            rs_event(rp, "response.failed", seq + 1, {"response": rs_object(
+                rp, "failed", [], None, error={"code": "server_error", "message": msg})})]
 
 
 # ---- Anthropic
@@ -881,6 +1015,8 @@ def classify(req, body):
         return "anthropic", str(body.get("model", "")), stream_flag, False
     if path.endswith("/chat/completions"):
         return "openai", str(body.get("model", "")), stream_flag, inc
+    if path.endswith("/responses"):     # OpenAI .../v1/responses, Azure .../openai/responses?api-version=
+        return "responses", str(body.get("model", "")), stream_flag, False
     return None, "", False, False
 
 
@@ -896,7 +1032,7 @@ def wire(kind):
 
 def error_reply(conn, kind, status, opts, message=None, retry_delay="17s", etype=None):
     w = wire(kind)
-    if w == "openai":
+    if w in ("openai", "responses"):
         extra = [("Retry-After", "0")] if status == 429 else []
         return send_json(conn, status, oa_error_obj(status, message), extra, opts)
     if w == "anthropic":
@@ -945,6 +1081,8 @@ def render(kind, rp, scen, stream):
         finish = "tool_use"
     if w == "openai":
         return oa_stream(rp, sc, finish) if stream else oa_full(rp, sc, finish)
+    if w == "responses":
+        return rs_stream(rp, sc, finish) if stream else rs_full(rp, sc, finish)
     if w == "anthropic":
         return an_stream(rp, sc, finish, json_tool) if stream else an_full(rp, sc, finish, json_tool)
     if w == "gemini":
@@ -976,6 +1114,8 @@ def stream_ctype(kind):
 def answer(conn, req, body, kind, model, stream, include_usage):
     scen, opts = parse_model(model)
     rp = Reply(kind, model, opts, include_usage)
+    inc = body.get("include")
+    rp.include = [x for x in inc if isinstance(x, str)] if isinstance(inc, list) else []
     w = wire(kind)
     m = re.match(r"err-(\d{3})$", scen)
     if m:
@@ -1011,8 +1151,8 @@ def answer(conn, req, body, kind, model, stream, include_usage):
         if not stream:
             return send_json(conn, 200, with_bad_utf8(json.dumps(out).encode()), (), opts)
         return send_stream(conn, "text/event-stream", [with_bad_utf8(b) for _, b in out], opts)
-    if scen in ("midfail", "earlyfail", "earlyfail-400", "trunc", "trunc-early", "badcrc", "badprelude", "badcrc-mid",
-                "notjson"):
+    if scen in ("midfail", "earlyfail", "earlyfail-400", "trunc", "trunc-early", "trunc-empty", "badcrc", "badprelude",
+                "badcrc-mid", "notjson"):
         if not stream:
             scen = "text"
         else:
@@ -1026,8 +1166,12 @@ def answer(conn, req, body, kind, model, stream, include_usage):
                     break
                 body_ev.append(b)
                 deltas += k == "delta"
-            if scen == "midfail":
+            if scen == "midfail" and w == "responses":
+                parts = pre + body_ev + rs_fail_events(rp, len(pre) + len(body_ev), False)
+            elif scen == "midfail":
                 parts = pre + body_ev + [stream_error_event(kind, rp.le, False)]
+            elif scen == "earlyfail" and w == "responses":     # before response.created
+                parts = rs_fail_events(rp, 0, True)
             elif scen == "earlyfail":
                 parts = pre + [stream_error_event(kind, rp.le, True)]
             elif scen == "earlyfail-400":    # gemini: a non-retryable error as the first event
@@ -1040,6 +1184,8 @@ def answer(conn, req, body, kind, model, stream, include_usage):
                 parts = pre + body_ev + [bad] + [b for _, b in evs[len(pre) + len(body_ev):]]
             elif scen == "trunc-early":
                 parts = pre
+            elif scen == "trunc-empty":
+                parts = []
             elif w != "bedrock":
                 parts = [b for _, b in evs]
             elif scen == "badcrc-mid":
@@ -1158,6 +1304,8 @@ def selftest(port):
                                                      stream_options={"include_usage": True}))
         if kind == "anthropic":
             return post("/v1/messages", dict(msgs, model=model, stream=stream, max_tokens=10))
+        if kind == "responses":
+            return post("/v1/responses", {"model": model, "input": "hi", "stream": stream})
         q = urllib.parse.quote(model, safe="")
         if kind == "gemini":
             return post("/v1beta/models/%s:%s" % (q, "streamGenerateContent?alt=sse" if stream else "generateContent"),
@@ -1173,7 +1321,7 @@ def selftest(port):
                     out.append(json.loads(line[6:]))
         return out
 
-    for kind in ("openai", "anthropic", "gemini", "bedrock"):
+    for kind in ("openai", "anthropic", "gemini", "bedrock", "responses"):
         for scen in list(SCRIPTS) + ["fin-x"]:
             r, data = req(kind, scen + "#t", False)
             ok = r.status == 200
@@ -1208,7 +1356,7 @@ def selftest(port):
     r, data = req("gemini", "text", True)
     expect("gemini frames events with CRLF", data.count(b"\r\n\r\n") >= 3 and b"\n\n" not in
            data.replace(b"\r\n\r\n", b""))
-    for kind in ("openai", "anthropic", "gemini"):
+    for kind in ("openai", "anthropic", "gemini", "responses"):
         for stream in (False, True):
             r, data = req(kind, "badutf8", stream)
             expect("%s badutf8%s" % (kind, " stream" if stream else ""), r.status == 200 and
@@ -1218,7 +1366,90 @@ def selftest(port):
                data.count(b"data: ") >= 5)
     r, data = req("gemini", "flaky#a mk0000abcd", False)
     expect("flaky first 429", r.status == 429 and b'"retryDelay": "1s"' in data)
+    selftest_responses(req, post, expect)
     return 1 if fails else 0
+
+
+def rs_sse(data):
+    """(event name, data object) of each event of a Responses stream; raises ValueError."""
+    out = []
+    for block in re.split(r"\r\n\r\n|\n\n|\r\r", data.decode("utf-8", "replace")):
+        name, lines = None, []
+        for line in re.split(r"\r\n|\n|\r", block):
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                lines.append(line[6:])
+        if lines:
+            out.append((name, json.loads("\n".join(lines))))
+    return out
+
+
+def selftest_responses(req, post, expect):
+    """The Responses wire: event names, sequence numbers, items, ends, errors, Azure's path."""
+    def names(evs):
+        return [n for n, _ in evs]
+
+    def numbered(evs):
+        return all(n == d.get("type") and d.get("sequence_number") == i for i, (n, d) in enumerate(evs))
+    r, data = req("responses", "text", False)
+    j = json.loads(data)
+    expect("responses text object", j["object"] == "response" and j["status"] == "completed" and
+           j["output"][0]["content"][0]["text"] == TEXT and j["usage"]["input_tokens"] == 11 and
+           j["usage"]["output_tokens"] == 7 and j["model"] == "text")
+    r, data = req("responses", "text", True)
+    evs = rs_sse(data)
+    want = ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"] + \
+        ["response.output_text.delta"] * len(TEXT_PIECES) + \
+        ["response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed"]
+    expect("responses text stream events", names(evs) == want and numbered(evs) and b"[DONE]" not in data and
+           "".join(d["delta"] for n, d in evs if n.endswith(".delta")) == TEXT)
+    for scen, fmt in (("text~1b", "1b"), ("text~crlf", "crlf"), ("text~split40", "split"), ("text~cl", "cl"),
+                      ("text~nolast", "nolast"), ("text~multiline", "multiline")):
+        r, data = req("responses", scen, True)
+        expect("responses stream %s" % fmt, names(rs_sse(data)) == want)
+    r, data = req("responses", "text~crlf", True)
+    expect("responses crlf framing", data.count(b"\r\n\r\n") == len(want) and b"\n\n" not in data)
+    r, data = req("responses", "tools2", True)
+    evs = rs_sse(data)
+    fc = [d["item"] for n, d in evs if n == "response.output_item.done" and d["item"]["type"] == "function_call"]
+    expect("responses tools2 stream", numbered(evs) and [(c["call_id"], c["name"], json.loads(c["arguments"]))
+                                                          for c in fc] ==
+           [("call_w1", "get_weather", {"city": "Paris"}), ("call_t2", "get_time", {"tz": "Europe/Paris"})] and
+           [d["output_index"] for n, d in evs if n == "response.output_item.added"] == [0, 1, 2])
+    r, data = req("responses", "think", False)
+    expect("responses think: no encrypted_content unasked", "encrypted_content" not in json.loads(data)["output"][0])
+    r, data = post("/v1/responses", {"model": "think", "input": "hi", "include": ["reasoning.encrypted_content"]})
+    j = json.loads(data)
+    expect("responses think", j["output"][0]["encrypted_content"] == RS_ENC and
+           j["output"][0]["summary"][0]["text"] == "Let me think it over." and
+           j["usage"]["output_tokens_details"]["reasoning_tokens"] == 5)
+    for stream in (False, True):
+        r, data = req("responses", "length", stream)
+        j = json.loads(data) if not stream else rs_sse(data)[-1][1]["response"]
+        expect("responses length stream=%s" % stream, j["status"] == "incomplete" and
+               j["incomplete_details"] == {"reason": "max_output_tokens"} and
+               (not stream or rs_sse(data)[-1][0] == "response.incomplete"))
+    r, data = req("responses", "midfail", True)
+    evs = rs_sse(data)
+    expect("responses midfail", numbered(evs) and names(evs)[-2:] == ["error", "response.failed"] and
+           "response.completed" not in names(evs) and "response.output_text.delta" in names(evs))
+    r, data = req("responses", "earlyfail", True)
+    evs = rs_sse(data)
+    expect("responses earlyfail", numbered(evs) and names(evs) == ["error", "response.failed"])
+    r, data = req("responses", "trunc", True)
+    evs = rs_sse(data)
+    expect("responses trunc", numbered(evs) and names(evs)[-1] == "response.output_text.delta")
+    r, data = req("responses", "trunc-early", True)
+    expect("responses trunc-early", names(rs_sse(data)) == ["response.created", "response.in_progress"])
+    r, data = req("responses", "trunc-empty", True)
+    expect("responses trunc-empty", r.status == 200 and data == b"")
+    r, data = req("responses", "err-429", False)
+    j = json.loads(data)
+    expect("responses err-429", r.status == 429 and j["error"]["type"] == "rate_limit_exceeded" and
+           r.getheader("Retry-After") == "0")
+    r, data = post("/openai/responses?api-version=2025-04-01-preview", {"model": "text#az", "input": "hi"})
+    expect("azure responses path", r.status == 200 and json.loads(data)["status"] == "completed")
 
 
 def main():

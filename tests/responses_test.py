@@ -23,18 +23,33 @@ What is covered (the reference is /work/shared/PROVIDERS.md section 9):
 - previous_response_id refused (400), hosted tools dropped and named in llmgw-dropped-tools,
   max_output_tokens cut (status incomplete), a failure in the middle of the stream (error then
   response.failed, never response.completed), errors in the OpenAI shape, the access log and
-  /v1/generation like chat's.
+  /v1/generation like chat's;
+- native forwarding (test_native_*) to providers with `responses = yes` (rs, rs2: openai; az,
+  azd, az1: azure): the body forwarded as the client sent it but for model (the upstream name)
+  and models/provider/usage; the upstream's events passed through (sequence numbers, ids, item
+  shapes) with the public model name and usage.cost in the response objects and no provider
+  member per event; the full answer with provider first; usage accounted (access log,
+  /v1/generation, /v1/key, the ledger); incomplete, 4xx passed on and not retried, 5xx, an early
+  error event and an empty stream falling back (to a translated chat target or another
+  Responses target), failures after the first byte ending with error + response.failed; Azure's
+  paths and api-version; the configuration check; native and translated targets giving the
+  same output and the same event sequence.
 
 Providers (one shared gateway): oa (openai), an (anthropic), ge (gemini), br (bedrock, Bearer
-key), all -> provmock; mk (the built-in mock). Models `P-SCENARIO` carry prices (in=2 out=8 USD/Mtok). Each test finds its
+key), rs and rs2 (openai with responses = yes; rs2 under /fallback/v1), az / azd / az1 (azure
+with responses = yes: deployment-style base with api_version, the same without api_version,
+/openai/v1 base), all -> provmock; mk (the built-in mock). Models `rs-SCENARIO` are native,
+`rsfb-SCENARIO` a native first target with a fallback behind it. Models `P-SCENARIO` carry prices (in=2 out=8 USD/Mtok). Each test finds its
 requests in the mock's log by a random marker in the prompt. Standard library only; 127.0.0.1
 only; every wait is bounded.
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -51,6 +66,18 @@ SCENARIOS = ["text", "tool", "tools2", "think", "length", "json", "midfail", "mi
 PROVS = ["oa", "an"]
 MORE_PROVS = ["ge", "br"]   # gemini and bedrock targets: the same dialect, other wires
 CALL_ID = {"oa": "call_", "an": "toolu_", "br": "tooluse_"}
+# native Responses targets (provider rs, responses = yes)
+RS_SCENARIOS = ["text", "tool", "tools2", "think", "length", "json", "mixed", "filter", "tools6", "midfail",
+                "trunc", "trunc-early"]
+RS_PRICES = {"usage": "in=2 out=8 cache_read=0.5"}
+# rsfb-NAME: first target rs SCENARIO, then the fallback (a translated chat target or rs2, the
+# other Responses provider)
+RS_FALLBACKS = {"err503": ("err-503", "oa text"), "err500": ("err-500", "rs2 text"),
+                "err429": ("err-429", "rs2 text"), "err400": ("err-400", "oa text"),
+                "earlyfail": ("earlyfail", "rs2 text"), "earlyfail-oa": ("earlyfail", "oa text"),
+                "trunc-empty": ("trunc-empty", "oa text"), "trunc-empty-rs": ("trunc-empty", "rs2 text"),
+                "trunc-early": ("trunc-early", "oa text"), "trunc": ("trunc", "oa text"),
+                "midfail": ("midfail", "oa text")}
 
 
 def http(port, method, path, body=None, headers=None, key="sk-test", timeout=15):
@@ -119,6 +146,42 @@ base_url = http://127.0.0.1:{mp}
 api_key = br-bearer-token
 direct = yes
 
+[provider.rs]
+type = openai
+base_url = http://127.0.0.1:{mp}/v1
+api_key = sk-rs-secret
+responses = yes
+direct = yes
+
+[provider.rs2]
+type = openai
+base_url = http://127.0.0.1:{mp}/fallback/v1
+api_key = sk-rs2-secret
+responses = yes
+direct = yes
+
+[provider.az]
+type = azure
+base_url = http://127.0.0.1:{mp}/az
+api_key = az-secret
+api_version = 2025-03-01-preview
+responses = yes
+direct = yes
+
+[provider.azd]
+type = azure
+base_url = http://127.0.0.1:{mp}/azd
+api_key = azd-secret
+responses = yes
+direct = yes
+
+[provider.az1]
+type = azure
+base_url = http://127.0.0.1:{mp}/openai/v1
+api_key = az1-secret
+responses = yes
+direct = yes
+
 [provider.mk]
 type = mock
 
@@ -131,6 +194,11 @@ secret = sk-test
     for p in PROVS + MORE_PROVS:
         for s in SCENARIOS:
             out.append("[model.%s-%s]\ntarget = %s %s %s\n" % (p, s, p, s, PRICES))
+    for s in RS_SCENARIOS + list(RS_PRICES):
+        out.append("[model.rs-%s]\ntarget = rs %s %s\n" % (s, s, RS_PRICES.get(s, PRICES)))
+    for name, (first, then) in RS_FALLBACKS.items():
+        out.append("[model.rsfb-%s]\ntarget = rs %s#fb-%s %s\ntarget = %s#fb-%s %s\n"
+                   % (name, first, name, PRICES, then, name, PRICES))
     out.append(extra)
     return "\n".join(out) + "\n"
 
@@ -990,6 +1058,557 @@ def test_gateway_errors_openai_shape():
     mk = marker()
     r = rs_req("oa/err-400", mk=mk)
     expect_error(r, 400, "upstream 400", contains=("provmock openai 400",))
+
+
+# =======================================================================================
+# native Responses targets: providers with responses = yes (PROVIDERS.md section 9)
+
+RS_ID = re.compile(r"\b(resp_pm_|msg_pm|fc_pm|rs_pm)\d+")
+
+
+def rs_norm(x):
+    """x with the mock's response and item ids made comparable (resp_pm_N, msg_pmN_i...)."""
+    if isinstance(x, dict):
+        return {k: rs_norm(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [rs_norm(v) for v in x]
+    if isinstance(x, str):
+        return RS_ID.sub(lambda m: m.group(1) + "#", x)
+    return x
+
+
+def rs_direct(model, stream=False, **extra):
+    """What the mock itself answers to a Responses request for `model` (upstream name)."""
+    b = {"model": model, "input": "direct %s" % marker()}
+    if stream:
+        b["stream"] = True
+    b.update(extra)
+    r = http(mock().port, "POST", "/v1/responses", b, key=None)
+    expect_status(r, 200, "provmock direct %s" % model)
+    return r
+
+
+def ungw(obj, what, public, upstream, cost=None):
+    """A response object as llmgw passed it on, turned back into the upstream's: model the public
+    name (-> upstream), usage.cost present (checked against cost when given, then removed);
+    provider removed when present. Returns a copy."""
+    o = json.loads(json.dumps(obj))
+    eq(o.get("model"), public, what + ": model (the public name)")
+    o["model"] = upstream
+    u = o.get("usage")
+    if isinstance(u, dict):
+        check("cost" in u, "%s: usage without cost: %s" % (what, snip(u)))
+        if cost is not None:
+            near(u["cost"], cost, what + ": usage.cost")
+        del u["cost"]
+    return o
+
+
+def native_events(r, what, public, end="response.completed"):
+    """A native stream as the client got it: event names = data.type, no [DONE], no provider
+    member per event, the public model name in every response object; the events (JSON)."""
+    expect_status(r, 200, what)
+    check(r.h("content-type", "").startswith("text/event-stream"), "%s: content-type %r" % (what, r.h("content-type")))
+    ev = r.events
+    check(ev, "%s: no events" % what)
+    for i, e in enumerate(ev):
+        check(e.data != "[DONE]", "%s: a [DONE] in a Responses stream" % what)
+        check(isinstance(e.json, dict), "%s: event %d is not a JSON object: %r" % (what, i, e))
+        eq(e.json.get("type"), e.name, "%s: event %d: data.type vs event name" % (what, i))
+        check("provider" not in e.json, "%s: event %d (%s) has a provider member" % (what, i, e.name))
+        check(not e.partial, "%s: event %d is cut" % (what, i))
+        if isinstance(e.json.get("response"), dict):
+            eq(e.json["response"].get("model"), public, "%s: event %d (%s): response.model" % (what, i, e.name))
+    eq(ev[-1].name, end, what + ": last event")
+    return ev
+
+
+def same_events(got, want, what, public, upstream, cost=None):
+    """The client's events = the upstream's (ids normalised), but for model and usage.cost."""
+    eq([e.name for e in got], [e.name for e in want], what + ": event names = the upstream's")
+    for i, (g, w) in enumerate(zip(got, want)):
+        gj = dict(g.json)
+        if isinstance(gj.get("response"), dict):
+            gj["response"] = ungw(gj["response"], "%s: event %d (%s)" % (what, i, g.name), public, upstream,
+                                  cost if g.name in ("response.completed", "response.incomplete") else None)
+        eq(rs_norm(gj), rs_norm(w.json), "%s: event %d (%s) = the upstream's" % (what, i, g.name))
+
+
+def test_native_text():
+    """rs-text: the non-stream answer is the upstream's object with provider first, the public
+    model name and usage.cost; the stream is the upstream's events, sequence numbers and all."""
+    for stream in (False, True):
+        what = "native text stream=%s" % stream
+        mk = marker()
+        r = rs_req("rs-text", mk=mk, stream=stream)
+        want = rs_direct("text", stream=stream)
+        eq(r.h("x-llmgw-provider"), "rs", what + ": x-llmgw-provider")
+        if stream:
+            ev = native_events(r, what, "rs-text")
+            same_events(ev, want.events, what, "rs-text", "text", 78e-6)
+            eq([e.json.get("sequence_number") for e in ev], list(range(len(ev))), what + ": sequence numbers")
+            text = "".join(e.json["delta"] for e in ev if e.name == "response.output_text.delta")
+            eq(text, TEXT, what + ": the joined deltas")
+            final = ev[-1].json["response"]
+            usage_check(final["usage"], what, 11, 7, 78e-6)
+            eq(final["id"], ev[0].json["response"]["id"], what + ": the upstream's response id throughout")
+        else:
+            expect_status(r, 200, what)
+            check(r.body.startswith(b'{"provider":"rs",'), "%s: the body should start with the provider member: %s"
+                  % (what, snip(r.body, 80)))
+            j = r.json()
+            eq(j.get("provider"), "rs", what + ": provider")
+            usage_check(j["usage"], what, 11, 7, 78e-6)
+            del j["provider"]
+            eq(rs_norm(ungw(j, what, "rs-text", "text", 78e-6)), rs_norm(want.json()), what + ": the upstream's object")
+            eq(simple(r.json()["output"]), [("message", TEXT)], what + ": output")
+        rec, b = one_request(mk, what)
+        eq((rec["kind"], rec["path"]), ("responses", "/v1/responses"), what + ": upstream path")
+        eq(rec["headers"].get("authorization"), "Bearer sk-rs-secret", what + ": the provider's key")
+        eq(b.get("model"), "text", what + ": upstream model")
+        eq(b.get("stream"), True if stream else None, what + ": stream flag as sent")
+        check("stream_options" not in b, "%s: stream_options added: %s" % (what, snip(b)))
+
+
+def test_native_forwarded_body():
+    """The client's body reaches the upstream as it was sent: model the upstream name, models /
+    provider / usage left out, nothing added (no stream_options, hosted and custom tools kept)."""
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
+              "additionalProperties": False}
+    for stream in (False, True):
+        what = "native forwarded body stream=%s" % stream
+        mk = marker()
+        body = {"model": "rs-text",
+                "input": [{"role": "developer", "content": "Be brief."},
+                          {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi %s" % mk}]},
+                          {"type": "message", "role": "assistant",
+                           "content": [{"type": "output_text", "text": "Hello \u00e9", "annotations": []}]},
+                          {"role": "user", "content": "again \u2713"}],
+                "instructions": "You are a test.", "store": False,
+                "include": ["reasoning.encrypted_content", "web_search_call.action.sources"],
+                "tools": [{"type": "custom", "name": "apply_patch", "description": "Apply a patch",
+                           "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"}},
+                          {"type": "web_search", "search_context_size": "low"},
+                          {"type": "function", "name": "get_weather", "description": "Weather",
+                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+                           "strict": True}],
+                "tool_choice": "auto", "parallel_tool_calls": False,
+                "reasoning": {"effort": "high", "summary": "auto"}, "prompt_cache_key": "pck-" + mk,
+                "text": {"format": {"type": "json_schema", "name": "answer", "schema": schema, "strict": True},
+                         "verbosity": "low"},
+                "max_output_tokens": 500, "temperature": 0.3, "top_p": 0.8, "user": "u-9",
+                "metadata": {"a": "b"}, "truncation": "auto", "service_tier": "flex",
+                "models": ["rs-json"], "provider": {"sort": "price"}, "usage": {"include": True}}
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_obfuscation": False}
+        r = http(shared().port, "POST", "/v1/responses", body)
+        if stream:
+            native_events(r, what, "rs-text")
+        else:
+            expect_status(r, 200, what)
+        eq(r.h("x-llmgw-provider"), "rs", what + ": provider")
+        eq(r.h("llmgw-dropped-tools"), None, what + ": llmgw-dropped-tools (nothing was dropped)")
+        rec, got = one_request(mk, what)
+        want = {k: v for k, v in body.items() if k not in ("models", "provider", "usage")}
+        want["model"] = "text"
+        eq(got, want, what + ": the upstream body")
+        eq(list(got), list(want), what + ": the upstream body's member order")
+        for k in ("tools", "input", "text", "include"):
+            check(json.dumps(body[k]) in rec["body"], "%s: %s not forwarded byte for byte" % (what, k))
+
+
+def test_native_input_file_forwarded():
+    """Content a native upstream serves though llmgw cannot translate it (an input_file part
+    with inline data) goes to it as it is."""
+    mk = marker()
+    part = {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0xLjQK"}
+    inp = [{"role": "user", "content": [{"type": "input_text", "text": "Read %s" % mk}, part]}]
+    r = rs_req("rs-text", input=inp)
+    expect_status(r, 200, "native input_file")
+    _, b = one_request(mk, "native input_file")
+    eq(b.get("input"), inp, "native input_file: input forwarded")
+
+
+def test_native_tool_roundtrip():
+    tools = [{"type": "function", "name": "get_weather", "description": "Weather by city", "strict": True,
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    for stream in (False, True):
+        what = "native tool stream=%s" % stream
+        r = rs_req("rs-tool", stream=stream, tools=tools, tool_choice="auto")
+        if stream:
+            ev = native_events(r, what, "rs-tool")
+            same_events(ev, rs_direct("tool", stream=True).events, what, "rs-tool", "tool", 20 * 2e-6 + 9 * 8e-6)
+            eq(compress([e.name for e in ev]), HEAD_EVENTS + FC_EVENTS + ["response.completed"], what + ": events")
+            fc = [e.json["item"] for e in ev if e.name == "response.output_item.done"][0]
+            j = ev[-1].json["response"]
+        else:
+            expect_status(r, 200, what)
+            j = r.json()
+            fc = j["output"][0]
+        eq(simple(j["output"]), [("function_call", "call_w1", "get_weather", {"city": "Paris"})], what + ": output")
+        eq((fc["type"], fc["call_id"], fc["name"], json.loads(fc["arguments"])),
+           ("function_call", "call_w1", "get_weather", {"city": "Paris"}), what + ": the function_call item")
+        mk = marker()
+        inp = [{"role": "user", "content": "Weather in Paris? %s" % mk}, fc,
+               {"type": "function_call_output", "call_id": fc["call_id"], "output": "sunny, 21C"}]
+        r2 = rs_req("rs-text", input=inp, tools=tools, stream=stream)
+        if stream:
+            native_events(r2, what + " round trip", "rs-text")
+        else:
+            expect_status(r2, 200, what + " round trip")
+            eq(simple(r2.json()["output"]), [("message", TEXT)], what + " round trip: output")
+        _, b = one_request(mk, what + " round trip")
+        eq(b.get("input"), inp, what + " round trip: the items forwarded as they were")
+        eq(b.get("tools"), tools, what + " round trip: tools")
+
+
+def test_native_usage_accounted():
+    """Cache-read and reasoning tokens from response.usage: the answer's usage.cost, the access
+    log, /v1/generation, the key's spend (/v1/key) and the ledger across a restart."""
+    g = Gateway()
+    state = os.path.join(g.dir, "state")
+
+    def write():
+        g.write(config_text(g.port, mock().port, g.access_log, "[key.rsu]\nsecret = sk-rsu\nbudget = 5/day\n")
+                .replace("log_level = warn\n", "log_level = warn\nstate_dir = %s\n" % state, 1))
+    write()
+    g.start()
+    want = (300 * 2 + 1000 * 0.5 + 80 * 8) / 1e6     # uncached input, cached at cache_read, output
+    costs = []
+    for stream in (False, True):
+        what = "native usage stream=%s" % stream
+        r = http(g.port, "POST", "/v1/responses", {"model": "rs-usage", "input": "hi", "stream": stream}, key="sk-rsu")
+        if stream:
+            ev = native_events(r, what, "rs-usage")
+            j = ev[-1].json["response"]
+        else:
+            expect_status(r, 200, what)
+            j = r.json()
+        usage_check(j["usage"], what, 1300, 80, want, cached=1000, reasoning=30)
+        costs.append(j["usage"]["cost"])
+        rid = r.h("x-request-id")
+        ln = g.access_line(rid)
+        eq((ln.get("prompt_tokens"), ln.get("completion_tokens"), ln.get("cached_tokens")), (1300, 80, 1000),
+           what + ": access log tokens")
+        near(ln.get("cost"), want, what + ": access log cost")
+        eq((ln.get("model"), ln.get("provider"), ln.get("upstream_model"), ln.get("status"), ln.get("stream"),
+            ln.get("key")), ("rs-usage", "rs", "usage", 200, stream, "rsu"), what + ": access log")
+        gr = http(g.port, "GET", "/v1/generation?id=" + rid, key="sk-rsu")
+        expect_status(gr, 200, what + ": /v1/generation")
+        d = gr.json()["data"]
+        eq((d.get("prompt_tokens"), d.get("completion_tokens"), d.get("cached_tokens"), d.get("provider"),
+            d.get("status")), (1300, 80, 1000, "rs", 200), what + ": /v1/generation tokens")
+        near(d.get("cost"), want, what + ": /v1/generation cost")
+    deadline = time.monotonic() + 3 * TOL
+    while True:
+        d = http(g.port, "GET", "/v1/key", key="sk-rsu").json()["data"]
+        if abs((d.get("usage") or 0) - sum(costs)) <= 1e-12 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    near(d.get("usage"), 2 * want, "/v1/key usage = the two answers' costs")
+    ledger = read_file(os.path.join(state, "ledger"))
+    check(ledger.count("c1 ") >= 2 and " rsu " in ledger, "ledger: no charge records for key rsu: %r" % ledger[-400:])
+    g.stop()
+    g.port = H.free_port()    # not the old one: it may be in TIME_WAIT
+    write()
+    g.start()
+    d = http(g.port, "GET", "/v1/key", key="sk-rsu").json()["data"]
+    near(d.get("usage"), 2 * want, "/v1/key usage after a restart (the ledger)")
+
+
+def test_native_length_incomplete():
+    for stream in (False, True):
+        what = "native length stream=%s" % stream
+        r = rs_req("rs-length", stream=stream, max_output_tokens=2)
+        if stream:
+            ev = native_events(r, what, "rs-length", end="response.incomplete")
+            same_events(ev, rs_direct("length", stream=True).events, what, "rs-length", "length", 11 * 2e-6 + 2 * 8e-6)
+            j = ev[-1].json["response"]
+        else:
+            expect_status(r, 200, what)
+            j = r.json()
+        eq((j["status"], j["incomplete_details"]), ("incomplete", {"reason": "max_output_tokens"}), what + ": incomplete")
+        eq(simple(j["output"]), [("message", "Truncated tex")], what + ": output")
+        eq(shared().access_line(r.h("x-request-id")).get("status"), 200, what + ": access log status")
+    r = rs_req("rs-filter")
+    expect_status(r, 200, "native content_filter")
+    eq((r.json()["status"], r.json()["incomplete_details"]), ("incomplete", {"reason": "content_filter"}),
+       "native content_filter: incomplete")
+
+
+def test_native_upstream_4xx_passed_on():
+    """A 400 from the native upstream is the client's answer (the upstream's error body, no
+    fallback, no retry)."""
+    for stream in (False, True):
+        what = "native 400 stream=%s" % stream
+        mk = marker()
+        r = rs_req("rsfb-err400", mk=mk, stream=stream)
+        e = expect_error(r, 400, what, contains=("provmock openai 400",))
+        eq((e.get("type"), e.get("code")), ("invalid_request_error", "context_length_exceeded"), what + ": error")
+        seen = mock().find(mk)
+        eq([x["path"] for x in seen], ["/v1/responses"], what + ": requests upstream (no retry, no fallback)")
+    r = rs_req("rs/err-404")
+    expect_error(r, 404, "native 404", contains=("provmock openai 404",))
+
+
+def _expect_fell_back(r, mk, what, stream, prov, public):
+    """The first (native) attempt failed before the client's first byte; prov served the
+    request: oa translated (its path /chat/completions), rs2 natively (/fallback/v1/responses)."""
+    seen = [x["path"] for x in mock().find(mk)]
+    eq(len(seen), 2, "%s: two upstream requests: %r" % (what, seen))
+    eq(seen[0], "/v1/responses", what + ": the first attempt")
+    eq(r.h("x-llmgw-provider"), prov, what + ": served by")
+    if prov == "oa":
+        check(seen[1].endswith("/chat/completions"), "%s: the fallback's path %r" % (what, seen[1]))
+    else:
+        eq(seen[1], "/fallback/v1/responses", what + ": the fallback's path")
+    if stream:
+        if prov == "oa":
+            ev, j, _ = stream_result(r, what)
+            eq(names_of(ev), HEAD_EVENTS + MSG_EVENTS + ["response.completed"], what + ": translated events")
+        else:
+            ev = native_events(r, what, public)
+            j = ev[-1].json["response"]
+        eq([e.json.get("sequence_number") for e in ev], list(range(len(ev))), what + ": sequence numbers from 0")
+        check(not [e for e in ev if e.name in ("error", "response.failed")], what + ": error events reached the client")
+    else:
+        expect_status(r, 200, what)
+        j = r.json()
+    eq(simple(j["output"]), [("message", TEXT)], what + ": output")
+
+
+def test_native_5xx_falls_back():
+    """503 -> the translated chat target; 500 and a retryable 429 -> the other Responses target."""
+    for name, prov in (("err503", "oa"), ("err500", "rs2"), ("err429", "rs2")):
+        for stream in (False, True):
+            what = "native %s stream=%s" % (name, stream)
+            mk = marker()
+            r = rs_req("rsfb-" + name, mk=mk, stream=stream)
+            _expect_fell_back(r, mk, what, stream, prov, "rsfb-" + name)
+            ln = shared().access_line(r.h("x-request-id"))
+            eq([a.get("status") for a in ln.get("attempts") or []], [int(name[3:]), 200], what + ": attempts")
+
+
+def test_native_early_error_falls_back():
+    """An error event before anything went to the client (error + response.failed as the first
+    events): the attempt failed, the next target serves the request."""
+    for name, prov in (("earlyfail", "rs2"), ("earlyfail-oa", "oa")):
+        what = "native %s" % name
+        mk = marker()
+        r = rs_req("rsfb-" + name, mk=mk, stream=True)
+        _expect_fell_back(r, mk, what, True, prov, "rsfb-" + name)
+
+
+def test_native_empty_stream_falls_back():
+    """A 200 stream that ends without any event: nothing went to the client, the next target
+    serves it."""
+    for name, prov in (("trunc-empty", "oa"), ("trunc-empty-rs", "rs2")):
+        what = "native %s" % name
+        mk = marker()
+        r = rs_req("rsfb-" + name, mk=mk, stream=True)
+        _expect_fell_back(r, mk, what, True, prov, "rsfb-" + name)
+
+
+def _expect_failed_end(ev, what, upstream_names, added):
+    """ev: the upstream's events (names) then error + response.failed (added by llmgw when
+    `added`, else the upstream's), numbered on; never response.completed."""
+    names = [e.name for e in ev]
+    eq(names, upstream_names + ["error", "response.failed"], what + ": event names")
+    eq([e.json.get("sequence_number") for e in ev], list(range(len(ev))), what + ": sequence numbers continue")
+    err = ev[-2].json
+    check(isinstance(err.get("message"), str) and err["message"] and isinstance(err.get("code"), str),
+          "%s: error event: %r" % (what, err))
+    resp = ev[-1].json.get("response") or {}
+    eq(resp.get("status"), "failed", what + ": response.failed status")
+    check(isinstance(resp.get("error"), dict) and resp["error"].get("message"), "%s: response.error: %r"
+          % (what, resp.get("error")))
+    if not added:
+        check("mid stream error" in err["message"], "%s: the upstream's error message: %r" % (what, err))
+    return resp.get("id"), ev[0].json["response"]["id"]
+
+
+def test_native_midfail():
+    """Deltas, then the upstream's error and response.failed: passed on, the stream ends, 502."""
+    g = shared()
+    what = "native midfail"
+    mk = marker()
+    r = rs_req("rsfb-midfail", mk=mk, stream=True)
+    ev = native_events(r, what, "rsfb-midfail", end="response.failed")
+    up = rs_direct("midfail", stream=True).events
+    eq([x["path"] for x in mock().find(mk)], ["/v1/responses"], what + ": no fallback after the first byte")
+    same_events(ev, up, what, "rsfb-midfail", "midfail")
+    _expect_failed_end(ev, what, [e.name for e in up][:-2], False)
+    text = "".join(e.json["delta"] for e in ev if e.name == "response.output_text.delta")
+    check(text and TEXT.startswith(text), "%s: the text before the failure: %r" % (what, text))
+    eq(g.access_line(r.h("x-request-id")).get("status"), 502, what + ": access log status")
+
+
+def test_native_truncated_after_first_byte():
+    """The upstream's stream ends without response.completed after its first events went to
+    the client: llmgw ends it with error + response.failed, numbered on from the upstream's."""
+    g = shared()
+    ids = []
+    # trunc-early: only response.created / in_progress came, which llmgw holds until content
+    # comes, so nothing reached the client and the next target answers
+    mk = marker()
+    r = rs_req("rsfb-trunc-early", mk=mk, stream=True)
+    ev = r.events
+    eq(ev[-1].name, "response.completed", "native trunc-early: the fallback's answer")
+    check(len(mock().find(mk)) == 2, "native trunc-early: two upstream requests (fallback): %r"
+          % [x["path"] for x in mock().find(mk)])
+    for name in ("trunc",):
+        what = "native %s" % name
+        mk = marker()
+        r = rs_req("rsfb-" + name, mk=mk, stream=True)
+        ev = native_events(r, what, "rsfb-" + name, end="response.failed")
+        up = rs_direct(name, stream=True).events
+        eq([x["path"] for x in mock().find(mk)], ["/v1/responses"], what + ": no fallback after the first byte")
+        same_events(ev[:-2], up, what, "rsfb-" + name, name)
+        ids.append((what,) + _expect_failed_end(ev, what, [e.name for e in up], True))
+        check("ended before it was complete" in ev[-2].json["message"], "%s: error message %r" % (what, ev[-2].json))
+        eq(g.access_line(r.h("x-request-id")).get("status"), 502, what + ": access log status")
+    for what, failed, created in ids:   # one response throughout, as a client tracks it
+        eq(failed, created, what + ": the id of llmgw's response.failed = response.created's (the upstream's)")
+
+
+def test_native_delivery():
+    """Framing the upstream chose (byte by byte, split, CRLF, multi-line data:, comments,
+    unknown events, no last blank line, close-delimited) and a 400 KB delta: the same events."""
+    base = [e.name for e in rs_direct("text", stream=True).events]
+    for opt in ("1b", "split40", "split300", "crlf", "cr", "multiline", "fields", "comments", "nolast", "cl"):
+        what = "native text~%s" % opt
+        r = rs_req("rs/text~%s" % opt, stream=True)
+        ev = native_events(r, what, "rs/text~%s" % opt)
+        eq([e.name for e in ev], base, what + ": events")
+        eq("".join(e.json["delta"] for e in ev if e.name == "response.output_text.delta"), TEXT, what + ": text")
+    r = rs_req("rs/text~unknown", stream=True)
+    ev = native_events(r, "native text~unknown", "rs/text~unknown")
+    eq([e.name for e in ev if e.name != "future_event"], base, "native text~unknown: events")
+    for stream in (False, True):
+        what = "native big stream=%s" % stream
+        r = http(shared().port, "POST", "/v1/responses", {"model": "rs/big", "input": "hi", "stream": stream},
+                 timeout=30)
+        if stream:
+            ev = native_events(r, what, "rs/big")
+            got = "".join(e.json["delta"] for e in ev if e.name == "response.output_text.delta")
+        else:
+            expect_status(r, 200, what)
+            got = simple(r.json()["output"])[0][1]
+        check(got == PM.BIG_TEXT, "%s: text differs (%d chars, want %d)" % (what, len(got), len(PM.BIG_TEXT)))
+
+
+def test_native_bad_utf8_accounted():
+    """Ill-formed UTF-8 in the upstream's text (in the deltas and in response.completed): the
+    answer completes and its usage is read (llmgw passes a native body on as it is, as for the
+    other native wires)."""
+    g = shared()
+    for stream in (False, True):
+        what = "native badutf8 stream=%s" % stream
+        r = rs_req("rs/badutf8", stream=stream)
+        if stream:
+            ev = native_events(r, what, "rs/badutf8")
+            j = ev[-1].json["response"]
+        else:
+            expect_status(r, 200, what)
+            j = json.loads(r.body.decode("utf-8", "replace"))
+        eq(j.get("status"), "completed", what + ": status")
+        ln = g.access_line(r.h("x-request-id"))
+        eq((ln.get("status"), ln.get("prompt_tokens"), ln.get("completion_tokens")), (200, 11, 7),
+           what + ": access log status and tokens")
+
+
+def test_native_azure_paths():
+    """Azure with responses = yes: /openai/responses?api-version= (the configured one, else
+    2025-04-01-preview) with the deployment as the body's model; a /openai/v1 base: /responses."""
+    for prov, path in (("az", "/az/openai/responses?api-version=2025-03-01-preview"),
+                       ("azd", "/azd/openai/responses?api-version=2025-04-01-preview"),
+                       ("az1", "/openai/v1/responses")):
+        for stream in (False, True):
+            what = "%s responses stream=%s" % (prov, stream)
+            mk = marker()
+            r = rs_req("%s/text" % prov, mk=mk, stream=stream)
+            if stream:
+                ev = native_events(r, what, "%s/text" % prov)
+                j = ev[-1].json["response"]
+            else:
+                expect_status(r, 200, what)
+                j = r.json()
+                eq(j.get("provider"), prov, what + ": provider")
+            eq(simple(j["output"]), [("message", TEXT)], what + ": output")
+            rec, b = one_request(mk, what)
+            eq(rec["path"], path, what + ": upstream path")
+            eq(b.get("model"), "text", what + ": the deployment in the body")
+            eq(rec["headers"].get("api-key"), "%s-secret" % prov, what + ": api-key header")
+            check("authorization" not in rec["headers"], what + ": an Authorization header")
+    # chat completions to the same provider still use the deployment path
+    mk = marker()
+    r = http(shared().port, "POST", "/v1/chat/completions",
+             {"model": "az/text", "messages": [{"role": "user", "content": "hi %s" % mk}]})
+    expect_status(r, 200, "az chat")
+    rec, _ = one_request(mk, "az chat")
+    eq(rec["path"], "/az/openai/deployments/text/chat/completions?api-version=2025-03-01-preview", "az chat: path")
+
+
+def test_native_config_check():
+    """responses = yes is for openai and azure providers: elsewhere `llmgw -t` fails naming the
+    provider."""
+    d = tempfile.mkdtemp(prefix="llmgw-rs-cfg-")
+    H.on_cleanup(lambda: shutil.rmtree(d, ignore_errors=True))
+    cases = [("anthropic", "base_url = http://127.0.0.1:9/\napi_key = x\n", False),
+             ("gemini", "base_url = http://127.0.0.1:9/v1beta\napi_key = x\n", False),
+             ("bedrock", "base_url = http://127.0.0.1:9\napi_key = x\n", False),
+             ("mock", "", False),
+             ("openai", "base_url = http://127.0.0.1:9/v1\napi_key = x\n", True),
+             ("azure", "base_url = http://127.0.0.1:9\napi_key = x\n", True)]
+    for typ, lines, ok in cases:
+        path = os.path.join(d, "%s.ini" % typ)
+        with open(path, "w") as f:
+            f.write("[gateway]\nlisten = 127.0.0.1:%d\n\n[provider.pv-%s]\ntype = %s\n%sresponses = yes\n\n"
+                    "[model.m]\ntarget = pv-%s x\n" % (H.free_port(), typ, typ, lines, typ))
+        p = H.run_gw(["-t", "-c", path])
+        out = (p.stdout + p.stderr).decode("utf-8", "replace")
+        if ok:
+            eq(p.returncode, 0, "llmgw -t with responses = yes on type %s: exit status (output %r)" % (typ, out))
+        else:
+            check(p.returncode != 0, "llmgw -t with responses = yes on type %s should fail: %r" % (typ, out))
+            check("pv-%s" % typ in out and "responses" in out,
+                  "llmgw -t, type %s: the message should name the provider and the key: %r" % (typ, out))
+
+
+def test_native_equals_translated():
+    """The same scenario through the native target (rs) and the translated chat target (oa):
+    the same output, usage and status, and the same event sequence."""
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}},
+             {"type": "function", "name": "get_time", "parameters": {"type": "object"}}]
+    for scen in ("text", "tool", "tools2", "think", "mixed", "json", "length", "tools6"):
+        for stream in (False, True):
+            what = "%s stream=%s" % (scen, stream)
+            a = rs_req("rs-%s" % scen, tools=tools, stream=stream)
+            b = rs_req("oa-%s" % scen, tools=tools, stream=stream)
+            end = "response.incomplete" if scen == "length" else "response.completed"
+            if stream:
+                ev_a = native_events(a, what + " native", "rs-%s" % scen, end=end)
+                ev_b, jb, _ = stream_result(b, what + " translated", end=end)
+                ja = ev_a[-1].json["response"]
+                eq([e.name for e in ev_a], [e.name for e in ev_b], what + ": event names, native vs translated")
+                for ea, eb in zip(ev_a, ev_b):
+                    for k in ("output_index", "content_index", "summary_index", "delta", "text", "arguments"):
+                        eq(ea.json.get(k), eb.json.get(k), "%s: %s.%s native vs translated" % (what, ea.name, k))
+            else:
+                expect_status(a, 200, what + " native")
+                expect_status(b, 200, what + " translated")
+                ja, jb = a.json(), b.json()
+            eq(simple(ja["output"]), simple(jb["output"]), what + ": output, native vs translated")
+            eq((ja["status"], ja.get("incomplete_details")), (jb["status"], jb.get("incomplete_details")),
+               what + ": status")
+            ua, ub = ja["usage"], jb["usage"]
+            for k in ("input_tokens", "output_tokens", "total_tokens"):
+                eq(ua.get(k), ub.get(k), "%s: usage.%s" % (what, k))
+            eq((ua["input_tokens_details"]["cached_tokens"], ua["output_tokens_details"]["reasoning_tokens"]),
+               (ub["input_tokens_details"]["cached_tokens"], ub["output_tokens_details"]["reasoning_tokens"]),
+               what + ": cached and reasoning tokens")
+            near(ua["cost"], ub["cost"], what + ": usage.cost")
 
 
 # =======================================================================================
