@@ -5387,11 +5387,12 @@ static void lg_up_input(struct lg_conn *c, struct lg_upreq *u, int revents)
 /* The request: from a parsed head to the last byte of its response. All its
  * memory is its own buffers and its arena, released in lg_req_free. */
 enum { LG_EP_RELOAD, LG_EP_CHAT, LG_EP_EMBED, LG_EP_MODELS, LG_EP_HEALTH, LG_EP_KEY, LG_EP_GEN, LG_EP_METRICS,
-       LG_EP_MESSAGES, LG_EP_MODEL, LG_EP_COUNT, LG_EP_RESPONSES };
+       LG_EP_MESSAGES, LG_EP_MODEL, LG_EP_COUNT, LG_EP_RESPONSES, LG_EP_COMPACT };
+/* the Responses API: /v1/responses and /v1/responses/compact */
+#define LG_EP_RS(ep) ((ep) == LG_EP_RESPONSES || (ep) == LG_EP_COMPACT)
 /* the endpoints that ask a model: accounted, logged, in the ring of recent requests */
 #define LG_EP_ASKS_MODEL(ep)                                                                           \
-	((ep) == LG_EP_CHAT || (ep) == LG_EP_EMBED || (ep) == LG_EP_MESSAGES || (ep) == LG_EP_RESPONSES || \
-	 (ep) == LG_EP_COUNT)
+	((ep) == LG_EP_CHAT || (ep) == LG_EP_EMBED || (ep) == LG_EP_MESSAGES || LG_EP_RS(ep) || (ep) == LG_EP_COUNT)
 struct lg_creq;
 struct lg_wst;
 struct lg_dialect; /* a client dialect: its row is in section 11's end */
@@ -5442,6 +5443,8 @@ struct lg_req {
 	uint64_t seq; /* also in the id: indexes the ring of recent requests */
 	char id[40];
 	int ep, head_only, minor, close, stream, want_usage;
+	int compact; /* Responses compaction (/v1/responses/compact, a compaction_trigger item): the
+	                answer is one compaction item holding the summary the target wrote */
 	const struct lg_dialect *d; /* the client's dialect (OpenAI chat, Anthropic messages, Responses) */
 	int status;      /* sent to the client */
 	int sent_head;   /* first byte went to the client: no more fallback */
@@ -6475,6 +6478,27 @@ static int lg_canon_rs_content(struct lg_req *r, struct lg_cmsg *m, int cap, int
 	return 0;
 }
 
+/* Compaction translated: the target writes a summary, which goes back to
+ * the client as a compaction item's encrypted_content (LG_RS_SUMMARY and
+ * the text: llmgw keeps nothing) and returns as a user turn. */
+#define LG_RS_SUMMARY "llmgw-summary:"
+#define LG_RS_COMPACT_PROMPT                                                                                  \
+	"Compact the conversation above for another model that will continue it in your place. Write a "      \
+	"handoff summary: the task and the user's goals and constraints, what has been done and found, the "   \
+	"current state (files, commands, decisions, open questions) and what remains to do, with every detail " \
+	"needed to continue. Reply with the summary only."
+
+/* a then b (both esc) in the arena; .p NULL when out of memory */
+static lg_str lg_canon_cat(struct lg_req *r, lg_str a, lg_str b)
+{
+	char *o = (char *)lg_arena_alloc(&r->a, a.n + b.n + 1);
+	if (!o) return lg_str_of(NULL, 0);
+	memcpy(o, a.p, a.n);
+	memcpy(o + a.n, b.p, b.n);
+	o[a.n + b.n] = 0;
+	return lg_str_of(o, a.n + b.n);
+}
+
 /* A namespaced tool's name as the upstream sees it: NS__NAME (esc). */
 static lg_str lg_canon_rs_nsname(struct lg_req *r, lg_str ns, lg_str name)
 {
@@ -6629,6 +6653,16 @@ static int lg_canon_responses(struct lg_req *r, struct lg_creq *q, char *msg, si
 		} else if (lg_str_eq(ty, "reasoning")) {
 			pending = e; /* for the assistant turn that follows */
 			continue;
+		} else if (lg_str_eq(ty, "compaction_trigger")) { /* compact what came before (the prompt below) */
+			r->compact = 1;
+			continue;
+		} else if (lg_str_eq(ty, "compaction")) { /* llmgw's own summary comes back as a user turn */
+			lg_str ec = lg_jesc(j, s, lg_json_get(j, s, e, "encrypted_content"));
+			if (ec.n < sizeof LG_RS_SUMMARY - 1 || memcmp(ec.p, LG_RS_SUMMARY, sizeof LG_RS_SUMMARY - 1)) {
+				lg_canon_drop(r, "compaction"); /* another service's: only it can read it */
+				continue;
+			}
+			want = LG_R_USER;
 		} else if (lg_str_eq(ty, "item_reference")) {
 			snprintf(msg, mlen, "input[%u]: item_reference is not supported: llmgw keeps no responses", i);
 			return -2;
@@ -6657,6 +6691,12 @@ static int lg_canon_responses(struct lg_req *r, struct lg_creq *q, char *msg, si
 		if (!ty.n || lg_str_eq(ty, "message")) {
 			if ((k = lg_canon_rs_content(r, m, (int)(pool_n - used), c, want == LG_R_USER, i, msg, mlen)) < 0)
 				return k;
+		} else if (lg_str_eq(ty, "compaction")) {
+			lg_str ec = lg_jesc(j, s, lg_json_get(j, s, e, "encrypted_content"));
+			if (!(p = lg_canon_part(r, m, (int)(pool_n - used), LG_P_TEXT))) return -1;
+			p->text = lg_canon_cat(r, lg_strz("A summary of the conversation before this point (it was compacted):\\n\\n"),
+			                       lg_str_of(ec.p + sizeof LG_RS_SUMMARY - 1, ec.n - (sizeof LG_RS_SUMMARY - 1)));
+			if (!p->text.p) return -1;
 		} else if (lg_str_eq(ty, "function_call")) {
 			lg_str a = lg_jesc(j, s, lg_json_get(j, s, e, "arguments"));
 			struct lg_json aj;
@@ -6690,6 +6730,18 @@ static int lg_canon_responses(struct lg_req *r, struct lg_creq *q, char *msg, si
 			p->text = lg_json_type(j, out) == LG_J_STR ? lg_json_raw(j, s, out) : lg_canon_rs_join(r, out, "text", "\\n");
 		}
 	}
+	if (r->compact) { /* the summary is the answer: asked for as the last user turn, no tool calls */
+		struct lg_cpart *cp;
+		if (!m || role != LG_R_USER) {
+			if (m) used += (uint32_t)m->np;
+			m = &q->m[q->nm++];
+			m->role = role = LG_R_USER;
+			m->p = pool + used;
+			m->np = 0;
+		}
+		if (!(cp = lg_canon_part(r, m, (int)(pool_n - used), LG_P_TEXT))) return -1;
+		cp->text = lg_strz(LG_RS_COMPACT_PROMPT);
+	}
 	/* tools: functions in the flat form, custom tools, namespace groups;
 	 * hosted ones (web_search...) dropped and named */
 	t = lg_json_get(j, s, 0, "tools");
@@ -6707,7 +6759,8 @@ static int lg_canon_responses(struct lg_req *r, struct lg_creq *q, char *msg, si
 		if (dr.len > 2) r->dropped = lg_arena_strn(&r->a, dr.p + 1, dr.len - 2);
 		lg_buf_free(&dr);
 	}
-	t = lg_json_get(j, s, 0, "tool_choice");
+	t = r->compact ? -1 : lg_json_get(j, s, 0, "tool_choice");
+	if (r->compact) q->tool_choice = LG_TC_NONE; /* the summary is the answer */
 	if (lg_json_type(j, t) == LG_J_STR) {
 		lg_str v = lg_json_raw(j, s, t);
 		q->tool_choice = lg_str_eq(v, "none") ? LG_TC_NONE : lg_str_eq(v, "required") ? LG_TC_REQUIRED : LG_TC_AUTO;
@@ -7815,7 +7868,7 @@ static int lg_p_openai_full(struct lg_req *r, const char *s, size_t n)
 static const char *lg_prov_openai_tail(const struct lg_req *r)
 {
 	if (r->ep == LG_EP_EMBED) return "/embeddings";
-	if (r->native && r->d->wire == LG_WIRE_RESPONSES) return "/responses";
+	if (r->native && r->d->wire == LG_WIRE_RESPONSES) return r->ep == LG_EP_COMPACT ? "/responses/compact" : "/responses";
 	return "/chat/completions";
 }
 
@@ -9746,14 +9799,29 @@ static void lg_d_rs_item(struct lg_req *r, struct lg_buf *o, const struct lg_rs_
 	}
 }
 
+/* Compaction: the one compaction item, the target's summary inside. */
+static void lg_d_rs_compaction(struct lg_req *r, struct lg_buf *o)
+{
+	lg_buf_addz(o, "{\"type\":\"compaction\",\"id\":\"cmp_");
+	lg_buf_addz(o, r->id);
+	lg_buf_addz(o, "\",\"encrypted_content\":\"" LG_RS_SUMMARY);
+	lg_buf_add(o, r->w->text.p ? r->w->text.p : "", r->w->text.len);
+	lg_buf_addz(o, "\"}");
+}
+
 /* The output array: the stream's items in their order, or the collected
- * answer as reasoning, message, function calls. */
+ * answer as reasoning, message, function calls (compaction: its item). */
 static void lg_d_rs_output(struct lg_req *r, struct lg_buf *o)
 {
 	struct lg_wst *w = r->w;
 	struct lg_rs_item it;
 	int i, n = 0;
 	lg_buf_addc(o, '[');
+	if (r->compact) {
+		lg_d_rs_compaction(r, o);
+		lg_buf_addc(o, ']');
+		return;
+	}
 	if (r->stream) {
 		for (i = 0; i < w->nitems; i++) {
 			if (i) lg_buf_addc(o, ',');
@@ -9807,12 +9875,13 @@ static const char *lg_d_rs_status(const struct lg_wst *w)
  * and usage null: it is in progress); err: why it failed. */
 static void lg_d_rs_obj(struct lg_req *r, struct lg_buf *o, const char *status, int full, const char *err)
 {
+	const char *ob = r->ep == LG_EP_COMPACT ? "response.compaction" : "response";
 	if (!r->w && r->rs_id) /* native: the upstream's response, as the client knows it */
-		lg_buf_printf(o, "{\"id\":\"%s\",\"object\":\"response\",\"created_at\":%lld,\"status\":\"%s\",\"model\":",
-		              r->rs_id, (long long)(r->wall0 / 1000), status);
+		lg_buf_printf(o, "{\"id\":\"%s\",\"object\":\"%s\",\"created_at\":%lld,\"status\":\"%s\",\"model\":",
+		              r->rs_id, ob, (long long)(r->wall0 / 1000), status);
 	else
-		lg_buf_printf(o, "{\"id\":\"resp_%s\",\"object\":\"response\",\"created_at\":%lld,\"status\":\"%s\",\"model\":",
-		              r->id, (long long)(r->wall0 / 1000), status);
+		lg_buf_printf(o, "{\"id\":\"resp_%s\",\"object\":\"%s\",\"created_at\":%lld,\"status\":\"%s\",\"model\":",
+		              r->id, ob, (long long)(r->wall0 / 1000), status);
 	lg_json_wz(o, r->served ? r->served->model : r->model_req);
 	lg_buf_addz(o, ",\"provider\":");
 	lg_json_wz(o, r->served ? r->served->prov->name : "");
@@ -9994,6 +10063,11 @@ static void lg_d_rs_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str
 		lg_buf_addc(&d, '}');
 		lg_d_rs_send(r, &d, "response.in_progress");
 	}
+	if (r->compact && type != LG_EV_END) { /* the summary's text is kept for the one item at the end */
+		if (type == LG_EV_TEXT) lg_d_collect(r, type, idx, a, b, raw);
+		lg_buf_free(&d);
+		return;
+	}
 	switch (type) {
 	case LG_EV_TEXT:
 	case LG_EV_REASONING:
@@ -10039,6 +10113,18 @@ static void lg_d_rs_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str
 	case LG_EV_FINISH: lg_d_rs_close(r, &d); break;
 	case LG_EV_END:
 		lg_d_rs_close(r, &d);
+		if (r->compact) { /* the compaction item, whole: added and done */
+			lg_d_rs_begin(r, &d, "response.output_item.added");
+			lg_buf_addz(&d, ",\"output_index\":0,\"item\":");
+			lg_d_rs_compaction(r, &d);
+			lg_buf_addc(&d, '}');
+			lg_d_rs_send(r, &d, "response.output_item.added");
+			lg_d_rs_begin(r, &d, "response.output_item.done");
+			lg_buf_addz(&d, ",\"output_index\":0,\"item\":");
+			lg_d_rs_compaction(r, &d);
+			lg_buf_addc(&d, '}');
+			lg_d_rs_send(r, &d, "response.output_item.done");
+		}
 		st = lg_d_rs_status(w);
 		st = strcmp(st, "incomplete") == 0 ? "response.incomplete" : "response.completed";
 		lg_d_rs_begin(r, &d, st);
@@ -10506,7 +10592,7 @@ static void lg_route_order(struct lg_req *r, int order)
  * instructions, or the client's prompt_cache_key). */
 static void lg_route_affinity(struct lg_req *r, const struct lg_model *m)
 {
-	int rs = r->ep == LG_EP_RESPONSES, msgs = r->tk[rs ? LG_TK_INPUT : LG_TK_MESSAGES], i, k, nk = 2;
+	int rs = LG_EP_RS(r->ep), msgs = r->tk[rs ? LG_TK_INPUT : LG_TK_MESSAGES], i, k, nk = 2;
 	int pk = rs ? lg_json_get(&r->j, r->body, 0, "prompt_cache_key") : -1, keyed = lg_json_type(&r->j, pk) == LG_J_STR;
 	uint32_t h = 0;
 	const char *target;
@@ -12950,7 +13036,8 @@ static void lg_srv_completion(struct lg_req *r)
 	/* Responses: its canonical request now, so what cannot be translated is
 	 * refused before any budget is held, unless a target takes it natively
 	 * (then only an attempt that translates refuses it) */
-	if (r->ep == LG_EP_RESPONSES && !lg_srv_rs_native(r) && !lg_canon(r)) {
+	if (r->ep == LG_EP_COMPACT) r->compact = 1, r->stream = 0;
+	if (LG_EP_RS(r->ep) && !lg_srv_rs_native(r) && !lg_canon(r)) {
 		lg_resp_error(r, 400, NULL, "%s", r->canon_err);
 		return;
 	}
@@ -13018,6 +13105,7 @@ static const struct lg_route_ent lg_srv_paths[] = {
     {"/v1/messages", LG_EP_MESSAGES, "POST", LG_DIALECT_ANTHROPIC},
     {"/v1/messages/count_tokens", LG_EP_COUNT, "POST", LG_DIALECT_ANTHROPIC},
     {"/v1/responses", LG_EP_RESPONSES, "POST", LG_DIALECT_RESPONSES},
+    {"/v1/responses/compact", LG_EP_COMPACT, "POST", LG_DIALECT_RESPONSES},
     {"/", LG_EP_HEALTH, "GET, HEAD", NULL},
     {"/v1/key", LG_EP_KEY, "GET, HEAD", NULL},
     {"/v1/generation", LG_EP_GEN, "GET, HEAD", NULL},
