@@ -12603,8 +12603,8 @@ static int lg_srv_auth(struct lg_req *r, const struct lg_http *h, char *msg, siz
 				memcpy(r->cc->auth_sec, sec.p, sec.n);
 			}
 		}
-	if (!r->key) {
-		snprintf(msg, mlen, "invalid API key");
+	if (!r->key) { /* "invalid x-api-key", as Anthropic says it: Claude Code then names the fix */
+		snprintf(msg, mlen, "invalid %s", x.n && !(a.n > 7) ? r->d->key_header : "API key");
 		return 401;
 	}
 	return 0;

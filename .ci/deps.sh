@@ -5,8 +5,10 @@
 # checks, ThreadSanitizer, make fuzz), xz (the BearSSL recipe),
 # openssl (test certificates), the cross compilers and musl (make cross,
 # static binaries for aarch64, armhf, mipsel, mips and x86_64 musl) with
-# qemu-user to run them, ca-certificates (make rootfs). Does nothing when all
-# are there already.
+# qemu-user to run them, ca-certificates (make rootfs), node and npm, then the
+# real clients of the clients suite at pinned versions (tests/clients.sh: Codex
+# CLI, Claude Code, the openai and @anthropic-ai/sdk node SDKs into
+# build/clients). Does nothing when all are there already.
 set -eu
 need=""
 command -v cc >/dev/null 2>&1 || need="$need gcc libc6-dev"
@@ -30,6 +32,9 @@ for x in aarch64-linux-gnu:arm64 arm-linux-gnueabihf:armhf mipsel-linux-gnu:mips
 done
 command -v musl-gcc >/dev/null 2>&1 || need="$need musl-tools"
 command -v readelf >/dev/null 2>&1 || need="$need binutils"
+# the clients suite: node runs the SDK scripts and Codex's launcher, npm installs them
+command -v node >/dev/null 2>&1 || need="$need nodejs"
+command -v npm >/dev/null 2>&1 || need="$need npm"
 # qemu-user: qemu-<arch> (qemu-user-static's qemu-<arch>-static does as well)
 for a in aarch64 arm mipsel mips; do
 	if ! command -v "qemu-$a" >/dev/null 2>&1 && ! command -v "qemu-$a-static" >/dev/null 2>&1; then
@@ -54,11 +59,16 @@ int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { (void)d; (void)n; r
 		>/dev/null 2>&1 || need="$need libclang-rt-dev"
 	rm -rf "$t"
 fi
-[ -z "$need" ] && exit 0
-echo "deps: installing$need"
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q
-# shellcheck disable=SC2086
-$SUDO apt-get install -y -q --no-install-recommends $need
+if [ -n "$need" ]; then
+	echo "deps: installing$need"
+	SUDO=""
+	[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+	export DEBIAN_FRONTEND=noninteractive
+	$SUDO apt-get update -q
+	# shellcheck disable=SC2086
+	$SUDO apt-get install -y -q --no-install-recommends $need
+fi
+# the real clients (only what build/clients lacks); a failure here is the clients
+# suite's failure, not a reason to stop the other suites
+sh "$(dirname "$0")/../tests/clients.sh" ||
+	echo "deps: the real clients could not be installed (sh tests/clients.sh); the clients suite will fail" >&2

@@ -77,6 +77,10 @@ for t in tls acct route adapter responses workers harden; do
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 		suite "$t-asan" python3 "tests/${t}_test.py" --gw build/llmgw-asan
 done
+# ---- the real clients: Codex CLI, Claude Code, the openai and @anthropic-ai/sdk node SDKs
+# (installed into build/clients by tests/clients.sh, from .ci/deps.sh), one plain run in a
+# network namespace holding only loopback ----
+suite clients python3 tests/clients_test.py --gw ./llmgw
 # workers = N under ThreadSanitizer: any report ends the gateway with status 66 (a failure)
 TSAN_OPTIONS=halt_on_error=1:exitcode=66:second_deadlock_stack=1 \
 	suite workers-tsan python3 tests/workers_test.py --gw build/llmgw-tsan
