@@ -9642,7 +9642,11 @@ static LG_COLD void lg_d_oa_models(struct lg_req *r, struct lg_buf *o, const str
 		}
 		lg_buf_addz(b, "]}");
 	}
-	lg_buf_addz(b, only ? "\n" : "]}\n");
+	/* Codex (GET /models?client_version=) reads "models": a catalog of its own
+	 * ModelInfo, whose instructions_template would replace its own prompt;
+	 * an empty one keeps its built-in metadata, without a decoding error */
+	if (!only && r->query && strstr(r->query, "client_version=")) lg_buf_addz(b, "],\"models\":[]}\n");
+	else lg_buf_addz(b, only ? "\n" : "]}\n");
 }
 
 /* In the Anthropic shape: {"data":[{"type":"model","id","display_name",
