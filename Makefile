@@ -10,7 +10,7 @@
 #   make rootfs     the FROM-scratch image's file tree in build/rootfs (see Dockerfile)
 #   make embed-test tests/embed.c: two embedded gateways in one host program (+ ASan)
 #   make measure    size and memory table of every built target (tests/measure.py)
-#   make bench      llmgw vs nginx vs direct-to-mock (tests/bench/, ~4 min, not in make test)
+#   make bench      llmgw vs nginx vs direct-to-mock, chat and Responses streams (tests/bench/, ~6 min, not in make test)
 #   make fuzz       libFuzzer (clang) on every tests/fuzz.c target, FUZZ_TIME s each (default
 #                   60), new coverage and crash inputs kept in tests/corpus/ (tests/fuzz.sh;
 #                   FUZZ_TARGETS="http json" picks targets; not in make test)

@@ -10215,6 +10215,26 @@ static void lg_d_rs_native_event(struct lg_req *r, lg_str evname, lg_str data)
 	char name[64];
 	int seq, resp;
 	if (r->stream_done) return; /* nothing after the end (or after an error ended it) */
+	if (evname.n > 9 && !lg_str_eq(evname, "response.created") && !lg_str_eq(evname, "response.in_progress") &&
+	    !lg_str_eq(evname, "response.completed") && !lg_str_eq(evname, "response.incomplete") &&
+	    !lg_str_eq(evname, "response.failed")) {
+		/* the hot path (deltas, items, parts): named events that carry no response object pass
+		 * untouched, not tokenized; the sequence number found, a delta's text estimated from its
+		 * size past the envelope (about 4 bytes a token) */
+		const char *sq = lg_memfind(data.p, data.n, "\"sequence_number\""), *de = data.p + data.n;
+		if (sq) {
+			int64_t v = 0;
+			for (sq += 17; sq < de && (*sq == ' ' || *sq == ':'); sq++) {
+			}
+			for (; sq < de && *sq >= '0' && *sq <= '9' && v < INT32_MAX; sq++) v = v * 10 + (*sq - '0');
+			r->rs_seq = (int)LG_MIN(v + 1, (int64_t)INT32_MAX);
+		}
+		if (evname.n > 6 && !memcmp(evname.p + evname.n - 6, ".delta", 6))
+			lg_ev_acct(r, LG_EV_TEXT, data.n > 140 ? (int)(((int64_t)data.n - 140 + 3) / 4) : 1, LG_NOSTR);
+		snprintf(name, sizeof name, "%.*s", (int)LG_MIN(evname.n, 60), evname.p);
+		lg_native_send(r, name, data.p, data.n, 0, 0);
+		return;
+	}
 	if ((lg_str_eq(evname, "error") || lg_str_eq(evname, "response.failed")) && lg_scrub(r->cfg, data.p, data.n, &clean)) {
 		/* passed on, never with the credential it may quote */
 		lg_d_rs_native_event(r, evname, lg_str_of(clean.p, clean.len));

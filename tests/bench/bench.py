@@ -6,6 +6,11 @@ Compares, in one run and on 127.0.0.1 only:
   nginx   wrk -> nginx (1 worker, upstream keepalive, no buffering, no log) -> mockfast
   llmgw   wrk -> llmgw (openai provider, no access log) -> mockfast
   llmgw+log  the same with the access log written to a file (non-streamed only)
+and, beside the chat stream, two Responses API streams (POST /v1/responses,
+"stream":true) through llmgw: native (a provider with responses = yes: the
+mock's /v1/responses stream passed on) and translated (a plain openai
+provider: llmgw asks the mock for a chat completions stream and writes
+Responses events); direct = wrk -> mockfast's /v1/responses.
 with the proxy pinned to one CPU and wrk + mockfast + benchcli to the other.
 The configurations alternate within each round (A/B, order rotated every
 round) and each figure is the median over the rounds. Every response is
@@ -36,6 +41,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 PATH = "/v1/chat/completions"
+RS_PATH = "/v1/responses"
+# the Responses streams: native (model bench-rs on a provider with responses = yes),
+# translated (model bench on the plain openai provider, to chat completions)
+RS_KINDS = (("rs", "Responses stream, native (responses = yes)"),
+            ("rst", "Responses stream, translated (to chat completions)"))
 KEY = "sk-bench-0123456789"
 AUTH = "Bearer " + KEY
 MB = 1024.0
@@ -197,6 +207,7 @@ class Bench:
         self.bad = []  # descriptions of wrong responses
         self.disturbed = []  # share of a core other processes used, per disturbed run
         self.nruns = 0
+        self.rs_secs = 0.0  # time spent on the Responses streams and the streams at 1 connection
         self.log_bytes = self.log_lines = 0
         self.retries = a.retries
         self.quiet_budget = a.quiet_budget
@@ -230,10 +241,15 @@ class Bench:
         turn = "the quick brown fox jumps over the lazy dog, \"quoted\" and escaped \\ text. " * 10
         big = dict(base, messages=[base["messages"][0]] + [
             {"role": "user" if i % 2 == 0 else "assistant", "content": "Turn %d: %s" % (i, turn)} for i in range(60)])
+        # the same conversation as a Responses API request, streamed
+        rs = {"model": "bench-rs", "instructions": base["messages"][0]["content"],
+              "input": base["messages"][1]["content"], "max_output_tokens": 64, "temperature": 0.2, "stream": True}
         self.body = {
             "big": big,
             "json": base,
             "stream": st,
+            "rs": rs,
+            "rst": dict(rs, model="bench"),
             "timed": dict(st, bench_spacing_us=self.a.spacing_ms * 1000),
             "slow": dict(st, bench_spacing_us=1000000),
         }
@@ -353,8 +369,17 @@ type = openai
 base_url = http://127.0.0.1:{mock}/v1
 api_key = sk-upstream-bench
 
+[provider.up-rs]
+type = openai
+base_url = http://127.0.0.1:{mock}/v1
+api_key = sk-upstream-bench
+responses = yes
+
 [model.bench]
 target = up mock-model in=0.15 out=0.60
+
+[model.bench-rs]
+target = up-rs mock-model in=0.15 out=0.60
 
 [key.bench]
 secret = {key}
@@ -409,13 +434,60 @@ secret = {key}
             out[kind] = len(data)
         return out
 
+    def probe_rs(self, t, kind):
+        """One Responses stream, validated: typed events numbered from 0, the text of the
+        chat stream in as many deltas, response.completed with usage last. Sets
+        t["expect"][kind] and, when llmgw's request id is in the body (it names the
+        translated stream's response and items and widens as its hex sequence number
+        does), how often and how wide, for chat.lua's length check."""
+        c = http.client.HTTPConnection("127.0.0.1", t["port"], timeout=10)
+        c.request("POST", RS_PATH, body=json.dumps(self.body[kind], separators=(",", ":")),
+                  headers={"Content-Type": "application/json", "Authorization": AUTH})
+        r = c.getresponse()
+        data = r.read()
+        rid = r.getheader("x-request-id") or ""
+        c.close()
+        where = "%s %s probe" % (t["name"], kind)
+        if r.status != 200:
+            raise RuntimeError("%s: status %d: %s" % (where, r.status, data[:300]))
+        evs = [e for e in data.decode().split("\n\n") if e.strip()]
+        types, deltas, last = [], [], None
+        for i, e in enumerate(evs):
+            lines = e.split("\n")
+            if len(lines) != 2 or not lines[0].startswith("event: ") or not lines[1].startswith("data: "):
+                raise RuntimeError("%s: event %d is not 'event: T' + 'data: {...}': %r" % (where, i, e[:200]))
+            j = json.loads(lines[1][6:])
+            if j.get("type") != lines[0][7:] or j.get("sequence_number") != i:
+                raise RuntimeError("%s: event %d: type %r / sequence_number %r under event: %s" % (
+                    where, i, j.get("type"), j.get("sequence_number"), lines[0][7:]))
+            types.append(j["type"])
+            if j["type"] == "response.output_text.delta":
+                deltas.append(j["delta"])
+            last = j
+        if not types or types[-1] != "response.completed":
+            raise RuntimeError("%s: the stream does not end with response.completed (%s)" % (where, types[-3:]))
+        usage = last["response"].get("usage") or {}
+        if "".join(deltas) != self.text or len(deltas) != self.nevents - 4:
+            raise RuntimeError("%s: %d deltas %r, not the chat stream's %d pieces %r" % (
+                where, len(deltas), "".join(deltas), self.nevents - 4, self.text))
+        if usage.get("output_tokens") != len(deltas) or not usage.get("total_tokens"):
+            raise RuntimeError("%s: usage %r" % (where, usage))
+        t.setdefault("expect", {})[kind] = len(data)
+        t.setdefault("rs_events", {})[kind] = len(evs)
+        m = re.match(r"gen-([0-9a-f]+)-", rid)
+        occ = data.decode().count(rid) if m else 0
+        t.setdefault("idocc", {})[kind] = (occ, len(m.group(1))) if occ else (0, 0)
+        return len(data)
+
     # -- load
 
     def wrk(self, t, kind, conns, secs, pin=True):
+        occ, w0 = t.get("idocc", {}).get(kind, (0, 0))
         env = dict(os.environ, BENCH_BODY=self.bodyfile[kind], BENCH_AUTH=AUTH,
-                   BENCH_EXPECT=str(t["expect"][kind]), BENCH_SLACK=str(t.get("slack", 0)))
+                   BENCH_EXPECT=str(t["expect"][kind]), BENCH_SLACK=str(t.get("slack", 0)),
+                   BENCH_ID_OCC=str(occ), BENCH_ID_W0=str(w0))
         cmd = ["wrk", "-t1", "-c%d" % conns, "-d%ds" % secs, "-s", self.lua,
-               "http://127.0.0.1:%d%s" % (t["port"], PATH)]
+               "http://127.0.0.1:%d%s" % (t["port"], RS_PATH if kind in ("rs", "rst") else PATH)]
         if self.cpu_load is not None and pin:
             cmd = ["taskset", "-c", str(self.cpu_load)] + cmd
         elif self.cpu_load is not None:  # every CPU, whatever the driver's own affinity
@@ -561,11 +633,26 @@ secret = {key}
         self.nevents = llmgw["expect"]["events"]
         log("expected body bytes: " + ", ".join("%s json %d / stream %d (%d events)" % (
             t["name"], t["expect"]["json"], t["expect"]["stream"], t["expect"]["events"]) for t in targets))
+        # the Responses streams: the mock's own (direct), native and translated through llmgw
+        rs_runs = [(direct, "rs"), (llmgw, "rs"), (llmgw, "rst")]
+        for t, kind in rs_runs:
+            self.probe_rs(t, kind)
+        self.rs_info = {kind: (llmgw["rs_events"][kind], llmgw["expect"][kind]) for kind in ("rs", "rst")}
+        log("Responses streams, expected body bytes: direct %d, llmgw native %d, translated %d (%d events; "
+            "the request id %d times in a translated one)" % (
+                direct["expect"]["rs"], llmgw["expect"]["rs"], llmgw["expect"]["rst"], llmgw["rs_events"]["rst"],
+                llmgw["idocc"]["rst"][0]))
+        # at 1 connection: the chat stream and the Responses streams, for their added latency
+        c1_streams = [(direct, "stream"), (llmgw, "stream")] + rs_runs
 
         log("warm-up")
         for t in targets:
             for kind in ("json", "stream"):
                 self.wrk(t, kind, a.conns, 1)
+        t_rs = time.time()
+        for t, kind in rs_runs:
+            self.wrk(t, kind, a.conns, 1)
+        self.rs_secs += time.time() - t_rs
 
         res = {}  # (target, kind, conns) -> [per-round dict]
         for rnd in range(a.rounds):
@@ -584,6 +671,17 @@ secret = {key}
                             rnd + 1, t["name"], kind, a.conns, r["rps"], r["p50"], r["p99"], r["cpu_us"] or 0,
                             100 * r["cpu_util"], 100 * (r["busy_proxy"] or 0), 100 * (r["busy_load"] or 0),
                             100 * r["foreign"], r["rss"]))
+            k = rnd % len(rs_runs)
+            t_rs = time.time()
+            for t, kind in rs_runs[k:] + rs_runs[:k]:
+                r = self.measure(t, kind, a.conns, a.duration)
+                res.setdefault((t["name"], kind, a.conns), []).append(r)
+                log("round %d %-9s %-6s c%d: %8.0f req/s p50 %5d us p99 %6d us cpu %5.1f us/req "
+                    "(process %3.0f%%, cores %3.0f%% / %3.0f%%, others %3.0f%%) rss %5d kB" % (
+                        rnd + 1, t["name"], kind, a.conns, r["rps"], r["p50"], r["p99"], r["cpu_us"] or 0,
+                        100 * r["cpu_util"], 100 * (r["busy_proxy"] or 0), 100 * (r["busy_load"] or 0),
+                        100 * r["foreign"], r["rss"]))
+            self.rs_secs += time.time() - t_rs
             for t in order:
                 if t is llmgw_log:
                     continue
@@ -602,6 +700,14 @@ secret = {key}
                 res.setdefault((t["name"], "json", "1core"), []).append(r)
                 log("round %d %-9s json   c1 one CPU: %8.0f req/s p50 %5d us p99 %6d us (others %3.0f%%)" % (
                     rnd + 1, t["name"], r["rps"], r["p50"], r["p99"], 100 * r["foreign"]))
+            k = rnd % len(c1_streams)
+            t_rs = time.time()
+            for t, kind in c1_streams[k:] + c1_streams[:k]:
+                r = self.measure(t, kind, 1, a.c1_stream_duration)
+                res.setdefault((t["name"], kind, 1), []).append(r)
+                log("round %d %-9s %-6s c1 : %8.0f req/s p50 %5d us p99 %6d us (others %3.0f%%)" % (
+                    rnd + 1, t["name"], kind, r["rps"], r["p50"], r["p99"], 100 * r["foreign"]))
+            self.rs_secs += time.time() - t_rs
             for t in targets:
                 if not t["proc"].alive():
                     raise RuntimeError("%s died (see %s.log in %s)" % (t["name"], t["name"], self.tmp))
@@ -699,18 +805,21 @@ secret = {key}
             rs = res.get((name, kind, conns))
             return med([r[field] for r in calm(rs)]) if rs else None
 
-        def added_c1(name):
-            pairs = list(zip(res[(name, "json", 1)], res[("direct", "json", 1)]))
+        def added_c1(name, kind="json", base="json"):
+            """p50 at 1 connection through name minus the direct one (of kind base), per round."""
+            pairs = list(zip(res.get((name, kind, 1), []), res.get(("direct", base, 1), [])))
             ok = [(p, q) for p, q in pairs if max(p["foreign"], q["foreign"]) <= DISTURBED]
-            return med([p["p50"] - q["p50"] for p, q in (ok or pairs)])
+            return med([p["p50"] - q["p50"] for p, q in (ok or pairs)]) if pairs else None
 
         def ratio(x, y):
             return (x / y) if x is not None and y else None
 
-        def round_ratio(kind, field):
+        def round_ratio(kind, field, num=None, den=None):
             """llmgw / nginx per round (the two ran minutes apart at most), the median of those:
-            this VM has slow and fast phases that a ratio of separate medians mixes up."""
-            pairs = list(zip(res.get(("llmgw", kind, C), []), res.get(("nginx", kind, C), [])))
+            this VM has slow and fast phases that a ratio of separate medians mixes up.
+            num, den: other (name, kind) pairs than (llmgw, kind) and (nginx, kind)."""
+            num, den = num or ("llmgw", kind), den or ("nginx", kind)
+            pairs = list(zip(res.get(num + (C,), []), res.get(den + (C,), [])))
             ok = [(p, q) for p, q in pairs if max(p["foreign"], q["foreign"]) <= DISTURBED] or pairs
             rs = [p[field] / q[field] for p, q in ok if p[field] and q[field]]
             return med(rs) if rs else None
@@ -749,6 +858,30 @@ secret = {key}
                 g / MB if g else None, ratio(g, n), "llmgw < 8 MB", g is not None and g < 8 * 1024, f="%.2f")
             row("%s: upstream connections opened per 1000 requests" % title,
                 *(fmt(m(x, kind, "up_conns_per_k"), "%.1f") for x in ("direct", "nginx", "llmgw")))
+        # the Responses streams beside the chat stream
+        if ("llmgw", "stream", 1) in res:
+            row("streamed: added latency at 1 connection, p50 vs direct (µs)",
+                "%s (p50 itself)" % fmt(m("direct", "stream", "p50", 1)), "—", added_c1("llmgw", "stream", "stream"))
+        for kind, title in RS_KINDS:
+            if ("llmgw", kind, C) not in res:
+                continue
+            dk = "rs" if kind == "rs" else None  # translated: no direct Responses equivalent
+            row("%s: requests/s (c%d)" % (title, C), m("direct", dk, "rps") if dk else "—", "—",
+                m("llmgw", kind, "rps"))
+            row("%s: latency p50 / p99 (µs)" % title,
+                "%s / %s" % (fmt(m("direct", dk, "p50")), fmt(m("direct", dk, "p99"))) if dk else "—", "—",
+                "%s / %s" % (fmt(m("llmgw", kind, "p50")), fmt(m("llmgw", kind, "p99"))))
+            row("%s: CPU µs/stream (proxy; direct = mock)" % title, m("direct", dk, "cpu_us") if dk else "—", "—",
+                m("llmgw", kind, "cpu_us"), f="%.1f")
+            row("%s: against llmgw's chat stream, same rounds: requests/s, CPU µs/stream (ratios)" % title, "—", "—",
+                "%s, %s" % (fmt(round_ratio(kind, "rps", ("llmgw", kind), ("llmgw", "stream")), "%.2f"),
+                            fmt(round_ratio(kind, "cpu_us", ("llmgw", kind), ("llmgw", "stream")), "%.2f")))
+            if dk:
+                row("%s: added latency at 1 connection, p50 vs direct (µs)" % title,
+                    "%s (p50 itself)" % fmt(m("direct", dk, "p50", 1)), "—", added_c1("llmgw", kind, dk))
+            else:
+                row("%s: added latency at 1 connection, p50 vs the direct chat stream (µs)" % title, "—", "—",
+                    added_c1("llmgw", kind, "stream"))
         row("c%d runs: CPU used by other processes, median of the runs used (%% of a core)" % C,
             *(fmt(None if v is None else 100 * v) for v in (
                 med([med([r["foreign"] for r in calm(res[(x, k, C)])]) for k in ("json", "stream")])
@@ -833,8 +966,13 @@ secret = {key}
         print()
         print("Notes: throughput and CPU ratios are medians of per-round ratios (llmgw and nginx of the same round). nginx figures are its one worker process (the master is idle). Streams: %d SSE events "
               "each, written by the mock in one go; timing streams: events %d ms apart, the mock writes its "
-              "CLOCK_MONOTONIC time into each event's id. Access log: %d lines, %d bytes. Run time %.0f s." % (
-                  self.nevents, a.spacing_ms, self.log_lines, self.log_bytes, elapsed))
+              "CLOCK_MONOTONIC time into each event's id. Responses streams (POST %s): the same text in as "
+              "many deltas, %d events and %d bytes native, %d events and %d bytes translated. "
+              "Access log: %d lines, %d bytes. Run time %.0f s (%.0f s of it the Responses streams and the "
+              "streams at 1 connection)." % (
+                  self.nevents, a.spacing_ms, RS_PATH, self.rs_info["rs"][0], self.rs_info["rs"][1],
+                  self.rs_info["rst"][0], self.rs_info["rst"][1], self.log_lines, self.log_bytes, elapsed,
+                  self.rs_secs))
         print()
         npass = sum(1 for _, ok in verdicts if ok)
         for label, ok in verdicts:
@@ -866,14 +1004,25 @@ def profile(a):
         b.start_mock()
         g = b.start_llmgw("llmgw-callgrind", wrap=["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out])
         g["expect"] = b.probe(g)
-        b.benchcli("count", g, "json", 20, ["-L", str(g["expect"]["json"])])
-        b.benchcli("count", g, "stream", 5, ["-L", str(g["expect"]["stream"])])
+        b.nevents = g["expect"]["events"]
+        for kind in ("rs", "rst"):
+            b.probe_rs(g, kind)
+
+        def opts(kind):
+            if kind not in ("rs", "rst"):
+                return ["-L", str(g["expect"][kind])]
+            # Responses: the path, the end event; the translated one's length varies with the request id
+            o = ["-P", RS_PATH, "-D", "event: response.completed"]
+            return o + (["-L", str(g["expect"][kind])] if not g["idocc"][kind][0] else [])
+        for kind, n in (("json", 20), ("stream", 5), ("rs", 5), ("rst", 5)):
+            b.benchcli("count", g, kind, n, opts(kind))
         parts = []
-        for kind, n in (("json", a.profile_json), ("stream", a.profile_stream)):
+        for kind, n in (("json", a.profile_json), ("stream", a.profile_stream), ("rs", a.profile_stream),
+                        ("rst", a.profile_stream)):
             subprocess.run(["callgrind_control", "-z", str(g["pid"])], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, check=False)
             t0 = time.time()
-            r = b.benchcli("count", g, kind, n, ["-L", str(g["expect"][kind])])
+            r = b.benchcli("count", g, kind, n, opts(kind))
             dt = time.time() - t0
             before = set(glob.glob(out + ".*"))
             subprocess.run(["callgrind_control", "-d", kind, str(g["pid"])], stdout=subprocess.DEVNULL,
@@ -919,7 +1068,8 @@ def profile(a):
     os.makedirs(keep, exist_ok=True)
     for kind, n, r, dt, fn in parts:
         shutil.copy(fn, os.path.join(keep, "callgrind.out.%s" % kind))
-    print("callgrind files: %s/callgrind.out.{json,stream} (callgrind_annotate or kcachegrind)" % keep)
+    print("callgrind files: %s/callgrind.out.{json,stream,rs,rst} (callgrind_annotate or kcachegrind; rs = "
+          "Responses stream native, rst = translated)" % keep)
     return 1 if b.bad else 0
 
 
@@ -930,6 +1080,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5, help="seconds per c50 run")
     ap.add_argument("--c1-duration", type=int, default=2, help="seconds per 1-connection run")
+    ap.add_argument("--c1-stream-duration", type=int, default=1,
+                    help="seconds per 1-connection run of the chat and Responses streams")
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--spacing-ms", type=int, default=20, help="event spacing of the timing streams")
     ap.add_argument("--timed-streams", type=int, default=10)

@@ -22,7 +22,9 @@
  *   count   -n REQS       REQS requests one after another on one keep-alive
  *                         connection.
  * Every response must be a 200; with -L LEN its (de-chunked) body must be
- * LEN bytes; streams must end with "data: [DONE]" (timing, count).
+ * LEN bytes; streams must end with "data: [DONE]" (timing, count), or with
+ * an event that begins with -D TEXT ("event: response.completed" for the
+ * Responses API).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -73,6 +75,9 @@ struct resp {
 	int keep_events;  /* scan events (else only count body bytes) */
 };
 
+/* The beginning of the event that ends a stream (-D). */
+static const char *done_mark = "data: [DONE]";
+
 /* Called for each completed SSE event (text without the blank line). */
 typedef void (*event_fn)(void *ctx, const char *p, size_t n);
 
@@ -100,9 +105,9 @@ static void body_bytes(struct resp *r, const char *p, size_t n, event_fn fn, voi
 	/* complete events end with "\n\n" */
 	for (i = 1; i < r->evlen; i++) {
 		if (r->ev[i] == '\n' && r->ev[i - 1] == '\n') {
-			size_t len = i + 1 - start;
+			size_t len = i + 1 - start, dl = strlen(done_mark);
 			r->events++;
-			if (len >= 12 && memcmp(r->ev + start, "data: [DONE]", 12) == 0) r->done_seen = 1;
+			if (len >= dl && memcmp(r->ev + start, done_mark, dl) == 0) r->done_seen = 1;
 			if (fn) fn(ctx, r->ev + start, len);
 			start = i + 1;
 		}
@@ -271,7 +276,7 @@ static void report_bad(const struct resp *r)
 	if (shown++ < 3)
 		fprintf(stderr, "benchcli: bad response: status %d, body %lld bytes (expected %lld)%s\n",
 		        r->status, r->bodylen, expect_len,
-		        r->chunked && !r->done_seen ? ", no [DONE]" : "");
+		        r->chunked && !r->done_seen ? ", no end event" : "");
 }
 
 /* A blocking request/response on fd; returns 1 ok, 0 bad, -1 I/O error. */
@@ -595,12 +600,12 @@ int main(int argc, char **argv)
 	int opt;
 	if (argc < 2) {
 		fprintf(stderr, "usage: %s timing|hold|streams|count -p PORT -b BODYFILE [-P PATH] [-a AUTH] "
-		                "[-n N] [-t SECONDS] [-w WINDOW] [-L BODYLEN]\n", argv[0]);
+		                "[-n N] [-t SECONDS] [-w WINDOW] [-L BODYLEN] [-D END_EVENT_PREFIX]\n", argv[0]);
 		return 2;
 	}
 	mode = argv[1];
 	optind = 2;
-	while ((opt = getopt(argc, argv, "p:b:P:a:n:t:w:L:")) != -1) {
+	while ((opt = getopt(argc, argv, "p:b:P:a:n:t:w:L:D:")) != -1) {
 		switch (opt) {
 		case 'p': port = atoi(optarg); break;
 		case 'b': bodyfile = optarg; break;
@@ -610,6 +615,7 @@ int main(int argc, char **argv)
 		case 't': hold_s = atoi(optarg); break;
 		case 'w': window = atoi(optarg); break;
 		case 'L': expect_len = atoll(optarg); break;
+		case 'D': done_mark = optarg; break;
 		default: return 2;
 		}
 	}

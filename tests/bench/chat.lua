@@ -2,7 +2,10 @@
 -- POSTs the JSON body of the file $BENCH_BODY with "Authorization: $BENCH_AUTH"
 -- and checks every response: status 200 and (de-chunked) body length
 -- $BENCH_EXPECT (when set; up to $BENCH_SLACK bytes more are accepted: the built-in mock
--- provider's reply carries the request id, whose hex sequence number widens). done() prints one machine-readable line:
+-- provider's reply carries the request id, whose hex sequence number widens). With $BENCH_ID_OCC
+-- and $BENCH_ID_W0 (a translated Responses stream names its response and items after llmgw's
+-- request id "gen-<seq hex>-..", $BENCH_ID_OCC times, of width $BENCH_ID_W0 in the probe) the
+-- expected length follows the width of the id in the body, exactly. done() prints one machine-readable line:
 --   BENCH requests=.. duration_us=.. p50_us=.. p99_us=.. responses=.. bad_status=.. bad_len=..
 --         err_connect=.. err_read=.. err_write=.. err_timeout=.. err_status=.. first_bad=..
 
@@ -16,6 +19,8 @@ if os.getenv("BENCH_AUTH") and os.getenv("BENCH_AUTH") ~= "" then
 end
 expect = tonumber(os.getenv("BENCH_EXPECT") or "") or -1
 slack = tonumber(os.getenv("BENCH_SLACK") or "") or 0
+idocc = tonumber(os.getenv("BENCH_ID_OCC") or "") or 0
+idw0 = tonumber(os.getenv("BENCH_ID_W0") or "") or 0
 
 -- per-thread counters (globals, so that done() can read them with thread:get)
 responses = 0
@@ -28,6 +33,13 @@ function response(status, headers, body)
   if status ~= 200 then
     bad_status = bad_status + 1
     if first_bad == "none" then first_bad = "status_" .. status end
+  elseif expect >= 0 and idocc > 0 then
+    local hx = string.match(body, "gen%-(%x+)%-")
+    local want = hx and expect + idocc * (#hx - idw0) or -1
+    if #body ~= want then
+      bad_len = bad_len + 1
+      if first_bad == "none" then first_bad = "len_" .. #body end
+    end
   elseif expect >= 0 and (#body < expect or #body > expect + slack) then
     bad_len = bad_len + 1
     if first_bad == "none" then first_bad = "len_" .. #body end

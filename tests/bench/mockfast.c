@@ -15,6 +15,19 @@
  * measure per-event forwarding delay exactly; the id has the same width in
  * every mode, so response lengths do not depend on the mode.
  *
+ * A request to a path ending in /responses (the OpenAI Responses API) is
+ * answered in that API's shape: a response object (output: one message
+ * with the same text, usage with input/output token details), or with
+ * "stream":true a chunked SSE stream of typed events ("event: <type>" and
+ * data {"type", "sequence_number", ...}): response.created,
+ * response.in_progress, response.output_item.added,
+ * response.content_part.added, the same N-4 text pieces as
+ * response.output_text.delta events, response.output_text.done,
+ * response.content_part.done, response.output_item.done and
+ * response.completed (the full response with usage): N+4 events, no
+ * [DONE]. In a spaced stream the time goes into the ids there
+ * (resp_bench<19 digits>, msg_bench<19 digits>).
+ *
  * A request body may override the defaults with "bench_events":N and
  * "bench_spacing_us":N (proxies pass unknown fields on). GET /stats answers
  * {"accepted":..,"requests":..,"streams":..}.
@@ -53,6 +66,7 @@ struct conn {
 	int pollout;        /* EPOLLOUT registered */
 	int close_after;    /* Connection: close seen */
 	int streaming;      /* a spaced stream is in progress */
+	int rs;             /* ... of the Responses API (events of add_rs_event) */
 	int ev_next, ev_total;
 	long long spacing_ns;
 	long long deadline; /* CLOCK_MONOTONIC ns of the next event */
@@ -68,9 +82,10 @@ static int nheap, heapcap;
 static long long armed = -1;
 static unsigned long long n_accepted, n_requests, n_streams;
 
-/* The whole default reply and default stream, ready to write. */
-static char *json_resp, *stream_resp;
-static size_t json_resp_len, stream_resp_len;
+/* The whole default reply and default stream, ready to write (chat
+ * completions, and the Responses API's). */
+static char *json_resp, *stream_resp, *rs_json_resp, *rs_stream_resp;
+static size_t json_resp_len, stream_resp_len, rs_json_resp_len, rs_stream_resp_len;
 
 static const char *const words[] = {"Hello", "!", " This", " is", " a", " fixed", " reply",
                                     " from", " the", " llmgw", " benchmark", "'s", " mock",
@@ -194,6 +209,122 @@ static void build_json(struct sb *b, int total)
 	          d.n);
 	sb_add(b, d.p, d.n);
 	free(d.p);
+}
+
+/* --- the replies of the Responses API (POST .../responses) ------------- */
+
+/* The text of the answer: the same pieces as the chat stream's. */
+static void add_text(struct sb *b, int ncontent)
+{
+	int k;
+	for (k = 1; k <= ncontent; k++) sb_printf(b, "%s", words[(k - 1) % NWORDS]);
+}
+
+/* The message output item, complete or as it opens (no content yet). */
+static void add_rs_item(struct sb *b, int ncontent, long long ts, int done)
+{
+	sb_printf(b, "{\"id\":\"msg_bench%019lld\",\"type\":\"message\",\"status\":\"%s\",\"content\":[", ts,
+	          done ? "completed" : "in_progress");
+	if (done) {
+		sb_printf(b, "{\"type\":\"output_text\",\"annotations\":[],\"logprobs\":[],\"text\":\"");
+		add_text(b, ncontent);
+		sb_add(b, "\"}", 2);
+	}
+	sb_printf(b, "],\"role\":\"assistant\"}");
+}
+
+/* A response object: in progress (output [], usage null) or completed. */
+static void add_rs_obj(struct sb *b, int ncontent, long long ts, int done)
+{
+	sb_printf(b, "{\"id\":\"resp_bench%019lld\",\"object\":\"response\",\"created_at\":1700000000,"
+	             "\"status\":\"%s\",\"background\":false,\"error\":null,\"incomplete_details\":null,"
+	             "\"instructions\":null,\"max_output_tokens\":64,\"model\":\"mock-model\",\"output\":[",
+	          ts, done ? "completed" : "in_progress");
+	if (done) add_rs_item(b, ncontent, ts, 1);
+	sb_printf(b, "],\"parallel_tool_calls\":true,\"previous_response_id\":null,"
+	             "\"reasoning\":{\"effort\":null,\"summary\":null},\"service_tier\":\"default\",\"store\":false,"
+	             "\"temperature\":0.2,\"text\":{\"format\":{\"type\":\"text\"},\"verbosity\":\"medium\"},"
+	             "\"tool_choice\":\"auto\",\"tools\":[],\"top_p\":1.0,\"truncation\":\"disabled\",\"usage\":");
+	if (done)
+		sb_printf(b, "{\"input_tokens\":%d,\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens\":%d,"
+		             "\"output_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":%d}",
+		          PROMPT_TOKENS, ncontent, PROMPT_TOKENS + ncontent);
+	else
+		sb_add(b, "null", 4);
+	sb_printf(b, ",\"user\":null,\"metadata\":{}}");
+}
+
+/* Event k (0-based) of a Responses stream with ncontent text deltas
+ * (ncontent + 8 events), as one chunk: "<hex>\r\nevent: T\ndata: {...}\n\n\r\n". */
+static void add_rs_event(struct sb *b, int k, int ncontent, long long ts)
+{
+	static const char *const tail[] = {"response.output_text.done", "response.content_part.done",
+	                                   "response.output_item.done", "response.completed"};
+	struct sb d = {0};
+	const char *type = k == 0   ? "response.created"
+	                   : k == 1 ? "response.in_progress"
+	                   : k == 2 ? "response.output_item.added"
+	                   : k == 3 ? "response.content_part.added"
+	                   : k < 4 + ncontent ? "response.output_text.delta"
+	                                      : tail[k - 4 - ncontent];
+	sb_printf(&d, "event: %s\ndata: {\"type\":\"%s\",\"sequence_number\":%d", type, type, k);
+	if (k <= 1 || k == ncontent + 7) {
+		sb_add(&d, ",\"response\":", 12);
+		add_rs_obj(&d, ncontent, ts, k > 1);
+	} else if (k == 2 || k == ncontent + 6) {
+		sb_add(&d, ",\"output_index\":0,\"item\":", 25);
+		add_rs_item(&d, ncontent, ts, k > 2);
+	} else {
+		sb_printf(&d, ",\"item_id\":\"msg_bench%019lld\",\"output_index\":0,\"content_index\":0", ts);
+		if (k == 3) {
+			sb_printf(&d, ",\"part\":{\"type\":\"output_text\",\"annotations\":[],\"logprobs\":[],\"text\":\"\"}");
+		} else if (k < 4 + ncontent) {
+			sb_printf(&d, ",\"delta\":\"%s\",\"logprobs\":[],\"obfuscation\":\"bench\"", words[(k - 4) % NWORDS]);
+		} else if (k == ncontent + 4) {
+			sb_add(&d, ",\"text\":\"", 9);
+			add_text(&d, ncontent);
+			sb_printf(&d, "\",\"logprobs\":[]");
+		} else {
+			sb_printf(&d, ",\"part\":{\"type\":\"output_text\",\"annotations\":[],\"logprobs\":[],\"text\":\"");
+			add_text(&d, ncontent);
+			sb_add(&d, "\"}", 2);
+		}
+	}
+	sb_add(&d, "}\n\n", 3);
+	sb_printf(b, "%zx\r\n", d.n);
+	sb_add(b, d.p, d.n);
+	sb_add(b, "\r\n", 2);
+	free(d.p);
+}
+
+static void build_rs_stream(struct sb *b, int total)
+{
+	int k, ncontent = total - 4;
+	sb_add(b, stream_head, sizeof stream_head - 1);
+	for (k = 0; k < ncontent + 8; k++) add_rs_event(b, k, ncontent, 0);
+	sb_add(b, "0\r\n\r\n", 5);
+}
+
+static void build_rs_json(struct sb *b, int total)
+{
+	struct sb d = {0};
+	add_rs_obj(&d, total - 4, 0, 1);
+	sb_printf(b, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+	          d.n);
+	sb_add(b, d.p, d.n);
+	free(d.p);
+}
+
+/* Is the request line's path .../responses (a query string allowed)? */
+static int is_responses(const char *h, size_t n)
+{
+	const char *e = memchr(h, '\r', n), *sp;
+	if (!e) return 0;
+	sp = memchr(h, ' ', (size_t)(e - h));
+	if (!sp) return 0;
+	for (sp++; sp < e && *sp != ' ' && *sp != '?'; sp++)
+		;
+	return sp - h >= 10 && memcmp(sp - 10, "/responses", 10) == 0;
 }
 
 /* --- timers ------------------------------------------------------------ */
@@ -376,7 +507,10 @@ static int send_event(struct conn *c)
 {
 	struct sb b = {0};
 	int r;
-	add_event(&b, c->ev_next, c->ev_total, now_ns());
+	if (c->rs)
+		add_rs_event(&b, c->ev_next, c->ev_total - 8, now_ns());
+	else
+		add_event(&b, c->ev_next, c->ev_total, now_ns());
 	c->ev_next++;
 	if (c->ev_next == c->ev_total) sb_add(&b, "0\r\n\r\n", 5);
 	r = conn_send(c, b.p, b.n);
@@ -443,20 +577,26 @@ static int conn_process(struct conn *c)
 		} else if (body_stream(h + hlen, (size_t)clen)) {
 			long ev = body_long(h + hlen, (size_t)clen, "\"bench_events\"", def_events);
 			long sp = body_long(h + hlen, (size_t)clen, "\"bench_spacing_us\"", def_spacing_us);
+			int rs = is_responses(h, hlen);
 			if (ev < 4) ev = 4;
 			if (ev > MAX_EVENTS) ev = MAX_EVENTS;
 			n_streams++;
 			if (sp <= 0) {
 				if (ev == def_events) {
-					r = conn_send(c, stream_resp, stream_resp_len);
+					r = rs ? conn_send(c, rs_stream_resp, rs_stream_resp_len)
+					       : conn_send(c, stream_resp, stream_resp_len);
 				} else {
 					struct sb b = {0};
-					build_stream(&b, (int)ev);
+					if (rs)
+						build_rs_stream(&b, (int)ev);
+					else
+						build_stream(&b, (int)ev);
 					r = conn_send(c, b.p, b.n);
 					free(b.p);
 				}
 			} else {
-				c->ev_total = (int)ev;
+				c->rs = rs;
+				c->ev_total = rs ? (int)ev + 4 : (int)ev; /* Responses: 8 events besides the text */
 				c->ev_next = 0;
 				c->spacing_ns = sp * 1000LL;
 				r = conn_send(c, stream_head, sizeof stream_head - 1);
@@ -467,13 +607,17 @@ static int conn_process(struct conn *c)
 			}
 		} else {
 			long ev = body_long(h + hlen, (size_t)clen, "\"bench_events\"", def_events);
+			int rs = is_responses(h, hlen);
 			if (ev < 4) ev = 4;
 			if (ev > MAX_EVENTS) ev = MAX_EVENTS;
 			if (ev == def_events) {
-				r = conn_send(c, json_resp, json_resp_len);
+				r = rs ? conn_send(c, rs_json_resp, rs_json_resp_len) : conn_send(c, json_resp, json_resp_len);
 			} else {
 				struct sb b = {0};
-				build_json(&b, (int)ev);
+				if (rs)
+					build_rs_json(&b, (int)ev);
+				else
+					build_json(&b, (int)ev);
 				r = conn_send(c, b.p, b.n);
 				free(b.p);
 			}
@@ -583,6 +727,14 @@ int main(int argc, char **argv)
 	build_stream(&b, def_events);
 	stream_resp = b.p;
 	stream_resp_len = b.n;
+	memset(&b, 0, sizeof b);
+	build_rs_json(&b, def_events);
+	rs_json_resp = b.p;
+	rs_json_resp_len = b.n;
+	memset(&b, 0, sizeof b);
+	build_rs_stream(&b, def_events);
+	rs_stream_resp = b.p;
+	rs_stream_resp_len = b.n;
 
 	lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (lfd < 0) die("socket");
@@ -607,8 +759,10 @@ int main(int argc, char **argv)
 	ev.data.ptr = &tfd;
 	if (epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &ev) < 0) die("epoll_ctl");
 
-	printf("mockfast listening on %s:%d (events %d, spacing %ld us; json %zu bytes, stream %zu bytes)\n",
-	       addr, ntohs(sa.sin_port), def_events, def_spacing_us, json_resp_len, stream_resp_len);
+	printf("mockfast listening on %s:%d (events %d, spacing %ld us; json %zu bytes, stream %zu bytes; "
+	       "responses json %zu bytes, stream %zu bytes)\n",
+	       addr, ntohs(sa.sin_port), def_events, def_spacing_us, json_resp_len, stream_resp_len, rs_json_resp_len,
+	       rs_stream_resp_len);
 	fflush(stdout);
 
 	for (;;) {

@@ -1,7 +1,7 @@
 #!/bin/sh
 # tests/bench/run.sh - the llmgw benchmark, one command (not part of `make test`).
 #
-#   sh tests/bench/run.sh              full run (~3 minutes): prints one markdown table
+#   sh tests/bench/run.sh              full run (~5-6 minutes): prints one markdown table
 #   sh tests/bench/run.sh --quick      1 round of 2 s: a smoke test of the benchmark itself
 #   sh tests/bench/run.sh --profile    llmgw under callgrind: top functions, instructions/request
 #   (any other option is passed to bench.py: see `python3 tests/bench/bench.py --help`)
