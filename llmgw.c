@@ -10231,7 +10231,8 @@ static void lg_d_rs_native_event(struct lg_req *r, lg_str evname, lg_str data)
 		}
 		if (evname.n > 6 && !memcmp(evname.p + evname.n - 6, ".delta", 6))
 			lg_ev_acct(r, LG_EV_TEXT, data.n > 140 ? (int)(((int64_t)data.n - 140 + 3) / 4) : 1, LG_NOSTR);
-		snprintf(name, sizeof name, "%.*s", (int)LG_MIN(evname.n, 60), evname.p);
+		memcpy(name, evname.p, LG_MIN(evname.n, 60)); /* no printf: this runs for every event */
+		name[LG_MIN(evname.n, 60)] = 0;
 		lg_native_send(r, name, data.p, data.n, 0, 0);
 		return;
 	}
