@@ -9649,17 +9649,57 @@ static LG_COLD void lg_d_oa_models(struct lg_req *r, struct lg_buf *o, const str
 	else lg_buf_addz(b, only ? "\n" : "]}\n");
 }
 
+/* A query parameter's value ("?a=1&b=2"), percent-decoded into out; 0 when absent. */
+static LG_COLD int lg_d_qparam(const char *q, const char *name, char *out, size_t cap)
+{
+	size_t nl = strlen(name), o = 0;
+	const char *p = q;
+	while (p && *p) {
+		if (*p == '?' || *p == '&') p++;
+		if (!strncmp(p, name, nl) && p[nl] == '=') {
+			for (p += nl + 1; *p && *p != '&' && o + 1 < cap; p++) {
+				int h = lg_hexval(p[1]), l = h >= 0 ? lg_hexval(p[2]) : -1;
+				if (*p == '%' && h >= 0 && l >= 0) {
+					out[o++] = (char)(h * 16 + l);
+					p += 2;
+				} else {
+					out[o++] = *p == '+' ? ' ' : *p;
+				}
+			}
+			out[o] = 0;
+			return 1;
+		}
+		p = strchr(p, '&');
+	}
+	return 0;
+}
+
 /* In the Anthropic shape: {"data":[{"type":"model","id","display_name",
- * "created_at"}],"has_more":false,"first_id","last_id"}. */
+ * "created_at"}],"has_more","first_id","last_id"}, paged like Anthropic's:
+ * limit (default 20, 1 to 1000), after_id (the page after that model),
+ * before_id (the page just before it). */
 static LG_COLD void lg_d_an_models(struct lg_req *r, struct lg_buf *b, const struct lg_model *only)
 {
 	const struct lg_cfg *c = r->cfg;
 	const char *first = NULL, *last = NULL, *lq = r->query ? strstr(r->query, "limit=") : NULL;
 	long limit = lq ? strtol(lq + 6, NULL, 10) : 20; /* Anthropic's default; 1 to 1000 */
-	int i, n = 0, more = 0;
+	int i, n = 0, more = 0, from = 0, to = c->nmodels, before;
+	char after[300], bef[300];
 	if (limit < 1 || limit > 1000) limit = limit < 1 ? 20 : 1000;
+	if (!only && r->query && lg_d_qparam(r->query, "after_id", after, sizeof after))
+		for (i = 0; i < c->nmodels; i++)
+			if (!strcmp(c->models[i]->name, after)) from = i + 1;
+	before = !only && r->query && lg_d_qparam(r->query, "before_id", bef, sizeof bef);
+	if (before) { /* the last limit models the key may use before it */
+		int k = 0;
+		for (to = 0; to < c->nmodels && strcmp(c->models[to]->name, bef); to++) {
+		}
+		for (from = to; from > 0 && k < limit; from--)
+			if (lg_route_key_allows(r->key, c->models[from - 1]->name)) k++;
+		for (i = 0; i < from && !more; i++) more = lg_route_key_allows(r->key, c->models[i]->name);
+	}
 	if (!only) lg_buf_addz(b, "{\"data\":[");
-	for (i = 0; i < c->nmodels; i++) {
+	for (i = only ? 0 : from; i < (only ? c->nmodels : to); i++) {
 		const struct lg_model *m = c->models[i];
 		if ((only && m != only) || !lg_route_key_allows(r->key, m->name)) continue;
 		if (n == limit) {
