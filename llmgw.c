@@ -7432,6 +7432,7 @@ static void lg_prov_openai_body(struct lg_req *r, const struct lg_cand *cd, stru
 		int v = it.val;
 		lg_str key = lg_json_raw(j, s, it.key);
 		if (lg_str_eq(key, "models") || lg_str_eq(key, "provider") || lg_str_eq(key, "usage")) continue;
+		if (r->ep == LG_EP_COMPACT && lg_str_eq(key, "stream")) continue; /* answered whole */
 		if (!first) lg_buf_addc(o, ',');
 		first = 0;
 		lg_buf_adds(o, lg_json_span(j, s, it.key));
@@ -7779,7 +7780,9 @@ static int lg_w_openai(struct lg_req *r, const struct lg_cand *cd, struct lg_buf
 		}
 		if (q->parallel == 0) lg_buf_addz(o, ",\"parallel_tool_calls\":false");
 	}
-	if (q->max_tokens) lg_buf_printf(o, ",\"max_tokens\":%lld", (long long)q->max_tokens);
+	if (q->max_tokens) /* reasoning models (an effort is asked for) take only max_completion_tokens */
+		lg_buf_printf(o, q->effort.n ? ",\"max_completion_tokens\":%lld" : ",\"max_tokens\":%lld",
+		              (long long)q->max_tokens);
 	if (lg_w_num_or(q->temperature, num, sizeof num, 0)) lg_buf_printf(o, ",\"temperature\":%s", num);
 	if (lg_w_num_or(q->top_p, num, sizeof num, 0)) lg_buf_printf(o, ",\"top_p\":%s", num);
 	lg_w_stops(o, q, ",\"stop\":[", q->nstop, 0);
@@ -8319,7 +8322,11 @@ static int lg_w_gemini(struct lg_req *r, const struct lg_cand *cd, struct lg_buf
 		}
 	}
 	lg_buf_addz(o, ",\"generationConfig\":{");
-	lg_buf_printf(o, "\"maxOutputTokens\":%lld", (long long)lg_w_max_tokens(cd, q));
+	{ /* the thinking budget counts against maxOutputTokens: room for the answer beyond it */
+		int64_t mt = lg_w_max_tokens(cd, q);
+		if (q->thinking && mt <= q->thinking) mt = q->thinking + 4096;
+		lg_buf_printf(o, "\"maxOutputTokens\":%lld", (long long)mt);
+	}
 	if (lg_w_num_or(q->temperature, num, sizeof num, 0)) lg_buf_printf(o, ",\"temperature\":%s", num);
 	if (lg_w_num_or(q->top_p, num, sizeof num, 0)) lg_buf_printf(o, ",\"topP\":%s", num);
 	if (lg_w_num_or(q->top_k, num, sizeof num, 0)) lg_buf_printf(o, ",\"topK\":%s", num);
@@ -8516,6 +8523,7 @@ static int lg_w_bedrock(struct lg_req *r, const struct lg_cand *cd, struct lg_bu
 	const struct lg_creq *q = r->creq;
 	int i, end, first = 1;
 	char num[64];
+	if (q->thinking) lg_canon_drop(r, "thinking"); /* Converse has no portable field for it */
 	lg_buf_addc(o, '{');
 	lg_w_system(o, q, "\"system\":[", "{\"text\":", "],", 1);
 	lg_buf_addz(o, "\"messages\":[");
@@ -9558,7 +9566,18 @@ static void lg_d_an_native_event(struct lg_req *r, lg_str evname, lg_str data)
 		if (sr.n) lg_ev_acct(r, LG_EV_FINISH, lg_fin_code(sr), LG_NOSTR);
 	}
 	if (lg_str_eq(ty, "message_stop")) lg_ev_acct(r, LG_EV_END, 0, LG_NOSTR);
-	if (lg_str_eq(ty, "error")) lg_ev_acct(r, LG_EV_ERROR, 502, lg_strz("error event in the stream"));
+	if (lg_str_eq(ty, "error")) { /* its type says whether another target may do better */
+		static const struct { const char *type; int status; } st[] = {
+		    {"rate_limit_error", 429}, {"overloaded_error", 529}, {"invalid_request_error", 400},
+		    {"authentication_error", 401}, {"permission_error", 403}, {"not_found_error", 404},
+		    {"request_too_large", 413}, {"api_error", 500}};
+		int e = lg_json_get(&j, s, 0, "error"), code = 502;
+		lg_str et = lg_jesc(&j, s, lg_json_get(&j, s, e, "type")), em = lg_jesc(&j, s, lg_json_get(&j, s, e, "message"));
+		size_t x;
+		for (x = 0; x < LG_COUNTOF(st); x++)
+			if (lg_str_eq(et, st[x].type)) code = st[x].status;
+		lg_ev_acct(r, LG_EV_ERROR, code, em.n ? em : lg_strz("error event in the stream"));
+	}
 	if (lg_str_eq(ty, "ping")) return;
 	if (lg_str_eq(ty, "content_block_delta")) /* its text, about 4 bytes a token, past the envelope */
 		lg_ev_acct(r, LG_EV_TEXT, data.n > 74 ? (int)(((int64_t)data.n - 74 + 3) / 4) : 1, LG_NOSTR);
@@ -9773,19 +9792,23 @@ static const struct lg_ctool *lg_d_rs_tool(const struct lg_req *r, lg_str name)
  * that object. */
 static void lg_d_rs_input(struct lg_buf *o, lg_str args)
 {
-	struct lg_jtok tk[16];
 	struct lg_json aj;
 	char *raw = (char *)malloc(args.n + 1);
 	long n = raw ? lg_json_unescape(args.p, args.n, raw) : -1;
-	int v;
+	int v = -1, k;
 	memset(&aj, 0, sizeof aj);
-	aj.t = tk;
-	aj.cap = 16;
-	if (n >= 0 && lg_json_parse(&aj, raw, (size_t)n) > 0 && tk[0].type == LG_J_OBJ &&
-	    lg_json_type(&aj, v = lg_json_get(&aj, raw, 0, "input")) == LG_J_STR)
+	if (n >= 0 && (k = lg_json_parse(&aj, raw, (size_t)n)) > 0) { /* counted, then tokenized */
+		memset(&aj, 0, sizeof aj);
+		aj.cap = (uint32_t)k;
+		if ((aj.t = (struct lg_jtok *)malloc((size_t)k * sizeof *aj.t)) && lg_json_parse(&aj, raw, (size_t)n) > 0 &&
+		    aj.t[0].type == LG_J_OBJ)
+			v = lg_json_get(&aj, raw, 0, "input");
+	}
+	if (lg_json_type(&aj, v) == LG_J_STR)
 		lg_w_str(o, lg_json_raw(&aj, raw, v));
 	else
 		lg_w_str(o, args);
+	free(aj.t);
 	free(raw);
 }
 
@@ -10157,6 +10180,10 @@ static void lg_d_rs_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str
 	case LG_EV_FINISH: lg_d_rs_close(r, &d); break;
 	case LG_EV_END:
 		lg_d_rs_close(r, &d);
+		if (r->compact && !w->text.len) { /* a tool call or nothing: no summary is a failure */
+			lg_ev_acct(r, LG_EV_ERROR, 502, lg_strz("the target wrote no summary for the compaction"));
+			break;
+		}
 		if (r->compact) { /* the compaction item, whole: added and done */
 			lg_d_rs_begin(r, &d, "response.output_item.added");
 			lg_buf_addz(&d, ",\"output_index\":0,\"item\":");
@@ -10185,6 +10212,10 @@ static void lg_d_rs_stream(struct lg_req *r, int type, int idx, lg_str a, lg_str
 /* The collected answer as a response object. */
 static void lg_d_rs_final(struct lg_req *r, struct lg_buf *o)
 {
+	if (r->compact && !r->w->text.len) { /* a tool call or nothing: the attempt failed */
+		lg_ev_acct(r, LG_EV_ERROR, 502, lg_strz("the target wrote no summary for the compaction"));
+		return;
+	}
 	lg_d_rs_obj(r, o, lg_d_rs_status(r->w), 1, NULL);
 	lg_buf_addc(o, '\n');
 }
@@ -10202,7 +10233,8 @@ static LG_COLD void lg_d_rs_stream_error(struct lg_req *r, const char *msg)
 	lg_d_rs_send(r, &d, "error");
 	lg_d_rs_begin(r, &d, "response.failed");
 	lg_buf_addz(&d, ",\"response\":");
-	lg_d_rs_obj(r, &d, "failed", r->w != NULL, msg); /* native: what went out is the upstream's */
+	lg_d_rs_obj(r, &d, "failed", r->w != NULL && !r->compact, msg); /* native: what went out is the upstream's;
+	                                                                       compaction: no half summary */
 	lg_buf_addc(&d, '}');
 	lg_d_rs_send(r, &d, "response.failed");
 	lg_buf_free(&d);
@@ -13018,6 +13050,17 @@ static void lg_srv_count_tokens(struct lg_req *r)
 		return;
 	}
 	name = lg_route_strdup(r, t);
+	if (name && lg_route_key_allows(r->key, name) && !lg_cfg_find_model(r->cfg, lg_strz(name)) && strchr(name, '/')) {
+		/* PROVIDER/MODEL of a direct provider: Anthropic counts it, others are estimated */
+		const char *sl = strchr(name, '/');
+		const struct lg_provider *p = lg_cfg_find_provider(r->cfg, name, (size_t)(sl - name));
+		if (p && p->direct && sl[1]) {
+			r->model_req = name;
+			if (p->row->wire == LG_WIRE_ANTHROPIC) lg_st_admit(r);
+			else lg_srv_count_est(r);
+			return;
+		}
+	}
 	if (!name || !(m = lg_cfg_find_model(r->cfg, lg_strz(name))) || !lg_route_key_allows(r->key, name)) {
 		lg_resp_error(r, 404, NULL, "no such model: '%.*s'", (int)LG_MIN(j->t[t].end - j->t[t].start, 200),
 		              r->body + j->t[t].start);
@@ -13286,7 +13329,7 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 	}
 	if (r->ep == LG_EP_MESSAGES || r->ep == LG_EP_COUNT) { /* for native Anthropic targets, as they came */
 		lg_str ab = lg_http_get(h, "anthropic-beta");
-		if (ab.n && ab.n < 4096) r->anth_beta = lg_arena_strn(&r->a, ab.p, ab.n);
+		if (ab.n && ab.n < 16384) r->anth_beta = lg_arena_strn(&r->a, ab.p, ab.n); /* the head limit bounds it */
 	}
 	if (r->ep == LG_EP_GEN || r->ep == LG_EP_MODELS || r->ep == LG_EP_MODEL || r->ep == LG_EP_MESSAGES ||
 	    r->ep == LG_EP_COUNT) { /* keep the path's rest and query (?beta=true goes on to Anthropic) */

@@ -25,12 +25,22 @@ What is covered (the reference is /work/shared/PROVIDERS.md):
   concurrent translated streams, pooled provider connections after failed streams;
 - equivalence: the joined translated stream equals the non-streamed translation of the same
   scripted reply, per provider type and per inbound dialect;
-- Anthropic -> Anthropic goes through natively.
+- Anthropic -> Anthropic goes through natively: the body as sent (thinking adaptive,
+  output_config, context_management, unknown fields), ?beta=true on the upstream path, a long
+  anthropic-beta verbatim, 4xx bodies byte for byte, an error right after message_start (or a
+  stream that ends there) falling back;
+- the Anthropic dialect translated: thinking enabled / adaptive + output_config.effort as
+  reasoning_effort (OpenAI, Azure) or a thinking budget (Gemini), context_management and an
+  effort without adaptive thinking named in llmgw-dropped-fields;
+- POST /v1/messages/count_tokens: forwarded to Anthropic targets (query, anthropic-beta, the
+  answer with provider first, 4xx passed on), llmgw's estimate (llmgw-estimated: true) without
+  one or when they fail (5xx, 529, 429, connection refused).
 
 Providers (one shared gateway, all `direct = yes`, all pointing at one provmock): oa (openai),
 az / azq / azv (azure: classic path, classic with api_version, /openai/v1), an / an1
 (anthropic, base without and with /v1), ge (gemini), br (bedrock, Bearer key), brs / brt
-(bedrock, SigV4 without and with a session token), fb (openai: the fallback target).
+(bedrock, SigV4 without and with a session token), fb (openai: the fallback target), andead
+(anthropic on port 1: connection refused).
 Models `P-SCENARIO` carry prices (in=2 out=8 cache_read=0.5 cache_write=2.5 USD/Mtok); error
 models `P-err-NNN` fall back to `fb`. Each test finds its requests in the mock's log by a
 random marker in the prompt. Prints "PASS name" / "FAIL name: reason" per test and ends with
@@ -231,6 +241,53 @@ target = ge text#mt2 in=1 out=1 max_output=8000
 [model.img-br-an]
 target = br text#img1
 target = an text#img2
+
+[provider.andead]
+type = anthropic
+base_url = http://127.0.0.1:1
+api_key = andead-secret
+direct = yes
+
+[model.ct-an1]
+target = an1 text#ct
+
+[model.ct-mixed]
+target = oa text#ct1
+target = an text#ct2
+
+[model.ct-dead]
+target = andead text
+
+[model.ct-dead-an1]
+target = andead text
+target = an1 text#ct3
+
+[model.ct-errd-400]
+target = an errd-400
+target = an1 text#ct4
+
+[model.ct-500]
+target = an err-500#ct
+
+[model.ct-529]
+target = an err-529#ct
+
+[model.ct-429]
+target = an err-429#ct
+
+[model.ct-errd-404]
+target = an errd-404
+
+[model.ct-errd-413]
+target = an errd-413
+
+[model.an-ef-an]
+target = an earlyfail#1 in=2 out=8 cache_read=0.5 cache_write=2.5
+target = an1 text#fb2 in=2 out=8 cache_read=0.5 cache_write=2.5
+
+[model.an-te-an]
+target = an trunc-early#1 in=2 out=8 cache_read=0.5 cache_write=2.5
+target = an1 text#fb2 in=2 out=8 cache_read=0.5 cache_write=2.5
 
 [key.test]
 secret = sk-test
@@ -2184,12 +2241,14 @@ def make_early_error_test(prov):
                 what = "%s %s dialect=%s" % (prov, scen, dialect)
                 r = send(dialect, "%s-%s" % (prov, scen), stream=True, mk=mk)
                 res = result(dialect, r, what)
-                if (prov, dialect) in NATIVE and r.h("x-llmgw-provider") == prov:
-                    # native: the head went out with the upstream's first event; then it can only end
-                    # with an error event
+                if (prov, dialect) in NATIVE and dialect == "oa" and r.h("x-llmgw-provider") == prov:
+                    # native OpenAI: the head went out with the upstream's first chunk; then it can
+                    # only end with an error event (native Anthropic holds message_start: below)
                     expect_stream_errored(dialect, res, what)
                     continue
                 _expect_fallback(dialect, r, res, what, mk)
+                if dialect == "an":
+                    eq(res["types"].count("message_start"), 1, what + ": one message_start")
     return t
 
 
@@ -2447,6 +2506,335 @@ def test_anthropic_native_errors():
     mk = marker()
     r = an_req("an-err-529", mk=mk, stream=True)
     _expect_fallback("an", r, an_result(r, "native 529 stream"), "native 529 stream", mk)
+
+
+# =======================================================================================
+# tests: the Anthropic dialect's newer fields (thinking adaptive / enabled, output_config,
+# context_management), natively and translated
+
+AN_HEADERS = {"x-api-key": "sk-test", "anthropic-version": "2023-06-01"}
+
+
+def an_post(path, body, headers=None, timeout=15):
+    h = dict(AN_HEADERS)
+    h.update(headers or {})
+    return http(shared().port, "POST", path, body, key=None, headers=h, timeout=timeout)
+
+
+def _effort_of(prov, b):
+    """What a translated body says of reasoning: OpenAI's reasoning_effort, Gemini's budget."""
+    if prov in ("oa", "az"):
+        return b.get("reasoning_effort")
+    if prov == "ge":
+        return ((b.get("generationConfig") or {}).get("thinkingConfig") or {}).get("thinkingBudget")
+    return None
+
+
+def test_req_anthropic_thinking_enabled_to_effort():
+    """thinking enabled with budget_tokens N: OpenAI chat / Azure reasoning_effort low up to 2048,
+    medium up to 8192, high above; Gemini keeps N as its thinkingBudget; nothing named dropped."""
+    for budget, effort in ((1024, "low"), (2048, "low"), (2049, "medium"), (8192, "medium"), (8193, "high"),
+                           (30000, "high")):
+        for prov in ("oa", "az", "ge"):
+            what = "%s thinking enabled budget %d" % (prov, budget)
+            mk = marker()
+            r = an_req("%s/text" % prov, mk=mk, max_tokens=40000, thinking={"type": "enabled", "budget_tokens": budget})
+            expect_status(r, 200, what)
+            eq(r.h("llmgw-dropped-fields"), None, what + ": llmgw-dropped-fields")
+            _, b = upstream_body(mk, what)
+            eq(_effort_of(prov, b), budget if prov == "ge" else effort, what + ": upstream effort / budget")
+            check("thinking" not in b, what + ": Anthropic's thinking object went upstream")
+
+
+def test_req_anthropic_thinking_adaptive_to_effort():
+    """thinking adaptive takes output_config.effort: low and medium as they are, high and max
+    high, medium without one; Gemini gets the effort's budget (1024, 4096, 16384); output_config
+    is not named as dropped (the effort went on); streamed the same."""
+    cases = (("low", "low", 1024), ("medium", "medium", 4096), ("high", "high", 16384), ("max", "high", 16384),
+             (None, "medium", 4096))
+    for given, effort, budget in cases:
+        for prov in ("oa", "az", "ge"):
+            for stream in (False, True):
+                what = "%s thinking adaptive effort %s stream=%s" % (prov, given, stream)
+                mk = marker()
+                extra = {"output_config": {"effort": given}} if given else {}
+                r = an_req("%s/text" % prov, mk=mk, stream=stream, max_tokens=40000, thinking={"type": "adaptive"},
+                           **extra)
+                res = an_result(r, what)
+                check(res["clean"] and not res["errors"], what + ": not a clean answer")
+                eq(r.h("llmgw-dropped-fields"), None, what + ": llmgw-dropped-fields")
+                _, b = upstream_body(mk, what)
+                eq(_effort_of(prov, b), budget if prov == "ge" else effort, what + ": upstream effort / budget")
+                for k in ("thinking", "output_config"):
+                    check(k not in b, "%s: %s went upstream" % (what, k))
+
+
+def test_req_anthropic_dropped_fields_named():
+    """Translated, context_management and an output_config effort without adaptive thinking
+    are left out of the upstream body and named in llmgw-dropped-fields (stream or not, every
+    translated provider type); natively nothing is named."""
+    cases = [({"context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]}}, "context_management"),
+             ({"output_config": {"effort": "low"}}, "output_config"),
+             ({"thinking": {"type": "enabled", "budget_tokens": 4000}, "output_config": {"effort": "high"}},
+              "output_config"),
+             ({"output_config": {"effort": "medium"}, "context_management": {"edits": []}},
+              "context_management,output_config"),
+             ({"thinking": {"type": "adaptive"}, "output_config": {"effort": "low"}, "context_management": {"edits": []}},
+              "context_management"),
+             ({"thinking": {"type": "disabled"}}, None), ({}, None)]
+    for extra, want in cases:
+        for prov in ("oa", "ge", "br", "an"):
+            for stream in (False, True):
+                what = "%s %s stream=%s" % (prov, sorted(extra), stream)
+                mk = marker()
+                r = an_req("%s/text" % prov, mk=mk, stream=stream, max_tokens=20000, **extra)
+                res = an_result(r, what)
+                check(res["clean"] and not res["errors"], what + ": not a clean answer")
+                w = want
+                if prov == "br" and extra.get("thinking", {}).get("type") in ("enabled", "adaptive"):
+                    w = ",".join(x for x in (want, "thinking") if x)  # Converse carries no thinking
+                eq(r.h("llmgw-dropped-fields"), None if prov == "an" else w, what + ": llmgw-dropped-fields")
+                _, b = upstream_body(mk, what)
+                if prov == "an":
+                    for k, v in extra.items():
+                        eq(b.get(k), v, "%s: natively %s forwarded" % (what, k))
+                else:
+                    for k in ("context_management", "output_config"):
+                        check(k not in json.dumps(b), "%s: %s went upstream: %s" % (what, k, snip(b)))
+
+
+NATIVE_NEW = {
+    "max_tokens": 32000,
+    "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+    "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi {mk}",
+                                               "cache_control": {"type": "ephemeral"}}]}],
+    "thinking": {"type": "adaptive"}, "output_config": {"effort": "max", "x_future": [1]},
+    "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": {"type": "thinking_turns", "value": 1}},
+                                     {"type": "clear_tool_uses_20250919", "trigger": {"type": "input_tokens",
+                                                                                      "value": 100000}}]},
+    "metadata": {"user_id": "user_abc_account_def_session_0123"}, "x_unknown_top": {"a": [None, True, 1.5]},
+    "tools": AN_TOOLS, "tool_choice": {"type": "auto"},
+}
+LONG_BETA = ",".join(["claude-code-20250219", "interleaved-thinking-2025-05-14", "context-management-2025-06-27",
+                      "fine-grained-tool-streaming-2025-05-14"] + ["x-beta-%04d-2025-01-01" % i for i in range(150)])
+
+
+def test_anthropic_native_new_fields_query_beta():
+    """Natively (an, an1): the body as sent but for model (thinking adaptive, output_config,
+    context_management, unknown fields), ?beta=true kept on the upstream path, a 3.6 KB
+    anthropic-beta forwarded verbatim, no llmgw-dropped-fields; a translated target gets no
+    query."""
+    check(3000 < len(LONG_BETA) < 4096, "LONG_BETA is %d bytes" % len(LONG_BETA))
+    for prov, path in (("an", "/v1/messages?beta=true"), ("an1", "/proxy/v1/messages?beta=true")):
+        for stream in (False, True):
+            what = "%s native new fields stream=%s" % (prov, stream)
+            mk = marker()
+            body = json.loads(json.dumps(NATIVE_NEW).replace("{mk}", mk))
+            body["model"] = "%s/text" % prov
+            if stream:
+                body["stream"] = True
+            r = an_post("/v1/messages?beta=true", body, headers={"anthropic-beta": LONG_BETA})
+            res = an_result(r, what)
+            check(res["clean"] and not res["errors"], what + ": not a clean answer")
+            eq(r.h("llmgw-dropped-fields"), None, what + ": llmgw-dropped-fields")
+            rec, got = upstream_body(mk, what)
+            eq(rec["path"], path, what + ": upstream path")
+            eq(got, dict(body, model="text"), what + ": the body forwarded with only model rewritten")
+            eq(list(got), list(body), what + ": member order")
+            eq(rec["headers"].get("anthropic-beta"), LONG_BETA, what + ": anthropic-beta verbatim")
+    mk = marker()
+    r = an_post("/v1/messages?beta=true", {"model": "oa/text", "max_tokens": 10, "messages": user_msgs(mk)},
+                headers={"anthropic-beta": "context-management-2025-06-27"})
+    expect_status(r, 200, "translated with ?beta=true")
+    rec = one_request(mk, "translated with ?beta=true")
+    eq(rec["path"], "/v1/chat/completions", "translated: no query on the OpenAI path")
+    check("anthropic-beta" not in rec["headers"], "translated: anthropic-beta sent to OpenAI")
+
+
+def test_anthropic_native_4xx_body_unchanged():
+    """A native Anthropic refusal (4xx other than 401/403) reaches the client byte for byte
+    (error.details and unknown members kept), streamed or not, not retried, no fallback."""
+    for st in (400, 404, 413, 422):
+        want = mock().raw("/v1/messages", {"model": "errd-%d" % st, "messages": []})
+        for stream in (False, True):
+            what = "native errd-%d stream=%s" % (st, stream)
+            mk = marker()
+            r = an_req("an/errd-%d" % st, mk=mk, stream=stream)
+            expect_status(r, st, what)
+            eq(r.body, want.body, what + ": the upstream's body")
+            check(r.h("content-type", "").startswith("application/json"), what + ": content-type")
+            eq(r.h("x-llmgw-attempts"), "1", what + ": attempts")
+            eq(len(mock().find(mk)), 1, what + ": upstream requests")
+    mk = marker()
+    r = an_req("ct-errd-400", mk=mk)
+    expect_status(r, 400, "errd-400 with a fallback target")
+    eq(r.json()["error"]["details"]["field"], "messages.0", "errd-400 with a fallback: the upstream's body")
+    eq([x["path"] for x in mock().find(mk)], ["/v1/messages"], "errd-400 with a fallback: not tried elsewhere")
+
+
+def test_anthropic_native_early_error_falls_back():
+    """Natively an error event right after message_start (before any content block), or a
+    stream that ends there: message_start was held, the attempt failed, the next target's
+    stream is all the client sees (one message_start, no error event)."""
+    for model, fb, path in (("an-earlyfail", "fb", "/fallback/v1/chat/completions"),
+                            ("an-trunc-early", "fb", "/fallback/v1/chat/completions"),
+                            ("an-ef-an", "an1", "/proxy/v1/messages"), ("an-te-an", "an1", "/proxy/v1/messages")):
+        what = "native %s" % model
+        mk = marker()
+        r = an_req(model, mk=mk, stream=True)
+        res = an_result(r, what)
+        eq(r.h("x-llmgw-provider"), fb, what + ": served by")
+        eq(r.h("x-llmgw-attempts"), "2", what + ": attempts")
+        check(res["clean"] and not res["errors"] and not res["bad"], "%s: not a clean stream: errors %r bad %r"
+              % (what, res["errors"], res["bad"]))
+        eq(res["types"].count("message_start"), 1, what + ": message_start events")
+        eq(an_blocks_simple(res["blocks"]), [("text", TEXT)], what + ": the fallback's text")
+        eq(res.get("model"), model, what + ": message_start model (the public name)")
+        eq([x["path"] for x in mock().find(mk)], ["/v1/messages", path], what + ": upstream paths")
+        if fb == "an1":
+            up = [e.name for e in H.parse_sse(mock().raw("/v1/messages", {"model": "text", "stream": True,
+                                                                         "messages": []}).pieces) if e.name != "ping"]
+            eq([t for t in res["types"] if t != "ping"], up, what + ": the fallback's events as it sent them")
+        ln = shared().access_lines(r.h("x-request-id"))
+        eq((ln.get("status"), ln.get("provider")), (200, fb), what + ": access log")
+
+
+# =======================================================================================
+# tests: POST /v1/messages/count_tokens
+
+CT_BODY = {"system": [{"type": "text", "text": "You are terse. \u00e9"}], "tools": AN_TOOLS}
+
+
+def ct_body(model, mk, n=2):
+    msgs = [{"role": "user", "content": "Count me %s" % mk}]
+    for i in range(n - 1):
+        msgs.append({"role": "assistant" if i % 2 == 0 else "user", "content": "turn %d" % i})
+    return dict(CT_BODY, model=model, messages=msgs)
+
+
+def ct_estimate(body):
+    """llmgw's estimate: a token per 4 bytes (rounded up) of system, tools and messages as the
+    client's JSON, plus 4 a message."""
+    n = 0
+    for k in ("system", "tools", "messages"):
+        if k in body:
+            n += (len(json.dumps(body[k])) + 3) // 4
+    return n + 4 * len(body["messages"])
+
+
+def count(model, mk, n=2, path="/v1/messages/count_tokens", headers=None, body=None):
+    b = body or ct_body(model, mk, n)
+    return b, an_post(path, b, headers=headers)
+
+
+def _expect_counted(r, b, what, prov):
+    expect_status(r, 200, what)
+    check(r.body.startswith(b'{"provider":"%s",' % prov.encode()), "%s: the provider member first: %s"
+          % (what, snip(r.body, 80)))
+    eq(r.json(), {"provider": prov, "input_tokens": PM.COUNT_BASE + len(b["messages"])}, what + ": the upstream's count")
+    eq(r.h("llmgw-estimated"), None, what + ": llmgw-estimated")
+    eq(r.h("x-llmgw-provider"), prov, what + ": x-llmgw-provider")
+
+
+def _expect_estimated(r, b, what):
+    expect_status(r, 200, what)
+    eq(r.json(), {"input_tokens": ct_estimate(b)}, what + ": llmgw's estimate")
+    eq(r.h("llmgw-estimated"), "true", what + ": llmgw-estimated")
+
+
+def test_count_tokens_forwarded():
+    """A model with an Anthropic target: count_tokens goes to its .../v1/messages/count_tokens
+    (query and anthropic-beta kept, the body with the upstream model); the answer as the
+    upstream wrote it with provider first; Anthropic targets after a non-Anthropic one too."""
+    for model, prov, path, n in (("an-text", "an", "/v1/messages/count_tokens", 1),
+                                 ("ct-an1", "an1", "/proxy/v1/messages/count_tokens", 3),
+                                 ("ct-mixed", "an", "/v1/messages/count_tokens", 2)):
+        for query in ("", "?beta=true"):
+            what = "count_tokens %s%s" % (model, query)
+            mk = marker()
+            b, r = count(model, mk, n, path="/v1/messages/count_tokens" + query,
+                         headers={"anthropic-beta": LONG_BETA})
+            _expect_counted(r, b, what, prov)
+            rec, got = upstream_body(mk, what)
+            eq(rec["path"], path + query, what + ": upstream path")
+            eq(rec["kind"], "count_tokens", what + ": the mock's route")
+            eq(got, dict(b, model=rec["model"]), what + ": the body forwarded")
+            check(rec["model"].split("#")[0] == "text", what + ": upstream model %r" % rec["model"])
+            eq(rec["headers"].get("anthropic-beta"), LONG_BETA, what + ": anthropic-beta")
+            eq(rec["headers"].get("x-api-key"), "%s-secret" % prov, what + ": the provider's key")
+            ln = shared().access_lines(r.h("x-request-id"))
+            eq((ln.get("status"), ln.get("provider")), (200, prov), what + ": access log")
+            check(not ln.get("cost"), "%s: a count costs nothing: %r" % (what, ln.get("cost")))
+
+
+def test_count_tokens_upstream_4xx_passed_on():
+    """An Anthropic refusal of a count (4xx) reaches the client byte for byte, not retried."""
+    for model, st in (("ct-errd-400", 400), ("ct-errd-404", 404), ("ct-errd-413", 413)):
+        what = "count_tokens %s" % model
+        want = http(mock().port, "POST", "/v1/messages/count_tokens", {"model": "errd-%d" % st, "messages": []},
+                    key=None)
+        mk = marker()
+        b, r = count(model, mk)
+        expect_status(r, st, what)
+        eq(r.body, want.body, what + ": the upstream's body")
+        eq(r.h("llmgw-estimated"), None, what + ": llmgw-estimated")
+        eq([x["path"] for x in mock().find(mk)], ["/v1/messages/count_tokens"], what + ": not retried")
+    what = "count_tokens an-err-401"
+    mk = marker()
+    b, r = count("an-err-401", mk)
+    expect_status(r, 502, what)
+    eq(r.json()["error"]["type"], "api_error", what + ": llmgw's error")
+
+
+def test_count_tokens_estimated():
+    """No Anthropic target, or every Anthropic target failing (5xx, 529, 429, connection
+    refused): llmgw's estimate with llmgw-estimated: true; a dead target's next Anthropic
+    target counts."""
+    for model, upstream in (("oa-text", False), ("ge-text", False), ("ct-500", True), ("ct-529", True),
+                            ("ct-429", True), ("ct-dead", False)):
+        for n in (1, 4) if not upstream else (3,):   # (one request each: 3 failures, the breaker stays shut)
+            what = "count_tokens %s n=%d" % (model, n)
+            mk = marker()
+            b, r = count(model, mk, n)
+            _expect_estimated(r, b, what)
+            seen = mock().find(mk)
+            if upstream:
+                check(seen and all(x["path"] == "/v1/messages/count_tokens" for x in seen),
+                      "%s: the Anthropic target should have been asked: %r" % (what, [x["path"] for x in seen]))
+            else:
+                eq(seen, [], what + ": nothing upstream")
+    what = "count_tokens ct-dead-an1"
+    mk = marker()
+    b, r = count("ct-dead-an1", mk)
+    _expect_counted(r, b, what, "an1")
+    mk = marker()
+    b = {"model": "oa-text", "messages": [{"role": "user", "content": "only %s" % mk}]}
+    _, r = count("oa-text", mk, body=b)
+    _expect_estimated(r, b, "count_tokens without system and tools")
+
+
+def test_count_tokens_errors():
+    port = shared().port
+    cases = [("unknown model", an_post("/v1/messages/count_tokens", {"model": "no-such", "messages": []}), 404,
+              "not_found_error"),
+             ("no messages", an_post("/v1/messages/count_tokens", {"model": "an-text"}), 400, "invalid_request_error"),
+             ("no model", an_post("/v1/messages/count_tokens", {"messages": []}), 400, "invalid_request_error"),
+             ("bad key", http(port, "POST", "/v1/messages/count_tokens", {"model": "an-text", "messages": []},
+                              key=None, headers={"x-api-key": "sk-wrong"}), 401, "authentication_error")]
+    for what, r, st, ty in cases:
+        j = expect_error_body("an", r, st, "count_tokens " + what)
+        eq(j["error"]["type"], ty, "count_tokens %s: error type" % what)
+
+
+def test_count_tokens_direct_name():
+    """count_tokens with a direct PROVIDER/MODEL name (direct = yes), the name Claude Code sends
+    to /v1/messages as well: counted by that Anthropic provider, or estimated for another."""
+    mk = marker()
+    b, r = count("an/text", mk)
+    _expect_counted(r, b, "count_tokens an/text", "an")
+    mk = marker()
+    b, r = count("oa/text", mk)
+    _expect_estimated(r, b, "count_tokens oa/text")
 
 
 # =======================================================================================

@@ -51,6 +51,19 @@ special_scenario()):
                        valid text; stream (not bedrock) or not
     flaky              first request for (model, marker) fails with 429 (gemini: RetryInfo
                        retryDelay, option rdN = N seconds, default 1), later ones are `text`
+    patch              a call of the request's first declared tool (as the provider sees it:
+                       a Responses namespace group's tools flattened) with arguments
+                       {"input": PATCH_INPUT}; responses wire: a custom tool is answered with a
+                       custom_tool_call item (input PATCH_INPUT, custom_tool_call_input.delta
+                       events), a namespaced function with "namespace"; 400 without tools
+    patch2             text "Patching.", then that call of the first tool and one of the second
+                       (the first again when only one is declared) with PATCH2_INPUT (quotes,
+                       a backslash, non-ASCII)
+    patchx             as patch, the arguments holding more members than "input" (a note and a
+                       list of 20 numbers: more than a few JSON tokens)
+    errd-NNN           anthropic (messages, count_tokens): status NNN with an error body that
+                       carries more than type and message (error.details, a top-level member);
+                       other wires as err-NNN
 Delivery options (after ~, combinable):
     1b                 every byte of the response in its own send()
     splitN             the stream body split in two HTTP chunks at byte offset N, 5 ms apart
@@ -76,6 +89,12 @@ reasoning.encrypted_content. The stream: `event: <type>` + data {"type", "sequen
 0, 1, ...}: response.created, response.in_progress, per item output_item.added, its part /
 summary part, deltas, done events, output_item.done, then response.completed (or
 response.incomplete); no [DONE]. Errors (err-NNN, flaky) are OpenAI's {"error": {...}}.
+
+Anthropic's POST .../v1/messages/count_tokens (kind count_tokens): {"input_tokens": 4200 + the
+number of messages} (COUNT_BASE); err-NNN / errd-NNN as for messages.
+The Responses API's POST .../responses/compact (kind compact; OpenAI and Azure paths alike):
+never streamed; a response.compaction object (id resp_pm_N, output one compaction item whose
+encrypted_content is RS_CMP, usage as `text`'s); err-NNN as for responses.
 
 Control paths: GET /_requests (JSON list: serial, seq, method, path, headers (lowercase),
 header_list, body, body_sha256, kind, model, t), POST /_reset.
@@ -193,6 +212,12 @@ def with_bad_utf8(data):
 # one very large delta (about 400 KB of JSON-escaped text) in a single event
 BIG_TEXT = "0123456789 abcdef \u00e9\u2713 \"q\"\n" * 12000
 SCRIPTS["big"] = {"blocks": [T(BIG_TEXT[:100], BIG_TEXT[100:])], "finish": "stop", "usage": U(11, 90000)}
+
+# patch / patch2: the input a call of the request's own (custom) tool carries
+PATCH_INPUT = "*** Begin Patch\n*** End Patch\n"
+PATCH2_INPUT = "*** Begin Patch\n*** Add File: a \"q\".txt\n+caf\u00e9 \\ \u2713\n*** End Patch\n"
+COUNT_BASE = 4200                          # count_tokens: COUNT_BASE + the number of messages
+RS_CMP = "gAAAAABpm-compacted+/summary=="  # /responses/compact: the compaction item's encrypted_content
 
 FINISH = {  # canonical -> native
     "openai": {"stop": "stop", "length": "length", "tool": "tool_calls", "filter": "content_filter"},
@@ -526,9 +551,14 @@ def rs_items(rp, sc):
         elif b["kind"] == "text":
             it = {"id": "msg_pm%d_%d" % (rp.n, i), "type": "message", "status": "completed", "role": "assistant",
                   "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": joined}]}
+        elif b.get("custom"):   # patch: the Responses API's answer to a custom tool (free-text input)
+            it = {"id": "ctc_pm%d_%d" % (rp.n, i), "type": "custom_tool_call", "status": "completed",
+                  "call_id": tool_id("responses", b), "name": b["name"], "input": joined}
         else:
             it = {"id": "fc_pm%d_%d" % (rp.n, i), "type": "function_call", "status": "completed",
                   "arguments": joined or "{}", "call_id": tool_id("responses", b), "name": b["name"]}
+            if b.get("ns"):
+                it["namespace"] = b["ns"]
         items.append(it)
     return items
 
@@ -577,6 +607,11 @@ def rs_stream(rp, sc, finish):
             ev.append(("open", e("response.output_text.done", dict(ref, content_index=0, text=part["text"],
                                                                    logprobs=[]))))
             ev.append(("open", e("response.content_part.done", dict(ref, content_index=0, part=part))))
+        elif b.get("custom"):
+            ev.append(("open", e("response.output_item.added", {"output_index": i, "item": dict(
+                it, status="in_progress", input="")})))
+            ev += [("delta", e("response.custom_tool_call_input.delta", dict(ref, delta=p))) for p in b["pieces"]]
+            ev.append(("open", e("response.custom_tool_call_input.done", dict(ref, input=it["input"]))))
         else:
             ev.append(("open", e("response.output_item.added", {"output_index": i, "item": dict(
                 it, status="in_progress", arguments="")})))
@@ -1011,6 +1046,10 @@ def classify(req, body):
     m = re.search(r"/openai/deployments/([^/]+)/chat/completions$", raw)
     if m:
         return "azure", urllib.parse.unquote(m.group(1)), stream_flag, inc
+    if path.endswith("/messages/count_tokens"):
+        return "count_tokens", str(body.get("model", "")), False, False
+    if path.endswith("/responses/compact"):    # OpenAI .../v1/responses/compact, Azure .../openai/responses/compact
+        return "compact", str(body.get("model", "")), stream_flag, False
     if path.endswith("/messages"):
         return "anthropic", str(body.get("model", "")), stream_flag, False
     if path.endswith("/chat/completions"):
@@ -1065,10 +1104,14 @@ def stream_error_event(kind, le, early):
     return br_exception("modelStreamErrorException", "provmock bedrock: model stream error")
 
 
-def render(kind, rp, scen, stream):
-    """(body object) or (list of (kind, bytes)) for a scripted scenario; None if unknown."""
+def render(kind, rp, scen, stream, script=None):
+    """(body object) or (list of (kind, bytes)) for a scripted scenario (or the script given);
+    None if unknown."""
     w = wire(kind)
-    if scen.startswith("fin-"):
+    if script is not None:
+        sc = script
+        finish = FINISH[w][sc["finish"]]
+    elif scen.startswith("fin-"):
         sc = {"blocks": [T("ok")], "finish": None, "usage": BASIC}
         finish = scen[4:]
     elif scen in SCRIPTS or scen == "badutf8":
@@ -1111,6 +1154,102 @@ def stream_ctype(kind):
     return "application/vnd.amazon.eventstream" if kind == "bedrock" else "text/event-stream"
 
 
+def request_tools(kind, body):
+    """The tools a request declares, in order, as (name, custom, namespace): the names the
+    provider sees (a Responses namespace group's functions one by one)."""
+    w = wire(kind)
+    out = []
+
+    def add(name, custom=False, ns=None):
+        if isinstance(name, str) and name:
+            out.append((name, custom, ns))
+    if w == "bedrock":
+        for t in ((body.get("toolConfig") or {}).get("tools") or []):
+            add(((t or {}).get("toolSpec") or {}).get("name"))
+    elif w == "gemini":
+        for t in body.get("tools") or []:
+            for f in (t or {}).get("functionDeclarations") or []:
+                add((f or {}).get("name"))
+    else:
+        for t in body.get("tools") or []:
+            if not isinstance(t, dict):
+                continue
+            if w == "openai":
+                add((t.get("function") or {}).get("name"))
+            elif w == "anthropic":
+                add(t.get("name"))
+            elif t.get("type") == "namespace":
+                for f in t.get("tools") or []:
+                    add((f or {}).get("name"), (f or {}).get("type") == "custom", t.get("name"))
+            elif t.get("type") in ("function", "custom"):
+                add(t.get("name"), t.get("type") == "custom")
+    return out
+
+
+def patch_call(kind, cid, tool, text, more=None):
+    """A block calling tool (name, custom, namespace) with `text` as its input: the arguments
+    {"input": text} (and the members of `more`) in three pieces (one cut inside an escape), or on
+    the Responses wire for a custom tool the text itself in three pieces."""
+    name, custom, ns = tool
+    if wire(kind) == "responses" and custom:
+        s = text
+    else:
+        s = json.dumps(dict({"input": text}, **(more or {})))
+    k = s.find("\\") + 1 if "\\" in s else len(s) // 2
+    b = C(cid, name, [s[:5], s[5:k], s[k:]])
+    if wire(kind) == "responses":
+        b["custom"] = custom
+        b["ns"] = ns
+    return b
+
+
+def patch_script(kind, scen, body):
+    tools = request_tools(kind, body)
+    if not tools:
+        return None
+    more = {"note": "more than the input", "n": list(range(20))} if scen == "patchx" else None
+    blocks = [patch_call(kind, "p1", tools[0], PATCH_INPUT, more)]
+    if scen == "patch2":
+        blocks = [T("Patching", ".")] + blocks + [patch_call(kind, "p2", tools[min(1, len(tools) - 1)],
+                                                             PATCH2_INPUT)]
+    return {"blocks": blocks, "finish": "tool", "usage": U(20, 9)}
+
+
+def errd_obj(status):
+    """errd-NNN: an Anthropic error body with more in it than type and message."""
+    return {"type": "error", "error": {"type": AN_ERR_TYPES.get(status, "api_error"),
+                                       "message": "provmock anthropic %d with details" % status,
+                                       "details": {"error_visibility": "user_facing", "field": "messages.0",
+                                                   "codes": [status, "x\u00e9"]}},
+            "request_id": "req_provmock_d", "x_extra": None}
+
+
+def answer_count_tokens(conn, body, model):
+    """Anthropic's count_tokens."""
+    scen, opts = parse_model(model)
+    m = re.match(r"err(d?)-(\d{3})$", scen)
+    if m and m.group(1):
+        return send_json(conn, int(m.group(2)), errd_obj(int(m.group(2))), [("request-id", "req_provmock_d")], opts)
+    if m:
+        return error_reply(conn, "anthropic", int(m.group(2)), opts)
+    msgs = body.get("messages")
+    return send_json(conn, 200, {"input_tokens": COUNT_BASE + (len(msgs) if isinstance(msgs, list) else 0)},
+                     [("request-id", "req_provmock_c")], opts)
+
+
+def answer_compact(conn, body, model):
+    """The Responses API's compaction endpoint: one compaction item, never a stream."""
+    scen, opts = parse_model(model)
+    m = re.match(r"err-(\d{3})$", scen)
+    if m:
+        return error_reply(conn, "responses", int(m.group(1)), opts)
+    rp = Reply("responses", model, opts)
+    return send_json(conn, 200, {"id": "resp_pm_%d" % rp.n, "object": "response.compaction", "created_at": 1735689600,
+                                 "output": [{"id": "cmp_pm%d" % rp.n, "type": "compaction",
+                                             "encrypted_content": RS_CMP}],
+                                 "usage": rs_usage(BASIC)}, (), opts)
+
+
 def answer(conn, req, body, kind, model, stream, include_usage):
     scen, opts = parse_model(model)
     rp = Reply(kind, model, opts, include_usage)
@@ -1126,6 +1265,22 @@ def answer(conn, req, body, kind, model, stream, include_usage):
     if scen == "err-424s":
         return error_reply(conn, kind, 424, opts, "provmock bedrock: model stream error",
                            etype="ModelStreamErrorException")
+    m = re.match(r"errd-(\d{3})$", scen)
+    if m and w == "anthropic":
+        return send_json(conn, int(m.group(1)), errd_obj(int(m.group(1))), [("request-id", "req_provmock_d")], opts)
+    if m:
+        return error_reply(conn, kind, int(m.group(1)), opts)
+    if scen in ("patch", "patch2", "patchx"):
+        sc = patch_script(kind, scen, body)
+        if sc is None:
+            return error_reply(conn, kind, 400, opts, "provmock: %s needs a declared tool" % scen)
+        out = render(kind, rp, scen, stream, sc)
+        if not stream:
+            return send_json(conn, 200, out, (), opts)
+        parts = [b for _, b in out]
+        if w != "bedrock":
+            parts = sse_transform(parts, opts, rp.le)
+        return send_stream(conn, stream_ctype(kind), parts, opts)
     if scen == "flaky":
         mk = MARK_RE.search(req.body.decode("utf-8", "replace"))
         key = (kind, model, mk.group(0) if mk else "")
@@ -1234,7 +1389,12 @@ def handle(conn, req):
     if req.method != "POST" or kind is None:
         return send_json(conn, 404, {"error": {"message": "provmock: no route for %s %s" % (req.method, req.path)}})
     if not isinstance(body, dict):
-        return error_reply(conn, kind, 400, (), "provmock: the request body is not a JSON object")
+        return error_reply(conn, {"count_tokens": "anthropic", "compact": "responses"}.get(kind, kind), 400, (),
+                           "provmock: the request body is not a JSON object")
+    if kind == "count_tokens":
+        return answer_count_tokens(conn, body, model)
+    if kind == "compact":
+        return answer_compact(conn, body, model)
     return answer(conn, req, body, kind, model, stream, inc)
 
 
@@ -1450,6 +1610,65 @@ def selftest_responses(req, post, expect):
            r.getheader("Retry-After") == "0")
     r, data = post("/openai/responses?api-version=2025-04-01-preview", {"model": "text#az", "input": "hi"})
     expect("azure responses path", r.status == 200 and json.loads(data)["status"] == "completed")
+    selftest_new_routes(post, expect)
+
+
+def selftest_new_routes(post, expect):
+    """patch / patch2 per wire, errd-NNN, count_tokens and /responses/compact."""
+    want = {"input": PATCH_INPUT}
+    tools = {"openai": ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "apply_patch"}}],
+                                                  "messages": []}),
+             "anthropic": ("/v1/messages", {"tools": [{"name": "apply_patch"}], "messages": [], "max_tokens": 5}),
+             "gemini": ("/v1beta/models/patch:generateContent",
+                        {"tools": [{"functionDeclarations": [{"name": "apply_patch"}]}], "contents": []}),
+             "bedrock": ("/model/patch/converse", {"toolConfig": {"tools": [{"toolSpec": {"name": "apply_patch"}}]},
+                                                   "messages": []})}
+    for kind, (path, body) in tools.items():
+        r, data = post(path, dict(body, model="patch"))
+        j = json.loads(data)
+        if kind == "openai":
+            f = j["choices"][0]["message"]["tool_calls"][0]["function"]
+            got = (f["name"], json.loads(f["arguments"]))
+        elif kind == "anthropic":
+            got = (j["content"][0]["name"], j["content"][0]["input"])
+        elif kind == "gemini":
+            f = j["candidates"][0]["content"]["parts"][0]["functionCall"]
+            got = (f["name"], f["args"])
+        else:
+            f = j["output"]["message"]["content"][0]["toolUse"]
+            got = (f["name"], f["input"])
+        expect("%s patch" % kind, r.status == 200 and got == ("apply_patch", want))
+    r, data = post("/v1/chat/completions", {"model": "patch", "messages": []})
+    expect("patch without tools: 400", r.status == 400)
+    rtools = [{"type": "custom", "name": "apply_patch"},
+              {"type": "namespace", "name": "ns", "tools": [{"type": "function", "name": "fn"}]}]
+    r, data = post("/v1/responses", {"model": "patch2", "input": "hi", "tools": rtools})
+    out = json.loads(data)["output"]
+    expect("responses patch2", [o["type"] for o in out] == ["message", "custom_tool_call", "function_call"] and
+           out[1]["input"] == PATCH_INPUT and out[1]["name"] == "apply_patch" and
+           (out[2]["name"], out[2].get("namespace"), json.loads(out[2]["arguments"])) ==
+           ("fn", "ns", {"input": PATCH2_INPUT}))
+    r, data = post("/v1/responses", {"model": "patch", "input": "hi", "tools": rtools, "stream": True})
+    evs = rs_sse(data)
+    expect("responses patch stream", [n for n, _ in evs if "custom" in n] ==
+           ["response.custom_tool_call_input.delta"] * 3 + ["response.custom_tool_call_input.done"] and
+           "".join(d["delta"] for n, d in evs if n == "response.custom_tool_call_input.delta") == PATCH_INPUT and
+           all(d.get("sequence_number") == i for i, (n, d) in enumerate(evs)))
+    r, data = post("/v1/messages", {"model": "errd-400", "messages": []})
+    expect("anthropic errd-400", r.status == 400 and json.loads(data)["error"]["details"]["field"] == "messages.0")
+    r, data = post("/v1/messages/count_tokens", {"model": "text", "messages": [{"role": "user", "content": "a"}] * 3})
+    expect("count_tokens", r.status == 200 and json.loads(data) == {"input_tokens": COUNT_BASE + 3})
+    r, data = post("/v1/messages/count_tokens", {"model": "errd-404", "messages": []})
+    expect("count_tokens errd-404", r.status == 404 and "details" in json.loads(data)["error"])
+    r, data = post("/v1/messages/count_tokens", {"model": "err-503", "messages": []})
+    expect("count_tokens err-503", r.status == 503 and json.loads(data)["type"] == "error")
+    for path in ("/v1/responses/compact", "/openai/responses/compact?api-version=2025-04-01-preview"):
+        r, data = post(path, {"model": "text", "input": "hi", "stream": True})
+        j = json.loads(data)
+        expect("compact %s" % path, r.status == 200 and j["object"] == "response.compaction" and
+               j["output"] == [{"id": j["output"][0]["id"], "type": "compaction", "encrypted_content": RS_CMP}])
+    r, data = post("/v1/responses/compact", {"model": "err-500", "input": "hi"})
+    expect("compact err-500", r.status == 500 and "error" in json.loads(data))
 
 
 def main():

@@ -24,6 +24,18 @@ What is covered (the reference is /work/shared/PROVIDERS.md section 9):
   max_output_tokens cut (status incomplete), a failure in the middle of the stream (error then
   response.failed, never response.completed), errors in the OpenAI shape, the access log and
   /v1/generation like chat's;
+- custom tools (Codex's apply_patch with its lark grammar: a function of one string "input",
+  the grammar in the description; answered as custom_tool_call items, streamed with
+  custom_tool_call_input.done and no argument deltas), namespace groups (NS__NAME upstream,
+  name and namespace restored), custom_tool_call / _output and namespaced function_call items
+  back upstream, hosted tools named in llmgw-dropped-tools, on every translated wire (provmock's
+  patch / patch2 / patchx scenarios call the request's own tools);
+- compaction translated: a compaction_trigger item or POST /v1/responses/compact (a summary
+  asked for as the last user turn, tool_choice none; one compaction item, encrypted_content
+  llmgw-summary:...; streamed as added + done), the compaction item back as a user turn,
+  another service's dropped and named in llmgw-dropped-fields; natively the trigger forwarded
+  and /v1/responses/compact sent to the provider's .../responses/compact (Azure too), a
+  native compaction failing over to a translated one;
 - native forwarding (test_native_*) to providers with `responses = yes` (rs, rs2: openai; az,
   azd, az1: azure): the body forwarded as the client sent it but for model (the upstream name)
   and models/provider/usage; the upstream's events passed through (sequence numbers, ids, item
@@ -62,13 +74,14 @@ MOCK_SCRIPT = os.path.join(HERE, "provmock.py")
 MOCK = None
 TEXT = PM.TEXT
 PRICES = "in=2 out=8"
-SCENARIOS = ["text", "tool", "tools2", "think", "length", "json", "midfail", "mixed", "filter", "tools6"]
+SCENARIOS = ["text", "tool", "tools2", "think", "length", "json", "midfail", "mixed", "filter", "tools6", "patch",
+             "patch2", "patchx"]
 PROVS = ["oa", "an"]
 MORE_PROVS = ["ge", "br"]   # gemini and bedrock targets: the same dialect, other wires
 CALL_ID = {"oa": "call_", "an": "toolu_", "br": "tooluse_"}
 # native Responses targets (provider rs, responses = yes)
 RS_SCENARIOS = ["text", "tool", "tools2", "think", "length", "json", "mixed", "filter", "tools6", "midfail",
-                "trunc", "trunc-early"]
+                "trunc", "trunc-early", "patch", "patch2"]
 RS_PRICES = {"usage": "in=2 out=8 cache_read=0.5"}
 # rsfb-NAME: first target rs SCENARIO, then the fallback (a translated chat target or rs2, the
 # other Responses provider)
@@ -314,7 +327,8 @@ def check_object(r, j, what, model=None, provider=None, status="completed"):
     eq(j.get("error"), None, what + ": error")
     for n, it in enumerate(j["output"]):
         t = it.get("type")
-        pre = {"message": "msg_", "reasoning": "rs_", "function_call": "fc_"}.get(t)
+        pre = {"message": "msg_", "reasoning": "rs_", "function_call": "fc_", "custom_tool_call": ("ctc_", "fc_"),
+               "compaction": "cmp_"}.get(t)
         check(pre, "%s: output[%d] has an unknown type: %s" % (what, n, snip(it)))
         check(isinstance(it.get("id"), str) and it["id"].startswith(pre), "%s: output[%d].id %r" % (what, n, it.get("id")))
         if t == "message":
@@ -325,6 +339,12 @@ def check_object(r, j, what, model=None, provider=None, status="completed"):
         if t == "function_call":
             eq(it.get("status"), "completed", "%s: output[%d] status" % (what, n))
             check(isinstance(it.get("arguments"), str), "%s: arguments not a string" % what)
+        if t == "custom_tool_call":
+            check(it.get("status") in (None, "completed"), "%s: output[%d] status %r" % (what, n, it.get("status")))
+            check(isinstance(it.get("input"), str) and "arguments" not in it,
+                  "%s: output[%d]: a custom_tool_call carries its input as a string: %s" % (what, n, snip(it)))
+        if t == "compaction":
+            check(isinstance(it.get("encrypted_content"), str), "%s: output[%d] encrypted_content" % (what, n))
     return j
 
 
@@ -343,7 +363,13 @@ def simple(output):
                 a = json.loads(it.get("arguments") or "")
             except ValueError:
                 a = ("not JSON", it.get("arguments"))
-            out.append(("function_call", it.get("call_id"), it.get("name"), a))
+            out.append(("function_call", it.get("call_id"), it.get("name"), a) +
+                       ((it["namespace"],) if "namespace" in it else ()))
+        elif t == "custom_tool_call":
+            out.append(("custom_tool_call", it.get("call_id"), it.get("name"), it.get("input")) +
+                       ((it["namespace"],) if "namespace" in it else ()))
+        elif t == "compaction":
+            out.append(("compaction", it.get("encrypted_content")))
         else:
             out.append((t,))
     return out
@@ -405,10 +431,13 @@ def stream_result(r, what, end="response.completed"):
             if it["type"] == "function_call":
                 eq(it.get("arguments"), "", what + ": a function_call opens with empty arguments")
                 eq(it.get("status"), "in_progress", what + ": function_call added status")
+            if it["type"] == "custom_tool_call":
+                eq(it.get("input"), "", what + ": a custom_tool_call opens with an empty input")
+                eq(it.get("status"), "in_progress", what + ": custom_tool_call added status")
             if it["type"] == "message":
                 eq((it.get("status"), it.get("content")), ("in_progress", []), what + ": message added")
         elif t in ("response.output_text.delta", "response.function_call_arguments.delta",
-                   "response.reasoning_summary_text.delta"):
+                   "response.reasoning_summary_text.delta", "response.custom_tool_call_input.delta"):
             n = j["output_index"]
             check(n in items, "%s: %s for an item never added: %r" % (what, t, j))
             eq(j.get("item_id"), items[n]["id"], "%s: %s item_id" % (what, t))
@@ -417,6 +446,13 @@ def stream_result(r, what, end="response.completed"):
             eq(j.get("text"), texts[j["output_index"]], what + ": output_text.done text = the joined deltas")
         elif t == "response.content_part.done":
             eq(j["part"].get("text"), texts[j["output_index"]], what + ": content_part.done text")
+        elif t == "response.custom_tool_call_input.done":
+            n = j["output_index"]
+            eq(j.get("item_id"), items[n]["id"], "%s: %s item_id" % (what, t))
+            eq(items[n]["type"], "custom_tool_call", "%s: %s for a %s item" % (what, t, items[n]["type"]))
+            check(isinstance(j.get("input"), str) and (j["input"] == texts[n] or texts[n] == ""),
+                  "%s: custom_tool_call_input.done %r vs joined deltas %r" % (what, j.get("input"), texts[n]))
+            texts[n] = j["input"]
         elif t == "response.function_call_arguments.done":
             n = j["output_index"]
             check(j.get("arguments") == texts[n] or (texts[n] == "" and j.get("arguments") == "{}"),
@@ -426,6 +462,8 @@ def stream_result(r, what, end="response.completed"):
         elif t == "response.output_item.done":
             n = j["output_index"]
             eq(j["item"].get("id"), items[n]["id"], what + ": output_item.done id")
+            if j["item"].get("type") == "custom_tool_call":
+                eq(j["item"].get("input"), texts[n], what + ": custom_tool_call item input = its input.done")
             items[n] = j["item"]
     final = ev[-1].json.get("response") if end != "response.failed" else ev[-1].json.get("response")
     check(isinstance(final, dict), "%s: %s carries no response" % (what, end))
@@ -1063,7 +1101,7 @@ def test_gateway_errors_openai_shape():
 # =======================================================================================
 # native Responses targets: providers with responses = yes (PROVIDERS.md section 9)
 
-RS_ID = re.compile(r"\b(resp_pm_|msg_pm|fc_pm|rs_pm)\d+")
+RS_ID = re.compile(r"\b(resp_pm_|msg_pm|fc_pm|rs_pm|ctc_pm|cmp_pm)\d+")
 
 
 def rs_norm(x):
@@ -1609,6 +1647,625 @@ def test_native_equals_translated():
                (ub["input_tokens_details"]["cached_tokens"], ub["output_tokens_details"]["reasoning_tokens"]),
                what + ": cached and reasoning tokens")
             near(ua["cost"], ub["cost"], what + ": usage.cost")
+
+
+# =======================================================================================
+# custom tools, namespace groups, hosted tools (translated)
+
+PATCH = PM.PATCH_INPUT
+PATCH2 = PM.PATCH2_INPUT
+GRAMMAR = 'start: begin_patch hunk+ end_patch\nbegin_patch: "*** Begin Patch" LF\nend_patch: "*** End Patch" LF?'
+CUSTOM_TOOL = {"type": "custom", "name": "apply_patch", "description": "Use the `apply_patch` tool to edit files.",
+               "format": {"type": "grammar", "syntax": "lark", "definition": GRAMMAR}}
+NS_TOOL = {"type": "namespace", "name": "ns", "description": "Tools of a namespace",
+           "tools": [{"type": "function", "name": "fn", "description": "The fn of ns",
+                      "parameters": {"type": "object", "properties": {"input": {"type": "string"}}}},
+                     {"type": "function", "name": "other", "parameters": {"type": "object"}}]}
+WEATHER_TOOL = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+ALL_PROVS = PROVS + MORE_PROVS
+CALL_PREFIX = {"oa": "call_", "an": "toolu_", "br": "tooluse_", "ge": "call_"}   # gemini: llmgw makes the ids up
+CTC_EVENTS = ["response.output_item.added", "response.custom_tool_call_input.done", "response.output_item.done"]
+
+
+def up_tools(prov, b):
+    """(name, description, schema) of each tool the provider received."""
+    if prov in ("oa", "rs"):
+        return [(t["function"]["name"], t["function"].get("description"), t["function"].get("parameters"))
+                for t in b.get("tools") or []]
+    if prov == "an":
+        return [(t["name"], t.get("description"), t.get("input_schema")) for t in b.get("tools") or []]
+    if prov == "ge":
+        return [(f["name"], f.get("description"), f.get("parameters"))
+                for t in b.get("tools") or [] for f in t.get("functionDeclarations") or []]
+    return [(t["toolSpec"]["name"], t["toolSpec"].get("description"), t["toolSpec"]["inputSchema"]["json"])
+            for t in (b.get("toolConfig") or {}).get("tools") or []]
+
+
+def _text_of(c):
+    if isinstance(c, str):
+        return c
+    return "".join(x.get("text", "") for x in c or [] if isinstance(x, dict))
+
+
+def up_turns(prov, b):
+    """The conversation the provider received as (role, kind, value) in order: kind text
+    (value the text), call (value (id, name, arguments as an object)), result (value (id or,
+    for Gemini, the name, the result's text))."""
+    out = []
+    if prov == "oa":
+        for m in b.get("messages") or []:
+            if m["role"] == "tool":
+                out.append(("tool", "result", (m.get("tool_call_id"), _text_of(m.get("content")))))
+                continue
+            c = m.get("content")
+            if isinstance(c, str):
+                out.append((m["role"], "text", c))
+            for x in c if isinstance(c, list) else []:
+                if x.get("type") == "text":
+                    out.append((m["role"], "text", x["text"]))
+            for tc in m.get("tool_calls") or []:
+                out.append((m["role"], "call", (tc["id"], tc["function"]["name"], json.loads(tc["function"]["arguments"]))))
+    elif prov == "an":
+        for m in b.get("messages") or []:
+            c = m["content"]
+            for x in [{"type": "text", "text": c}] if isinstance(c, str) else c:
+                if x["type"] == "text":
+                    out.append((m["role"], "text", x["text"]))
+                elif x["type"] == "tool_use":
+                    out.append((m["role"], "call", (x["id"], x["name"], x["input"])))
+                elif x["type"] == "tool_result":
+                    out.append((m["role"], "result", (x["tool_use_id"], _text_of(x.get("content")))))
+    elif prov == "ge":
+        for m in b.get("contents") or []:
+            for x in m.get("parts") or []:
+                if "text" in x:
+                    out.append((m["role"], "text", x["text"]))
+                elif "functionCall" in x:
+                    out.append((m["role"], "call", (None, x["functionCall"]["name"], x["functionCall"].get("args"))))
+                elif "functionResponse" in x:
+                    r = x["functionResponse"].get("response") or {}
+                    out.append((m["role"], "result", (x["functionResponse"]["name"],
+                                                      r.get("content", r.get("output", json.dumps(r))))))
+    else:
+        for m in b.get("messages") or []:
+            for x in m.get("content") or []:
+                if "text" in x:
+                    out.append((m["role"], "text", x["text"]))
+                elif "toolUse" in x:
+                    out.append((m["role"], "call", (x["toolUse"]["toolUseId"], x["toolUse"]["name"], x["toolUse"]["input"])))
+                elif "toolResult" in x:
+                    out.append((m["role"], "result", (x["toolResult"]["toolUseId"], _text_of(x["toolResult"]["content"]))))
+    return out
+
+
+def _answer(r, what, stream, end="response.completed"):
+    """(events or None, the final response object) of a translated answer."""
+    if stream:
+        ev, j, items = stream_result(r, what, end=end)
+        eq(simple(items), simple(j["output"]), what + ": output rebuilt from the events")
+        return ev, j
+    expect_status(r, 200, what)
+    return None, r.json()
+
+
+def test_custom_tool_translated():
+    """A custom tool (Codex's apply_patch, lark grammar) goes upstream as a function of one
+    required string "input" with the grammar in its description; the call comes back as a
+    custom_tool_call item carrying that input (stream: no argument deltas, one
+    custom_tool_call_input.done)."""
+    for prov in ALL_PROVS:
+        for stream in (False, True):
+            what = "%s custom tool stream=%s" % (prov, stream)
+            mk = marker()
+            r = rs_req("%s-patch" % prov, mk=mk, stream=stream, tools=[CUSTOM_TOOL, WEATHER_TOOL])
+            ev, j = _answer(r, what, stream)
+            check_object(r, j, what, model="%s-patch" % prov, provider=prov)
+            out = simple(j["output"])
+            eq([o[0] for o in out], ["custom_tool_call"], what + ": output item types")
+            eq((out[0][2], out[0][3]), ("apply_patch", PATCH), what + ": the custom_tool_call's name and input")
+            check(isinstance(out[0][1], str) and out[0][1].startswith(CALL_PREFIX[prov]), "%s: call_id %r"
+                  % (what, out[0][1]))
+            if prov != "ge":
+                eq(out[0][1], CALL_PREFIX[prov] + "p1", what + ": the upstream's call id")
+            check("arguments" not in j["output"][0], what + ": a custom_tool_call with arguments")
+            usage_check(j["usage"], what, 20, 9, 20 * 2e-6 + 9 * 8e-6)
+            if stream:
+                eq(names_of(ev), HEAD_EVENTS + CTC_EVENTS + ["response.completed"], what + ": event order")
+                check(not [e for e in ev if "arguments" in e.name or e.name.endswith("input.delta")],
+                      what + ": argument / input deltas for a custom tool")
+                done = [e.json for e in ev if e.name == "response.custom_tool_call_input.done"][0]
+                eq(done.get("input"), PATCH, what + ": custom_tool_call_input.done input")
+                eq((done.get("output_index"), done.get("item_id")), (0, j["output"][0]["id"]),
+                   what + ": custom_tool_call_input.done output_index / item_id")
+            _, b = one_request(mk, what)
+            tl = up_tools(prov, b)
+            eq([t[0] for t in tl], ["apply_patch", "get_weather"], what + ": upstream tool names")
+            name, desc, schema = tl[0]
+            eq(schema.get("type"), "object", what + ": the custom tool's schema type")
+            eq(list(schema.get("properties") or {}), ["input"], what + ": one parameter, input")
+            eq(schema["properties"]["input"].get("type"), "string", what + ": input is a string")
+            eq(schema.get("required"), ["input"], what + ": input required")
+            check(isinstance(desc, str) and desc.startswith(CUSTOM_TOOL["description"]) and GRAMMAR in desc and
+                  "lark" in desc, "%s: the description should be the tool's then the lark grammar: %r" % (what, desc))
+
+
+def test_custom_tool_mixed_with_namespace():
+    """patch2: text, a custom tool's call and a namespaced function's call in one answer:
+    message, custom_tool_call (input with quotes, a backslash, non-ASCII), function_call with
+    name and namespace restored; the stream equals the non-streamed answer."""
+    for prov in ALL_PROVS:
+        outs = []
+        for stream in (False, True):
+            what = "%s patch2 stream=%s" % (prov, stream)
+            r = rs_req("%s-patch2" % prov, stream=stream, tools=[CUSTOM_TOOL, NS_TOOL])
+            ev, j = _answer(r, what, stream)
+            check_object(r, j, what, provider=prov)
+            out = simple(j["output"])
+            eq(out[0], ("message", "Patching."), what + ": the message")
+            eq([(o[0],) + tuple(o[2:]) for o in out[1:]],
+               [("custom_tool_call", "apply_patch", PATCH), ("function_call", "fn", {"input": PATCH2}, "ns")],
+               what + ": the calls (type, name, input / arguments, namespace)")
+            if prov != "ge":
+                eq([o[1] for o in out[1:]], [CALL_PREFIX[prov] + "p1", CALL_PREFIX[prov] + "p2"], what + ": call ids")
+            if stream:
+                eq(names_of(ev), HEAD_EVENTS + MSG_EVENTS + CTC_EVENTS + FC_EVENTS + ["response.completed"],
+                   what + ": event order")
+                added = [e.json["item"] for e in ev if e.name == "response.output_item.added"]
+                eq([(a["type"], a.get("name"), a.get("namespace")) for a in added],
+                   [("message", None, None), ("custom_tool_call", "apply_patch", None), ("function_call", "fn", "ns")],
+                   what + ": output_item.added items")
+            outs.append([o if o[0] == "message" or prov != "ge" else o[:1] + o[2:] for o in out])
+        eq(outs[1], outs[0], "%s patch2: streamed output = non-streamed output" % prov)
+
+
+def test_custom_tool_input_with_more_arguments():
+    """The upstream's arguments for a custom tool hold more than "input" (a model adding
+    members): the item's input is still the "input" string, not the arguments' JSON text."""
+    for prov in ALL_PROVS:
+        for stream in (False, True):
+            what = "%s patchx stream=%s" % (prov, stream)
+            r = rs_req("%s-patchx" % prov, stream=stream, tools=[CUSTOM_TOOL])
+            _, j = _answer(r, what, stream)
+            eq([(o[0], o[2], o[3]) for o in simple(j["output"])], [("custom_tool_call", "apply_patch", PATCH)],
+               what + ": the custom_tool_call's input")
+
+
+def test_custom_tool_choice_forced():
+    """tool_choice {type: custom, name} forces that tool upstream."""
+    want = {"oa": {"type": "function", "function": {"name": "apply_patch"}},
+            "an": {"type": "tool", "name": "apply_patch"}}
+    for prov in PROVS:
+        mk = marker()
+        r = rs_req("%s-text" % prov, mk=mk, tools=[CUSTOM_TOOL, WEATHER_TOOL],
+                   tool_choice={"type": "custom", "name": "apply_patch"})
+        expect_status(r, 200, "%s forced custom tool" % prov)
+        _, b = one_request(mk, "%s forced custom tool" % prov)
+        eq(b.get("tool_choice"), want[prov], "%s: tool_choice for a custom tool" % prov)
+
+
+def test_custom_tool_in_namespace():
+    """A custom tool inside a namespace group: upstream NS__NAME with the one input; back as a
+    custom_tool_call with name and namespace."""
+    tools = [{"type": "namespace", "name": "ed", "tools": [dict(CUSTOM_TOOL)]}]
+    for prov in PROVS:
+        for stream in (False, True):
+            what = "%s custom tool in a namespace stream=%s" % (prov, stream)
+            mk = marker()
+            r = rs_req("%s-patch" % prov, mk=mk, tools=tools, stream=stream)
+            _, j = _answer(r, what, stream)
+            eq(simple(j["output"]), [("custom_tool_call", CALL_PREFIX[prov] + "p1", "apply_patch", PATCH, "ed")],
+               what + ": output")
+            _, b = one_request(mk, what)
+            tl = up_tools(prov, b)
+            eq([(t[0], list((t[2] or {}).get("properties") or {})) for t in tl], [("ed__apply_patch", ["input"])],
+               what + ": upstream tools")
+
+
+def test_custom_tool_call_items_roundtrip():
+    """custom_tool_call / custom_tool_call_output input items (as Codex sends them back: id,
+    status) go upstream as the assistant's tool call with arguments {"input": ...} and its
+    result."""
+    for prov in ALL_PROVS:
+        what = "%s custom_tool_call round trip" % prov
+        mk = marker()
+        inp = [{"role": "user", "content": "Add the file. %s" % mk},
+               {"type": "custom_tool_call", "id": "ctc_1", "status": "completed", "call_id": "call_ct1",
+                "name": "apply_patch", "input": PATCH2},
+               {"type": "custom_tool_call_output", "call_id": "call_ct1", "output": "Done! \"a.txt\" \u2713"},
+               {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Added."}]},
+               {"role": "user", "content": "And again."},
+               {"type": "custom_tool_call", "call_id": "call_ct2", "name": "apply_patch", "input": PATCH},
+               {"type": "custom_tool_call_output", "call_id": "call_ct2",
+                "output": [{"type": "input_text", "text": "Done"}, {"type": "input_text", "text": "twice"}]}]
+        r = rs_req("%s-text" % prov, input=inp, tools=[CUSTOM_TOOL])
+        expect_status(r, 200, what)
+        eq(simple(r.json()["output"]), [("message", TEXT)], what + ": output")
+        _, b = one_request(mk, what)
+        turns = up_turns(prov, b)
+        calls = [t[2] for t in turns if t[1] == "call"]
+        results = [t[2] for t in turns if t[1] == "result"]
+        cid = (lambda c: "apply_patch") if prov == "ge" else (lambda c: c)
+        eq([(c[1], c[2]) for c in calls], [("apply_patch", {"input": PATCH2}), ("apply_patch", {"input": PATCH})],
+           what + ": the calls (name, arguments)")
+        if prov != "ge":
+            eq([c[0] for c in calls], ["call_ct1", "call_ct2"], what + ": call ids")
+        eq(results[0], (cid("call_ct1"), "Done! \"a.txt\" \u2713"), what + ": the first result")
+        eq(results[1][0], cid("call_ct2"), what + ": the second result's id")
+        check(re.match(r"^Done\s*twice$", results[1][1]), "%s: the second result's parts joined: %r" % (what, results[1][1]))
+        eq([t[2] for t in turns if t[1] == "text"], ["Add the file. %s" % mk, "Added.", "And again."],
+           what + ": the texts")
+
+
+def test_namespace_tools():
+    """A namespace group's functions go upstream as NS__NAME; a call of one comes back as a
+    function_call with name and namespace; a function_call item with namespace goes back as
+    NS__NAME."""
+    for prov in ALL_PROVS:
+        for stream in (False, True):
+            what = "%s namespace stream=%s" % (prov, stream)
+            mk = marker()
+            r = rs_req("%s-patch" % prov, mk=mk, stream=stream, tools=[NS_TOOL, WEATHER_TOOL])
+            ev, j = _answer(r, what, stream)
+            out = simple(j["output"])
+            eq([(o[0], o[2], o[3], o[4:]) for o in out], [("function_call", "fn", {"input": PATCH}, ("ns",))],
+               what + ": output")
+            if stream:
+                eq(names_of(ev), HEAD_EVENTS + FC_EVENTS + ["response.completed"], what + ": event order")
+                added = [e.json["item"] for e in ev if e.name == "response.output_item.added"][0]
+                eq((added.get("name"), added.get("namespace")), ("fn", "ns"), what + ": the added item")
+            _, b = one_request(mk, what)
+            tl = up_tools(prov, b)
+            eq([t[0] for t in tl], ["ns__fn", "ns__other", "get_weather"], what + ": upstream tool names")
+            eq(tl[0][2], NS_TOOL["tools"][0]["parameters"], what + ": ns__fn's parameters")
+            check(tl[0][1] and "The fn of ns" in tl[0][1], "%s: ns__fn's description %r" % (what, tl[0][1]))
+        # the call back in
+        what = "%s namespace round trip" % prov
+        fc = j["output"][0]
+        mk = marker()
+        inp = [{"role": "user", "content": "Go %s" % mk}, fc,
+               {"type": "function_call_output", "call_id": fc["call_id"], "output": "fn said hi"}]
+        r = rs_req("%s-text" % prov, input=inp, tools=[NS_TOOL])
+        expect_status(r, 200, what)
+        _, b = one_request(mk, what)
+        turns = up_turns(prov, b)
+        eq([(t[2][1], t[2][2]) for t in turns if t[1] == "call"], [("ns__fn", {"input": PATCH})], what + ": the call")
+        res = [t[2] for t in turns if t[1] == "result"]
+        eq([x[1] for x in res], ["fn said hi"], what + ": the result")
+        if prov == "ge":
+            eq(res[0][0], "ns__fn", what + ": the functionResponse's name")
+
+
+def test_hosted_tools_named_custom_kept():
+    """Hosted tools of every kind are left out and named (once each, in order) in
+    llmgw-dropped-tools; custom tools and namespace groups are not; the built-in mock too."""
+    hosted = [{"type": "local_shell"}, {"type": "web_search", "search_context_size": "low"},
+              {"type": "web_search_preview"}, {"type": "image_generation"},
+              {"type": "code_interpreter", "container": {"type": "auto"}},
+              {"type": "mcp", "server_label": "x", "server_url": "https://example.com/mcp"},
+              {"type": "computer_use_preview", "display_width": 1, "display_height": 1, "environment": "linux"},
+              {"type": "file_search", "vector_store_ids": ["vs_1"]}, {"type": "local_shell"}]
+    tools = hosted[:3] + [CUSTOM_TOOL] + hosted[3:6] + [NS_TOOL] + hosted[6:]
+    want = "local_shell,web_search,web_search_preview,image_generation,code_interpreter,mcp,computer_use_preview," \
+           "file_search"
+    for prov in ALL_PROVS + ["mk"]:
+        for stream in (False, True):
+            what = "%s hosted tools stream=%s" % (prov, stream)
+            mk = marker()
+            r = rs_req("m-mock" if prov == "mk" else "%s-text" % prov, mk=mk, stream=stream, tools=tools)
+            expect_status(r, 200, what)
+            eq(r.h("llmgw-dropped-tools"), want, what + ": llmgw-dropped-tools")
+            eq(r.h("llmgw-dropped-fields"), None, what + ": llmgw-dropped-fields")
+            if prov != "mk":
+                _, b = one_request(mk, what)
+                eq([t[0] for t in up_tools(prov, b)], ["apply_patch", "ns__fn", "ns__other"], what + ": upstream tools")
+
+
+def test_custom_tool_mock_target():
+    """The built-in mock takes custom tools and namespace groups (it never calls them)."""
+    for stream in (False, True):
+        what = "mock custom tools stream=%s" % stream
+        mk = marker()
+        r = rs_req("m-mock", mk=mk, stream=stream, tools=[CUSTOM_TOOL, NS_TOOL, {"type": "web_search"}])
+        _, j = _answer(r, what, stream)
+        eq(simple(j["output"]), [("message", MOCK_PREFIX + "Say hello. %s" % mk)], what + ": output")
+        eq(r.h("llmgw-dropped-tools"), "web_search", what + ": llmgw-dropped-tools")
+
+
+# =======================================================================================
+# compaction (translated)
+
+COMPACT_PROMPT = "Compact the conversation above"
+SUMMARY_PREFIX = "A summary of the conversation before this point (it was compacted):\n\n"
+
+
+def _history(mk):
+    return [{"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": "Fix the bug. %s" % mk},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Looking."}]},
+            {"type": "function_call", "call_id": "call_h1", "name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"},
+            {"type": "function_call_output", "call_id": "call_h1", "output": "rain"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "It rains."}]}]
+
+
+def _expect_compact_upstream(prov, b, what, history=True):
+    """The provider got the conversation, then a user turn asking for the summary, with no tool
+    call allowed."""
+    turns = up_turns(prov, b)
+    last = turns[-1]
+    eq(last[:2], ("user", "text"), what + ": the last thing upstream is a user text")
+    check(last[2].startswith(COMPACT_PROMPT) and "summary" in last[2],
+          "%s: the last user text should ask for the handoff summary: %r" % (what, last[2]))
+    eq(sum(1 for t in turns if t[1] == "text" and t[2].startswith(COMPACT_PROMPT)), 1, what + ": asked once")
+    if history:
+        eq([t[2] for t in turns if t[1] == "call"][0][1:], ("get_weather", {"city": "Oslo"}), what + ": the history's call")
+        eq([t[2][1] for t in turns if t[1] == "result"], ["rain"], what + ": the history's result")
+    if prov == "oa":
+        eq(b.get("tool_choice"), "none", what + ": tool_choice")
+    elif prov == "an":
+        eq(b.get("tool_choice"), {"type": "none"}, what + ": tool_choice")
+    elif prov == "ge":
+        mode = ((b.get("toolConfig") or {}).get("functionCallingConfig") or {}).get("mode")
+        check(not up_tools(prov, b) or mode == "NONE", "%s: tools without mode NONE: %s" % (what, snip(b)))
+    else:   # Bedrock has no "none": toolConfig only as far as the history's calls need it, never forced
+        tc = (b.get("toolConfig") or {}).get("toolChoice") or {}
+        check("any" not in tc and "tool" not in tc, "%s: a forced toolChoice %r" % (what, tc))
+        if not history:
+            check("toolConfig" not in b, "%s: toolConfig without a call in the history: %s" % (what, snip(b)))
+
+
+def _expect_compaction(r, j, what, text, obj="response"):
+    eq(j.get("object"), obj, what + ": object")
+    eq(j.get("status"), "completed", what + ": status")
+    eq(j.get("output"), [{"type": "compaction", "id": "cmp_%s" % r.h("x-request-id"),
+                          "encrypted_content": "llmgw-summary:" + text}], what + ": the one compaction item")
+
+
+def test_compaction_trigger_translated():
+    """An input ending with a compaction_trigger item: the target is asked for a handoff summary
+    (a user turn after the conversation, tool_choice none); the answer is one compaction item,
+    encrypted_content llmgw-summary:<the target's text>; streamed: created, in_progress, the
+    item added and done, completed."""
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}, CUSTOM_TOOL]
+    for prov in ALL_PROVS + ["mk"]:
+        for stream in (False, True):
+            what = "%s compaction_trigger stream=%s" % (prov, stream)
+            mk = marker()
+            inp = _history(mk) + [{"type": "compaction_trigger"}]
+            r = rs_req("m-mock" if prov == "mk" else "%s-text" % prov, input=inp, mk=mk, stream=stream, tools=tools,
+                       tool_choice="required")
+            ev, j = _answer(r, what, stream)
+            check_object(r, j, what, provider=prov)
+            if prov == "mk":
+                enc = j["output"][0].get("encrypted_content", "")
+                check(enc.startswith("llmgw-summary:" + MOCK_PREFIX + COMPACT_PROMPT),
+                      "%s: the mock echoes the compaction prompt: %r" % (what, enc[:120]))
+                text = enc[len("llmgw-summary:"):]
+            else:
+                text = TEXT
+                _, b = one_request(mk, what)
+                _expect_compact_upstream(prov, b, what)
+            _expect_compaction(r, j, what, text)
+            if stream:
+                eq([e.name for e in ev], HEAD_EVENTS + ["response.output_item.added", "response.output_item.done",
+                                                        "response.completed"], what + ": events")
+                for e in ev[2:4]:
+                    eq((e.json.get("output_index"), e.json.get("item")), (0, j["output"][0]), what + ": " + e.name)
+            else:
+                usage_check(j["usage"], what, j["usage"]["input_tokens"], j["usage"]["output_tokens"],
+                            j["usage"]["cost"])
+
+
+def test_compaction_summary_only_text():
+    """The summary is the target's text: reasoning is not part of it; without a history of tool
+    calls Bedrock gets no toolConfig."""
+    for prov in ALL_PROVS:
+        what = "%s compaction of a reasoning answer" % prov
+        mk = marker()
+        r = rs_req("%s-think" % prov, input=[{"role": "user", "content": "Hi %s" % mk}, {"type": "compaction_trigger"}],
+                   tools=[WEATHER_TOOL], reasoning={"effort": "low"}, include=["reasoning.encrypted_content"],
+                   max_output_tokens=20000)
+        expect_status(r, 200, what)
+        _expect_compaction(r, r.json(), what, "The answer is 4.")
+        _, b = one_request(mk, what)
+        _expect_compact_upstream(prov, b, what, history=False)
+
+
+def test_compact_endpoint_translated():
+    """POST /v1/responses/compact with the body of a /v1/responses request: the same summary,
+    object response.compaction, never streamed (stream: true is ignored)."""
+    for prov in ALL_PROVS + ["mk"]:
+        for stream in (False, True):
+            what = "%s /v1/responses/compact stream=%s" % (prov, stream)
+            mk = marker()
+            body = {"model": "m-mock" if prov == "mk" else "%s-text" % prov, "input": _history(mk),
+                    "instructions": "You are Codex.", "tools": [WEATHER_TOOL, CUSTOM_TOOL], "stream": stream}
+            r = http(shared().port, "POST", "/v1/responses/compact", body)
+            expect_status(r, 200, what)
+            check(r.h("content-type", "").startswith("application/json"), "%s: content-type %r" % (what, r.h("content-type")))
+            j = r.json()
+            eq(j.get("id"), "resp_%s" % r.h("x-request-id"), what + ": id")
+            eq(j.get("provider"), prov, what + ": provider")
+            if prov == "mk":
+                text = j["output"][0]["encrypted_content"][len("llmgw-summary:"):]
+                check(text.startswith(MOCK_PREFIX + COMPACT_PROMPT), "%s: mock summary %r" % (what, text[:100]))
+            else:
+                text = TEXT
+                rec, b = one_request(mk, what)
+                _expect_compact_upstream(prov, b, what)
+                if prov == "oa":
+                    check(rec["path"].endswith("/chat/completions") and "stream" not in b,
+                          "%s: a non-streamed chat completion: %s %s" % (what, rec["path"], snip(b)))
+            _expect_compaction(r, j, what, text, obj="response.compaction")
+            ln = shared().access_line(r.h("x-request-id"))
+            eq((ln.get("status"), ln.get("provider"), ln.get("stream")), (200, prov, False), what + ": access log")
+
+
+def test_compaction_item_roundtrip():
+    """The compaction item llmgw wrote comes back as a user turn holding the summary (quotes,
+    new lines and non-ASCII intact); another service's compaction item (opaque) is dropped and
+    named in llmgw-dropped-fields."""
+    mk = marker()
+    r = rs_req("oa-text", input=_history(mk) + [{"type": "compaction_trigger"}])
+    expect_status(r, 200, "compaction for the round trip")
+    item = r.json()["output"][0]
+    for prov in ALL_PROVS:
+        for stream in (False, True):
+            what = "%s compaction item back stream=%s" % (prov, stream)
+            mk = marker()
+            inp = [item, {"role": "user", "content": "Go on. %s" % mk}]
+            r = rs_req("%s-text" % prov, input=inp, stream=stream)
+            _, j = _answer(r, what, stream)
+            eq(simple(j["output"]), [("message", TEXT)], what + ": output")
+            eq(r.h("llmgw-dropped-fields"), None, what + ": llmgw-dropped-fields")
+            _, b = one_request(mk, what)
+            turns = up_turns(prov, b)
+            eq([t[:2] for t in turns], [("user", "text"), ("user", "text")], what + ": two user texts")
+            eq(turns[0][2], SUMMARY_PREFIX + TEXT, what + ": the summary turn")
+            eq(turns[1][2], "Go on. %s" % mk, what + ": the next user text")
+        what = "%s foreign compaction item" % prov
+        mk = marker()
+        inp = [{"type": "compaction", "id": "cmp_x", "encrypted_content": "gAAAAABopenai-opaque=="},
+               {"role": "user", "content": "Go on. %s" % mk}, dict(item), {"role": "user", "content": "More."}]
+        r = rs_req("%s-text" % prov, input=inp)
+        expect_status(r, 200, what)
+        eq(r.h("llmgw-dropped-fields"), "compaction", what + ": llmgw-dropped-fields")
+        _, b = one_request(mk, what)
+        texts = [t[2] for t in up_turns(prov, b) if t[1] == "text"]
+        eq(texts, ["Go on. %s" % mk, SUMMARY_PREFIX + TEXT, "More."], what + ": upstream texts")
+        check("gAAAA" not in json.dumps(b), what + ": the opaque content went upstream")
+
+
+def test_compaction_then_more():
+    """A whole Codex cycle on a translated target: a compaction, then the next request with the
+    compaction item and new input, the summary first."""
+    mk = marker()
+    r = rs_req("an-text", input=_history(mk) + [{"type": "compaction_trigger"}], stream=True)
+    _, j = _answer(r, "compaction stream", True)
+    mk2 = marker()
+    inp = [{"role": "developer", "content": "Be brief."}, j["output"][0],
+           {"role": "user", "content": "Now the tests. %s" % mk2}]
+    r = rs_req("oa-tool", input=inp, tools=[WEATHER_TOOL], stream=True)
+    _, j2 = _answer(r, "after compaction", True)
+    eq(simple(j2["output"]), [("function_call", "call_w1", "get_weather", {"city": "Paris"})], "after compaction: output")
+    _, b = one_request(mk2, "after compaction")
+    eq([m["role"] for m in b["messages"]], ["system", "user"], "after compaction: roles upstream")
+    eq([t[2] for t in up_turns("oa", b) if t[1] == "text"], ["Be brief.", SUMMARY_PREFIX + TEXT, "Now the tests. %s" % mk2],
+       "after compaction: the texts upstream")
+
+
+# =======================================================================================
+# custom tools and compaction, native (responses = yes)
+
+def test_native_custom_tool_passthrough():
+    """A native target answers a custom tool with its own custom_tool_call (input deltas and
+    all): passed through as it came; the same output as a translated target's."""
+    tools = [CUSTOM_TOOL, NS_TOOL]
+    for scen in ("patch", "patch2"):
+        for stream in (False, True):
+            what = "native %s stream=%s" % (scen, stream)
+            mk = marker()
+            r = rs_req("rs-%s" % scen, mk=mk, stream=stream, tools=tools)
+            want = rs_direct(scen, stream=stream, tools=tools)
+            if stream:
+                ev = native_events(r, what, "rs-%s" % scen)
+                same_events(ev, want.events, what, "rs-%s" % scen, scen)
+                check("response.custom_tool_call_input.delta" in [e.name for e in ev], what + ": the upstream's input deltas")
+                ja = ev[-1].json["response"]
+            else:
+                expect_status(r, 200, what)
+                ja = r.json()
+                eq(ja.pop("provider"), "rs", what + ": provider")
+                eq(rs_norm(ungw(ja, what, "rs-%s" % scen, scen)), rs_norm(want.json()), what + ": the upstream's object")
+            _, b = one_request(mk, what)
+            eq(b.get("tools"), tools, what + ": tools forwarded as sent")
+            eq(r.h("llmgw-dropped-tools"), None, what + ": llmgw-dropped-tools")
+            tr = rs_req("oa-%s" % scen, tools=tools, stream=stream)
+            _, jb = _answer(tr, what + " translated", stream)
+            eq(simple(ja["output"]), simple(jb["output"]), what + ": native output = translated output")
+
+
+def test_native_custom_tool_items_forwarded():
+    """custom_tool_call / _output and namespaced function_call items reach a native target as
+    they were sent."""
+    mk = marker()
+    inp = [{"role": "user", "content": "Patch %s" % mk},
+           {"type": "custom_tool_call", "id": "ctc_1", "status": "completed", "call_id": "call_ct1",
+            "name": "apply_patch", "input": PATCH2},
+           {"type": "custom_tool_call_output", "call_id": "call_ct1", "output": "Done!"},
+           {"type": "function_call", "call_id": "call_n1", "name": "fn", "namespace": "ns", "arguments": "{}"},
+           {"type": "function_call_output", "call_id": "call_n1", "output": "ok"}]
+    r = rs_req("rs-text", input=inp, tools=[CUSTOM_TOOL, NS_TOOL, {"type": "local_shell"}])
+    expect_status(r, 200, "native custom items")
+    eq(r.h("llmgw-dropped-tools"), None, "native custom items: llmgw-dropped-tools")
+    _, b = one_request(mk, "native custom items")
+    eq(b.get("input"), inp, "native custom items: input forwarded")
+    eq(b.get("tools"), [CUSTOM_TOOL, NS_TOOL, {"type": "local_shell"}], "native custom items: tools forwarded")
+
+
+def test_native_compaction_trigger_forwarded():
+    """A native target gets the compaction_trigger item untouched (it compacts itself); no
+    prompt added, tool_choice left alone."""
+    for stream in (False, True):
+        what = "native compaction_trigger stream=%s" % stream
+        mk = marker()
+        inp = _history(mk) + [{"type": "compaction_trigger"}]
+        r = rs_req("rs-text", input=inp, stream=stream, tools=[WEATHER_TOOL], tool_choice="auto")
+        if stream:
+            native_events(r, what, "rs-text")
+        else:
+            expect_status(r, 200, what)
+        rec, b = one_request(mk, what)
+        eq(rec["path"], "/v1/responses", what + ": path")
+        eq((b.get("input"), b.get("tool_choice")), (inp, "auto"), what + ": input and tool_choice forwarded")
+        check(COMPACT_PROMPT not in rec["body"], what + ": llmgw's compaction prompt went to a native target")
+
+
+def test_native_compact_endpoint():
+    """POST /v1/responses/compact to a native target: its .../responses/compact (Azure with the
+    api-version), the body as sent with the upstream model; the answer (response.compaction)
+    passed through with provider first and usage.cost; accounted."""
+    g = shared()
+    for prov, path in (("rs", "/v1/responses/compact"),
+                       ("az", "/az/openai/responses/compact?api-version=2025-03-01-preview"),
+                       ("azd", "/azd/openai/responses/compact?api-version=2025-04-01-preview"),
+                       ("az1", "/openai/v1/responses/compact")):
+        what = "%s native /v1/responses/compact" % prov
+        mk = marker()
+        body = {"model": "%s/text" % prov, "input": _history(mk), "instructions": "You are Codex.",
+                "tools": [WEATHER_TOOL, CUSTOM_TOOL, {"type": "web_search"}]}
+        r = http(g.port, "POST", "/v1/responses/compact", body)
+        expect_status(r, 200, what)
+        check(r.body.startswith(b'{"provider":"%s",' % prov.encode()), "%s: provider first: %s" % (what, snip(r.body, 80)))
+        j = r.json()
+        eq(j.get("object"), "response.compaction", what + ": object")
+        eq([(o["type"], o["encrypted_content"]) for o in j["output"]], [("compaction", PM.RS_CMP)],
+           what + ": the upstream's compaction item")
+        usage_check(j["usage"], what, 11, 7, 0)
+        rec, b = one_request(mk, what)
+        eq(rec["path"], path, what + ": upstream path")
+        eq(rec["kind"], "compact", what + ": the mock's route")
+        eq(b, dict(body, model="text"), what + ": the body forwarded")
+        ln = g.access_line(r.h("x-request-id"))
+        eq((ln.get("status"), ln.get("provider"), ln.get("prompt_tokens"), ln.get("completion_tokens")),
+           (200, prov, 11, 7), what + ": access log")
+    what = "native compact 400"
+    r = http(g.port, "POST", "/v1/responses/compact", {"model": "rs/err-400", "input": "x"})
+    e = expect_error(r, 400, what, contains=("provmock openai 400",))
+    eq(e.get("code"), "context_length_exceeded", what + ": the upstream's error body")
+
+
+def test_native_compact_falls_back_translated():
+    """The native compaction fails (503): the translated fallback compacts with the summary
+    prompt and answers the compaction object."""
+    mk = marker()
+    r = http(shared().port, "POST", "/v1/responses/compact",
+             {"model": "rsfb-err503", "input": _history(mk), "tools": [WEATHER_TOOL]})
+    expect_status(r, 200, "native compact fallback")
+    eq(r.h("x-llmgw-provider"), "oa", "native compact fallback: served by")
+    _expect_compaction(r, r.json(), "native compact fallback", TEXT, obj="response.compaction")
+    seen = mock().find(mk)
+    eq([x["path"] for x in seen], ["/v1/responses/compact", "/v1/chat/completions"], "native compact fallback: paths")
+    _expect_compact_upstream("oa", json.loads(seen[1]["body"]), "native compact fallback")
 
 
 # =======================================================================================
