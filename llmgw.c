@@ -13160,7 +13160,8 @@ static void lg_redis_free(struct llmgw *gw)
 	struct lg_redis *rd = gw->redis;
 	if (!rd) return;
 	lg_timer_clear(gw, &rd->hb);
-	lg_redis_down(gw, rd, "the store was configured away");
+	if (!rd->down_since) rd->down_since = gw->now ? gw->now : 1; /* an end, not an outage: not logged */
+	lg_redis_down(gw, rd, "the gateway stops using this store");
 	lg_timer_clear(gw, &rd->tm);
 	gw->redis = NULL;
 	lg_cfg_unref(rd->cfg);
@@ -13383,7 +13384,10 @@ static const struct lg_store lg_st_redis = {"redis", lg_st_redis_admit, lg_st_lo
  * itself is made by the loop that uses it (lg_redis_tick). */
 static void lg_st_install(struct llmgw *gw, struct lg_cfg *c)
 {
-	gw->st = c->store_kind ? &lg_st_redis : &lg_st_local;
+	if (c->store_kind)
+		gw->st = &lg_st_redis;
+	else if (gw->st == &lg_st_redis) /* another store (an embedder's, a test's) stays */
+		gw->st = &lg_st_local;
 	if (!c->store_kind)
 		lg_redis_free(gw);
 	else if (gw->redis)
