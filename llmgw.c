@@ -2622,6 +2622,8 @@ static LG_COLD void lg_cfg_free(struct lg_cfg *c)
 	}
 }
 
+static LG_COLD int lg_cfg_store_instance(struct lg_cfgp *p);
+
 /* [store]: url = redis://[user:password@]host:port[/db] or unix:/path,
  * split into the fields the store's client connects with; the instance
  * name by default. The password never goes into a message. */
@@ -2643,7 +2645,7 @@ static LG_COLD int lg_cfg_store(struct lg_cfgp *p)
 		c->store_kind = LG_STORE_UNIX;
 		c->store_path = c->store_url + 5;
 		c->store_name = c->store_url;
-		return 0;
+		return lg_cfg_store_instance(p);
 	}
 	if (v.n > 9 && memcmp(v.p, "rediss://", 9) == 0)
 		return lg_cfg_err(p, "[store] url: rediss:// (TLS to the store) is not supported yet; use redis:// on a "
@@ -2696,6 +2698,7 @@ static LG_COLD int lg_cfg_store(struct lg_cfgp *p)
 		if (port < 1) return lg_cfg_err(p, "[store] url: bad port");
 	}
 	if (!host.n || host.n > 253) return lg_cfg_err(p, "[store] url: no host name");
+	if (v.p[0] != '[' && memchr(host.p, ':', host.n)) return lg_cfg_err(p, "[store] url: bad port");
 	c->store_kind = LG_STORE_TCP;
 	c->store_host = lg_cfg_str(c, host);
 	c->store_port = (int)port;
@@ -2714,6 +2717,15 @@ static LG_COLD int lg_cfg_store(struct lg_cfgp *p)
 	         strchr(c->store_host, ':') ? "]" : "", c->store_port, c->store_db);
 	c->store_name = lg_cfg_str(c, lg_strz(name));
 	if (!c->store_host || !c->store_name) return lg_cfg_err(p, "out of memory");
+	return lg_cfg_store_instance(p);
+}
+
+/* [store] instance: by default the host name and the port of the first
+ * listener ("router1:8080"). */
+static LG_COLD int lg_cfg_store_instance(struct lg_cfgp *p)
+{
+	struct lg_cfg *c = p->c;
+	char name[300];
 	if (!c->store_instance || !*c->store_instance) {
 		char hn[256];
 		const char *l = c->nlisten ? c->listen[0] : "127.0.0.1:8080", *colon = strrchr(l, ':'), *sp;
@@ -2723,7 +2735,7 @@ static LG_COLD int lg_cfg_store(struct lg_cfgp *p)
 		pn = colon ? strlen(colon + 1) : 0;
 		if (colon && (sp = strchr(colon, ' '))) pn = (size_t)(sp - colon - 1);
 		snprintf(name, sizeof name, "%s:%.*s", hn, (int)pn, colon ? colon + 1 : "");
-		c->store_instance = lg_cfg_str(c, lg_strz(name));
+		if (!(c->store_instance = lg_cfg_str(c, lg_strz(name)))) return lg_cfg_err(p, "out of memory");
 	}
 	return 0;
 }
