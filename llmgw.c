@@ -4205,6 +4205,7 @@ struct llmgw {
 	const struct lg_store *st; /* the only way to rs and acct (section 13a) */
 	struct lg_redis *redis;    /* this loop's client of a shared store ([store], 13g) */
 	int nstore;                /* store calls waiting for their replies: the loop ends after them */
+	int store_inst;            /* the first loop's: instances the store's heartbeat counted (13g) */
 	/* what requests leave behind, reused by the next ones instead of going
 	 * back to malloc: first-size connection buffers and request objects */
 	char *blk[LG_BLKCACHE];
@@ -12763,13 +12764,15 @@ enum { LG_RS_DOWN, LG_RS_CONNECTING, LG_RS_UP };
 struct lg_redis {
 	struct lg_cfg *cfg; /* the store's settings are this snapshot's (a reference) */
 	struct lg_conn *c;
-	int state, up, instances; /* up, instances: /metrics reads them (lg_gauge_get) */
+	int state, up;            /* up: /metrics reads it (lg_gauge_get) */
 	struct lg_rpend *q;       /* replies waited for, oldest at qhead */
 	unsigned qcap, qhead, qn;
 	struct lg_timer tm; /* DOWN: the reconnect; else the oldest command's deadline */
 	struct lg_timer hb; /* the heartbeat (first loop only) */
 	int64_t backoff, down_since;
 	unsigned long failed; /* calls failed since the outage began */
+	unsigned long nerr;   /* error replies to budget scripts since the last log line about them */
+	int64_t err_logged;
 	char sha[LG_NSCR][41];
 	char why[200];
 };
@@ -13095,7 +13098,7 @@ static void lg_redis_timer(struct llmgw *gw, struct lg_timer *t)
 static void lg_redis_beaten(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err)
 {
 	LG_UNUSED(arg);
-	if (!err && nv && v[0].type == LG_RV_INT && gw->redis) lg_gauge_add(&gw->redis->instances, (int)v[0].i - gw->redis->instances);
+	if (!err && nv && v[0].type == LG_RV_INT) lg_gauge_add(&gw->store_inst, (int)v[0].i - gw->store_inst);
 }
 
 /* Every second, the first loop says in the store that this instance lives. */
@@ -13292,8 +13295,14 @@ static void lg_st_redis_admitted(struct llmgw *gw, void *arg, const struct lg_rv
 		snprintf(why, sizeof why, "%s: %.*s", r->cfg->store_name, (int)LG_MIN(v[0].len, (size_t)160), v[0].p);
 	else
 		snprintf(why, sizeof why, "%s: an answer the budget script does not give", r->cfg->store_name);
-	if (gw->redis && gw->redis->state == LG_RS_UP) { /* an error reply: counted, logged like an outage */
-		if (!gw->redis->down_since) LG_LOG(gw, LG_LOG_WARN, "store %s", why);
+	if (!err && gw->redis) { /* an error reply: logged at most once a minute, with a count */
+		struct lg_redis *rd = gw->redis;
+		rd->nerr++;
+		if (!rd->err_logged || gw->now - rd->err_logged >= 60000) {
+			LG_LOG(gw, LG_LOG_WARN, "store %s (%lu such answers since the last line like this)", why, rd->nerr);
+			rd->err_logged = gw->now;
+			rd->nerr = 0;
+		}
 	}
 	lg_st_redis_unadmit(r);
 	if (r->cfg->store_on_error == 1) { /* local: this instance's own books decide */
@@ -13378,13 +13387,13 @@ static void lg_st_redis_cancel(struct lg_req *r)
 static void lg_st_redis_metrics(struct llmgw *gw, struct lg_buf *b)
 {
 	struct llmgw *first = gw->sh ? gw->sh->w[0] : gw;
-	struct lg_redis *rd = gw->redis, *r0 = first ? first->redis : NULL;
+	struct lg_redis *rd = gw->redis;
 	if (!gw->cfg || !gw->cfg->store_kind) return;
 	lg_buf_printf(b, "# HELP llmgw_store_up Whether this loop's connection to the state store works.\n"
 	                 "# TYPE llmgw_store_up gauge\nllmgw_store_up %d\n"
 	                 "# HELP llmgw_store_instances Gateway instances whose heartbeat the store saw in the last 3 s.\n"
 	                 "# TYPE llmgw_store_instances gauge\nllmgw_store_instances %d\n",
-	              rd ? lg_gauge_get(&rd->up) : 0, r0 ? lg_gauge_get(&r0->instances) : 0);
+	              rd ? lg_gauge_get(&rd->up) : 0, first ? lg_gauge_get(&first->store_inst) : 0);
 }
 
 static const struct lg_store lg_st_redis = {"redis", lg_st_redis_admit, lg_st_local_take, lg_st_local_report,
