@@ -413,6 +413,40 @@ def test_auth_and_db():
     expect_status(chat(g3, "sk-free"), 200, "a key without a budget")
 
 
+def test_store_on_and_off_by_reload():
+    """[store] added by a reload (SIGHUP): budgets go to the store; removed by another: the
+    in-process store decides again and the connection is closed; neither is an outage."""
+    rd = Redis()
+    g = Gateway(store_url(rd), "", SMALL % "5/day")
+    with_store = g.config_text()
+    g.write(with_store.replace("[store]\n" + store_url(rd).strip() + "\n", ""))
+    g.start()
+    expect_status(chat(g, "sk-b"), 200, "without a store")
+    eq(rd.cmd("KEYS", "llmgw:b:*"), [], "nothing in the store without [store]")
+    g.write(with_store)
+    g.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5 * TOL
+    while not rd.cmd("KEYS", "llmgw:b:*"):
+        check(time.monotonic() < deadline, "no budget hash in the store after the reload")
+        expect_status(chat(g, "sk-b"), 200, "after the reload that adds [store]")
+        time.sleep(0.1)
+    s1, _ = rd.settled("b")
+    g.write(with_store.replace("[store]\n" + store_url(rd).strip() + "\n", ""))
+    g.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5 * TOL
+    while True:    # the connection goes once the reload is taken up
+        clients = rd.cmd("CLIENT", "LIST")
+        if clients.count("\n") <= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    eq(clients.count("\n"), 1, "connections to the store after removing [store] (only ours): %s" % clients)
+    for _ in range(3):
+        expect_status(chat(g, "sk-b"), 200, "after the reload that removes [store]")
+    s2, _ = rd.settled("b")
+    eq(s2, s1, "the store's spend after [store] is gone")
+    eq(g.outage_lines(), [], "a store configured away is not an outage")
+
+
 def test_config():
     """[store] in the configuration: errors name the line; rediss:// is refused as not yet
     supported; without [store] nothing mentions a store; --keys lists the keys."""
