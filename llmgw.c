@@ -22,6 +22,7 @@
  *   LLMGW_POOL_MAX_IDLE  idle upstream connections kept per origin
  *   LLMGW_DNS_TTL_MS     how long a resolved host name is cached
  *   LLMGW_BREAKER_FAILS, LLMGW_BREAKER_COOL_MS   circuit breaker tuning
+ *   LLMGW_STORE_MAX_REPLY  largest string a state store ([store]) may answer with
  *
  * Contents: section number, title, prefixes : what it owns. A prefix that
  * ends in _ owns the names it starts; one without owns that name and its
@@ -29,7 +30,7 @@
  * function is defined outside the section that owns its prefix.
  *   0. Configuration macros and includes
  *   1. Platform and utilities      lg_str, lg_strz, lg_lower, lg_now, lg_wall, lg_memfind, lg_memmem,
- *                                 lg_next_quote, lg_glob, lg_sha256, lg_hmac_, lg_sigv4_, lg_hex32,
+ *                                 lg_next_quote, lg_glob, lg_sha256, lg_sha1, lg_hmac_, lg_sigv4_, lg_hex32,
  *                                 lg_crc32, lg_days_, lg_civil_, lg_ct_, lg_base64, lg_hexval, lg_rand,
  *                                 lg_set_nonblock, lg_read_file, lg_atomic_, lg_flag_, lg_gauge_ :
  *                                 string views, time, SHA-256, HMAC, CRC, ids, atomics
@@ -60,11 +61,12 @@
  *  12. Router                      lg_route_, lg_att_, lg_scrub : the plan of a request, health,
  *                                 breakers, retries, affinity, attempts; provider secrets out of
  *                                 upstream text
- *  13. Accounting and the store   lg_st_, lg_acct_, lg_floordiv, lg_lbl : 13a the state store
+ *  13. Accounting and the store   lg_st_, lg_acct_, lg_floordiv, lg_lbl, lg_redis_ : 13a the state store
  *                                 (struct lg_store: the only way into budgets, limits, health,
  *                                 breakers, affinity and request records; lg_st_); prices,
  *                                 budgets, limits, ledger, metrics, ring of recent requests, access
- *                                 log (lg_acct_); 13f the in-process store (lg_st_local)
+ *                                 log (lg_acct_); 13f the in-process store (lg_st_local); 13g the
+ *                                 Redis store (lg_st_redis): RESP client, scripts (lg_redis_)
  *  14. Server handlers             lg_srv_ : endpoints, errors, streaming
  *  15. Public API                  llmgw_, lg_listen_, lg_worker, lg_workers_ : what llmgw.h declares; listeners,
  *                                 workers = N
@@ -111,6 +113,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -174,6 +177,9 @@
 #endif
 #ifndef LLMGW_BREAKER_COOL_MS
 #define LLMGW_BREAKER_COOL_MS 30000 /* first cool-down, doubled up to 5 minutes */
+#endif
+#ifndef LLMGW_STORE_MAX_REPLY
+#define LLMGW_STORE_MAX_REPLY (1u << 20) /* largest string in a state store's reply ([store]) */
 #endif
 #ifndef LLMGW_ACCEPT_BURST
 #define LLMGW_ACCEPT_BURST 64 /* accepts per listener per iteration */
@@ -409,6 +415,44 @@ static void lg_sha256(const void *data, size_t len, unsigned char out[32])
 	lg_sha256_init(&s);
 	lg_sha256_update(&s, data, len);
 	lg_sha256_final(&s, out);
+}
+
+/* SHA-1 of one buffer: only to name the store's Lua scripts the way
+ * Redis does (EVALSHA), never for anything secret. */
+static void lg_sha1(const void *data, size_t len, unsigned char out[20])
+{
+	const unsigned char *p = (const unsigned char *)data;
+	uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
+	uint64_t bits = (uint64_t)len * 8;
+	size_t off = 0, total = (len + 9 + 63) / 64 * 64;
+	int i;
+	while (off < total) { /* each block built from the input, the 0x80 and the length */
+		unsigned char blk[64];
+		uint32_t w[80], a, b, c, d, e, t;
+		for (i = 0; i < 64; i++) {
+			size_t k = off + (size_t)i;
+			blk[i] = k < len ? p[k] : k == len ? 0x80 : 0;
+		}
+		if (off + 64 == total)
+			for (i = 0; i < 8; i++) blk[56 + i] = (unsigned char)(bits >> (56 - 8 * i));
+		for (i = 0; i < 16; i++)
+			w[i] = (uint32_t)blk[4 * i] << 24 | (uint32_t)blk[4 * i + 1] << 16 | (uint32_t)blk[4 * i + 2] << 8 |
+			       (uint32_t)blk[4 * i + 3];
+		for (i = 16; i < 80; i++) {
+			t = w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16];
+			w[i] = t << 1 | t >> 31;
+		}
+		a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+		for (i = 0; i < 80; i++) {
+			uint32_t f = i < 20 ? (b & c) | (~b & d) : i < 40 ? b ^ c ^ d : i < 60 ? (b & c) | (b & d) | (c & d) : b ^ c ^ d;
+			uint32_t k = i < 20 ? 0x5A827999 : i < 40 ? 0x6ED9EBA1 : i < 60 ? 0x8F1BBCDC : 0xCA62C1D6;
+			t = (a << 5 | a >> 27) + f + e + k + w[i];
+			e = d, d = c, c = b << 30 | b >> 2, b = a, a = t;
+		}
+		h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e;
+		off += 64;
+	}
+	for (i = 0; i < 20; i++) out[i] = (unsigned char)(h[i / 4] >> (24 - 8 * (i % 4)));
 }
 
 /* HMAC-SHA-256 (RFC 2104): Bedrock's SigV4. */
@@ -1796,6 +1840,14 @@ struct lg_cfg {
 	/* upstream CONNECT proxy (proxy = or HTTPS_PROXY), for https upstreams */
 	const char *proxy_host, *proxy_auth, *no_proxy;
 	int proxy_port;
+	/* [store]: the state store shared by several gateways (section 13g);
+	 * store_kind 0 = none (the in-process store) */
+	const char *store_url, *store_prefix, *store_instance;
+	int64_t store_timeout;
+	int store_on_error, store_line, store_sec; /* store_sec: the line of [store] */
+	int store_kind, store_port, store_db;      /* LG_STORE_TCP or LG_STORE_UNIX */
+	const char *store_host, *store_user, *store_pass, *store_path, *store_name; /* store_name: the url
+	                                                                 without its password, for messages */
 #if LLMGW_TLS
 	br_x509_trust_anchor *ta; /* from ca_file or the system bundle */
 	size_t nta;
@@ -2270,12 +2322,14 @@ static LG_COLD int lg_cfg_k_budget(struct lg_cfgp *p, void *obj, lg_str v)
  * number with the message when it is out of it, an enum's values and what
  * they are called, a special parser, the default as it would be written in
  * the file, and one line of documentation. */
-enum { LG_KS_GATEWAY = 1, LG_KS_PROVIDER, LG_KS_MODEL, LG_KS_KEY };
+enum { LG_KS_GATEWAY = 1, LG_KS_PROVIDER, LG_KS_MODEL, LG_KS_KEY, LG_KS_STORE };
+enum { LG_STORE_NONE, LG_STORE_TCP, LG_STORE_UNIX };
 enum { LG_KT_STR, LG_KT_SECRET, LG_KT_BOOL, LG_KT_INT, LG_KT_LONG, LG_KT_SIZE, LG_KT_DURATION, LG_KT_ENUM,
        LG_KT_LIST, LG_KT_FN };
 static const char lg_metrics_names[][LG_ENUM_LEN] = {"admin", "public", "off", ""};
 static const char lg_auth_names[][LG_ENUM_LEN] = {"keys", "none", ""};
 static const char lg_data_names[][LG_ENUM_LEN] = {"allow", "deny", ""};
+static const char lg_onerr_names[][LG_ENUM_LEN] = {"closed", "local", ""};
 
 struct lg_cfg_key {
 	unsigned char sec, type, repeat; /* LG_KS_, LG_KT_, may be given more than once */
@@ -2300,6 +2354,7 @@ static const struct {
     {lg_log_names, "log_level (error, warn, info, debug)"},
     {lg_strat_names, "strategy (order, price, latency, throughput, weighted)"},
     {lg_data_names, "data_collection (allow, deny)"},
+    {lg_onerr_names, "on_error (closed, local)"},
 };
 /* FN rows: x picks the parser (a switch, not a table of pointers) */
 enum { LG_KF_LISTEN = 1, LG_KF_TYPE, LG_KF_BASE_URL, LG_KF_HEADER, LG_KF_TARGET, LG_KF_SECRET, LG_KF_BUDGET };
@@ -2374,6 +2429,11 @@ static const struct lg_cfg_key lg_cfg_keys[] = {
     {4, LG_KT_INT, 0, 0, 1, LG_KK(max_concurrency), 0, "max_concurrency" "\0" "0" "\0" "requests in flight; 0 = unlimited"},
     {4, LG_KT_BOOL, 0, 0, 1, LG_KK(zdr), 0, "zdr" "\0" "no" "\0" "this key's requests go to zdr providers only"},
     {4, LG_KT_ENUM, 0, 5, 1, LG_KK(data_deny), 0, "data_collection" "\0" "allow" "\0" "deny: never to providers that collect data"},
+    {5, LG_KT_SECRET, 0, 0, 0, LG_KG(store_url), LG_KG(store_line), "url" "\0" "" "\0" "redis://[user:password@]host:port[/db] or unix:/path (Redis 6/7, Valkey); literal, env:NAME or file:/path"},
+    {5, LG_KT_STR, 0, 0, 1, LG_KG(store_prefix), 0, "prefix" "\0" "llmgw:" "\0" "the start of every key llmgw writes in the store"},
+    {5, LG_KT_DURATION, 0, 0, 1, LG_KG(store_timeout), 0, "timeout" "\0" "1s" "\0" "a store call unanswered this long fails, and the connection is made again"},
+    {5, LG_KT_ENUM, 0, 6, 1, LG_KG(store_on_error), 0, "on_error" "\0" "closed" "\0" "the store failing: closed = 503 for keys with budgets; local = this instance decides alone"},
+    {5, LG_KT_STR, 0, 0, 0, LG_KG(store_instance), 0, "instance" "\0" "" "\0" "this gateway's name in the store (default: host name:port of the first listener)"},
 };
 
 static LG_COLD const struct lg_cfg_key *lg_cfg_key_find(int sec, lg_str k)
@@ -2450,7 +2510,8 @@ static LG_COLD int lg_cfg_key(struct lg_cfgp *p, int sec, void *obj, const char 
 {
 	const struct lg_cfg_key *row = lg_cfg_key_find(sec, k);
 	if (row) return lg_cfg_set(p, row, obj, v);
-	if (sec == LG_KS_GATEWAY) return lg_cfg_err(p, "unknown key '%.*s' in [gateway]", (int)k.n, k.p);
+	if (sec == LG_KS_GATEWAY || sec == LG_KS_STORE)
+		return lg_cfg_err(p, "unknown key '%.*s' in [%s]", (int)k.n, k.p, sec == LG_KS_STORE ? "store" : "gateway");
 	return lg_cfg_err(p, "unknown key '%.*s' in [%s.%s]", (int)k.n, k.p,
 	                  sec == LG_KS_PROVIDER ? "provider" : sec == LG_KS_MODEL ? "model" : "key", owner);
 }
@@ -2559,6 +2620,124 @@ static LG_COLD void lg_cfg_free(struct lg_cfg *c)
 		struct lg_arena a = c->a;
 		lg_arena_free(&a);
 	}
+}
+
+static LG_COLD int lg_cfg_store_instance(struct lg_cfgp *p);
+
+/* [store]: url = redis://[user:password@]host:port[/db] or unix:/path,
+ * split into the fields the store's client connects with; the instance
+ * name by default. The password never goes into a message. */
+static LG_COLD int lg_cfg_store(struct lg_cfgp *p)
+{
+	struct lg_cfg *c = p->c;
+	lg_str v, host, cred = lg_str_of("", 0);
+	size_t i, at = 0, hs;
+	long port = 6379, db = 0;
+	char name[300];
+	if (!c->store_sec) return 0;
+	p->line = c->store_line ? c->store_line : c->store_sec;
+	if (!c->store_url || !*c->store_url) return lg_cfg_err(p, "[store] needs url = redis://host:port or unix:/path");
+	v = lg_strz(c->store_url);
+	if (v.n > 5 && memcmp(v.p, "unix:", 5) == 0) {
+		if (v.n - 5 >= sizeof(((struct sockaddr_un *)0)->sun_path) || v.p[5] != '/')
+			return lg_cfg_err(p, "[store] url unix:PATH needs an absolute path shorter than %u bytes",
+			                  (unsigned)sizeof(((struct sockaddr_un *)0)->sun_path));
+		c->store_kind = LG_STORE_UNIX;
+		c->store_path = c->store_url + 5;
+		c->store_name = c->store_url;
+		return lg_cfg_store_instance(p);
+	}
+	if (v.n > 9 && memcmp(v.p, "rediss://", 9) == 0)
+		return lg_cfg_err(p, "[store] url: rediss:// (TLS to the store) is not supported yet; use redis:// on a "
+		                     "trusted network, or unix:/path");
+	if (!(v.n > 8 && memcmp(v.p, "redis://", 8) == 0))
+		return lg_cfg_err(p, "[store] url must be redis://[user:password@]host:port[/db] or unix:/path");
+	v.p += 8, v.n -= 8;
+	for (i = 0; i < v.n && v.p[i] != '/'; i++)
+		if (v.p[i] == '@') at = i + 1;
+	if (at) cred = lg_str_of(v.p, at - 1), v.p += at, v.n -= at;
+	for (hs = 0; hs < v.n && v.p[hs] != '/'; hs++) {
+	}
+	if (hs < v.n) { /* /db */
+		lg_str d = lg_str_of(v.p + hs + 1, v.n - hs - 1);
+		db = 0;
+		if (!d.n || d.n > 5) return lg_cfg_err(p, "[store] url: the database after '/' must be a number");
+		for (i = 0; i < d.n; i++) {
+			if (d.p[i] < '0' || d.p[i] > '9') return lg_cfg_err(p, "[store] url: the database after '/' must be a number");
+			db = db * 10 + (d.p[i] - '0');
+		}
+		v.n = hs;
+	}
+	host = v;
+	if (host.n && host.p[0] == '[') { /* [v6]:port */
+		for (i = 0; i < host.n && host.p[i] != ']'; i++) {
+		}
+		if (i == host.n) return lg_cfg_err(p, "[store] url: missing ']' after the IPv6 address");
+		if (i + 1 < host.n) {
+			if (host.p[i + 1] != ':') return lg_cfg_err(p, "[store] url: expected ':' after the IPv6 address");
+			at = i + 2;
+		} else {
+			at = 0;
+		}
+		v = host;
+		host = lg_str_of(v.p + 1, i - 1);
+	} else {
+		for (i = host.n; i > 0 && host.p[i - 1] != ':'; i--) {
+		}
+		at = i;
+		v = host;
+		if (i) host.n = i - 1;
+	}
+	if (at) {
+		if (at == v.n) return lg_cfg_err(p, "[store] url: no port after the ':'");
+		port = 0;
+		for (i = at; i < v.n; i++) {
+			if (v.p[i] < '0' || v.p[i] > '9' || (port = port * 10 + (v.p[i] - '0')) > 65535)
+				return lg_cfg_err(p, "[store] url: bad port");
+		}
+		if (port < 1) return lg_cfg_err(p, "[store] url: bad port");
+	}
+	if (!host.n || host.n > 253) return lg_cfg_err(p, "[store] url: no host name");
+	if (v.p[0] != '[' && memchr(host.p, ':', host.n)) return lg_cfg_err(p, "[store] url: bad port");
+	c->store_kind = LG_STORE_TCP;
+	c->store_host = lg_cfg_str(c, host);
+	c->store_port = (int)port;
+	c->store_db = (int)db;
+	if (cred.n) { /* user:password, or a password alone (AUTH password: the default user) */
+		for (i = 0; i < cred.n && cred.p[i] != ':'; i++) {
+		}
+		if (i < cred.n) {
+			if (i) c->store_user = lg_cfg_str(c, lg_str_of(cred.p, i));
+			c->store_pass = lg_cfg_str(c, lg_str_of(cred.p + i + 1, cred.n - i - 1));
+		} else {
+			c->store_pass = lg_cfg_str(c, cred);
+		}
+	}
+	snprintf(name, sizeof name, "redis://%s%s%s:%d/%d", strchr(c->store_host, ':') ? "[" : "", c->store_host,
+	         strchr(c->store_host, ':') ? "]" : "", c->store_port, c->store_db);
+	c->store_name = lg_cfg_str(c, lg_strz(name));
+	if (!c->store_host || !c->store_name) return lg_cfg_err(p, "out of memory");
+	return lg_cfg_store_instance(p);
+}
+
+/* [store] instance: by default the host name and the port of the first
+ * listener ("router1:8080"). */
+static LG_COLD int lg_cfg_store_instance(struct lg_cfgp *p)
+{
+	struct lg_cfg *c = p->c;
+	char name[300];
+	if (!c->store_instance || !*c->store_instance) {
+		char hn[256];
+		const char *l = c->nlisten ? c->listen[0] : "127.0.0.1:8080", *colon = strrchr(l, ':'), *sp;
+		size_t pn;
+		if (gethostname(hn, sizeof hn) != 0) lg_cpy(hn, sizeof hn, "llmgw");
+		hn[sizeof hn - 1] = 0;
+		pn = colon ? strlen(colon + 1) : 0;
+		if (colon && (sp = strchr(colon, ' '))) pn = (size_t)(sp - colon - 1);
+		snprintf(name, sizeof name, "%s:%.*s", hn, (int)pn, colon ? colon + 1 : "");
+		if (!(c->store_instance = lg_cfg_str(c, lg_strz(name)))) return lg_cfg_err(p, "out of memory");
+	}
+	return 0;
 }
 
 /* Cross-section checks once the whole file is read. */
@@ -2694,6 +2873,7 @@ static LG_COLD int lg_cfg_validate(struct lg_cfgp *p)
 			return lg_cfg_err(p, "listen %s: a TLS listener needs tls_cert and tls_key%s", c->listen[i],
 			                  LLMGW_TLS ? "" : " and a build with TLS");
 	}
+	if (lg_cfg_store(p)) return -1;
 	p->line = c->state_line;
 	if (c->state_dir && *c->state_dir) { /* there, or made at start in a writable parent */
 		struct stat st;
@@ -2749,6 +2929,7 @@ static LG_COLD struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const c
 	p.err = err;
 	p.errlen = errlen;
 	lg_cfg_defaults(&p, LG_KS_GATEWAY, c);
+	lg_cfg_defaults(&p, LG_KS_STORE, c);
 	memset(&in, 0, sizeof in);
 	if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) text += 3, len -= 3; /* a UTF-8 BOM */
 	in.s = text;
@@ -2770,10 +2951,20 @@ static LG_COLD struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const c
 				secid = 1; /* [gateway] may come back: its keys still count once */
 				continue;
 			}
+			if (lg_str_eq(s, "store")) {
+				if (c->store_sec) {
+					r = lg_cfg_err(&p, "[store] is given twice (first on line %d)", c->store_sec);
+					break;
+				}
+				c->store_sec = in.line;
+				sec = LG_KS_STORE;
+				secid = ++nsec;
+				continue;
+			}
 			secid = ++nsec;
 			if (dot == s.n || !lg_cfg_name_ok(name)) {
 				r = lg_cfg_err(&p, "unknown section [%.*s] (gateway, provider.NAME, model.NAME, "
-				                   "key.NAME)", (int)s.n, s.p);
+				                   "key.NAME, store)", (int)s.n, s.p);
 				break;
 			}
 			if (lg_str_eq(lg_str_of(s.p, dot), "provider")) {
@@ -2827,7 +3018,7 @@ static LG_COLD struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const c
 				sec = 4;
 			} else {
 				r = lg_cfg_err(&p, "unknown section [%.*s] (gateway, provider.NAME, model.NAME, "
-				                   "key.NAME)", (int)s.n, s.p);
+				                   "key.NAME, store)", (int)s.n, s.p);
 			}
 			continue;
 		}
@@ -2846,7 +3037,7 @@ static LG_COLD struct lg_cfg *lg_cfg_parse(const char *text, size_t len, const c
 		}
 		if (sec == 0)
 			r = lg_cfg_err(&p, "key '%.*s' outside of any section", (int)in.key.n, in.key.p);
-		else if (sec == LG_KS_GATEWAY)
+		else if (sec == LG_KS_GATEWAY || sec == LG_KS_STORE)
 			r = lg_cfg_key(&p, sec, c, NULL, in.key, in.value);
 		else
 			r = lg_cfg_key(&p, sec, cur, *(const char *const *)cur, in.key, in.value); /* each starts with name */
@@ -3915,7 +4106,7 @@ struct lg_timer {
 	void (*fn)(struct llmgw *gw, struct lg_timer *t);
 };
 
-enum { LG_ROLE_CLIENT, LG_ROLE_UPSTREAM };
+enum { LG_ROLE_CLIENT, LG_ROLE_UPSTREAM, LG_ROLE_STORE }; /* STORE: the state store's (13g) */
 
 /* connection flags */
 #define LG_F_CLOSE_AFTER 0x01 /* close once the output is flushed */
@@ -3974,6 +4165,8 @@ struct lg_origin {
 struct lg_dns;
 struct lg_acct;
 struct lg_rstate;
+struct lg_redis;
+struct lg_stjob;
 
 struct llmgw {
 	int log_level;
@@ -4010,6 +4203,9 @@ struct llmgw {
 	struct lg_acct *acct; /* key spend and limits, ledger, metrics, recent requests */
 	struct lg_rstate *rs; /* target health, breakers, affinity: survives reloads */
 	const struct lg_store *st; /* the only way to rs and acct (section 13a) */
+	struct lg_redis *redis;    /* this loop's client of a shared store ([store], 13g) */
+	int nstore;                /* store calls waiting for their replies: the loop ends after them */
+	int store_inst;            /* the first loop's: instances the store's heartbeat counted (13g) */
 	/* what requests leave behind, reused by the next ones instead of going
 	 * back to malloc: first-size connection buffers and request objects */
 	char *blk[LG_BLKCACHE];
@@ -4183,7 +4379,7 @@ static struct lg_conn *lg_conn_new(struct llmgw *gw, int fd, int role,
 	if (role == LG_ROLE_CLIENT) {
 		lg_gauge_add(&gw->nclients, 1);
 		if (gw->sh) lg_atomic_add(&gw->sh->nclients, 1);
-	} else {
+	} else if (role == LG_ROLE_UPSTREAM) {
 		lg_gauge_add(&gw->nupstream, 1);
 	}
 	return c;
@@ -4214,7 +4410,7 @@ static void lg_conn_free(struct llmgw *gw, struct lg_conn *c)
 	if (c->role == LG_ROLE_CLIENT) {
 		lg_gauge_add(&gw->nclients, -1);
 		if (gw->sh) lg_atomic_add(&gw->sh->nclients, -1);
-	} else {
+	} else if (c->role == LG_ROLE_UPSTREAM) {
 		lg_gauge_add(&gw->nupstream, -1);
 	}
 	if (c->idx != last) { /* swap-remove: the poll set stays dense */
@@ -4353,6 +4549,7 @@ static void lg_srv_drop(struct lg_conn *c);                           /* 14 */
 static void lg_req_dns_wake(struct llmgw *gw);                        /* 11a */
 static void lg_req_reap(struct llmgw *gw);                            /* 11a */
 static void lg_acct_flush(struct llmgw *gw);                          /* 13 */
+static void lg_redis_tick(struct llmgw *gw);                          /* 13g */
 static void lg_listen_stop(struct llmgw *gw);                         /* 15 */
 
 int llmgw_poll(struct llmgw *gw, int timeout_ms)
@@ -4361,6 +4558,7 @@ int llmgw_poll(struct llmgw *gw, int timeout_ms)
 	if (!gw->running) return 0;
 	gw->now = lg_now_ms();
 	if (gw->sh && (unsigned long)lg_atomic_get(&gw->sh->cfg_gen) != gw->cfg->gen) lg_srv_adopt(gw);
+	lg_redis_tick(gw);
 	if (gw->nheap) {
 		int64_t d = gw->heap[0]->at - gw->now;
 		if (d < 0) d = 0;
@@ -4419,8 +4617,9 @@ int llmgw_poll(struct llmgw *gw, int timeout_ms)
 			i++;
 	}
 	lg_req_reap(gw);
+	lg_redis_tick(gw); /* the store's calls of this iteration, in one write */
 	lg_acct_flush(gw);
-	if (gw->stopping && gw->nclients == 0 && gw->nreqs == 0) {
+	if (gw->stopping && gw->nclients == 0 && gw->nreqs == 0 && !gw->nstore) { /* settles reach the store */
 		gw->running = 0;
 		if (!gw->sh) LG_LOG(gw, LG_LOG_INFO, "stopped after %llu requests", gw->served);
 	}
@@ -5442,6 +5641,8 @@ struct lg_req {
 	struct lg_arena a;
 	uint64_t seq; /* also in the id: indexes the ring of recent requests */
 	char id[40];
+	struct lg_stjob *st_job; /* [store]: the admit call it waits for (13g) */
+	int st_held;             /* [store]: the store holds its reservation: settle replaces it */
 	int ep, head_only, minor, close, stream, want_usage;
 	int compact; /* Responses compaction (/v1/responses/compact, a compaction_trigger item): the
 	                answer is one compaction item holding the summary the target wrote */
@@ -11673,15 +11874,29 @@ static void lg_acct_estimate(struct lg_req *r)
 	r->res_out = r->ep == LG_EP_EMBED ? 0 : mo * nch; /* r->max_out stays the request's own */
 }
 
-/* Before the first attempt: concurrency, rpm, tpm, then the budget with a
- * worst-case reservation at the priciest candidate. 0 admits (and holds
- * what it took); otherwise the HTTP status, with msg and *retry (s). */
-static int lg_acct_admit(struct lg_req *r, char *msg, size_t mlen, int *retry)
+/* Before the first attempt: concurrency, rpm, tpm, then the budget (unless
+ * budget is 0: a shared store checks it) with a worst-case reservation at
+ * the priciest candidate. 0 admits (and holds what it took, the
+ * reservation too); otherwise the HTTP status, with msg and *retry (s). */
+static void lg_acct_resets(int period, int64_t wall, char *when, size_t n)
+{
+	int64_t reset;
+	lg_cpy(when, n, "never (a total budget)");
+	lg_acct_period(period, wall, &reset);
+	if (reset) {
+		time_t t = (time_t)(reset / 1000);
+		struct tm tm;
+		gmtime_r(&t, &tm);
+		strftime(when, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	}
+}
+
+static int lg_acct_admit(struct lg_req *r, char *msg, size_t mlen, int *retry, int budget)
 {
 	const struct lg_key *key = r->key;
 	struct lg_kstate *ks;
 	double in = 0, out = 0, res;
-	int64_t wall = r->wall0, reset;
+	int64_t wall = r->wall0;
 	int i;
 	lg_acct_estimate(r);
 	if (!key) return 0;
@@ -11709,15 +11924,9 @@ static int lg_acct_admit(struct lg_req *r, char *msg, size_t mlen, int *retry)
 			out = LG_MAX(out, r->plan[i].t->out);
 		}
 	res = ((double)r->prompt_max * in + (double)r->res_out * out) / 1e6;
-	if (key->budget > 0 && ks->spend + ks->reserved + res > key->budget) {
-		char when[64] = "never (a total budget)";
-		lg_acct_period(key->period, wall, &reset);
-		if (reset) {
-			time_t t = (time_t)(reset / 1000);
-			struct tm tm;
-			gmtime_r(&t, &tm);
-			strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
-		}
+	if (budget && key->budget > 0 && ks->spend + ks->reserved + res > key->budget) {
+		char when[64];
+		lg_acct_resets(key->period, wall, when, sizeof when);
 		snprintf(msg, mlen,
 		         "key '%s' has exhausted its budget of %g USD/%s: %.6f USD spent this period, %.6f USD "
 		         "held by requests in flight, this request may cost up to %.6f USD; the budget resets at %s",
@@ -12323,7 +12532,7 @@ static void lg_st_local_admit(struct lg_req *r)
 	char msg[1024];
 	int retry = 0, status;
 	lg_lock(r->gw);
-	if (!(status = lg_route_plan(r, msg, sizeof msg))) status = lg_acct_admit(r, msg, sizeof msg, &retry);
+	if (!(status = lg_route_plan(r, msg, sizeof msg))) status = lg_acct_admit(r, msg, sizeof msg, &retry, 1);
 	lg_unlock(r->gw);
 	lg_st_admitted(r, status, retry, msg);
 }
@@ -12413,6 +12622,899 @@ static void lg_st_local_view(struct lg_req *r, void (*fn)(struct lg_req *r))
 static const struct lg_store lg_st_local = {"local", lg_st_local_admit, lg_st_local_take, lg_st_local_report,
                                             lg_st_local_remember, lg_acct_charge, lg_acct_settle, lg_st_local_view,
                                             NULL};
+
+/* --- 13g. the Redis store: RESP client, scripts ------------------------- */
+
+/* lg_st_redis keeps what several gateways must agree on in Redis or
+ * Valkey. This first part shares budgets: admit runs one script that
+ * checks every budget period of the key and reserves the worst case
+ * atomically, settle one script that puts the real cost in the
+ * reservation's place. Everything else (rpm, tpm, max_concurrency, target
+ * health and breakers, affinity, the records behind /v1/generation, the
+ * ledger) is still each instance's own, through lg_st_local's functions.
+ *
+ * The client: each event loop has one connection (gw->redis), made
+ * without blocking, with AUTH and SELECT written first. Commands are RESP
+ * arrays appended to the connection's output and written once per loop
+ * iteration (lg_redis_flush), so the commands of every request of an
+ * iteration share one write and their replies come back in order: a FIFO
+ * of callbacks (q) matches them. Scripts are called by their SHA-1
+ * (EVALSHA); NOSCRIPT (a SCRIPT FLUSH, a restarted store) loads the script
+ * and sends the command once more. A command unanswered after timeout
+ * fails, with every command behind it, and the connection is made again
+ * (a FIFO cannot skip a reply) after a capped exponential backoff; while
+ * it is down, commands fail at once, so a request waits for the store at
+ * most timeout. A store outage is logged once, when it starts, and once
+ * when it ends, with how many calls failed meanwhile.
+ *
+ * Keys (prefix first):
+ *   b:<key>:<period>:<period id>  hash: spend, held (USD) and r:<request
+ *                                 id> = its reservation; expires an hour
+ *                                 after its period (never for total)
+ *   inst:<instance>               the heartbeat, SET ... EX 3 every second
+ *   insts                         sorted set: instance -> last heartbeat ms
+ *
+ * Memory: the connection's buffers, bounded by LLMGW_STORE_MAX_REPLY, and
+ * a queue entry (~48 bytes) per command waiting for its reply. */
+
+/* A reply, as lg_redis_parse hands it over: values in preorder, arrays
+ * followed by their elements; next is the index after the value and all
+ * it holds. p points into the parsed buffer. */
+enum { LG_RV_STR = 1, LG_RV_ERR, LG_RV_INT, LG_RV_BULK, LG_RV_NIL, LG_RV_ARR };
+struct lg_rv {
+	int type, n, next; /* n: an array's elements */
+	int64_t i;         /* an integer */
+	const char *p;     /* a string, bulk or error: len bytes, not NUL-terminated */
+	size_t len;
+};
+#define LG_RV_MAX 64  /* values in one reply: llmgw's scripts answer with a few */
+#define LG_RV_DEPTH 8 /* nested arrays */
+
+static int lg_redis_int(const char *p, size_t n, int64_t *out)
+{
+	size_t i = 0;
+	int neg = 0;
+	uint64_t v = 0;
+	if (n && p[0] == '-') neg = 1, i = 1;
+	if (i == n || n - i > 18) return -1;
+	for (; i < n; i++) {
+		if (p[i] < '0' || p[i] > '9') return -1;
+		v = v * 10 + (uint64_t)(p[i] - '0');
+	}
+	*out = neg ? -(int64_t)v : (int64_t)v;
+	return 0;
+}
+
+/* Parses the RESP2 reply at the start of buf[0, len) into v (at most maxv
+ * values). Returns the bytes it takes, 0 when it is not all there yet
+ * (call again with more: nothing is kept between calls), or -1 when the
+ * bytes are not RESP2 or go past a limit (a bulk string or status line
+ * longer than maxbulk, more than maxv values, arrays nested deeper than
+ * LG_RV_DEPTH): the connection cannot be trusted after that. Never
+ * allocates; the strings of v point into buf. */
+static long lg_redis_parse(const char *buf, size_t len, struct lg_rv *v, int maxv, int *nv, size_t maxbulk)
+{
+	size_t pos = 0;
+	int n = 0, depth = 0, i;
+	int64_t rem[LG_RV_DEPTH + 1];
+	rem[0] = 1;
+	*nv = 0;
+	for (;;) {
+		const char *cr;
+		size_t ll;
+		int64_t x;
+		struct lg_rv *e;
+		while (depth > 0 && rem[depth] == 0) depth--;
+		if (rem[depth] == 0) break;
+		rem[depth]--;
+		if (pos >= len) return 0;
+		cr = (const char *)memchr(buf + pos, '\r', LG_MIN(len - pos, maxbulk + 32));
+		if (!cr) return len - pos > maxbulk + 32 ? -1 : 0;
+		ll = (size_t)(cr - buf) - pos; /* the line, its type byte included */
+		if ((size_t)(cr - buf) + 1 >= len) return 0;
+		if (cr[1] != '\n' || ll == 0) return -1;
+		if (n == maxv) return -1;
+		e = &v[n++];
+		memset(e, 0, sizeof *e);
+		switch (buf[pos]) {
+		case '+':
+		case '-':
+			e->type = buf[pos] == '+' ? LG_RV_STR : LG_RV_ERR;
+			e->p = buf + pos + 1;
+			e->len = ll - 1;
+			pos += ll + 2;
+			break;
+		case ':':
+			if (lg_redis_int(buf + pos + 1, ll - 1, &e->i)) return -1;
+			e->type = LG_RV_INT;
+			pos += ll + 2;
+			break;
+		case '$':
+			if (lg_redis_int(buf + pos + 1, ll - 1, &x) || x < -1 || x > (int64_t)maxbulk) return -1;
+			pos += ll + 2;
+			if (x == -1) {
+				e->type = LG_RV_NIL;
+				break;
+			}
+			if (len - pos < (size_t)x + 2) return 0;
+			if (buf[pos + (size_t)x] != '\r' || buf[pos + (size_t)x + 1] != '\n') return -1;
+			e->type = LG_RV_BULK;
+			e->p = buf + pos;
+			e->len = (size_t)x;
+			pos += (size_t)x + 2;
+			break;
+		case '*':
+			if (lg_redis_int(buf + pos + 1, ll - 1, &x) || x < -1 || x > maxv) return -1;
+			pos += ll + 2;
+			if (x == -1) {
+				e->type = LG_RV_NIL;
+				break;
+			}
+			e->type = LG_RV_ARR;
+			e->n = (int)x;
+			if (x > 0) {
+				if (depth == LG_RV_DEPTH) return -1;
+				rem[++depth] = x;
+			}
+			break;
+		default: return -1;
+		}
+	}
+	for (i = n - 1; i >= 0; i--) { /* next: children have higher indices, so from the end */
+		int j = i + 1, k;
+		if (v[i].type == LG_RV_ARR)
+			for (k = 0; k < v[i].n; k++) j = v[j].next;
+		v[i].next = j;
+	}
+	*nv = n;
+	return (long)pos;
+}
+
+/* RESP arrays of bulk strings: lg_redis_cmd(b, n) and then n arguments. */
+static void lg_redis_cmd(struct lg_buf *b, int n) { lg_buf_printf(b, "*%d\r\n", n); }
+static void lg_redis_arg(struct lg_buf *b, const char *p, size_t n)
+{
+	lg_buf_printf(b, "$%zu\r\n", n);
+	lg_buf_add(b, p, n);
+	lg_buf_add(b, "\r\n", 2);
+}
+static void lg_redis_argz(struct lg_buf *b, const char *z) { lg_redis_arg(b, z, strlen(z)); }
+static void lg_redis_argd(struct lg_buf *b, double d)
+{
+	char t[40];
+	snprintf(t, sizeof t, "%.17g", d);
+	lg_redis_argz(b, t);
+}
+static void lg_redis_argi(struct lg_buf *b, int64_t i)
+{
+	char t[24];
+	snprintf(t, sizeof t, "%lld", (long long)i);
+	lg_redis_argz(b, t);
+}
+
+/* The scripts: each is one atomic step in the store. */
+enum { LG_SCR_ADMIT, LG_SCR_SETTLE, LG_SCR_BEAT, LG_NSCR };
+static const char *const lg_redis_scripts[LG_NSCR] = {
+    /* admit: KEYS the budget hashes of the key's periods; ARGV[1] the
+     * request id, ARGV[2] its reservation (USD), then for each key its
+     * budget and when it expires (ms, 0: never). Reserves in every one,
+     * or in none: {0, which, spend, held} */
+    "local res = tonumber(ARGV[2])\n"
+    "for i = 1, #KEYS do\n"
+    "  local h = redis.call('HMGET', KEYS[i], 'spend', 'held')\n"
+    "  local spend, held = tonumber(h[1]) or 0, tonumber(h[2]) or 0\n"
+    "  if held < 1e-12 then held = 0 end\n"
+    "  if spend + held + res > tonumber(ARGV[1 + 2 * i]) then\n"
+    "    return {0, i, string.format('%.17g', spend), string.format('%.17g', held)}\n"
+    "  end\n"
+    "end\n"
+    "for i = 1, #KEYS do\n"
+    "  redis.call('HINCRBYFLOAT', KEYS[i], 'held', ARGV[2])\n"
+    "  redis.call('HSET', KEYS[i], 'r:' .. ARGV[1], ARGV[2])\n"
+    "  local at = tonumber(ARGV[2 + 2 * i])\n"
+    "  if at > 0 then redis.call('PEXPIREAT', KEYS[i], at) end\n"
+    "end\n"
+    "return {1}\n",
+    /* settle: KEYS the budget hashes; ARGV[1] the request id, ARGV[2] its
+     * cost (USD), then for each key when it expires. The reservation goes,
+     * the cost comes in its place. */
+    "local cost = tonumber(ARGV[2])\n"
+    "for i = 1, #KEYS do\n"
+    "  local r = redis.call('HGET', KEYS[i], 'r:' .. ARGV[1])\n"
+    "  if r then\n"
+    "    redis.call('HDEL', KEYS[i], 'r:' .. ARGV[1])\n"
+    "    local held = tonumber(redis.call('HINCRBYFLOAT', KEYS[i], 'held', string.format('%.17g', -tonumber(r))))\n"
+    "    if held < 1e-12 then redis.call('HSET', KEYS[i], 'held', '0') end\n"
+    "  end\n"
+    "  if cost > 0 then redis.call('HINCRBYFLOAT', KEYS[i], 'spend', ARGV[2]) end\n"
+    "  local at = tonumber(ARGV[2 + i])\n"
+    "  if at > 0 then redis.call('PEXPIREAT', KEYS[i], at) end\n"
+    "end\n"
+    "return 1\n",
+    /* heartbeat: KEYS[1] inst:<instance>, KEYS[2] insts; ARGV[1] now (ms),
+     * ARGV[2] the instance. Answers how many beat in the last 3 s. */
+    "redis.call('SET', KEYS[1], ARGV[1], 'EX', 3)\n"
+    "redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[1]) - 3000)\n"
+    "return redis.call('ZCARD', KEYS[2])\n",
+};
+
+/* What a reply is given to: err is NULL when the store answered (v, nv:
+ * the reply, maybe an error reply), else why there is no reply. */
+typedef void (*lg_redis_fn)(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err);
+
+struct lg_rpend {
+	lg_redis_fn fn; /* NULL: a reply nobody waits for (AUTH, SELECT, SCRIPT LOAD) */
+	void *arg;
+	int64_t deadline;
+	char *cmd; /* EVALSHA: the command, to send again after NOSCRIPT */
+	size_t cmdlen;
+	int scr, hello; /* which script; hello: a reply of the connection's start */
+};
+
+enum { LG_RS_DOWN, LG_RS_CONNECTING, LG_RS_UP };
+
+struct lg_redis {
+	struct lg_cfg *cfg; /* the store's settings are this snapshot's (a reference) */
+	struct lg_conn *c;
+	int state, up;            /* up: /metrics reads it (lg_gauge_get) */
+	struct lg_rpend *q;       /* replies waited for, oldest at qhead */
+	unsigned qcap, qhead, qn;
+	struct lg_timer tm; /* DOWN: the reconnect; else the oldest command's deadline */
+	struct lg_timer hb; /* the heartbeat (first loop only) */
+	int64_t backoff, down_since;
+	unsigned long failed; /* calls failed since the outage began */
+	unsigned long nerr;   /* error replies to budget scripts since the last log line about them */
+	int64_t err_logged;
+	char sha[LG_NSCR][41];
+	char why[200];
+};
+
+#define LG_RD_MAX_QUEUE 65536 /* commands waiting for replies on one connection */
+
+static void lg_redis_io(struct lg_conn *c, int re);
+static void lg_redis_free(struct llmgw *gw);
+static void lg_redis_down(struct llmgw *gw, struct lg_redis *rd, const char *fmt, ...) LG_PRINTF(3, 4);
+
+static void lg_redis_arm(struct llmgw *gw, struct lg_redis *rd)
+{
+	if (rd->state == LG_RS_DOWN) return;
+	if (rd->qn)
+		lg_timer_set(gw, &rd->tm, LG_MAX(rd->q[rd->qhead].deadline - gw->now, (int64_t)0));
+	else
+		lg_timer_clear(gw, &rd->tm);
+}
+
+/* Queues a reply to wait for. -1: the queue is full. */
+static int lg_redis_push(struct llmgw *gw, struct lg_redis *rd, const struct lg_rpend *e)
+{
+	if (rd->qn == rd->qcap) {
+		unsigned cap = rd->qcap ? rd->qcap * 2 : 64, k;
+		struct lg_rpend *nq;
+		if (cap > LG_RD_MAX_QUEUE || !(nq = (struct lg_rpend *)malloc(cap * sizeof *nq))) return -1;
+		for (k = 0; k < rd->qn; k++) nq[k] = rd->q[(rd->qhead + k) % rd->qcap];
+		free(rd->q);
+		rd->q = nq;
+		rd->qcap = cap;
+		rd->qhead = 0;
+	}
+	rd->q[(rd->qhead + rd->qn) % rd->qcap] = *e;
+	rd->qn++;
+	lg_gauge_add(&gw->nstore, 1);
+	if (rd->qn == 1) lg_redis_arm(gw, rd);
+	return 0;
+}
+
+static struct lg_rpend lg_redis_pop(struct llmgw *gw, struct lg_redis *rd)
+{
+	struct lg_rpend e = rd->q[rd->qhead];
+	rd->qhead = (rd->qhead + 1) % rd->qcap;
+	rd->qn--;
+	lg_gauge_add(&gw->nstore, -1);
+	return e;
+}
+
+/* Sends a script call: EVALSHA with its SHA-1, then args (nargs of them,
+ * already RESP: numkeys, keys, argv). fn gets the reply, or why there is
+ * none (at once when the store is down). */
+static void lg_redis_script(struct llmgw *gw, struct lg_redis *rd, int scr, const struct lg_buf *args, int nargs,
+                            lg_redis_fn fn, void *arg)
+{
+	struct lg_rpend e;
+	struct lg_buf b;
+	if (rd->state == LG_RS_DOWN || !rd->c) {
+		rd->failed++;
+		fn(gw, arg, NULL, 0, rd->why[0] ? rd->why : "not connected");
+		return;
+	}
+	lg_buf_init(&b, 0);
+	lg_redis_cmd(&b, 2 + nargs);
+	lg_redis_argz(&b, "EVALSHA");
+	lg_redis_arg(&b, rd->sha[scr], 40);
+	lg_buf_add(&b, lg_buf_data(args), lg_buf_used(args));
+	memset(&e, 0, sizeof e);
+	e.fn = fn, e.arg = arg, e.scr = scr, e.deadline = gw->now + rd->cfg->store_timeout;
+	e.cmdlen = lg_buf_used(&b);
+	if (b.err || !(e.cmd = (char *)malloc(e.cmdlen)) || lg_redis_push(gw, rd, &e)) {
+		free(e.cmd);
+		lg_buf_free(&b);
+		rd->failed++;
+		fn(gw, arg, NULL, 0, "out of memory (or too many store calls waiting)");
+		return;
+	}
+	memcpy(e.cmd, lg_buf_data(&b), e.cmdlen);
+	lg_buf_add(&rd->c->out, lg_buf_data(&b), e.cmdlen);
+	lg_buf_free(&b);
+}
+
+/* A command whose reply only matters when it is an error (the start of a
+ * connection: AUTH, SELECT, SCRIPT LOAD). */
+static void lg_redis_hello(struct llmgw *gw, struct lg_redis *rd, const struct lg_buf *b)
+{
+	struct lg_rpend e;
+	memset(&e, 0, sizeof e);
+	e.hello = 1;
+	e.deadline = gw->now + rd->cfg->store_timeout;
+	if (lg_redis_push(gw, rd, &e) == 0) lg_buf_add(&rd->c->out, lg_buf_data(b), lg_buf_used(b));
+}
+
+static void lg_redis_load(struct llmgw *gw, struct lg_redis *rd, int scr)
+{
+	struct lg_buf b;
+	lg_buf_init(&b, 0);
+	lg_redis_cmd(&b, 3);
+	lg_redis_argz(&b, "SCRIPT");
+	lg_redis_argz(&b, "LOAD");
+	lg_redis_argz(&b, lg_redis_scripts[scr]);
+	lg_redis_hello(gw, rd, &b);
+	lg_buf_free(&b);
+}
+
+/* Writes what the loop's requests queued, once per iteration. */
+static void lg_redis_flush(struct llmgw *gw)
+{
+	struct lg_redis *rd = gw->redis;
+	if (!rd || !rd->c || (rd->c->flags & (LG_F_CONNECTING | LG_F_DEAD)) || !lg_buf_used(&rd->c->out)) return;
+	if (lg_conn_flush(rd->c) < 0) lg_redis_down(gw, rd, "write: %s", strerror(errno));
+}
+
+static void lg_redis_connect(struct llmgw *gw, struct lg_redis *rd)
+{
+	const struct lg_cfg *cf = rd->cfg;
+	struct sockaddr_storage sa;
+	socklen_t sl = 0;
+	int fd, rc, which, one = 1;
+	struct lg_buf b;
+	memset(&sa, 0, sizeof sa);
+	if (cf->store_kind == LG_STORE_UNIX) {
+		struct sockaddr_un *un = (struct sockaddr_un *)&sa;
+		un->sun_family = AF_UNIX;
+		lg_cpy(un->sun_path, sizeof un->sun_path, cf->store_path);
+		sl = (socklen_t)sizeof *un;
+	} else {
+		const char *why = NULL;
+		rc = lg_dns_lookup(gw, cf->store_host, cf->store_port, -1, &sa, &sl, &which, &why);
+		if (rc == 0) { /* the resolver answers later: look again soon */
+			rd->state = LG_RS_DOWN;
+			lg_timer_set(gw, &rd->tm, 20);
+			return;
+		}
+		if (rc < 0) {
+			lg_redis_down(gw, rd, "cannot resolve %s: %s", cf->store_host, why ? why : "unknown error");
+			return;
+		}
+	}
+	fd = socket(sa.ss_family, SOCK_STREAM, 0);
+	if (fd < 0 || lg_set_nonblock(fd)) {
+		if (fd >= 0) close(fd);
+		lg_redis_down(gw, rd, "socket: %s", strerror(errno));
+		return;
+	}
+	(void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+	if (sa.ss_family != AF_UNIX) (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	do
+		rc = connect(fd, (struct sockaddr *)&sa, sl);
+	while (rc < 0 && errno == EINTR);
+	if (rc < 0 && errno != EINPROGRESS && errno != EAGAIN) {
+		int e = errno;
+		close(fd);
+		lg_redis_down(gw, rd, "connect: %s", strerror(e));
+		return;
+	}
+	if (!(rd->c = lg_conn_new(gw, fd, LG_ROLE_STORE, lg_redis_io))) {
+		close(fd);
+		lg_redis_down(gw, rd, "out of memory");
+		return;
+	}
+	if (rc < 0) rd->c->flags |= LG_F_CONNECTING;
+	rd->state = LG_RS_CONNECTING;
+	lg_buf_init(&b, 0);
+	if (cf->store_pass) { /* AUTH [user] password */
+		lg_redis_cmd(&b, cf->store_user ? 3 : 2);
+		lg_redis_argz(&b, "AUTH");
+		if (cf->store_user) lg_redis_argz(&b, cf->store_user);
+		lg_redis_argz(&b, cf->store_pass);
+		lg_redis_hello(gw, rd, &b);
+		b.off = b.len = 0;
+	}
+	if (cf->store_db) {
+		lg_redis_cmd(&b, 2);
+		lg_redis_argz(&b, "SELECT");
+		lg_redis_argi(&b, cf->store_db);
+		lg_redis_hello(gw, rd, &b);
+	}
+	lg_buf_free(&b);
+	for (which = 0; which < LG_NSCR; which++) lg_redis_load(gw, rd, which);
+	lg_conn_events(rd->c);
+}
+
+/* The connection failed (why): every waiting call fails with it, and the
+ * next attempt comes after the backoff. Logged once per outage. */
+static void lg_redis_down(struct llmgw *gw, struct lg_redis *rd, const char *fmt, ...)
+{
+	va_list ap;
+	char why[160];
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof why, fmt, ap);
+	va_end(ap);
+	snprintf(rd->why, sizeof rd->why, "%s: %s", rd->cfg->store_name, why);
+	if (rd->c) lg_conn_close(rd->c);
+	rd->c = NULL;
+	rd->state = LG_RS_DOWN;
+	lg_gauge_add(&rd->up, -rd->up);
+	if (!rd->down_since) {
+		rd->down_since = gw->now ? gw->now : lg_now_ms();
+		rd->failed = 0;
+		LG_LOG(gw, LG_LOG_WARN, "store %s (on_error = %s); retrying, and saying so again when it is back", rd->why,
+		       lg_onerr_names[rd->cfg->store_on_error]);
+	}
+	while (rd->qn) { /* calls made by these callbacks fail at once: the state is DOWN */
+		struct lg_rpend e = lg_redis_pop(gw, rd);
+		free(e.cmd);
+		if (e.fn) {
+			rd->failed++;
+			e.fn(gw, e.arg, NULL, 0, rd->why);
+		}
+	}
+	rd->backoff = rd->backoff ? LG_MIN(rd->backoff * 2, (int64_t)2000) : 50;
+	lg_timer_set(gw, &rd->tm, rd->backoff);
+}
+
+static void lg_redis_reply(struct llmgw *gw, struct lg_redis *rd, const struct lg_rv *v, int nv)
+{
+	struct lg_rpend e;
+	if (!rd->qn) {
+		lg_redis_down(gw, rd, "a reply nothing asked for");
+		return;
+	}
+	e = lg_redis_pop(gw, rd);
+	if (e.hello && v[0].type == LG_RV_ERR) {
+		lg_redis_down(gw, rd, "%.*s", (int)LG_MIN(v[0].len, (size_t)120), v[0].p);
+		return;
+	}
+	if (rd->state != LG_RS_UP) {
+		rd->state = LG_RS_UP;
+		rd->backoff = 0;
+		lg_gauge_add(&rd->up, 1 - rd->up);
+		if (rd->down_since) {
+			LG_LOG(gw, LG_LOG_WARN, "store %s is back after %lld ms; %lu calls failed meanwhile",
+			       rd->cfg->store_name, (long long)(gw->now - rd->down_since), rd->failed);
+			rd->down_since = 0;
+			rd->why[0] = 0;
+		}
+	}
+	if (e.cmd && v[0].type == LG_RV_ERR && v[0].len >= 8 && memcmp(v[0].p, "NOSCRIPT", 8) == 0) {
+		/* the store lost its scripts: load it and send the call once more */
+		struct lg_rpend again = e;
+		lg_redis_load(gw, rd, e.scr);
+		again.cmd = NULL; /* once */
+		again.deadline = gw->now + rd->cfg->store_timeout;
+		if (lg_redis_push(gw, rd, &again) == 0) {
+			lg_buf_add(&rd->c->out, e.cmd, e.cmdlen);
+			free(e.cmd);
+			return;
+		}
+	}
+	free(e.cmd);
+	if (e.fn) e.fn(gw, e.arg, v, nv, NULL);
+	if (rd->c) lg_redis_arm(gw, rd);
+}
+
+static void lg_redis_io(struct lg_conn *c, int re)
+{
+	struct llmgw *gw = c->gw;
+	struct lg_redis *rd = gw->redis;
+	struct lg_rv v[LG_RV_MAX];
+	if (!rd || rd->c != c) {
+		lg_conn_close(c);
+		return;
+	}
+	if (c->flags & LG_F_CONNECTING) {
+		int e = 0;
+		socklen_t el = sizeof e;
+		if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &e, &el) < 0) e = errno;
+		if (e) {
+			lg_redis_down(gw, rd, "connect: %s", strerror(e));
+			return;
+		}
+		c->flags &= ~(unsigned)LG_F_CONNECTING;
+	}
+	if (lg_buf_used(&c->out) && lg_conn_flush(c) < 0) {
+		lg_redis_down(gw, rd, "write: %s", strerror(errno));
+		return;
+	}
+	if (re & (POLLIN | POLLHUP | POLLERR)) {
+		long k;
+		while ((k = lg_io_read(c, LLMGW_STORE_MAX_REPLY + 65536)) > 0) {
+			while (lg_buf_used(&c->in)) {
+				int nv = 0;
+				long used = lg_redis_parse(lg_buf_data(&c->in), lg_buf_used(&c->in), v, LG_RV_MAX, &nv,
+				                           LLMGW_STORE_MAX_REPLY);
+				if (used == 0) break;
+				if (used < 0) {
+					lg_redis_down(gw, rd, "a reply that is not RESP2 or over the limits");
+					return;
+				}
+				lg_redis_reply(gw, rd, v, nv); /* v points into c->in: consumed after */
+				if (rd->c != c) return;
+				lg_buf_consume(&c->in, (size_t)used);
+			}
+		}
+		if (k == 0 || k == -1) {
+			lg_redis_down(gw, rd, k == 0 ? "the store closed the connection" : "read: %s", strerror(errno));
+			return;
+		}
+		if (lg_buf_used(&c->in) >= LLMGW_STORE_MAX_REPLY + 65536) {
+			lg_redis_down(gw, rd, "a reply over %u bytes", (unsigned)LLMGW_STORE_MAX_REPLY);
+			return;
+		}
+		lg_blk_give(gw, &c->in);
+	}
+	lg_conn_events(c);
+}
+
+static void lg_redis_timer(struct llmgw *gw, struct lg_timer *t)
+{
+	struct lg_redis *rd = gw->redis;
+	LG_UNUSED(t);
+	if (!rd) return;
+	if (rd->state == LG_RS_DOWN) {
+		lg_redis_connect(gw, rd);
+		return;
+	}
+	if (rd->qn && rd->q[rd->qhead].deadline <= gw->now)
+		lg_redis_down(gw, rd, "no answer within %lld ms (timeout)", (long long)rd->cfg->store_timeout);
+	else
+		lg_redis_arm(gw, rd);
+}
+
+static void lg_redis_beaten(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err)
+{
+	LG_UNUSED(arg);
+	if (!err && nv && v[0].type == LG_RV_INT) lg_gauge_add(&gw->store_inst, (int)v[0].i - gw->store_inst);
+}
+
+/* Every second, the first loop says in the store that this instance lives. */
+static void lg_redis_beat(struct llmgw *gw, struct lg_timer *t)
+{
+	struct lg_redis *rd = gw->redis;
+	struct lg_buf b;
+	char k[400];
+	if (!rd) return;
+	lg_timer_set(gw, t, 1000);
+	if (rd->state != LG_RS_UP && rd->state != LG_RS_CONNECTING) return;
+	lg_buf_init(&b, 0);
+	lg_redis_argz(&b, "2");
+	snprintf(k, sizeof k, "%sinst:%s", rd->cfg->store_prefix, rd->cfg->store_instance);
+	lg_redis_argz(&b, k);
+	snprintf(k, sizeof k, "%sinsts", rd->cfg->store_prefix);
+	lg_redis_argz(&b, k);
+	lg_redis_argi(&b, lg_wall_ms());
+	lg_redis_argz(&b, rd->cfg->store_instance);
+	lg_redis_script(gw, rd, LG_SCR_BEAT, &b, 5, lg_redis_beaten, NULL);
+	lg_buf_free(&b);
+}
+
+/* The loop's client, made (or remade, when the url changed) for its
+ * configuration; NULL without [store]. */
+static struct lg_redis *lg_redis_get(struct llmgw *gw, struct lg_cfg *cfg)
+{
+	struct lg_redis *rd = gw->redis;
+	int i;
+	if (!cfg->store_kind) return NULL;
+	if (rd && strcmp(rd->cfg->store_url, cfg->store_url) == 0) {
+		if (rd->cfg != cfg) { /* prefix, timeout, on_error, instance from the new one */
+			lg_cfg_ref(cfg);
+			lg_cfg_unref(rd->cfg);
+			rd->cfg = cfg;
+		}
+		return rd;
+	}
+	if (rd) lg_redis_free(gw);
+	if (!(rd = (struct lg_redis *)calloc(1, sizeof *rd))) return NULL;
+	if (!gw->now) gw->now = lg_now_ms();
+	lg_cfg_ref(cfg);
+	rd->cfg = cfg;
+	rd->tm.hidx = rd->hb.hidx = -1;
+	rd->tm.fn = lg_redis_timer;
+	rd->hb.fn = lg_redis_beat;
+	for (i = 0; i < LG_NSCR; i++) {
+		unsigned char h[20];
+		int k;
+		lg_sha1(lg_redis_scripts[i], strlen(lg_redis_scripts[i]), h);
+		for (k = 0; k < 20; k++) {
+			rd->sha[i][2 * k] = "0123456789abcdef"[h[k] >> 4];
+			rd->sha[i][2 * k + 1] = "0123456789abcdef"[h[k] & 15];
+		}
+		rd->sha[i][40] = 0;
+	}
+	gw->redis = rd;
+	if (!gw->child) lg_timer_set(gw, &rd->hb, 0);
+	lg_redis_connect(gw, rd);
+	return rd;
+}
+
+/* The loop's client as it is (made when there is none yet): calls made
+ * from a reply's callback must never replace it. */
+static struct lg_redis *lg_redis_cur(struct llmgw *gw)
+{
+	if (!gw->redis && gw->cfg && gw->cfg->store_kind) lg_redis_get(gw, gw->cfg);
+	return gw->redis;
+}
+
+/* The client goes: the calls waiting fail, the connection is closed. */
+static void lg_redis_free(struct llmgw *gw)
+{
+	struct lg_redis *rd = gw->redis;
+	if (!rd) return;
+	lg_timer_clear(gw, &rd->hb);
+	if (!rd->down_since) rd->down_since = gw->now ? gw->now : 1; /* an end, not an outage: not logged */
+	lg_redis_down(gw, rd, "the gateway stops using this store");
+	lg_timer_clear(gw, &rd->tm);
+	gw->redis = NULL;
+	lg_cfg_unref(rd->cfg);
+	free(rd->q);
+	free(rd);
+}
+
+/* The budget hashes of a request's key: its period's (one today; the
+ * scripts take any number). Returns how many. */
+#define LG_ST_PERIODS 4
+struct lg_stjob {
+	struct lg_req *r; /* NULL once the request went away (cancel) */
+	char id[40];
+	int nk;
+	char k[LG_ST_PERIODS][200];
+	int64_t at[LG_ST_PERIODS]; /* when each expires (ms), 0: never */
+	double budget[LG_ST_PERIODS];
+	double res;
+};
+
+static int lg_st_redis_keys(const struct lg_req *r, const struct lg_cfg *cf, struct lg_stjob *j)
+{
+	const struct lg_key *key = r->key;
+	int64_t reset, id = lg_acct_period(key->period, r->wall0, &reset);
+	snprintf(j->k[0], sizeof j->k[0], "%sb:%s:%s:%lld", cf->store_prefix, key->name, lg_period_names[key->period],
+	         (long long)id);
+	j->at[0] = reset ? reset + 3600000 : 0;
+	j->budget[0] = key->budget;
+	lg_cpy(j->id, sizeof j->id, r->id);
+	return j->nk = 1;
+}
+
+/* A settle, or the release of a reservation nobody waits for (cost 0). */
+static void lg_st_redis_settled(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err)
+{
+	LG_UNUSED(arg);
+	if (err || !nv || v[0].type == LG_RV_ERR)
+		LG_LOG(gw, LG_LOG_DEBUG, "store: a settle failed (%s): its reservation stays held until the period ends",
+		       err ? err : "an error reply");
+}
+
+static void lg_st_redis_send_settle(struct llmgw *gw, struct lg_redis *rd, const struct lg_stjob *j, double cost)
+{
+	struct lg_buf b;
+	int i;
+	lg_buf_init(&b, 0);
+	lg_redis_argi(&b, j->nk);
+	for (i = 0; i < j->nk; i++) lg_redis_argz(&b, j->k[i]);
+	lg_redis_argz(&b, j->id);
+	lg_redis_argd(&b, cost);
+	for (i = 0; i < j->nk; i++) lg_redis_argi(&b, j->at[i]);
+	lg_redis_script(gw, rd, LG_SCR_SETTLE, &b, 1 + 2 * j->nk + 2, lg_st_redis_settled, NULL);
+	lg_buf_free(&b);
+}
+
+/* Gives back what lg_acct_admit took in this process (the store refused,
+ * or failed). */
+static void lg_st_redis_unadmit(struct lg_req *r)
+{
+	struct lg_kstate *ks = r->ks;
+	if (!ks) return;
+	lg_lock(r->gw);
+	ks->inflight--;
+	ks->reserved -= r->reserved;
+	if (ks->reserved < 1e-12) ks->reserved = 0;
+	if (r->key && r->key->rpm) ks->rpm_tok += 1;
+	lg_unlock(r->gw);
+	r->ks = NULL;
+	r->reserved = 0;
+}
+
+/* The store's answer to admit's script. */
+static void lg_st_redis_admitted(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err)
+{
+	struct lg_stjob *j = (struct lg_stjob *)arg;
+	struct lg_req *r = j->r;
+	char msg[1024], why[240];
+	int ok = !err && nv >= 2 && v[0].type == LG_RV_ARR && v[1].type == LG_RV_INT;
+	if (!r) { /* the request went away meanwhile: a reservation made is given back */
+		if (ok && v[1].i == 1 && gw->redis) lg_st_redis_send_settle(gw, gw->redis, j, 0);
+		free(j);
+		return;
+	}
+	r->st_job = NULL;
+	if (ok && v[1].i == 1) {
+		r->st_held = 1;
+		free(j);
+		lg_st_admitted(r, 0, 0, "");
+		return;
+	}
+	if (ok && nv >= 5 && v[1].i == 0) { /* refused: the fleet-wide spend does not leave room */
+		char when[64], t[3][40];
+		double spend, held;
+		int w = v[2].type == LG_RV_INT ? (int)v[2].i - 1 : 0, k;
+		for (k = 0; k < 2; k++) lg_cpy(t[k], sizeof t[k], "0");
+		for (k = 0; k < 2; k++)
+			if (v[3 + k].type == LG_RV_BULK) snprintf(t[k], sizeof t[k], "%.*s", (int)LG_MIN(v[3 + k].len, (size_t)39), v[3 + k].p);
+		spend = strtod(t[0], NULL);
+		held = strtod(t[1], NULL);
+		if (w < 0 || w >= j->nk) w = 0;
+		lg_acct_resets(r->key->period, r->wall0, when, sizeof when);
+		snprintf(msg, sizeof msg,
+		         "key '%s' has exhausted its budget of %g USD/%s: %.6f USD spent this period across all "
+		         "instances, %.6f USD held by requests in flight, this request may cost up to %.6f USD; the "
+		         "budget resets at %s",
+		         r->key->name, j->budget[w], lg_period_names[r->key->period], spend, held, j->res, when);
+		lg_st_redis_unadmit(r);
+		free(j);
+		lg_st_admitted(r, 402, 0, msg);
+		return;
+	}
+	free(j);
+	if (err)
+		snprintf(why, sizeof why, "%s", err);
+	else if (nv && v[0].type == LG_RV_ERR)
+		snprintf(why, sizeof why, "%s: %.*s", r->cfg->store_name, (int)LG_MIN(v[0].len, (size_t)160), v[0].p);
+	else
+		snprintf(why, sizeof why, "%s: an answer the budget script does not give", r->cfg->store_name);
+	if (!err && gw->redis) { /* an error reply: logged at most once a minute, with a count */
+		struct lg_redis *rd = gw->redis;
+		rd->nerr++;
+		if (!rd->err_logged || gw->now - rd->err_logged >= 60000) {
+			LG_LOG(gw, LG_LOG_WARN, "store %s (%lu such answers since the last line like this)", why, rd->nerr);
+			rd->err_logged = gw->now;
+			rd->nerr = 0;
+		}
+	}
+	lg_st_redis_unadmit(r);
+	if (r->cfg->store_on_error == 1) { /* local: this instance's own books decide */
+		int retry = 0, status;
+		lg_lock(gw);
+		status = lg_acct_admit(r, msg, sizeof msg, &retry, 1);
+		lg_unlock(gw);
+		lg_st_admitted(r, status, retry, msg);
+		return;
+	}
+	snprintf(msg, sizeof msg, "the state store failed (%s); key '%s' has a budget and [store] on_error = closed", why,
+	         r->key->name);
+	lg_st_admitted(r, 503, 1, msg);
+}
+
+/* admit: the plan and the key's local limits as lg_st_local does, without
+ * its budget; then, for a key with a budget, the store's script. */
+static void lg_st_redis_admit(struct lg_req *r)
+{
+	struct llmgw *gw = r->gw;
+	struct lg_redis *rd;
+	struct lg_stjob *j;
+	struct lg_buf b;
+	char msg[1024];
+	int retry = 0, status, i;
+	lg_lock(gw);
+	if (!(status = lg_route_plan(r, msg, sizeof msg)))
+		status = lg_acct_admit(r, msg, sizeof msg, &retry, !r->cfg->store_kind);
+	lg_unlock(gw);
+	if (status || !r->key || !(r->key->budget > 0) || !r->cfg->store_kind) {
+		lg_st_admitted(r, status, retry, msg);
+		return;
+	}
+	if (!(rd = lg_redis_cur(gw)) || !(j = (struct lg_stjob *)calloc(1, sizeof *j))) {
+		lg_st_redis_unadmit(r);
+		lg_st_admitted(r, 503, 1, "the state store: out of memory");
+		return;
+	}
+	j->r = r;
+	j->res = r->reserved;
+	lg_st_redis_keys(r, r->cfg, j);
+	r->st_job = j;
+	lg_buf_init(&b, 0);
+	lg_redis_argi(&b, j->nk);
+	for (i = 0; i < j->nk; i++) lg_redis_argz(&b, j->k[i]);
+	lg_redis_argz(&b, j->id);
+	lg_redis_argd(&b, j->res);
+	for (i = 0; i < j->nk; i++) {
+		lg_redis_argd(&b, j->budget[i]);
+		lg_redis_argi(&b, j->at[i]);
+	}
+	lg_redis_script(gw, rd, LG_SCR_ADMIT, &b, 1 + j->nk + 2 + 2 * j->nk, lg_st_redis_admitted, j);
+	lg_buf_free(&b);
+}
+
+/* settle: this process's books (metrics, ledger, the ring) as lg_st_local
+ * does; then, when the store holds a reservation, the real cost in its
+ * place. */
+static void lg_st_redis_settle(struct lg_req *r)
+{
+	int held = r->st_held;
+	struct lg_stjob j;
+	struct lg_redis *rd;
+	double cost = r->usage.cost;
+	r->st_held = 0;
+	lg_acct_settle(r);
+	if (!held || !r->key || !(rd = lg_redis_cur(r->gw))) return;
+	memset(&j, 0, sizeof j);
+	lg_st_redis_keys(r, r->cfg, &j);
+	lg_st_redis_send_settle(r->gw, rd, &j, cost > 0 ? cost : 0);
+}
+
+/* cancel: the answer admit waits for will find no request (and give back
+ * what it reserved). */
+static void lg_st_redis_cancel(struct lg_req *r)
+{
+	if (r->st_job) r->st_job->r = NULL;
+	r->st_job = NULL;
+}
+
+/* What /metrics says about the store. */
+static void lg_st_redis_metrics(struct llmgw *gw, struct lg_buf *b)
+{
+	struct llmgw *first = gw->sh ? gw->sh->w[0] : gw;
+	struct lg_redis *rd = gw->redis;
+	if (!gw->cfg || !gw->cfg->store_kind) return;
+	lg_buf_printf(b, "# HELP llmgw_store_up Whether this loop's connection to the state store works.\n"
+	                 "# TYPE llmgw_store_up gauge\nllmgw_store_up %d\n"
+	                 "# HELP llmgw_store_instances Gateway instances whose heartbeat the store saw in the last 3 s.\n"
+	                 "# TYPE llmgw_store_instances gauge\nllmgw_store_instances %d\n",
+	              rd ? lg_gauge_get(&rd->up) : 0, first ? lg_gauge_get(&first->store_inst) : 0);
+}
+
+static const struct lg_store lg_st_redis = {"redis", lg_st_redis_admit, lg_st_local_take, lg_st_local_report,
+                                            lg_st_local_remember, lg_acct_charge, lg_st_redis_settle,
+                                            lg_st_local_view, lg_st_redis_cancel};
+
+/* The store a configuration asks for; the loop's client dropped, or
+ * given the new settings (a changed url: a new connection). The client
+ * itself is made by the loop that uses it (lg_redis_tick). */
+static void lg_st_install(struct llmgw *gw, struct lg_cfg *c)
+{
+	if (c->store_kind)
+		gw->st = &lg_st_redis;
+	else if (gw->st == &lg_st_redis) /* another store (an embedder's, a test's) stays */
+		gw->st = &lg_st_local;
+	if (!c->store_kind)
+		lg_redis_free(gw);
+	else if (gw->redis)
+		lg_redis_get(gw, c);
+}
+
+/* Each loop iteration, before poll and after the dispatch: the client
+ * made once the loop runs, and what requests queued written out. */
+static void lg_redis_tick(struct llmgw *gw)
+{
+	if (!gw->redis && gw->cfg && gw->cfg->store_kind && gw->running) lg_redis_get(gw, gw->cfg);
+	lg_redis_flush(gw);
+}
 
 /* ===== 14. Server handlers ============================================= */
 
@@ -12514,6 +13616,7 @@ static LG_COLD int lg_srv_install(struct llmgw *gw, struct lg_cfg *c, char *err,
 	lg_cfg_unref(gw->cfg);
 	gw->cfg = c;
 	gw->log_level = c->log_level;
+	lg_st_install(gw, c);
 	if (gw->sh) { /* publish it: every other loop adopts it at its next iteration */
 		struct lg_cfg *old;
 		int k;
@@ -12555,6 +13658,7 @@ static void lg_srv_adopt(struct llmgw *gw)
 	lg_cfg_unref(gw->cfg);
 	gw->cfg = c;
 	gw->log_level = c->log_level;
+	lg_st_install(gw, c);
 }
 
 static LG_COLD int lg_srv_reload(struct llmgw *gw, char *err, size_t errlen)
@@ -12957,6 +14061,7 @@ static LG_COLD void lg_srv_metrics(struct lg_req *r)
 	}
 	lg_buf_printf(&b, "# HELP llmgw_info Version of the running gateway.\n# TYPE llmgw_info gauge\n"
 	                  "llmgw_info{version=\"%s\"} 1\n", LLMGW_VERSION);
+	lg_st_redis_metrics(gw, &b);
 	lg_resp_send(r, 200, "text/plain; version=0.0.4", b.p, b.len, NULL);
 	lg_buf_free(&b);
 }
@@ -13980,6 +15085,7 @@ LG_COLD void llmgw_free(struct llmgw *gw)
 		r->cc = NULL;
 		lg_srv_finish(r);
 	}
+	lg_redis_free(gw); /* before the connections: its own is one of them */
 	for (i = gw->npfd - 1; i >= gw->nfixed; i--) lg_conn_free(gw, gw->conns[i]);
 	for (i = 1; i < gw->nfixed; i++)
 		if (gw->pfd[i].fd >= 0) close(gw->pfd[i].fd);
@@ -14077,7 +15183,7 @@ static void lg_main_signal(int sig)
 /* what --keys calls the types and sections */
 static const char lg_kt_names[][9] = {"string", "secret", "yes/no", "number", "number",
                                           "size",   "duration", "one of", "list", "see doc"};
-static const char lg_ks_names[][13] = {"", "[gateway]", "[provider.*]", "[model.*]", "[key.*]"};
+static const char lg_ks_names[][13] = {"", "[gateway]", "[provider.*]", "[model.*]", "[key.*]", "[store]"};
 
 static const char *lg_main_kdoc(const struct lg_cfg_key *k)
 {

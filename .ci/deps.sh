@@ -3,7 +3,7 @@
 # a C compiler and make (the gateway), curl and python3 (integration tests),
 # valgrind and clang with its sanitizer and libFuzzer runtimes (memory
 # checks, ThreadSanitizer, make fuzz), xz (the BearSSL recipe),
-# openssl (test certificates), the cross compilers and musl (make cross,
+# openssl (test certificates), redis-server (the shared-store suite), the cross compilers and musl (make cross,
 # static binaries for aarch64, armhf, mipsel, mips and x86_64 musl) with
 # qemu-user to run them, ca-certificates (make rootfs), node and npm, then the
 # real clients of the clients suite at pinned versions (tests/clients.sh: Codex
@@ -22,6 +22,8 @@ command -v valgrind >/dev/null 2>&1 || need="$need valgrind"
 command -v clang >/dev/null 2>&1 || need="$need clang libclang-rt-dev"
 command -v xz >/dev/null 2>&1 || need="$need xz-utils"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
+# the store suite (tests/store_test.py) runs its own redis-server
+command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
 command -v apt-get >/dev/null 2>&1 && [ ! -d /usr/share/doc/ca-certificates ] && need="$need ca-certificates"
 # cross compilers: the gcc driver and the target's libc (a Recommends, so
 # --no-install-recommends would leave it out)

@@ -2983,6 +2983,136 @@ static int ut_gw_exchange(struct llmgw *gw, int port, const char *req, char *out
 	return (int)got;
 }
 
+static void t_sha1(void)
+{
+	static const struct {
+		const char *in;
+		size_t rep;
+		const char *hex;
+	} v[] = {
+	    {"", 1, "da39a3ee5e6b4b0d3255bfef95601890afd80709"},
+	    {"abc", 1, "a9993e364706816aba3e25717850c26c9cd0d89d"},
+	    {"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", 1, "84983e441c3bd26ebaae4aa1f95129e5e54670f1"},
+	    {"a", 1000000, "34aa973cd4c4daa4f61eeb2bdbad27316534016f"},
+	    {"a", 55, "c1c8bbdc22796e28c0e15163d20899b65621d65a"},
+	    {"a", 56, "c2db330f6083854c99d4b5bfb6e8f29f201be699"},
+	    {"a", 64, "0098ba824b5c16427bd7a1122a5a442a25ec644d"},
+	};
+	size_t i, r, k;
+	for (i = 0; i < LG_COUNTOF(v); i++) {
+		size_t ln = strlen(v[i].in), n = ln * v[i].rep;
+		char *buf = (char *)malloc(n + 1), hex[41];
+		unsigned char d[20];
+		for (r = 0; r < v[i].rep; r++) memcpy(buf + r * ln, v[i].in, ln);
+		lg_sha1(buf, n, d);
+		for (k = 0; k < 20; k++) snprintf(hex + 2 * k, 3, "%02x", d[k]);
+		ut_case("sha1 of %zu x '%s'", v[i].rep, v[i].in);
+		ASSERT(strcmp(hex, v[i].hex) == 0);
+		free(buf);
+	}
+}
+
+/* RESP2 replies: each case whole, every strict prefix "need more" (bytes
+ * placed against a guard page), a stream of all of them split at every
+ * chunk size, and what must be refused. */
+static void t_redis_parse(void)
+{
+	static const struct {
+		const char *in;
+		int nv;
+		const char *types; /* one letter per value: s e i b n a */
+	} ok[] = {
+	    {"+OK\r\n", 1, "s"},
+	    {"-NOSCRIPT No matching script\r\n", 1, "e"},
+	    {":42\r\n", 1, "i"},
+	    {":-7\r\n", 1, "i"},
+	    {"$5\r\nhe\r\no\r\n", 1, "b"},
+	    {"$0\r\n\r\n", 1, "b"},
+	    {"$-1\r\n", 1, "n"},
+	    {"*-1\r\n", 1, "n"},
+	    {"*0\r\n", 1, "a"},
+	    {"*4\r\n:1\r\n*2\r\n$1\r\na\r\n-E x\r\n$-1\r\n+s\r\n", 7, "aiabens"},
+	    {"*2\r\n*1\r\n*1\r\n:5\r\n:6\r\n", 5, "aaaii"},
+	};
+	static const char tl[] = "seibna"; /* LG_RV_STR .. LG_RV_ARR */
+	struct lg_rv v[LG_RV_MAX];
+	char stream[1024];
+	size_t i, k, sl = 0;
+	int nv;
+	for (i = 0; i < LG_COUNTOF(ok); i++) {
+		size_t n = strlen(ok[i].in);
+		int j;
+		char *g = tl_guard_at(0, ok[i].in, n);
+		ut_case("reply %zu: %s", i, ok[i].in);
+		ASSERT(lg_redis_parse(g, n, v, LG_RV_MAX, &nv, 64) == (long)n);
+		ASSERT(nv == ok[i].nv);
+		for (j = 0; j < nv && j < ok[i].nv; j++) {
+			int want = (int)(strchr(tl, ok[i].types[j]) - tl) + 1;
+			ASSERT(v[j].type == want);
+		}
+		for (k = 0; k < n; k++) {
+			g = tl_guard_at(0, ok[i].in, k);
+			ut_case("reply %zu, prefix of %zu bytes", i, k);
+			ASSERT(lg_redis_parse(g, k, v, LG_RV_MAX, &nv, 64) == 0);
+		}
+		memcpy(stream + sl, ok[i].in, n);
+		sl += n;
+	}
+	/* the nested case: values and where each ends */
+	ASSERT(lg_redis_parse(ok[9].in, strlen(ok[9].in), v, LG_RV_MAX, &nv, 64) > 0);
+	ASSERT(v[0].n == 4 && v[0].next == 7 && v[1].i == 1 && v[2].n == 2 && v[2].next == 5);
+	ASSERT(v[3].len == 1 && v[3].p[0] == 'a' && v[4].len == 3 && memcmp(v[4].p, "E x", 3) == 0);
+	ASSERT(v[5].type == LG_RV_NIL && v[6].type == LG_RV_STR);
+	ASSERT(lg_redis_parse(ok[4].in, strlen(ok[4].in), v, LG_RV_MAX, &nv, 64) > 0 && v[0].len == 5 &&
+	       memcmp(v[0].p, "he\r\no", 5) == 0);
+	ASSERT(lg_redis_parse(ok[3].in, strlen(ok[3].in), v, LG_RV_MAX, &nv, 64) > 0 && v[0].i == -7);
+	/* the stream in chunks of every size: the same replies in the same order */
+	for (k = 1; k <= sl; k++) {
+		char acc[1024];
+		size_t have = 0, fed = 0, got = 0;
+		int bad = 0;
+		while (fed < sl || have) {
+			long u;
+			size_t step = LG_MIN(k, sl - fed);
+			memcpy(acc + have, stream + fed, step);
+			have += step, fed += step;
+			while (have && (u = lg_redis_parse(acc, have, v, LG_RV_MAX, &nv, 64)) != 0) {
+				if (u < 0 || got >= LG_COUNTOF(ok) || nv != ok[got].nv) {
+					bad = 1;
+					break;
+				}
+				got++;
+				memmove(acc, acc + u, have - (size_t)u);
+				have -= (size_t)u;
+			}
+			if (bad || (fed == sl && have)) break;
+		}
+		ut_case("stream in chunks of %zu", k);
+		ASSERT(!bad && got == LG_COUNTOF(ok));
+	}
+	/* two replies in one buffer: only the first is taken */
+	ASSERT(lg_redis_parse("+A\r\n:1\r\n", 8, v, LG_RV_MAX, &nv, 64) == 4);
+	{
+		static const char *const bad[] = {"?x\r\n", ":12a\r\n", ":\r\n", "$3\r\nabcXY", "+OK\rX", "$-2\r\n",
+		                                  "*-2\r\n", "$65\r\n", "*65\r\n", "\r\n", "$1x\r\n",
+		                                  "*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n"};
+		char big[200];
+		for (i = 0; i < LG_COUNTOF(bad); i++) {
+			char *g = tl_guard_at(0, bad[i], strlen(bad[i]));
+			ut_case("refused: %s", bad[i]);
+			ASSERT(lg_redis_parse(g, strlen(bad[i]), v, LG_RV_MAX, &nv, 64) == -1);
+		}
+		/* a status line without its end: need more up to the limit, then refused */
+		memset(big, 'a', sizeof big);
+		big[0] = '+';
+		ASSERT(lg_redis_parse(big, 90, v, LG_RV_MAX, &nv, 64) == 0);
+		ASSERT(lg_redis_parse(big, sizeof big, v, LG_RV_MAX, &nv, 64) == -1);
+		/* more values than the caller's array: refused, not overrun */
+		ASSERT(lg_redis_parse("*3\r\n:1\r\n:2\r\n:3\r\n", 16, v, 3, &nv, 64) == -1);
+		ASSERT(lg_redis_parse("*2\r\n:1\r\n:2\r\n", 12, v, 3, &nv, 64) == 12);
+	}
+}
+
 static void t_store_later(void)
 {
 	struct llmgw *gw = llmgw_new();
@@ -3200,6 +3330,8 @@ static const struct {
     {"sse", "stream", t_sse_stream},
     {"sha256", "vectors", t_sha256},
     {"sha256", "ct_eq", t_ct_eq},
+    {"sha256", "sha1", t_sha1},
+    {"net", "redis_parse", t_redis_parse},
     {"glob", "glob", t_glob},
     {"buf", "buf", t_buf},
     {"buf", "printf_at_max", t_buf_printf_at_max},
