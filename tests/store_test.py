@@ -293,9 +293,13 @@ def test_shared_budget_three_instances():
         time.sleep(0.05)
     H.near_usd(s, spent, "the store's spend", rel=1e-9, abs_=1e-9)
     eq(held, 0.0, "held in the store after the load")
-    # each instance's own books add up to the same
-    total = sum(g.key_info("sk-b").get("usage") or 0 for g in gws)
-    H.near_usd(total, spent, "the sum of the instances' /v1/key usage", rel=1e-9, abs_=1e-9)
+    # /v1/key on every instance says the fleet-wide spend; each instance's own books add up to it
+    infos = [g.key_info("sk-b") for g in gws]
+    for i, info in enumerate(infos):
+        H.near_usd(info.get("usage") or 0, spent, "gw%d's /v1/key usage (fleet-wide)" % i, rel=1e-9, abs_=1e-9)
+        eq(info["fleet"]["instances"], 3, "gw%d's /v1/key fleet instances" % i)
+    total = sum(info["fleet"]["this_instance_usage"] for info in infos)
+    H.near_usd(total, spent, "the sum of the instances' own usage", rel=1e-9, abs_=1e-9)
     # more from any instance: refused with the fleet-wide figure
     for g in gws:
         r = g.post("/v1/chat/completions", body, key="sk-b")
