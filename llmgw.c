@@ -12676,12 +12676,22 @@ static const struct lg_store lg_st_local = {"local", lg_st_local_admit, lg_st_lo
 /* --- 13g. the Redis store: RESP client, scripts ------------------------- */
 
 /* lg_st_redis keeps what several gateways must agree on in Redis or
- * Valkey. This first part shares budgets: admit runs one script that
- * checks every budget period of the key and reserves the worst case
- * atomically, settle one script that puts the real cost in the
- * reservation's place. Everything else (rpm, tpm, max_concurrency, target
- * health and breakers, affinity, the records behind /v1/generation, the
- * ledger) is still each instance's own, through lg_st_local's functions.
+ * Valkey. admit sends one batch, answered in one round trip: the shared
+ * affinity entry of the prompt (when this process has none), one script
+ * for the key's rpm (a sliding log), tpm (a sliding counter over 5 s
+ * buckets) and max_concurrency (leases with an expiry, renewed by each
+ * loop for its requests in flight, released at settle), one script that
+ * checks every budget period of the key and reserves the worst case;
+ * lg_st_redis_join decides once every reply is in and gives back what a
+ * refused request took. settle puts the real cost in the reservation's
+ * place, ends the lease, counts the tokens and writes the request's
+ * record. report runs the breaker's rules on the target's shared hash;
+ * the first loop reads the hashes of its targets once a second into its
+ * own health entries (the plan never waits for the store), taking the one
+ * probe token of an open breaker whose cool-down is over. remember writes
+ * the affinity entry; view reads /v1/key's fleet-wide figures and records
+ * of other instances. The ledger, metrics and a provider's concurrency
+ * stay each instance's own.
  *
  * The client: each event loop has one connection (gw->redis), made
  * without blocking, with AUTH and SELECT written first. Commands are RESP
@@ -12703,6 +12713,13 @@ static const struct lg_store lg_st_local = {"local", lg_st_local_admit, lg_st_lo
  *                                 after its period (never for total)
  *   inst:<instance>               the heartbeat, SET ... EX 3 every second
  *   insts                         sorted set: instance -> last heartbeat ms
+ *   rpm:<key>                     sorted set: request id -> when (the last minute's)
+ *   tpm:<key>                     hash: 5 s bucket number -> tokens settled in it
+ *   conc:<key>                    sorted set: request id -> when its lease expires
+ *   h:<provider>/<model>          hash: state, fails, cool, until, ttft, tps; and
+ *   h:<provider>/<model>:probe    the instance holding the probe (PX 10 s)
+ *   a:<prompt hash>               the target the prompt was last served by (its affinity)
+ *   g:<request id>                "<key>\n<the /v1/generation answer>", for [store] records
  *
  * Memory: the connection's buffers, bounded by LLMGW_STORE_MAX_REPLY, and
  * a queue entry (~48 bytes) per command waiting for its reply. */
@@ -12996,7 +13013,7 @@ static const char *const lg_redis_scripts[LG_NSCR] = {
     "    if redis.call('SET', KEYS[i] .. ':probe', ARGV[2], 'NX', 'PX', ARGV[3]) or\n"
     "       redis.call('GET', KEYS[i] .. ':probe') == ARGV[2] then pr = 1 end\n"
     "  end\n"
-    "  out[i] = string.format('%d %d %d %s %s %d', st, tonumber(h[2]) or 0, un, h[4] or '0', h[5] or '0', pr)\n"
+    "  out[i] = string.format('%d %d %.0f %s %s %d', st, tonumber(h[2]) or 0, un, h[4] or '0', h[5] or '0', pr)\n"
     "end\n"
     "return table.concat(out, '\\n')\n",
 };

@@ -536,6 +536,10 @@ rpm = 10
 [key.c]
 secret = sk-c
 max_concurrency = 2
+
+[key.t]
+secret = sk-t
+tpm = 1
 """
 
 
@@ -559,6 +563,31 @@ def test_rpm_across_instances():
     info = gws[1].key_info("sk-r")
     eq(info["remaining"]["requests"], 0, "fleet-wide requests remaining in /v1/key")
     eq(info["fleet"]["requests_last_minute"], 10, "fleet requests in the last minute")
+
+
+def test_tpm_across_instances():
+    """tpm: the tokens one instance's request used count on the others (5 s buckets in the
+    store); the 429 says so and when there is room; /v1/key shows the minute's tokens."""
+    rd = Redis()
+    a, b = [Gateway(store_url(rd, "instance = gw%d" % i), "", LIMITS).start() for i in range(2)]
+    r = chat(a, "sk-t")
+    expect_status(r, 200, "the first request (no tokens used yet)")
+    used = r.json()["usage"]["total_tokens"]
+    deadline = time.monotonic() + 3 * TOL
+    while not rd.cmd("HGETALL", "llmgw:tpm:t"):     # the settle follows the answer
+        check(time.monotonic() < deadline, "no tokens in the store's tpm buckets")
+        time.sleep(0.03)
+    h = rd.cmd("HGETALL", "llmgw:tpm:t")
+    eq(sum(int(x) for x in h[1::2]), used, "tokens in the buckets")
+    r = chat(b, "sk-t")
+    expect_status(r, 429, "the other instance, over tpm = 1")
+    m = r.json()["error"]["message"]
+    check("tokens per minute" in m and "across all instances" in m, "429 message: %s" % m)
+    ra = int(r.h("retry-after") or 0)
+    check(1 <= ra <= 61, "Retry-After: %r" % ra)
+    info = b.key_info("sk-t")
+    eq(info["fleet"]["tokens_last_minute"], used, "/v1/key tokens in the last minute")
+    eq(info["remaining"]["tokens"], 0, "/v1/key tokens remaining")
 
 
 def _hold(g, key, model="drip"):
@@ -592,9 +621,11 @@ def _wait_status(g, key, want, wait):
 def test_concurrency_leases():
     """max_concurrency = 2 across three instances: a third request anywhere is a 429; a client
     that goes away gives its slot back at once; a kill -9'd instance's slot comes back after
-    the lease (2 s), while the leases of requests still running are renewed and hold."""
+    the lease (2 s), while the leases of requests still running are renewed and hold (by
+    each loop of an instance with workers = 2)."""
     rd = Redis()
-    gws = [Gateway(store_url(rd, "instance = gw%d\nlease = 2s" % i), "", LIMITS).start() for i in range(3)]
+    gws = [Gateway(store_url(rd, "instance = gw%d\nlease = 2s" % i), "workers = 2" if i == 0 else "",
+                   LIMITS).start() for i in range(3)]
     a, b, c = gws
     s1 = _hold(a, "sk-c")
     _hold(b, "sk-c")
