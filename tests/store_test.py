@@ -527,7 +527,7 @@ LIMITS = """
 target = mk mock-1 in=10 out=20
 
 [model.drip]
-target = up drip-1500#hold in=1 out=2
+target = up drip-2000#hold in=1 out=2
 
 [key.r]
 secret = sk-r
@@ -618,6 +618,14 @@ def _wait_status(g, key, want, wait):
         time.sleep(0.1)
 
 
+def _wait_leases(rd, n, wait=3):
+    """The store holds n leases of key c (a release follows its answer: settle)."""
+    deadline = time.monotonic() + wait * TOL
+    while rd.cmd("ZCARD", "llmgw:conc:c") != n:
+        check(time.monotonic() < deadline, "leases in the store: %r, expected %d" % (rd.cmd("ZCARD", "llmgw:conc:c"), n))
+        time.sleep(0.03)
+
+
 def test_concurrency_leases():
     """max_concurrency = 2 across three instances: a third request anywhere is a 429; a client
     that goes away gives its slot back at once; a kill -9'd instance's slot comes back after
@@ -635,6 +643,7 @@ def test_concurrency_leases():
     eq(rd.cmd("ZCARD", "llmgw:conc:c"), 2, "leases in the store")
     s1.close()                      # the client goes away: its slot is released at settle
     _wait_status(c, "sk-c", 200, 3)
+    _wait_leases(rd, 1)
     _hold(a, "sk-c")                # a's and b's requests in flight now
     expect_status(chat(c, "sk-c"), 429, "two in flight again")
     b.signal(signal.SIGKILL)
@@ -645,6 +654,7 @@ def test_concurrency_leases():
     el = time.monotonic() - t0
     check(el >= 0.5, "the dead instance's lease came back after %.2f s: sooner than it can expire" % el)
     time.sleep(2.5)                 # past a lease: a's is renewed, so it still counts
+    _wait_leases(rd, 1)
     _hold(c, "sk-c")
     expect_status(chat(a, "sk-c"), 429, "a's renewed lease and c's hold both slots")
     eq(rd.cmd("ZCARD", "llmgw:conc:c"), 2, "leases in the store at the end")
