@@ -1843,7 +1843,7 @@ struct lg_cfg {
 	/* [store]: the state store shared by several gateways (section 13g);
 	 * store_kind 0 = none (the in-process store) */
 	const char *store_url, *store_prefix, *store_instance;
-	int64_t store_timeout;
+	int64_t store_timeout, store_records, store_lease;
 	int store_on_error, store_line, store_sec; /* store_sec: the line of [store] */
 	int store_kind, store_port, store_db;      /* LG_STORE_TCP or LG_STORE_UNIX */
 	const char *store_host, *store_user, *store_pass, *store_path, *store_name; /* store_name: the url
@@ -2431,6 +2431,8 @@ static const struct lg_cfg_key lg_cfg_keys[] = {
     {4, LG_KT_ENUM, 0, 5, 1, LG_KK(data_deny), 0, "data_collection" "\0" "allow" "\0" "deny: never to providers that collect data"},
     {5, LG_KT_SECRET, 0, 0, 0, LG_KG(store_url), LG_KG(store_line), "url" "\0" "" "\0" "redis://[user:password@]host:port[/db] or unix:/path (Redis 6/7, Valkey); literal, env:NAME or file:/path"},
     {5, LG_KT_STR, 0, 0, 1, LG_KG(store_prefix), 0, "prefix" "\0" "llmgw:" "\0" "the start of every key llmgw writes in the store"},
+    {5, LG_KT_DURATION, 0, 0, 1, LG_KG(store_records), 0, "records" "\0" "1h" "\0" "how long the store keeps each request's record (GET /v1/generation from any instance)"},
+    {5, LG_KT_DURATION, 0, 0, 1, LG_KG(store_lease), 0, "lease" "\0" "15s" "\0" "a max_concurrency slot not renewed this long (its instance died) is free again"},
     {5, LG_KT_DURATION, 0, 0, 1, LG_KG(store_timeout), 0, "timeout" "\0" "1s" "\0" "a store call unanswered this long fails, and the connection is made again"},
     {5, LG_KT_ENUM, 0, 6, 1, LG_KG(store_on_error), 0, "on_error" "\0" "closed" "\0" "the store failing: closed = 503 for keys with budgets; local = this instance decides alone"},
     {5, LG_KT_STR, 0, 0, 0, LG_KG(store_instance), 0, "instance" "\0" "" "\0" "this gateway's name in the store (default: host name:port of the first listener)"},
@@ -5643,6 +5645,10 @@ struct lg_req {
 	char id[40];
 	struct lg_stjob *st_job; /* [store]: the admit call it waits for (13g) */
 	int st_held;             /* [store]: the store holds its reservation: settle replaces it */
+	int st_lim;              /* [store]: the store counted it against rpm/tpm and holds its
+	                            max_concurrency lease (refreshed by the loop, released at settle) */
+	const struct lg_stview *st_view; /* [store]: what view read from the store, while fn runs */
+	struct lg_stvjob *st_vjob;       /* [store]: the view call it waits for */
 	int ep, head_only, minor, close, stream, want_usage;
 	int compact; /* Responses compaction (/v1/responses/compact, a compaction_trigger item): the
 	                answer is one compaction item holding the summary the target wrote */
@@ -10884,13 +10890,28 @@ static void lg_route_order(struct lg_req *r, int order)
 	memcpy(r->plan, tmp, (size_t)n * sizeof tmp[0]);
 }
 
+/* The plan's first group starts with target (a "provider/model" health id)
+ * when it holds it: the prompt was last served there. */
+static void lg_route_affine(struct lg_req *r, const char *target)
+{
+	int i;
+	for (i = 0; i < r->nplan && r->plan[i].group == 0; i++)
+		if (r->plan[i].h && strcmp(r->plan[i].h->id, target) == 0) {
+			struct lg_cand c = r->plan[i];
+			memmove(&r->plan[1], &r->plan[0], (size_t)i * sizeof c);
+			r->plan[0] = c;
+			r->aff_hit = 1;
+			return;
+		}
+}
+
 /* Prompt-cache affinity: the key, model and prompt prefix (the first two
  * messages: usually the system prompt and the first user turn; for
  * Responses its instructions and first input item, the first two without
  * instructions, or the client's prompt_cache_key). */
 static void lg_route_affinity(struct lg_req *r, const struct lg_model *m)
 {
-	int rs = LG_EP_RS(r->ep), msgs = r->tk[rs ? LG_TK_INPUT : LG_TK_MESSAGES], i, k, nk = 2;
+	int rs = LG_EP_RS(r->ep), msgs = r->tk[rs ? LG_TK_INPUT : LG_TK_MESSAGES], k, nk = 2;
 	int pk = rs ? lg_json_get(&r->j, r->body, 0, "prompt_cache_key") : -1, keyed = lg_json_type(&r->j, pk) == LG_J_STR;
 	uint32_t h = 0;
 	const char *target;
@@ -10915,15 +10936,7 @@ static void lg_route_affinity(struct lg_req *r, const struct lg_model *m)
 		h = lg_crc32(h, sp.p, sp.n);
 	}
 	r->aff_hash = h | 1; /* 0 means none */
-	if (!(target = lg_st_affinity(r->gw, r->aff_hash))) return;
-	for (i = 0; i < r->nplan && r->plan[i].group == 0; i++)
-		if (r->plan[i].h && strcmp(r->plan[i].h->id, target) == 0) {
-			struct lg_cand c = r->plan[i];
-			memmove(&r->plan[1], &r->plan[0], (size_t)i * sizeof c);
-			r->plan[0] = c;
-			r->aff_hit = 1;
-			return;
-		}
+	if ((target = lg_st_affinity(r->gw, r->aff_hash))) lg_route_affine(r, target);
 }
 
 /* Drops what the breakers and provider max_concurrency keep out now. */
@@ -11891,7 +11904,10 @@ static void lg_acct_resets(int period, int64_t wall, char *when, size_t n)
 	}
 }
 
-static int lg_acct_admit(struct lg_req *r, char *msg, size_t mlen, int *retry, int budget)
+/* The key's limits for a request, and its reservation: with local, this
+ * process's books decide budget, rpm, tpm and max_concurrency; without
+ * (a shared store decides them) only the reservation is booked here. */
+static int lg_acct_admit(struct lg_req *r, char *msg, size_t mlen, int *retry, int local)
 {
 	const struct lg_key *key = r->key;
 	struct lg_kstate *ks;
@@ -11903,17 +11919,17 @@ static int lg_acct_admit(struct lg_req *r, char *msg, size_t mlen, int *retry, i
 	if (!(ks = lg_acct_kstate(r->gw, key->name))) return 0;
 	lg_acct_roll(ks, key, wall);
 	lg_acct_refill(ks, key, r->gw->now);
-	if (key->max_concurrency && ks->inflight >= key->max_concurrency) {
+	if (local && key->max_concurrency && ks->inflight >= key->max_concurrency) {
 		snprintf(msg, mlen, "key '%s' has %d requests in flight, its max_concurrency", key->name, ks->inflight);
 		*retry = 1;
 		return 429;
 	}
-	if (key->rpm && ks->rpm_tok < 1) {
+	if (local && key->rpm && ks->rpm_tok < 1) {
 		*retry = (int)((1 - ks->rpm_tok) * 60.0 / (double)key->rpm) + 1;
 		snprintf(msg, mlen, "key '%s' is over its rate limit of %ld requests per minute", key->name, key->rpm);
 		return 429;
 	}
-	if (key->tpm && ks->tpm_tok <= 0) {
+	if (local && key->tpm && ks->tpm_tok <= 0) {
 		*retry = (int)(-ks->tpm_tok * 60.0 / (double)key->tpm) + 1;
 		snprintf(msg, mlen, "key '%s' is over its rate limit of %ld tokens per minute", key->name, key->tpm);
 		return 429;
@@ -11924,7 +11940,7 @@ static int lg_acct_admit(struct lg_req *r, char *msg, size_t mlen, int *retry, i
 			out = LG_MAX(out, r->plan[i].t->out);
 		}
 	res = ((double)r->prompt_max * in + (double)r->res_out * out) / 1e6;
-	if (budget && key->budget > 0 && ks->spend + ks->reserved + res > key->budget) {
+	if (local && key->budget > 0 && ks->spend + ks->reserved + res > key->budget) {
 		char when[64];
 		lg_acct_resets(key->period, wall, when, sizeof when);
 		snprintf(msg, mlen,
@@ -11934,7 +11950,7 @@ static int lg_acct_admit(struct lg_req *r, char *msg, size_t mlen, int *retry, i
 		return 402;
 	}
 	ks->inflight++;
-	if (key->rpm) ks->rpm_tok -= 1;
+	if (key->rpm && local) ks->rpm_tok -= 1;
 	ks->reserved += res;
 	r->reserved = res;
 	r->ks = ks;
@@ -12396,6 +12412,40 @@ static void lg_acct_settle_locked(struct lg_req *r)
 	}
 }
 
+/* The answer of GET /v1/generation for one record (also what the shared
+ * store keeps of it, [store] records). */
+static void lg_acct_gen_json(struct lg_buf *b, const struct lg_gen *g)
+{
+	int i;
+	lg_buf_addz(b, "{\"data\":{\"id\":");
+	lg_json_wz(b, g->id);
+	lg_buf_addz(b, ",\"model\":");
+	lg_json_wz(b, g->model);
+	lg_buf_addz(b, ",\"provider\":");
+	lg_json_wz(b, g->provider);
+	lg_buf_addz(b, ",\"upstream_model\":");
+	lg_json_wz(b, g->upstream);
+	lg_buf_printf(b, ",\"status\":%d,\"stream\":%s,\"attempts\":[", g->status, g->stream ? "true" : "false");
+	for (i = 0; i < g->natt && i < 4; i++) {
+		lg_buf_addz(b, i ? ",{\"provider\":" : "{\"provider\":");
+		lg_json_wz(b, g->att[i].prov);
+		lg_buf_printf(b, ",\"status\":%d,\"ms\":%lld}", g->att[i].status, (long long)g->att[i].ms);
+	}
+	lg_buf_printf(b, "],\"num_attempts\":%d,\"latency_ms\":%lld,\"ttft_ms\":", g->natt, (long long)g->ms);
+	if (g->ttft >= 0)
+		lg_buf_printf(b, "%lld", (long long)g->ttft);
+	else
+		lg_buf_addz(b, "null");
+	lg_buf_printf(b, ",\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"cached_tokens\":%lld",
+	              (long long)g->prompt, (long long)g->completion, (long long)g->cached);
+	lg_buf_addz(b, ",\"cost\":");
+	lg_json_wnum(b, g->cost);
+	lg_buf_addz(b, ",\"total_cost\":");
+	lg_json_wnum(b, g->cost);
+	if (g->estimated) lg_buf_addz(b, ",\"usage_estimated\":true");
+	lg_buf_printf(b, ",\"created_at\":%lld}}\n", (long long)(g->created / 1000));
+}
+
 /* One JSON line per request in the access log; written in batches at the
  * end of each loop iteration. Prompts and completions are never logged. */
 static void lg_acct_log(struct lg_req *r)
@@ -12626,12 +12676,22 @@ static const struct lg_store lg_st_local = {"local", lg_st_local_admit, lg_st_lo
 /* --- 13g. the Redis store: RESP client, scripts ------------------------- */
 
 /* lg_st_redis keeps what several gateways must agree on in Redis or
- * Valkey. This first part shares budgets: admit runs one script that
- * checks every budget period of the key and reserves the worst case
- * atomically, settle one script that puts the real cost in the
- * reservation's place. Everything else (rpm, tpm, max_concurrency, target
- * health and breakers, affinity, the records behind /v1/generation, the
- * ledger) is still each instance's own, through lg_st_local's functions.
+ * Valkey. admit sends one batch, answered in one round trip: the shared
+ * affinity entry of the prompt (when this process has none), one script
+ * for the key's rpm (a sliding log), tpm (a sliding counter over 5 s
+ * buckets) and max_concurrency (leases with an expiry, renewed by each
+ * loop for its requests in flight, released at settle), one script that
+ * checks every budget period of the key and reserves the worst case;
+ * lg_st_redis_join decides once every reply is in and gives back what a
+ * refused request took. settle puts the real cost in the reservation's
+ * place, ends the lease, counts the tokens and writes the request's
+ * record. report runs the breaker's rules on the target's shared hash;
+ * the first loop reads the hashes of its targets once a second into its
+ * own health entries (the plan never waits for the store), taking the one
+ * probe token of an open breaker whose cool-down is over. remember writes
+ * the affinity entry; view reads /v1/key's fleet-wide figures and records
+ * of other instances. The ledger, metrics and a provider's concurrency
+ * stay each instance's own.
  *
  * The client: each event loop has one connection (gw->redis), made
  * without blocking, with AUTH and SELECT written first. Commands are RESP
@@ -12653,6 +12713,13 @@ static const struct lg_store lg_st_local = {"local", lg_st_local_admit, lg_st_lo
  *                                 after its period (never for total)
  *   inst:<instance>               the heartbeat, SET ... EX 3 every second
  *   insts                         sorted set: instance -> last heartbeat ms
+ *   rpm:<key>                     sorted set: request id -> when (the last minute's)
+ *   tpm:<key>                     hash: 5 s bucket number -> tokens settled in it
+ *   conc:<key>                    sorted set: request id -> when its lease expires
+ *   h:<provider>/<model>          hash: state, fails, cool, until, ttft, tps; and
+ *   h:<provider>/<model>:probe    the instance holding the probe (PX 10 s)
+ *   a:<prompt hash>               the target the prompt was last served by (its affinity)
+ *   g:<request id>                "<key>\n<the /v1/generation answer>", for [store] records
  *
  * Memory: the connection's buffers, bounded by LLMGW_STORE_MAX_REPLY, and
  * a queue entry (~48 bytes) per command waiting for its reply. */
@@ -12793,7 +12860,8 @@ static void lg_redis_argi(struct lg_buf *b, int64_t i)
 }
 
 /* The scripts: each is one atomic step in the store. */
-enum { LG_SCR_ADMIT, LG_SCR_SETTLE, LG_SCR_BEAT, LG_NSCR };
+enum { LG_SCR_ADMIT, LG_SCR_SETTLE, LG_SCR_BEAT, LG_SCR_LIMIT, LG_SCR_LDONE, LG_SCR_LEASE, LG_SCR_KEYINFO,
+       LG_SCR_HREPORT, LG_SCR_HREAD, LG_NSCR };
 static const char *const lg_redis_scripts[LG_NSCR] = {
     /* admit: KEYS the budget hashes of the key's periods; ARGV[1] the
      * request id, ARGV[2] its reservation (USD), then for each key its
@@ -12837,6 +12905,117 @@ static const char *const lg_redis_scripts[LG_NSCR] = {
     "redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])\n"
     "redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[1]) - 3000)\n"
     "return redis.call('ZCARD', KEYS[2])\n",
+    /* limits: KEYS[1] rpm:<key> (sorted set: request id -> when, ms: the
+     * last minute's requests), KEYS[2] conc:<key> (request id -> when its
+     * lease expires), KEYS[3] tpm:<key> (hash: 5 s bucket -> tokens);
+     * ARGV id, now, rpm, tpm, max_concurrency, lease (ms). Counts the
+     * request and takes its lease, or answers {0, which (1 concurrency,
+     * 2 rpm, 3 tpm), count, ms until there is room}. */
+    "local id, now = ARGV[1], tonumber(ARGV[2])\n"
+    "local rpm, tpm, mc, lease = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])\n"
+    "if mc > 0 then\n"
+    "  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)\n"
+    "  local n = redis.call('ZCARD', KEYS[2])\n"
+    "  if n >= mc then return {0, 1, n, 1000} end\n"
+    "end\n"
+    "if rpm > 0 then\n"
+    "  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)\n"
+    "  local n = redis.call('ZCARD', KEYS[1])\n"
+    "  if n >= rpm then\n"
+    "    local o = redis.call('ZRANGE', KEYS[1], n - rpm, n - rpm, 'WITHSCORES')\n"
+    "    return {0, 2, n, tonumber(o[2]) + 60000 - now}\n"
+    "  end\n"
+    "end\n"
+    "if tpm > 0 then\n"
+    "  local b, h, sum, old = math.floor(now / 5000), redis.call('HGETALL', KEYS[3]), 0, nil\n"
+    "  for i = 1, #h, 2 do\n"
+    "    local k = tonumber(h[i])\n"
+    "    if k <= b - 12 then redis.call('HDEL', KEYS[3], h[i])\n"
+    "    else sum = sum + tonumber(h[i + 1]); if not old or k < old then old = k end end\n"
+    "  end\n"
+    "  if sum >= tpm then return {0, 3, sum, (old + 12) * 5000 - now} end\n"
+    "end\n"
+    "if mc > 0 then\n"
+    "  redis.call('ZADD', KEYS[2], now + lease, id)\n"
+    "  redis.call('PEXPIRE', KEYS[2], lease * 2)\n"
+    "end\n"
+    "if rpm > 0 then\n"
+    "  redis.call('ZADD', KEYS[1], now, id)\n"
+    "  redis.call('PEXPIRE', KEYS[1], 61000)\n"
+    "end\n"
+    "return {1}\n",
+    /* limits done: KEYS as for limits; ARGV id, now, tokens, undo. The
+     * lease goes; the tokens count against tpm; undo (a request the budget
+     * refused, or nobody waits for) takes it out of rpm too. */
+    "redis.call('ZREM', KEYS[2], ARGV[1])\n"
+    "if ARGV[4] == '1' then redis.call('ZREM', KEYS[1], ARGV[1]) end\n"
+    "local t = tonumber(ARGV[3])\n"
+    "if t > 0 then\n"
+    "  redis.call('HINCRBY', KEYS[3], tostring(math.floor(tonumber(ARGV[2]) / 5000)), t)\n"
+    "  redis.call('PEXPIRE', KEYS[3], 65000)\n"
+    "end\n"
+    "return 1\n",
+    /* leases: KEYS the conc:<key> sets of this loop's requests in flight,
+     * ARGV[1] the new expiry, ARGV[1 + i] the request of KEYS[i]. A lease
+     * already gone (released, expired) is not made again. */
+    "for i = 1, #KEYS do\n"
+    "  redis.call('ZADD', KEYS[i], 'XX', ARGV[1], ARGV[1 + i])\n"
+    "  redis.call('PEXPIRE', KEYS[i], ARGV[2 + #KEYS])\n"
+    "end\n"
+    "return #KEYS\n",
+    /* key info: KEYS budget hash, rpm:, conc:, tpm:, insts; ARGV now.
+     * {spend, held, requests in the last minute, leases, tokens in the
+     * last minute, live instances} */
+    "local now = tonumber(ARGV[1])\n"
+    "local h = redis.call('HMGET', KEYS[1], 'spend', 'held')\n"
+    "local b, t, sum = math.floor(now / 5000), redis.call('HGETALL', KEYS[4]), 0\n"
+    "for i = 1, #t, 2 do if tonumber(t[i]) > b - 12 then sum = sum + tonumber(t[i + 1]) end end\n"
+    "return {h[1] or '0', h[2] or '0', redis.call('ZCOUNT', KEYS[2], now - 60000, '+inf'),\n"
+    "  redis.call('ZCOUNT', KEYS[3], now, '+inf'), sum, redis.call('ZCOUNT', KEYS[5], now - 3000, '+inf')}\n",
+    /* health report: KEYS[1] h:<target>; ARGV now, outcome (1 ok, 0
+     * failure), ttft (ms), tokens/s (0: none), fails that open, first
+     * cool-down (ms). The breaker's state, shared: an answer closes it, a
+     * failure of the probe or the fails-th in a row opens it for a
+     * cool-down doubled each time up to 5 minutes. */
+    "local now, ok = tonumber(ARGV[1]), ARGV[2] == '1'\n"
+    "local h = redis.call('HMGET', KEYS[1], 'state', 'fails', 'cool', 'ttft', 'tps')\n"
+    "local st, fails, cool = tonumber(h[1]) or 0, tonumber(h[2]) or 0, tonumber(h[3]) or 0\n"
+    "if ok then\n"
+    "  local ttft, tps = tonumber(ARGV[3]), tonumber(ARGV[4])\n"
+    "  local o, p = tonumber(h[4]) or 0, tonumber(h[5]) or 0\n"
+    "  if o > 0 then ttft = 0.7 * o + 0.3 * ttft elseif ttft <= 0 then ttft = 0.1 end\n"
+    "  if tps > 0 then if p > 0 then tps = 0.7 * p + 0.3 * tps end else tps = p end\n"
+    "  redis.call('HSET', KEYS[1], 'state', 0, 'fails', 0, 'cool', 0, 'until', 0, 'ttft', ttft, 'tps', tps)\n"
+    "  redis.call('DEL', KEYS[1] .. ':probe')\n"
+    "else\n"
+    "  fails = fails + 1\n"
+    "  redis.call('HSET', KEYS[1], 'fails', fails)\n"
+    "  if st ~= 0 or fails >= tonumber(ARGV[5]) then\n"
+    "    if cool > 0 then cool = math.min(cool * 2, 300000) else cool = tonumber(ARGV[6]) end\n"
+    "    if st == 0 or redis.call('EXISTS', KEYS[1] .. ':probe') == 1 then\n"
+    "      redis.call('HSET', KEYS[1], 'state', 1, 'cool', cool, 'until', now + cool)\n"
+    "    end\n"
+    "    redis.call('DEL', KEYS[1] .. ':probe')\n"
+    "  end\n"
+    "end\n"
+    "redis.call('PEXPIRE', KEYS[1], 86400000)\n"
+    "return 1\n",
+    /* health read: KEYS the h:<target> hashes this loop uses; ARGV now,
+     * the instance, how long a probe may take (ms). One line per key:
+     * "state fails until ttft tps probe", probe 1 when this instance holds
+     * the one probe of an open breaker whose cool-down is over (SET NX:
+     * one instance tries, the others keep skipping the target). */
+    "local now, out = tonumber(ARGV[1]), {}\n"
+    "for i = 1, #KEYS do\n"
+    "  local h = redis.call('HMGET', KEYS[i], 'state', 'fails', 'until', 'ttft', 'tps')\n"
+    "  local st, un, pr = tonumber(h[1]) or 0, tonumber(h[3]) or 0, 0\n"
+    "  if st ~= 0 and un <= now then\n"
+    "    if redis.call('SET', KEYS[i] .. ':probe', ARGV[2], 'NX', 'PX', ARGV[3]) or\n"
+    "       redis.call('GET', KEYS[i] .. ':probe') == ARGV[2] then pr = 1 end\n"
+    "  end\n"
+    "  out[i] = string.format('%d %d %.0f %s %s %d', st, tonumber(h[2]) or 0, un, h[4] or '0', h[5] or '0', pr)\n"
+    "end\n"
+    "return table.concat(out, '\\n')\n",
 };
 
 /* What a reply is given to: err is NULL when the store answered (v, nv:
@@ -12861,7 +13040,8 @@ struct lg_redis {
 	struct lg_rpend *q;       /* replies waited for, oldest at qhead */
 	unsigned qcap, qhead, qn;
 	struct lg_timer tm; /* DOWN: the reconnect; else the oldest command's deadline */
-	struct lg_timer hb; /* the heartbeat (first loop only) */
+	struct lg_timer hb; /* the heartbeat and the health read (first loop only) */
+	struct lg_timer lt; /* the renewal of this loop's max_concurrency leases */
 	int64_t backoff, down_since;
 	unsigned long failed; /* calls failed since the outage began */
 	unsigned long nerr;   /* error replies to budget scripts since the last log line about them */
@@ -12874,6 +13054,8 @@ struct lg_redis {
 
 static void lg_redis_io(struct lg_conn *c, int re);
 static void lg_redis_free(struct llmgw *gw);
+static void lg_redis_health(struct llmgw *gw, struct lg_redis *rd);  /* with the heartbeat */
+static void lg_redis_leases(struct llmgw *gw, struct lg_timer *t);
 static void lg_redis_down(struct llmgw *gw, struct lg_redis *rd, const char *fmt, ...) LG_PRINTF(3, 4);
 
 static void lg_redis_arm(struct llmgw *gw, struct lg_redis *rd)
@@ -13213,6 +13395,7 @@ static void lg_redis_beat(struct llmgw *gw, struct lg_timer *t)
 	lg_redis_argz(&b, rd->cfg->store_instance);
 	lg_redis_script(gw, rd, LG_SCR_BEAT, &b, 5, lg_redis_beaten, NULL);
 	lg_buf_free(&b);
+	lg_redis_health(gw, rd);
 }
 
 /* The loop's client, made (or remade, when the url changed) for its
@@ -13235,9 +13418,10 @@ static struct lg_redis *lg_redis_get(struct llmgw *gw, struct lg_cfg *cfg)
 	if (!gw->now) gw->now = lg_now_ms();
 	lg_cfg_ref(cfg);
 	rd->cfg = cfg;
-	rd->tm.hidx = rd->hb.hidx = -1;
+	rd->tm.hidx = rd->hb.hidx = rd->lt.hidx = -1;
 	rd->tm.fn = lg_redis_timer;
 	rd->hb.fn = lg_redis_beat;
+	rd->lt.fn = lg_redis_leases;
 	for (i = 0; i < LG_NSCR; i++) {
 		unsigned char h[20];
 		int k;
@@ -13250,6 +13434,7 @@ static struct lg_redis *lg_redis_get(struct llmgw *gw, struct lg_cfg *cfg)
 	}
 	gw->redis = rd;
 	if (!gw->child) lg_timer_set(gw, &rd->hb, 0);
+	lg_timer_set(gw, &rd->lt, LG_MAX(cfg->store_lease / 3, (int64_t)100));
 	lg_redis_connect(gw, rd);
 	return rd;
 }
@@ -13268,6 +13453,7 @@ static void lg_redis_free(struct llmgw *gw)
 	struct lg_redis *rd = gw->redis;
 	if (!rd) return;
 	lg_timer_clear(gw, &rd->hb);
+	lg_timer_clear(gw, &rd->lt);
 	if (!rd->down_since) rd->down_since = gw->now ? gw->now : 1; /* an end, not an outage: not logged */
 	lg_redis_down(gw, rd, "the gateway stops using this store");
 	lg_timer_clear(gw, &rd->tm);
@@ -13288,6 +13474,27 @@ struct lg_stjob {
 	int64_t at[LG_ST_PERIODS]; /* when each expires (ms), 0: never */
 	double budget[LG_ST_PERIODS];
 	double res;
+	/* admit's batch: each part's answer (1 yes, 0 refused, -1 failed) */
+	int pending, lim, bud, lim_sent, bud_sent, which, lwhich, err_reply;
+	int64_t lcount, lretry; /* a refusing limit's count, ms until it has room */
+	double spend, held;     /* the refusing budget's */
+	char why[480], aff[200], store[200], prefix[200], kname[64];
+};
+
+/* What view read from the store for /v1/key and /v1/generation; r->st_view
+ * points at it while the answer is written. */
+struct lg_stview {
+	int fleet;                          /* the key figures below are the store's */
+	double spend, held;                 /* the budget hash of the current period */
+	int64_t rpm_used, leases, tpm_used; /* the last minute's requests and tokens, leases held */
+	int64_t insts;                      /* instances alive (heartbeat in the last 3 s) */
+	const char *rec;                    /* a generation record ("<key>\n<answer>"), or NULL */
+	size_t reclen;
+};
+
+struct lg_stvjob {
+	struct lg_req *r; /* NULL once the request went away */
+	void (*fn)(struct lg_req *r);
 };
 
 static int lg_st_redis_keys(const struct lg_req *r, const struct lg_cfg *cf, struct lg_stjob *j)
@@ -13334,85 +13541,213 @@ static void lg_st_redis_unadmit(struct lg_req *r)
 	lg_lock(r->gw);
 	ks->inflight--;
 	ks->reserved -= r->reserved;
-	if (ks->reserved < 1e-12) ks->reserved = 0;
-	if (r->key && r->key->rpm) ks->rpm_tok += 1;
+	if (ks->reserved < 1e-12) ks->reserved = 0; /* (the store's admit took no local rpm token) */
 	lg_unlock(r->gw);
 	r->ks = NULL;
 	r->reserved = 0;
 }
 
-/* The store's answer to admit's script. */
+/* The store's answer to admit's budget script: kept in the job until
+ * every reply of the batch is in (lg_st_redis_join). */
+static void lg_st_redis_join(struct llmgw *gw, struct lg_stjob *j);
+
 static void lg_st_redis_admitted(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err)
 {
 	struct lg_stjob *j = (struct lg_stjob *)arg;
-	struct lg_req *r = j->r;
-	char msg[1024], why[240];
 	int ok = !err && nv >= 2 && v[0].type == LG_RV_ARR && v[1].type == LG_RV_INT;
-	if (!r) { /* the request went away meanwhile: a reservation made is given back */
-		if (ok && v[1].i == 1 && gw->redis) lg_st_redis_send_settle(gw, gw->redis, j, 0);
-		free(j);
-		return;
-	}
-	r->st_job = NULL;
 	if (ok && v[1].i == 1) {
-		r->st_held = 1;
+		j->bud = 1;
+	} else if (ok && nv >= 5 && v[1].i == 0) { /* refused: the fleet-wide spend does not leave room */
+		char t[2][40];
+		int k;
+		for (k = 0; k < 2; k++) lg_cpy(t[k], sizeof t[k], "0");
+		for (k = 0; k < 2; k++)
+			if (v[3 + k].type == LG_RV_BULK) snprintf(t[k], sizeof t[k], "%.*s", (int)LG_MIN(v[3 + k].len, (size_t)39), v[3 + k].p);
+		j->spend = strtod(t[0], NULL);
+		j->held = strtod(t[1], NULL);
+		j->which = v[2].type == LG_RV_INT ? (int)v[2].i - 1 : 0;
+		if (j->which < 0 || j->which >= j->nk) j->which = 0;
+		j->bud = 0;
+	} else {
+		j->bud = -1;
+		if (err)
+			snprintf(j->why, sizeof j->why, "%s", err);
+		else if (nv && v[0].type == LG_RV_ERR)
+			snprintf(j->why, sizeof j->why, "%s: %.*s", j->store, (int)LG_MIN(v[0].len, (size_t)160), v[0].p);
+		else
+			snprintf(j->why, sizeof j->why, "%s: an answer the budget script does not give", j->store);
+		j->err_reply = !err;
+	}
+	lg_st_redis_join(gw, j);
+}
+
+/* The limits script's answer (rpm, tpm, max_concurrency). */
+static void lg_st_redis_limited(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err)
+{
+	struct lg_stjob *j = (struct lg_stjob *)arg;
+	int ok = !err && nv >= 2 && v[0].type == LG_RV_ARR && v[1].type == LG_RV_INT;
+	if (ok && v[1].i == 1) {
+		j->lim = 1;
+	} else if (ok && nv >= 5 && v[1].i == 0 && v[2].type == LG_RV_INT) {
+		j->lim = 0;
+		j->lwhich = (int)v[2].i;
+		j->lcount = v[3].type == LG_RV_INT ? v[3].i : 0;
+		j->lretry = v[4].type == LG_RV_INT ? v[4].i : 1000;
+	} else {
+		j->lim = -1;
+		if (err)
+			snprintf(j->why, sizeof j->why, "%s", err);
+		else if (nv && v[0].type == LG_RV_ERR)
+			snprintf(j->why, sizeof j->why, "%s: %.*s", j->store, (int)LG_MIN(v[0].len, (size_t)160), v[0].p);
+		else
+			snprintf(j->why, sizeof j->why, "%s: an answer the limits script does not give", j->store);
+		j->err_reply = !err;
+	}
+	lg_st_redis_join(gw, j);
+}
+
+/* The prompt's target from the shared affinity map (a miss, or a failure:
+ * the plan stays as it is). */
+static void lg_st_redis_affined(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err)
+{
+	struct lg_stjob *j = (struct lg_stjob *)arg;
+	if (!err && nv && v[0].type == LG_RV_BULK && v[0].len < sizeof j->aff)
+		memcpy(j->aff, v[0].p, v[0].len), j->aff[v[0].len] = 0;
+	lg_st_redis_join(gw, j);
+}
+
+/* Undoes the limits script's count and lease (a request refused by its
+ * budget, or gone), or ends them at settle (tokens against tpm). */
+static void lg_st_redis_send_ldone(struct llmgw *gw, struct lg_redis *rd, const char *prefix, const char *key,
+                                   const char *id, int64_t tokens, int undo)
+{
+	struct lg_buf b;
+	char k[3][200];
+	int i;
+	snprintf(k[0], sizeof k[0], "%srpm:%s", prefix, key);
+	snprintf(k[1], sizeof k[1], "%sconc:%s", prefix, key);
+	snprintf(k[2], sizeof k[2], "%stpm:%s", prefix, key);
+	lg_buf_init(&b, 0);
+	lg_redis_argz(&b, "3");
+	for (i = 0; i < 3; i++) lg_redis_argz(&b, k[i]);
+	lg_redis_argz(&b, id);
+	lg_redis_argi(&b, lg_wall_ms());
+	lg_redis_argi(&b, tokens);
+	lg_redis_argz(&b, undo ? "1" : "0");
+	lg_redis_script(gw, rd, LG_SCR_LDONE, &b, 8, lg_st_redis_settled, NULL);
+	lg_buf_free(&b);
+}
+
+/* Every reply of admit's batch is in: the request goes on, or is refused
+ * (429, 402, 503), and what the store took for a refused or vanished
+ * request is given back. */
+static void lg_st_redis_join(struct llmgw *gw, struct lg_stjob *j)
+{
+	struct lg_req *r = j->r;
+	struct lg_redis *rd = gw->redis;
+	char msg[1024];
+	int fail;
+	if (--j->pending > 0) return;
+	fail = j->lim < 0 || j->bud < 0;
+	if (r && !fail && j->lim && j->bud) { /* admitted (a part not asked for is 1) */
+		r->st_job = NULL;
+		if (j->aff[0]) lg_route_affine(r, j->aff);
+		r->st_held = j->bud_sent;
+		r->st_lim = j->lim_sent;
 		free(j);
 		lg_st_admitted(r, 0, 0, "");
 		return;
 	}
-	if (ok && nv >= 5 && v[1].i == 0) { /* refused: the fleet-wide spend does not leave room */
-		char when[64], t[3][40];
-		double spend, held;
-		int w = v[2].type == LG_RV_INT ? (int)v[2].i - 1 : 0, k;
-		for (k = 0; k < 2; k++) lg_cpy(t[k], sizeof t[k], "0");
-		for (k = 0; k < 2; k++)
-			if (v[3 + k].type == LG_RV_BULK) snprintf(t[k], sizeof t[k], "%.*s", (int)LG_MIN(v[3 + k].len, (size_t)39), v[3 + k].p);
-		spend = strtod(t[0], NULL);
-		held = strtod(t[1], NULL);
-		if (w < 0 || w >= j->nk) w = 0;
+	if (rd && j->bud == 1 && j->bud_sent) lg_st_redis_send_settle(gw, rd, j, 0);
+	if (rd && j->lim == 1 && j->lim_sent) lg_st_redis_send_ldone(gw, rd, j->prefix, j->kname, j->id, 0, 1);
+	if (!r) {
+		free(j);
+		return;
+	}
+	r->st_job = NULL;
+	lg_st_redis_unadmit(r);
+	if (fail) {
+		if (j->err_reply && rd) { /* an error reply: logged at most once a minute, with a count */
+			rd->nerr++;
+			if (!rd->err_logged || gw->now - rd->err_logged >= 60000) {
+				LG_LOG(gw, LG_LOG_WARN, "store %s (%lu such answers since the last line like this)", j->why, rd->nerr);
+				rd->err_logged = gw->now;
+				rd->nerr = 0;
+			}
+		}
+		if (r->cfg->store_on_error == 1) { /* local: this instance's own books decide */
+			int retry = 0, status;
+			free(j);
+			lg_lock(gw);
+			status = lg_acct_admit(r, msg, sizeof msg, &retry, 1);
+			lg_unlock(gw);
+			lg_st_admitted(r, status, retry, msg);
+			return;
+		}
+		snprintf(msg, sizeof msg,
+		         "the state store failed (%s); key '%s' has a budget or limits and [store] on_error = closed", j->why,
+		         r->key->name);
+		free(j);
+		lg_st_admitted(r, 503, 1, msg);
+		return;
+	}
+	if (j->lim == 0) { /* over a limit, counted across every instance */
+		const struct lg_key *key = r->key;
+		int retry = (int)((LG_MAX(j->lretry, (int64_t)1) + 999) / 1000);
+		if (j->lwhich == 1)
+			snprintf(msg, sizeof msg, "key '%s' has %lld requests in flight across all instances, its max_concurrency",
+			         key->name, (long long)j->lcount);
+		else if (j->lwhich == 2)
+			snprintf(msg, sizeof msg,
+			         "key '%s' is over its rate limit of %ld requests per minute (%lld in the last minute across all "
+			         "instances)",
+			         key->name, key->rpm, (long long)j->lcount);
+		else
+			snprintf(msg, sizeof msg,
+			         "key '%s' is over its rate limit of %ld tokens per minute (%lld in the last minute across all "
+			         "instances)",
+			         key->name, key->tpm, (long long)j->lcount);
+		free(j);
+		lg_st_admitted(r, 429, retry, msg);
+		return;
+	}
+	{ /* the budget refused */
+		char when[64];
 		lg_acct_resets(r->key->period, r->wall0, when, sizeof when);
 		snprintf(msg, sizeof msg,
 		         "key '%s' has exhausted its budget of %g USD/%s: %.6f USD spent this period across all "
 		         "instances, %.6f USD held by requests in flight, this request may cost up to %.6f USD; the "
 		         "budget resets at %s",
-		         r->key->name, j->budget[w], lg_period_names[r->key->period], spend, held, j->res, when);
-		lg_st_redis_unadmit(r);
+		         r->key->name, j->budget[j->which], lg_period_names[r->key->period], j->spend, j->held, j->res, when);
 		free(j);
 		lg_st_admitted(r, 402, 0, msg);
-		return;
 	}
-	free(j);
-	if (err)
-		snprintf(why, sizeof why, "%s", err);
-	else if (nv && v[0].type == LG_RV_ERR)
-		snprintf(why, sizeof why, "%s: %.*s", r->cfg->store_name, (int)LG_MIN(v[0].len, (size_t)160), v[0].p);
-	else
-		snprintf(why, sizeof why, "%s: an answer the budget script does not give", r->cfg->store_name);
-	if (!err && gw->redis) { /* an error reply: logged at most once a minute, with a count */
-		struct lg_redis *rd = gw->redis;
-		rd->nerr++;
-		if (!rd->err_logged || gw->now - rd->err_logged >= 60000) {
-			LG_LOG(gw, LG_LOG_WARN, "store %s (%lu such answers since the last line like this)", why, rd->nerr);
-			rd->err_logged = gw->now;
-			rd->nerr = 0;
-		}
-	}
-	lg_st_redis_unadmit(r);
-	if (r->cfg->store_on_error == 1) { /* local: this instance's own books decide */
-		int retry = 0, status;
-		lg_lock(gw);
-		status = lg_acct_admit(r, msg, sizeof msg, &retry, 1);
-		lg_unlock(gw);
-		lg_st_admitted(r, status, retry, msg);
-		return;
-	}
-	snprintf(msg, sizeof msg, "the state store failed (%s); key '%s' has a budget and [store] on_error = closed", why,
-	         r->key->name);
-	lg_st_admitted(r, 503, 1, msg);
 }
 
-/* admit: the plan and the key's local limits as lg_st_local does, without
- * its budget; then, for a key with a budget, the store's script. */
+/* A store command that is not a script (GET, SET): fn gets the reply. */
+static void lg_redis_call(struct llmgw *gw, struct lg_redis *rd, const struct lg_buf *cmd, lg_redis_fn fn, void *arg)
+{
+	struct lg_rpend e;
+	if (rd->state == LG_RS_DOWN || !rd->c) {
+		rd->failed++;
+		if (fn) fn(gw, arg, NULL, 0, rd->why[0] ? rd->why : "not connected");
+		return;
+	}
+	memset(&e, 0, sizeof e);
+	e.fn = fn, e.arg = arg, e.deadline = gw->now + rd->cfg->store_timeout;
+	if (cmd->err || lg_redis_push(gw, rd, &e)) {
+		rd->failed++;
+		if (fn) fn(gw, arg, NULL, 0, "out of memory (or too many store calls waiting)");
+		return;
+	}
+	lg_buf_add(&rd->c->out, lg_buf_data(cmd), lg_buf_used(cmd));
+}
+
+/* admit: the plan and the request's reservation in this process's books;
+ * then one batch to the store, written with the loop's other calls and
+ * answered in one round trip: the shared affinity map's entry for the
+ * prompt (when this process has none), the key's rpm, tpm and
+ * max_concurrency (one script), its budget (one script). */
 static void lg_st_redis_admit(struct lg_req *r)
 {
 	struct llmgw *gw = r->gw;
@@ -13420,12 +13755,15 @@ static void lg_st_redis_admit(struct lg_req *r)
 	struct lg_stjob *j;
 	struct lg_buf b;
 	char msg[1024];
-	int retry = 0, status, i;
+	int retry = 0, status, i, lim, bud, aff;
 	lg_lock(gw);
 	if (!(status = lg_route_plan(r, msg, sizeof msg)))
 		status = lg_acct_admit(r, msg, sizeof msg, &retry, !r->cfg->store_kind);
 	lg_unlock(gw);
-	if (status || !r->key || !(r->key->budget > 0) || !r->cfg->store_kind) {
+	bud = r->key && r->key->budget > 0;
+	lim = r->key && (r->key->rpm || r->key->tpm || r->key->max_concurrency);
+	aff = r->aff_hash && !r->aff_hit && r->nplan > 1;
+	if (status || !r->cfg->store_kind || !(lim || bud || aff)) {
 		lg_st_admitted(r, status, retry, msg);
 		return;
 	}
@@ -13436,33 +13774,84 @@ static void lg_st_redis_admit(struct lg_req *r)
 	}
 	j->r = r;
 	j->res = r->reserved;
-	lg_st_redis_keys(r, r->cfg, j);
+	j->pending = 1; /* this call's own, dropped at the end: replies may come at once */
+	j->lim = j->bud = 1;
+	lg_cpy(j->id, sizeof j->id, r->id);
+	lg_cpy(j->store, sizeof j->store, r->cfg->store_name);
+	lg_cpy(j->prefix, sizeof j->prefix, r->cfg->store_prefix);
+	if (r->key) lg_cpy(j->kname, sizeof j->kname, r->key->name);
 	r->st_job = j;
 	lg_buf_init(&b, 0);
-	lg_redis_argi(&b, j->nk);
-	for (i = 0; i < j->nk; i++) lg_redis_argz(&b, j->k[i]);
-	lg_redis_argz(&b, j->id);
-	lg_redis_argd(&b, j->res);
-	for (i = 0; i < j->nk; i++) {
-		lg_redis_argd(&b, j->budget[i]);
-		lg_redis_argi(&b, j->at[i]);
+	if (aff) {
+		char k[240];
+		snprintf(k, sizeof k, "%sa:%08x", r->cfg->store_prefix, (unsigned)r->aff_hash);
+		lg_redis_cmd(&b, 2);
+		lg_redis_argz(&b, "GET");
+		lg_redis_argz(&b, k);
+		j->pending++;
+		lg_redis_call(gw, rd, &b, lg_st_redis_affined, j);
+		b.off = b.len = 0;
 	}
-	lg_redis_script(gw, rd, LG_SCR_ADMIT, &b, 1 + j->nk + 2 + 2 * j->nk, lg_st_redis_admitted, j);
+	if (lim) {
+		char k[240];
+		const struct lg_key *key = r->key;
+		lg_redis_argz(&b, "3");
+		snprintf(k, sizeof k, "%srpm:%s", r->cfg->store_prefix, key->name);
+		lg_redis_argz(&b, k);
+		snprintf(k, sizeof k, "%sconc:%s", r->cfg->store_prefix, key->name);
+		lg_redis_argz(&b, k);
+		snprintf(k, sizeof k, "%stpm:%s", r->cfg->store_prefix, key->name);
+		lg_redis_argz(&b, k);
+		lg_redis_argz(&b, r->id);
+		lg_redis_argi(&b, lg_wall_ms());
+		lg_redis_argi(&b, key->rpm);
+		lg_redis_argi(&b, key->tpm);
+		lg_redis_argi(&b, key->max_concurrency);
+		lg_redis_argi(&b, r->cfg->store_lease);
+		j->pending++;
+		j->lim_sent = 1;
+		lg_redis_script(gw, rd, LG_SCR_LIMIT, &b, 10, lg_st_redis_limited, j);
+		b.off = b.len = 0;
+	}
+	if (bud) {
+		lg_st_redis_keys(r, r->cfg, j);
+		lg_redis_argi(&b, j->nk);
+		for (i = 0; i < j->nk; i++) lg_redis_argz(&b, j->k[i]);
+		lg_redis_argz(&b, j->id);
+		lg_redis_argd(&b, j->res);
+		for (i = 0; i < j->nk; i++) {
+			lg_redis_argd(&b, j->budget[i]);
+			lg_redis_argi(&b, j->at[i]);
+		}
+		j->pending++;
+		j->bud_sent = 1;
+		lg_redis_script(gw, rd, LG_SCR_ADMIT, &b, 1 + j->nk + 2 + 2 * j->nk, lg_st_redis_admitted, j);
+	}
 	lg_buf_free(&b);
+	lg_st_redis_join(gw, j);
 }
+
+static void lg_st_redis_record(struct lg_req *r, struct lg_redis *rd);
 
 /* settle: this process's books (metrics, ledger, the ring) as lg_st_local
  * does; then, when the store holds a reservation, the real cost in its
- * place. */
+ * place; the key's lease back and its tokens against tpm; the request's
+ * record for /v1/generation on any instance. */
 static void lg_st_redis_settle(struct lg_req *r)
 {
-	int held = r->st_held;
+	int held = r->st_held, lim = r->st_lim;
 	struct lg_stjob j;
 	struct lg_redis *rd;
 	double cost = r->usage.cost;
-	r->st_held = 0;
+	r->st_held = r->st_lim = 0;
 	lg_acct_settle(r);
-	if (!held || !r->key || !(rd = lg_redis_cur(r->gw))) return;
+	if (!r->cfg->store_kind || !(rd = lg_redis_cur(r->gw))) return;
+	if (LG_EP_ASKS_MODEL(r->ep)) lg_st_redis_record(r, rd);
+	if (!r->key) return;
+	if (lim)
+		lg_st_redis_send_ldone(r->gw, rd, r->cfg->store_prefix, r->key->name, r->id,
+		                       r->usage.prompt + r->usage.completion, 0);
+	if (!held) return;
 	memset(&j, 0, sizeof j);
 	lg_st_redis_keys(r, r->cfg, &j);
 	lg_st_redis_send_settle(r->gw, rd, &j, cost > 0 ? cost : 0);
@@ -13473,7 +13862,328 @@ static void lg_st_redis_settle(struct lg_req *r)
 static void lg_st_redis_cancel(struct lg_req *r)
 {
 	if (r->st_job) r->st_job->r = NULL;
+	if (r->st_vjob) r->st_vjob->r = NULL;
 	r->st_job = NULL;
+	r->st_vjob = NULL;
+}
+
+/* The request's record, for GET /v1/generation on any instance: the
+ * answer as this instance gives it, behind the key's name, kept for
+ * [store] records. */
+static void lg_st_redis_record(struct lg_req *r, struct lg_redis *rd)
+{
+	struct lg_acct *a = r->gw->acct;
+	struct lg_gen g;
+	struct lg_buf v, b;
+	char k[240];
+	if (!a || !(r->cfg->store_records > 0)) return;
+	lg_lock(r->gw);
+	g = a->ring[r->seq % LG_RING];
+	lg_unlock(r->gw);
+	if (g.seq != r->seq || strcmp(g.id, r->id) != 0) return;
+	lg_buf_init(&v, 0);
+	lg_buf_addz(&v, g.key);
+	lg_buf_addc(&v, '\n');
+	lg_acct_gen_json(&v, &g);
+	snprintf(k, sizeof k, "%sg:%s", r->cfg->store_prefix, r->id);
+	lg_buf_init(&b, 0);
+	lg_redis_cmd(&b, 5);
+	lg_redis_argz(&b, "SET");
+	lg_redis_argz(&b, k);
+	lg_redis_arg(&b, lg_buf_data(&v), lg_buf_used(&v));
+	lg_redis_argz(&b, "PX");
+	lg_redis_argi(&b, r->cfg->store_records);
+	if (!v.err) lg_redis_call(r->gw, rd, &b, NULL, NULL);
+	lg_buf_free(&v);
+	lg_buf_free(&b);
+}
+
+/* view's answer from the store: fn writes the response with it (or, when
+ * the store failed, from this instance's own books). */
+static void lg_st_redis_viewed(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err)
+{
+	struct lg_stvjob *vj = (struct lg_stvjob *)arg;
+	struct lg_req *r = vj->r;
+	struct lg_stview sv;
+	void (*fn)(struct lg_req *r);
+	if (!r) {
+		free(vj);
+		return;
+	}
+	r->st_vjob = NULL;
+	memset(&sv, 0, sizeof sv);
+	if (!err && nv && v[0].type == LG_RV_BULK) { /* a generation record */
+		sv.rec = v[0].p;
+		sv.reclen = v[0].len;
+	} else if (!err && nv >= 7 && v[0].type == LG_RV_ARR && v[0].n == 6) { /* key info */
+		char t[40];
+		int i;
+		for (i = 0; i < 2; i++) {
+			double d = 0;
+			if (v[1 + i].type == LG_RV_BULK) {
+				snprintf(t, sizeof t, "%.*s", (int)LG_MIN(v[1 + i].len, (size_t)39), v[1 + i].p);
+				d = strtod(t, NULL);
+			}
+			if (i == 0)
+				sv.spend = d;
+			else
+				sv.held = d < 1e-12 ? 0 : d;
+		}
+		sv.rpm_used = v[3].i, sv.leases = v[4].i, sv.tpm_used = v[5].i, sv.insts = v[6].i;
+		sv.fleet = 1;
+	}
+	fn = vj->fn;
+	free(vj);
+	r->st_view = &sv;
+	lg_lock(gw);
+	lg_st_viewed(r, fn);
+	lg_unlock(gw);
+	r->st_view = NULL;
+}
+
+/* view: /v1/key reads the key's fleet-wide figures and /v1/generation a
+ * record this instance does not have, from the store (one call); the
+ * rest as lg_st_local does. */
+static void lg_st_redis_view(struct lg_req *r, void (*fn)(struct lg_req *r))
+{
+	struct llmgw *gw = r->gw;
+	struct lg_redis *rd = r->cfg->store_kind ? lg_redis_cur(gw) : NULL;
+	struct lg_stvjob *vj;
+	struct lg_buf b;
+	char k[240];
+	int scr = 0;
+	lg_buf_init(&b, 0);
+	if (rd && r->ep == LG_EP_GEN) { /* only when the local ring does not have it */
+		const char *q = r->query ? strstr(r->query, "id=") : NULL;
+		char id[48];
+		size_t n = 0;
+		unsigned long long seq = 0;
+		struct lg_acct *a = gw->acct;
+		int local = 0;
+		if (q) {
+			q += 3;
+			while (q[n] && q[n] != '&' && n + 1 < sizeof id) id[n] = q[n], n++;
+		}
+		id[n] = 0;
+		if (!n || sscanf(id, "gen-%llx-", &seq) != 1) rd = NULL;
+		lg_lock(gw);
+		if (rd && a) local = a->ring[seq % LG_RING].seq == seq && strcmp(a->ring[seq % LG_RING].id, id) == 0;
+		lg_unlock(gw);
+		if (local) rd = NULL;
+		if (rd) {
+			snprintf(k, sizeof k, "%sg:%s", r->cfg->store_prefix, id);
+			lg_redis_cmd(&b, 2);
+			lg_redis_argz(&b, "GET");
+			lg_redis_argz(&b, k);
+		}
+	} else if (rd && r->ep == LG_EP_KEY && r->key) { /* KEYS budget hash, rpm, conc, tpm, insts; ARGV now */
+		struct lg_stjob j;
+		const char *pf = r->cfg->store_prefix, *kn = r->key->name;
+		memset(&j, 0, sizeof j);
+		lg_st_redis_keys(r, r->cfg, &j);
+		lg_redis_argz(&b, "5");
+		lg_redis_argz(&b, j.k[0]);
+		snprintf(k, sizeof k, "%srpm:%s", pf, kn);
+		lg_redis_argz(&b, k);
+		snprintf(k, sizeof k, "%sconc:%s", pf, kn);
+		lg_redis_argz(&b, k);
+		snprintf(k, sizeof k, "%stpm:%s", pf, kn);
+		lg_redis_argz(&b, k);
+		snprintf(k, sizeof k, "%sinsts", pf);
+		lg_redis_argz(&b, k);
+		lg_redis_argi(&b, lg_wall_ms());
+		scr = 1;
+	} else {
+		rd = NULL;
+	}
+	if (!rd || !(vj = (struct lg_stvjob *)calloc(1, sizeof *vj))) {
+		lg_buf_free(&b);
+		lg_st_local_view(r, fn);
+		return;
+	}
+	vj->r = r;
+	vj->fn = fn;
+	r->st_vjob = vj;
+	if (scr)
+		lg_redis_script(gw, rd, LG_SCR_KEYINFO, &b, 7, lg_st_redis_viewed, vj);
+	else
+		lg_redis_call(gw, rd, &b, lg_st_redis_viewed, vj);
+	lg_buf_free(&b);
+}
+
+/* Every lease/3, each loop renews the max_concurrency leases of its
+ * requests in flight, all in one call: a lease expires only when its
+ * instance stopped renewing it (killed, cut off from the store). */
+static void lg_redis_leases(struct llmgw *gw, struct lg_timer *t)
+{
+	struct lg_redis *rd = gw->redis;
+	struct lg_req *r;
+	struct lg_buf keys, ids, b;
+	char k[240];
+	int n = 0;
+	if (!rd) return;
+	lg_timer_set(gw, t, LG_MAX(rd->cfg->store_lease / 3, (int64_t)100));
+	if (rd->state != LG_RS_UP) return;
+	lg_buf_init(&keys, 0);
+	lg_buf_init(&ids, 0);
+	for (r = gw->reqs; r; r = r->next)
+		if (r->st_lim && r->key && r->key->max_concurrency && !r->finished) {
+			snprintf(k, sizeof k, "%sconc:%s", r->cfg->store_prefix, r->key->name);
+			lg_redis_argz(&keys, k);
+			lg_redis_argz(&ids, r->id);
+			n++;
+		}
+	if (n) {
+		lg_buf_init(&b, 0);
+		lg_redis_argi(&b, n);
+		lg_buf_add(&b, lg_buf_data(&keys), lg_buf_used(&keys));
+		lg_redis_argi(&b, lg_wall_ms() + rd->cfg->store_lease);
+		lg_buf_add(&b, lg_buf_data(&ids), lg_buf_used(&ids));
+		lg_redis_argi(&b, 2 * rd->cfg->store_lease);
+		if (!keys.err && !ids.err) lg_redis_script(gw, rd, LG_SCR_LEASE, &b, 2 * n + 3, lg_st_redis_settled, NULL);
+		lg_buf_free(&b);
+	}
+	lg_buf_free(&keys);
+	lg_buf_free(&ids);
+}
+
+/* report: this process's health as lg_st_local does, and the outcome into
+ * the target's shared hash (breaker, smoothed TTFT and tokens/s). */
+static void lg_st_redis_report(struct lg_req *r, const struct lg_cand *cd, int ok)
+{
+	struct lg_redis *rd;
+	struct lg_buf b;
+	char k[300];
+	double ttft = 0, tps = 0;
+	lg_st_local_report(r, cd, ok);
+	if (ok < 0 || !cd->h || !r->cfg->store_kind || !(rd = lg_redis_cur(r->gw)) || rd->state != LG_RS_UP) return;
+	if (ok > 0) {
+		int64_t now = r->gw->now, first = r->t_att_first ? r->t_att_first : now;
+		double gen = (double)(now - first) / 1000.0;
+		ttft = (double)(first - r->t_att);
+		if (r->usage.completion > 0)
+			tps = (double)r->usage.completion / (gen > 0.001 ? gen : (ttft > 0 ? ttft / 1000.0 : 0.001));
+	}
+	snprintf(k, sizeof k, "%sh:%s", r->cfg->store_prefix, cd->h->id);
+	lg_buf_init(&b, 0);
+	lg_redis_argz(&b, "1");
+	lg_redis_argz(&b, k);
+	lg_redis_argi(&b, lg_wall_ms());
+	lg_redis_argz(&b, ok > 0 ? "1" : "0");
+	lg_redis_argd(&b, ttft);
+	lg_redis_argd(&b, tps);
+	lg_redis_argi(&b, LG_BREAKER_FAILS);
+	lg_redis_argi(&b, LG_BREAKER_COOL);
+	lg_redis_script(r->gw, rd, LG_SCR_HREPORT, &b, 8, lg_st_redis_settled, NULL);
+	lg_buf_free(&b);
+}
+
+/* The shared health of the targets this gateway uses, into its own
+ * entries (what the plan and take read): the breaker as the store has it
+ * (one instance holds the probe of an open one whose cool-down is over;
+ * the others keep skipping the target), the smoothed figures. */
+static void lg_redis_healthed(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err)
+{
+	struct lg_health **hs = (struct lg_health **)arg;
+	const char *p, *end;
+	int i = 0;
+	int64_t wall = lg_wall_ms();
+	if (err || !nv || v[0].type != LG_RV_BULK) {
+		free(hs);
+		return;
+	}
+	p = v[0].p, end = v[0].p + v[0].len;
+	lg_lock(gw);
+	while (hs[i] && p < end) {
+		const char *nl = (const char *)memchr(p, '\n', (size_t)(end - p));
+		char line[160];
+		int st = 0, fails = 0, probe = 0;
+		long long until = 0;
+		double ttft = 0, tps = 0;
+		struct lg_health *h = hs[i++];
+		size_t n = (size_t)((nl ? nl : end) - p);
+		lg_cpy(line, sizeof line, "");
+		if (n < sizeof line) memcpy(line, p, n), line[n] = 0;
+		p = nl ? nl + 1 : end;
+		if (sscanf(line, "%d %d %lld %lf %lf %d", &st, &fails, &until, &ttft, &tps, &probe) != 6) continue;
+		if (ttft > 0) h->ttft = ttft;
+		if (tps > 0) h->tps = tps;
+		if (h->probing) continue; /* this instance's probe is out: its answer decides */
+		if (st == 0) {
+			h->state = LG_BRK_CLOSED;
+			h->fails = fails;
+			h->cooldown = 0;
+		} else {
+			int64_t left = (int64_t)until - wall;
+			h->state = LG_BRK_OPEN;
+			h->fails = LG_MAX(h->fails, fails);
+			/* this instance probes now; the others wait for its answer (read again in a second) */
+			h->open_until = probe ? gw->now : gw->now + LG_MAX(left, (int64_t)1500);
+		}
+	}
+	lg_unlock(gw);
+	free(hs);
+}
+
+static void lg_redis_health(struct llmgw *gw, struct lg_redis *rd)
+{
+	struct lg_health **hs;
+	struct lg_buf b, keys;
+	char k[300];
+	int n = 0, cap = 64, i;
+	if (!gw->rs || rd->state != LG_RS_UP || !(hs = (struct lg_health **)malloc((size_t)(cap + 1) * sizeof *hs))) return;
+	lg_buf_init(&keys, 0);
+	lg_lock(gw);
+	for (i = 0; i < 256; i++) {
+		struct lg_health *h;
+		for (h = gw->rs->tab[i]; h; h = h->next) {
+			if (!strchr(h->id, '/')) continue; /* a provider's entry: its concurrency stays this instance's */
+			if (n == cap) {
+				struct lg_health **nh = (struct lg_health **)realloc(hs, (size_t)(2 * cap + 1) * sizeof *hs);
+				if (!nh) break;
+				hs = nh, cap *= 2;
+			}
+			hs[n++] = h;
+			snprintf(k, sizeof k, "%sh:%s", rd->cfg->store_prefix, h->id);
+			lg_redis_argz(&keys, k);
+		}
+	}
+	lg_unlock(gw);
+	hs[n] = NULL;
+	if (!n || keys.err) {
+		free(hs);
+		lg_buf_free(&keys);
+		return;
+	}
+	lg_buf_init(&b, 0);
+	lg_redis_argi(&b, n);
+	lg_buf_add(&b, lg_buf_data(&keys), lg_buf_used(&keys));
+	lg_redis_argi(&b, lg_wall_ms());
+	lg_redis_argz(&b, rd->cfg->store_instance);
+	lg_redis_argi(&b, 10000);
+	lg_redis_script(gw, rd, LG_SCR_HREAD, &b, n + 4, lg_redis_healthed, hs);
+	lg_buf_free(&b);
+	lg_buf_free(&keys);
+}
+
+/* remember: the prompt's target in this process and in the store, for ms. */
+static void lg_st_redis_remember(struct lg_req *r, const char *target, int64_t ms)
+{
+	struct lg_redis *rd;
+	struct lg_buf b;
+	char k[240];
+	lg_st_local_remember(r, target, ms);
+	if (!r->cfg->store_kind || !(rd = lg_redis_cur(r->gw)) || rd->state != LG_RS_UP) return;
+	snprintf(k, sizeof k, "%sa:%08x", r->cfg->store_prefix, (unsigned)r->aff_hash);
+	lg_buf_init(&b, 0);
+	lg_redis_cmd(&b, 5);
+	lg_redis_argz(&b, "SET");
+	lg_redis_argz(&b, k);
+	lg_redis_argz(&b, target);
+	lg_redis_argz(&b, "PX");
+	lg_redis_argi(&b, ms > 0 ? ms : 1);
+	lg_redis_call(r->gw, rd, &b, NULL, NULL);
+	lg_buf_free(&b);
 }
 
 /* What /metrics says about the store. */
@@ -13489,9 +14199,9 @@ static void lg_st_redis_metrics(struct llmgw *gw, struct lg_buf *b)
 	              rd ? lg_gauge_get(&rd->up) : 0, first ? lg_gauge_get(&first->store_inst) : 0);
 }
 
-static const struct lg_store lg_st_redis = {"redis", lg_st_redis_admit, lg_st_local_take, lg_st_local_report,
-                                            lg_st_local_remember, lg_acct_charge, lg_st_redis_settle,
-                                            lg_st_local_view, lg_st_redis_cancel};
+static const struct lg_store lg_st_redis = {"redis", lg_st_redis_admit, lg_st_local_take, lg_st_redis_report,
+                                            lg_st_redis_remember, lg_acct_charge, lg_st_redis_settle,
+                                            lg_st_redis_view, lg_st_redis_cancel};
 
 /* The store a configuration asks for; the loop's client dropped, or
  * given the new settings (a changed url: a new connection). The client
@@ -13869,6 +14579,8 @@ static void lg_srv_usd(struct lg_buf *b, const char *name, double v)
 static LG_COLD void lg_srv_key(struct lg_req *r)
 {
 	const struct lg_key *k = r->key;
+	const struct lg_stview *sv = r->st_view;
+	double spend, reserved;
 	struct lg_kstate *ks;
 	struct lg_buf b;
 	int64_t reset = 0;
@@ -13883,22 +14595,27 @@ static LG_COLD void lg_srv_key(struct lg_req *r)
 	}
 	lg_acct_roll(ks, k, r->wall0);
 	lg_acct_refill(ks, k, r->gw->now);
+	spend = ks->spend, reserved = ks->reserved;
 	if (k->budget > 0) lg_acct_period(k->period, r->wall0, &reset);
+	if (sv && sv->fleet) { /* the store's figures: every instance's */
+		spend = sv->spend;
+		reserved = sv->held;
+	}
 	lg_buf_init(&b, 0);
 	lg_buf_addz(&b, "{\"data\":{\"label\":");
 	lg_json_wz(&b, k->name);
 	lg_buf_addz(&b, ",\"name\":");
 	lg_json_wz(&b, k->name);
-	lg_srv_usd(&b, "usage", ks->spend);
+	lg_srv_usd(&b, "usage", spend);
 	if (k->budget > 0) {
 		lg_srv_usd(&b, "limit", k->budget);
-		lg_srv_usd(&b, "limit_remaining", LG_MAX(0.0, k->budget - ks->spend - ks->reserved));
+		lg_srv_usd(&b, "limit_remaining", LG_MAX(0.0, k->budget - spend - reserved));
 	} else {
 		lg_buf_addz(&b, ",\"limit\":null,\"limit_remaining\":null");
 	}
 	lg_buf_printf(&b, ",\"budget\":{\"period\":\"%s\"", k->budget > 0 ? lg_period_names[k->period] : "none");
-	lg_srv_usd(&b, "spend", ks->spend);
-	lg_srv_usd(&b, "reserved", ks->reserved);
+	lg_srv_usd(&b, "spend", spend);
+	lg_srv_usd(&b, "reserved", reserved);
 	if (reset) {
 		time_t t = (time_t)(reset / 1000);
 		struct tm tm;
@@ -13912,11 +14629,21 @@ static LG_COLD void lg_srv_key(struct lg_req *r)
 	lg_srv_usd(&b, "total_spend", ks->total);
 	lg_buf_printf(&b, ",\"limits\":{\"rpm\":%ld,\"tpm\":%ld,\"max_concurrency\":%d},\"remaining\":{", k->rpm,
 	              k->tpm, k->max_concurrency);
-	if (k->rpm)
-		lg_buf_printf(&b, "\"requests\":%ld,", (long)ks->rpm_tok);
-	if (k->tpm)
-		lg_buf_printf(&b, "\"tokens\":%ld,", (long)LG_MAX(0.0, ks->tpm_tok));
-	lg_buf_printf(&b, "\"in_flight\":%d}}}\n", ks->inflight);
+	if (sv && sv->fleet) { /* sliding windows across the fleet */
+		if (k->rpm) lg_buf_printf(&b, "\"requests\":%lld,", (long long)LG_MAX((int64_t)0, k->rpm - sv->rpm_used));
+		if (k->tpm) lg_buf_printf(&b, "\"tokens\":%lld,", (long long)LG_MAX((int64_t)0, k->tpm - sv->tpm_used));
+		/* (requests hold leases in the store only under a max_concurrency) */
+		lg_buf_printf(&b, "\"in_flight\":%lld},\"fleet\":{\"instances\":%lld,\"requests_last_minute\":%lld,"
+		              "\"tokens_last_minute\":%lld,\"this_instance_usage\":",
+		              k->max_concurrency ? (long long)sv->leases : (long long)ks->inflight, (long long)sv->insts,
+		              (long long)sv->rpm_used, (long long)sv->tpm_used);
+		lg_json_wnum(&b, ks->spend);
+		lg_buf_addz(&b, "}}}\n");
+	} else {
+		if (k->rpm) lg_buf_printf(&b, "\"requests\":%ld,", (long)ks->rpm_tok);
+		if (k->tpm) lg_buf_printf(&b, "\"tokens\":%ld,", (long)LG_MAX(0.0, ks->tpm_tok));
+		lg_buf_printf(&b, "\"in_flight\":%d}}}\n", ks->inflight);
+	}
 	lg_resp_send(r, 200, "application/json", b.p, b.len, NULL);
 	lg_buf_free(&b);
 }
@@ -13930,8 +14657,8 @@ static LG_COLD void lg_srv_generation(struct lg_req *r)
 	size_t n = 0;
 	unsigned long long seq = 0;
 	const struct lg_gen *g;
+	const struct lg_stview *sv = r->st_view;
 	struct lg_buf b;
-	int i;
 	if (q) {
 		q += 3;
 		while (q[n] && q[n] != '&' && n + 1 < sizeof id) id[n] = q[n], n++;
@@ -13943,36 +14670,18 @@ static LG_COLD void lg_srv_generation(struct lg_req *r)
 	}
 	g = &a->ring[seq % LG_RING];
 	if (g->seq != seq || strcmp(g->id, id) != 0 || (r->key && strcmp(g->key, r->key->name) != 0)) {
+		const char *nl = sv && sv->rec ? (const char *)memchr(sv->rec, '\n', sv->reclen) : NULL;
+		if (nl && (!r->key || lg_str_eq(lg_str_of(sv->rec, (size_t)(nl - sv->rec)), r->key->name))) {
+			/* another instance's request, from the store ("<key>\n<answer>") */
+			lg_resp_send(r, 200, "application/json", nl + 1, sv->reclen - (size_t)(nl + 1 - sv->rec), NULL);
+			return;
+		}
 		lg_resp_error(r, 404, NULL, "generation %s is unknown (only the last %d requests of your key are kept)", id,
 		              LG_RING);
 		return;
 	}
 	lg_buf_init(&b, 0);
-	lg_buf_addz(&b, "{\"data\":{\"id\":");
-	lg_json_wz(&b, g->id);
-	lg_buf_addz(&b, ",\"model\":");
-	lg_json_wz(&b, g->model);
-	lg_buf_addz(&b, ",\"provider\":");
-	lg_json_wz(&b, g->provider);
-	lg_buf_addz(&b, ",\"upstream_model\":");
-	lg_json_wz(&b, g->upstream);
-	lg_buf_printf(&b, ",\"status\":%d,\"stream\":%s,\"attempts\":[", g->status, g->stream ? "true" : "false");
-	for (i = 0; i < g->natt && i < 4; i++) {
-		lg_buf_addz(&b, i ? ",{\"provider\":" : "{\"provider\":");
-		lg_json_wz(&b, g->att[i].prov);
-		lg_buf_printf(&b, ",\"status\":%d,\"ms\":%lld}", g->att[i].status, (long long)g->att[i].ms);
-	}
-	lg_buf_printf(&b, "],\"num_attempts\":%d,\"latency_ms\":%lld,\"ttft_ms\":", g->natt, (long long)g->ms);
-	if (g->ttft >= 0)
-		lg_buf_printf(&b, "%lld", (long long)g->ttft);
-	else
-		lg_buf_addz(&b, "null");
-	lg_buf_printf(&b, ",\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"cached_tokens\":%lld",
-	              (long long)g->prompt, (long long)g->completion, (long long)g->cached);
-	lg_srv_usd(&b, "cost", g->cost);
-	lg_srv_usd(&b, "total_cost", g->cost);
-	if (g->estimated) lg_buf_addz(&b, ",\"usage_estimated\":true");
-	lg_buf_printf(&b, ",\"created_at\":%lld}}\n", (long long)(g->created / 1000));
+	lg_acct_gen_json(&b, g);
 	lg_resp_send(r, 200, "application/json", b.p, b.len, NULL);
 	lg_buf_free(&b);
 }

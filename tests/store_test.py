@@ -293,9 +293,13 @@ def test_shared_budget_three_instances():
         time.sleep(0.05)
     H.near_usd(s, spent, "the store's spend", rel=1e-9, abs_=1e-9)
     eq(held, 0.0, "held in the store after the load")
-    # each instance's own books add up to the same
-    total = sum(g.key_info("sk-b").get("usage") or 0 for g in gws)
-    H.near_usd(total, spent, "the sum of the instances' /v1/key usage", rel=1e-9, abs_=1e-9)
+    # /v1/key on every instance says the fleet-wide spend; each instance's own books add up to it
+    infos = [g.key_info("sk-b") for g in gws]
+    for i, info in enumerate(infos):
+        H.near_usd(info.get("usage") or 0, spent, "gw%d's /v1/key usage (fleet-wide)" % i, rel=1e-9, abs_=1e-9)
+        eq(info["fleet"]["instances"], 3, "gw%d's /v1/key fleet instances" % i)
+    total = sum(info["fleet"]["this_instance_usage"] for info in infos)
+    H.near_usd(total, spent, "the sum of the instances' own usage", rel=1e-9, abs_=1e-9)
     # more from any instance: refused with the fleet-wide figure
     for g in gws:
         r = g.post("/v1/chat/completions", body, key="sk-b")
@@ -516,6 +520,262 @@ def test_unix_socket():
                 break
             time.sleep(0.03)
         check(float(h.get("spend", 0)) > 0, "the spend is in the store: %r %r" % (names, h))
+
+
+LIMITS = """
+[model.m]
+target = mk mock-1 in=10 out=20
+
+[model.drip]
+target = up drip-2000#hold in=1 out=2
+
+[key.r]
+secret = sk-r
+rpm = 10
+
+[key.c]
+secret = sk-c
+max_concurrency = 2
+
+[key.t]
+secret = sk-t
+tpm = 1
+"""
+
+
+def test_rpm_across_instances():
+    """rpm = 10 across three instances: 10 requests are answered in the minute, not 30; the
+    rest are 429s with a Retry-After and a message that says the count is fleet-wide."""
+    rd = Redis()
+    gws = [Gateway(store_url(rd, "instance = gw%d" % i), "", LIMITS).start() for i in range(3)]
+    got = []
+    for n in range(30):
+        r = chat(gws[n % 3], "sk-r")
+        got.append(r.status)
+        if r.status == 429:
+            ra = r.h("retry-after")
+            check(ra and 1 <= int(ra) <= 61, "429 Retry-After: %r" % ra)
+            m = r.json()["error"]["message"]
+            check("10 requests per minute" in m and "across all instances" in m, "429 message: %s" % m)
+    eq(got.count(200), 10, "answered with rpm = 10 over three instances: %r" % got)
+    eq(got.count(429), 20, "refused: %r" % got)
+    eq(got[:10], [200] * 10, "the first ten are answered")
+    info = gws[1].key_info("sk-r")
+    eq(info["remaining"]["requests"], 0, "fleet-wide requests remaining in /v1/key")
+    eq(info["fleet"]["requests_last_minute"], 10, "fleet requests in the last minute")
+
+
+def test_tpm_across_instances():
+    """tpm: the tokens one instance's request used count on the others (5 s buckets in the
+    store); the 429 says so and when there is room; /v1/key shows the minute's tokens."""
+    rd = Redis()
+    a, b = [Gateway(store_url(rd, "instance = gw%d" % i), "", LIMITS).start() for i in range(2)]
+    r = chat(a, "sk-t")
+    expect_status(r, 200, "the first request (no tokens used yet)")
+    used = r.json()["usage"]["total_tokens"]
+    deadline = time.monotonic() + 3 * TOL
+    while not rd.cmd("HGETALL", "llmgw:tpm:t"):     # the settle follows the answer
+        check(time.monotonic() < deadline, "no tokens in the store's tpm buckets")
+        time.sleep(0.03)
+    h = rd.cmd("HGETALL", "llmgw:tpm:t")
+    eq(sum(int(x) for x in h[1::2]), used, "tokens in the buckets")
+    r = chat(b, "sk-t")
+    expect_status(r, 429, "the other instance, over tpm = 1")
+    m = r.json()["error"]["message"]
+    check("tokens per minute" in m and "across all instances" in m, "429 message: %s" % m)
+    ra = int(r.h("retry-after") or 0)
+    check(1 <= ra <= 61, "Retry-After: %r" % ra)
+    info = b.key_info("sk-t")
+    eq(info["fleet"]["tokens_last_minute"], used, "/v1/key tokens in the last minute")
+    eq(info["remaining"]["tokens"], 0, "/v1/key tokens remaining")
+
+
+def _hold(g, key, model="drip"):
+    """A streaming request whose answer has begun (head read): its socket, still open."""
+    body = json.dumps(chat_body(model, "hold " + str(time.monotonic()), stream=True)).encode()
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=10 * TOL)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer %s\r\n"
+              b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+              % (key.encode(), len(body), body))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        d = s.recv(4096)
+        check(d, "the gateway closed before the head: %r" % head)
+        head += d
+    check(head.startswith(b"HTTP/1.1 200"), "held request: %r" % head[:200])
+    CTX.cleanups.append(s.close)
+    return s
+
+
+def _wait_status(g, key, want, wait):
+    deadline = time.monotonic() + wait * TOL
+    while True:
+        r = chat(g, key)
+        if r.status == want:
+            return r
+        check(time.monotonic() < deadline, "no %d within %.1f s (last %d: %s)"
+              % (want, wait, r.status, snip(r.body, 200)))
+        time.sleep(0.1)
+
+
+def _wait_leases(rd, n, wait=3):
+    """The store holds n leases of key c (a release follows its answer: settle)."""
+    deadline = time.monotonic() + wait * TOL
+    while rd.cmd("ZCARD", "llmgw:conc:c") != n:
+        check(time.monotonic() < deadline, "leases in the store: %r, expected %d" % (rd.cmd("ZCARD", "llmgw:conc:c"), n))
+        time.sleep(0.03)
+
+
+def test_concurrency_leases():
+    """max_concurrency = 2 across three instances: a third request anywhere is a 429; a client
+    that goes away gives its slot back at once; a kill -9'd instance's slot comes back after
+    the lease (2 s), while the leases of requests still running are renewed and hold (by
+    each loop of an instance with workers = 2)."""
+    rd = Redis()
+    gws = [Gateway(store_url(rd, "instance = gw%d\nlease = 2s" % i), "workers = 2" if i == 0 else "",
+                   LIMITS).start() for i in range(3)]
+    a, b, c = gws
+    s1 = _hold(a, "sk-c")
+    _hold(b, "sk-c")
+    r = chat(c, "sk-c")
+    expect_status(r, 429, "a third request while two are in flight")
+    check("max_concurrency" in r.json()["error"]["message"] and r.h("retry-after"), "429: %s" % r.text)
+    eq(rd.cmd("ZCARD", "llmgw:conc:c"), 2, "leases in the store")
+    s1.close()                      # the client goes away: its slot is released at settle
+    _wait_status(c, "sk-c", 200, 3)
+    _wait_leases(rd, 1)
+    _hold(a, "sk-c")                # a's and b's requests in flight now
+    expect_status(chat(c, "sk-c"), 429, "two in flight again")
+    b.signal(signal.SIGKILL)
+    b.proc.wait(5)
+    t0 = time.monotonic()
+    expect_status(chat(c, "sk-c"), 429, "right after b was killed: its lease still holds")
+    _wait_status(c, "sk-c", 200, 5)
+    el = time.monotonic() - t0
+    check(el >= 0.5, "the dead instance's lease came back after %.2f s: sooner than it can expire" % el)
+    time.sleep(2.5)                 # past a lease: a's is renewed, so it still counts
+    _wait_leases(rd, 1)
+    _hold(c, "sk-c")
+    expect_status(chat(a, "sk-c"), 429, "a's renewed lease and c's hold both slots")
+    eq(rd.cmd("ZCARD", "llmgw:conc:c"), 2, "leases in the store at the end")
+
+
+test_concurrency_leases.limit = 60
+
+HEALTH = """
+[model.h]
+target = up switch#%s in=1 out=2
+target = mk mock-1 in=1 out=2
+
+[model.aff]
+strategy = weighted
+affinity = 10m
+target = p1 mock-1
+target = p2 mock-1
+target = p3 mock-1
+target = p4 mock-1
+
+[provider.p1]
+type = mock
+[provider.p2]
+type = mock
+[provider.p3]
+type = mock
+[provider.p4]
+type = mock
+
+[key.free]
+secret = sk-free
+"""
+
+
+def _switch(tag, scenario):
+    r = request(mock().port, "POST", "/_switch", body=json.dumps({tag: scenario}).encode(), timeout=3)
+    expect_status(r, 200, "POST /_switch")
+
+
+def test_breaker_shared():
+    """A target that fails for one instance opens its breaker for all: the others skip it
+    (one attempt, on the fallback) without trying it themselves."""
+    rd = Redis()
+    tag = "brk-%d" % os.getpid()
+    gws = [Gateway(store_url(rd, "instance = gw%d" % i), "max_attempts = 2", HEALTH % tag).start()
+           for i in range(2)]
+    a, b = gws
+    _switch(tag, "ok")
+    for g in gws:                   # each knows the target (its health entry is made)
+        r = chat(g, "sk-free", model="h")
+        expect_status(r, 200, "warm-up")
+        eq(r.h("x-llmgw-provider"), "up", "warm-up served by the first target")
+    _switch(tag, "status-503")
+    for _ in range(6):
+        expect_status(chat(a, "sk-free", model="h"), 200, "a's request falls back")
+    deadline = time.monotonic() + 5 * TOL
+    while True:
+        h = rd.cmd("HGETALL", "llmgw:h:up/switch#%s" % tag)
+        d = dict(zip(h[0::2], h[1::2])) if h else {}
+        if d.get("state") == "1" or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    eq(d.get("state"), "1", "the breaker is open in the store: %r" % d)
+    time.sleep(1.5 * TOL)           # b's health read (once a second)
+    _switch(tag, "ok")              # would answer now: b must not even try it
+    for i in range(3):
+        r = chat(b, "sk-free", model="h")
+        expect_status(r, 200, "b's request %d" % i)
+        eq(r.h("x-llmgw-provider"), "mk", "b skips the target whose breaker a opened (%d)" % i)
+        g = b.get("/v1/generation?id=" + r.h("x-request-id"), key="sk-free")
+        expect_status(g, 200, "b's generation record")
+        eq(g.json()["data"]["num_attempts"], 1, "b made one attempt (no try of the open target)")
+
+
+test_breaker_shared.limit = 60
+
+
+def test_affinity_across_instances():
+    """A conversation served by one instance stays on its target on the others (the prompt ->
+    target map is in the store)."""
+    rd = Redis()
+    gws = [Gateway(store_url(rd, "instance = gw%d" % i), "", HEALTH % "unused").start() for i in range(3)]
+    for conv in range(4):
+        msgs = [{"role": "system", "content": "You are %d-%d." % (conv, os.getpid())},
+                {"role": "user", "content": "Hello there."}]
+        first = None
+        for i in range(9):
+            body = chat_body("aff", "x")
+            body["messages"] = msgs + [{"role": "user", "content": "turn %d" % i}]
+            r = gws[i % 3].post("/v1/chat/completions", body, key="sk-free")
+            expect_status(r, 200, "conversation %d request %d" % (conv, i))
+            p = r.h("x-llmgw-provider")
+            first = first or p
+            eq(p, first, "conversation %d request %d (instance %d) stays on its target" % (conv, i, i % 3))
+            time.sleep(0.05)        # remember() reaches the store after the answer
+
+
+def test_generation_from_any_instance():
+    """GET /v1/generation?id= of a request served by instance A answered by instance B (the
+    record is in the store, for [store] records); another key gets a 404; so does an id
+    nobody served."""
+    rd = Redis()
+    a, b = [Gateway(store_url(rd, "instance = gw%d\nrecords = 10m" % i), "", SMALL % "5/day").start()
+            for i in range(2)]
+    r = chat(a, "sk-b")
+    expect_status(r, 200, "on a")
+    rid = r.h("x-request-id")
+    deadline = time.monotonic() + 3 * TOL
+    while True:
+        g = b.get("/v1/generation?id=" + rid, key="sk-b")
+        if g.status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    expect_status(g, 200, "b answers for a's request")
+    d = g.json()["data"]
+    eq(d["id"], rid, "id")
+    eq(d["provider"], "mk", "provider")
+    ttl = rd.cmd("PTTL", "llmgw:g:" + rid)
+    check(500000 < ttl <= 600000, "the record expires after records = 10m: PTTL %r" % ttl)
+    expect_status(b.get("/v1/generation?id=" + rid, key="sk-free"), 404, "another key")
+    expect_status(b.get("/v1/generation?id=gen-1234-abcdef01", key="sk-b"), 404, "an unknown id")
 
 
 def main():
