@@ -23,6 +23,7 @@
  *   LLMGW_DNS_TTL_MS     how long a resolved host name is cached
  *   LLMGW_BREAKER_FAILS, LLMGW_BREAKER_COOL_MS   circuit breaker tuning
  *   LLMGW_STORE_MAX_REPLY  largest string a state store ([store]) may answer with
+ *   LLMGW_PRICE_TIERS    long-context price tiers kept per price of a target
  *
  * Contents: section number, title, prefixes : what it owns. A prefix that
  * ends in _ owns the names it starts; one without owns that name and its
@@ -39,8 +40,9 @@
  *   3. Log                         lg_log_ : diagnostics to stderr
  *   4. JSON                        lg_json_, lg_utf8_, lg_hex4, lg_fmt_g, lg_jesc, lg_jnum : tokenizer,
  *                                 unescape, writer (always well-formed UTF-8 out)
- *   5. INI and config              lg_ini_, lg_cfg_, lg_name_hash, lg_names_ : struct lg_cfg snapshot,
- *                                 the hashed names of duplicate checks
+ *   5. INI and config              lg_ini_, lg_cfg_, lg_name_hash, lg_names_, lg_price_, lg_rx_ : struct
+ *                                 lg_cfg snapshot, the hashed names of duplicate checks; 5b the price
+ *                                 catalog (prices = FILE, lg_price_) and its regex matcher (lg_rx_)
  *   6. HTTP parsing                lg_http_, lg_chunked_, lg_sse_ : heads, chunked decoder, SSE
  *   7. TLS                         lg_tls_, lg_cfg_load, lg_cfg_ref, lg_cfg_unref : BearSSL driven by
  *                                 the loop, trust anchors; a config snapshot with its TLS contexts
@@ -181,6 +183,10 @@
 #ifndef LLMGW_STORE_MAX_REPLY
 #define LLMGW_STORE_MAX_REPLY (1u << 20) /* largest string in a state store's reply ([store]) */
 #endif
+#ifndef LLMGW_PRICE_TIERS
+#define LLMGW_PRICE_TIERS 4 /* long-context price tiers kept per price of a target */
+#endif
+#define LG_PRICE_TIERS LLMGW_PRICE_TIERS
 #ifndef LLMGW_ACCEPT_BURST
 #define LLMGW_ACCEPT_BURST 64 /* accepts per listener per iteration */
 #endif
@@ -1799,6 +1805,14 @@ struct lg_target {
 	int64_t context, max_output; /* 64 bits: long is 32 on the 32-bit routers */
 	int64_t image_tokens, audio_tokens, file_tokens; /* most prompt tokens one such part costs; -1: default */
 	int line;
+	/* prices above a prompt size (the catalog's long-context tiers): in, out, cache_read, cache_write */
+	struct lg_price_tier {
+		int64_t start; /* more prompt tokens than this: price */
+		double price;
+	} tier[4][LG_PRICE_TIERS];
+	unsigned char ntier[4];
+	unsigned char price_set; /* bits 0-3: in, out, cache_read, cache_write given on the target line */
+	const char *price_src;   /* "ini", "catalog PROVIDER/MODEL", "ini+catalog ..."; NULL: no price */
 };
 
 struct lg_model {
@@ -1830,6 +1844,8 @@ struct lg_cfg {
 	int64_t header_timeout, idle_timeout, connect_timeout, first_byte_timeout,
 	    stream_idle_timeout, shutdown_timeout, send_timeout, body_timeout;
 	const char *ca_file, *tls_cert, *tls_key, *proxy, *admin_key, *access_log, *state_dir;
+	const char *prices; /* the price catalog (section 5b); prices_line: where it was set */
+	int prices_line;
 	struct lg_provider **prov;
 	struct lg_model **models;
 	struct lg_key **keys;
@@ -2208,13 +2224,13 @@ static LG_COLD int lg_cfg_target(struct lg_cfgp *p, struct lg_model *m, lg_str v
 			return lg_cfg_err(p, "target option %.*s: expected a number from 0 to 1e12, got '%.*s'",
 			                  (int)k.n, k.p, (int)val.n, val.p);
 		if (lg_str_eq(k, "in"))
-			t->in = d;
+			t->in = d, t->price_set |= 1;
 		else if (lg_str_eq(k, "out"))
-			t->out = d;
+			t->out = d, t->price_set |= 2;
 		else if (lg_str_eq(k, "cache_read"))
-			t->cache_read = d;
+			t->cache_read = d, t->price_set |= 4;
 		else if (lg_str_eq(k, "cache_write"))
-			t->cache_write = d;
+			t->cache_write = d, t->price_set |= 8;
 		else if (lg_str_eq(k, "weight"))
 			t->weight = d;
 		else if (lg_str_eq(k, "context"))
@@ -2400,6 +2416,7 @@ static const struct lg_cfg_key lg_cfg_keys[] = {
     {1, LG_KT_STR, 0, 0, 1, LG_KG(access_log), LG_KG(log_line), "access_log" "\0" "" "\0" "one JSON line per request; - = stderr; empty = off"},
     {1, LG_KT_ENUM, 0, 3, 1, LG_KG(log_level), 0, "log_level" "\0" "info" "\0" "diagnostics to stderr"},
     {1, LG_KT_STR, 0, 0, 0, LG_KG(state_dir), LG_KG(state_line), "state_dir" "\0" "" "\0" "the ledger: spend survives restarts and crashes; empty = memory only"},
+    {1, LG_KT_STR, 0, 0, 0, LG_KG(prices), LG_KG(prices_line), "prices" "\0" "" "\0" "a genai-prices catalog (JSON, vendor/genai-prices.sh): prices of targets without in= out="},
     {2, LG_KT_FN, 0, 2, 0, 0, 0, "type" "\0" "" "\0" "openai, anthropic, gemini, azure, bedrock or mock"},
     {2, LG_KT_FN, 0, 3, 0, 0, 0, "base_url" "\0" "" "\0" "http:// or https:// (default: the type's public API; required for azure)"},
     {2, LG_KT_SECRET, 0, 0, 0, LG_KP(api_key), 0, "api_key" "\0" "" "\0" "literal, env:NAME or file:/path"},
@@ -2741,6 +2758,585 @@ static LG_COLD int lg_cfg_store_instance(struct lg_cfgp *p)
 }
 
 /* Cross-section checks once the whole file is read. */
+/* --- 5b. the price catalog (prices = FILE) ------------------------------ */
+
+/* The catalog is pydantic's genai-prices data (vendor/genai-prices.sh makes it): an array of
+ * providers, each with match rules and models, each model with match rules and prices in USD
+ * per million tokens, a price being a number or {base, tiers:[{start, price}]} (the whole
+ * request at the price of the last tier whose start its input tokens pass). It is read at each
+ * config load, the prices of the targets it names copied into them, and not kept. */
+
+/* A small backtracking matcher for the catalog's JavaScript regexes (RegExp.test: found
+ * anywhere): literals, ., [classes], \d \w \s (and negations), ^ $, groups (...) (?:...),
+ * lookahead (?=...) (?!...), |, and * + ? {n} {n,} {n,m} (lazy forms match the same set). */
+#define LG_RX_NODES 96
+enum { LG_RX_SET, LG_RX_BOL, LG_RX_EOL, LG_RX_GROUP, LG_RX_LOOK, LG_RX_NLOOK };
+struct lg_rx_node {
+	unsigned char type, set[32];
+	int next, alt0, nalt; /* sequence link; GROUP, LOOK: the first node of each alternative */
+	int min, max;
+};
+struct lg_rx {
+	struct lg_rx_node nd[LG_RX_NODES];
+	int alts[LG_RX_NODES], nn, na;
+	const char *s;
+	size_t n;
+};
+struct lg_rx_k { /* what follows the end of an alternative of group g */
+	int g, cnt;
+	size_t at;
+	const struct lg_rx_k *up;
+};
+
+static void lg_rx_class(unsigned char *set, char c, int neg)
+{
+	unsigned char one[32];
+	int i;
+	memset(one, 0, sizeof one);
+	for (i = 0; i < 256; i++)
+		if ((c == 'd' && isdigit(i)) || (c == 'w' && (isalnum(i) || i == '_')) || (c == 's' && isspace(i)))
+			one[i >> 3] |= (unsigned char)(1u << (i & 7));
+	for (i = 0; i < 32; i++) set[i] |= neg ? (unsigned char)~one[i] : one[i];
+}
+
+static void lg_rx_bit(unsigned char *set, int c) { set[c >> 3] |= (unsigned char)(1u << (c & 7)); }
+
+static int lg_rx_alts(struct lg_rx *x, const char *p, size_t n, size_t *i, int g);
+
+/* One sequence up to | or ) ; returns its first node (-1: empty), or -2 on a syntax error. */
+static int lg_rx_seq(struct lg_rx *x, const char *p, size_t n, size_t *i)
+{
+	int first = -1, last = -1;
+	while (*i < n && p[*i] != '|' && p[*i] != ')') {
+		struct lg_rx_node *d;
+		int k;
+		char c = p[(*i)++];
+		if (x->nn >= LG_RX_NODES) return -2;
+		k = x->nn++;
+		d = &x->nd[k];
+		memset(d, 0, sizeof *d);
+		d->next = -1;
+		d->min = d->max = 1;
+		if (c == '^' || c == '$') {
+			d->type = c == '^' ? LG_RX_BOL : LG_RX_EOL;
+		} else if (c == '(') {
+			d->type = LG_RX_GROUP;
+			if (*i + 1 < n && p[*i] == '?') {
+				if (p[*i + 1] == '=') d->type = LG_RX_LOOK;
+				else if (p[*i + 1] == '!') d->type = LG_RX_NLOOK;
+				else if (p[*i + 1] != ':') return -2;
+				*i += 2;
+			}
+			if (lg_rx_alts(x, p, n, i, k) || *i >= n || p[*i] != ')') return -2;
+			(*i)++;
+		} else if (c == '[') {
+			int neg = *i < n && p[*i] == '^', prev = -1;
+			d->type = LG_RX_SET;
+			if (neg) (*i)++;
+			while (*i < n && p[*i] != ']') {
+				int ch = (unsigned char)p[(*i)++];
+				if (ch == '\\' && *i < n) {
+					char e = p[(*i)++];
+					if (strchr("dwsDWS", e)) {
+						lg_rx_class(d->set, (char)tolower((unsigned char)e), isupper((unsigned char)e));
+						prev = -1;
+						continue;
+					}
+					ch = (unsigned char)e;
+				} else if (ch == '-' && prev >= 0 && *i < n && p[*i] != ']') {
+					int hi = (unsigned char)p[(*i)++], c2;
+					for (c2 = prev; c2 <= hi; c2++) lg_rx_bit(d->set, c2);
+					prev = -1;
+					continue;
+				}
+				lg_rx_bit(d->set, ch);
+				prev = ch;
+			}
+			if (*i >= n) return -2;
+			(*i)++;
+			if (neg) {
+				int b;
+				for (b = 0; b < 32; b++) d->set[b] = (unsigned char)~d->set[b];
+			}
+		} else if (c == '.') {
+			d->type = LG_RX_SET;
+			memset(d->set, 0xff, sizeof d->set);
+			d->set['\n' >> 3] &= (unsigned char)~(1u << ('\n' & 7));
+		} else if (c == '*' || c == '+' || c == '?' || c == '{' || c == '|') {
+			return -2;
+		} else {
+			d->type = LG_RX_SET;
+			if (c == '\\') {
+				if (*i >= n) return -2;
+				c = p[(*i)++];
+				if (strchr("dwsDWS", c)) {
+					lg_rx_class(d->set, (char)tolower((unsigned char)c), isupper((unsigned char)c));
+					c = 0;
+				} else if (c == 'n') c = '\n';
+				else if (c == 't') c = '\t';
+			}
+			if (c) lg_rx_bit(d->set, (unsigned char)c);
+		}
+		if (*i < n && (p[*i] == '*' || p[*i] == '+' || p[*i] == '?' || p[*i] == '{')) {
+			char q = p[(*i)++];
+			if (d->type == LG_RX_BOL || d->type == LG_RX_EOL || d->type >= LG_RX_LOOK) return -2;
+			if (q == '*') d->min = 0, d->max = INT_MAX;
+			else if (q == '+') d->max = INT_MAX;
+			else if (q == '?') d->min = 0;
+			else {
+				long a = 0, b;
+				if (*i >= n || !isdigit((unsigned char)p[*i])) return -2;
+				while (*i < n && isdigit((unsigned char)p[*i]) && a < 10000) a = a * 10 + (p[(*i)++] - '0');
+				b = a;
+				if (*i < n && p[*i] == ',') {
+					(*i)++;
+					b = INT_MAX;
+					if (*i < n && isdigit((unsigned char)p[*i]))
+						for (b = 0; *i < n && isdigit((unsigned char)p[*i]) && b < 10000;)
+							b = b * 10 + (p[(*i)++] - '0');
+				}
+				if (*i >= n || p[*i] != '}' || b < a) return -2;
+				(*i)++;
+				d->min = (int)a, d->max = (int)b;
+			}
+			if (*i < n && p[*i] == '?') (*i)++;
+		}
+		if (last >= 0) x->nd[last].next = k;
+		else first = k;
+		last = k;
+	}
+	return first;
+}
+
+/* The alternatives of group g, up to its ')' (not consumed). */
+static int lg_rx_alts(struct lg_rx *x, const char *p, size_t n, size_t *i, int g)
+{
+	int a[LG_RX_NODES], na = 0, k;
+	for (;;) {
+		int f = lg_rx_seq(x, p, n, i);
+		if (f == -2 || na >= LG_RX_NODES) return -1;
+		a[na++] = f;
+		if (*i < n && p[*i] == '|') {
+			(*i)++;
+			continue;
+		}
+		break;
+	}
+	if (x->na + na > LG_RX_NODES) return -1;
+	x->nd[g].alt0 = x->na;
+	x->nd[g].nalt = na;
+	for (k = 0; k < na; k++) x->alts[x->na++] = a[k];
+	return 0;
+}
+
+static int lg_rx_run(const struct lg_rx *x, int nd, size_t i, const struct lg_rx_k *k);
+
+static int lg_rx_group(const struct lg_rx *x, int g, size_t i, int cnt, const struct lg_rx_k *up)
+{
+	struct lg_rx_k k;
+	int a;
+	k.g = g, k.cnt = cnt, k.at = i, k.up = up;
+	for (a = 0; a < x->nd[g].nalt; a++)
+		if (lg_rx_run(x, x->alts[x->nd[g].alt0 + a], i, &k)) return 1;
+	return 0;
+}
+
+/* Does the pattern from node nd on, then what k says, match at i? */
+static int lg_rx_run(const struct lg_rx *x, int nd, size_t i, const struct lg_rx_k *k)
+{
+	const struct lg_rx_node *d;
+	if (nd < 0) { /* an alternative ended: the group repeats or what follows it goes on */
+		const struct lg_rx_node *g;
+		int c;
+		if (!k) return 1;
+		g = &x->nd[k->g];
+		if (g->type == LG_RX_LOOK || g->type == LG_RX_NLOOK) return 1;
+		c = k->cnt + 1;
+		if (c < g->max && i != k->at && lg_rx_group(x, k->g, i, c, k->up)) return 1;
+		return c >= g->min && lg_rx_run(x, g->next, i, k->up);
+	}
+	d = &x->nd[nd];
+	switch (d->type) {
+	case LG_RX_BOL: return i == 0 && lg_rx_run(x, d->next, i, k);
+	case LG_RX_EOL: return i == x->n && lg_rx_run(x, d->next, i, k);
+	case LG_RX_LOOK:
+	case LG_RX_NLOOK:
+		if (lg_rx_group(x, nd, i, 0, NULL) != (d->type == LG_RX_LOOK)) return 0;
+		return lg_rx_run(x, d->next, i, k);
+	case LG_RX_GROUP:
+		if (lg_rx_group(x, nd, i, 0, k)) return 1;
+		return d->min == 0 && lg_rx_run(x, d->next, i, k);
+	default: {
+		size_t m = 0;
+		while ((int)m < d->max && i + m < x->n &&
+		       (d->set[(unsigned char)x->s[i + m] >> 3] & (1u << ((unsigned char)x->s[i + m] & 7))))
+			m++;
+		for (;; m--) {
+			if ((int)m < d->min) return 0;
+			if (lg_rx_run(x, d->next, i + m, k)) return 1;
+			if (!m) return 0;
+		}
+	}
+	}
+}
+
+/* 1: the pattern matches somewhere in s; 0: not; -1: a pattern this matcher cannot read. */
+static int lg_rx_test(const char *pat, size_t pn, const char *s, size_t n)
+{
+	struct lg_rx *x = (struct lg_rx *)calloc(1, sizeof *x);
+	size_t i = 0, at;
+	int r = 0;
+	if (!x) return -1;
+	x->nn = 1;
+	x->nd[0].type = LG_RX_GROUP;
+	x->nd[0].min = x->nd[0].max = 1;
+	x->nd[0].next = -1;
+	if (lg_rx_alts(x, pat, pn, &i, 0) || i != pn) {
+		free(x);
+		return -1;
+	}
+	x->s = s, x->n = n;
+	for (at = 0; at <= n && !r; at++) r = lg_rx_group(x, 0, at, 0, NULL);
+	free(x);
+	return r;
+}
+
+struct lg_price_cat {
+	struct lg_json j;
+	const char *s;
+	size_t n;
+	char tmp[512]; /* an unescaped pattern */
+};
+
+/* The unescaped text of string token t, in c->tmp (valid until the next call). */
+static lg_str lg_price_text(struct lg_price_cat *c, int t)
+{
+	lg_str r = lg_json_raw(&c->j, c->s, t);
+	long k;
+	if (r.n >= sizeof c->tmp || (k = lg_json_unescape(r.p, r.n, c->tmp)) < 0) return lg_str_of("", 0);
+	return lg_str_of(c->tmp, (size_t)k);
+}
+
+/* A catalog match rule (equals, starts_with, ends_with, contains: case-blind; regex; and, or)
+ * against name. */
+static int lg_price_match(struct lg_price_cat *c, int m, const char *name)
+{
+	struct lg_jit it = lg_json_iter(&c->j, m);
+	size_t nl = strlen(name);
+	while (lg_json_next(&c->j, &it)) {
+		lg_str key = lg_json_raw(&c->j, c->s, it.key), v;
+		uint32_t e;
+		int any = lg_str_eq(key, "or");
+		if (any || lg_str_eq(key, "and")) {
+			if (lg_json_type(&c->j, it.val) != LG_J_ARR) return 0;
+			for (e = 0; e < c->j.t[it.val].size; e++) {
+				int r = lg_price_match(c, lg_json_at(&c->j, it.val, e), name);
+				if (r && any) return 1;
+				if (!r && !any) return 0;
+			}
+			return !any;
+		}
+		if (lg_json_type(&c->j, it.val) != LG_J_STR) return 0;
+		v = lg_price_text(c, it.val);
+		if (lg_str_eq(key, "regex")) return lg_rx_test(v.p, v.n, name, nl) == 1;
+		if (lg_str_eq(key, "equals")) return v.n == nl && strncasecmp(v.p, name, nl) == 0;
+		if (lg_str_eq(key, "starts_with")) return v.n <= nl && strncasecmp(v.p, name, v.n) == 0;
+		if (lg_str_eq(key, "ends_with")) return v.n <= nl && strncasecmp(v.p, name + nl - v.n, v.n) == 0;
+		if (lg_str_eq(key, "contains")) {
+			size_t a;
+			for (a = 0; a + v.n <= nl; a++)
+				if (strncasecmp(v.p, name + a, v.n) == 0) return 1;
+			return 0;
+		}
+		return 0;
+	}
+	return 0;
+}
+
+/* The catalog's provider: by id, then by its provider_match rule. */
+static int lg_price_provider(struct lg_price_cat *c, const char *id)
+{
+	uint32_t i;
+	int pass;
+	for (pass = 0; pass < 2; pass++)
+		for (i = 0; i < c->j.t[0].size; i++) {
+			int p = lg_json_at(&c->j, 0, i), t;
+			if (pass == 0) {
+				t = lg_json_get(&c->j, c->s, p, "id");
+				if (lg_json_type(&c->j, t) == LG_J_STR) {
+					lg_str v = lg_json_raw(&c->j, c->s, t);
+					if (v.n == strlen(id) && strncasecmp(v.p, id, v.n) == 0) return p;
+				}
+			} else if ((t = lg_json_get(&c->j, c->s, p, "provider_match")) >= 0 && lg_price_match(c, t, id))
+				return p;
+		}
+	return -1;
+}
+
+/* The catalog's provider whose api_pattern matches the start of a base URL. */
+static int lg_price_provider_url(struct lg_price_cat *c, const char *url)
+{
+	uint32_t i;
+	for (i = 0; i < c->j.t[0].size; i++) {
+		int p = lg_json_at(&c->j, 0, i), t = lg_json_get(&c->j, c->s, p, "api_pattern");
+		char pat[600];
+		lg_str v;
+		if (lg_json_type(&c->j, t) != LG_J_STR) continue;
+		v = lg_price_text(c, t);
+		snprintf(pat, sizeof pat, "^(?:%.*s)", (int)v.n, v.p);
+		if (lg_rx_test(pat, strlen(pat), url, strlen(url)) == 1) return p;
+	}
+	return -1;
+}
+
+/* The first model of provider p that matches, then of its fallback_model_providers (once). */
+static int lg_price_model(struct lg_price_cat *c, int p, const char *model, int depth)
+{
+	int ms = lg_json_get(&c->j, c->s, p, "models"), fb;
+	uint32_t i;
+	for (i = 0; ms >= 0 && i < c->j.t[ms].size; i++) {
+		int m = lg_json_at(&c->j, ms, i), mt = lg_json_get(&c->j, c->s, m, "match");
+		if (mt >= 0 && lg_price_match(c, mt, model)) return m;
+	}
+	fb = lg_json_get(&c->j, c->s, p, "fallback_model_providers");
+	for (i = 0; depth == 0 && fb >= 0 && i < c->j.t[fb].size; i++) {
+		int f = lg_json_at(&c->j, fb, i), q, m;
+		char id[128];
+		lg_str v;
+		if (lg_json_type(&c->j, f) != LG_J_STR) continue;
+		v = lg_json_raw(&c->j, c->s, f);
+		snprintf(id, sizeof id, "%.*s", (int)v.n, v.p);
+		for (q = 0; q < (int)c->j.t[0].size; q++) {
+			int pp = lg_json_at(&c->j, 0, (uint32_t)q), t = lg_json_get(&c->j, c->s, pp, "id");
+			if (t >= 0 && lg_str_eq(lg_json_raw(&c->j, c->s, t), id) && (m = lg_price_model(c, pp, model, 1)) >= 0)
+				return m;
+		}
+	}
+	return -1;
+}
+
+/* Dates written -YYYYMMDD are also looked up as -YYYY-MM-DD, as the catalog's own code does. */
+static void lg_price_dashdate(char *out, size_t cap, const char *in)
+{
+	size_t i = 0, o = 0, n = strlen(in);
+	while (i < n && o + 3 < cap) {
+		if (in[i] == '-' && i + 9 <= n && in[i + 1] == '2' && in[i + 2] == '0') {
+			size_t d;
+			for (d = 1; d <= 8 && isdigit((unsigned char)in[i + d]); d++) {
+			}
+			if (d == 9 && (i + 9 == n || in[i + 9] == '-' || in[i + 9] == ':') && o + 12 < cap) {
+				memcpy(out + o, in + i, 5), o += 5;
+				out[o++] = '-', memcpy(out + o, in + i + 5, 2), o += 2;
+				out[o++] = '-', memcpy(out + o, in + i + 7, 2), o += 2;
+				i += 9;
+				continue;
+			}
+		}
+		out[o++] = in[i++];
+	}
+	out[o] = 0;
+}
+
+/* The prices in force now: a plain object, or the last entry of a list whose start_date has
+ * passed (time_of_day entries are left out: a target has one price; the first entry is the
+ * fallback, as in the catalog's code). */
+static int lg_price_now(struct lg_price_cat *c, int prices, int64_t now_ms)
+{
+	uint32_t i;
+	if (lg_json_type(&c->j, prices) == LG_J_OBJ) return prices;
+	if (lg_json_type(&c->j, prices) != LG_J_ARR || !c->j.t[prices].size) return -1;
+	for (i = c->j.t[prices].size; i-- > 0;) {
+		int e = lg_json_at(&c->j, prices, i), con = lg_json_get(&c->j, c->s, e, "constraint");
+		int ty = lg_json_get(&c->j, c->s, con, "type"), sd = lg_json_get(&c->j, c->s, con, "start_date");
+		if (con < 0) return lg_json_get(&c->j, c->s, e, "prices");
+		if (ty >= 0 && lg_str_eq(lg_json_raw(&c->j, c->s, ty), "start_date") && sd >= 0) {
+			lg_str d = lg_json_raw(&c->j, c->s, sd);
+			int y = 0, mo = 0, dd = 0;
+			char tmp[16];
+			snprintf(tmp, sizeof tmp, "%.*s", (int)LG_MIN(d.n, 10), d.p);
+			if (sscanf(tmp, "%d-%d-%d", &y, &mo, &dd) == 3 && lg_days_from_civil(y, mo, dd) * 86400000 <= now_ms)
+				return lg_json_get(&c->j, c->s, e, "prices");
+		}
+	}
+	return lg_json_get(&c->j, c->s, lg_json_at(&c->j, prices, 0), "prices");
+}
+
+/* One price of the catalog into the target's kind k: a number, or {base, tiers}. 1: found. */
+static int lg_price_take(struct lg_price_cat *c, int pr, const char *name, struct lg_target *t, int k)
+{
+	int v = lg_json_get(&c->j, c->s, pr, name), tiers;
+	uint32_t i;
+	double base;
+	if (lg_json_type(&c->j, v) == LG_J_NUM) {
+		base = lg_json_num(&c->j, c->s, v, 0);
+		tiers = -1;
+	} else if (lg_json_type(&c->j, v) == LG_J_OBJ) {
+		base = lg_json_num(&c->j, c->s, lg_json_get(&c->j, c->s, v, "base"), 0);
+		tiers = lg_json_get(&c->j, c->s, v, "tiers");
+	} else
+		return 0;
+	t->ntier[k] = 0;
+	for (i = 0; tiers >= 0 && i < c->j.t[tiers].size && t->ntier[k] < LG_PRICE_TIERS; i++) {
+		int e = lg_json_at(&c->j, tiers, i);
+		struct lg_price_tier *pt = &t->tier[k][t->ntier[k]++];
+		int j2;
+		pt->start = (int64_t)lg_json_num(&c->j, c->s, lg_json_get(&c->j, c->s, e, "start"), 0);
+		pt->price = lg_json_num(&c->j, c->s, lg_json_get(&c->j, c->s, e, "price"), 0);
+		for (j2 = t->ntier[k] - 1; j2 > 0 && t->tier[k][j2 - 1].start > t->tier[k][j2].start; j2--) {
+			struct lg_price_tier sw = t->tier[k][j2];
+			t->tier[k][j2] = t->tier[k][j2 - 1];
+			t->tier[k][j2 - 1] = sw;
+		}
+	}
+	if (k == 0) t->in = base;
+	else if (k == 1) t->out = base;
+	else if (k == 2) t->cache_read = base;
+	else t->cache_write = base;
+	return 1;
+}
+
+/* The catalog's name for a provider type, when it differs. */
+static const char *lg_price_type_id(const char *type)
+{
+	if (strcmp(type, "gemini") == 0) return "google";
+	if (strcmp(type, "bedrock") == 0) return "aws";
+	return type;
+}
+
+/* Gives every target without prices of its own (in= out= cache_read= cache_write=, each on its
+ * own) the catalog's, and says where each came from (t->price_src). Unknown targets keep 0. */
+static LG_COLD int lg_price_apply(struct lg_cfgp *p)
+{
+	struct lg_cfg *c = p->c;
+	struct lg_price_cat cat;
+	char *text = NULL;
+	size_t len = 0;
+	int i, k, e = 0, ntok;
+	int64_t now = lg_wall_ms();
+	memset(&cat, 0, sizeof cat);
+	if (c->prices && *c->prices) {
+		struct lg_json cnt;
+		p->line = c->prices_line;
+		if (!(text = lg_read_file(c->prices, 64u << 20, &len, &e)))
+			return lg_cfg_err(p, "prices %s: cannot read: %s", c->prices, strerror(e));
+		memset(&cnt, 0, sizeof cnt);
+		ntok = lg_json_parse(&cnt, text, len);
+		if (ntok > 0 && (cat.j.t = (struct lg_jtok *)malloc((size_t)ntok * sizeof *cat.j.t))) {
+			cat.j.cap = (uint32_t)ntok;
+			ntok = lg_json_parse(&cat.j, text, len);
+		} else if (ntok > 0)
+			ntok = LG_JSON_NOMEM;
+		else
+			cat.j = cnt;
+		if (ntok <= 0 || cat.j.t[0].type != LG_J_ARR) {
+			size_t off = ntok <= 0 ? cat.j.err_off : 0, ln = 1, col = 1, q;
+			for (q = 0; q < off && q < len; q++) {
+				if (text[q] == '\n') ln++, col = 1;
+				else col++;
+			}
+			lg_cfg_err(p, "prices %s: %s at byte %lu (line %lu, column %lu)", c->prices,
+			           ntok == LG_JSON_NOMEM ? "out of memory"
+			           : ntok <= 0          ? (cat.j.err ? cat.j.err : "malformed JSON")
+			                                : "not a genai-prices catalog (expected an array of providers)",
+			           (unsigned long)off, (unsigned long)ln, (unsigned long)col);
+			free(cat.j.t);
+			free(text);
+			return -1;
+		}
+		cat.s = text;
+		cat.n = len;
+	}
+	for (i = 0; i < c->nmodels; i++)
+		for (k = 0; k < c->models[i]->nt; k++) {
+			struct lg_target *t = &c->models[i]->t[k];
+			int pv = -1, md = -1, pr = -1, got = 0, kind;
+			static const char *const names[4] = {"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok"};
+			if (cat.s && (t->price_set & 3) != 3) {
+				char alt[256];
+				pv = lg_price_provider(&cat, t->prov->name);
+				if (pv < 0 && t->prov->base_url) pv = lg_price_provider_url(&cat, t->prov->base_url);
+				if (pv < 0) pv = lg_price_provider(&cat, lg_price_type_id(t->prov->row->name));
+				if (pv >= 0 && (md = lg_price_model(&cat, pv, t->upstream, 0)) < 0) {
+					lg_price_dashdate(alt, sizeof alt, t->upstream);
+					if (strcmp(alt, t->upstream) != 0) md = lg_price_model(&cat, pv, alt, 0);
+				}
+				if (md >= 0) pr = lg_price_now(&cat, lg_json_get(&cat.j, cat.s, md, "prices"), now);
+			}
+			for (kind = 0; kind < 4; kind++)
+				if (!(t->price_set & (1 << kind)) && pr >= 0 && lg_price_take(&cat, pr, names[kind], t, kind))
+					got |= 1 << kind;
+			/* cache tokens with no price of their own cost what input does, tiers and all */
+			for (kind = 2; kind < 4; kind++)
+				if (!(t->price_set & (1 << kind)) && !(got & (1 << kind))) {
+					if (kind == 2) t->cache_read = t->in;
+					else t->cache_write = t->in;
+					t->ntier[kind] = t->ntier[0];
+					memcpy(t->tier[kind], t->tier[0], sizeof t->tier[0]);
+				}
+			if (got) {
+				char src[300];
+				int pid = lg_json_get(&cat.j, cat.s, pv, "id"), mid = lg_json_get(&cat.j, cat.s, md, "id");
+				lg_str a = lg_json_raw(&cat.j, cat.s, pid), b = mid >= 0 ? lg_json_raw(&cat.j, cat.s, mid) : a;
+				snprintf(src, sizeof src, "%scatalog %.*s/%.*s", t->price_set ? "ini+" : "", (int)a.n, a.p,
+				         (int)b.n, b.p);
+				t->price_src = lg_cfg_str(c, lg_strz(src));
+			} else
+				t->price_src = t->price_set ? "ini" : NULL;
+		}
+	free(cat.j.t);
+	free(text);
+	return 0;
+}
+
+/* The price of one kind for a request with `input` prompt tokens: the last tier it passes. */
+static double lg_price_of(const struct lg_target *t, int kind, double base, int64_t input)
+{
+	int i;
+	for (i = 0; i < t->ntier[kind]; i++)
+		if (input > t->tier[kind][i].start) base = t->tier[kind][i].price;
+	return base;
+}
+
+/* Cost in USD of a request's tokens at target t's prices (USD per million tokens), the
+ * long-context tiers chosen by the whole prompt (cached tokens included). */
+static double lg_price_cost(const struct lg_target *t, int64_t prompt, int64_t cached, int64_t cache_write,
+                            int64_t completion)
+{
+	int64_t uncached = prompt - cached - cache_write;
+	if (uncached < 0) uncached = 0;
+	return ((double)uncached * lg_price_of(t, 0, t->in, prompt) +
+	        (double)cached * lg_price_of(t, 2, t->cache_read, prompt) +
+	        (double)cache_write * lg_price_of(t, 3, t->cache_write, prompt) +
+	        (double)completion * lg_price_of(t, 1, t->out, prompt)) /
+	       1e6;
+}
+
+/* `llmgw -t`: every target, the price it charges and where it came from. */
+static LG_COLD void lg_price_list(const struct lg_cfg *c, FILE *f)
+{
+	int i, k, none = 0;
+	for (i = 0; i < c->nmodels; i++)
+		for (k = 0; k < c->models[i]->nt; k++) {
+			const struct lg_target *t = &c->models[i]->t[k];
+			fprintf(f, "  model %s target %s %s: in=%g out=%g cache_read=%g cache_write=%g", c->models[i]->name,
+			        t->prov_name, t->upstream, t->in, t->out, t->cache_read, t->cache_write);
+			if (t->ntier[0] || t->ntier[1])
+				fprintf(f, " (above %lld prompt tokens: in=%g out=%g)",
+				        (long long)(t->ntier[0] ? t->tier[0][0].start : t->tier[1][0].start),
+				        lg_price_of(t, 0, t->in, INT64_MAX), lg_price_of(t, 1, t->out, INT64_MAX));
+			fprintf(f, " [%s]\n", t->price_src ? t->price_src : "no price");
+			if (!t->price_src) none++;
+		}
+	for (i = 0; i < c->nmodels; i++)
+		for (k = 0; k < c->models[i]->nt; k++)
+			if (!c->models[i]->t[k].price_src && c->models[i]->t[k].prov->row->run == NULL)
+				fprintf(stderr, "llmgw: warning: model %s target %s %s has no price (neither in= out= nor in %s): "
+				                "it is billed as free\n",
+				        c->models[i]->name, c->models[i]->t[k].prov_name, c->models[i]->t[k].upstream,
+				        c->prices && *c->prices ? c->prices : "a prices catalog");
+	LG_UNUSED(none);
+}
+
 static LG_COLD int lg_cfg_validate(struct lg_cfgp *p)
 {
 	struct lg_cfg *c = p->c;
@@ -2873,7 +3469,7 @@ static LG_COLD int lg_cfg_validate(struct lg_cfgp *p)
 			return lg_cfg_err(p, "listen %s: a TLS listener needs tls_cert and tls_key%s", c->listen[i],
 			                  LLMGW_TLS ? "" : " and a build with TLS");
 	}
-	if (lg_cfg_store(p)) return -1;
+	if (lg_cfg_store(p) || lg_price_apply(p)) return -1;
 	p->line = c->state_line;
 	if (c->state_dir && *c->state_dir) { /* there, or made at start in a writable parent */
 		struct stat st;
@@ -11609,13 +12205,7 @@ static const char *lg_st_affinity(struct llmgw *gw, uint32_t h)
 /* Cost in USD from the target's prices (USD per million tokens). */
 static double lg_acct_cost(const struct lg_target *t, const struct lg_usage *u)
 {
-	int64_t uncached;
-	if (!t) return 0;
-	uncached = u->prompt - u->cached - u->cache_write;
-	if (uncached < 0) uncached = 0;
-	return ((double)uncached * t->in + (double)u->cached * t->cache_read +
-	        (double)u->cache_write * t->cache_write + (double)u->completion * t->out) /
-	       1e6;
+	return t ? lg_price_cost(t, u->prompt, u->cached, u->cache_write, u->completion) : 0; /* section 5b */
 }
 
 /* --- key state: spend, reservations, rate limits ------------------------ */
@@ -15262,6 +15852,7 @@ LG_COLD int main(int argc, char **argv)
 		}
 		printf("llmgw: %s is valid: %d providers, %d models, %d keys\n", path, c->nprov, c->nmodels,
 		       c->nkeys);
+		lg_price_list(c, stdout);
 		lg_cfg_free(c);
 		return 0;
 	}
