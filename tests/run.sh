@@ -73,7 +73,7 @@ fi
 
 # ---- TLS, accounting, routing, provider adapters, Responses, workers = N, hardening, the shared
 # store (a redis-server of its own, .ci/deps.sh): plain and under ASan+UBSan ----
-for t in tls acct route adapter responses workers harden store prices; do
+for t in tls acct route adapter responses workers harden store prices dash; do
 	suite "$t" python3 "tests/${t}_test.py" --gw ./llmgw
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 		suite "$t-asan" python3 "tests/${t}_test.py" --gw build/llmgw-asan
