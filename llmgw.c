@@ -14833,7 +14833,7 @@ static const char lg_dash_js[] =
     "    p.dataset.total = metric === 'usd' ? usd(x.usd_total) : String(x[metric + '_total']);\n"
     "    p.appendChild(svg('title', {}, x.name));\n"
     "    c.appendChild(p);\n"
-    "    c.appendChild(svg('text', {x: L + 5 + 150 * i, y: 215, fill: COLORS[i]}, x.name || 'all'));\n"
+    "    c.appendChild(svg('text', {x: L + 120 + 150 * i, y: 12, fill: COLORS[i]}, x.name || 'all'));\n"
     "  });\n"
     "  fill('top', s.series, (tr, x) => {\n"
     "    td(tr, x.name || 'all'); td(tr, usd(x.usd_total), 1); td(tr, x.tokens_total, 1);\n"

@@ -26,7 +26,7 @@ GW = H.GW
 VERBOSE = False
 
 ADMIN = "adm-dash-1"
-EVIL_KEY = "<img/src=x/onerror=alert(1)>"
+EVIL_KEY = "<img/src=x/onerror=window.__xss=1>"
 EVIL_MODEL = "<b>bold</b>"
 BODY = """
 [provider.sec]
