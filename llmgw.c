@@ -3314,6 +3314,7 @@ static double lg_price_cost(const struct lg_target *t, int64_t prompt, int64_t c
 	       1e6;
 }
 
+#ifndef LLMGW_NO_MAIN
 /* `llmgw -t`: every target, the price it charges and where it came from. */
 static LG_COLD void lg_price_list(const struct lg_cfg *c, FILE *f)
 {
@@ -3339,6 +3340,7 @@ static LG_COLD void lg_price_list(const struct lg_cfg *c, FILE *f)
 				        c->prices && *c->prices ? c->prices : "a prices catalog");
 	LG_UNUSED(none);
 }
+#endif /* LLMGW_NO_MAIN: only main's -t uses it */
 
 static LG_COLD int lg_cfg_validate(struct lg_cfgp *p)
 {
