@@ -7,7 +7,9 @@
 #   make TLS=0      build without TLS (no BearSSL needed; https upstreams refused)
 #   make cross      static, stripped, TLS-enabled binaries for every CROSS_TARGETS
 #                   entry: build/<target>/llmgw (make cross-aarch64, cross-mips, ...)
-#   make rootfs     the FROM-scratch image's file tree in build/rootfs (see Dockerfile)
+#   make rootfs     the FROM-scratch image's file tree in build/rootfs (see Dockerfile;
+#                   ROOTFS_PRICES=1 adds the genai-prices catalog)
+#   make prices     build/genai-prices.json: the price catalog (vendor/genai-prices.sh)
 #   make embed-test tests/embed.c: two embedded gateways in one host program (+ ASan)
 #   make measure    size and memory table of every built target (tests/measure.py)
 #   make bench      llmgw vs nginx vs direct-to-mock, chat and Responses streams (tests/bench/, ~6 min, not in make test)
@@ -157,8 +159,10 @@ embed-test: $(BUILD)/embed $(BUILD)/embed-asan
 # build/rootfs: /llmgw (x86_64 musl, static), /etc/ssl/certs/ca-certificates.crt,
 # /etc/llmgw/llmgw.ini (dist/llmgw.ini with its listen line set to
 # ROOTFS_LISTEN). The Dockerfile runs `make rootfs ROOTFS_LISTEN=0.0.0.0:8080`
-# and copies the folder into a scratch image.
+# and copies the folder into a scratch image. ROOTFS_PRICES=1 adds the price catalog
+# (vendor/genai-prices.sh) as /etc/llmgw/genai-prices.json, for `prices = /etc/llmgw/genai-prices.json`.
 ROOTFS        ?= $(BUILD)/rootfs
+ROOTFS_PRICES ?= 0
 ROOTFS_LISTEN ?= 127.0.0.1:8080
 CA_BUNDLE     ?= /etc/ssl/certs/ca-certificates.crt
 rootfs: $(BUILD)/x86_64-musl/llmgw dist/llmgw.ini
@@ -170,6 +174,8 @@ rootfs: $(BUILD)/x86_64-musl/llmgw dist/llmgw.ini
 	sed 's/^listen *=.*/listen = $(ROOTFS_LISTEN)/' dist/llmgw.ini >$(ROOTFS)/etc/llmgw/llmgw.ini
 	chmod 755 $(ROOTFS)/llmgw
 	chmod 644 $(ROOTFS)/etc/ssl/certs/ca-certificates.crt $(ROOTFS)/etc/llmgw/llmgw.ini
+	@if [ "$(ROOTFS_PRICES)" = 1 ]; then sh vendor/genai-prices.sh && \
+	  install -m 644 $(BUILD)/genai-prices.json $(ROOTFS)/etc/llmgw/genai-prices.json; fi
 	@find $(ROOTFS) -type f -exec ls -l {} +
 
 # ---- tests -----------------------------------------------------------------
@@ -219,5 +225,8 @@ clean:
 	  $(BUILD)/embed $(BUILD)/embed-asan $(BUILD)/embed*.o $(CROSS_TARGETS:%=$(BUILD)/%) \
 	  $(BUILD)/rootfs $(BUILD)/rootfs-port $(BUILD)/rootfs-docker $(BUILD)/test-* $(BUILD)/measure-*
 
-.PHONY: all run unit test fuzz symbols sections clean cross $(CROSS_TARGETS:%=cross-%) rootfs embed-test measure bench bench-profile FORCE
+prices:
+	sh vendor/genai-prices.sh
+
+.PHONY: prices all run unit test fuzz symbols sections clean cross $(CROSS_TARGETS:%=cross-%) rootfs embed-test measure bench bench-profile FORCE
 FORCE:

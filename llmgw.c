@@ -23,6 +23,7 @@
  *   LLMGW_DNS_TTL_MS     how long a resolved host name is cached
  *   LLMGW_BREAKER_FAILS, LLMGW_BREAKER_COOL_MS   circuit breaker tuning
  *   LLMGW_STORE_MAX_REPLY  largest string a state store ([store]) may answer with
+ *   LLMGW_PRICE_TIERS    long-context price tiers kept per price of a target
  *
  * Contents: section number, title, prefixes : what it owns. A prefix that
  * ends in _ owns the names it starts; one without owns that name and its
@@ -39,8 +40,9 @@
  *   3. Log                         lg_log_ : diagnostics to stderr
  *   4. JSON                        lg_json_, lg_utf8_, lg_hex4, lg_fmt_g, lg_jesc, lg_jnum : tokenizer,
  *                                 unescape, writer (always well-formed UTF-8 out)
- *   5. INI and config              lg_ini_, lg_cfg_, lg_name_hash, lg_names_ : struct lg_cfg snapshot,
- *                                 the hashed names of duplicate checks
+ *   5. INI and config              lg_ini_, lg_cfg_, lg_name_hash, lg_names_, lg_price_, lg_rx_ : struct
+ *                                 lg_cfg snapshot, the hashed names of duplicate checks; 5b the price
+ *                                 catalog (prices = FILE, lg_price_) and its regex matcher (lg_rx_)
  *   6. HTTP parsing                lg_http_, lg_chunked_, lg_sse_ : heads, chunked decoder, SSE
  *   7. TLS                         lg_tls_, lg_cfg_load, lg_cfg_ref, lg_cfg_unref : BearSSL driven by
  *                                 the loop, trust anchors; a config snapshot with its TLS contexts
@@ -67,17 +69,20 @@
  *                                 budgets, limits, ledger, metrics, ring of recent requests, access
  *                                 log (lg_acct_); 13f the in-process store (lg_st_local); 13g the
  *                                 Redis store (lg_st_redis): RESP client, scripts (lg_redis_)
- *  14. Server handlers             lg_srv_ : endpoints, errors, streaming
- *  15. Public API                  llmgw_, lg_listen_, lg_worker, lg_workers_ : what llmgw.h declares; listeners,
+ *  14. Dashboard and admin JSON   lg_dash_ : GET /ui (the page, its login), GET /admin/... (overview, series,
+ *                                 keys, requests, generation, health); the time series per key and model
+ *                                 (struct lg_dash, kept by the first loop)
+ *  15. Server handlers             lg_srv_ : endpoints, errors, streaming
+ *  16. Public API                  llmgw_, lg_listen_, lg_worker, lg_workers_ : what llmgw.h declares; listeners,
  *                                 workers = N
- *  16. main                        lg_main_ : the command line
+ *  17. main                        lg_main_ : the command line
  *
  * State: everything hangs off struct llmgw (section 8), one per event
  * loop; with workers = N the first loop's router health, accounting and
  * ledger are shared by the others under one lock (struct lg_shared).
  * Requests reach that shared state only through the state store's calls
  * (struct lg_store, section 13a), which may answer later. The
- * only file-scope variable is main()'s signal target (section 16).
+ * only file-scope variable is main()'s signal target (section 17).
  */
 
 /* ===== 0. Configuration macros and includes ============================ */
@@ -181,6 +186,10 @@
 #ifndef LLMGW_STORE_MAX_REPLY
 #define LLMGW_STORE_MAX_REPLY (1u << 20) /* largest string in a state store's reply ([store]) */
 #endif
+#ifndef LLMGW_PRICE_TIERS
+#define LLMGW_PRICE_TIERS 4 /* long-context price tiers kept per price of a target */
+#endif
+#define LG_PRICE_TIERS LLMGW_PRICE_TIERS
 #ifndef LLMGW_ACCEPT_BURST
 #define LLMGW_ACCEPT_BURST 64 /* accepts per listener per iteration */
 #endif
@@ -1799,6 +1808,14 @@ struct lg_target {
 	int64_t context, max_output; /* 64 bits: long is 32 on the 32-bit routers */
 	int64_t image_tokens, audio_tokens, file_tokens; /* most prompt tokens one such part costs; -1: default */
 	int line;
+	/* prices above a prompt size (the catalog's long-context tiers): in, out, cache_read, cache_write */
+	struct lg_price_tier {
+		int64_t start; /* more prompt tokens than this: price */
+		double price;
+	} tier[4][LG_PRICE_TIERS];
+	unsigned char ntier[4];
+	unsigned char price_set; /* bits 0-3: in, out, cache_read, cache_write given on the target line */
+	const char *price_src;   /* "ini", "catalog PROVIDER/MODEL", "ini+catalog ..."; NULL: no price */
 };
 
 struct lg_model {
@@ -1830,6 +1847,8 @@ struct lg_cfg {
 	int64_t header_timeout, idle_timeout, connect_timeout, first_byte_timeout,
 	    stream_idle_timeout, shutdown_timeout, send_timeout, body_timeout;
 	const char *ca_file, *tls_cert, *tls_key, *proxy, *admin_key, *access_log, *state_dir;
+	const char *prices; /* the price catalog (section 5b); prices_line: where it was set */
+	int prices_line;
 	struct lg_provider **prov;
 	struct lg_model **models;
 	struct lg_key **keys;
@@ -2208,13 +2227,13 @@ static LG_COLD int lg_cfg_target(struct lg_cfgp *p, struct lg_model *m, lg_str v
 			return lg_cfg_err(p, "target option %.*s: expected a number from 0 to 1e12, got '%.*s'",
 			                  (int)k.n, k.p, (int)val.n, val.p);
 		if (lg_str_eq(k, "in"))
-			t->in = d;
+			t->in = d, t->price_set |= 1;
 		else if (lg_str_eq(k, "out"))
-			t->out = d;
+			t->out = d, t->price_set |= 2;
 		else if (lg_str_eq(k, "cache_read"))
-			t->cache_read = d;
+			t->cache_read = d, t->price_set |= 4;
 		else if (lg_str_eq(k, "cache_write"))
-			t->cache_write = d;
+			t->cache_write = d, t->price_set |= 8;
 		else if (lg_str_eq(k, "weight"))
 			t->weight = d;
 		else if (lg_str_eq(k, "context"))
@@ -2400,6 +2419,7 @@ static const struct lg_cfg_key lg_cfg_keys[] = {
     {1, LG_KT_STR, 0, 0, 1, LG_KG(access_log), LG_KG(log_line), "access_log" "\0" "" "\0" "one JSON line per request; - = stderr; empty = off"},
     {1, LG_KT_ENUM, 0, 3, 1, LG_KG(log_level), 0, "log_level" "\0" "info" "\0" "diagnostics to stderr"},
     {1, LG_KT_STR, 0, 0, 0, LG_KG(state_dir), LG_KG(state_line), "state_dir" "\0" "" "\0" "the ledger: spend survives restarts and crashes; empty = memory only"},
+    {1, LG_KT_STR, 0, 0, 0, LG_KG(prices), LG_KG(prices_line), "prices" "\0" "" "\0" "a genai-prices catalog (JSON, vendor/genai-prices.sh): prices of targets without in= out="},
     {2, LG_KT_FN, 0, 2, 0, 0, 0, "type" "\0" "" "\0" "openai, anthropic, gemini, azure, bedrock or mock"},
     {2, LG_KT_FN, 0, 3, 0, 0, 0, "base_url" "\0" "" "\0" "http:// or https:// (default: the type's public API; required for azure)"},
     {2, LG_KT_SECRET, 0, 0, 0, LG_KP(api_key), 0, "api_key" "\0" "" "\0" "literal, env:NAME or file:/path"},
@@ -2743,6 +2763,587 @@ static LG_COLD int lg_cfg_store_instance(struct lg_cfgp *p)
 }
 
 /* Cross-section checks once the whole file is read. */
+/* --- 5b. the price catalog (prices = FILE) ------------------------------ */
+
+/* The catalog is pydantic's genai-prices data (vendor/genai-prices.sh makes it): an array of
+ * providers, each with match rules and models, each model with match rules and prices in USD
+ * per million tokens, a price being a number or {base, tiers:[{start, price}]} (the whole
+ * request at the price of the last tier whose start its input tokens pass). It is read at each
+ * config load, the prices of the targets it names copied into them, and not kept. */
+
+/* A small backtracking matcher for the catalog's JavaScript regexes (RegExp.test: found
+ * anywhere): literals, ., [classes], \d \w \s (and negations), ^ $, groups (...) (?:...),
+ * lookahead (?=...) (?!...), |, and * + ? {n} {n,} {n,m} (lazy forms match the same set). */
+#define LG_RX_NODES 96
+enum { LG_RX_SET, LG_RX_BOL, LG_RX_EOL, LG_RX_GROUP, LG_RX_LOOK, LG_RX_NLOOK };
+struct lg_rx_node {
+	unsigned char type, set[32];
+	int next, alt0, nalt; /* sequence link; GROUP, LOOK: the first node of each alternative */
+	int min, max;
+};
+struct lg_rx {
+	struct lg_rx_node nd[LG_RX_NODES];
+	int alts[LG_RX_NODES], nn, na;
+	const char *s;
+	size_t n;
+};
+struct lg_rx_k { /* what follows the end of an alternative of group g */
+	int g, cnt;
+	size_t at;
+	const struct lg_rx_k *up;
+};
+
+static void lg_rx_class(unsigned char *set, char c, int neg)
+{
+	unsigned char one[32];
+	int i;
+	memset(one, 0, sizeof one);
+	for (i = 0; i < 256; i++)
+		if ((c == 'd' && isdigit(i)) || (c == 'w' && (isalnum(i) || i == '_')) || (c == 's' && isspace(i)))
+			one[i >> 3] |= (unsigned char)(1u << (i & 7));
+	for (i = 0; i < 32; i++) set[i] |= neg ? (unsigned char)~one[i] : one[i];
+}
+
+static void lg_rx_bit(unsigned char *set, int c) { set[c >> 3] |= (unsigned char)(1u << (c & 7)); }
+
+static int lg_rx_alts(struct lg_rx *x, const char *p, size_t n, size_t *i, int g);
+
+/* One sequence up to | or ) ; returns its first node (-1: empty), or -2 on a syntax error. */
+static int lg_rx_seq(struct lg_rx *x, const char *p, size_t n, size_t *i)
+{
+	int first = -1, last = -1;
+	while (*i < n && p[*i] != '|' && p[*i] != ')') {
+		struct lg_rx_node *d;
+		int k;
+		char c = p[(*i)++];
+		if (x->nn >= LG_RX_NODES) return -2;
+		k = x->nn++;
+		d = &x->nd[k];
+		memset(d, 0, sizeof *d);
+		d->next = -1;
+		d->min = d->max = 1;
+		if (c == '^' || c == '$') {
+			d->type = c == '^' ? LG_RX_BOL : LG_RX_EOL;
+		} else if (c == '(') {
+			d->type = LG_RX_GROUP;
+			if (*i + 1 < n && p[*i] == '?') {
+				if (p[*i + 1] == '=') d->type = LG_RX_LOOK;
+				else if (p[*i + 1] == '!') d->type = LG_RX_NLOOK;
+				else if (p[*i + 1] != ':') return -2;
+				*i += 2;
+			}
+			if (lg_rx_alts(x, p, n, i, k) || *i >= n || p[*i] != ')') return -2;
+			(*i)++;
+		} else if (c == '[') {
+			int neg = *i < n && p[*i] == '^', prev = -1;
+			d->type = LG_RX_SET;
+			if (neg) (*i)++;
+			while (*i < n && p[*i] != ']') {
+				int ch = (unsigned char)p[(*i)++];
+				if (ch == '\\' && *i < n) {
+					char e = p[(*i)++];
+					if (strchr("dwsDWS", e)) {
+						lg_rx_class(d->set, (char)tolower((unsigned char)e), isupper((unsigned char)e));
+						prev = -1;
+						continue;
+					}
+					ch = (unsigned char)e;
+				} else if (ch == '-' && prev >= 0 && *i < n && p[*i] != ']') {
+					int hi = (unsigned char)p[(*i)++], c2;
+					for (c2 = prev; c2 <= hi; c2++) lg_rx_bit(d->set, c2);
+					prev = -1;
+					continue;
+				}
+				lg_rx_bit(d->set, ch);
+				prev = ch;
+			}
+			if (*i >= n) return -2;
+			(*i)++;
+			if (neg) {
+				int b;
+				for (b = 0; b < 32; b++) d->set[b] = (unsigned char)~d->set[b];
+			}
+		} else if (c == '.') {
+			d->type = LG_RX_SET;
+			memset(d->set, 0xff, sizeof d->set);
+			d->set['\n' >> 3] &= (unsigned char)~(1u << ('\n' & 7));
+		} else if (c == '*' || c == '+' || c == '?' || c == '{' || c == '|') {
+			return -2;
+		} else {
+			d->type = LG_RX_SET;
+			if (c == '\\') {
+				if (*i >= n) return -2;
+				c = p[(*i)++];
+				if (strchr("dwsDWS", c)) {
+					lg_rx_class(d->set, (char)tolower((unsigned char)c), isupper((unsigned char)c));
+					c = 0;
+				} else if (c == 'n') c = '\n';
+				else if (c == 't') c = '\t';
+			}
+			if (c) lg_rx_bit(d->set, (unsigned char)c);
+		}
+		if (*i < n && (p[*i] == '*' || p[*i] == '+' || p[*i] == '?' || p[*i] == '{')) {
+			char q = p[(*i)++];
+			if (d->type == LG_RX_BOL || d->type == LG_RX_EOL || d->type >= LG_RX_LOOK) return -2;
+			if (q == '*') d->min = 0, d->max = INT_MAX;
+			else if (q == '+') d->max = INT_MAX;
+			else if (q == '?') d->min = 0;
+			else {
+				long a = 0, b;
+				if (*i >= n || !isdigit((unsigned char)p[*i])) return -2;
+				while (*i < n && isdigit((unsigned char)p[*i]) && a < 10000) a = a * 10 + (p[(*i)++] - '0');
+				b = a;
+				if (*i < n && p[*i] == ',') {
+					(*i)++;
+					b = INT_MAX;
+					if (*i < n && isdigit((unsigned char)p[*i]))
+						for (b = 0; *i < n && isdigit((unsigned char)p[*i]) && b < 10000;)
+							b = b * 10 + (p[(*i)++] - '0');
+				}
+				if (*i >= n || p[*i] != '}' || b < a) return -2;
+				(*i)++;
+				d->min = (int)a, d->max = (int)b;
+			}
+			if (*i < n && p[*i] == '?') (*i)++;
+		}
+		if (last >= 0) x->nd[last].next = k;
+		else first = k;
+		last = k;
+	}
+	return first;
+}
+
+/* The alternatives of group g, up to its ')' (not consumed). */
+static int lg_rx_alts(struct lg_rx *x, const char *p, size_t n, size_t *i, int g)
+{
+	int a[LG_RX_NODES], na = 0, k;
+	for (;;) {
+		int f = lg_rx_seq(x, p, n, i);
+		if (f == -2 || na >= LG_RX_NODES) return -1;
+		a[na++] = f;
+		if (*i < n && p[*i] == '|') {
+			(*i)++;
+			continue;
+		}
+		break;
+	}
+	if (x->na + na > LG_RX_NODES) return -1;
+	x->nd[g].alt0 = x->na;
+	x->nd[g].nalt = na;
+	for (k = 0; k < na; k++) x->alts[x->na++] = a[k];
+	return 0;
+}
+
+static int lg_rx_run(const struct lg_rx *x, int nd, size_t i, const struct lg_rx_k *k);
+
+static int lg_rx_group(const struct lg_rx *x, int g, size_t i, int cnt, const struct lg_rx_k *up)
+{
+	struct lg_rx_k k;
+	int a;
+	k.g = g, k.cnt = cnt, k.at = i, k.up = up;
+	for (a = 0; a < x->nd[g].nalt; a++)
+		if (lg_rx_run(x, x->alts[x->nd[g].alt0 + a], i, &k)) return 1;
+	return 0;
+}
+
+/* Does the pattern from node nd on, then what k says, match at i? */
+static int lg_rx_run(const struct lg_rx *x, int nd, size_t i, const struct lg_rx_k *k)
+{
+	const struct lg_rx_node *d;
+	if (nd < 0) { /* an alternative ended: the group repeats or what follows it goes on */
+		const struct lg_rx_node *g;
+		int c;
+		if (!k) return 1;
+		g = &x->nd[k->g];
+		if (g->type == LG_RX_LOOK || g->type == LG_RX_NLOOK) return 1;
+		c = k->cnt + 1;
+		if (c < g->max && i != k->at && lg_rx_group(x, k->g, i, c, k->up)) return 1;
+		return c >= g->min && lg_rx_run(x, g->next, i, k->up);
+	}
+	d = &x->nd[nd];
+	switch (d->type) {
+	case LG_RX_BOL: return i == 0 && lg_rx_run(x, d->next, i, k);
+	case LG_RX_EOL: return i == x->n && lg_rx_run(x, d->next, i, k);
+	case LG_RX_LOOK:
+	case LG_RX_NLOOK:
+		if (lg_rx_group(x, nd, i, 0, NULL) != (d->type == LG_RX_LOOK)) return 0;
+		return lg_rx_run(x, d->next, i, k);
+	case LG_RX_GROUP:
+		if (lg_rx_group(x, nd, i, 0, k)) return 1;
+		return d->min == 0 && lg_rx_run(x, d->next, i, k);
+	default: {
+		size_t m = 0;
+		while ((int)m < d->max && i + m < x->n &&
+		       (d->set[(unsigned char)x->s[i + m] >> 3] & (1u << ((unsigned char)x->s[i + m] & 7))))
+			m++;
+		for (;; m--) {
+			if ((int)m < d->min) return 0;
+			if (lg_rx_run(x, d->next, i + m, k)) return 1;
+			if (!m) return 0;
+		}
+	}
+	}
+}
+
+/* 1: the pattern matches somewhere in s; 0: not; -1: a pattern this matcher cannot read. */
+static int lg_rx_test(const char *pat, size_t pn, const char *s, size_t n)
+{
+	struct lg_rx *x = (struct lg_rx *)calloc(1, sizeof *x);
+	size_t i = 0, at;
+	int r = 0;
+	if (!x) return -1;
+	x->nn = 1;
+	x->nd[0].type = LG_RX_GROUP;
+	x->nd[0].min = x->nd[0].max = 1;
+	x->nd[0].next = -1;
+	if (lg_rx_alts(x, pat, pn, &i, 0) || i != pn) {
+		free(x);
+		return -1;
+	}
+	x->s = s, x->n = n;
+	for (at = 0; at <= n && !r; at++) r = lg_rx_group(x, 0, at, 0, NULL);
+	free(x);
+	return r;
+}
+
+struct lg_price_cat {
+	struct lg_json j;
+	const char *s;
+	size_t n;
+	char tmp[512]; /* an unescaped pattern */
+};
+
+/* The unescaped text of string token t, in c->tmp (valid until the next call). */
+static lg_str lg_price_text(struct lg_price_cat *c, int t)
+{
+	lg_str r = lg_json_raw(&c->j, c->s, t);
+	long k;
+	if (r.n >= sizeof c->tmp || (k = lg_json_unescape(r.p, r.n, c->tmp)) < 0) return lg_str_of("", 0);
+	return lg_str_of(c->tmp, (size_t)k);
+}
+
+/* A catalog match rule (equals, starts_with, ends_with, contains: case-blind; regex; and, or)
+ * against name. */
+static int lg_price_match(struct lg_price_cat *c, int m, const char *name)
+{
+	struct lg_jit it = lg_json_iter(&c->j, m);
+	size_t nl = strlen(name);
+	while (lg_json_next(&c->j, &it)) {
+		lg_str key = lg_json_raw(&c->j, c->s, it.key), v;
+		uint32_t e;
+		int any = lg_str_eq(key, "or");
+		if (any || lg_str_eq(key, "and")) {
+			if (lg_json_type(&c->j, it.val) != LG_J_ARR) return 0;
+			for (e = 0; e < c->j.t[it.val].size; e++) {
+				int r = lg_price_match(c, lg_json_at(&c->j, it.val, e), name);
+				if (r && any) return 1;
+				if (!r && !any) return 0;
+			}
+			return !any;
+		}
+		if (lg_json_type(&c->j, it.val) != LG_J_STR) return 0;
+		v = lg_price_text(c, it.val);
+		if (lg_str_eq(key, "regex")) return lg_rx_test(v.p, v.n, name, nl) == 1;
+		if (lg_str_eq(key, "equals")) return v.n == nl && strncasecmp(v.p, name, nl) == 0;
+		if (lg_str_eq(key, "starts_with")) return v.n <= nl && strncasecmp(v.p, name, v.n) == 0;
+		if (lg_str_eq(key, "ends_with")) return v.n <= nl && strncasecmp(v.p, name + nl - v.n, v.n) == 0;
+		if (lg_str_eq(key, "contains")) {
+			size_t a;
+			for (a = 0; a + v.n <= nl; a++)
+				if (strncasecmp(v.p, name + a, v.n) == 0) return 1;
+			return 0;
+		}
+		return 0;
+	}
+	return 0;
+}
+
+/* The catalog's provider: by id, then by its provider_match rule. */
+static int lg_price_provider(struct lg_price_cat *c, const char *id)
+{
+	uint32_t i;
+	int pass;
+	for (pass = 0; pass < 2; pass++)
+		for (i = 0; i < c->j.t[0].size; i++) {
+			int p = lg_json_at(&c->j, 0, i), t;
+			if (pass == 0) {
+				t = lg_json_get(&c->j, c->s, p, "id");
+				if (lg_json_type(&c->j, t) == LG_J_STR) {
+					lg_str v = lg_json_raw(&c->j, c->s, t);
+					if (v.n == strlen(id) && strncasecmp(v.p, id, v.n) == 0) return p;
+				}
+			} else if ((t = lg_json_get(&c->j, c->s, p, "provider_match")) >= 0 && lg_price_match(c, t, id))
+				return p;
+		}
+	return -1;
+}
+
+/* The catalog's provider whose api_pattern matches the start of a base URL. */
+static int lg_price_provider_url(struct lg_price_cat *c, const char *url)
+{
+	uint32_t i;
+	for (i = 0; i < c->j.t[0].size; i++) {
+		int p = lg_json_at(&c->j, 0, i), t = lg_json_get(&c->j, c->s, p, "api_pattern");
+		char pat[600];
+		lg_str v;
+		if (lg_json_type(&c->j, t) != LG_J_STR) continue;
+		v = lg_price_text(c, t);
+		snprintf(pat, sizeof pat, "^(?:%.*s)", (int)v.n, v.p);
+		if (lg_rx_test(pat, strlen(pat), url, strlen(url)) == 1) return p;
+	}
+	return -1;
+}
+
+/* The first model of provider p that matches, then of its fallback_model_providers (once). */
+static int lg_price_model(struct lg_price_cat *c, int p, const char *model, int depth)
+{
+	int ms = lg_json_get(&c->j, c->s, p, "models"), fb;
+	uint32_t i;
+	for (i = 0; ms >= 0 && i < c->j.t[ms].size; i++) {
+		int m = lg_json_at(&c->j, ms, i), mt = lg_json_get(&c->j, c->s, m, "match");
+		if (mt >= 0 && lg_price_match(c, mt, model)) return m;
+	}
+	fb = lg_json_get(&c->j, c->s, p, "fallback_model_providers");
+	for (i = 0; depth == 0 && fb >= 0 && i < c->j.t[fb].size; i++) {
+		int f = lg_json_at(&c->j, fb, i), q, m;
+		char id[128];
+		lg_str v;
+		if (lg_json_type(&c->j, f) != LG_J_STR) continue;
+		v = lg_json_raw(&c->j, c->s, f);
+		snprintf(id, sizeof id, "%.*s", (int)v.n, v.p);
+		for (q = 0; q < (int)c->j.t[0].size; q++) {
+			int pp = lg_json_at(&c->j, 0, (uint32_t)q), t = lg_json_get(&c->j, c->s, pp, "id");
+			if (t >= 0 && lg_str_eq(lg_json_raw(&c->j, c->s, t), id) && (m = lg_price_model(c, pp, model, 1)) >= 0)
+				return m;
+		}
+	}
+	return -1;
+}
+
+/* Dates written -YYYYMMDD are also looked up as -YYYY-MM-DD, as the catalog's own code does. */
+static void lg_price_dashdate(char *out, size_t cap, const char *in)
+{
+	size_t i = 0, o = 0, n = strlen(in);
+	while (i < n && o + 3 < cap) {
+		if (in[i] == '-' && i + 9 <= n && in[i + 1] == '2' && in[i + 2] == '0') {
+			size_t d;
+			for (d = 1; d <= 8 && isdigit((unsigned char)in[i + d]); d++) {
+			}
+			if (d == 9 && (i + 9 == n || in[i + 9] == '-' || in[i + 9] == ':') && o + 12 < cap) {
+				memcpy(out + o, in + i, 5), o += 5;
+				out[o++] = '-', memcpy(out + o, in + i + 5, 2), o += 2;
+				out[o++] = '-', memcpy(out + o, in + i + 7, 2), o += 2;
+				i += 9;
+				continue;
+			}
+		}
+		out[o++] = in[i++];
+	}
+	out[o] = 0;
+}
+
+/* The prices in force now: a plain object, or the last entry of a list whose start_date has
+ * passed (time_of_day entries are left out: a target has one price; the first entry is the
+ * fallback, as in the catalog's code). */
+static int lg_price_now(struct lg_price_cat *c, int prices, int64_t now_ms)
+{
+	uint32_t i;
+	if (lg_json_type(&c->j, prices) == LG_J_OBJ) return prices;
+	if (lg_json_type(&c->j, prices) != LG_J_ARR || !c->j.t[prices].size) return -1;
+	for (i = c->j.t[prices].size; i-- > 0;) {
+		int e = lg_json_at(&c->j, prices, i), con = lg_json_get(&c->j, c->s, e, "constraint");
+		int ty = lg_json_get(&c->j, c->s, con, "type"), sd = lg_json_get(&c->j, c->s, con, "start_date");
+		if (con < 0) return lg_json_get(&c->j, c->s, e, "prices");
+		if (ty >= 0 && lg_str_eq(lg_json_raw(&c->j, c->s, ty), "start_date") && sd >= 0) {
+			lg_str d = lg_json_raw(&c->j, c->s, sd);
+			int y = 0, mo = 0, dd = 0;
+			char tmp[16];
+			snprintf(tmp, sizeof tmp, "%.*s", (int)LG_MIN(d.n, 10), d.p);
+			if (sscanf(tmp, "%d-%d-%d", &y, &mo, &dd) == 3 && lg_days_from_civil(y, mo, dd) * 86400000 <= now_ms)
+				return lg_json_get(&c->j, c->s, e, "prices");
+		}
+	}
+	return lg_json_get(&c->j, c->s, lg_json_at(&c->j, prices, 0), "prices");
+}
+
+/* One price of the catalog into the target's kind k: a number, or {base, tiers}. 1: found. */
+static int lg_price_take(struct lg_price_cat *c, int pr, const char *name, struct lg_target *t, int k)
+{
+	int v = lg_json_get(&c->j, c->s, pr, name), tiers;
+	uint32_t i;
+	double base;
+	if (lg_json_type(&c->j, v) == LG_J_NUM) {
+		base = lg_json_num(&c->j, c->s, v, 0);
+		tiers = -1;
+	} else if (lg_json_type(&c->j, v) == LG_J_OBJ) {
+		base = lg_json_num(&c->j, c->s, lg_json_get(&c->j, c->s, v, "base"), 0);
+		tiers = lg_json_get(&c->j, c->s, v, "tiers");
+	} else
+		return 0;
+	t->ntier[k] = 0;
+	for (i = 0; tiers >= 0 && i < c->j.t[tiers].size && t->ntier[k] < LG_PRICE_TIERS; i++) {
+		int e = lg_json_at(&c->j, tiers, i);
+		struct lg_price_tier *pt = &t->tier[k][t->ntier[k]++];
+		int j2;
+		pt->start = (int64_t)lg_json_num(&c->j, c->s, lg_json_get(&c->j, c->s, e, "start"), 0);
+		pt->price = lg_json_num(&c->j, c->s, lg_json_get(&c->j, c->s, e, "price"), 0);
+		for (j2 = t->ntier[k] - 1; j2 > 0 && t->tier[k][j2 - 1].start > t->tier[k][j2].start; j2--) {
+			struct lg_price_tier sw = t->tier[k][j2];
+			t->tier[k][j2] = t->tier[k][j2 - 1];
+			t->tier[k][j2 - 1] = sw;
+		}
+	}
+	if (k == 0) t->in = base;
+	else if (k == 1) t->out = base;
+	else if (k == 2) t->cache_read = base;
+	else t->cache_write = base;
+	return 1;
+}
+
+/* The catalog's name for a provider type, when it differs. */
+static const char *lg_price_type_id(const char *type)
+{
+	if (strcmp(type, "gemini") == 0) return "google";
+	if (strcmp(type, "bedrock") == 0) return "aws";
+	return type;
+}
+
+/* Gives every target without prices of its own (in= out= cache_read= cache_write=, each on its
+ * own) the catalog's, and says where each came from (t->price_src). Unknown targets keep 0. */
+static LG_COLD int lg_price_apply(struct lg_cfgp *p)
+{
+	struct lg_cfg *c = p->c;
+	struct lg_price_cat cat;
+	char *text = NULL;
+	size_t len = 0;
+	int i, k, e = 0, ntok;
+	int64_t now = lg_wall_ms();
+	memset(&cat, 0, sizeof cat);
+	if (c->prices && *c->prices) {
+		struct lg_json cnt;
+		p->line = c->prices_line;
+		if (!(text = lg_read_file(c->prices, 64u << 20, &len, &e)))
+			return lg_cfg_err(p, "prices %s: cannot read: %s", c->prices, strerror(e));
+		memset(&cnt, 0, sizeof cnt);
+		ntok = lg_json_parse(&cnt, text, len);
+		if (ntok > 0 && (cat.j.t = (struct lg_jtok *)malloc((size_t)ntok * sizeof *cat.j.t))) {
+			cat.j.cap = (uint32_t)ntok;
+			ntok = lg_json_parse(&cat.j, text, len);
+		} else if (ntok > 0)
+			ntok = LG_JSON_NOMEM;
+		else
+			cat.j = cnt;
+		if (ntok <= 0 || cat.j.t[0].type != LG_J_ARR) {
+			size_t off = ntok <= 0 ? cat.j.err_off : 0, ln = 1, col = 1, q;
+			for (q = 0; q < off && q < len; q++) {
+				if (text[q] == '\n') ln++, col = 1;
+				else col++;
+			}
+			lg_cfg_err(p, "prices %s: %s at byte %lu (line %lu, column %lu)", c->prices,
+			           ntok == LG_JSON_NOMEM ? "out of memory"
+			           : ntok <= 0          ? (cat.j.err ? cat.j.err : "malformed JSON")
+			                                : "not a genai-prices catalog (expected an array of providers)",
+			           (unsigned long)off, (unsigned long)ln, (unsigned long)col);
+			free(cat.j.t);
+			free(text);
+			return -1;
+		}
+		cat.s = text;
+		cat.n = len;
+	}
+	for (i = 0; i < c->nmodels; i++)
+		for (k = 0; k < c->models[i]->nt; k++) {
+			struct lg_target *t = &c->models[i]->t[k];
+			int pv = -1, md = -1, pr = -1, got = 0, kind;
+			static const char *const names[4] = {"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok"};
+			if (cat.s && (t->price_set & 3) != 3) {
+				char alt[256];
+				pv = lg_price_provider(&cat, t->prov->name);
+				if (pv < 0 && t->prov->base_url) pv = lg_price_provider_url(&cat, t->prov->base_url);
+				if (pv < 0) pv = lg_price_provider(&cat, lg_price_type_id(t->prov->row->name));
+				if (pv >= 0 && (md = lg_price_model(&cat, pv, t->upstream, 0)) < 0) {
+					lg_price_dashdate(alt, sizeof alt, t->upstream);
+					if (strcmp(alt, t->upstream) != 0) md = lg_price_model(&cat, pv, alt, 0);
+				}
+				if (md >= 0) pr = lg_price_now(&cat, lg_json_get(&cat.j, cat.s, md, "prices"), now);
+			}
+			for (kind = 0; kind < 4; kind++)
+				if (!(t->price_set & (1 << kind)) && pr >= 0 && lg_price_take(&cat, pr, names[kind], t, kind))
+					got |= 1 << kind;
+			/* cache tokens with no price of their own cost what input does, tiers and all */
+			for (kind = 2; kind < 4; kind++)
+				if (!(t->price_set & (1 << kind)) && !(got & (1 << kind))) {
+					if (kind == 2) t->cache_read = t->in;
+					else t->cache_write = t->in;
+					t->ntier[kind] = t->ntier[0];
+					memcpy(t->tier[kind], t->tier[0], sizeof t->tier[0]);
+				}
+			if (got) {
+				char src[300];
+				int pid = lg_json_get(&cat.j, cat.s, pv, "id"), mid = lg_json_get(&cat.j, cat.s, md, "id");
+				lg_str a = lg_json_raw(&cat.j, cat.s, pid), b = mid >= 0 ? lg_json_raw(&cat.j, cat.s, mid) : a;
+				snprintf(src, sizeof src, "%scatalog %.*s/%.*s", t->price_set ? "ini+" : "", (int)a.n, a.p,
+				         (int)b.n, b.p);
+				t->price_src = lg_cfg_str(c, lg_strz(src));
+			} else
+				t->price_src = t->price_set ? "ini" : NULL;
+		}
+	free(cat.j.t);
+	free(text);
+	return 0;
+}
+
+/* The price of one kind for a request with `input` prompt tokens: the last tier it passes. */
+static double lg_price_of(const struct lg_target *t, int kind, double base, int64_t input)
+{
+	int i;
+	for (i = 0; i < t->ntier[kind]; i++)
+		if (input > t->tier[kind][i].start) base = t->tier[kind][i].price;
+	return base;
+}
+
+/* Cost in USD of a request's tokens at target t's prices (USD per million tokens), the
+ * long-context tiers chosen by the whole prompt (cached tokens included). */
+static double lg_price_cost(const struct lg_target *t, int64_t prompt, int64_t cached, int64_t cache_write,
+                            int64_t completion)
+{
+	int64_t uncached = prompt - cached - cache_write;
+	if (uncached < 0) uncached = 0;
+	return ((double)uncached * lg_price_of(t, 0, t->in, prompt) +
+	        (double)cached * lg_price_of(t, 2, t->cache_read, prompt) +
+	        (double)cache_write * lg_price_of(t, 3, t->cache_write, prompt) +
+	        (double)completion * lg_price_of(t, 1, t->out, prompt)) /
+	       1e6;
+}
+
+#ifndef LLMGW_NO_MAIN
+/* `llmgw -t`: every target, the price it charges and where it came from. */
+static LG_COLD void lg_price_list(const struct lg_cfg *c, FILE *f)
+{
+	int i, k, none = 0;
+	for (i = 0; i < c->nmodels; i++)
+		for (k = 0; k < c->models[i]->nt; k++) {
+			const struct lg_target *t = &c->models[i]->t[k];
+			fprintf(f, "  model %s target %s %s: in=%g out=%g cache_read=%g cache_write=%g", c->models[i]->name,
+			        t->prov_name, t->upstream, t->in, t->out, t->cache_read, t->cache_write);
+			if (t->ntier[0] || t->ntier[1])
+				fprintf(f, " (above %lld prompt tokens: in=%g out=%g)",
+				        (long long)(t->ntier[0] ? t->tier[0][0].start : t->tier[1][0].start),
+				        lg_price_of(t, 0, t->in, INT64_MAX), lg_price_of(t, 1, t->out, INT64_MAX));
+			fprintf(f, " [%s]\n", t->price_src ? t->price_src : "no price");
+			if (!t->price_src) none++;
+		}
+	for (i = 0; i < c->nmodels; i++)
+		for (k = 0; k < c->models[i]->nt; k++)
+			if (!c->models[i]->t[k].price_src && c->models[i]->t[k].prov->row->run == NULL)
+				fprintf(stderr, "llmgw: warning: model %s target %s %s has no price (neither in= out= nor in %s): "
+				                "it is billed as free\n",
+				        c->models[i]->name, c->models[i]->t[k].prov_name, c->models[i]->t[k].upstream,
+				        c->prices && *c->prices ? c->prices : "a prices catalog");
+	LG_UNUSED(none);
+}
+#endif /* LLMGW_NO_MAIN: only main's -t uses it */
+
 static LG_COLD int lg_cfg_validate(struct lg_cfgp *p)
 {
 	struct lg_cfg *c = p->c;
@@ -2875,7 +3476,7 @@ static LG_COLD int lg_cfg_validate(struct lg_cfgp *p)
 			return lg_cfg_err(p, "listen %s: a TLS listener needs tls_cert and tls_key%s", c->listen[i],
 			                  LLMGW_TLS ? "" : " and a build with TLS");
 	}
-	if (lg_cfg_store(p)) return -1;
+	if (lg_cfg_store(p) || lg_price_apply(p)) return -1;
 	p->line = c->state_line;
 	if (c->state_dir && *c->state_dir) { /* there, or made at start in a writable parent */
 		struct stat st;
@@ -4169,6 +4770,7 @@ struct lg_acct;
 struct lg_rstate;
 struct lg_redis;
 struct lg_stjob;
+struct lg_dash;
 
 struct llmgw {
 	int log_level;
@@ -4203,6 +4805,7 @@ struct llmgw {
 	unsigned long nrefused; /* connections refused since */
 	unsigned long cfg_gen; /* configurations installed so far */
 	struct lg_acct *acct; /* key spend and limits, ledger, metrics, recent requests */
+	struct lg_dash *dash; /* the dashboard's time series and facts (section 14), the first loop's */
 	struct lg_rstate *rs; /* target health, breakers, affinity: survives reloads */
 	const struct lg_store *st; /* the only way to rs and acct (section 13a) */
 	struct lg_redis *redis;    /* this loop's client of a shared store ([store], 13g) */
@@ -5588,7 +6191,13 @@ static void lg_up_input(struct lg_conn *c, struct lg_upreq *u, int revents)
 /* The request: from a parsed head to the last byte of its response. All its
  * memory is its own buffers and its arena, released in lg_req_free. */
 enum { LG_EP_RELOAD, LG_EP_CHAT, LG_EP_EMBED, LG_EP_MODELS, LG_EP_HEALTH, LG_EP_KEY, LG_EP_GEN, LG_EP_METRICS,
-       LG_EP_MESSAGES, LG_EP_MODEL, LG_EP_COUNT, LG_EP_RESPONSES, LG_EP_COMPACT };
+       LG_EP_MESSAGES, LG_EP_MODEL, LG_EP_COUNT, LG_EP_RESPONSES, LG_EP_COMPACT,
+       /* the dashboard (section 14): the admin JSON, then the page's files and its login */
+       LG_EP_A_OVERVIEW, LG_EP_A_SERIES, LG_EP_A_KEYS, LG_EP_A_REQUESTS, LG_EP_A_GEN, LG_EP_A_HEALTH, LG_EP_UI,
+       LG_EP_UI_JS, LG_EP_UI_CSS, LG_EP_UI_LOGIN, LG_EP_UI_LOGOUT };
+#define LG_EP_DASH(ep) ((ep) >= LG_EP_A_OVERVIEW)
+/* those that need the admin key (or the login cookie): all but the login, logout and style */
+#define LG_EP_DASH_ADMIN(ep) (LG_EP_DASH(ep) && (ep) != LG_EP_UI_LOGIN && (ep) != LG_EP_UI_LOGOUT && (ep) != LG_EP_UI_CSS)
 /* the Responses API: /v1/responses and /v1/responses/compact */
 #define LG_EP_RS(ep) ((ep) == LG_EP_RESPONSES || (ep) == LG_EP_COMPACT)
 /* the endpoints that ask a model: accounted, logged, in the ring of recent requests */
@@ -5650,6 +6259,7 @@ struct lg_req {
 	const struct lg_stview *st_view; /* [store]: what view read from the store, while fn runs */
 	struct lg_stvjob *st_vjob;       /* [store]: the view call it waits for */
 	int ep, head_only, minor, close, stream, want_usage;
+	int gzip_ok; /* the client takes Content-Encoding: gzip (the dashboard's files) */
 	int compact; /* Responses compaction (/v1/responses/compact, a compaction_trigger item): the
 	                answer is one compaction item holding the summary the target wrote */
 	const struct lg_dialect *d; /* the client's dialect (OpenAI chat, Anthropic messages, Responses) */
@@ -5755,8 +6365,8 @@ struct lg_dialect {
 };
 
 struct lg_kstate;
-static void lg_srv_finish(struct lg_req *r); /* section 14: ends a request */
-static void lg_srv_count_est(struct lg_req *r); /* section 14: count_tokens estimated */
+static void lg_srv_finish(struct lg_req *r); /* section 15: ends a request */
+static void lg_srv_count_est(struct lg_req *r); /* section 15: count_tokens estimated */
 static void lg_d_free(struct lg_wst *w); /* 11l */
 static int lg_scrub(const struct lg_cfg *c, const char *p, size_t n, struct lg_buf *out); /* section 12 */
 static void lg_scrub_cpy(const struct lg_cfg *c, char *dst, size_t cap, const char *src, size_t n);
@@ -5804,6 +6414,7 @@ static const char *lg_resp_status_text(int s)
 	switch (s) {
 	case 100: return "Continue";
 	case 200: return "OK";
+	case 303: return "See Other"; /* the dashboard's login and logout */
 	case 400: return "Bad Request";
 	case 401: return "Unauthorized";
 	case 402: return "Payment Required";
@@ -11532,7 +12143,7 @@ struct lg_store {
 	void (*cancel)(struct lg_req *r);
 };
 static const struct lg_store lg_st_local; /* 13f */
-static void lg_srv_admitted(struct lg_req *r, int status, int retry, const char *msg); /* section 14 */
+static void lg_srv_admitted(struct lg_req *r, int status, int retry, const char *msg); /* section 15 */
 
 static void lg_st_admit(struct lg_req *r)
 {
@@ -11622,13 +12233,7 @@ static const char *lg_st_affinity(struct llmgw *gw, uint32_t h)
 /* Cost in USD from the target's prices (USD per million tokens). */
 static double lg_acct_cost(const struct lg_target *t, const struct lg_usage *u)
 {
-	int64_t uncached;
-	if (!t) return 0;
-	uncached = u->prompt - u->cached - u->cache_write;
-	if (uncached < 0) uncached = 0;
-	return ((double)uncached * t->in + (double)u->cached * t->cache_read +
-	        (double)u->cache_write * t->cache_write + (double)u->completion * t->out) /
-	       1e6;
+	return t ? lg_price_cost(t, u->prompt, u->cached, u->cache_write, u->completion) : 0; /* section 5b */
 }
 
 /* --- key state: spend, reservations, rate limits ------------------------ */
@@ -14226,7 +14831,990 @@ static void lg_redis_tick(struct llmgw *gw)
 	lg_redis_flush(gw);
 }
 
-/* ===== 14. Server handlers ============================================= */
+/* ===== 14. Dashboard and admin JSON ==================================== */
+
+/* GET /ui is one page for the box's owner (HTML, CSS and JS below, no other assets), and the
+ * JSON it reads is under /admin/, for scripts too. All of it needs admin_key: a bearer header,
+ * or the cookie POST /ui/login sets (an HMAC of an expiry under the admin key: the key itself
+ * never leaves, and a new admin key ends every session). Every answer carries
+ * Cache-Control: no-store and a Content-Security-Policy that allows only this origin's own
+ * script and style files; the page writes every value as text (textContent), never as HTML.
+ *
+ * The time series: per key and per model (and one for all), three rings of buckets - the last
+ * hour by minute, the last day by 10 minutes, the last 30 days by day - each bucket requests,
+ * errors, tokens and USD. A bucket is 24 bytes, a series 234 buckets (5.6 KB); at most
+ * LLMGW_DASH_SERIES series, the rest counted under "(other)". With state_dir they are saved to
+ * state_dir/series (text, once a minute at most and at exit) and read back at start. */
+
+#ifndef LLMGW_DASH_SERIES
+#define LLMGW_DASH_SERIES 256 /* key and model series kept for the dashboard (5.6 KB each) */
+#endif
+#define LG_DASH_RES 3
+static const int lg_dash_len[LG_DASH_RES] = {60, 144, 30};
+static const int64_t lg_dash_step[LG_DASH_RES] = {60000, 600000, 86400000};
+static const char lg_dash_rname[LG_DASH_RES][8] = {"hour", "day", "month"};
+#define LG_DASH_SESSION_MS (12 * 3600000) /* a login lasts this long */
+
+struct lg_dash_bkt {
+	double usd;
+	uint32_t requests, errors, tokens, pad;
+};
+
+struct lg_dash_ser {
+	char name[96];
+	int kind; /* 0: all, 1: key, 2: model */
+	int64_t last[LG_DASH_RES]; /* the newest bucket written: wall ms / step */
+	struct lg_dash_bkt b[60 + 144 + 30];
+};
+
+struct lg_dash {
+	struct lg_dash_ser *s;
+	int ns, loaded;
+	int64_t saved; /* wall ms of the last save */
+	int64_t t0;    /* when this gateway started (wall ms) */
+	int64_t reload_at;
+	int reload_ok, reloads;
+	char reload_err[512];
+};
+
+static struct lg_dash *lg_dash_of(struct llmgw *gw)
+{
+	struct llmgw *o = gw->sh ? gw->sh->w[0] : gw;
+	if (!o->dash) {
+		o->dash = (struct lg_dash *)calloc(1, sizeof *o->dash);
+		if (o->dash) o->dash->t0 = lg_wall_ms(), o->dash->reload_ok = -1;
+	}
+	return o->dash;
+}
+
+static struct lg_dash_bkt *lg_dash_bkt(struct lg_dash_ser *s, int res)
+{
+	int i, off = 0;
+	for (i = 0; i < res; i++) off += lg_dash_len[i];
+	return s->b + off;
+}
+
+static struct lg_dash_ser *lg_dash_find(struct lg_dash *d, int kind, const char *name, int make)
+{
+	int i;
+	for (i = 0; i < d->ns; i++)
+		if (d->s[i].kind == kind && strcmp(d->s[i].name, name) == 0) return &d->s[i];
+	if (!make) return NULL;
+	if (d->ns >= LLMGW_DASH_SERIES + 1) { /* full: into "(other)" of its kind, kept free for that */
+		for (i = 0; i < d->ns; i++)
+			if (d->s[i].kind == kind && strcmp(d->s[i].name, "(other)") == 0) return &d->s[i];
+		return NULL;
+	}
+	if (d->ns % 16 == 0) {
+		struct lg_dash_ser *ns = (struct lg_dash_ser *)realloc(d->s, (size_t)(d->ns + 16) * sizeof *ns);
+		if (!ns) return NULL;
+		d->s = ns;
+	}
+	memset(&d->s[d->ns], 0, sizeof d->s[d->ns]);
+	d->s[d->ns].kind = kind;
+	lg_cpy(d->s[d->ns].name, sizeof d->s[d->ns].name, d->ns >= LLMGW_DASH_SERIES ? "(other)" : name);
+	return &d->s[d->ns++];
+}
+
+/* The bucket of time wall in ring res of s, the buckets skipped since the last write cleared. */
+static struct lg_dash_bkt *lg_dash_at(struct lg_dash_ser *s, int res, int64_t wall)
+{
+	int64_t b = wall / lg_dash_step[res], k;
+	int n = lg_dash_len[res];
+	struct lg_dash_bkt *r = lg_dash_bkt(s, res);
+	if (b > s->last[res]) {
+		for (k = LG_MAX(s->last[res] + 1, b - n + 1); k <= b; k++) memset(&r[k % n], 0, sizeof r[0]);
+		s->last[res] = b;
+	}
+	if (b <= s->last[res] - n) return NULL; /* older than the ring */
+	return &r[b % n];
+}
+
+static void lg_dash_add(struct lg_dash_ser *s, int64_t wall, double usd, int64_t tokens, int err)
+{
+	int res;
+	for (res = 0; s && res < LG_DASH_RES; res++) {
+		struct lg_dash_bkt *b = lg_dash_at(s, res, wall);
+		if (!b) continue;
+		b->requests++;
+		b->errors += err ? 1u : 0u;
+		b->tokens += (uint32_t)LG_MIN(tokens, (int64_t)UINT32_MAX);
+		b->usd += usd;
+	}
+}
+
+static void lg_dash_save(struct llmgw *gw, struct lg_dash *d);
+static void lg_dash_load(struct llmgw *gw, struct lg_dash *d);
+
+/* A request that asked a model ended (lg_srv_finish): into its key's, its model's and the
+ * total series. */
+static void lg_dash_record(struct lg_req *r)
+{
+	struct lg_dash *d;
+	int64_t wall = lg_wall_ms();
+	const char *model = r->served ? r->served->model : r->model_req;
+	int err = r->status >= 400;
+	int64_t tok = r->usage.prompt + r->usage.completion;
+	if (!LG_EP_ASKS_MODEL(r->ep)) return;
+	lg_lock(r->gw);
+	if ((d = lg_dash_of(r->gw))) {
+		if (!d->loaded) lg_dash_load(r->gw, d);
+		lg_dash_add(lg_dash_find(d, 0, "", 1), wall, r->usage.cost, tok, err);
+		if (r->key) lg_dash_add(lg_dash_find(d, 1, r->key->name, 1), wall, r->usage.cost, tok, err);
+		if (model && *model) lg_dash_add(lg_dash_find(d, 2, model, 1), wall, r->usage.cost, tok, err);
+		if (wall - d->saved >= 60000) lg_dash_save(r->gw, d);
+	}
+	lg_unlock(r->gw);
+}
+
+/* A reload's outcome, for /admin/overview. */
+static void lg_dash_reloaded(struct llmgw *gw, int ok, const char *err)
+{
+	struct lg_dash *d;
+	lg_lock(gw);
+	if ((d = lg_dash_of(gw))) {
+		d->reload_at = lg_wall_ms();
+		d->reload_ok = ok;
+		d->reloads++;
+		lg_cpy(d->reload_err, sizeof d->reload_err, ok ? "" : err);
+	}
+	lg_unlock(gw);
+}
+
+/* state_dir/series: "S kind name" then "B res index requests errors tokens usd" lines. */
+static void lg_dash_save(struct llmgw *gw, struct lg_dash *d)
+{
+	const char *dir = gw->cfg ? gw->cfg->state_dir : NULL;
+	char path[4200], tmp[4220];
+	FILE *f;
+	int i, res, k;
+	d->saved = lg_wall_ms();
+	if (!dir || !*dir) return;
+	snprintf(path, sizeof path, "%s/series", dir);
+	snprintf(tmp, sizeof tmp, "%s.tmp", path);
+	if (!(f = fopen(tmp, "w"))) return;
+	fprintf(f, "llmgw-series 1\n");
+	for (i = 0; i < d->ns; i++) {
+		struct lg_dash_ser *s = &d->s[i];
+		fprintf(f, "S %d %s\n", s->kind, s->name);
+		for (res = 0; res < LG_DASH_RES; res++) {
+			int n = lg_dash_len[res];
+			struct lg_dash_bkt *b = lg_dash_bkt(s, res);
+			for (k = 0; k < n; k++) {
+				int64_t idx = s->last[res] - k;
+				const struct lg_dash_bkt *x = &b[idx % n];
+				if (idx < 0 || !x->requests) continue;
+				fprintf(f, "B %d %lld %lu %lu %lu %.17g\n", res, (long long)idx, (unsigned long)x->requests,
+				        (unsigned long)x->errors, (unsigned long)x->tokens, x->usd);
+			}
+		}
+	}
+	if (fclose(f) == 0) rename(tmp, path);
+	else remove(tmp);
+}
+
+static void lg_dash_load(struct llmgw *gw, struct lg_dash *d)
+{
+	const char *dir = gw->cfg ? gw->cfg->state_dir : NULL;
+	char path[4200], line[256];
+	FILE *f;
+	struct lg_dash_ser *s = NULL;
+	int64_t now = lg_wall_ms();
+	d->loaded = 1;
+	if (!dir || !*dir) return;
+	snprintf(path, sizeof path, "%s/series", dir);
+	if (!(f = fopen(path, "r"))) return;
+	if (!fgets(line, sizeof line, f) || strcmp(line, "llmgw-series 1\n") != 0) {
+		fclose(f);
+		return;
+	}
+	while (fgets(line, sizeof line, f)) {
+		int kind, res;
+		long long idx;
+		unsigned long rq, er, tk;
+		double usd;
+		char *nl = strchr(line, '\n');
+		if (nl) *nl = 0;
+		if (line[0] == 'S' && sscanf(line, "S %d", &kind) == 1 && line[1] == ' ' && line[2] && line[3] == ' ') {
+			s = lg_dash_find(d, kind, line + 4, 1);
+		} else if (s && sscanf(line, "B %d %lld %lu %lu %lu %lg", &res, &idx, &rq, &er, &tk, &usd) == 6 &&
+		           res >= 0 && res < LG_DASH_RES && idx >= 0) {
+			int64_t wall = (int64_t)idx * lg_dash_step[res];
+			struct lg_dash_bkt *b;
+			if (wall > now || (now - wall) / lg_dash_step[res] >= lg_dash_len[res]) continue;
+			if (s->last[res] < now / lg_dash_step[res]) lg_dash_at(s, res, now); /* the ring up to now */
+			if ((b = lg_dash_at(s, res, wall))) {
+				b->requests += (uint32_t)rq;
+				b->errors += (uint32_t)er;
+				b->tokens += (uint32_t)tk;
+				b->usd += usd;
+			}
+		}
+	}
+	fclose(f);
+}
+
+static void lg_dash_free(struct llmgw *gw)
+{
+	if (!gw->dash) return;
+	if (gw->dash->ns) lg_dash_save(gw, gw->dash);
+	free(gw->dash->s);
+	free(gw->dash);
+	gw->dash = NULL;
+}
+
+/* --- who may: the admin key or the login cookie ------------------------ */
+
+/* The login cookie's value for an expiry: "EXP.HMAC(admin_key, EXP)". */
+static void lg_dash_token(const char *ak, long long exp, char *out, size_t cap)
+{
+	char msg[64], hx[65];
+	unsigned char mac[32];
+	snprintf(msg, sizeof msg, "llmgw-ui %lld", exp);
+	lg_hmac_sha256(ak, strlen(ak), msg, strlen(msg), mac);
+	lg_hex32(mac, hx);
+	snprintf(out, cap, "%lld.%s", exp, hx);
+}
+
+/* Does the request carry a live login cookie for the current admin key? */
+static int lg_dash_cookie_ok(struct llmgw *gw, const struct lg_http *h)
+{
+	const char *ak = gw->cfg->admin_key;
+	lg_str c = lg_http_get(h, "cookie");
+	size_t i = 0;
+	if (!ak || !*ak) return 0;
+	while (i < c.n) {
+		size_t st, e;
+		while (i < c.n && (c.p[i] == ' ' || c.p[i] == ';')) i++;
+		st = i;
+		while (i < c.n && c.p[i] != ';') i++;
+		e = i;
+		if (e - st > 9 && memcmp(c.p + st, "llmgw_ui=", 9) == 0) {
+			char want[96], got[96];
+			long long exp = 0;
+			lg_cpy(got, sizeof got, "");
+			if (e - st - 9 < sizeof got) {
+				memcpy(got, c.p + st + 9, e - st - 9);
+				got[e - st - 9] = 0;
+			}
+			if (sscanf(got, "%lld.", &exp) != 1 || exp * 1000 < lg_wall_ms()) continue;
+			lg_dash_token(ak, exp, want, sizeof want);
+			if (strlen(want) == strlen(got) &&
+			    lg_ct_eq((const unsigned char *)want, (const unsigned char *)got, strlen(want)))
+				return 1;
+		}
+	}
+	return 0;
+}
+
+#define LG_DASH_CSP                                                                                        \
+	"Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; " \
+	"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'\r\n"
+/* every dashboard and /admin/ answer carries these */
+#define LG_DASH_HDRS                                                                                       \
+	"Cache-Control: no-store\r\n" LG_DASH_CSP "X-Content-Type-Options: nosniff\r\n"                      \
+	"Referrer-Policy: no-referrer\r\nX-Frame-Options: DENY\r\n"
+
+static void lg_dash_send(struct lg_req *r, int status, const char *ctype, const char *body, size_t n,
+                         const char *more)
+{
+	char hx[1024];
+	snprintf(hx, sizeof hx, "%s%s", LG_DASH_HDRS, more ? more : "");
+	lg_resp_send(r, status, ctype, body, n, lg_arena_strn(&r->a, hx, strlen(hx)));
+}
+
+static void lg_dash_json_err(struct lg_req *r, int status, const char *msg)
+{
+	struct lg_buf b;
+	lg_buf_init(&b, 0);
+	lg_buf_addz(&b, "{\"error\":{\"message\":");
+	lg_json_wz(&b, msg);
+	lg_buf_printf(&b, ",\"code\":%d}}\n", status);
+	lg_dash_send(r, status, "application/json", b.p ? b.p : "{}", b.p ? b.len : 2, NULL);
+	lg_buf_free(&b);
+}
+
+/* The value of name in the request's query (URL-decoded into out); 0: absent. */
+static int lg_dash_q(const struct lg_req *r, const char *name, char *out, size_t cap)
+{
+	const char *q = r->query ? r->query : "";
+	size_t nl = strlen(name);
+	out[0] = 0;
+	if (*q == '?') q++;
+	while (*q) {
+		const char *e = strchr(q, '&');
+		size_t len = e ? (size_t)(e - q) : strlen(q);
+		if (len > nl && q[nl] == '=' && memcmp(q, name, nl) == 0) {
+			size_t i, o = 0;
+			for (i = nl + 1; i < len && o + 1 < cap; i++) {
+				if (q[i] == '%' && i + 2 < len + 0 + 1 && lg_hexval(q[i + 1]) >= 0 && lg_hexval(q[i + 2]) >= 0) {
+					out[o++] = (char)(lg_hexval(q[i + 1]) << 4 | lg_hexval(q[i + 2]));
+					i += 2;
+				} else
+					out[o++] = q[i] == '+' ? ' ' : q[i];
+			}
+			out[o] = 0;
+			return 1;
+		}
+		q += len + (e ? 1 : 0);
+	}
+	return 0;
+}
+
+static const char *lg_dash_brk(int state)
+{
+	return state == LG_BRK_OPEN ? "open" : state == LG_BRK_HALF ? "half-open" : "closed";
+}
+
+/* GET /admin/overview: version, uptime, config, the last reload, memory. */
+static void lg_dash_overview(struct lg_req *r, struct lg_buf *b)
+{
+	struct llmgw *gw = r->gw;
+	struct lg_dash *d = lg_dash_of(gw);
+	long long rss = -1;
+	FILE *f = fopen("/proc/self/statm", "r");
+	if (f) {
+		long long pages = 0, res = 0;
+		if (fscanf(f, "%lld %lld", &pages, &res) == 2) rss = res * (long long)sysconf(_SC_PAGESIZE);
+		fclose(f);
+	}
+	lg_buf_printf(b, "{\"version\":\"%s\",\"started_ms\":%lld,\"uptime_s\":%lld,\"config\":", LLMGW_VERSION,
+	              (long long)(d ? d->t0 : 0), (long long)(d ? (lg_wall_ms() - d->t0) / 1000 : 0));
+	lg_json_wz(b, gw->cfg_path ? gw->cfg_path : "");
+	lg_buf_printf(b, ",\"providers\":%d,\"models\":%d,\"keys\":%d,\"store\":", r->cfg->nprov, r->cfg->nmodels,
+	              r->cfg->nkeys);
+	lg_json_wz(b, gw->st ? gw->st->name : "local");
+	lg_buf_printf(b, ",\"workers\":%d,\"requests_served\":%llu,\"in_flight\":%d,\"reload\":{\"count\":%d,"
+	                 "\"at_ms\":%lld,\"ok\":%s,\"error\":",
+	              gw->sh ? gw->sh->nw : 1, gw->served, lg_gauge_get(&gw->nreqs), d ? d->reloads : 0,
+	              (long long)(d ? d->reload_at : 0),
+	              !d || d->reload_ok < 0 ? "null" : d->reload_ok ? "true" : "false");
+	if (d && d->reload_ok == 0) lg_json_wz(b, d->reload_err);
+	else lg_buf_addz(b, "null");
+	lg_buf_addz(b, "},\"memory\":{\"rss_bytes\":");
+	if (rss >= 0) lg_buf_printf(b, "%lld", rss);
+	else lg_buf_addz(b, "null");
+	lg_buf_printf(b, ",\"series\":%d,\"series_bytes\":%lu,\"series_max\":%d}}\n", d ? d->ns : 0,
+	              (unsigned long)(d ? (size_t)d->ns * sizeof(struct lg_dash_ser) : 0), LLMGW_DASH_SERIES);
+}
+
+static int lg_dash_cmp(const void *x, const void *y)
+{
+	double a = ((const double *)x)[0], c = ((const double *)y)[0];
+	return a < c ? 1 : a > c ? -1 : 0;
+}
+
+/* GET /admin/series?by=key|model|all&range=hour|day|month: the buckets, oldest first. */
+static void lg_dash_series(struct lg_req *r, struct lg_buf *b)
+{
+	struct lg_dash *d = lg_dash_of(r->gw);
+	char by[16], rg[16];
+	int res = 0, kind = 1, i, k, n, first = 1, nsel = 0;
+	int64_t cur = lg_wall_ms(), c0;
+	double *ord;
+	lg_dash_q(r, "by", by, sizeof by);
+	lg_dash_q(r, "range", rg, sizeof rg);
+	if (strcmp(by, "model") == 0) kind = 2;
+	else if (strcmp(by, "all") == 0) kind = 0;
+	for (i = 0; i < LG_DASH_RES; i++)
+		if (strcmp(rg, lg_dash_rname[i]) == 0) res = i;
+	n = lg_dash_len[res];
+	c0 = cur / lg_dash_step[res];
+	if (d && !d->loaded) lg_dash_load(r->gw, d);
+	lg_buf_printf(b, "{\"by\":\"%s\",\"range\":\"%s\",\"step_s\":%lld,\"buckets\":%d,\"start_ms\":%lld,\"series\":[",
+	              kind == 0 ? "all" : kind == 1 ? "key" : "model", lg_dash_rname[res],
+	              (long long)(lg_dash_step[res] / 1000), n, (long long)((c0 - n + 1) * lg_dash_step[res]));
+	ord = d && d->ns ? (double *)calloc((size_t)d->ns, 2 * sizeof(double)) : NULL;
+	for (i = 0; ord && i < d->ns; i++) {
+		struct lg_dash_ser *s = &d->s[i];
+		struct lg_dash_bkt *bk = lg_dash_bkt(s, res);
+		double tot = 0;
+		if (s->kind != kind) continue;
+		for (k = 0; k < n; k++) {
+			int64_t idx = c0 - n + 1 + k;
+			if (idx <= s->last[res] && idx > s->last[res] - n) tot += bk[idx % n].usd + 1e-300;
+		}
+		ord[2 * nsel] = tot, ord[2 * nsel + 1] = (double)i;
+		nsel++;
+	}
+	if (ord) qsort(ord, (size_t)nsel, 2 * sizeof(double), lg_dash_cmp);
+	for (i = 0; i < nsel; i++) {
+		struct lg_dash_ser *s = &d->s[(int)ord[2 * i + 1]];
+		struct lg_dash_bkt *bk = lg_dash_bkt(s, res);
+		double usd = 0;
+		unsigned long long tok = 0, rq = 0, er = 0;
+		int f;
+		for (k = 0; k < n; k++) {
+			int64_t idx = c0 - n + 1 + k;
+			if (idx <= s->last[res] && idx > s->last[res] - n) {
+				usd += bk[idx % n].usd, tok += bk[idx % n].tokens;
+				rq += bk[idx % n].requests, er += bk[idx % n].errors;
+			}
+		}
+		lg_buf_addz(b, first ? "{\"name\":" : ",{\"name\":");
+		first = 0;
+		lg_json_wz(b, s->name);
+		lg_buf_addz(b, ",\"usd_total\":");
+		lg_json_wnum(b, usd);
+		lg_buf_printf(b, ",\"tokens_total\":%llu,\"requests_total\":%llu,\"errors_total\":%llu", tok, rq, er);
+		for (f = 0; f < 4; f++) {
+			static const char fn[4][12] = {"usd", "tokens", "requests", "errors"};
+			lg_buf_printf(b, ",\"%s\":[", fn[f]);
+			for (k = 0; k < n; k++) {
+				int64_t idx = c0 - n + 1 + k;
+				const struct lg_dash_bkt *x = idx <= s->last[res] && idx > s->last[res] - n ? &bk[idx % n] : NULL;
+				if (k) lg_buf_addz(b, ",");
+				if (f == 0) lg_json_wnum(b, x ? x->usd : 0);
+				else lg_buf_printf(b, "%lu", (unsigned long)(!x ? 0 : f == 1 ? x->tokens : f == 2 ? x->requests : x->errors));
+			}
+			lg_buf_addz(b, "]");
+		}
+		lg_buf_addz(b, "}");
+	}
+	free(ord);
+	lg_buf_addz(b, "]}\n");
+}
+
+/* GET /admin/keys: every configured key's budget, spend, limits and their use (no secrets). */
+static void lg_dash_keys(struct lg_req *r, struct lg_buf *b)
+{
+	int i;
+	lg_buf_addz(b, "{\"keys\":[");
+	for (i = 0; i < r->cfg->nkeys; i++) {
+		const struct lg_key *k = r->cfg->keys[i];
+		struct lg_kstate *ks = lg_acct_kstate(r->gw, k->name);
+		int64_t reset = 0;
+		if (!ks) continue;
+		lg_acct_roll(ks, k, lg_wall_ms());
+		lg_acct_refill(ks, k, r->gw->now);
+		if (k->budget > 0) lg_acct_period(k->period, lg_wall_ms(), &reset);
+		lg_buf_addz(b, i ? ",{\"name\":" : "{\"name\":");
+		lg_json_wz(b, k->name);
+		lg_buf_printf(b, ",\"budget\":{\"period\":\"%s\",\"limit\":", k->budget > 0 ? lg_period_names[k->period] : "none");
+		lg_json_wnum(b, k->budget);
+		lg_buf_addz(b, ",\"spend\":");
+		lg_json_wnum(b, ks->spend);
+		lg_buf_addz(b, ",\"reserved\":");
+		lg_json_wnum(b, ks->reserved);
+		lg_buf_printf(b, ",\"reset_ms\":%lld},\"total_usd\":", (long long)reset);
+		lg_json_wnum(b, ks->total);
+		lg_buf_printf(b, ",\"rpm\":{\"limit\":%ld,\"remaining\":%ld},\"tpm\":{\"limit\":%ld,\"remaining\":%ld},"
+		                 "\"concurrency\":{\"limit\":%d,\"in_flight\":%d}}",
+		              k->rpm, (long)LG_MAX(0.0, ks->rpm_tok), k->tpm, (long)LG_MAX(0.0, ks->tpm_tok),
+		              k->max_concurrency, ks->inflight);
+	}
+	lg_buf_addz(b, "]}\n");
+}
+
+static void lg_dash_gen(struct lg_buf *b, const struct lg_gen *g, int full)
+{
+	int i;
+	lg_buf_printf(b, "{\"seq\":%llu,\"id\":", (unsigned long long)g->seq);
+	lg_json_wz(b, g->id);
+	lg_buf_printf(b, ",\"created_ms\":%lld,\"key\":", (long long)g->created);
+	lg_json_wz(b, g->key);
+	lg_buf_addz(b, ",\"model\":");
+	lg_json_wz(b, g->model);
+	lg_buf_addz(b, ",\"provider\":");
+	lg_json_wz(b, g->provider);
+	lg_buf_addz(b, ",\"upstream_model\":");
+	lg_json_wz(b, g->upstream);
+	lg_buf_printf(b, ",\"status\":%d,\"stream\":%s,\"latency_ms\":%lld,\"ttft_ms\":%lld,\"prompt_tokens\":%lld,"
+	                 "\"completion_tokens\":%lld,\"cached_tokens\":%lld,\"estimated\":%s,\"num_attempts\":%d,\"cost\":",
+	              g->status, g->stream ? "true" : "false", (long long)g->ms, (long long)g->ttft, (long long)g->prompt,
+	              (long long)g->completion, (long long)g->cached, g->estimated ? "true" : "false", g->natt);
+	lg_json_wnum(b, g->cost);
+	if (full) {
+		lg_buf_addz(b, ",\"attempts\":[");
+		for (i = 0; i < g->natt && i < 4; i++) {
+			lg_buf_addz(b, i ? ",{\"provider\":" : "{\"provider\":");
+			lg_json_wz(b, g->att[i].prov);
+			lg_buf_printf(b, ",\"status\":%d,\"ms\":%lld}", g->att[i].status, (long long)g->att[i].ms);
+		}
+		lg_buf_addz(b, "]");
+	}
+	lg_buf_addz(b, "}");
+}
+
+/* GET /admin/requests?after=SEQ&limit=N&key=&model=&provider=&status=&stream=: the newest
+ * requests first, only those after SEQ (a poll fetches only what is new). */
+static void lg_dash_requests(struct lg_req *r, struct lg_buf *b)
+{
+	struct lg_acct *a = lg_acct_of(r->gw);
+	char v[128], key[64], model[96], prov[64], st[16], sm[8];
+	unsigned long long after = 0, latest = 0;
+	int limit = 50, i, n = 0, hk, hm, hp, hs, hst;
+	const struct lg_gen *sel[LG_RING];
+	if (lg_dash_q(r, "after", v, sizeof v)) after = strtoull(v, NULL, 10);
+	if (lg_dash_q(r, "limit", v, sizeof v)) limit = LG_MAX(1, LG_MIN(atoi(v), 500));
+	hk = lg_dash_q(r, "key", key, sizeof key) && key[0];
+	hm = lg_dash_q(r, "model", model, sizeof model) && model[0];
+	hp = lg_dash_q(r, "provider", prov, sizeof prov) && prov[0];
+	hs = lg_dash_q(r, "status", st, sizeof st) && st[0];
+	hst = lg_dash_q(r, "stream", sm, sizeof sm) && sm[0];
+	for (i = 0; a && i < LG_RING; i++) {
+		const struct lg_gen *g = &a->ring[i];
+		if (!g->id[0]) continue;
+		if (g->seq > latest) latest = g->seq;
+		if (g->seq <= after) continue;
+		if ((hk && strcmp(g->key, key) != 0) || (hm && strcmp(g->model, model) != 0) ||
+		    (hp && strcmp(g->provider, prov) != 0))
+			continue;
+		if (hs && !(strcmp(st, "error") == 0 ? g->status >= 400
+		            : strcmp(st, "ok") == 0  ? g->status < 400
+		                                     : g->status == atoi(st)))
+			continue;
+		if (hst && (!!g->stream) != (strcmp(sm, "1") == 0 || strcmp(sm, "true") == 0)) continue;
+		sel[n++] = g;
+	}
+	/* newest first: a few hundred entries, insertion order by seq */
+	for (i = 1; i < n; i++) {
+		const struct lg_gen *x = sel[i];
+		int j = i;
+		while (j > 0 && sel[j - 1]->seq < x->seq) sel[j] = sel[j - 1], j--;
+		sel[j] = x;
+	}
+	lg_buf_printf(b, "{\"latest\":%llu,\"kept\":%d,\"requests\":[", latest, LG_RING);
+	for (i = 0; i < n && i < limit; i++) {
+		if (i) lg_buf_addz(b, ",");
+		lg_dash_gen(b, sel[i], 0);
+	}
+	lg_buf_addz(b, "]}\n");
+}
+
+/* GET /admin/generation?id=ID: one request's record, whichever key made it. */
+static void lg_dash_generation(struct lg_req *r, struct lg_buf *b)
+{
+	struct lg_acct *a = lg_acct_of(r->gw);
+	char id[48];
+	unsigned long long seq = 0;
+	const struct lg_gen *g;
+	if (!lg_dash_q(r, "id", id, sizeof id) || sscanf(id, "gen-%llx-", &seq) != 1 || !a) {
+		lg_dash_json_err(r, 400, "GET /admin/generation needs ?id=<the x-request-id of a request>");
+		return;
+	}
+	g = &a->ring[seq % LG_RING];
+	if (g->seq != seq || strcmp(g->id, id) != 0) {
+		lg_dash_json_err(r, 404, "no such request among the recent ones");
+		return;
+	}
+	lg_buf_addz(b, "{\"data\":");
+	lg_dash_gen(b, g, 1);
+	lg_buf_addz(b, "}\n");
+}
+
+/* GET /admin/health: each provider and target: breaker, error rate, TTFT, tokens/s, in flight. */
+static void lg_dash_health(struct lg_req *r, struct lg_buf *b)
+{
+	struct lg_rstate *rs = r->gw->rs;
+	int i, first = 1;
+	lg_buf_addz(b, "{\"targets\":[");
+	for (i = 0; rs && i < 256; i++) {
+		const struct lg_health *h;
+		for (h = rs->tab[i]; h; h = h->next) {
+			if (!lg_route_health_live(r->cfg, h)) continue;
+			lg_buf_addz(b, first ? "{\"id\":" : ",{\"id\":");
+			first = 0;
+			lg_json_wz(b, h->id);
+			lg_buf_printf(b, ",\"target\":%s,\"breaker\":\"%s\",\"fails\":%d,\"ok\":%llu,\"errors\":%llu,\"error_rate\":",
+			              strchr(h->id, '/') ? "true" : "false", lg_dash_brk(h->state), h->fails,
+			              (unsigned long long)h->ok, (unsigned long long)h->bad);
+			lg_json_wnum(b, h->ok + h->bad ? (double)h->bad / (double)(h->ok + h->bad) : 0);
+			lg_buf_addz(b, ",\"ttft_ms\":");
+			lg_json_wnum(b, h->ttft);
+			lg_buf_addz(b, ",\"tokens_per_s\":");
+			lg_json_wnum(b, h->tps);
+			lg_buf_printf(b, ",\"in_flight\":%d,\"open_for_ms\":%lld}", h->inflight,
+			              (long long)(h->state == LG_BRK_OPEN && h->open_until > r->gw->now ? h->open_until - r->gw->now : 0));
+		}
+	}
+	lg_buf_addz(b, "]}\n");
+}
+/* GET /ui: the page (its script and style are /ui/app.js and /ui/app.css) */
+static const char lg_dash_page[] =
+    "<!doctype html>\n"
+    "<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\n"
+    "<title>llmgw</title><link rel=\"stylesheet\" href=\"/ui/app.css\"></head>\n"
+    "<body><header><b>llmgw</b> <span id=\"facts\"></span><form method=\"post\" action=\"/ui/logout\"><button>log out</button></form></header>\n"
+    "<main>\n"
+    "<section><h2>Spend and tokens</h2>\n"
+    "<div class=\"bar\"><select id=\"by\"><option value=\"key\">per key</option><option value=\"model\">per model</option><option value=\"all\">all</option></select>\n"
+    "<select id=\"range\"><option value=\"hour\">last hour, by minute</option><option value=\"day\">last day, by 10 minutes</option><option value=\"month\">last 30 days, by day</option></select>\n"
+    "<select id=\"metric\"><option value=\"usd\">USD</option><option value=\"tokens\">tokens</option><option value=\"requests\">requests</option></select></div>\n"
+    "<svg id=\"chart\" viewBox=\"0 0 800 220\" role=\"img\" aria-label=\"chart\"></svg>\n"
+    "<table id=\"top\"><thead><tr><th>name</th><th>USD</th><th>tokens</th><th>requests</th><th>errors</th></tr></thead><tbody></tbody></table></section>\n"
+    "<section><h2>Keys: budgets and limits</h2><table id=\"keys\"><thead><tr><th>key</th><th>budget</th><th>spend</th><th></th><th>resets</th><th>rpm left</th><th>tpm left</th><th>in flight</th></tr></thead><tbody></tbody></table></section>\n"
+    "<section><h2>Providers and targets</h2><table id=\"health\"><thead><tr><th>id</th><th>breaker</th><th>error rate</th><th>ok</th><th>errors</th><th>TTFT ms</th><th>tokens/s</th><th>in flight</th></tr></thead><tbody></tbody></table></section>\n"
+    "<section><h2>Requests</h2>\n"
+    "<div class=\"bar\"><input id=\"f-key\" placeholder=\"key\"><input id=\"f-model\" placeholder=\"model\"><input id=\"f-provider\" placeholder=\"provider\">\n"
+    "<select id=\"f-status\"><option value=\"\">any status</option><option value=\"ok\">ok</option><option value=\"error\">errors</option></select>\n"
+    "<select id=\"f-stream\"><option value=\"\">streamed or not</option><option value=\"1\">streamed</option><option value=\"0\">not streamed</option></select></div>\n"
+    "<table id=\"reqs\"><thead><tr><th>time</th><th>id</th><th>key</th><th>model</th><th>provider</th><th>status</th><th>stream</th><th>ms</th><th>tokens</th><th>USD</th></tr></thead><tbody></tbody></table>\n"
+    "<pre id=\"detail\"></pre></section>\n"
+    "</main><script src=\"/ui/app.js\"></script></body></html>\n";
+/* the login form (%s: a message, HTML-escaped) */
+static const char lg_dash_login_html[] =
+    "<!doctype html>\n"
+    "<html lang=\"en\"><head><meta charset=\"utf-8\"><title>llmgw: log in</title><link rel=\"stylesheet\" href=\"/ui/app.css\"></head>\n"
+    "<body><main class=\"login\"><h1>llmgw</h1><p id=\"msg\">%s</p>\n"
+    "<form method=\"post\" action=\"/ui/login\"><label>admin key <input type=\"password\" name=\"key\" autocomplete=\"current-password\" autofocus></label> <button>log in</button></form></main></body></html>\n";
+/* GET /ui/app.css */
+static const char lg_dash_css[] =
+    "body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#f6f6f4}\n"
+    "header{display:flex;gap:1em;align-items:center;padding:.5em 1em;background:#223;color:#eee}\n"
+    "header form{margin-left:auto}\n"
+    "main{padding:0 1em 2em}\n"
+    "section{background:#fff;margin:1em 0;padding:.5em 1em;border-radius:6px}\n"
+    "h2{font-size:15px;margin:.3em 0}\n"
+    "table{border-collapse:collapse;width:100%}\n"
+    "td,th{text-align:left;padding:2px 6px;border-bottom:1px solid #eee;white-space:nowrap}\n"
+    "td.n{text-align:right;font-variant-numeric:tabular-nums}\n"
+    "tr.sel{background:#ffd}\n"
+    "tbody tr{cursor:default}\n"
+    "#reqs tbody tr{cursor:pointer}\n"
+    ".bar{display:flex;gap:.5em;margin:.3em 0}\n"
+    ".prog{display:inline-block;width:120px;height:10px;background:#ddd;border-radius:5px;overflow:hidden}\n"
+    ".prog i{display:block;height:100%;background:#48a}\n"
+    ".prog i.hot{background:#c44}\n"
+    "svg{width:100%;height:220px;background:#fcfcfc}\n"
+    "svg text{font-size:10px;fill:#555}\n"
+    "pre{background:#f4f4f4;padding:.5em;overflow:auto;max-height:300px}\n"
+    ".login{max-width:420px;margin:4em auto;background:#fff;padding:1em 2em;border-radius:6px}\n"
+    ".bad{color:#b00}\n";
+/* GET /ui/app.js */
+static const char lg_dash_js[] =
+    "'use strict';\n"
+    "// The llmgw dashboard: reads /admin/* (same origin, the login cookie) and writes every value\n"
+    "// with textContent, never as HTML.\n"
+    "const $ = (id) => document.getElementById(id);\n"
+    "const COLORS = ['#48a', '#c63', '#4a6', '#a4a', '#aa4', '#4aa', '#a44', '#666'];\n"
+    "let lastSeq = 0, rows = [], selected = '';\n"
+    "async function get(path) {\n"
+    "  const r = await fetch(path, {credentials: 'same-origin', cache: 'no-store'});\n"
+    "  if (r.status === 401) { location.href = '/ui'; throw new Error('logged out'); }\n"
+    "  if (!r.ok) throw new Error(path + ': ' + r.status);\n"
+    "  return r.json();\n"
+    "}\n"
+    "function td(tr, v, num) {\n"
+    "  const c = document.createElement('td');\n"
+    "  c.textContent = v === null || v === undefined ? '' : String(v);\n"
+    "  if (num) c.className = 'n';\n"
+    "  tr.appendChild(c);\n"
+    "  return c;\n"
+    "}\n"
+    "function usd(v) { return (v || 0).toFixed(6); }\n"
+    "function when(ms) { return ms ? new Date(ms).toISOString().replace('T', ' ').slice(0, 19) : ''; }\n"
+    "function fill(id, list, fn) {\n"
+    "  const tb = $(id).tBodies[0];\n"
+    "  tb.replaceChildren();\n"
+    "  for (const x of list) { const tr = document.createElement('tr'); fn(tr, x); tb.appendChild(tr); }\n"
+    "}\n"
+    "function svg(tag, attrs, text) {\n"
+    "  const e = document.createElementNS('http://www.w3.org/2000/svg', tag);\n"
+    "  for (const k in attrs) e.setAttribute(k, attrs[k]);\n"
+    "  if (text !== undefined) e.textContent = text;\n"
+    "  return e;\n"
+    "}\n"
+    "async function facts() {\n"
+    "  const o = await get('/admin/overview');\n"
+    "  let t = 'v' + o.version + ' · up ' + o.uptime_s + ' s · ' + o.config + ' · ' + o.requests_served + ' requests · ' +\n"
+    "    o.in_flight + ' in flight';\n"
+    "  if (o.reload.count) t += ' · last reload ' + (o.reload.ok ? 'ok' : 'FAILED: ' + o.reload.error);\n"
+    "  if (o.memory.rss_bytes) t += ' · ' + (o.memory.rss_bytes / 1048576).toFixed(1) + ' MB';\n"
+    "  $('facts').textContent = t;\n"
+    "}\n"
+    "async function chart() {\n"
+    "  const by = $('by').value, range = $('range').value, metric = $('metric').value;\n"
+    "  const s = await get('/admin/series?by=' + by + '&range=' + range);\n"
+    "  const c = $('chart');\n"
+    "  c.replaceChildren();\n"
+    "  const W = 800, H = 200, L = 60, n = s.buckets, top = s.series.slice(0, COLORS.length);\n"
+    "  let max = 0;\n"
+    "  for (const x of top) for (const v of x[metric]) max = Math.max(max, v);\n"
+    "  if (!max) max = 1;\n"
+    "  c.appendChild(svg('line', {x1: L, y1: H, x2: W, y2: H, stroke: '#999'}));\n"
+    "  c.appendChild(svg('text', {x: 2, y: 12, id: 'chart-max'}, metric === 'usd' ? usd(max) : String(max)));\n"
+    "  c.appendChild(svg('text', {x: 2, y: H}, '0'));\n"
+    "  c.appendChild(svg('text', {x: L, y: H + 14}, when(s.start_ms)));\n"
+    "  c.appendChild(svg('text', {x: W - 110, y: H + 14}, 'now'));\n"
+    "  top.forEach((x, i) => {\n"
+    "    const pts = x[metric].map((v, k) => (L + (W - L) * k / Math.max(1, n - 1)).toFixed(1) + ',' +\n"
+    "      (H - (H - 10) * v / max).toFixed(1)).join(' ');\n"
+    "    const p = svg('polyline', {points: pts, fill: 'none', stroke: COLORS[i], 'stroke-width': 2});\n"
+    "    p.dataset.name = x.name;\n"
+    "    p.dataset.total = metric === 'usd' ? usd(x.usd_total) : String(x[metric + '_total']);\n"
+    "    p.appendChild(svg('title', {}, x.name));\n"
+    "    c.appendChild(p);\n"
+    "    c.appendChild(svg('text', {x: L + 120 + 150 * i, y: 12, fill: COLORS[i]}, x.name || 'all'));\n"
+    "  });\n"
+    "  fill('top', s.series, (tr, x) => {\n"
+    "    td(tr, x.name || 'all'); td(tr, usd(x.usd_total), 1); td(tr, x.tokens_total, 1);\n"
+    "    td(tr, x.requests_total, 1); td(tr, x.errors_total, 1);\n"
+    "  });\n"
+    "}\n"
+    "async function keys() {\n"
+    "  const k = await get('/admin/keys');\n"
+    "  fill('keys', k.keys, (tr, x) => {\n"
+    "    const b = x.budget;\n"
+    "    td(tr, x.name);\n"
+    "    td(tr, b.period === 'none' ? 'none' : usd(b.limit) + ' / ' + b.period, 1);\n"
+    "    td(tr, usd(b.spend), 1);\n"
+    "    const c = td(tr, '');\n"
+    "    if (b.period !== 'none' && b.limit > 0) {\n"
+    "      const p = document.createElement('span'), i = document.createElement('i'), f = Math.min(1, b.spend / b.limit);\n"
+    "      p.className = 'prog'; i.style.width = (100 * f).toFixed(1) + '%';\n"
+    "      if (f > 0.9) i.className = 'hot';\n"
+    "      p.title = (100 * f).toFixed(1) + '%'; p.appendChild(i); c.appendChild(p);\n"
+    "    }\n"
+    "    td(tr, b.reset_ms ? when(b.reset_ms) : '');\n"
+    "    td(tr, x.rpm.limit ? x.rpm.remaining + ' / ' + x.rpm.limit : '', 1);\n"
+    "    td(tr, x.tpm.limit ? x.tpm.remaining + ' / ' + x.tpm.limit : '', 1);\n"
+    "    td(tr, x.concurrency.in_flight + (x.concurrency.limit ? ' / ' + x.concurrency.limit : ''), 1);\n"
+    "  });\n"
+    "}\n"
+    "async function health() {\n"
+    "  const h = await get('/admin/health');\n"
+    "  fill('health', h.targets, (tr, x) => {\n"
+    "    td(tr, x.id); td(tr, x.breaker); td(tr, (100 * x.error_rate).toFixed(1) + '%', 1); td(tr, x.ok, 1);\n"
+    "    td(tr, x.errors, 1); td(tr, Math.round(x.ttft_ms), 1); td(tr, x.tokens_per_s.toFixed(1), 1); td(tr, x.in_flight, 1);\n"
+    "  });\n"
+    "}\n"
+    "function filters() {\n"
+    "  let q = '';\n"
+    "  for (const f of ['key', 'model', 'provider', 'status', 'stream']) {\n"
+    "    const v = $('f-' + f).value.trim();\n"
+    "    if (v) q += '&' + f + '=' + encodeURIComponent(v);\n"
+    "  }\n"
+    "  return q;\n"
+    "}\n"
+    "function drawReqs() {\n"
+    "  fill('reqs', rows, (tr, x) => {\n"
+    "    td(tr, when(x.created_ms)); td(tr, x.id); td(tr, x.key); td(tr, x.model); td(tr, x.provider);\n"
+    "    td(tr, x.status, 1); td(tr, x.stream ? 'yes' : 'no'); td(tr, x.latency_ms, 1);\n"
+    "    td(tr, x.prompt_tokens + x.completion_tokens, 1); td(tr, usd(x.cost), 1);\n"
+    "    if (x.id === selected) tr.className = 'sel';\n"
+    "    tr.addEventListener('click', () => detail(x.id));\n"
+    "  });\n"
+    "}\n"
+    "async function reqs(reset) {\n"
+    "  // only what is newer than the newest row shown: the log is never fetched whole again\n"
+    "  if (reset) { rows = []; lastSeq = 0; }\n"
+    "  const r = await get('/admin/requests?limit=100&after=' + lastSeq + filters());\n"
+    "  if (r.requests.length) {\n"
+    "    rows = r.requests.concat(rows).slice(0, 200);\n"
+    "    lastSeq = rows[0].seq;\n"
+    "  }\n"
+    "  drawReqs();\n"
+    "}\n"
+    "async function detail(id) {\n"
+    "  selected = id;\n"
+    "  const g = await get('/admin/generation?id=' + encodeURIComponent(id));\n"
+    "  $('detail').textContent = JSON.stringify(g.data, null, 2);\n"
+    "  drawReqs();\n"
+    "}\n"
+    "async function tick() {\n"
+    "  try { await Promise.all([facts(), chart(), keys(), health(), reqs(false)]); document.body.dataset.ready = '1'; }\n"
+    "  catch (e) { $('facts').textContent = String(e); }\n"
+    "}\n"
+    "for (const id of ['by', 'range', 'metric']) $(id).addEventListener('change', () => chart());\n"
+    "for (const f of ['key', 'model', 'provider', 'status', 'stream'])\n"
+    "  $('f-' + f).addEventListener('change', () => reqs(true));\n"
+    "tick();\n"
+    "setInterval(tick, 3000);\n";
+
+/* --- gzip: deflate with the fixed Huffman codes and LZ77 over a 32 KB window --------------- */
+
+struct lg_dash_bits {
+	struct lg_buf *o;
+	uint32_t acc;
+	int n;
+};
+
+static void lg_dash_put(struct lg_dash_bits *w, uint32_t v, int bits) /* LSB first */
+{
+	w->acc |= v << w->n;
+	w->n += bits;
+	while (w->n >= 8) {
+		unsigned char c = (unsigned char)(w->acc & 255);
+		lg_buf_add(w->o, &c, 1);
+		w->acc >>= 8;
+		w->n -= 8;
+	}
+}
+
+static void lg_dash_huff(struct lg_dash_bits *w, uint32_t code, int bits) /* a Huffman code: MSB first */
+{
+	uint32_t r = 0;
+	int i;
+	for (i = 0; i < bits; i++) r |= ((code >> i) & 1u) << (bits - 1 - i);
+	lg_dash_put(w, r, bits);
+}
+
+static void lg_dash_lit(struct lg_dash_bits *w, int v)
+{
+	if (v < 144) lg_dash_huff(w, 0x30u + (uint32_t)v, 8);
+	else if (v < 256) lg_dash_huff(w, 0x190u + (uint32_t)(v - 144), 9);
+	else if (v < 280) lg_dash_huff(w, (uint32_t)(v - 256), 7);
+	else lg_dash_huff(w, 0xC0u + (uint32_t)(v - 280), 8);
+}
+
+/* data as a gzip member into o (RFC 1951 fixed-code blocks, RFC 1952 framing). */
+static int lg_dash_gzip(const char *data, size_t n, struct lg_buf *o)
+{
+	static const unsigned short lbase[29] = {3,  4,  5,  6,  7,  8,  9,  10, 11,  13,  15,  17,  19,  23, 27,
+	                                         31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
+	static const unsigned char lext[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
+	static const unsigned short dbase[30] = {1,   2,   3,   4,   5,   7,    9,    13,   17,   25,   33,   49,   65,    97,    129,
+	                                         193, 257, 385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
+	static const unsigned char dext[30] = {0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
+	static const unsigned char head[10] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3};
+	struct lg_dash_bits w;
+	int *hh = (int *)malloc(4096 * sizeof(int));
+	size_t i = 0;
+	uint32_t crc = lg_crc32(0, data, n);
+	unsigned char tail[8];
+	int k;
+	if (!hh) return -1;
+	for (k = 0; k < 4096; k++) hh[k] = -1;
+	w.o = o, w.acc = 0, w.n = 0;
+	lg_buf_add(o, head, sizeof head);
+	lg_dash_put(&w, 1, 1); /* BFINAL: one block */
+	lg_dash_put(&w, 1, 2); /* BTYPE 01: fixed codes */
+	while (i < n) {
+		size_t best = 0, dist = 0;
+		if (i + 3 <= n) {
+			unsigned hsh = ((unsigned char)data[i] * 2654435761u ^ (unsigned char)data[i + 1] * 40503u ^
+			                (unsigned char)data[i + 2]) & 4095u;
+			int c = hh[hsh];
+			if (c >= 0 && i - (size_t)c <= 32768) {
+				size_t m = 0;
+				while (m < 258 && i + m < n && data[c + (long)m] == data[i + m]) m++;
+				if (m >= 3) best = m, dist = i - (size_t)c;
+			}
+			hh[hsh] = (int)i;
+		}
+		if (best) {
+			int lc = 28, dc = 29;
+			while (lbase[lc] > best) lc--;
+			while (dbase[dc] > dist) dc--;
+			lg_dash_lit(&w, 257 + lc);
+			lg_dash_put(&w, (uint32_t)(best - lbase[lc]), lext[lc]);
+			lg_dash_huff(&w, (uint32_t)dc, 5);
+			lg_dash_put(&w, (uint32_t)(dist - dbase[dc]), dext[dc]);
+			i += best;
+		} else
+			lg_dash_lit(&w, (unsigned char)data[i++]);
+	}
+	lg_dash_lit(&w, 256);
+	if (w.n) lg_dash_put(&w, 0, 8 - w.n);
+	for (k = 0; k < 4; k++) tail[k] = (unsigned char)(crc >> (8 * k)), tail[4 + k] = (unsigned char)((uint32_t)n >> (8 * k));
+	lg_buf_add(o, tail, 8);
+	free(hh);
+	return o->err ? -1 : 0;
+}
+
+/* A static asset, gzipped when the client takes it. */
+static void lg_dash_asset(struct lg_req *r, const char *ctype, const char *body)
+{
+	struct lg_buf z;
+	size_t n = strlen(body);
+	lg_buf_init(&z, 0);
+	if (r->gzip_ok && lg_dash_gzip(body, n, &z) == 0 && z.len < n)
+		lg_dash_send(r, 200, ctype, z.p, z.len, "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n");
+	else
+		lg_dash_send(r, 200, ctype, body, n, "Vary: Accept-Encoding\r\n");
+	lg_buf_free(&z);
+}
+
+/* The login form, status 401 (no key, or a wrong one) or 200. */
+static void lg_dash_login(struct lg_req *r, int status, const char *msg)
+{
+	struct lg_buf b, e;
+	const char *m = msg, *pct = strstr(lg_dash_login_html, "%s");
+	lg_buf_init(&b, 0);
+	lg_buf_init(&e, 0);
+	for (; *m; m++) { /* HTML-escaped, though only llmgw's own words come here */
+		if (*m == '<') lg_buf_addz(&e, "&lt;");
+		else if (*m == '>') lg_buf_addz(&e, "&gt;");
+		else if (*m == '&') lg_buf_addz(&e, "&amp;");
+		else if (*m == '"') lg_buf_addz(&e, "&quot;");
+		else lg_buf_add(&e, m, 1);
+	}
+	lg_buf_add(&b, lg_dash_login_html, (size_t)(pct - lg_dash_login_html));
+	lg_buf_add(&b, e.p ? e.p : "", e.len);
+	lg_buf_addz(&b, pct + 2);
+	lg_dash_send(r, status, "text/html; charset=utf-8", b.p, b.len, NULL);
+	lg_buf_free(&b);
+	lg_buf_free(&e);
+}
+
+/* POST /ui/login (key=... in a form body): the cookie, or the form again. The key is only
+ * read from the body, never from the URL. */
+static void lg_dash_do_login(struct lg_req *r)
+{
+	const char *ak = r->cfg->admin_key;
+	char key[512], tok[128], hdr[400];
+	size_t i, o = 0, n = r->chunked ? r->body_len : (size_t)(r->clen > 0 ? r->clen : 0);
+	const char *p = r->body;
+	unsigned char h1[32], h2[32];
+	key[0] = 0;
+	for (i = 0; i + 4 <= n; i++) /* the key= field of the form */
+		if ((i == 0 || p[i - 1] == '&') && memcmp(p + i, "key=", 4) == 0) {
+			for (i += 4; i < n && p[i] != '&' && o + 1 < sizeof key; i++) {
+				if (p[i] == '%' && i + 2 < n && lg_hexval(p[i + 1]) >= 0 && lg_hexval(p[i + 2]) >= 0) {
+					key[o++] = (char)(lg_hexval(p[i + 1]) << 4 | lg_hexval(p[i + 2]));
+					i += 2;
+				} else
+					key[o++] = p[i] == '+' ? ' ' : p[i];
+			}
+			break;
+		}
+	key[o] = 0;
+	lg_sha256(key, o, h1);
+	lg_sha256(ak ? ak : "", ak ? strlen(ak) : 0, h2);
+	if (!ak || !*ak) {
+		lg_dash_login(r, 403, "The dashboard needs admin_key in [gateway].");
+		return;
+	}
+	if (!o || !lg_ct_eq(h1, h2, 32)) {
+		lg_dash_login(r, 401, "Wrong admin key.");
+		return;
+	}
+	lg_dash_token(ak, (long long)((lg_wall_ms() + LG_DASH_SESSION_MS) / 1000), tok, sizeof tok);
+	snprintf(hdr, sizeof hdr, "Location: /ui\r\nSet-Cookie: llmgw_ui=%s; Path=/; Max-Age=%d; HttpOnly; "
+	                          "SameSite=Strict%s\r\n", tok, LG_DASH_SESSION_MS / 1000, r->cc && r->cc->tls ? "; Secure" : "");
+	lg_dash_send(r, 303, "text/plain", "", 0, hdr);
+}
+
+/* Every dashboard endpoint, authenticated already (lg_srv_head), read inside the store's view. */
+static void lg_dash_serve(struct lg_req *r)
+{
+	struct lg_buf b;
+	lg_buf_init(&b, 0);
+	switch (r->ep) {
+	case LG_EP_UI: lg_dash_asset(r, "text/html; charset=utf-8", lg_dash_page); break;
+	case LG_EP_UI_JS: lg_dash_asset(r, "text/javascript; charset=utf-8", lg_dash_js); break;
+	case LG_EP_UI_CSS: lg_dash_asset(r, "text/css; charset=utf-8", lg_dash_css); break;
+	case LG_EP_UI_LOGIN: lg_dash_do_login(r); break;
+	case LG_EP_UI_LOGOUT:
+		lg_dash_send(r, 303, "text/plain", "", 0,
+		             "Location: /ui\r\nSet-Cookie: llmgw_ui=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict\r\n");
+		break;
+	default:
+		if (r->ep == LG_EP_A_OVERVIEW) lg_dash_overview(r, &b);
+		else if (r->ep == LG_EP_A_SERIES) lg_dash_series(r, &b);
+		else if (r->ep == LG_EP_A_KEYS) lg_dash_keys(r, &b);
+		else if (r->ep == LG_EP_A_REQUESTS) lg_dash_requests(r, &b);
+		else if (r->ep == LG_EP_A_GEN) lg_dash_generation(r, &b);
+		else lg_dash_health(r, &b);
+		if (r->status) break; /* answered with an error */
+		if (b.err) lg_dash_json_err(r, 500, "out of memory");
+		else lg_dash_send(r, 200, "application/json", b.p, b.len, NULL);
+	}
+	lg_buf_free(&b);
+}
+
+/* ===== 15. Server handlers ============================================= */
 
 enum { LG_CS_HEAD, LG_CS_BODY, LG_CS_BUSY };
 
@@ -14256,6 +15844,7 @@ static void lg_srv_finish(struct lg_req *r)
 	if (!r->status) r->status = c ? 500 : 499;
 	if (LG_EP_ASKS_MODEL(r->ep) || r->status >= 400) lg_acct_log(r);
 	lg_st_settle(r);
+	lg_dash_record(r); /* section 14 */
 	gw->served++;
 	/* out of the in-flight list, onto the list freed after this iteration */
 	if (r->prev)
@@ -14381,8 +15970,10 @@ static LG_COLD int lg_srv_reload(struct llmgw *gw, char *err, size_t errlen)
 	c = lg_cfg_load(gw->cfg_path, err, errlen);
 	if (!c || lg_srv_install(gw, c, err, errlen)) {
 		LG_LOG(gw, LG_LOG_ERROR, "reload failed, keeping the running configuration: %s", err);
+		lg_dash_reloaded(gw, 0, err); /* section 14 */
 		return -1;
 	}
+	lg_dash_reloaded(gw, 1, NULL);
 	LG_LOG(gw, LG_LOG_INFO, "configuration reloaded from %s: %d providers, %d models, %d keys",
 	       gw->cfg_path, c->nprov, c->nmodels, c->nkeys);
 	return 0;
@@ -14996,7 +16587,9 @@ static void lg_srv_dispatch(struct lg_req *r)
 	case LG_EP_GEN: lg_st_view(r, lg_srv_generation); break;
 	case LG_EP_METRICS: lg_st_view(r, lg_srv_metrics); break;
 	case LG_EP_MESSAGES: lg_srv_completion(r); break;
-	default: lg_srv_completion(r);
+	default:
+		if (LG_EP_DASH(r->ep)) lg_st_view(r, lg_dash_serve); /* section 14 */
+		else lg_srv_completion(r);
 	}
 	if (!r->finished && (r->status || !r->cc)) lg_srv_finish(r);
 }
@@ -15032,6 +16625,17 @@ static const struct lg_route_ent lg_srv_paths[] = {
     {"/v1/key", LG_EP_KEY, "GET, HEAD", NULL},
     {"/v1/generation", LG_EP_GEN, "GET, HEAD", NULL},
     {"/metrics", LG_EP_METRICS, "GET, HEAD", NULL},
+    {"/admin/overview", LG_EP_A_OVERVIEW, "GET, HEAD", NULL},
+    {"/admin/series", LG_EP_A_SERIES, "GET, HEAD", NULL},
+    {"/admin/keys", LG_EP_A_KEYS, "GET, HEAD", NULL},
+    {"/admin/requests", LG_EP_A_REQUESTS, "GET, HEAD", NULL},
+    {"/admin/generation", LG_EP_A_GEN, "GET, HEAD", NULL},
+    {"/admin/health", LG_EP_A_HEALTH, "GET, HEAD", NULL},
+    {"/ui", LG_EP_UI, "GET, HEAD", NULL},
+    {"/ui/app.js", LG_EP_UI_JS, "GET, HEAD", NULL},
+    {"/ui/app.css", LG_EP_UI_CSS, "GET, HEAD", NULL},
+    {"/ui/login", LG_EP_UI_LOGIN, "POST", NULL},
+    {"/ui/logout", LG_EP_UI_LOGOUT, "POST", NULL},
 };
 
 /* A complete head: route, authenticate, size the body. */
@@ -15120,7 +16724,7 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 		lg_srv_head_error(r, 404, NULL, "metrics are off (metrics = off)");
 		return;
 	}
-	if (r->ep == LG_EP_RELOAD || (r->ep == LG_EP_METRICS && gw->cfg->metrics == LG_METRICS_ADMIN)) {
+	if (r->ep == LG_EP_RELOAD || LG_EP_DASH_ADMIN(r->ep) || (r->ep == LG_EP_METRICS && gw->cfg->metrics == LG_METRICS_ADMIN)) {
 		/* the admin key, not a client key */
 		lg_str a = lg_http_get(h, "authorization"), x = lg_http_get(h, "x-api-key"), sec = x;
 		const char *ak = gw->cfg->admin_key;
@@ -15131,12 +16735,20 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 		if (!ak || !*ak)
 			snprintf(msg, sizeof msg, "%s needs admin_key in [gateway]%s", re->path,
 			         r->ep == LG_EP_METRICS ? " (or metrics = public)" : "");
-		else if (!sec.n || !lg_ct_eq(h1, h2, 32))
+		else if ((!sec.n || !lg_ct_eq(h1, h2, 32)) && !(LG_EP_DASH(r->ep) && lg_dash_cookie_ok(gw, h)))
 			snprintf(msg, sizeof msg, "%s: missing or wrong admin key", re->path);
-		if (msg[0]) {
-			lg_srv_head_error(r, 401, NULL, msg);
+		if (msg[0] && r->ep == LG_EP_UI) { /* the page: its login form instead */
+			r->cc->cstate = LG_CS_BUSY;
+			lg_dash_login(r, 401, ak && *ak ? "Log in with the admin key." : "The dashboard needs admin_key in [gateway].");
+			lg_srv_finish(r);
 			return;
 		}
+		if (msg[0]) {
+			lg_srv_head_error(r, 401, LG_EP_DASH(r->ep) ? LG_DASH_HDRS : NULL, msg);
+			return;
+		}
+	} else if (LG_EP_DASH(r->ep)) {
+		/* login, logout, the style sheet: no key needed */
 	} else if (r->ep != LG_EP_HEALTH && r->ep != LG_EP_METRICS && (st = lg_srv_auth(r, h, msg, sizeof msg))) {
 		lg_srv_head_error(r, st, NULL, msg);
 		return;
@@ -15145,8 +16757,12 @@ static void lg_srv_head(struct lg_conn *c, struct lg_http *h, int hl)
 		lg_str ab = lg_http_get(h, "anthropic-beta");
 		if (ab.n && ab.n < 16384) r->anth_beta = lg_arena_strn(&r->a, ab.p, ab.n); /* the head limit bounds it */
 	}
+	if (LG_EP_DASH(r->ep)) {
+		lg_str ae = lg_http_get(h, "accept-encoding");
+		r->gzip_ok = lg_memmem(ae.p, ae.n, "gzip");
+	}
 	if (r->ep == LG_EP_GEN || r->ep == LG_EP_MODELS || r->ep == LG_EP_MODEL || r->ep == LG_EP_MESSAGES ||
-	    r->ep == LG_EP_COUNT) { /* keep the path's rest and query (?beta=true goes on to Anthropic) */
+	    r->ep == LG_EP_COUNT || LG_EP_DASH(r->ep)) { /* keep the path's rest and query (?beta=true goes on to Anthropic) */
 		lg_str q = h->target;
 		size_t qi;
 		for (qi = 0; qi < q.n && q.p[qi] != '?'; qi++) {
@@ -15455,7 +17071,7 @@ static void lg_srv_accept(struct llmgw *gw, int lfd, int tls)
 	}
 }
 
-/* ===== 15. Public API ================================================== */
+/* ===== 16. Public API ================================================== */
 
 struct llmgw *llmgw_new(void)
 {
@@ -15818,6 +17434,7 @@ LG_COLD void llmgw_free(struct llmgw *gw)
 		}
 	lg_acct_flush(gw);
 	lg_buf_free(&gw->logbuf);
+	lg_dash_free(gw); /* section 14: saved to state_dir first; only the first loop has one */
 	if (gw->child) /* the first loop's, shared */
 		gw->rs = NULL, gw->acct = NULL;
 	if (gw->rs) {
@@ -15863,7 +17480,7 @@ LG_COLD void llmgw_free(struct llmgw *gw)
 	free(gw);
 }
 
-/* ===== 16. main ======================================================== */
+/* ===== 17. main ======================================================== */
 
 #ifndef LLMGW_NO_MAIN
 
@@ -15971,6 +17588,7 @@ LG_COLD int main(int argc, char **argv)
 		}
 		printf("llmgw: %s is valid: %d providers, %d models, %d keys\n", path, c->nprov, c->nmodels,
 		       c->nkeys);
+		lg_price_list(c, stdout);
 		lg_cfg_free(c);
 		return 0;
 	}

@@ -5,7 +5,8 @@
 # checks, ThreadSanitizer, make fuzz), xz (the BearSSL recipe),
 # openssl (test certificates), redis-server (the shared-store suite), the cross compilers and musl (make cross,
 # static binaries for aarch64, armhf, mipsel, mips and x86_64 musl) with
-# qemu-user to run them, ca-certificates (make rootfs), node and npm, then the
+# qemu-user to run them, ca-certificates (make rootfs), chromium (the dashboard's browser test),
+# node and npm (also for vendor/genai-prices.sh), then the
 # real clients of the clients suite at pinned versions (tests/clients.sh: Codex
 # CLI, Claude Code, the openai and @anthropic-ai/sdk node SDKs into
 # build/clients). Does nothing when all are there already.
@@ -37,6 +38,8 @@ command -v readelf >/dev/null 2>&1 || need="$need binutils"
 # the clients suite: node runs the SDK scripts and Codex's launcher, npm installs them
 command -v node >/dev/null 2>&1 || need="$need nodejs"
 command -v npm >/dev/null 2>&1 || need="$need npm"
+# the dashboard's browser test (tests/ui_browser_test.py): headless Chromium
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need="$need chromium"
 # qemu-user: qemu-<arch> (qemu-user-static's qemu-<arch>-static does as well)
 for a in aarch64 arm mipsel mips; do
 	if ! command -v "qemu-$a" >/dev/null 2>&1 && ! command -v "qemu-$a-static" >/dev/null 2>&1; then

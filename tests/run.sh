@@ -73,11 +73,16 @@ fi
 
 # ---- TLS, accounting, routing, provider adapters, Responses, workers = N, hardening, the shared
 # store (a redis-server of its own, .ci/deps.sh): plain and under ASan+UBSan ----
-for t in tls acct route adapter responses workers harden store; do
+for t in tls acct route adapter responses workers harden store prices dash; do
 	suite "$t" python3 "tests/${t}_test.py" --gw ./llmgw
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 		suite "$t-asan" python3 "tests/${t}_test.py" --gw build/llmgw-asan
 done
+# ---- the dashboard in headless Chromium (Debian's chromium, .ci/deps.sh), over the DevTools
+# protocol (tests/ui_cdp.mjs); saves build/ui-screenshot.png ----
+suite ui-browser python3 tests/ui_browser_test.py --gw ./llmgw
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	suite ui-browser-asan python3 tests/ui_browser_test.py --gw build/llmgw-asan
 # ---- the real clients: Codex CLI, Claude Code, the openai and @anthropic-ai/sdk node SDKs
 # (installed into build/clients by tests/clients.sh, from .ci/deps.sh), one plain run in a
 # network namespace holding only loopback ----
