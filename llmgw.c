@@ -1846,6 +1846,7 @@ struct lg_cfg {
 	int64_t store_timeout;
 	int store_on_error, store_line, store_sec; /* store_sec: the line of [store] */
 	int store_kind, store_port, store_db;      /* LG_STORE_TCP or LG_STORE_UNIX */
+	int store_tls;                             /* rediss://: TLS, verified like https upstreams */
 	const char *store_host, *store_user, *store_pass, *store_path, *store_name; /* store_name: the url
 	                                                                 without its password, for messages */
 #if LLMGW_TLS
@@ -2647,12 +2648,17 @@ static LG_COLD int lg_cfg_store(struct lg_cfgp *p)
 		c->store_name = c->store_url;
 		return lg_cfg_store_instance(p);
 	}
-	if (v.n > 9 && memcmp(v.p, "rediss://", 9) == 0)
-		return lg_cfg_err(p, "[store] url: rediss:// (TLS to the store) is not supported yet; use redis:// on a "
-		                     "trusted network, or unix:/path");
-	if (!(v.n > 8 && memcmp(v.p, "redis://", 8) == 0))
-		return lg_cfg_err(p, "[store] url must be redis://[user:password@]host:port[/db] or unix:/path");
-	v.p += 8, v.n -= 8;
+	if (v.n > 9 && memcmp(v.p, "rediss://", 9) == 0) { /* TLS, verified like https upstreams */
+#if !LLMGW_TLS
+		return lg_cfg_err(p, "[store] url: rediss:// needs TLS, and this llmgw is built without it (TLS=0)");
+#endif
+		c->store_tls = 1;
+		v.p += 9, v.n -= 9;
+	} else if (v.n > 8 && memcmp(v.p, "redis://", 8) == 0) {
+		v.p += 8, v.n -= 8;
+	} else {
+		return lg_cfg_err(p, "[store] url must be redis[s]://[user:password@]host:port[/db] or unix:/path");
+	}
 	for (i = 0; i < v.n && v.p[i] != '/'; i++)
 		if (v.p[i] == '@') at = i + 1;
 	if (at) cred = lg_str_of(v.p, at - 1), v.p += at, v.n -= at;
@@ -2713,7 +2719,7 @@ static LG_COLD int lg_cfg_store(struct lg_cfgp *p)
 			c->store_pass = lg_cfg_str(c, cred);
 		}
 	}
-	snprintf(name, sizeof name, "redis://%s%s%s:%d/%d", strchr(c->store_host, ':') ? "[" : "", c->store_host,
+	snprintf(name, sizeof name, "redis%s://%s%s%s:%d/%d", c->store_tls ? "s" : "", strchr(c->store_host, ':') ? "[" : "", c->store_host,
 	         strchr(c->store_host, ':') ? "]" : "", c->store_port, c->store_db);
 	c->store_name = lg_cfg_str(c, lg_strz(name));
 	if (!c->store_host || !c->store_name) return lg_cfg_err(p, "out of memory");
@@ -3950,9 +3956,11 @@ static long lg_tls_send(struct lg_tls *t, int fd, const char *src, size_t n)
 			unsigned char *b = br_ssl_engine_sendapp_buf(t->eng, &len);
 			t->hs_done = 1;
 			if (len > n) len = n;
-			memcpy(b, src, len);
-			br_ssl_engine_sendapp_ack(t->eng, len);
-			br_ssl_engine_flush(t->eng, 0);
+			if (len) { /* an ack of 0 would turn a half-duplex engine to output for good */
+				memcpy(b, src, len);
+				br_ssl_engine_sendapp_ack(t->eng, len);
+				br_ssl_engine_flush(t->eng, 0);
+			}
 			if (lg_tls_flushrec(t, fd) < 0) return -1;
 			return (long)len;
 		}
@@ -4026,6 +4034,7 @@ static int lg_tls_setup(struct lg_cfg *c, char *err, size_t errlen)
 {
 	int i, need_ca = 0;
 	for (i = 0; i < c->nprov; i++) need_ca |= c->prov[i]->tls;
+	need_ca |= c->store_tls;
 	if ((need_ca || (c->ca_file && *c->ca_file)) && lg_tls_load_ca(c, err, errlen)) return -1;
 	if (c->tls_cert && lg_tls_load_cred(c, err, errlen)) return -1;
 	return 0;
@@ -12970,12 +12979,33 @@ static void lg_redis_load(struct llmgw *gw, struct lg_redis *rd, int scr)
 	lg_buf_free(&b);
 }
 
+/* A failed read or write: with TLS, what the engine says (an untrusted
+ * certificate, a name that does not match), else what and errno. */
+static void lg_redis_tls_down(struct llmgw *gw, struct lg_redis *rd, const char *what)
+{
+	int e = errno;
+#if LLMGW_TLS
+	char why[300];
+	if (rd->c && rd->c->tls && br_ssl_engine_last_error(rd->c->tls->eng) != BR_ERR_OK) {
+		lg_tls_why(rd->c->tls, rd->cfg->store_host, why, sizeof why);
+		lg_redis_down(gw, rd, "%s", why);
+		return;
+	}
+	if (rd->c && rd->c->tls && lg_tls_handshaking(rd->c->tls)) {
+		lg_tls_why(rd->c->tls, rd->cfg->store_host, why, sizeof why);
+		lg_redis_down(gw, rd, "%s", why);
+		return;
+	}
+#endif
+	lg_redis_down(gw, rd, "%s: %s", what, strerror(e));
+}
+
 /* Writes what the loop's requests queued, once per iteration. */
 static void lg_redis_flush(struct llmgw *gw)
 {
 	struct lg_redis *rd = gw->redis;
 	if (!rd || !rd->c || (rd->c->flags & (LG_F_CONNECTING | LG_F_DEAD)) || !lg_buf_used(&rd->c->out)) return;
-	if (lg_conn_flush(rd->c) < 0) lg_redis_down(gw, rd, "write: %s", strerror(errno));
+	if (lg_conn_flush(rd->c) < 0) lg_redis_tls_down(gw, rd, "write");
 }
 
 static void lg_redis_connect(struct llmgw *gw, struct lg_redis *rd)
@@ -13027,6 +13057,20 @@ static void lg_redis_connect(struct llmgw *gw, struct lg_redis *rd)
 		return;
 	}
 	if (rc < 0) rd->c->flags |= LG_F_CONNECTING;
+#if LLMGW_TLS
+	if (cf->store_tls) { /* rediss://: the trust anchors and the host name check of https upstreams */
+		if (!cf->nta) {
+			lg_redis_down(gw, rd, "TLS: no CA certificates to verify the store with (set ca_file)");
+			return;
+		}
+		if (!(rd->c->tls = lg_tls_client_new(cf, cf->store_host, NULL))) {
+			lg_redis_down(gw, rd, "TLS: cannot start a session with %s", cf->store_host);
+			return;
+		}
+		lg_cfg_ref(rd->cfg);
+		rd->c->tlscfg = rd->cfg; /* BearSSL points into its trust anchors */
+	}
+#endif
 	rd->state = LG_RS_CONNECTING;
 	lg_buf_init(&b, 0);
 	if (cf->store_pass) { /* AUTH [user] password */
@@ -13139,8 +13183,8 @@ static void lg_redis_io(struct lg_conn *c, int re)
 		}
 		c->flags &= ~(unsigned)LG_F_CONNECTING;
 	}
-	if (lg_buf_used(&c->out) && lg_conn_flush(c) < 0) {
-		lg_redis_down(gw, rd, "write: %s", strerror(errno));
+	if ((lg_buf_used(&c->out) || c->tls) && lg_conn_flush(c) < 0) {
+		lg_redis_tls_down(gw, rd, "write");
 		return;
 	}
 	if (re & (POLLIN | POLLHUP | POLLERR)) {
@@ -13161,7 +13205,8 @@ static void lg_redis_io(struct lg_conn *c, int re)
 			}
 		}
 		if (k == 0 || k == -1) {
-			lg_redis_down(gw, rd, k == 0 ? "the store closed the connection" : "read: %s", strerror(errno));
+			if (k == 0) lg_redis_down(gw, rd, "the store closed the connection");
+			else lg_redis_tls_down(gw, rd, "read");
 			return;
 		}
 		if (lg_buf_used(&c->in) >= LLMGW_STORE_MAX_REPLY + 65536) {
@@ -13169,6 +13214,10 @@ static void lg_redis_io(struct lg_conn *c, int re)
 			return;
 		}
 		lg_blk_give(gw, &c->in);
+		if (c->tls && lg_buf_used(&c->out) && lg_conn_flush(c) < 0) { /* the handshake may just have ended */
+			lg_redis_tls_down(gw, rd, "write");
+			return;
+		}
 	}
 	lg_conn_events(c);
 }

@@ -78,11 +78,12 @@ def resp_read(f):
 class Redis:
     """One redis-server for a test: its own port and directory, stopped by PID."""
 
-    def __init__(self, password=None, port=None):
+    def __init__(self, password=None, port=None, tls=None):
         check(REDIS, "redis-server is not installed (.ci/deps.sh installs it)")
         self.dir = tempfile.mkdtemp(prefix="llmgw-store-redis-")
         self.port = port or free_port()
         self.password = password
+        self.tls = tls          # a Certs: the store answers only TLS, on self.port
         self.proc = None
         self.start()
         CTX.cleanups.append(self.stop)
@@ -90,6 +91,10 @@ class Redis:
     def start(self):
         args = [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
                 "--appendonly", "no", "--daemonize", "no", "--logfile", os.path.join(self.dir, "log")]
+        if self.tls:
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", self.tls.cert,
+                         "--tls-key-file", self.tls.key, "--tls-ca-cert-file", self.tls.ca,
+                         "--tls-auth-clients", "no"]
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -107,6 +112,8 @@ class Redis:
 
     def cmd(self, *args):
         with socket.create_connection(("127.0.0.1", self.port), timeout=3) as s:
+            if self.tls:
+                s = self.tls.context().wrap_socket(s, server_hostname="127.0.0.1")
             f = s.makefile("rwb")
             if self.password:
                 r = resp_cmd(f, "AUTH", self.password)
@@ -142,6 +149,41 @@ class Redis:
         h = self.cmd("HGETALL", names[0])
         d = dict(zip(h[0::2], h[1::2]))
         return float(d.get("spend", 0)), float(d.get("held", 0)), d
+
+
+class Certs:
+    """A test CA and a server certificate for 127.0.0.1 signed by it, and a second CA that
+    signed nothing the store shows, made by the openssl tool in a temporary directory."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="llmgw-store-certs-")
+        CTX.cleanups.append(lambda: shutil.rmtree(self.dir, ignore_errors=True))
+        p = lambda n: os.path.join(self.dir, n)  # noqa: E731
+        with open(p("ext.cnf"), "w") as f:
+            f.write("[req]\ndistinguished_name = dn\n[dn]\n[ca]\nbasicConstraints = critical,CA:TRUE\n"
+                    "keyUsage = critical,keyCertSign,cRLSign\n[leaf]\nbasicConstraints = CA:FALSE\n"
+                    "keyUsage = critical,digitalSignature,keyEncipherment\nextendedKeyUsage = serverAuth\n"
+                    "subjectAltName = DNS:127.0.0.1,IP:127.0.0.1\n")
+        for ca in ("ca", "other"):
+            self.ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", p(ca + ".key"), "-subj",
+                      "/CN=llmgw store test " + ca, "-days", "30", "-sha256", "-config", p("ext.cnf"),
+                      "-extensions", "ca", "-out", p(ca + ".pem"))
+        self.ossl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", p("srv.key"), "-subj",
+                  "/CN=127.0.0.1", "-config", p("ext.cnf"), "-out", p("srv.csr"))
+        self.ossl("x509", "-req", "-in", p("srv.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
+                  "-set_serial", "7", "-days", "30", "-sha256", "-extfile", p("ext.cnf"), "-extensions",
+                  "leaf", "-out", p("srv.pem"))
+        self.ca, self.other_ca, self.cert, self.key = p("ca.pem"), p("other.pem"), p("srv.pem"), p("srv.key")
+
+    def ossl(self, *args):
+        r = subprocess.run([shutil.which("openssl") or "openssl"] + list(args), capture_output=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+        check(r.returncode == 0, "openssl %s: %s" % (args[0], r.stderr.decode(errors="replace")[-800:]))
+
+    def context(self):
+        import ssl
+        ctx = ssl.create_default_context(cafile=self.ca)
+        return ctx
 
 
 # =======================================================================================
@@ -447,17 +489,46 @@ def test_store_on_and_off_by_reload():
     eq(g.outage_lines(), [], "a store configured away is not an outage")
 
 
+def test_rediss():
+    """url = rediss://: TLS to the store through BearSSL, verified with the gateway's ca_file and
+    the host name; two instances share a budget over it. With a CA that did not sign the
+    store's certificate, the store is down: on_error = closed answers 503 naming the TLS
+    verification, keys without budgets keep working, nothing crashes."""
+    certs = Certs()
+    rd = Redis(tls=certs)
+    url = "url = rediss://127.0.0.1:%d\ntimeout = 1s\n" % rd.port
+    gws = [Gateway(url + "instance = t%d" % i, "ca_file = %s" % certs.ca, SMALL % "0.002/day").start()
+           for i in range(2)]
+    got = []
+    for i in range(8):
+        got.append(chat(gws[i % 2], "sk-b", max_tokens=20).status)
+        if got[-1] == 200:
+            rd.settled("b")
+    check(got[0] == 200 and 402 in got and set(got) <= {200, 402}, "statuses over rediss://: %r" % got)
+    s, held = rd.settled("b")
+    total = sum(g.key_info("sk-b").get("usage") or 0 for g in gws)
+    H.near_usd(s, total, "the store's spend against both instances' usage", rel=1e-9, abs_=1e-9)
+    check(s <= 0.002 + 1e-12, "spend %.6f over the budget" % s)
+    bad = Gateway(url + "on_error = closed", "ca_file = %s" % certs.other_ca, SMALL % "5/day").start()
+    r = chat(bad, "sk-b")
+    expect_status(r, 503, "a store whose certificate the CA did not sign")
+    m = r.json()["error"]["message"]
+    check("TLS" in m and "not trusted" in m and "127.0.0.1" in m, "the 503 names the TLS check: %s" % m)
+    expect_status(chat(bad, "sk-free"), 200, "a key without a budget with an untrusted store")
+    check(bad.alive(), "the gateway with the wrong CA is running")
+
+
 def test_config():
-    """[store] in the configuration: errors name the line; rediss:// is refused as not yet
-    supported; without [store] nothing mentions a store; --keys lists the keys."""
+    """[store] in the configuration: errors name the line; without [store] nothing mentions a
+    store; --keys lists the keys."""
     d = tempfile.mkdtemp(prefix="llmgw-store-cfg-")
     CTX.cleanups.append(lambda: shutil.rmtree(d, ignore_errors=True))
     base = "[gateway]\nlisten = 127.0.0.1:%d\n[provider.mk]\ntype = mock\n" % free_port()
     cases = [
-        ("[store]\nurl = rediss://h:6380\n", "not supported yet"),
+        ("[store]\nurl = rediss://:6380\n", "no host name"),
         ("[store]\nprefix = x:\n", "needs url"),
         ("[store]\nurl = redis://h:99999\n", "bad port"),
-        ("[store]\nurl = http://h\n", "must be redis://"),
+        ("[store]\nurl = http://h\n", "must be redis[s]://"),
         ("[store]\nurl = redis://h/x\n", "database"),
         ("[store]\nurl = redis://h\nfoo = 1\n", "unknown key 'foo' in [store]"),
         ("[store]\nurl = redis://h\non_error = open\n", "on_error"),
