@@ -11642,6 +11642,13 @@ struct lg_kstate {
 	int64_t rl_t;            /* when the buckets were last refilled (ms) */
 	int rl_init;             /* buckets filled once */
 	int inflight;
+	/* [store] (13g): charges the store has not got (made while it was
+	 * unreachable), the part of them a reconciliation in flight adds, and
+	 * what the store last said: the fleet-wide spend and held, this
+	 * instance's spend then, their period (st_seen: said at all) */
+	double st_out, st_sent, st_fleet, st_mine;
+	int64_t st_pid;
+	int st_seen;
 };
 
 /* One recent request, for GET /v1/generation. */
@@ -12802,12 +12809,15 @@ static void lg_redis_argi(struct lg_buf *b, int64_t i)
 }
 
 /* The scripts: each is one atomic step in the store. */
-enum { LG_SCR_ADMIT, LG_SCR_SETTLE, LG_SCR_BEAT, LG_NSCR };
+enum { LG_SCR_ADMIT, LG_SCR_SETTLE, LG_SCR_BEAT, LG_SCR_JOIN, LG_NSCR };
 static const char *const lg_redis_scripts[LG_NSCR] = {
     /* admit: KEYS the budget hashes of the key's periods; ARGV[1] the
      * request id, ARGV[2] its reservation (USD), then for each key its
-     * budget and when it expires (ms, 0: never). Reserves in every one,
-     * or in none: {0, which, spend, held} */
+     * budget and when it expires (ms, 0: never), and last the epoch hash
+     * and the instance. Reserves in every one, or in none: {0, which,
+     * spend, held}; {2}: this instance has not joined the store's epoch
+     * (the store lost its data: the join comes first) */
+    "if redis.call('HEXISTS', ARGV[#ARGV - 1], 'i:' .. ARGV[#ARGV]) == 0 then return {2} end\n"
     "local res = tonumber(ARGV[2])\n"
     "for i = 1, #KEYS do\n"
     "  local h = redis.call('HMGET', KEYS[i], 'spend', 'held')\n"
@@ -12825,8 +12835,11 @@ static const char *const lg_redis_scripts[LG_NSCR] = {
     "end\n"
     "return {1}\n",
     /* settle: KEYS the budget hashes; ARGV[1] the request id, ARGV[2] its
-     * cost (USD), then for each key when it expires. The reservation goes,
-     * the cost comes in its place. */
+     * cost (USD), then for each key when it expires, and last the epoch
+     * hash and the instance. The reservation goes, the cost comes in its
+     * place; 2: nothing done, the instance has not joined the epoch (its
+     * join adds the cost back with the rest of its charges) */
+    "if redis.call('HEXISTS', ARGV[#ARGV - 1], 'i:' .. ARGV[#ARGV]) == 0 then return 2 end\n"
     "local cost = tonumber(ARGV[2])\n"
     "for i = 1, #KEYS do\n"
     "  local r = redis.call('HGET', KEYS[i], 'r:' .. ARGV[1])\n"
@@ -12846,6 +12859,37 @@ static const char *const lg_redis_scripts[LG_NSCR] = {
     "redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])\n"
     "redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[1]) - 3000)\n"
     "return redis.call('ZCARD', KEYS[2])\n",
+    /* join: KEYS[1] the epoch hash, then budget hashes of this instance's
+     * keys; ARGV[1] a new epoch id (taken when the store has none: it lost
+     * its data, or never had any), ARGV[2] this instance's marker, ARGV[3]
+     * its reconciliation's number (0: none), then for each budget hash:
+     * this instance's own spend in it, its charges the store has not got,
+     * when it expires. The first join of an instance in an epoch adds its
+     * own spend back, once; a later one adds the missing charges, once per
+     * number. Answers {epoch, joined now, reconciled now, spend + held of
+     * each budget hash}. */
+    "local e = redis.call('HGET', KEYS[1], 'id')\n"
+    "if not e then redis.call('HSET', KEYS[1], 'id', ARGV[1]); e = ARGV[1] end\n"
+    "local joined = redis.call('HSETNX', KEYS[1], 'i:' .. ARGV[2], '1')\n"
+    "local seq, rec = tonumber(ARGV[3]), 0\n"
+    "if seq > 0 and seq > (tonumber(redis.call('HGET', KEYS[1], 'o:' .. ARGV[2])) or 0) then\n"
+    "  redis.call('HSET', KEYS[1], 'o:' .. ARGV[2], ARGV[3])\n"
+    "  if joined == 0 then rec = 1 end\n"
+    "end\n"
+    "local out = {e, joined, rec}\n"
+    "for i = 2, #KEYS do\n"
+    "  local b = 1 + 3 * (i - 1)\n"
+    "  local add = 0\n"
+    "  if joined == 1 then add = tonumber(ARGV[b]) elseif rec == 1 then add = tonumber(ARGV[b + 1]) end\n"
+    "  if add > 0 then\n"
+    "    redis.call('HINCRBYFLOAT', KEYS[i], 'spend', string.format('%.17g', add))\n"
+    "    local at = tonumber(ARGV[b + 2])\n"
+    "    if at > 0 then redis.call('PEXPIREAT', KEYS[i], at) end\n"
+    "  end\n"
+    "  local h = redis.call('HMGET', KEYS[i], 'spend', 'held')\n"
+    "  out[#out + 1] = string.format('%.17g', (tonumber(h[1]) or 0) + (tonumber(h[2]) or 0))\n"
+    "end\n"
+    "return out\n",
 };
 
 /* What a reply is given to: err is NULL when the store answered (v, nv:
@@ -12877,11 +12921,16 @@ struct lg_redis {
 	int64_t err_logged;
 	char sha[LG_NSCR][41];
 	char why[200];
+	char epoch[24];  /* the store's epoch this loop saw last ("": none yet) */
+	int64_t bseq;    /* the first loop's reconciliation batch: its number (0: none) */
+	int binflight;   /* its join calls waiting for replies */
+	int bfail;       /* one of them failed: the same batch goes again */
 };
 
 #define LG_RD_MAX_QUEUE 65536 /* commands waiting for replies on one connection */
 
 static void lg_redis_io(struct lg_conn *c, int re);
+static void lg_st_redis_join(struct llmgw *gw, struct lg_redis *rd);
 static void lg_redis_free(struct llmgw *gw);
 static void lg_redis_down(struct llmgw *gw, struct lg_redis *rd, const char *fmt, ...) LG_PRINTF(3, 4);
 
@@ -13089,7 +13138,8 @@ static void lg_redis_connect(struct llmgw *gw, struct lg_redis *rd)
 	}
 	lg_buf_free(&b);
 	for (which = 0; which < LG_NSCR; which++) lg_redis_load(gw, rd, which);
-	lg_conn_events(rd->c);
+	lg_st_redis_join(gw, rd); /* before any budget call: the store may have lost its data */
+	if (rd->c) lg_conn_events(rd->c);
 }
 
 /* The connection failed (why): every waiting call fails with it, and the
@@ -13262,6 +13312,7 @@ static void lg_redis_beat(struct llmgw *gw, struct lg_timer *t)
 	lg_redis_argz(&b, rd->cfg->store_instance);
 	lg_redis_script(gw, rd, LG_SCR_BEAT, &b, 5, lg_redis_beaten, NULL);
 	lg_buf_free(&b);
+	lg_st_redis_join(gw, rd); /* a flushed store found within a second; what it said, for on_error = local */
 }
 
 /* The loop's client, made (or remade, when the url changed) for its
@@ -13337,6 +13388,7 @@ struct lg_stjob {
 	int64_t at[LG_ST_PERIODS]; /* when each expires (ms), 0: never */
 	double budget[LG_ST_PERIODS];
 	double res;
+	int again; /* sent a second time, after a join */
 };
 
 static int lg_st_redis_keys(const struct lg_req *r, const struct lg_cfg *cf, struct lg_stjob *j)
@@ -13351,6 +13403,169 @@ static int lg_st_redis_keys(const struct lg_req *r, const struct lg_cfg *cf, str
 	return j->nk = 1;
 }
 
+/* --- the store's epoch: refilled after it lost its data, reconciled after an outage --- */
+
+/* The store keeps an epoch hash (prefix "epoch"): a random id, taken by the
+ * first instance that finds none, and one field per instance that joined
+ * it. Every connection joins before its first budget call, and the first
+ * loop joins again each second (with the heartbeat). An instance's first
+ * join in an epoch adds back its own spend of the current periods (from
+ * its books: the ledger of state_dir), so a store that restarted empty, was
+ * flushed or failed over to an empty replica gets the fleet-wide spend
+ * back once every instance has joined; the script makes that happen once
+ * per instance and epoch however often it is called. Budget calls of an
+ * instance that has not joined the current epoch do nothing ({2}, 2): its
+ * join carries those charges. A join also brings what the store was last
+ * seen to hold (on_error = local shares it out) and, from the first loop,
+ * the charges made while the store was unreachable, under a number the
+ * store remembers, so a reply lost on the way cannot add them twice. */
+struct lg_stjoin {
+	int n, seq; /* seq: this call carries the reconciliation batch */
+	struct {
+		struct lg_kstate *ks;
+		double out, mine; /* st_out and spend when sent */
+		int64_t pid;
+	} e[];
+};
+
+#define LG_JOIN_KEYS 56 /* budget hashes per join call: its reply stays within LG_RV_MAX values */
+
+static void lg_st_redis_joined(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err)
+{
+	struct lg_stjoin *j = (struct lg_stjoin *)arg;
+	struct lg_redis *rd = gw->redis;
+	int i, joined, rec;
+	double added = 0;
+	if (j->seq && rd) rd->binflight--;
+	if (err || nv < 4 + j->n || v[0].type != LG_RV_ARR || v[1].type != LG_RV_BULK || v[2].type != LG_RV_INT ||
+	    v[3].type != LG_RV_INT) {
+		if (j->seq && rd) rd->bfail = 1;
+		if (!err)
+			LG_LOG(gw, LG_LOG_WARN, "store %s: the join script answered %.*s", rd ? rd->cfg->store_name : "",
+			       nv && v[0].type == LG_RV_ERR ? (int)LG_MIN(v[0].len, (size_t)160) : 2,
+			       nv && v[0].type == LG_RV_ERR ? v[0].p : "??");
+		free(j);
+		return;
+	}
+	joined = (int)v[2].i, rec = (int)v[3].i;
+	lg_lock(gw);
+	for (i = 0; i < j->n; i++) {
+		struct lg_kstate *ks = j->e[i].ks;
+		char t[40];
+		if (joined) { /* its spend went in whole: the outage's charges with it */
+			added += j->e[i].mine;
+			ks->st_out -= j->e[i].out;
+			if (j->seq) ks->st_sent = 0;
+		} else if (j->seq) { /* reconciled now, or by an earlier call whose reply was lost */
+			ks->st_out -= ks->st_sent;
+			ks->st_sent = 0;
+		}
+		if (ks->st_out < 1e-12) ks->st_out = 0;
+		if (v[4 + i].type == LG_RV_BULK) {
+			snprintf(t, sizeof t, "%.*s", (int)LG_MIN(v[4 + i].len, (size_t)39), v[4 + i].p);
+			ks->st_fleet = strtod(t, NULL);
+			ks->st_mine = j->e[i].mine;
+			ks->st_pid = j->e[i].pid;
+			ks->st_seen = 1;
+		}
+	}
+	lg_unlock(gw);
+	if (j->seq && rd && rd->binflight == 0) {
+		if (!rd->bfail) rd->bseq = 0;
+		rd->bfail = 0;
+	}
+	if (rd && (v[1].len >= sizeof rd->epoch || memcmp(rd->epoch, v[1].p, v[1].len) || rd->epoch[v[1].len])) {
+		if (rd->epoch[0] || joined)
+			LG_LOG(gw, joined && rd->epoch[0] ? LG_LOG_WARN : LG_LOG_INFO,
+			       "store %s: epoch %.*s%s%s%s; this instance %s", rd->cfg->store_name,
+			       (int)LG_MIN(v[1].len, (size_t)23), v[1].p, rd->epoch[0] ? " (was " : "", rd->epoch,
+			       rd->epoch[0] ? ": the store lost its data)" : "",
+			       joined ? "joined it and added back its own charges of the current periods"
+			              : "had joined it already");
+		snprintf(rd->epoch, sizeof rd->epoch, "%.*s", (int)LG_MIN(v[1].len, sizeof rd->epoch - 1), v[1].p);
+	}
+	if (joined && added > 0)
+		LG_LOG(gw, LG_LOG_INFO, "store: %.6f USD of this instance's charges added back", added);
+	if (rec) LG_LOG(gw, LG_LOG_INFO, "store: the charges made while it was unreachable are added to it");
+	free(j);
+}
+
+/* Joins the store's epoch (see above): all budget keys of the
+ * configuration, in calls of LG_JOIN_KEYS. */
+static void lg_st_redis_join(struct llmgw *gw, struct lg_redis *rd)
+{
+	const struct lg_cfg *cf = rd->cfg;
+	int64_t wall = lg_wall_ms();
+	int i = 0, chunk = 0, batch;
+	char cand[24], k[400];
+	snprintf(cand, sizeof cand, "%016llx", (unsigned long long)lg_rand(&gw->rng));
+	/* the first loop carries the reconciliation: a new batch once the last one is through */
+	batch = !gw->child && !rd->binflight;
+	if (batch && !rd->bseq) {
+		int any = 0, x;
+		lg_lock(gw);
+		for (x = 0; x < cf->nkeys; x++) {
+			struct lg_kstate *ks;
+			if (!(cf->keys[x]->budget > 0) || !(ks = lg_acct_kstate(gw, cf->keys[x]->name))) continue;
+			ks->st_sent = ks->st_out;
+			any |= ks->st_out > 0;
+		}
+		lg_unlock(gw);
+		if (any) rd->bseq = LG_MAX(wall, rd->bseq + 1);
+	}
+	batch = batch && rd->bseq;
+	do {
+		struct lg_stjoin *j;
+		struct lg_buf kb, ab;
+		int n = 0;
+		if (!(j = (struct lg_stjoin *)calloc(1, sizeof *j + LG_JOIN_KEYS * sizeof j->e[0]))) return;
+		lg_buf_init(&kb, 0);
+		lg_buf_init(&ab, 0);
+		snprintf(k, sizeof k, "%sepoch", cf->store_prefix);
+		lg_redis_argz(&kb, k);
+		lg_redis_argz(&ab, cand);
+		if (chunk) snprintf(k, sizeof k, "%s:%d", cf->store_instance, chunk);
+		lg_redis_argz(&ab, chunk ? k : cf->store_instance);
+		lg_redis_argi(&ab, batch ? rd->bseq : 0);
+		lg_lock(gw);
+		for (; i < cf->nkeys && n < LG_JOIN_KEYS; i++) {
+			const struct lg_key *key = cf->keys[i];
+			struct lg_kstate *ks;
+			int64_t reset, id;
+			if (!(key->budget > 0) || !(ks = lg_acct_kstate(gw, key->name))) continue;
+			lg_acct_roll(ks, key, wall);
+			id = lg_acct_period(key->period, wall, &reset);
+			snprintf(k, sizeof k, "%sb:%s:%s:%lld", cf->store_prefix, key->name, lg_period_names[key->period],
+			         (long long)id); /* the names of lg_st_redis_keys */
+			lg_redis_argz(&kb, k);
+			lg_redis_argd(&ab, ks->spend);
+			lg_redis_argd(&ab, batch ? ks->st_sent : 0);
+			lg_redis_argi(&ab, reset ? reset + 3600000 : 0);
+			j->e[n].ks = ks;
+			j->e[n].out = ks->st_out;
+			j->e[n].mine = ks->spend;
+			j->e[n].pid = id;
+			n++;
+		}
+		lg_unlock(gw);
+		j->n = n;
+		j->seq = batch;
+		if (batch) rd->binflight++;
+		lg_buf_add(&kb, lg_buf_data(&ab), lg_buf_used(&ab));
+		{
+			struct lg_buf b;
+			lg_buf_init(&b, 0);
+			lg_redis_argi(&b, 1 + n);
+			lg_buf_add(&b, lg_buf_data(&kb), lg_buf_used(&kb));
+			lg_redis_script(gw, rd, LG_SCR_JOIN, &b, 1 + (1 + n) + 3 + 3 * n, lg_st_redis_joined, j);
+			lg_buf_free(&b);
+		}
+		lg_buf_free(&kb);
+		lg_buf_free(&ab);
+		chunk++;
+	} while (i < cf->nkeys);
+}
+
 /* A settle, or the release of a reservation nobody waits for (cost 0). */
 static void lg_st_redis_settled(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err)
 {
@@ -13358,6 +13573,16 @@ static void lg_st_redis_settled(struct llmgw *gw, void *arg, const struct lg_rv 
 	if (err || !nv || v[0].type == LG_RV_ERR)
 		LG_LOG(gw, LG_LOG_DEBUG, "store: a settle failed (%s): its reservation stays held until the period ends",
 		       err ? err : "an error reply");
+}
+
+/* The last two arguments of the budget scripts: the epoch hash and the
+ * instance (a call of an instance that has not joined does nothing). */
+static void lg_st_redis_epoch_args(const struct lg_cfg *cf, struct lg_buf *b)
+{
+	char k[400];
+	snprintf(k, sizeof k, "%sepoch", cf->store_prefix);
+	lg_redis_argz(b, k);
+	lg_redis_argz(b, cf->store_instance);
 }
 
 static void lg_st_redis_send_settle(struct llmgw *gw, struct lg_redis *rd, const struct lg_stjob *j, double cost)
@@ -13370,7 +13595,8 @@ static void lg_st_redis_send_settle(struct llmgw *gw, struct lg_redis *rd, const
 	lg_redis_argz(&b, j->id);
 	lg_redis_argd(&b, cost);
 	for (i = 0; i < j->nk; i++) lg_redis_argi(&b, j->at[i]);
-	lg_redis_script(gw, rd, LG_SCR_SETTLE, &b, 1 + 2 * j->nk + 2, lg_st_redis_settled, NULL);
+	lg_st_redis_epoch_args(rd->cfg, &b);
+	lg_redis_script(gw, rd, LG_SCR_SETTLE, &b, 1 + 2 * j->nk + 2 + 2, lg_st_redis_settled, NULL);
 	lg_buf_free(&b);
 }
 
@@ -13390,6 +13616,57 @@ static void lg_st_redis_unadmit(struct lg_req *r)
 	r->reserved = 0;
 }
 
+static void lg_st_redis_admitted(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err);
+
+static void lg_st_redis_send_admit(struct llmgw *gw, struct lg_redis *rd, struct lg_stjob *j)
+{
+	struct lg_buf b;
+	int i;
+	lg_buf_init(&b, 0);
+	lg_redis_argi(&b, j->nk);
+	for (i = 0; i < j->nk; i++) lg_redis_argz(&b, j->k[i]);
+	lg_redis_argz(&b, j->id);
+	lg_redis_argd(&b, j->res);
+	for (i = 0; i < j->nk; i++) {
+		lg_redis_argd(&b, j->budget[i]);
+		lg_redis_argi(&b, j->at[i]);
+	}
+	lg_st_redis_epoch_args(rd->cfg, &b);
+	lg_redis_script(gw, rd, LG_SCR_ADMIT, &b, 1 + j->nk + 2 + 2 * j->nk + 2, lg_st_redis_admitted, j);
+	lg_buf_free(&b);
+}
+
+/* on_error = local: this instance's share of what the store was last seen
+ * to leave (the budget less the fleet-wide spend and held, divided by the
+ * live instances), on top of what it had spent then. 0, or 402 (msg). */
+static int lg_st_redis_share(struct lg_req *r, char *msg, size_t mlen)
+{
+	struct llmgw *gw = r->gw, *first = gw->sh ? gw->sh->w[0] : gw;
+	struct lg_kstate *ks = r->ks;
+	int n = first ? lg_gauge_get(&first->store_inst) : 1, status = 0;
+	double left, mine;
+	if (!ks || !r->key || !(r->key->budget > 0)) return 0;
+	if (n < 1) n = 1;
+	lg_lock(gw);
+	if (ks->st_seen && ks->st_pid == ks->period_id) {
+		left = r->key->budget - ks->st_fleet;
+		mine = ks->st_mine + (left > 0 ? left : 0) / n;
+		if (ks->spend + ks->reserved > mine + 1e-12) {
+			char when[64];
+			lg_acct_resets(r->key->period, r->wall0, when, sizeof when);
+			snprintf(msg, mlen,
+			         "key '%s' has used its share of its budget of %g USD/%s while the state store is unreachable: "
+			         "%.6f USD were left across all instances when it was last seen, a share of %.6f USD for each "
+			         "of %d instances; this instance has %.6f USD spent and held since; the budget resets at %s",
+			         r->key->name, r->key->budget, lg_period_names[r->key->period], left > 0 ? left : 0,
+			         (left > 0 ? left : 0) / n, n, ks->spend + ks->reserved - ks->st_mine, when);
+			status = 402;
+		}
+	}
+	lg_unlock(gw);
+	return status;
+}
+
 /* The store's answer to admit's script. */
 static void lg_st_redis_admitted(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err)
 {
@@ -13400,6 +13677,12 @@ static void lg_st_redis_admitted(struct llmgw *gw, void *arg, const struct lg_rv
 	if (!r) { /* the request went away meanwhile: a reservation made is given back */
 		if (ok && v[1].i == 1 && gw->redis) lg_st_redis_send_settle(gw, gw->redis, j, 0);
 		free(j);
+		return;
+	}
+	if (ok && v[1].i == 2 && !j->again && gw->redis) { /* not joined (the store lost its data): join, ask again */
+		j->again = 1;
+		lg_st_redis_join(gw, gw->redis);
+		lg_st_redis_send_admit(gw, gw->redis, j);
 		return;
 	}
 	r->st_job = NULL;
@@ -13447,11 +13730,13 @@ static void lg_st_redis_admitted(struct llmgw *gw, void *arg, const struct lg_rv
 		}
 	}
 	lg_st_redis_unadmit(r);
-	if (r->cfg->store_on_error == 1) { /* local: this instance's own books decide */
+	if (r->cfg->store_on_error == 1) { /* local: this instance's own books and its share decide */
 		int retry = 0, status;
 		lg_lock(gw);
 		status = lg_acct_admit(r, msg, sizeof msg, &retry, 1);
 		lg_unlock(gw);
+		if (!status && (status = lg_st_redis_share(r, msg, sizeof msg))) lg_st_redis_unadmit(r);
+		if (!status) r->st_held = 2; /* charged here only: the store gets it when it is back */
 		lg_st_admitted(r, status, retry, msg);
 		return;
 	}
@@ -13467,9 +13752,8 @@ static void lg_st_redis_admit(struct lg_req *r)
 	struct llmgw *gw = r->gw;
 	struct lg_redis *rd;
 	struct lg_stjob *j;
-	struct lg_buf b;
 	char msg[1024];
-	int retry = 0, status, i;
+	int retry = 0, status;
 	lg_lock(gw);
 	if (!(status = lg_route_plan(r, msg, sizeof msg)))
 		status = lg_acct_admit(r, msg, sizeof msg, &retry, !r->cfg->store_kind);
@@ -13487,17 +13771,7 @@ static void lg_st_redis_admit(struct lg_req *r)
 	j->res = r->reserved;
 	lg_st_redis_keys(r, r->cfg, j);
 	r->st_job = j;
-	lg_buf_init(&b, 0);
-	lg_redis_argi(&b, j->nk);
-	for (i = 0; i < j->nk; i++) lg_redis_argz(&b, j->k[i]);
-	lg_redis_argz(&b, j->id);
-	lg_redis_argd(&b, j->res);
-	for (i = 0; i < j->nk; i++) {
-		lg_redis_argd(&b, j->budget[i]);
-		lg_redis_argi(&b, j->at[i]);
-	}
-	lg_redis_script(gw, rd, LG_SCR_ADMIT, &b, 1 + j->nk + 2 + 2 * j->nk, lg_st_redis_admitted, j);
-	lg_buf_free(&b);
+	lg_st_redis_send_admit(gw, rd, j);
 }
 
 /* settle: this process's books (metrics, ledger, the ring) as lg_st_local
@@ -13509,9 +13783,19 @@ static void lg_st_redis_settle(struct lg_req *r)
 	struct lg_stjob j;
 	struct lg_redis *rd;
 	double cost = r->usage.cost;
+	struct lg_kstate *ks = r->ks;
 	r->st_held = 0;
 	lg_acct_settle(r);
-	if (!held || !r->key || !(rd = lg_redis_cur(r->gw))) return;
+	if (!held || !r->key || !ks) return;
+	rd = lg_redis_cur(r->gw);
+	if (held == 2 || !rd || rd->state == LG_RS_DOWN || !rd->c) { /* the store does not get it now: later */
+		if (cost > 0) {
+			lg_lock(r->gw);
+			ks->st_out += cost;
+			lg_unlock(r->gw);
+		}
+		if (held == 2 || !rd) return;
+	}
 	memset(&j, 0, sizeof j);
 	lg_st_redis_keys(r, r->cfg, &j);
 	lg_st_redis_send_settle(r->gw, rd, &j, cost > 0 ? cost : 0);

@@ -518,6 +518,146 @@ def test_rediss():
     check(bad.alive(), "the gateway with the wrong CA is running")
 
 
+def _ledger_sum(state_dir, key):
+    """The charges of key in a ledger: its c1 records and its s1 snapshot of the period."""
+    tot = 0.0
+    with open(os.path.join(state_dir, "ledger")) as f:
+        for ln in f:
+            p = ln.split()
+            if p and p[0] == "c1" and p[2] == key:
+                tot += float(p[3])
+            elif p and p[0] == "s1" and p[1] == key:
+                tot += float(p[4])
+    return tot
+
+
+def _wait_spend(rd, want, what, wait=8, held0=True):
+    deadline = time.monotonic() + wait * TOL
+    while True:
+        try:
+            s, held, _ = rd.budget("b")
+        except Fail:
+            s, held = -1.0, -1.0
+        if abs(s - want) < 1e-9 and (held == 0 or not held0):
+            return s
+        if time.monotonic() > deadline:
+            raise Fail("%s: the store's spend is %r (held %r), expected %.6f" % (what, s, held, want))
+        time.sleep(0.05)
+
+
+def test_store_restarted_empty():
+    """The store loses its data (killed, started again with nothing): each instance finds the
+    epoch gone, joins the new one and adds back its own charges of the current period from its
+    books (state_dir), once; the fleet-wide spend is the sum of both ledgers again, and the
+    budget refuses exactly where it would have without the loss."""
+    rd = Redis()
+    budget = 0.004
+    dirs = [tempfile.mkdtemp(prefix="llmgw-store-state-") for _ in range(2)]
+    for d in dirs:
+        CTX.cleanups.append(lambda d=d: shutil.rmtree(d, ignore_errors=True))
+    gws = [Gateway(store_url(rd, "instance = e%d" % i), "state_dir = %s" % dirs[i],
+                   SMALL % ("%g/day" % budget)).start() for i in range(2)]
+    body = json.dumps(chat_body("m", "Hello", max_tokens=20)).encode()
+    res = reservation(body, 10, 20, 20)
+    costs = []
+    for i in range(7):
+        r = gws[i % 2].post("/v1/chat/completions", body, key="sk-b", timeout=15)
+        expect_status(r, 200, "before the loss (%d)" % i)
+        costs.append(r.json()["usage"]["cost"])
+        _wait_spend(rd, sum(costs), "settled")
+    spent = sum(costs)
+    epoch = rd.cmd("HGET", "llmgw:epoch", "id")
+    check(epoch, "the store has an epoch")
+    rd.kill()
+    rd.start()                       # empty: no persistence
+    _wait_spend(rd, spent, "after the store came back empty")
+    check(rd.cmd("HGET", "llmgw:epoch", "id") not in (None, epoch), "a new epoch")
+    eq(sorted(k for k in rd.cmd("HKEYS", "llmgw:epoch") if k.startswith("i:")), ["i:e0", "i:e1"],
+       "both instances joined the new epoch")
+    ledgers = sum(_ledger_sum(d, "b") for d in dirs)
+    H.near_usd(ledgers, spent, "the sum of both ledgers", rel=1e-9, abs_=1e-9)
+    # refilled once: more joins (every second) and a reconnect add nothing
+    time.sleep(2.2)
+    eq(rd.cmd("CLIENT", "KILL", "TYPE", "normal") >= 1, True, "connections dropped")
+    time.sleep(1.5)
+    _wait_spend(rd, spent, "after more joins and a reconnect")
+    # the budget refuses where it would have: spend + held + reservation over the budget
+    want, s = 0, spent
+    while s + res <= budget + 1e-12:
+        s += costs[0]
+        want += 1
+    got = 0
+    for i in range(want + 3):
+        r = gws[i % 2].post("/v1/chat/completions", body, key="sk-b", timeout=15)
+        if r.status == 402:
+            break
+        expect_status(r, 200, "after the refill (%d)" % i)
+        got += 1
+        _wait_spend(rd, spent + got * costs[0], "settled after the refill")
+    eq(got, want, "requests admitted after the refill before the 402")
+    total = sum(g.key_info("sk-b").get("usage") or 0 for g in gws)
+    check(total <= budget + 1e-12, "charged %.6f in all, over the budget" % total)
+    out = "".join(g.stderr() for g in gws)
+    check("the store lost its data" in out and "added back" in out, "the refill is logged: %s" % out[-1500:])
+
+
+test_store_restarted_empty.limit = 60
+
+
+def test_outage_local_share_and_reconcile():
+    """on_error = local: while the store does not answer, each of two instances spends at most
+    its share of what was left when it was last seen ((budget - spent) / 2); when it answers
+    again the charges made meanwhile are added to it, once: its spend is the sum of
+    everything charged."""
+    rd = Redis()
+    budget = 0.004
+    gws = [Gateway(store_url(rd, "instance = l%d\ntimeout = 300ms\non_error = local" % i), "",
+                   SMALL % ("%g/day" % budget)).start() for i in range(2)]
+    body = json.dumps(chat_body("m", "Hello", max_tokens=20)).encode()
+    before = 0.0
+    for g in gws:
+        r = g.post("/v1/chat/completions", body, key="sk-b", timeout=15)
+        expect_status(r, 200, "with the store up")
+        before += r.json()["usage"]["cost"]
+    _wait_spend(rd, before, "settled")
+    for g in gws:
+        g.wait_metric("llmgw_store_instances", 2)
+    time.sleep(1.3)                  # a join (each second) brings the fleet-wide spend
+    share = (budget - before) / 2
+    rd.kill(signal.SIGSTOP)          # the store stops answering
+    during = []
+    try:
+        for g in gws:
+            mine = 0.0
+            statuses = []
+            for _ in range(8):
+                r = g.post("/v1/chat/completions", body, key="sk-b", timeout=15)
+                statuses.append(r.status)
+                if r.status == 200:
+                    mine += r.json()["usage"]["cost"]
+                elif r.status == 402:
+                    check("share" in r.text, "the 402 names the share: %s" % r.text)
+            check(statuses[0] == 200 and 402 in statuses and set(statuses) <= {200, 402},
+                  "statuses during the outage: %r" % statuses)
+            check(mine <= share + 1e-12, "one instance spent %.6f during the outage, over its share %.6f"
+                  % (mine, share))
+            during.append(mine)
+    finally:
+        rd.kill(signal.SIGCONT)
+    total = before + sum(during)
+    check(total <= budget + 1e-12, "charged %.6f in all, over the budget" % total)
+    # (held: admits sent before the timeout run when the store wakes up, on connections the
+    # gateway gave up; their reservations stay held until the period ends; see README)
+    _wait_spend(rd, total, "after the store answers again", wait=10, held0=False)
+    time.sleep(2.2)                  # more joins add nothing more
+    _wait_spend(rd, total, "a while after", held0=False)
+    mine_all = sum(g.key_info("sk-b").get("usage") or 0 for g in gws)
+    H.near_usd(mine_all, total, "the instances' own books", rel=1e-9, abs_=1e-9)
+
+
+test_outage_local_share_and_reconcile.limit = 60
+
+
 def test_config():
     """[store] in the configuration: errors name the line; without [store] nothing mentions a
     store; --keys lists the keys."""
