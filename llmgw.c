@@ -2430,10 +2430,10 @@ static const struct lg_cfg_key lg_cfg_keys[] = {
     {4, LG_KT_INT, 0, 0, 1, LG_KK(max_concurrency), 0, "max_concurrency" "\0" "0" "\0" "requests in flight; 0 = unlimited"},
     {4, LG_KT_BOOL, 0, 0, 1, LG_KK(zdr), 0, "zdr" "\0" "no" "\0" "this key's requests go to zdr providers only"},
     {4, LG_KT_ENUM, 0, 5, 1, LG_KK(data_deny), 0, "data_collection" "\0" "allow" "\0" "deny: never to providers that collect data"},
-    {5, LG_KT_SECRET, 0, 0, 0, LG_KG(store_url), LG_KG(store_line), "url" "\0" "" "\0" "redis://[user:password@]host:port[/db] or unix:/path (Redis 6/7, Valkey); literal, env:NAME or file:/path"},
+    {5, LG_KT_SECRET, 0, 0, 0, LG_KG(store_url), LG_KG(store_line), "url" "\0" "" "\0" "redis://[user:password@]host:port[/db], rediss:// (TLS, verified with ca_file) or unix:/path (Redis 6/7, Valkey); literal, env:NAME or file:/path"},
     {5, LG_KT_STR, 0, 0, 1, LG_KG(store_prefix), 0, "prefix" "\0" "llmgw:" "\0" "the start of every key llmgw writes in the store"},
     {5, LG_KT_DURATION, 0, 0, 1, LG_KG(store_timeout), 0, "timeout" "\0" "1s" "\0" "a store call unanswered this long fails, and the connection is made again"},
-    {5, LG_KT_ENUM, 0, 6, 1, LG_KG(store_on_error), 0, "on_error" "\0" "closed" "\0" "the store failing: closed = 503 for keys with budgets; local = this instance decides alone"},
+    {5, LG_KT_ENUM, 0, 6, 1, LG_KG(store_on_error), 0, "on_error" "\0" "closed" "\0" "the store failing: closed = 503 for keys with budgets; local = this instance spends its share of what was left, reconciled later"},
     {5, LG_KT_STR, 0, 0, 0, LG_KG(store_instance), 0, "instance" "\0" "" "\0" "this gateway's name in the store (default: host name:port of the first listener)"},
 };
 
@@ -12669,6 +12669,10 @@ static const struct lg_store lg_st_local = {"local", lg_st_local_admit, lg_st_lo
  *                                 after its period (never for total)
  *   inst:<instance>               the heartbeat, SET ... EX 3 every second
  *   insts                         sorted set: instance -> last heartbeat ms
+ *   epoch                         hash: id = the store's epoch (random),
+ *                                 i:<instance> = joined it (its own spend
+ *                                 added back), o:<instance> = the number of
+ *                                 its last reconciliation
  *
  * Memory: the connection's buffers, bounded by LLMGW_STORE_MAX_REPLY, and
  * a queue entry (~48 bytes) per command waiting for its reply. */
