@@ -12813,15 +12813,17 @@ static void lg_redis_argi(struct lg_buf *b, int64_t i)
 }
 
 /* The scripts: each is one atomic step in the store. */
-enum { LG_SCR_ADMIT, LG_SCR_SETTLE, LG_SCR_BEAT, LG_SCR_JOIN, LG_NSCR };
+enum { LG_SCR_ADMIT, LG_SCR_SETTLE, LG_SCR_BEAT, LG_SCR_JOIN, LG_SCR_RELEASE, LG_NSCR };
 static const char *const lg_redis_scripts[LG_NSCR] = {
     /* admit: KEYS the budget hashes of the key's periods; ARGV[1] the
      * request id, ARGV[2] its reservation (USD), then for each key its
      * budget and when it expires (ms, 0: never), and last the epoch hash
      * and the instance. Reserves in every one, or in none: {0, which,
      * spend, held}; {2}: this instance has not joined the store's epoch
-     * (the store lost its data: the join comes first) */
+     * (the store lost its data: the join comes first); {3}: released
+     * already (the gateway gave up waiting for this call: see release) */
     "if redis.call('HEXISTS', ARGV[#ARGV - 1], 'i:' .. ARGV[#ARGV]) == 0 then return {2} end\n"
+    "if redis.call('HEXISTS', KEYS[1], 'x:' .. ARGV[1]) == 1 then return {3} end\n"
     "local res = tonumber(ARGV[2])\n"
     "for i = 1, #KEYS do\n"
     "  local h = redis.call('HMGET', KEYS[i], 'spend', 'held')\n"
@@ -12894,6 +12896,24 @@ static const char *const lg_redis_scripts[LG_NSCR] = {
     "  out[#out + 1] = string.format('%.17g', (tonumber(h[1]) or 0) + (tonumber(h[2]) or 0))\n"
     "end\n"
     "return out\n",
+    /* release: KEYS the budget hashes of an admit whose reply never came
+     * (timeout, a dropped connection); ARGV[1] its request id, then for
+     * each key when it expires. Its reservation goes; where there is none
+     * yet (the admit may still be waiting in the store) a mark keeps it from
+     * ever being made. */
+    "for i = 1, #KEYS do\n"
+    "  local r = redis.call('HGET', KEYS[i], 'r:' .. ARGV[1])\n"
+    "  if r then\n"
+    "    redis.call('HDEL', KEYS[i], 'r:' .. ARGV[1])\n"
+    "    local held = tonumber(redis.call('HINCRBYFLOAT', KEYS[i], 'held', string.format('%.17g', -tonumber(r))))\n"
+    "    if held < 1e-12 then redis.call('HSET', KEYS[i], 'held', '0') end\n"
+    "  else\n"
+    "    redis.call('HSET', KEYS[i], 'x:' .. ARGV[1], '1')\n"
+    "  end\n"
+    "  local at = tonumber(ARGV[1 + i])\n"
+    "  if at > 0 then redis.call('PEXPIREAT', KEYS[i], at) end\n"
+    "end\n"
+    "return 1\n",
 };
 
 /* What a reply is given to: err is NULL when the store answered (v, nv:
@@ -12929,12 +12949,17 @@ struct lg_redis {
 	int64_t bseq;    /* the first loop's reconciliation batch: its number (0: none) */
 	int binflight;   /* its join calls waiting for replies */
 	int bfail;       /* one of them failed: the same batch goes again */
+	struct lg_stjob **orph; /* admits sent whose reply never came: released once connected */
+	int norph, lost;        /* lost: more than LG_RD_ORPHANS of them */
 };
+
+#define LG_RD_ORPHANS 256
 
 #define LG_RD_MAX_QUEUE 65536 /* commands waiting for replies on one connection */
 
 static void lg_redis_io(struct lg_conn *c, int re);
 static void lg_st_redis_join(struct llmgw *gw, struct lg_redis *rd);
+static void lg_st_redis_release(struct llmgw *gw, struct lg_redis *rd);
 static void lg_redis_free(struct llmgw *gw);
 static void lg_redis_down(struct llmgw *gw, struct lg_redis *rd, const char *fmt, ...) LG_PRINTF(3, 4);
 
@@ -13143,6 +13168,7 @@ static void lg_redis_connect(struct llmgw *gw, struct lg_redis *rd)
 	lg_buf_free(&b);
 	for (which = 0; which < LG_NSCR; which++) lg_redis_load(gw, rd, which);
 	lg_st_redis_join(gw, rd); /* before any budget call: the store may have lost its data */
+	lg_st_redis_release(gw, rd);
 	if (rd->c) lg_conn_events(rd->c);
 }
 
@@ -13377,6 +13403,8 @@ static void lg_redis_free(struct llmgw *gw)
 	lg_timer_clear(gw, &rd->tm);
 	gw->redis = NULL;
 	lg_cfg_unref(rd->cfg);
+	while (rd->norph) free(rd->orph[--rd->norph]);
+	free(rd->orph);
 	free(rd->q);
 	free(rd);
 }
@@ -13393,6 +13421,7 @@ struct lg_stjob {
 	double budget[LG_ST_PERIODS];
 	double res;
 	int again; /* sent a second time, after a join */
+	int sent;  /* its admit went to the store (a missing reply may still have reserved) */
 };
 
 static int lg_st_redis_keys(const struct lg_req *r, const struct lg_cfg *cf, struct lg_stjob *j)
@@ -13622,6 +13651,60 @@ static void lg_st_redis_unadmit(struct lg_req *r)
 
 static void lg_st_redis_admitted(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err);
 
+/* An admit that got no reply: kept to be released once the store answers
+ * again (its reservation may have been made), or freed. */
+static void lg_st_redis_orphan(struct llmgw *gw, struct lg_stjob *j)
+{
+	struct lg_redis *rd = gw->redis;
+	struct lg_stjob **no;
+	j->r = NULL;
+	if (!rd || !j->sent) {
+		free(j);
+		return;
+	}
+	if (rd->norph == LG_RD_ORPHANS ||
+	    (!(rd->norph & 15) &&
+	     !(no = (struct lg_stjob **)realloc(rd->orph, (size_t)(rd->norph + 16) * sizeof *no)))) {
+		if (!rd->lost++)
+			LG_LOG(gw, LG_LOG_WARN, "store %s: more than %d reservations to release; the rest stay held until "
+			       "their period ends", rd->cfg->store_name, LG_RD_ORPHANS);
+		free(j);
+		return;
+	}
+	if (!(rd->norph & 15)) rd->orph = no;
+	rd->orph[rd->norph++] = j;
+}
+
+static void lg_st_redis_released(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err)
+{
+	struct lg_stjob *j = (struct lg_stjob *)arg;
+	LG_UNUSED(v), LG_UNUSED(nv);
+	if (err) lg_st_redis_orphan(gw, j); /* again, on the next connection */
+	else free(j);
+}
+
+/* Each connection, after its join: the reservations of admits whose reply
+ * never came are released (or kept from being made). */
+static void lg_st_redis_release(struct llmgw *gw, struct lg_redis *rd)
+{
+	int n = rd->norph, i, k;
+	struct lg_stjob **o = rd->orph;
+	rd->orph = NULL;
+	rd->norph = 0;
+	for (i = 0; i < n; i++) {
+		struct lg_buf b;
+		struct lg_stjob *j = o[i];
+		lg_buf_init(&b, 0);
+		lg_redis_argi(&b, j->nk);
+		for (k = 0; k < j->nk; k++) lg_redis_argz(&b, j->k[k]);
+		lg_redis_argz(&b, j->id);
+		for (k = 0; k < j->nk; k++) lg_redis_argi(&b, j->at[k]);
+		lg_redis_script(gw, rd, LG_SCR_RELEASE, &b, 1 + 2 * j->nk + 1, lg_st_redis_released, j);
+		lg_buf_free(&b);
+	}
+	free(o);
+}
+
 static void lg_st_redis_send_admit(struct llmgw *gw, struct lg_redis *rd, struct lg_stjob *j)
 {
 	struct lg_buf b;
@@ -13636,6 +13719,7 @@ static void lg_st_redis_send_admit(struct llmgw *gw, struct lg_redis *rd, struct
 		lg_redis_argi(&b, j->at[i]);
 	}
 	lg_st_redis_epoch_args(rd->cfg, &b);
+	if (rd->state != LG_RS_DOWN && rd->c) j->sent = 1;
 	lg_redis_script(gw, rd, LG_SCR_ADMIT, &b, 1 + j->nk + 2 + 2 * j->nk + 2, lg_st_redis_admitted, j);
 	lg_buf_free(&b);
 }
@@ -13680,7 +13764,8 @@ static void lg_st_redis_admitted(struct llmgw *gw, void *arg, const struct lg_rv
 	int ok = !err && nv >= 2 && v[0].type == LG_RV_ARR && v[1].type == LG_RV_INT;
 	if (!r) { /* the request went away meanwhile: a reservation made is given back */
 		if (ok && v[1].i == 1 && gw->redis) lg_st_redis_send_settle(gw, gw->redis, j, 0);
-		free(j);
+		if (err) lg_st_redis_orphan(gw, j);
+		else free(j);
 		return;
 	}
 	if (ok && v[1].i == 2 && !j->again && gw->redis) { /* not joined (the store lost its data): join, ask again */
@@ -13717,7 +13802,10 @@ static void lg_st_redis_admitted(struct llmgw *gw, void *arg, const struct lg_rv
 		lg_st_admitted(r, 402, 0, msg);
 		return;
 	}
-	free(j);
+	if (err) /* the admit may have reserved in the store: released once it answers again */
+		lg_st_redis_orphan(gw, j);
+	else
+		free(j);
 	if (err)
 		snprintf(why, sizeof why, "%s", err);
 	else if (nv && v[0].type == LG_RV_ERR)
