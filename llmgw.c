@@ -13656,22 +13656,22 @@ static void lg_st_redis_admitted(struct llmgw *gw, void *arg, const struct lg_rv
 static void lg_st_redis_orphan(struct llmgw *gw, struct lg_stjob *j)
 {
 	struct lg_redis *rd = gw->redis;
-	struct lg_stjob **no;
+	struct lg_stjob **no = rd ? rd->orph : NULL;
 	j->r = NULL;
 	if (!rd || !j->sent) {
 		free(j);
 		return;
 	}
-	if (rd->norph == LG_RD_ORPHANS ||
-	    (!(rd->norph & 15) &&
-	     !(no = (struct lg_stjob **)realloc(rd->orph, (size_t)(rd->norph + 16) * sizeof *no)))) {
+	if (rd->norph < LG_RD_ORPHANS && !(rd->norph & 15)) /* room for 16 more */
+		no = (struct lg_stjob **)realloc(rd->orph, (size_t)(rd->norph + 16) * sizeof *no);
+	if (rd->norph == LG_RD_ORPHANS || !no) {
 		if (!rd->lost++)
 			LG_LOG(gw, LG_LOG_WARN, "store %s: more than %d reservations to release; the rest stay held until "
 			       "their period ends", rd->cfg->store_name, LG_RD_ORPHANS);
 		free(j);
 		return;
 	}
-	if (!(rd->norph & 15)) rd->orph = no;
+	rd->orph = no;
 	rd->orph[rd->norph++] = j;
 }
 
