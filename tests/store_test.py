@@ -546,8 +546,8 @@ def _wait_spend(rd, want, what, wait=8, held0=True):
 
 
 def test_store_restarted_empty():
-    """The store loses its data (killed, started again with nothing): each instance finds the
-    epoch gone, joins the new one and adds back its own charges of the current period from its
+    """The store loses its data (killed, started again with nothing; then FLUSHALL while the
+    instances stay connected): each instance finds the epoch gone, joins the new one and adds back its own charges of the current period from its
     books (state_dir), once; the fleet-wide spend is the sum of both ledgers again, and the
     budget refuses exactly where it would have without the loss."""
     rd = Redis()
@@ -581,6 +581,11 @@ def test_store_restarted_empty():
     eq(rd.cmd("CLIENT", "KILL", "TYPE", "normal") >= 1, True, "connections dropped")
     time.sleep(1.5)
     _wait_spend(rd, spent, "after more joins and a reconnect")
+    # flushed while connected: found by the next join (each second), refilled once more
+    eq(rd.cmd("FLUSHALL"), "OK", "FLUSHALL")
+    _wait_spend(rd, spent, "after FLUSHALL")
+    time.sleep(1.5)
+    _wait_spend(rd, spent, "a while after FLUSHALL")
     # the budget refuses where it would have: spend + held + reservation over the budget
     want, s = 0, spent
     while s + res <= budget + 1e-12:
