@@ -13507,15 +13507,18 @@ static void lg_st_redis_joined(struct llmgw *gw, void *arg, const struct lg_rv *
 		if (!rd->bfail) rd->bseq = 0;
 		rd->bfail = 0;
 	}
-	if (rd && (v[1].len >= sizeof rd->epoch || memcmp(rd->epoch, v[1].p, v[1].len) || rd->epoch[v[1].len])) {
-		if (rd->epoch[0] || joined)
-			LG_LOG(gw, joined && rd->epoch[0] ? LG_LOG_WARN : LG_LOG_INFO,
-			       "store %s: epoch %.*s%s%s%s; this instance %s", rd->cfg->store_name,
-			       (int)LG_MIN(v[1].len, (size_t)23), v[1].p, rd->epoch[0] ? " (was " : "", rd->epoch,
-			       rd->epoch[0] ? ": the store lost its data)" : "",
-			       joined ? "joined it and added back its own charges of the current periods"
-			              : "had joined it already");
-		snprintf(rd->epoch, sizeof rd->epoch, "%.*s", (int)LG_MIN(v[1].len, sizeof rd->epoch - 1), v[1].p);
+	if (rd) {
+		char ep[sizeof rd->epoch];
+		snprintf(ep, sizeof ep, "%.*s", (int)LG_MIN(v[1].len, sizeof ep - 1), v[1].p);
+		if (strcmp(ep, rd->epoch) != 0) {
+			if (rd->epoch[0] || joined)
+				LG_LOG(gw, joined && rd->epoch[0] ? LG_LOG_WARN : LG_LOG_INFO, "store %s: epoch %s%s%s%s; this instance %s",
+				       rd->cfg->store_name, ep, rd->epoch[0] ? " (was " : "", rd->epoch,
+				       rd->epoch[0] ? ": the store lost its data)" : "",
+				       joined ? "joined it and added back its own charges of the current periods"
+				              : "had joined it already");
+			memcpy(rd->epoch, ep, sizeof ep);
+		}
 	}
 	if (joined && added > 0)
 		LG_LOG(gw, LG_LOG_INFO, "store: %.6f USD of this instance's charges added back", added);
