@@ -66,7 +66,8 @@
  *                                 breakers, affinity and request records; lg_st_); prices,
  *                                 budgets, limits, ledger, metrics, ring of recent requests, access
  *                                 log (lg_acct_); 13f the in-process store (lg_st_local); 13g the
- *                                 Redis store (lg_st_redis): RESP client, scripts (lg_redis_)
+ *                                 Redis store (lg_st_redis): RESP client, scripts, the epoch
+ *                                 (lg_redis_)
  *  14. Server handlers             lg_srv_ : endpoints, errors, streaming
  *  15. Public API                  llmgw_, lg_listen_, lg_worker, lg_workers_ : what llmgw.h declares; listeners,
  *                                 workers = N
@@ -12648,6 +12649,10 @@ static const struct lg_store lg_st_local = {"local", lg_st_local_admit, lg_st_lo
  * reservation's place. Everything else (rpm, tpm, max_concurrency, target
  * health and breakers, affinity, the records behind /v1/generation, the
  * ledger) is still each instance's own, through lg_st_local's functions.
+ * The store's epoch (below, before the budget calls) brings the fleet's
+ * spend back after the store lost its data, and the charges of an outage
+ * after it; on_error = local shares out what the store last said was left.
+ * rediss:// is TLS through section 7, verified like an https upstream.
  *
  * The client: each event loop has one connection (gw->redis), made
  * without blocking, with AUTH and SELECT written first. Commands are RESP
