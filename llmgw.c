@@ -68,7 +68,8 @@
  *                                 breakers, affinity and request records; lg_st_); prices,
  *                                 budgets, limits, ledger, metrics, ring of recent requests, access
  *                                 log (lg_acct_); 13f the in-process store (lg_st_local); 13g the
- *                                 Redis store (lg_st_redis): RESP client, scripts (lg_redis_)
+ *                                 Redis store (lg_st_redis): RESP client, scripts, the epoch
+ *                                 (lg_redis_)
  *  14. Dashboard and admin JSON   lg_dash_ : GET /ui (the page, its login), GET /admin/... (overview, series,
  *                                 keys, requests, generation, health); the time series per key and model
  *                                 (struct lg_dash, kept by the first loop)
@@ -1865,6 +1866,7 @@ struct lg_cfg {
 	int64_t store_timeout, store_records, store_lease;
 	int store_on_error, store_line, store_sec; /* store_sec: the line of [store] */
 	int store_kind, store_port, store_db;      /* LG_STORE_TCP or LG_STORE_UNIX */
+	int store_tls;                             /* rediss://: TLS, verified like https upstreams */
 	const char *store_host, *store_user, *store_pass, *store_path, *store_name; /* store_name: the url
 	                                                                 without its password, for messages */
 #if LLMGW_TLS
@@ -2449,12 +2451,12 @@ static const struct lg_cfg_key lg_cfg_keys[] = {
     {4, LG_KT_INT, 0, 0, 1, LG_KK(max_concurrency), 0, "max_concurrency" "\0" "0" "\0" "requests in flight; 0 = unlimited"},
     {4, LG_KT_BOOL, 0, 0, 1, LG_KK(zdr), 0, "zdr" "\0" "no" "\0" "this key's requests go to zdr providers only"},
     {4, LG_KT_ENUM, 0, 5, 1, LG_KK(data_deny), 0, "data_collection" "\0" "allow" "\0" "deny: never to providers that collect data"},
-    {5, LG_KT_SECRET, 0, 0, 0, LG_KG(store_url), LG_KG(store_line), "url" "\0" "" "\0" "redis://[user:password@]host:port[/db] or unix:/path (Redis 6/7, Valkey); literal, env:NAME or file:/path"},
+    {5, LG_KT_SECRET, 0, 0, 0, LG_KG(store_url), LG_KG(store_line), "url" "\0" "" "\0" "redis://[user:password@]host:port[/db], rediss:// (TLS, verified with ca_file) or unix:/path (Redis 6/7, Valkey); literal, env:NAME or file:/path"},
     {5, LG_KT_STR, 0, 0, 1, LG_KG(store_prefix), 0, "prefix" "\0" "llmgw:" "\0" "the start of every key llmgw writes in the store"},
     {5, LG_KT_DURATION, 0, 0, 1, LG_KG(store_records), 0, "records" "\0" "1h" "\0" "how long the store keeps each request's record (GET /v1/generation from any instance)"},
     {5, LG_KT_DURATION, 0, 0, 1, LG_KG(store_lease), 0, "lease" "\0" "15s" "\0" "a max_concurrency slot not renewed this long (its instance died) is free again"},
     {5, LG_KT_DURATION, 0, 0, 1, LG_KG(store_timeout), 0, "timeout" "\0" "1s" "\0" "a store call unanswered this long fails, and the connection is made again"},
-    {5, LG_KT_ENUM, 0, 6, 1, LG_KG(store_on_error), 0, "on_error" "\0" "closed" "\0" "the store failing: closed = 503 for keys with budgets; local = this instance decides alone"},
+    {5, LG_KT_ENUM, 0, 6, 1, LG_KG(store_on_error), 0, "on_error" "\0" "closed" "\0" "the store failing: closed = 503 for keys with budgets; local = this instance spends its share of what was left, reconciled later"},
     {5, LG_KT_STR, 0, 0, 0, LG_KG(store_instance), 0, "instance" "\0" "" "\0" "this gateway's name in the store (default: host name:port of the first listener)"},
 };
 
@@ -2669,12 +2671,17 @@ static LG_COLD int lg_cfg_store(struct lg_cfgp *p)
 		c->store_name = c->store_url;
 		return lg_cfg_store_instance(p);
 	}
-	if (v.n > 9 && memcmp(v.p, "rediss://", 9) == 0)
-		return lg_cfg_err(p, "[store] url: rediss:// (TLS to the store) is not supported yet; use redis:// on a "
-		                     "trusted network, or unix:/path");
-	if (!(v.n > 8 && memcmp(v.p, "redis://", 8) == 0))
-		return lg_cfg_err(p, "[store] url must be redis://[user:password@]host:port[/db] or unix:/path");
-	v.p += 8, v.n -= 8;
+	if (v.n > 9 && memcmp(v.p, "rediss://", 9) == 0) { /* TLS, verified like https upstreams */
+#if !LLMGW_TLS
+		return lg_cfg_err(p, "[store] url: rediss:// needs TLS, and this llmgw is built without it (TLS=0)");
+#endif
+		c->store_tls = 1;
+		v.p += 9, v.n -= 9;
+	} else if (v.n > 8 && memcmp(v.p, "redis://", 8) == 0) {
+		v.p += 8, v.n -= 8;
+	} else {
+		return lg_cfg_err(p, "[store] url must be redis[s]://[user:password@]host:port[/db] or unix:/path");
+	}
 	for (i = 0; i < v.n && v.p[i] != '/'; i++)
 		if (v.p[i] == '@') at = i + 1;
 	if (at) cred = lg_str_of(v.p, at - 1), v.p += at, v.n -= at;
@@ -2735,7 +2742,7 @@ static LG_COLD int lg_cfg_store(struct lg_cfgp *p)
 			c->store_pass = lg_cfg_str(c, cred);
 		}
 	}
-	snprintf(name, sizeof name, "redis://%s%s%s:%d/%d", strchr(c->store_host, ':') ? "[" : "", c->store_host,
+	snprintf(name, sizeof name, "redis%s://%s%s%s:%d/%d", c->store_tls ? "s" : "", strchr(c->store_host, ':') ? "[" : "", c->store_host,
 	         strchr(c->store_host, ':') ? "]" : "", c->store_port, c->store_db);
 	c->store_name = lg_cfg_str(c, lg_strz(name));
 	if (!c->store_host || !c->store_name) return lg_cfg_err(p, "out of memory");
@@ -4553,9 +4560,11 @@ static long lg_tls_send(struct lg_tls *t, int fd, const char *src, size_t n)
 			unsigned char *b = br_ssl_engine_sendapp_buf(t->eng, &len);
 			t->hs_done = 1;
 			if (len > n) len = n;
-			memcpy(b, src, len);
-			br_ssl_engine_sendapp_ack(t->eng, len);
-			br_ssl_engine_flush(t->eng, 0);
+			if (len) { /* an ack of 0 would turn a half-duplex engine to output for good */
+				memcpy(b, src, len);
+				br_ssl_engine_sendapp_ack(t->eng, len);
+				br_ssl_engine_flush(t->eng, 0);
+			}
 			if (lg_tls_flushrec(t, fd) < 0) return -1;
 			return (long)len;
 		}
@@ -4629,6 +4638,7 @@ static int lg_tls_setup(struct lg_cfg *c, char *err, size_t errlen)
 {
 	int i, need_ca = 0;
 	for (i = 0; i < c->nprov; i++) need_ca |= c->prov[i]->tls;
+	need_ca |= c->store_tls;
 	if ((need_ca || (c->ca_file && *c->ca_file)) && lg_tls_load_ca(c, err, errlen)) return -1;
 	if (c->tls_cert && lg_tls_load_cred(c, err, errlen)) return -1;
 	return 0;
@@ -12251,6 +12261,13 @@ struct lg_kstate {
 	int64_t rl_t;            /* when the buckets were last refilled (ms) */
 	int rl_init;             /* buckets filled once */
 	int inflight;
+	/* [store] (13g): charges the store has not got (made while it was
+	 * unreachable), the part of them a reconciliation in flight adds, and
+	 * what the store last said: the fleet-wide spend and held, this
+	 * instance's spend then, their period (st_seen: said at all) */
+	double st_out, st_sent, st_fleet, st_mine;
+	int64_t st_pid;
+	int st_seen;
 };
 
 /* One recent request, for GET /v1/generation. */
@@ -13296,7 +13313,11 @@ static const struct lg_store lg_st_local = {"local", lg_st_local_admit, lg_st_lo
  * probe token of an open breaker whose cool-down is over. remember writes
  * the affinity entry; view reads /v1/key's fleet-wide figures and records
  * of other instances. The ledger, metrics and a provider's concurrency
- * stay each instance's own.
+ * stay each instance's own. The store's epoch (below, before the budget
+ * calls) brings the fleet's spend back after the store lost its data, and
+ * the charges of an outage after it; on_error = local shares out what the
+ * store last said was left. rediss:// is TLS through section 7, verified
+ * like an https upstream.
  *
  * The client: each event loop has one connection (gw->redis), made
  * without blocking, with AUTH and SELECT written first. Commands are RESP
@@ -13325,6 +13346,10 @@ static const struct lg_store lg_st_local = {"local", lg_st_local_admit, lg_st_lo
  *   h:<provider>/<model>:probe    the instance holding the probe (PX 10 s)
  *   a:<prompt hash>               the target the prompt was last served by (its affinity)
  *   g:<request id>                "<key>\n<the /v1/generation answer>", for [store] records
+ *   epoch                         hash: id = the store's epoch (random),
+ *                                 i:<instance> = joined it (its own spend
+ *                                 added back), o:<instance> = the number of
+ *                                 its last reconciliation
  *
  * Memory: the connection's buffers, bounded by LLMGW_STORE_MAX_REPLY, and
  * a queue entry (~48 bytes) per command waiting for its reply. */
@@ -13466,12 +13491,17 @@ static void lg_redis_argi(struct lg_buf *b, int64_t i)
 
 /* The scripts: each is one atomic step in the store. */
 enum { LG_SCR_ADMIT, LG_SCR_SETTLE, LG_SCR_BEAT, LG_SCR_LIMIT, LG_SCR_LDONE, LG_SCR_LEASE, LG_SCR_KEYINFO,
-       LG_SCR_HREPORT, LG_SCR_HREAD, LG_NSCR };
+       LG_SCR_HREPORT, LG_SCR_HREAD, LG_SCR_JOIN, LG_SCR_RELEASE, LG_NSCR };
 static const char *const lg_redis_scripts[LG_NSCR] = {
     /* admit: KEYS the budget hashes of the key's periods; ARGV[1] the
      * request id, ARGV[2] its reservation (USD), then for each key its
-     * budget and when it expires (ms, 0: never). Reserves in every one,
-     * or in none: {0, which, spend, held} */
+     * budget and when it expires (ms, 0: never), and last the epoch hash
+     * and the instance. Reserves in every one, or in none: {0, which,
+     * spend, held}; {2}: this instance has not joined the store's epoch
+     * (the store lost its data: the join comes first); {3}: released
+     * already (the gateway gave up waiting for this call: see release) */
+    "if redis.call('HEXISTS', ARGV[#ARGV - 1], 'i:' .. ARGV[#ARGV]) == 0 then return {2} end\n"
+    "if redis.call('HEXISTS', KEYS[1], 'x:' .. ARGV[1]) == 1 then return {3} end\n"
     "local res = tonumber(ARGV[2])\n"
     "for i = 1, #KEYS do\n"
     "  local h = redis.call('HMGET', KEYS[i], 'spend', 'held')\n"
@@ -13489,8 +13519,11 @@ static const char *const lg_redis_scripts[LG_NSCR] = {
     "end\n"
     "return {1}\n",
     /* settle: KEYS the budget hashes; ARGV[1] the request id, ARGV[2] its
-     * cost (USD), then for each key when it expires. The reservation goes,
-     * the cost comes in its place. */
+     * cost (USD), then for each key when it expires, and last the epoch
+     * hash and the instance. The reservation goes, the cost comes in its
+     * place; 2: nothing done, the instance has not joined the epoch (its
+     * join adds the cost back with the rest of its charges) */
+    "if redis.call('HEXISTS', ARGV[#ARGV - 1], 'i:' .. ARGV[#ARGV]) == 0 then return 2 end\n"
     "local cost = tonumber(ARGV[2])\n"
     "for i = 1, #KEYS do\n"
     "  local r = redis.call('HGET', KEYS[i], 'r:' .. ARGV[1])\n"
@@ -13621,6 +13654,55 @@ static const char *const lg_redis_scripts[LG_NSCR] = {
     "  out[i] = string.format('%d %d %.0f %s %s %d', st, tonumber(h[2]) or 0, un, h[4] or '0', h[5] or '0', pr)\n"
     "end\n"
     "return table.concat(out, '\\n')\n",
+    /* join: KEYS[1] the epoch hash, then budget hashes of this instance's
+     * keys; ARGV[1] a new epoch id (taken when the store has none: it lost
+     * its data, or never had any), ARGV[2] this instance's marker, ARGV[3]
+     * its reconciliation's number (0: none), then for each budget hash:
+     * this instance's own spend in it, its charges the store has not got,
+     * when it expires. The first join of an instance in an epoch adds its
+     * own spend back, once; a later one adds the missing charges, once per
+     * number. Answers {epoch, joined now, reconciled now, spend + held of
+     * each budget hash}. */
+    "local e = redis.call('HGET', KEYS[1], 'id')\n"
+    "if not e then redis.call('HSET', KEYS[1], 'id', ARGV[1]); e = ARGV[1] end\n"
+    "local joined = redis.call('HSETNX', KEYS[1], 'i:' .. ARGV[2], '1')\n"
+    "local seq, rec = tonumber(ARGV[3]), 0\n"
+    "if seq > 0 and seq > (tonumber(redis.call('HGET', KEYS[1], 'o:' .. ARGV[2])) or 0) then\n"
+    "  redis.call('HSET', KEYS[1], 'o:' .. ARGV[2], ARGV[3])\n"
+    "  if joined == 0 then rec = 1 end\n"
+    "end\n"
+    "local out = {e, joined, rec}\n"
+    "for i = 2, #KEYS do\n"
+    "  local b = 1 + 3 * (i - 1)\n"
+    "  local add = 0\n"
+    "  if joined == 1 then add = tonumber(ARGV[b]) elseif rec == 1 then add = tonumber(ARGV[b + 1]) end\n"
+    "  if add > 0 then\n"
+    "    redis.call('HINCRBYFLOAT', KEYS[i], 'spend', string.format('%.17g', add))\n"
+    "    local at = tonumber(ARGV[b + 2])\n"
+    "    if at > 0 then redis.call('PEXPIREAT', KEYS[i], at) end\n"
+    "  end\n"
+    "  local h = redis.call('HMGET', KEYS[i], 'spend', 'held')\n"
+    "  out[#out + 1] = string.format('%.17g', (tonumber(h[1]) or 0) + (tonumber(h[2]) or 0))\n"
+    "end\n"
+    "return out\n",
+    /* release: KEYS the budget hashes of an admit whose reply never came
+     * (timeout, a dropped connection); ARGV[1] its request id, then for
+     * each key when it expires. Its reservation goes; where there is none
+     * yet (the admit may still be waiting in the store) a mark keeps it from
+     * ever being made. */
+    "for i = 1, #KEYS do\n"
+    "  local r = redis.call('HGET', KEYS[i], 'r:' .. ARGV[1])\n"
+    "  if r then\n"
+    "    redis.call('HDEL', KEYS[i], 'r:' .. ARGV[1])\n"
+    "    local held = tonumber(redis.call('HINCRBYFLOAT', KEYS[i], 'held', string.format('%.17g', -tonumber(r))))\n"
+    "    if held < 1e-12 then redis.call('HSET', KEYS[i], 'held', '0') end\n"
+    "  else\n"
+    "    redis.call('HSET', KEYS[i], 'x:' .. ARGV[1], '1')\n"
+    "  end\n"
+    "  local at = tonumber(ARGV[1 + i])\n"
+    "  if at > 0 then redis.call('PEXPIREAT', KEYS[i], at) end\n"
+    "end\n"
+    "return 1\n",
 };
 
 /* What a reply is given to: err is NULL when the store answered (v, nv:
@@ -13653,11 +13735,21 @@ struct lg_redis {
 	int64_t err_logged;
 	char sha[LG_NSCR][41];
 	char why[200];
+	char epoch[24];  /* the store's epoch this loop saw last ("": none yet) */
+	int64_t bseq;    /* the first loop's reconciliation batch: its number (0: none) */
+	int binflight;   /* its join calls waiting for replies */
+	int bfail;       /* one of them failed: the same batch goes again */
+	struct lg_stjob **orph; /* admits sent whose reply never came: released once connected */
+	int norph, lost;        /* lost: more than LG_RD_ORPHANS of them */
 };
+
+#define LG_RD_ORPHANS 256
 
 #define LG_RD_MAX_QUEUE 65536 /* commands waiting for replies on one connection */
 
 static void lg_redis_io(struct lg_conn *c, int re);
+static void lg_st_redis_epoch(struct llmgw *gw, struct lg_redis *rd);
+static void lg_st_redis_release(struct llmgw *gw, struct lg_redis *rd);
 static void lg_redis_free(struct llmgw *gw);
 static void lg_redis_health(struct llmgw *gw, struct lg_redis *rd);  /* with the heartbeat */
 static void lg_redis_leases(struct llmgw *gw, struct lg_timer *t);
@@ -13757,12 +13849,33 @@ static void lg_redis_load(struct llmgw *gw, struct lg_redis *rd, int scr)
 	lg_buf_free(&b);
 }
 
+/* A failed read or write: with TLS, what the engine says (an untrusted
+ * certificate, a name that does not match), else what and errno. */
+static void lg_redis_tls_down(struct llmgw *gw, struct lg_redis *rd, const char *what)
+{
+	int e = errno;
+#if LLMGW_TLS
+	char why[300];
+	if (rd->c && rd->c->tls && br_ssl_engine_last_error(rd->c->tls->eng) != BR_ERR_OK) {
+		lg_tls_why(rd->c->tls, rd->cfg->store_host, why, sizeof why);
+		lg_redis_down(gw, rd, "%s", why);
+		return;
+	}
+	if (rd->c && rd->c->tls && lg_tls_handshaking(rd->c->tls)) {
+		lg_tls_why(rd->c->tls, rd->cfg->store_host, why, sizeof why);
+		lg_redis_down(gw, rd, "%s", why);
+		return;
+	}
+#endif
+	lg_redis_down(gw, rd, "%s: %s", what, strerror(e));
+}
+
 /* Writes what the loop's requests queued, once per iteration. */
 static void lg_redis_flush(struct llmgw *gw)
 {
 	struct lg_redis *rd = gw->redis;
 	if (!rd || !rd->c || (rd->c->flags & (LG_F_CONNECTING | LG_F_DEAD)) || !lg_buf_used(&rd->c->out)) return;
-	if (lg_conn_flush(rd->c) < 0) lg_redis_down(gw, rd, "write: %s", strerror(errno));
+	if (lg_conn_flush(rd->c) < 0) lg_redis_tls_down(gw, rd, "write");
 }
 
 static void lg_redis_connect(struct llmgw *gw, struct lg_redis *rd)
@@ -13814,6 +13927,20 @@ static void lg_redis_connect(struct llmgw *gw, struct lg_redis *rd)
 		return;
 	}
 	if (rc < 0) rd->c->flags |= LG_F_CONNECTING;
+#if LLMGW_TLS
+	if (cf->store_tls) { /* rediss://: the trust anchors and the host name check of https upstreams */
+		if (!cf->nta) {
+			lg_redis_down(gw, rd, "TLS: no CA certificates to verify the store with (set ca_file)");
+			return;
+		}
+		if (!(rd->c->tls = lg_tls_client_new(cf, cf->store_host, NULL))) {
+			lg_redis_down(gw, rd, "TLS: cannot start a session with %s", cf->store_host);
+			return;
+		}
+		lg_cfg_ref(rd->cfg);
+		rd->c->tlscfg = rd->cfg; /* BearSSL points into its trust anchors */
+	}
+#endif
 	rd->state = LG_RS_CONNECTING;
 	lg_buf_init(&b, 0);
 	if (cf->store_pass) { /* AUTH [user] password */
@@ -13832,7 +13959,9 @@ static void lg_redis_connect(struct llmgw *gw, struct lg_redis *rd)
 	}
 	lg_buf_free(&b);
 	for (which = 0; which < LG_NSCR; which++) lg_redis_load(gw, rd, which);
-	lg_conn_events(rd->c);
+	lg_st_redis_epoch(gw, rd); /* before any budget call: the store may have lost its data */
+	lg_st_redis_release(gw, rd);
+	if (rd->c) lg_conn_events(rd->c);
 }
 
 /* The connection failed (why): every waiting call fails with it, and the
@@ -13926,8 +14055,8 @@ static void lg_redis_io(struct lg_conn *c, int re)
 		}
 		c->flags &= ~(unsigned)LG_F_CONNECTING;
 	}
-	if (lg_buf_used(&c->out) && lg_conn_flush(c) < 0) {
-		lg_redis_down(gw, rd, "write: %s", strerror(errno));
+	if ((lg_buf_used(&c->out) || c->tls) && lg_conn_flush(c) < 0) {
+		lg_redis_tls_down(gw, rd, "write");
 		return;
 	}
 	if (re & (POLLIN | POLLHUP | POLLERR)) {
@@ -13948,7 +14077,8 @@ static void lg_redis_io(struct lg_conn *c, int re)
 			}
 		}
 		if (k == 0 || k == -1) {
-			lg_redis_down(gw, rd, k == 0 ? "the store closed the connection" : "read: %s", strerror(errno));
+			if (k == 0) lg_redis_down(gw, rd, "the store closed the connection");
+			else lg_redis_tls_down(gw, rd, "read");
 			return;
 		}
 		if (lg_buf_used(&c->in) >= LLMGW_STORE_MAX_REPLY + 65536) {
@@ -13956,6 +14086,10 @@ static void lg_redis_io(struct lg_conn *c, int re)
 			return;
 		}
 		lg_blk_give(gw, &c->in);
+		if (c->tls && lg_buf_used(&c->out) && lg_conn_flush(c) < 0) { /* the handshake may just have ended */
+			lg_redis_tls_down(gw, rd, "write");
+			return;
+		}
 	}
 	lg_conn_events(c);
 }
@@ -14001,6 +14135,7 @@ static void lg_redis_beat(struct llmgw *gw, struct lg_timer *t)
 	lg_redis_script(gw, rd, LG_SCR_BEAT, &b, 5, lg_redis_beaten, NULL);
 	lg_buf_free(&b);
 	lg_redis_health(gw, rd);
+	lg_st_redis_epoch(gw, rd); /* a flushed store found within a second; what it said, for on_error = local */
 }
 
 /* The loop's client, made (or remade, when the url changed) for its
@@ -14064,6 +14199,8 @@ static void lg_redis_free(struct llmgw *gw)
 	lg_timer_clear(gw, &rd->tm);
 	gw->redis = NULL;
 	lg_cfg_unref(rd->cfg);
+	while (rd->norph) free(rd->orph[--rd->norph]);
+	free(rd->orph);
 	free(rd->q);
 	free(rd);
 }
@@ -14084,6 +14221,9 @@ struct lg_stjob {
 	int64_t lcount, lretry; /* a refusing limit's count, ms until it has room */
 	double spend, held;     /* the refusing budget's */
 	char why[480], aff[200], store[200], prefix[200], kname[64];
+	int again; /* sent a second time, after a join */
+	int orph;  /* its budget call got no reply: kept to be released (lg_st_redis_orphan) */
+	int sent;  /* its admit went to the store (a missing reply may still have reserved) */
 };
 
 /* What view read from the store for /v1/key and /v1/generation; r->st_view
@@ -14114,6 +14254,172 @@ static int lg_st_redis_keys(const struct lg_req *r, const struct lg_cfg *cf, str
 	return j->nk = 1;
 }
 
+/* --- the store's epoch: refilled after it lost its data, reconciled after an outage --- */
+
+/* The store keeps an epoch hash (prefix "epoch"): a random id, taken by the
+ * first instance that finds none, and one field per instance that joined
+ * it. Every connection joins before its first budget call, and the first
+ * loop joins again each second (with the heartbeat). An instance's first
+ * join in an epoch adds back its own spend of the current periods (from
+ * its books: the ledger of state_dir), so a store that restarted empty, was
+ * flushed or failed over to an empty replica gets the fleet-wide spend
+ * back once every instance has joined; the script makes that happen once
+ * per instance and epoch however often it is called. Budget calls of an
+ * instance that has not joined the current epoch do nothing ({2}, 2): its
+ * join carries those charges. A join also brings what the store was last
+ * seen to hold (on_error = local shares it out) and, from the first loop,
+ * the charges made while the store was unreachable, under a number the
+ * store remembers, so a reply lost on the way cannot add them twice. */
+struct lg_stjoin {
+	int n, seq; /* seq: this call carries the reconciliation batch */
+	struct {
+		struct lg_kstate *ks;
+		double out, mine; /* st_out and spend when sent */
+		int64_t pid;
+	} e[];
+};
+
+#define LG_JOIN_KEYS 56 /* budget hashes per join call: its reply stays within LG_RV_MAX values */
+
+static void lg_st_redis_epoch_got(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err)
+{
+	struct lg_stjoin *j = (struct lg_stjoin *)arg;
+	struct lg_redis *rd = gw->redis;
+	int i, joined, rec;
+	double added = 0;
+	if (j->seq && rd) rd->binflight--;
+	if (err || nv < 4 + j->n || v[0].type != LG_RV_ARR || v[1].type != LG_RV_BULK || v[2].type != LG_RV_INT ||
+	    v[3].type != LG_RV_INT) {
+		if (j->seq && rd) rd->bfail = 1;
+		if (!err)
+			LG_LOG(gw, LG_LOG_WARN, "store %s: the join script answered %.*s", rd ? rd->cfg->store_name : "",
+			       nv && v[0].type == LG_RV_ERR ? (int)LG_MIN(v[0].len, (size_t)160) : 2,
+			       nv && v[0].type == LG_RV_ERR ? v[0].p : "??");
+		free(j);
+		return;
+	}
+	joined = (int)v[2].i, rec = (int)v[3].i;
+	lg_lock(gw);
+	for (i = 0; i < j->n; i++) {
+		struct lg_kstate *ks = j->e[i].ks;
+		char t[40];
+		if (joined) { /* its spend went in whole: the outage's charges with it */
+			added += j->e[i].mine;
+			ks->st_out -= j->e[i].out;
+			if (j->seq) ks->st_sent = 0;
+		} else if (j->seq) { /* reconciled now, or by an earlier call whose reply was lost */
+			ks->st_out -= ks->st_sent;
+			ks->st_sent = 0;
+		}
+		if (ks->st_out < 1e-12) ks->st_out = 0;
+		if (v[4 + i].type == LG_RV_BULK) {
+			snprintf(t, sizeof t, "%.*s", (int)LG_MIN(v[4 + i].len, (size_t)39), v[4 + i].p);
+			ks->st_fleet = strtod(t, NULL);
+			ks->st_mine = j->e[i].mine;
+			ks->st_pid = j->e[i].pid;
+			ks->st_seen = 1;
+		}
+	}
+	lg_unlock(gw);
+	if (j->seq && rd && rd->binflight == 0) {
+		if (!rd->bfail) rd->bseq = 0;
+		rd->bfail = 0;
+	}
+	if (rd) {
+		char ep[sizeof rd->epoch];
+		snprintf(ep, sizeof ep, "%.*s", (int)LG_MIN(v[1].len, sizeof ep - 1), v[1].p);
+		if (strcmp(ep, rd->epoch) != 0) {
+			if (rd->epoch[0] || joined)
+				LG_LOG(gw, joined && rd->epoch[0] ? LG_LOG_WARN : LG_LOG_INFO, "store %s: epoch %s%s%s%s; this instance %s",
+				       rd->cfg->store_name, ep, rd->epoch[0] ? " (was " : "", rd->epoch,
+				       rd->epoch[0] ? ": the store lost its data)" : "",
+				       joined ? "joined it and added back its own charges of the current periods"
+				              : "had joined it already");
+			memcpy(rd->epoch, ep, sizeof ep);
+		}
+	}
+	if (joined && added > 0)
+		LG_LOG(gw, LG_LOG_INFO, "store: %.6f USD of this instance's charges added back", added);
+	if (rec) LG_LOG(gw, LG_LOG_INFO, "store: the charges made while it was unreachable are added to it");
+	free(j);
+}
+
+/* Joins the store's epoch (see above): all budget keys of the
+ * configuration, in calls of LG_JOIN_KEYS. */
+static void lg_st_redis_epoch(struct llmgw *gw, struct lg_redis *rd)
+{
+	const struct lg_cfg *cf = rd->cfg;
+	int64_t wall = lg_wall_ms();
+	int i = 0, chunk = 0, batch;
+	char cand[24], k[400];
+	snprintf(cand, sizeof cand, "%016llx", (unsigned long long)lg_rand(&gw->rng));
+	/* the first loop carries the reconciliation: a new batch once the last one is through */
+	batch = !gw->child && !rd->binflight;
+	if (batch && !rd->bseq) {
+		int any = 0, x;
+		lg_lock(gw);
+		for (x = 0; x < cf->nkeys; x++) {
+			struct lg_kstate *ks;
+			if (!(cf->keys[x]->budget > 0) || !(ks = lg_acct_kstate(gw, cf->keys[x]->name))) continue;
+			ks->st_sent = ks->st_out;
+			any |= ks->st_out > 0;
+		}
+		lg_unlock(gw);
+		if (any) rd->bseq = LG_MAX(wall, rd->bseq + 1);
+	}
+	batch = batch && rd->bseq;
+	do {
+		struct lg_stjoin *j;
+		struct lg_buf kb, ab;
+		int n = 0;
+		if (!(j = (struct lg_stjoin *)calloc(1, sizeof *j + LG_JOIN_KEYS * sizeof j->e[0]))) return;
+		lg_buf_init(&kb, 0);
+		lg_buf_init(&ab, 0);
+		snprintf(k, sizeof k, "%sepoch", cf->store_prefix);
+		lg_redis_argz(&kb, k);
+		lg_redis_argz(&ab, cand);
+		if (chunk) snprintf(k, sizeof k, "%s:%d", cf->store_instance, chunk);
+		lg_redis_argz(&ab, chunk ? k : cf->store_instance);
+		lg_redis_argi(&ab, batch ? rd->bseq : 0);
+		lg_lock(gw);
+		for (; i < cf->nkeys && n < LG_JOIN_KEYS; i++) {
+			const struct lg_key *key = cf->keys[i];
+			struct lg_kstate *ks;
+			int64_t reset, id;
+			if (!(key->budget > 0) || !(ks = lg_acct_kstate(gw, key->name))) continue;
+			lg_acct_roll(ks, key, wall);
+			id = lg_acct_period(key->period, wall, &reset);
+			snprintf(k, sizeof k, "%sb:%s:%s:%lld", cf->store_prefix, key->name, lg_period_names[key->period],
+			         (long long)id); /* the names of lg_st_redis_keys */
+			lg_redis_argz(&kb, k);
+			lg_redis_argd(&ab, ks->spend);
+			lg_redis_argd(&ab, batch ? ks->st_sent : 0);
+			lg_redis_argi(&ab, reset ? reset + 3600000 : 0);
+			j->e[n].ks = ks;
+			j->e[n].out = ks->st_out;
+			j->e[n].mine = ks->spend;
+			j->e[n].pid = id;
+			n++;
+		}
+		lg_unlock(gw);
+		j->n = n;
+		j->seq = batch;
+		if (batch) rd->binflight++;
+		lg_buf_add(&kb, lg_buf_data(&ab), lg_buf_used(&ab));
+		{
+			struct lg_buf b;
+			lg_buf_init(&b, 0);
+			lg_redis_argi(&b, 1 + n);
+			lg_buf_add(&b, lg_buf_data(&kb), lg_buf_used(&kb));
+			lg_redis_script(gw, rd, LG_SCR_JOIN, &b, 1 + (1 + n) + 3 + 3 * n, lg_st_redis_epoch_got, j);
+			lg_buf_free(&b);
+		}
+		lg_buf_free(&kb);
+		lg_buf_free(&ab);
+		chunk++;
+	} while (i < cf->nkeys);
+}
+
 /* A settle, or the release of a reservation nobody waits for (cost 0). */
 static void lg_st_redis_settled(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err)
 {
@@ -14121,6 +14427,16 @@ static void lg_st_redis_settled(struct llmgw *gw, void *arg, const struct lg_rv 
 	if (err || !nv || v[0].type == LG_RV_ERR)
 		LG_LOG(gw, LG_LOG_DEBUG, "store: a settle failed (%s): its reservation stays held until the period ends",
 		       err ? err : "an error reply");
+}
+
+/* The last two arguments of the budget scripts: the epoch hash and the
+ * instance (a call of an instance that has not joined does nothing). */
+static void lg_st_redis_epoch_args(const struct lg_cfg *cf, struct lg_buf *b)
+{
+	char k[400];
+	snprintf(k, sizeof k, "%sepoch", cf->store_prefix);
+	lg_redis_argz(b, k);
+	lg_redis_argz(b, cf->store_instance);
 }
 
 static void lg_st_redis_send_settle(struct llmgw *gw, struct lg_redis *rd, const struct lg_stjob *j, double cost)
@@ -14133,7 +14449,8 @@ static void lg_st_redis_send_settle(struct llmgw *gw, struct lg_redis *rd, const
 	lg_redis_argz(&b, j->id);
 	lg_redis_argd(&b, cost);
 	for (i = 0; i < j->nk; i++) lg_redis_argi(&b, j->at[i]);
-	lg_redis_script(gw, rd, LG_SCR_SETTLE, &b, 1 + 2 * j->nk + 2, lg_st_redis_settled, NULL);
+	lg_st_redis_epoch_args(rd->cfg, &b);
+	lg_redis_script(gw, rd, LG_SCR_SETTLE, &b, 1 + 2 * j->nk + 2 + 2, lg_st_redis_settled, NULL);
 	lg_buf_free(&b);
 }
 
@@ -14156,10 +14473,124 @@ static void lg_st_redis_unadmit(struct lg_req *r)
  * every reply of the batch is in (lg_st_redis_join). */
 static void lg_st_redis_join(struct llmgw *gw, struct lg_stjob *j);
 
+static void lg_st_redis_admitted(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err);
+
+/* An admit that got no reply: kept to be released once the store answers
+ * again (its reservation may have been made), or freed. */
+static void lg_st_redis_orphan(struct llmgw *gw, struct lg_stjob *j)
+{
+	struct lg_redis *rd = gw->redis;
+	struct lg_stjob **no = rd ? rd->orph : NULL;
+	j->r = NULL;
+	if (!rd || !j->sent) {
+		free(j);
+		return;
+	}
+	if (rd->norph < LG_RD_ORPHANS && !(rd->norph & 15)) /* room for 16 more */
+		no = (struct lg_stjob **)realloc(rd->orph, (size_t)(rd->norph + 16) * sizeof *no);
+	if (rd->norph == LG_RD_ORPHANS || !no) {
+		if (!rd->lost++)
+			LG_LOG(gw, LG_LOG_WARN, "store %s: more than %d reservations to release; the rest stay held until "
+			       "their period ends", rd->cfg->store_name, LG_RD_ORPHANS);
+		free(j);
+		return;
+	}
+	rd->orph = no;
+	rd->orph[rd->norph++] = j;
+}
+
+static void lg_st_redis_released(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err)
+{
+	struct lg_stjob *j = (struct lg_stjob *)arg;
+	LG_UNUSED(v), LG_UNUSED(nv);
+	if (err) lg_st_redis_orphan(gw, j); /* again, on the next connection */
+	else free(j);
+}
+
+/* Each connection, after its join: the reservations of admits whose reply
+ * never came are released (or kept from being made). */
+static void lg_st_redis_release(struct llmgw *gw, struct lg_redis *rd)
+{
+	int n = rd->norph, i, k;
+	struct lg_stjob **o = rd->orph;
+	rd->orph = NULL;
+	rd->norph = 0;
+	for (i = 0; i < n; i++) {
+		struct lg_buf b;
+		struct lg_stjob *j = o[i];
+		lg_buf_init(&b, 0);
+		lg_redis_argi(&b, j->nk);
+		for (k = 0; k < j->nk; k++) lg_redis_argz(&b, j->k[k]);
+		lg_redis_argz(&b, j->id);
+		for (k = 0; k < j->nk; k++) lg_redis_argi(&b, j->at[k]);
+		lg_redis_script(gw, rd, LG_SCR_RELEASE, &b, 1 + 2 * j->nk + 1, lg_st_redis_released, j);
+		lg_buf_free(&b);
+	}
+	free(o);
+}
+
+static void lg_st_redis_send_admit(struct llmgw *gw, struct lg_redis *rd, struct lg_stjob *j)
+{
+	struct lg_buf b;
+	int i;
+	lg_buf_init(&b, 0);
+	lg_redis_argi(&b, j->nk);
+	for (i = 0; i < j->nk; i++) lg_redis_argz(&b, j->k[i]);
+	lg_redis_argz(&b, j->id);
+	lg_redis_argd(&b, j->res);
+	for (i = 0; i < j->nk; i++) {
+		lg_redis_argd(&b, j->budget[i]);
+		lg_redis_argi(&b, j->at[i]);
+	}
+	lg_st_redis_epoch_args(rd->cfg, &b);
+	if (rd->state != LG_RS_DOWN && rd->c) j->sent = 1;
+	lg_redis_script(gw, rd, LG_SCR_ADMIT, &b, 1 + j->nk + 2 + 2 * j->nk + 2, lg_st_redis_admitted, j);
+	lg_buf_free(&b);
+}
+
+/* on_error = local: this instance's share of what the store was last seen
+ * to leave (the budget less the fleet-wide spend and held, divided by the
+ * live instances), on top of what it had spent then. 0, or 402 (msg). */
+static int lg_st_redis_share(struct lg_req *r, char *msg, size_t mlen)
+{
+	struct llmgw *gw = r->gw, *first = gw->sh ? gw->sh->w[0] : gw;
+	struct lg_kstate *ks = r->ks;
+	int n = first ? lg_gauge_get(&first->store_inst) : 1, status = 0;
+	double left, mine;
+	if (!ks || !r->key || !(r->key->budget > 0)) return 0;
+	if (n < 1) n = 1;
+	lg_lock(gw);
+	if (ks->st_seen && ks->st_pid == ks->period_id) {
+		left = r->key->budget - ks->st_fleet;
+		mine = ks->st_mine + (left > 0 ? left : 0) / n;
+		if (ks->spend + ks->reserved > mine + 1e-12) {
+			char when[64];
+			lg_acct_resets(r->key->period, r->wall0, when, sizeof when);
+			snprintf(msg, mlen,
+			         "key '%s' has used its share of its budget of %g USD/%s while the state store is unreachable: "
+			         "%.6f USD were left across all instances when it was last seen, a share of %.6f USD for each "
+			         "of %d instances; this instance has %.6f USD spent and held since; the budget resets at %s",
+			         r->key->name, r->key->budget, lg_period_names[r->key->period], left > 0 ? left : 0,
+			         (left > 0 ? left : 0) / n, n, ks->spend + ks->reserved - ks->st_mine, when);
+			status = 402;
+		}
+	}
+	lg_unlock(gw);
+	return status;
+}
+
+/* The store's answer to admit's script. */
 static void lg_st_redis_admitted(struct llmgw *gw, void *arg, const struct lg_rv *v, int nv, const char *err)
 {
 	struct lg_stjob *j = (struct lg_stjob *)arg;
 	int ok = !err && nv >= 2 && v[0].type == LG_RV_ARR && v[1].type == LG_RV_INT;
+	if (ok && v[1].i == 2 && !j->again && gw->redis) { /* not joined (the store lost its data): join, ask again */
+		j->again = 1;
+		lg_st_redis_epoch(gw, gw->redis);
+		lg_st_redis_send_admit(gw, gw->redis, j);
+		return;
+	}
+	j->orph = !!err; /* no reply: the admit may have reserved, released once the store answers again */
 	if (ok && v[1].i == 1) {
 		j->bud = 1;
 	} else if (ok && nv >= 5 && v[1].i == 0) { /* refused: the fleet-wide spend does not leave room */
@@ -14266,7 +14697,8 @@ static void lg_st_redis_join(struct llmgw *gw, struct lg_stjob *j)
 	if (rd && j->bud == 1 && j->bud_sent) lg_st_redis_send_settle(gw, rd, j, 0);
 	if (rd && j->lim == 1 && j->lim_sent) lg_st_redis_send_ldone(gw, rd, j->prefix, j->kname, j->id, 0, 1);
 	if (!r) {
-		free(j);
+		if (j->orph) lg_st_redis_orphan(gw, j);
+		else free(j);
 		return;
 	}
 	r->st_job = NULL;
@@ -14280,19 +14712,23 @@ static void lg_st_redis_join(struct llmgw *gw, struct lg_stjob *j)
 				rd->nerr = 0;
 			}
 		}
-		if (r->cfg->store_on_error == 1) { /* local: this instance's own books decide */
+		if (r->cfg->store_on_error == 1) { /* local: this instance's own books and its share decide */
 			int retry = 0, status;
-			free(j);
+			if (j->orph) lg_st_redis_orphan(gw, j);
+			else free(j);
 			lg_lock(gw);
 			status = lg_acct_admit(r, msg, sizeof msg, &retry, 1);
 			lg_unlock(gw);
+			if (!status && (status = lg_st_redis_share(r, msg, sizeof msg))) lg_st_redis_unadmit(r);
+			if (!status) r->st_held = 2; /* charged here only: the store gets it when it is back */
 			lg_st_admitted(r, status, retry, msg);
 			return;
 		}
 		snprintf(msg, sizeof msg,
 		         "the state store failed (%s); key '%s' has a budget or limits and [store] on_error = closed", j->why,
 		         r->key->name);
-		free(j);
+		if (j->orph) lg_st_redis_orphan(gw, j);
+		else free(j);
 		lg_st_admitted(r, 503, 1, msg);
 		return;
 	}
@@ -14360,7 +14796,7 @@ static void lg_st_redis_admit(struct lg_req *r)
 	struct lg_stjob *j;
 	struct lg_buf b;
 	char msg[1024];
-	int retry = 0, status, i, lim, bud, aff;
+	int retry = 0, status, lim, bud, aff;
 	lg_lock(gw);
 	if (!(status = lg_route_plan(r, msg, sizeof msg)))
 		status = lg_acct_admit(r, msg, sizeof msg, &retry, !r->cfg->store_kind);
@@ -14420,17 +14856,9 @@ static void lg_st_redis_admit(struct lg_req *r)
 	}
 	if (bud) {
 		lg_st_redis_keys(r, r->cfg, j);
-		lg_redis_argi(&b, j->nk);
-		for (i = 0; i < j->nk; i++) lg_redis_argz(&b, j->k[i]);
-		lg_redis_argz(&b, j->id);
-		lg_redis_argd(&b, j->res);
-		for (i = 0; i < j->nk; i++) {
-			lg_redis_argd(&b, j->budget[i]);
-			lg_redis_argi(&b, j->at[i]);
-		}
 		j->pending++;
 		j->bud_sent = 1;
-		lg_redis_script(gw, rd, LG_SCR_ADMIT, &b, 1 + j->nk + 2 + 2 * j->nk, lg_st_redis_admitted, j);
+		lg_st_redis_send_admit(gw, rd, j); /* with the epoch's arguments */
 	}
 	lg_buf_free(&b);
 	lg_st_redis_join(gw, j);
@@ -14448,15 +14876,25 @@ static void lg_st_redis_settle(struct lg_req *r)
 	struct lg_stjob j;
 	struct lg_redis *rd;
 	double cost = r->usage.cost;
+	struct lg_kstate *ks = r->ks;
 	r->st_held = r->st_lim = 0;
 	lg_acct_settle(r);
-	if (!r->cfg->store_kind || !(rd = lg_redis_cur(r->gw))) return;
-	if (LG_EP_ASKS_MODEL(r->ep)) lg_st_redis_record(r, rd);
+	if (!r->cfg->store_kind) return;
+	rd = lg_redis_cur(r->gw);
+	if (rd && LG_EP_ASKS_MODEL(r->ep)) lg_st_redis_record(r, rd);
 	if (!r->key) return;
-	if (lim)
+	if (rd && lim)
 		lg_st_redis_send_ldone(r->gw, rd, r->cfg->store_prefix, r->key->name, r->id,
 		                       r->usage.prompt + r->usage.completion, 0);
-	if (!held) return;
+	if (!held || !ks) return;
+	if (held == 2 || !rd || rd->state == LG_RS_DOWN || !rd->c) { /* the store does not get it now: later */
+		if (cost > 0) {
+			lg_lock(r->gw);
+			ks->st_out += cost;
+			lg_unlock(r->gw);
+		}
+		if (held == 2 || !rd) return;
+	}
 	memset(&j, 0, sizeof j);
 	lg_st_redis_keys(r, r->cfg, &j);
 	lg_st_redis_send_settle(r->gw, rd, &j, cost > 0 ? cost : 0);

@@ -35,6 +35,13 @@
  *            frame is whole, then the same frame (a damaged one stays
  *            damaged); walking the input frame by frame
  *            never consumes more than it holds
+ *   resp     lg_redis_parse, the state store's RESP2 reply parser: byte 0 is
+ *            the largest bulk string allowed (0: LLMGW_STORE_MAX_REPLY);
+ *            a reply it takes lies within the input, its values' strings
+ *            inside it and its arrays' next indices nested right; every
+ *            prefix (up to 1 KB, against a guard page) says "more" until
+ *            the reply is whole, then the same reply (a bad one stays bad);
+ *            replies one after another, as lg_redis_io reads them
  * Besides "does not crash", each target checks invariants; a broken one
  * aborts under libFuzzer (so the input is saved) and fails the file in
  * replay. The reference JSON validator, the guard pages and the
@@ -689,6 +696,57 @@ static void fz_evstream(const char *s, size_t n)
 	free(in);
 }
 
+/* resp: see the top of the file */
+static void fz_resp(const char *s, size_t n)
+{
+	struct lg_rv v[LG_RV_MAX], v2[LG_RV_MAX];
+	size_t maxbulk, m, off;
+	long k, prev = 0;
+	int nv = 0, nv2 = 0, i;
+	char *in;
+	if (!n) return;
+	maxbulk = (unsigned char)s[0] ? (unsigned char)s[0] : LLMGW_STORE_MAX_REPLY;
+	in = fz_dup(s + 1, n - 1);
+	n--;
+	k = lg_redis_parse(in, n, v, LG_RV_MAX, &nv, maxbulk);
+	FZ_CHECK(k >= -1 && k <= (long)n);
+	if (k > 0) {
+		FZ_CHECK(nv >= 1 && nv <= LG_RV_MAX && v[0].next == nv);
+		for (i = 0; i < nv; i++) {
+			FZ_CHECK(v[i].type >= LG_RV_STR && v[i].type <= LG_RV_ARR);
+			FZ_CHECK(v[i].next > i && v[i].next <= nv);
+			if (v[i].type == LG_RV_STR || v[i].type == LG_RV_ERR || v[i].type == LG_RV_BULK)
+				FZ_CHECK(v[i].p >= in && v[i].p + v[i].len <= in + k && v[i].len <= maxbulk + 32);
+			if (v[i].type == LG_RV_ARR) {
+				int j = i + 1, c;
+				for (c = 0; c < v[i].n && j < nv; c++) j = v[j].next;
+				FZ_CHECK(c == v[i].n && j == v[i].next);
+			} else {
+				FZ_CHECK(v[i].next == i + 1);
+			}
+		}
+	} else {
+		FZ_CHECK(nv == 0);
+	}
+	for (m = 0; m <= n && m <= 1024; m++) { /* every prefix, right against a guard page */
+		const char *g = (const char *)tl_guard_at(1, in, m);
+		long km = lg_redis_parse(g, m, v2, LG_RV_MAX, &nv2, maxbulk);
+		FZ_CHECK(km >= -1 && km <= (long)m);
+		if (prev < 0) FZ_CHECK(km == -1);
+		if (prev > 0) FZ_CHECK(km == prev && nv2 == nv);
+		prev = km;
+	}
+	if (n <= 1024) FZ_CHECK(prev == k);
+	for (off = 0; off < n;) { /* replies one after another */
+		long kk = lg_redis_parse(in + off, n - off, v2, LG_RV_MAX, &nv2, maxbulk);
+		if (kk <= 0) break;
+		FZ_CHECK((size_t)kk <= n - off);
+		off += (size_t)kk;
+	}
+	FZ_CHECK(off <= n);
+	free(in);
+}
+
 /* ===== targets ========================================================== */
 
 static const struct {
@@ -697,7 +755,7 @@ static const struct {
 } fz_targets[] = {
     {"http", fz_http},     {"json", fz_json},     {"ini", fz_ini},   {"sse", fz_sse},
     {"chunked", fz_chunked}, {"canon", fz_canon}, {"stream", fz_stream}, {"full", fz_full},
-    {"evstream", fz_evstream},
+    {"evstream", fz_evstream}, {"resp", fz_resp},
 };
 
 /* "http, json, ..." for messages */

@@ -78,11 +78,12 @@ def resp_read(f):
 class Redis:
     """One redis-server for a test: its own port and directory, stopped by PID."""
 
-    def __init__(self, password=None, port=None):
+    def __init__(self, password=None, port=None, tls=None):
         check(REDIS, "redis-server is not installed (.ci/deps.sh installs it)")
         self.dir = tempfile.mkdtemp(prefix="llmgw-store-redis-")
         self.port = port or free_port()
         self.password = password
+        self.tls = tls          # a Certs: the store answers only TLS, on self.port
         self.proc = None
         self.start()
         CTX.cleanups.append(self.stop)
@@ -90,6 +91,10 @@ class Redis:
     def start(self):
         args = [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
                 "--appendonly", "no", "--daemonize", "no", "--logfile", os.path.join(self.dir, "log")]
+        if self.tls:
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", self.tls.cert,
+                         "--tls-key-file", self.tls.key, "--tls-ca-cert-file", self.tls.ca,
+                         "--tls-auth-clients", "no"]
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -107,6 +112,8 @@ class Redis:
 
     def cmd(self, *args):
         with socket.create_connection(("127.0.0.1", self.port), timeout=3) as s:
+            if self.tls:
+                s = self.tls.context().wrap_socket(s, server_hostname="127.0.0.1")
             f = s.makefile("rwb")
             if self.password:
                 r = resp_cmd(f, "AUTH", self.password)
@@ -142,6 +149,41 @@ class Redis:
         h = self.cmd("HGETALL", names[0])
         d = dict(zip(h[0::2], h[1::2]))
         return float(d.get("spend", 0)), float(d.get("held", 0)), d
+
+
+class Certs:
+    """A test CA and a server certificate for 127.0.0.1 signed by it, and a second CA that
+    signed nothing the store shows, made by the openssl tool in a temporary directory."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="llmgw-store-certs-")
+        CTX.cleanups.append(lambda: shutil.rmtree(self.dir, ignore_errors=True))
+        p = lambda n: os.path.join(self.dir, n)  # noqa: E731
+        with open(p("ext.cnf"), "w") as f:
+            f.write("[req]\ndistinguished_name = dn\n[dn]\n[ca]\nbasicConstraints = critical,CA:TRUE\n"
+                    "keyUsage = critical,keyCertSign,cRLSign\n[leaf]\nbasicConstraints = CA:FALSE\n"
+                    "keyUsage = critical,digitalSignature,keyEncipherment\nextendedKeyUsage = serverAuth\n"
+                    "subjectAltName = DNS:127.0.0.1,IP:127.0.0.1\n")
+        for ca in ("ca", "other"):
+            self.ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", p(ca + ".key"), "-subj",
+                      "/CN=llmgw store test " + ca, "-days", "30", "-sha256", "-config", p("ext.cnf"),
+                      "-extensions", "ca", "-out", p(ca + ".pem"))
+        self.ossl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", p("srv.key"), "-subj",
+                  "/CN=127.0.0.1", "-config", p("ext.cnf"), "-out", p("srv.csr"))
+        self.ossl("x509", "-req", "-in", p("srv.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
+                  "-set_serial", "7", "-days", "30", "-sha256", "-extfile", p("ext.cnf"), "-extensions",
+                  "leaf", "-out", p("srv.pem"))
+        self.ca, self.other_ca, self.cert, self.key = p("ca.pem"), p("other.pem"), p("srv.pem"), p("srv.key")
+
+    def ossl(self, *args):
+        r = subprocess.run([shutil.which("openssl") or "openssl"] + list(args), capture_output=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+        check(r.returncode == 0, "openssl %s: %s" % (args[0], r.stderr.decode(errors="replace")[-800:]))
+
+    def context(self):
+        import ssl
+        ctx = ssl.create_default_context(cafile=self.ca)
+        return ctx
 
 
 # =======================================================================================
@@ -451,17 +493,199 @@ def test_store_on_and_off_by_reload():
     eq(g.outage_lines(), [], "a store configured away is not an outage")
 
 
+def test_rediss():
+    """url = rediss://: TLS to the store through BearSSL, verified with the gateway's ca_file and
+    the host name; two instances share a budget over it. With a CA that did not sign the
+    store's certificate, the store is down: on_error = closed answers 503 naming the TLS
+    verification, keys without budgets keep working, nothing crashes."""
+    certs = Certs()
+    rd = Redis(tls=certs)
+    url = "url = rediss://127.0.0.1:%d\ntimeout = 1s\n" % rd.port
+    gws = [Gateway(url + "instance = t%d" % i, "ca_file = %s" % certs.ca, SMALL % "0.002/day").start()
+           for i in range(2)]
+    got = []
+    for i in range(8):
+        got.append(chat(gws[i % 2], "sk-b", max_tokens=20).status)
+        if got[-1] == 200:
+            rd.settled("b")
+    check(got[0] == 200 and 402 in got and set(got) <= {200, 402}, "statuses over rediss://: %r" % got)
+    s, held = rd.settled("b")
+    total = sum(own_usage(g, "sk-b") for g in gws)
+    H.near_usd(s, total, "the store's spend against both instances' usage", rel=1e-9, abs_=1e-9)
+    check(s <= 0.002 + 1e-12, "spend %.6f over the budget" % s)
+    bad = Gateway(url + "on_error = closed", "ca_file = %s" % certs.other_ca, SMALL % "5/day").start()
+    r = chat(bad, "sk-b")
+    expect_status(r, 503, "a store whose certificate the CA did not sign")
+    m = r.json()["error"]["message"]
+    check("TLS" in m and "not trusted" in m and "127.0.0.1" in m, "the 503 names the TLS check: %s" % m)
+    expect_status(chat(bad, "sk-free"), 200, "a key without a budget with an untrusted store")
+    check(bad.alive(), "the gateway with the wrong CA is running")
+
+
+def own_usage(g, secret):
+    """This instance's own spend: /v1/key's usage is fleet-wide with a store, its own part
+    is fleet.this_instance_usage."""
+    info = g.key_info(secret)
+    fleet = info.get("fleet")
+    return (fleet.get("this_instance_usage") if fleet else info.get("usage")) or 0
+
+
+def _ledger_sum(state_dir, key):
+    """The charges of key in a ledger: its c1 records and its s1 snapshot of the period."""
+    tot = 0.0
+    with open(os.path.join(state_dir, "ledger")) as f:
+        for ln in f:
+            p = ln.split()
+            if p and p[0] == "c1" and p[2] == key:
+                tot += float(p[3])
+            elif p and p[0] == "s1" and p[1] == key:
+                tot += float(p[4])
+    return tot
+
+
+def _wait_spend(rd, want, what, wait=8, held0=True):
+    deadline = time.monotonic() + wait * TOL
+    while True:
+        try:
+            s, held, _ = rd.budget("b")
+        except Fail:
+            s, held = -1.0, -1.0
+        if abs(s - want) < 1e-9 and (held == 0 or not held0):
+            return s
+        if time.monotonic() > deadline:
+            raise Fail("%s: the store's spend is %r (held %r), expected %.6f" % (what, s, held, want))
+        time.sleep(0.05)
+
+
+def test_store_restarted_empty():
+    """The store loses its data (killed, started again with nothing; then FLUSHALL while the
+    instances stay connected): each instance finds the epoch gone, joins the new one and adds back its own charges of the current period from its
+    books (state_dir), once; the fleet-wide spend is the sum of both ledgers again, and the
+    budget refuses exactly where it would have without the loss."""
+    rd = Redis()
+    budget = 0.004
+    dirs = [tempfile.mkdtemp(prefix="llmgw-store-state-") for _ in range(2)]
+    for d in dirs:
+        CTX.cleanups.append(lambda d=d: shutil.rmtree(d, ignore_errors=True))
+    gws = [Gateway(store_url(rd, "instance = e%d" % i), "state_dir = %s" % dirs[i],
+                   SMALL % ("%g/day" % budget)).start() for i in range(2)]
+    body = json.dumps(chat_body("m", "Hello", max_tokens=20)).encode()
+    res = reservation(body, 10, 20, 20)
+    costs = []
+    for i in range(7):
+        r = gws[i % 2].post("/v1/chat/completions", body, key="sk-b", timeout=15)
+        expect_status(r, 200, "before the loss (%d)" % i)
+        costs.append(r.json()["usage"]["cost"])
+        _wait_spend(rd, sum(costs), "settled")
+    spent = sum(costs)
+    epoch = rd.cmd("HGET", "llmgw:epoch", "id")
+    check(epoch, "the store has an epoch")
+    rd.kill()
+    rd.start()                       # empty: no persistence
+    _wait_spend(rd, spent, "after the store came back empty")
+    check(rd.cmd("HGET", "llmgw:epoch", "id") not in (None, epoch), "a new epoch")
+    eq(sorted(k for k in rd.cmd("HKEYS", "llmgw:epoch") if k.startswith("i:")), ["i:e0", "i:e1"],
+       "both instances joined the new epoch")
+    ledgers = sum(_ledger_sum(d, "b") for d in dirs)
+    H.near_usd(ledgers, spent, "the sum of both ledgers", rel=1e-9, abs_=1e-9)
+    # refilled once: more joins (every second) and a reconnect add nothing
+    time.sleep(2.2)
+    eq(rd.cmd("CLIENT", "KILL", "TYPE", "normal") >= 1, True, "connections dropped")
+    time.sleep(1.5)
+    _wait_spend(rd, spent, "after more joins and a reconnect")
+    # flushed while connected: found by the next join (each second), refilled once more
+    eq(rd.cmd("FLUSHALL"), "OK", "FLUSHALL")
+    _wait_spend(rd, spent, "after FLUSHALL")
+    time.sleep(1.5)
+    _wait_spend(rd, spent, "a while after FLUSHALL")
+    # the budget refuses where it would have: spend + held + reservation over the budget
+    want, s = 0, spent
+    while s + res <= budget + 1e-12:
+        s += costs[0]
+        want += 1
+    got = 0
+    for i in range(want + 3):
+        r = gws[i % 2].post("/v1/chat/completions", body, key="sk-b", timeout=15)
+        if r.status == 402:
+            break
+        expect_status(r, 200, "after the refill (%d)" % i)
+        got += 1
+        _wait_spend(rd, spent + got * costs[0], "settled after the refill")
+    eq(got, want, "requests admitted after the refill before the 402")
+    total = sum(own_usage(g, "sk-b") for g in gws)
+    check(total <= budget + 1e-12, "charged %.6f in all, over the budget" % total)
+    out = "".join(g.stderr() for g in gws)
+    check("the store lost its data" in out and "added back" in out, "the refill is logged: %s" % out[-1500:])
+
+
+test_store_restarted_empty.limit = 60
+
+
+def test_outage_local_share_and_reconcile():
+    """on_error = local: while the store does not answer, each of two instances spends at most
+    its share of what was left when it was last seen ((budget - spent) / 2); when it answers
+    again the charges made meanwhile are added to it, once: its spend is the sum of
+    everything charged."""
+    rd = Redis()
+    budget = 0.004
+    gws = [Gateway(store_url(rd, "instance = l%d\ntimeout = 300ms\non_error = local" % i), "",
+                   SMALL % ("%g/day" % budget)).start() for i in range(2)]
+    body = json.dumps(chat_body("m", "Hello", max_tokens=20)).encode()
+    before = 0.0
+    for g in gws:
+        r = g.post("/v1/chat/completions", body, key="sk-b", timeout=15)
+        expect_status(r, 200, "with the store up")
+        before += r.json()["usage"]["cost"]
+    _wait_spend(rd, before, "settled")
+    for g in gws:
+        g.wait_metric("llmgw_store_instances", 2)
+    time.sleep(1.3)                  # a join (each second) brings the fleet-wide spend
+    share = (budget - before) / 2
+    rd.kill(signal.SIGSTOP)          # the store stops answering
+    during = []
+    try:
+        for g in gws:
+            mine = 0.0
+            statuses = []
+            for _ in range(8):
+                r = g.post("/v1/chat/completions", body, key="sk-b", timeout=15)
+                statuses.append(r.status)
+                if r.status == 200:
+                    mine += r.json()["usage"]["cost"]
+                elif r.status == 402:
+                    check("share" in r.text, "the 402 names the share: %s" % r.text)
+            check(statuses[0] == 200 and 402 in statuses and set(statuses) <= {200, 402},
+                  "statuses during the outage: %r" % statuses)
+            check(mine <= share + 1e-12, "one instance spent %.6f during the outage, over its share %.6f"
+                  % (mine, share))
+            during.append(mine)
+    finally:
+        rd.kill(signal.SIGCONT)
+    total = before + sum(during)
+    check(total <= budget + 1e-12, "charged %.6f in all, over the budget" % total)
+    # admits sent before the timeout run when the store wakes up, on connections the gateway
+    # gave up: their reservations are released once it answers (held back to 0)
+    _wait_spend(rd, total, "after the store answers again", wait=10)
+    time.sleep(2.2)                  # more joins add nothing more
+    _wait_spend(rd, total, "a while after")
+    mine_all = sum(own_usage(g, "sk-b") for g in gws)
+    H.near_usd(mine_all, total, "the instances' own books", rel=1e-9, abs_=1e-9)
+
+
+test_outage_local_share_and_reconcile.limit = 60
+
+
 def test_config():
-    """[store] in the configuration: errors name the line; rediss:// is refused as not yet
-    supported; without [store] nothing mentions a store; --keys lists the keys."""
+    """[store] in the configuration: errors name the line; without [store] nothing mentions a
+    store; --keys lists the keys."""
     d = tempfile.mkdtemp(prefix="llmgw-store-cfg-")
     CTX.cleanups.append(lambda: shutil.rmtree(d, ignore_errors=True))
     base = "[gateway]\nlisten = 127.0.0.1:%d\n[provider.mk]\ntype = mock\n" % free_port()
     cases = [
-        ("[store]\nurl = rediss://h:6380\n", "not supported yet"),
+        ("[store]\nurl = rediss://:6380\n", "no host name"),
         ("[store]\nprefix = x:\n", "needs url"),
         ("[store]\nurl = redis://h:99999\n", "bad port"),
-        ("[store]\nurl = http://h\n", "must be redis://"),
+        ("[store]\nurl = http://h\n", "must be redis[s]://"),
         ("[store]\nurl = redis://h/x\n", "database"),
         ("[store]\nurl = redis://h\nfoo = 1\n", "unknown key 'foo' in [store]"),
         ("[store]\nurl = redis://h\non_error = open\n", "on_error"),
