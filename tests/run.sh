@@ -90,6 +90,9 @@ suite clients python3 tests/clients_test.py --gw ./llmgw
 # workers = N under ThreadSanitizer: any report ends the gateway with status 66 (a failure)
 TSAN_OPTIONS=halt_on_error=1:exitcode=66:second_deadlock_stack=1 \
 	suite workers-tsan python3 tests/workers_test.py --gw build/llmgw-tsan
+# the shared store under ThreadSanitizer too (one of its gateways runs workers = 2)
+TSAN_OPTIONS=halt_on_error=1:exitcode=66:second_deadlock_stack=1 \
+	suite store-tsan python3 tests/store_test.py --gw build/llmgw-tsan
 
 # ---- embedding, image, memory limit, portability ----
 suite embed build/embed
